@@ -1,0 +1,479 @@
+//! Dirty bitmaps over caller storage: one bit per page, LSB-first within each `u64` word.
+//!
+//! Harvesting is swap-and-clear in O(words); enumerating set bits is O(words + set bits)
+//! (zero words are skipped, bits found with `trailing_zeros`).
+
+use crate::error::GmemError;
+
+/// Number of `u64` words needed for `bits` bits.
+#[must_use]
+pub const fn words_for(bits: usize) -> usize {
+    bits.div_ceil(64)
+}
+
+/// Mask of bits `lo..hi` (0 <= lo < hi <= 64) of one word.
+const fn span_mask(lo: usize, hi: usize) -> u64 {
+    let upper = if hi >= 64 { u64::MAX } else { (1u64 << hi) - 1 };
+    upper & !((1u64 << lo) - 1)
+}
+
+/// Calls `f(word_index, mask)` for every word touched by bits `start..start + count`.
+fn for_each_span(
+    start: usize,
+    count: usize,
+    bits: usize,
+    mut f: impl FnMut(usize, u64),
+) -> Result<(), GmemError> {
+    let end = start.checked_add(count).ok_or(GmemError::OutOfRange)?;
+    if end > bits {
+        return Err(GmemError::OutOfRange);
+    }
+    let mut bit = start;
+    while bit < end {
+        let word = bit / 64;
+        let lo = bit % 64;
+        let hi = (end - word * 64).min(64);
+        f(word, span_mask(lo, hi));
+        bit = (word + 1) * 64;
+    }
+    Ok(())
+}
+
+/// A dirty bitmap over caller storage.
+#[derive(Debug)]
+pub struct DirtyBitmap<'a> {
+    words: &'a mut [u64],
+    bits: usize,
+}
+
+impl<'a> DirtyBitmap<'a> {
+    /// A bitmap of `bits` bits over `storage`, which must have exactly
+    /// [`words_for`]`(bits)` words. The storage is cleared.
+    ///
+    /// # Errors
+    /// [`GmemError::StorageSize`] on a length mismatch.
+    pub fn new(storage: &'a mut [u64], bits: usize) -> Result<Self, GmemError> {
+        if storage.len() != words_for(bits) {
+            return Err(GmemError::StorageSize);
+        }
+        storage.fill(0);
+        Ok(Self {
+            words: storage,
+            bits,
+        })
+    }
+
+    /// The number of bits.
+    #[must_use]
+    pub const fn len(&self) -> usize {
+        self.bits
+    }
+
+    /// Whether the bitmap has no bits at all.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.bits == 0
+    }
+
+    /// The underlying words.
+    #[must_use]
+    pub fn words(&self) -> &[u64] {
+        self.words
+    }
+
+    /// Sets bit `bit`.
+    ///
+    /// # Errors
+    /// [`GmemError::OutOfRange`] if `bit >= len()`.
+    pub fn set(&mut self, bit: usize) -> Result<(), GmemError> {
+        self.set_range(bit, 1)
+    }
+
+    /// Sets bits `start..start + count`, a word at a time.
+    ///
+    /// # Errors
+    /// [`GmemError::OutOfRange`] if the range exceeds the bitmap; nothing is set then.
+    pub fn set_range(&mut self, start: usize, count: usize) -> Result<(), GmemError> {
+        let words = &mut *self.words;
+        for_each_span(start, count, self.bits, |w, m| {
+            if let Some(x) = words.get_mut(w) {
+                *x |= m;
+            }
+        })
+    }
+
+    /// Whether bit `bit` is set (`false` if out of range).
+    #[must_use]
+    pub fn test(&self, bit: usize) -> bool {
+        bit < self.bits
+            && self
+                .words
+                .get(bit / 64)
+                .is_some_and(|w| w & (1 << (bit % 64)) != 0)
+    }
+
+    /// The number of set bits.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Clears every bit.
+    pub fn clear(&mut self) {
+        self.words.fill(0);
+    }
+
+    /// Moves all bits into `other` (whose previous contents are replaced) and clears `self`,
+    /// in O(words).
+    ///
+    /// # Errors
+    /// [`GmemError::SizeMismatch`] if the bitmaps differ in length; nothing changes then.
+    pub fn harvest_into(&mut self, other: &mut DirtyBitmap<'_>) -> Result<(), GmemError> {
+        if self.bits != other.bits {
+            return Err(GmemError::SizeMismatch);
+        }
+        for (src, dst) in self.words.iter_mut().zip(other.words.iter_mut()) {
+            *dst = core::mem::take(src);
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every set bit in ascending order, clearing the bitmap as it goes.
+    pub fn harvest_each(&mut self, mut f: impl FnMut(usize)) {
+        for (i, w) in self.words.iter_mut().enumerate() {
+            if *w != 0 {
+                each_bit(i, core::mem::take(w), &mut f);
+            }
+        }
+    }
+
+    /// Iterates the set bits in ascending order.
+    #[must_use]
+    pub fn iter_ones(&self) -> Ones<'_> {
+        Ones {
+            words: self.words,
+            next_word: 0,
+            base: 0,
+            current: 0,
+        }
+    }
+}
+
+fn each_bit(word_index: usize, mut w: u64, f: &mut impl FnMut(usize)) {
+    let base = word_index.saturating_mul(64);
+    while w != 0 {
+        f(base + w.trailing_zeros() as usize);
+        w &= w - 1;
+    }
+}
+
+/// Iterator over the set bits of a [`DirtyBitmap`], see [`DirtyBitmap::iter_ones`].
+#[derive(Debug, Clone)]
+pub struct Ones<'b> {
+    words: &'b [u64],
+    next_word: usize,
+    base: usize,
+    current: u64,
+}
+
+impl Iterator for Ones<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        while self.current == 0 {
+            let w = *self.words.get(self.next_word)?;
+            self.base = self.next_word.saturating_mul(64);
+            self.next_word += 1;
+            self.current = w;
+        }
+        let bit = self.base + self.current.trailing_zeros() as usize;
+        self.current &= self.current - 1;
+        Some(bit)
+    }
+}
+
+#[cfg(target_has_atomic = "64")]
+pub use atomic::AtomicDirtyBitmap;
+
+#[cfg(target_has_atomic = "64")]
+mod atomic {
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    use super::{DirtyBitmap, each_bit, for_each_span, words_for};
+    use crate::error::GmemError;
+
+    /// A dirty bitmap that many threads can set concurrently while one harvests.
+    ///
+    /// Setting uses `fetch_or` with `Release` ordering and harvesting `swap(0)` with
+    /// `AcqRel`, so page contents written before a bit was set are visible to whoever
+    /// harvests that bit. Only on targets with 64-bit atomics.
+    #[derive(Debug)]
+    pub struct AtomicDirtyBitmap<'a> {
+        words: &'a [AtomicU64],
+        bits: usize,
+    }
+
+    impl<'a> AtomicDirtyBitmap<'a> {
+        /// A bitmap of `bits` bits over `storage` ([`words_for`]`(bits)` words); the storage
+        /// is cleared.
+        ///
+        /// # Errors
+        /// [`GmemError::StorageSize`] on a length mismatch.
+        pub fn new(storage: &'a [AtomicU64], bits: usize) -> Result<Self, GmemError> {
+            if storage.len() != words_for(bits) {
+                return Err(GmemError::StorageSize);
+            }
+            for w in storage {
+                w.store(0, Ordering::Relaxed);
+            }
+            Ok(Self {
+                words: storage,
+                bits,
+            })
+        }
+
+        /// The number of bits.
+        #[must_use]
+        pub const fn len(&self) -> usize {
+            self.bits
+        }
+
+        /// Whether the bitmap has no bits at all.
+        #[must_use]
+        pub const fn is_empty(&self) -> bool {
+            self.bits == 0
+        }
+
+        /// Sets bit `bit`.
+        ///
+        /// # Errors
+        /// [`GmemError::OutOfRange`] if `bit >= len()`.
+        pub fn set(&self, bit: usize) -> Result<(), GmemError> {
+            self.set_range(bit, 1)
+        }
+
+        /// Sets bits `start..start + count`, one `fetch_or` per word.
+        ///
+        /// # Errors
+        /// [`GmemError::OutOfRange`] if the range exceeds the bitmap; nothing is set then.
+        pub fn set_range(&self, start: usize, count: usize) -> Result<(), GmemError> {
+            let words = self.words;
+            for_each_span(start, count, self.bits, |w, m| {
+                if let Some(x) = words.get(w) {
+                    x.fetch_or(m, Ordering::Release);
+                }
+            })
+        }
+
+        /// Whether bit `bit` is set (`false` if out of range).
+        #[must_use]
+        pub fn test(&self, bit: usize) -> bool {
+            bit < self.bits
+                && self
+                    .words
+                    .get(bit / 64)
+                    .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (bit % 64)) != 0)
+        }
+
+        /// The number of set bits (a snapshot).
+        #[must_use]
+        pub fn count(&self) -> usize {
+            self.words
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed).count_ones() as usize)
+                .sum()
+        }
+
+        /// Moves all bits into `other` (previous contents replaced), clearing `self` word by
+        /// word with `swap(0)`; bits set concurrently land either in `other` or stay in
+        /// `self`, never lost.
+        ///
+        /// # Errors
+        /// [`GmemError::SizeMismatch`] if the bitmaps differ in length.
+        pub fn harvest_into(&self, other: &mut DirtyBitmap<'_>) -> Result<(), GmemError> {
+            if self.bits != other.len() {
+                return Err(GmemError::SizeMismatch);
+            }
+            for (src, dst) in self.words.iter().zip(other.words.iter_mut()) {
+                *dst = if src.load(Ordering::Relaxed) == 0 {
+                    0
+                } else {
+                    src.swap(0, Ordering::AcqRel)
+                };
+            }
+            Ok(())
+        }
+
+        /// Calls `f` with every set bit in ascending order, clearing as it goes.
+        pub fn harvest_each(&self, mut f: impl FnMut(usize)) {
+            for (i, w) in self.words.iter().enumerate() {
+                if w.load(Ordering::Relaxed) != 0 {
+                    each_bit(i, w.swap(0, Ordering::AcqRel), &mut f);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests"
+)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::AtomicU64;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+    use std::vec;
+    use std::vec::Vec;
+
+    #[test]
+    fn words_for_values() {
+        assert_eq!(words_for(0), 0);
+        assert_eq!(words_for(1), 1);
+        assert_eq!(words_for(64), 1);
+        assert_eq!(words_for(65), 2);
+        assert_eq!(words_for(262_144), 4096);
+    }
+
+    #[test]
+    fn set_range_word_boundaries() {
+        let mut s = [0u64; 3];
+        let mut b = DirtyBitmap::new(&mut s, 190).unwrap();
+        b.set_range(60, 8).unwrap();
+        assert_eq!(b.words(), &[0xF000_0000_0000_0000, 0xF, 0]);
+        b.clear();
+        b.set_range(64, 64).unwrap();
+        assert_eq!(b.words(), &[0, u64::MAX, 0]);
+        b.clear();
+        b.set_range(0, 190).unwrap();
+        assert_eq!(b.words(), &[u64::MAX, u64::MAX, (1 << 62) - 1]);
+        assert_eq!(b.count(), 190);
+        b.clear();
+        b.set_range(63, 1).unwrap();
+        b.set_range(128, 0).unwrap();
+        assert_eq!(b.words(), &[1 << 63, 0, 0]);
+        assert_eq!(b.set_range(180, 11), Err(GmemError::OutOfRange));
+        assert_eq!(b.set_range(usize::MAX, 2), Err(GmemError::OutOfRange));
+        assert_eq!(b.set(190), Err(GmemError::OutOfRange));
+        assert_eq!(b.words(), &[1 << 63, 0, 0]);
+        assert!(b.test(63));
+        assert!(!b.test(62));
+        assert!(!b.test(1000));
+    }
+
+    #[test]
+    fn storage_checks() {
+        let mut s = [7u64; 2];
+        assert_eq!(
+            DirtyBitmap::new(&mut s, 200).err(),
+            Some(GmemError::StorageSize)
+        );
+        let b = DirtyBitmap::new(&mut s, 100).unwrap();
+        assert_eq!(b.count(), 0);
+        let mut o = [0u64; 1];
+        let mut other = DirtyBitmap::new(&mut o, 64).unwrap();
+        let mut s2 = [0u64; 2];
+        let mut b2 = DirtyBitmap::new(&mut s2, 100).unwrap();
+        assert_eq!(b2.harvest_into(&mut other), Err(GmemError::SizeMismatch));
+    }
+
+    #[test]
+    fn iter_ones_sparse_and_dense() {
+        let mut s = [0u64; 16];
+        let mut b = DirtyBitmap::new(&mut s, 1024).unwrap();
+        for bit in [0, 63, 64, 511, 1023] {
+            b.set(bit).unwrap();
+        }
+        assert_eq!(b.iter_ones().collect::<Vec<_>>(), [0, 63, 64, 511, 1023]);
+        b.set_range(0, 1024).unwrap();
+        assert_eq!(
+            b.iter_ones().collect::<Vec<_>>(),
+            (0..1024).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn atomic_variant() {
+        let storage: Vec<AtomicU64> = (0..3).map(|_| AtomicU64::new(u64::MAX)).collect();
+        let a = AtomicDirtyBitmap::new(&storage, 150).unwrap();
+        assert_eq!(a.count(), 0);
+        a.set(5).unwrap();
+        a.set_range(62, 70).unwrap();
+        assert_eq!(a.set(150), Err(GmemError::OutOfRange));
+        assert!(a.test(5) && a.test(131) && !a.test(132));
+        assert_eq!(a.count(), 71);
+        let mut o = [0u64; 3];
+        let mut out = DirtyBitmap::new(&mut o, 150).unwrap();
+        a.harvest_into(&mut out).unwrap();
+        assert_eq!(a.count(), 0);
+        assert_eq!(out.words(), &[(1 << 5) | (3 << 62), u64::MAX, 0xF]);
+        a.set(149).unwrap();
+        let mut seen = Vec::new();
+        a.harvest_each(|b| seen.push(b));
+        assert_eq!(seen, [149]);
+        assert_eq!(a.count(), 0);
+    }
+
+    #[test]
+    fn atomic_concurrent_sets_are_not_lost() {
+        let storage: Vec<AtomicU64> = (0..64).map(|_| AtomicU64::new(0)).collect();
+        let a = AtomicDirtyBitmap::new(&storage, 4096).unwrap();
+        let mut harvested = BTreeSet::new();
+        std::thread::scope(|s| {
+            for t in 0..2usize {
+                let a = &a;
+                s.spawn(move || {
+                    for i in (t..4096).step_by(2) {
+                        a.set(i).unwrap();
+                    }
+                });
+            }
+            for _ in 0..50 {
+                a.harvest_each(|b| {
+                    harvested.insert(b);
+                });
+            }
+        });
+        a.harvest_each(|b| {
+            harvested.insert(b);
+        });
+        assert_eq!(harvested.len(), 4096);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn harvest_returns_exactly_what_was_set(
+            bits in 1usize..700,
+            ops in proptest::collection::vec((0usize..700, 0usize..130), 0..40),
+        ) {
+            let mut s = vec![0u64; words_for(bits)];
+            let mut b = DirtyBitmap::new(&mut s, bits).unwrap();
+            let mut model = BTreeSet::new();
+            for (start, count) in ops {
+                let r = b.set_range(start, count);
+                if start + count <= bits {
+                    prop_assert_eq!(r, Ok(()));
+                    model.extend(start..start + count);
+                } else {
+                    prop_assert_eq!(r, Err(GmemError::OutOfRange));
+                }
+            }
+            prop_assert_eq!(b.count(), model.len());
+            let ones: Vec<usize> = b.iter_ones().collect();
+            prop_assert_eq!(&ones, &model.iter().copied().collect::<Vec<_>>());
+            let mut o = vec![0xFFu64; words_for(bits)];
+            let mut other = DirtyBitmap::new(&mut o, bits).unwrap();
+            b.harvest_into(&mut other).unwrap();
+            prop_assert_eq!(b.count(), 0);
+            prop_assert_eq!(other.iter_ones().collect::<Vec<_>>(), ones.clone());
+            let mut each = Vec::new();
+            other.harvest_each(|x| each.push(x));
+            prop_assert_eq!(each, ones);
+            prop_assert_eq!(other.count(), 0);
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! Saving the guest-view GGTT as runs, and validating and applying runs on restore.
+//!
+//! # Payload format (normative; all integers little-endian)
+//!
+//! A payload is a sequence of zero or more runs and nothing else. Each run is a 16-byte
+//! header followed by a body:
+//!
+//! | Offset | Size | Field      | Meaning                                                |
+//! |--------|------|------------|--------------------------------------------------------|
+//! | 0      | 4    | `start`    | guest GGTT index of the run's first entry              |
+//! | 4      | 4    | `count`    | number of entries, at least 1                          |
+//! | 8      | 1    | `kind`     | 0 = RAW, 1 = LINEAR; other values are rejected         |
+//! | 9      | 7    | `reserved` | must be zero                                           |
+//!
+//! * RAW body: `count` × 8 bytes, the raw 64-bit entries in index order.
+//! * LINEAR body: one 8-byte template entry. Entry `i` (0-based) is the template with its
+//!   address field (bits 45:12) increased by `i`; every other bit equals the template's.
+//!
+//! Rules checked by [`validate_runs`]: all indices `start .. start + count` lie inside one
+//! slice (aperture or hidden) of the vGPU's guest view; runs appear in ascending storage
+//! order (aperture pages first, then hidden pages) without overlap; no entry sets a bit
+//! reserved for the generation; a present entry's frame satisfies the caller's
+//! "inside guest memory" predicate; a LINEAR run's last frame fits the address field.
+//!
+//! Entries not covered by any run are zero: the destination starts from an all-zero table
+//! ([`GgttSlices::clear`]). The encoder omits zero entries and nothing else, so non-present
+//! entries with other bits set survive the round trip exactly. One GGTT may be split over
+//! several payloads with [`SaveCursor`]; each payload is validated and applied on its own.
+
+use zerocopy::little_endian::U32;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::addr::{Gfn, GttIndex, PAGE_SHIFT};
+use crate::entry::{ADDR_MASK, FRAME_MAX, Generation, GgttEntry};
+use crate::error::GttError;
+use crate::partition::Partition;
+use crate::slices::GgttSlices;
+
+/// Size of a run header in bytes.
+pub const RUN_HEADER_LEN: usize = 16;
+/// Smallest output buffer [`GgttSlices::save_runs`] can always make progress with.
+pub const MIN_SAVE_BUFFER: usize = RUN_HEADER_LEN + 8;
+
+const KIND_RAW: u8 = 0;
+const KIND_LINEAR: u8 = 1;
+/// A LINEAR run is started at a run boundary when at least this many entries continue it.
+const LINEAR_MIN_START: usize = 2;
+/// A RAW run is cut short for a LINEAR run of at least this many entries.
+const LINEAR_MIN_BREAK: usize = 6;
+
+/// Wire layout of a run header (shared with other implementations: see the module docs).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct RunHeader {
+    start: U32,
+    count: U32,
+    kind: u8,
+    reserved: [u8; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<RunHeader>() == RUN_HEADER_LEN);
+
+/// Where [`GgttSlices::save_runs`] continues: an opaque position in storage order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SaveCursor(usize);
+
+impl SaveCursor {
+    /// The beginning of the table.
+    pub const START: Self = Self(0);
+
+    /// The storage slot the next save starts at.
+    #[must_use]
+    pub const fn slot(self) -> usize {
+        self.0
+    }
+}
+
+/// Result of one [`GgttSlices::save_runs`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SaveProgress {
+    /// Bytes written at the start of the output buffer (whole runs only).
+    pub written: usize,
+    /// Where to continue in the next payload, or `None` if the table is complete.
+    pub next: Option<SaveCursor>,
+}
+
+/// What a validated payload contains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RunStats {
+    /// Number of entries covered by runs.
+    pub entries: u64,
+    /// Number of runs.
+    pub runs: u64,
+}
+
+/// Length of the LINEAR run starting at `run[0]`, looking at most at `cap` entries.
+fn linear_len(run: &[u64], cap: usize) -> usize {
+    let Some(&first) = run.first() else { return 0 };
+    let mut prev = first;
+    let mut n = 1;
+    for &e in run.iter().skip(1).take(cap.saturating_sub(1)) {
+        let Some(next) = prev.checked_add(1 << PAGE_SHIFT) else {
+            break;
+        };
+        if next != e || (next & !ADDR_MASK) != (first & !ADDR_MASK) {
+            break;
+        }
+        prev = e;
+        n += 1;
+    }
+    n
+}
+
+fn put(out: &mut [u8], pos: &mut usize, bytes: &[u8]) -> Result<(), GttError> {
+    let end = pos
+        .checked_add(bytes.len())
+        .ok_or(GttError::BufferTooSmall)?;
+    out.get_mut(*pos..end)
+        .ok_or(GttError::BufferTooSmall)?
+        .copy_from_slice(bytes);
+    *pos = end;
+    Ok(())
+}
+
+fn put_header(
+    out: &mut [u8],
+    pos: &mut usize,
+    start: GttIndex,
+    count: usize,
+    kind: u8,
+) -> Result<(), GttError> {
+    let count = u32::try_from(count).map_err(|_| GttError::CountOverflow)?;
+    let h = RunHeader {
+        start: U32::new(start.get()),
+        count: U32::new(count),
+        kind,
+        reserved: [0; 7],
+    };
+    put(out, pos, h.as_bytes())
+}
+
+impl GgttSlices<'_> {
+    /// Encodes entries from `from` onwards as runs into `out` (format in the module docs),
+    /// stopping when the next run does not fit. Call again with `next` and a fresh buffer
+    /// until `next` is `None`.
+    ///
+    /// # Errors
+    /// [`GttError::BufferTooSmall`] if work remains and not even one run fits (`out` shorter
+    /// than [`MIN_SAVE_BUFFER`]).
+    pub fn save_runs(&self, from: SaveCursor, out: &mut [u8]) -> Result<SaveProgress, GttError> {
+        let entries = self.entries();
+        let partition = *self.partition();
+        let ap_pages =
+            usize::try_from(partition.aperture.pages()).map_err(|_| GttError::StorageSize)?;
+        let mut slot = from.0;
+        let mut pos = 0usize;
+        loop {
+            while entries.get(slot) == Some(&0) {
+                slot += 1;
+            }
+            if slot >= entries.len() {
+                return Ok(SaveProgress {
+                    written: pos,
+                    next: None,
+                });
+            }
+            let slice_end = if slot < ap_pages {
+                ap_pages
+            } else {
+                entries.len()
+            };
+            let run = entries.get(slot..slice_end).ok_or(GttError::StorageSize)?;
+            let run = run.get(..run.len().min(u32::MAX as usize)).unwrap_or(run);
+            let start = partition.index_at(slot).ok_or(GttError::StorageSize)?;
+            let room = out.len().saturating_sub(pos);
+            let lin = linear_len(run, run.len());
+            let used = if lin >= LINEAR_MIN_START {
+                if room < MIN_SAVE_BUFFER {
+                    break;
+                }
+                let template = run.first().copied().unwrap_or(0);
+                put_header(out, &mut pos, start, lin, KIND_LINEAR)?;
+                put(out, &mut pos, &template.to_le_bytes())?;
+                lin
+            } else {
+                let mut n = 1;
+                while let Some(&e) = run.get(n) {
+                    if e == 0
+                        || linear_len(run.get(n..).unwrap_or(&[]), LINEAR_MIN_BREAK)
+                            >= LINEAR_MIN_BREAK
+                    {
+                        break;
+                    }
+                    n += 1;
+                }
+                if room < MIN_SAVE_BUFFER {
+                    break;
+                }
+                let n = n.min((room - RUN_HEADER_LEN) / 8);
+                put_header(out, &mut pos, start, n, KIND_RAW)?;
+                for e in run.get(..n).unwrap_or(&[]) {
+                    put(out, &mut pos, &e.to_le_bytes())?;
+                }
+                n
+            };
+            slot += used;
+        }
+        if pos == 0 {
+            return Err(GttError::BufferTooSmall);
+        }
+        Ok(SaveProgress {
+            written: pos,
+            next: Some(SaveCursor(slot)),
+        })
+    }
+}
+
+/// One structurally valid run.
+struct Run<'p> {
+    slot: usize,
+    count: usize,
+    body: Body<'p>,
+}
+
+enum Body<'p> {
+    Raw(&'p [u8]),
+    Linear(u64),
+}
+
+/// Structural parser: headers, bounds, slice containment, ordering.
+struct RunReader<'p, 'q> {
+    rest: &'p [u8],
+    partition: &'q Partition,
+    next_slot: usize,
+}
+
+impl<'p> RunReader<'p, '_> {
+    fn next_run(&mut self) -> Option<Result<Run<'p>, GttError>> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let r = self.parse_one();
+        if r.is_err() {
+            self.rest = &[];
+        }
+        Some(r)
+    }
+
+    fn parse_one(&mut self) -> Result<Run<'p>, GttError> {
+        let (h, rest) = RunHeader::ref_from_prefix(self.rest).map_err(|_| GttError::Truncated)?;
+        if h.reserved != [0; 7] {
+            return Err(GttError::NonZeroReserved);
+        }
+        let start = h.start.get();
+        let count = h.count.get();
+        if count == 0 {
+            return Err(GttError::EmptyRun);
+        }
+        let last = start
+            .checked_add(count - 1)
+            .ok_or(GttError::CountOverflow)?;
+        let slot = self
+            .partition
+            .slot_of(GttIndex::new(start))
+            .ok_or(GttError::OutOfRange)?;
+        let last_slot = self
+            .partition
+            .slot_of(GttIndex::new(last))
+            .ok_or(GttError::OutOfRange)?;
+        let count = usize::try_from(count).map_err(|_| GttError::CountOverflow)?;
+        // Same slice and contiguous in storage: the last entry sits `count - 1` slots on.
+        if last_slot.checked_sub(slot) != Some(count - 1) {
+            return Err(GttError::OutOfRange);
+        }
+        if slot < self.next_slot {
+            return Err(GttError::RunOrder);
+        }
+        let (body, rest) = match h.kind {
+            KIND_RAW => {
+                let len = count.checked_mul(8).ok_or(GttError::CountOverflow)?;
+                let (b, r) = rest.split_at_checked(len).ok_or(GttError::Truncated)?;
+                (Body::Raw(b), r)
+            }
+            KIND_LINEAR => {
+                let (t, r) = rest.split_first_chunk::<8>().ok_or(GttError::Truncated)?;
+                let t = u64::from_le_bytes(*t);
+                let span = u64::try_from(count - 1).map_err(|_| GttError::CountOverflow)?;
+                let last = ((t & ADDR_MASK) >> PAGE_SHIFT)
+                    .checked_add(span)
+                    .ok_or(GttError::CountOverflow)?;
+                if last > FRAME_MAX {
+                    return Err(GttError::CountOverflow);
+                }
+                (Body::Linear(t), r)
+            }
+            _ => return Err(GttError::UnknownRunKind),
+        };
+        self.rest = rest;
+        self.next_slot = slot + count;
+        Ok(Run { slot, count, body })
+    }
+}
+
+fn check_entry(
+    e: GgttEntry,
+    frame_ok: &dyn Fn(Gfn) -> bool,
+    generation: Generation,
+) -> Result<(), GttError> {
+    e.validate(generation)?;
+    if e.is_present() && !frame_ok(e.frame()) {
+        return Err(GttError::FrameOutsideGuest);
+    }
+    Ok(())
+}
+
+/// Checks a payload completely against the vGPU's guest view (format and rules in the module
+/// docs) without changing anything. `frame_ok` says whether a guest frame is inside guest
+/// memory; it is called for the frame of every present entry.
+///
+/// # Errors
+/// The first violation found; all are [`crate::Fault::Input`] errors.
+pub fn validate_runs(
+    payload: &[u8],
+    partition: &Partition,
+    frame_ok: &dyn Fn(Gfn) -> bool,
+    generation: Generation,
+) -> Result<RunStats, GttError> {
+    partition.check()?;
+    let mut reader = RunReader {
+        rest: payload,
+        partition,
+        next_slot: 0,
+    };
+    let mut stats = RunStats::default();
+    while let Some(run) = reader.next_run() {
+        let run = run?;
+        match run.body {
+            Body::Raw(bytes) => {
+                for chunk in bytes.as_chunks::<8>().0 {
+                    check_entry(
+                        GgttEntry::from_bits(u64::from_le_bytes(*chunk)),
+                        frame_ok,
+                        generation,
+                    )?;
+                }
+            }
+            Body::Linear(t) => {
+                let template = GgttEntry::from_bits(t);
+                template.validate(generation)?;
+                if template.is_present() {
+                    let first = template.addr_frame();
+                    let span = u64::try_from(run.count - 1).map_err(|_| GttError::CountOverflow)?;
+                    // The parser checked that `first + span` fits the address field.
+                    for f in first..=first.saturating_add(span) {
+                        if !frame_ok(Gfn::new(f)) {
+                            return Err(GttError::FrameOutsideGuest);
+                        }
+                    }
+                }
+            }
+        }
+        stats.runs += 1;
+        stats.entries += u64::try_from(run.count).map_err(|_| GttError::CountOverflow)?;
+    }
+    Ok(stats)
+}
+
+/// Writes a payload's runs into `slices`, which should have been cleared
+/// ([`GgttSlices::clear`]) before the first payload. Call only after [`validate_runs`]
+/// accepted the payload: entry contents are not checked again. The payload's structure is
+/// checked in a first pass, so on error nothing has been written. Returns the number of
+/// entries written.
+///
+/// # Errors
+/// Structural errors as in [`validate_runs`].
+pub fn apply_runs(payload: &[u8], slices: &mut GgttSlices<'_>) -> Result<usize, GttError> {
+    let partition = *slices.partition();
+    let mut check = RunReader {
+        rest: payload,
+        partition: &partition,
+        next_slot: 0,
+    };
+    while let Some(run) = check.next_run() {
+        run?;
+    }
+    let storage = slices.storage_mut();
+    let mut reader = RunReader {
+        rest: payload,
+        partition: &partition,
+        next_slot: 0,
+    };
+    let mut written: usize = 0;
+    while let Some(run) = reader.next_run() {
+        let run = run?;
+        let end = run
+            .slot
+            .checked_add(run.count)
+            .ok_or(GttError::CountOverflow)?;
+        let dst = storage.get_mut(run.slot..end).ok_or(GttError::OutOfRange)?;
+        match run.body {
+            Body::Raw(bytes) => {
+                for (d, chunk) in dst.iter_mut().zip(bytes.as_chunks::<8>().0) {
+                    *d = u64::from_le_bytes(*chunk);
+                }
+            }
+            Body::Linear(t) => {
+                let mut v = t;
+                for d in dst.iter_mut() {
+                    *d = v;
+                    v = v.wrapping_add(1 << PAGE_SHIFT);
+                }
+            }
+        }
+        written = written.saturating_add(run.count);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests"
+)]
+mod tests {
+    use super::*;
+    use crate::addr::GmAddr;
+    use crate::partition::GmRange;
+    use proptest::prelude::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Aperture: 8 pages at guest GM 0x100000 (indices 0x100..0x108);
+    /// hidden: 8 pages at guest GM 0x40000 (indices 0x40..0x48) – below the aperture.
+    fn part() -> Partition {
+        Partition::new(
+            GmRange::new(GmAddr::new(0x10_0000), 0x8000).unwrap(),
+            GmRange::new(GmAddr::new(0x4_0000), 0x8000).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn all_ok(_: Gfn) -> bool {
+        true
+    }
+
+    fn header(start: u32, count: u32, kind: u8) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&start.to_le_bytes());
+        v.extend_from_slice(&count.to_le_bytes());
+        v.push(kind);
+        v.extend_from_slice(&[0; 7]);
+        v
+    }
+
+    fn save_all(g: &GgttSlices<'_>, chunk: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut cur = SaveCursor::START;
+        loop {
+            let mut buf = vec![0u8; chunk];
+            let p = g.save_runs(cur, &mut buf).unwrap();
+            buf.truncate(p.written);
+            out.push(buf);
+            match p.next {
+                Some(n) => cur = n,
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn emit_exact_bytes() {
+        let mut s = [0u64; 16];
+        s[1] = 0x5001;
+        s[2] = 0x9001;
+        s[3] = 0x7_0000_0000_0000; // non-present, other bits: kept
+        s[8] = 0x1_0003;
+        s[9] = 0x1_1003;
+        s[10] = 0x1_2003;
+        let g = GgttSlices::new(part(), &mut s).unwrap();
+        let payloads = save_all(&g, 256);
+        assert_eq!(payloads.len(), 1);
+        let mut expect = header(0x101, 3, KIND_RAW);
+        for e in [0x5001u64, 0x9001, 0x7_0000_0000_0000] {
+            expect.extend_from_slice(&e.to_le_bytes());
+        }
+        expect.extend_from_slice(&header(0x40, 3, KIND_LINEAR));
+        expect.extend_from_slice(&0x1_0003u64.to_le_bytes());
+        assert_eq!(payloads[0], expect);
+    }
+
+    #[test]
+    fn empty_table_saves_nothing() {
+        let mut s = [0u64; 16];
+        let g = GgttSlices::new(part(), &mut s).unwrap();
+        let p = g.save_runs(SaveCursor::START, &mut []).unwrap();
+        assert_eq!(
+            p,
+            SaveProgress {
+                written: 0,
+                next: None
+            }
+        );
+        assert_eq!(
+            validate_runs(&[], &part(), &all_ok, Generation::Gen9),
+            Ok(RunStats::default())
+        );
+    }
+
+    #[test]
+    fn chunked_save_and_small_buffer() {
+        let mut s = [0u64; 16];
+        for (i, e) in s.iter_mut().enumerate() {
+            *e = ((i as u64 * 7) << 12) | 1; // not linear
+        }
+        let g = GgttSlices::new(part(), &mut s).unwrap();
+        let mut small = [0u8; MIN_SAVE_BUFFER - 1];
+        assert_eq!(
+            g.save_runs(SaveCursor::START, &mut small),
+            Err(GttError::BufferTooSmall)
+        );
+        let payloads = save_all(&g, 40);
+        // Each 40-byte buffer holds one run of 3 entries (16 + 24).
+        assert_eq!(payloads.len(), 6);
+        let mut d = [0u64; 16];
+        let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+        for p in &payloads {
+            validate_runs(p, &part(), &all_ok, Generation::Gen9).unwrap();
+            apply_runs(p, &mut dst).unwrap();
+        }
+        drop(dst);
+        assert_eq!(d, s);
+    }
+
+    #[test]
+    fn validation_failures() {
+        let p = part();
+        let v = |b: &[u8]| validate_runs(b, &p, &all_ok, Generation::Gen9);
+        let raw = |start, entries: &[u64]| {
+            let mut b = header(start, u32::try_from(entries.len()).unwrap(), KIND_RAW);
+            for e in entries {
+                b.extend_from_slice(&e.to_le_bytes());
+            }
+            b
+        };
+        assert_eq!(
+            v(&raw(0x100, &[0x5001])),
+            Ok(RunStats {
+                entries: 1,
+                runs: 1
+            })
+        );
+        // Frame outside guest memory.
+        let small_ram = |f: Gfn| f.get() < 0x5;
+        assert_eq!(
+            validate_runs(&raw(0x100, &[0x5001]), &p, &small_ram, Generation::Gen9),
+            Err(GttError::FrameOutsideGuest)
+        );
+        // Non-present entries are not frame-checked.
+        assert!(validate_runs(&raw(0x100, &[0x5000]), &p, &small_ram, Generation::Gen9).is_ok());
+        // Reserved bit.
+        assert_eq!(
+            v(&raw(0x100, &[0x5001 | (1 << 50)])),
+            Err(GttError::ReservedBits)
+        );
+        assert_eq!(
+            validate_runs(&raw(0x100, &[0x5081]), &p, &all_ok, Generation::Gen12),
+            Err(GttError::ReservedBits)
+        );
+        // Index out of range: before, after, and straddling a slice end.
+        assert_eq!(v(&raw(0xFF, &[0x5001])), Err(GttError::OutOfRange));
+        assert_eq!(v(&raw(0x108, &[0x5001])), Err(GttError::OutOfRange));
+        assert_eq!(v(&raw(0x107, &[1, 1])), Err(GttError::OutOfRange));
+        // Truncated header and body.
+        let full = raw(0x100, &[0x5001, 0x6001]);
+        for cut in [1, 15, 16, 20, 31] {
+            assert_eq!(v(&full[..cut]), Err(GttError::Truncated), "cut {cut}");
+        }
+        let mut lin = header(0x100, 2, KIND_LINEAR);
+        lin.extend_from_slice(&[1, 0, 0]);
+        assert_eq!(v(&lin), Err(GttError::Truncated));
+        // Count overflow: start + count wraps u32; huge raw count.
+        assert_eq!(
+            v(&header(u32::MAX, 2, KIND_RAW)),
+            Err(GttError::CountOverflow)
+        );
+        assert_eq!(
+            v(&header(0x100, u32::MAX, KIND_RAW)),
+            Err(GttError::CountOverflow)
+        );
+        assert_eq!(
+            v(&header(0x100, 0x1000_0000, KIND_RAW)),
+            Err(GttError::OutOfRange)
+        );
+        assert_eq!(v(&header(0x100, 8, KIND_RAW)), Err(GttError::Truncated));
+        // Linear run whose frames leave the address field.
+        let mut lin = header(0x100, 2, KIND_LINEAR);
+        lin.extend_from_slice(&((FRAME_MAX << 12) | 1).to_le_bytes());
+        assert_eq!(v(&lin), Err(GttError::CountOverflow));
+        // Zero count, unknown kind, reserved bytes.
+        assert_eq!(v(&header(0x100, 0, KIND_RAW)), Err(GttError::EmptyRun));
+        let mut bad = raw(0x100, &[1]);
+        bad[8] = 2;
+        assert_eq!(v(&bad), Err(GttError::UnknownRunKind));
+        bad[8] = 0;
+        bad[15] = 1;
+        assert_eq!(v(&bad), Err(GttError::NonZeroReserved));
+        // Order: hidden (slots 8..) then aperture (slots 0..) is out of storage order.
+        let mut two = raw(0x40, &[1]);
+        two.extend_from_slice(&raw(0x100, &[1]));
+        assert_eq!(v(&two), Err(GttError::RunOrder));
+        let mut overlap = raw(0x100, &[1, 1]);
+        overlap.extend_from_slice(&raw(0x101, &[1]));
+        assert_eq!(v(&overlap), Err(GttError::RunOrder));
+        let mut ordered = raw(0x100, &[1]);
+        ordered.extend_from_slice(&raw(0x40, &[1]));
+        assert_eq!(
+            v(&ordered),
+            Ok(RunStats {
+                entries: 2,
+                runs: 2
+            })
+        );
+    }
+
+    #[test]
+    fn apply_is_all_or_nothing_structurally() {
+        let mut d = [0u64; 16];
+        let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+        let mut b = header(0x100, 1, KIND_RAW);
+        b.extend_from_slice(&0x5001u64.to_le_bytes());
+        b.extend_from_slice(&header(0x101, 1, KIND_RAW)); // truncated second run
+        assert_eq!(apply_runs(&b, &mut dst), Err(GttError::Truncated));
+        assert_eq!(dst.entries(), &[0; 16]);
+    }
+
+    fn table() -> impl Strategy<Value = Vec<u64>> {
+        // Mix of zeros, random valid entries, and linear stretches.
+        let piece = prop_oneof![
+            (1usize..5).prop_map(|n| vec![0u64; n]),
+            proptest::collection::vec(
+                (0u64..0x1_0000, any::<bool>(), 0u64..0x9C)
+                    .prop_map(|(f, p, flags)| { (f << 12) | (flags & 0x9A) | u64::from(p) }),
+                1..6
+            ),
+            (0u64..0x1_0000, 2usize..12)
+                .prop_map(|(f, n)| { (0..n as u64).map(|i| ((f + i) << 12) | 0x3).collect() }),
+        ];
+        proptest::collection::vec(piece, 0..8).prop_map(|v| {
+            let mut t: Vec<u64> = v.into_iter().flatten().collect();
+            t.resize(16, 0);
+            t
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn save_validate_apply_round_trip(t in table(), chunk in MIN_SAVE_BUFFER..200usize) {
+            let mut s = [0u64; 16];
+            s.copy_from_slice(&t);
+            let g = GgttSlices::new(part(), &mut s).unwrap();
+            let payloads = save_all(&g, chunk);
+            let mut d = [0u64; 16];
+            let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+            let mut total = 0;
+            for p in &payloads {
+                let stats = validate_runs(p, &part(), &|f: Gfn| f.get() < 0x1_0000, Generation::Gen9)
+                    .unwrap();
+                prop_assert_eq!(apply_runs(p, &mut dst).unwrap() as u64, stats.entries);
+                total += stats.entries;
+            }
+            drop(dst);
+            prop_assert_eq!(&d[..], &t[..]);
+            prop_assert!(total >= t.iter().filter(|e| **e != 0).count() as u64);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = validate_runs(&bytes, &part(), &all_ok, Generation::Mtl);
+            let mut d = [0u64; 16];
+            let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+            let _ = apply_runs(&bytes, &mut dst);
+        }
+    }
+}
