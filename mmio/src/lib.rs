@@ -1,3 +1,66 @@
-//! placeholder
+//! Virtual MMIO register file of a mediated (GVT-g style) vGPU.
+//!
+//! The crate models the 2 MiB MMIO BAR a guest driver sees: a table of register
+//! descriptors per platform ([`SKL`] for gen9), a vreg store in caller storage
+//! ([`RegFile`] over `&mut [u32]` of [`MMIO_DWORDS`] dwords), trap-and-emulate reads and
+//! writes with per-register semantics (read-only bits, masked "mode" registers,
+//! write-1-to-clear, write-only ports) and a [`RegHooks`] seam for side effects, the
+//! PVINFO page ([`PvInfo`]), and a sparse save/restore of the migratable registers.
+//!
+//! # Guarantees
+//!
+//! - `no_std`, no allocation, no `unsafe`, no clocks or randomness.
+//! - No guest access and no payload byte sequence can make this crate panic: accesses
+//!   are range/alignment checked and return [`MmioError`]; [`validate_sparse`] bounds
+//!   every length and makes progress of at least 12 bytes per run.
+//! - [`RegFile::apply_sparse`] validates the whole payload before changing anything.
+//! - Only table registers of class [`SaveClass::Migrate`] travel in a migration;
+//!   untracked offsets are plain storage that is *not* migrated.
+//!
+//! # Example
+//!
+//! ```
+//! use mmio::{AccessSize, NoHooks, RegFile, SKL, MMIO_DWORDS, validate_sparse};
+//!
+//! let mut vregs = [0u32; MMIO_DWORDS];
+//! let mut regs = RegFile::new(&SKL, &mut vregs)?;
+//! // GFX_MODE of the render engine is a masked register: enable bit 15.
+//! regs.write(0x229C, AccessSize::Dword, 0x8000_8000, &mut NoHooks)?;
+//! assert_eq!(regs.read(0x229C, AccessSize::Dword)?, 0x8000);
+//!
+//! let mut buf = [0u8; 64];
+//! let n = regs.save_sparse(&mut buf)?;
+//! assert_eq!(n, 12); // one run: offset, count = 1, value
+//! validate_sparse(&SKL, &buf[..n])?;
+//!
+//! let mut target_vregs = [0u32; MMIO_DWORDS];
+//! let mut target = RegFile::new(&SKL, &mut target_vregs)?;
+//! target.apply_sparse(&buf[..n], &mut NoHooks)?;
+//! assert_eq!(target.peek(0x229C), 0x8000);
+//! # Ok::<(), mmio::MmioError>(())
+//! ```
+//!
+//! # Masked registers
+//!
+//! For a [`RegFlags::MODE_MASK`] register, a written dword's upper 16 bits select which
+//! of the lower 16 bits take the written value; the vreg stores only the lower 16 bits,
+//! so the upper half always reads back as 0 (see [`RegDesc::apply_write`]).
 #![no_std]
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+mod desc;
+mod error;
+mod platform;
+mod pvinfo;
+mod regfile;
+mod sparse;
+
+pub use desc::{RegDesc, RegFlags, SaveClass};
+pub use error::{Fault, MmioError};
+pub use platform::{MMIO_DWORDS, MMIO_SIZE, Platform, SKL, SKL_REGS};
+pub use pvinfo::{PVINFO_BASE, PVINFO_MAGIC, PVINFO_SIZE, PvInfo, in_pvinfo, off as pvinfo_off};
+pub use regfile::{AccessSize, NoHooks, RegFile, RegHooks};
+pub use sparse::validate_sparse;
