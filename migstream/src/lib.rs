@@ -1,3 +1,112 @@
-//! placeholder
+//! The wire format of a vGPU live-migration stream: framing and checking, nothing about GPUs.
+//!
+//! A stream is an 80-byte [`StreamHeader`] (magic, format version, device identity, CRC)
+//! followed by records, each a 16-byte [`RecordHeader`] (open [`RecordKind`], flags, record
+//! version, payload length, sequence index, CRC over header and payload) and its payload, and
+//! ends with an END record whose totals bind the whole stream. PAGES, ROUND and END payloads
+//! are defined here; other payloads are opaque and belong to the component crates. `SPEC.md`
+//! in this crate is the normative description.
+//!
+//! # Guarantees
+//!
+//! - `no_std`, no allocation, no `unsafe` (`#![forbid(unsafe_code)]`), deterministic.
+//! - Sans-IO: the [`Encoder`] writes into caller buffers of any size and resumes at any byte;
+//!   the [`Decoder`] takes any segmentation of the input (one byte at a time works).
+//! - The decoder never panics on any input, always makes progress, bounds every length
+//!   ([`Limits`]), keeps under 1 KiB of state, and verifies every CRC, the record order and the
+//!   END totals. Errors are small `Copy` values that say what, where and whose fault
+//!   ([`DecodeError`], [`Fault`]).
+//! - `parse` functions never panic; `emit` functions never panic on their fixed-size buffers.
+//! - MSRV: the workspace `rust-version` (1.88).
+//!
+//! # Example
+//!
+//! ```
+//! use migstream::*;
+//!
+//! let header = StreamHeaderRepr {
+//!     minor: FORMAT_MINOR,
+//!     flags: 0,
+//!     identity: DeviceIdentity {
+//!         pci_vendor: 0x8086, pci_device: 0x1912, generation: 9, fence_count: 4,
+//!         aperture_base: 0, aperture_size: 1 << 27, hidden_base: 1 << 32,
+//!         hidden_size: 1 << 28, page_shift: PAGE_SHIFT,
+//!     },
+//!     stream_id: 42,
+//! };
+//! let runs = [PageRunRepr { first_frame: 7, count: 1, encoding: PageEncoding::FULL }];
+//! let pages = PagesPayload::new(&runs, |_frame: u64, _off: usize, out: &mut [u8]| out.fill(0xAB))?;
+//!
+//! // Encode into one buffer (any size works: call again with the rest on Partial).
+//! let mut buf = [0u8; 8192];
+//! let mut enc = Encoder::new();
+//! let mut at = 0;
+//! at += enc.write_header(&header, &mut buf[at..])?.written();
+//! at += enc.write_record(RecordKind::REGISTERS, RecordFlags::MANDATORY, 1, &b"regs"[..], &mut buf[at..])?.written();
+//! at += enc.write_record(RecordKind::PAGES, RecordFlags::MANDATORY, CONTROL_VERSION, &pages, &mut buf[at..])?.written();
+//! at += enc.write_end(&mut buf[at..])?.written();
+//! assert_eq!(at, 80 + (16 + 4) + (16 + 16 + 4096) + (16 + 16));
+//!
+//! // Decode, here in 1000-byte slices.
+//! let mut dec = Decoder::new(Limits::DEFAULT);
+//! let mut page_bytes = 0;
+//! for chunk in buf[..at].chunks(1000) {
+//!     let mut rest = chunk;
+//!     loop {
+//!         let (used, event) = dec.feed(rest)?;
+//!         rest = &rest[used..];
+//!         match event {
+//!             Some(Event::Header(h)) => h.identity.check_compatible(&header.identity).unwrap(),
+//!             Some(Event::PageData { frame: 7, data, .. }) => page_bytes += data.len(),
+//!             Some(_) => {}
+//!             None => break,
+//!         }
+//!     }
+//! }
+//! dec.finish()?;
+//! assert_eq!(page_bytes, 4096);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![no_std]
 #![forbid(unsafe_code)]
+
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+mod control;
+mod crc;
+mod decoder;
+mod encoder;
+mod error;
+pub mod fuzzing;
+mod header;
+mod pages;
+mod record;
+#[cfg(test)]
+mod stream_tests;
+
+pub use control::{
+    CONTROL_VERSION, END_LEN, EndPayload, EndRepr, ROUND_LEN, RoundPayload, RoundRepr,
+};
+pub use crc::{Crc32, crc32};
+pub use decoder::{Decoder, Event};
+pub use encoder::{Encoder, PayloadSource, Progress};
+pub use error::{DecodeError, EncodeError, EndMismatch, ErrorKind, Fault, PageRunError};
+pub use header::{
+    DeviceIdentity, FORMAT_MAJOR, FORMAT_MINOR, Incompatible, MAGIC, PAGE_SHIFT,
+    REQUIRED_CAPABILITY_MASK, STREAM_HEADER_LEN, StreamHeader, StreamHeaderRepr,
+};
+pub use pages::{
+    PAGE_RUN_HEADER_LEN, PAGE_SIZE, PageEncoding, PageRunHeader, PageRunRepr, PageSource,
+    PagesPayload,
+};
+pub use record::{
+    Limits, MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeader, RecordHeaderRepr, RecordKind,
+};
+
+/// Does a stored CRC match the computed one? Always compares, except under `cfg(fuzzing)`
+/// where checksums are bypassed so fuzzers can reach the states behind them.
+#[inline]
+const fn crc_matches(stored: u32, computed: u32) -> bool {
+    cfg!(fuzzing) || stored == computed
+}

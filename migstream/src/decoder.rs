@@ -1,0 +1,575 @@
+//! The sans-IO decoder: fed arbitrary slices (one byte at a time works), never panics, never
+//! allocates, bounds everything it reads, and reports what it decodes as [`Event`]s.
+
+use crate::control::{CONTROL_VERSION, END_LEN, EndRepr, ROUND_LEN, RoundRepr};
+use crate::crc::Crc32;
+use crate::error::{DecodeError, EndMismatch, ErrorKind, PageRunError};
+use crate::header::{STREAM_HEADER_LEN, StreamHeaderRepr};
+use crate::pages::{PAGE_RUN_HEADER_LEN, PAGE_SIZE, PageEncoding, PageRunRepr};
+use crate::record::{Limits, RECORD_HEADER_LEN, RecordHeaderRepr, RecordKind};
+
+/// Something the decoder decoded. Borrowed data points into the slice given to
+/// [`Decoder::feed`].
+///
+/// Order for one record: [`Event::RecordBegin`], then its [`Event::Payload`] chunks (or, for
+/// PAGES, its [`Event::PageData`] / [`Event::ZeroPages`] in stream order), then
+/// [`Event::RecordEnd`]. Payload and page data are **provisional** until `RecordEnd`: the
+/// record CRC is only known to match then, so a consumer must stage them (or be prepared to
+/// discard the whole restore on error). ROUND and END are reported once, as [`Event::Round`] /
+/// [`Event::End`], after their CRC (and for END, the stream totals) verified. Unknown records
+/// without the MANDATORY flag produce only [`Event::Skipped`], after their CRC verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// The stream header, validated (magic, version, CRC, reserved, capabilities, page size).
+    /// Device compatibility is the caller's check ([`crate::DeviceIdentity::check_compatible`]).
+    Header(StreamHeaderRepr),
+    /// A record (not ROUND/END, not skipped) starts; its header passed the index, flag,
+    /// length and version checks.
+    RecordBegin {
+        /// Kind.
+        kind: RecordKind,
+        /// Record-format version.
+        version: u8,
+        /// Payload length.
+        len: u32,
+        /// Sequence number.
+        index: u32,
+    },
+    /// A chunk of a non-PAGES record's payload, not yet CRC-verified.
+    Payload {
+        /// The record's kind.
+        kind: RecordKind,
+        /// Offset of `data` within the payload.
+        offset: u32,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// A chunk of one page inside a PAGES record, not yet CRC-verified: write it to `frame`
+    /// at `offset`. Never crosses a page boundary.
+    PageData {
+        /// Guest frame.
+        frame: u64,
+        /// Offset within the 4096-byte page.
+        offset: u16,
+        /// The bytes (at most `4096 - offset`).
+        data: &'a [u8],
+    },
+    /// `count` all-zero pages starting at `first_frame` (inside a PAGES record, not yet
+    /// CRC-verified).
+    ZeroPages {
+        /// First guest frame.
+        first_frame: u64,
+        /// Number of pages (≥ 1).
+        count: u32,
+    },
+    /// The record's CRC verified; everything it reported is now final.
+    RecordEnd {
+        /// Kind.
+        kind: RecordKind,
+        /// Sequence number.
+        index: u32,
+    },
+    /// An unknown optional record was consumed and its CRC verified.
+    Skipped {
+        /// Its kind.
+        kind: RecordKind,
+        /// Its payload length.
+        len: u32,
+    },
+    /// A verified ROUND record.
+    Round(RoundRepr),
+    /// A verified END record whose totals match the stream: the stream is complete.
+    End(EndRepr),
+}
+
+/// Where the decoder is.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+enum Phase {
+    /// Buffering the stream header.
+    StreamHeader,
+    /// Buffering a record header.
+    RecordHeader,
+    /// Streaming an opaque payload (reported, or skipped for unknown optional kinds).
+    Opaque { skip: bool },
+    /// Buffering a ROUND or END payload.
+    Fixed,
+    /// PAGES: buffering the next run header (or done).
+    RunHeader,
+    /// PAGES: streaming a FULL run's page bytes.
+    RunData {
+        /// Frame of the current page.
+        frame: u64,
+        /// Bytes left in the run.
+        left: u64,
+        /// Offset within the current page.
+        page_off: u16,
+    },
+    /// Payload consumed; the closing event (after CRC check) is due.
+    Check,
+    /// END verified.
+    Finished,
+    /// A fatal error; repeated by every later call.
+    Failed(DecodeError),
+}
+
+/// Sans-IO stream decoder. Working state is under 256 bytes (asserted < 1 KiB in tests), so it
+/// can live in a `static`.
+///
+/// Drive it with [`feed`](Self::feed) until the input is exhausted and `feed` returns
+/// `(0, None)`, then call [`finish`](Self::finish) when the transport reports end of stream.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Decoder {
+    limits: Limits,
+    phase: Phase,
+    /// Buffer for the stream header, record headers, run headers and ROUND/END payloads.
+    buf: [u8; STREAM_HEADER_LEN],
+    /// Bytes in `buf`.
+    have: u8,
+    /// Stream bytes consumed.
+    pos: u64,
+    /// Records completed (the next expected index).
+    records: u64,
+    /// CRC over the stream header and the record headers of every non-END record seen.
+    stream_crc: Crc32,
+    /// The current record's header.
+    rec: RecordHeaderRepr,
+    /// Stream offset of the current record's header.
+    rec_start: u64,
+    /// Payload bytes of the current record consumed.
+    done: u32,
+    /// Running CRC of the current record.
+    crc: Crc32,
+    /// Stream offset of the current page-run header.
+    run_start: u64,
+}
+
+impl Decoder {
+    /// A decoder expecting the stream header.
+    #[must_use]
+    pub const fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            phase: Phase::StreamHeader,
+            buf: [0; STREAM_HEADER_LEN],
+            have: 0,
+            pos: 0,
+            records: 0,
+            stream_crc: Crc32::new(),
+            rec: RecordHeaderRepr {
+                kind: RecordKind(0),
+                flags: crate::RecordFlags::NONE,
+                version: 0,
+                payload_len: 0,
+                index: 0,
+                crc: 0,
+            },
+            rec_start: 0,
+            done: 0,
+            crc: Crc32::new(),
+            run_start: 0,
+        }
+    }
+
+    /// Has the END record been verified?
+    #[must_use]
+    pub const fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// Stream bytes consumed so far.
+    #[must_use]
+    pub const fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Call when the transport reports end of input, after draining events.
+    ///
+    /// # Errors
+    /// The earlier fatal error if there was one, else [`ErrorKind::Truncated`] (at the number
+    /// of bytes received) unless END was verified.
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        match self.phase {
+            Phase::Finished => Ok(()),
+            Phase::Failed(e) => Err(e),
+            Phase::StreamHeader | Phase::RecordHeader => {
+                Err(DecodeError::new(ErrorKind::Truncated, self.pos, None))
+            }
+            _ => Err(self.err_here(ErrorKind::Truncated, self.pos)),
+        }
+    }
+
+    /// Consume a prefix of `input`: returns how many bytes were consumed and at most one event.
+    ///
+    /// Always makes progress: if `input` is non-empty or an event is pending, the result has
+    /// `consumed > 0` or an event (or both). `(0, None)` means "give me more bytes". Any
+    /// segmentation of the stream yields the same events (page and payload chunks may be split
+    /// differently). Call again with the unconsumed rest (or an empty slice) until it returns
+    /// `(0, None)`: an event can be pending after the last byte was consumed.
+    ///
+    /// CRCs (stream header, records, END's stream CRC) are always verified, except in builds
+    /// with `--cfg fuzzing`, where mismatches are ignored so fuzzers reach deeper states.
+    ///
+    /// # Errors
+    /// A fatal [`DecodeError`]; the decoder then returns the same error forever.
+    pub fn feed<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Option<Event<'a>>), DecodeError> {
+        if let Phase::Failed(e) = self.phase {
+            return Err(e);
+        }
+        let r = self.step(input);
+        if let Err(e) = r {
+            self.phase = Phase::Failed(e);
+        }
+        r
+    }
+
+    fn err_at(&self, kind: ErrorKind, offset: u64) -> DecodeError {
+        DecodeError::new(kind, offset, None)
+    }
+
+    /// An error inside the current record.
+    fn err_here(&self, kind: ErrorKind, offset: u64) -> DecodeError {
+        let index = u32::try_from(self.records).unwrap_or(u32::MAX);
+        DecodeError::new(kind, offset, Some((index, self.rec.kind)))
+    }
+
+    /// Buffer up to `need` bytes total into `buf`; returns the bytes taken from `rest`.
+    fn take<'a>(&mut self, rest: &'a [u8], need: usize) -> &'a [u8] {
+        let have = usize::from(self.have);
+        let n = need.saturating_sub(have).min(rest.len());
+        let chunk = rest.get(..n).unwrap_or_default();
+        if let Some(dst) = self.buf.get_mut(have..have + n) {
+            dst.copy_from_slice(chunk);
+        }
+        self.have = u8::try_from(have + n).unwrap_or(u8::MAX);
+        self.pos = self.pos.saturating_add(n as u64);
+        chunk
+    }
+
+    /// Payload bytes of the current record not yet consumed.
+    const fn left(&self) -> u32 {
+        self.rec.payload_len.saturating_sub(self.done)
+    }
+
+    /// Consume `n` payload bytes into the record CRC.
+    fn eat_payload<'a>(&mut self, chunk: &'a [u8]) -> &'a [u8] {
+        self.crc.update(chunk);
+        self.pos = self.pos.saturating_add(chunk.len() as u64);
+        self.done = self
+            .done
+            .saturating_add(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
+        chunk
+    }
+
+    fn step<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Option<Event<'a>>), DecodeError> {
+        let mut used = 0usize;
+        loop {
+            let rest = input.get(used..).unwrap_or_default();
+            match self.phase {
+                Phase::StreamHeader => {
+                    used += self.take(rest, STREAM_HEADER_LEN).len();
+                    if usize::from(self.have) < STREAM_HEADER_LEN {
+                        return Ok((used, None));
+                    }
+                    let h = StreamHeaderRepr::parse(&self.buf)?;
+                    self.stream_crc.update(&self.buf);
+                    self.have = 0;
+                    self.phase = Phase::RecordHeader;
+                    return Ok((used, Some(Event::Header(h))));
+                }
+                Phase::RecordHeader => {
+                    used += self.take(rest, RECORD_HEADER_LEN).len();
+                    if usize::from(self.have) < RECORD_HEADER_LEN {
+                        return Ok((used, None));
+                    }
+                    if let Some(ev) = self.begin_record()? {
+                        return Ok((used, Some(ev)));
+                    }
+                }
+                Phase::Opaque { skip } => {
+                    let left = self.left() as usize;
+                    if left == 0 {
+                        self.phase = Phase::Check;
+                        continue;
+                    }
+                    if rest.is_empty() {
+                        return Ok((used, None));
+                    }
+                    let offset = self.done;
+                    let data =
+                        self.eat_payload(rest.get(..left.min(rest.len())).unwrap_or_default());
+                    used += data.len();
+                    if !skip {
+                        let kind = self.rec.kind;
+                        return Ok((used, Some(Event::Payload { kind, offset, data })));
+                    }
+                }
+                Phase::Fixed => {
+                    let need = self.rec.payload_len as usize;
+                    let chunk = self.take(rest, need);
+                    self.crc.update(chunk);
+                    self.done = u32::from(self.have);
+                    used += chunk.len();
+                    if usize::from(self.have) < need {
+                        return Ok((used, None));
+                    }
+                    self.phase = Phase::Check;
+                }
+                Phase::RunHeader => {
+                    let left = self.left();
+                    if left == 0 {
+                        self.phase = Phase::Check;
+                        continue;
+                    }
+                    if self.have == 0 {
+                        self.run_start = self.pos;
+                        if (left as usize) < PAGE_RUN_HEADER_LEN {
+                            let k = ErrorKind::MalformedPageRun(PageRunError::ShortHeader);
+                            return Err(self.err_here(k, self.pos));
+                        }
+                    }
+                    let chunk = self.take(rest, PAGE_RUN_HEADER_LEN);
+                    self.crc.update(chunk);
+                    self.done = self
+                        .done
+                        .saturating_add(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
+                    used += chunk.len();
+                    if usize::from(self.have) < PAGE_RUN_HEADER_LEN {
+                        return Ok((used, None));
+                    }
+                    let Some(&raw) = self.buf.first_chunk::<PAGE_RUN_HEADER_LEN>() else {
+                        return Ok((used, None));
+                    };
+                    self.have = 0;
+                    let run = PageRunRepr::parse(&raw).map_err(|e| {
+                        self.err_here(ErrorKind::MalformedPageRun(e), self.run_start)
+                    })?;
+                    if run.data_len() > u64::from(self.left()) {
+                        let k = ErrorKind::MalformedPageRun(PageRunError::Overrun);
+                        return Err(self.err_here(k, self.run_start));
+                    }
+                    if run.encoding == PageEncoding::ZERO {
+                        let ev = Event::ZeroPages {
+                            first_frame: run.first_frame,
+                            count: run.count,
+                        };
+                        return Ok((used, Some(ev)));
+                    }
+                    self.phase = Phase::RunData {
+                        frame: run.first_frame,
+                        left: run.data_len(),
+                        page_off: 0,
+                    };
+                }
+                Phase::RunData {
+                    frame,
+                    left,
+                    page_off,
+                } => {
+                    if left == 0 {
+                        self.phase = Phase::RunHeader;
+                        continue;
+                    }
+                    if rest.is_empty() {
+                        return Ok((used, None));
+                    }
+                    let in_page = PAGE_SIZE - usize::from(page_off);
+                    let n = rest
+                        .len()
+                        .min(in_page)
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let data = self.eat_payload(rest.get(..n).unwrap_or_default());
+                    used += n;
+                    let next_off = usize::from(page_off) + n;
+                    let (next_frame, next_off) = if next_off == PAGE_SIZE {
+                        (frame.saturating_add(1), 0)
+                    } else {
+                        (frame, u16::try_from(next_off).unwrap_or(0))
+                    };
+                    let left = left.saturating_sub(n as u64);
+                    self.phase = if left == 0 {
+                        Phase::RunHeader
+                    } else {
+                        Phase::RunData {
+                            frame: next_frame,
+                            left,
+                            page_off: next_off,
+                        }
+                    };
+                    let ev = Event::PageData {
+                        frame,
+                        offset: page_off,
+                        data,
+                    };
+                    return Ok((used, Some(ev)));
+                }
+                Phase::Check => {
+                    let ev = self.finish_record()?;
+                    return Ok((used, Some(ev)));
+                }
+                Phase::Finished => {
+                    if rest.is_empty() {
+                        return Ok((used, None));
+                    }
+                    return Err(self.err_at(ErrorKind::TrailingData, self.pos));
+                }
+                Phase::Failed(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Validate a complete record header in `buf` and choose the payload phase.
+    fn begin_record(&mut self) -> Result<Option<Event<'static>>, DecodeError> {
+        let Some(raw) = self.buf.first_chunk::<RECORD_HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let raw = *raw;
+        self.have = 0;
+        self.rec = RecordHeaderRepr::from_bytes(&raw);
+        self.rec_start = self.pos.saturating_sub(RECORD_HEADER_LEN as u64);
+        self.done = 0;
+        let at = self.rec_start;
+        let rec = self.rec;
+        let Ok(expected) = u32::try_from(self.records) else {
+            return Err(self.err_here(ErrorKind::TooManyRecords, at));
+        };
+        if rec.index != expected {
+            let k = ErrorKind::BadIndex {
+                expected,
+                got: rec.index,
+            };
+            return Err(self.err_here(k, at));
+        }
+        if !rec.flags.is_valid() {
+            return Err(self.err_here(ErrorKind::BadFlags { flags: rec.flags.0 }, at));
+        }
+        if rec.payload_len > self.limits.max_payload {
+            let k = ErrorKind::LengthTooLarge {
+                len: rec.payload_len,
+                max: self.limits.max_payload,
+            };
+            return Err(self.err_here(k, at));
+        }
+        let parsed_here = matches!(
+            rec.kind,
+            RecordKind::PAGES | RecordKind::ROUND | RecordKind::END
+        );
+        if parsed_here && rec.version != CONTROL_VERSION {
+            let k = ErrorKind::UnsupportedRecordVersion {
+                kind: rec.kind,
+                version: rec.version,
+            };
+            return Err(self.err_here(k, at));
+        }
+        let fixed = match rec.kind {
+            RecordKind::ROUND => Some(ROUND_LEN),
+            RecordKind::END => Some(END_LEN),
+            _ => None,
+        };
+        if let Some(expected) = fixed.filter(|&e| rec.payload_len as usize != e) {
+            let k = ErrorKind::BadRoundOrEnd {
+                expected: u32::try_from(expected).unwrap_or(0),
+                len: rec.payload_len,
+            };
+            return Err(self.err_here(k, at));
+        }
+        if !rec.kind.is_known() && rec.flags.is_mandatory() {
+            return Err(self.err_here(ErrorKind::UnknownMandatory { kind: rec.kind }, at));
+        }
+        self.crc = Crc32::new();
+        self.crc.update(raw.get(..12).unwrap_or_default());
+        if rec.kind != RecordKind::END {
+            self.stream_crc.update(&raw);
+        }
+        let begin = Event::RecordBegin {
+            kind: rec.kind,
+            version: rec.version,
+            len: rec.payload_len,
+            index: rec.index,
+        };
+        Ok(match rec.kind {
+            RecordKind::ROUND | RecordKind::END => {
+                self.phase = Phase::Fixed;
+                None
+            }
+            RecordKind::PAGES => {
+                self.phase = Phase::RunHeader;
+                Some(begin)
+            }
+            k if !k.is_known() => {
+                self.phase = Phase::Opaque { skip: true };
+                None
+            }
+            _ => {
+                self.phase = Phase::Opaque { skip: false };
+                Some(begin)
+            }
+        })
+    }
+
+    /// All payload consumed: verify the CRC and produce the closing event.
+    fn finish_record(&mut self) -> Result<Event<'static>, DecodeError> {
+        let rec = self.rec;
+        let at = self.rec_start;
+        let computed = self.crc.value();
+        if !crate::crc_matches(rec.crc, computed) {
+            let k = ErrorKind::BadRecordCrc {
+                stored: rec.crc,
+                computed,
+            };
+            return Err(self.err_here(k, at));
+        }
+        let payload = self.buf.get(..rec.payload_len as usize).unwrap_or_default();
+        let ev = match rec.kind {
+            RecordKind::ROUND => {
+                Event::Round(RoundRepr::parse(payload).map_err(|k| self.err_here(k, at))?)
+            }
+            RecordKind::END => {
+                let end = EndRepr::parse(payload).map_err(|k| self.err_here(k, at))?;
+                let seen = rec.index;
+                if end.record_count != seen {
+                    let m = EndMismatch::RecordCount {
+                        stream: end.record_count,
+                        seen,
+                    };
+                    return Err(self.err_here(ErrorKind::EndMismatch(m), at));
+                }
+                if end.byte_count != at {
+                    let m = EndMismatch::ByteCount {
+                        stream: end.byte_count,
+                        seen: at,
+                    };
+                    return Err(self.err_here(ErrorKind::EndMismatch(m), at));
+                }
+                let computed = self.stream_crc.value();
+                if !crate::crc_matches(end.stream_crc, computed) {
+                    let m = EndMismatch::StreamCrc {
+                        stream: end.stream_crc,
+                        computed,
+                    };
+                    return Err(self.err_here(ErrorKind::EndMismatch(m), at));
+                }
+                Event::End(end)
+            }
+            k if !k.is_known() => Event::Skipped {
+                kind: k,
+                len: rec.payload_len,
+            },
+            k => Event::RecordEnd {
+                kind: k,
+                index: rec.index,
+            },
+        };
+        self.records = self.records.saturating_add(1);
+        self.have = 0;
+        self.phase = if rec.kind == RecordKind::END {
+            Phase::Finished
+        } else {
+            Phase::RecordHeader
+        };
+        Ok(ev)
+    }
+}

@@ -1,0 +1,390 @@
+//! The sans-IO encoder: writes the stream into caller buffers of any size, resumable at any
+//! byte.
+
+use crate::control::{CONTROL_VERSION, END_LEN, EndRepr, ROUND_LEN, RoundRepr};
+use crate::crc::Crc32;
+use crate::error::EncodeError;
+use crate::header::{STREAM_HEADER_LEN, StreamHeaderRepr};
+use crate::record::{MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeaderRepr, RecordKind};
+
+/// A record payload that can be produced piecewise, so the encoder can copy it straight into
+/// its output without an intermediate buffer.
+pub trait PayloadSource {
+    /// Payload length in bytes.
+    fn payload_len(&self) -> usize;
+    /// Copy payload bytes `[offset, offset + out.len())` into `out`. Never asked beyond
+    /// [`payload_len`](Self::payload_len). Must return the same bytes every time it is asked.
+    fn fill(&self, offset: usize, out: &mut [u8]);
+}
+
+impl PayloadSource for [u8] {
+    fn payload_len(&self) -> usize {
+        self.len()
+    }
+
+    fn fill(&self, offset: usize, out: &mut [u8]) {
+        if let Some(src) = self.get(offset..offset.saturating_add(out.len())) {
+            out.copy_from_slice(src);
+        }
+    }
+}
+
+impl<const N: usize> PayloadSource for [u8; N] {
+    fn payload_len(&self) -> usize {
+        N
+    }
+
+    fn fill(&self, offset: usize, out: &mut [u8]) {
+        self.as_slice().fill(offset, out);
+    }
+}
+
+impl<T: PayloadSource + ?Sized> PayloadSource for &T {
+    fn payload_len(&self) -> usize {
+        (**self).payload_len()
+    }
+
+    fn fill(&self, offset: usize, out: &mut [u8]) {
+        (**self).fill(offset, out);
+    }
+}
+
+/// Result of one encoder call: bytes written into `out` by this call, and whether the item
+/// (header or record) is complete.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Progress {
+    /// The item is complete; this many bytes were written by this call.
+    Done(usize),
+    /// `out` is full; this many bytes were written. Call again with the same arguments and a
+    /// fresh buffer.
+    Partial(usize),
+}
+
+impl Progress {
+    /// Bytes written by this call.
+    #[must_use]
+    pub const fn written(self) -> usize {
+        match self {
+            Progress::Done(n) | Progress::Partial(n) => n,
+        }
+    }
+
+    /// Is the item complete?
+    #[must_use]
+    pub const fn is_done(self) -> bool {
+        matches!(self, Progress::Done(_))
+    }
+}
+
+/// A record being written across calls.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+struct Pending {
+    /// The complete record header, CRC included.
+    header: [u8; RECORD_HEADER_LEN],
+    /// Header plus payload bytes (≤ 16 MiB + 16).
+    total: u32,
+    /// Bytes already emitted.
+    written: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+enum State {
+    /// Writing the stream header; bytes done.
+    Header(u8),
+    /// Between records.
+    Ready,
+    /// Inside a record.
+    Record(Pending),
+    /// END complete.
+    Finished,
+}
+
+/// Bytes of stack the slow path uses to CRC a payload that does not fit the output.
+const CRC_CHUNK: usize = 512;
+
+/// Sans-IO stream encoder. Holds only counters, the running stream CRC and the header of a
+/// record in progress (≈ 64 bytes), so it can live in a `static`.
+///
+/// Use: [`write_header`](Self::write_header) until `Done`, then any number of
+/// [`write_record`](Self::write_record) (each until `Done`), then
+/// [`write_end`](Self::write_end) until `Done`. Every call writes as much as fits into `out`
+/// (even 1 byte) and never panics.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Encoder {
+    state: State,
+    /// Bytes emitted, including partially written items.
+    bytes_out: u64,
+    /// Bytes of complete items (what END's `byte_count` counts).
+    committed: u64,
+    /// Complete records.
+    records: u32,
+    /// CRC over the stream header and complete non-END record headers.
+    stream_crc: Crc32,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Encoder {
+    /// An encoder at the start of a stream.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            state: State::Header(0),
+            bytes_out: 0,
+            committed: 0,
+            records: 0,
+            stream_crc: Crc32::new(),
+        }
+    }
+
+    /// Total bytes written into output buffers so far (partial items included).
+    #[must_use]
+    pub const fn bytes_written(&self) -> u64 {
+        self.bytes_out
+    }
+
+    /// Complete records written (END included once complete).
+    #[must_use]
+    pub const fn records_written(&self) -> u32 {
+        self.records
+    }
+
+    /// Is the END record complete?
+    #[must_use]
+    pub const fn is_finished(&self) -> bool {
+        matches!(self.state, State::Finished)
+    }
+
+    /// Write (part of) the 80-byte stream header. Call with the same `h` until it returns
+    /// [`Progress::Done`].
+    ///
+    /// # Errors
+    /// [`EncodeError::HeaderAlreadyWritten`] once the header is complete.
+    pub fn write_header(
+        &mut self,
+        h: &StreamHeaderRepr,
+        out: &mut [u8],
+    ) -> Result<Progress, EncodeError> {
+        let State::Header(done) = self.state else {
+            return Err(EncodeError::HeaderAlreadyWritten);
+        };
+        let mut bytes = [0; STREAM_HEADER_LEN];
+        h.emit(&mut bytes);
+        let rest = bytes.get(usize::from(done)..).unwrap_or_default();
+        let n = rest.len().min(out.len());
+        if let (Some(dst), Some(src)) = (out.get_mut(..n), rest.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.bytes_out = self.bytes_out.saturating_add(n as u64);
+        let done = usize::from(done) + n;
+        if done == STREAM_HEADER_LEN {
+            self.stream_crc.update(&bytes);
+            self.committed = STREAM_HEADER_LEN as u64;
+            self.state = State::Ready;
+            Ok(Progress::Done(n))
+        } else {
+            self.state = State::Header(u8::try_from(done).unwrap_or(0));
+            Ok(Progress::Partial(n))
+        }
+    }
+
+    /// Write (part of) one record. Call repeatedly with the same `kind`, `flags`, `version` and
+    /// payload until it returns [`Progress::Done`]; each call writes as much as fits into `out`.
+    ///
+    /// When the whole record fits, the payload is copied into `out` and checksummed there (one
+    /// pass over the source). Otherwise the first call streams the payload through a 512-byte
+    /// stack buffer to compute the CRC, and the calls then emit header and payload bytes.
+    /// Writing an [`RecordKind::END`] record ends the stream (prefer [`write_end`](Self::write_end)).
+    ///
+    /// # Errors
+    /// [`EncodeError::HeaderNotWritten`], [`EncodeError::Finished`], [`EncodeError::BadFlags`],
+    /// [`EncodeError::PayloadTooLarge`], [`EncodeError::TooManyRecords`], and
+    /// [`EncodeError::RecordMismatch`] if the call does not continue the record in progress.
+    /// The encoder is unchanged on error.
+    pub fn write_record<P: PayloadSource + ?Sized>(
+        &mut self,
+        kind: RecordKind,
+        flags: RecordFlags,
+        version: u8,
+        payload: &P,
+        out: &mut [u8],
+    ) -> Result<Progress, EncodeError> {
+        let len = payload.payload_len();
+        let mut header = [0; RECORD_HEADER_LEN];
+        let repr = RecordHeaderRepr {
+            kind,
+            flags,
+            version,
+            payload_len: u32::try_from(len).unwrap_or(u32::MAX),
+            index: self.records,
+            crc: 0,
+        };
+        repr.emit(&mut header);
+        let pending = match self.state {
+            State::Header(_) => return Err(EncodeError::HeaderNotWritten),
+            State::Finished => return Err(EncodeError::Finished),
+            State::Record(p) => {
+                if p.header.get(..8) != header.get(..8) {
+                    return Err(EncodeError::RecordMismatch);
+                }
+                p
+            }
+            State::Ready => {
+                if !flags.is_valid() {
+                    return Err(EncodeError::BadFlags { flags: flags.0 });
+                }
+                if len > MAX_PAYLOAD as usize {
+                    return Err(EncodeError::PayloadTooLarge { len });
+                }
+                if self.records == u32::MAX {
+                    return Err(EncodeError::TooManyRecords);
+                }
+                let total = len + RECORD_HEADER_LEN;
+                if let Some(dst) = out.get_mut(..total) {
+                    // Fast path: the whole record fits.
+                    let (hdr, body) = dst.split_at_mut(RECORD_HEADER_LEN);
+                    payload.fill(0, body);
+                    let mut crc = Crc32::new();
+                    crc.update(header.get(..12).unwrap_or_default());
+                    crc.update(body);
+                    let repr = RecordHeaderRepr {
+                        crc: crc.value(),
+                        ..repr
+                    };
+                    repr.emit(&mut header);
+                    hdr.copy_from_slice(&header);
+                    self.bytes_out = self.bytes_out.saturating_add(total as u64);
+                    self.complete(&header, total as u64);
+                    return Ok(Progress::Done(total));
+                }
+                // Slow path: checksum first, then emit across calls.
+                let mut crc = Crc32::new();
+                crc.update(header.get(..12).unwrap_or_default());
+                let mut buf = [0u8; CRC_CHUNK];
+                let mut off = 0;
+                while off < len {
+                    let n = CRC_CHUNK.min(len - off);
+                    if let Some(chunk) = buf.get_mut(..n) {
+                        payload.fill(off, chunk);
+                        crc.update(chunk);
+                    }
+                    off += n;
+                }
+                let repr = RecordHeaderRepr {
+                    crc: crc.value(),
+                    ..repr
+                };
+                repr.emit(&mut header);
+                Pending {
+                    header,
+                    total: u32::try_from(total).unwrap_or(u32::MAX),
+                    written: 0,
+                }
+            }
+        };
+        Ok(self.continue_record(pending, payload, out))
+    }
+
+    /// Emit the next bytes of `p` into `out`.
+    fn continue_record<P: PayloadSource + ?Sized>(
+        &mut self,
+        mut p: Pending,
+        payload: &P,
+        out: &mut [u8],
+    ) -> Progress {
+        let total = p.total as usize;
+        let mut written = p.written as usize;
+        let n = out.len().min(total - written);
+        let mut dst = out.get_mut(..n).unwrap_or_default();
+        if written < RECORD_HEADER_LEN {
+            let src = p.header.get(written..).unwrap_or_default();
+            let k = src.len().min(dst.len());
+            let (head, tail) = dst.split_at_mut(k);
+            head.copy_from_slice(src.get(..k).unwrap_or_default());
+            dst = tail;
+            written += k;
+        }
+        if !dst.is_empty() {
+            payload.fill(written - RECORD_HEADER_LEN, dst);
+            written += dst.len();
+        }
+        self.bytes_out = self.bytes_out.saturating_add(n as u64);
+        if written == total {
+            self.complete(&p.header, total as u64);
+            Progress::Done(n)
+        } else {
+            p.written = u32::try_from(written).unwrap_or(p.total);
+            self.state = State::Record(p);
+            Progress::Partial(n)
+        }
+    }
+
+    /// Book-keeping when a record's last byte is out.
+    fn complete(&mut self, header: &[u8; RECORD_HEADER_LEN], total: u64) {
+        let kind = RecordHeaderRepr::from_bytes(header).kind;
+        self.committed = self.committed.saturating_add(total);
+        self.records = self.records.saturating_add(1);
+        if kind == RecordKind::END {
+            self.state = State::Finished;
+        } else {
+            self.stream_crc.update(header);
+            self.state = State::Ready;
+        }
+    }
+
+    /// The END record this encoder would write now: its totals cover everything complete.
+    #[must_use]
+    pub const fn end_repr(&self) -> EndRepr {
+        EndRepr {
+            record_count: self.records,
+            stream_crc: self.stream_crc.value(),
+            byte_count: self.committed,
+        }
+    }
+
+    /// Write (part of) the END record with the totals the encoder kept. Call until
+    /// [`Progress::Done`]; afterwards the encoder accepts nothing more.
+    ///
+    /// # Errors
+    /// As [`write_record`](Self::write_record).
+    pub fn write_end(&mut self, out: &mut [u8]) -> Result<Progress, EncodeError> {
+        let mut payload = [0; END_LEN];
+        self.end_repr().emit(&mut payload);
+        self.write_record(
+            RecordKind::END,
+            RecordFlags::MANDATORY,
+            CONTROL_VERSION,
+            &payload,
+            out,
+        )
+    }
+
+    /// Write (part of) a ROUND record. Call with the same `round` until [`Progress::Done`].
+    ///
+    /// # Errors
+    /// As [`write_record`](Self::write_record).
+    pub fn write_round(
+        &mut self,
+        round: &RoundRepr,
+        out: &mut [u8],
+    ) -> Result<Progress, EncodeError> {
+        let mut payload = [0; ROUND_LEN];
+        round.emit(&mut payload);
+        self.write_record(
+            RecordKind::ROUND,
+            RecordFlags::MANDATORY,
+            CONTROL_VERSION,
+            &payload,
+            out,
+        )
+    }
+}

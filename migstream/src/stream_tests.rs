@@ -1,0 +1,757 @@
+//! Whole-stream tests: golden vector, encoder chunking, decoder segmentation, error cases.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    reason = "tests"
+)]
+
+use std::format;
+use std::string::String;
+use std::vec;
+use std::vec::Vec;
+
+use crate::header::tests::REPR as HEADER;
+use crate::*;
+
+const UNKNOWN: RecordKind = RecordKind(0x0123);
+const RUNS: [PageRunRepr; 2] = [
+    PageRunRepr {
+        first_frame: 0x10,
+        count: 1,
+        encoding: PageEncoding::FULL,
+    },
+    PageRunRepr {
+        first_frame: 0x20,
+        count: 2,
+        encoding: PageEncoding::ZERO,
+    },
+];
+const ROUND0: RoundRepr = RoundRepr {
+    round: 0,
+    pages: 3,
+    bytes: 4096,
+};
+
+fn page_fill(frame: u64, _off: usize, out: &mut [u8]) {
+    out.fill(0xA5 ^ frame as u8);
+}
+
+type WriteFn<'a> = dyn FnMut(&mut Encoder, &mut [u8]) -> Result<Progress, EncodeError> + 'a;
+
+/// Encode the skeleton stream with output slices of `chunk` bytes.
+fn skeleton(chunk: usize) -> Vec<u8> {
+    let mut stream = Vec::new();
+    let mut buf = vec![0u8; chunk];
+    let mut enc = Encoder::new();
+    let mut run = |f: &mut WriteFn<'_>| loop {
+        let p = f(&mut enc, &mut buf).unwrap();
+        stream.extend_from_slice(&buf[..p.written()]);
+        if p.is_done() {
+            break;
+        }
+        assert_eq!(p.written(), chunk, "Partial only when out is full");
+    };
+    let pages = PagesPayload::new(&RUNS, page_fill).unwrap();
+    run(&mut |e, o| e.write_header(&HEADER, o));
+    run(&mut |e, o| {
+        e.write_record(
+            RecordKind::CONFIG_SPACE,
+            RecordFlags::MANDATORY,
+            1,
+            &b"cfg!"[..],
+            o,
+        )
+    });
+    run(&mut |e, o| e.write_record(UNKNOWN, RecordFlags::NONE, 1, &[1u8, 2, 3], o));
+    run(&mut |e, o| e.write_round(&ROUND0, o));
+    run(&mut |e, o| {
+        e.write_record(
+            RecordKind::PAGES,
+            RecordFlags::MANDATORY,
+            CONTROL_VERSION,
+            &pages,
+            o,
+        )
+    });
+    run(&mut |e, o| e.write_end(o));
+    stream
+}
+
+/// Events with owned data; consecutive payload / page chunks merged, so any segmentation of
+/// the same stream gives the same list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ev {
+    Header(StreamHeaderRepr),
+    Begin(RecordKind, u8, u32, u32),
+    Payload(RecordKind, u32, Vec<u8>),
+    Page(u64, u16, Vec<u8>),
+    Zero(u64, u32),
+    End(RecordKind, u32),
+    Skipped(RecordKind, u32),
+    Round(RoundRepr),
+    StreamEnd(EndRepr),
+}
+
+fn push(events: &mut Vec<Ev>, ev: Event<'_>) {
+    match (events.last_mut(), ev) {
+        (Some(Ev::Payload(k, off, d)), Event::Payload { kind, offset, data })
+            if *k == kind && *off as usize + d.len() == offset as usize =>
+        {
+            d.extend_from_slice(data);
+        }
+        (
+            Some(Ev::Page(f, off, d)),
+            Event::PageData {
+                frame,
+                offset,
+                data,
+            },
+        ) if *f == frame && *off as usize + d.len() == usize::from(offset) => {
+            d.extend_from_slice(data);
+        }
+        (_, ev) => events.push(match ev {
+            Event::Header(h) => Ev::Header(h),
+            Event::RecordBegin {
+                kind,
+                version,
+                len,
+                index,
+            } => Ev::Begin(kind, version, len, index),
+            Event::Payload { kind, offset, data } => Ev::Payload(kind, offset, data.to_vec()),
+            Event::PageData {
+                frame,
+                offset,
+                data,
+            } => Ev::Page(frame, offset, data.to_vec()),
+            Event::ZeroPages { first_frame, count } => Ev::Zero(first_frame, count),
+            Event::RecordEnd { kind, index } => Ev::End(kind, index),
+            Event::Skipped { kind, len } => Ev::Skipped(kind, len),
+            Event::Round(r) => Ev::Round(r),
+            Event::End(e) => Ev::StreamEnd(e),
+        }),
+    }
+}
+
+/// Decode `bytes` cut at the given segment lengths (cycled), then `finish()`.
+fn decode_with(dec: &mut Decoder, bytes: &[u8], segs: &[usize]) -> Result<Vec<Ev>, DecodeError> {
+    let mut events = Vec::new();
+    let mut off = 0;
+    let mut i = 0;
+    loop {
+        let seg = segs[i % segs.len()].max(1);
+        i += 1;
+        let end = (off + seg).min(bytes.len());
+        let mut rest = &bytes[off..end];
+        loop {
+            let (used, ev) = dec.feed(rest)?;
+            assert!(used > 0 || ev.is_some() || rest.is_empty());
+            rest = &rest[used..];
+            match ev {
+                Some(ev) => push(&mut events, ev),
+                None if used == 0 => break,
+                None => {}
+            }
+        }
+        off = end;
+        if off == bytes.len() {
+            break;
+        }
+    }
+    dec.finish()?;
+    Ok(events)
+}
+
+fn decode(bytes: &[u8], segs: &[usize]) -> Result<Vec<Ev>, DecodeError> {
+    decode_with(&mut Decoder::new(Limits::DEFAULT), bytes, segs)
+}
+
+fn err(bytes: &[u8]) -> DecodeError {
+    decode(bytes, &[usize::MAX]).unwrap_err()
+}
+
+fn skeleton_events() -> Vec<Ev> {
+    let page = vec![0xA5 ^ 0x10; 4096];
+    let body_len = skeleton(usize::MAX >> 40).len() as u64;
+    vec![
+        Ev::Header(HEADER),
+        Ev::Begin(RecordKind::CONFIG_SPACE, 1, 4, 0),
+        Ev::Payload(RecordKind::CONFIG_SPACE, 0, b"cfg!".to_vec()),
+        Ev::End(RecordKind::CONFIG_SPACE, 0),
+        Ev::Skipped(UNKNOWN, 3),
+        Ev::Round(ROUND0),
+        Ev::Begin(RecordKind::PAGES, 1, 16 + 4096 + 16, 3),
+        Ev::Page(0x10, 0, page),
+        Ev::Zero(0x20, 2),
+        Ev::End(RecordKind::PAGES, 3),
+        Ev::StreamEnd(EndRepr {
+            record_count: 4,
+            stream_crc: SKELETON_STREAM_CRC,
+            byte_count: body_len - 32,
+        }),
+    ]
+}
+
+/// Stream CRC of the skeleton (header + 4 record headers), pinned.
+const SKELETON_STREAM_CRC: u32 = 0xA03D_6A8A;
+
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors");
+
+/// `hexdump -C`-style dump, repeated lines collapsed to `*`.
+fn hexdump(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    let mut prev: Option<&[u8]> = None;
+    let mut starred = false;
+    for (i, line) in bytes.chunks(16).enumerate() {
+        if prev == Some(line) && line.len() == 16 {
+            if !starred {
+                s.push_str("*\n");
+                starred = true;
+            }
+            continue;
+        }
+        starred = false;
+        prev = Some(line);
+        let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+        let (a, b) = hex.split_at(hex.len().min(8));
+        let ascii: String = line
+            .iter()
+            .map(|&c| {
+                if (0x20..0x7f).contains(&c) {
+                    c as char
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        s.push_str(&format!(
+            "{:08x}  {:<23}  {:<23}  |{}|\n",
+            i * 16,
+            a.join(" "),
+            b.join(" "),
+            ascii
+        ));
+    }
+    s.push_str(&format!("{:08x}\n", bytes.len()));
+    s
+}
+
+#[test]
+fn golden_skeleton() {
+    let bytes = skeleton(usize::MAX >> 40);
+    let bin = format!("{VECTORS}/skeleton.bin");
+    let hex = format!("{VECTORS}/skeleton.hex");
+    if std::env::var_os("MIGSTREAM_BLESS").is_some() {
+        std::fs::write(&bin, &bytes).unwrap();
+        std::fs::write(&hex, hexdump(&bytes)).unwrap();
+    }
+    let golden = std::fs::read(&bin).unwrap();
+    assert_eq!(bytes, golden, "encoder no longer reproduces skeleton.bin");
+    assert_eq!(std::fs::read_to_string(&hex).unwrap(), hexdump(&golden));
+    assert_eq!(
+        golden.len(),
+        80 + (16 + 4) + (16 + 3) + (16 + 24) + (16 + 4128) + (16 + 16)
+    );
+    // The END record's stream CRC, recomputed independently of the encoder.
+    let mut c = Crc32::new();
+    c.update(&golden[..80]);
+    for at in [80, 100, 119, 159] {
+        c.update(&golden[at..at + 16]);
+    }
+    assert_eq!(c.value(), SKELETON_STREAM_CRC);
+    assert_eq!(decode(&golden, &[usize::MAX]).unwrap(), skeleton_events());
+    assert_eq!(decode(&golden, &[1]).unwrap(), skeleton_events());
+}
+
+#[test]
+fn encoder_chunk_sizes_identical() {
+    let whole = skeleton(usize::MAX >> 40);
+    for chunk in [1, 7, 16, 100, 4096 + 16, 4096 + 32, 1 << 20] {
+        assert_eq!(skeleton(chunk), whole, "chunk {chunk}");
+    }
+}
+
+#[test]
+fn state_sizes() {
+    assert!(core::mem::size_of::<Decoder>() < 1024);
+    assert!(core::mem::size_of::<Decoder>() <= 256);
+    assert!(core::mem::size_of::<Encoder>() <= 64);
+    assert!(core::mem::size_of::<DecodeError>() <= 48);
+}
+
+/// A raw record with a correct CRC.
+fn record(kind: RecordKind, flags: u8, version: u8, index: u32, payload: &[u8]) -> Vec<u8> {
+    let mut r = RecordHeaderRepr {
+        kind,
+        flags: RecordFlags(flags),
+        version,
+        payload_len: payload.len() as u32,
+        index,
+        crc: 0,
+    };
+    r.crc = r.compute_crc(payload);
+    let mut h = [0; 16];
+    r.emit(&mut h);
+    let mut v = h.to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+fn header_bytes() -> Vec<u8> {
+    let mut h = [0; 80];
+    HEADER.emit(&mut h);
+    h.to_vec()
+}
+
+fn stream_of(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut s = header_bytes();
+    for r in records {
+        s.extend_from_slice(r);
+    }
+    s
+}
+
+fn run(first_frame: u64, count: u32, encoding: u8) -> Vec<u8> {
+    let mut h = [0; 16];
+    PageRunRepr {
+        first_frame,
+        count,
+        encoding: PageEncoding(encoding),
+    }
+    .emit(&mut h);
+    h.to_vec()
+}
+
+#[test]
+fn truncated_stream() {
+    let golden = skeleton(usize::MAX >> 40);
+    for n in [0, 1, 79, 80, 95, 100, 200, 1000, golden.len() - 1] {
+        let e = err(&golden[..n]);
+        assert_eq!(e.kind(), ErrorKind::Truncated, "cut at {n}");
+        assert_eq!(e.offset(), n as u64);
+        assert_eq!(e.fault(), Fault::Peer);
+    }
+    let e = err(&golden[..90]);
+    assert_eq!(e.record(), None);
+    let e = err(&golden[..200]);
+    assert_eq!(e.record(), Some((3, RecordKind::PAGES)));
+}
+
+#[test]
+fn bad_header_crc() {
+    let mut s = skeleton(usize::MAX >> 40);
+    s[40] ^= 0x01;
+    let computed = crc32(&s[..76]);
+    let stored = u32::from_le_bytes(s[76..80].try_into().unwrap());
+    assert_eq!(
+        err(&s),
+        DecodeError::new(ErrorKind::BadHeaderCrc { stored, computed }, 0, None)
+    );
+}
+
+#[test]
+fn bad_record_crc() {
+    let mut s = skeleton(usize::MAX >> 40);
+    s[96] = b'C'; // "cfg!" -> "Cfg!"
+    let stored = u32::from_le_bytes(s[92..96].try_into().unwrap());
+    let mut c = Crc32::new();
+    c.update(&s[80..92]);
+    c.update(b"Cfg!");
+    let e = err(&s);
+    assert_eq!(
+        e,
+        DecodeError::new(
+            ErrorKind::BadRecordCrc {
+                stored,
+                computed: c.value()
+            },
+            80,
+            Some((0, RecordKind::CONFIG_SPACE))
+        )
+    );
+    assert_eq!(e.fault(), Fault::Peer);
+    // The payload was reported (provisionally) before the CRC failed.
+    let mut dec = Decoder::new(Limits::DEFAULT);
+    let mut events = Vec::new();
+    let mut rest = &s[..];
+    let failure = loop {
+        match dec.feed(rest) {
+            Ok((used, Some(ev))) => {
+                rest = &rest[used..];
+                push(&mut events, ev);
+            }
+            Ok((used, None)) => rest = &rest[used..],
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(failure, e);
+    assert_eq!(
+        events.last(),
+        Some(&Ev::Payload(RecordKind::CONFIG_SPACE, 0, b"Cfg!".to_vec()))
+    );
+    // Sticky.
+    assert_eq!(dec.feed(&[]), Err(e));
+    assert_eq!(dec.finish(), Err(e));
+}
+
+#[test]
+fn wrong_index() {
+    let s = stream_of(&[
+        record(RecordKind::REGISTERS, 1, 1, 0, b"a"),
+        record(RecordKind::REGISTERS, 1, 1, 0, b"a"),
+    ]);
+    assert_eq!(
+        err(&s),
+        DecodeError::new(
+            ErrorKind::BadIndex {
+                expected: 1,
+                got: 0
+            },
+            80 + 17,
+            Some((1, RecordKind::REGISTERS))
+        )
+    );
+    let s = stream_of(&[record(RecordKind::REGISTERS, 1, 1, 2, b"a")]);
+    assert_eq!(
+        err(&s).kind(),
+        ErrorKind::BadIndex {
+            expected: 0,
+            got: 2
+        }
+    );
+}
+
+#[test]
+fn huge_length() {
+    let mut s = header_bytes();
+    s.extend_from_slice(&[
+        0x02, 0x00, 0x01, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    let e = err(&s);
+    assert_eq!(
+        e.kind(),
+        ErrorKind::LengthTooLarge {
+            len: u32::MAX,
+            max: MAX_PAYLOAD
+        }
+    );
+    assert_eq!(e.fault(), Fault::Peer);
+    // Within the format limit, above a local limit: local fault.
+    let s = stream_of(&[record(RecordKind::REGISTERS, 1, 1, 0, &[0; 100])]);
+    let e = decode_with(&mut Decoder::new(Limits::with_max_payload(64)), &s, &[7]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::LengthTooLarge { len: 100, max: 64 });
+    assert_eq!(e.fault(), Fault::Local);
+    assert_eq!(e.offset(), 80);
+}
+
+#[test]
+fn trailing_garbage() {
+    let mut s = skeleton(usize::MAX >> 40);
+    let n = s.len() as u64;
+    s.push(0);
+    assert_eq!(err(&s), DecodeError::new(ErrorKind::TrailingData, n, None));
+    assert_eq!(
+        decode(&s, &[1]).unwrap_err().kind(),
+        ErrorKind::TrailingData
+    );
+}
+
+#[test]
+fn unknown_kinds() {
+    let kind = RecordKind(0x4242);
+    let s = stream_of(&[record(kind, 1, 1, 0, b"xyz")]);
+    assert_eq!(
+        err(&s),
+        DecodeError::new(ErrorKind::UnknownMandatory { kind }, 80, Some((0, kind)))
+    );
+    assert_eq!(err(&s).fault(), Fault::Unsupported);
+    // Optional: skipped after its CRC is checked; a bad CRC is still an error.
+    let mut r = record(kind, 0, 9, 0, b"xyz");
+    let events = decode(&stream_of(&[r.clone()]), &[1]).unwrap_err();
+    assert_eq!(events.kind(), ErrorKind::Truncated);
+    r[17] ^= 1;
+    assert!(matches!(
+        err(&stream_of(&[r])).kind(),
+        ErrorKind::BadRecordCrc { .. }
+    ));
+}
+
+#[test]
+fn bad_flags_and_versions() {
+    let s = stream_of(&[record(RecordKind::REGISTERS, 0x03, 1, 0, b"")]);
+    assert_eq!(err(&s).kind(), ErrorKind::BadFlags { flags: 0x03 });
+    let s = stream_of(&[record(RecordKind::PAGES, 1, 2, 0, b"")]);
+    assert_eq!(
+        err(&s).kind(),
+        ErrorKind::UnsupportedRecordVersion {
+            kind: RecordKind::PAGES,
+            version: 2
+        }
+    );
+    let s = stream_of(&[record(RecordKind::ROUND, 1, 1, 0, &[0; 23])]);
+    assert_eq!(
+        err(&s).kind(),
+        ErrorKind::BadRoundOrEnd {
+            expected: 24,
+            len: 23
+        }
+    );
+    let mut round = [0u8; 24];
+    round[4] = 1;
+    let s = stream_of(&[record(RecordKind::ROUND, 1, 1, 0, &round)]);
+    assert_eq!(err(&s).kind(), ErrorKind::ReservedNotZero);
+}
+
+fn pages_err(payload: &[u8]) -> DecodeError {
+    err(&stream_of(&[record(RecordKind::PAGES, 1, 1, 0, payload)]))
+}
+
+#[test]
+fn bad_page_runs() {
+    // Claims 2 pages, carries 1.
+    let mut p = run(5, 2, 0);
+    p.extend_from_slice(&[0; 4096]);
+    let e = pages_err(&p);
+    assert_eq!(
+        e,
+        DecodeError::new(
+            ErrorKind::MalformedPageRun(PageRunError::Overrun),
+            96,
+            Some((0, RecordKind::PAGES))
+        )
+    );
+    // Second run header cut short by the record end.
+    let mut p = run(5, 1, 1);
+    p.extend_from_slice(&[0; 8]);
+    assert_eq!(
+        pages_err(&p),
+        DecodeError::new(
+            ErrorKind::MalformedPageRun(PageRunError::ShortHeader),
+            112,
+            Some((0, RecordKind::PAGES))
+        )
+    );
+    assert_eq!(
+        pages_err(&run(5, 0, 1)).kind(),
+        ErrorKind::MalformedPageRun(PageRunError::ZeroCount)
+    );
+    assert_eq!(
+        pages_err(&run(u64::MAX, 1, 1)).kind(),
+        ErrorKind::MalformedPageRun(PageRunError::FrameOverflow)
+    );
+    assert_eq!(
+        pages_err(&run(1, 1, 7)).kind(),
+        ErrorKind::MalformedPageRun(PageRunError::UnknownEncoding { encoding: 7 })
+    );
+    // An empty PAGES record is fine.
+    let s = stream_of(&[record(RecordKind::PAGES, 1, 1, 0, b"")]);
+    assert_eq!(decode(&s, &[3]).unwrap_err().kind(), ErrorKind::Truncated);
+}
+
+fn end_payload(record_count: u32, stream_crc: u32, byte_count: u64) -> Vec<u8> {
+    let mut p = [0; 16];
+    EndRepr {
+        record_count,
+        stream_crc,
+        byte_count,
+    }
+    .emit(&mut p);
+    p.to_vec()
+}
+
+#[test]
+fn end_mismatches() {
+    let rec = record(RecordKind::REGISTERS, 1, 1, 0, b"ab");
+    let mut c = Crc32::new();
+    c.update(&header_bytes());
+    c.update(&rec[..16]);
+    let crc = c.value();
+    let bytes = 80 + 18;
+    let ok = stream_of(&[
+        rec.clone(),
+        record(RecordKind::END, 1, 1, 1, &end_payload(1, crc, bytes)),
+    ]);
+    let events = decode(&ok, &[5]).unwrap();
+    assert_eq!(
+        events.last(),
+        Some(&Ev::StreamEnd(EndRepr {
+            record_count: 1,
+            stream_crc: crc,
+            byte_count: bytes
+        }))
+    );
+    let cases = [
+        (
+            end_payload(2, crc, bytes),
+            EndMismatch::RecordCount { stream: 2, seen: 1 },
+        ),
+        (
+            end_payload(1, crc, 99),
+            EndMismatch::ByteCount {
+                stream: 99,
+                seen: bytes,
+            },
+        ),
+        (
+            end_payload(1, crc ^ 1, bytes),
+            EndMismatch::StreamCrc {
+                stream: crc ^ 1,
+                computed: crc,
+            },
+        ),
+    ];
+    for (payload, mismatch) in cases {
+        let s = stream_of(&[rec.clone(), record(RecordKind::END, 1, 1, 1, &payload)]);
+        assert_eq!(
+            err(&s),
+            DecodeError::new(
+                ErrorKind::EndMismatch(mismatch),
+                bytes,
+                Some((1, RecordKind::END))
+            )
+        );
+    }
+}
+
+#[test]
+fn encoder_misuse() {
+    let mut enc = Encoder::new();
+    let mut out = [0u8; 64];
+    assert_eq!(
+        enc.write_record(
+            RecordKind::REGISTERS,
+            RecordFlags::NONE,
+            1,
+            &b""[..],
+            &mut out
+        ),
+        Err(EncodeError::HeaderNotWritten)
+    );
+    assert_eq!(
+        enc.write_header(&HEADER, &mut out[..50]),
+        Ok(Progress::Partial(50))
+    );
+    assert_eq!(enc.write_header(&HEADER, &mut out), Ok(Progress::Done(30)));
+    assert_eq!(
+        enc.write_header(&HEADER, &mut out),
+        Err(EncodeError::HeaderAlreadyWritten)
+    );
+    assert_eq!(
+        enc.write_record(RecordKind::REGISTERS, RecordFlags(2), 1, &b""[..], &mut out),
+        Err(EncodeError::BadFlags { flags: 2 })
+    );
+    let big = vec![0u8; MAX_PAYLOAD as usize + 1];
+    assert_eq!(
+        enc.write_record(
+            RecordKind::REGISTERS,
+            RecordFlags::NONE,
+            1,
+            &big[..],
+            &mut out
+        ),
+        Err(EncodeError::PayloadTooLarge {
+            len: MAX_PAYLOAD as usize + 1
+        })
+    );
+    let data = [7u8; 100];
+    assert_eq!(
+        enc.write_record(RecordKind::REGISTERS, RecordFlags::NONE, 1, &data, &mut out),
+        Ok(Progress::Partial(64))
+    );
+    assert_eq!(
+        enc.write_record(RecordKind::GGTT_RUNS, RecordFlags::NONE, 1, &data, &mut out),
+        Err(EncodeError::RecordMismatch)
+    );
+    assert_eq!(enc.write_end(&mut out), Err(EncodeError::RecordMismatch));
+    assert_eq!(
+        enc.write_record(RecordKind::REGISTERS, RecordFlags::NONE, 1, &data, &mut out),
+        Ok(Progress::Done(52))
+    );
+    assert_eq!(enc.records_written(), 1);
+    assert_eq!(enc.bytes_written(), 80 + 116);
+    assert_eq!(enc.write_end(&mut out), Ok(Progress::Done(32)));
+    assert!(enc.is_finished());
+    assert_eq!(enc.write_end(&mut out), Err(EncodeError::Finished));
+    assert_eq!(
+        enc.write_record(RecordKind::REGISTERS, RecordFlags::NONE, 1, &data, &mut []),
+        Err(EncodeError::Finished)
+    );
+}
+
+#[test]
+fn display_reads_well() {
+    let e = DecodeError::new(
+        ErrorKind::BadIndex {
+            expected: 4,
+            got: 6,
+        },
+        1234,
+        Some((4, RecordKind::PAGES)),
+    );
+    assert_eq!(
+        format!("{e}"),
+        "migration stream: record index 6, expected 4 at byte 1234 (record #4, PAGES) [peer fault]"
+    );
+    let e = DecodeError::new(
+        ErrorKind::UnknownMandatory {
+            kind: RecordKind(0x77),
+        },
+        9,
+        None,
+    );
+    assert_eq!(
+        format!("{e}"),
+        "migration stream: unknown mandatory record kind kind 0x0077 at byte 9 [unsupported by this reader]"
+    );
+}
+
+#[test]
+fn fuzz_bodies_on_golden() {
+    let golden = skeleton(usize::MAX >> 40);
+    for step in [0u8, 6, 255] {
+        let mut d = vec![step];
+        d.extend_from_slice(&golden);
+        fuzzing::decode_arbitrary(&d);
+    }
+    fuzzing::roundtrip(&[]);
+    fuzzing::roundtrip(&[0, 0, 1, 3, b'a', b'b', b'c']);
+    fuzzing::roundtrip(&[
+        99, 2, 0x85, 3, 1, 7, 2, 6, 0x81, 9, 0x02, 200, 3, 44, 5, 1, 2, 3,
+    ]);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn any_segmentation_same_events(segs in proptest::collection::vec(1usize..5000, 1..20)) {
+        let golden = skeleton(usize::MAX >> 40);
+        proptest::prop_assert_eq!(decode(&golden, &segs).unwrap(), skeleton_events());
+    }
+
+    #[test]
+    fn any_chunking_same_bytes(chunk in 1usize..9000) {
+        proptest::prop_assert_eq!(skeleton(chunk), skeleton(usize::MAX >> 40));
+    }
+
+    #[test]
+    fn roundtrip_any(data in proptest::collection::vec(0u8.., 0..400)) {
+        fuzzing::roundtrip(&data);
+    }
+
+    #[test]
+    fn decode_arbitrary_any(data in proptest::collection::vec(0u8.., 0..300)) {
+        fuzzing::decode_arbitrary(&data);
+    }
+
+    #[test]
+    fn decode_mutated_golden(pos in 0usize..4400, val: u8, step: u8, cut in 0usize..4400) {
+        let mut d = vec![step];
+        d.extend_from_slice(&skeleton(usize::MAX >> 40));
+        let n = d.len();
+        d[1 + pos % (n - 1)] = val;
+        d.truncate(1 + cut.min(n - 1));
+        fuzzing::decode_arbitrary(&d);
+    }
+}
