@@ -138,6 +138,43 @@ impl<'a> DirtyBitmap<'a> {
         Ok(())
     }
 
+    /// Moves all bits of `other` into `self` (or-ing them with what `self` holds) and clears
+    /// `other`, in O(words): merging a dirty source into a send set.
+    ///
+    /// # Errors
+    /// [`GmemError::SizeMismatch`] if the bitmaps differ in length; nothing changes then.
+    pub fn absorb(&mut self, other: &mut DirtyBitmap<'_>) -> Result<(), GmemError> {
+        if self.bits != other.bits {
+            return Err(GmemError::SizeMismatch);
+        }
+        for (dst, src) in self.words.iter_mut().zip(other.words.iter_mut()) {
+            *dst |= core::mem::take(src);
+        }
+        Ok(())
+    }
+
+    /// Finds the first set bit at or after `from`, clears it and returns it; `None` when no bit at or
+    /// after `from` is set. Skips zero words, so a scan of the whole bitmap by repeated calls costs
+    /// O(words + set bits).
+    pub fn take_next(&mut self, from: usize) -> Option<usize> {
+        if from >= self.bits {
+            return None;
+        }
+        let mut w = from / 64;
+        let mut mask = !0u64 << (from % 64);
+        while let Some(word) = self.words.get_mut(w) {
+            let hit = *word & mask;
+            if hit != 0 {
+                let bit = hit.trailing_zeros() as usize;
+                *word &= !(1u64 << bit);
+                return Some(w * 64 + bit);
+            }
+            w += 1;
+            mask = !0;
+        }
+        None
+    }
+
     /// Calls `f` with every set bit in ascending order, clearing the bitmap as it goes.
     pub fn harvest_each(&mut self, mut f: impl FnMut(usize)) {
         for (i, w) in self.words.iter_mut().enumerate() {
@@ -329,6 +366,29 @@ mod tests {
     use std::collections::BTreeSet;
     use std::vec;
     use std::vec::Vec;
+
+    #[test]
+    fn take_next_and_absorb() {
+        let mut a_s = [0u64; 3];
+        let mut b_s = [0u64; 3];
+        let mut a = DirtyBitmap::new(&mut a_s, 150).unwrap();
+        let mut b = DirtyBitmap::new(&mut b_s, 150).unwrap();
+        a.set(3).unwrap();
+        a.set(64).unwrap();
+        b.set(3).unwrap();
+        b.set(149).unwrap();
+        a.absorb(&mut b).unwrap();
+        assert_eq!(b.count(), 0);
+        assert_eq!(a.count(), 3);
+        assert_eq!(a.take_next(4), Some(64));
+        assert_eq!(a.take_next(0), Some(3));
+        assert_eq!(a.take_next(0), Some(149));
+        assert_eq!(a.take_next(0), None);
+        assert_eq!(a.take_next(150), None);
+        let mut c_s = [0u64; 1];
+        let mut c = DirtyBitmap::new(&mut c_s, 10).unwrap();
+        assert_eq!(a.absorb(&mut c), Err(GmemError::SizeMismatch));
+    }
 
     #[test]
     fn words_for_values() {

@@ -1,0 +1,363 @@
+//! The destination side: a sans-IO session that reads a stream into a stopped vGPU.
+//!
+//! Pages go to guest memory as they arrive (the destination guest is not running, and a rejected
+//! stream fails the whole migration). Device state is never applied while the stream is read: each
+//! device-state record is staged in caller storage, and [`DestSession::commit`] validates every
+//! staged record against this vGPU (identity, guest memory map, register save list and read-only
+//! bits, engine layout) before it changes anything. A stream rejected at any point, by the decoder
+//! or by validation, leaves the vGPU's device state exactly as it was.
+
+use gtt::Gfn;
+use migstream::{Decoder, Event, Limits, RecordKind, StreamHeaderRepr};
+
+use crate::error::VgpuError;
+use crate::fsm::MigState;
+use crate::instance::{CONFIG_SPACE_SIZE, Vgpu};
+use crate::traits::{GuestMemory, HostGtt};
+
+/// Bytes of bookkeeping per staged record (kind, reserved, length).
+pub const STAGED_HEADER: usize = 8;
+
+/// What a completed restore carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub struct DestStats {
+    /// Full pages written to guest memory.
+    pub full_pages: u64,
+    /// Zero pages written.
+    pub zero_pages: u64,
+    /// Pre-copy rounds seen (ROUND records).
+    pub rounds: u32,
+    /// Stream bytes consumed.
+    pub bytes: u64,
+    /// Device-state bytes staged.
+    pub staged_bytes: usize,
+    /// GGTT entries restored.
+    pub ggtt_entries: usize,
+}
+
+/// Sans-IO destination session over caller staging storage (device state only: tens of KiB plus
+/// 8 bytes per mapped GGTT entry in the worst case).
+#[derive(Debug)]
+pub struct DestSession<'s> {
+    dec: Decoder,
+    staging: &'s mut [u8],
+    staged: usize,
+    /// The record being staged: (kind, start offset of its payload in staging, length).
+    open: Option<(RecordKind, usize, usize)>,
+    header: Option<StreamHeaderRepr>,
+    failed: Option<VgpuError>,
+    ended: bool,
+    stats: DestStats,
+}
+
+fn is_device_state(kind: RecordKind) -> bool {
+    matches!(
+        kind,
+        RecordKind::CONFIG_SPACE
+            | RecordKind::REGISTERS
+            | RecordKind::GGTT_RUNS
+            | RecordKind::ENGINE_STATE
+    )
+}
+
+impl<'s> DestSession<'s> {
+    /// Open a session on a stopped vGPU (the STOP → RESUMING arc).
+    pub fn open(
+        vgpu: &mut Vgpu<'_>,
+        staging: &'s mut [u8],
+        limits: Limits,
+    ) -> Result<Self, VgpuError> {
+        if !matches!(vgpu.state(), MigState::Stop | MigState::Running)
+            || vgpu.engines().in_flight() != 0
+        {
+            return Err(VgpuError::WrongPhase);
+        }
+        let _ = vgpu.quiesce();
+        vgpu.set_state(MigState::Resuming);
+        Ok(Self {
+            dec: Decoder::new(limits),
+            staging,
+            staged: 0,
+            open: None,
+            header: None,
+            failed: None,
+            ended: false,
+            stats: DestStats::default(),
+        })
+    }
+
+    /// Feed stream bytes (any segmentation). Returns the bytes consumed (all of them unless an error is
+    /// returned). After an error the session is failed: every later call returns the same error.
+    pub fn feed(
+        &mut self,
+        vgpu: &Vgpu<'_>,
+        mem: &mut dyn GuestMemory,
+        input: &[u8],
+    ) -> Result<usize, VgpuError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let r = self.feed_inner(vgpu, mem, input);
+        if let Err(e) = r {
+            self.failed = Some(e);
+        }
+        r
+    }
+
+    fn feed_inner(
+        &mut self,
+        vgpu: &Vgpu<'_>,
+        mem: &mut dyn GuestMemory,
+        input: &[u8],
+    ) -> Result<usize, VgpuError> {
+        let mut pos = 0;
+        loop {
+            let rest = input.get(pos..).unwrap_or(&[]);
+            let (n, ev) = self.dec.feed(rest)?;
+            pos += n;
+            self.stats.bytes += n as u64;
+            match ev {
+                Some(ev) => self.on_event(vgpu, mem, ev)?,
+                None if n == 0 => break,
+                None => {}
+            }
+        }
+        Ok(pos)
+    }
+
+    fn on_event(
+        &mut self,
+        vgpu: &Vgpu<'_>,
+        mem: &mut dyn GuestMemory,
+        ev: Event<'_>,
+    ) -> Result<(), VgpuError> {
+        match ev {
+            Event::Header(h) => {
+                let local = vgpu.config().identity();
+                h.identity.check_compatible(&local)?;
+                if h.identity.aperture_base != local.aperture_base
+                    || h.identity.hidden_base != local.hidden_base
+                {
+                    return Err(VgpuError::GuestViewMismatch);
+                }
+                self.header = Some(h);
+            }
+            Event::RecordBegin { kind, len, .. } => {
+                if kind == RecordKind::PAGES {
+                    return Ok(());
+                }
+                if !is_device_state(kind) {
+                    return Err(VgpuError::UnsupportedRecord { kind: kind.0 });
+                }
+                let len = usize::try_from(len)
+                    .map_err(|_| VgpuError::StagingFull { needed: usize::MAX })?;
+                let start = self.staged + STAGED_HEADER;
+                let end = start
+                    .checked_add(len)
+                    .ok_or(VgpuError::StagingFull { needed: usize::MAX })?;
+                if end > self.staging.len() {
+                    return Err(VgpuError::StagingFull { needed: end });
+                }
+                self.open = Some((kind, start, len));
+            }
+            Event::Payload { kind, offset, data } => {
+                let (open_kind, start, len) = self.open.ok_or(VgpuError::WrongPhase)?;
+                let off = usize::try_from(offset).map_err(|_| VgpuError::WrongPhase)?;
+                if open_kind != kind || off + data.len() > len {
+                    return Err(VgpuError::WrongPhase);
+                }
+                let dst = self
+                    .staging
+                    .get_mut(start + off..start + off + data.len())
+                    .ok_or(VgpuError::WrongPhase)?;
+                dst.copy_from_slice(data);
+            }
+            Event::RecordEnd { kind, .. } => {
+                if let Some((open_kind, start, len)) = self.open.take() {
+                    if open_kind != kind {
+                        return Err(VgpuError::WrongPhase);
+                    }
+                    let hdr: &mut [u8; STAGED_HEADER] = self
+                        .staging
+                        .get_mut(start - STAGED_HEADER..start)
+                        .and_then(|h| h.try_into().ok())
+                        .ok_or(VgpuError::WrongPhase)?;
+                    let [k0, k1] = kind.0.to_le_bytes();
+                    let [l0, l1, l2, l3] = u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes();
+                    *hdr = [k0, k1, 0, 0, l0, l1, l2, l3];
+                    self.staged = start + len;
+                }
+            }
+            Event::PageData {
+                frame,
+                offset,
+                data,
+            } => {
+                let gfn = Gfn::new(frame);
+                if !mem.map().contains(gfn) {
+                    return Err(VgpuError::FrameOutsideMemory { gfn: frame });
+                }
+                mem.write(gfn, usize::from(offset), data)
+                    .map_err(|_| VgpuError::GuestMemory)?;
+                if usize::from(offset) + data.len() == 4096 {
+                    self.stats.full_pages += 1;
+                }
+            }
+            Event::ZeroPages { first_frame, count } => {
+                const ZERO: [u8; 4096] = [0; 4096];
+                for i in 0..u64::from(count) {
+                    let frame = first_frame
+                        .checked_add(i)
+                        .ok_or(VgpuError::FrameOutsideMemory { gfn: u64::MAX })?;
+                    let gfn = Gfn::new(frame);
+                    if !mem.map().contains(gfn) {
+                        return Err(VgpuError::FrameOutsideMemory { gfn: frame });
+                    }
+                    mem.write(gfn, 0, &ZERO)
+                        .map_err(|_| VgpuError::GuestMemory)?;
+                }
+                self.stats.zero_pages += u64::from(count);
+            }
+            Event::Skipped { .. } => {}
+            Event::Round(_) => self.stats.rounds += 1,
+            Event::End(_) => self.ended = true,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether the END record has been verified.
+    pub fn is_finished(&self) -> bool {
+        self.ended
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> DestStats {
+        DestStats {
+            staged_bytes: self.staged,
+            ..self.stats
+        }
+    }
+
+    fn staged_records(&self) -> StagedIter<'_> {
+        StagedIter {
+            buf: self.staging.get(..self.staged).unwrap_or(&[]),
+        }
+    }
+
+    /// Check every staged record against `vgpu` without changing anything.
+    pub fn validate(&self, vgpu: &Vgpu<'_>, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if !self.ended {
+            return Err(VgpuError::Truncated);
+        }
+        self.dec.finish()?;
+        let (mut cfg, mut regs, mut eng) = (0u32, 0u32, 0u32);
+        let cfg_local = vgpu.config();
+        let partition = cfg_local.partition;
+        for (kind, payload) in self.staged_records() {
+            match kind {
+                RecordKind::CONFIG_SPACE => {
+                    cfg += 1;
+                    if payload.len() != CONFIG_SPACE_SIZE
+                        || payload.get(0..4) != vgpu.config_space().get(0..4)
+                    {
+                        return Err(VgpuError::BadConfigSpace);
+                    }
+                }
+                RecordKind::REGISTERS => {
+                    regs += 1;
+                    mmio::validate_sparse(vgpu.regs().platform(), payload)?;
+                }
+                RecordKind::GGTT_RUNS => {
+                    let map = mem.map();
+                    gtt::validate_runs(
+                        payload,
+                        &partition,
+                        &|g| map.contains(g),
+                        cfg_local.generation,
+                    )?;
+                }
+                RecordKind::ENGINE_STATE => {
+                    eng += 1;
+                    vgpu.engines().validate(payload)?;
+                }
+                other => return Err(VgpuError::UnsupportedRecord { kind: other.0 }),
+            }
+        }
+        for (kind, seen) in [
+            (RecordKind::CONFIG_SPACE, cfg),
+            (RecordKind::REGISTERS, regs),
+            (RecordKind::ENGINE_STATE, eng),
+        ] {
+            if seen != 1 {
+                return Err(VgpuError::RecordCount { kind: kind.0, seen });
+            }
+        }
+        Ok(())
+    }
+
+    /// The RESUMING → STOP arc: validate everything, then restore in the known-good order: config
+    /// space; registers (copy, replay side effects, copy again); GGTT, rebased to this host's
+    /// placement through `host`; engines (queued work, partial ELSP state, CSB); the guest is marked
+    /// aware of PVINFO. On error nothing of the vGPU's device state has changed.
+    pub fn commit(
+        self,
+        vgpu: &mut Vgpu<'_>,
+        mem: &dyn GuestMemory,
+        host: &mut dyn HostGtt,
+    ) -> Result<DestStats, VgpuError> {
+        self.validate(vgpu, mem)?;
+        let mut stats = self.stats();
+        // Every check that can fail on stream content has passed; from here on only local backend
+        // failures (host GTT programming) can stop the restore.
+        for (kind, payload) in self.staged_records() {
+            if kind == RecordKind::CONFIG_SPACE {
+                vgpu.cfg_mut().copy_from_slice(payload);
+            }
+        }
+        vgpu.reset_registers();
+        for (kind, payload) in self.staged_records() {
+            if kind == RecordKind::REGISTERS {
+                vgpu.apply_registers(payload)?;
+            }
+        }
+        vgpu.ggtt_mut().clear();
+        for (kind, payload) in self.staged_records() {
+            if kind == RecordKind::GGTT_RUNS {
+                stats.ggtt_entries += gtt::apply_runs(payload, vgpu.ggtt_mut())?;
+            }
+        }
+        vgpu.reshadow_all(host)?;
+        for (kind, payload) in self.staged_records() {
+            if kind == RecordKind::ENGINE_STATE {
+                vgpu.engines_mut().apply(payload)?;
+            }
+        }
+        vgpu.mirror_csb();
+        vgpu.regs_mut().set_guest_aware(true);
+        vgpu.set_state(MigState::Stop);
+        Ok(stats)
+    }
+}
+
+struct StagedIter<'b> {
+    buf: &'b [u8],
+}
+
+impl<'b> Iterator for StagedIter<'b> {
+    type Item = (RecordKind, &'b [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (hdr, rest) = self.buf.split_first_chunk::<STAGED_HEADER>()?;
+        let kind = RecordKind(u16::from_le_bytes([hdr[0], hdr[1]]));
+        let len = usize::try_from(u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]])).ok()?;
+        let (payload, rest) = rest.split_at_checked(len)?;
+        self.buf = rest;
+        Some((kind, payload))
+    }
+}

@@ -1,0 +1,171 @@
+//! Errors of the vGPU layer. Each says whose fault it is, so an embedder can tell "abort this
+//! migration, the peer sent garbage" from "retry with more storage" from "the guest misbehaved".
+
+use core::fmt;
+
+/// Whose fault an error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Fault {
+    /// The migration stream (the peer) is malformed, damaged or hostile.
+    Stream,
+    /// The stream comes from an incompatible device, vGPU type or format version.
+    Incompatible,
+    /// The guest programmed the device in a way the device model refuses.
+    Guest,
+    /// A local resource is too small or the embedder's backend failed.
+    Local,
+    /// The operation is not allowed in the vGPU's current state (a caller bug).
+    State,
+}
+
+/// An error of a vGPU operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum VgpuError {
+    /// The stream could not be decoded.
+    Stream(migstream::DecodeError),
+    /// The stream is for another device model or vGPU type.
+    Incompatible(migstream::Incompatible),
+    /// The stream's guest view of graphics memory differs from this vGPU's.
+    GuestViewMismatch,
+    /// The encoder refused an operation (a local bug or an undersized buffer).
+    Encode(migstream::EncodeError),
+    /// A GTT operation failed (stream content or guest programming).
+    Gtt(gtt::GttError),
+    /// A register operation failed.
+    Mmio(mmio::MmioError),
+    /// An engine operation failed.
+    Engine(engines::EngineError),
+    /// A graphics-memory tracking operation failed.
+    Gmem(gmem::GmemError),
+    /// The migration state machine refused a transition.
+    Fsm(crate::fsm::FsmError),
+    /// A page record names a frame outside the destination's guest memory.
+    FrameOutsideMemory {
+        /// The guest frame number.
+        gfn: u64,
+    },
+    /// A device-state record of a kind this version cannot restore.
+    UnsupportedRecord {
+        /// The record kind.
+        kind: u16,
+    },
+    /// A required device-state record is missing, or one that must be unique was repeated.
+    RecordCount {
+        /// The record kind.
+        kind: u16,
+        /// How many were seen.
+        seen: u32,
+    },
+    /// The config-space record has the wrong length or identity.
+    BadConfigSpace,
+    /// The stream ended before its END record.
+    Truncated,
+    /// The caller's staging storage is too small for the device state in the stream.
+    StagingFull {
+        /// Bytes needed so far.
+        needed: usize,
+    },
+    /// The caller's storage does not match the sizes the configuration needs.
+    StorageSize,
+    /// The embedder's guest-memory backend failed.
+    GuestMemory,
+    /// The embedder's host GTT backend failed.
+    HostGtt,
+    /// The vGPU is not quiesced (or still has work in flight) where it must be.
+    NotQuiesced,
+    /// The operation is not valid in the session's or vGPU's current phase.
+    WrongPhase,
+}
+
+impl VgpuError {
+    /// Whose fault the error is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            VgpuError::Stream(e) => match e.fault() {
+                migstream::Fault::Peer => Fault::Stream,
+                migstream::Fault::Unsupported | migstream::Fault::Incompatible => {
+                    Fault::Incompatible
+                }
+                migstream::Fault::Local => Fault::Local,
+            },
+            VgpuError::Incompatible(_) | VgpuError::GuestViewMismatch => Fault::Incompatible,
+            VgpuError::UnsupportedRecord { .. } => Fault::Incompatible,
+            VgpuError::Encode(_) | VgpuError::StagingFull { .. } | VgpuError::StorageSize => {
+                Fault::Local
+            }
+            VgpuError::GuestMemory | VgpuError::HostGtt => Fault::Local,
+            VgpuError::Gtt(_) | VgpuError::Mmio(_) | VgpuError::Engine(_) => Fault::Stream,
+            VgpuError::Gmem(_) => Fault::Local,
+            VgpuError::Fsm(_) | VgpuError::NotQuiesced | VgpuError::WrongPhase => Fault::State,
+            VgpuError::FrameOutsideMemory { .. }
+            | VgpuError::RecordCount { .. }
+            | VgpuError::BadConfigSpace
+            | VgpuError::Truncated => Fault::Stream,
+        }
+    }
+}
+
+impl fmt::Display for VgpuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VgpuError::Stream(e) => write!(f, "stream: {e}"),
+            VgpuError::Incompatible(e) => write!(f, "incompatible device: {e}"),
+            VgpuError::GuestViewMismatch => {
+                f.write_str("the stream's guest graphics-memory view differs from this vGPU's")
+            }
+            VgpuError::Encode(e) => write!(f, "encoder: {e}"),
+            VgpuError::Gtt(e) => write!(f, "GTT: {e}"),
+            VgpuError::Mmio(e) => write!(f, "registers: {e}"),
+            VgpuError::Engine(e) => write!(f, "engines: {e}"),
+            VgpuError::Gmem(e) => write!(f, "graphics memory: {e}"),
+            VgpuError::Fsm(e) => write!(f, "migration state: {e}"),
+            VgpuError::FrameOutsideMemory { gfn } => {
+                write!(f, "page for guest frame {gfn:#x} outside guest memory")
+            }
+            VgpuError::UnsupportedRecord { kind } => write!(
+                f,
+                "device-state record kind {kind:#06x} cannot be restored by this version"
+            ),
+            VgpuError::RecordCount { kind, seen } => {
+                write!(f, "record kind {kind:#06x} seen {seen} times")
+            }
+            VgpuError::BadConfigSpace => {
+                f.write_str("config-space record has the wrong size or device identity")
+            }
+            VgpuError::Truncated => f.write_str("stream ended before its END record"),
+            VgpuError::StagingFull { needed } => {
+                write!(f, "staging storage too small: {needed} bytes needed")
+            }
+            VgpuError::StorageSize => {
+                f.write_str("caller storage does not match the vGPU configuration")
+            }
+            VgpuError::GuestMemory => f.write_str("guest memory backend failed"),
+            VgpuError::HostGtt => f.write_str("host GTT backend failed"),
+            VgpuError::NotQuiesced => f.write_str("the vGPU is not quiesced"),
+            VgpuError::WrongPhase => f.write_str("operation not valid in the current phase"),
+        }
+    }
+}
+
+impl core::error::Error for VgpuError {}
+
+macro_rules! from_err {
+    ($($t:ty => $v:ident),* $(,)?) => {$(
+        impl From<$t> for VgpuError {
+            fn from(e: $t) -> Self { VgpuError::$v(e) }
+        }
+    )*};
+}
+from_err! {
+    migstream::DecodeError => Stream,
+    migstream::Incompatible => Incompatible,
+    migstream::EncodeError => Encode,
+    gtt::GttError => Gtt,
+    mmio::MmioError => Mmio,
+    engines::EngineError => Engine,
+    gmem::GmemError => Gmem,
+    crate::fsm::FsmError => Fsm,
+}

@@ -1,0 +1,677 @@
+//! One vGPU instance: config space, register file, GGTT slices, engines, GPU dirty log.
+
+use engines::{
+    ContextDescriptor, EngineId, EngineMask, Engines, QuiesceStatus, Workload, check_submission,
+    reg,
+};
+use gmem::{DirtyBitmap, GuestMemoryMap, words_for};
+use gtt::{Generation, Gfn, GgttEntry, GmAddr, GttIndex, HalfWrite, HostPlacement, Partition};
+use migstream::DeviceIdentity;
+use mmio::{AccessSize, PvInfo, RegFile, RegHooks};
+
+use crate::error::VgpuError;
+use crate::fsm::MigState;
+use crate::traits::{GuestMemory, HostGtt};
+
+/// Size of the virtual PCI configuration space (PCIe extended).
+pub const CONFIG_SPACE_SIZE: usize = 4096;
+/// Offset of the GGTT window in BAR0 (after 2 MiB of registers and 6 MiB reserved).
+pub const GGTT_WINDOW: u32 = 8 << 20;
+/// Size of the GGTT window in BAR0: 1 Mi entries of 8 bytes, covering 4 GiB of graphics memory.
+pub const GGTT_WINDOW_SIZE: u32 = 8 << 20;
+/// Offset of the register-state page in a logical ring context (LRCA + 1 page).
+pub const LRC_STATE_PAGE: u64 = 4096;
+/// Dword indices of register values in the LRC ring context (each follows its register offset).
+pub mod lrc {
+    /// CTX_CTRL value.
+    pub const CTX_CTRL: usize = 3;
+    /// RING_HEAD value.
+    pub const RING_HEAD: usize = 5;
+    /// RING_TAIL value.
+    pub const RING_TAIL: usize = 7;
+    /// RING_START value.
+    pub const RING_START: usize = 9;
+    /// RING_CTL value.
+    pub const RING_CTL: usize = 11;
+}
+/// HWSP dword where CSB entries are mirrored (gen8-10).
+pub const HWSP_CSB_DWORD: u64 = 0x10;
+/// HWSP dword where the CSB write pointer is mirrored (gen8-10).
+pub const HWSP_CSB_WP_DWORD: u64 = 0x1F;
+
+/// What a vGPU is: device identity and the guest's view of its graphics memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub struct VgpuConfig {
+    /// PCI vendor id (0x8086).
+    pub pci_vendor: u16,
+    /// PCI device id.
+    pub pci_device: u16,
+    /// GPU generation (selects the GTT entry format).
+    pub generation: Generation,
+    /// The guest's view of its aperture and hidden graphics memory (frozen at guest boot; PVINFO).
+    pub partition: Partition,
+    /// Fence registers given to the vGPU.
+    pub fence_count: u32,
+    /// Engines the GPU model has.
+    pub engines: EngineMask,
+    /// vGPU id reported in PVINFO.
+    pub vgt_id: u32,
+}
+
+impl VgpuConfig {
+    /// A gen9 (Skylake GT2, device 0x1912) vGPU with all five engines and the given guest view.
+    pub const fn skylake(partition: Partition) -> Self {
+        Self {
+            pci_vendor: 0x8086,
+            pci_device: 0x1912,
+            generation: Generation::Gen9,
+            partition,
+            fence_count: 4,
+            engines: EngineMask::ALL,
+            vgt_id: 1,
+        }
+    }
+
+    /// The identity written into (and checked against) a stream header.
+    pub const fn identity(&self) -> DeviceIdentity {
+        DeviceIdentity {
+            pci_vendor: self.pci_vendor,
+            pci_device: self.pci_device,
+            generation: generation_code(self.generation),
+            fence_count: self.fence_count,
+            aperture_base: self.partition.aperture.base().get(),
+            aperture_size: self.partition.aperture.size(),
+            hidden_base: self.partition.hidden.base().get(),
+            hidden_size: self.partition.hidden.size(),
+            page_shift: 12,
+        }
+    }
+
+    /// GGTT entries of storage this configuration needs.
+    pub const fn ggtt_storage_len(&self) -> usize {
+        self.partition.storage_len()
+    }
+
+    fn pvinfo(&self) -> PvInfo {
+        PvInfo {
+            vgt_id: self.vgt_id,
+            caps: PvInfo::CAP_FULL_PPGTT | PvInfo::CAP_HWSP_EMULATION,
+            aperture_base: low32(self.partition.aperture.base().get()),
+            aperture_size: low32(self.partition.aperture.size()),
+            hidden_base: low32(self.partition.hidden.base().get()),
+            hidden_size: low32(self.partition.hidden.size()),
+            fence_num: self.fence_count,
+        }
+    }
+}
+
+/// The generation number carried in stream headers.
+pub const fn generation_code(g: Generation) -> u8 {
+    match g {
+        Generation::Gen8 => 8,
+        Generation::Gen9 => 9,
+        Generation::Gen12 => 12,
+        Generation::Mtl => 13,
+    }
+}
+
+fn low32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// Storage for one vGPU, provided by the caller (it can live in `static`s).
+///
+/// Sizes: `config_space` 4 KiB; `vregs` [`mmio::MMIO_DWORDS`] dwords (2 MiB);
+/// `ggtt` [`VgpuConfig::ggtt_storage_len`] entries; `gpu_dirty` [`gmem::words_for`]`(frames)` words
+/// where `frames` is the number of guest frames in the memory map.
+#[derive(Debug)]
+pub struct VgpuStorage<'a> {
+    /// Virtual PCI config space.
+    pub config_space: &'a mut [u8; CONFIG_SPACE_SIZE],
+    /// Virtual registers.
+    pub vregs: &'a mut [u32],
+    /// Guest GGTT entries of the vGPU's two slices.
+    pub ggtt: &'a mut [u64],
+    /// GPU-side dirty log: one bit per guest frame.
+    pub gpu_dirty: &'a mut [u64],
+}
+
+/// Derived state, rebuilt on restore by replaying side-effect registers; never migrated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Derived {
+    /// Hardware status page address of each engine (from HWS_PGA).
+    pub hws_pga: [u32; 5],
+    /// Execlist submission enabled per engine (from RING_MODE).
+    pub execlists: [bool; 5],
+    /// Pipe A enabled (from PIPECONF).
+    pub pipe_a: bool,
+}
+
+/// A mediated vGPU: the state the hypervisor traps and emulates.
+#[derive(Debug)]
+pub struct Vgpu<'a> {
+    config: VgpuConfig,
+    placement: HostPlacement,
+    mem_map: GuestMemoryMap,
+    cfg: &'a mut [u8; CONFIG_SPACE_SIZE],
+    regs: RegFile<'a>,
+    ggtt: gtt::GgttSlices<'a>,
+    engines: Engines,
+    gpu_dirty: DirtyBitmap<'a>,
+    derived: Derived,
+    state: MigState,
+    guest_errors: u32,
+}
+
+const PIPECONF_A: u32 = 0x70008;
+const PIPECONF_ENABLE: u32 = 1 << 31;
+
+/// Side effects of register writes, collected during a register-file write and applied after it.
+#[derive(Default)]
+struct Effects {
+    elsp: heapless::Vec<(EngineId, u32), 4>,
+    csb_read: heapless::Vec<(EngineId, u32), 4>,
+    derived: Derived,
+}
+
+impl RegHooks for Effects {
+    fn after_write(&mut self, offset: u32, _old: u32, new: u32) {
+        for id in EngineId::ALL {
+            let base = id.mmio_base();
+            let i = id.index();
+            if offset == base + reg::ELSP {
+                let _ = self.elsp.push((id, new));
+            } else if offset == base + reg::CSB_PTR {
+                let _ = self.csb_read.push((id, new));
+            } else if offset == base + reg::HWS_PGA {
+                if let Some(slot) = self.derived.hws_pga.get_mut(i) {
+                    *slot = new;
+                }
+            } else if offset == base + reg::RING_MODE {
+                // GFX_MODE bit 15: execlist enable (stored after the masked-write merge).
+                if let Some(slot) = self.derived.execlists.get_mut(i) {
+                    *slot = new & (1 << 15) != 0;
+                }
+            }
+        }
+        if offset == PIPECONF_A {
+            self.derived.pipe_a = new & PIPECONF_ENABLE != 0;
+        }
+    }
+}
+
+impl<'a> Vgpu<'a> {
+    /// A vGPU at reset, with its graphics memory placed at `placement` on this host.
+    pub fn new(
+        config: VgpuConfig,
+        placement: HostPlacement,
+        mem_map: GuestMemoryMap,
+        storage: VgpuStorage<'a>,
+    ) -> Result<Self, VgpuError> {
+        let frames = usize::try_from(mem_map.frames()).map_err(|_| VgpuError::StorageSize)?;
+        if storage.gpu_dirty.len() != words_for(frames) {
+            return Err(VgpuError::StorageSize);
+        }
+        let mut regs = RegFile::new(&mmio::SKL, storage.vregs)?;
+        regs.reset_with(&config.pvinfo());
+        let mut ggtt = gtt::GgttSlices::new(config.partition, storage.ggtt)?;
+        ggtt.clear();
+        let gpu_dirty = DirtyBitmap::new(storage.gpu_dirty, frames)?;
+        let mut v = Self {
+            engines: Engines::new(config.engines),
+            config,
+            placement,
+            mem_map,
+            cfg: storage.config_space,
+            regs,
+            ggtt,
+            gpu_dirty,
+            derived: Derived::default(),
+            state: MigState::Running,
+            guest_errors: 0,
+        };
+        v.reset_config_space();
+        Ok(v)
+    }
+
+    fn reset_config_space(&mut self) {
+        self.cfg.fill(0);
+        let mut put = |off: usize, bytes: &[u8]| {
+            if let Some(dst) = self.cfg.get_mut(off..off + bytes.len()) {
+                dst.copy_from_slice(bytes);
+            }
+        };
+        put(0x00, &self.config.pci_vendor.to_le_bytes());
+        put(0x02, &self.config.pci_device.to_le_bytes());
+        put(0x08, &[0x07, 0x00, 0x00, 0x03]); // revision 7, VGA-compatible display controller
+        put(0x10, &0x0000_0004u32.to_le_bytes()); // BAR0: 64-bit memory (GTTMMADR)
+        put(0x18, &0x0000_000Cu32.to_le_bytes()); // BAR2: 64-bit prefetchable memory (aperture)
+        put(0x2C, &self.config.pci_vendor.to_le_bytes()); // subsystem vendor
+        put(0x2E, &self.config.pci_device.to_le_bytes());
+    }
+
+    /// The configuration this vGPU was created with.
+    pub fn config(&self) -> &VgpuConfig {
+        &self.config
+    }
+
+    /// Where this vGPU's graphics memory sits in the host GGTT.
+    pub fn placement(&self) -> &HostPlacement {
+        &self.placement
+    }
+
+    /// The guest memory layout the vGPU tracks.
+    pub fn memory_map(&self) -> &GuestMemoryMap {
+        &self.mem_map
+    }
+
+    /// The register file.
+    pub fn regs(&self) -> &RegFile<'a> {
+        &self.regs
+    }
+
+    /// The register file, for the device model (writes bypass trap semantics with `poke`).
+    pub fn regs_mut(&mut self) -> &mut RegFile<'a> {
+        &mut self.regs
+    }
+
+    /// The guest GGTT of the vGPU's slices.
+    pub fn ggtt(&self) -> &gtt::GgttSlices<'a> {
+        &self.ggtt
+    }
+
+    /// Engine state.
+    pub fn engines(&self) -> &Engines {
+        &self.engines
+    }
+
+    /// Engine state, for the device model.
+    pub fn engines_mut(&mut self) -> &mut Engines {
+        &mut self.engines
+    }
+
+    /// Raw config space.
+    pub fn config_space(&self) -> &[u8; CONFIG_SPACE_SIZE] {
+        self.cfg
+    }
+
+    /// State rebuilt from side-effect registers.
+    pub fn derived(&self) -> &Derived {
+        &self.derived
+    }
+
+    /// The migration state.
+    pub fn state(&self) -> MigState {
+        self.state
+    }
+
+    pub(crate) fn set_state(&mut self, s: MigState) {
+        self.state = s;
+    }
+
+    /// Guest accesses the device model refused since creation (bad descriptors, reserved GTT bits).
+    pub fn guest_errors(&self) -> u32 {
+        self.guest_errors
+    }
+
+    /// The GPU-side dirty log (one bit per guest frame, dense index of the memory map).
+    pub fn gpu_dirty_mut(&mut self) -> &mut DirtyBitmap<'a> {
+        &mut self.gpu_dirty
+    }
+
+    /// Record that the GPU wrote guest frame `gfn` (the device model or a command scanner calls this).
+    pub fn mark_gpu_dirty(&mut self, gfn: Gfn) {
+        if let Some(i) = self.mem_map.index_of(gfn) {
+            let _ = self.gpu_dirty.set(i);
+        }
+    }
+
+    /// Translate a guest graphics memory address through the guest GGTT to (frame, offset in page).
+    pub fn translate(&self, gma: GmAddr) -> Option<(Gfn, usize)> {
+        let e = self.ggtt.read(gma.index()?).ok()?;
+        if !e.is_present() || !self.mem_map.contains(e.frame()) {
+            return None;
+        }
+        Some((e.frame(), usize::try_from(gma.page_offset()).ok()?))
+    }
+
+    /// Read configuration space (1, 2 or 4 bytes).
+    pub fn cfg_read(&self, offset: u16, size: usize) -> Result<u32, VgpuError> {
+        let off = usize::from(offset);
+        let bytes =
+            self.cfg
+                .get(off..off + size)
+                .ok_or(VgpuError::Mmio(mmio::MmioError::OutOfRange {
+                    offset: u32::from(offset),
+                }))?;
+        let mut v = [0u8; 4];
+        v.get_mut(..size)
+            .ok_or(VgpuError::Mmio(mmio::MmioError::BadSize))?
+            .copy_from_slice(bytes);
+        Ok(u32::from_le_bytes(v))
+    }
+
+    /// Write configuration space. Identity (vendor, device, revision, class) is read-only.
+    pub fn cfg_write(&mut self, offset: u16, size: usize, value: u32) -> Result<(), VgpuError> {
+        let off = usize::from(offset);
+        if !matches!(size, 1 | 2 | 4) || off % size != 0 || off + size > CONFIG_SPACE_SIZE {
+            return Err(VgpuError::Mmio(mmio::MmioError::Misaligned {
+                offset: u32::from(offset),
+                size: 4,
+            }));
+        }
+        let bytes = value.to_le_bytes();
+        for i in 0..size {
+            let o = off + i;
+            if o < 0x04 || (0x08..0x0C).contains(&o) || (0x2C..0x30).contains(&o) {
+                continue;
+            }
+            if let (Some(dst), Some(src)) = (self.cfg.get_mut(o), bytes.get(i)) {
+                *dst = *src;
+            }
+        }
+        Ok(())
+    }
+
+    /// A trapped guest read of BAR0: registers in the first 2 MiB, the GGTT window at 8 MiB.
+    pub fn mmio_read(&mut self, offset: u32, size: usize) -> Result<u64, VgpuError> {
+        if let Some(off) = offset
+            .checked_sub(GGTT_WINDOW)
+            .filter(|o| *o < GGTT_WINDOW_SIZE)
+        {
+            return self.ggtt_read(off, size);
+        }
+        Ok(self.regs.read(offset, AccessSize::from_bytes(size)?)?)
+    }
+
+    /// A trapped guest write of BAR0. Side effects (ELSP submission, CSB read pointer, GGTT shadowing)
+    /// run before it returns; `mem` is read for the submitted contexts, `host` programs shadows.
+    pub fn mmio_write(
+        &mut self,
+        offset: u32,
+        size: usize,
+        value: u64,
+        mem: &dyn GuestMemory,
+        host: &mut dyn HostGtt,
+    ) -> Result<(), VgpuError> {
+        if let Some(off) = offset
+            .checked_sub(GGTT_WINDOW)
+            .filter(|o| *o < GGTT_WINDOW_SIZE)
+        {
+            return self.ggtt_write(off, size, value, host);
+        }
+        let mut fx = Effects {
+            derived: self.derived,
+            ..Effects::default()
+        };
+        self.regs
+            .write(offset, AccessSize::from_bytes(size)?, value, &mut fx)?;
+        self.derived = fx.derived;
+        for (id, v) in fx.csb_read {
+            if let Some(e) = self.engines.engine_mut(id) {
+                // The guest acknowledges CSB entries by moving the read pointer (bits 10:8).
+                let _ = e.csb.set_read_ptr(((v >> 8) & 7) as u8);
+            }
+        }
+        for (id, dword) in fx.elsp {
+            if let Some(descs) = self.engines.elsp_write(id, dword)? {
+                self.submit(id, descs, mem)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(
+        &mut self,
+        id: EngineId,
+        descs: [ContextDescriptor; 2],
+        mem: &dyn GuestMemory,
+    ) -> Result<(), VgpuError> {
+        if check_submission(&descs).is_err() {
+            self.guest_errors = self.guest_errors.saturating_add(1);
+            return Ok(());
+        }
+        for (i, d) in descs.iter().enumerate().filter(|(_, d)| d.valid()) {
+            let Some(ctx) = self.read_ring_context(d, mem) else {
+                self.guest_errors = self.guest_errors.saturating_add(1);
+                continue;
+            };
+            // A context resubmitted while earlier work on it is pending continues where that work ends
+            // (the context image in memory still holds the old head until the GPU saves it).
+            let head = self
+                .engines
+                .engine(id)
+                .and_then(|e| {
+                    e.running
+                        .iter()
+                        .chain(e.queue.iter())
+                        .filter(|w| w.desc.lrca() == d.lrca())
+                        .last()
+                        .map(|w| w.ring_tail)
+                })
+                .unwrap_or(ctx.head);
+            let w = Workload {
+                engine: id,
+                desc: *d,
+                ring_head: head,
+                ring_tail: ctx.tail,
+                schedule_in: i == 0,
+            };
+            if self.engines.enqueue(w).is_err() {
+                self.guest_errors = self.guest_errors.saturating_add(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the ring registers of a logical ring context from guest memory.
+    pub fn read_ring_context(
+        &self,
+        d: &ContextDescriptor,
+        mem: &dyn GuestMemory,
+    ) -> Option<RingContext> {
+        let page = GmAddr::new(u64::from(d.lrca_address())).checked_add(LRC_STATE_PAGE)?;
+        let (gfn, _) = self.translate(page)?;
+        let dword = |i: usize| -> Option<u32> {
+            let mut b = [0u8; 4];
+            mem.read(gfn, i * 4, &mut b).ok()?;
+            Some(u32::from_le_bytes(b))
+        };
+        Some(RingContext {
+            head: dword(lrc::RING_HEAD)?,
+            tail: dword(lrc::RING_TAIL)?,
+            start: dword(lrc::RING_START)?,
+            ctl: dword(lrc::RING_CTL)?,
+            state_page: gfn,
+        })
+    }
+
+    fn ggtt_read(&self, off: u32, size: usize) -> Result<u64, VgpuError> {
+        let index = GttIndex::new(off / 8);
+        let Ok(entry) = self.ggtt.read(index) else {
+            return Ok(0);
+        }; // outside the vGPU: reads 0
+        match (size, off % 8) {
+            (8, 0) => Ok(entry.into_bits()),
+            (4, 0) => Ok(entry.into_bits() & 0xFFFF_FFFF),
+            (4, 4) => Ok(entry.into_bits() >> 32),
+            _ => Err(VgpuError::Mmio(mmio::MmioError::Misaligned {
+                offset: off + GGTT_WINDOW,
+                size: u8::try_from(size).unwrap_or(u8::MAX),
+            })),
+        }
+    }
+
+    fn ggtt_write(
+        &mut self,
+        off: u32,
+        size: usize,
+        value: u64,
+        host: &mut dyn HostGtt,
+    ) -> Result<(), VgpuError> {
+        let index = GttIndex::new(off / 8);
+        if self.ggtt.read(index).is_err() {
+            return Ok(()); // outside the vGPU's slices: dropped, as a ballooned guest expects
+        }
+        let complete = match (size, off % 8) {
+            (8, 0) => {
+                let e = GgttEntry::from_bits(value);
+                if e.validate(self.config.generation).is_err() {
+                    self.guest_errors = self.guest_errors.saturating_add(1);
+                    return Ok(());
+                }
+                self.ggtt.write(index, e)?;
+                Some(e)
+            }
+            (4, 0) | (4, 4) => {
+                let half = u32::try_from(value & 0xFFFF_FFFF).unwrap_or(0);
+                match self.ggtt.write_half(index, off % 8 == 4, half)? {
+                    HalfWrite::Completed(e) => Some(e),
+                    HalfWrite::Pending { evicted } => {
+                        if let Some(ev) = evicted {
+                            let e = self.ggtt.read(ev)?;
+                            self.shadow(ev, e, host)?;
+                        }
+                        None
+                    }
+                }
+            }
+            _ => {
+                return Err(VgpuError::Mmio(mmio::MmioError::Misaligned {
+                    offset: off + GGTT_WINDOW,
+                    size: u8::try_from(size).unwrap_or(u8::MAX),
+                }));
+            }
+        };
+        if let Some(e) = complete {
+            if e.validate(self.config.generation).is_err() {
+                // A half-assembled entry with reserved bits: keep the guest copy, shadow scratch.
+                self.guest_errors = self.guest_errors.saturating_add(1);
+                let _ = self.ggtt.write(index, GgttEntry::from_bits(0));
+                self.shadow(index, GgttEntry::from_bits(0), host)?;
+                return Ok(());
+            }
+            self.shadow(index, e, host)?;
+        }
+        Ok(())
+    }
+
+    /// Program the host entry for guest index `index`, and mark a newly mapped frame dirty: a page
+    /// remapped into graphics memory must be (re)sent.
+    fn shadow(
+        &mut self,
+        index: GttIndex,
+        e: GgttEntry,
+        host: &mut dyn HostGtt,
+    ) -> Result<(), VgpuError> {
+        let host_index = self
+            .config
+            .partition
+            .g2h_index(&self.placement, index)
+            .ok_or(VgpuError::Gtt(gtt::GttError::OutOfRange))?;
+        let mapping =
+            (e.is_present() && self.mem_map.contains(e.frame())).then_some((e.frame(), e));
+        host.map(host_index, mapping)
+            .map_err(|_| VgpuError::HostGtt)?;
+        if let Some((gfn, _)) = mapping {
+            self.mark_gpu_dirty(gfn);
+        }
+        Ok(())
+    }
+
+    /// Re-program every host entry from the guest GGTT (after restore, or after a host placement
+    /// change).
+    pub fn reshadow_all(&mut self, host: &mut dyn HostGtt) -> Result<(), VgpuError> {
+        let n = self.ggtt.entries().len();
+        for slot in 0..n {
+            let Some(index) = self.config.partition.index_at(slot) else {
+                continue;
+            };
+            let e = self.ggtt.read(index)?;
+            let host_index = self
+                .config
+                .partition
+                .g2h_index(&self.placement, index)
+                .ok_or(VgpuError::Gtt(gtt::GttError::OutOfRange))?;
+            let mapping =
+                (e.is_present() && self.mem_map.contains(e.frame())).then_some((e.frame(), e));
+            host.map(host_index, mapping)
+                .map_err(|_| VgpuError::HostGtt)?;
+        }
+        Ok(())
+    }
+
+    /// Stop dispatching new work (queued work stays queued). Returns what is still in flight: the
+    /// device model must let it complete before the state is saved.
+    pub fn quiesce(&mut self) -> QuiesceStatus {
+        self.engines.quiesce()
+    }
+
+    /// Undo [`quiesce`](Self::quiesce) exactly.
+    pub fn resume(&mut self) {
+        self.engines.resume();
+    }
+
+    /// The STOP → RUNNING arc (for example after a committed restore): dispatch resumes.
+    pub fn start(&mut self) -> Result<(), VgpuError> {
+        if self.state != MigState::Stop {
+            return Err(VgpuError::WrongPhase);
+        }
+        self.engines.resume();
+        self.state = MigState::Running;
+        Ok(())
+    }
+
+    pub(crate) fn cfg_mut(&mut self) -> &mut [u8; CONFIG_SPACE_SIZE] {
+        self.cfg
+    }
+
+    pub(crate) fn ggtt_mut(&mut self) -> &mut gtt::GgttSlices<'a> {
+        &mut self.ggtt
+    }
+
+    /// Apply staged registers with the known-good order (copy, replay side effects, copy again),
+    /// rebuilding derived state through the same hooks the guest's writes use.
+    pub(crate) fn apply_registers(&mut self, payload: &[u8]) -> Result<(), VgpuError> {
+        let mut fx = Effects {
+            derived: self.derived,
+            ..Effects::default()
+        };
+        self.regs.apply_sparse(payload, &mut fx)?;
+        self.derived = fx.derived;
+        Ok(())
+    }
+
+    /// Write every present engine's CSB state into the registers (after an engine restore).
+    pub(crate) fn mirror_csb(&mut self) {
+        for id in EngineId::ALL {
+            if let Some(e) = self.engines.engine(id) {
+                e.csb.mirror(&mut self.regs, id);
+            }
+        }
+    }
+
+    pub(crate) fn reset_registers(&mut self) {
+        self.regs.reset_with(&self.config.pvinfo());
+        self.derived = Derived::default();
+    }
+}
+
+/// The ring registers of a logical ring context, as read from guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RingContext {
+    /// RING_HEAD value.
+    pub head: u32,
+    /// RING_TAIL value.
+    pub tail: u32,
+    /// RING_START value (graphics address of the ring buffer).
+    pub start: u32,
+    /// RING_CTL value (buffer length, enable).
+    pub ctl: u32,
+    /// Guest frame of the context's register-state page.
+    pub state_page: Gfn,
+}

@@ -1,0 +1,127 @@
+//! The command subset the reference device executes, with their real Gen9 encodings.
+//!
+//! A command's first dword carries its client in bits 31:29 (0 = MI, 3 = render/2D) and, for MI
+//! commands, its opcode in bits 28:23 and a length field (dwords - 2) in its low bits. Graphics
+//! addresses in commands are bits 47:2 split over two dwords; each command keeps its own low flag bits,
+//! which address rebasing must preserve.
+//!
+//! | command | dword 0 | dwords | executed as |
+//! |---|---|---|---|
+//! | MI_NOOP | `0x0000_0000` | 1 | nothing |
+//! | MI_BATCH_BUFFER_END | `0x0500_0000` | 1 | return from the batch to the ring |
+//! | MI_STORE_DATA_IMM | `0x1000_0000 \| ggtt<<22 \| (n-2)` | 4 (one dword) or 5 (qword) | write data at address bits 47:2 |
+//! | MI_LOAD_REGISTER_IMM | `0x1100_0000 \| (2k-1)` | 1 + 2k | write k (offset, value) pairs to registers |
+//! | MI_FLUSH_DW | `0x1300_0000 \| post-sync<<14 \| (n-2)` | 4 or 5 | post-sync op 1: write the immediate dword (n = 4) or qword (n = 5) at address bits 47:3 |
+//! | MI_BATCH_BUFFER_START | `0x1880_0000 \| ppgtt<<8 \| 1` | 3 | jump to a batch at bits 47:2 (GGTT when bit 8 is 0) |
+//! | PIPE_CONTROL | `0x7A00_0004` | 6 | post-sync op (dword 1 bits 15:14) 1 = write the qword in dwords 4-5 to the GGTT address in dwords 2-3 (bits 47:3) |
+//! | SIM_FILL (synthetic) | `0x1BC0_0000 \| 2` | 4 | fill `count` pages from a GGTT address with a deterministic pattern seeded by dword 3 |
+//!
+//! SIM_FILL stands in for the 3D and media pipelines (render-target rewrite, frame decode) that a
+//! software device cannot execute faithfully: MI opcode 0x37 is unused on Gen9, so a stream that
+//! carries it is recognisably synthetic.
+
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "commands split 64-bit addresses into dwords: the truncation is the encoding"
+)]
+
+/// MI_NOOP.
+pub const MI_NOOP: u32 = 0;
+/// MI_BATCH_BUFFER_END.
+pub const MI_BATCH_BUFFER_END: u32 = 0x0A << 23;
+/// MI_STORE_DATA_IMM opcode (length and flags to be or-ed in).
+pub const MI_STORE_DATA_IMM: u32 = 0x20 << 23;
+/// MI_LOAD_REGISTER_IMM opcode.
+pub const MI_LOAD_REGISTER_IMM: u32 = 0x22 << 23;
+/// MI_FLUSH_DW opcode.
+pub const MI_FLUSH_DW: u32 = 0x26 << 23;
+/// MI_BATCH_BUFFER_START opcode.
+pub const MI_BATCH_BUFFER_START: u32 = 0x31 << 23;
+/// Synthetic page-fill command (unused MI opcode 0x37).
+pub const SIM_FILL: u32 = 0x37 << 23;
+/// The "use global GTT" bit of MI_STORE_DATA_IMM.
+pub const SDI_USE_GGTT: u32 = 1 << 22;
+/// The "PPGTT address space" bit of MI_BATCH_BUFFER_START (clear = GGTT).
+pub const BBS_PPGTT: u32 = 1 << 8;
+
+/// Bits of a command's first dword that name the client.
+pub const fn client(dw0: u32) -> u32 {
+    dw0 >> 29
+}
+
+/// MI opcode (bits 28:23) of an MI command.
+pub const fn mi_opcode(dw0: u32) -> u32 {
+    (dw0 >> 23) & 0x3F
+}
+
+/// Store one dword at a GGTT address: the 4 dwords of MI_STORE_DATA_IMM.
+pub const fn store_dword_ggtt(gm_addr: u64, value: u32) -> [u32; 4] {
+    [
+        MI_STORE_DATA_IMM | SDI_USE_GGTT | 2,
+        (gm_addr as u32) & !3,
+        ((gm_addr >> 32) as u32) & 0xFFFF,
+        value,
+    ]
+}
+
+/// Jump to a batch buffer at a GGTT address.
+pub const fn batch_start_ggtt(gm_addr: u64) -> [u32; 3] {
+    [
+        MI_BATCH_BUFFER_START | 1,
+        (gm_addr as u32) & !3,
+        ((gm_addr >> 32) as u32) & 0xFFFF,
+    ]
+}
+
+/// Fill `pages` pages from a GGTT address with the pattern of `seed`.
+pub const fn sim_fill(gm_addr: u64, pages: u16, seed: u32) -> [u32; 4] {
+    [
+        SIM_FILL | 2,
+        ((gm_addr as u32) & !0xFFF) | pages as u32 & 0xFFF,
+        ((gm_addr >> 32) as u32) & 0xFFFF,
+        seed,
+    ]
+}
+
+/// The deterministic SIM_FILL pattern: dword `i` of the page at graphics address `page_addr`.
+pub const fn fill_pattern(seed: u32, page_addr: u64, i: u32) -> u32 {
+    let mut x = (seed as u64) << 32 ^ page_addr ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    x ^= x >> 33;
+    x as u32
+}
+
+/// PIPE_CONTROL with its length (6 dwords).
+pub const PIPE_CONTROL: u32 = 0x7A00_0004;
+/// Post-sync operation "write immediate data" (bits 15:14 = 1) of PIPE_CONTROL dword 1 and MI_FLUSH_DW.
+pub const POST_SYNC_WRITE_IMM: u32 = 1 << 14;
+/// PIPE_CONTROL dword 1 bit 24: destination address is in the GGTT.
+pub const PC_GLOBAL_GTT: u32 = 1 << 24;
+
+/// Load `value` into the register at `offset` (MI_LOAD_REGISTER_IMM with one pair).
+pub const fn load_register(offset: u32, value: u32) -> [u32; 3] {
+    [MI_LOAD_REGISTER_IMM | 1, offset & 0x7F_FFFC, value]
+}
+
+/// MI_FLUSH_DW with a post-sync write of `value` to a GGTT address (bit 2 of dword 1 selects GGTT).
+pub const fn flush_dw_store(gm_addr: u64, value: u32) -> [u32; 4] {
+    [
+        MI_FLUSH_DW | POST_SYNC_WRITE_IMM | 2,
+        ((gm_addr as u32) & !7) | 1 << 2,
+        ((gm_addr >> 32) as u32) & 0xFFFF,
+        value,
+    ]
+}
+
+/// PIPE_CONTROL with a post-sync qword write to a GGTT address.
+pub const fn pipe_control_store(gm_addr: u64, value: u64) -> [u32; 6] {
+    [
+        PIPE_CONTROL,
+        POST_SYNC_WRITE_IMM | PC_GLOBAL_GTT,
+        (gm_addr as u32) & !7,
+        ((gm_addr >> 32) as u32) & 0xFFFF,
+        value as u32,
+        (value >> 32) as u32,
+    ]
+}

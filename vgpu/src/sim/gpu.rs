@@ -1,0 +1,425 @@
+//! The software GPU: executes workloads the vGPU's execlist emulation queued.
+
+use engines::{ContextDescriptor, CsbEntry, EngineId};
+use gtt::{Gfn, GmAddr};
+use mmio::{AccessSize, NoHooks};
+
+use super::cmd;
+use super::memory::SimMemory;
+use crate::instance::{HWSP_CSB_DWORD, HWSP_CSB_WP_DWORD, Vgpu, lrc};
+use crate::traits::GuestMemory;
+
+/// Counters of the reference GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuStats {
+    /// Commands executed.
+    pub commands: u64,
+    /// Workloads completed.
+    pub workloads: u64,
+    /// Commands refused (unknown opcode, PPGTT addressing, unmapped address): the workload is ended.
+    pub faults: u64,
+    /// Dword writes to graphics memory (store, flush, pipe-control post-sync).
+    pub stores: u64,
+    /// Pages filled by SIM_FILL.
+    pub filled_pages: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Exec {
+    desc: ContextDescriptor,
+    state_page: Gfn,
+    start: u64,
+    size: u32,
+    /// Ring head offset in bytes.
+    head: u32,
+    tail: u32,
+    /// Next dword of the active batch buffer, if one runs.
+    batch: Option<u64>,
+}
+
+/// The reference GPU. Its only state is the work in flight, which quiesce drains before a save.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefGpu {
+    exec: [Option<Exec>; 5],
+    /// Counters.
+    pub stats: GpuStats,
+}
+
+enum Step {
+    Continue,
+    Done,
+    Fault,
+}
+
+/// GT interrupt register block and bit position of an engine's context-switch interrupt.
+fn irq_bits(id: EngineId) -> (u32, u32) {
+    match id {
+        EngineId::Rcs => (0x44300, 8),
+        EngineId::Bcs => (0x44300, 24),
+        EngineId::Vcs => (0x44310, 8),
+        EngineId::Vcs2 => (0x44310, 24),
+        EngineId::Vecs => (0x44330, 8),
+    }
+}
+
+impl RefGpu {
+    /// An idle GPU.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether any engine runs a workload.
+    pub fn busy(&self) -> bool {
+        self.exec.iter().any(Option::is_some)
+    }
+
+    /// Execute up to `budget` commands per engine: dispatch queued workloads, run their ring and batch
+    /// commands through the GGTT, complete them (CSB entry, HWSP mirror, interrupt). Returns the
+    /// commands executed.
+    pub fn step(&mut self, vgpu: &mut Vgpu<'_>, mem: &mut SimMemory, budget: u32) -> u32 {
+        let mut done = 0;
+        for id in EngineId::ALL {
+            let i = id.index();
+            let Some(slot) = self.exec.get(i).copied() else {
+                continue;
+            };
+            let mut exec = match slot {
+                Some(e) => e,
+                None => match vgpu.engines_mut().next_to_dispatch(id) {
+                    Some(w) => match Self::start(
+                        vgpu,
+                        mem,
+                        id,
+                        w.desc,
+                        w.ring_head,
+                        w.ring_tail,
+                        w.schedule_in,
+                    ) {
+                        Some(e) => e,
+                        None => {
+                            self.stats.faults += 1;
+                            Self::finish(vgpu, mem, id, w.desc, None);
+                            continue;
+                        }
+                    },
+                    None => continue,
+                },
+            };
+            let mut n = 0;
+            let mut outcome = Step::Continue;
+            while n < budget {
+                if exec.batch.is_none() && exec.head == exec.tail {
+                    outcome = Step::Done;
+                    break;
+                }
+                n += 1;
+                match self.execute(vgpu, mem, &mut exec) {
+                    Step::Continue => {}
+                    other => {
+                        outcome = other;
+                        break;
+                    }
+                }
+            }
+            if exec.batch.is_none() && exec.head == exec.tail {
+                outcome = Step::Done;
+            }
+            self.stats.commands += u64::from(n);
+            done += n;
+            let slot = self.exec.get_mut(i);
+            match outcome {
+                Step::Continue => {
+                    if let Some(s) = slot {
+                        *s = Some(exec);
+                    }
+                }
+                Step::Done | Step::Fault => {
+                    if matches!(outcome, Step::Fault) {
+                        self.stats.faults += 1;
+                        exec.head = exec.tail;
+                        exec.batch = None;
+                    }
+                    if let Some(s) = slot {
+                        *s = None;
+                    }
+                    self.stats.workloads += 1;
+                    Self::finish(vgpu, mem, id, exec.desc, Some(&exec));
+                }
+            }
+        }
+        done
+    }
+
+    /// Run until nothing is in flight (queued work stays queued while the vGPU is quiesced).
+    /// Bounded: gives up after `max_commands` and returns false.
+    pub fn drain(&mut self, vgpu: &mut Vgpu<'_>, mem: &mut SimMemory, max_commands: u64) -> bool {
+        let mut spent = 0u64;
+        while vgpu.engines().in_flight() != 0 || (self.busy() && !vgpu.engines().is_quiesced()) {
+            let n = self.step(vgpu, mem, 256);
+            spent += u64::from(n.max(1));
+            if spent > max_commands {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn start(
+        vgpu: &mut Vgpu<'_>,
+        mem: &mut SimMemory,
+        id: EngineId,
+        desc: ContextDescriptor,
+        head: u32,
+        tail: u32,
+        schedule_in: bool,
+    ) -> Option<Exec> {
+        let ctx = vgpu.read_ring_context(&desc, mem)?;
+        let size = (((ctx.ctl >> 12) & 0x1FF) + 1) * 4096;
+        if schedule_in {
+            let e = CsbEntry::new()
+                .with_idle_to_active(true)
+                .with_context_id(desc.context_id());
+            Self::post_csb(vgpu, mem, id, e);
+        }
+        Some(Exec {
+            desc,
+            state_page: ctx.state_page,
+            start: u64::from(ctx.start & !0xFFF),
+            size,
+            head: (head & engines::HEAD_OFFSET_MASK) % size,
+            tail: (tail & engines::TAIL_OFFSET_MASK) % size,
+            batch: None,
+        })
+    }
+
+    fn finish(
+        vgpu: &mut Vgpu<'_>,
+        mem: &mut SimMemory,
+        id: EngineId,
+        desc: ContextDescriptor,
+        exec: Option<&Exec>,
+    ) {
+        if let Some(x) = exec {
+            // Context save: the ring head goes back into the guest's context image. The reference
+            // device does not keep the head's wrap count (bits 31:21): it would make the image depend
+            // on whether the next submission arrived before this one completed.
+            let head = x.head;
+            if mem
+                .write(x.state_page, lrc::RING_HEAD * 4, &head.to_le_bytes())
+                .is_ok()
+            {
+                vgpu.mark_gpu_dirty(x.state_page);
+            }
+        }
+        let _ = vgpu.engines_mut().complete(id);
+        let e = CsbEntry::new()
+            .with_complete(true)
+            .with_active_to_idle(true)
+            .with_context_id(desc.context_id());
+        Self::post_csb(vgpu, mem, id, e);
+    }
+
+    /// Write a CSB entry: registers, the guest's hardware status page, then the interrupt bit.
+    fn post_csb(vgpu: &mut Vgpu<'_>, mem: &mut SimMemory, id: EngineId, entry: CsbEntry) {
+        let (index, wp) = match vgpu.engines_mut().engine_mut(id) {
+            Some(e) => e.csb.push(entry),
+            None => return,
+        };
+        if let Some(e) = vgpu.engines().engine(id) {
+            let csb = e.csb;
+            csb.mirror(vgpu.regs_mut(), id);
+        }
+        let hws = vgpu.derived().hws_pga.get(id.index()).copied().unwrap_or(0);
+        if hws != 0
+            && let Some((gfn, _)) = vgpu.translate(GmAddr::new(u64::from(hws & !0xFFF)))
+        {
+            {
+                let off = usize::try_from((HWSP_CSB_DWORD + 2 * u64::from(index)) * 4).unwrap_or(0);
+                let wp_off = usize::try_from(HWSP_CSB_WP_DWORD * 4).unwrap_or(0);
+                let ok = mem
+                    .write(gfn, off, &entry.into_bits().to_le_bytes())
+                    .is_ok()
+                    && mem.write(gfn, wp_off, &u32::from(wp).to_le_bytes()).is_ok();
+                if ok {
+                    vgpu.mark_gpu_dirty(gfn);
+                }
+            }
+        }
+        let (block, bit) = irq_bits(id);
+        let imr = vgpu.regs().peek(block + 4);
+        if imr & (1 << bit) == 0 {
+            let iir = vgpu.regs().peek(block + 8);
+            vgpu.regs_mut().poke(block + 8, iir | (1 << bit));
+        }
+    }
+
+    fn fetch(vgpu: &Vgpu<'_>, mem: &SimMemory, exec: &mut Exec) -> Option<u32> {
+        let addr = match exec.batch {
+            Some(a) => {
+                exec.batch = Some(a + 4);
+                a
+            }
+            None => {
+                let a = exec.start + u64::from(exec.head);
+                exec.head += 4;
+                if exec.head >= exec.size {
+                    exec.head = 0;
+                }
+                a
+            }
+        };
+        let (gfn, off) = vgpu.translate(GmAddr::new(addr))?;
+        mem.read_u32(gfn, off).ok()
+    }
+
+    fn store(&mut self, vgpu: &mut Vgpu<'_>, mem: &mut SimMemory, addr: u64, data: &[u8]) -> bool {
+        let Some((gfn, off)) = vgpu.translate(GmAddr::new(addr)) else {
+            return false;
+        };
+        if off + data.len() > 4096 || mem.write(gfn, off, data).is_err() {
+            return false;
+        }
+        vgpu.mark_gpu_dirty(gfn);
+        self.stats.stores += 1;
+        true
+    }
+
+    fn execute(&mut self, vgpu: &mut Vgpu<'_>, mem: &mut SimMemory, exec: &mut Exec) -> Step {
+        let Some(dw0) = Self::fetch(vgpu, mem, exec) else {
+            return Step::Fault;
+        };
+        let mut operands = [0u32; 8];
+        let len = match (cmd::client(dw0), cmd::mi_opcode(dw0)) {
+            (0, 0x00) | (0, 0x0A) => 1,
+            (0, _) => (dw0 & 0x3F) + 2,
+            (3, _) if dw0 == cmd::PIPE_CONTROL => 6,
+            _ => return Step::Fault,
+        };
+        if len as usize > operands.len() + 1 {
+            return Step::Fault;
+        }
+        for slot in operands.iter_mut().take(len as usize - 1) {
+            match Self::fetch(vgpu, mem, exec) {
+                Some(v) => *slot = v,
+                None => return Step::Fault,
+            }
+        }
+        let [o1, o2, o3, o4, o5, ..] = operands;
+        let addr =
+            |lo: u32, hi: u32, keep: u32| (u64::from(hi & 0xFFFF) << 32) | u64::from(lo & !keep);
+        match (cmd::client(dw0), cmd::mi_opcode(dw0)) {
+            (0, 0x00) => Step::Continue,
+            (0, 0x0A) => {
+                exec.batch = None; // MI_BATCH_BUFFER_END: back to the ring
+                Step::Continue
+            }
+            (0, 0x20) => {
+                // MI_STORE_DATA_IMM: GGTT only in this device; dword (len 4) or qword (len 5).
+                if dw0 & cmd::SDI_USE_GGTT == 0 {
+                    return Step::Fault;
+                }
+                let a = addr(o1, o2, 3);
+                let ok = if len == 4 {
+                    self.store(vgpu, mem, a, &o3.to_le_bytes())
+                } else if len == 5 {
+                    self.store(
+                        vgpu,
+                        mem,
+                        a,
+                        &(u64::from(o3) | u64::from(o4) << 32).to_le_bytes(),
+                    )
+                } else {
+                    false
+                };
+                if ok { Step::Continue } else { Step::Fault }
+            }
+            (0, 0x22) => {
+                // MI_LOAD_REGISTER_IMM: (offset, value) pairs through the register semantics.
+                for pair in operands
+                    .get(..len as usize - 1)
+                    .unwrap_or(&[])
+                    .chunks_exact(2)
+                {
+                    if let [off, val] = pair
+                        && vgpu
+                            .regs_mut()
+                            .write(
+                                off & 0x7F_FFFC,
+                                AccessSize::Dword,
+                                u64::from(*val),
+                                &mut NoHooks,
+                            )
+                            .is_err()
+                    {
+                        return Step::Fault;
+                    }
+                }
+                Step::Continue
+            }
+            (0, 0x26) => {
+                // MI_FLUSH_DW: post-sync write of an immediate (dword 1 bit 2 selects the GGTT).
+                if dw0 & (3 << 14) == cmd::POST_SYNC_WRITE_IMM {
+                    if o1 & (1 << 2) == 0 {
+                        return Step::Fault;
+                    }
+                    let a = addr(o1, o2, 7);
+                    let ok = if len == 4 {
+                        self.store(vgpu, mem, a, &o3.to_le_bytes())
+                    } else {
+                        self.store(
+                            vgpu,
+                            mem,
+                            a,
+                            &(u64::from(o3) | u64::from(o4) << 32).to_le_bytes(),
+                        )
+                    };
+                    if !ok {
+                        return Step::Fault;
+                    }
+                }
+                Step::Continue
+            }
+            (0, 0x31) => {
+                // MI_BATCH_BUFFER_START (GGTT only): jump; a start inside a batch chains.
+                if dw0 & cmd::BBS_PPGTT != 0 {
+                    return Step::Fault;
+                }
+                exec.batch = Some(addr(o1, o2, 3));
+                Step::Continue
+            }
+            (0, 0x37) => {
+                // SIM_FILL: deterministic render-target or decoded-frame content.
+                let base = addr(o1, o2, 0xFFF);
+                let pages = o1 & 0xFFF;
+                let mut page = [0u8; 4096];
+                for p in 0..u64::from(pages) {
+                    let pa = base + p * 4096;
+                    for (i, chunk) in page.chunks_exact_mut(4).enumerate() {
+                        chunk.copy_from_slice(
+                            &cmd::fill_pattern(o3, pa, u32::try_from(i).unwrap_or(0)).to_le_bytes(),
+                        );
+                    }
+                    if !self.store(vgpu, mem, pa, &page) {
+                        return Step::Fault;
+                    }
+                    self.stats.filled_pages += 1;
+                }
+                Step::Continue
+            }
+            (3, _) => {
+                // PIPE_CONTROL: post-sync "write immediate" of a qword to a GGTT address.
+                if o1 & (3 << 14) == cmd::POST_SYNC_WRITE_IMM {
+                    if o1 & cmd::PC_GLOBAL_GTT == 0 {
+                        return Step::Fault;
+                    }
+                    let v = u64::from(o4) | u64::from(o5) << 32;
+                    if !self.store(vgpu, mem, addr(o2, o3, 7), &v.to_le_bytes()) {
+                        return Step::Fault;
+                    }
+                }
+                Step::Continue
+            }
+            _ => Step::Fault,
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Guest memory and host GGTT of the reference platform.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use gmem::{GuestMemoryMap, words_for};
+use gtt::{Gfn, GgttEntry, GttIndex};
+
+use crate::traits::{CpuDirtyLog, GuestMemory, HostError, HostGtt, MemoryError};
+
+/// Guest physical memory: the frames of a [`GuestMemoryMap`], stored densely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimMemory {
+    map: GuestMemoryMap,
+    bytes: Vec<u8>,
+}
+
+/// The hypervisor's log of guest CPU writes to guest memory (KVM's dirty bitmap, in effect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimCpuLog {
+    map: GuestMemoryMap,
+    bits: Vec<u64>,
+}
+
+impl SimCpuLog {
+    /// An empty log over `map`.
+    pub fn new(map: GuestMemoryMap) -> Self {
+        let frames = usize::try_from(map.frames()).unwrap_or(0);
+        Self {
+            map,
+            bits: vec![0; words_for(frames)],
+        }
+    }
+
+    /// Record a CPU write to `gfn`.
+    pub fn mark(&mut self, gfn: Gfn) {
+        if let Some(i) = self.map.index_of(gfn)
+            && let Some(w) = self.bits.get_mut(i / 64)
+        {
+            *w |= 1 << (i % 64);
+        }
+    }
+}
+
+impl SimMemory {
+    /// Zeroed memory for `map`.
+    pub fn new(map: GuestMemoryMap) -> Self {
+        let frames = usize::try_from(map.frames()).unwrap_or(0);
+        Self {
+            map,
+            bytes: vec![0; frames * 4096],
+        }
+    }
+
+    /// The memory map (also available through [`GuestMemory::map`]).
+    pub fn map_ref(&self) -> &GuestMemoryMap {
+        &self.map
+    }
+
+    /// All guest memory, densely (frame index order of the map).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn range(
+        &self,
+        gfn: Gfn,
+        offset: usize,
+        len: usize,
+    ) -> Result<core::ops::Range<usize>, MemoryError> {
+        let i = self.map.index_of(gfn).ok_or(MemoryError)?;
+        if offset + len > 4096 {
+            return Err(MemoryError);
+        }
+        let start = i * 4096 + offset;
+        Ok(start..start + len)
+    }
+
+    /// A guest CPU write: changes memory and marks the frame in the CPU dirty log.
+    pub fn cpu_write(
+        &mut self,
+        log: &mut SimCpuLog,
+        gfn: Gfn,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), MemoryError> {
+        let r = self.range(gfn, offset, data.len())?;
+        self.bytes
+            .get_mut(r)
+            .ok_or(MemoryError)?
+            .copy_from_slice(data);
+        log.mark(gfn);
+        Ok(())
+    }
+
+    /// Read a little-endian dword.
+    pub fn read_u32(&self, gfn: Gfn, offset: usize) -> Result<u32, MemoryError> {
+        let mut b = [0u8; 4];
+        self.read(gfn, offset, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+}
+
+impl GuestMemory for SimMemory {
+    fn map(&self) -> &GuestMemoryMap {
+        &self.map
+    }
+
+    fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+        let r = self.range(gfn, offset, out.len())?;
+        out.copy_from_slice(self.bytes.get(r).ok_or(MemoryError)?);
+        Ok(())
+    }
+
+    fn write(&mut self, gfn: Gfn, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+        let r = self.range(gfn, offset, data.len())?;
+        self.bytes
+            .get_mut(r)
+            .ok_or(MemoryError)?
+            .copy_from_slice(data);
+        Ok(())
+    }
+}
+
+impl CpuDirtyLog for SimCpuLog {
+    fn harvest(&mut self, sink: &mut dyn FnMut(Gfn)) {
+        for (wi, w) in self.bits.iter_mut().enumerate() {
+            let mut bits = core::mem::take(w);
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if let Some(gfn) = self.map.frame_at(wi * 64 + b) {
+                    sink(gfn);
+                }
+            }
+        }
+    }
+}
+
+/// The host GGTT of the reference platform: host frame = guest frame + `frame_offset` (a stand-in
+/// for the DMA address a real backend gets when it pins the guest page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimHost {
+    /// Host GGTT entries, indexed by host GTT index.
+    pub ggtt: Vec<u64>,
+    /// Offset added to guest frames to make host frames.
+    pub frame_offset: u64,
+    /// Frame of the scratch page.
+    pub scratch_frame: u64,
+    /// Entries programmed so far.
+    pub writes: u64,
+}
+
+impl SimHost {
+    /// A host GGTT covering `gm_bytes` of host graphics memory.
+    pub fn new(gm_bytes: u64, frame_offset: u64) -> Self {
+        Self {
+            ggtt: vec![0; usize::try_from(gm_bytes / 4096).unwrap_or(0)],
+            frame_offset,
+            scratch_frame: 0xF_FFFF,
+            writes: 0,
+        }
+    }
+}
+
+impl HostGtt for SimHost {
+    fn map(
+        &mut self,
+        host_index: GttIndex,
+        mapping: Option<(Gfn, GgttEntry)>,
+    ) -> Result<(), HostError> {
+        let slot = self
+            .ggtt
+            .get_mut(usize::try_from(host_index.get()).map_err(|_| HostError)?)
+            .ok_or(HostError)?;
+        *slot = match mapping {
+            Some((gfn, e)) => e
+                .with_frame(Gfn::new(gfn.get() + self.frame_offset))
+                .map_err(|_| HostError)?
+                .into_bits(),
+            None => GgttEntry::from_bits(0)
+                .with_frame(Gfn::new(self.scratch_frame))
+                .map_err(|_| HostError)?
+                .into_bits(),
+        };
+        self.writes += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,593 @@
+//! The source side of a live migration: a sans-IO session that turns a running vGPU into a stream.
+//!
+//! Order on the wire: stream header; pre-copy rounds of graphics-memory pages, each closed by a ROUND
+//! record (round 0 carries every guest frame, zero pages as markers; later rounds carry what was
+//! dirtied since, by the GPU, by guest CPUs or by GGTT remaps); after [`SourceSession::stop_and_copy`]
+//! the last dirty pages, then the device state (config space, registers, GGTT runs, engines); END.
+//!
+//! The driver loop: call [`SourceSession::poll_output`] with an output buffer and the current time
+//! whenever the transport can take bytes; drain [`SourceSession::poll_event`] after each call; when the
+//! policy asks to switch (a [`SourceEvent::Switch`]) or the VMM decides to, quiesce the vGPU, let
+//! in-flight work finish, then call [`SourceSession::stop_and_copy`] and keep polling until
+//! [`SourceEvent::Finished`]. Cancelling is dropping the session and calling [`Vgpu::resume`]: saving
+//! only copies, so nothing the guest submitted is lost.
+
+use engines::MAX_SAVE_LEN;
+use gmem::{
+    Decision, DirtyBitmap, Policy, PolicyConfig, RoundStats, SwitchReason, is_zero_page, words_for,
+};
+use gtt::{Gfn, SaveCursor};
+use migstream::{
+    Encoder, PageEncoding, PageRunRepr, PagesPayload, Progress, RecordFlags, RecordKind, RoundRepr,
+    StreamHeaderRepr,
+};
+
+use crate::error::VgpuError;
+use crate::fsm::MigState;
+use crate::instance::{CONFIG_SPACE_SIZE, Vgpu};
+use crate::traits::{CpuDirtyLog, GuestMemory};
+
+/// Page runs one PAGES record may hold.
+pub const MAX_RUNS_PER_RECORD: usize = 32;
+/// The smallest scratch buffer a source session accepts: room for config space, the engine state
+/// and a useful GGTT chunk.
+pub const MIN_SCRATCH: usize = 16 * 1024;
+
+/// Options of a source session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub struct SourceConfig {
+    /// The pre-copy policy.
+    pub policy: PolicyConfig,
+    /// Stream id written into the header (lets a destination tell retries apart).
+    pub stream_id: u64,
+    /// Pages per PAGES record (1..=1024); larger records amortise headers, smaller ones interleave
+    /// better with other channels.
+    pub pages_per_record: u32,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            policy: PolicyConfig::default(),
+            stream_id: 0,
+            pages_per_record: 64,
+        }
+    }
+}
+
+/// Something the driver of a source session should know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum SourceEvent {
+    /// A pre-copy round (or the final round) was fully written.
+    RoundEnd {
+        /// Round number (0 = the full copy).
+        round: u32,
+        /// Pages sent in the round.
+        pages: u64,
+        /// Zero pages among them (sent as markers).
+        zero_pages: u64,
+        /// Stream bytes of the round.
+        bytes: u64,
+        /// Pages dirtied while the round was sent (what the next round must carry).
+        dirty_left: u64,
+    },
+    /// The policy decided it is time for stop-and-copy: quiesce and call `stop_and_copy`.
+    Switch {
+        /// Why.
+        reason: SwitchReason,
+        /// Predicted downtime in µs, when the policy has a bandwidth estimate.
+        predicted_downtime_us: Option<u64>,
+    },
+    /// The END record was written: the stream is complete.
+    Finished {
+        /// Total stream bytes.
+        bytes: u64,
+        /// Total records.
+        records: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Header,
+    Round,
+    AwaitStop,
+    FinalRound,
+    Config,
+    Registers,
+    Ggtt(SaveCursor),
+    Engines,
+    End,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Current {
+    None,
+    Header,
+    Pages,
+    Scratch { kind: RecordKind, len: usize },
+    Round(RoundRepr),
+    End,
+}
+
+/// Sans-IO source session. Storage is the caller's: `send` is one bit per guest frame
+/// ([`gmem::words_for`]`(frames)` words) and `scratch` at least [`MIN_SCRATCH`] bytes.
+#[derive(Debug)]
+pub struct SourceSession<'s> {
+    cfg: SourceConfig,
+    enc: Encoder,
+    header: StreamHeaderRepr,
+    send: DirtyBitmap<'s>,
+    scratch: &'s mut [u8],
+    phase: Phase,
+    current: Current,
+    runs: heapless::Vec<PageRunRepr, MAX_RUNS_PER_RECORD>,
+    cursor: usize,
+    policy: Policy,
+    round: u32,
+    round_pages: u64,
+    round_zero: u64,
+    round_start_bytes: u64,
+    round_start_us: Option<u64>,
+    events: heapless::Deque<SourceEvent, 8>,
+    total_pages: u64,
+    total_zero: u64,
+    final_after_header: bool,
+}
+
+impl<'s> SourceSession<'s> {
+    /// Open a session on a running vGPU (the RUNNING → PRE_COPY arc): dirty tracking restarts now and
+    /// round 0 will carry every guest frame.
+    pub fn open(
+        vgpu: &mut Vgpu<'_>,
+        cpu: &mut dyn CpuDirtyLog,
+        cfg: SourceConfig,
+        send: &'s mut [u64],
+        scratch: &'s mut [u8],
+    ) -> Result<Self, VgpuError> {
+        if vgpu.state() != MigState::Running {
+            return Err(VgpuError::WrongPhase);
+        }
+        if scratch.len() < MIN_SCRATCH || !(1..=1024).contains(&cfg.pages_per_record) {
+            return Err(VgpuError::StorageSize);
+        }
+        let frames =
+            usize::try_from(vgpu.memory_map().frames()).map_err(|_| VgpuError::StorageSize)?;
+        if send.len() != words_for(frames) {
+            return Err(VgpuError::StorageSize);
+        }
+        let mut send = DirtyBitmap::new(send, frames)?;
+        // Everything goes in round 0; what was dirtied before now is covered by that.
+        vgpu.gpu_dirty_mut().clear();
+        cpu.harvest(&mut |_| {});
+        send.set_range(0, frames)?;
+        let header = StreamHeaderRepr {
+            minor: migstream::FORMAT_MINOR,
+            flags: 0,
+            identity: vgpu.config().identity(),
+            stream_id: cfg.stream_id,
+        };
+        vgpu.set_state(MigState::PreCopy);
+        Ok(Self {
+            policy: Policy::new(cfg.policy),
+            cfg,
+            enc: Encoder::new(),
+            header,
+            send,
+            scratch,
+            phase: Phase::Header,
+            current: Current::None,
+            runs: heapless::Vec::new(),
+            cursor: 0,
+            round: 0,
+            round_pages: 0,
+            round_zero: 0,
+            round_start_bytes: 0,
+            round_start_us: None,
+            events: heapless::Deque::new(),
+            total_pages: 0,
+            total_zero: 0,
+            final_after_header: false,
+        })
+    }
+
+    /// Write as much of the stream as fits into `out`; returns the bytes written. Returns 0 while
+    /// waiting for [`stop_and_copy`](Self::stop_and_copy) and after the END record.
+    pub fn poll_output(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        mem: &dyn GuestMemory,
+        cpu: &mut dyn CpuDirtyLog,
+        now_us: u64,
+        out: &mut [u8],
+    ) -> Result<usize, VgpuError> {
+        if self.round_start_us.is_none() {
+            self.round_start_us = Some(now_us);
+        }
+        let mut pos = 0;
+        while pos < out.len() {
+            if self.current == Current::None {
+                self.next_record(vgpu, mem)?;
+                if self.current == Current::None {
+                    break;
+                }
+            }
+            let buf = out.get_mut(pos..).ok_or(VgpuError::WrongPhase)?;
+            let progress = self.write_current(vgpu, mem, buf)?;
+            pos += progress.written();
+            if !progress.is_done() {
+                break;
+            }
+            self.record_done(vgpu, cpu, now_us)?;
+        }
+        Ok(pos)
+    }
+
+    /// The next event, if any. Call after every `poll_output`.
+    pub fn poll_event(&mut self) -> Option<SourceEvent> {
+        self.events.pop_front()
+    }
+
+    /// Whether the END record has been written.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Done && self.current == Current::None
+    }
+
+    /// Whether the session waits for `stop_and_copy`.
+    pub fn awaiting_stop(&self) -> bool {
+        self.phase == Phase::AwaitStop
+    }
+
+    /// The PRE_COPY → STOP_COPY arc: the vGPU must be quiesced with nothing in flight. Everything
+    /// still dirty is sent, then the device state. May be called at any time during pre-copy (the
+    /// VMM may decide to switch before the policy does).
+    pub fn stop_and_copy(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        cpu: &mut dyn CpuDirtyLog,
+    ) -> Result<(), VgpuError> {
+        if !matches!(self.phase, Phase::Header | Phase::Round | Phase::AwaitStop) {
+            return Err(VgpuError::WrongPhase);
+        }
+        if !vgpu.engines().is_quiesced() || vgpu.engines().in_flight() != 0 {
+            return Err(VgpuError::NotQuiesced);
+        }
+        self.harvest(vgpu, cpu)?;
+        match self.phase {
+            // Before the header went out: the header, then straight to the final round.
+            Phase::Header => self.final_after_header = true,
+            // Mid-round: the round is abandoned; its unsent pages are still in `send`.
+            Phase::Round => {
+                self.round = self.round.saturating_add(1);
+                self.phase = Phase::FinalRound;
+                self.begin_round();
+            }
+            _ => {
+                self.phase = Phase::FinalRound;
+                self.begin_round();
+            }
+        }
+        vgpu.set_state(MigState::StopCopy);
+        Ok(())
+    }
+
+    /// The destination accepted the stream (the STOP_COPY → STOP arc): the source vGPU stops for good.
+    pub fn complete(self, vgpu: &mut Vgpu<'_>) -> Result<(), VgpuError> {
+        if !self.is_finished() {
+            return Err(VgpuError::WrongPhase);
+        }
+        vgpu.set_state(MigState::Stop);
+        Ok(())
+    }
+
+    /// Abandon the migration (any saving state → RUNNING): the vGPU resumes exactly where it was.
+    pub fn cancel(self, vgpu: &mut Vgpu<'_>) {
+        vgpu.resume();
+        vgpu.set_state(MigState::Running);
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.enc.bytes_written()
+    }
+
+    /// Pages dirty and not yet sent (VFIO's `dirty_bytes` / 4096 during pre-copy).
+    pub fn pending_pages(&self) -> u64 {
+        self.send.count() as u64
+    }
+
+    /// Pages sent so far, and how many of them were zero pages.
+    pub fn pages_sent(&self) -> (u64, u64) {
+        (self.total_pages, self.total_zero)
+    }
+
+    fn harvest(&mut self, vgpu: &mut Vgpu<'_>, cpu: &mut dyn CpuDirtyLog) -> Result<(), VgpuError> {
+        self.send.absorb(vgpu.gpu_dirty_mut())?;
+        let map = vgpu.memory_map().clone();
+        let send = &mut self.send;
+        cpu.harvest(&mut |gfn: Gfn| {
+            if let Some(i) = map.index_of(gfn) {
+                let _ = send.set(i);
+            }
+        });
+        Ok(())
+    }
+
+    fn begin_round(&mut self) {
+        self.round_pages = 0;
+        self.round_zero = 0;
+        self.round_start_bytes = self.enc.bytes_written();
+        self.cursor = 0;
+    }
+
+    fn next_record(&mut self, vgpu: &Vgpu<'_>, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
+        loop {
+            match self.phase {
+                Phase::Header => {
+                    self.current = Current::Header;
+                    return Ok(());
+                }
+                Phase::Round | Phase::FinalRound => {
+                    if self.fill_runs(vgpu, mem)? {
+                        self.current = Current::Pages;
+                    } else {
+                        let bytes = self.enc.bytes_written() - self.round_start_bytes;
+                        self.current = Current::Round(RoundRepr {
+                            round: self.round,
+                            pages: self.round_pages,
+                            bytes,
+                        });
+                    }
+                    return Ok(());
+                }
+                Phase::AwaitStop | Phase::Done => return Ok(()),
+                Phase::Config => {
+                    let dst = self
+                        .scratch
+                        .get_mut(..CONFIG_SPACE_SIZE)
+                        .ok_or(VgpuError::StorageSize)?;
+                    dst.copy_from_slice(vgpu.config_space());
+                    self.current = Current::Scratch {
+                        kind: RecordKind::CONFIG_SPACE,
+                        len: CONFIG_SPACE_SIZE,
+                    };
+                    return Ok(());
+                }
+                Phase::Registers => {
+                    let len = vgpu.regs().save_sparse(self.scratch)?;
+                    self.current = Current::Scratch {
+                        kind: RecordKind::REGISTERS,
+                        len,
+                    };
+                    return Ok(());
+                }
+                Phase::Ggtt(cursor) => {
+                    let p = vgpu.ggtt().save_runs(cursor, self.scratch)?;
+                    self.phase = match p.next {
+                        Some(c) => Phase::Ggtt(c),
+                        None => Phase::Engines,
+                    };
+                    if p.written > 0 {
+                        self.current = Current::Scratch {
+                            kind: RecordKind::GGTT_RUNS,
+                            len: p.written,
+                        };
+                        return Ok(());
+                    }
+                }
+                Phase::Engines => {
+                    let buf = self
+                        .scratch
+                        .get_mut(..MAX_SAVE_LEN)
+                        .ok_or(VgpuError::StorageSize)?;
+                    let len = vgpu.engines().save(buf)?;
+                    self.current = Current::Scratch {
+                        kind: RecordKind::ENGINE_STATE,
+                        len,
+                    };
+                    return Ok(());
+                }
+                Phase::End => {
+                    self.current = Current::End;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Collect the next record's page runs from the send set; false when the round is exhausted.
+    fn fill_runs(&mut self, vgpu: &Vgpu<'_>, mem: &dyn GuestMemory) -> Result<bool, VgpuError> {
+        self.runs.clear();
+        let map = vgpu.memory_map();
+        let mut pages = 0u32;
+        let mut page = [0u8; 4096];
+        while pages < self.cfg.pages_per_record {
+            let Some(bit) = self.send.take_next(self.cursor) else {
+                break;
+            };
+            let Some(gfn) = map.frame_at(bit) else {
+                continue;
+            };
+            mem.read(gfn, 0, &mut page)
+                .map_err(|_| VgpuError::GuestMemory)?;
+            let enc = if is_zero_page(&page) {
+                PageEncoding::ZERO
+            } else {
+                PageEncoding::FULL
+            };
+            let extends = self.runs.last().is_some_and(|r| {
+                r.encoding == enc
+                    && r.first_frame.checked_add(u64::from(r.count)) == Some(gfn.get())
+            });
+            if extends {
+                if let Some(r) = self.runs.last_mut() {
+                    r.count += 1;
+                }
+            } else if self
+                .runs
+                .push(PageRunRepr {
+                    first_frame: gfn.get(),
+                    count: 1,
+                    encoding: enc,
+                })
+                .is_err()
+            {
+                // Record full of runs: put the page back for the next record.
+                let _ = self.send.set(bit);
+                self.cursor = bit;
+                break;
+            }
+            self.cursor = bit + 1;
+            pages += 1;
+            self.round_pages += 1;
+            self.total_pages += 1;
+            if enc == PageEncoding::ZERO {
+                self.round_zero += 1;
+                self.total_zero += 1;
+            }
+        }
+        Ok(!self.runs.is_empty())
+    }
+
+    fn write_current(
+        &mut self,
+        vgpu: &Vgpu<'_>,
+        mem: &dyn GuestMemory,
+        out: &mut [u8],
+    ) -> Result<Progress, VgpuError> {
+        let p = match self.current {
+            Current::None => return Err(VgpuError::WrongPhase),
+            Current::Header => self.enc.write_header(&self.header, out)?,
+            Current::Pages => {
+                let source = |frame: u64, offset: usize, buf: &mut [u8]| {
+                    // Frames were checked against the map when the run was built; a backend failure
+                    // here leaves zeros, and the page stays covered by dirty tracking.
+                    if mem.read(Gfn::new(frame), offset, buf).is_err() {
+                        buf.fill(0);
+                    }
+                };
+                let payload = PagesPayload::new(&self.runs, source)?;
+                self.enc.write_record(
+                    RecordKind::PAGES,
+                    RecordFlags::MANDATORY,
+                    1,
+                    &payload,
+                    out,
+                )?
+            }
+            Current::Scratch { kind, len } => {
+                let payload = self.scratch.get(..len).ok_or(VgpuError::StorageSize)?;
+                self.enc
+                    .write_record(kind, RecordFlags::MANDATORY, 1, payload, out)?
+            }
+            Current::Round(r) => self.enc.write_round(&r, out)?,
+            Current::End => self.enc.write_end(out)?,
+        };
+        let _ = vgpu;
+        Ok(p)
+    }
+
+    /// Upper bound of the device state sent in stop-and-copy, for the policy's downtime prediction.
+    fn device_state_estimate(vgpu: &Vgpu<'_>) -> u64 {
+        let ggtt = vgpu.ggtt().iter_present().count() as u64 * 8;
+        (CONFIG_SPACE_SIZE + vgpu.regs().sparse_len() + vgpu.engines().save_len()) as u64
+            + ggtt
+            + 256
+    }
+
+    fn record_done(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        cpu: &mut dyn CpuDirtyLog,
+        now_us: u64,
+    ) -> Result<(), VgpuError> {
+        match core::mem::replace(&mut self.current, Current::None) {
+            Current::Header => {
+                if self.final_after_header {
+                    self.phase = Phase::FinalRound;
+                } else {
+                    self.phase = Phase::Round;
+                }
+                self.begin_round();
+            }
+            Current::Round(r) => {
+                if self.phase == Phase::FinalRound {
+                    self.push_event(SourceEvent::RoundEnd {
+                        round: r.round,
+                        pages: r.pages,
+                        zero_pages: self.round_zero,
+                        bytes: r.bytes,
+                        dirty_left: 0,
+                    });
+                    self.phase = Phase::Config;
+                    return Ok(());
+                }
+                self.harvest(vgpu, cpu)?;
+                let dirty_left = self.send.count() as u64;
+                self.push_event(SourceEvent::RoundEnd {
+                    round: r.round,
+                    pages: r.pages,
+                    zero_pages: self.round_zero,
+                    bytes: r.bytes,
+                    dirty_left,
+                });
+                let started = self.round_start_us.unwrap_or(now_us);
+                let stats = RoundStats {
+                    round: r.round,
+                    dirty_pages_left: dirty_left,
+                    bytes_sent: r.bytes,
+                    elapsed_us: now_us.saturating_sub(started),
+                    device_state_bytes: Self::device_state_estimate(vgpu),
+                };
+                match self.policy.on_round(stats) {
+                    Decision::Continue => {
+                        self.round = self.round.saturating_add(1);
+                        self.begin_round();
+                        self.round_start_us = Some(now_us);
+                        self.phase = Phase::Round;
+                    }
+                    Decision::StopAndCopy(reason) => {
+                        self.push_event(SourceEvent::Switch {
+                            reason,
+                            predicted_downtime_us: self.policy.expected_downtime_us(),
+                        });
+                        self.round = self.round.saturating_add(1);
+                        self.phase = Phase::AwaitStop;
+                    }
+                }
+            }
+            Current::End => {
+                self.phase = Phase::Done;
+                self.push_event(SourceEvent::Finished {
+                    bytes: self.enc.bytes_written(),
+                    records: self.enc.records_written(),
+                });
+            }
+            Current::Scratch { kind, .. } => {
+                // GGTT_RUNS: `next_record` already advanced the cursor (or moved on to the engines).
+                if kind == RecordKind::CONFIG_SPACE {
+                    self.phase = Phase::Registers;
+                } else if kind == RecordKind::REGISTERS {
+                    self.phase = Phase::Ggtt(SaveCursor::START);
+                } else if kind == RecordKind::ENGINE_STATE {
+                    self.phase = Phase::End;
+                }
+            }
+            Current::Pages | Current::None => {}
+        }
+        Ok(())
+    }
+
+    fn push_event(&mut self, e: SourceEvent) {
+        if self.events.is_full() {
+            // The driver did not drain events; keep the newest (the oldest are round summaries).
+            let _ = self.events.pop_front();
+        }
+        let _ = self.events.push_back(e);
+    }
+}

@@ -1,0 +1,63 @@
+//! The traits an embedding hypervisor implements. Each is small; each method says what it may do.
+
+use gmem::GuestMemoryMap;
+use gtt::{Gfn, GgttEntry, GttIndex};
+
+/// Access to the guest's physical memory.
+///
+/// Calls never cross a page: `offset + len <= 4096`. The library calls `read` while building page
+/// records (the source guest keeps running, so contents may change between calls; dirty tracking
+/// catches that) and `write` on the destination as pages arrive.
+pub trait GuestMemory {
+    /// The guest's memory layout: which frames exist. Frames outside it are never read or written.
+    fn map(&self) -> &GuestMemoryMap;
+    /// Copy `out.len()` bytes at `offset` in frame `gfn` into `out`. Must succeed for mapped frames.
+    fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError>;
+    /// Write `data` at `offset` in frame `gfn`. Must not mark the page dirty in the CPU dirty log
+    /// (this is device or migration traffic, not a guest CPU write).
+    fn write(&mut self, gfn: Gfn, offset: usize, data: &[u8]) -> Result<(), MemoryError>;
+}
+
+/// The guest memory backend refused an access (frame not mapped, or an I/O failure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MemoryError;
+
+/// The hypervisor's dirty log of guest CPU writes (for example KVM's dirty bitmap).
+pub trait CpuDirtyLog {
+    /// Report every guest frame written by a CPU since the previous call, then forget them.
+    fn harvest(&mut self, sink: &mut dyn FnMut(Gfn));
+}
+
+/// No CPU dirty log: for embedders whose guest CPUs never write graphics memory during pre-copy.
+impl CpuDirtyLog for () {
+    fn harvest(&mut self, _sink: &mut dyn FnMut(Gfn)) {}
+}
+
+/// Programming of the real (host) GGTT for this vGPU's slices.
+pub trait HostGtt {
+    /// Point host GGTT entry `host_index` at guest frame `gfn` with the guest entry's attribute bits
+    /// (`guest_entry`'s frame field is the guest frame; the backend replaces it with the host frame or
+    /// DMA address it maps `gfn` to). `None` points it at the scratch page.
+    fn map(
+        &mut self,
+        host_index: GttIndex,
+        mapping: Option<(Gfn, GgttEntry)>,
+    ) -> Result<(), HostError>;
+}
+
+/// The host backend failed to program an entry (for example, pinning the guest page failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct HostError;
+
+/// A host GTT that ignores every call: for tests and for dry runs.
+impl HostGtt for () {
+    fn map(
+        &mut self,
+        _host_index: GttIndex,
+        _mapping: Option<(Gfn, GgttEntry)>,
+    ) -> Result<(), HostError> {
+        Ok(())
+    }
+}
