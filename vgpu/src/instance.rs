@@ -237,6 +237,19 @@ impl<'a> Vgpu<'a> {
         Ok(v)
     }
 
+    /// Device reset: registers, GGTT, engines, config space and tracking back to their state at
+    /// creation; the migration state returns to RUNNING (this is also how ERROR is left).
+    pub fn reset(&mut self) {
+        self.regs.reset_with(&self.config.pvinfo());
+        self.ggtt.clear();
+        self.engines = Engines::new(self.config.engines);
+        self.gpu_dirty.clear();
+        self.derived = Derived::default();
+        self.state = MigState::Running;
+        self.guest_errors = 0;
+        self.reset_config_space();
+    }
+
     fn reset_config_space(&mut self) {
         self.cfg.fill(0);
         let mut put = |off: usize, bytes: &[u8]| {

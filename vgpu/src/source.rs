@@ -18,8 +18,8 @@ use gmem::{
 };
 use gtt::{Gfn, SaveCursor};
 use migstream::{
-    Encoder, PageEncoding, PageRunRepr, PagesPayload, Progress, RecordFlags, RecordKind, RoundRepr,
-    StreamHeaderRepr,
+    Encoder, PageEncoding, PageRunRepr, PagesPayload, PayloadSource, Progress, RecordFlags,
+    RecordKind, RoundRepr, StreamHeaderRepr,
 };
 
 use crate::error::VgpuError;
@@ -32,6 +32,9 @@ pub const MAX_RUNS_PER_RECORD: usize = 32;
 /// The smallest scratch buffer a source session accepts: room for config space, the engine state
 /// and a useful GGTT chunk.
 pub const MIN_SCRATCH: usize = 16 * 1024;
+
+const RECORD_HEADER: usize = migstream::RECORD_HEADER_LEN;
+const PAGE_RUN_HEADER: usize = migstream::PAGE_RUN_HEADER_LEN;
 
 /// Options of a source session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +215,7 @@ impl<'s> SourceSession<'s> {
         let mut pos = 0;
         while pos < out.len() {
             if self.current == Current::None {
-                self.next_record(vgpu, mem)?;
+                self.next_record(vgpu, mem, out.len() - pos)?;
                 if self.current == Current::None {
                     break;
                 }
@@ -325,7 +328,12 @@ impl<'s> SourceSession<'s> {
         self.cursor = 0;
     }
 
-    fn next_record(&mut self, vgpu: &Vgpu<'_>, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
+    fn next_record(
+        &mut self,
+        vgpu: &Vgpu<'_>,
+        mem: &dyn GuestMemory,
+        room: usize,
+    ) -> Result<(), VgpuError> {
         loop {
             match self.phase {
                 Phase::Header => {
@@ -333,9 +341,7 @@ impl<'s> SourceSession<'s> {
                     return Ok(());
                 }
                 Phase::Round | Phase::FinalRound => {
-                    if self.fill_runs(vgpu, mem)? {
-                        self.current = Current::Pages;
-                    } else {
+                    if !self.fill_runs(vgpu, mem, room)? {
                         let bytes = self.enc.bytes_written() - self.round_start_bytes;
                         self.current = Current::Round(RoundRepr {
                             round: self.round,
@@ -401,10 +407,27 @@ impl<'s> SourceSession<'s> {
     }
 
     /// Collect the next record's page runs from the send set; false when the round is exhausted.
-    fn fill_runs(&mut self, vgpu: &Vgpu<'_>, mem: &dyn GuestMemory) -> Result<bool, VgpuError> {
+    ///
+    /// A PAGES record is only started when all of it fits in `room` (the rest of the caller's output
+    /// buffer), so its bytes and its CRC come from one read of guest memory even though the guest
+    /// keeps running between calls. When not even one page fits, the record is snapshotted into the
+    /// scratch buffer and streamed from there across calls (one extra copy, small buffers only).
+    fn fill_runs(
+        &mut self,
+        vgpu: &Vgpu<'_>,
+        mem: &dyn GuestMemory,
+        room: usize,
+    ) -> Result<bool, VgpuError> {
         self.runs.clear();
+        let snapshot = room < RECORD_HEADER + PAGE_RUN_HEADER + 4096;
+        let budget = if snapshot {
+            self.scratch.len()
+        } else {
+            room - RECORD_HEADER
+        };
         let map = vgpu.memory_map();
         let mut pages = 0u32;
+        let mut size = 0usize;
         let mut page = [0u8; 4096];
         while pages < self.cfg.pages_per_record {
             let Some(bit) = self.send.take_next(self.cursor) else {
@@ -424,24 +447,26 @@ impl<'s> SourceSession<'s> {
                 r.encoding == enc
                     && r.first_frame.checked_add(u64::from(r.count)) == Some(gfn.get())
             });
-            if extends {
-                if let Some(r) = self.runs.last_mut() {
-                    r.count += 1;
-                }
-            } else if self
-                .runs
-                .push(PageRunRepr {
-                    first_frame: gfn.get(),
-                    count: 1,
-                    encoding: enc,
-                })
-                .is_err()
-            {
-                // Record full of runs: put the page back for the next record.
+            let cost = if enc == PageEncoding::FULL { 4096 } else { 0 }
+                + if extends { 0 } else { PAGE_RUN_HEADER };
+            if size + cost > budget || (!extends && self.runs.is_full()) {
+                // This record is full: the page goes into the next one.
                 let _ = self.send.set(bit);
                 self.cursor = bit;
                 break;
             }
+            if extends {
+                if let Some(r) = self.runs.last_mut() {
+                    r.count += 1;
+                }
+            } else {
+                let _ = self.runs.push(PageRunRepr {
+                    first_frame: gfn.get(),
+                    count: 1,
+                    encoding: enc,
+                });
+            }
+            size += cost;
             self.cursor = bit + 1;
             pages += 1;
             self.round_pages += 1;
@@ -451,7 +476,27 @@ impl<'s> SourceSession<'s> {
                 self.total_zero += 1;
             }
         }
-        Ok(!self.runs.is_empty())
+        if self.runs.is_empty() {
+            return Ok(false);
+        }
+        if snapshot {
+            let payload =
+                PagesPayload::new(&self.runs, |frame: u64, offset: usize, buf: &mut [u8]| {
+                    if mem.read(Gfn::new(frame), offset, buf).is_err() {
+                        buf.fill(0);
+                    }
+                })?;
+            let len = payload.payload_len();
+            let dst = self.scratch.get_mut(..len).ok_or(VgpuError::StorageSize)?;
+            payload.fill(0, dst);
+            self.current = Current::Scratch {
+                kind: RecordKind::PAGES,
+                len,
+            };
+        } else {
+            self.current = Current::Pages;
+        }
+        Ok(true)
     }
 
     fn write_current(

@@ -96,6 +96,17 @@ impl<'a> Machine<'a> {
         })
     }
 
+    /// Make this machine a fresh destination again: vGPU reset, guest memory and host GGTT cleared,
+    /// nothing in flight.
+    pub fn reset_for_restore(&mut self) -> Result<(), VgpuError> {
+        self.vgpu.reset();
+        self.mem = SimMemory::new(self.mem.map_ref().clone());
+        self.cpu_log = SimCpuLog::new(self.mem.map_ref().clone());
+        self.host.ggtt.fill(0);
+        self.gpu = RefGpu::new();
+        Ok(())
+    }
+
     /// Boot the guest driver.
     pub fn boot(&mut self) -> Result<(), VgpuError> {
         let mut g = Guest {

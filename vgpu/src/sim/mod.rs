@@ -18,6 +18,7 @@ mod driver;
 mod gpu;
 mod machine;
 mod memory;
+pub mod scenario;
 
 pub use driver::{Guest, GuestDriver, Profile, layout};
 pub use gpu::{GpuStats, RefGpu};
