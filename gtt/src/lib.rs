@@ -68,4 +68,4 @@ pub use error::{Fault, GttError};
 pub use partition::{GmRange, HostPlacement, Partition, Slice, storage_len};
 pub use rebase::{rebase_linear, translate_frames};
 pub use runs::{RunStats, SaveCursor, SaveProgress, apply_runs, validate_runs};
-pub use slices::{GgttSlices, HalfWrite, MAX_PENDING_HALVES, PendingHalf};
+pub use slices::{GgttSlices, HalfWrite, MAX_PENDING_HALVES, PendingHalf, validate_pending};

@@ -7,6 +7,76 @@ use crate::entry::GgttEntry;
 use crate::error::GttError;
 use crate::partition::Partition;
 
+const PENDING_HEADER: usize = 8;
+const PENDING_ENTRY: usize = 12;
+
+trait ConcatArray {
+    fn concat_array(&self) -> [u8; 8];
+}
+
+impl ConcatArray for [[u8; 4]; 2] {
+    fn concat_array(&self) -> [u8; 8] {
+        let [[a, b, c, d], [e, f, g, h]] = *self;
+        [a, b, c, d, e, f, g, h]
+    }
+}
+
+fn parse_pending(payload: &[u8]) -> impl Iterator<Item = PendingHalf> + '_ {
+    payload
+        .get(PENDING_HEADER..)
+        .unwrap_or(&[])
+        .chunks_exact(PENDING_ENTRY)
+        .map(|c| {
+            let w = |i: usize| {
+                c.get(i..i + 4)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_le_bytes)
+            };
+            PendingHalf {
+                index: GttIndex::new(w(0)),
+                high: c.get(4) == Some(&1),
+                value: w(8),
+            }
+        })
+}
+
+/// Check a held-halves payload (see [`GgttSlices::save_pending`]): exact length for its count,
+/// at most [`MAX_PENDING_HALVES`] halves, each index inside the partition and listed once, the
+/// `high` flag 0 or 1, reserved bytes zero.
+///
+/// # Errors
+/// [`GttError::Truncated`] for a length that does not match the count or a count over the
+/// capacity, [`GttError::NonZeroReserved`] for a bad flag or reserved byte,
+/// [`GttError::OutOfRange`] for an index outside the partition or listed twice.
+pub fn validate_pending(payload: &[u8], partition: &Partition) -> Result<(), GttError> {
+    let (head, body) = payload
+        .split_at_checked(PENDING_HEADER)
+        .ok_or(GttError::Truncated)?;
+    let count = head
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes);
+    if head.get(4..8) != Some(&[0, 0, 0, 0][..]) {
+        return Err(GttError::NonZeroReserved);
+    }
+    let count = usize::try_from(count).map_err(|_| GttError::Truncated)?;
+    if count > MAX_PENDING_HALVES || body.len() != count * PENDING_ENTRY {
+        return Err(GttError::Truncated);
+    }
+    for c in body.chunks_exact(PENDING_ENTRY) {
+        if !matches!(c.get(4), Some(0 | 1)) || c.get(5..8) != Some(&[0, 0, 0][..]) {
+            return Err(GttError::NonZeroReserved);
+        }
+    }
+    let list: Vec<PendingHalf, MAX_PENDING_HALVES> = parse_pending(payload).collect();
+    for (n, p) in list.iter().enumerate() {
+        if partition.slot_of(p.index).is_none() || list.iter().take(n).any(|q| q.index == p.index) {
+            return Err(GttError::OutOfRange);
+        }
+    }
+    Ok(())
+}
+
 /// How many half-written entries a view tracks at once.
 pub const MAX_PENDING_HALVES: usize = 16;
 
@@ -14,6 +84,8 @@ pub const MAX_PENDING_HALVES: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PendingHalf {
+    /// The value of the half written so far.
+    pub value: u32,
     /// The guest GGTT index.
     pub index: GttIndex,
     /// Which half was written: `true` for bits 63:32, `false` for bits 31:0.
@@ -25,8 +97,8 @@ pub struct PendingHalf {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum HalfWrite {
     /// The entry now waits for its other half. If the pending list was full, the oldest
-    /// pending entry was dropped from it and is named in `evicted` (its stored value stays as
-    /// it is; the caller should treat it as complete).
+    /// pending half was merged into its entry (as if its partner had arrived unchanged) and is
+    /// named in `evicted`: the caller should treat that entry as complete.
     Pending {
         /// The entry dropped from the full pending list, if any.
         evicted: Option<GttIndex>,
@@ -38,10 +110,12 @@ pub enum HalfWrite {
 /// The vGPU's guest-view GGTT: one entry per page of the partition, aperture pages first,
 /// then hidden pages, in caller storage. Indexed by *guest* GGTT index.
 ///
-/// Half writes: each 4-byte write updates the stored entry immediately (like GVT updates its
-/// guest copy), and the entry is listed in [`GgttSlices::pending_halves`] until the other
-/// half arrives, in either order and with any writes to other entries in between. A full
-/// 8-byte write clears the entry's pending state.
+/// Half writes: a 4-byte write is held in [`GgttSlices::pending_halves`] until the other half
+/// arrives, in either order and with any writes to other entries in between; only then does the
+/// stored entry change. So the stored entries are always *committed* entries (what the GPU's
+/// translation uses and what a save carries), and the held halves are separate state that a
+/// save carries too ([`GgttSlices::save_pending`]). Reading a half that is held returns the held
+/// value, as the guest expects. A full 8-byte write drops the entry's held half.
 #[derive(Debug)]
 pub struct GgttSlices<'a> {
     partition: Partition,
@@ -119,6 +193,13 @@ impl<'a> GgttSlices<'a> {
     /// # Errors
     /// [`GttError::OutOfRange`] if `index` is outside both slices.
     pub fn read_half(&self, index: GttIndex, high: bool) -> Result<u32, GttError> {
+        if let Some(p) = self
+            .pending
+            .iter()
+            .find(|p| p.index == index && p.high == high)
+        {
+            return Ok(p.value);
+        }
         let v = self.read(index)?.into_bits();
         let half = if high { v >> 32 } else { v & 0xFFFF_FFFF };
         u32::try_from(half).map_err(|_| GttError::OutOfRange)
@@ -136,29 +217,105 @@ impl<'a> GgttSlices<'a> {
         value: u32,
     ) -> Result<HalfWrite, GttError> {
         let slot = self.slot(index)?;
+        if let Some(pos) = self.pending.iter().position(|p| p.index == index) {
+            let held = self.pending.get(pos).copied().ok_or(GttError::OutOfRange)?;
+            if held.high == high {
+                // The same half again: the newer value replaces the held one.
+                if let Some(p) = self.pending.get_mut(pos) {
+                    p.value = value;
+                }
+                return Ok(HalfWrite::Pending { evicted: None });
+            }
+            self.pending.remove(pos);
+            let (lo, hi) = if high {
+                (held.value, value)
+            } else {
+                (value, held.value)
+            };
+            let entry = GgttEntry::from_bits(u64::from(lo) | (u64::from(hi) << 32));
+            let cell = self.storage.get_mut(slot).ok_or(GttError::OutOfRange)?;
+            *cell = entry.into_bits();
+            return Ok(HalfWrite::Completed(entry));
+        }
+        let mut evicted = None;
+        if self.pending.is_full() && !self.pending.is_empty() {
+            let old = self.pending.remove(0);
+            self.merge_half(old)?;
+            evicted = Some(old.index);
+        }
+        // Cannot fail: an element was removed above if the list was full.
+        let _ = self.pending.push(PendingHalf { value, index, high });
+        Ok(HalfWrite::Pending { evicted })
+    }
+
+    /// Merge a held half into its stored entry.
+    fn merge_half(&mut self, p: PendingHalf) -> Result<(), GttError> {
+        let slot = self.slot(p.index)?;
         let cell = self.storage.get_mut(slot).ok_or(GttError::OutOfRange)?;
-        let v = u64::from(value);
-        *cell = if high {
+        let v = u64::from(p.value);
+        *cell = if p.high {
             (*cell & 0x0000_0000_FFFF_FFFF) | (v << 32)
         } else {
             (*cell & 0xFFFF_FFFF_0000_0000) | v
         };
-        let stored = GgttEntry::from_bits(*cell);
-        if let Some(pos) = self.pending.iter().position(|p| p.index == index) {
-            let same_half = self.pending.get(pos).is_some_and(|p| p.high == high);
-            if same_half {
-                return Ok(HalfWrite::Pending { evicted: None });
-            }
-            self.pending.remove(pos);
-            return Ok(HalfWrite::Completed(stored));
+        Ok(())
+    }
+
+    /// Bytes [`save_pending`](Self::save_pending) writes for the current held halves.
+    #[must_use]
+    pub fn pending_len(&self) -> usize {
+        PENDING_HEADER + self.pending.len() * PENDING_ENTRY
+    }
+
+    /// Save the held halves: `count: u32, reserved: u32 (0)`, then per half, oldest first,
+    /// `index: u32, high: u8 (0 or 1), reserved: [u8; 3] (0), value: u32`, little-endian.
+    ///
+    /// # Errors
+    /// [`GttError::BufferTooSmall`] if `out` is shorter than [`pending_len`](Self::pending_len).
+    pub fn save_pending(&self, out: &mut [u8]) -> Result<usize, GttError> {
+        let len = self.pending_len();
+        let out = out.get_mut(..len).ok_or(GttError::BufferTooSmall)?;
+        let (head, body) = out.split_at_mut(PENDING_HEADER);
+        let count = u32::try_from(self.pending.len()).map_err(|_| GttError::BufferTooSmall)?;
+        head.copy_from_slice(&[count.to_le_bytes(), [0; 4]].concat_array());
+        for (p, chunk) in self
+            .pending
+            .iter()
+            .zip(body.chunks_exact_mut(PENDING_ENTRY))
+        {
+            let i = p.index.get().to_le_bytes();
+            let v = p.value.to_le_bytes();
+            chunk.copy_from_slice(&[
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                u8::from(p.high),
+                0,
+                0,
+                0,
+                v[0],
+                v[1],
+                v[2],
+                v[3],
+            ]);
         }
-        let mut evicted = None;
-        if self.pending.is_full() && !self.pending.is_empty() {
-            evicted = Some(self.pending.remove(0).index);
+        Ok(len)
+    }
+
+    /// Restore held halves saved by [`save_pending`](Self::save_pending) (after the entries),
+    /// replacing any held now. Checks everything first ([`validate_pending`]); on error nothing
+    /// changes.
+    ///
+    /// # Errors
+    /// As [`validate_pending`].
+    pub fn restore_pending(&mut self, payload: &[u8]) -> Result<(), GttError> {
+        validate_pending(payload, &self.partition)?;
+        self.pending.clear();
+        for p in parse_pending(payload) {
+            self.pending.push(p).map_err(|_| GttError::Truncated)?;
         }
-        // Cannot fail: an element was removed above if the list was full.
-        let _ = self.pending.push(PendingHalf { index, high });
-        Ok(HalfWrite::Pending { evicted })
+        Ok(())
     }
 
     /// Entries with only one half written, oldest first.
@@ -256,10 +413,14 @@ mod tests {
             g.write_half(i, false, 0x1234_5001),
             Ok(HalfWrite::Pending { evicted: None })
         );
-        assert_eq!(g.read(i).unwrap().into_bits(), 0xAAAA_AAAA_1234_5001);
+        // The committed entry is unchanged until the pair completes; the held half reads back.
+        assert_eq!(g.read(i).unwrap().into_bits(), 0xAAAA_AAAA_BBBB_BBBB);
+        assert_eq!(g.read_half(i, false), Ok(0x1234_5001));
+        assert_eq!(g.read_half(i, true), Ok(0xAAAA_AAAA));
         assert_eq!(
             g.pending_halves(),
             &[PendingHalf {
+                value: 0x1234_5001,
                 index: i,
                 high: false
             }]
@@ -289,7 +450,8 @@ mod tests {
             Ok(HalfWrite::Pending { evicted: None })
         );
         assert_eq!(g.pending_halves().len(), 1);
-        assert_eq!(g.read(i).unwrap().into_bits(), 0x2_0000_0000);
+        assert_eq!(g.read(i).unwrap().into_bits(), 0);
+        assert_eq!(g.read_half(i, true), Ok(2));
         assert_eq!(
             g.write_half(i, false, 0x5001),
             Ok(HalfWrite::Completed(GgttEntry::from_bits(0x2_0000_5001)))
@@ -302,6 +464,62 @@ mod tests {
             g.write_half(GttIndex::new(0), true, 1),
             Err(GttError::OutOfRange)
         );
+    }
+
+    #[test]
+    fn held_halves_save_and_restore_exactly() {
+        let mut s = [0u64; 6];
+        let mut g = GgttSlices::new(part(), &mut s).unwrap();
+        g.write(GttIndex::new(0x101), GgttEntry::from_bits(0x7001))
+            .unwrap();
+        g.write_half(GttIndex::new(0x101), true, 0x1).unwrap();
+        g.write_half(GttIndex::new(0x40000), false, 0x9001).unwrap();
+        let mut buf = [0u8; 64];
+        let n = g.save_pending(&mut buf).unwrap();
+        assert_eq!(n, 8 + 2 * 12);
+        assert_eq!(&buf[..8], &[2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&buf[8..20], &[0x01, 0x01, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]);
+        let mut s2 = [0u64; 6];
+        let mut h = GgttSlices::new(part(), &mut s2).unwrap();
+        h.write(GttIndex::new(0x101), GgttEntry::from_bits(0x7001))
+            .unwrap();
+        h.restore_pending(&buf[..n]).unwrap();
+        assert_eq!(h.pending_halves(), g.pending_halves());
+        // The partner completes the entry on the restored side exactly as on the original.
+        assert_eq!(
+            h.write_half(GttIndex::new(0x101), false, 0x7001),
+            Ok(HalfWrite::Completed(GgttEntry::from_bits(0x1_0000_7001)))
+        );
+        // Rejections: bad count, out-of-range index, duplicate, bad flag, short.
+        let mut bad = buf;
+        bad[0] = 3;
+        assert_eq!(
+            validate_pending(&bad[..n], &part()),
+            Err(GttError::Truncated)
+        );
+        let mut bad = buf;
+        bad[8..12].copy_from_slice(&0x200u32.to_le_bytes());
+        assert_eq!(
+            validate_pending(&bad[..n], &part()),
+            Err(GttError::OutOfRange)
+        );
+        let mut bad = buf;
+        bad[20..24].copy_from_slice(&0x101u32.to_le_bytes());
+        assert_eq!(
+            validate_pending(&bad[..n], &part()),
+            Err(GttError::OutOfRange)
+        );
+        let mut bad = buf;
+        bad[12] = 2;
+        assert_eq!(
+            validate_pending(&bad[..n], &part()),
+            Err(GttError::NonZeroReserved)
+        );
+        assert_eq!(
+            validate_pending(&buf[..5], &part()),
+            Err(GttError::Truncated)
+        );
+        assert_eq!(h.restore_pending(&bad[..n]), Err(GttError::NonZeroReserved));
     }
 
     #[test]

@@ -56,6 +56,9 @@ impl RecordKind {
     pub const GUEST_VIEW: Self = Self(0x0007);
     /// OpRegion (payload owned by `vgpu`).
     pub const OPREGION: Self = Self(0x0008);
+    /// GGTT entries with one 4-byte half written and the other still to come (payload owned by
+    /// `gtt`).
+    pub const GGTT_PENDING: Self = Self(0x0009);
     /// End of a pre-copy round; payload parsed by migstream ([`crate::RoundRepr`]).
     pub const ROUND: Self = Self(0x0010);
     /// Graphics-memory pages; payload parsed by migstream (page runs).
@@ -66,7 +69,7 @@ impl RecordKind {
     /// Is this a kind format 1.0 defines?
     #[must_use]
     pub const fn is_known(self) -> bool {
-        matches!(self.0, 0x0001..=0x0008 | 0x0010 | 0x0011 | 0x00FF)
+        matches!(self.0, 0x0001..=0x0009 | 0x0010 | 0x0011 | 0x00FF)
     }
 
     /// The name of a known kind.
@@ -81,6 +84,7 @@ impl RecordKind {
             0x0006 => "QUEUED_WORK",
             0x0007 => "GUEST_VIEW",
             0x0008 => "OPREGION",
+            0x0009 => "GGTT_PENDING",
             0x0010 => "ROUND",
             0x0011 => "PAGES",
             0x00FF => "END",

@@ -58,6 +58,7 @@ fn is_device_state(kind: RecordKind) -> bool {
         RecordKind::CONFIG_SPACE
             | RecordKind::REGISTERS
             | RecordKind::GGTT_RUNS
+            | RecordKind::GGTT_PENDING
             | RecordKind::ENGINE_STATE
     )
 }
@@ -256,7 +257,7 @@ impl<'s> DestSession<'s> {
             return Err(VgpuError::Truncated);
         }
         self.dec.finish()?;
-        let (mut cfg, mut regs, mut eng) = (0u32, 0u32, 0u32);
+        let (mut cfg, mut regs, mut eng, mut pending) = (0u32, 0u32, 0u32, 0u32);
         let cfg_local = vgpu.config();
         let partition = cfg_local.partition;
         for (kind, payload) in self.staged_records() {
@@ -282,6 +283,10 @@ impl<'s> DestSession<'s> {
                         cfg_local.generation,
                     )?;
                 }
+                RecordKind::GGTT_PENDING => {
+                    pending += 1;
+                    gtt::validate_pending(payload, &partition)?;
+                }
                 RecordKind::ENGINE_STATE => {
                     eng += 1;
                     vgpu.engines().validate(payload)?;
@@ -293,6 +298,7 @@ impl<'s> DestSession<'s> {
             (RecordKind::CONFIG_SPACE, cfg),
             (RecordKind::REGISTERS, regs),
             (RecordKind::ENGINE_STATE, eng),
+            (RecordKind::GGTT_PENDING, pending),
         ] {
             if seen != 1 {
                 return Err(VgpuError::RecordCount { kind: kind.0, seen });
@@ -333,6 +339,12 @@ impl<'s> DestSession<'s> {
             }
         }
         vgpu.reshadow_all(host)?;
+        // Halves the guest wrote before the stop wait for their partners here as they did there.
+        for (kind, payload) in self.staged_records() {
+            if kind == RecordKind::GGTT_PENDING {
+                vgpu.ggtt_mut().restore_pending(payload)?;
+            }
+        }
         for (kind, payload) in self.staged_records() {
             if kind == RecordKind::ENGINE_STATE {
                 vgpu.engines_mut().apply(payload)?;

@@ -2,8 +2,9 @@
 //!
 //! States, capability sets and the next-arc rule follow Linux's `vfio_mig_get_next_state`: the device
 //! performs one arc at a time; a request for a distant state is reached over the shortest path, arcs
-//! through states the device does not support are skipped, and the saving states (PRE_COPY,
-//! PRE_COPY_P2P, STOP_COPY) are never interior nodes of a path. [`next_arc`] always terminates: every
+//! through states the device does not support are skipped, and a path never enters the saving
+//! states (PRE_COPY, PRE_COPY_P2P, STOP_COPY) midway: it only moves within them when it starts
+//! there (PRE_COPY → PRE_COPY_P2P → STOP_COPY shares one data stream). [`next_arc`] always terminates: every
 //! cell of the table moves strictly closer to the requested state or reports an error.
 
 use core::fmt;
@@ -230,6 +231,8 @@ pub fn path(
     caps: Caps,
     out: &mut [MigState; 8],
 ) -> Result<usize, FsmError> {
+    // Validates the states and capabilities even when no arc is needed.
+    next_arc(cur, new, caps)?;
     let mut s = cur;
     let mut n = 0;
     while s != new {
@@ -293,7 +296,12 @@ mod tests {
                                 assert_eq!(*p.last().unwrap(), new);
                             }
                             for s in &p[..p.len().saturating_sub(1)] {
-                                assert!(!s.is_saving(), "{cur}->{new} passes through {s}");
+                                // A path may stay inside the saving group it starts in (one data
+                                // stream across the moves), but never enters it midway.
+                                assert!(
+                                    !s.is_saving() || cur.is_saving(),
+                                    "{cur}->{new} passes through {s}"
+                                );
                                 assert!(s.supported_by(caps));
                             }
                         }

@@ -505,12 +505,12 @@ impl<'a> Vgpu<'a> {
     fn ggtt_read(&self, off: u32, size: usize) -> Result<u64, VgpuError> {
         let index = GttIndex::new(off / 8);
         let Ok(entry) = self.ggtt.read(index) else {
-            return Ok(0);
-        }; // outside the vGPU: reads 0
+            return Ok(0); // outside the vGPU: reads 0
+        };
         match (size, off % 8) {
             (8, 0) => Ok(entry.into_bits()),
-            (4, 0) => Ok(entry.into_bits() & 0xFFFF_FFFF),
-            (4, 4) => Ok(entry.into_bits() >> 32),
+            // A half the guest wrote and whose partner has not come yet reads back as written.
+            (4, 0) | (4, 4) => Ok(u64::from(self.ggtt.read_half(index, off % 8 == 4)?)),
             _ => Err(VgpuError::Mmio(mmio::MmioError::Misaligned {
                 offset: off + GGTT_WINDOW,
                 size: u8::try_from(size).unwrap_or(u8::MAX),

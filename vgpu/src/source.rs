@@ -103,6 +103,7 @@ enum Phase {
     Config,
     Registers,
     Ggtt(SaveCursor),
+    GgttPending,
     Engines,
     End,
     Done,
@@ -376,7 +377,7 @@ impl<'s> SourceSession<'s> {
                     let p = vgpu.ggtt().save_runs(cursor, self.scratch)?;
                     self.phase = match p.next {
                         Some(c) => Phase::Ggtt(c),
-                        None => Phase::Engines,
+                        None => Phase::GgttPending,
                     };
                     if p.written > 0 {
                         self.current = Current::Scratch {
@@ -385,6 +386,14 @@ impl<'s> SourceSession<'s> {
                         };
                         return Ok(());
                     }
+                }
+                Phase::GgttPending => {
+                    let len = vgpu.ggtt().save_pending(self.scratch)?;
+                    self.current = Current::Scratch {
+                        kind: RecordKind::GGTT_PENDING,
+                        len,
+                    };
+                    return Ok(());
                 }
                 Phase::Engines => {
                     let buf = self
@@ -619,6 +628,8 @@ impl<'s> SourceSession<'s> {
                     self.phase = Phase::Registers;
                 } else if kind == RecordKind::REGISTERS {
                     self.phase = Phase::Ggtt(SaveCursor::START);
+                } else if kind == RecordKind::GGTT_PENDING {
+                    self.phase = Phase::Engines;
                 } else if kind == RecordKind::ENGINE_STATE {
                     self.phase = Phase::End;
                 }

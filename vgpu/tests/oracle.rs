@@ -71,7 +71,7 @@ fn migrations_at_many_seeded_instants_and_segmentations() {
         plan.chunk = [7, 100, 4111, 64 * 1024][i % 4];
         plan.feed = [1, 13, 4096, 1 << 20][(i / 4) % 4].max(if plan.chunk < 100 { 1 } else { 13 });
         plan.source.pages_per_record = [1, 3, 64, 1024][i % 4];
-        plan.source.policy.max_rounds = 1 + (i as u32 % 5);
+        plan.source.policy.max_rounds = 1 + u32::try_from(i % 5).unwrap();
         oracle(&sc, &plan);
     }
 }

@@ -367,8 +367,11 @@ pub fn migrate(
             d.feed(&dst.vgpu, &mut dst.mem, piece)?;
         }
         report.wire.extend_from_slice(bytes);
-        if plan.link_bytes_per_s > 0 {
-            link_ns += (n as u64).saturating_mul(1_000_000_000) / plan.link_bytes_per_s;
+        if let Some(ns) = (n as u64)
+            .saturating_mul(1_000_000_000)
+            .checked_div(plan.link_bytes_per_s)
+        {
+            link_ns += ns;
         }
         while let Some(ev) = s.poll_event() {
             match ev {
