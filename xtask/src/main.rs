@@ -1,1 +1,68 @@
-fn main() {}
+//! `cargo xtask`: the project's one entry point for people and CI.
+//!
+//! - `cargo xtask ci`: everything CI checks, failing on the first failure.
+//! - `cargo xtask migrate`: live-migrate a vGPU running a workload on the reference device.
+//! - `cargo xtask bench`: micro-benchmarks, each beside a same-run memcpy reference.
+//! - `cargo xtask fuzz`: list or run the cargo-fuzz targets (nightly).
+//! - `cargo xtask hw-test`: the hardware test plan against the reference device.
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "xtask is a command-line program: printing is its output"
+)]
+#![allow(
+    clippy::std_instead_of_core,
+    reason = "xtask is a std program; core paths would only obscure it"
+)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    reason = "host-side tooling on trusted, self-produced data"
+)]
+
+mod bench;
+mod benches;
+mod ci;
+mod migrate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Project automation for the vGPU migration workspace.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every check CI runs (fmt, clippy, tests, docs, no_std link, bare-metal, defmt, fuzz corpus).
+    Ci(ci::Args),
+    /// Live-migrate a vGPU running a workload on the reference device and verify the result.
+    Migrate(migrate::Args),
+    /// Run the benchmarks; each figure beside a same-run memcpy reference.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Ci(a) => ci::run(&a),
+        Cmd::Migrate(a) => migrate::run(&a),
+        Cmd::Bench(a) => bench::run(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Errors of the xtask commands: a message for a person.
+pub(crate) type Result<T = ()> = std::result::Result<T, String>;

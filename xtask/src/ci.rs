@@ -1,0 +1,204 @@
+//! `cargo xtask ci`: the one test command. Each step runs in order; the first failure stops the run
+//! with the step's name, the command line and its exit status.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Library crates: no_std, checked on the host link check, bare metal and with defmt.
+pub(crate) const LIB_CRATES: [&str; 6] = ["migstream", "gtt", "mmio", "gmem", "engines", "vgpu"];
+
+/// Bare-metal targets tried in order; the first installed one is used.
+const BARE_METAL: [&str; 2] = ["x86_64-unknown-none", "thumbv7em-none-eabihf"];
+
+/// Options of `cargo xtask ci`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Skip the steps that need a toolchain component (fmt, clippy) when it is missing.
+    #[arg(long)]
+    pub(crate) lenient: bool,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+struct Runner {
+    step: usize,
+    started: Instant,
+}
+
+impl Runner {
+    fn run(&mut self, name: &str, mut cmd: Command) -> crate::Result {
+        self.step += 1;
+        let t = Instant::now();
+        println!("\n=== ci step {}: {name}", self.step);
+        println!("    $ {}", render(&cmd));
+        let status = cmd
+            .status()
+            .map_err(|e| format!("step '{name}': could not start: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "step '{name}' failed ({status}); reproduce with: {}",
+                render(&cmd)
+            ));
+        }
+        println!("    ok in {:.1} s", t.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+fn render(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
+        }
+    }
+    s.push_str(&cmd.get_program().to_string_lossy());
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn installed_targets() -> Vec<String> {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Run every check, in order, stopping at the first failure.
+pub(crate) fn run(_args: &Args) -> crate::Result {
+    let mut r = Runner {
+        step: 0,
+        started: Instant::now(),
+    };
+
+    let mut c = cargo();
+    c.args(["fmt", "--all", "--check"]);
+    r.run("rustfmt", c)?;
+
+    let mut c = cargo();
+    c.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    r.run("clippy (all targets, warnings denied)", c)?;
+
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--locked"]);
+    r.run(
+        "tests (unit, property, integration, doc, fuzz corpus replay)",
+        c,
+    )?;
+
+    let mut c = cargo();
+    c.env("RUSTDOCFLAGS", "-D warnings");
+    c.args(["doc", "--workspace", "--no-deps", "--locked"]);
+    r.run("rustdoc (warnings denied)", c)?;
+
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--manifest-path",
+        "xtask/nostd-check/Cargo.toml",
+        "--target-dir",
+        "target/nostd-check",
+    ]);
+    r.run(
+        "no_std link check (staticlib with its own panic handler, host)",
+        c,
+    )?;
+
+    let installed = installed_targets();
+    match BARE_METAL
+        .iter()
+        .find(|t| installed.iter().any(|i| i == *t))
+    {
+        Some(target) => {
+            for krate in LIB_CRATES {
+                let mut c = cargo();
+                c.args([
+                    "build",
+                    "-p",
+                    krate,
+                    "--no-default-features",
+                    "--target",
+                    target,
+                ]);
+                r.run(&format!("bare metal: {krate} for {target}"), c)?;
+            }
+        }
+        None => println!(
+            "\n=== notice: no bare-metal target installed ({}); bare-metal builds skipped. \
+             Install one with `rustup target add x86_64-unknown-none`.",
+            BARE_METAL.join(", ")
+        ),
+    }
+
+    for krate in LIB_CRATES {
+        let mut c = cargo();
+        c.args([
+            "check",
+            "-p",
+            krate,
+            "--no-default-features",
+            "--features",
+            "defmt",
+        ]);
+        r.run(&format!("defmt: {krate}"), c)?;
+    }
+
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--package",
+        "xtask",
+        "--",
+        "migrate",
+        "--quick",
+    ]);
+    r.run("migrate smoke run (verified end to end)", c)?;
+
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--package",
+        "xtask",
+        "--",
+        "bench",
+        "--quick",
+    ]);
+    r.run("bench smoke run (figures not asserted)", c)?;
+
+    println!(
+        "\nci: all {} steps passed in {:.0} s",
+        r.step,
+        r.started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
