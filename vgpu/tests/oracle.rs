@@ -244,3 +244,62 @@ fn ping_pong_twenty_hops_under_load() {
         panic!("after 20 hops: {d}");
     }
 }
+
+/// Migrate at exact instants: between each of the four ELSP dword writes, and between the two
+/// halves of a GGTT entry update. The destination completes the guest's half-done accesses exactly
+/// as the source would have.
+#[test]
+fn migration_between_elsp_dwords_and_between_ggtt_halves() {
+    use engines::EngineId;
+    type Probe = fn(&vgpu::sim::Machine<'_>) -> bool;
+    let elsp_at = |k: u8| -> Probe {
+        match k {
+            1 => |m| m.vgpu.engines().engine(EngineId::Rcs).unwrap().elsp.index() == 1,
+            2 => |m| m.vgpu.engines().engine(EngineId::Rcs).unwrap().elsp.index() == 2,
+            _ => |m| m.vgpu.engines().engine(EngineId::Rcs).unwrap().elsp.index() == 3,
+        }
+    };
+    let probes: [(&str, Probe); 5] = [
+        ("ELSP after dword 1", elsp_at(1)),
+        ("ELSP after dword 2", elsp_at(2)),
+        ("ELSP after dword 3", elsp_at(3)),
+        ("ELSP idle, work queued", |m| {
+            let e = m.vgpu.engines().engine(EngineId::Rcs).unwrap();
+            e.elsp.index() == 0 && !e.queue.is_empty()
+        }),
+        ("GGTT entry half written", |m| {
+            !m.vgpu.ggtt().pending_halves().is_empty()
+        }),
+    ];
+    for (what, probe) in probes {
+        let sc = Scenario::small(Profile::THREE_D, 24, 17).unwrap();
+        let expected = sc.run_unmigrated().unwrap();
+        let mut st_a = sc.storage();
+        let mut st_b = sc.storage();
+        let mut a = sc.machine(&mut st_a, false).unwrap();
+        let mut b = sc.machine(&mut st_b, true).unwrap();
+        a.boot().unwrap();
+        a.actions_per_step = 1;
+        a.commands_per_step = 3;
+        let mut steps = 0;
+        while !probe(&a) {
+            a.step().unwrap();
+            steps += 1;
+            assert!(steps < 100_000, "{what}: never reached");
+        }
+        let plan = Plan {
+            start_step: 0,
+            freeze_guest: true,
+            ..Plan::default()
+        };
+        migrate(&mut a, &mut b, &plan).unwrap();
+        assert!(
+            probe(&b) || what.starts_with("ELSP idle"),
+            "{what}: the destination holds the same half-done state"
+        );
+        assert!(b.run_to_end(1 << 40).unwrap());
+        if let Some(d) = expected.diff(&Snapshot::of(&b)) {
+            panic!("{what}: {d}");
+        }
+    }
+}

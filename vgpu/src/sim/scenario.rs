@@ -244,6 +244,9 @@ pub struct Plan {
     pub source: SourceConfig,
     /// Fault injection: cut the connection after this many stream bytes (`None`: never).
     pub cut_at: Option<u64>,
+    /// Hold the guest still during pre-copy, so the state saved is exactly the state at the start
+    /// (for tests that migrate at a precise instant, such as between two ELSP dword writes).
+    pub freeze_guest: bool,
 }
 
 impl Default for Plan {
@@ -258,6 +261,7 @@ impl Default for Plan {
             link_bytes_per_s: 0,
             source,
             cut_at: None,
+            freeze_guest: false,
         }
     }
 }
@@ -409,7 +413,7 @@ pub fn migrate(
         if s.is_finished() {
             break;
         }
-        if stop_ns.is_none() {
+        if stop_ns.is_none() && !plan.freeze_guest {
             // The guest keeps running while the link carries the bytes.
             if plan.link_bytes_per_s == 0 {
                 src.step()?;
