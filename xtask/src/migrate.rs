@@ -47,10 +47,14 @@ fn parse_link(s: &str) -> crate::Result<u64> {
     } else if let Some(n) = s.strip_suffix("mbit") {
         (n, 1_000_000)
     } else {
-        return Err(format!("--link {s}: expected a rate like 10gbit or 800mbit"));
+        return Err(format!(
+            "--link {s}: expected a rate like 10gbit or 800mbit"
+        ));
     };
-    let v: f64 = num.parse().map_err(|_| format!("--link {s}: not a number"))?;
-    if !(v > 0.0) {
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("--link {s}: not a number"))?;
+    if v.is_nan() || v <= 0.0 {
         return Err(format!("--link {s}: must be positive"));
     }
     // TCP goodput is about 94% of the line rate at MTU 1500.
@@ -89,17 +93,26 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         if args.gm < 128 {
             return Err("--gm must be at least 128 (64 MiB of aperture plus hidden memory)".into());
         }
-        Scenario::new(64 << 20, (args.gm - 64) << 20, profile, args.frames, args.seed)
+        Scenario::new(
+            64 << 20,
+            (args.gm - 64) << 20,
+            profile,
+            args.frames,
+            args.seed,
+        )
     }
     .map_err(|e| format!("building the scenario: {e}"))?;
     let t0 = Instant::now();
-    let (aperture, hidden) = (sc.config.partition.aperture.size(), sc.config.partition.hidden.size());
+    let (aperture, hidden) = (
+        sc.config.partition.aperture.size(),
+        sc.config.partition.hidden.size(),
+    );
     if !args.json {
         println!(
             "vGPU: {} KiB aperture + {} KiB hidden, guest memory {} KiB in 2 regions (one above 4 GiB)",
             aperture >> 10,
             hidden >> 10,
-            sc.map.frames() * 4096 >> 10
+            (sc.map.frames() * 4096) >> 10
         );
         println!(
             "workload {} ({} frames, seed {}), link {:.2} GB/s modeled, downtime limit {} ms",
@@ -111,14 +124,20 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         );
         println!("running the reference (never migrated) ...");
     }
-    let expected = sc.run_unmigrated().map_err(|e| format!("reference run: {e}"))?;
+    let expected = sc
+        .run_unmigrated()
+        .map_err(|e| format!("reference run: {e}"))?;
 
     let mut st_a = sc.storage();
     let mut st_b = sc.storage();
     let mut a = sc.machine(&mut st_a, false).map_err(|e| e.to_string())?;
     let mut b = sc.machine(&mut st_b, true).map_err(|e| e.to_string())?;
     a.boot().map_err(|e| e.to_string())?;
-    let mut plan = Plan { link_bytes_per_s: link, start_step: 0, ..Plan::default() };
+    let mut plan = Plan {
+        link_bytes_per_s: link,
+        start_step: 0,
+        ..Plan::default()
+    };
     plan.source.policy.downtime_limit_ms = args.downtime_ms;
     plan.source.policy.max_rounds = 30;
     plan.chunk = 256 * 1024;
@@ -131,14 +150,22 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         println!("migrating at frame {} ...", a.driver.frames_submitted());
     }
     let report = migrate(&mut a, &mut b, &plan).map_err(|e| format!("migration failed: {e}"))?;
-    host_consistent(&b).map_err(|i| format!("destination GGTT shadow wrong at guest index {i:#x}"))?;
+    host_consistent(&b)
+        .map_err(|i| format!("destination GGTT shadow wrong at guest index {i:#x}"))?;
     if !b.run_to_end(u64::MAX >> 1).map_err(|e| e.to_string())? {
         return Err("destination did not finish the workload".into());
     }
     let got = Snapshot::of(&b);
     let verdict = expected.diff(&got);
     let wall = t0.elapsed();
-    print_report(args, &sc, link, &report, verdict.as_deref(), wall.as_millis())?;
+    print_report(
+        args,
+        &sc,
+        link,
+        &report,
+        verdict.as_deref(),
+        wall.as_millis(),
+    )?;
     match verdict {
         None => Ok(()),
         Some(d) => Err(format!("verification FAILED: {d}")),
@@ -161,7 +188,19 @@ fn print_report(
             workload: sc.profile.name,
             gm_mib: (sc.config.partition.aperture.size() + sc.config.partition.hidden.size()) >> 20,
             link_bytes_per_s: link,
-            rounds: r.rounds.iter().map(|x| [u64::from(x.round), x.pages, x.zero_pages, x.bytes, x.dirty_left]).collect(),
+            rounds: r
+                .rounds
+                .iter()
+                .map(|x| {
+                    [
+                        u64::from(x.round),
+                        x.pages,
+                        x.zero_pages,
+                        x.bytes,
+                        x.dirty_left,
+                    ]
+                })
+                .collect(),
             switch_reason: reason,
             wire_bytes: r.wire_bytes,
             stop_copy_bytes: r.stop_copy_bytes,
@@ -172,15 +211,25 @@ fn print_report(
             verified: verdict.is_none(),
             wall_ms,
         };
-        println!("{}", serde_json::to_string_pretty(&j).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&j).map_err(|e| e.to_string())?
+        );
         return Ok(());
     }
     println!();
     println!("round      pages   zero pages        bytes   dirty after");
     let last = r.rounds.len().saturating_sub(1);
     for (i, x) in r.rounds.iter().enumerate() {
-        let label = if i == last { "stop".to_string() } else { x.round.to_string() };
-        println!("{label:>5} {:>10} {:>12} {:>12} {:>13}", x.pages, x.zero_pages, x.bytes, x.dirty_left);
+        let label = if i == last {
+            "stop".to_string()
+        } else {
+            x.round.to_string()
+        };
+        println!(
+            "{label:>5} {:>10} {:>12} {:>12} {:>13}",
+            x.pages, x.zero_pages, x.bytes, x.dirty_left
+        );
     }
     println!();
     println!("switched to stop-and-copy: {reason}");
