@@ -271,8 +271,12 @@ impl<'p> RunReader<'p, '_> {
             .slot_of(GttIndex::new(last))
             .ok_or(GttError::OutOfRange)?;
         let count = usize::try_from(count).map_err(|_| GttError::CountOverflow)?;
-        // Same slice and contiguous in storage: the last entry sits `count - 1` slots on.
-        if last_slot.checked_sub(slot) != Some(count - 1) {
+        // Contiguous in storage: the last entry sits `count - 1` slots on; and inside one slice
+        // (when the hidden slice's indices follow the aperture's directly, a run could otherwise
+        // straddle the two).
+        let same_slice = self.partition.aperture.contains_index(GttIndex::new(start))
+            == self.partition.aperture.contains_index(GttIndex::new(last));
+        if last_slot.checked_sub(slot) != Some(count - 1) || !same_slice {
             return Err(GttError::OutOfRange);
         }
         if slot < self.next_slot {

@@ -1,0 +1,456 @@
+//! The generated part of the checked-in corpus: meaningful inputs per target, built with
+//! the libraries' own encoders and save functions, plus a few deterministic random files.
+//!
+//! `tests/corpus_replay.rs` checks that `corpus/<target>/<name>` holds exactly these bytes
+//! (and rewrites them when `VGPU_FUZZ_BLESS=1` is set). Other files in a corpus directory,
+//! such as inputs a fuzzer found, are replayed too but not checked.
+
+use std::format;
+use std::string::String;
+use std::vec;
+use std::vec::Vec;
+
+use engines::{ContextDescriptor, CsbEntry, EngineMask, Engines, MAX_SAVE_LEN, Workload};
+use gtt::{Gfn, GgttEntry, GgttSlices, SaveCursor};
+use mmio::{AccessSize, NoHooks, SKL, SKL_REGS};
+
+use crate::input::Mix;
+use crate::migstream_targets::{GOLDEN_STREAM, build_stream};
+
+/// One corpus file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seed {
+    /// Target name (the corpus directory).
+    pub target: &'static str,
+    /// File name inside the directory.
+    pub name: String,
+    /// Contents.
+    pub data: Vec<u8>,
+}
+
+fn seed(target: &'static str, name: &str, data: Vec<u8>) -> Seed {
+    Seed {
+        target,
+        name: String::from(name),
+        data,
+    }
+}
+
+fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn random(target: &'static str, mix: &mut Mix, n: usize, max_len: u64) -> Vec<Seed> {
+    (0..n)
+        .map(|i| {
+            let len = usize::try_from(1 + mix.below(max_len)).unwrap_or(1);
+            let data = (0..len).map(|_| mix.byte()).collect();
+            seed(target, &format!("random-{i}"), data)
+        })
+        .collect()
+}
+
+fn migstream_seeds(mix: &mut Mix) -> Vec<Seed> {
+    const D: &str = "migstream_decode";
+    const R: &str = "migstream_roundtrip";
+    const S: &str = "migstream_segmented";
+    let g = GOLDEN_STREAM;
+    let part = |n: usize| g.get(..n).unwrap_or(g);
+    let mut out = vec![
+        seed(D, "golden-step1", cat(&[&[0], g])),
+        seed(D, "golden-step7", cat(&[&[6], g])),
+        seed(D, "golden-step256", cat(&[&[255], g])),
+        seed(D, "golden-trunc-header", cat(&[&[15], part(40)])),
+        seed(D, "golden-trunc-record-header", cat(&[&[255], part(90)])),
+        seed(D, "golden-trunc-pages", cat(&[&[63], part(2000)])),
+        seed(D, "golden-no-end", cat(&[&[255], part(4303)])),
+        seed(D, "golden-trailing", cat(&[&[255], g, &[0]])),
+        seed(D, "built-1", cat(&[&[31], &build_stream(1)])),
+        seed(D, "built-2", cat(&[&[2], &build_stream(2)])),
+        seed(D, "built-3", cat(&[&[200], &build_stream(3)])),
+    ];
+    out.extend(random(D, mix, 3, 300));
+
+    // roundtrip scripts: data[0] = slice size − 1, then records (see migstream::fuzzing).
+    out.extend([
+        seed(R, "empty-stream", vec![255]),
+        seed(R, "opaque-known", cat(&[&[15, 0, 1, 4], b"regs"])),
+        seed(R, "opaque-unknown", cat(&[&[0, 3, 0x23, 3, 1, 2, 3]])),
+        seed(R, "round", vec![7, 1, 5, 9]),
+        seed(R, "pages-full", vec![63, 2, 0, 0x10]),
+        seed(
+            R,
+            "pages-mixed",
+            vec![255, 10, 0x80, 0x20, 1, 0x30, 0x82, 0x40],
+        ),
+        seed(
+            R,
+            "all-kinds",
+            cat(&[
+                &[100, 0, 2, 8],
+                b"cfgspace",
+                &[1, 3, 4, 3, 9, 1, 2, 0x81, 7, 2, 0x11],
+            ]),
+        ),
+    ]);
+    out.extend(random(R, mix, 3, 120));
+
+    // segmented: data[0] selector, then slice lengths.
+    let ones = vec![1u8; 300];
+    out.extend([
+        seed(S, "golden-whole", vec![0]),
+        seed(S, "golden-bytes", cat(&[&[0], &ones])),
+        seed(
+            S,
+            "golden-mixed",
+            vec![0, 0, 3, 0x81, 17, 0, 0xC0, 5, 80, 0x7F],
+        ),
+        seed(S, "golden-corrupt-crc", vec![2, 0x12, 0x01, 3, 7, 0x90]),
+        seed(S, "golden-corrupt-magic", vec![2, 0, 0, 0, 1]),
+        seed(S, "built", vec![1, 5, 0, 0, 0, 0, 0, 0, 0, 9, 0x85, 1, 2]),
+        seed(
+            S,
+            "built-corrupt",
+            vec![3, 7, 0, 0, 0, 0, 0, 0, 0, 0x50, 0, 2, 16, 16],
+        ),
+    ]);
+    out.extend(random(S, mix, 2, 64));
+    out
+}
+
+fn gtt_seeds(mix: &mut Mix) -> Vec<Seed> {
+    const T: &str = "gtt_runs";
+    let mut out = Vec::new();
+    // (selector, buffer byte, table builder): selector bits 1:0 partition, 3:2 generation,
+    // 7:6 guest memory size (see gtt_target).
+    let cases: [(u8, u8, &str); 6] = [
+        (0b0100_0100, 255, "gen9-linear-and-raw"),
+        (0b0100_0101, 0, "adjacent-small-buffer"),
+        (0b1100_1000, 40, "gen12-lm-bit"),
+        (0b1100_1110, 255, "mtl-hidden-only"),
+        (0b0100_0111, 8, "hidden-below-aperture"),
+        (0b1000_0000, 255, "gen8-nonpresent-bits"),
+    ];
+    for (k, (sel, buf_byte, name)) in cases.into_iter().enumerate() {
+        let part = crate::gtt_target::partition(sel);
+        let mut storage = vec![0u64; part.storage_len()];
+        let Ok(mut slices) = GgttSlices::new(part, &mut storage) else {
+            continue;
+        };
+        let slots = part.storage_len();
+        for slot in 0..slots {
+            let Some(index) = part.index_at(slot) else {
+                continue;
+            };
+            let frame = 0x100 + u64::try_from(slot).unwrap_or(0);
+            let entry = match (k + slot) % 5 {
+                // Linear stretch.
+                0..=2 => GgttEntry::present_frame(Gfn::new(frame)).ok(),
+                // Scattered frame with cache bits (gen8/9) or LM bit.
+                3 => Some(GgttEntry::from_bits(0x2 | 0x1 | (mix.below(0x3000) << 12))),
+                // Hole.
+                _ => None,
+            };
+            let entry = if k == 5 {
+                // Non-present entries that keep other bits.
+                Some(GgttEntry::from_bits((frame << 12) | 0x18))
+            } else {
+                entry
+            };
+            if let Some(e) = entry {
+                let _ = slices.write(index, e);
+            }
+        }
+        let mut buf = vec![0u8; 2048];
+        let Ok(p) = slices.save_runs(SaveCursor::START, &mut buf) else {
+            continue;
+        };
+        buf.truncate(p.written);
+        out.push(seed(T, name, cat(&[&[sel, buf_byte], &buf])));
+    }
+    // Hand-made invalid payloads.
+    let header = |start: u32, count: u32, kind: u8| {
+        cat(&[
+            &start.to_le_bytes(),
+            &count.to_le_bytes(),
+            &[kind, 0, 0, 0, 0, 0, 0, 0],
+        ])
+    };
+    out.extend([
+        seed(T, "empty", vec![0b0100_0100, 0]),
+        seed(
+            T,
+            "unknown-kind",
+            cat(&[&[0b0100_0100, 0], &header(0, 1, 2), &[0; 8]]),
+        ),
+        seed(
+            T,
+            "reserved-set",
+            cat(&[&[0b0100_0100, 0], &header(0, 1, 0), &[1; 8]]),
+        ),
+        seed(
+            T,
+            "out-of-order",
+            cat(&[
+                &[0b0100_0100, 0],
+                &header(4, 1, 1),
+                &0x1001u64.to_le_bytes(),
+                &header(2, 1, 1),
+                &0x1001u64.to_le_bytes(),
+            ]),
+        ),
+        seed(
+            T,
+            "linear-overflow",
+            cat(&[
+                &[0b1100_0100, 0],
+                &header(0, 4, 1),
+                &0x3FFF_FFFF_F001u64.to_le_bytes(),
+            ]),
+        ),
+        seed(
+            T,
+            "truncated",
+            cat(&[&[0b0100_0100, 0], &header(0, 3, 0), &[1; 12]]),
+        ),
+    ]);
+    out.extend(random(T, mix, 3, 200));
+    out
+}
+
+fn access(op: u8, operands: &[u8], value: Option<u64>) -> Vec<u8> {
+    let mut v = vec![op];
+    v.extend_from_slice(operands);
+    if let Some(x) = value {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+/// Op byte for `mmio_access`: write flag, size index, addressing mode, delta.
+const fn op(write: bool, size: u8, mode: u8, delta: u8) -> u8 {
+    (write as u8) | (size << 1) | (mode << 3) | (delta << 5)
+}
+
+fn mmio_seeds(mix: &mut Mix) -> Vec<Seed> {
+    const A: &str = "mmio_access";
+    const R: &str = "mmio_restore";
+    let raw = |off: u32| {
+        let [a, b, c, _] = off.to_le_bytes();
+        [a, b, c]
+    };
+    let mut out = vec![
+        seed(
+            A,
+            "gfx-mode-masked",
+            cat(&[
+                &access(op(true, 2, 2, 0), &raw(0x229C), Some(0x8000_8000)),
+                &access(op(false, 2, 2, 0), &raw(0x229C), None),
+                &access(op(true, 2, 2, 0), &raw(0x229C), Some(0x0000_FFFF)),
+            ]),
+        ),
+        seed(
+            A,
+            "pvinfo-reads",
+            cat(&[
+                &access(op(false, 3, 1, 0), &[0, 0], None),
+                &access(op(false, 2, 1, 0), &[0x40, 0], None),
+                &access(op(true, 2, 1, 0), &[0x04, 0x08], Some(1)),
+            ]),
+        ),
+        seed(
+            A,
+            "untracked-bytes",
+            cat(&[
+                &access(op(true, 0, 2, 0), &raw(0x40001), Some(0xAB)),
+                &access(op(true, 1, 2, 0), &raw(0x40002), Some(0xCDEF)),
+                &access(
+                    op(true, 3, 2, 0),
+                    &raw(0x40008),
+                    Some(0x0123_4567_89AB_CDEF),
+                ),
+                &access(op(false, 3, 2, 0), &raw(0x40000), None),
+            ]),
+        ),
+        seed(
+            A,
+            "misaligned-and-end",
+            cat(&[
+                &access(op(true, 3, 2, 0), &raw(0x40004), Some(u64::MAX)),
+                &access(op(true, 2, 2, 0), &raw(0x40002), Some(1)),
+                &access(op(false, 3, 3, 0), &[8], None),
+                &access(op(true, 3, 3, 0), &[12], Some(7)),
+                &access(op(false, 0, 2, 0), &raw(0xFF_FFFF), None),
+            ]),
+        ),
+    ];
+    // Every table register written with all ones, then read back.
+    let mut table = Vec::new();
+    for i in 0..u16::try_from(SKL_REGS.len()).unwrap_or(0).min(200) {
+        let [lo, hi] = i.to_le_bytes();
+        table.extend(access(op(true, 2, 0, 0), &[lo, hi], Some(u64::MAX)));
+        table.extend(access(op(false, 2, 0, 0), &[lo, hi], None));
+    }
+    out.push(seed(A, "table-all-ones", table));
+    out.extend(random(A, mix, 3, 200));
+
+    // Restore payloads from save_sparse of states with guest-written registers.
+    out.push(seed(R, "empty", Vec::new()));
+    for (k, stride) in [1usize, 2, 7].into_iter().enumerate() {
+        let mut st = crate::mmio_targets::storage();
+        let mut regs = crate::mmio_targets::regfile(&mut st);
+        for r in SKL_REGS.iter().filter(|r| r.is_migrated()).step_by(stride) {
+            let v = mix.next();
+            let _ = regs.write(r.offset, AccessSize::Dword, v, &mut NoHooks);
+        }
+        let mut buf = vec![0u8; SKL.max_sparse_len()];
+        if let Ok(n) = regs.save_sparse(&mut buf) {
+            buf.truncate(n);
+            out.push(seed(R, &format!("saved-{k}"), buf));
+        }
+    }
+    out.push(seed(
+        R,
+        "unknown-register",
+        cat(&[
+            &0x4_0000u32.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            &[1, 0, 0, 0],
+        ]),
+    ));
+    out.push(seed(
+        R,
+        "zero-count",
+        cat(&[&0x229Cu32.to_le_bytes(), &0u32.to_le_bytes()]),
+    ));
+    out.extend(random(R, mix, 2, 100));
+    out
+}
+
+fn engines_seeds(mix: &mut Mix) -> Vec<Seed> {
+    const T: &str = "engines_restore";
+    let mut out = Vec::new();
+    for (name, bits) in [("rcs", 0x01u8), ("all", 0x1F), ("bcs-vecs", 0x12)] {
+        let present = crate::engines_targets::mask(bits);
+        let mut e = Engines::new(present);
+        for (j, id) in present.iter().enumerate() {
+            for q in 0..(3 * j + 1) {
+                let w = Workload {
+                    engine: id,
+                    desc: ContextDescriptor::from_bits(mix.next()),
+                    ring_head: u32::try_from(q * 0x40).unwrap_or(0),
+                    ring_tail: u32::try_from(q * 0x40 + 0x20).unwrap_or(0),
+                    schedule_in: q % 2 == 0,
+                };
+                let _ = e.enqueue(w);
+            }
+            let _ = e.elsp_write(id, 0xDEAD_0000 | u32::try_from(j).unwrap_or(0));
+            if let Some(eng) = e.engine_mut(id) {
+                eng.csb.push(CsbEntry::from_bits(0x8001));
+                let _ = eng.csb.set_read_ptr(0);
+            }
+        }
+        let _ = e.quiesce();
+        let mut buf = vec![0u8; MAX_SAVE_LEN];
+        if let Ok(n) = e.save(&mut buf) {
+            buf.truncate(n);
+            out.push(seed(T, &format!("saved-{name}"), cat(&[&[bits], &buf])));
+        }
+    }
+    let mut q = Engines::new(EngineMask::ALL);
+    let _ = q.quiesce();
+    let mut buf = vec![0u8; MAX_SAVE_LEN];
+    if let Ok(n) = q.save(&mut buf) {
+        buf.truncate(n);
+        out.push(seed(T, "saved-fresh-all", cat(&[&[0x1F], &buf])));
+    }
+    out.extend([
+        seed(T, "bad-version", vec![0x01, 2, 1, 0, 0]),
+        seed(T, "no-engines", vec![0x00, 1, 0, 0, 0]),
+        seed(
+            T,
+            "ops-dispatch-save",
+            cat(&[
+                &[0x81, 1],
+                &[0x19, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0],
+                &[4, 2, 7, 5, 7, 3, 4, 0, 1, 2, 3, 4],
+            ]),
+        ),
+        seed(
+            T,
+            "ops-elsp-csb",
+            vec![
+                0x9F, 0, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 3, 0, 0, 0, 0, 4, 0, 0, 0, 6, 1, 0, 0, 0, 0,
+                0, 0, 0, 3, 14, 2, 0, 0, 0, 0, 0, 0, 0, 7, 2, 7,
+            ],
+        ),
+    ]);
+    out.extend(random(T, mix, 3, 300));
+    out
+}
+
+/// Every generated seed, deterministic across runs and platforms.
+#[must_use]
+pub fn all() -> Vec<Seed> {
+    let mut mix = Mix(0x005E_ED0F_F022);
+    let mut out = migstream_seeds(&mut mix);
+    out.extend(gtt_seeds(&mut mix));
+    out.extend(mmio_seeds(&mut mix));
+    out.extend(engines_seeds(&mut mix));
+    out
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests"
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_are_deterministic_and_named_uniquely() {
+        let a = all();
+        assert_eq!(a, all());
+        let mut names: Vec<(&str, &str)> = a.iter().map(|s| (s.target, s.name.as_str())).collect();
+        names.sort_unstable();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        for t in crate::TARGETS {
+            assert!(
+                a.iter().filter(|s| s.target == t.name).count() >= 5,
+                "{} has few seeds",
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn saved_seeds_are_valid_payloads() {
+        let a = all();
+        let engines: Vec<_> = a
+            .iter()
+            .filter(|s| s.target == "engines_restore" && s.name.starts_with("saved"))
+            .collect();
+        assert_eq!(engines.len(), 4);
+        for s in engines {
+            let e = Engines::new(crate::engines_targets::mask(s.data[0]));
+            assert_eq!(e.validate(&s.data[1..]), Ok(()), "{}", s.name);
+        }
+        let gtt: Vec<_> = a
+            .iter()
+            .filter(|s| s.target == "gtt_runs" && !s.name.starts_with("random"))
+            .collect();
+        assert!(gtt.len() >= 10);
+        for s in a
+            .iter()
+            .filter(|s| s.target == "mmio_restore" && s.name.starts_with("saved"))
+        {
+            assert!(!s.data.is_empty());
+            assert_eq!(mmio::validate_sparse(&SKL, &s.data), Ok(()), "{}", s.name);
+        }
+    }
+}
