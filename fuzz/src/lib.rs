@@ -39,6 +39,7 @@ mod input;
 mod migstream_targets;
 mod mmio_targets;
 pub mod seeds;
+mod vgpu_target;
 
 pub use engines_targets::engines_restore;
 pub use gtt_target::gtt_runs;
@@ -46,6 +47,7 @@ pub use migstream_targets::{
     GOLDEN_STREAM, migstream_decode, migstream_roundtrip, migstream_segmented,
 };
 pub use mmio_targets::{mmio_access, mmio_restore};
+pub use vgpu_target::{valid_stream as vgpu_valid_stream, vgpu_restore};
 
 /// One fuzz target: its name (the `fuzz_targets/<name>.rs` binary and `corpus/<name>/`
 /// directory) and its body.
@@ -58,7 +60,7 @@ pub struct Target {
 }
 
 /// Every fuzz target of this crate.
-pub const TARGETS: [Target; 7] = [
+pub const TARGETS: [Target; 8] = [
     Target {
         name: "migstream_decode",
         body: migstream_decode,
@@ -86,5 +88,9 @@ pub const TARGETS: [Target; 7] = [
     Target {
         name: "engines_restore",
         body: engines_restore,
+    },
+    Target {
+        name: "vgpu_restore",
+        body: vgpu_restore,
     },
 ];

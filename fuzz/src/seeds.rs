@@ -397,7 +397,33 @@ pub fn all() -> Vec<Seed> {
     out.extend(gtt_seeds(&mut mix));
     out.extend(mmio_seeds(&mut mix));
     out.extend(engines_seeds(&mut mix));
+    out.extend(vgpu_seeds());
     out
+}
+
+fn vgpu_seeds() -> Vec<Seed> {
+    const T: &str = "vgpu_restore";
+    let wire = crate::vgpu_valid_stream();
+    let with = |step: u8, bytes: &[u8]| {
+        let mut v = vec![step];
+        v.extend_from_slice(bytes);
+        v
+    };
+    let mut flipped = wire.clone();
+    if let Some(b) = flipped.get_mut(wire.len() / 2) {
+        *b ^= 0x10;
+    }
+    vec![
+        seed(T, "valid-feed-97", with(1, &wire)),
+        seed(T, "valid-feed-24k", with(255, &wire)),
+        seed(
+            T,
+            "half",
+            with(7, wire.get(..wire.len() / 2).unwrap_or(&[])),
+        ),
+        seed(T, "header-only", with(3, wire.get(..80).unwrap_or(&[]))),
+        seed(T, "flipped-middle", with(9, &flipped)),
+    ]
 }
 
 #[cfg(test)]

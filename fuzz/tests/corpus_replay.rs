@@ -176,6 +176,7 @@ replay_tests!(
     mmio_access,
     mmio_restore,
     engines_restore,
+    vgpu_restore,
 );
 
 /// Regression for a finding of `cargo fuzz run gtt_runs`: with the hidden slice directly after

@@ -24,6 +24,7 @@
 mod bench;
 mod benches;
 mod ci;
+mod fuzz;
 mod migrate;
 
 use std::process::ExitCode;
@@ -46,6 +47,8 @@ enum Cmd {
     Migrate(migrate::Args),
     /// Run the benchmarks; each figure beside a same-run memcpy reference.
     Bench(bench::Args),
+    /// List the fuzz targets, or run one with cargo-fuzz (nightly).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::Ci(a) => ci::run(&a),
         Cmd::Migrate(a) => migrate::run(&a),
         Cmd::Bench(a) => bench::run(&a),
+        Cmd::Fuzz(a) => fuzz::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
