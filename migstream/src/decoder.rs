@@ -3,9 +3,12 @@
 
 use crate::control::{CONTROL_VERSION, END_LEN, EndRepr, ROUND_LEN, RoundRepr};
 use crate::crc::Crc32;
+use crate::delta;
 use crate::error::{DecodeError, EndMismatch, ErrorKind, PageRunError};
 use crate::header::{STREAM_HEADER_LEN, StreamHeaderRepr};
-use crate::pages::{PAGE_RUN_HEADER_LEN, PAGE_SIZE, PageEncoding, PageRunRepr};
+use crate::pages::{
+    DELTA_LEN_FIELD, DUP_ENTRY_LEN, PAGE_RUN_HEADER_LEN, PAGE_SIZE, PageEncoding, PageRunRepr,
+};
 use crate::record::{Limits, RECORD_HEADER_LEN, RecordHeaderRepr, RecordKind};
 
 /// Something the decoder decoded. Borrowed data points into the slice given to
@@ -54,6 +57,27 @@ pub enum Event<'a> {
         /// Offset within the 4096-byte page.
         offset: u16,
         /// The bytes (at most `4096 - offset`).
+        data: &'a [u8],
+    },
+    /// The page at `frame` equals the page the receiver holds at `from_frame` (sent earlier in this
+    /// stream), whose xxh3-64 hash is `hash` (inside a PAGES record, not yet CRC-verified). The
+    /// receiver copies it and should check the hash.
+    PageCopy {
+        /// Guest frame to write.
+        frame: u64,
+        /// Guest frame to copy from.
+        from_frame: u64,
+        /// xxh3-64 of the page's content.
+        hash: u64,
+    },
+    /// XOR `data` into the receiver's page `frame` at `offset` (a piece of a DELTA page, not yet
+    /// CRC-verified). Never crosses the page end.
+    PageXor {
+        /// Guest frame.
+        frame: u64,
+        /// Offset within the page.
+        offset: u16,
+        /// Bytes to XOR in.
         data: &'a [u8],
     },
     /// `count` all-zero pages starting at `first_frame` (inside a PAGES record, not yet
@@ -106,6 +130,44 @@ enum Phase {
         left: u64,
         /// Offset within the current page.
         page_off: u16,
+    },
+    /// PAGES: buffering the next 16-byte entry of a DUP run.
+    DupEntry {
+        /// Frame of the next page.
+        frame: u64,
+        /// Pages left in the run, including this one.
+        pages: u32,
+    },
+    /// PAGES: buffering a DELTA page's 2-byte length.
+    DeltaLen {
+        /// Frame of the page.
+        frame: u64,
+        /// Pages left in the run, including this one.
+        pages: u32,
+    },
+    /// PAGES: buffering a DELTA segment header (or moving to the next page).
+    DeltaSeg {
+        /// Frame of the page.
+        frame: u64,
+        /// Pages left in the run, including this one.
+        pages: u32,
+        /// Delta bytes of this page not yet consumed.
+        page_left: u16,
+        /// Page offset after the previous segment.
+        off: u16,
+    },
+    /// PAGES: streaming a DELTA segment's bytes.
+    DeltaBytes {
+        /// Frame of the page.
+        frame: u64,
+        /// Pages left in the run, including this one.
+        pages: u32,
+        /// Delta bytes of this page not yet consumed (after this segment's remaining bytes).
+        page_left: u16,
+        /// Page offset of the next byte.
+        off: u16,
+        /// Bytes of the segment left.
+        n: u16,
     },
     /// Payload consumed; the closing event (after CRC check) is due.
     Check,
@@ -249,6 +311,17 @@ impl Decoder {
         chunk
     }
 
+    /// Buffer up to `need` payload bytes into `buf` (counted into the record CRC); returns the
+    /// bytes taken from `rest`.
+    fn take_payload(&mut self, rest: &[u8], need: usize) -> usize {
+        let chunk = self.take(rest, need);
+        self.crc.update(chunk);
+        self.done = self
+            .done
+            .saturating_add(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
+        chunk.len()
+    }
+
     /// Payload bytes of the current record not yet consumed.
     const fn left(&self) -> u32 {
         self.rec.payload_len.saturating_sub(self.done)
@@ -358,6 +431,20 @@ impl Decoder {
                         };
                         return Ok((used, Some(ev)));
                     }
+                    if run.encoding == PageEncoding::DUP {
+                        self.phase = Phase::DupEntry {
+                            frame: run.first_frame,
+                            pages: run.count,
+                        };
+                        continue;
+                    }
+                    if run.encoding == PageEncoding::DELTA {
+                        self.phase = Phase::DeltaLen {
+                            frame: run.first_frame,
+                            pages: run.count,
+                        };
+                        continue;
+                    }
                     self.phase = Phase::RunData {
                         frame: run.first_frame,
                         left: run.data_len(),
@@ -405,6 +492,137 @@ impl Decoder {
                         data,
                     };
                     return Ok((used, Some(ev)));
+                }
+                Phase::DupEntry { frame, pages } => {
+                    used += self.take_payload(rest, DUP_ENTRY_LEN);
+                    if usize::from(self.have) < DUP_ENTRY_LEN {
+                        return Ok((used, None));
+                    }
+                    self.have = 0;
+                    let word = |b: &[u8; STREAM_HEADER_LEN], i: usize| {
+                        b.get(i..i + 8)
+                            .and_then(|x| x.try_into().ok())
+                            .map_or(0, u64::from_le_bytes)
+                    };
+                    let (from_frame, hash) = (word(&self.buf, 0), word(&self.buf, 8));
+                    self.phase = match pages.checked_sub(1) {
+                        Some(p) if p > 0 => Phase::DupEntry {
+                            frame: frame.saturating_add(1),
+                            pages: p,
+                        },
+                        _ => Phase::RunHeader,
+                    };
+                    return Ok((
+                        used,
+                        Some(Event::PageCopy {
+                            frame,
+                            from_frame,
+                            hash,
+                        }),
+                    ));
+                }
+                Phase::DeltaLen { frame, pages } => {
+                    used += self.take_payload(rest, DELTA_LEN_FIELD);
+                    if usize::from(self.have) < DELTA_LEN_FIELD {
+                        return Ok((used, None));
+                    }
+                    self.have = 0;
+                    let len = u16::from_le_bytes([self.buf[0], self.buf[1]]);
+                    if usize::from(len) > delta::MAX_DELTA_LEN || u32::from(len) > self.left() {
+                        let k = ErrorKind::MalformedPageRun(PageRunError::BadDelta);
+                        return Err(self.err_here(k, self.pos));
+                    }
+                    self.phase = Phase::DeltaSeg {
+                        frame,
+                        pages,
+                        page_left: len,
+                        off: 0,
+                    };
+                }
+                Phase::DeltaSeg {
+                    frame,
+                    pages,
+                    page_left,
+                    off,
+                } => {
+                    if page_left == 0 {
+                        self.phase = match pages.checked_sub(1) {
+                            Some(p) if p > 0 => Phase::DeltaLen {
+                                frame: frame.saturating_add(1),
+                                pages: p,
+                            },
+                            _ => Phase::RunHeader,
+                        };
+                        continue;
+                    }
+                    if self.have == 0 && usize::from(page_left) < delta::SEGMENT_HEADER {
+                        let k = ErrorKind::MalformedPageRun(PageRunError::BadDelta);
+                        return Err(self.err_here(k, self.pos));
+                    }
+                    used += self.take_payload(rest, delta::SEGMENT_HEADER);
+                    if usize::from(self.have) < delta::SEGMENT_HEADER {
+                        return Ok((used, None));
+                    }
+                    self.have = 0;
+                    let skip = u16::from_le_bytes([self.buf[0], self.buf[1]]);
+                    let n = u16::from_le_bytes([self.buf[2], self.buf[3]]);
+                    let after_header = page_left - 4;
+                    let bad = ErrorKind::MalformedPageRun(PageRunError::BadDelta);
+                    if n > after_header {
+                        return Err(self.err_here(bad, self.pos));
+                    }
+                    let start = usize::from(off) + usize::from(skip);
+                    if delta::segment_end(usize::from(off), usize::from(skip), usize::from(n))
+                        .is_err()
+                    {
+                        return Err(self.err_here(bad, self.pos));
+                    }
+                    self.phase = Phase::DeltaBytes {
+                        frame,
+                        pages,
+                        page_left: after_header - n,
+                        off: u16::try_from(start).unwrap_or(u16::MAX),
+                        n,
+                    };
+                }
+                Phase::DeltaBytes {
+                    frame,
+                    pages,
+                    page_left,
+                    off,
+                    n,
+                } => {
+                    if n == 0 {
+                        self.phase = Phase::DeltaSeg {
+                            frame,
+                            pages,
+                            page_left,
+                            off,
+                        };
+                        continue;
+                    }
+                    if rest.is_empty() {
+                        return Ok((used, None));
+                    }
+                    let take = rest.len().min(usize::from(n));
+                    let data = self.eat_payload(rest.get(..take).unwrap_or_default());
+                    used += take;
+                    let took = u16::try_from(take).unwrap_or(u16::MAX);
+                    self.phase = Phase::DeltaBytes {
+                        frame,
+                        pages,
+                        page_left,
+                        off: off.saturating_add(took),
+                        n: n - took,
+                    };
+                    return Ok((
+                        used,
+                        Some(Event::PageXor {
+                            frame,
+                            offset: off,
+                            data,
+                        }),
+                    ));
                 }
                 Phase::Check => {
                     let ev = self.finish_record()?;

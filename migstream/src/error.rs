@@ -49,6 +49,9 @@ pub enum PageRunError {
     },
     /// A reserved byte of the run header is not zero.
     ReservedNotZero,
+    /// A DELTA page is malformed: its length exceeds 4096 or the remaining payload, a segment
+    /// has no bytes, leaves the page, or runs past the page's length.
+    BadDelta,
 }
 
 impl fmt::Display for PageRunError {
@@ -62,6 +65,7 @@ impl fmt::Display for PageRunError {
                 write!(f, "unknown page-run encoding {encoding}")
             }
             PageRunError::ReservedNotZero => f.write_str("page-run reserved bytes not zero"),
+            PageRunError::BadDelta => f.write_str("malformed DELTA page"),
         }
     }
 }

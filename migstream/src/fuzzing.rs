@@ -219,6 +219,9 @@ impl Checker<'_> {
                     self.progress = 0;
                 }
             }
+            Event::PageCopy { .. } | Event::PageXor { .. } => {
+                panic!("the script writes no DUP or DELTA runs")
+            }
             Event::ZeroPages { first_frame, count } => {
                 let run = self.expect_run();
                 assert_eq!(run.encoding, PageEncoding::ZERO);

@@ -76,6 +76,7 @@ extern crate std;
 mod control;
 mod crc;
 mod decoder;
+pub mod delta;
 mod encoder;
 mod error;
 pub mod fuzzing;
@@ -97,8 +98,8 @@ pub use header::{
     REQUIRED_CAPABILITY_MASK, STREAM_HEADER_LEN, StreamHeader, StreamHeaderRepr,
 };
 pub use pages::{
-    PAGE_RUN_HEADER_LEN, PAGE_SIZE, PageEncoding, PageRunHeader, PageRunRepr, PageSource,
-    PagesPayload,
+    DELTA_LEN_FIELD, DUP_ENTRY_LEN, PAGE_RUN_HEADER_LEN, PAGE_SIZE, PageEncoding, PageRunHeader,
+    PageRunRepr, PageSource, PagesPayload,
 };
 pub use record::{
     Limits, MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeader, RecordHeaderRepr, RecordKind,

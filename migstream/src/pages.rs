@@ -1,8 +1,17 @@
 //! PAGES record payloads: page-run headers and a zero-copy payload builder.
 //!
-//! A PAGES payload is a sequence of runs, each a 16-byte [`PageRunHeader`] followed, for
-//! [`PageEncoding::FULL`], by `count * 4096` page bytes (page `i` is frame `first_frame + i`);
-//! [`PageEncoding::ZERO`] runs carry no bytes.
+//! A PAGES payload is a sequence of runs, each a 16-byte [`PageRunHeader`] followed by data that
+//! depends on the encoding (page `i` of a run is frame `first_frame + i`):
+//! - [`PageEncoding::FULL`]: `count * 4096` page bytes;
+//! - [`PageEncoding::ZERO`]: nothing, the pages are all zero;
+//! - [`PageEncoding::DUP`]: `count` 16-byte entries `{from_frame: u64, hash: u64}`: the page equals
+//!   the page the receiver already holds at `from_frame` (sent earlier in this stream), whose xxh3-64
+//!   content hash is `hash`;
+//! - [`PageEncoding::DELTA`]: per page, `len: u16` (≤ 4096) then `len` bytes of XOR segments against
+//!   the receiver's current content of the same frame (see [`crate::delta`]).
+//!
+//! [`PagesPayload`] builds FULL and ZERO runs straight from guest memory; DUP and DELTA data is
+//! computed by the writer (it needs its own record of what was sent).
 
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -31,7 +40,7 @@ pub struct PageRunHeader {
 }
 static_assertions::const_assert_eq!(core::mem::size_of::<PageRunHeader>(), PAGE_RUN_HEADER_LEN);
 
-/// How a run's pages are carried. Open at the view layer; format 1.0 defines two values and
+/// How a run's pages are carried. Open at the view layer; format 1.0 defines four values and
 /// [`PageRunRepr::parse`] rejects the others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -42,7 +51,16 @@ impl PageEncoding {
     pub const FULL: Self = Self(0);
     /// The pages are all zero; no bytes follow.
     pub const ZERO: Self = Self(1);
+    /// Each page duplicates a page the receiver holds: `{from_frame: u64, hash: u64}` per page.
+    pub const DUP: Self = Self(2);
+    /// Each page is an XOR delta against the receiver's current page: `len: u16` + segments.
+    pub const DELTA: Self = Self(3);
 }
+
+/// Bytes of one DUP entry.
+pub const DUP_ENTRY_LEN: usize = 16;
+/// Bytes of the length field before each DELTA page.
+pub const DELTA_LEN_FIELD: usize = 2;
 
 /// Semantic form of a page-run header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -85,7 +103,7 @@ impl PageRunRepr {
     /// # Errors
     /// Unknown encoding, zero count, frame overflow.
     pub const fn check(&self) -> Result<(), PageRunError> {
-        if self.encoding.0 != PageEncoding::FULL.0 && self.encoding.0 != PageEncoding::ZERO.0 {
+        if self.encoding.0 > PageEncoding::DELTA.0 {
             return Err(PageRunError::UnknownEncoding {
                 encoding: self.encoding.0,
             });
@@ -99,17 +117,20 @@ impl PageRunRepr {
         Ok(())
     }
 
-    /// Bytes following the header: `count * 4096` for FULL, 0 otherwise.
+    /// Bytes following the header: `count * 4096` for FULL, 0 for ZERO, `count * 16` for DUP;
+    /// for DELTA the minimum, `count * 2` (each page's data follows its length field).
     #[must_use]
     pub const fn data_len(&self) -> u64 {
-        if self.encoding.0 == PageEncoding::FULL.0 {
-            (self.count as u64) * (PAGE_SIZE as u64)
-        } else {
-            0
-        }
+        let per_page = match self.encoding.0 {
+            0 => PAGE_SIZE,
+            2 => DUP_ENTRY_LEN,
+            3 => DELTA_LEN_FIELD,
+            _ => 0,
+        };
+        (self.count as u64) * (per_page as u64)
     }
 
-    /// Header plus data bytes.
+    /// Header plus data bytes (for DELTA, the minimum).
     #[must_use]
     pub const fn wire_len(&self) -> u64 {
         self.data_len() + PAGE_RUN_HEADER_LEN as u64
@@ -163,15 +184,18 @@ pub struct PagesPayload<'a, S> {
 }
 
 impl<'a, S: PageSource> PagesPayload<'a, S> {
-    /// Validate `runs` and compute the payload length.
+    /// Validate `runs` (FULL and ZERO only) and compute the payload length.
     ///
     /// # Errors
-    /// [`EncodeError::BadPageRun`] for an invalid run; [`EncodeError::PayloadTooLarge`] if the
-    /// payload would exceed [`MAX_PAYLOAD`].
+    /// [`EncodeError::BadPageRun`] for an invalid run or a DUP/DELTA run (their data is not page
+    /// bytes); [`EncodeError::PayloadTooLarge`] if the payload would exceed [`MAX_PAYLOAD`].
     pub fn new(runs: &'a [PageRunRepr], source: S) -> Result<Self, EncodeError> {
         let mut total: u64 = 0;
         for r in runs {
             r.check().map_err(|_| EncodeError::BadPageRun)?;
+            if r.encoding != PageEncoding::FULL && r.encoding != PageEncoding::ZERO {
+                return Err(EncodeError::BadPageRun);
+            }
             total = total.saturating_add(r.wire_len());
         }
         if total > u64::from(MAX_PAYLOAD) {
@@ -313,11 +337,15 @@ mod tests {
     #[test]
     fn bad_runs() {
         let mut b = RUN;
-        b[12] = 2;
+        b[12] = 4;
         assert_eq!(
             PageRunRepr::parse(&b),
-            Err(PageRunError::UnknownEncoding { encoding: 2 })
+            Err(PageRunError::UnknownEncoding { encoding: 4 })
         );
+        b[12] = 2;
+        assert_eq!(PageRunRepr::parse(&b).unwrap().data_len(), 3 * 16);
+        b[12] = 3;
+        assert_eq!(PageRunRepr::parse(&b).unwrap().data_len(), 3 * 2);
         let mut b = RUN;
         b[8] = 0;
         assert_eq!(PageRunRepr::parse(&b), Err(PageRunError::ZeroCount));

@@ -88,6 +88,8 @@ enum Ev {
     Payload(RecordKind, u32, Vec<u8>),
     Page(u64, u16, Vec<u8>),
     Zero(u64, u32),
+    Copy(u64, u64, u64),
+    Xor(u64, u16, Vec<u8>),
     End(RecordKind, u32),
     Skipped(RecordKind, u32),
     Round(RoundRepr),
@@ -111,6 +113,16 @@ fn push(events: &mut Vec<Ev>, ev: Event<'_>) {
         ) if *f == frame && *off as usize + d.len() == usize::from(offset) => {
             d.extend_from_slice(data);
         }
+        (
+            Some(Ev::Xor(f, off, d)),
+            Event::PageXor {
+                frame,
+                offset,
+                data,
+            },
+        ) if *f == frame && *off as usize + d.len() == usize::from(offset) => {
+            d.extend_from_slice(data);
+        }
         (_, ev) => events.push(match ev {
             Event::Header(h) => Ev::Header(h),
             Event::RecordBegin {
@@ -126,6 +138,16 @@ fn push(events: &mut Vec<Ev>, ev: Event<'_>) {
                 data,
             } => Ev::Page(frame, offset, data.to_vec()),
             Event::ZeroPages { first_frame, count } => Ev::Zero(first_frame, count),
+            Event::PageCopy {
+                frame,
+                from_frame,
+                hash,
+            } => Ev::Copy(frame, from_frame, hash),
+            Event::PageXor {
+                frame,
+                offset,
+                data,
+            } => Ev::Xor(frame, offset, data.to_vec()),
             Event::RecordEnd { kind, index } => Ev::End(kind, index),
             Event::Skipped { kind, len } => Ev::Skipped(kind, len),
             Event::Round(r) => Ev::Round(r),
@@ -753,5 +775,132 @@ proptest::proptest! {
         d[1 + pos % (n - 1)] = val;
         d.truncate(1 + cut.min(n - 1));
         fuzzing::decode_arbitrary(&d);
+    }
+}
+
+/// A PAGES payload with all four encodings: FULL frame 5, ZERO frames 6-7, DUP frame 8 from 5,
+/// DELTA frames 9 (two segments) and 10 (empty).
+fn encodings_payload() -> Vec<u8> {
+    let mut p = run(5, 1, 0);
+    p.extend((0..4096).map(|i| (i % 251) as u8));
+    p.extend(run(6, 2, 1));
+    p.extend(run(8, 1, 2));
+    p.extend(5u64.to_le_bytes());
+    p.extend(0x1122_3344_5566_7788u64.to_le_bytes());
+    p.extend(run(9, 2, 3));
+    // Frame 9: skip 16, XOR 2 bytes; skip 4000, XOR 1 byte (ends at 4019).
+    p.extend(11u16.to_le_bytes());
+    p.extend([16, 0, 2, 0, 0xAB, 0xCD, 0xA0, 0x0F, 1, 0, 0xEF]);
+    // Frame 10: empty delta.
+    p.extend(0u16.to_le_bytes());
+    p
+}
+
+/// The encodings stream: header, one PAGES record, END.
+fn encodings_stream() -> Vec<u8> {
+    let payload = encodings_payload();
+    let mut enc = Encoder::new();
+    let mut out = vec![0u8; 1 << 16];
+    let mut n = enc.write_header(&HEADER, &mut out).unwrap().written();
+    n += enc
+        .write_record(
+            RecordKind::PAGES,
+            RecordFlags::MANDATORY,
+            1,
+            &payload[..],
+            &mut out[n..],
+        )
+        .unwrap()
+        .written();
+    n += enc.write_end(&mut out[n..]).unwrap().written();
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn dup_and_delta_runs_decode_to_exact_events() {
+    let s = encodings_stream();
+    let want_tail = [
+        Ev::Copy(8, 5, 0x1122_3344_5566_7788),
+        Ev::Xor(9, 16, vec![0xAB, 0xCD]),
+        Ev::Xor(9, 4018, vec![0xEF]),
+    ];
+    for segs in [&[usize::MAX][..], &[1][..], &[7, 3, 4100][..]] {
+        let ev = decode(&s, segs).unwrap();
+        let pos = ev.iter().position(|e| matches!(e, Ev::Zero(6, 2))).unwrap();
+        assert_eq!(&ev[pos + 1..pos + 4], &want_tail, "segmentation {segs:?}");
+        assert!(matches!(ev[pos + 4], Ev::End(RecordKind::PAGES, 0)));
+    }
+}
+
+#[test]
+fn golden_encodings() {
+    let bytes = encodings_stream();
+    let bin = format!("{VECTORS}/encodings.bin");
+    let hex = format!("{VECTORS}/encodings.hex");
+    if std::env::var_os("MIGSTREAM_BLESS").is_some() {
+        std::fs::write(&bin, &bytes).unwrap();
+        std::fs::write(&hex, hexdump(&bytes)).unwrap();
+    }
+    let golden = std::fs::read(&bin).unwrap();
+    assert_eq!(bytes, golden, "encoder no longer reproduces encodings.bin");
+    assert_eq!(std::fs::read_to_string(&hex).unwrap(), hexdump(&golden));
+    assert_eq!(golden.len(), 80 + 16 + encodings_payload().len() + 16 + 16);
+    let ev = decode(&golden, &[1]).unwrap();
+    assert!(matches!(ev.last(), Some(Ev::StreamEnd(_))));
+}
+
+#[test]
+fn malformed_dup_and_delta_runs() {
+    let bad = ErrorKind::MalformedPageRun(PageRunError::BadDelta);
+    let cases: Vec<(&str, Vec<u8>, ErrorKind)> = vec![
+        (
+            "dup entry cut",
+            [run(8, 2, 2), vec![0; 16]].concat(),
+            ErrorKind::MalformedPageRun(PageRunError::Overrun),
+        ),
+        (
+            "delta len over a page",
+            [run(9, 1, 3), 4097u16.to_le_bytes().to_vec(), vec![0; 4097]].concat(),
+            bad,
+        ),
+        (
+            "delta len over payload",
+            [run(9, 1, 3), 10u16.to_le_bytes().to_vec(), vec![0; 4]].concat(),
+            bad,
+        ),
+        (
+            "segment with no bytes",
+            [run(9, 1, 3), 4u16.to_le_bytes().to_vec(), vec![0, 0, 0, 0]].concat(),
+            bad,
+        ),
+        (
+            "segment past the page",
+            [
+                run(9, 1, 3),
+                6u16.to_le_bytes().to_vec(),
+                vec![0xFF, 0x0F, 2, 0, 1, 1],
+            ]
+            .concat(),
+            bad,
+        ),
+        (
+            "segment past its page length",
+            [
+                run(9, 1, 3),
+                5u16.to_le_bytes().to_vec(),
+                vec![0, 0, 2, 0, 1, 1],
+            ]
+            .concat(),
+            bad,
+        ),
+        (
+            "segment header cut by page length",
+            [run(9, 1, 3), 2u16.to_le_bytes().to_vec(), vec![0, 0]].concat(),
+            bad,
+        ),
+    ];
+    for (what, payload, kind) in cases {
+        assert_eq!(pages_err(&payload).kind(), kind, "{what}");
     }
 }

@@ -27,6 +27,10 @@ pub struct DestStats {
     pub full_pages: u64,
     /// Zero pages written.
     pub zero_pages: u64,
+    /// Pages copied from another frame (DUP).
+    pub dup_pages: u64,
+    /// Bytes XOR-ed into pages (DELTA).
+    pub delta_bytes: u64,
     /// Pre-copy rounds seen (ROUND records).
     pub rounds: u32,
     /// Stream bytes consumed.
@@ -205,6 +209,51 @@ impl<'s> DestSession<'s> {
                 if usize::from(offset) + data.len() == 4096 {
                     self.stats.full_pages += 1;
                 }
+            }
+            Event::PageCopy {
+                frame,
+                from_frame,
+                hash,
+            } => {
+                let (gfn, from) = (Gfn::new(frame), Gfn::new(from_frame));
+                for f in [frame, from_frame] {
+                    if !mem.map().contains(Gfn::new(f)) {
+                        return Err(VgpuError::FrameOutsideMemory { gfn: f });
+                    }
+                }
+                let mut page = [0u8; 4096];
+                mem.read(from, 0, &mut page)
+                    .map_err(|_| VgpuError::GuestMemory)?;
+                if gmem::page_hash(&page) != hash {
+                    return Err(VgpuError::DuplicateMismatch {
+                        gfn: frame,
+                        from: from_frame,
+                    });
+                }
+                mem.write(gfn, 0, &page)
+                    .map_err(|_| VgpuError::GuestMemory)?;
+                self.stats.dup_pages += 1;
+            }
+            Event::PageXor {
+                frame,
+                offset,
+                data,
+            } => {
+                let gfn = Gfn::new(frame);
+                if !mem.map().contains(gfn) {
+                    return Err(VgpuError::FrameOutsideMemory { gfn: frame });
+                }
+                let off = usize::from(offset);
+                let mut buf = [0u8; 4096];
+                let cur = buf.get_mut(..data.len()).ok_or(VgpuError::WrongPhase)?;
+                mem.read(gfn, off, cur)
+                    .map_err(|_| VgpuError::GuestMemory)?;
+                for (c, d) in cur.iter_mut().zip(data) {
+                    *c ^= d;
+                }
+                mem.write(gfn, off, cur)
+                    .map_err(|_| VgpuError::GuestMemory)?;
+                self.stats.delta_bytes += data.len() as u64;
             }
             Event::ZeroPages { first_frame, count } => {
                 const ZERO: [u8; 4096] = [0; 4096];

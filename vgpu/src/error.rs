@@ -47,6 +47,13 @@ pub enum VgpuError {
         /// The guest frame number.
         gfn: u64,
     },
+    /// A DUP page's source frame does not hold the content the stream says it does.
+    DuplicateMismatch {
+        /// The frame being written.
+        gfn: u64,
+        /// The frame copied from.
+        from: u64,
+    },
     /// A device-state record of a kind this version cannot restore.
     UnsupportedRecord {
         /// The record kind.
@@ -101,6 +108,7 @@ impl VgpuError {
             VgpuError::Gmem(_) => Fault::Local,
             VgpuError::Fsm(_) | VgpuError::NotQuiesced | VgpuError::WrongPhase => Fault::State,
             VgpuError::FrameOutsideMemory { .. }
+            | VgpuError::DuplicateMismatch { .. }
             | VgpuError::RecordCount { .. }
             | VgpuError::BadConfigSpace
             | VgpuError::Truncated => Fault::Stream,
@@ -125,6 +133,10 @@ impl fmt::Display for VgpuError {
             VgpuError::FrameOutsideMemory { gfn } => {
                 write!(f, "page for guest frame {gfn:#x} outside guest memory")
             }
+            VgpuError::DuplicateMismatch { gfn, from } => write!(
+                f,
+                "page {gfn:#x} claims to duplicate {from:#x}, whose content does not match its hash"
+            ),
             VgpuError::UnsupportedRecord { kind } => write!(
                 f,
                 "device-state record kind {kind:#06x} cannot be restored by this version"

@@ -22,6 +22,7 @@ use migstream::{
     RecordKind, RoundRepr, StreamHeaderRepr,
 };
 
+use crate::content::{Class, Content, ContentStats, ContentStorage, DELTA_LIMIT};
 use crate::error::VgpuError;
 use crate::fsm::MigState;
 use crate::instance::{CONFIG_SPACE_SIZE, Vgpu};
@@ -142,6 +143,7 @@ pub struct SourceSession<'s> {
     total_pages: u64,
     total_zero: u64,
     final_after_header: bool,
+    content: Option<Content<'s>>,
 }
 
 impl<'s> SourceSession<'s> {
@@ -197,7 +199,29 @@ impl<'s> SourceSession<'s> {
             total_pages: 0,
             total_zero: 0,
             final_after_header: false,
+            content: None,
         })
+    }
+
+    /// Attach content tracking (see [`crate::content`]): unchanged pages are skipped, duplicates
+    /// and small changes travel as DUP and DELTA pages. Call before the first `poll_output`.
+    pub fn with_content(
+        mut self,
+        vgpu: &Vgpu<'_>,
+        storage: ContentStorage<'s>,
+    ) -> Result<Self, VgpuError> {
+        if self.enc.bytes_written() != 0 {
+            return Err(VgpuError::WrongPhase);
+        }
+        let frames =
+            usize::try_from(vgpu.memory_map().frames()).map_err(|_| VgpuError::StorageSize)?;
+        self.content = Some(Content::new(storage, frames)?);
+        Ok(self)
+    }
+
+    /// What content tracking saved so far (zero when it is not attached).
+    pub fn content_stats(&self) -> ContentStats {
+        self.content.as_ref().map(|c| c.stats).unwrap_or_default()
     }
 
     /// Write as much of the stream as fits into `out`; returns the bytes written. Returns 0 while
@@ -417,10 +441,12 @@ impl<'s> SourceSession<'s> {
 
     /// Collect the next record's page runs from the send set; false when the round is exhausted.
     ///
-    /// A PAGES record is only started when all of it fits in `room` (the rest of the caller's output
-    /// buffer), so its bytes and its CRC come from one read of guest memory even though the guest
-    /// keeps running between calls. When not even one page fits, the record is snapshotted into the
-    /// scratch buffer and streamed from there across calls (one extra copy, small buffers only).
+    /// A PAGES record of FULL and ZERO runs is only started when all of it fits in `room` (the rest
+    /// of the caller's output buffer), so its bytes and its CRC come from one read of guest memory
+    /// even though the guest keeps running between calls. When not even one page fits, the record
+    /// is snapshotted into the scratch buffer and streamed from there across calls (one extra
+    /// copy, small buffers only). Records of DUP and DELTA runs (content tracking) are built in the
+    /// scratch buffer; a record holds one kind or the other.
     fn fill_runs(
         &mut self,
         vgpu: &Vgpu<'_>,
@@ -428,16 +454,20 @@ impl<'s> SourceSession<'s> {
         room: usize,
     ) -> Result<bool, VgpuError> {
         self.runs.clear();
+        let mut run_at: heapless::Vec<usize, MAX_RUNS_PER_RECORD> = heapless::Vec::new();
         let snapshot = room < RECORD_HEADER + PAGE_RUN_HEADER + 4096;
-        let budget = if snapshot {
+        let zero_copy_budget = if snapshot {
             self.scratch.len()
         } else {
             room - RECORD_HEADER
         };
+        let built_budget = self.scratch.len().min(migstream::MAX_PAYLOAD as usize);
         let map = vgpu.memory_map();
+        let mut built: Option<bool> = None; // Some(true): DUP/DELTA record in scratch
         let mut pages = 0u32;
         let mut size = 0usize;
         let mut page = [0u8; 4096];
+        let mut delta = [0u8; DELTA_LIMIT];
         while pages < self.cfg.pages_per_record {
             let Some(bit) = self.send.take_next(self.cursor) else {
                 break;
@@ -447,22 +477,70 @@ impl<'s> SourceSession<'s> {
             };
             mem.read(gfn, 0, &mut page)
                 .map_err(|_| VgpuError::GuestMemory)?;
-            let enc = if is_zero_page(&page) {
-                PageEncoding::ZERO
-            } else {
-                PageEncoding::FULL
+            let zero = is_zero_page(&page);
+            let (class, hash) = match &self.content {
+                Some(c) => c.classify(bit, &page, zero, &mut delta),
+                None if zero => (Class::Zero, 0),
+                None => (Class::Full, 0),
             };
+            if class == Class::Unchanged {
+                if let Some(c) = self.content.as_mut() {
+                    c.count(class);
+                }
+                self.cursor = bit + 1;
+                continue;
+            }
+            let (enc, data): (PageEncoding, usize) = match class {
+                Class::Zero => (PageEncoding::ZERO, 0),
+                Class::Full | Class::Unchanged => (PageEncoding::FULL, 4096),
+                Class::Dup { .. } => (PageEncoding::DUP, migstream::DUP_ENTRY_LEN),
+                Class::Delta { len } => (PageEncoding::DELTA, migstream::DELTA_LEN_FIELD + len),
+            };
+            let is_built = matches!(class, Class::Dup { .. } | Class::Delta { .. });
             let extends = self.runs.last().is_some_and(|r| {
                 r.encoding == enc
                     && r.first_frame.checked_add(u64::from(r.count)) == Some(gfn.get())
             });
-            let cost = if enc == PageEncoding::FULL { 4096 } else { 0 }
-                + if extends { 0 } else { PAGE_RUN_HEADER };
-            if size + cost > budget || (!extends && self.runs.is_full()) {
-                // This record is full: the page goes into the next one.
+            let cost = data + if extends { 0 } else { PAGE_RUN_HEADER };
+            let budget = if is_built {
+                built_budget
+            } else {
+                zero_copy_budget
+            };
+            if built.is_some_and(|b| b != is_built)
+                || size + cost > budget
+                || (!extends && self.runs.is_full())
+            {
+                // This record is full (or of the other kind): the page goes into the next one.
                 let _ = self.send.set(bit);
                 self.cursor = bit;
                 break;
+            }
+            built = Some(is_built);
+            if is_built {
+                let mut at = size;
+                if !extends {
+                    let _ = run_at.push(at);
+                    at += PAGE_RUN_HEADER;
+                }
+                let dst = self
+                    .scratch
+                    .get_mut(at..at + data)
+                    .ok_or(VgpuError::StorageSize)?;
+                match class {
+                    Class::Dup { from } => {
+                        let from = map.frame_at(from).ok_or(VgpuError::StorageSize)?;
+                        let (a, b) = dst.split_at_mut(8);
+                        a.copy_from_slice(&from.get().to_le_bytes());
+                        b.copy_from_slice(&hash.to_le_bytes());
+                    }
+                    Class::Delta { len } => {
+                        let (a, b) = dst.split_at_mut(migstream::DELTA_LEN_FIELD);
+                        a.copy_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_le_bytes());
+                        b.copy_from_slice(delta.get(..len).ok_or(VgpuError::StorageSize)?);
+                    }
+                    _ => {}
+                }
             }
             if extends {
                 if let Some(r) = self.runs.last_mut() {
@@ -474,6 +552,10 @@ impl<'s> SourceSession<'s> {
                     count: 1,
                     encoding: enc,
                 });
+            }
+            if let Some(c) = self.content.as_mut() {
+                c.commit(bit, hash, &page, zero);
+                c.count(class);
             }
             size += cost;
             self.cursor = bit + 1;
@@ -488,7 +570,21 @@ impl<'s> SourceSession<'s> {
         if self.runs.is_empty() {
             return Ok(false);
         }
-        if snapshot {
+        if built == Some(true) {
+            // Fill in the run headers now that their counts are final.
+            for (r, at) in self.runs.iter().zip(run_at.iter()) {
+                let mut h = [0u8; PAGE_RUN_HEADER];
+                r.emit(&mut h);
+                self.scratch
+                    .get_mut(*at..*at + PAGE_RUN_HEADER)
+                    .ok_or(VgpuError::StorageSize)?
+                    .copy_from_slice(&h);
+            }
+            self.current = Current::Scratch {
+                kind: RecordKind::PAGES,
+                len: size,
+            };
+        } else if snapshot {
             let payload =
                 PagesPayload::new(&self.runs, |frame: u64, offset: usize, buf: &mut [u8]| {
                     if mem.read(Gfn::new(frame), offset, buf).is_err() {

@@ -228,7 +228,7 @@ fn dropped_connection_then_retry_succeeds() {
     let mut b = sc.machine(&mut st_b, true).unwrap();
     a.boot().unwrap();
     // Inside the header, inside round 0, in a later round (round 0 alone is over 100 KB here).
-    for cut in [1, 80, 97, 5_000, 60_000, 120_000] {
+    for cut in [1, 80, 97, 5_000, 40_000, 80_000] {
         let plan = Plan {
             cut_at: Some(cut),
             start_step: 5,

@@ -14,7 +14,7 @@
 //! | MI_FLUSH_DW | `0x1300_0000 \| post-sync<<14 \| (n-2)` | 4 or 5 | post-sync op 1: write the immediate dword (n = 4) or qword (n = 5) at address bits 47:3 |
 //! | MI_BATCH_BUFFER_START | `0x1880_0000 \| ppgtt<<8 \| 1` | 3 | jump to a batch at bits 47:2 (GGTT when bit 8 is 0) |
 //! | PIPE_CONTROL | `0x7A00_0004` | 6 | post-sync op (dword 1 bits 15:14) 1 = write the qword in dwords 4-5 to the GGTT address in dwords 2-3 (bits 47:3) |
-//! | SIM_FILL (synthetic) | `0x1BC0_0000 \| 2` | 4 | fill `count` pages from a GGTT address with a deterministic pattern seeded by dword 3 |
+//! | SIM_FILL (synthetic) | `0x1BC0_0000 \| 2` | 4 | fill `count` pages from a GGTT address with a deterministic pattern of (dword 3, page index in the command) |
 //!
 //! SIM_FILL stands in for the 3D and media pipelines (render-target rewrite, frame decode) that a
 //! software device cannot execute faithfully: MI opcode 0x37 is unused on Gen9, so a stream that
@@ -83,9 +83,13 @@ pub const fn sim_fill(gm_addr: u64, pages: u16, seed: u32) -> [u32; 4] {
     ]
 }
 
-/// The deterministic SIM_FILL pattern: dword `i` of the page at graphics address `page_addr`.
-pub const fn fill_pattern(seed: u32, page_addr: u64, i: u32) -> u32 {
-    let mut x = (seed as u64) << 32 ^ page_addr ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// The deterministic SIM_FILL pattern: dword `i` of page `page` (counted from the command's first
+/// page). It does not depend on where the pages are, so the same fill at two places makes
+/// identical pages (a decoded frame and its display copy).
+pub const fn fill_pattern(seed: u32, page: u64, i: u32) -> u32 {
+    let mut x = (seed as u64) << 32
+        ^ page.wrapping_mul(0xD6E8_FEB8_6659_FD93)
+        ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x ^= x >> 33;
     x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
     x ^= x >> 33;

@@ -66,6 +66,11 @@ pub struct Profile {
     pub remap_every: u64,
     /// Guest CPU writes through the aperture per frame.
     pub cpu_writes: u32,
+    /// Rendered content changes only every this many frames (redraws of an unchanged screen
+    /// rewrite pages with the same bytes); 1 = new content every frame.
+    pub repeat_every: u64,
+    /// Each fill is also written to a second surface (a decoded frame and its display copy).
+    pub mirror: bool,
 }
 
 impl Profile {
@@ -78,6 +83,8 @@ impl Profile {
         hot_pages: 4,
         remap_every: 0,
         cpu_writes: 1,
+        repeat_every: 16,
+        mirror: false,
     };
     /// 2D: window contents redrawn by blits.
     pub const TWO_D: Profile = Profile {
@@ -88,6 +95,8 @@ impl Profile {
         hot_pages: 32,
         remap_every: 16,
         cpu_writes: 2,
+        repeat_every: 4,
+        mirror: false,
     };
     /// Media: frames decoded into a pool of surfaces.
     pub const MEDIA: Profile = Profile {
@@ -98,6 +107,8 @@ impl Profile {
         hot_pages: 16,
         remap_every: 32,
         cpu_writes: 4,
+        repeat_every: 1,
+        mirror: true,
     };
     /// 3D: per-frame render-target rewrite, a hot set, a growing tail of new allocations.
     pub const THREE_D: Profile = Profile {
@@ -108,6 +119,8 @@ impl Profile {
         hot_pages: 256,
         remap_every: 4,
         cpu_writes: 4,
+        repeat_every: 1,
+        mirror: false,
     };
 
     /// The profile with all page counts divided by `div` (at least 1): for small test vGPUs.
@@ -460,7 +473,12 @@ impl GuestDriver {
         let push = |b: &mut heapless::Vec<u32, 4096>, dws: &[u32]| {
             b.extend_from_slice(dws).map_err(|_| VgpuError::StorageSize)
         };
-        let seed = u32::try_from(self.rng.next_u64() & 0xFFFF_FFFF).unwrap_or(0);
+        let mut seed = u32::try_from(self.rng.next_u64() & 0xFFFF_FFFF).unwrap_or(0);
+        if self.profile.repeat_every > 1 {
+            // The same content until the screen really changes.
+            let epoch = self.frame / self.profile.repeat_every;
+            seed = u32::try_from(epoch.wrapping_mul(0x9E37_79B9) & 0xFFFF_FFFF).unwrap_or(0);
+        }
         // Render-target rewrite, in runs of contiguous pages.
         let mut left = self.profile.fill_pages;
         while left > 0 {
@@ -470,6 +488,13 @@ impl GuestDriver {
                 &mut batch,
                 &cmd::sim_fill(self.hidden + start * 4096, n as u16, seed),
             )?;
+            let mirror = (start + self.profile.rt_pages / 2) % self.profile.rt_pages;
+            if self.profile.mirror && mirror + n <= self.profile.rt_pages {
+                push(
+                    &mut batch,
+                    &cmd::sim_fill(self.hidden + mirror * 4096, n as u16, seed),
+                )?;
+            }
             self.rt_cursor = (start + n) % self.profile.rt_pages;
             left -= n;
         }

@@ -396,7 +396,7 @@ impl RefGpu {
                     let pa = base + p * 4096;
                     for (i, chunk) in page.chunks_exact_mut(4).enumerate() {
                         chunk.copy_from_slice(
-                            &cmd::fill_pattern(o3, pa, u32::try_from(i).unwrap_or(0)).to_le_bytes(),
+                            &cmd::fill_pattern(o3, p, u32::try_from(i).unwrap_or(0)).to_le_bytes(),
                         );
                     }
                     if !self.store(vgpu, mem, pa, &page) {

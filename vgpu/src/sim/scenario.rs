@@ -247,6 +247,9 @@ pub struct Plan {
     /// Hold the guest still during pre-copy, so the state saved is exactly the state at the start
     /// (for tests that migrate at a precise instant, such as between two ELSP dword writes).
     pub freeze_guest: bool,
+    /// Content tracking on the source (unchanged pages skipped, DUP and DELTA pages), with a delta
+    /// cache of this many pages (0: off).
+    pub content_cache_pages: usize,
 }
 
 impl Default for Plan {
@@ -262,6 +265,7 @@ impl Default for Plan {
             source,
             cut_at: None,
             freeze_guest: false,
+            content_cache_pages: 1024,
         }
     }
 }
@@ -299,6 +303,8 @@ pub struct MigrationReport {
     pub total_us: u64,
     /// Frames the guest had submitted when the source stopped.
     pub stopped_at_frame: u64,
+    /// What content tracking saved (all zero when it was off).
+    pub content: crate::content::ContentStats,
     /// The stream.
     pub wire: Vec<u8>,
 }
@@ -327,6 +333,19 @@ pub fn migrate(
         &mut send,
         &mut scratch,
     )?;
+    let mut hashes = vec![0u64; frames];
+    let mut dup_slots = vec![0u64; frames];
+    let mut delta_pages = vec![0u8; plan.content_cache_pages * 4096];
+    let mut delta_tags = vec![0u64; plan.content_cache_pages];
+    if plan.content_cache_pages > 0 {
+        let storage = crate::content::ContentStorage {
+            hashes: &mut hashes,
+            dup_slots: &mut dup_slots,
+            delta_pages: &mut delta_pages,
+            delta_tags: &mut delta_tags,
+        };
+        s = s.with_content(&src.vgpu, storage)?;
+    }
     let mut d = DestSession::open(&mut dst.vgpu, &mut staging, migstream::Limits::DEFAULT)?;
     let mut out = vec![0u8; plan.chunk.max(1)];
     let mut report = MigrationReport {
@@ -337,6 +356,7 @@ pub fn migrate(
         downtime_us: 0,
         total_us: 0,
         stopped_at_frame: 0,
+        content: crate::content::ContentStats::default(),
         wire: Vec::new(),
     };
     let start_ns = src.clock_ns;
@@ -431,6 +451,7 @@ pub fn migrate(
     if !d.is_finished() {
         return Err(VgpuError::Truncated);
     }
+    report.content = s.content_stats();
     d.commit(&mut dst.vgpu, &dst.mem, &mut dst.host)?;
     s.complete(&mut src.vgpu)?;
     dst.vgpu.start()?;
