@@ -70,6 +70,36 @@ pub enum SaveClass {
     FromHardware,
 }
 
+/// The typed side effect a register's guest writes raise through
+/// [`RegHooks::on_event`](crate::RegHooks::on_event) (see [`RegEvent`](crate::RegEvent)).
+///
+/// It is a property of the platform table, so a new platform chooses its own hook
+/// registers without changes to the register file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum EventKind {
+    /// An execlist submit port: each written dword is one submission dword.
+    Elsp,
+    /// An interrupt mask, enable, identity or master register: pending interrupts must be
+    /// recomputed.
+    Interrupt,
+    /// The PVINFO guest-to-host notification port.
+    G2vNotify,
+    /// One dword of fence register `index` (`hi`: the upper dword).
+    Fence {
+        /// Fence number.
+        index: u8,
+        /// True for the upper dword of the 64-bit fence register.
+        hi: bool,
+    },
+    /// The configuration register of display pipe `pipe` (enable is bit 31).
+    PipeConf {
+        /// Pipe number (0 = A).
+        pipe: u8,
+    },
+}
+
 /// Descriptor of one tracked 32-bit register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -89,6 +119,8 @@ pub struct RegDesc {
     /// On restore, the write side effects must be re-run (see
     /// [`RegFile::apply_sparse`](crate::RegFile::apply_sparse)).
     pub replay: bool,
+    /// The typed hook event guest writes (and replay) raise, if any.
+    pub event: Option<EventKind>,
     /// Register name (for diagnostics).
     pub name: &'static str,
 }
@@ -105,6 +137,7 @@ impl RegDesc {
             gm_mask: 0,
             save: SaveClass::Migrate,
             replay: false,
+            event: None,
             name,
         }
     }
@@ -149,6 +182,13 @@ impl RegDesc {
     #[must_use]
     pub const fn with_replay(mut self) -> Self {
         self.replay = true;
+        self
+    }
+
+    /// Sets the typed hook event of the register.
+    #[must_use]
+    pub const fn with_event(mut self, event: EventKind) -> Self {
+        self.event = Some(event);
         self
     }
 

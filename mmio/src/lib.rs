@@ -57,10 +57,12 @@ mod platform;
 mod pvinfo;
 mod regfile;
 mod sparse;
+mod store;
 
-pub use desc::{RegDesc, RegFlags, SaveClass};
+pub use desc::{EventKind, RegDesc, RegFlags, SaveClass};
 pub use error::{Fault, MmioError};
 pub use platform::{MMIO_DWORDS, MMIO_SIZE, Platform, SKL, SKL_REGS};
 pub use pvinfo::{PVINFO_BASE, PVINFO_MAGIC, PVINFO_SIZE, PvInfo, in_pvinfo, off as pvinfo_off};
-pub use regfile::{AccessSize, NoHooks, RegFile, RegHooks};
+pub use regfile::{AccessSize, NoHooks, RegEvent, RegFile, RegHooks};
 pub use sparse::validate_sparse;
+pub use store::VregStore;

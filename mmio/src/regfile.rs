@@ -1,6 +1,6 @@
 //! The vreg store and its trap-and-emulate access paths.
 
-use crate::desc::{RegDesc, RegFlags};
+use crate::desc::{EventKind, RegDesc, RegFlags};
 use crate::error::MmioError;
 use crate::platform::Platform;
 use crate::pvinfo::{PvInfo, in_pvinfo};
@@ -43,7 +43,58 @@ impl AccessSize {
     }
 }
 
+/// A typed side effect of a guest register write (or of a restore replay), passed to
+/// [`RegHooks::on_event`]. Which registers raise which event is decided by the platform
+/// table ([`RegDesc::event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum RegEvent {
+    /// A dword was written to the execlist submit port at byte offset `port` (it is not
+    /// stored; the device model assembles submissions from these).
+    ElspWrite {
+        /// Offset of the ELSP register written.
+        port: u32,
+        /// The written dword.
+        dword: u32,
+    },
+    /// An interrupt mask, enable, identity or master register at `offset` was written (or
+    /// replayed): pending interrupts must be recomputed and possibly injected.
+    InterruptRecompute {
+        /// Offset of the interrupt register.
+        offset: u32,
+    },
+    /// The guest wrote `value` to the PVINFO `g2v_notify` port.
+    G2vNotify {
+        /// Notification code (2..=7 are PPGTT / execlist-context create and destroy).
+        value: u32,
+    },
+    /// Fence register `index` was written (or replayed); `value` is the 64-bit fence as now
+    /// stored (upper dword << 32 | lower dword).
+    FenceProgrammed {
+        /// Fence number.
+        index: u8,
+        /// The fence register value.
+        value: u64,
+    },
+    /// The enable bit (31) of pipe `pipe`'s PIPECONF changed; on restore replay it is
+    /// raised for every pipe with its current state.
+    PipeEnable {
+        /// Pipe number (0 = A).
+        pipe: u8,
+        /// New state of the enable bit.
+        enabled: bool,
+    },
+}
+
+/// Enable bit of a PIPECONF register.
+const PIPECONF_ENABLE: u32 = 1 << 31;
+
 /// Side effects of guest register writes, implemented by the device model (vGPU).
+///
+/// Two levels: [`after_write`](Self::after_write) sees every accepted dword write, and
+/// [`on_event`](Self::on_event) receives the typed [`RegEvent`] of the registers the
+/// platform table marks with an [`EventKind`]. Both default to doing nothing.
 pub trait RegHooks {
     /// Called once per dword of every accepted guest write, in ascending offset order,
     /// after the vreg has been updated. `old` and `new` are the stored values before and
@@ -53,6 +104,13 @@ pub trait RegHooks {
     /// register by [`RegFile::apply_sparse`].
     fn after_write(&mut self, offset: u32, old: u32, new: u32) {
         let _ = (offset, old, new);
+    }
+
+    /// Called right after [`after_write`](Self::after_write) for a register with an
+    /// [`EventKind`] (see [`RegEvent`] for when each event is raised), and for every
+    /// replay register with an event during [`RegFile::apply_sparse`].
+    fn on_event(&mut self, event: RegEvent) {
+        let _ = event;
     }
 }
 
@@ -97,6 +155,39 @@ impl<'a> RegFile<'a> {
         };
         rf.reset();
         Ok(rf)
+    }
+
+    /// Wraps `storage` as it is, in a `const` context: nothing is reset or written, the
+    /// [`PvInfo`] is all zero and the guest is not aware.
+    ///
+    /// Use it to build a register file at compile time or to re-attach storage that
+    /// already holds a register file's state (the vregs are the whole register state,
+    /// except [`pvinfo`](Self::pvinfo) and [`guest_aware`](Self::guest_aware), which the
+    /// caller restores with [`set_guest_aware`](Self::set_guest_aware)). Fresh zeroed
+    /// storage must be reset with [`reset_with`](Self::reset_with) before the guest runs;
+    /// [`new`](Self::new) does both steps. `Err(StorageSize)` unless `storage` has exactly
+    /// `platform.mmio_size / 4` dwords.
+    pub const fn new_const(
+        platform: &'static Platform,
+        storage: &'a mut [u32],
+    ) -> Result<Self, MmioError> {
+        if storage.len() != platform.storage_dwords() {
+            return Err(MmioError::StorageSize);
+        }
+        Ok(Self {
+            platform,
+            storage,
+            pvinfo: PvInfo {
+                vgt_id: 0,
+                caps: 0,
+                aperture_base: 0,
+                aperture_size: 0,
+                hidden_base: 0,
+                hidden_size: 0,
+                fence_num: 0,
+            },
+            guest_aware: false,
+        })
     }
 
     /// The platform of this register file.
@@ -278,6 +369,9 @@ impl<'a> RegFile<'a> {
         if let Some(r) = desc.filter(|r| r.flags.contains(RegFlags::WRITE_ONLY)) {
             let new = r.apply_write(0, data & mask);
             hooks.after_write(dword, 0, new);
+            if let Some(ev) = self.event(r, 0, new, false) {
+                hooks.on_event(ev);
+            }
             return;
         }
         let old = self.peek(dword);
@@ -289,6 +383,41 @@ impl<'a> RegFile<'a> {
         };
         self.store(dword, new);
         hooks.after_write(dword, old, new);
+        if let Some(ev) = desc.and_then(|r| self.event(r, old, new, false)) {
+            hooks.on_event(ev);
+        }
+    }
+
+    /// The typed event of a write of `r` from `old` to `new` (`replay`: raised by a restore,
+    /// where state-change filters do not apply).
+    pub(crate) fn event(&self, r: &RegDesc, old: u32, new: u32, replay: bool) -> Option<RegEvent> {
+        Some(match r.event? {
+            EventKind::Elsp => RegEvent::ElspWrite {
+                port: r.offset,
+                dword: new,
+            },
+            EventKind::Interrupt => RegEvent::InterruptRecompute { offset: r.offset },
+            EventKind::G2vNotify => RegEvent::G2vNotify { value: new },
+            EventKind::Fence { index, hi } => {
+                let lo = if hi {
+                    r.offset.checked_sub(4)?
+                } else {
+                    r.offset
+                };
+                let value =
+                    (u64::from(self.peek(lo.checked_add(4)?)) << 32) | u64::from(self.peek(lo));
+                RegEvent::FenceProgrammed { index, value }
+            }
+            EventKind::PipeConf { pipe } => {
+                if !replay && (old ^ new) & PIPECONF_ENABLE == 0 {
+                    return None;
+                }
+                RegEvent::PipeEnable {
+                    pipe,
+                    enabled: new & PIPECONF_ENABLE != 0,
+                }
+            }
+        })
     }
 }
 
@@ -321,6 +450,147 @@ pub(crate) mod tests {
     }
 
     use AccessSize::{Byte, Dword, Qword, Word};
+
+    /// Records both hook levels.
+    #[derive(Default)]
+    pub(crate) struct Both {
+        pub(crate) writes: Vec<(u32, u32, u32)>,
+        pub(crate) events: Vec<RegEvent>,
+    }
+    impl RegHooks for Both {
+        fn after_write(&mut self, offset: u32, old: u32, new: u32) {
+            self.writes.push((offset, old, new));
+        }
+        fn on_event(&mut self, event: RegEvent) {
+            self.events.push(event);
+        }
+    }
+
+    #[test]
+    fn typed_events_on_guest_writes() {
+        let mut s = storage();
+        let mut rf = RegFile::new(&SKL, &mut s).unwrap();
+        let mut h = Both::default();
+        rf.write(0x22230, Dword, 0xAB, &mut h).unwrap(); // BCS ELSP
+        rf.write(off::G2V_NOTIFY, Dword, 4, &mut h).unwrap();
+        rf.write(0x44304, Dword, 0xFFFF_FEFF, &mut h).unwrap(); // GT0 IMR
+        rf.write(0x44308, Dword, 1, &mut h).unwrap(); // GT0 IIR (W1C)
+        rf.write(0x44300, Dword, 1, &mut h).unwrap(); // GT0 ISR: read-only, no event
+        rf.write(0x70180, Dword, 1 << 31, &mut h).unwrap(); // PLANE_CTL_A: no event
+        assert_eq!(
+            h.events,
+            [
+                RegEvent::ElspWrite {
+                    port: 0x22230,
+                    dword: 0xAB
+                },
+                RegEvent::G2vNotify { value: 4 },
+                RegEvent::InterruptRecompute { offset: 0x44304 },
+                RegEvent::InterruptRecompute { offset: 0x44308 },
+            ]
+        );
+        assert_eq!(h.writes.len(), 6);
+    }
+
+    #[test]
+    fn fence_event_carries_both_dwords() {
+        let mut s = storage();
+        let mut rf = RegFile::new(&SKL, &mut s).unwrap();
+        let mut h = Both::default();
+        rf.write(0x10_0008, Qword, 0x0123_4000_0567_8001, &mut h)
+            .unwrap();
+        assert_eq!(
+            h.events,
+            [
+                RegEvent::FenceProgrammed {
+                    index: 1,
+                    value: 0x0000_0000_0567_8001
+                },
+                RegEvent::FenceProgrammed {
+                    index: 1,
+                    value: 0x0123_4000_0567_8001
+                },
+            ]
+        );
+        let mut h = Both::default();
+        rf.write(0x10_00FC, Dword, 7, &mut h).unwrap();
+        assert_eq!(
+            h.events,
+            [RegEvent::FenceProgrammed {
+                index: 31,
+                value: 7 << 32
+            }]
+        );
+    }
+
+    #[test]
+    fn pipe_enable_event_only_on_change() {
+        let mut s = storage();
+        let mut rf = RegFile::new(&SKL, &mut s).unwrap();
+        let mut h = Both::default();
+        rf.write(0x71008, Dword, 1 << 31, &mut h).unwrap();
+        rf.write(0x71008, Dword, (1 << 31) | 0x40, &mut h).unwrap();
+        rf.write(0x72008, Dword, 0x40, &mut h).unwrap();
+        rf.write(0x71008, Dword, 0, &mut h).unwrap();
+        assert_eq!(
+            h.events,
+            [
+                RegEvent::PipeEnable {
+                    pipe: 1,
+                    enabled: true
+                },
+                RegEvent::PipeEnable {
+                    pipe: 1,
+                    enabled: false
+                },
+            ]
+        );
+        assert_eq!(rf.peek(0x72008), 0x40);
+        assert_eq!(h.writes.len(), 4);
+    }
+
+    #[test]
+    fn new_const_wraps_without_reset() {
+        let mut s = vec![0u32; 8];
+        assert_eq!(
+            RegFile::new_const(&SKL, &mut s).unwrap_err(),
+            MmioError::StorageSize
+        );
+        let mut s = storage();
+        s[0x2030 / 4] = 0x55;
+        {
+            let rf = RegFile::new_const(&SKL, &mut s).unwrap();
+            assert_eq!(rf.peek(0x2030), 0x55);
+            assert_eq!(rf.peek(0x23A0), 0); // reset value 7 not loaded yet
+            assert_eq!(*rf.pvinfo(), PvInfo::default());
+            assert!(!rf.guest_aware());
+        }
+        let mut rf = RegFile::new_const(&SKL, &mut s).unwrap();
+        rf.reset_with(&PvInfo {
+            fence_num: 4,
+            ..PvInfo::default()
+        });
+        assert_eq!(rf.peek(0x2030), 0);
+        assert_eq!(rf.peek(0x23A0), 7);
+        assert_eq!(rf.peek(off::FENCE_NUM), 4);
+    }
+
+    #[test]
+    fn vreg_store_in_a_static() {
+        use std::sync::Mutex;
+        static STORE: Mutex<crate::VregStore> = Mutex::new(crate::VregStore::new());
+        let mut g = STORE.lock().unwrap();
+        assert_eq!(g.as_slice().len(), MMIO_DWORDS);
+        assert!(g.as_slice().iter().all(|&d| d == 0));
+        {
+            let mut rf = RegFile::new(&SKL, g.as_mut_slice()).unwrap();
+            rf.write(0x7019C, Dword, 0x0010_0000, &mut NoHooks).unwrap();
+        }
+        assert_eq!(g.as_slice()[0x7019C / 4], 0x0010_0000);
+        assert_eq!(g.as_slice()[0x23A0 / 4], 7);
+        let small = crate::VregStore::<4>::default();
+        assert_eq!(std::format!("{small:?}"), "VregStore<4>");
+    }
 
     #[test]
     fn storage_size_checked() {

@@ -156,7 +156,10 @@ impl RegFile<'_> {
     /// 1. every `Migrate` register is set to its reset value, then to its payload value;
     /// 2. for every `replay` register, in table (offset) order,
     ///    `hooks.after_write(offset, value, value)` re-runs the write side effects
-    ///    (ring mode, status page address, pipe enable, PAT, interrupt masks);
+    ///    (ring mode, status page address, pipe enable, PAT, interrupt masks and enables,
+    ///    fences), followed by `hooks.on_event` when the register has an event
+    ///    ([`RegEvent::PipeEnable`](crate::RegEvent::PipeEnable) is raised for every pipe,
+    ///    enabled or not);
     /// 3. step 1 is repeated, because side-effect handlers may modify registers: the
     ///    restored values win;
     /// 4. the guest is marked GVT-aware (a restored guest does not re-read PVINFO).
@@ -173,6 +176,9 @@ impl RegFile<'_> {
         for r in platform.regs.iter().filter(|r| r.replay) {
             let v = self.peek(r.offset);
             hooks.after_write(r.offset, v, v);
+            if let Some(ev) = self.event(r, v, v, true) {
+                hooks.on_event(ev);
+            }
         }
         self.copy_migrated(payload)?;
         self.set_guest_aware(true);
@@ -201,8 +207,8 @@ mod tests {
     use super::*;
     use crate::AccessSize::Dword;
     use crate::platform::SKL;
-    use crate::regfile::NoHooks;
     use crate::regfile::tests::{Rec, storage};
+    use crate::regfile::{NoHooks, RegEvent};
     use std::vec;
     use std::vec::Vec;
 
@@ -376,11 +382,71 @@ mod tests {
         assert!(pos(0x44200) < pos(0x70008));
     }
 
+    #[test]
+    fn replay_raises_typed_events_with_restored_values() {
+        let mut s = storage();
+        let mut rf = RegFile::new(&SKL, &mut s).unwrap();
+        let p = payload(&[
+            (0x44304, &[0xFFFF_FEFF]),
+            (0x70008, &[1 << 31]),
+            (0x10_0000, &[0x0040_0001, 0x0080_0000]),
+        ]);
+        let mut h = crate::regfile::tests::Both::default();
+        rf.apply_sparse(&p, &mut h).unwrap();
+        let replayed = SKL.regs.iter().filter(|r| r.replay).count();
+        assert_eq!(h.writes.len(), replayed);
+        // 23 interrupt registers, 3 pipes, 64 fence dwords.
+        assert_eq!(h.events.len(), 23 + 3 + 64);
+        assert_eq!(
+            h.events[..3],
+            [
+                RegEvent::InterruptRecompute { offset: 0x44200 },
+                RegEvent::InterruptRecompute { offset: 0x44304 },
+                RegEvent::InterruptRecompute { offset: 0x4430C },
+            ]
+        );
+        let pipes: Vec<RegEvent> = h
+            .events
+            .iter()
+            .copied()
+            .filter(|e| matches!(e, RegEvent::PipeEnable { .. }))
+            .collect();
+        assert_eq!(
+            pipes,
+            [
+                RegEvent::PipeEnable {
+                    pipe: 0,
+                    enabled: true
+                },
+                RegEvent::PipeEnable {
+                    pipe: 1,
+                    enabled: false
+                },
+                RegEvent::PipeEnable {
+                    pipe: 2,
+                    enabled: false
+                },
+            ]
+        );
+        let fence0 = RegEvent::FenceProgrammed {
+            index: 0,
+            value: 0x0080_0000_0040_0001,
+        };
+        assert_eq!(h.events[h.events.len() - 64..][..2], [fence0, fence0]);
+        assert_eq!(
+            h.events.last(),
+            Some(&RegEvent::FenceProgrammed {
+                index: 31,
+                value: 0
+            })
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn round_trip_reproduces_every_migratable_register(
-            writes in proptest::collection::vec((0usize..400, proptest::prelude::any::<u32>()), 0..64),
-            junk in proptest::collection::vec((0usize..400, proptest::prelude::any::<u32>()), 0..16),
+            writes in proptest::collection::vec((0usize..2048, proptest::prelude::any::<u32>()), 0..64),
+            junk in proptest::collection::vec((0usize..2048, proptest::prelude::any::<u32>()), 0..16),
         ) {
             let regs = SKL.regs;
             let mut s1 = storage();

@@ -128,6 +128,7 @@ pub(crate) fn all(h: &mut Harness) -> crate::Result {
     {
         checksum(h, src, dst)?;
     }
+    crate::bench_mmio::mmio_sparse(h)?;
     Ok(())
 }
 

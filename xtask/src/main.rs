@@ -22,6 +22,7 @@
 )]
 
 mod bench;
+mod bench_mmio;
 mod benches;
 mod ci;
 mod fuzz;
