@@ -68,6 +68,28 @@ pub enum EngineError {
     RingOffset,
     /// Advancing the head would pass the tail.
     RingOverrun,
+    /// A logical ring context image does not have the expected LRI header or register
+    /// address at this dword of its register-state page.
+    BadContextImage {
+        /// Dword index in the page.
+        dword: u16,
+    },
+    /// Scheduler weight outside 1..=16.
+    BadWeight {
+        /// The weight given.
+        weight: u8,
+    },
+    /// No vGPU with this scheduler slot is registered.
+    UnknownVgpu {
+        /// The slot given.
+        slot: usize,
+    },
+    /// The execlist state byte of the payload is inconsistent with itself or with the
+    /// engine's queue.
+    BadExeclistState {
+        /// The byte found.
+        value: u8,
+    },
 }
 
 impl EngineError {
@@ -75,9 +97,15 @@ impl EngineError {
     #[must_use]
     pub const fn fault(&self) -> Fault {
         match self {
-            Self::NotPresent { .. } | Self::Capacity => Fault::Local,
+            Self::NotPresent { .. }
+            | Self::Capacity
+            | Self::BadWeight { .. }
+            | Self::UnknownVgpu { .. } => Fault::Local,
             Self::NotQuiesced { .. } => Fault::DeviceState,
-            Self::InvalidDescriptor | Self::RingOffset | Self::RingOverrun => Fault::Guest,
+            Self::InvalidDescriptor
+            | Self::RingOffset
+            | Self::RingOverrun
+            | Self::BadContextImage { .. } => Fault::Guest,
             Self::Malformed { .. }
             | Self::UnsupportedVersion { .. }
             | Self::UnknownEngine { .. }
@@ -85,7 +113,8 @@ impl EngineError {
             | Self::BadElspIndex { .. }
             | Self::BadCsbPointer { .. }
             | Self::QueueTooLong { .. }
-            | Self::TrailingBytes { .. } => Fault::Stream,
+            | Self::TrailingBytes { .. }
+            | Self::BadExeclistState { .. } => Fault::Stream,
         }
     }
 }
@@ -111,6 +140,14 @@ impl fmt::Display for EngineError {
             Self::InvalidDescriptor => f.write_str("invalid context descriptor"),
             Self::RingOffset => f.write_str("ring offset outside the ring buffer"),
             Self::RingOverrun => f.write_str("ring head would pass the tail"),
+            Self::BadContextImage { dword } => {
+                write!(f, "unexpected ring context image at dword {dword:#x}")
+            }
+            Self::BadWeight { weight } => write!(f, "scheduler weight {weight} not in 1..=16"),
+            Self::UnknownVgpu { slot } => write!(f, "no vGPU in scheduler slot {slot}"),
+            Self::BadExeclistState { value } => {
+                write!(f, "inconsistent execlist state {value:#04x}")
+            }
         }
     }
 }

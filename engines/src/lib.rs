@@ -7,6 +7,12 @@
 //! ([`WorkloadQueue`]), and **quiesce** ([`Engines::quiesce`]): dispatch stops, in-flight
 //! work is reported so the caller can let it finish, queued work stays queued.
 //!
+//! Also: the virtual execlist slots and the emulated execlist status register
+//! ([`ExeclistState`], [`Engine::execlist_status`]); logical ring context images
+//! ([`LrcState::parse`] / [`LrcState::emit`]); the CSB mirror in the guest's hardware
+//! status page ([`hwsp_csb_event`], [`Csb::hwsp_image`]); and a weighted time-sliced
+//! scheduler across vGPUs ([`Scheduler`]), driven by time passed in.
+//!
 //! # Guarantees
 //!
 //! - `no_std`, no allocation, no `unsafe`, no clocks or randomness.
@@ -23,7 +29,10 @@
 //! per present engine, ascending id (72 bytes):
 //!   id u8 (0 RCS, 1 BCS, 2 VCS, 3 VCS2, 4 VECS) | elsp_index u8 (0..4)
 //!   csb_write_ptr u8 (0..6 or 7) | csb_read_ptr u8 (0..6 or 7)
-//!   elsp_dwords [u32; 4] | csb_entries [u64; 6] | queue_len u8 (<= 16) | reserved [u8; 3] = 0
+//!   elsp_dwords [u32; 4] | csb_entries [u64; 6] | queue_len u8 (<= 16)
+//!   execlist u8 (bit 0 active, bit 1 current slot, bit 2 write slot, bit 3 element;
+//!                bits 7:4 = 0; idle => element 0; active => write != current)
+//!   reserved [u8; 2] = 0
 //!   then queue_len workload records, oldest first (20 bytes each):
 //!     engine u8 (= id) | flags u8 (bit 0 schedule_in) | reserved [u8; 2] = 0
 //!     ring_head u32 | ring_tail u32 | context_descriptor u64
@@ -32,8 +41,10 @@
 //! There is no running-workload field: saving requires quiesced engines with nothing in
 //! flight. The engine set must equal the target's present engines; nothing may follow
 //! the last record. Ring registers live in the MMIO register file (`mmio` crate) and
-//! migrate with it; the CSB entries/pointer here are authoritative and are mirrored into
-//! the vregs with [`Csb::mirror`].
+//! migrate with it; the CSB entries/pointer and execlist slots here are authoritative and
+//! are mirrored into the vregs with [`Engines::mirror`]. The `execlist` byte was a
+//! reserved zero byte in earlier writers; zero is the reset execlist state, so their
+//! payloads read unchanged.
 //!
 //! # Example
 //!
@@ -68,15 +79,23 @@ extern crate std;
 mod desc;
 mod elsp;
 mod error;
+mod hwsp;
 mod id;
+mod lrc;
 mod ring;
+mod sched;
 mod state;
 mod workload;
 
 pub use desc::{AddressingMode, ContextDescriptor, CsbEntry, check_submission};
 pub use elsp::{CSB_ENTRIES, CSB_PTR_RESET, Csb, ElspPort};
 pub use error::{EngineError, Fault};
+pub use hwsp::{HWSP_CSB_DWORD, HwspLayout, HwspWrite, hwsp_csb_event};
 pub use id::{EngineId, EngineMask, reg};
+pub use lrc::{LRC_PAGE_SIZE, LRC_STATE_DWORDS, LrcState};
 pub use ring::{HEAD_OFFSET_MASK, HEAD_WRAP_SHIFT, RING_GUARD, RingRegs, TAIL_OFFSET_MASK};
-pub use state::{Engine, Engines, MAX_SAVE_LEN, PAYLOAD_VERSION, QuiesceStatus};
+pub use sched::{
+    BALANCE_PERIOD_NS, BALANCE_STAGES, DEFAULT_SLICE_NS, MAX_WEIGHT, PRIORITY_NS, Pick, Scheduler,
+};
+pub use state::{Engine, Engines, ExeclistState, MAX_SAVE_LEN, PAYLOAD_VERSION, QuiesceStatus};
 pub use workload::{QUEUE_CAPACITY, Workload, WorkloadQueue};

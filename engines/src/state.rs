@@ -4,11 +4,114 @@ use static_assertions::const_assert_eq;
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use mmio::RegFile;
+
 use crate::desc::{ContextDescriptor, CsbEntry};
-use crate::elsp::{CSB_ENTRIES, Csb, ElspPort};
+use crate::elsp::{CSB_ENTRIES, CSB_PTR_RESET, Csb, ElspPort};
 use crate::error::EngineError;
-use crate::id::{EngineId, EngineMask};
+use crate::id::{EngineId, EngineMask, reg};
 use crate::workload::{QUEUE_CAPACITY, Workload, WorkloadQueue};
+
+/// The virtual execlist slots of one engine, as the guest sees them through the
+/// execlist status register.
+///
+/// Two slots alternate: a submission that schedules in takes the slot the write pointer
+/// names, becomes current, and the write pointer moves to the other slot. Within the
+/// current slot, element 0 runs first and element 1 after an element switch; the slot
+/// closes when its last element completes. Updated by [`Engines::next_to_dispatch`]
+/// (schedule-in of a workload with [`Workload::schedule_in`]) and [`Engines::complete`]
+/// (element switch or schedule-out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ExeclistState {
+    active: bool,
+    current: u8,
+    write: u8,
+    element: u8,
+}
+
+const EL_ACTIVE: u8 = 1;
+const EL_CURRENT: u8 = 1 << 1;
+const EL_WRITE: u8 = 1 << 2;
+const EL_ELEMENT: u8 = 1 << 3;
+
+impl ExeclistState {
+    /// Reset state: no slot active, both pointers 0.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            active: false,
+            current: 0,
+            write: 0,
+            element: 0,
+        }
+    }
+
+    /// A slot is active (a submission is being executed).
+    #[must_use]
+    pub const fn active(&self) -> bool {
+        self.active
+    }
+
+    /// Current execlist pointer (slot 0 or 1).
+    #[must_use]
+    pub const fn current(&self) -> u8 {
+        self.current
+    }
+
+    /// Execlist write pointer: the slot the next submission takes.
+    #[must_use]
+    pub const fn write(&self) -> u8 {
+        self.write
+    }
+
+    /// The element of the active slot that runs (0 or 1; 0 when idle).
+    #[must_use]
+    pub const fn element(&self) -> u8 {
+        self.element
+    }
+
+    /// Payload byte: bit 0 active, bit 1 current pointer, bit 2 write pointer, bit 3
+    /// element; bits 7:4 zero.
+    #[must_use]
+    pub const fn to_byte(self) -> u8 {
+        (self.active as u8) | (self.current << 1) | (self.write << 2) | (self.element << 3)
+    }
+
+    /// Inverse of [`to_byte`](Self::to_byte). Rejects bits 7:4 set, an idle state
+    /// with element 1, and an active state whose write pointer equals its current pointer.
+    pub const fn from_byte(b: u8) -> Result<Self, EngineError> {
+        let s = Self {
+            active: b & EL_ACTIVE != 0,
+            current: (b & EL_CURRENT) >> 1,
+            write: (b & EL_WRITE) >> 2,
+            element: (b & EL_ELEMENT) >> 3,
+        };
+        if b & 0xF0 != 0 || (!s.active && s.element != 0) || (s.active && s.write == s.current) {
+            return Err(EngineError::BadExeclistState { value: b });
+        }
+        Ok(s)
+    }
+
+    fn schedule_in(&mut self) {
+        self.current = self.write;
+        self.write ^= 1;
+        self.active = true;
+        self.element = 0;
+    }
+
+    fn schedule_out(&mut self, continues: bool) {
+        if !self.active {
+            return;
+        }
+        if continues {
+            self.element = 1;
+        } else {
+            self.active = false;
+            self.element = 0;
+        }
+    }
+}
 
 /// State of one engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +128,8 @@ pub struct Engine {
     pub running: Option<Workload>,
     /// Context status buffer.
     pub csb: Csb,
+    /// Virtual execlist slots.
+    pub execlist: ExeclistState,
 }
 
 impl Engine {
@@ -37,7 +142,62 @@ impl Engine {
             queue: WorkloadQueue::new(),
             running: None,
             csb: Csb::new(),
+            execlist: ExeclistState::new(),
         }
+    }
+
+    /// The emulated execlist status register (`base + 0x234`, 8 bytes):
+    ///
+    /// - bit 0 current execlist pointer, bit 1 write pointer;
+    /// - bit 2 queue full: a slot is active and another submission is queued behind it;
+    /// - bit 3/4 execlist 1/0 valid and bit 17/18 execlist 1/0 active: the active slot;
+    /// - bits 13:5 last context switch reason: bits 8:0 of the newest CSB entry (0 after
+    ///   CSB reset);
+    /// - bits 15:14 active element: 0 idle, 1 element 0, 2 element 1;
+    /// - bit 16 arbitration enabled: always 1 (MI_ARB_ON_OFF is not modelled);
+    /// - bits 63:32 context id of the running element (the running workload, else the
+    ///   queued element 1 of the active slot), 0 when idle.
+    #[must_use]
+    pub fn execlist_status(&self) -> u64 {
+        let el = &self.execlist;
+        let mut lo = u32::from(el.current & 1) | (u32::from(el.write & 1) << 1) | (1 << 16);
+        let mut ctx = 0;
+        if el.active {
+            if self.queue.iter().any(|w| w.schedule_in) {
+                lo |= 1 << 2;
+            }
+            lo |= if el.current == 0 {
+                (1 << 4) | (1 << 18)
+            } else {
+                (1 << 3) | (1 << 17)
+            };
+            lo |= (u32::from(el.element & 1) + 1) << 14;
+            ctx = self
+                .running
+                .as_ref()
+                .or(self.queue.front())
+                .map_or(0, |w| w.desc.context_id());
+        }
+        let wp = self.csb.write_ptr();
+        if wp != CSB_PTR_RESET {
+            let reason = self
+                .csb
+                .entries()
+                .get(usize::from(wp))
+                .map_or(0, |e| e.into_bits() & 0x1FF);
+            lo |= u32::try_from(reason).unwrap_or(0) << 5;
+        }
+        (u64::from(ctx) << 32) | u64::from(lo)
+    }
+
+    /// Mirrors the CSB ([`Csb::mirror`]) and the execlist status (`base + 0x234/0x238`)
+    /// into the vregs (raw, no hooks).
+    pub fn mirror(&self, regs: &mut RegFile<'_>) {
+        self.csb.mirror(regs, self.id);
+        let st = self.execlist_status();
+        let off = self.id.reg(reg::EXECLIST_STATUS);
+        regs.poke(off, u32::try_from(st & 0xFFFF_FFFF).unwrap_or(0));
+        regs.poke(off + 4, u32::try_from(st >> 32).unwrap_or(0));
     }
 }
 
@@ -89,7 +249,8 @@ struct EngineRecord {
     elsp: [U32; 4],
     csb: [U64; CSB_ENTRIES],
     queue_len: u8,
-    reserved: [u8; 3],
+    execlist: u8,
+    reserved: [u8; 2],
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -129,7 +290,7 @@ fn emit(out: &mut [u8], pos: usize, bytes: &[u8]) -> Result<usize, EngineError> 
 fn walk(
     present: EngineMask,
     payload: &[u8],
-    mut f: impl FnMut(EngineId, ElspPort, Csb, &[WorkloadRecord]),
+    mut f: impl FnMut(EngineId, ElspPort, Csb, ExeclistState, &[WorkloadRecord]),
 ) -> Result<(), EngineError> {
     let at = |rest: &[u8]| payload.len() - rest.len();
     let (hdr, mut rest) =
@@ -159,9 +320,10 @@ fn walk(
         if !present.contains(id) {
             return Err(EngineError::EngineMismatch);
         }
-        if rec.reserved != [0; 3] {
-            return Err(EngineError::Malformed { at: rec_at + 69 });
+        if rec.reserved != [0; 2] {
+            return Err(EngineError::Malformed { at: rec_at + 70 });
         }
+        let execlist = ExeclistState::from_byte(rec.execlist)?;
         let elsp = ElspPort::from_parts(rec.elsp.map(U32::get), rec.elsp_index)?;
         let entries = rec.csb.map(|e| CsbEntry::from_bits(e.get()));
         let csb = Csb::from_parts(entries, rec.csb_wp, rec.csb_rp)?;
@@ -181,7 +343,7 @@ fn walk(
                 return Err(EngineError::Malformed { at: w_at + 1 });
             }
         }
-        f(id, elsp, csb, queued);
+        f(id, elsp, csb, execlist, queued);
         seen = seen.with(id);
         last = Some(id);
         rest = r;
@@ -271,12 +433,31 @@ impl Engines {
         }
         let w = e.queue.pop()?;
         e.running = Some(w);
+        if w.schedule_in {
+            e.execlist.schedule_in();
+        } else if e.execlist.active {
+            e.execlist.element = 1;
+        }
         Some(w)
     }
 
     /// The running workload of engine `id` finished; returns it.
+    ///
+    /// The execlist slot switches to element 1 when the next queued workload continues
+    /// the same submission (it does not schedule in), and closes otherwise.
     pub fn complete(&mut self, id: EngineId) -> Option<Workload> {
-        self.engine_mut(id)?.running.take()
+        let e = self.engine_mut(id)?;
+        let w = e.running.take()?;
+        let continues = e.queue.front().is_some_and(|n| !n.schedule_in);
+        e.execlist.schedule_out(continues);
+        Some(w)
+    }
+
+    /// [`Engine::mirror`] for every present engine.
+    pub fn mirror(&self, regs: &mut RegFile<'_>) {
+        for e in self.present_engines() {
+            e.mirror(regs);
+        }
     }
 
     /// Workloads currently executing.
@@ -349,7 +530,8 @@ impl Engines {
                 elsp: e.elsp.dwords().map(U32::new),
                 csb: e.csb.entries().map(|c| U64::new(c.into_bits())),
                 queue_len: u8::try_from(e.queue.len()).map_err(|_| EngineError::Capacity)?,
-                reserved: [0; 3],
+                execlist: e.execlist.to_byte(),
+                reserved: [0; 2],
             };
             pos = emit(out, pos, rec.as_bytes())?;
             for w in e.queue.iter() {
@@ -373,9 +555,10 @@ impl Engines {
     /// order or duplicated, a workload naming another engine (`Malformed`); version other
     /// than [`PAYLOAD_VERSION`]; engine ids ≥ 5 (`UnknownEngine`); an engine set that
     /// differs from [`present`](Self::present) (`EngineMismatch`); ELSP index ≥ 4; CSB
-    /// pointers not in 0..6 or 7; queues longer than [`QUEUE_CAPACITY`]; trailing bytes.
+    /// pointers not in 0..6 or 7; an inconsistent execlist byte (`BadExeclistState`, see
+    /// [`ExeclistState::from_byte`]); queues longer than [`QUEUE_CAPACITY`]; trailing bytes.
     pub fn validate(&self, payload: &[u8]) -> Result<(), EngineError> {
-        walk(self.present, payload, |_, _, _, _| {})
+        walk(self.present, payload, |_, _, _, _, _| {})
     }
 
     /// Replaces the engine state with a payload from [`save`](Self::save).
@@ -383,6 +566,24 @@ impl Engines {
     /// Validates first; on error nothing changes. Needs nothing in flight here
     /// (`NotQuiesced`). Existing queued work is replaced by the payload's. The quiesce
     /// flag is left as it is: the caller resumes when the migration commits.
+    ///
+    /// # Restore order
+    ///
+    /// Per engine, in ascending id order, the state the guest last saw is rebuilt
+    /// before anything can run:
+    ///
+    /// 1. execlist slots (current/write pointer, active element), so the status register
+    ///    answers as it did on the source;
+    /// 2. CSB entries, write and read pointers, so the guest's interrupt handler finds
+    ///    exactly the unread entries it had (no spurious or lost completion);
+    /// 3. the partial ELSP sequence, so the guest's next dword continues it;
+    /// 4. the queued workloads, oldest first; nothing runs.
+    ///
+    /// Then the caller, still quiesced: mirrors the engines into the vregs with
+    /// [`mirror`](Self::mirror) (CSB registers and execlist status), writes each engine's
+    /// HWSP mirror with [`Csb::hwsp_image`] (entries first, write pointer last), injects
+    /// no interrupt (pending interrupt bits migrate with the vregs), and calls
+    /// [`resume`](Self::resume) when the migration commits.
     pub fn apply(&mut self, payload: &[u8]) -> Result<(), EngineError> {
         self.validate(payload)?;
         let in_flight = self.in_flight();
@@ -390,10 +591,11 @@ impl Engines {
             return Err(EngineError::NotQuiesced { in_flight });
         }
         let engines = &mut self.engines;
-        walk(self.present, payload, |id, elsp, csb, queued| {
+        walk(self.present, payload, |id, elsp, csb, execlist, queued| {
             if let Some(e) = engines.get_mut(id.index()) {
-                e.elsp = elsp;
+                e.execlist = execlist;
                 e.csb = csb;
+                e.elsp = elsp;
                 e.running = None;
                 e.queue.clear();
                 for w in queued {
@@ -613,7 +815,22 @@ mod tests {
             bad(&|b| b[72] = 17),
             Err(EngineError::QueueTooLong { len: 17 })
         );
-        assert_eq!(bad(&|b| b[74] = 1), Err(EngineError::Malformed { at: 73 }));
+        assert_eq!(bad(&|b| b[74] = 1), Err(EngineError::Malformed { at: 74 }));
+        assert_eq!(bad(&|b| b[75] = 1), Err(EngineError::Malformed { at: 74 }));
+        assert_eq!(
+            bad(&|b| b[73] = 0x10),
+            Err(EngineError::BadExeclistState { value: 0x10 })
+        );
+        assert_eq!(
+            bad(&|b| b[73] = 0x08),
+            Err(EngineError::BadExeclistState { value: 0x08 })
+        );
+        assert_eq!(
+            bad(&|b| b[73] = 0x01),
+            Err(EngineError::BadExeclistState { value: 0x01 })
+        );
+        assert_eq!(bad(&|b| b[73] = 0x0D), Ok(()));
+        assert_eq!(bad(&|b| b[73] = 0x06), Ok(()));
         assert_eq!(
             bad(&|b| b[148] = 0),
             Err(EngineError::Malformed { at: 148 })
@@ -652,6 +869,147 @@ mod tests {
             t.apply(&good),
             Err(EngineError::NotQuiesced { in_flight: 1 })
         );
+    }
+
+    fn sub(ctx: u32, schedule_in: bool) -> Workload {
+        Workload {
+            engine: EngineId::Rcs,
+            desc: ContextDescriptor::from_bits(0x119 | (u64::from(ctx) << 32)),
+            ring_head: 0,
+            ring_tail: 0x40,
+            schedule_in,
+        }
+    }
+
+    #[test]
+    fn execlist_status_follows_slots() {
+        let mut e = Engines::new(EngineMask::RCS);
+        let st = |e: &Engines| e.engine(EngineId::Rcs).unwrap().execlist_status();
+        assert_eq!(st(&e), 0x0000_0000_0001_0000);
+        e.enqueue(sub(0xA, true)).unwrap();
+        e.enqueue(sub(0xB, false)).unwrap();
+        e.enqueue(sub(0xC, true)).unwrap();
+        e.next_to_dispatch(EngineId::Rcs).unwrap();
+        // Slot 0 active, element 0, write pointer 1, next submission queued (full).
+        assert_eq!(st(&e), 0x0000_000A_0005_4016);
+        e.engine_mut(EngineId::Rcs)
+            .unwrap()
+            .csb
+            .push(CsbEntry::new().with_idle_to_active(true));
+        assert_eq!(st(&e), 0x0000_000A_0005_4036);
+        e.complete(EngineId::Rcs).unwrap();
+        // Element switch: element 1 (queued) is now the running context.
+        assert_eq!(st(&e), 0x0000_000B_0005_8036);
+        let el = e.engine(EngineId::Rcs).unwrap().execlist;
+        assert_eq!(
+            (el.active(), el.current(), el.write(), el.element()),
+            (true, 0, 1, 1)
+        );
+        assert_eq!(el.to_byte(), 0x0D);
+        e.next_to_dispatch(EngineId::Rcs).unwrap();
+        e.complete(EngineId::Rcs).unwrap();
+        e.engine_mut(EngineId::Rcs).unwrap().csb.push(
+            CsbEntry::new()
+                .with_active_to_idle(true)
+                .with_complete(true),
+        );
+        // Schedule-out: idle, pointers stay; reason = complete | active-to-idle.
+        assert_eq!(st(&e), 0x0000_0000_0001_0302);
+        e.next_to_dispatch(EngineId::Rcs).unwrap();
+        // The next submission takes slot 1.
+        assert_eq!(st(&e), 0x0000_000C_0003_4309);
+        e.complete(EngineId::Rcs).unwrap();
+        assert_eq!(e.engine(EngineId::Rcs).unwrap().execlist.to_byte(), 0x02);
+        // Mirrored into the vregs next to the CSB.
+        let mut store = vec![0u32; mmio::MMIO_DWORDS];
+        let mut regs = RegFile::new(&mmio::SKL, &mut store).unwrap();
+        e.mirror(&mut regs);
+        assert_eq!(regs.peek(0x2234), 0x0001_0301);
+        assert_eq!(regs.peek(0x2238), 0);
+        assert_eq!(regs.peek(0x23A0), 0x0001);
+        assert_eq!(ExeclistState::from_byte(0x02).unwrap().to_byte(), 0x02);
+    }
+
+    #[test]
+    fn execlist_state_survives_save_apply() {
+        let mut src = Engines::new(EngineMask::RCS);
+        src.enqueue(sub(1, true)).unwrap();
+        src.enqueue(sub(2, false)).unwrap();
+        src.next_to_dispatch(EngineId::Rcs).unwrap();
+        let _ = src.quiesce();
+        src.complete(EngineId::Rcs).unwrap();
+        let bytes = saved(&src);
+        assert_eq!(bytes[73], 0x0D);
+        let mut dst = Engines::new(EngineMask::RCS);
+        let _ = dst.quiesce();
+        dst.apply(&bytes).unwrap();
+        assert_eq!(dst, src);
+        let st = |e: &Engines| e.engine(EngineId::Rcs).unwrap().execlist_status();
+        assert_eq!(st(&dst), 0x0000_0002_0005_8012);
+        assert_eq!(st(&dst), st(&src));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Elsp(usize, u32),
+        Enqueue(usize, u32, bool),
+        Dispatch(usize),
+        Complete(usize),
+        CsbPush(usize, u64),
+        ReadPtr(usize, u8),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let e = 0usize..5;
+        prop_oneof![
+            (e.clone(), any::<u32>()).prop_map(|(e, d)| Op::Elsp(e, d)),
+            (e.clone(), any::<u32>(), any::<bool>()).prop_map(|(e, c, s)| Op::Enqueue(e, c, s)),
+            e.clone().prop_map(Op::Dispatch),
+            e.clone().prop_map(Op::Complete),
+            (e.clone(), any::<u64>()).prop_map(|(e, c)| Op::CsbPush(e, c)),
+            (e, 0u8..8).prop_map(|(e, r)| Op::ReadPtr(e, r)),
+        ]
+    }
+
+    /// Runs one operation and returns everything it observably produced.
+    fn step(e: &mut Engines, op: &Op) -> Vec<u64> {
+        let id = |i: usize| EngineId::ALL[i];
+        let out = match *op {
+            Op::Elsp(i, d) => match e.elsp_write(id(i), d) {
+                Ok(Some([a, b])) => vec![1, a.into_bits(), b.into_bits()],
+                Ok(None) => vec![0],
+                Err(_) => vec![2],
+            },
+            Op::Enqueue(i, ctx, si) => {
+                let w = Workload {
+                    engine: id(i),
+                    desc: ContextDescriptor::from_bits(0x119 | (u64::from(ctx) << 32)),
+                    ring_head: ctx & 0xFF0,
+                    ring_tail: 0x40,
+                    schedule_in: si,
+                };
+                vec![u64::from(e.enqueue(w).is_ok())]
+            }
+            Op::Dispatch(i) => vec![e.next_to_dispatch(id(i)).map_or(0, |w| w.desc.into_bits())],
+            Op::Complete(i) => vec![e.complete(id(i)).map_or(0, |w| w.desc.into_bits())],
+            Op::CsbPush(i, c) => match e.engine_mut(id(i)) {
+                Some(eng) => {
+                    let (idx, wp) = eng.csb.push(CsbEntry::from_bits(c));
+                    vec![u64::from(idx), u64::from(wp)]
+                }
+                None => vec![9],
+            },
+            Op::ReadPtr(i, r) => match e.engine_mut(id(i)) {
+                Some(eng) => vec![u64::from(eng.csb.set_read_ptr(r).is_ok())],
+                None => vec![9],
+            },
+        };
+        let mut out = out;
+        for i in e.present().iter() {
+            out.push(e.engine(i).unwrap().execlist_status());
+        }
+        out
     }
 
     #[derive(Debug, Clone)]
@@ -718,6 +1076,39 @@ mod tests {
             dst.apply(&bytes).unwrap();
             proptest::prop_assert_eq!(&dst, &src);
             proptest::prop_assert_eq!(saved(&dst), bytes);
+        }
+
+        #[test]
+        fn interleavings_survive_save_apply(
+            mask in 1u8..32,
+            prefix in proptest::collection::vec(op(), 0..80),
+            suffix in proptest::collection::vec(op(), 0..80),
+        ) {
+            let present = EngineId::ALL
+                .iter()
+                .filter(|e| mask & (1 << e.index()) != 0)
+                .fold(EngineMask::EMPTY, |m, e| m.with(*e));
+            let mut src = Engines::new(present);
+            for o in &prefix {
+                step(&mut src, o);
+            }
+            // Quiesce and let in-flight work complete, as the source does before saving.
+            let _ = src.quiesce();
+            for id in present.iter() {
+                src.complete(id);
+            }
+            proptest::prop_assert!(src.quiesce().is_idle());
+            let bytes = saved(&src);
+            let mut dst = Engines::new(present);
+            let _ = dst.quiesce();
+            dst.apply(&bytes).unwrap();
+            proptest::prop_assert_eq!(&dst, &src);
+            src.resume();
+            dst.resume();
+            for o in &suffix {
+                proptest::prop_assert_eq!(step(&mut src, o), step(&mut dst, o));
+            }
+            proptest::prop_assert_eq!(&dst, &src);
         }
 
         #[test]
