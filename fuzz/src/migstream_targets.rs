@@ -18,6 +18,10 @@ use crate::input::{Bytes, Mix};
 /// run) and END.
 pub const GOLDEN_STREAM: &[u8] = include_bytes!("../../migstream/tests/vectors/skeleton.bin");
 
+/// The golden stream with all four page encodings (FULL, ZERO, DUP, DELTA).
+pub(crate) const ENCODINGS_STREAM: &[u8] =
+    include_bytes!("../../migstream/tests/vectors/encodings.bin");
+
 /// Decoder contract on arbitrary bytes: `data[0]` is the slice size − 1, the rest is the
 /// stream (body: [`migstream::fuzzing::decode_arbitrary`]).
 pub fn migstream_decode(data: &[u8]) {
@@ -323,7 +327,8 @@ pub(crate) fn build_stream(seed: u64) -> Vec<u8> {
 
 /// Segmentation independence.
 ///
-/// Input: `sel = data[0]`. Bit 0 clear: the stream is [`GOLDEN_STREAM`]; set: a small valid
+/// Input: `sel = data[0]`. Bit 0 clear: the stream is [`GOLDEN_STREAM`] (bit 2 clear) or
+/// [`ENCODINGS_STREAM`] (bit 2 set); set: a small valid
 /// stream built from the seed in the next 8 bytes. Bit 1 set: flip one bit of the stream
 /// (position from the next 2 bytes, bit from the next byte) before decoding. The remaining
 /// bytes are slice lengths: `b < 0x80` means `b` bytes (0 = an empty `feed`), otherwise
@@ -337,7 +342,12 @@ pub fn migstream_segmented(data: &[u8]) {
     let sel = input.u8();
     let built;
     let mut stream: Vec<u8> = if sel & 1 == 0 {
-        GOLDEN_STREAM.to_vec()
+        if sel & 4 == 0 {
+            GOLDEN_STREAM
+        } else {
+            ENCODINGS_STREAM
+        }
+        .to_vec()
     } else {
         built = build_stream(input.u64());
         built

@@ -65,6 +65,16 @@ fn migstream_seeds(mix: &mut Mix) -> Vec<Seed> {
         seed(D, "golden-trunc-pages", cat(&[&[63], part(2000)])),
         seed(D, "golden-no-end", cat(&[&[255], part(4303)])),
         seed(D, "golden-trailing", cat(&[&[255], g, &[0]])),
+        seed(
+            D,
+            "encodings-step1",
+            cat(&[&[0], crate::migstream_targets::ENCODINGS_STREAM]),
+        ),
+        seed(
+            D,
+            "encodings-step97",
+            cat(&[&[96], crate::migstream_targets::ENCODINGS_STREAM]),
+        ),
         seed(D, "built-1", cat(&[&[31], &build_stream(1)])),
         seed(D, "built-2", cat(&[&[2], &build_stream(2)])),
         seed(D, "built-3", cat(&[&[200], &build_stream(3)])),
@@ -99,6 +109,9 @@ fn migstream_seeds(mix: &mut Mix) -> Vec<Seed> {
     let ones = vec![1u8; 300];
     out.extend([
         seed(S, "golden-whole", vec![0]),
+        seed(S, "encodings-whole", vec![4]),
+        seed(S, "encodings-bytes", cat(&[&[4], &ones])),
+        seed(S, "encodings-corrupt", vec![6, 0x10, 0x10, 5, 9, 0x81]),
         seed(S, "golden-bytes", cat(&[&[0], &ones])),
         seed(
             S,

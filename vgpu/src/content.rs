@@ -161,6 +161,12 @@ impl<'s> Content<'s> {
         }
         if let Some(k) = Self::slot(self.s.delta_tags.len(), i as u64) {
             if let Some(t) = self.s.delta_tags.get_mut(k) {
+                let mine = *t & !TAG_ZERO == i as u64 + 1;
+                if zero && *t != 0 && !mine {
+                    // A zero page does not evict another frame's cached page: round 0 sends
+                    // every frame, mostly zero, and would otherwise flush the cache.
+                    return;
+                }
                 *t = (i as u64 + 1) | if zero { TAG_ZERO } else { 0 };
             }
             if !zero && let Some(dst) = self.s.delta_pages.get_mut(k * 4096..(k + 1) * 4096) {

@@ -251,7 +251,13 @@ impl<'s> SourceSession<'s> {
             if !progress.is_done() {
                 break;
             }
+            let round_ended = matches!(self.current, Current::Round(_));
             self.record_done(vgpu, cpu, now_us)?;
+            if round_ended {
+                // Return at each round boundary: the driver sees the round's events (and a switch
+                // decision) before more bytes go out, and the event queue never overflows.
+                break;
+            }
         }
         Ok(pos)
     }
@@ -691,7 +697,8 @@ impl<'s> SourceSession<'s> {
                     round: r.round,
                     dirty_pages_left: dirty_left,
                     bytes_sent: r.bytes,
-                    elapsed_us: now_us.saturating_sub(started),
+                    // A round too short to time still took some time.
+                    elapsed_us: now_us.saturating_sub(started).max(1),
                     device_state_bytes: Self::device_state_estimate(vgpu),
                 };
                 match self.policy.on_round(stats) {

@@ -74,6 +74,10 @@ struct Json<'a> {
     modeled_total_us: u64,
     zero_pages: u64,
     full_pages: u64,
+    dup_pages: u64,
+    delta_pages: u64,
+    delta_bytes: u64,
+    unchanged_pages_skipped: u64,
     verified: bool,
     wall_ms: u128,
 }
@@ -141,6 +145,8 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     plan.source.policy.downtime_limit_ms = args.downtime_ms;
     plan.source.policy.max_rounds = 30;
     plan.chunk = 256 * 1024;
+    // A 64 MiB cache of last-sent pages for deltas (QEMU's XBZRLE cache default).
+    plan.content_cache_pages = 16384;
     plan.feed = 256 * 1024;
     // Start once a quarter of the frames have been submitted.
     while a.driver.frames_submitted() < sc.frames / 4 {
@@ -207,7 +213,11 @@ fn print_report(
             modeled_downtime_us: r.downtime_us,
             modeled_total_us: r.total_us,
             zero_pages: zero,
-            full_pages: pages - zero,
+            full_pages: pages - zero - r.content.dup - r.content.delta,
+            dup_pages: r.content.dup,
+            delta_pages: r.content.delta,
+            delta_bytes: r.content.delta_bytes,
+            unchanged_pages_skipped: r.content.unchanged,
             verified: verdict.is_none(),
             wall_ms,
         };
@@ -233,17 +243,23 @@ fn print_report(
     }
     println!();
     println!("switched to stop-and-copy: {reason}");
+    let c = r.content;
+    let full = pages - zero - c.dup - c.delta;
     println!(
-        "stream: {} bytes ({:.1} MiB), {} of them after the stop; {} full pages, {} zero pages sent as markers",
+        "stream: {} bytes ({:.1} MiB), {} of them after the stop",
         r.wire_bytes,
         r.wire_bytes as f64 / (1 << 20) as f64,
         r.stop_copy_bytes,
-        pages - zero,
-        zero
     );
     println!(
-        "saved by zero-page markers: {:.1} MiB",
-        (zero * 4096) as f64 / (1 << 20) as f64
+        "pages: {full} full, {zero} zero (markers), {} duplicates (16 B each), {} deltas ({} B in all), {} dirty but unchanged (not sent)",
+        c.dup, c.delta, c.delta_bytes, c.unchanged
+    );
+    let saved =
+        (zero + c.dup + c.unchanged) * 4096 + (c.delta * 4096).saturating_sub(c.delta_bytes);
+    println!(
+        "saved by zero markers, duplicates, deltas and unchanged-page detection: {:.1} MiB",
+        saved as f64 / (1 << 20) as f64
     );
     println!(
         "modeled downtime: {:.2} ms (drain + stop-and-copy over the link); modeled total: {:.1} ms",

@@ -58,7 +58,8 @@ pub struct Profile {
     pub rt_pages: u64,
     /// Pages rewritten per frame (SIM_FILL), taken round-robin from the render targets.
     pub fill_pages: u64,
-    /// Scattered dword stores per frame into a hot set of `hot_pages`.
+    /// Scattered dword stores per frame into a hot set of `hot_pages` (its own pages after the
+    /// render targets and the allocation tail: state buffers, constants, counters).
     pub stores: u32,
     /// Size of the hot set, pages.
     pub hot_pages: u64,
@@ -271,7 +272,8 @@ impl GuestDriver {
         self.hidden = part.hidden.base().get();
         let pages = part.entries();
         if part.aperture.size() < layout::APERTURE_NEEDED
-            || part.hidden.pages() < self.profile.rt_pages + self.tail_pages
+            || part.hidden.pages()
+                < self.profile.rt_pages + self.tail_pages + self.profile.hot_pages
         {
             return Err(VgpuError::StorageSize);
         }
@@ -457,6 +459,11 @@ impl GuestDriver {
         }
     }
 
+    /// Graphics address of the first hot-set page.
+    fn hot_base(&self) -> u64 {
+        self.hidden + (self.profile.rt_pages + self.tail_pages) * 4096
+    }
+
     fn tail_index(&self, slot: u64) -> Result<u32, VgpuError> {
         let gm = self.hidden + (self.profile.rt_pages + slot) * 4096;
         GmAddr::new(gm)
@@ -516,7 +523,7 @@ impl GuestDriver {
             let v = u32::try_from(self.rng.next_u64() >> 32).unwrap_or(0);
             push(
                 &mut batch,
-                &cmd::store_dword_ggtt(self.hidden + page * 4096 + dw * 4, v),
+                &cmd::store_dword_ggtt(self.hot_base() + page * 4096 + dw * 4, v),
             )?;
         }
         let fence = self.gm(layout::HWSP) + 0x180;
