@@ -3,6 +3,8 @@
 
 use crate::control::{CONTROL_VERSION, END_LEN, EndRepr, ROUND_LEN, RoundRepr};
 use crate::crc::Crc32;
+use core::fmt;
+
 use crate::delta;
 use crate::error::{DecodeError, EndMismatch, ErrorKind, PageRunError};
 use crate::header::{STREAM_HEADER_LEN, StreamHeaderRepr};
@@ -108,6 +110,27 @@ pub enum Event<'a> {
     End(EndRepr),
 }
 
+/// Why [`Decoder::feed_all`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FeedError<E> {
+    /// The stream is bad (see [`DecodeError`]).
+    Decode(DecodeError),
+    /// The sink refused an event.
+    Sink(E),
+}
+
+impl<E: fmt::Display> fmt::Display for FeedError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FeedError::Decode(e) => write!(f, "{e}"),
+            FeedError::Sink(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> core::error::Error for FeedError<E> {}
+
 /// Where the decoder is.
 #[derive(Clone, Copy, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -207,6 +230,9 @@ pub struct Decoder {
     crc: Crc32,
     /// Stream offset of the current page-run header.
     run_start: u64,
+    /// In [`Decoder::feed_all`]: the CRC of data handed out in an event is folded in after the
+    /// sink has seen it; this holds how many bytes of the step's input end are still owed.
+    defer: Option<u32>,
 }
 
 impl Decoder {
@@ -233,6 +259,7 @@ impl Decoder {
             done: 0,
             crc: Crc32::new(),
             run_start: 0,
+            defer: None,
         }
     }
 
@@ -288,6 +315,43 @@ impl Decoder {
         r
     }
 
+    /// Decode all of `input`, handing every event to `sink` in stream order; returns the bytes
+    /// consumed (all of them, unless an error stops it).
+    ///
+    /// Same events and checks as [`feed`](Self::feed), with one difference in cost: the CRC over
+    /// page and payload bytes is computed *after* `sink` has seen them. A sink that copies page
+    /// data to its place reads each byte from memory once; the CRC then reads it from cache. The
+    /// data is still provisional until its record's [`Event::RecordEnd`], exactly as with `feed`.
+    ///
+    /// # Errors
+    /// [`FeedError::Decode`] as `feed` (the decoder then stays failed), or the sink's error as
+    /// [`FeedError::Sink`] (the decoder stays usable; the event that failed has been consumed).
+    pub fn feed_all<E>(
+        &mut self,
+        input: &[u8],
+        mut sink: impl FnMut(Event<'_>) -> Result<(), E>,
+    ) -> Result<usize, FeedError<E>> {
+        let mut pos = 0usize;
+        loop {
+            let rest = input.get(pos..).unwrap_or_default();
+            self.defer = Some(0);
+            let r = self.feed(rest);
+            let owed = self.defer.take().unwrap_or(0) as usize;
+            let (n, ev) = r.map_err(FeedError::Decode)?;
+            pos += n;
+            let sunk = match ev {
+                Some(ev) => sink(ev),
+                None if n == 0 => return Ok(pos),
+                None => Ok(()),
+            };
+            if owed > 0 {
+                let start = pos.saturating_sub(owed);
+                self.crc.update(input.get(start..pos).unwrap_or_default());
+            }
+            sunk.map_err(FeedError::Sink)?;
+        }
+    }
+
     fn err_at(&self, kind: ErrorKind, offset: u64) -> DecodeError {
         DecodeError::new(kind, offset, None)
     }
@@ -328,8 +392,14 @@ impl Decoder {
     }
 
     /// Consume `n` payload bytes into the record CRC.
-    fn eat_payload<'a>(&mut self, chunk: &'a [u8]) -> &'a [u8] {
-        self.crc.update(chunk);
+    fn eat_payload<'a>(&mut self, chunk: &'a [u8], hand_out: bool) -> &'a [u8] {
+        match self.defer {
+            // The bytes go out in an event; `feed_all` folds them into the CRC after the sink.
+            Some(_) if hand_out => {
+                self.defer = Some(u32::try_from(chunk.len()).unwrap_or(u32::MAX))
+            }
+            _ => self.crc.update(chunk),
+        }
         self.pos = self.pos.saturating_add(chunk.len() as u64);
         self.done = self
             .done
@@ -372,8 +442,8 @@ impl Decoder {
                         return Ok((used, None));
                     }
                     let offset = self.done;
-                    let data =
-                        self.eat_payload(rest.get(..left.min(rest.len())).unwrap_or_default());
+                    let data = self
+                        .eat_payload(rest.get(..left.min(rest.len())).unwrap_or_default(), !skip);
                     used += data.len();
                     if !skip {
                         let kind = self.rec.kind;
@@ -468,7 +538,7 @@ impl Decoder {
                         .len()
                         .min(in_page)
                         .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let data = self.eat_payload(rest.get(..n).unwrap_or_default());
+                    let data = self.eat_payload(rest.get(..n).unwrap_or_default(), true);
                     used += n;
                     let next_off = usize::from(page_off) + n;
                     let (next_frame, next_off) = if next_off == PAGE_SIZE {
@@ -605,7 +675,7 @@ impl Decoder {
                         return Ok((used, None));
                     }
                     let take = rest.len().min(usize::from(n));
-                    let data = self.eat_payload(rest.get(..take).unwrap_or_default());
+                    let data = self.eat_payload(rest.get(..take).unwrap_or_default(), true);
                     used += take;
                     let took = u16::try_from(take).unwrap_or(u16::MAX);
                     self.phase = Phase::DeltaBytes {

@@ -90,7 +90,7 @@ pub use control::{
     CONTROL_VERSION, END_LEN, EndPayload, EndRepr, ROUND_LEN, RoundPayload, RoundRepr,
 };
 pub use crc::{Crc32, crc32};
-pub use decoder::{Decoder, Event};
+pub use decoder::{Decoder, Event, FeedError};
 pub use encoder::{Encoder, PayloadSource, Progress};
 pub use error::{DecodeError, EncodeError, EndMismatch, ErrorKind, Fault, PageRunError};
 pub use header::{

@@ -904,3 +904,66 @@ fn malformed_dup_and_delta_runs() {
         assert_eq!(pages_err(&payload).kind(), kind, "{what}");
     }
 }
+
+fn decode_all(bytes: &[u8], seg: usize) -> Result<Vec<Ev>, DecodeError> {
+    let mut dec = Decoder::new(Limits::DEFAULT);
+    let mut events = Vec::new();
+    for chunk in bytes.chunks(seg.max(1)) {
+        let r = dec.feed_all(chunk, |ev| {
+            push(&mut events, ev);
+            Ok::<(), ()>(())
+        });
+        match r {
+            Ok(n) => assert_eq!(n, chunk.len()),
+            Err(FeedError::Decode(e)) => return Err(e),
+            Err(FeedError::Sink(())) => unreachable!(),
+        }
+    }
+    dec.finish()?;
+    Ok(events)
+}
+
+#[test]
+fn feed_all_matches_feed_and_still_verifies_every_crc() {
+    for s in [skeleton(usize::MAX >> 40), encodings_stream()] {
+        let want = decode(&s, &[usize::MAX]).unwrap();
+        for seg in [1, 5, 4096, 4113, usize::MAX] {
+            assert_eq!(decode_all(&s, seg).unwrap(), want, "segment {seg}");
+        }
+        // A flipped payload byte of any record is still caught by its record CRC.
+        for at in [100, 200, 2000, s.len() - 40] {
+            let mut bad = s.clone();
+            bad[at] ^= 0x40;
+            for seg in [1, 777, usize::MAX] {
+                let e = decode_all(&bad, seg).unwrap_err();
+                assert!(
+                    matches!(
+                        e.kind(),
+                        ErrorKind::BadRecordCrc { .. }
+                            | ErrorKind::MalformedPageRun(_)
+                            | ErrorKind::BadIndex { .. }
+                            | ErrorKind::LengthTooLarge { .. }
+                            | ErrorKind::EndMismatch(_)
+                            | ErrorKind::UnknownMandatory { .. }
+                            | ErrorKind::BadFlags { .. }
+                            | ErrorKind::Truncated
+                    ),
+                    "flip at {at}, segment {seg}: {e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn feed_all_passes_sink_errors_through_and_stays_usable() {
+    let s = skeleton(usize::MAX >> 40);
+    let mut dec = Decoder::new(Limits::DEFAULT);
+    let mut seen = 0;
+    let r = dec.feed_all(&s, |_| {
+        seen += 1;
+        if seen == 2 { Err("full") } else { Ok(()) }
+    });
+    assert_eq!(r, Err(FeedError::Sink("full")));
+    assert_eq!(seen, 2);
+}

@@ -170,6 +170,14 @@ const fn engine_block(mut b: Builder, base: u32) -> Builder {
         .push(
             RegDesc::new(base + 0x244, "CTX_CTRL").with_flags(RegFlags::MODE_MASK.union(ctx_flag)),
         )
+        .push(ctx(base + 0x270, "PDP0_LDW"))
+        .push(ctx(base + 0x274, "PDP0_UDW"))
+        .push(ctx(base + 0x278, "PDP1_LDW"))
+        .push(ctx(base + 0x27C, "PDP1_UDW"))
+        .push(ctx(base + 0x280, "PDP2_LDW"))
+        .push(ctx(base + 0x284, "PDP2_UDW"))
+        .push(ctx(base + 0x288, "PDP3_LDW"))
+        .push(ctx(base + 0x28C, "PDP3_UDW"))
         .push(
             RegDesc::new(base + 0x29C, "GFX_MODE")
                 .with_flags(RegFlags::MODE_MASK)
@@ -544,8 +552,16 @@ mod tests {
 
     #[test]
     fn table_counts_and_event_consistency() {
-        assert_eq!(SKL_REGS.len(), 728);
+        assert_eq!(SKL_REGS.len(), 768);
         let count = |name: &str| SKL_REGS.iter().filter(|r| r.name == name).count();
+        // Four PPGTT root pointers per engine, low and high dwords, at base + 0x270.
+        assert_eq!(count("PDP0_LDW") + count("PDP3_UDW"), 10);
+        let pdp = SKL.find(0x2270).unwrap();
+        assert_eq!(
+            (pdp.name, pdp.save, pdp.flags.contains(RegFlags::IN_CONTEXT)),
+            ("PDP0_LDW", SaveClass::Migrate, true)
+        );
+        assert_eq!(SKL.find(0x1C28C).unwrap().name, "PDP3_UDW");
         assert_eq!(count("MOCS"), 320);
         assert_eq!(count("L3_MOCS"), 32);
         assert_eq!(count("FORCE_TO_NONPRIV"), 12);

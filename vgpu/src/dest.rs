@@ -8,7 +8,7 @@
 //! or by validation, leaves the vGPU's device state exactly as it was.
 
 use gtt::Gfn;
-use migstream::{Decoder, Event, Limits, RecordKind, StreamHeaderRepr};
+use migstream::{Decoder, Event, FeedError, Limits, RecordKind, StreamHeaderRepr};
 
 use crate::error::VgpuError;
 use crate::fsm::MigState;
@@ -117,19 +117,17 @@ impl<'s> DestSession<'s> {
         mem: &mut dyn GuestMemory,
         input: &[u8],
     ) -> Result<usize, VgpuError> {
-        let mut pos = 0;
-        loop {
-            let rest = input.get(pos..).unwrap_or(&[]);
-            let (n, ev) = self.dec.feed(rest)?;
-            pos += n;
-            self.stats.bytes += n as u64;
-            match ev {
-                Some(ev) => self.on_event(vgpu, mem, ev)?,
-                None if n == 0 => break,
-                None => {}
-            }
-        }
-        Ok(pos)
+        // `feed_all` checksums page bytes after they were written to guest memory (from cache).
+        let mut dec = core::mem::replace(&mut self.dec, Decoder::new(Limits::DEFAULT));
+        let r = dec.feed_all(input, |ev| self.on_event(vgpu, mem, ev));
+        self.dec = dec;
+        let n = match r {
+            Ok(n) => n,
+            Err(FeedError::Decode(e)) => return Err(e.into()),
+            Err(FeedError::Sink(e)) => return Err(e),
+        };
+        self.stats.bytes += n as u64;
+        Ok(n)
     }
 
     fn on_event(

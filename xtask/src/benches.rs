@@ -129,6 +129,7 @@ pub(crate) fn all(h: &mut Harness) -> crate::Result {
         checksum(h, src, dst)?;
     }
     crate::bench_mmio::mmio_sparse(h)?;
+    crate::bench_sim::simulate_all(h)?;
     Ok(())
 }
 
@@ -301,18 +302,16 @@ struct Applied {
 /// `dst` (frame `f` at `dst[f * 4096..]`): FULL data copied, ZERO runs filled with zeros.
 fn decode_into(stream: &[u8], dst: &mut [u8]) -> crate::Result<Applied> {
     let mut dec = migstream::Decoder::new(Limits::DEFAULT);
-    let mut rest = stream;
     let mut applied = Applied::default();
     let outside = || "decoded page outside the destination buffer".to_owned();
-    loop {
-        let (used, event) = dec.feed(rest).map_err(|e| format!("decode: {e}"))?;
-        rest = &rest[used..];
+    // `feed_all` folds each page into the record CRC after the copy, while it is in cache.
+    dec.feed_all(stream, |event| {
         match event {
-            Some(Event::PageData {
+            Event::PageData {
                 frame,
                 offset,
                 data,
-            }) => {
+            } => {
                 let at = usize::try_from(frame)
                     .ok()
                     .and_then(|f| f.checked_mul(PAGE)?.checked_add(usize::from(offset)))
@@ -323,7 +322,7 @@ fn decode_into(stream: &[u8], dst: &mut [u8]) -> crate::Result<Applied> {
                     .copy_from_slice(data);
                 applied.page_bytes += data.len() as u64;
             }
-            Some(Event::ZeroPages { first_frame, count }) => {
+            Event::ZeroPages { first_frame, count } => {
                 let at = usize::try_from(first_frame)
                     .ok()
                     .and_then(|f| f.checked_mul(PAGE))
@@ -335,14 +334,15 @@ fn decode_into(stream: &[u8], dst: &mut [u8]) -> crate::Result<Applied> {
                 dst.get_mut(at..end).ok_or_else(outside)?.fill(0);
                 applied.zero_pages += u64::from(count);
             }
-            Some(Event::RecordEnd {
+            Event::RecordEnd {
                 kind: RecordKind::PAGES,
                 ..
-            }) => applied.records += 1,
-            Some(_) => {}
-            None => break,
+            } => applied.records += 1,
+            _ => {}
         }
-    }
+        Ok::<(), String>(())
+    })
+    .map_err(|e| format!("decode: {e}"))?;
     dec.finish().map_err(|e| format!("decode: {e}"))?;
     Ok(applied)
 }
