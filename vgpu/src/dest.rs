@@ -397,7 +397,7 @@ impl<'s> DestSession<'s> {
                 vgpu.engines_mut().apply(payload)?;
             }
         }
-        vgpu.mirror_csb();
+        vgpu.mirror_engines();
         vgpu.regs_mut().set_guest_aware(true);
         vgpu.set_state(MigState::Stop);
         Ok(stats)

@@ -448,7 +448,7 @@ impl<'a> Vgpu<'a> {
             return Ok(());
         }
         for (i, d) in descs.iter().enumerate().filter(|(_, d)| d.valid()) {
-            let Some(ctx) = self.read_ring_context(d, mem) else {
+            let Some(ctx) = self.read_ring_context(id, d, mem) else {
                 self.guest_errors = self.guest_errors.saturating_add(1);
                 continue;
             };
@@ -483,23 +483,28 @@ impl<'a> Vgpu<'a> {
     /// Read the ring registers of a logical ring context from guest memory.
     pub fn read_ring_context(
         &self,
+        engine: EngineId,
         d: &ContextDescriptor,
         mem: &dyn GuestMemory,
     ) -> Option<RingContext> {
         let page = GmAddr::new(u64::from(d.lrca_address())).checked_add(LRC_STATE_PAGE)?;
         let (gfn, _) = self.translate(page)?;
-        let dword = |i: usize| -> Option<u32> {
-            let mut b = [0u8; 4];
-            mem.read(gfn, i * 4, &mut b).ok()?;
-            Some(u32::from_le_bytes(b))
-        };
+        let mut image = [0u8; 4096];
+        mem.read(gfn, 0, &mut image).ok()?;
+        // The register-state page as the hardware lays it out; a malformed image is a guest error.
+        let state = engines::LrcState::parse_for(engine, &image).ok()?;
         Some(RingContext {
-            head: dword(lrc::RING_HEAD)?,
-            tail: dword(lrc::RING_TAIL)?,
-            start: dword(lrc::RING_START)?,
-            ctl: dword(lrc::RING_CTL)?,
+            head: state.ring.head,
+            tail: state.ring.tail,
+            start: state.ring.start,
+            ctl: state.ring.ctl,
             state_page: gfn,
         })
+    }
+
+    /// Write every present engine's CSB and execlist status into the registers.
+    pub fn mirror_engines(&mut self) {
+        self.engines.mirror(&mut self.regs);
     }
 
     fn ggtt_read(&self, off: u32, size: usize) -> Result<u64, VgpuError> {
@@ -656,15 +661,6 @@ impl<'a> Vgpu<'a> {
         self.regs.apply_sparse(payload, &mut fx)?;
         self.derived = fx.derived;
         Ok(())
-    }
-
-    /// Write every present engine's CSB state into the registers (after an engine restore).
-    pub(crate) fn mirror_csb(&mut self) {
-        for id in EngineId::ALL {
-            if let Some(e) = self.engines.engine(id) {
-                e.csb.mirror(&mut self.regs, id);
-            }
-        }
     }
 
     pub(crate) fn reset_registers(&mut self) {

@@ -294,30 +294,20 @@ impl GuestDriver {
         Self::mmio(vgpu, g, GT0_IER, 4, 1 << 8)?;
         Self::mmio(vgpu, g, PIPECONF_A, 4, 1 << 31)?;
         Self::mmio(vgpu, g, DSPSURF_A, 4, self.hidden)?;
-        // The context image's ring state: {register, value} pairs as the hardware lays them out.
-        let ctl = ((layout::RING_PAGES - 1) << 12) | 1;
-        let image: [u32; 12] = [
-            0,
-            0x1100_1011, // LRI header (as i915 emits it)
-            rcs.reg(0x244),
-            0x0009_0009,
-            rcs.reg(reg::RING_HEAD),
-            0,
-            rcs.reg(reg::RING_TAIL),
-            0,
-            rcs.reg(reg::RING_START),
-            u32::try_from(self.gm(layout::RING)).unwrap_or(0),
-            rcs.reg(reg::RING_CTL),
-            ctl,
-        ];
-        for (i, v) in image.iter().enumerate() {
-            Self::cpu_write_gm(
-                vgpu,
-                g,
-                self.gm(layout::CONTEXT + LRC_STATE_PAGE) + i as u64 * 4,
-                &v.to_le_bytes(),
-            )?;
-        }
+        // The context's register-state page, laid out as the hardware saves it.
+        let state = engines::LrcState {
+            ctx_ctrl: 0x0009_0009,
+            ring: engines::RingRegs {
+                head: 0,
+                tail: 0,
+                start: u32::try_from(self.gm(layout::RING)).unwrap_or(0),
+                ctl: ((layout::RING_PAGES - 1) << 12) | 1,
+            },
+            ..engines::LrcState::default()
+        };
+        let mut image = [0u8; 4096];
+        state.emit(rcs, &mut image);
+        Self::cpu_write_gm(vgpu, g, self.gm(layout::CONTEXT + LRC_STATE_PAGE), &image)?;
         Ok(())
     }
 

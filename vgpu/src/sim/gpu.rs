@@ -173,7 +173,7 @@ impl RefGpu {
         tail: u32,
         schedule_in: bool,
     ) -> Option<Exec> {
-        let ctx = vgpu.read_ring_context(&desc, mem)?;
+        let ctx = vgpu.read_ring_context(id, &desc, mem)?;
         let size = (((ctx.ctl >> 12) & 0x1FF) + 1) * 4096;
         if schedule_in {
             let e = CsbEntry::new()
@@ -181,6 +181,8 @@ impl RefGpu {
                 .with_context_id(desc.context_id());
             Self::post_csb(vgpu, mem, id, e);
         }
+        // The execlist status register follows the dispatch.
+        vgpu.mirror_engines();
         Some(Exec {
             desc,
             state_page: ctx.state_page,
@@ -225,10 +227,7 @@ impl RefGpu {
             Some(e) => e.csb.push(entry),
             None => return,
         };
-        if let Some(e) = vgpu.engines().engine(id) {
-            let csb = e.csb;
-            csb.mirror(vgpu.regs_mut(), id);
-        }
+        vgpu.mirror_engines();
         let hws = vgpu.derived().hws_pga.get(id.index()).copied().unwrap_or(0);
         if hws != 0
             && let Some((gfn, _)) = vgpu.translate(GmAddr::new(u64::from(hws & !0xFFF)))
