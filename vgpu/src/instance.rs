@@ -164,6 +164,7 @@ pub struct Vgpu<'a> {
     derived: Derived,
     state: MigState,
     guest_errors: u32,
+    gpu_active: bool,
 }
 
 const PIPECONF_A: u32 = 0x70008;
@@ -232,6 +233,7 @@ impl<'a> Vgpu<'a> {
             derived: Derived::default(),
             state: MigState::Running,
             guest_errors: 0,
+            gpu_active: false,
         };
         v.reset_config_space();
         Ok(v)
@@ -335,8 +337,20 @@ impl<'a> Vgpu<'a> {
         &mut self.gpu_dirty
     }
 
+    /// Record that the vGPU ran work (the device model or backend calls this when it schedules the
+    /// vGPU); used by [`GpuDirtyPrecision::MappedIfActive`](crate::source::GpuDirtyPrecision).
+    pub fn mark_gpu_active(&mut self) {
+        self.gpu_active = true;
+    }
+
+    /// Whether the vGPU ran work since the last call (and forget it).
+    pub fn take_gpu_active(&mut self) -> bool {
+        core::mem::take(&mut self.gpu_active)
+    }
+
     /// Record that the GPU wrote guest frame `gfn` (the device model or a command scanner calls this).
     pub fn mark_gpu_dirty(&mut self, gfn: Gfn) {
+        self.gpu_active = true;
         if let Some(i) = self.mem_map.index_of(gfn) {
             let _ = self.gpu_dirty.set(i);
         }

@@ -49,6 +49,25 @@ pub struct SourceConfig {
     /// Pages per PAGES record (1..=1024); larger records amortise headers, smaller ones interleave
     /// better with other channels.
     pub pages_per_record: u32,
+    /// How precisely the GPU's writes are known.
+    pub precision: GpuDirtyPrecision,
+}
+
+/// How precisely the GPU's writes to guest memory are known (GPU page tables have no dirty bits,
+/// and GPU writes do not appear in the CPU dirty log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum GpuDirtyPrecision {
+    /// Every frame mapped through the vGPU's GGTT counts as dirty at every harvest: what the
+    /// original prototype did (pinned means dirty). Content tracking then finds the truly changed
+    /// pages by hashing.
+    AllMapped,
+    /// Mapped frames count as dirty when the vGPU ran work since the last harvest
+    /// ([`Vgpu::mark_gpu_active`]); an idle vGPU adds nothing.
+    MappedIfActive,
+    /// The exact write set the device model or a command scanner reports
+    /// ([`Vgpu::mark_gpu_dirty`]).
+    Exact,
 }
 
 impl Default for SourceConfig {
@@ -57,6 +76,7 @@ impl Default for SourceConfig {
             policy: PolicyConfig::default(),
             stream_id: 0,
             pages_per_record: 64,
+            precision: GpuDirtyPrecision::Exact,
         }
     }
 }
@@ -341,7 +361,22 @@ impl<'s> SourceSession<'s> {
     }
 
     fn harvest(&mut self, vgpu: &mut Vgpu<'_>, cpu: &mut dyn CpuDirtyLog) -> Result<(), VgpuError> {
+        // The exact write set (and GGTT remaps) always count; coarser precisions add to it.
         self.send.absorb(vgpu.gpu_dirty_mut())?;
+        let active = vgpu.take_gpu_active();
+        let all_mapped = match self.cfg.precision {
+            GpuDirtyPrecision::AllMapped => true,
+            GpuDirtyPrecision::MappedIfActive => active,
+            GpuDirtyPrecision::Exact => false,
+        };
+        if all_mapped {
+            let map = vgpu.memory_map();
+            for (_, e) in vgpu.ggtt().iter_present() {
+                if let Some(i) = map.index_of(e.frame()) {
+                    let _ = self.send.set(i);
+                }
+            }
+        }
         let map = vgpu.memory_map().clone();
         let send = &mut self.send;
         cpu.harvest(&mut |gfn: Gfn| {

@@ -344,3 +344,35 @@ fn content_tracking_sends_less_and_stays_exact() {
         }
     }
 }
+
+/// The three precisions of GPU dirty tracking are all exact in outcome; the coarse ones send more
+/// (the prototype's "every mapped page is dirty"), and hashing wins most of that back.
+#[test]
+fn every_dirty_precision_is_exact_and_coarser_ones_send_more() {
+    use vgpu::source::GpuDirtyPrecision as P;
+    let sc = Scenario::small(Profile::THREE_D, 40, 33).unwrap();
+    let run_with = |precision: P, cache: usize| {
+        let mut plan = Plan {
+            content_cache_pages: cache,
+            chunk: 8192,
+            ..Plan::default()
+        };
+        plan.source.precision = precision;
+        plan.source.policy.downtime_limit_ms = 0;
+        plan.source.policy.max_rounds = 4;
+        let r = oracle(&sc, &plan);
+        r.rounds.iter().skip(1).map(|x| x.bytes).sum::<u64>()
+    };
+    let exact = run_with(P::Exact, 0);
+    let active = run_with(P::MappedIfActive, 0);
+    let mapped = run_with(P::AllMapped, 0);
+    let mapped_hashed = run_with(P::AllMapped, 1024);
+    assert!(
+        exact < active && active <= mapped,
+        "exact {exact}, active {active}, mapped {mapped}"
+    );
+    assert!(
+        mapped_hashed < mapped / 2,
+        "hashing: {mapped_hashed} vs {mapped}"
+    );
+}

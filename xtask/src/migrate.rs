@@ -29,6 +29,15 @@ pub(crate) struct Args {
     /// Frames the workload renders (the migration starts after a quarter of them).
     #[arg(long, default_value_t = 120)]
     pub(crate) frames: u64,
+    /// How precisely GPU writes are tracked: `exact` (the write set the device reports), `active`
+    /// (every mapped page when the vGPU ran work), `mapped` (every mapped page, always: the
+    /// original prototype's behaviour).
+    #[arg(long, default_value = "exact", value_parser = ["exact", "active", "mapped"])]
+    pub(crate) precision: String,
+    /// Content tracking on the source (skip unchanged pages, send duplicates and deltas): `on`
+    /// with a 64 MiB delta cache, or `off`.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub(crate) content: String,
     /// Seed of the guest workload.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
@@ -119,12 +128,15 @@ pub(crate) fn run(args: &Args) -> crate::Result {
             (sc.map.frames() * 4096) >> 10
         );
         println!(
-            "workload {} ({} frames, seed {}), link {:.2} GB/s modeled, downtime limit {} ms",
+            "workload {} ({} frames, seed {}), link {:.2} GB/s modeled, downtime limit {} ms, \
+             GPU dirty tracking {}, content tracking {}",
             profile.name,
             sc.frames,
             sc.seed,
             link as f64 / 1e9,
-            args.downtime_ms
+            args.downtime_ms,
+            args.precision,
+            args.content
         );
         println!("running the reference (never migrated) ...");
     }
@@ -146,7 +158,12 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     plan.source.policy.max_rounds = 30;
     plan.chunk = 256 * 1024;
     // A 64 MiB cache of last-sent pages for deltas (QEMU's XBZRLE cache default).
-    plan.content_cache_pages = 16384;
+    plan.content_cache_pages = if args.content == "on" { 16384 } else { 0 };
+    plan.source.precision = match args.precision.as_str() {
+        "mapped" => vgpu::source::GpuDirtyPrecision::AllMapped,
+        "active" => vgpu::source::GpuDirtyPrecision::MappedIfActive,
+        _ => vgpu::source::GpuDirtyPrecision::Exact,
+    };
     plan.feed = 256 * 1024;
     // Start once a quarter of the frames have been submitted.
     while a.driver.frames_submitted() < sc.frames / 4 {

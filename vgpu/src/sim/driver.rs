@@ -72,57 +72,77 @@ pub struct Profile {
     pub repeat_every: u64,
     /// Each fill is also written to a second surface (a decoded frame and its display copy).
     pub mirror: bool,
+    /// Frame period in modeled nanoseconds (vsync pacing: 16.7 ms at 60 Hz); 0 renders as fast as
+    /// the GPU allows.
+    pub frame_ns: u64,
 }
 
 impl Profile {
-    /// An idle desktop: a cursor and a clock.
+    /// An idle desktop: a cursor and a clock; 0.25 MiB redrawn per frame within an 8 MiB working
+    /// set, the same content for 16 frames at a time. (The per-frame floor F and working set W of
+    /// each profile follow the dirty models of the project's performance notes.)
     pub const IDLE: Profile = Profile {
         name: "idle",
-        rt_pages: 64,
-        fill_pages: 1,
+        rt_pages: 2048,
+        fill_pages: 64,
         stores: 2,
         hot_pages: 4,
         remap_every: 0,
         cpu_writes: 1,
         repeat_every: 16,
         mirror: false,
+        frame_ns: 16_666_667,
     };
-    /// 2D: window contents redrawn by blits.
+    /// 2D: window contents redrawn by blits: 8 MiB per frame within 48 MiB, content changing every
+    /// 4 frames.
     pub const TWO_D: Profile = Profile {
         name: "2d",
-        rt_pages: 512,
-        fill_pages: 16,
+        rt_pages: 12288,
+        fill_pages: 2048,
         stores: 8,
         hot_pages: 32,
         remap_every: 16,
         cpu_writes: 2,
         repeat_every: 4,
         mirror: false,
+        frame_ns: 16_666_667,
     };
-    /// Media: frames decoded into a pool of surfaces.
+    /// Media: 30 frames/s decoded into a pool of surfaces and copied for display (4 + 4 MiB per
+    /// frame within 48 MiB).
     pub const MEDIA: Profile = Profile {
         name: "media",
-        rt_pages: 2048,
-        fill_pages: 128,
+        rt_pages: 12288,
+        fill_pages: 1024,
         stores: 8,
         hot_pages: 16,
         remap_every: 32,
         cpu_writes: 4,
         repeat_every: 1,
         mirror: true,
+        frame_ns: 33_333_333,
     };
-    /// 3D: per-frame render-target rewrite, a hot set, a growing tail of new allocations.
+    /// 3D at 60 frames/s: 32 MiB of render targets rewritten per frame within 128 MiB, a hot set of
+    /// scattered stores, a growing tail of new allocations.
     pub const THREE_D: Profile = Profile {
         name: "3d",
-        rt_pages: 8192,
-        fill_pages: 512,
+        rt_pages: 32768,
+        fill_pages: 8192,
         stores: 32,
         hot_pages: 256,
         remap_every: 4,
         cpu_writes: 4,
         repeat_every: 1,
         mirror: false,
+        frame_ns: 16_666_667,
     };
+
+    /// The profile rendering as fast as the GPU allows (no vsync pacing).
+    pub const fn unpaced(self) -> Profile {
+        Profile {
+            frame_ns: 0,
+            ..self
+        }
+    }
 
     /// The profile with all page counts divided by `div` (at least 1): for small test vGPUs.
     pub const fn scaled_down(self, div: u64) -> Profile {
@@ -193,6 +213,8 @@ pub struct GuestDriver {
     hidden: u64,
     /// Guest CPU actions taken (for reports).
     pub actions: u64,
+    /// Modeled time of the current step (the guest's clock).
+    now_ns: u64,
 }
 
 impl GuestDriver {
@@ -213,6 +235,7 @@ impl GuestDriver {
             aperture: 0,
             hidden: 0,
             actions: 0,
+            now_ns: 0,
         }
     }
 
@@ -343,7 +366,9 @@ impl GuestDriver {
         vgpu: &mut Vgpu<'_>,
         g: &mut Guest<'_>,
         actions: u32,
+        now_ns: u64,
     ) -> Result<(), VgpuError> {
+        self.now_ns = now_ns;
         self.ack_csb(vgpu, g)?;
         for _ in 0..actions {
             if !self.act(vgpu, g)? {
@@ -365,6 +390,9 @@ impl GuestDriver {
                 }
                 if self.frame >= self.completed(vgpu, g.mem) + 2 {
                     return Ok(false); // two frames in flight: wait for the GPU
+                }
+                if self.now_ns < self.frame.saturating_mul(self.profile.frame_ns) {
+                    return Ok(false); // vsync: not yet time for this frame
                 }
                 self.build_frame(vgpu, g)?;
                 self.stage = Stage::Elsp(0);
@@ -478,9 +506,13 @@ impl GuestDriver {
         }
         // Render-target rewrite, in runs of contiguous pages.
         let mut left = self.profile.fill_pages;
+        let mut piece = 0u32;
         while left > 0 {
             let start = self.rt_cursor % self.profile.rt_pages;
             let n = left.min(self.profile.rt_pages - start).min(4095);
+            // Each piece of the render target has its own content; only a mirror repeats it.
+            let seed = seed ^ piece.wrapping_mul(0x9E37_79B9);
+            piece += 1;
             push(
                 &mut batch,
                 &cmd::sim_fill(self.hidden + start * 4096, n as u16, seed),

@@ -183,6 +183,7 @@ impl RefGpu {
         }
         // The execlist status register follows the dispatch.
         vgpu.mirror_engines();
+        vgpu.mark_gpu_active();
         Some(Exec {
             desc,
             state_page: ctx.state_page,

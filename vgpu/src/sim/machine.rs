@@ -125,7 +125,7 @@ impl<'a> Machine<'a> {
             host: &mut self.host,
         };
         self.driver
-            .step(&mut self.vgpu, &mut g, self.actions_per_step)?;
+            .step(&mut self.vgpu, &mut g, self.actions_per_step, self.clock_ns)?;
         self.gpu
             .step(&mut self.vgpu, &mut self.mem, self.commands_per_step);
         self.clock_ns += STEP_NS;
@@ -158,7 +158,7 @@ impl<'a> Machine<'a> {
                     log: &mut self.cpu_log,
                     host: &mut self.host,
                 };
-                self.driver.step(&mut self.vgpu, &mut g, 0)?;
+                self.driver.step(&mut self.vgpu, &mut g, 0, self.clock_ns)?;
                 return Ok(true);
             }
             self.step()?;
@@ -169,6 +169,17 @@ impl<'a> Machine<'a> {
     /// Stop dispatch and let in-flight work finish (the quiesce before stop-and-copy).
     pub fn quiesce(&mut self) -> bool {
         let _ = self.vgpu.quiesce();
-        self.gpu.drain(&mut self.vgpu, &mut self.mem, 1 << 32)
+        // In-flight work finishes at the GPU's normal pace: modeled time passes while it drains.
+        let mut steps = 0u64;
+        while self.vgpu.engines().in_flight() != 0 {
+            self.gpu
+                .step(&mut self.vgpu, &mut self.mem, self.commands_per_step);
+            self.clock_ns += STEP_NS;
+            steps += 1;
+            if steps > 1 << 24 {
+                return false;
+            }
+        }
+        true
     }
 }

@@ -87,9 +87,16 @@ impl Scenario {
         })
     }
 
-    /// The small vGPU the tests use: 512 KiB aperture + 2 MiB hidden, the workload scaled to fit.
+    /// The small vGPU the tests use: 512 KiB aperture + 2 MiB hidden, the workload scaled down 128
+    /// times to fit and unpaced (frames as fast as the GPU goes).
     pub fn small(profile: Profile, frames: u64, seed: u64) -> Result<Self, VgpuError> {
-        Self::new(512 * 1024, 2 << 20, profile.scaled_down(32), frames, seed)
+        Self::new(
+            512 * 1024,
+            2 << 20,
+            profile.scaled_down(128).unpaced(),
+            frames,
+            seed,
+        )
     }
 
     /// Storage for one machine of this scenario.
