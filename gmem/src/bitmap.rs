@@ -175,6 +175,47 @@ impl<'a> DirtyBitmap<'a> {
         None
     }
 
+    /// Calls `f` with every set bit in `start..start + count`, ascending, without clearing.
+    /// Costs O(words in the range + set bits).
+    ///
+    /// # Errors
+    /// [`GmemError::OutOfRange`] if the range exceeds the bitmap; `f` is not called then.
+    pub fn range_each(
+        &self,
+        start: usize,
+        count: usize,
+        mut f: impl FnMut(usize),
+    ) -> Result<(), GmemError> {
+        let words = &*self.words;
+        for_each_span(start, count, self.bits, |w, m| {
+            if let Some(x) = words.get(w) {
+                each_bit(w, *x & m, &mut f);
+            }
+        })
+    }
+
+    /// Calls `f` with every set bit in `start..start + count`, ascending, and clears those bits
+    /// (read-and-clear of one range; bits outside it are untouched). Costs O(words in the range +
+    /// set bits).
+    ///
+    /// # Errors
+    /// [`GmemError::OutOfRange`] if the range exceeds the bitmap; nothing changes then.
+    pub fn take_range_each(
+        &mut self,
+        start: usize,
+        count: usize,
+        mut f: impl FnMut(usize),
+    ) -> Result<(), GmemError> {
+        let words = &mut *self.words;
+        for_each_span(start, count, self.bits, |w, m| {
+            if let Some(x) = words.get_mut(w) {
+                let hit = *x & m;
+                *x &= !m;
+                each_bit(w, hit, &mut f);
+            }
+        })
+    }
+
     /// Calls `f` with every set bit in ascending order, clearing the bitmap as it goes.
     pub fn harvest_each(&mut self, mut f: impl FnMut(usize)) {
         for (i, w) in self.words.iter_mut().enumerate() {

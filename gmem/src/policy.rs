@@ -1,18 +1,29 @@
-//! The pre-copy policy: decides after each round whether to keep copying while the guest
+//! Pre-copy policies: after each round they decide whether to keep copying while the guest
 //! runs, or to stop the guest and copy the rest (stop-and-copy).
 //!
-//! Per round it estimates the link bandwidth from that round's `bytes_sent / elapsed_us`
+//! [`PrecopyPolicy`] is the common interface; [`Policy`] is this crate's policy, and
+//! [`crate::baseline`] holds a QEMU-style policy and plain stop-and-copy to compare it with on
+//! the same trace. Every policy also keeps a [`MigrationStatus`]: what VFIO's precopy info and
+//! QEMU's migration status expose, computed from the statistics it saw.
+//!
+//! [`Policy`] estimates the link bandwidth from each round's `bytes_sent / elapsed_us`
 //! (keeping the last estimate when a round sent nothing), predicts the downtime of stopping
 //! now as `(dirty_pages_left × 4096 + device_state_bytes) / bandwidth`, and switches when:
 //!
-//! 1. the prediction meets `downtime_limit_ms` ([`SwitchReason::DowntimeMet`]);
+//! 1. the prediction meets `downtime_limit_ms` ([`SwitchReason::DowntimeMet`]). With
+//!    [`PolicyConfig::minimize_downtime`] (the default) it then keeps copying as long as each
+//!    round shrinks the dirty set by at least `min_shrink_percent`, and switches (still with
+//!    `DowntimeMet`) on the first round that does not: the stop set then sits near the
+//!    workload's steady-state floor instead of anywhere under the limit;
 //! 2. this is round `max_rounds` ([`SwitchReason::RoundCap`]; at least one round);
 //! 3. the dirty set failed to shrink by `min_shrink_percent` for [`STALL_ROUNDS`]
 //!    consecutive rounds ([`SwitchReason::NotShrinking`]).
 //!
-//! It counts rounds itself (it does not trust `RoundStats::round`), so it always switches
-//! within `max_rounds` calls, whatever the statistics say. Once it has switched, every later
-//! call returns the same decision. Integer arithmetic only; deterministic.
+//! A round "shrinks" only if the dirty set strictly fell by the required percentage, so a
+//! dirty set stuck at zero pages also stops. It counts rounds itself (it does not trust
+//! `RoundStats::round`), so it always switches within `max_rounds` calls, whatever the
+//! statistics say. Once it has switched, every later call returns the same decision. Integer
+//! arithmetic only; deterministic.
 
 /// Bytes in a guest page.
 const PAGE_BYTES: u128 = 4096;
@@ -30,15 +41,19 @@ pub struct PolicyConfig {
     pub max_rounds: u32,
     /// A round counts as shrinking if the dirty set fell by at least this percentage.
     pub min_shrink_percent: u32,
+    /// Once the limit is met, keep copying while rounds shrink (see the module docs); when
+    /// `false`, switch as soon as the predicted downtime meets the limit.
+    pub minimize_downtime: bool,
 }
 
 impl Default for PolicyConfig {
-    /// 300 ms downtime, 30 rounds, 10 % minimum shrink.
+    /// 300 ms downtime, 30 rounds, 10 % minimum shrink, minimize downtime.
     fn default() -> Self {
         Self {
             downtime_limit_ms: 300,
             max_rounds: 30,
             min_shrink_percent: 10,
+            minimize_downtime: true,
         }
     }
 }
@@ -59,6 +74,16 @@ pub struct RoundStats {
     pub device_state_bytes: u64,
 }
 
+impl RoundStats {
+    /// What stop-and-copy would send now: dirty pages plus device state (saturating).
+    #[must_use]
+    pub fn pending_bytes(&self) -> u64 {
+        let left =
+            u128::from(self.dirty_pages_left) * PAGE_BYTES + u128::from(self.device_state_bytes);
+        u64::try_from(left).unwrap_or(u64::MAX)
+    }
+}
+
 /// Why the policy switched to stop-and-copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -71,8 +96,12 @@ pub enum SwitchReason {
     },
     /// The dirty set stopped shrinking.
     NotShrinking,
-    /// The round limit was reached.
+    /// The round limit was reached (for [`crate::baseline::StopAndCopy`]: a limit of zero
+    /// pre-copy rounds).
     RoundCap,
+    /// A baseline's iteration limit was reached without meeting its switch condition. The
+    /// baseline itself (QEMU) would have kept iterating: this means *no convergence*.
+    IterationLimit,
 }
 
 /// The policy's verdict after a round.
@@ -85,18 +114,171 @@ pub enum Decision {
     StopAndCopy(SwitchReason),
 }
 
-/// The pre-copy policy state; see the module docs.
+/// Migration progress as VFIO (`VFIO_MIG_GET_PRECOPY_INFO`, `MIG_DATA_SIZE`) and QEMU
+/// (`query-migrate`) expose it, computed by a policy from the [`RoundStats`] it saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MigrationStatus {
+    /// Rounds (dirty syncs) seen so far: QEMU's `dirty-sync-count`.
+    pub round: u32,
+    /// Size of the initial copy: the bytes of the first round that sent anything (0 before
+    /// it). VFIO's `initial_bytes` counts this down while that round runs and is 0 after it.
+    pub initial_bytes: u64,
+    /// What stop-and-copy would send now, dirty pages plus device state, after the last round:
+    /// VFIO's `dirty_bytes` / `stop_copy_length`, QEMU's `remaining`.
+    pub dirty_bytes: u64,
+    /// The policy's own downtime prediction in microseconds (QEMU's `expected-downtime`), or
+    /// `None` before any bandwidth sample.
+    pub expected_downtime_us: Option<u64>,
+    /// Bytes sent over all rounds (saturating): QEMU's `transferred`.
+    pub bytes_sent: u64,
+    /// The bandwidth estimate in bytes per second, or `None` before any sample.
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    /// Bytes dirtied per second during the last round (its dirty set over its duration):
+    /// QEMU's `dirty-pages-rate` in bytes. `None` if the round had no duration.
+    pub dirty_rate_bytes_per_sec: Option<u64>,
+    /// Why the policy switched, once it has.
+    pub switched: Option<SwitchReason>,
+}
+
+/// `num × 1_000_000 / den` rounded up, saturating; `None` if `den` is 0.
+fn per_second(num: u64, den_us: u64) -> Option<u64> {
+    let v = (u128::from(num) * 1_000_000).checked_div(u128::from(den_us))?;
+    Some(u64::try_from(v).unwrap_or(u64::MAX))
+}
+
+/// `bytes` at `bw = (sample_bytes, sample_us)`, in µs rounded up, saturating.
+fn duration_us(bytes: u64, bw: (u64, u64)) -> u64 {
+    let (b, us) = bw;
+    if b == 0 {
+        return u64::MAX;
+    }
+    // u64 × u64 always fits u128.
+    let x = u128::from(bytes) * u128::from(us);
+    u64::try_from(x.div_ceil(u128::from(b))).unwrap_or(u64::MAX)
+}
+
+/// Bookkeeping shared by every policy: rounds, bytes, bandwidth, status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub(crate) struct Tracker {
+    status: MigrationStatus,
+    /// Last bandwidth sample as (bytes, microseconds), both non-zero.
+    bandwidth: Option<(u64, u64)>,
+}
+
+impl Tracker {
+    pub(crate) const fn new() -> Self {
+        Self {
+            status: MigrationStatus {
+                round: 0,
+                initial_bytes: 0,
+                dirty_bytes: 0,
+                expected_downtime_us: None,
+                bytes_sent: 0,
+                bandwidth_bytes_per_sec: None,
+                dirty_rate_bytes_per_sec: None,
+                switched: None,
+            },
+            bandwidth: None,
+        }
+    }
+
+    /// A bandwidth sample; ignored if either figure is 0.
+    pub(crate) fn sample(&mut self, bytes: u64, us: u64) {
+        if bytes != 0 && us != 0 {
+            self.bandwidth = Some((bytes, us));
+            self.status.bandwidth_bytes_per_sec = per_second(bytes, us);
+        }
+    }
+
+    /// Records a round; returns the rounds seen including this one.
+    pub(crate) fn observe(&mut self, s: &RoundStats) -> u32 {
+        let st = &mut self.status;
+        st.round = st.round.saturating_add(1);
+        if st.initial_bytes == 0 {
+            st.initial_bytes = s.bytes_sent;
+        }
+        st.bytes_sent = st.bytes_sent.saturating_add(s.bytes_sent);
+        st.dirty_bytes = s.pending_bytes();
+        let dirty = u64::try_from(u128::from(s.dirty_pages_left) * PAGE_BYTES).unwrap_or(u64::MAX);
+        st.dirty_rate_bytes_per_sec = per_second(dirty, s.elapsed_us);
+        self.sample(s.bytes_sent, s.elapsed_us);
+        self.status.round
+    }
+
+    /// `bytes` at the current bandwidth estimate, in µs.
+    pub(crate) fn time_us(&self, bytes: u64) -> Option<u64> {
+        self.bandwidth.map(|bw| duration_us(bytes, bw))
+    }
+
+    pub(crate) const fn set_expected(&mut self, us: Option<u64>) {
+        self.status.expected_downtime_us = us;
+    }
+
+    pub(crate) const fn switched(&self) -> Option<SwitchReason> {
+        self.status.switched
+    }
+
+    /// Latches the decision.
+    pub(crate) const fn decide(&mut self, reason: Option<SwitchReason>) -> Decision {
+        match reason {
+            Some(r) => {
+                self.status.switched = Some(r);
+                Decision::StopAndCopy(r)
+            }
+            None => Decision::Continue,
+        }
+    }
+
+    pub(crate) const fn status(&self) -> MigrationStatus {
+        self.status
+    }
+}
+
+/// A pre-copy policy: fed each round's statistics, it says when to switch to stop-and-copy.
+///
+/// The embedder runs rounds and calls [`PrecopyPolicy::on_round`] after each dirty sync; it
+/// may call [`PrecopyPolicy::on_progress`] with bandwidth samples taken inside a round, must
+/// honour [`PrecopyPolicy::rate_limit_bytes_per_sec`], and may end a round early (sync the
+/// dirty log) once the bytes still owed from the current pass are at most
+/// [`PrecopyPolicy::early_sync_bytes`].
+pub trait PrecopyPolicy {
+    /// A short name for reports.
+    fn name(&self) -> &'static str;
+
+    /// Feeds one round's statistics and returns the decision. Once a policy has decided to
+    /// switch, it returns that decision again on every later call.
+    fn on_round(&mut self, stats: RoundStats) -> Decision;
+
+    /// A bandwidth sample taken during a round (QEMU samples every 100 ms). Default: ignored.
+    fn on_progress(&mut self, bytes_sent: u64, elapsed_us: u64) {
+        let _ = (bytes_sent, elapsed_us);
+    }
+
+    /// A round may end early once at most this many bytes of the pass remain. Default 0:
+    /// every round finishes its pass.
+    fn early_sync_bytes(&self) -> u64 {
+        0
+    }
+
+    /// The sending rate the policy allows, or `None` for the link rate. Default `None`.
+    fn rate_limit_bytes_per_sec(&self) -> Option<u64> {
+        None
+    }
+
+    /// Progress as VFIO and QEMU expose it.
+    fn status(&self) -> MigrationStatus;
+}
+
+/// This crate's pre-copy policy; see the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Policy {
     config: PolicyConfig,
-    rounds: u32,
     prev_dirty: Option<u64>,
     stalls: u32,
-    /// Last bandwidth sample as (bytes, microseconds), both non-zero.
-    bandwidth: Option<(u64, u64)>,
-    predicted_us: Option<u64>,
-    decided: Option<SwitchReason>,
+    track: Tracker,
 }
 
 impl Policy {
@@ -105,12 +287,9 @@ impl Policy {
     pub const fn new(config: PolicyConfig) -> Self {
         Self {
             config,
-            rounds: 0,
             prev_dirty: None,
             stalls: 0,
-            bandwidth: None,
-            predicted_us: None,
-            decided: None,
+            track: Tracker::new(),
         }
     }
 
@@ -123,49 +302,45 @@ impl Policy {
     /// Rounds seen so far.
     #[must_use]
     pub const fn rounds(&self) -> u32 {
-        self.rounds
+        self.track.status.round
     }
 
     /// The downtime predicted after the last round, in microseconds, or `None` before any
     /// bandwidth sample.
     #[must_use]
     pub const fn expected_downtime_us(&self) -> Option<u64> {
-        self.predicted_us
+        self.track.status.expected_downtime_us
     }
 
     /// The estimated bandwidth in bytes per second, or `None` before any sample.
     #[must_use]
-    pub fn bandwidth_bytes_per_sec(&self) -> Option<u64> {
-        let (bytes, us) = self.bandwidth?;
-        let v = u128::from(bytes) * 1_000_000 / u128::from(us);
-        Some(u64::try_from(v).unwrap_or(u64::MAX))
+    pub const fn bandwidth_bytes_per_sec(&self) -> Option<u64> {
+        self.track.status.bandwidth_bytes_per_sec
+    }
+
+    /// Progress as VFIO and QEMU expose it.
+    #[must_use]
+    pub const fn status(&self) -> MigrationStatus {
+        self.track.status()
     }
 
     /// Feeds one round's statistics and returns the decision.
     pub fn on_round(&mut self, stats: RoundStats) -> Decision {
-        if let Some(reason) = self.decided {
+        if let Some(reason) = self.track.switched() {
             return Decision::StopAndCopy(reason);
         }
-        self.rounds = self.rounds.saturating_add(1);
-        if stats.bytes_sent != 0 && stats.elapsed_us != 0 {
-            self.bandwidth = Some((stats.bytes_sent, stats.elapsed_us));
-        }
-        self.predicted_us = self.bandwidth.map(|(bytes, us)| {
-            let left = u128::from(stats.dirty_pages_left) * PAGE_BYTES
-                + u128::from(stats.device_state_bytes);
-            // `bytes < 2^64`, so a product above u128::MAX means a result above u64::MAX.
-            left.checked_mul(u128::from(us))
-                .and_then(|x| u64::try_from(x.div_ceil(u128::from(bytes))).ok())
-                .unwrap_or(u64::MAX)
-        });
+        let rounds = self.track.observe(&stats);
+        let predicted = self.track.time_us(stats.pending_bytes());
+        self.track.set_expected(predicted);
+        let dirty = stats.dirty_pages_left;
         let shrink_ok = match self.prev_dirty {
             None => true,
             Some(prev) => {
                 let keep = 100u128.saturating_sub(u128::from(self.config.min_shrink_percent));
-                u128::from(stats.dirty_pages_left) * 100 <= u128::from(prev) * keep
+                dirty < prev && u128::from(dirty) * 100 <= u128::from(prev) * keep
             }
         };
-        self.prev_dirty = Some(stats.dirty_pages_left);
+        self.prev_dirty = Some(dirty);
         self.stalls = if shrink_ok {
             0
         } else {
@@ -173,19 +348,35 @@ impl Policy {
         };
 
         let limit_us = u64::from(self.config.downtime_limit_ms) * 1000;
-        let reason = match self.predicted_us {
-            Some(p) if p <= limit_us => Some(SwitchReason::DowntimeMet { predicted_us: p }),
-            _ if self.rounds >= self.config.max_rounds.max(1) => Some(SwitchReason::RoundCap),
+        let capped = rounds >= self.config.max_rounds.max(1);
+        let reason = match predicted {
+            Some(p) if p <= limit_us => {
+                let more = self.config.minimize_downtime && shrink_ok && dirty != 0 && !capped;
+                (!more).then_some(SwitchReason::DowntimeMet { predicted_us: p })
+            }
+            _ if capped => Some(SwitchReason::RoundCap),
             _ if self.stalls >= STALL_ROUNDS => Some(SwitchReason::NotShrinking),
             _ => None,
         };
-        match reason {
-            Some(r) => {
-                self.decided = Some(r);
-                Decision::StopAndCopy(r)
-            }
-            None => Decision::Continue,
+        self.track.decide(reason)
+    }
+}
+
+impl PrecopyPolicy for Policy {
+    fn name(&self) -> &'static str {
+        if self.config.minimize_downtime {
+            "gmem (minimize)"
+        } else {
+            "gmem (limit)"
         }
+    }
+
+    fn on_round(&mut self, stats: RoundStats) -> Decision {
+        Self::on_round(self, stats)
+    }
+
+    fn status(&self) -> MigrationStatus {
+        self.track.status()
     }
 }
 
@@ -214,15 +405,23 @@ mod tests {
     fn defaults() {
         let c = PolicyConfig::default();
         assert_eq!(
-            (c.downtime_limit_ms, c.max_rounds, c.min_shrink_percent),
-            (300, 30, 10)
+            (
+                c.downtime_limit_ms,
+                c.max_rounds,
+                c.min_shrink_percent,
+                c.minimize_downtime
+            ),
+            (300, 30, 10, true)
         );
     }
 
     #[test]
     fn converging_trace_meets_downtime() {
         // 1 GB/s link = 1000 bytes per µs. 300 ms allows 300 MB = 73_242 pages.
-        let mut p = Policy::new(PolicyConfig::default());
+        let mut p = Policy::new(PolicyConfig {
+            minimize_downtime: false,
+            ..PolicyConfig::default()
+        });
         assert_eq!(
             p.on_round(round(0, 200_000, 1_000_000_000, 1_000_000)),
             Decision::Continue
@@ -244,6 +443,70 @@ mod tests {
         // Latched.
         assert_eq!(p.on_round(round(3, 1_000_000, 1, 1_000_000)), d);
         assert_eq!(p.rounds(), 3);
+    }
+
+    #[test]
+    fn minimize_keeps_copying_while_shrinking() {
+        // Same trace as above, default config: the limit is met at round 2 but the set keeps
+        // halving, so it copies on until a round shrinks by less than 10 %.
+        let mut p = Policy::new(PolicyConfig::default());
+        assert_eq!(p.name(), "gmem (minimize)");
+        for (dirty, bytes) in [
+            (200_000, 1_000_000_000),
+            (100_000, 800_000_000),
+            (50_000, 400_000_000),
+            (10_000, 200_000_000),
+        ] {
+            assert_eq!(
+                p.on_round(round(0, dirty, bytes, bytes / 1000)),
+                Decision::Continue
+            );
+        }
+        // 9_500 is only 5 % fewer: switch now, predicted 9_500 × 4096 / 1000 µs.
+        let d = p.on_round(round(0, 9_500, 40_960_000, 40_960));
+        assert_eq!(
+            d,
+            Decision::StopAndCopy(SwitchReason::DowntimeMet {
+                predicted_us: 38_912
+            })
+        );
+        let st = p.status();
+        assert_eq!(st.round, 5);
+        assert_eq!(st.initial_bytes, 1_000_000_000);
+        assert_eq!(st.bytes_sent, 2_440_960_000);
+        assert_eq!(st.dirty_bytes, 38_912_000);
+        assert_eq!(st.expected_downtime_us, Some(38_912));
+        assert_eq!(st.bandwidth_bytes_per_sec, Some(1_000_000_000));
+        // 9_500 pages dirtied during a 40.96 ms round.
+        assert_eq!(st.dirty_rate_bytes_per_sec, Some(950_000_000));
+        assert_eq!(st.switched, d_reason(d));
+    }
+
+    fn d_reason(d: Decision) -> Option<SwitchReason> {
+        match d {
+            Decision::Continue => None,
+            Decision::StopAndCopy(r) => Some(r),
+        }
+    }
+
+    #[test]
+    fn minimize_stops_at_zero_and_at_cap() {
+        let mut p = Policy::new(PolicyConfig::default());
+        assert_eq!(p.on_round(round(0, 10, 1000, 1)), Decision::Continue);
+        // Nothing left to shrink: switch even though the round shrank.
+        assert_eq!(
+            p.on_round(round(0, 0, 1000, 1)),
+            Decision::StopAndCopy(SwitchReason::DowntimeMet { predicted_us: 0 })
+        );
+        let mut p = Policy::new(PolicyConfig {
+            max_rounds: 2,
+            ..PolicyConfig::default()
+        });
+        assert_eq!(p.on_round(round(0, 1000, 1000, 1)), Decision::Continue);
+        assert_eq!(
+            p.on_round(round(0, 500, 1000, 1)),
+            Decision::StopAndCopy(SwitchReason::DowntimeMet { predicted_us: 2048 })
+        );
     }
 
     #[test]
@@ -343,11 +606,13 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn always_terminates(max_rounds in 0u32..40, limit in any::<u32>(), shrink in any::<u32>(),
+                             minimize in any::<bool>(),
                              trace in proptest::collection::vec(stats(), 40)) {
             let mut p = Policy::new(PolicyConfig {
                 downtime_limit_ms: limit,
                 max_rounds,
                 min_shrink_percent: shrink,
+                minimize_downtime: minimize,
             });
             let mut stopped_at = None;
             for (i, s) in trace.iter().enumerate() {
