@@ -82,6 +82,11 @@ addr_type!(
     Gpa,
     u64
 );
+addr_type!(
+    /// A per-process (PPGTT) graphics virtual address, in bytes.
+    Gva,
+    u64
+);
 
 impl GmAddr {
     /// The GGTT index of the page holding this address, or `None` if it lies beyond the
