@@ -14,7 +14,7 @@
 //! an applier that disagree. The panic message says which invariant failed.
 //!
 //! Targets: [`migstream_decode`], [`migstream_roundtrip`], [`migstream_segmented`],
-//! [`gtt_runs`], [`mmio_access`], [`mmio_restore`], [`engines_restore`]; [`TARGETS`] lists
+//! [`gtt_runs`], [`gtt_walk`], [`mmio_access`], [`mmio_restore`], [`engines_restore`]; [`TARGETS`] lists
 //! them by name. [`seeds`] builds the meaningful part of the corpus.
 //!
 //! # Example
@@ -35,6 +35,7 @@
 
 mod engines_targets;
 mod gtt_target;
+mod gtt_walk;
 mod input;
 mod migstream_targets;
 mod mmio_targets;
@@ -43,8 +44,9 @@ mod vgpu_target;
 
 pub use engines_targets::engines_restore;
 pub use gtt_target::gtt_runs;
+pub use gtt_walk::gtt_walk;
 pub use migstream_targets::{
-    GOLDEN_STREAM, migstream_decode, migstream_roundtrip, migstream_segmented,
+    ENCODINGS_STREAM, GOLDEN_STREAM, migstream_decode, migstream_roundtrip, migstream_segmented,
 };
 pub use mmio_targets::{mmio_access, mmio_restore};
 pub use vgpu_target::{valid_stream as vgpu_valid_stream, vgpu_restore};
@@ -60,7 +62,7 @@ pub struct Target {
 }
 
 /// Every fuzz target of this crate.
-pub const TARGETS: [Target; 8] = [
+pub const TARGETS: [Target; 9] = [
     Target {
         name: "migstream_decode",
         body: migstream_decode,
@@ -92,5 +94,9 @@ pub const TARGETS: [Target; 8] = [
     Target {
         name: "vgpu_restore",
         body: vgpu_restore,
+    },
+    Target {
+        name: "gtt_walk",
+        body: gtt_walk,
     },
 ];

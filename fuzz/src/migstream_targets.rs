@@ -19,8 +19,7 @@ use crate::input::{Bytes, Mix};
 pub const GOLDEN_STREAM: &[u8] = include_bytes!("../../migstream/tests/vectors/skeleton.bin");
 
 /// The golden stream with all four page encodings (FULL, ZERO, DUP, DELTA).
-pub(crate) const ENCODINGS_STREAM: &[u8] =
-    include_bytes!("../../migstream/tests/vectors/encodings.bin");
+pub const ENCODINGS_STREAM: &[u8] = include_bytes!("../../migstream/tests/vectors/encodings.bin");
 
 /// Decoder contract on arbitrary bytes: `data[0]` is the slice size − 1, the rest is the
 /// stream (body: [`migstream::fuzzing::decode_arbitrary`]).

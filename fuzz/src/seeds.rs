@@ -411,6 +411,7 @@ pub fn all() -> Vec<Seed> {
     out.extend(mmio_seeds(&mut mix));
     out.extend(engines_seeds(&mut mix));
     out.extend(vgpu_seeds());
+    out.extend(gtt_walk_seeds(&mut mix));
     out
 }
 
@@ -437,6 +438,137 @@ fn vgpu_seeds() -> Vec<Seed> {
         seed(T, "header-only", with(3, wire.get(..80).unwrap_or(&[]))),
         seed(T, "flipped-middle", with(9, &flipped)),
     ]
+}
+
+/// One `gtt_walk` input: selector, PDP mask, entry writes `(page, index, raw)` and addresses.
+fn walk_input(sel: u8, pdps: u8, writes: &[(u16, u16, u64)], addrs: &[u64]) -> Vec<u8> {
+    let mut out = vec![sel, pdps, u8::try_from(writes.len()).unwrap_or(u8::MAX)];
+    for &(page, index, raw) in writes {
+        out.extend_from_slice(&(page << 9 | index).to_le_bytes());
+        out.extend_from_slice(&raw.to_le_bytes());
+    }
+    for a in addrs {
+        out.extend_from_slice(&a.to_le_bytes());
+    }
+    out
+}
+
+fn gtt_walk_seeds(mix: &mut Mix) -> Vec<Seed> {
+    const T: &str = "gtt_walk";
+    const P: u64 = 1;
+    const RW: u64 = 2;
+    // Selector: bit 0 four-level, bits 2:1 generation (0 gen8, 1 gen9, 2 gen12, 3 MTL),
+    // bits 7:3 pages - 1.
+    let sel =
+        |four: bool, generation: u8, pages: u8| u8::from(four) | generation << 1 | (pages - 1) << 3;
+    // 4-level: PML4 0 -> PDP 1 -> PD 2 -> PT 3 (4 KiB), PT 4 (64 KiB), and a 2 MiB page.
+    let tree = [
+        (0, 0, 0x1000 | P | RW),
+        (1, 0, 0x2000 | P | RW),
+        (2, 0, 0x3000 | P | RW),
+        (2, 1, 0x4000 | P | RW | 1 << 11),
+        (2, 2, P | 1 << 7 | 1 << 12 | 0x18),
+        (3, 0, 0x5000 | P | RW | 0x18),
+        (3, 1, 0x6000 | P | 0x80),
+        (4, 0, 0x7000 | P | RW),
+        (4, 16, P | RW),
+    ];
+    let addrs = [
+        0x1234u64,
+        0x20_0000,
+        0x21_0FFF,
+        0x40_0000,
+        1 << 47,
+        u64::MAX,
+    ];
+    let mut out = vec![
+        seed(
+            T,
+            "four-level-all-sizes",
+            walk_input(sel(true, 1, 8), 0, &tree, &addrs),
+        ),
+        seed(
+            T,
+            "gen12-64k-bit6",
+            walk_input(
+                sel(true, 2, 8),
+                0,
+                &[
+                    (0, 0, 0x1000 | P | RW),
+                    (1, 0, 0x2000 | P | RW),
+                    (2, 0, 0x3000 | P | RW | 1 << 6),
+                    (3, 0, 0x4000 | P | RW | 1 << 11),
+                    (3, 16, 0x5000 | P | 1 << 62),
+                ],
+                &[0x1_0000, 0],
+            ),
+        ),
+        seed(
+            T,
+            "three-level",
+            walk_input(
+                sel(false, 0, 4),
+                0b0101,
+                &[
+                    (1, 0, 0x2000 | P | RW),
+                    (2, 3, 0x3000 | P | RW),
+                    (1, 1, P | 1 << 7),
+                ],
+                &[0x3000, 0x8000_3000, 0x20_0000],
+            ),
+        ),
+        seed(
+            T,
+            "cycles-and-shared",
+            walk_input(
+                sel(true, 1, 4),
+                0,
+                &[
+                    (0, 0, P | RW),
+                    (0, 1, 0x1000 | P | RW),
+                    (1, 0, P | RW),
+                    (1, 1, 0x2000 | P | RW),
+                    (2, 0, 0x3000 | P | RW),
+                    (2, 1, 0x3000 | P | RW),
+                    (3, 0, 0x2000 | P | RW),
+                ],
+                &[1 << 39 | 1 << 30, 0],
+            ),
+        ),
+        seed(
+            T,
+            "faults",
+            walk_input(
+                sel(true, 3, 4),
+                0,
+                &[
+                    (0, 0, 0x1000 | P | RW),
+                    (1, 0, P | RW | 1 << 7),
+                    (1, 1, 0x2000 | P | RW),
+                    (2, 0, 0x3000 | P | RW | 1 << 11),
+                    (3, 0, 0x5000 | P | RW),
+                    (3, 16, 0x3000 | P | 1 << 47),
+                    (2, 1, 0x1000 | P | 1 << 7 | 1 << 14),
+                ],
+                &[1 << 30, 0, 1 << 30 | 0x1000],
+            ),
+        ),
+    ];
+    // Every entry of every page points at the next page: the budget bounds the visit.
+    let mut dense = Vec::new();
+    for page in 0..4u16 {
+        for index in (0..512u16).step_by(8) {
+            dense.push((page, index, (u64::from(page + 1) % 4) << 12 | P | RW));
+        }
+    }
+    dense.truncate(255);
+    out.push(seed(
+        T,
+        "dense-shared",
+        walk_input(sel(true, 1, 4), 0, &dense, &[]),
+    ));
+    out.extend(random(T, mix, 3, 400));
+    out
 }
 
 #[cfg(test)]

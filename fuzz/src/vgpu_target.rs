@@ -14,7 +14,7 @@ fn scenario() -> Scenario {
     }
 }
 
-/// A valid stream of [`scenario`], migrated at frame 4 with the guest held still (the seed).
+/// A valid stream of the small idle scenario, migrated at frame 4 with the guest held still (the seed).
 #[must_use]
 pub fn valid_stream() -> Vec<u8> {
     let sc = scenario();

@@ -177,6 +177,7 @@ replay_tests!(
     mmio_restore,
     engines_restore,
     vgpu_restore,
+    gtt_walk,
 );
 
 /// Regression for a finding of `cargo fuzz run gtt_runs`: with the hidden slice directly after

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use gmem::{DirtyBitmap, is_zero_page, page_hash, words_for};
 use gtt::{
     Generation, Gfn, GgttSlices, GmAddr, GmRange, Hfn, Partition, SaveCursor, apply_runs,
-    rebase_linear, translate_frames, validate_runs,
+    rebase_linear, translate_frames, translate_frames_table, validate_runs_with,
 };
 use migstream::{
     CONTROL_VERSION, Crc32, DeviceIdentity, EncodeError, Encoder, Event, FORMAT_MINOR, Limits,
@@ -878,8 +878,8 @@ fn pte_codec(h: &mut Harness) -> crate::Result {
     if h.wants("B7d") {
         let reference = h.reference(&table_bytes, &mut copy);
         let (d, (stats, applied)) = time_fallible(h, || {
-            let stats = validate_runs(payload, &partition, &frame_ok, Generation::Gen9)
-                .map_err(|e| format!("validate_runs: {e}"))?;
+            let stats = validate_runs_with(payload, &partition, frame_ok, Generation::Gen9)
+                .map_err(|e| format!("validate_runs_with: {e}"))?;
             dst.clear();
             let applied = apply_runs(payload, &mut dst).map_err(|e| format!("apply_runs: {e}"))?;
             Ok((stats, applied))
@@ -891,7 +891,7 @@ fn pte_codec(h: &mut Harness) -> crate::Result {
         check(dst.entries() == src.entries(), "B7 restored GGTT differs")?;
         h.record(figure(
             "B7d",
-            "pte_codec validate_runs + apply_runs",
+            "pte_codec validate_runs_with + apply_runs",
             entry_bytes,
             d,
             reference,
@@ -993,18 +993,27 @@ fn gtt_rebase(h: &mut Harness) -> crate::Result {
         translate_frames(&mut e, &map).map_err(|e| format!("translate_frames: {e}"))?;
         check(e == original, "B8 involution table does not invert")?;
 
+        // The dense-table form must agree with the closure form.
+        let mut fast = original.clone();
+        translate_frames_table(&mut fast, Gfn::new(0), &table)
+            .map_err(|e| format!("translate_frames_table: {e}"))?;
+        translate_frames(&mut e, &map).map_err(|e| format!("translate_frames: {e}"))?;
+        check(fast == e, "B8 table and closure translations differ")?;
+        translate_frames(&mut e, &map).map_err(|e| format!("translate_frames: {e}"))?;
+
         let reference = h.reference(&table_bytes, &mut copy);
         let mut calls = 0u64;
         let (d, ()) = time_fallible(h, || {
             calls += 1;
-            translate_frames(&mut e, &map).map_err(|e| format!("translate_frames: {e}"))
+            translate_frames_table(&mut e, Gfn::new(0), &table)
+                .map_err(|e| format!("translate_frames_table: {e}"))
         })?;
         if calls.is_multiple_of(2) {
             check(e == original, "B8 table translation drifted")?;
         }
         h.record(figure(
             "B8t",
-            "gtt_rebase translate_frames (gfn->hfn table)",
+            "gtt_rebase translate_frames_table (gfn->hfn)",
             entry_bytes,
             d,
             reference,

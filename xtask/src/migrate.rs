@@ -279,7 +279,7 @@ fn print_report(
         saved as f64 / (1 << 20) as f64
     );
     println!(
-        "modeled downtime: {:.2} ms (drain + stop-and-copy over the link); modeled total: {:.1} ms",
+        "modeled downtime: {:.3} ms (drain + stop-and-copy over the link); modeled total: {:.1} ms",
         r.downtime_us as f64 / 1000.0,
         r.total_us as f64 / 1000.0
     );
