@@ -442,9 +442,9 @@ const fn build_skl() -> Builder {
         .push(pvinfo_ro(off::FENCE_NUM, 0, "PV_FENCE_NUM"))
         .push(pvinfo_rw(off::DISPLAY_READY, 0, "PV_DISPLAY_READY"))
         .push(
-            pvinfo_rw(off::G2V_NOTIFY, 0, "PV_G2V_NOTIFY")
-                .with_save(SaveClass::Derived)
-                .with_event(EventKind::G2vNotify),
+            // Migrated as the guest left it; the notification itself is not replayed (the
+            // PPGTT roots it announced travel in their own record).
+            pvinfo_rw(off::G2V_NOTIFY, 0, "PV_G2V_NOTIFY").with_event(EventKind::G2vNotify),
         )
         .push(pvinfo_rw(off::CURSOR_X_HOT, RO_ALL, "PV_CURSOR_X_HOT"))
         .push(pvinfo_rw(off::CURSOR_Y_HOT, RO_ALL, "PV_CURSOR_Y_HOT"));

@@ -63,6 +63,7 @@ fn is_device_state(kind: RecordKind) -> bool {
             | RecordKind::REGISTERS
             | RecordKind::GGTT_RUNS
             | RecordKind::GGTT_PENDING
+            | RecordKind::PPGTT_ROOTS
             | RecordKind::ENGINE_STATE
     )
 }
@@ -304,7 +305,7 @@ impl<'s> DestSession<'s> {
             return Err(VgpuError::Truncated);
         }
         self.dec.finish()?;
-        let (mut cfg, mut regs, mut eng, mut pending) = (0u32, 0u32, 0u32, 0u32);
+        let (mut cfg, mut regs, mut eng, mut pending, mut roots) = (0u32, 0u32, 0u32, 0u32, 0u32);
         let cfg_local = vgpu.config();
         let partition = cfg_local.partition;
         for (kind, payload) in self.staged_records() {
@@ -330,6 +331,10 @@ impl<'s> DestSession<'s> {
                         cfg_local.generation,
                     )?;
                 }
+                RecordKind::PPGTT_ROOTS => {
+                    roots += 1;
+                    crate::ppgtt::validate(payload, cfg_local.generation, mem)?;
+                }
                 RecordKind::GGTT_PENDING => {
                     pending += 1;
                     gtt::validate_pending(payload, &partition)?;
@@ -346,6 +351,7 @@ impl<'s> DestSession<'s> {
             (RecordKind::REGISTERS, regs),
             (RecordKind::ENGINE_STATE, eng),
             (RecordKind::GGTT_PENDING, pending),
+            (RecordKind::PPGTT_ROOTS, roots),
         ] {
             if seen != 1 {
                 return Err(VgpuError::RecordCount { kind: kind.0, seen });
@@ -376,7 +382,7 @@ impl<'s> DestSession<'s> {
         vgpu.reset_registers();
         for (kind, payload) in self.staged_records() {
             if kind == RecordKind::REGISTERS {
-                vgpu.apply_registers(payload)?;
+                vgpu.apply_registers(payload, host)?;
             }
         }
         vgpu.ggtt_mut().clear();
@@ -386,6 +392,13 @@ impl<'s> DestSession<'s> {
             }
         }
         vgpu.reshadow_all(host)?;
+        // PPGTTs: the roots are recorded; their tables came with guest memory and were walked.
+        for (kind, payload) in self.staged_records() {
+            if kind == RecordKind::PPGTT_ROOTS {
+                let list = crate::ppgtt::validate(payload, vgpu.config().generation, mem)?;
+                vgpu.set_ppgtts(list);
+            }
+        }
         // Halves the guest wrote before the stop wait for their partners here as they did there.
         for (kind, payload) in self.staged_records() {
             if kind == RecordKind::GGTT_PENDING {

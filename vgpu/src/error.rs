@@ -47,6 +47,8 @@ pub enum VgpuError {
         /// The guest frame number.
         gfn: u64,
     },
+    /// A PPGTT root record is malformed, or its page tables loop, fault or leave guest memory.
+    BadPpgtt,
     /// A DUP page's source frame does not hold the content the stream says it does.
     DuplicateMismatch {
         /// The frame being written.
@@ -109,6 +111,7 @@ impl VgpuError {
             VgpuError::Fsm(_) | VgpuError::NotQuiesced | VgpuError::WrongPhase => Fault::State,
             VgpuError::FrameOutsideMemory { .. }
             | VgpuError::DuplicateMismatch { .. }
+            | VgpuError::BadPpgtt
             | VgpuError::RecordCount { .. }
             | VgpuError::BadConfigSpace
             | VgpuError::Truncated => Fault::Stream,
@@ -133,6 +136,9 @@ impl fmt::Display for VgpuError {
             VgpuError::FrameOutsideMemory { gfn } => {
                 write!(f, "page for guest frame {gfn:#x} outside guest memory")
             }
+            VgpuError::BadPpgtt => f.write_str(
+                "PPGTT roots malformed, or their tables loop, fault or point outside guest memory",
+            ),
             VgpuError::DuplicateMismatch { gfn, from } => write!(
                 f,
                 "page {gfn:#x} claims to duplicate {from:#x}, whose content does not match its hash"

@@ -7,7 +7,7 @@ use engines::{
 use gmem::{DirtyBitmap, GuestMemoryMap, words_for};
 use gtt::{Generation, Gfn, GgttEntry, GmAddr, GttIndex, HalfWrite, HostPlacement, Partition};
 use migstream::DeviceIdentity;
-use mmio::{AccessSize, PvInfo, RegFile, RegHooks};
+use mmio::{AccessSize, PvInfo, RegEvent, RegFile, RegHooks};
 
 use crate::error::VgpuError;
 use crate::fsm::MigState;
@@ -148,6 +148,10 @@ pub struct Derived {
     pub execlists: [bool; 5],
     /// Pipe A enabled (from PIPECONF).
     pub pipe_a: bool,
+    /// Pipes A, B, C enabled (from the pipe-enable events).
+    pub pipes: [bool; 3],
+    /// The interrupt line as the guest sees it: delivery enabled and something pending.
+    pub irq_line: bool,
 }
 
 /// A mediated vGPU: the state the hypervisor traps and emulates.
@@ -165,6 +169,8 @@ pub struct Vgpu<'a> {
     state: MigState,
     guest_errors: u32,
     gpu_active: bool,
+    msi: u32,
+    ppgtts: crate::ppgtt::PpgttList,
 }
 
 const PIPECONF_A: u32 = 0x70008;
@@ -175,6 +181,9 @@ const PIPECONF_ENABLE: u32 = 1 << 31;
 struct Effects {
     elsp: heapless::Vec<(EngineId, u32), 4>,
     csb_read: heapless::Vec<(EngineId, u32), 4>,
+    fences: heapless::Vec<(u8, u64), 4>,
+    g2v: heapless::Vec<u32, 2>,
+    irq: bool,
     derived: Derived,
 }
 
@@ -202,7 +211,48 @@ impl RegHooks for Effects {
             self.derived.pipe_a = new & PIPECONF_ENABLE != 0;
         }
     }
+
+    fn on_event(&mut self, event: RegEvent) {
+        match event {
+            RegEvent::InterruptRecompute { .. } => self.irq = true,
+            RegEvent::FenceProgrammed { index, value } => {
+                // Several events for one fence in one access: keep the last value.
+                if let Some(f) = self.fences.iter_mut().find(|(i, _)| *i == index) {
+                    f.1 = value;
+                } else {
+                    let _ = self.fences.push((index, value));
+                }
+            }
+            RegEvent::G2vNotify { value } => {
+                let _ = self.g2v.push(value);
+            }
+            RegEvent::PipeEnable { pipe, enabled } => {
+                if let Some(p) = self.derived.pipes.get_mut(usize::from(pipe)) {
+                    *p = enabled;
+                }
+            }
+            _ => {}
+        }
+    }
 }
+
+/// The interrupt blocks of gen9 (ISR/IMR/IIR/IER at +0/+4/+8/+0xC) and the master-IRQ bit each
+/// one reports in.
+const IRQ_BLOCKS: [(u32, u32); 10] = [
+    (0x44300, 1 << 0),  // GT0: render, blitter
+    (0x44310, 1 << 1),  // GT1: video
+    (0x44320, 1 << 2),  // GT2: power management
+    (0x44330, 1 << 3),  // GT3: video enhancement
+    (0x44400, 1 << 16), // display pipe A
+    (0x44410, 1 << 17), // display pipe B
+    (0x44420, 1 << 18), // display pipe C
+    (0x44440, 1 << 20), // display port
+    (0x44460, 1 << 22), // display misc
+    (0x444E0, 1 << 30), // PCU
+];
+/// Master interrupt control: bit 31 enables delivery, the others report pending blocks.
+const MASTER_IRQ: u32 = 0x44200;
+const MASTER_ENABLE: u32 = 1 << 31;
 
 impl<'a> Vgpu<'a> {
     /// A vGPU at reset, with its graphics memory placed at `placement` on this host.
@@ -234,6 +284,8 @@ impl<'a> Vgpu<'a> {
             state: MigState::Running,
             guest_errors: 0,
             gpu_active: false,
+            msi: 0,
+            ppgtts: crate::ppgtt::PpgttList::new(),
         };
         v.reset_config_space();
         Ok(v)
@@ -245,6 +297,8 @@ impl<'a> Vgpu<'a> {
         self.regs.reset_with(&self.config.pvinfo());
         self.ggtt.clear();
         self.engines = Engines::new(self.config.engines);
+        self.ppgtts.clear();
+        self.msi = 0;
         self.gpu_dirty.clear();
         self.derived = Derived::default();
         self.state = MigState::Running;
@@ -437,6 +491,15 @@ impl<'a> Vgpu<'a> {
         self.regs
             .write(offset, AccessSize::from_bytes(size)?, value, &mut fx)?;
         self.derived = fx.derived;
+        for (index, value) in fx.fences {
+            self.program_fence(index, value, host)?;
+        }
+        for value in fx.g2v {
+            self.g2v_notify(value);
+        }
+        if fx.irq {
+            self.update_irq();
+        }
         for (id, v) in fx.csb_read {
             if let Some(e) = self.engines.engine_mut(id) {
                 // The guest acknowledges CSB entries by moving the read pointer (bits 10:8).
@@ -614,6 +677,118 @@ impl<'a> Vgpu<'a> {
         Ok(())
     }
 
+    /// Program the host fence for guest fence `index` from the guest's 64-bit fence value: the start
+    /// and end graphics addresses (bits 31:12 of each dword) are translated to this host's
+    /// placement. A valid fence whose range does not map to one contiguous host range (a split
+    /// placement cut through it) is programmed disabled and counted as a guest error.
+    fn program_fence(
+        &mut self,
+        index: u8,
+        value: u64,
+        host: &mut dyn HostGtt,
+    ) -> Result<(), VgpuError> {
+        if u32::from(index) >= self.config.fence_count {
+            self.guest_errors = self.guest_errors.saturating_add(1);
+            return Ok(());
+        }
+        let lo = value & 0xFFFF_FFFF;
+        let hi = value >> 32;
+        let mapped = if lo & 1 == 0 {
+            None
+        } else {
+            let (start, end) = (lo & !0xFFF, hi & !0xFFF);
+            let part = &self.config.partition;
+            let g2h = |a: u64| part.g2h(&self.placement, GmAddr::new(a)).map(GmAddr::get);
+            match (g2h(start), g2h(end)) {
+                (Some(hs), Some(he)) if he.checked_sub(hs) == end.checked_sub(start) => {
+                    Some((hs | (lo & 0xFFF)) | ((he | (hi & 0xFFF)) << 32))
+                }
+                _ => {
+                    self.guest_errors = self.guest_errors.saturating_add(1);
+                    None
+                }
+            }
+        };
+        host.program_fence(index, mapped)
+            .map_err(|_| VgpuError::HostGtt)
+    }
+
+    /// A guest notification through PVINFO `g2v_notify`: PPGTT create (2: 3-level, 4: 4-level)
+    /// and destroy (3, 5) with the root pointers in the PVINFO `pdp` fields. Other values are
+    /// ignored (execlist context notifications need no action here).
+    fn g2v_notify(&mut self, value: u32) {
+        let pdp = |i: u32| {
+            let lo = u64::from(self.regs.peek(mmio::pvinfo_off::PDP0_LO + 8 * i));
+            let hi = u64::from(self.regs.peek(mmio::pvinfo_off::PDP0_LO + 8 * i + 4));
+            (hi << 32 | lo) >> 12
+        };
+        let generation = self.config.generation;
+        let root = match value {
+            2 | 3 => {
+                let pd = |i| Some(pdp(i)).filter(|f| *f != 0).map(Gfn::new);
+                gtt::PpgttRoot::three_level(generation, [pd(0), pd(1), pd(2), pd(3)])
+            }
+            4 | 5 => gtt::PpgttRoot::four_level(generation, Gfn::new(pdp(0))),
+            _ => return,
+        };
+        let known = self.ppgtts.iter().position(|r| *r == root);
+        match (value, known) {
+            (2 | 4, None) if self.ppgtts.push(root).is_err() => {
+                self.guest_errors = self.guest_errors.saturating_add(1);
+            }
+            (3 | 5, Some(i)) => {
+                self.ppgtts.remove(i);
+            }
+            _ => {}
+        }
+    }
+    /// The PPGTTs the guest announced.
+    pub fn ppgtts(&self) -> &crate::ppgtt::PpgttList {
+        &self.ppgtts
+    }
+
+    pub(crate) fn set_ppgtts(&mut self, list: crate::ppgtt::PpgttList) {
+        self.ppgtts = list;
+    }
+
+    /// Recompute the interrupt state from the registers: the master register reports which blocks
+    /// have an identity bit that is enabled, and a rising interrupt line (delivery enabled and
+    /// something pending) is one MSI for the embedder to inject ([`take_msi`](Self::take_msi)).
+    pub fn update_irq(&mut self) {
+        let mut pending = 0u32;
+        for (block, bit) in IRQ_BLOCKS {
+            if self.regs.peek(block + 8) & self.regs.peek(block + 0xC) != 0 {
+                pending |= bit;
+            }
+        }
+        let master = self.regs.peek(MASTER_IRQ);
+        let reported = IRQ_BLOCKS.iter().fold(0, |m, (_, bit)| m | bit);
+        self.regs.poke(MASTER_IRQ, (master & !reported) | pending);
+        let line = master & MASTER_ENABLE != 0 && pending != 0;
+        if line && !self.derived.irq_line {
+            self.msi = self.msi.saturating_add(1);
+        }
+        self.derived.irq_line = line;
+    }
+
+    /// An event of the device (engine completion, vblank, ...): bit `bit` of interrupt block `block`
+    /// (its ISR/IMR/IIR/IER base). If it is not masked in IMR it is latched in IIR, and the
+    /// interrupt state is recomputed.
+    pub fn raise_event(&mut self, block: u32, bit: u32) {
+        let mask = 1u32.checked_shl(bit).unwrap_or(0);
+        if self.regs.peek(block + 4) & mask == 0 {
+            let iir = self.regs.peek(block + 8);
+            self.regs.poke(block + 8, iir | mask);
+        }
+        self.update_irq();
+    }
+
+    /// MSIs raised since the last call: the embedder injects one interrupt per count (or one in
+    /// all, as MSI is edge-triggered and the guest reads the identity registers).
+    pub fn take_msi(&mut self) -> u32 {
+        core::mem::take(&mut self.msi)
+    }
+
     /// Re-program every host entry from the guest GGTT (after restore, or after a host placement
     /// change).
     pub fn reshadow_all(&mut self, host: &mut dyn HostGtt) -> Result<(), VgpuError> {
@@ -667,13 +842,24 @@ impl<'a> Vgpu<'a> {
 
     /// Apply staged registers with the known-good order (copy, replay side effects, copy again),
     /// rebuilding derived state through the same hooks the guest's writes use.
-    pub(crate) fn apply_registers(&mut self, payload: &[u8]) -> Result<(), VgpuError> {
+    pub(crate) fn apply_registers(
+        &mut self,
+        payload: &[u8],
+        host: &mut dyn HostGtt,
+    ) -> Result<(), VgpuError> {
         let mut fx = Effects {
             derived: self.derived,
             ..Effects::default()
         };
         self.regs.apply_sparse(payload, &mut fx)?;
         self.derived = fx.derived;
+        // Fences are reprogrammed for this host's placement; the interrupt state is derived.
+        for (index, value) in fx.fences {
+            self.program_fence(index, value, host)?;
+        }
+        self.update_irq();
+        // A restore is not an interrupt: the guest saw the pending state before the migration.
+        self.msi = 0;
         Ok(())
     }
 

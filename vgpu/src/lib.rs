@@ -56,6 +56,7 @@ pub mod dest;
 pub mod error;
 pub mod fsm;
 pub mod instance;
+pub mod ppgtt;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod source;

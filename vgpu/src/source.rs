@@ -125,6 +125,7 @@ enum Phase {
     Registers,
     Ggtt(SaveCursor),
     GgttPending,
+    PpgttRoots,
     Engines,
     End,
     Done,
@@ -452,6 +453,14 @@ impl<'s> SourceSession<'s> {
                         return Ok(());
                     }
                 }
+                Phase::PpgttRoots => {
+                    let len = crate::ppgtt::save(vgpu.ppgtts(), self.scratch)?;
+                    self.current = Current::Scratch {
+                        kind: RecordKind::PPGTT_ROOTS,
+                        len,
+                    };
+                    return Ok(());
+                }
                 Phase::GgttPending => {
                     let len = vgpu.ggtt().save_pending(self.scratch)?;
                     self.current = Current::Scratch {
@@ -767,6 +776,8 @@ impl<'s> SourceSession<'s> {
                 } else if kind == RecordKind::REGISTERS {
                     self.phase = Phase::Ggtt(SaveCursor::START);
                 } else if kind == RecordKind::GGTT_PENDING {
+                    self.phase = Phase::PpgttRoots;
+                } else if kind == RecordKind::PPGTT_ROOTS {
                     self.phase = Phase::Engines;
                 } else if kind == RecordKind::ENGINE_STATE {
                     self.phase = Phase::End;

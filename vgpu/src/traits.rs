@@ -44,6 +44,14 @@ pub trait HostGtt {
         host_index: GttIndex,
         mapping: Option<(Gfn, GgttEntry)>,
     ) -> Result<(), HostError>;
+
+    /// Program the host fence register reserved for the vGPU's fence `index` with `value` (the
+    /// guest's 64-bit fence with its graphics addresses already translated to this host), or
+    /// disable it (`None`). The default does nothing, for hosts that do not give vGPUs fences.
+    fn program_fence(&mut self, index: u8, value: Option<u64>) -> Result<(), HostError> {
+        let _ = (index, value);
+        Ok(())
+    }
 }
 
 /// The host backend failed to program an entry (for example, pinning the guest page failed).

@@ -258,3 +258,61 @@ fn dropped_connection_then_retry_succeeds() {
         panic!("after retries: {d}");
     }
 }
+
+/// A guest can announce any PPGTT; the destination walks every announced tree and refuses one that
+/// loops back on itself or points outside guest memory — with its device state untouched.
+#[test]
+fn hostile_ppgtt_roots_are_refused() {
+    use vgpu::instance::GGTT_WINDOW;
+    let _ = GGTT_WINDOW;
+    for hostile in ["cycle", "outside"] {
+        let sc = Scenario::small(Profile::IDLE, 12, 8).unwrap();
+        let mut st_a = sc.storage();
+        let mut a = sc.machine(&mut st_a, false).unwrap();
+        a.boot().unwrap();
+        assert_eq!(
+            a.vgpu.ppgtts().len(),
+            1,
+            "the guest driver announced its PPGTT"
+        );
+        // The PML4 of the booted PPGTT is the fourth-last guest frame.
+        let frames = a.vgpu.memory_map().frames() as usize;
+        let pml4 = a.vgpu.memory_map().frame_at(frames - 4).unwrap();
+        let root = match hostile {
+            "cycle" => {
+                // PML4 entry 1 points back at the PML4 itself.
+                let e = (pml4.get() << 12) | 0b11;
+                let log = &mut a.cpu_log;
+                a.mem.cpu_write(log, pml4, 8, &e.to_le_bytes()).unwrap();
+                pml4.get() << 12
+            }
+            _ => 0x7_0000_0000, // a root far outside guest memory
+        };
+        if hostile == "outside" {
+            let (mem, host) = (&a.mem, &mut a.host);
+            a.vgpu
+                .mmio_write(mmio::pvinfo_off::PDP0_LO, 4, root & 0xFFFF_FFFF, mem, host)
+                .unwrap();
+            a.vgpu
+                .mmio_write(mmio::pvinfo_off::PDP0_LO + 4, 4, root >> 32, mem, host)
+                .unwrap();
+            a.vgpu
+                .mmio_write(mmio::pvinfo_off::G2V_NOTIFY, 4, 4, mem, host)
+                .unwrap();
+            assert_eq!(a.vgpu.ppgtts().len(), 2);
+        }
+        let mut st_b = sc.storage();
+        let mut b = sc.machine(&mut st_b, true).unwrap();
+        let plan = Plan {
+            start_step: 2,
+            ..Plan::default()
+        };
+        let err = migrate(&mut a, &mut b, &plan).unwrap_err();
+        assert_eq!(err, VgpuError::BadPpgtt, "{hostile}");
+        assert!(b.vgpu.ppgtts().is_empty(), "{hostile}: nothing applied");
+        assert!(
+            b.vgpu.ggtt().iter_present().next().is_none(),
+            "{hostile}: GGTT untouched"
+        );
+    }
+}

@@ -376,3 +376,12 @@ fn every_dirty_precision_is_exact_and_coarser_ones_send_more() {
         "hashing: {mapped_hashed} vs {mapped}"
     );
 }
+
+/// The guest's PPGTT (announced through PVINFO at boot) travels as root pointers and is the same
+/// on the destination.
+#[test]
+fn ppgtt_roots_migrate() {
+    let sc = Scenario::small(Profile::TWO_D, 20, 4).unwrap();
+    let (got, _) = run(&sc, &Plan::default());
+    assert_eq!(got.ppgtts.len(), 1);
+}

@@ -9,7 +9,7 @@
 //! unmigrated one.
 
 use engines::{ContextDescriptor, EngineId, reg};
-use gtt::{GgttEntry, GmAddr};
+use gtt::{Gfn, GgttEntry, GmAddr};
 
 use super::Rng;
 use super::cmd;
@@ -44,6 +44,10 @@ pub mod layout {
 }
 
 const CONTEXT_ID: u32 = 1;
+/// Guest frames (the last of guest memory) holding the PPGTT's four levels of tables.
+const PPGTT_TABLES: u64 = 4;
+/// Pages the PPGTT maps (the first pages of the hot set).
+const PPGTT_PAGES: u64 = 16;
 const PIPECONF_A: u32 = 0x70008;
 const DSPSURF_A: u32 = 0x7019C;
 const GT0_IMR: u32 = 0x44304;
@@ -317,6 +321,7 @@ impl GuestDriver {
         Self::mmio(vgpu, g, GT0_IER, 4, 1 << 8)?;
         Self::mmio(vgpu, g, PIPECONF_A, 4, 1 << 31)?;
         Self::mmio(vgpu, g, DSPSURF_A, 4, self.hidden)?;
+        self.create_ppgtt(vgpu, g)?;
         // The context's register-state page, laid out as the hardware saves it.
         let state = engines::LrcState {
             ctx_ctrl: 0x0009_0009,
@@ -422,7 +427,13 @@ impl GuestDriver {
                     self.tail_next += 1;
                     // The new allocation is backed by a spare frame (beyond those mapped at boot).
                     let base = vgpu.config().partition.entries();
-                    let spares = g.mem.map_ref().frames().saturating_sub(base);
+                    // The last PPGTT_TABLES spare frames hold the PPGTT's page tables.
+                    let spares = g
+                        .mem
+                        .map_ref()
+                        .frames()
+                        .saturating_sub(base)
+                        .saturating_sub(PPGTT_TABLES);
                     let gfn_slot = base + self.spare_next % spares.max(1);
                     self.spare_next += 1;
                     let frame = if spares == 0 {
@@ -475,6 +486,45 @@ impl GuestDriver {
                 Ok(true)
             }
         }
+    }
+
+    /// Build a 4-level PPGTT in guest memory that maps the first hot-set pages writable, and
+    /// announce it through PVINFO (root pointer in `pdp[0]`, then `g2v_notify = 4`), as i915 does
+    /// for a new address space on a GVT-g vGPU.
+    fn create_ppgtt(&mut self, vgpu: &mut Vgpu<'_>, g: &mut Guest<'_>) -> Result<(), VgpuError> {
+        let frames = g.mem.map_ref().frames();
+        let table = |k: u64| {
+            g.mem
+                .map_ref()
+                .frame_at(usize::try_from(frames - PPGTT_TABLES + k).unwrap_or(usize::MAX))
+        };
+        let (Some(pml4), Some(pdp), Some(pd), Some(pt)) = (table(0), table(1), table(2), table(3))
+        else {
+            return Err(VgpuError::StorageSize);
+        };
+        let entry = |gfn: Gfn| (gfn.get() << 12) | 0b11; // present, writable
+        g.mem
+            .cpu_write(g.log, pml4, 0, &entry(pdp).to_le_bytes())
+            .map_err(|_| VgpuError::GuestMemory)?;
+        g.mem
+            .cpu_write(g.log, pdp, 0, &entry(pd).to_le_bytes())
+            .map_err(|_| VgpuError::GuestMemory)?;
+        g.mem
+            .cpu_write(g.log, pd, 0, &entry(pt).to_le_bytes())
+            .map_err(|_| VgpuError::GuestMemory)?;
+        for i in 0..PPGTT_PAGES {
+            let (gfn, _) = vgpu
+                .translate(GmAddr::new(self.hot_base() + i * 4096))
+                .ok_or(VgpuError::GuestMemory)?;
+            let at = usize::try_from(i * 8).unwrap_or(0);
+            g.mem
+                .cpu_write(g.log, pt, at, &entry(gfn).to_le_bytes())
+                .map_err(|_| VgpuError::GuestMemory)?;
+        }
+        let root = pml4.get() << 12;
+        Self::mmio(vgpu, g, mmio::pvinfo_off::PDP0_LO, 4, root & 0xFFFF_FFFF)?;
+        Self::mmio(vgpu, g, mmio::pvinfo_off::PDP0_LO + 4, 4, root >> 32)?;
+        Self::mmio(vgpu, g, mmio::pvinfo_off::G2V_NOTIFY, 4, 4)
     }
 
     /// Graphics address of the first hot-set page.

@@ -246,11 +246,7 @@ impl RefGpu {
             }
         }
         let (block, bit) = irq_bits(id);
-        let imr = vgpu.regs().peek(block + 4);
-        if imr & (1 << bit) == 0 {
-            let iir = vgpu.regs().peek(block + 8);
-            vgpu.regs_mut().poke(block + 8, iir | (1 << bit));
-        }
+        vgpu.raise_event(block, bit);
     }
 
     fn fetch(vgpu: &Vgpu<'_>, mem: &SimMemory, exec: &mut Exec) -> Option<u32> {

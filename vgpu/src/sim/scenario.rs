@@ -154,6 +154,8 @@ pub struct Snapshot {
     pub derived: Derived,
     /// Config space.
     pub config_space: Vec<u8>,
+    /// The PPGTTs the guest announced.
+    pub ppgtts: crate::ppgtt::PpgttList,
 }
 
 impl Snapshot {
@@ -167,6 +169,7 @@ impl Snapshot {
             engines: m.vgpu.engines().clone(),
             derived: *m.vgpu.derived(),
             config_space: m.vgpu.config_space().to_vec(),
+            ppgtts: m.vgpu.ppgtts().clone(),
         }
     }
 
@@ -210,6 +213,9 @@ impl Snapshot {
         }
         if self.derived != other.derived {
             let _ = write!(s, "derived state differs; ");
+        }
+        if self.ppgtts != other.ppgtts {
+            let _ = write!(s, "PPGTT roots differ; ");
         }
         if self.config_space != other.config_space {
             let _ = write!(s, "config space differs; ");

@@ -1,0 +1,170 @@
+//! PPGTTs the guest announced through PVINFO, and their migration.
+//!
+//! Only the guest's root pointers and their level travel (record `PPGTT_ROOTS`); the page tables
+//! live in guest memory and arrive with it, and shadows are rebuilt from them on the destination.
+//! The destination walks every announced table tree before it accepts the roots: a tree that
+//! loops back on itself, or whose tables or pages lie outside the guest's memory, is refused.
+//!
+//! Payload (little-endian): `count: u32` (≤ [`MAX_PPGTTS`]), `reserved: u32` (0), then per PPGTT
+//! 40 bytes: `level: u8` (3 or 4), `present: u8` (4-level: 1; 3-level: which of the four root
+//! pointers are present, bits 0..3), 6 reserved bytes (0), then four `u64` guest frame numbers
+//! of the root tables (4-level: the PML4 in the first, zeros after; 3-level: the four page
+//! directories, zero where not present).
+
+use core::ops::ControlFlow;
+
+use gtt::{Generation, Gfn, Gpa, PpgttRoot, ReadGuest, RootTables, VisitLimits, visit_leaves};
+
+use crate::error::VgpuError;
+use crate::traits::GuestMemory;
+
+/// PPGTTs a vGPU tracks.
+pub const MAX_PPGTTS: usize = 16;
+const HEADER: usize = 8;
+const ENTRY: usize = 40;
+
+/// The PPGTTs of a vGPU.
+pub type PpgttList = heapless::Vec<PpgttRoot, MAX_PPGTTS>;
+
+/// Guest memory as the page-table walker reads it.
+pub(crate) struct Walker<'m>(pub(crate) &'m dyn GuestMemory);
+
+impl ReadGuest for Walker<'_> {
+    fn read_u64(&self, gpa: Gpa) -> Option<u64> {
+        let gfn = gpa.gfn();
+        if !self.0.map().contains(gfn) {
+            return None;
+        }
+        let mut b = [0u8; 8];
+        self.0
+            .read(gfn, usize::try_from(gpa.page_offset()).ok()?, &mut b)
+            .ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    fn contains(&self, gfn: Gfn) -> bool {
+        self.0.map().contains(gfn)
+    }
+}
+
+/// Bytes of the payload for `list`.
+pub fn payload_len(list: &PpgttList) -> usize {
+    HEADER + list.len() * ENTRY
+}
+
+/// Write the payload.
+pub fn save(list: &PpgttList, out: &mut [u8]) -> Result<usize, VgpuError> {
+    let len = payload_len(list);
+    let out = out.get_mut(..len).ok_or(VgpuError::StorageSize)?;
+    out.fill(0);
+    let count = u32::try_from(list.len()).map_err(|_| VgpuError::StorageSize)?;
+    out.get_mut(..4)
+        .ok_or(VgpuError::StorageSize)?
+        .copy_from_slice(&count.to_le_bytes());
+    for (root, e) in list.iter().zip(
+        out.get_mut(HEADER..)
+            .unwrap_or_default()
+            .chunks_exact_mut(ENTRY),
+    ) {
+        let (level, present, frames) = match root.tables {
+            RootTables::FourLevel(pml4) => (4u8, 1u8, [pml4.get(), 0, 0, 0]),
+            RootTables::ThreeLevel(pds) => {
+                let mut mask = 0u8;
+                let mut f = [0u64; 4];
+                for (i, pd) in pds.iter().enumerate() {
+                    if let (Some(pd), Some(slot)) = (pd, f.get_mut(i)) {
+                        mask |= 1 << i;
+                        *slot = pd.get();
+                    }
+                }
+                (3, mask, f)
+            }
+        };
+        if let Some(h) = e.get_mut(..2) {
+            h.copy_from_slice(&[level, present]);
+        }
+        for (i, f) in frames.iter().enumerate() {
+            if let Some(d) = e.get_mut(8 + 8 * i..16 + 8 * i) {
+                d.copy_from_slice(&f.to_le_bytes());
+            }
+        }
+    }
+    Ok(len)
+}
+
+/// Parse and check a payload: its layout, and that every announced tree lies in guest memory,
+/// has no loop and no entry with reserved bits, within the walker's bounds.
+pub fn validate(
+    payload: &[u8],
+    generation: Generation,
+    mem: &dyn GuestMemory,
+) -> Result<PpgttList, VgpuError> {
+    let bad = VgpuError::BadPpgtt;
+    let (head, body) = payload.split_at_checked(HEADER).ok_or(bad)?;
+    let word = |b: &[u8], at: usize| {
+        b.get(at..at + 8)
+            .and_then(|x| x.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let count = head
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes);
+    let count = usize::try_from(count).map_err(|_| bad)?;
+    if head.get(4..8) != Some(&[0, 0, 0, 0][..])
+        || count > MAX_PPGTTS
+        || body.len() != count * ENTRY
+    {
+        return Err(bad);
+    }
+    let mut list = PpgttList::new();
+    for e in body.chunks_exact(ENTRY) {
+        let (level, present) = (
+            e.first().copied().unwrap_or(0),
+            e.get(1).copied().unwrap_or(0),
+        );
+        if e.get(2..8) != Some(&[0u8; 6][..]) {
+            return Err(bad);
+        }
+        let frames = [word(e, 8), word(e, 16), word(e, 24), word(e, 32)];
+        let root = match (level, present) {
+            (4, 1) if frames.get(1..) == Some(&[0, 0, 0][..]) => {
+                PpgttRoot::four_level(generation, Gfn::new(frames[0]))
+            }
+            (3, m) if m & !0xF == 0 => {
+                let mut pds = [None; 4];
+                for (i, (pd, f)) in pds.iter_mut().zip(frames).enumerate() {
+                    if m & (1 << i) != 0 {
+                        *pd = Some(Gfn::new(f));
+                    } else if f != 0 {
+                        return Err(bad);
+                    }
+                }
+                PpgttRoot::three_level(generation, pds)
+            }
+            _ => return Err(bad),
+        };
+        check_tree(&root, mem)?;
+        list.push(root).map_err(|_| bad)?;
+    }
+    Ok(list)
+}
+
+/// Walk a tree: no loop, no fault (tables and pages inside guest memory, no reserved bits), within
+/// the walker's budget.
+pub(crate) fn check_tree(root: &PpgttRoot, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
+    let roots_ok = match root.tables {
+        RootTables::FourLevel(pml4) => mem.map().contains(pml4),
+        RootTables::ThreeLevel(pds) => pds.iter().flatten().all(|pd| mem.map().contains(*pd)),
+    };
+    if !roots_ok {
+        return Err(VgpuError::BadPpgtt);
+    }
+    let summary = visit_leaves(root, &Walker(mem), VisitLimits::DEFAULT, |_| {
+        ControlFlow::Continue(())
+    });
+    if summary.cycles != 0 || summary.faults != 0 || summary.truncated {
+        return Err(VgpuError::BadPpgtt);
+    }
+    Ok(())
+}
