@@ -7,39 +7,47 @@ use crate::error::GttError;
 
 /// Adds `delta` frames to the address field of every present entry.
 ///
-/// Branchless over the entries (a check pass, then an update pass), so it vectorizes.
+/// Branchless over the entries (one update pass that also flags overflow), so it vectorizes.
 ///
 /// # Errors
 /// [`GttError::FrameTooLarge`] if any present entry's frame would leave
 /// `0..=`[`FRAME_MAX`]; then no entry is changed.
 pub fn rebase_linear(entries: &mut [u64], delta: i64) -> Result<(), GttError> {
-    // Two's complement: adding `delta as u64` with wrap-around is exact addition, and the
-    // result is in range iff it is below 2^34. Only shifts, ands, adds and ors: SSE2 has all
-    // of them for 64-bit lanes, so both loops vectorize in a baseline build. Blocks of
-    // `REBASE_BLOCK` entries are checked and then updated while they are still in L1, so the
-    // table streams through memory once; a failing block undoes the blocks before it.
-    let d = delta.cast_unsigned();
-    let shift = d << PAGE_SHIFT;
+    // Entry `e` is `high · 2^46 + frame · 2^12 + low`. For |delta| <= FRAME_MAX, adding
+    // `delta << 12` (wrapping) to a whole present entry changes bits 63:46 exactly when the
+    // frame leaves 0..=FRAME_MAX: the true sum `frame · 2^12 + (delta << 12)` lies in
+    // (-2^46, 2^47), so leaving 0..2^46 moves `high` by ±1 (mod 2^18), which is never zero.
+    // So one pass stores `e + (shift & present)` and ORs `old ^ new` into an accumulator;
+    // bits 63:46 of the accumulator flag a failure. Only and, sub, add, xor, or on 64-bit
+    // lanes: SSE2 has them all, so the loop vectorizes in a baseline build. Wrapping
+    // addition is invertible, so a failing block and the blocks before it are restored
+    // exactly by subtracting the same shift.
+    if delta.unsigned_abs() > FRAME_MAX {
+        // Every present frame would leave the field; nothing changes either way.
+        return if entries.iter().all(|&e| e & 1 == 0) {
+            Ok(())
+        } else {
+            Err(GttError::FrameTooLarge)
+        };
+    }
+    let shift = delta.cast_unsigned() << PAGE_SHIFT;
     let mut done = 0usize;
     for block in entries.chunks_mut(REBASE_BLOCK) {
-        let bad = block.iter().fold(0u64, |acc, &e| {
-            let frame = (e & ADDR_MASK) >> PAGE_SHIFT;
-            acc | ((frame.wrapping_add(d) >> 34) & (e & 1).wrapping_neg())
-        });
-        if bad != 0 {
-            // Undo: the blocks before were shifted exactly, so subtracting restores them.
+        let mut changed = 0u64;
+        for e in block.iter_mut() {
+            let old = *e;
+            let new = old.wrapping_add(shift & (old & 1).wrapping_neg());
+            changed |= old ^ new;
+            *e = new;
+        }
+        done += block.len();
+        if changed & !ADDR_MASK != 0 {
             let undo = shift.wrapping_neg();
             for e in entries.iter_mut().take(done) {
                 *e = e.wrapping_add(undo & (*e & 1).wrapping_neg());
             }
             return Err(GttError::FrameTooLarge);
         }
-        // Every present frame stays inside 0..2^34, so adding `delta << 12` to the whole
-        // entry neither carries nor borrows out of bits 45:12: one masked add per entry.
-        for e in block.iter_mut() {
-            *e = e.wrapping_add(shift & (*e & 1).wrapping_neg());
-        }
-        done += block.len();
     }
     Ok(())
 }
@@ -135,6 +143,28 @@ mod tests {
         );
         rebase_linear(&mut top, -(FRAME_MAX.cast_signed())).unwrap();
         assert_eq!(top, [1]);
+        // A shift larger than the field: fine while nothing is present, else nothing changes.
+        let mut absent = [0x1234_5000u64, 0x8000_0000_0000_0002, 0];
+        for delta in [i64::MIN, i64::MAX, 1 << 34, -(1 << 34)] {
+            assert_eq!(rebase_linear(&mut absent, delta), Ok(()));
+            assert_eq!(absent, [0x1234_5000, 0x8000_0000_0000_0002, 0]);
+        }
+        let mut one = [0x1234_5000u64, 0x1_0001];
+        assert_eq!(
+            rebase_linear(&mut one, 1 << 34),
+            Err(GttError::FrameTooLarge)
+        );
+        assert_eq!(one, [0x1234_5000, 0x1_0001]);
+        // The largest in-range shifts reach both ends of the field exactly.
+        let mut ends = [0x1001u64, (FRAME_MAX << 12) | 0x9B];
+        assert_eq!(
+            rebase_linear(&mut ends, FRAME_MAX.cast_signed()),
+            Err(GttError::FrameTooLarge)
+        );
+        assert_eq!(ends, [0x1001, (FRAME_MAX << 12) | 0x9B]);
+        let mut low = [0x1001u64];
+        rebase_linear(&mut low, (FRAME_MAX - 1).cast_signed()).unwrap();
+        assert_eq!(low, [(FRAME_MAX << 12) | 1]);
     }
 
     #[test]

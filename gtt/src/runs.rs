@@ -114,6 +114,63 @@ fn linear_len(run: &[u64], cap: usize) -> usize {
     n
 }
 
+/// Entries per block of the fast scan in [`raw_len`].
+const SCAN_BLOCK: usize = 32;
+/// A scan block and the entry after it.
+const SCAN_WINDOW: usize = SCAN_BLOCK + 1;
+
+/// Whether a RAW run stops before `run[n]`: a zero entry, or a LINEAR run of at least
+/// [`LINEAR_MIN_BREAK`] entries starts there.
+fn raw_stops_at(run: &[u64], n: usize) -> bool {
+    let Some(rest) = run.get(n..) else {
+        return true;
+    };
+    match rest {
+        [] => true,
+        [0, ..] => true,
+        [e, next, ..] if *next == e.wrapping_add(1 << PAGE_SHIFT) => {
+            linear_len(rest, LINEAR_MIN_BREAK) >= LINEAR_MIN_BREAK
+        }
+        _ => false,
+    }
+}
+
+/// Length of the RAW run starting at `run[0]`, at most `cap` (at least 1): it ends before
+/// the first later entry where [`raw_stops_at`] holds.
+///
+/// A LINEAR run can only start at `i` if `run[i + 1] - run[i]` is one page, so a block where
+/// no entry is zero and no neighbour difference is one page holds no stop. Such blocks are
+/// recognised with one cheap pass over the block; only other blocks are checked entry by
+/// entry.
+fn raw_len(run: &[u64], cap: usize) -> usize {
+    let limit = run.len().min(cap);
+    let mut n = 1;
+    while n < limit {
+        let window = run.get(n..).and_then(<[u64]>::first_chunk::<SCAN_WINDOW>);
+        if let Some(w) = window
+            && n + SCAN_BLOCK <= limit
+            && let Some((_, cur)) = w.split_last()
+            && let Some((_, next)) = w.split_first()
+        {
+            let hit = cur.iter().zip(next).fold(0u64, |acc, (&a, &b)| {
+                acc | u64::from(a == 0) | u64::from(b.wrapping_sub(a) == 1 << PAGE_SHIFT)
+            });
+            if hit == 0 {
+                n += SCAN_BLOCK;
+                continue;
+            }
+        }
+        let block_end = (n + SCAN_BLOCK).min(limit);
+        while n < block_end {
+            if raw_stops_at(run, n) {
+                return n;
+            }
+            n += 1;
+        }
+    }
+    limit.max(1)
+}
+
 fn put(out: &mut [u8], pos: &mut usize, bytes: &[u8]) -> Result<(), GttError> {
     let end = pos
         .checked_add(bytes.len())
@@ -186,24 +243,18 @@ impl GgttSlices<'_> {
                 put(out, &mut pos, &template.to_le_bytes())?;
                 lin
             } else {
-                let mut n = 1;
-                while let Some(&e) = run.get(n) {
-                    if e == 0
-                        || linear_len(run.get(n..).unwrap_or(&[]), LINEAR_MIN_BREAK)
-                            >= LINEAR_MIN_BREAK
-                    {
-                        break;
-                    }
-                    n += 1;
-                }
                 if room < MIN_SAVE_BUFFER {
                     break;
                 }
-                let n = n.min((room - RUN_HEADER_LEN) / 8);
+                let n = raw_len(run, (room - RUN_HEADER_LEN) / 8);
                 put_header(out, &mut pos, start, n, KIND_RAW)?;
-                for e in run.get(..n).unwrap_or(&[]) {
-                    put(out, &mut pos, &e.to_le_bytes())?;
+                let body = run.get(..n).ok_or(GttError::StorageSize)?;
+                let end = pos.checked_add(n * 8).ok_or(GttError::BufferTooSmall)?;
+                let dst = out.get_mut(pos..end).ok_or(GttError::BufferTooSmall)?;
+                for (d, e) in dst.chunks_exact_mut(8).zip(body) {
+                    d.copy_from_slice(&e.to_le_bytes());
                 }
+                pos = end;
                 n
             };
             slot += used;
@@ -696,6 +747,117 @@ mod tests {
         })
     }
 
+    /// Aperture: 96 pages at guest GM 0x100000; hidden: 160 pages at guest GM 0x400000.
+    fn big_part() -> Partition {
+        Partition::new(
+            GmRange::new(GmAddr::new(0x10_0000), 96 * 0x1000).unwrap(),
+            GmRange::new(GmAddr::new(0x40_0000), 160 * 0x1000).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// The straightforward encoder (entry-by-entry scan): `save_runs` must match it byte for byte.
+    fn reference_save(t: &[u64], ap_pages: usize, p: &Partition, room: usize) -> (Vec<u8>, usize) {
+        let mut out = Vec::new();
+        let mut slot = 0;
+        loop {
+            while t.get(slot) == Some(&0) {
+                slot += 1;
+            }
+            if slot >= t.len() {
+                return (out, slot);
+            }
+            let end = if slot < ap_pages { ap_pages } else { t.len() };
+            let run = &t[slot..end];
+            let start = p.index_at(slot).unwrap().get();
+            let left = room - out.len();
+            if left < MIN_SAVE_BUFFER {
+                return (out, slot);
+            }
+            let lin = linear_len(run, run.len());
+            let n = if lin >= LINEAR_MIN_START {
+                out.extend_from_slice(&header(start, u32::try_from(lin).unwrap(), KIND_LINEAR));
+                out.extend_from_slice(&run[0].to_le_bytes());
+                lin
+            } else {
+                let mut n = 1;
+                while n < run.len()
+                    && run[n] != 0
+                    && linear_len(&run[n..], LINEAR_MIN_BREAK) < LINEAR_MIN_BREAK
+                {
+                    n += 1;
+                }
+                let n = n.min((left - RUN_HEADER_LEN) / 8);
+                out.extend_from_slice(&header(start, u32::try_from(n).unwrap(), KIND_RAW));
+                for e in &run[..n] {
+                    out.extend_from_slice(&e.to_le_bytes());
+                }
+                n
+            };
+            slot += n;
+        }
+    }
+
+    fn big_table() -> impl Strategy<Value = Vec<u64>> {
+        // Long RAW stretches (so the block scan runs), linear stretches of every length around
+        // the break threshold, near-misses (one page apart but other bits differ), zeros.
+        let raw = (0u64..0x1_0000).prop_map(|f| (f << 12) | 1);
+        let piece = prop_oneof![
+            (1usize..4).prop_map(|n| vec![0u64; n]),
+            proptest::collection::vec(raw, 1..80),
+            (0u64..0x1_0000, 2usize..10)
+                .prop_map(|(f, n)| (0..n as u64).map(|i| ((f + i) << 12) | 0x3).collect()),
+            (0u64..0x1_0000, 2usize..10).prop_map(|(f, n)| (0..n as u64)
+                .map(|i| ((f + i) << 12) | 0x3 | ((i & 1) << 4))
+                .collect()),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|v| {
+            let mut t: Vec<u64> = v.into_iter().flatten().collect();
+            t.resize(256, 0);
+            t
+        })
+    }
+
+    #[test]
+    fn long_raw_runs_exact_bytes() {
+        // 100 non-linear entries fill the aperture (96) and spill into the hidden slice; a
+        // linear stretch of exactly LINEAR_MIN_BREAK breaks the hidden RAW run, one shorter
+        // does not.
+        let mut t = vec![0u64; 256];
+        for (i, e) in t.iter_mut().enumerate().take(100) {
+            *e = (((i as u64) * 3) << 12) | 1;
+        }
+        for (i, e) in (0u64..).zip(&mut t[150..156]) {
+            *e = ((0x500 + i) << 12) | 3;
+        }
+        for (i, e) in (0u64..).zip(&mut t[140..145]) {
+            *e = ((0x700 + i) << 12) | 3;
+        }
+        t[139] = 0x9001;
+        let mut s = t.clone();
+        let g = GgttSlices::new(big_part(), &mut s).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let p = g.save_runs(SaveCursor::START, &mut buf).unwrap();
+        assert_eq!(p.next, None);
+        let mut expect = header(0x100, 96, KIND_RAW);
+        for e in &t[..96] {
+            expect.extend_from_slice(&e.to_le_bytes());
+        }
+        expect.extend_from_slice(&header(0x400, 4, KIND_RAW));
+        for e in &t[96..100] {
+            expect.extend_from_slice(&e.to_le_bytes());
+        }
+        // Slot 139 (index 0x400 + 43) starts a RAW run of 1 + 5 entries (a linear stretch of
+        // 5 stays RAW), zeros, then a LINEAR run of 6.
+        expect.extend_from_slice(&header(0x400 + 43, 6, KIND_RAW));
+        for e in &t[139..145] {
+            expect.extend_from_slice(&e.to_le_bytes());
+        }
+        expect.extend_from_slice(&header(0x400 + 54, 6, KIND_LINEAR));
+        expect.extend_from_slice(&t[150].to_le_bytes());
+        assert_eq!(&buf[..p.written], &expect[..]);
+    }
+
     proptest::proptest! {
         #[test]
         fn save_validate_apply_round_trip(t in table(), chunk in MIN_SAVE_BUFFER..200usize) {
@@ -715,6 +877,17 @@ mod tests {
             drop(dst);
             prop_assert_eq!(&d[..], &t[..]);
             prop_assert!(total >= t.iter().filter(|e| **e != 0).count() as u64);
+        }
+
+        #[test]
+        fn save_matches_reference_encoder(t in big_table(), room in MIN_SAVE_BUFFER..3000usize) {
+            let mut s = t.clone();
+            let g = GgttSlices::new(big_part(), &mut s).unwrap();
+            let mut buf = vec![0u8; room];
+            let p = g.save_runs(SaveCursor::START, &mut buf).unwrap();
+            let (expect, next) = reference_save(&t, 96, &big_part(), room);
+            prop_assert_eq!(&buf[..p.written], &expect[..]);
+            prop_assert_eq!(p.next.map_or(t.len(), SaveCursor::slot), next);
         }
 
         #[test]
