@@ -14,7 +14,8 @@
 //! an applier that disagree. The panic message says which invariant failed.
 //!
 //! Targets: [`migstream_decode`], [`migstream_roundtrip`], [`migstream_segmented`],
-//! [`gtt_runs`], [`gtt_walk`], [`mmio_access`], [`mmio_restore`], [`engines_restore`]; [`TARGETS`] lists
+//! [`gtt_runs`], [`gtt_walk`], [`mmio_access`], [`mmio_restore`], [`engines_restore`],
+//! [`vgpu_restore`], [`gmem_ops`]; [`TARGETS`] lists
 //! them by name. [`seeds`] builds the meaningful part of the corpus.
 //!
 //! # Example
@@ -34,6 +35,7 @@
 )]
 
 mod engines_targets;
+mod gmem_ops;
 mod gtt_target;
 mod gtt_walk;
 mod input;
@@ -43,6 +45,7 @@ pub mod seeds;
 mod vgpu_target;
 
 pub use engines_targets::engines_restore;
+pub use gmem_ops::gmem_ops;
 pub use gtt_target::gtt_runs;
 pub use gtt_walk::gtt_walk;
 pub use migstream_targets::{
@@ -62,7 +65,7 @@ pub struct Target {
 }
 
 /// Every fuzz target of this crate.
-pub const TARGETS: [Target; 9] = [
+pub const TARGETS: [Target; 10] = [
     Target {
         name: "migstream_decode",
         body: migstream_decode,
@@ -98,5 +101,9 @@ pub const TARGETS: [Target; 9] = [
     Target {
         name: "gtt_walk",
         body: gtt_walk,
+    },
+    Target {
+        name: "gmem_ops",
+        body: gmem_ops,
     },
 ];

@@ -412,6 +412,7 @@ pub fn all() -> Vec<Seed> {
     out.extend(engines_seeds(&mut mix));
     out.extend(vgpu_seeds());
     out.extend(gtt_walk_seeds(&mut mix));
+    out.extend(gmem_seeds(&mut mix));
     out
 }
 
@@ -568,6 +569,135 @@ fn gtt_walk_seeds(mix: &mut Mix) -> Vec<Seed> {
         walk_input(sel(true, 1, 4), 0, &dense, &[]),
     ));
     out.extend(random(T, mix, 3, 400));
+    out
+}
+
+/// A `gmem_ops` map of built regions `(gap, count - 1)`.
+fn gmem_built(regions: &[(u16, u8)]) -> Vec<u8> {
+    let n = u8::try_from(regions.len().saturating_sub(1)).unwrap_or(0);
+    let mut out = vec![n & 0x0F];
+    for &(gap, count) in regions {
+        out.extend_from_slice(&gap.to_le_bytes());
+        out.push(count);
+    }
+    out
+}
+
+/// A `gmem_ops` raw map of regions `(start selector, count)`.
+fn gmem_raw(regions: &[(u64, u16)]) -> Vec<u8> {
+    let n = u8::try_from(regions.len()).unwrap_or(0);
+    let mut out = vec![0x80 | (n & 0x1F)];
+    for &(start, count) in regions {
+        out.extend_from_slice(&start.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+    }
+    out
+}
+
+/// A `gmem_ops` policy operation: opcode, config and `rounds` rounds of 1 GiB sent per second
+/// with the dirty set following `dirty` (its last value repeated).
+fn gmem_policy(
+    code: u8,
+    limit_ms: u16,
+    max_rounds: u8,
+    knob: u8,
+    rounds: usize,
+    dirty: &[u32],
+) -> Vec<u8> {
+    let mut out = vec![code];
+    out.extend_from_slice(&limit_ms.to_le_bytes());
+    out.extend_from_slice(&[max_rounds, knob]);
+    for i in 0..rounds {
+        let d = dirty.get(i).or(dirty.last()).copied().unwrap_or(0);
+        // Flags 0x21: dirty pages as a u32, bytes unshifted, elapsed as a u32.
+        out.push(0x21);
+        out.extend_from_slice(&d.to_le_bytes());
+        out.extend_from_slice(&(1u32 << 30).to_le_bytes());
+        out.extend_from_slice(&1_000_000u32.to_le_bytes());
+    }
+    out
+}
+
+fn gmem_seeds(mix: &mut Mix) -> Vec<Seed> {
+    const T: &str = "gmem_ops";
+    // Raw start selectors: bits 63:62 = 0 low RAM, 1 above 4 GiB, 2 below the frame limit.
+    const LOW: u64 = 0;
+    const HIGH: u64 = 1 << 62;
+    const TOP: u64 = 2 << 62;
+    // 16 frames at 0 and 256 frames from 4 GiB + 8 KiB.
+    let two = gmem_built(&[(0, 15), (0xC002, 255)]);
+    let ops: &[u8] = &[
+        0x01, 10, 0, 20, 0x40, // set_range(a, 10, 20): across the hole
+        0x10, 5, 0, // set(c, 5)
+        0x0B, 4, 3, 0, 100, 0, 200, 0, 15, 1, // set(a) at 3, 100, 200, 271
+        0x00, 16, 1,    // set(a, 272): out of range
+        0x06, // check
+        0x19, 21, 0x01, 2, 0, 0, // peek: 2 MiB pages at 4 GiB
+        0x19, 30, 0x80, 8, 0, 0x03, // peek: 1 GiB pages over 8 GiB, bitmap pre-filled
+        0x19, 12, 0x80, 0, 0x80, 0, 0, 0, 0, 2, 0, 0, 0, 0, // peek: 8 GiB of 4 KiB pages
+        0x09, 21, 0x01, 2, 0, 0, // report: 2 MiB pages at 4 GiB, read-and-clear
+        0x89, 12, 0x00, 16, 0, 0, // report with a bitmap one word short
+        0x02, 0x13, 0x14, 0x05, 0, 0, 0x35, // harvests, absorb, take_next, drain
+        0x01, 0, 0, 0, 0x80, // set_range(a, whole)
+        0x08, 7, 0, 100, 0, // range_each
+        0x18, 0, 0, 0, 0x80, // take_range_each, whole
+        0x32, 0x24, 0x17, 0x07, 0x06, // size mismatches, clears, check
+    ];
+    // 512 frames at 0 and 1024 frames ending at the frame limit.
+    let top = gmem_raw(&[(LOW, 512), (TOP | 1024, 1024)]);
+    let top_ops: &[u8] = &[
+        0x01, 0, 0, 0, 0x80, // set_range(a, whole)
+        0x09, 12, 0x01, 16, 0, 0, // report the first 16 frames below the limit
+        0x09, 22, 0x01, 1, 0, 0, // 4 MiB at the top: iova + length overflows
+        0x09, 63, 0x01, 1, 0, 0, // 2^63-byte pages: overflows
+        0x09, 12, 0x01, 0, 0, 0, // empty range
+        0x09, 11, 0x00, 1, 0, 0, // 2 KiB pages
+        0x09, 0x80, 0x00, 0x30, 0, 0, 0, 0, 0, 0, 0x00, 1, 0, 0, // page size 12 KiB
+        0x03, 0x06,
+    ];
+    // 16 adjacent regions of 256 frames: 64 full words.
+    let dense = gmem_built(&[(0, 255); 16]);
+    let dense_ops: &[u8] = &[
+        0x01, 0, 0, 0, 0x80, 0x11, 0, 0, 0, 0x80, 0x06, 0x03, 0x13, 0x06, // set all, harvest
+        0x11, 1, 0, 0xFF, 0x7F, 0x12, 0x35, 0x06, // atomic -> b, drain b
+    ];
+    let small = gmem_built(&[(0, 63)]);
+    let dirty = [100_000, 50_000, 45_000, 44_000, 43_000];
+    let mut policies = small.clone();
+    // Ours (limit), ours (minimize), QEMU with 3 iterations, stop-and-copy, ours capped at 1.
+    policies.extend(gmem_policy(0x0A, 300, 30, 10, 32, &dirty));
+    policies.extend(gmem_policy(0x1A, 300, 30, 10, 32, &dirty));
+    policies.extend(gmem_policy(0x2A, 300, 3, 0, 5, &dirty));
+    policies.extend(gmem_policy(0x3A, 300, 3, 0, 3, &dirty));
+    policies.extend(gmem_policy(0x1A, 1, 0, 200, 3, &[u32::MAX]));
+    policies.extend(gmem_policy(0x6A, 300, 0, 1, 18, &[0x4000_0000, 0]));
+    let mut out = vec![
+        seed(T, "hole-and-high-memory", cat(&[&two, ops])),
+        seed(T, "raw-up-to-the-frame-limit", cat(&[&top, top_ops])),
+        seed(T, "dense-full-words", cat(&[&dense, dense_ops])),
+        seed(T, "policies", policies),
+        seed(T, "raw-overlap", gmem_raw(&[(LOW | 10, 5), (LOW | 12, 5)])),
+        seed(T, "raw-unsorted", gmem_raw(&[(HIGH, 5), (LOW, 5)])),
+        seed(T, "raw-empty-region", gmem_raw(&[(LOW, 4), (HIGH, 0)])),
+        seed(T, "raw-overflow", gmem_raw(&[(TOP | 2, 3)])),
+        seed(
+            T,
+            "raw-seventeen",
+            gmem_raw(&(0..17).map(|i| (LOW | (i * 8), 4)).collect::<Vec<_>>()),
+        ),
+        seed(
+            T,
+            "raw-empty-map",
+            cat(&[&gmem_raw(&[]), &[0x06, 0x03, 0x09, 12]]),
+        ),
+    ];
+    // Random operations on a built (valid) map: the raw-map bit cleared.
+    for mut r in random(T, mix, 3, 300) {
+        if let Some(head) = r.data.first_mut() {
+            *head &= 0x7F;
+        }
+        out.push(r);
+    }
     out
 }
 

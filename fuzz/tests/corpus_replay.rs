@@ -178,6 +178,7 @@ replay_tests!(
     engines_restore,
     vgpu_restore,
     gtt_walk,
+    gmem_ops,
 );
 
 /// Regression for a finding of `cargo fuzz run gtt_runs`: with the hidden slice directly after

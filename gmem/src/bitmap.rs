@@ -217,11 +217,26 @@ impl<'a> DirtyBitmap<'a> {
     }
 
     /// Calls `f` with every set bit in ascending order, clearing the bitmap as it goes.
+    ///
+    /// Zero words are skipped eight at a time (one cache line) and a full word is reported
+    /// with a plain counting loop, so a sparse bitmap costs about one vector compare per 512
+    /// bits and a dense one about one call of `f` per bit.
     pub fn harvest_each(&mut self, mut f: impl FnMut(usize)) {
-        for (i, w) in self.words.iter_mut().enumerate() {
-            if *w != 0 {
-                each_bit(i, core::mem::take(w), &mut f);
+        let mut base = 0usize;
+        let mut chunks = self.words.chunks_exact_mut(SKIP_WORDS);
+        for chunk in &mut chunks {
+            if chunk.iter().fold(0, |acc, w| acc | *w) != 0 {
+                for w in chunk.iter_mut() {
+                    harvest_word(base, core::mem::take(w), &mut f);
+                    base = base.saturating_add(64);
+                }
+            } else {
+                base = base.saturating_add(64 * SKIP_WORDS);
             }
+        }
+        for w in chunks.into_remainder() {
+            harvest_word(base, core::mem::take(w), &mut f);
+            base = base.saturating_add(64);
         }
     }
 
@@ -233,6 +248,26 @@ impl<'a> DirtyBitmap<'a> {
             next_word: 0,
             base: 0,
             current: 0,
+        }
+    }
+}
+
+/// Words [`DirtyBitmap::harvest_each`] tests for zero at once: 512 bits, one cache line.
+const SKIP_WORDS: usize = 8;
+
+/// Calls `f` with the set bits of word `w`, whose bit 0 is bit `base` of the bitmap; a full
+/// word takes a counting loop without per-bit bit scans.
+#[inline(always)]
+fn harvest_word(base: usize, w: u64, f: &mut impl FnMut(usize)) {
+    if w == u64::MAX {
+        for bit in base..base.saturating_add(64) {
+            f(bit);
+        }
+    } else {
+        let mut w = w;
+        while w != 0 {
+            f(base + w.trailing_zeros() as usize);
+            w &= w - 1;
         }
     }
 }
@@ -277,7 +312,7 @@ pub use atomic::AtomicDirtyBitmap;
 mod atomic {
     use core::sync::atomic::{AtomicU64, Ordering};
 
-    use super::{DirtyBitmap, each_bit, for_each_span, words_for};
+    use super::{DirtyBitmap, for_each_span, harvest_word, words_for};
     use crate::error::GmemError;
 
     /// A dirty bitmap that many threads can set concurrently while one harvests.
@@ -386,7 +421,7 @@ mod atomic {
         pub fn harvest_each(&self, mut f: impl FnMut(usize)) {
             for (i, w) in self.words.iter().enumerate() {
                 if w.load(Ordering::Relaxed) != 0 {
-                    each_bit(i, w.swap(0, Ordering::AcqRel), &mut f);
+                    harvest_word(i.saturating_mul(64), w.swap(0, Ordering::AcqRel), &mut f);
                 }
             }
         }
@@ -543,6 +578,41 @@ mod tests {
             harvested.insert(b);
         });
         assert_eq!(harvested.len(), 4096);
+    }
+
+    #[test]
+    fn harvest_each_full_partial_and_skipped_words() {
+        // 2 chunks of 8 words plus a 2-word remainder whose last word is partial (70 bits).
+        let bits = 64 * 16 + 70;
+        let mut s = vec![0u64; words_for(bits)];
+        let mut b = DirtyBitmap::new(&mut s, bits).unwrap();
+        // Chunk 0: word 1 full, word 2 all but bit 0, word 7 bit 63. Chunk 1: empty.
+        // Remainder: word 16 full, word 17 bits 0..6 (the whole tail).
+        b.set_range(64, 64).unwrap();
+        b.set_range(129, 63).unwrap();
+        b.set(7 * 64 + 63).unwrap();
+        b.set_range(16 * 64, 70).unwrap();
+        let want: Vec<usize> = (64..128)
+            .chain(129..192)
+            .chain([511])
+            .chain(1024..1094)
+            .collect();
+        let mut got = Vec::new();
+        b.harvest_each(|x| got.push(x));
+        assert_eq!(got, want);
+        assert_eq!(b.count(), 0);
+        b.harvest_each(|_| panic!("an empty bitmap reported a bit"));
+
+        let a_s: Vec<AtomicU64> = (0..words_for(bits)).map(|_| AtomicU64::new(0)).collect();
+        let a = AtomicDirtyBitmap::new(&a_s, bits).unwrap();
+        a.set_range(64, 64).unwrap();
+        a.set_range(129, 63).unwrap();
+        a.set(511).unwrap();
+        a.set_range(1024, 70).unwrap();
+        let mut got = Vec::new();
+        a.harvest_each(|x| got.push(x));
+        assert_eq!(got, want);
+        assert_eq!(a.count(), 0);
     }
 
     proptest::proptest! {
