@@ -391,6 +391,11 @@ impl<'a> Vgpu<'a> {
         &mut self.gpu_dirty
     }
 
+    /// Guest frames in the GPU dirty log (written since the last harvest).
+    pub fn gpu_dirty_count(&self) -> usize {
+        self.gpu_dirty.count()
+    }
+
     /// Record that the vGPU ran work (the device model or backend calls this when it schedules the
     /// vGPU); used by [`GpuDirtyPrecision::MappedIfActive`](crate::source::GpuDirtyPrecision).
     pub fn mark_gpu_active(&mut self) {

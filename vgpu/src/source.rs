@@ -81,6 +81,16 @@ impl Default for SourceConfig {
     }
 }
 
+/// What VFIO's `VFIO_MIG_GET_PRECOPY_INFO` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PrecopyInfo {
+    /// Bytes of the initial copy (round 0) not yet sent.
+    pub initial_bytes: u64,
+    /// Bytes dirtied since they were sent, still to send.
+    pub dirty_bytes: u64,
+}
+
 /// Something the driver of a source session should know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -349,6 +359,32 @@ impl<'s> SourceSession<'s> {
     /// Bytes written so far.
     pub fn bytes_written(&self) -> u64 {
         self.enc.bytes_written()
+    }
+
+    /// VFIO's pre-copy information (`VFIO_MIG_GET_PRECOPY_INFO`): bytes of the initial copy still
+    /// to send, and bytes dirtied since that the next rounds will carry. Page counts are converted
+    /// at 4 KiB a page (zero pages cost much less on the wire, so these are upper bounds).
+    pub fn precopy_info(&self, vgpu: &Vgpu<'_>) -> PrecopyInfo {
+        let pending = self.send.count() as u64 * 4096;
+        let fresh = vgpu.gpu_dirty_count() as u64 * 4096;
+        if self.round == 0 && matches!(self.phase, Phase::Header | Phase::Round) {
+            PrecopyInfo {
+                initial_bytes: pending,
+                dirty_bytes: fresh,
+            }
+        } else {
+            PrecopyInfo {
+                initial_bytes: 0,
+                dirty_bytes: pending + fresh,
+            }
+        }
+    }
+
+    /// VFIO's `stop_copy_length` estimate: what stop-and-copy would send if it started now (the
+    /// dirty pages known so far plus the device state).
+    pub fn stop_copy_estimate(&self, vgpu: &Vgpu<'_>) -> u64 {
+        (self.send.count() + vgpu.gpu_dirty_count()) as u64 * 4096
+            + Self::device_state_estimate(vgpu)
     }
 
     /// Pages dirty and not yet sent (VFIO's `dirty_bytes` / 4096 during pre-copy).

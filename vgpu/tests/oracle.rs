@@ -385,3 +385,61 @@ fn ppgtt_roots_migrate() {
     let (got, _) = run(&sc, &Plan::default());
     assert_eq!(got.ppgtts.len(), 1);
 }
+
+/// The 2D workload's colour fills and scrolls run as real XY blits, without faults, on both sides
+/// of a migration.
+#[test]
+fn blits_run_on_both_sides_of_a_migration() {
+    let sc = Scenario::small(Profile::TWO_D, 30, 6).unwrap();
+    let mut st_a = sc.storage();
+    let mut st_b = sc.storage();
+    let mut a = sc.machine(&mut st_a, false).unwrap();
+    let mut b = sc.machine(&mut st_b, true).unwrap();
+    a.boot().unwrap();
+    migrate(&mut a, &mut b, &Plan::default()).unwrap();
+    assert!(b.run_to_end(1 << 40).unwrap());
+    for m in [&a, &b] {
+        assert!(m.gpu.stats.blits > 0, "{:?}", m.gpu.stats);
+        assert_eq!(m.gpu.stats.faults, 0, "{:?}", m.gpu.stats);
+    }
+    assert_eq!(Snapshot::of(&b), sc.run_unmigrated().unwrap());
+}
+
+/// VFIO-style pre-copy information counts down during the initial copy and reports dirt after.
+#[test]
+fn precopy_info_counts_down_then_reports_dirt() {
+    let sc = Scenario::small(Profile::THREE_D, 40, 2).unwrap();
+    let mut st = sc.storage();
+    let mut a = sc.machine(&mut st, false).unwrap();
+    a.boot().unwrap();
+    for _ in 0..20 {
+        a.step().unwrap();
+    }
+    let frames = a.vgpu.memory_map().frames() as usize;
+    let mut send = vec![0u64; gmem::words_for(frames)];
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut s = vgpu::source::SourceSession::open(
+        &mut a.vgpu,
+        &mut a.cpu_log,
+        vgpu::source::SourceConfig::default(),
+        &mut send,
+        &mut scratch,
+    )
+    .unwrap();
+    let first = s.precopy_info(&a.vgpu);
+    assert_eq!(first.initial_bytes, frames as u64 * 4096);
+    assert!(s.stop_copy_estimate(&a.vgpu) >= first.initial_bytes);
+    let mut out = vec![0u8; 16 * 1024];
+    let n = s
+        .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+        .unwrap();
+    assert!(n > 0);
+    let later = s.precopy_info(&a.vgpu);
+    assert!(later.initial_bytes < first.initial_bytes, "{later:?}");
+    a.step().unwrap();
+    a.step().unwrap();
+    assert!(
+        s.precopy_info(&a.vgpu).dirty_bytes > 0,
+        "the running GPU dirtied pages"
+    );
+}

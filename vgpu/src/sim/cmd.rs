@@ -14,6 +14,8 @@
 //! | MI_FLUSH_DW | `0x1300_0000 \| post-sync<<14 \| (n-2)` | 4 or 5 | post-sync op 1: write the immediate dword (n = 4) or qword (n = 5) at address bits 47:3 |
 //! | MI_BATCH_BUFFER_START | `0x1880_0000 \| ppgtt<<8 \| 1` | 3 | jump to a batch at bits 47:2 (GGTT when bit 8 is 0) |
 //! | PIPE_CONTROL | `0x7A00_0004` | 6 | post-sync op (dword 1 bits 15:14) 1 = write the qword in dwords 4-5 to the GGTT address in dwords 2-3 (bits 47:3) |
+//! | XY_COLOR_BLT | `0x5430_0005` | 7 | fill a rectangle (32 bpp) with a colour: BR13 (depth, pitch), corners, destination, colour |
+//! | XY_SRC_COPY_BLT | `0x54F0_0008` | 10 | copy a rectangle (32 bpp): BR13, destination corners and address, source corner, pitch and address |
 //! | SIM_FILL (synthetic) | `0x1BC0_0000 \| 2` | 4 | fill `count` pages from a GGTT address with a deterministic pattern of (dword 3, page index in the command) |
 //!
 //! SIM_FILL stands in for the 3D and media pipelines (render-target rewrite, frame decode) that a
@@ -127,5 +129,71 @@ pub const fn pipe_control_store(gm_addr: u64, value: u64) -> [u32; 6] {
         ((gm_addr >> 32) as u32) & 0xFFFF,
         value as u32,
         (value >> 32) as u32,
+    ]
+}
+
+/// XY_COLOR_BLT opcode (2D client, bits 28:22).
+pub const XY_COLOR_BLT_OP: u32 = 0x50;
+/// XY_SRC_COPY_BLT opcode.
+pub const XY_SRC_COPY_BLT_OP: u32 = 0x53;
+/// 2D opcode of a command's first dword.
+pub const fn blt_opcode(dw0: u32) -> u32 {
+    (dw0 >> 22) & 0x7F
+}
+/// Write both colour and alpha channels (32 bpp), bits 21:20 of a blit's first dword.
+const BLT_WRITE_RGBA: u32 = 3 << 20;
+/// BR13 for 32 bits per pixel with raster operation `rop` and pitch `pitch` bytes.
+const fn br13(rop: u32, pitch: u32) -> u32 {
+    (3 << 24) | (rop << 16) | (pitch & 0xFFFF)
+}
+
+/// Fill `w` × `h` pixels at (`x`, `y`) of the surface at `base` (pitch bytes per row) with `color`.
+pub const fn color_blt(
+    base: u64,
+    pitch: u32,
+    x: u32,
+    y: u32,
+    w: u32,
+    h: u32,
+    color: u32,
+) -> [u32; 7] {
+    [
+        (2 << 29) | (XY_COLOR_BLT_OP << 22) | BLT_WRITE_RGBA | 5,
+        br13(0xF0, pitch),
+        (y << 16) | x,
+        ((y + h) << 16) | (x + w),
+        base as u32,
+        ((base >> 32) as u32) & 0xFFFF,
+        color,
+    ]
+}
+
+/// Copy `w` × `h` pixels from (`sx`, `sy`) of `src` to (`x`, `y`) of `dst` (both `pitch` bytes per row).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per field of the command, in command order"
+)]
+pub const fn src_copy_blt(
+    dst: u64,
+    src: u64,
+    pitch: u32,
+    x: u32,
+    y: u32,
+    sx: u32,
+    sy: u32,
+    w: u32,
+    h: u32,
+) -> [u32; 10] {
+    [
+        (2 << 29) | (XY_SRC_COPY_BLT_OP << 22) | BLT_WRITE_RGBA | 8,
+        br13(0xCC, pitch),
+        (y << 16) | x,
+        ((y + h) << 16) | (x + w),
+        dst as u32,
+        ((dst >> 32) as u32) & 0xFFFF,
+        (sy << 16) | sx,
+        pitch & 0xFFFF,
+        src as u32,
+        ((src >> 32) as u32) & 0xFFFF,
     ]
 }

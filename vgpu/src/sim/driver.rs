@@ -76,6 +76,9 @@ pub struct Profile {
     pub repeat_every: u64,
     /// Each fill is also written to a second surface (a decoded frame and its display copy).
     pub mirror: bool,
+    /// Each frame also issues 2D blits: a solid-colour rectangle and a scroll (a copy of part of
+    /// the surface onto itself, shifted).
+    pub blits: bool,
     /// Frame period in modeled nanoseconds (vsync pacing: 16.7 ms at 60 Hz); 0 renders as fast as
     /// the GPU allows.
     pub frame_ns: u64,
@@ -96,6 +99,7 @@ impl Profile {
         repeat_every: 16,
         mirror: false,
         frame_ns: 16_666_667,
+        blits: false,
     };
     /// 2D: window contents redrawn by blits: 8 MiB per frame within 48 MiB, content changing every
     /// 4 frames.
@@ -110,6 +114,7 @@ impl Profile {
         repeat_every: 4,
         mirror: false,
         frame_ns: 16_666_667,
+        blits: true,
     };
     /// Media: 30 frames/s decoded into a pool of surfaces and copied for display (4 + 4 MiB per
     /// frame within 48 MiB).
@@ -124,6 +129,7 @@ impl Profile {
         repeat_every: 1,
         mirror: true,
         frame_ns: 33_333_333,
+        blits: false,
     };
     /// 3D at 60 frames/s: 32 MiB of render targets rewritten per frame within 128 MiB, a hot set of
     /// scattered stores, a growing tail of new allocations.
@@ -138,6 +144,7 @@ impl Profile {
         repeat_every: 1,
         mirror: false,
         frame_ns: 16_666_667,
+        blits: false,
     };
 
     /// The profile rendering as fast as the GPU allows (no vsync pacing).
@@ -576,6 +583,23 @@ impl GuestDriver {
             }
             self.rt_cursor = (start + n) % self.profile.rt_pages;
             left -= n;
+        }
+        if self.profile.blits {
+            // The window surface is the render-target area, one page (1024 pixels) per row.
+            let rows = u32::try_from(self.profile.rt_pages.min(256)).unwrap_or(1);
+            let h = (rows / 4).max(1);
+            let y = u32::try_from(self.frame % u64::from(rows - h + 1)).unwrap_or(0);
+            push(
+                &mut batch,
+                &cmd::color_blt(self.hidden, 4096, 64, y, 512, h, seed | 0xFF00_0000),
+            )?;
+            if rows > h {
+                // Scroll: rows y+1.. move up by one row.
+                push(
+                    &mut batch,
+                    &cmd::src_copy_blt(self.hidden, self.hidden, 4096, 0, 0, 0, 1, 1024, rows - 1),
+                )?;
+            }
         }
         // New allocations in the tail get content too.
         if self.profile.remap_every != 0 && self.tail_next > 0 {

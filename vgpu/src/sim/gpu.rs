@@ -22,6 +22,8 @@ pub struct GpuStats {
     pub stores: u64,
     /// Pages filled by SIM_FILL.
     pub filled_pages: u64,
+    /// 2D blits executed.
+    pub blits: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +64,142 @@ fn irq_bits(id: EngineId) -> (u32, u32) {
     }
 }
 
+/// A blit rectangle: top-left pixel, size in pixels, row pitch in bytes (32 bits per pixel).
+#[derive(Debug, Clone, Copy)]
+struct Rect {
+    x: u32,
+    y: u32,
+    w: u32,
+    h: u32,
+    pitch: u32,
+}
+
+/// Largest surface a blit may touch (the limit GVT-g's command parser applies).
+const MAX_BLT_BYTES: u64 = 36 << 20;
+
+impl Rect {
+    /// From BR13 (bits 25:24 colour depth, 3 = 32 bpp; 15:0 pitch) and the corner dwords.
+    fn of(br13: u32, top_left: u32, bottom_right: u32) -> Option<Rect> {
+        if (br13 >> 24) & 3 != 3 {
+            return None;
+        }
+        let (x, y) = (top_left & 0xFFFF, top_left >> 16);
+        let (x2, y2) = (bottom_right & 0xFFFF, bottom_right >> 16);
+        let r = Rect {
+            x,
+            y,
+            w: x2.checked_sub(x)?,
+            h: y2.checked_sub(y)?,
+            pitch: br13 & 0xFFFF,
+        };
+        let span = u64::from(r.y + r.h) * u64::from(r.pitch);
+        (r.w > 0
+            && r.h > 0
+            && u64::from(r.x + r.w) * 4 <= u64::from(r.pitch)
+            && span <= MAX_BLT_BYTES)
+            .then_some(r)
+    }
+
+    /// Byte offset of row `row` of the rectangle from the surface base.
+    fn row_offset(&self, row: u32) -> u64 {
+        u64::from(self.y + row) * u64::from(self.pitch) + u64::from(self.x) * 4
+    }
+}
+
 impl RefGpu {
+    /// Write `data` at graphics address `addr`, across pages.
+    fn write_span(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        mem: &mut SimMemory,
+        addr: u64,
+        data: &[u8],
+    ) -> bool {
+        let mut done = 0;
+        while done < data.len() {
+            let a = addr + done as u64;
+            let n = (4096 - (a % 4096) as usize).min(data.len() - done);
+            if !self.store(vgpu, mem, a, data.get(done..done + n).unwrap_or(&[])) {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
+    /// Read `out.len()` bytes at graphics address `addr`, across pages.
+    fn read_span(vgpu: &Vgpu<'_>, mem: &SimMemory, addr: u64, out: &mut [u8]) -> bool {
+        let mut done = 0;
+        while done < out.len() {
+            let a = addr + done as u64;
+            let n = (4096 - (a % 4096) as usize).min(out.len() - done);
+            let Some((gfn, off)) = vgpu.translate(GmAddr::new(a)) else {
+                return false;
+            };
+            let Some(dst) = out.get_mut(done..done + n) else {
+                return false;
+            };
+            if mem.read(gfn, off, dst).is_err() {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
+    fn color_blt(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        mem: &mut SimMemory,
+        r: Rect,
+        base: u64,
+        color: u32,
+    ) -> Step {
+        let mut row = [0u8; 4 * 4096];
+        let Some(bytes) = row.get_mut(..r.w as usize * 4) else {
+            return Step::Fault;
+        };
+        for px in bytes.chunks_exact_mut(4) {
+            px.copy_from_slice(&color.to_le_bytes());
+        }
+        for y in 0..r.h {
+            if !self.write_span(vgpu, mem, base + r.row_offset(y), bytes) {
+                return Step::Fault;
+            }
+        }
+        self.stats.blits += 1;
+        Step::Continue
+    }
+
+    fn copy_blt(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        mem: &mut SimMemory,
+        dst: Rect,
+        dst_base: u64,
+        src: Rect,
+        src_base: u64,
+    ) -> Step {
+        let mut row = [0u8; 4 * 4096];
+        let Some(bytes) = row.get_mut(..dst.w as usize * 4) else {
+            return Step::Fault;
+        };
+        if u64::from(src.y + dst.h) * u64::from(src.pitch) > MAX_BLT_BYTES
+            || u64::from(src.x + dst.w) * 4 > u64::from(src.pitch)
+        {
+            return Step::Fault;
+        }
+        for y in 0..dst.h {
+            if !Self::read_span(vgpu, mem, src_base + src.row_offset(y), bytes)
+                || !self.write_span(vgpu, mem, dst_base + dst.row_offset(y), bytes)
+            {
+                return Step::Fault;
+            }
+        }
+        self.stats.blits += 1;
+        Step::Continue
+    }
+
     /// An idle GPU.
     pub fn new() -> Self {
         Self::default()
@@ -284,10 +421,11 @@ impl RefGpu {
         let Some(dw0) = Self::fetch(vgpu, mem, exec) else {
             return Step::Fault;
         };
-        let mut operands = [0u32; 8];
+        let mut operands = [0u32; 10];
         let len = match (cmd::client(dw0), cmd::mi_opcode(dw0)) {
             (0, 0x00) | (0, 0x0A) => 1,
             (0, _) => (dw0 & 0x3F) + 2,
+            (2, _) => (dw0 & 0xFF) + 2,
             (3, _) if dw0 == cmd::PIPE_CONTROL => 6,
             _ => return Step::Fault,
         };
@@ -300,7 +438,7 @@ impl RefGpu {
                 None => return Step::Fault,
             }
         }
-        let [o1, o2, o3, o4, o5, ..] = operands;
+        let [o1, o2, o3, o4, o5, o6, o7, o8, o9, _] = operands;
         let addr =
             |lo: u32, hi: u32, keep: u32| (u64::from(hi & 0xFFFF) << 32) | u64::from(lo & !keep);
         match (cmd::client(dw0), cmd::mi_opcode(dw0)) {
@@ -401,6 +539,31 @@ impl RefGpu {
                     self.stats.filled_pages += 1;
                 }
                 Step::Continue
+            }
+            (2, _) => {
+                // 2D blits, 32 bits per pixel: a rectangle of rows `pitch` bytes apart.
+                let rect = Rect::of(o1, o2, o3);
+                match (cmd::blt_opcode(dw0), len) {
+                    (cmd::XY_COLOR_BLT_OP, 7) => match rect {
+                        Some(r) => self.color_blt(vgpu, mem, r, addr(o4, o5, 0), o6),
+                        None => Step::Fault,
+                    },
+                    (cmd::XY_SRC_COPY_BLT_OP, 10) => {
+                        match (rect, u16::try_from(o7 & 0xFFFF).ok()) {
+                            (Some(r), Some(src_pitch)) => {
+                                let src = Rect {
+                                    x: o6 & 0xFFFF,
+                                    y: o6 >> 16,
+                                    pitch: u32::from(src_pitch),
+                                    ..r
+                                };
+                                self.copy_blt(vgpu, mem, r, addr(o4, o5, 0), src, addr(o8, o9, 0))
+                            }
+                            _ => Step::Fault,
+                        }
+                    }
+                    _ => Step::Fault,
+                }
             }
             (3, _) => {
                 // PIPE_CONTROL: post-sync "write immediate" of a qword to a GGTT address.
