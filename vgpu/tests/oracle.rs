@@ -415,7 +415,7 @@ fn precopy_info_counts_down_then_reports_dirt() {
     for _ in 0..20 {
         a.step().unwrap();
     }
-    let frames = a.vgpu.memory_map().frames() as usize;
+    let frames = usize::try_from(a.vgpu.memory_map().frames()).unwrap();
     let mut send = vec![0u64; gmem::words_for(frames)];
     let mut scratch = vec![0u8; 64 * 1024];
     let mut s = vgpu::source::SourceSession::open(
