@@ -100,8 +100,8 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     );
     let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    let status = Command::new("cargo")
-        .current_dir(root().join("fuzz"))
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root().join("fuzz"))
         .args([
             "+nightly",
             "fuzz",
@@ -116,9 +116,14 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         .arg(&seeds)
         .arg("--")
         .arg(format!("-max_total_time={}", args.time))
-        .arg(format!("-jobs={}", args.jobs))
-        .arg(format!("-workers={}", args.jobs))
-        .arg("-print_final_stats=1")
+        .arg("-print_final_stats=1");
+    if args.jobs > 1 {
+        // libFuzzer then runs the jobs as child processes, each logging to fuzz-<n>.log in the
+        // working directory; the figures below cover the parent's log only.
+        cmd.arg(format!("-jobs={}", args.jobs))
+            .arg(format!("-workers={}", args.jobs));
+    }
+    let status = cmd
         .stdout(out)
         .stderr(err)
         .status()
