@@ -26,9 +26,10 @@ pub(crate) struct Args {
     /// Downtime limit the pre-copy policy aims for, ms.
     #[arg(long, default_value_t = 300)]
     pub(crate) downtime_ms: u32,
-    /// Frames the workload renders (the migration starts after a quarter of them).
-    #[arg(long, default_value_t = 120)]
-    pub(crate) frames: u64,
+    /// Frames the workload renders; by default enough for the migration to happen while it runs
+    /// (30 frames first, then about twice the time the whole graphics memory takes on the link).
+    #[arg(long)]
+    pub(crate) frames: Option<u64>,
     /// How precisely GPU writes are tracked: `exact` (the write set the device reports), `active`
     /// (every mapped page when the vGPU ran work), `mapped` (every mapped page, always: the
     /// original prototype's behaviour).
@@ -48,6 +49,9 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) json: bool,
 }
+
+/// Frames rendered before the migration starts.
+const START_FRAME: u64 = 30;
 
 fn parse_link(s: &str) -> crate::Result<u64> {
     let s = s.trim().to_ascii_lowercase();
@@ -100,19 +104,19 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         _ => Profile::THREE_D,
     };
     let link = parse_link(&args.link)?;
+    let gm_bytes = if args.quick { 5 << 19 } else { args.gm << 20 };
+    let frames = args.frames.unwrap_or_else(|| {
+        let fps = 1_000_000_000u64.checked_div(profile.frame_ns).unwrap_or(60);
+        let migrate_s = 2.0 * gm_bytes as f64 / link as f64 + 0.5;
+        START_FRAME + (migrate_s * fps as f64).ceil() as u64
+    });
     let sc = if args.quick {
-        Scenario::small(profile, args.frames.min(60), args.seed)
+        Scenario::small(profile, frames.min(60), args.seed)
     } else {
         if args.gm < 128 {
             return Err("--gm must be at least 128 (64 MiB of aperture plus hidden memory)".into());
         }
-        Scenario::new(
-            64 << 20,
-            (args.gm - 64) << 20,
-            profile,
-            args.frames,
-            args.seed,
-        )
+        Scenario::new(64 << 20, (args.gm - 64) << 20, profile, frames, args.seed)
     }
     .map_err(|e| format!("building the scenario: {e}"))?;
     let t0 = Instant::now();
@@ -165,8 +169,8 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         _ => vgpu::source::GpuDirtyPrecision::Exact,
     };
     plan.feed = 256 * 1024;
-    // Start once a quarter of the frames have been submitted.
-    while a.driver.frames_submitted() < sc.frames / 4 {
+    // Start once the workload is well under way.
+    while a.driver.frames_submitted() < START_FRAME.min(sc.frames / 4) {
         a.step().map_err(|e| e.to_string())?;
     }
     if !args.json {

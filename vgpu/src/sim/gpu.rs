@@ -37,12 +37,25 @@ struct Exec {
     tail: u32,
     /// Next dword of the active batch buffer, if one runs.
     batch: Option<u64>,
+    /// A SIM_FILL in progress: it takes GPU time in proportion to the pages it writes.
+    fill: Option<Fill>,
+}
+
+/// Progress of a SIM_FILL command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fill {
+    base: u64,
+    next: u32,
+    pages: u32,
+    seed: u32,
 }
 
 /// The reference GPU. Its only state is the work in flight, which quiesce drains before a save.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RefGpu {
     exec: [Option<Exec>; 5],
+    /// Pages a SIM_FILL writes per step (the GPU's fill rate; 0 = unlimited).
+    pub fill_pages_per_step: u32,
     /// Counters.
     pub stats: GpuStats,
 }
@@ -200,9 +213,48 @@ impl RefGpu {
         Step::Continue
     }
 
+    /// Write the next pages of the fill in progress, at most `budget` of them. `Some(true)` when the
+    /// fill is complete, `Some(false)` when the budget ran out first, `None` on a fault.
+    fn continue_fill(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        mem: &mut SimMemory,
+        exec: &mut Exec,
+        budget: &mut u32,
+    ) -> Option<bool> {
+        let mut f = exec.fill?;
+        let mut page = [0u8; 4096];
+        while f.next < f.pages {
+            if *budget == 0 {
+                exec.fill = Some(f);
+                return Some(false);
+            }
+            let p = u64::from(f.next);
+            for (i, chunk) in page.chunks_exact_mut(4).enumerate() {
+                chunk.copy_from_slice(
+                    &cmd::fill_pattern(f.seed, p, u32::try_from(i).unwrap_or(0)).to_le_bytes(),
+                );
+            }
+            if !self.store(vgpu, mem, f.base + p * 4096, &page) {
+                exec.fill = None;
+                return None;
+            }
+            self.stats.filled_pages += 1;
+            f.next += 1;
+            *budget -= 1;
+        }
+        exec.fill = None;
+        Some(true)
+    }
+
     /// An idle GPU.
     pub fn new() -> Self {
-        Self::default()
+        // 64 pages per 100 µs step: 2.4 GiB/s, so a 3D frame's 32 MiB keeps the GPU busy for
+        // about 13 of its 16.7 ms.
+        Self {
+            fill_pages_per_step: 64,
+            ..Self::default()
+        }
     }
 
     /// Whether any engine runs a workload.
@@ -244,7 +296,22 @@ impl RefGpu {
             };
             let mut n = 0;
             let mut outcome = Step::Continue;
+            let mut page_budget = if self.fill_pages_per_step == 0 {
+                u32::MAX
+            } else {
+                self.fill_pages_per_step
+            };
             while n < budget {
+                if exec.fill.is_some() {
+                    match self.continue_fill(vgpu, mem, &mut exec, &mut page_budget) {
+                        Some(true) => continue,
+                        Some(false) => break, // this step's fill budget is spent
+                        None => {
+                            outcome = Step::Fault;
+                            break;
+                        }
+                    }
+                }
                 if exec.batch.is_none() && exec.head == exec.tail {
                     outcome = Step::Done;
                     break;
@@ -258,7 +325,7 @@ impl RefGpu {
                     }
                 }
             }
-            if exec.batch.is_none() && exec.head == exec.tail {
+            if exec.batch.is_none() && exec.head == exec.tail && exec.fill.is_none() {
                 outcome = Step::Done;
             }
             self.stats.commands += u64::from(n);
@@ -329,6 +396,7 @@ impl RefGpu {
             head: (head & engines::HEAD_OFFSET_MASK) % size,
             tail: (tail & engines::TAIL_OFFSET_MASK) % size,
             batch: None,
+            fill: None,
         })
     }
 
@@ -522,22 +590,14 @@ impl RefGpu {
                 Step::Continue
             }
             (0, 0x37) => {
-                // SIM_FILL: deterministic render-target or decoded-frame content.
-                let base = addr(o1, o2, 0xFFF);
-                let pages = o1 & 0xFFF;
-                let mut page = [0u8; 4096];
-                for p in 0..u64::from(pages) {
-                    let pa = base + p * 4096;
-                    for (i, chunk) in page.chunks_exact_mut(4).enumerate() {
-                        chunk.copy_from_slice(
-                            &cmd::fill_pattern(o3, p, u32::try_from(i).unwrap_or(0)).to_le_bytes(),
-                        );
-                    }
-                    if !self.store(vgpu, mem, pa, &page) {
-                        return Step::Fault;
-                    }
-                    self.stats.filled_pages += 1;
-                }
+                // SIM_FILL: deterministic render-target or decoded-frame content, written over the
+                // next steps at the GPU's fill rate.
+                exec.fill = Some(Fill {
+                    base: addr(o1, o2, 0xFFF),
+                    next: 0,
+                    pages: o1 & 0xFFF,
+                    seed: o3,
+                });
                 Step::Continue
             }
             (2, _) => {
