@@ -5,6 +5,8 @@
 #[doc(hidden)]
 pub use {engines as _e, gmem as _gm, gtt as _g, migstream as _m, mmio as _r, vgpu as _v};
 
+pub mod embed;
+
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
