@@ -667,6 +667,20 @@ impl<'a> Vgpu<'a> {
         e: GgttEntry,
         host: &mut dyn HostGtt,
     ) -> Result<(), VgpuError> {
+        if let Some(gfn) = self.program_host_entry(index, e, host)? {
+            self.mark_gpu_dirty(gfn);
+        }
+        Ok(())
+    }
+
+    /// Program the host entry of guest index `index` from guest entry `e` (the scratch page unless
+    /// it maps a frame of guest memory); returns the frame it maps.
+    fn program_host_entry(
+        &self,
+        index: GttIndex,
+        e: GgttEntry,
+        host: &mut dyn HostGtt,
+    ) -> Result<Option<Gfn>, VgpuError> {
         let host_index = self
             .config
             .partition
@@ -676,10 +690,7 @@ impl<'a> Vgpu<'a> {
             (e.is_present() && self.mem_map.contains(e.frame())).then_some((e.frame(), e));
         host.map(host_index, mapping)
             .map_err(|_| VgpuError::HostGtt)?;
-        if let Some((gfn, _)) = mapping {
-            self.mark_gpu_dirty(gfn);
-        }
-        Ok(())
+        Ok(mapping.map(|(gfn, _)| gfn))
     }
 
     /// Program the host fence for guest fence `index` from the guest's 64-bit fence value: the start
@@ -803,15 +814,7 @@ impl<'a> Vgpu<'a> {
                 continue;
             };
             let e = self.ggtt.read(index)?;
-            let host_index = self
-                .config
-                .partition
-                .g2h_index(&self.placement, index)
-                .ok_or(VgpuError::Gtt(gtt::GttError::OutOfRange))?;
-            let mapping =
-                (e.is_present() && self.mem_map.contains(e.frame())).then_some((e.frame(), e));
-            host.map(host_index, mapping)
-                .map_err(|_| VgpuError::HostGtt)?;
+            self.program_host_entry(index, e, host)?;
         }
         Ok(())
     }
