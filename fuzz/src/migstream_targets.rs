@@ -68,6 +68,16 @@ enum Ev {
     },
     Round(RoundRepr),
     End(EndRepr),
+    Copy {
+        frame: u64,
+        from_frame: u64,
+        hash: u64,
+    },
+    Xor {
+        frame: u64,
+        offset: u16,
+        data: Vec<u8>,
+    },
     /// An event variant added to `migstream` after this target was written.
     Other(String),
 }
@@ -126,6 +136,43 @@ impl Log {
                     data: data.to_vec(),
                 });
             }
+            Event::PageXor {
+                frame,
+                offset,
+                data,
+            } => {
+                assert!(!data.is_empty(), "empty PageXor event");
+                assert!(
+                    usize::from(offset) + data.len() <= migstream::PAGE_SIZE,
+                    "PageXor crosses its page"
+                );
+                // Pieces of one segment split by the input's segmentation merge back.
+                if let Some(Ev::Xor {
+                    frame: f,
+                    offset: o,
+                    data: d,
+                }) = self.events.last_mut()
+                    && *f == frame
+                    && usize::from(*o) + d.len() == usize::from(offset)
+                {
+                    d.extend_from_slice(data);
+                    return;
+                }
+                self.events.push(Ev::Xor {
+                    frame,
+                    offset,
+                    data: data.to_vec(),
+                });
+            }
+            Event::PageCopy {
+                frame,
+                from_frame,
+                hash,
+            } => self.events.push(Ev::Copy {
+                frame,
+                from_frame,
+                hash,
+            }),
             Event::Header(h) => self.events.push(Ev::Header(h)),
             Event::RecordBegin {
                 kind,
