@@ -88,6 +88,50 @@ struct Log {
 }
 
 impl Log {
+    /// A piece of a page (FULL data, or DELTA bytes when `xor`): never empty, never past the page
+    /// end; pieces that the input's segmentation split merge back into one event.
+    fn push_page_piece(&mut self, xor: bool, frame: u64, offset: u16, data: &[u8]) {
+        assert!(!data.is_empty(), "empty page event");
+        assert!(
+            usize::from(offset) + data.len() <= migstream::PAGE_SIZE,
+            "page event crosses its page"
+        );
+        let last = match self.events.last_mut() {
+            Some(Ev::Page {
+                frame: f,
+                offset: o,
+                data: d,
+            }) if !xor => Some((f, o, d)),
+            Some(Ev::Xor {
+                frame: f,
+                offset: o,
+                data: d,
+            }) if xor => Some((f, o, d)),
+            _ => None,
+        };
+        if let Some((f, o, d)) = last
+            && *f == frame
+            && usize::from(*o) + d.len() == usize::from(offset)
+        {
+            d.extend_from_slice(data);
+            return;
+        }
+        let data = data.to_vec();
+        self.events.push(if xor {
+            Ev::Xor {
+                frame,
+                offset,
+                data,
+            }
+        } else {
+            Ev::Page {
+                frame,
+                offset,
+                data,
+            }
+        });
+    }
+
     fn push(&mut self, ev: Event<'_>) {
         match ev {
             Event::Payload { kind, offset, data } => {
@@ -113,57 +157,12 @@ impl Log {
                 frame,
                 offset,
                 data,
-            } => {
-                assert!(!data.is_empty(), "empty PageData event");
-                assert!(
-                    usize::from(offset) + data.len() <= migstream::PAGE_SIZE,
-                    "PageData crosses its page"
-                );
-                if let Some(Ev::Page {
-                    frame: f,
-                    offset: o,
-                    data: d,
-                }) = self.events.last_mut()
-                    && *f == frame
-                    && usize::from(*o) + d.len() == usize::from(offset)
-                {
-                    d.extend_from_slice(data);
-                    return;
-                }
-                self.events.push(Ev::Page {
-                    frame,
-                    offset,
-                    data: data.to_vec(),
-                });
-            }
+            } => self.push_page_piece(false, frame, offset, data),
             Event::PageXor {
                 frame,
                 offset,
                 data,
-            } => {
-                assert!(!data.is_empty(), "empty PageXor event");
-                assert!(
-                    usize::from(offset) + data.len() <= migstream::PAGE_SIZE,
-                    "PageXor crosses its page"
-                );
-                // Pieces of one segment split by the input's segmentation merge back.
-                if let Some(Ev::Xor {
-                    frame: f,
-                    offset: o,
-                    data: d,
-                }) = self.events.last_mut()
-                    && *f == frame
-                    && usize::from(*o) + d.len() == usize::from(offset)
-                {
-                    d.extend_from_slice(data);
-                    return;
-                }
-                self.events.push(Ev::Xor {
-                    frame,
-                    offset,
-                    data: data.to_vec(),
-                });
-            }
+            } => self.push_page_piece(true, frame, offset, data),
             Event::PageCopy {
                 frame,
                 from_frame,
