@@ -59,6 +59,9 @@ impl RecordKind {
     /// GGTT entries with one 4-byte half written and the other still to come (payload owned by
     /// `gtt`).
     pub const GGTT_PENDING: Self = Self(0x0009);
+    /// Which channel of a multi-channel migration this stream is (payload owned by `vgpu`; added
+    /// in 1.1).
+    pub const CHANNEL: Self = Self(0x000A);
     /// End of a pre-copy round; payload parsed by migstream ([`crate::RoundRepr`]).
     pub const ROUND: Self = Self(0x0010);
     /// Graphics-memory pages; payload parsed by migstream (page runs).
@@ -66,10 +69,10 @@ impl RecordKind {
     /// End of stream with totals; payload parsed by migstream ([`crate::EndRepr`]).
     pub const END: Self = Self(0x00FF);
 
-    /// Is this a kind format 1.0 defines?
+    /// Is this a kind format 1.x (up to this crate's minor version) defines?
     #[must_use]
     pub const fn is_known(self) -> bool {
-        matches!(self.0, 0x0001..=0x0009 | 0x0010 | 0x0011 | 0x00FF)
+        matches!(self.0, 0x0001..=0x000A | 0x0010 | 0x0011 | 0x00FF)
     }
 
     /// The name of a known kind.
@@ -85,6 +88,7 @@ impl RecordKind {
             0x0007 => "GUEST_VIEW",
             0x0008 => "OPREGION",
             0x0009 => "GGTT_PENDING",
+            0x000A => "CHANNEL",
             0x0010 => "ROUND",
             0x0011 => "PAGES",
             0x00FF => "END",
@@ -293,8 +297,9 @@ mod tests {
     fn kinds_and_flags() {
         assert!(RecordKind::END.is_known());
         assert!(RecordKind::GGTT_PENDING.is_known());
-        assert!(!RecordKind(0x000A).is_known());
-        assert_eq!(RecordKind(0x000A).name(), None);
+        assert!(RecordKind::CHANNEL.is_known());
+        assert!(!RecordKind(0x000B).is_known());
+        assert_eq!(RecordKind(0x000B).name(), None);
         assert!(RecordFlags::MANDATORY.is_mandatory());
         assert!(!RecordFlags(0x02).is_valid());
         assert_eq!(Limits::with_max_payload(u32::MAX), Limits::DEFAULT);

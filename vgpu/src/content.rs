@@ -104,6 +104,7 @@ impl<'s> Content<'s> {
         page: &[u8; 4096],
         zero: bool,
         delta: &mut [u8; DELTA_LIMIT],
+        channels: usize,
     ) -> (Class, u64) {
         let h = if zero {
             self.zero_hash
@@ -122,6 +123,8 @@ impl<'s> Content<'s> {
             .and_then(|v| v.checked_sub(1))
             .and_then(|j| usize::try_from(j).ok())
             && from != i
+            // A DUP may only name a frame of its own channel (see `crate::channel`).
+            && crate::channel::channel_of(from, channels) == crate::channel::channel_of(i, channels)
             && self.s.hashes.get(from) == Some(&h)
         {
             return (Class::Dup { from }, h);

@@ -6,10 +6,19 @@
 //! staged record against this vGPU (identity, guest memory map, register save list and read-only
 //! bits, engine layout) before it changes anything. A stream rejected at any point, by the decoder
 //! or by validation, leaves the vGPU's device state exactly as it was.
+//!
+//! A multi-channel migration ([`crate::channel`]) is read by one session opened with
+//! [`DestSession::open_channels`]: feed each channel's bytes with [`DestSession::feed_channel`], in
+//! any interleaving and segmentation. Each channel must start with its CHANNEL record, carry only
+//! the pages of its stripes (and, on channels other than 0, no device state), and share the main
+//! channel's stream id and device; the session is finished when every channel has ended.
+
+use core::mem::ManuallyDrop;
 
 use gtt::Gfn;
 use migstream::{Decoder, Event, FeedError, Limits, RecordKind, StreamHeaderRepr};
 
+use crate::channel::{ChannelRepr, MAX_CHANNELS, channel_of};
 use crate::error::VgpuError;
 use crate::fsm::MigState;
 use crate::instance::{CONFIG_SPACE_SIZE, Vgpu};
@@ -45,15 +54,25 @@ pub struct DestStats {
 /// 8 bytes per mapped GGTT entry in the worst case).
 #[derive(Debug)]
 pub struct DestSession<'s> {
-    dec: Decoder,
+    chans: ManuallyDrop<heapless::Vec<ChanIn, MAX_CHANNELS>>,
     staging: &'s mut [u8],
     staged: usize,
     /// The record being staged: (kind, start offset of its payload in staging, length).
     open: Option<(RecordKind, usize, usize)>,
-    header: Option<StreamHeaderRepr>,
     failed: Option<VgpuError>,
-    ended: bool,
     stats: DestStats,
+}
+
+/// One incoming channel.
+#[derive(Debug)]
+struct ChanIn {
+    dec: Decoder,
+    header: Option<StreamHeaderRepr>,
+    /// The CHANNEL record (multi-channel only): its payload as it arrives, then whether it checked.
+    intro: [u8; ChannelRepr::LEN],
+    intro_len: Option<u32>,
+    intro_ok: bool,
+    ended: bool,
 }
 
 fn is_device_state(kind: RecordKind) -> bool {
@@ -69,12 +88,31 @@ fn is_device_state(kind: RecordKind) -> bool {
 }
 
 impl<'s> DestSession<'s> {
-    /// Open a session on a stopped vGPU (the STOP → RESUMING arc).
+    /// Open a session on a stopped vGPU (the STOP → RESUMING arc) for a single-channel stream.
+    ///
+    /// # Errors
+    /// [`VgpuError::WrongPhase`] unless the vGPU is stopped (or running with nothing in flight).
     pub fn open(
         vgpu: &mut Vgpu<'_>,
         staging: &'s mut [u8],
         limits: Limits,
     ) -> Result<Self, VgpuError> {
+        Self::open_channels(vgpu, staging, limits, 1)
+    }
+
+    /// Open a session that reads a migration of `channels` streams (1..=[`MAX_CHANNELS`]).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); [`VgpuError::StorageSize`] for a channel count out of range.
+    pub fn open_channels(
+        vgpu: &mut Vgpu<'_>,
+        staging: &'s mut [u8],
+        limits: Limits,
+        channels: usize,
+    ) -> Result<Self, VgpuError> {
+        if !(1..=MAX_CHANNELS).contains(&channels) {
+            return Err(VgpuError::StorageSize);
+        }
         if !matches!(vgpu.state(), MigState::Stop | MigState::Running)
             || vgpu.engines().in_flight() != 0
         {
@@ -82,22 +120,49 @@ impl<'s> DestSession<'s> {
         }
         let _ = vgpu.quiesce();
         vgpu.set_state(MigState::Resuming);
+        let mut chans = heapless::Vec::new();
+        for _ in 0..channels {
+            let _ = chans.push(ChanIn {
+                dec: Decoder::new(limits),
+                header: None,
+                intro: [0; ChannelRepr::LEN],
+                intro_len: None,
+                intro_ok: channels == 1,
+                ended: false,
+            });
+        }
         Ok(Self {
-            dec: Decoder::new(limits),
+            chans: ManuallyDrop::new(chans),
             staging,
             staged: 0,
             open: None,
-            header: None,
             failed: None,
-            ended: false,
             stats: DestStats::default(),
         })
     }
 
-    /// Feed stream bytes (any segmentation). Returns the bytes consumed (all of them unless an error is
-    /// returned). After an error the session is failed: every later call returns the same error.
+    /// Feed stream bytes (any segmentation) of the main (or only) channel. Returns the bytes
+    /// consumed (all of them unless an error is returned). After an error the session is failed:
+    /// every later call returns the same error.
+    ///
+    /// # Errors
+    /// The first problem found in the stream ([`VgpuError::fault`] tells whose fault it is).
     pub fn feed(
         &mut self,
+        vgpu: &Vgpu<'_>,
+        mem: &mut dyn GuestMemory,
+        input: &[u8],
+    ) -> Result<usize, VgpuError> {
+        self.feed_channel(0, vgpu, mem, input)
+    }
+
+    /// [`feed`](Self::feed) for channel `channel`.
+    ///
+    /// # Errors
+    /// As `feed`; [`VgpuError::WrongPhase`] for a channel the session does not have.
+    pub fn feed_channel(
+        &mut self,
+        channel: usize,
         vgpu: &Vgpu<'_>,
         mem: &mut dyn GuestMemory,
         input: &[u8],
@@ -105,7 +170,10 @@ impl<'s> DestSession<'s> {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        let r = self.feed_inner(vgpu, mem, input);
+        if channel >= self.chans.len() {
+            return Err(VgpuError::WrongPhase);
+        }
+        let r = self.feed_inner(channel, vgpu, mem, input);
         if let Err(e) = r {
             self.failed = Some(e);
         }
@@ -114,14 +182,18 @@ impl<'s> DestSession<'s> {
 
     fn feed_inner(
         &mut self,
+        c: usize,
         vgpu: &Vgpu<'_>,
         mem: &mut dyn GuestMemory,
         input: &[u8],
     ) -> Result<usize, VgpuError> {
+        let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
         // `feed_all` checksums page bytes after they were written to guest memory (from cache).
-        let mut dec = core::mem::replace(&mut self.dec, Decoder::new(Limits::DEFAULT));
-        let r = dec.feed_all(input, |ev| self.on_event(vgpu, mem, ev));
-        self.dec = dec;
+        let mut dec = core::mem::replace(&mut ch.dec, Decoder::new(Limits::DEFAULT));
+        let r = dec.feed_all(input, |ev| self.on_event(c, vgpu, mem, ev));
+        if let Some(ch) = self.chans.get_mut(c) {
+            ch.dec = dec;
+        }
         let n = match r {
             Ok(n) => n,
             Err(FeedError::Decode(e)) => return Err(e.into()),
@@ -131,12 +203,35 @@ impl<'s> DestSession<'s> {
         Ok(n)
     }
 
+    /// Checks that page `gfn` may arrive on channel `c`: inside guest memory, and in one of the
+    /// channel's stripes.
+    fn check_page(&self, c: usize, mem: &dyn GuestMemory, gfn: u64) -> Result<(), VgpuError> {
+        let Some(index) = mem.map().index_of(Gfn::new(gfn)) else {
+            return Err(VgpuError::FrameOutsideMemory { gfn });
+        };
+        if channel_of(index, self.chans.len()) != c {
+            return Err(VgpuError::WrongChannel {
+                gfn,
+                channel: u16::try_from(c).unwrap_or(u16::MAX),
+            });
+        }
+        Ok(())
+    }
+
     fn on_event(
         &mut self,
+        c: usize,
         vgpu: &Vgpu<'_>,
         mem: &mut dyn GuestMemory,
         ev: Event<'_>,
     ) -> Result<(), VgpuError> {
+        let channels = self.chans.len();
+        let bad_channel = VgpuError::BadChannel {
+            channel: u16::try_from(c).unwrap_or(u16::MAX),
+        };
+        let ch = self.chans.get(c).ok_or(VgpuError::WrongPhase)?;
+        let intro_pending = !ch.intro_ok;
+        let in_intro = ch.intro_len.is_some();
         match ev {
             Event::Header(h) => {
                 let local = vgpu.config().identity();
@@ -146,7 +241,50 @@ impl<'s> DestSession<'s> {
                 {
                     return Err(VgpuError::GuestViewMismatch);
                 }
-                self.header = Some(h);
+                // Every channel belongs to the same migration.
+                if self.chans.iter().filter_map(|o| o.header).any(|o| o != h) {
+                    return Err(bad_channel);
+                }
+                if let Some(ch) = self.chans.get_mut(c) {
+                    ch.header = Some(h);
+                }
+            }
+            Event::RecordBegin { kind, len, .. } if kind == RecordKind::CHANNEL => {
+                if !intro_pending || in_intro || usize::try_from(len).ok() != Some(ChannelRepr::LEN)
+                {
+                    return Err(bad_channel);
+                }
+                if let Some(ch) = self.chans.get_mut(c) {
+                    ch.intro_len = Some(0);
+                }
+            }
+            Event::Payload { kind, offset, data } if kind == RecordKind::CHANNEL => {
+                let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+                let off = usize::try_from(offset).map_err(|_| VgpuError::WrongPhase)?;
+                ch.intro
+                    .get_mut(off..off + data.len())
+                    .ok_or(bad_channel)?
+                    .copy_from_slice(data);
+            }
+            Event::RecordEnd { kind, .. } if kind == RecordKind::CHANNEL => {
+                let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+                let want = ChannelRepr {
+                    channel: u16::try_from(c).map_err(|_| VgpuError::WrongPhase)?,
+                    channels: u16::try_from(channels).map_err(|_| VgpuError::WrongPhase)?,
+                };
+                if ChannelRepr::parse(&ch.intro) != Some(want) {
+                    return Err(bad_channel);
+                }
+                ch.intro_ok = true;
+                ch.intro_len = None;
+            }
+            // Nothing but the CHANNEL record may come first on a channel of a multi-channel stream.
+            Event::RecordBegin { .. } | Event::Round(_) | Event::End(_) if intro_pending => {
+                return Err(bad_channel);
+            }
+            Event::RecordBegin { kind, .. } if c != 0 && kind != RecordKind::PAGES => {
+                // Device state travels on the main channel only.
+                return Err(bad_channel);
             }
             Event::RecordBegin { kind, len, .. } => {
                 if kind == RecordKind::PAGES {
@@ -200,9 +338,7 @@ impl<'s> DestSession<'s> {
                 data,
             } => {
                 let gfn = Gfn::new(frame);
-                if !mem.map().contains(gfn) {
-                    return Err(VgpuError::FrameOutsideMemory { gfn: frame });
-                }
+                self.check_page(c, mem, frame)?;
                 mem.write(gfn, usize::from(offset), data)
                     .map_err(|_| VgpuError::GuestMemory)?;
                 if usize::from(offset) + data.len() == 4096 {
@@ -216,9 +352,7 @@ impl<'s> DestSession<'s> {
             } => {
                 let (gfn, from) = (Gfn::new(frame), Gfn::new(from_frame));
                 for f in [frame, from_frame] {
-                    if !mem.map().contains(Gfn::new(f)) {
-                        return Err(VgpuError::FrameOutsideMemory { gfn: f });
-                    }
+                    self.check_page(c, mem, f)?;
                 }
                 let mut page = [0u8; 4096];
                 mem.read(from, 0, &mut page)
@@ -239,9 +373,7 @@ impl<'s> DestSession<'s> {
                 data,
             } => {
                 let gfn = Gfn::new(frame);
-                if !mem.map().contains(gfn) {
-                    return Err(VgpuError::FrameOutsideMemory { gfn: frame });
-                }
+                self.check_page(c, mem, frame)?;
                 let off = usize::from(offset);
                 let mut buf = [0u8; 4096];
                 let cur = buf.get_mut(..data.len()).ok_or(VgpuError::WrongPhase)?;
@@ -261,25 +393,32 @@ impl<'s> DestSession<'s> {
                         .checked_add(i)
                         .ok_or(VgpuError::FrameOutsideMemory { gfn: u64::MAX })?;
                     let gfn = Gfn::new(frame);
-                    if !mem.map().contains(gfn) {
-                        return Err(VgpuError::FrameOutsideMemory { gfn: frame });
-                    }
+                    self.check_page(c, mem, frame)?;
                     mem.write(gfn, 0, &ZERO)
                         .map_err(|_| VgpuError::GuestMemory)?;
                 }
                 self.stats.zero_pages += u64::from(count);
             }
             Event::Skipped { .. } => {}
-            Event::Round(_) => self.stats.rounds += 1,
-            Event::End(_) => self.ended = true,
+            Event::Round(_) if c == 0 => self.stats.rounds += 1,
+            Event::End(_) => {
+                if let Some(ch) = self.chans.get_mut(c) {
+                    ch.ended = true;
+                }
+            }
             _ => {}
         }
         Ok(())
     }
 
-    /// Whether the END record has been verified.
+    /// Whether the END record of every channel has been verified.
     pub fn is_finished(&self) -> bool {
-        self.ended
+        self.chans.iter().all(|c| c.ended)
+    }
+
+    /// Whether channel `channel`'s END record has been verified.
+    pub fn channel_finished(&self, channel: usize) -> bool {
+        self.chans.get(channel).is_some_and(|c| c.ended)
     }
 
     /// Statistics so far.
@@ -301,10 +440,12 @@ impl<'s> DestSession<'s> {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        if !self.ended {
-            return Err(VgpuError::Truncated);
+        for ch in self.chans.iter() {
+            if !ch.ended {
+                return Err(VgpuError::Truncated);
+            }
+            ch.dec.finish()?;
         }
-        self.dec.finish()?;
         let (mut cfg, mut regs, mut eng, mut pending, mut roots) = (0u32, 0u32, 0u32, 0u32, 0u32);
         let cfg_local = vgpu.config();
         let partition = cfg_local.partition;

@@ -87,6 +87,21 @@ pub enum VgpuError {
     NotQuiesced,
     /// The operation is not valid in the session's or vGPU's current phase.
     WrongPhase,
+    /// A dirty-report request is malformed (range, page size or bitmap size).
+    Report(gmem::ReportError),
+    /// A channel's CHANNEL record is missing, malformed, repeated, or disagrees with the session
+    /// (channel number or count, stream id, device identity).
+    BadChannel {
+        /// The channel the bytes were fed on.
+        channel: u16,
+    },
+    /// A page arrived on a channel that does not carry its frame (see [`crate::channel`]).
+    WrongChannel {
+        /// The guest frame number.
+        gfn: u64,
+        /// The channel it arrived on.
+        channel: u16,
+    },
 }
 
 impl VgpuError {
@@ -108,7 +123,11 @@ impl VgpuError {
             VgpuError::GuestMemory | VgpuError::HostGtt => Fault::Local,
             VgpuError::Gtt(_) | VgpuError::Mmio(_) | VgpuError::Engine(_) => Fault::Stream,
             VgpuError::Gmem(_) => Fault::Local,
-            VgpuError::Fsm(_) | VgpuError::NotQuiesced | VgpuError::WrongPhase => Fault::State,
+            VgpuError::Fsm(_)
+            | VgpuError::NotQuiesced
+            | VgpuError::WrongPhase
+            | VgpuError::Report(_) => Fault::State,
+            VgpuError::BadChannel { .. } | VgpuError::WrongChannel { .. } => Fault::Stream,
             VgpuError::FrameOutsideMemory { .. }
             | VgpuError::DuplicateMismatch { .. }
             | VgpuError::BadPpgtt
@@ -164,6 +183,17 @@ impl fmt::Display for VgpuError {
             VgpuError::HostGtt => f.write_str("host GTT backend failed"),
             VgpuError::NotQuiesced => f.write_str("the vGPU is not quiesced"),
             VgpuError::WrongPhase => f.write_str("operation not valid in the current phase"),
+            VgpuError::Report(e) => write!(f, "dirty report: {e}"),
+            VgpuError::BadChannel { channel } => write!(
+                f,
+                "channel {channel}: CHANNEL record missing, malformed or inconsistent with the migration"
+            ),
+            VgpuError::WrongChannel { gfn, channel } => {
+                write!(
+                    f,
+                    "page {gfn:#x} arrived on channel {channel}, which does not carry it"
+                )
+            }
         }
     }
 }

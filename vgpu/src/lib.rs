@@ -51,6 +51,7 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod channel;
 pub mod content;
 pub mod dest;
 pub mod error;

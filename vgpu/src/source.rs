@@ -11,6 +11,19 @@
 //! in-flight work finish, then call [`SourceSession::stop_and_copy`] and keep polling until
 //! [`SourceEvent::Finished`]. Cancelling is dropping the session and calling [`Vgpu::resume`]: saving
 //! only copies, so nothing the guest submitted is lost.
+//!
+//! **Channels.** With [`SourceConfig::channels`] `= n > 1` the session writes `n` streams (see
+//! [`crate::channel`]): poll each with [`SourceSession::poll_output_channel`]. Channel 0 carries the
+//! device state; pages are striped over all channels by frame. A round ends when every channel has
+//! sent its share, so a channel that is done returns 0 until the others catch up: poll them all.
+//!
+//! **Memory modes.** With [`MemoryMode::Stream`] (the default) guest memory travels in the stream.
+//! With [`MemoryMode::Report`] it does not: the VMM migrates guest RAM itself and asks the session,
+//! VFIO DMA-logging style, which frames the GPU wrote ([`SourceSession::dirty_report`]), as QEMU
+//! does for devices with dirty tracking. The stream then carries only the device state, and the
+//! VMM decides when to stop (there are no rounds and no policy events).
+
+use core::mem::ManuallyDrop;
 
 use engines::MAX_SAVE_LEN;
 use gmem::{
@@ -22,6 +35,7 @@ use migstream::{
     RecordKind, RoundRepr, StreamHeaderRepr,
 };
 
+use crate::channel::{ChannelRepr, MAX_CHANNELS, channel_of, next_in_channel};
 use crate::content::{Class, Content, ContentStats, ContentStorage, DELTA_LIMIT};
 use crate::error::VgpuError;
 use crate::fsm::MigState;
@@ -51,6 +65,21 @@ pub struct SourceConfig {
     pub pages_per_record: u32,
     /// How precisely the GPU's writes are known.
     pub precision: GpuDirtyPrecision,
+    /// Streams the page traffic is split over (1..=[`MAX_CHANNELS`]); see [`crate::channel`].
+    pub channels: u16,
+    /// Whether guest memory travels in the stream or is reported to the VMM.
+    pub memory: MemoryMode,
+}
+
+/// Where guest memory goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum MemoryMode {
+    /// Pages travel in the stream, in pre-copy rounds and the stop-and-copy.
+    Stream,
+    /// The VMM migrates guest RAM itself; the session reports the frames the GPU wrote
+    /// ([`SourceSession::dirty_report`]) and the stream carries device state only.
+    Report,
 }
 
 /// How precisely the GPU's writes to guest memory are known (GPU page tables have no dirty bits,
@@ -77,6 +106,8 @@ impl Default for SourceConfig {
             stream_id: 0,
             pages_per_record: 64,
             precision: GpuDirtyPrecision::Exact,
+            channels: 1,
+            memory: MemoryMode::Stream,
         }
     }
 }
@@ -127,7 +158,6 @@ pub enum SourceEvent {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Header,
     Round,
     AwaitStop,
     FinalRound,
@@ -151,19 +181,33 @@ enum Current {
     End,
 }
 
-/// Sans-IO source session. Storage is the caller's: `send` is one bit per guest frame
-/// ([`gmem::words_for`]`(frames)` words) and `scratch` at least [`MIN_SCRATCH`] bytes.
+/// One channel's stream: its encoder, the record it is writing, and its place in the round.
 #[derive(Debug)]
-pub struct SourceSession<'s> {
-    cfg: SourceConfig,
+struct Chan<'s> {
     enc: Encoder,
-    header: StreamHeaderRepr,
-    send: DirtyBitmap<'s>,
     scratch: &'s mut [u8],
-    phase: Phase,
     current: Current,
     runs: heapless::Vec<PageRunRepr, MAX_RUNS_PER_RECORD>,
     cursor: usize,
+    /// Written: 0 nothing, 1 the header, 2 the header and (multi-channel) the CHANNEL record.
+    intro: u8,
+    round_done: bool,
+    round_pages: u64,
+    round_start_bytes: u64,
+    ended: bool,
+}
+
+/// Sans-IO source session. Storage is the caller's: `send` is one bit per guest frame
+/// ([`gmem::words_for`]`(frames)` words) and `scratch` at least [`MIN_SCRATCH`] bytes per channel.
+#[derive(Debug)]
+pub struct SourceSession<'s> {
+    cfg: SourceConfig,
+    header: StreamHeaderRepr,
+    send: DirtyBitmap<'s>,
+    // `ManuallyDrop`: a `Chan` owns nothing that needs dropping, and without a `Drop` impl on the
+    // session the caller's storage may be declared after the session (no drop-check constraint).
+    chans: ManuallyDrop<heapless::Vec<Chan<'s>, MAX_CHANNELS>>,
+    phase: Phase,
     policy: Policy,
     round: u32,
     round_pages: u64,
@@ -173,13 +217,18 @@ pub struct SourceSession<'s> {
     events: heapless::Deque<SourceEvent, 8>,
     total_pages: u64,
     total_zero: u64,
-    final_after_header: bool,
     content: Option<Content<'s>>,
 }
 
 impl<'s> SourceSession<'s> {
     /// Open a session on a running vGPU (the RUNNING → PRE_COPY arc): dirty tracking restarts now and
-    /// round 0 will carry every guest frame.
+    /// round 0 will carry every guest frame (in [`MemoryMode::Report`]: the GPU's writes are
+    /// tracked from now on for [`dirty_report`](Self::dirty_report)).
+    ///
+    /// # Errors
+    /// [`VgpuError::WrongPhase`] unless the vGPU is running; [`VgpuError::StorageSize`] for a
+    /// `send` bitmap of the wrong size, less than [`MIN_SCRATCH`] bytes of scratch per channel, or a
+    /// configuration out of range (pages per record, channels; several channels in report mode).
     pub fn open(
         vgpu: &mut Vgpu<'_>,
         cpu: &mut dyn CpuDirtyLog,
@@ -190,7 +239,12 @@ impl<'s> SourceSession<'s> {
         if vgpu.state() != MigState::Running {
             return Err(VgpuError::WrongPhase);
         }
-        if scratch.len() < MIN_SCRATCH || !(1..=1024).contains(&cfg.pages_per_record) {
+        let n = usize::from(cfg.channels);
+        if !(1..=MAX_CHANNELS).contains(&n)
+            || (n > 1 && cfg.memory == MemoryMode::Report)
+            || scratch.len() / n < MIN_SCRATCH
+            || !(1..=1024).contains(&cfg.pages_per_record)
+        {
             return Err(VgpuError::StorageSize);
         }
         let frames =
@@ -199,10 +253,32 @@ impl<'s> SourceSession<'s> {
             return Err(VgpuError::StorageSize);
         }
         let mut send = DirtyBitmap::new(send, frames)?;
-        // Everything goes in round 0; what was dirtied before now is covered by that.
         vgpu.gpu_dirty_mut().clear();
-        cpu.harvest(&mut |_| {});
-        send.set_range(0, frames)?;
+        let _ = vgpu.take_gpu_active();
+        if cfg.memory == MemoryMode::Stream {
+            // Everything goes in round 0; what was dirtied before now is covered by that.
+            cpu.harvest(&mut |_| {});
+            send.set_range(0, frames)?;
+        }
+        let mut chans = heapless::Vec::new();
+        let share = scratch.len() / n;
+        let mut rest = scratch;
+        for _ in 0..n {
+            let (mine, more) = core::mem::take(&mut rest).split_at_mut(share);
+            rest = more;
+            let _ = chans.push(Chan {
+                enc: Encoder::new(),
+                scratch: mine,
+                current: Current::None,
+                runs: heapless::Vec::new(),
+                cursor: 0,
+                intro: 0,
+                round_done: false,
+                round_pages: 0,
+                round_start_bytes: 0,
+                ended: false,
+            });
+        }
         let header = StreamHeaderRepr {
             minor: migstream::FORMAT_MINOR,
             flags: 0,
@@ -213,14 +289,13 @@ impl<'s> SourceSession<'s> {
         Ok(Self {
             policy: Policy::new(cfg.policy),
             cfg,
-            enc: Encoder::new(),
             header,
             send,
-            scratch,
-            phase: Phase::Header,
-            current: Current::None,
-            runs: heapless::Vec::new(),
-            cursor: 0,
+            chans: ManuallyDrop::new(chans),
+            phase: match cfg.memory {
+                MemoryMode::Stream => Phase::Round,
+                MemoryMode::Report => Phase::AwaitStop,
+            },
             round: 0,
             round_pages: 0,
             round_zero: 0,
@@ -229,7 +304,6 @@ impl<'s> SourceSession<'s> {
             events: heapless::Deque::new(),
             total_pages: 0,
             total_zero: 0,
-            final_after_header: false,
             content: None,
         })
     }
@@ -241,7 +315,7 @@ impl<'s> SourceSession<'s> {
         vgpu: &Vgpu<'_>,
         storage: ContentStorage<'s>,
     ) -> Result<Self, VgpuError> {
-        if self.enc.bytes_written() != 0 {
+        if self.bytes_written() != 0 || self.cfg.memory == MemoryMode::Report {
             return Err(VgpuError::WrongPhase);
         }
         let frames =
@@ -255,8 +329,13 @@ impl<'s> SourceSession<'s> {
         self.content.as_ref().map(|c| c.stats).unwrap_or_default()
     }
 
-    /// Write as much of the stream as fits into `out`; returns the bytes written. Returns 0 while
-    /// waiting for [`stop_and_copy`](Self::stop_and_copy) and after the END record.
+    /// Write as much of the (main channel's) stream as fits into `out`; returns the bytes written.
+    /// Returns 0 while waiting for [`stop_and_copy`](Self::stop_and_copy), while other channels
+    /// finish the round, and after the END record.
+    ///
+    /// # Errors
+    /// Local failures only (guest-memory backend, undersized scratch); the session is then unusable
+    /// and the migration should be cancelled.
     pub fn poll_output(
         &mut self,
         vgpu: &mut Vgpu<'_>,
@@ -265,25 +344,44 @@ impl<'s> SourceSession<'s> {
         now_us: u64,
         out: &mut [u8],
     ) -> Result<usize, VgpuError> {
+        self.poll_output_channel(0, vgpu, mem, cpu, now_us, out)
+    }
+
+    /// [`poll_output`](Self::poll_output) for channel `channel` (`0..channels`).
+    ///
+    /// # Errors
+    /// As `poll_output`; [`VgpuError::WrongPhase`] for a channel the session does not have.
+    pub fn poll_output_channel(
+        &mut self,
+        channel: usize,
+        vgpu: &mut Vgpu<'_>,
+        mem: &dyn GuestMemory,
+        cpu: &mut dyn CpuDirtyLog,
+        now_us: u64,
+        out: &mut [u8],
+    ) -> Result<usize, VgpuError> {
+        if channel >= self.chans.len() {
+            return Err(VgpuError::WrongPhase);
+        }
         if self.round_start_us.is_none() {
             self.round_start_us = Some(now_us);
         }
         let mut pos = 0;
         while pos < out.len() {
-            if self.current == Current::None {
-                self.next_record(vgpu, mem, out.len() - pos)?;
-                if self.current == Current::None {
+            if self.chan(channel)?.current == Current::None {
+                self.next_record(channel, vgpu, mem, out.len() - pos)?;
+                if self.chan(channel)?.current == Current::None {
                     break;
                 }
             }
             let buf = out.get_mut(pos..).ok_or(VgpuError::WrongPhase)?;
-            let progress = self.write_current(vgpu, mem, buf)?;
+            let progress = self.write_current(channel, mem, buf)?;
             pos += progress.written();
             if !progress.is_done() {
                 break;
             }
-            let round_ended = matches!(self.current, Current::Round(_));
-            self.record_done(vgpu, cpu, now_us)?;
+            let round_ended = matches!(self.chan(channel)?.current, Current::Round(_));
+            self.record_done(channel, vgpu, cpu, now_us)?;
             if round_ended {
                 // Return at each round boundary: the driver sees the round's events (and a switch
                 // decision) before more bytes go out, and the event queue never overflows.
@@ -293,14 +391,65 @@ impl<'s> SourceSession<'s> {
         Ok(pos)
     }
 
+    /// Channels of this session.
+    pub fn channels(&self) -> usize {
+        self.chans.len()
+    }
+
+    /// Whether channel `channel` has written its END record.
+    pub fn channel_finished(&self, channel: usize) -> bool {
+        self.chans.get(channel).is_some_and(|c| c.ended)
+    }
+
+    /// Bytes channel `channel` has written so far.
+    pub fn channel_bytes(&self, channel: usize) -> u64 {
+        self.chans.get(channel).map_or(0, |c| c.enc.bytes_written())
+    }
+
+    fn chan(&self, c: usize) -> Result<&Chan<'s>, VgpuError> {
+        self.chans.get(c).ok_or(VgpuError::WrongPhase)
+    }
+
+    fn chan_mut(&mut self, c: usize) -> Result<&mut Chan<'s>, VgpuError> {
+        self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)
+    }
+
+    /// Report mode: set in `out` the bit of every `page_size` page of the guest-physical `range`
+    /// that holds a frame the GPU wrote since the last report, and forget those frames
+    /// (read-and-clear, as VFIO's `DMA_LOGGING_REPORT`); returns how many frames it found. Call it
+    /// in every RAM pass of the VMM and once more after [`stop_and_copy`](Self::stop_and_copy),
+    /// before the VMM's last RAM copy. In stream mode it reports nothing and returns 0 (the pages
+    /// travel in the stream).
+    ///
+    /// # Errors
+    /// [`VgpuError::Report`] for a malformed range, page size or a bitmap too small; nothing is
+    /// forgotten then.
+    pub fn dirty_report(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        range: gmem::DmaRange,
+        page_size: u64,
+        out: &mut [u64],
+    ) -> Result<u64, VgpuError> {
+        range.pages(page_size).map_err(VgpuError::Report)?;
+        if self.cfg.memory != MemoryMode::Report {
+            return Ok(0);
+        }
+        self.harvest_gpu(vgpu)?;
+        let map = vgpu.memory_map();
+        gmem::DirtyReport::new(map, &mut self.send)
+            .and_then(|mut r| r.report(range, page_size, out))
+            .map_err(VgpuError::Report)
+    }
+
     /// The next event, if any. Call after every `poll_output`.
     pub fn poll_event(&mut self) -> Option<SourceEvent> {
         self.events.pop_front()
     }
 
-    /// Whether the END record has been written.
+    /// Whether every channel has written its END record.
     pub fn is_finished(&self) -> bool {
-        self.phase == Phase::Done && self.current == Current::None
+        self.chans.iter().all(|c| c.ended)
     }
 
     /// Whether the session waits for `stop_and_copy`.
@@ -316,27 +465,30 @@ impl<'s> SourceSession<'s> {
         vgpu: &mut Vgpu<'_>,
         cpu: &mut dyn CpuDirtyLog,
     ) -> Result<(), VgpuError> {
-        if !matches!(self.phase, Phase::Header | Phase::Round | Phase::AwaitStop) {
+        if !matches!(self.phase, Phase::Round | Phase::AwaitStop) {
             return Err(VgpuError::WrongPhase);
         }
         if !vgpu.engines().is_quiesced() || vgpu.engines().in_flight() != 0 {
             return Err(VgpuError::NotQuiesced);
         }
-        self.harvest(vgpu, cpu)?;
-        match self.phase {
-            // Before the header went out: the header, then straight to the final round.
-            Phase::Header => self.final_after_header = true,
-            // Mid-round: the round is abandoned; its unsent pages are still in `send`.
-            Phase::Round => {
-                self.round = self.round.saturating_add(1);
-                self.phase = Phase::FinalRound;
-                self.begin_round();
-            }
-            _ => {
-                self.phase = Phase::FinalRound;
-                self.begin_round();
-            }
+        if self.cfg.memory == MemoryMode::Report {
+            // No pages in the stream: the device state follows at once. The GPU's last writes stay
+            // in the report for the VMM's final RAM pass.
+            self.harvest_gpu(vgpu)?;
+            self.phase = Phase::Config;
+            vgpu.set_state(MigState::StopCopy);
+            return Ok(());
         }
+        self.harvest(vgpu, cpu)?;
+        // Mid-round, the round is abandoned (its unsent pages are still in `send`) and the final
+        // round gets the next number; before anything of the round went out it keeps this one.
+        if self.phase == Phase::Round
+            && (self.round_pages > 0 || self.chans.iter().any(|c| c.round_done))
+        {
+            self.round = self.round.saturating_add(1);
+        }
+        self.phase = Phase::FinalRound;
+        self.begin_round();
         vgpu.set_state(MigState::StopCopy);
         Ok(())
     }
@@ -356,18 +508,25 @@ impl<'s> SourceSession<'s> {
         vgpu.set_state(MigState::Running);
     }
 
-    /// Bytes written so far.
+    /// Bytes written so far, all channels together.
     pub fn bytes_written(&self) -> u64 {
-        self.enc.bytes_written()
+        self.chans.iter().map(|c| c.enc.bytes_written()).sum()
     }
 
     /// VFIO's pre-copy information (`VFIO_MIG_GET_PRECOPY_INFO`): bytes of the initial copy still
     /// to send, and bytes dirtied since that the next rounds will carry. Page counts are converted
     /// at 4 KiB a page (zero pages cost much less on the wire, so these are upper bounds).
     pub fn precopy_info(&self, vgpu: &Vgpu<'_>) -> PrecopyInfo {
+        if self.cfg.memory == MemoryMode::Report {
+            // Guest memory is the VMM's to copy; the device's own data is the stop-copy state.
+            return PrecopyInfo {
+                initial_bytes: 0,
+                dirty_bytes: 0,
+            };
+        }
         let pending = self.send.count() as u64 * 4096;
         let fresh = vgpu.gpu_dirty_count() as u64 * 4096;
-        if self.round == 0 && matches!(self.phase, Phase::Header | Phase::Round) {
+        if self.round == 0 && self.phase == Phase::Round {
             PrecopyInfo {
                 initial_bytes: pending,
                 dirty_bytes: fresh,
@@ -383,6 +542,9 @@ impl<'s> SourceSession<'s> {
     /// VFIO's `stop_copy_length` estimate: what stop-and-copy would send if it started now (the
     /// dirty pages known so far plus the device state).
     pub fn stop_copy_estimate(&self, vgpu: &Vgpu<'_>) -> u64 {
+        if self.cfg.memory == MemoryMode::Report {
+            return Self::device_state_estimate(vgpu);
+        }
         (self.send.count() + vgpu.gpu_dirty_count()) as u64 * 4096
             + Self::device_state_estimate(vgpu)
     }
@@ -398,6 +560,19 @@ impl<'s> SourceSession<'s> {
     }
 
     fn harvest(&mut self, vgpu: &mut Vgpu<'_>, cpu: &mut dyn CpuDirtyLog) -> Result<(), VgpuError> {
+        self.harvest_gpu(vgpu)?;
+        let map = vgpu.memory_map().clone();
+        let send = &mut self.send;
+        cpu.harvest(&mut |gfn: Gfn| {
+            if let Some(i) = map.index_of(gfn) {
+                let _ = send.set(i);
+            }
+        });
+        Ok(())
+    }
+
+    /// The GPU's side of the dirty log: what the device wrote, at the configured precision.
+    fn harvest_gpu(&mut self, vgpu: &mut Vgpu<'_>) -> Result<(), VgpuError> {
         // The exact write set (and GGTT remaps) always count; coarser precisions add to it.
         self.send.absorb(vgpu.gpu_dirty_mut())?;
         let active = vgpu.take_gpu_active();
@@ -414,114 +589,131 @@ impl<'s> SourceSession<'s> {
                 }
             }
         }
-        let map = vgpu.memory_map().clone();
-        let send = &mut self.send;
-        cpu.harvest(&mut |gfn: Gfn| {
-            if let Some(i) = map.index_of(gfn) {
-                let _ = send.set(i);
-            }
-        });
         Ok(())
     }
 
     fn begin_round(&mut self) {
         self.round_pages = 0;
         self.round_zero = 0;
-        self.round_start_bytes = self.enc.bytes_written();
-        self.cursor = 0;
+        self.round_start_bytes = self.bytes_written();
+        for c in self.chans.iter_mut() {
+            c.cursor = 0;
+            c.round_done = false;
+            c.round_pages = 0;
+            c.round_start_bytes = c.enc.bytes_written();
+        }
     }
 
     fn next_record(
         &mut self,
+        c: usize,
         vgpu: &Vgpu<'_>,
         mem: &dyn GuestMemory,
         room: usize,
     ) -> Result<(), VgpuError> {
+        let channels = self.chans.len();
+        let phase = self.phase;
+        let round = self.round;
+        let ch = self.chan_mut(c)?;
+        if ch.ended {
+            return Ok(());
+        }
+        match ch.intro {
+            0 => {
+                ch.current = Current::Header;
+                return Ok(());
+            }
+            1 => {
+                let repr = ChannelRepr {
+                    channel: u16::try_from(c).map_err(|_| VgpuError::StorageSize)?,
+                    channels: u16::try_from(channels).map_err(|_| VgpuError::StorageSize)?,
+                };
+                let dst: &mut [u8; ChannelRepr::LEN] = ch
+                    .scratch
+                    .get_mut(..ChannelRepr::LEN)
+                    .and_then(|d| d.try_into().ok())
+                    .ok_or(VgpuError::StorageSize)?;
+                repr.emit(dst);
+                ch.current = Current::Scratch {
+                    kind: RecordKind::CHANNEL,
+                    len: ChannelRepr::LEN,
+                };
+                return Ok(());
+            }
+            _ => {}
+        }
+        match phase {
+            Phase::Round | Phase::FinalRound => {
+                if ch.round_done {
+                    // Waiting for the other channels to finish the round.
+                    return Ok(());
+                }
+                if !self.fill_runs(c, vgpu, mem, room)? {
+                    let ch = self.chan_mut(c)?;
+                    let bytes = ch.enc.bytes_written() - ch.round_start_bytes;
+                    ch.current = Current::Round(RoundRepr {
+                        round,
+                        pages: ch.round_pages,
+                        bytes,
+                    });
+                }
+                return Ok(());
+            }
+            Phase::AwaitStop => return Ok(()),
+            _ if c != 0 => {
+                // A page channel has nothing after the final round.
+                ch.current = Current::End;
+                return Ok(());
+            }
+            Phase::Done => return Ok(()),
+            _ => {}
+        }
+        let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+        let scratch = &mut *ch.scratch;
         loop {
-            match self.phase {
-                Phase::Header => {
-                    self.current = Current::Header;
+            let (kind, len) = match self.phase {
+                Phase::Round | Phase::FinalRound | Phase::AwaitStop | Phase::Done => {
                     return Ok(());
                 }
-                Phase::Round | Phase::FinalRound => {
-                    if !self.fill_runs(vgpu, mem, room)? {
-                        let bytes = self.enc.bytes_written() - self.round_start_bytes;
-                        self.current = Current::Round(RoundRepr {
-                            round: self.round,
-                            pages: self.round_pages,
-                            bytes,
-                        });
-                    }
-                    return Ok(());
-                }
-                Phase::AwaitStop | Phase::Done => return Ok(()),
                 Phase::Config => {
-                    let dst = self
-                        .scratch
+                    let dst = scratch
                         .get_mut(..CONFIG_SPACE_SIZE)
                         .ok_or(VgpuError::StorageSize)?;
                     dst.copy_from_slice(vgpu.config_space());
-                    self.current = Current::Scratch {
-                        kind: RecordKind::CONFIG_SPACE,
-                        len: CONFIG_SPACE_SIZE,
-                    };
-                    return Ok(());
+                    (RecordKind::CONFIG_SPACE, CONFIG_SPACE_SIZE)
                 }
-                Phase::Registers => {
-                    let len = vgpu.regs().save_sparse(self.scratch)?;
-                    self.current = Current::Scratch {
-                        kind: RecordKind::REGISTERS,
-                        len,
-                    };
-                    return Ok(());
-                }
+                Phase::Registers => (RecordKind::REGISTERS, vgpu.regs().save_sparse(scratch)?),
                 Phase::Ggtt(cursor) => {
-                    let p = vgpu.ggtt().save_runs(cursor, self.scratch)?;
+                    let p = vgpu.ggtt().save_runs(cursor, scratch)?;
                     self.phase = match p.next {
                         Some(c) => Phase::Ggtt(c),
                         None => Phase::GgttPending,
                     };
-                    if p.written > 0 {
-                        self.current = Current::Scratch {
-                            kind: RecordKind::GGTT_RUNS,
-                            len: p.written,
-                        };
-                        return Ok(());
+                    if p.written == 0 {
+                        continue;
                     }
+                    (RecordKind::GGTT_RUNS, p.written)
                 }
-                Phase::PpgttRoots => {
-                    let len = crate::ppgtt::save(vgpu.ppgtts(), self.scratch)?;
-                    self.current = Current::Scratch {
-                        kind: RecordKind::PPGTT_ROOTS,
-                        len,
-                    };
-                    return Ok(());
-                }
+                Phase::PpgttRoots => (
+                    RecordKind::PPGTT_ROOTS,
+                    crate::ppgtt::save(vgpu.ppgtts(), scratch)?,
+                ),
                 Phase::GgttPending => {
-                    let len = vgpu.ggtt().save_pending(self.scratch)?;
-                    self.current = Current::Scratch {
-                        kind: RecordKind::GGTT_PENDING,
-                        len,
-                    };
-                    return Ok(());
+                    (RecordKind::GGTT_PENDING, vgpu.ggtt().save_pending(scratch)?)
                 }
                 Phase::Engines => {
-                    let buf = self
-                        .scratch
+                    let buf = scratch
                         .get_mut(..MAX_SAVE_LEN)
                         .ok_or(VgpuError::StorageSize)?;
-                    let len = vgpu.engines().save(buf)?;
-                    self.current = Current::Scratch {
-                        kind: RecordKind::ENGINE_STATE,
-                        len,
-                    };
-                    return Ok(());
+                    (RecordKind::ENGINE_STATE, vgpu.engines().save(buf)?)
                 }
                 Phase::End => {
-                    self.current = Current::End;
+                    ch.current = Current::End;
                     return Ok(());
                 }
-            }
+            };
+            ch.current = Current::Scratch { kind, len };
+            return Ok(());
         }
     }
 
@@ -535,27 +727,41 @@ impl<'s> SourceSession<'s> {
     /// scratch buffer; a record holds one kind or the other.
     fn fill_runs(
         &mut self,
+        c: usize,
         vgpu: &Vgpu<'_>,
         mem: &dyn GuestMemory,
         room: usize,
     ) -> Result<bool, VgpuError> {
-        self.runs.clear();
+        let channels = self.chans.len();
+        let Self {
+            chans,
+            send,
+            content,
+            cfg,
+            round_pages,
+            round_zero,
+            total_pages,
+            total_zero,
+            ..
+        } = self;
+        let ch = chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+        ch.runs.clear();
         let mut run_at: heapless::Vec<usize, MAX_RUNS_PER_RECORD> = heapless::Vec::new();
         let snapshot = room < RECORD_HEADER + PAGE_RUN_HEADER + 4096;
         let zero_copy_budget = if snapshot {
-            self.scratch.len()
+            ch.scratch.len()
         } else {
             room - RECORD_HEADER
         };
-        let built_budget = self.scratch.len().min(migstream::MAX_PAYLOAD as usize);
+        let built_budget = ch.scratch.len().min(migstream::MAX_PAYLOAD as usize);
         let map = vgpu.memory_map();
         let mut built: Option<bool> = None; // Some(true): DUP/DELTA record in scratch
         let mut pages = 0u32;
         let mut size = 0usize;
         let mut page = [0u8; 4096];
         let mut delta = [0u8; DELTA_LIMIT];
-        while pages < self.cfg.pages_per_record {
-            let Some(bit) = self.send.take_next(self.cursor) else {
+        while pages < cfg.pages_per_record {
+            let Some(bit) = take_for(send, ch.cursor, c, channels) else {
                 break;
             };
             let Some(gfn) = map.frame_at(bit) else {
@@ -564,16 +770,16 @@ impl<'s> SourceSession<'s> {
             mem.read(gfn, 0, &mut page)
                 .map_err(|_| VgpuError::GuestMemory)?;
             let zero = is_zero_page(&page);
-            let (class, hash) = match &self.content {
-                Some(c) => c.classify(bit, &page, zero, &mut delta),
+            let (class, hash) = match &content {
+                Some(t) => t.classify(bit, &page, zero, &mut delta, channels),
                 None if zero => (Class::Zero, 0),
                 None => (Class::Full, 0),
             };
             if class == Class::Unchanged {
-                if let Some(c) = self.content.as_mut() {
-                    c.count(class);
+                if let Some(t) = content.as_mut() {
+                    t.count(class);
                 }
-                self.cursor = bit + 1;
+                ch.cursor = bit + 1;
                 continue;
             }
             let (enc, data): (PageEncoding, usize) = match class {
@@ -583,7 +789,7 @@ impl<'s> SourceSession<'s> {
                 Class::Delta { len } => (PageEncoding::DELTA, migstream::DELTA_LEN_FIELD + len),
             };
             let is_built = matches!(class, Class::Dup { .. } | Class::Delta { .. });
-            let extends = self.runs.last().is_some_and(|r| {
+            let extends = ch.runs.last().is_some_and(|r| {
                 r.encoding == enc
                     && r.first_frame.checked_add(u64::from(r.count)) == Some(gfn.get())
             });
@@ -595,11 +801,11 @@ impl<'s> SourceSession<'s> {
             };
             if built.is_some_and(|b| b != is_built)
                 || size + cost > budget
-                || (!extends && self.runs.is_full())
+                || (!extends && ch.runs.is_full())
             {
                 // This record is full (or of the other kind): the page goes into the next one.
-                let _ = self.send.set(bit);
-                self.cursor = bit;
+                let _ = send.set(bit);
+                ch.cursor = bit;
                 break;
             }
             built = Some(is_built);
@@ -609,7 +815,7 @@ impl<'s> SourceSession<'s> {
                     let _ = run_at.push(at);
                     at += PAGE_RUN_HEADER;
                 }
-                let dst = self
+                let dst = ch
                     .scratch
                     .get_mut(at..at + data)
                     .ok_or(VgpuError::StorageSize)?;
@@ -629,76 +835,79 @@ impl<'s> SourceSession<'s> {
                 }
             }
             if extends {
-                if let Some(r) = self.runs.last_mut() {
+                if let Some(r) = ch.runs.last_mut() {
                     r.count += 1;
                 }
             } else {
-                let _ = self.runs.push(PageRunRepr {
+                let _ = ch.runs.push(PageRunRepr {
                     first_frame: gfn.get(),
                     count: 1,
                     encoding: enc,
                 });
             }
-            if let Some(c) = self.content.as_mut() {
-                c.commit(bit, hash, &page, zero);
-                c.count(class);
+            if let Some(t) = content.as_mut() {
+                t.commit(bit, hash, &page, zero);
+                t.count(class);
             }
             size += cost;
-            self.cursor = bit + 1;
+            ch.cursor = bit + 1;
             pages += 1;
-            self.round_pages += 1;
-            self.total_pages += 1;
+            ch.round_pages += 1;
+            *round_pages += 1;
+            *total_pages += 1;
             if enc == PageEncoding::ZERO {
-                self.round_zero += 1;
-                self.total_zero += 1;
+                *round_zero += 1;
+                *total_zero += 1;
             }
         }
-        if self.runs.is_empty() {
+        if ch.runs.is_empty() {
             return Ok(false);
         }
         if built == Some(true) {
             // Fill in the run headers now that their counts are final.
-            for (r, at) in self.runs.iter().zip(run_at.iter()) {
+            for (r, at) in ch.runs.iter().zip(run_at.iter()) {
                 let mut h = [0u8; PAGE_RUN_HEADER];
                 r.emit(&mut h);
-                self.scratch
+                ch.scratch
                     .get_mut(*at..*at + PAGE_RUN_HEADER)
                     .ok_or(VgpuError::StorageSize)?
                     .copy_from_slice(&h);
             }
-            self.current = Current::Scratch {
+            ch.current = Current::Scratch {
                 kind: RecordKind::PAGES,
                 len: size,
             };
         } else if snapshot {
             let payload =
-                PagesPayload::new(&self.runs, |frame: u64, offset: usize, buf: &mut [u8]| {
+                PagesPayload::new(&ch.runs, |frame: u64, offset: usize, buf: &mut [u8]| {
                     if mem.read(Gfn::new(frame), offset, buf).is_err() {
                         buf.fill(0);
                     }
                 })?;
             let len = payload.payload_len();
-            let dst = self.scratch.get_mut(..len).ok_or(VgpuError::StorageSize)?;
+            let dst = ch.scratch.get_mut(..len).ok_or(VgpuError::StorageSize)?;
             payload.fill(0, dst);
-            self.current = Current::Scratch {
+            ch.current = Current::Scratch {
                 kind: RecordKind::PAGES,
                 len,
             };
         } else {
-            self.current = Current::Pages;
+            ch.current = Current::Pages;
         }
         Ok(true)
     }
 
     fn write_current(
         &mut self,
-        vgpu: &Vgpu<'_>,
+        c: usize,
         mem: &dyn GuestMemory,
         out: &mut [u8],
     ) -> Result<Progress, VgpuError> {
-        let p = match self.current {
+        let header = self.header;
+        let ch = self.chan_mut(c)?;
+        let p = match ch.current {
             Current::None => return Err(VgpuError::WrongPhase),
-            Current::Header => self.enc.write_header(&self.header, out)?,
+            Current::Header => ch.enc.write_header(&header, out)?,
             Current::Pages => {
                 let source = |frame: u64, offset: usize, buf: &mut [u8]| {
                     // Frames were checked against the map when the run was built; a backend failure
@@ -707,24 +916,18 @@ impl<'s> SourceSession<'s> {
                         buf.fill(0);
                     }
                 };
-                let payload = PagesPayload::new(&self.runs, source)?;
-                self.enc.write_record(
-                    RecordKind::PAGES,
-                    RecordFlags::MANDATORY,
-                    1,
-                    &payload,
-                    out,
-                )?
+                let payload = PagesPayload::new(&ch.runs, source)?;
+                ch.enc
+                    .write_record(RecordKind::PAGES, RecordFlags::MANDATORY, 1, &payload, out)?
             }
             Current::Scratch { kind, len } => {
-                let payload = self.scratch.get(..len).ok_or(VgpuError::StorageSize)?;
-                self.enc
+                let payload = ch.scratch.get(..len).ok_or(VgpuError::StorageSize)?;
+                ch.enc
                     .write_record(kind, RecordFlags::MANDATORY, 1, payload, out)?
             }
-            Current::Round(r) => self.enc.write_round(&r, out)?,
-            Current::End => self.enc.write_end(out)?,
+            Current::Round(r) => ch.enc.write_round(&r, out)?,
+            Current::End => ch.enc.write_end(out)?,
         };
-        let _ = vgpu;
         Ok(p)
     }
 
@@ -738,76 +941,39 @@ impl<'s> SourceSession<'s> {
 
     fn record_done(
         &mut self,
+        c: usize,
         vgpu: &mut Vgpu<'_>,
         cpu: &mut dyn CpuDirtyLog,
         now_us: u64,
     ) -> Result<(), VgpuError> {
-        match core::mem::replace(&mut self.current, Current::None) {
-            Current::Header => {
-                if self.final_after_header {
-                    self.phase = Phase::FinalRound;
-                } else {
-                    self.phase = Phase::Round;
-                }
-                self.begin_round();
-            }
-            Current::Round(r) => {
-                if self.phase == Phase::FinalRound {
-                    self.push_event(SourceEvent::RoundEnd {
-                        round: r.round,
-                        pages: r.pages,
-                        zero_pages: self.round_zero,
-                        bytes: r.bytes,
-                        dirty_left: 0,
-                    });
-                    self.phase = Phase::Config;
-                    return Ok(());
-                }
-                self.harvest(vgpu, cpu)?;
-                let dirty_left = self.send.count() as u64;
-                self.push_event(SourceEvent::RoundEnd {
-                    round: r.round,
-                    pages: r.pages,
-                    zero_pages: self.round_zero,
-                    bytes: r.bytes,
-                    dirty_left,
-                });
-                let started = self.round_start_us.unwrap_or(now_us);
-                let stats = RoundStats {
-                    round: r.round,
-                    dirty_pages_left: dirty_left,
-                    bytes_sent: r.bytes,
-                    // A round too short to time still took some time.
-                    elapsed_us: now_us.saturating_sub(started).max(1),
-                    device_state_bytes: Self::device_state_estimate(vgpu),
-                };
-                match self.policy.on_round(stats) {
-                    Decision::Continue => {
-                        self.round = self.round.saturating_add(1);
-                        self.begin_round();
-                        self.round_start_us = Some(now_us);
-                        self.phase = Phase::Round;
-                    }
-                    Decision::StopAndCopy(reason) => {
-                        self.push_event(SourceEvent::Switch {
-                            reason,
-                            predicted_downtime_us: self.policy.expected_downtime_us(),
-                        });
-                        self.round = self.round.saturating_add(1);
-                        self.phase = Phase::AwaitStop;
-                    }
+        let channels = self.chans.len();
+        let ch = self.chan_mut(c)?;
+        match core::mem::replace(&mut ch.current, Current::None) {
+            Current::Header => ch.intro = if channels > 1 { 1 } else { 2 },
+            Current::Round(_) => {
+                ch.round_done = true;
+                if self.chans.iter().all(|c| c.round_done) {
+                    self.round_end(vgpu, cpu, now_us)?;
                 }
             }
             Current::End => {
-                self.phase = Phase::Done;
-                self.push_event(SourceEvent::Finished {
-                    bytes: self.enc.bytes_written(),
-                    records: self.enc.records_written(),
-                });
+                ch.ended = true;
+                if c == 0 {
+                    self.phase = Phase::Done;
+                }
+                if self.is_finished() {
+                    let records = self.chans.iter().map(|c| c.enc.records_written()).sum();
+                    self.push_event(SourceEvent::Finished {
+                        bytes: self.bytes_written(),
+                        records,
+                    });
+                }
             }
             Current::Scratch { kind, .. } => {
                 // GGTT_RUNS: `next_record` already advanced the cursor (or moved on to the engines).
-                if kind == RecordKind::CONFIG_SPACE {
+                if kind == RecordKind::CHANNEL {
+                    ch.intro = 2;
+                } else if kind == RecordKind::CONFIG_SPACE {
                     self.phase = Phase::Registers;
                 } else if kind == RecordKind::REGISTERS {
                     self.phase = Phase::Ggtt(SaveCursor::START);
@@ -824,11 +990,81 @@ impl<'s> SourceSession<'s> {
         Ok(())
     }
 
+    /// Every channel has sent its share of the round.
+    fn round_end(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        cpu: &mut dyn CpuDirtyLog,
+        now_us: u64,
+    ) -> Result<(), VgpuError> {
+        let bytes = self.bytes_written() - self.round_start_bytes;
+        if self.phase == Phase::FinalRound {
+            self.push_event(SourceEvent::RoundEnd {
+                round: self.round,
+                pages: self.round_pages,
+                zero_pages: self.round_zero,
+                bytes,
+                dirty_left: 0,
+            });
+            self.phase = Phase::Config;
+            return Ok(());
+        }
+        self.harvest(vgpu, cpu)?;
+        let dirty_left = self.send.count() as u64;
+        self.push_event(SourceEvent::RoundEnd {
+            round: self.round,
+            pages: self.round_pages,
+            zero_pages: self.round_zero,
+            bytes,
+            dirty_left,
+        });
+        let started = self.round_start_us.unwrap_or(now_us);
+        let stats = RoundStats {
+            round: self.round,
+            dirty_pages_left: dirty_left,
+            bytes_sent: bytes,
+            // A round too short to time still took some time.
+            elapsed_us: now_us.saturating_sub(started).max(1),
+            device_state_bytes: Self::device_state_estimate(vgpu),
+        };
+        match self.policy.on_round(stats) {
+            Decision::Continue => {
+                self.round = self.round.saturating_add(1);
+                self.begin_round();
+                self.round_start_us = Some(now_us);
+                self.phase = Phase::Round;
+            }
+            Decision::StopAndCopy(reason) => {
+                self.push_event(SourceEvent::Switch {
+                    reason,
+                    predicted_downtime_us: self.policy.expected_downtime_us(),
+                });
+                self.round = self.round.saturating_add(1);
+                self.phase = Phase::AwaitStop;
+            }
+        }
+        Ok(())
+    }
+
     fn push_event(&mut self, e: SourceEvent) {
         if self.events.is_full() {
             // The driver did not drain events; keep the newest (the oldest are round summaries).
             let _ = self.events.pop_front();
         }
         let _ = self.events.push_back(e);
+    }
+}
+
+/// Take the next page of channel `c` (of `channels`) at or after `from` from the send set.
+fn take_for(send: &mut DirtyBitmap<'_>, from: usize, c: usize, channels: usize) -> Option<usize> {
+    let mut from = next_in_channel(from, c, channels);
+    loop {
+        let bit = send.take_next(from)?;
+        if channel_of(bit, channels) == c {
+            return Some(bit);
+        }
+        // Another channel's page: leave it and jump to this channel's next stripe.
+        let _ = send.set(bit);
+        from = next_in_channel(bit, c, channels);
     }
 }

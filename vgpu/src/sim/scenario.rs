@@ -263,6 +263,9 @@ pub struct Plan {
     /// Content tracking on the source (unchanged pages skipped, DUP and DELTA pages), with a delta
     /// cache of this many pages (0: off).
     pub content_cache_pages: usize,
+    /// With several channels (`source.channels`): the stride that rotates which channel is polled
+    /// and fed first on each turn (any value; the destination must accept every interleaving).
+    pub interleave: u64,
 }
 
 impl Default for Plan {
@@ -279,6 +282,7 @@ impl Default for Plan {
             cut_at: None,
             freeze_guest: false,
             content_cache_pages: 1024,
+            interleave: 1,
         }
     }
 }
@@ -318,8 +322,10 @@ pub struct MigrationReport {
     pub stopped_at_frame: u64,
     /// What content tracking saved (all zero when it was off).
     pub content: crate::content::ContentStats,
-    /// The stream.
+    /// The stream (the main channel's, when there are several).
     pub wire: Vec<u8>,
+    /// The streams of channels 1.. of a multi-channel migration (empty with one channel).
+    pub channel_wires: Vec<Vec<u8>>,
 }
 
 /// Live-migrate `src` (booted, running) to `dst` (fresh) while the guest keeps running: pre-copy
@@ -336,7 +342,7 @@ pub fn migrate(
     let frames =
         usize::try_from(src.vgpu.memory_map().frames()).map_err(|_| VgpuError::StorageSize)?;
     let mut send = vec![0u64; gmem::words_for(frames)];
-    let mut scratch = vec![0u8; 256 * 1024];
+    let mut scratch = vec![0u8; 256 * 1024 * usize::from(plan.source.channels.max(1))];
     let staging_len = 64 * 1024 + src.vgpu.config().ggtt_storage_len() * 8 * 2;
     let mut staging = vec![0u8; staging_len];
     let mut s = SourceSession::open(
@@ -359,7 +365,13 @@ pub fn migrate(
         };
         s = s.with_content(&src.vgpu, storage)?;
     }
-    let mut d = DestSession::open(&mut dst.vgpu, &mut staging, migstream::Limits::DEFAULT)?;
+    let channels = s.channels();
+    let mut d = DestSession::open_channels(
+        &mut dst.vgpu,
+        &mut staging,
+        migstream::Limits::DEFAULT,
+        channels,
+    )?;
     let mut out = vec![0u8; plan.chunk.max(1)];
     let mut report = MigrationReport {
         rounds: Vec::new(),
@@ -371,77 +383,97 @@ pub fn migrate(
         stopped_at_frame: 0,
         content: crate::content::ContentStats::default(),
         wire: Vec::new(),
+        channel_wires: vec![Vec::new(); channels.saturating_sub(1)],
     };
     let start_ns = src.clock_ns;
     let mut link_ns = src.clock_ns;
     let mut stop_ns = None;
     let mut stop_bytes = 0;
     let mut polls = 0u64;
+    let mut sent = 0u64;
     loop {
-        let n = s.poll_output(
-            &mut src.vgpu,
-            &src.mem,
-            &mut src.cpu_log,
-            link_ns / 1000,
-            &mut out,
-        )?;
-        let mut bytes = out.get(..n).unwrap_or(&[]);
-        if let Some(cut) = plan.cut_at {
-            let room =
-                usize::try_from(cut.saturating_sub(report.wire.len() as u64)).unwrap_or(usize::MAX);
-            if bytes.len() >= room {
-                bytes = bytes.get(..room).unwrap_or(&[]);
-                report.wire.extend_from_slice(bytes);
-                for piece in bytes.chunks(plan.feed.max(1)) {
-                    d.feed(&dst.vgpu, &mut dst.mem, piece)?;
+        // Channels are polled, and fed to the destination, in a rotating order: the destination
+        // must accept any interleaving.
+        let first =
+            usize::try_from(polls.wrapping_mul(plan.interleave | 1) % channels as u64).unwrap_or(0);
+        let mut polled = 0u64;
+        for k in 0..channels {
+            let c = (first + k) % channels;
+            let n = s.poll_output_channel(
+                c,
+                &mut src.vgpu,
+                &src.mem,
+                &mut src.cpu_log,
+                link_ns / 1000,
+                &mut out,
+            )?;
+            let mut bytes = out.get(..n).unwrap_or(&[]);
+            let wire = if c == 0 {
+                &mut report.wire
+            } else {
+                report
+                    .channel_wires
+                    .get_mut(c - 1)
+                    .ok_or(VgpuError::WrongPhase)?
+            };
+            if let Some(cut) = plan.cut_at {
+                let room = usize::try_from(cut.saturating_sub(sent)).unwrap_or(usize::MAX);
+                if bytes.len() >= room {
+                    bytes = bytes.get(..room).unwrap_or(&[]);
+                    wire.extend_from_slice(bytes);
+                    for piece in bytes.chunks(plan.feed.max(1)) {
+                        d.feed_channel(c, &dst.vgpu, &mut dst.mem, piece)?;
+                    }
+                    // The connection is gone: the destination never finishes; the source cancels.
+                    s.cancel(&mut src.vgpu);
+                    return Err(VgpuError::Truncated);
                 }
-                // The connection is gone: the destination never finishes; the source cancels.
-                s.cancel(&mut src.vgpu);
-                return Err(VgpuError::Truncated);
             }
-        }
-        for piece in bytes.chunks(plan.feed.max(1)) {
-            d.feed(&dst.vgpu, &mut dst.mem, piece)?;
-        }
-        report.wire.extend_from_slice(bytes);
-        if let Some(ns) = (n as u64)
-            .saturating_mul(1_000_000_000)
-            .checked_div(plan.link_bytes_per_s)
-        {
-            link_ns += ns;
-        }
-        while let Some(ev) = s.poll_event() {
-            match ev {
-                SourceEvent::RoundEnd {
-                    round,
-                    pages,
-                    zero_pages,
-                    bytes,
-                    dirty_left,
-                } => {
-                    report.rounds.push(RoundReport {
+            for piece in bytes.chunks(plan.feed.max(1)) {
+                d.feed_channel(c, &dst.vgpu, &mut dst.mem, piece)?;
+            }
+            wire.extend_from_slice(bytes);
+            sent += n as u64;
+            polled += n as u64;
+            while let Some(ev) = s.poll_event() {
+                match ev {
+                    SourceEvent::RoundEnd {
                         round,
                         pages,
                         zero_pages,
                         bytes,
                         dirty_left,
-                    });
-                }
-                SourceEvent::Switch { reason, .. } => {
-                    report.switch = Some(reason);
-                    report.stopped_at_frame = src.driver.frames_submitted();
-                    let before = src.clock_ns;
-                    if !src.quiesce() {
-                        return Err(VgpuError::NotQuiesced);
+                    } => {
+                        report.rounds.push(RoundReport {
+                            round,
+                            pages,
+                            zero_pages,
+                            bytes,
+                            dirty_left,
+                        });
                     }
-                    stop_ns = Some(link_ns.max(before));
-                    // Draining in-flight work is part of the downtime.
-                    link_ns = link_ns.max(before) + (src.clock_ns - before);
-                    stop_bytes = s.bytes_written();
-                    s.stop_and_copy(&mut src.vgpu, &mut src.cpu_log)?;
+                    SourceEvent::Switch { reason, .. } => {
+                        report.switch = Some(reason);
+                        report.stopped_at_frame = src.driver.frames_submitted();
+                        let before = src.clock_ns;
+                        if !src.quiesce() {
+                            return Err(VgpuError::NotQuiesced);
+                        }
+                        stop_ns = Some(link_ns.max(before));
+                        // Draining in-flight work is part of the downtime.
+                        link_ns = link_ns.max(before) + (src.clock_ns - before);
+                        stop_bytes = s.bytes_written();
+                        s.stop_and_copy(&mut src.vgpu, &mut src.cpu_log)?;
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
+        }
+        if let Some(ns) = polled
+            .saturating_mul(1_000_000_000)
+            .checked_div(plan.link_bytes_per_s)
+        {
+            link_ns += ns;
         }
         if s.is_finished() {
             break;
@@ -470,7 +502,7 @@ pub fn migrate(
     dst.vgpu.start()?;
     dst.driver = src.driver.clone();
     dst.clock_ns = src.clock_ns;
-    report.wire_bytes = report.wire.len() as u64;
+    report.wire_bytes = sent;
     report.stop_copy_bytes = report.wire_bytes - stop_bytes;
     if let Some(t) = stop_ns {
         report.downtime_us = link_ns.saturating_sub(t) / 1000;

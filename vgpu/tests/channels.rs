@@ -1,0 +1,497 @@
+//! Multi-channel streams and the dirty-report memory mode, checked by the oracle (a migrated run
+//! ends byte for byte equal to the same run never migrated), plus the destination's channel checks.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use gmem::DmaRange;
+use gtt::Gfn;
+use migstream::{
+    Encoder, Limits, PageEncoding, PageRunRepr, PagesPayload, PayloadSource, RecordFlags,
+    RecordKind, StreamHeaderRepr,
+};
+use vgpu::channel::{ChannelRepr, STRIPE_FRAMES, channel_of};
+use vgpu::dest::DestSession;
+use vgpu::error::VgpuError;
+use vgpu::sim::scenario::{Plan, Scenario, Snapshot, migrate};
+use vgpu::sim::{Machine, Profile, Rng};
+use vgpu::source::{MemoryMode, SourceConfig, SourceSession};
+use vgpu::traits::{CpuDirtyLog, GuestMemory};
+
+fn migrated(sc: &Scenario, plan: &Plan) -> (Snapshot, vgpu::sim::scenario::MigrationReport) {
+    let mut st_a = sc.storage();
+    let mut st_b = sc.storage();
+    let mut a = sc.machine(&mut st_a, false).unwrap();
+    let mut b = sc.machine(&mut st_b, true).unwrap();
+    a.boot().unwrap();
+    let report = migrate(&mut a, &mut b, plan).unwrap();
+    assert!(b.run_to_end(1 << 40).unwrap());
+    (Snapshot::of(&b), report)
+}
+
+#[test]
+fn multi_channel_migrations_equal_the_unmigrated_run() {
+    let mut rng = Rng::new(77);
+    for (i, channels) in [2u16, 3, 4, 8, 5, 2].into_iter().enumerate() {
+        let profile = [Profile::THREE_D, Profile::TWO_D, Profile::MEDIA][i % 3];
+        let sc = Scenario::small(profile, 30, rng.next_u64()).unwrap();
+        let mut plan = Plan::default();
+        plan.source.channels = channels;
+        plan.start_step = rng.below(100);
+        plan.chunk = [7, 4111, 64 * 1024][i % 3];
+        plan.feed = [1, 13, 4096][(i / 2) % 3];
+        plan.interleave = rng.next_u64();
+        plan.source.pages_per_record = [3, 64, 1024][i % 3];
+        plan.content_cache_pages = if i % 2 == 0 { 1024 } else { 0 };
+        let expected = sc.run_unmigrated().unwrap();
+        let (got, report) = migrated(&sc, &plan);
+        if let Some(d) = expected.diff(&got) {
+            panic!("{channels} channels, {}: {d}", profile.name);
+        }
+        assert_eq!(report.channel_wires.len(), usize::from(channels) - 1);
+        // Every channel that owns a stripe of guest memory carried pages (full or zero markers),
+        // and only pages of its own stripes.
+        let frames = usize::try_from(sc.map.frames()).unwrap();
+        for (c, w) in report.channel_wires.iter().enumerate() {
+            let c = c + 1;
+            let mut dec = migstream::Decoder::new(Limits::DEFAULT);
+            let mut carried = 0u64;
+            dec.feed_all(w, |ev| {
+                let (first, count) = match ev {
+                    migstream::Event::ZeroPages { first_frame, count } => (first_frame, count),
+                    migstream::Event::PageData {
+                        frame, offset: 0, ..
+                    } => (frame, 1),
+                    _ => return Ok(()),
+                };
+                for f in first..first + u64::from(count) {
+                    let i = sc.map.index_of(Gfn::new(f)).unwrap();
+                    assert_eq!(channel_of(i, usize::from(channels)), c);
+                    carried += 1;
+                }
+                Ok::<(), VgpuError>(())
+            })
+            .unwrap();
+            if c * STRIPE_FRAMES < frames {
+                assert!(carried > 0, "channel {c} of {channels} carried no page");
+            }
+        }
+    }
+}
+
+/// A stream of one channel built by hand: header, CHANNEL, then `records`, then END.
+fn channel_stream(
+    header: &StreamHeaderRepr,
+    channel: Option<ChannelRepr>,
+    records: &[(RecordKind, Vec<u8>)],
+) -> Vec<u8> {
+    let mut enc = Encoder::new();
+    let mut out = vec![0u8; 1 << 20];
+    let mut n = enc.write_header(header, &mut out).unwrap().written();
+    if let Some(c) = channel {
+        let mut p = [0u8; ChannelRepr::LEN];
+        c.emit(&mut p);
+        n += enc
+            .write_record(
+                RecordKind::CHANNEL,
+                RecordFlags::MANDATORY,
+                1,
+                &p[..],
+                &mut out[n..],
+            )
+            .unwrap()
+            .written();
+    }
+    for (kind, payload) in records {
+        n += enc
+            .write_record(
+                *kind,
+                RecordFlags::MANDATORY,
+                1,
+                &payload[..],
+                &mut out[n..],
+            )
+            .unwrap()
+            .written();
+    }
+    n += enc.write_end(&mut out[n..]).unwrap().written();
+    out.truncate(n);
+    out
+}
+
+/// One FULL page of frame `gfn` as a PAGES payload.
+fn one_page(gfn: u64) -> Vec<u8> {
+    let runs = [PageRunRepr {
+        first_frame: gfn,
+        count: 1,
+        encoding: PageEncoding::FULL,
+    }];
+    let p = PagesPayload::new(&runs, |_f: u64, _o: usize, b: &mut [u8]| b.fill(0xA5)).unwrap();
+    let mut v = vec![0u8; p.payload_len()];
+    p.fill(0, &mut v);
+    v
+}
+
+struct Dest {
+    st: vgpu::sim::MachineStorage,
+}
+
+impl Dest {
+    fn new(sc: &Scenario) -> Self {
+        Self { st: sc.storage() }
+    }
+}
+
+fn device_state(m: &Machine<'_>) -> Snapshot {
+    Snapshot::of(m)
+}
+
+/// Feeds `streams` (channel, bytes) to a fresh destination with `channels` channels and returns the
+/// first error, checking the destination's device state did not change.
+fn feed_hostile(sc: &Scenario, channels: usize, streams: &[(usize, Vec<u8>)]) -> VgpuError {
+    let mut d = Dest::new(sc);
+    let mut b = sc.machine(&mut d.st, true).unwrap();
+    let mut staging = vec![0u8; 1 << 20];
+    let mut s =
+        DestSession::open_channels(&mut b.vgpu, &mut staging, Limits::DEFAULT, channels).unwrap();
+    let before = device_state(&b);
+    let mut err = None;
+    for (c, bytes) in streams {
+        if let Err(e) = s.feed_channel(*c, &b.vgpu, &mut b.mem, bytes) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.unwrap_or_else(|| s.validate(&b.vgpu, &b.mem).unwrap_err());
+    let after = device_state(&b);
+    // Pages may have landed in guest memory; device state must not have changed.
+    assert_eq!(before.vregs, after.vregs);
+    assert_eq!(before.ggtt, after.ggtt);
+    assert_eq!(before.config_space, after.config_space);
+    assert_eq!(before.engines, after.engines);
+    err
+}
+
+#[test]
+fn destination_refuses_channel_violations() {
+    let sc = Scenario::small(Profile::TWO_D, 5, 3).unwrap();
+    let header = StreamHeaderRepr {
+        minor: migstream::FORMAT_MINOR,
+        flags: 0,
+        identity: sc.config.identity(),
+        stream_id: 9,
+    };
+    let map = &sc.map;
+    // A frame of channel 1's first stripe and one of channel 0's.
+    let f1 = map.frame_at(STRIPE_FRAMES).unwrap().get();
+    let f0 = map.frame_at(0).unwrap().get();
+    assert_eq!(channel_of(STRIPE_FRAMES, 2), 1);
+    let ch = |channel, channels| Some(ChannelRepr { channel, channels });
+
+    // A page channel carrying a frame of another channel.
+    let e = feed_hostile(
+        &sc,
+        2,
+        &[(
+            1,
+            channel_stream(&header, ch(1, 2), &[(RecordKind::PAGES, one_page(f0))]),
+        )],
+    );
+    assert!(
+        matches!(e, VgpuError::WrongChannel { channel: 1, .. }),
+        "{e:?}"
+    );
+    // The right frame on the right channel is accepted (the stream only lacks channel 0).
+    let e = feed_hostile(
+        &sc,
+        2,
+        &[(
+            1,
+            channel_stream(&header, ch(1, 2), &[(RecordKind::PAGES, one_page(f1))]),
+        )],
+    );
+    assert_eq!(e, VgpuError::Truncated, "channel 0 never ended");
+    // No CHANNEL record on a multi-channel session.
+    let e = feed_hostile(
+        &sc,
+        2,
+        &[(
+            1,
+            channel_stream(&header, None, &[(RecordKind::PAGES, one_page(f1))]),
+        )],
+    );
+    assert_eq!(e, VgpuError::BadChannel { channel: 1 });
+    // A CHANNEL record that names another channel, or another channel count.
+    for wrong in [ch(0, 2), ch(1, 3)] {
+        let e = feed_hostile(&sc, 2, &[(1, channel_stream(&header, wrong, &[]))]);
+        assert_eq!(e, VgpuError::BadChannel { channel: 1 }, "{wrong:?}");
+    }
+    // A CHANNEL record on a single-channel session.
+    let e = feed_hostile(&sc, 1, &[(0, channel_stream(&header, ch(0, 2), &[]))]);
+    assert_eq!(e, VgpuError::BadChannel { channel: 0 });
+    // Device state on a page channel.
+    let e = feed_hostile(
+        &sc,
+        2,
+        &[(
+            1,
+            channel_stream(
+                &header,
+                ch(1, 2),
+                &[(RecordKind::CONFIG_SPACE, vec![0; 4096])],
+            ),
+        )],
+    );
+    assert_eq!(e, VgpuError::BadChannel { channel: 1 });
+    // Channels of two different migrations (stream ids differ).
+    let other = StreamHeaderRepr {
+        stream_id: 10,
+        ..header
+    };
+    let e = feed_hostile(
+        &sc,
+        2,
+        &[
+            (0, channel_stream(&header, ch(0, 2), &[])),
+            (1, channel_stream(&other, ch(1, 2), &[])),
+        ],
+    );
+    assert_eq!(e, VgpuError::BadChannel { channel: 1 });
+}
+
+#[test]
+fn real_channel_streams_swapped_or_missing_are_refused() {
+    let sc = Scenario::small(Profile::THREE_D, 20, 5).unwrap();
+    let mut plan = Plan::default();
+    plan.source.channels = 3;
+    let (_, report) = migrated(&sc, &plan);
+    let (w0, w1, w2) = (
+        report.wire.clone(),
+        report.channel_wires[0].clone(),
+        report.channel_wires[1].clone(),
+    );
+    // Channel 2's stream fed as channel 1: its CHANNEL record names channel 2.
+    let e = feed_hostile(&sc, 3, &[(0, w0.clone()), (1, w2.clone())]);
+    assert_eq!(e, VgpuError::BadChannel { channel: 1 });
+    // One channel missing: never finished, nothing committed.
+    let e = feed_hostile(&sc, 3, &[(0, w0.clone()), (2, w2.clone())]);
+    assert_eq!(e, VgpuError::Truncated);
+    // All three, in the wrong session width.
+    let e = feed_hostile(&sc, 2, &[(0, w0.clone()), (1, w1.clone())]);
+    assert_eq!(e, VgpuError::BadChannel { channel: 0 });
+    // The main channel alone as a single-channel stream.
+    let e = feed_hostile(&sc, 1, &[(0, w0)]);
+    assert_eq!(e, VgpuError::BadChannel { channel: 0 });
+}
+
+/// Copies `frames` (dense indices) of guest memory from `a` to `b`, as a VMM's RAM migration does.
+fn vmm_copy(a: &Machine<'_>, b: &mut Machine<'_>, frames: impl IntoIterator<Item = Gfn>) -> u64 {
+    let mut page = [0u8; 4096];
+    let mut n = 0;
+    for gfn in frames {
+        a.mem.read(gfn, 0, &mut page).unwrap();
+        b.mem.write(gfn, 0, &page).unwrap();
+        n += 1;
+    }
+    n
+}
+
+/// The frames the GPU wrote, by a DMA-logging report over every guest memory region at `page`
+/// bytes per bit.
+fn report_frames(s: &mut SourceSession<'_>, m: &mut Machine<'_>, page: u64) -> Vec<Gfn> {
+    let regions: Vec<_> = m.vgpu.memory_map().regions().to_vec();
+    let mut out = Vec::new();
+    for r in regions {
+        // The request covers the region, widened to whole report pages (addresses that are not
+        // guest RAM are never reported dirty).
+        let iova = r.start().get() * 4096 / page * page;
+        let end = (r.end() * 4096).div_ceil(page) * page;
+        let range = DmaRange {
+            iova,
+            length: end - iova,
+        };
+        let bits = usize::try_from(range.length / page).unwrap();
+        let mut bitmap = vec![0u64; bits.div_ceil(64)];
+        s.dirty_report(&mut m.vgpu, range, page, &mut bitmap)
+            .unwrap();
+        for i in 0..bits {
+            if bitmap[i / 64] >> (i % 64) & 1 == 1 {
+                let first = range.iova / 4096 + (i as u64) * (page / 4096);
+                let map = m.vgpu.memory_map();
+                out.extend(
+                    (0..page / 4096)
+                        .map(|k| Gfn::new(first + k))
+                        .filter(|g| map.contains(*g)),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn cpu_frames(m: &mut Machine<'_>) -> Vec<Gfn> {
+    let mut v = Vec::new();
+    m.cpu_log.harvest(&mut |g| v.push(g));
+    v
+}
+
+/// A VMM that migrates guest RAM itself and asks the vGPU for the GPU's writes. `use_report`
+/// false models a VMM that ignores the report (the oracle must then fail).
+fn report_mode_migration(sc: &Scenario, page: u64, use_report: bool) -> Option<String> {
+    let mut st_a = sc.storage();
+    let mut st_b = sc.storage();
+    let mut a = sc.machine(&mut st_a, false).unwrap();
+    let mut b = sc.machine(&mut st_b, true).unwrap();
+    a.boot().unwrap();
+    for _ in 0..30 {
+        a.step().unwrap();
+    }
+    let frames = usize::try_from(a.vgpu.memory_map().frames()).unwrap();
+    let mut send = vec![0u64; gmem::words_for(frames)];
+    let mut scratch = vec![0u8; 256 * 1024];
+    let mut cfg = SourceConfig::default();
+    cfg.memory = MemoryMode::Report;
+    let mut s =
+        SourceSession::open(&mut a.vgpu, &mut a.cpu_log, cfg, &mut send, &mut scratch).unwrap();
+    assert_eq!(s.precopy_info(&a.vgpu).initial_bytes, 0);
+    let mut staging = vec![0u8; 1 << 20];
+    let mut d = DestSession::open(&mut b.vgpu, &mut staging, Limits::DEFAULT).unwrap();
+    let mut out = vec![0u8; 4096];
+    let mut wire = Vec::new();
+    // The VMM's pass 0 copies all of RAM; its CPU dirty log starts now.
+    let _ = cpu_frames(&mut a);
+    let all: Vec<Gfn> = (0..frames)
+        .map(|i| a.mem.map_ref().frame_at(i).unwrap())
+        .collect();
+    vmm_copy(&a, &mut b, all);
+    let mut gpu_reported = 0;
+    for _pass in 0..3 {
+        for _ in 0..20 {
+            a.step().unwrap();
+            // The device stream has nothing but its header before the stop.
+            let n = s
+                .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+                .unwrap();
+            wire.extend_from_slice(&out[..n]);
+        }
+        let mut dirty = cpu_frames(&mut a);
+        let gpu = report_frames(&mut s, &mut a, page);
+        gpu_reported += gpu.len();
+        if use_report {
+            dirty.extend(gpu);
+        }
+        vmm_copy(&a, &mut b, dirty);
+    }
+    assert!(s.awaiting_stop());
+    assert!(a.quiesce());
+    s.stop_and_copy(&mut a.vgpu, &mut a.cpu_log).unwrap();
+    let mut dirty = cpu_frames(&mut a);
+    let gpu = report_frames(&mut s, &mut a, page);
+    gpu_reported += gpu.len();
+    if use_report {
+        dirty.extend(gpu);
+    }
+    vmm_copy(&a, &mut b, dirty);
+    while !s.is_finished() {
+        let n = s
+            .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+            .unwrap();
+        wire.extend_from_slice(&out[..n]);
+    }
+    assert!(gpu_reported > 0, "the workload's GPU wrote guest memory");
+    // The stream carries device state only: no PAGES record, far less than guest memory.
+    assert!(wire.len() < 64 * 1024, "{} bytes", wire.len());
+    for piece in wire.chunks(1000) {
+        d.feed(&b.vgpu, &mut b.mem, piece).unwrap();
+    }
+    assert_eq!(d.stats().full_pages + d.stats().zero_pages, 0);
+    d.commit(&mut b.vgpu, &b.mem, &mut b.host).unwrap();
+    s.complete(&mut a.vgpu).unwrap();
+    b.vgpu.start().unwrap();
+    b.driver = a.driver.clone();
+    b.clock_ns = a.clock_ns;
+    assert!(b.run_to_end(1 << 40).unwrap());
+    sc.run_unmigrated().unwrap().diff(&Snapshot::of(&b))
+}
+
+#[test]
+fn report_mode_vmm_migrating_ram_itself_equals_the_unmigrated_run() {
+    for (profile, page) in [
+        (Profile::THREE_D, 4096),
+        (Profile::MEDIA, 2 << 20),
+        (Profile::TWO_D, 64 * 1024),
+    ] {
+        let sc = Scenario::small(profile, 30, 8).unwrap();
+        if let Some(d) = report_mode_migration(&sc, page, true) {
+            panic!("{} at {page} B per bit: {d}", profile.name);
+        }
+    }
+}
+
+#[test]
+fn report_mode_without_the_report_loses_gpu_writes() {
+    // Sensitivity: the CPU log alone misses what the GPU wrote, and the oracle notices.
+    let sc = Scenario::small(Profile::THREE_D, 30, 8).unwrap();
+    assert!(report_mode_migration(&sc, 4096, false).is_some());
+}
+
+#[test]
+fn report_mode_refuses_malformed_requests_and_channels() {
+    let sc = Scenario::small(Profile::IDLE, 5, 1).unwrap();
+    let mut st = sc.storage();
+    let mut a = sc.machine(&mut st, false).unwrap();
+    a.boot().unwrap();
+    let frames = usize::try_from(a.vgpu.memory_map().frames()).unwrap();
+    let mut send = vec![0u64; gmem::words_for(frames)];
+    let mut scratch = vec![0u8; 256 * 1024];
+    let mut cfg = SourceConfig::default();
+    cfg.memory = MemoryMode::Report;
+    cfg.channels = 2;
+    assert_eq!(
+        SourceSession::open(&mut a.vgpu, &mut a.cpu_log, cfg, &mut send, &mut scratch).unwrap_err(),
+        VgpuError::StorageSize
+    );
+    cfg.channels = 1;
+    let mut s =
+        SourceSession::open(&mut a.vgpu, &mut a.cpu_log, cfg, &mut send, &mut scratch).unwrap();
+    let base = a.vgpu.memory_map().regions()[0].start().get() * 4096;
+    let mut small = [0u64; 1];
+    for (range, page) in [
+        (
+            DmaRange {
+                iova: base + 1,
+                length: 4096,
+            },
+            4096,
+        ), // unaligned
+        (
+            DmaRange {
+                iova: base,
+                length: 0,
+            },
+            4096,
+        ), // empty
+        (
+            DmaRange {
+                iova: base,
+                length: 4096,
+            },
+            3000,
+        ), // page size
+        (
+            DmaRange {
+                iova: base,
+                length: 65 * 4096,
+            },
+            4096,
+        ), // bitmap too small
+    ] {
+        assert!(matches!(
+            s.dirty_report(&mut a.vgpu, range, page, &mut small),
+            Err(VgpuError::Report(_))
+        ));
+    }
+}
