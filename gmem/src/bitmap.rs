@@ -69,6 +69,12 @@ impl<'a> DirtyBitmap<'a> {
         self.bits
     }
 
+    /// Give the storage back (its contents are the bitmap's words).
+    #[must_use]
+    pub fn into_words(self) -> &'a mut [u64] {
+        self.words
+    }
+
     /// Whether the bitmap has no bits at all.
     #[must_use]
     pub const fn is_empty(&self) -> bool {

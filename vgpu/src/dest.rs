@@ -13,8 +13,6 @@
 //! the pages of its stripes (and, on channels other than 0, no device state), and share the main
 //! channel's stream id and device; the session is finished when every channel has ended.
 
-use core::mem::ManuallyDrop;
-
 use gtt::Gfn;
 use migstream::{Decoder, Event, FeedError, Limits, RecordKind, StreamHeaderRepr};
 
@@ -54,7 +52,7 @@ pub struct DestStats {
 /// 8 bytes per mapped GGTT entry in the worst case).
 #[derive(Debug)]
 pub struct DestSession<'s> {
-    chans: ManuallyDrop<heapless::Vec<ChanIn, MAX_CHANNELS>>,
+    chans: heapless::Vec<ChanIn, MAX_CHANNELS>,
     staging: &'s mut [u8],
     staged: usize,
     /// The record being staged: (kind, start offset of its payload in staging, length).
@@ -132,7 +130,7 @@ impl<'s> DestSession<'s> {
             });
         }
         Ok(Self {
-            chans: ManuallyDrop::new(chans),
+            chans,
             staging,
             staged: 0,
             open: None,
@@ -505,8 +503,36 @@ impl<'s> DestSession<'s> {
     /// space; registers (copy, replay side effects, copy again); GGTT, rebased to this host's
     /// placement through `host`; engines (queued work, partial ELSP state, CSB); the guest is marked
     /// aware of PVINFO. On error nothing of the vGPU's device state has changed.
+    ///
+    /// # Errors
+    /// The first validation failure (stream content), or a local backend failure.
     pub fn commit(
         self,
+        vgpu: &mut Vgpu<'_>,
+        mem: &dyn GuestMemory,
+        host: &mut dyn HostGtt,
+    ) -> Result<DestStats, VgpuError> {
+        self.commit_release(vgpu, mem, host).0
+    }
+
+    /// [`commit`](Self::commit), handing the staging storage back whatever the outcome.
+    pub fn commit_release(
+        self,
+        vgpu: &mut Vgpu<'_>,
+        mem: &dyn GuestMemory,
+        host: &mut dyn HostGtt,
+    ) -> (Result<DestStats, VgpuError>, &'s mut [u8]) {
+        let r = self.apply(vgpu, mem, host);
+        (r, self.staging)
+    }
+
+    /// Abandon the session without touching the vGPU and hand the staging storage back.
+    pub fn release(self) -> &'s mut [u8] {
+        self.staging
+    }
+
+    fn apply(
+        &self,
         vgpu: &mut Vgpu<'_>,
         mem: &dyn GuestMemory,
         host: &mut dyn HostGtt,

@@ -6,7 +6,10 @@
 //! ([`fsm`]), and moves a running vGPU with two sans-IO sessions: [`source::SourceSession`] turns
 //! it into a stream (pre-copy rounds of graphics memory under the `gmem` policy, then the
 //! stop-and-copy), [`dest::DestSession`] reads a stream into a stopped vGPU, staging and
-//! validating device state and committing it only when all of it is valid.
+//! validating device state and committing it only when all of it is valid. [`vfio::VfioMigration`]
+//! drives both through VFIO `device_state` requests, one arc at a time. Page traffic can be split
+//! over several channels ([`channel`]), and a VMM that migrates guest RAM itself can take the
+//! GPU's writes as a dirty report instead ([`source::MemoryMode::Report`]).
 //!
 //! Guarantees:
 //! - `no_std`, no allocator in any migration path: storage is the caller's ([`instance::VgpuStorage`],
@@ -62,3 +65,4 @@ pub mod ppgtt;
 pub mod sim;
 pub mod source;
 pub mod traits;
+pub mod vfio;

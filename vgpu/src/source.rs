@@ -23,8 +23,6 @@
 //! does for devices with dirty tracking. The stream then carries only the device state, and the
 //! VMM decides when to stop (there are no rounds and no policy events).
 
-use core::mem::ManuallyDrop;
-
 use engines::MAX_SAVE_LEN;
 use gmem::{
     Decision, DirtyBitmap, Policy, PolicyConfig, RoundStats, SwitchReason, is_zero_page, words_for,
@@ -183,9 +181,10 @@ enum Current {
 
 /// One channel's stream: its encoder, the record it is writing, and its place in the round.
 #[derive(Debug)]
-struct Chan<'s> {
+struct Chan {
     enc: Encoder,
-    scratch: &'s mut [u8],
+    /// This channel's part of the session's scratch buffer.
+    scratch: core::ops::Range<usize>,
     current: Current,
     runs: heapless::Vec<PageRunRepr, MAX_RUNS_PER_RECORD>,
     cursor: usize,
@@ -204,9 +203,8 @@ pub struct SourceSession<'s> {
     cfg: SourceConfig,
     header: StreamHeaderRepr,
     send: DirtyBitmap<'s>,
-    // `ManuallyDrop`: a `Chan` owns nothing that needs dropping, and without a `Drop` impl on the
-    // session the caller's storage may be declared after the session (no drop-check constraint).
-    chans: ManuallyDrop<heapless::Vec<Chan<'s>, MAX_CHANNELS>>,
+    scratch: &'s mut [u8],
+    chans: heapless::Vec<Chan, MAX_CHANNELS>,
     phase: Phase,
     policy: Policy,
     round: u32,
@@ -226,7 +224,7 @@ impl<'s> SourceSession<'s> {
     /// tracked from now on for [`dirty_report`](Self::dirty_report)).
     ///
     /// # Errors
-    /// [`VgpuError::WrongPhase`] unless the vGPU is running; [`VgpuError::StorageSize`] for a
+    /// [`VgpuError::WrongPhase`] unless the vGPU is running (or stopped); [`VgpuError::StorageSize`] for a
     /// `send` bitmap of the wrong size, less than [`MIN_SCRATCH`] bytes of scratch per channel, or a
     /// configuration out of range (pages per record, channels; several channels in report mode).
     pub fn open(
@@ -236,22 +234,10 @@ impl<'s> SourceSession<'s> {
         send: &'s mut [u64],
         scratch: &'s mut [u8],
     ) -> Result<Self, VgpuError> {
-        if vgpu.state() != MigState::Running {
-            return Err(VgpuError::WrongPhase);
-        }
+        Self::check_open(vgpu, &cfg, send.len(), scratch.len())?;
         let n = usize::from(cfg.channels);
-        if !(1..=MAX_CHANNELS).contains(&n)
-            || (n > 1 && cfg.memory == MemoryMode::Report)
-            || scratch.len() / n < MIN_SCRATCH
-            || !(1..=1024).contains(&cfg.pages_per_record)
-        {
-            return Err(VgpuError::StorageSize);
-        }
         let frames =
             usize::try_from(vgpu.memory_map().frames()).map_err(|_| VgpuError::StorageSize)?;
-        if send.len() != words_for(frames) {
-            return Err(VgpuError::StorageSize);
-        }
         let mut send = DirtyBitmap::new(send, frames)?;
         vgpu.gpu_dirty_mut().clear();
         let _ = vgpu.take_gpu_active();
@@ -262,13 +248,10 @@ impl<'s> SourceSession<'s> {
         }
         let mut chans = heapless::Vec::new();
         let share = scratch.len() / n;
-        let mut rest = scratch;
-        for _ in 0..n {
-            let (mine, more) = core::mem::take(&mut rest).split_at_mut(share);
-            rest = more;
+        for i in 0..n {
             let _ = chans.push(Chan {
                 enc: Encoder::new(),
-                scratch: mine,
+                scratch: i * share..(i + 1) * share,
                 current: Current::None,
                 runs: heapless::Vec::new(),
                 cursor: 0,
@@ -291,7 +274,8 @@ impl<'s> SourceSession<'s> {
             cfg,
             header,
             send,
-            chans: ManuallyDrop::new(chans),
+            scratch,
+            chans,
             phase: match cfg.memory {
                 MemoryMode::Stream => Phase::Round,
                 MemoryMode::Report => Phase::AwaitStop,
@@ -306,6 +290,31 @@ impl<'s> SourceSession<'s> {
             total_zero: 0,
             content: None,
         })
+    }
+
+    /// Every check [`open`](Self::open) makes before it takes the storage.
+    pub(crate) fn check_open(
+        vgpu: &Vgpu<'_>,
+        cfg: &SourceConfig,
+        send_words: usize,
+        scratch_len: usize,
+    ) -> Result<(), VgpuError> {
+        // From STOP: the STOP → STOP_COPY arc opens a session and stops at once.
+        if !matches!(vgpu.state(), MigState::Running | MigState::Stop) {
+            return Err(VgpuError::WrongPhase);
+        }
+        let n = usize::from(cfg.channels);
+        let frames =
+            usize::try_from(vgpu.memory_map().frames()).map_err(|_| VgpuError::StorageSize)?;
+        if !(1..=MAX_CHANNELS).contains(&n)
+            || (n > 1 && cfg.memory == MemoryMode::Report)
+            || scratch_len / n < MIN_SCRATCH
+            || !(1..=1024).contains(&cfg.pages_per_record)
+            || send_words != words_for(frames)
+        {
+            return Err(VgpuError::StorageSize);
+        }
+        Ok(())
     }
 
     /// Attach content tracking (see [`crate::content`]): unchanged pages are skipped, duplicates
@@ -406,11 +415,11 @@ impl<'s> SourceSession<'s> {
         self.chans.get(channel).map_or(0, |c| c.enc.bytes_written())
     }
 
-    fn chan(&self, c: usize) -> Result<&Chan<'s>, VgpuError> {
+    fn chan(&self, c: usize) -> Result<&Chan, VgpuError> {
         self.chans.get(c).ok_or(VgpuError::WrongPhase)
     }
 
-    fn chan_mut(&mut self, c: usize) -> Result<&mut Chan<'s>, VgpuError> {
+    fn chan_mut(&mut self, c: usize) -> Result<&mut Chan, VgpuError> {
         self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)
     }
 
@@ -494,6 +503,9 @@ impl<'s> SourceSession<'s> {
     }
 
     /// The destination accepted the stream (the STOP_COPY → STOP arc): the source vGPU stops for good.
+    ///
+    /// # Errors
+    /// [`VgpuError::WrongPhase`] unless every channel has written its END record.
     pub fn complete(self, vgpu: &mut Vgpu<'_>) -> Result<(), VgpuError> {
         if !self.is_finished() {
             return Err(VgpuError::WrongPhase);
@@ -506,6 +518,12 @@ impl<'s> SourceSession<'s> {
     pub fn cancel(self, vgpu: &mut Vgpu<'_>) {
         vgpu.resume();
         vgpu.set_state(MigState::Running);
+    }
+
+    /// End the session without touching the vGPU and hand the caller's storage back (the `send`
+    /// bitmap and the scratch buffer), for example to open the next session with it.
+    pub fn release(self) -> (&'s mut [u64], &'s mut [u8]) {
+        (self.send.into_words(), self.scratch)
     }
 
     /// Bytes written so far, all channels together.
@@ -628,12 +646,14 @@ impl<'s> SourceSession<'s> {
                     channel: u16::try_from(c).map_err(|_| VgpuError::StorageSize)?,
                     channels: u16::try_from(channels).map_err(|_| VgpuError::StorageSize)?,
                 };
-                let dst: &mut [u8; ChannelRepr::LEN] = ch
+                let at = ch.scratch.start;
+                let dst: &mut [u8; ChannelRepr::LEN] = self
                     .scratch
-                    .get_mut(..ChannelRepr::LEN)
+                    .get_mut(at..at + ChannelRepr::LEN)
                     .and_then(|d| d.try_into().ok())
                     .ok_or(VgpuError::StorageSize)?;
                 repr.emit(dst);
+                let ch = self.chan_mut(c)?;
                 ch.current = Current::Scratch {
                     kind: RecordKind::CHANNEL,
                     len: ChannelRepr::LEN,
@@ -669,7 +689,10 @@ impl<'s> SourceSession<'s> {
             _ => {}
         }
         let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
-        let scratch = &mut *ch.scratch;
+        let scratch = self
+            .scratch
+            .get_mut(ch.scratch.clone())
+            .ok_or(VgpuError::StorageSize)?;
         loop {
             let (kind, len) = match self.phase {
                 Phase::Round | Phase::FinalRound | Phase::AwaitStop | Phase::Done => {
@@ -736,6 +759,7 @@ impl<'s> SourceSession<'s> {
         let Self {
             chans,
             send,
+            scratch,
             content,
             cfg,
             round_pages,
@@ -745,15 +769,18 @@ impl<'s> SourceSession<'s> {
             ..
         } = self;
         let ch = chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+        let scratch = scratch
+            .get_mut(ch.scratch.clone())
+            .ok_or(VgpuError::StorageSize)?;
         ch.runs.clear();
         let mut run_at: heapless::Vec<usize, MAX_RUNS_PER_RECORD> = heapless::Vec::new();
         let snapshot = room < RECORD_HEADER + PAGE_RUN_HEADER + 4096;
         let zero_copy_budget = if snapshot {
-            ch.scratch.len()
+            scratch.len()
         } else {
             room - RECORD_HEADER
         };
-        let built_budget = ch.scratch.len().min(migstream::MAX_PAYLOAD as usize);
+        let built_budget = scratch.len().min(migstream::MAX_PAYLOAD as usize);
         let map = vgpu.memory_map();
         let mut built: Option<bool> = None; // Some(true): DUP/DELTA record in scratch
         let mut pages = 0u32;
@@ -815,8 +842,7 @@ impl<'s> SourceSession<'s> {
                     let _ = run_at.push(at);
                     at += PAGE_RUN_HEADER;
                 }
-                let dst = ch
-                    .scratch
+                let dst = scratch
                     .get_mut(at..at + data)
                     .ok_or(VgpuError::StorageSize)?;
                 match class {
@@ -868,7 +894,7 @@ impl<'s> SourceSession<'s> {
             for (r, at) in ch.runs.iter().zip(run_at.iter()) {
                 let mut h = [0u8; PAGE_RUN_HEADER];
                 r.emit(&mut h);
-                ch.scratch
+                scratch
                     .get_mut(*at..*at + PAGE_RUN_HEADER)
                     .ok_or(VgpuError::StorageSize)?
                     .copy_from_slice(&h);
@@ -885,7 +911,7 @@ impl<'s> SourceSession<'s> {
                     }
                 })?;
             let len = payload.payload_len();
-            let dst = ch.scratch.get_mut(..len).ok_or(VgpuError::StorageSize)?;
+            let dst = scratch.get_mut(..len).ok_or(VgpuError::StorageSize)?;
             payload.fill(0, dst);
             ch.current = Current::Scratch {
                 kind: RecordKind::PAGES,
@@ -904,7 +930,7 @@ impl<'s> SourceSession<'s> {
         out: &mut [u8],
     ) -> Result<Progress, VgpuError> {
         let header = self.header;
-        let ch = self.chan_mut(c)?;
+        let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
         let p = match ch.current {
             Current::None => return Err(VgpuError::WrongPhase),
             Current::Header => ch.enc.write_header(&header, out)?,
@@ -921,7 +947,11 @@ impl<'s> SourceSession<'s> {
                     .write_record(RecordKind::PAGES, RecordFlags::MANDATORY, 1, &payload, out)?
             }
             Current::Scratch { kind, len } => {
-                let payload = ch.scratch.get(..len).ok_or(VgpuError::StorageSize)?;
+                let at = ch.scratch.start;
+                let payload = self
+                    .scratch
+                    .get(at..at + len)
+                    .ok_or(VgpuError::StorageSize)?;
                 ch.enc
                     .write_record(kind, RecordFlags::MANDATORY, 1, payload, out)?
             }
