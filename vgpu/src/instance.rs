@@ -581,6 +581,7 @@ impl<'a> Vgpu<'a> {
             start: state.ring.start,
             ctl: state.ring.ctl,
             state_page: gfn,
+            pdp: state.pdp,
         })
     }
 
@@ -891,4 +892,6 @@ pub struct RingContext {
     pub ctl: u32,
     /// Guest frame of the context's register-state page.
     pub state_page: Gfn,
+    /// The context's page-directory pointers (`pdp[0]` is the PML4 address of a 4-level PPGTT).
+    pub pdp: [u64; 4],
 }

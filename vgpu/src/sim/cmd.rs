@@ -9,14 +9,18 @@
 //! |---|---|---|---|
 //! | MI_NOOP | `0x0000_0000` | 1 | nothing |
 //! | MI_BATCH_BUFFER_END | `0x0500_0000` | 1 | return from the batch to the ring |
-//! | MI_STORE_DATA_IMM | `0x1000_0000 \| ggtt<<22 \| (n-2)` | 4 (one dword) or 5 (qword) | write data at address bits 47:2 |
+//! | MI_STORE_DATA_IMM | `0x1000_0000 \| ggtt<<22 \| (n-2)` | 4 (one dword) or 5 (qword) | write data at address bits 47:2 (GGTT when bit 22 is set, else through the context's PPGTT) |
 //! | MI_LOAD_REGISTER_IMM | `0x1100_0000 \| (2k-1)` | 1 + 2k | write k (offset, value) pairs to registers |
-//! | MI_FLUSH_DW | `0x1300_0000 \| post-sync<<14 \| (n-2)` | 4 or 5 | post-sync op 1: write the immediate dword (n = 4) or qword (n = 5) at address bits 47:3 |
-//! | MI_BATCH_BUFFER_START | `0x1880_0000 \| ppgtt<<8 \| 1` | 3 | jump to a batch at bits 47:2 (GGTT when bit 8 is 0) |
-//! | PIPE_CONTROL | `0x7A00_0004` | 6 | post-sync op (dword 1 bits 15:14) 1 = write the qword in dwords 4-5 to the GGTT address in dwords 2-3 (bits 47:3) |
+//! | MI_FLUSH_DW | `0x1300_0000 \| post-sync<<14 \| (n-2)` | 4 or 5 | post-sync op 1: write the immediate dword (n = 4) or qword (n = 5) at address bits 47:3 (GGTT when dword 1 bit 2 is set, else PPGTT) |
+//! | MI_BATCH_BUFFER_START | `0x1880_0000 \| ppgtt<<8 \| 1` | 3 | jump to a batch at bits 47:2 (GGTT when bit 8 is 0, else fetched through the PPGTT) |
+//! | PIPE_CONTROL | `0x7A00_0004` | 6 | post-sync op (dword 1 bits 15:14) 1 = write the qword in dwords 4-5 to the address in dwords 2-3 (bits 47:3; GGTT when dword 1 bit 24 is set, else PPGTT) |
 //! | XY_COLOR_BLT | `0x5430_0005` | 7 | fill a rectangle (32 bpp) with a colour: BR13 (depth, pitch), corners, destination, colour |
 //! | XY_SRC_COPY_BLT | `0x54F0_0008` | 10 | copy a rectangle (32 bpp): BR13, destination corners and address, source corner, pitch and address |
 //! | SIM_FILL (synthetic) | `0x1BC0_0000 \| 2` | 4 | fill `count` pages from a GGTT address with a deterministic pattern of (dword 3, page index in the command) |
+//!
+//! PPGTT addresses are translated through the running context's page tables: the PML4 (or the four
+//! page directories) in its register-state page, walked in guest memory with the same walker the
+//! destination uses to check migrated roots. The ring itself is always fetched through the GGTT.
 //!
 //! SIM_FILL stands in for the 3D and media pipelines (render-target rewrite, frame decode) that a
 //! software device cannot execute faithfully: MI opcode 0x37 is unused on Gen9, so a stream that
@@ -62,6 +66,16 @@ pub const fn store_dword_ggtt(gm_addr: u64, value: u32) -> [u32; 4] {
         MI_STORE_DATA_IMM | SDI_USE_GGTT | 2,
         (gm_addr as u32) & !3,
         ((gm_addr >> 32) as u32) & 0xFFFF,
+        value,
+    ]
+}
+
+/// Store one dword at an address of the context's PPGTT (MI_STORE_DATA_IMM without the GGTT bit).
+pub const fn store_dword_ppgtt(va: u64, value: u32) -> [u32; 4] {
+    [
+        MI_STORE_DATA_IMM | 2,
+        (va as u32) & !3,
+        ((va >> 32) as u32) & 0xFFFF,
         value,
     ]
 }

@@ -328,9 +328,11 @@ impl GuestDriver {
         Self::mmio(vgpu, g, GT0_IER, 4, 1 << 8)?;
         Self::mmio(vgpu, g, PIPECONF_A, 4, 1 << 31)?;
         Self::mmio(vgpu, g, DSPSURF_A, 4, self.hidden)?;
-        self.create_ppgtt(vgpu, g)?;
-        // The context's register-state page, laid out as the hardware saves it.
+        let pml4 = self.create_ppgtt(vgpu, g)?;
+        // The context's register-state page, laid out as the hardware saves it; the context runs
+        // in the PPGTT just created (4-level: PDP0 holds the PML4 address).
         let state = engines::LrcState {
+            pdp: [pml4, 0, 0, 0],
             ctx_ctrl: 0x0009_0009,
             ring: engines::RingRegs {
                 head: 0,
@@ -497,8 +499,9 @@ impl GuestDriver {
 
     /// Build a 4-level PPGTT in guest memory that maps the first hot-set pages writable, and
     /// announce it through PVINFO (root pointer in `pdp[0]`, then `g2v_notify = 4`), as i915 does
-    /// for a new address space on a GVT-g vGPU.
-    fn create_ppgtt(&mut self, vgpu: &mut Vgpu<'_>, g: &mut Guest<'_>) -> Result<(), VgpuError> {
+    /// for a new address space on a GVT-g vGPU. Returns the PML4's guest physical address. PPGTT
+    /// address `i * 4096` is hot-set page `i`.
+    fn create_ppgtt(&mut self, vgpu: &mut Vgpu<'_>, g: &mut Guest<'_>) -> Result<u64, VgpuError> {
         let frames = g.mem.map_ref().frames();
         let table = |k: u64| {
             g.mem
@@ -531,7 +534,8 @@ impl GuestDriver {
         let root = pml4.get() << 12;
         Self::mmio(vgpu, g, mmio::pvinfo_off::PDP0_LO, 4, root & 0xFFFF_FFFF)?;
         Self::mmio(vgpu, g, mmio::pvinfo_off::PDP0_LO + 4, 4, root >> 32)?;
-        Self::mmio(vgpu, g, mmio::pvinfo_off::G2V_NOTIFY, 4, 4)
+        Self::mmio(vgpu, g, mmio::pvinfo_off::G2V_NOTIFY, 4, 4)?;
+        Ok(root)
     }
 
     /// Graphics address of the first hot-set page.
@@ -617,10 +621,14 @@ impl GuestDriver {
             let page = self.rng.below(self.profile.hot_pages);
             let dw = self.rng.below(1024);
             let v = u32::try_from(self.rng.next_u64() >> 32).unwrap_or(0);
-            push(
-                &mut batch,
-                &cmd::store_dword_ggtt(self.hot_base() + page * 4096 + dw * 4, v),
-            )?;
+            // Half of the stores to the pages the PPGTT maps go through it, as a context's own
+            // buffer accesses do; the rest through the GGTT.
+            let store = if page < PPGTT_PAGES && v & 1 == 1 {
+                cmd::store_dword_ppgtt(page * 4096 + dw * 4, v)
+            } else {
+                cmd::store_dword_ggtt(self.hot_base() + page * 4096 + dw * 4, v)
+            };
+            push(&mut batch, &store)?;
         }
         let fence = self.gm(layout::HWSP) + 0x180;
         push(&mut batch, &cmd::pipe_control_store(fence, self.frame))?;

@@ -1,12 +1,13 @@
 //! The software GPU: executes workloads the vGPU's execlist emulation queued.
 
 use engines::{ContextDescriptor, CsbEntry, EngineId};
-use gtt::{Gfn, GmAddr};
+use gtt::{Gfn, GmAddr, Gva, PpgttRoot};
 use mmio::{AccessSize, NoHooks};
 
 use super::cmd;
 use super::memory::SimMemory;
 use crate::instance::{HWSP_CSB_DWORD, HWSP_CSB_WP_DWORD, Vgpu, lrc};
+use crate::ppgtt::Walker;
 use crate::traits::GuestMemory;
 
 /// Counters of the reference GPU.
@@ -16,10 +17,13 @@ pub struct GpuStats {
     pub commands: u64,
     /// Workloads completed.
     pub workloads: u64,
-    /// Commands refused (unknown opcode, PPGTT addressing, unmapped address): the workload is ended.
+    /// Commands refused (unknown opcode, unmapped address, a PPGTT address without a PPGTT): the
+    /// workload is ended.
     pub faults: u64,
     /// Dword writes to graphics memory (store, flush, pipe-control post-sync).
     pub stores: u64,
+    /// Those of them addressed through the context's PPGTT.
+    pub ppgtt_stores: u64,
     /// Pages filled by SIM_FILL.
     pub filled_pages: u64,
     /// 2D blits executed.
@@ -37,6 +41,10 @@ struct Exec {
     tail: u32,
     /// Next dword of the active batch buffer, if one runs.
     batch: Option<u64>,
+    /// Whether that batch is fetched through the PPGTT.
+    batch_ppgtt: bool,
+    /// The context's PPGTT (from its register-state page and descriptor), if it has one.
+    ppgtt: Option<PpgttRoot>,
     /// A SIM_FILL in progress: it takes GPU time in proportion to the pages it writes.
     fill: Option<Fill>,
 }
@@ -132,7 +140,12 @@ impl RefGpu {
         while done < data.len() {
             let a = addr + done as u64;
             let n = (4096 - (a % 4096) as usize).min(data.len() - done);
-            if !self.store(vgpu, mem, a, data.get(done..done + n).unwrap_or(&[])) {
+            if !self.store(
+                vgpu,
+                mem,
+                (a, Some(None)),
+                data.get(done..done + n).unwrap_or(&[]),
+            ) {
                 return false;
             }
             done += n;
@@ -235,7 +248,7 @@ impl RefGpu {
                     &cmd::fill_pattern(f.seed, p, u32::try_from(i).unwrap_or(0)).to_le_bytes(),
                 );
             }
-            if !self.store(vgpu, mem, f.base + p * 4096, &page) {
+            if !self.store(vgpu, mem, (f.base + p * 4096, Some(None)), &page) {
                 exec.fill = None;
                 return None;
             }
@@ -388,6 +401,19 @@ impl RefGpu {
         // The execlist status register follows the dispatch.
         vgpu.mirror_engines();
         vgpu.mark_gpu_active();
+        let generation = vgpu.config().generation;
+        let pd = |a: u64| (a != 0).then(|| Gfn::new(a >> 12));
+        let ppgtt = match desc.addressing_mode().ppgtt_levels() {
+            Some(4) => pd(ctx.pdp[0]).map(|pml4| PpgttRoot::four_level(generation, pml4)),
+            Some(3) => {
+                let [a, b, c, d] = ctx.pdp;
+                Some(PpgttRoot::three_level(
+                    generation,
+                    [pd(a), pd(b), pd(c), pd(d)],
+                ))
+            }
+            _ => None,
+        };
         Some(Exec {
             desc,
             state_page: ctx.state_page,
@@ -396,6 +422,8 @@ impl RefGpu {
             head: (head & engines::HEAD_OFFSET_MASK) % size,
             tail: (tail & engines::TAIL_OFFSET_MASK) % size,
             batch: None,
+            batch_ppgtt: false,
+            ppgtt,
             fill: None,
         })
     }
@@ -454,11 +482,44 @@ impl RefGpu {
         vgpu.raise_event(block, bit);
     }
 
+    /// The address space a command names: `Some(None)` the GGTT, `Some(Some(root))` the
+    /// context's PPGTT, `None` a PPGTT address in a context without one (a fault).
+    fn space(exec: &Exec, ppgtt: bool) -> Option<Option<PpgttRoot>> {
+        if ppgtt {
+            exec.ppgtt.map(Some)
+        } else {
+            Some(None)
+        }
+    }
+
+    /// Translate `addr` through the GGTT, or through `ppgtt` (a write also needs every level
+    /// writable).
+    fn translate(
+        vgpu: &Vgpu<'_>,
+        mem: &SimMemory,
+        ppgtt: Option<PpgttRoot>,
+        addr: u64,
+        write: bool,
+    ) -> Option<(Gfn, usize)> {
+        let Some(root) = ppgtt else {
+            return vgpu.translate(GmAddr::new(addr));
+        };
+        let t = gtt::ppgtt::walk(&root, Gva::new(addr), &Walker(mem)).ok()?;
+        if write && !t.writable {
+            return None;
+        }
+        let gfn = t.gpa.gfn();
+        if !mem.map_ref().contains(gfn) {
+            return None;
+        }
+        Some((gfn, usize::try_from(t.gpa.get() & 0xFFF).ok()?))
+    }
+
     fn fetch(vgpu: &Vgpu<'_>, mem: &SimMemory, exec: &mut Exec) -> Option<u32> {
-        let addr = match exec.batch {
+        let (addr, ppgtt) = match exec.batch {
             Some(a) => {
                 exec.batch = Some(a + 4);
-                a
+                (a, exec.batch_ppgtt)
             }
             None => {
                 let a = exec.start + u64::from(exec.head);
@@ -466,17 +527,30 @@ impl RefGpu {
                 if exec.head >= exec.size {
                     exec.head = 0;
                 }
-                a
+                (a, false)
             }
         };
-        let (gfn, off) = vgpu.translate(GmAddr::new(addr))?;
+        let space = Self::space(exec, ppgtt)?;
+        let (gfn, off) = Self::translate(vgpu, mem, space, addr, false)?;
         mem.read_u32(gfn, off).ok()
     }
 
-    fn store(&mut self, vgpu: &mut Vgpu<'_>, mem: &mut SimMemory, addr: u64, data: &[u8]) -> bool {
-        let Some((gfn, off)) = vgpu.translate(GmAddr::new(addr)) else {
+    fn store(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        mem: &mut SimMemory,
+        (addr, space): (u64, Option<Option<PpgttRoot>>),
+        data: &[u8],
+    ) -> bool {
+        let Some(space) = space else {
             return false;
         };
+        let Some((gfn, off)) = Self::translate(vgpu, mem, space, addr, true) else {
+            return false;
+        };
+        if space.is_some() {
+            self.stats.ppgtt_stores += 1;
+        }
         if off + data.len() > 4096 || mem.write(gfn, off, data).is_err() {
             return false;
         }
@@ -516,11 +590,11 @@ impl RefGpu {
                 Step::Continue
             }
             (0, 0x20) => {
-                // MI_STORE_DATA_IMM: GGTT only in this device; dword (len 4) or qword (len 5).
-                if dw0 & cmd::SDI_USE_GGTT == 0 {
-                    return Step::Fault;
-                }
-                let a = addr(o1, o2, 3);
+                // MI_STORE_DATA_IMM: dword (len 4) or qword (len 5), GGTT or PPGTT.
+                let a = (
+                    addr(o1, o2, 3),
+                    Self::space(exec, dw0 & cmd::SDI_USE_GGTT == 0),
+                );
                 let ok = if len == 4 {
                     self.store(vgpu, mem, a, &o3.to_le_bytes())
                 } else if len == 5 {
@@ -561,10 +635,7 @@ impl RefGpu {
             (0, 0x26) => {
                 // MI_FLUSH_DW: post-sync write of an immediate (dword 1 bit 2 selects the GGTT).
                 if dw0 & (3 << 14) == cmd::POST_SYNC_WRITE_IMM {
-                    if o1 & (1 << 2) == 0 {
-                        return Step::Fault;
-                    }
-                    let a = addr(o1, o2, 7);
+                    let a = (addr(o1, o2, 7), Self::space(exec, o1 & (1 << 2) == 0));
                     let ok = if len == 4 {
                         self.store(vgpu, mem, a, &o3.to_le_bytes())
                     } else {
@@ -582,11 +653,10 @@ impl RefGpu {
                 Step::Continue
             }
             (0, 0x31) => {
-                // MI_BATCH_BUFFER_START (GGTT only): jump; a start inside a batch chains.
-                if dw0 & cmd::BBS_PPGTT != 0 {
-                    return Step::Fault;
-                }
+                // MI_BATCH_BUFFER_START: jump; a start inside a batch chains. Bit 8 fetches the
+                // batch through the PPGTT.
                 exec.batch = Some(addr(o1, o2, 3));
+                exec.batch_ppgtt = dw0 & cmd::BBS_PPGTT != 0;
                 Step::Continue
             }
             (0, 0x37) => {
@@ -626,13 +696,14 @@ impl RefGpu {
                 }
             }
             (3, _) => {
-                // PIPE_CONTROL: post-sync "write immediate" of a qword to a GGTT address.
+                // PIPE_CONTROL: post-sync "write immediate" of a qword (GGTT or PPGTT address).
                 if o1 & (3 << 14) == cmd::POST_SYNC_WRITE_IMM {
-                    if o1 & cmd::PC_GLOBAL_GTT == 0 {
-                        return Step::Fault;
-                    }
                     let v = u64::from(o4) | u64::from(o5) << 32;
-                    if !self.store(vgpu, mem, addr(o2, o3, 7), &v.to_le_bytes()) {
+                    let a = (
+                        addr(o2, o3, 7),
+                        Self::space(exec, o1 & cmd::PC_GLOBAL_GTT == 0),
+                    );
+                    if !self.store(vgpu, mem, a, &v.to_le_bytes()) {
                         return Step::Fault;
                     }
                 }
