@@ -314,7 +314,9 @@ impl<'s> DestSession<'s> {
                     .ok_or(VgpuError::WrongPhase)?;
                 dst.copy_from_slice(data);
             }
-            Event::RecordEnd { kind, .. } => {
+            // Only the main channel stages device state: another channel's record ending must not
+            // close the record the main channel is staging.
+            Event::RecordEnd { kind, .. } if c == 0 => {
                 if let Some((open_kind, start, len)) = self.open.take() {
                     if open_kind != kind {
                         return Err(VgpuError::WrongPhase);

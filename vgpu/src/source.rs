@@ -162,6 +162,8 @@ enum Phase {
     Config,
     Registers,
     Ggtt(SaveCursor),
+    /// After a GGTT pre-copy: the entries changed since, scanning from this storage slot.
+    GgttChanges(usize),
     GgttPending,
     PpgttRoots,
     Engines,
@@ -216,6 +218,10 @@ pub struct SourceSession<'s> {
     total_pages: u64,
     total_zero: u64,
     content: Option<Content<'s>>,
+    /// GGTT pre-copy: what the destination holds of the GGTT (entry by storage slot), and where
+    /// the pre-copy save continues while it is still going.
+    ggtt_sent: Option<&'s mut [u64]>,
+    pre_ggtt: Option<SaveCursor>,
 }
 
 impl<'s> SourceSession<'s> {
@@ -289,6 +295,8 @@ impl<'s> SourceSession<'s> {
             total_pages: 0,
             total_zero: 0,
             content: None,
+            ggtt_sent: None,
+            pre_ggtt: None,
         })
     }
 
@@ -330,6 +338,32 @@ impl<'s> SourceSession<'s> {
         let frames =
             usize::try_from(vgpu.memory_map().frames()).map_err(|_| VgpuError::StorageSize)?;
         self.content = Some(Content::new(storage, frames)?);
+        Ok(self)
+    }
+
+    /// Pre-copy the GGTT (stream mode): the main channel sends the whole GGTT before its first pages,
+    /// and the stop-and-copy sends only the entries that changed since (as RAW runs, cleared entries
+    /// included), so a GGTT that does not change costs nothing after the stop. `sent` holds what
+    /// the destination has: [`crate::instance::VgpuConfig::ggtt_storage_len`] entries. Without it
+    /// the whole GGTT travels after the stop. Call before the first `poll_output`.
+    ///
+    /// # Errors
+    /// [`VgpuError::WrongPhase`] after output started or in report mode;
+    /// [`VgpuError::StorageSize`] for `sent` of the wrong length.
+    pub fn with_ggtt_precopy(
+        mut self,
+        vgpu: &Vgpu<'_>,
+        sent: &'s mut [u64],
+    ) -> Result<Self, VgpuError> {
+        if self.bytes_written() != 0 || self.cfg.memory == MemoryMode::Report {
+            return Err(VgpuError::WrongPhase);
+        }
+        if sent.len() != vgpu.ggtt().entries().len() {
+            return Err(VgpuError::StorageSize);
+        }
+        sent.fill(0);
+        self.ggtt_sent = Some(sent);
+        self.pre_ggtt = Some(SaveCursor::START);
         Ok(self)
     }
 
@@ -489,6 +523,8 @@ impl<'s> SourceSession<'s> {
             return Ok(());
         }
         self.harvest(vgpu, cpu)?;
+        // A GGTT pre-copy still going stops here: what it did not send counts as changed.
+        self.pre_ggtt = None;
         // Mid-round, the round is abandoned (its unsent pages are still in `send`) and the final
         // round gets the next number; before anything of the round went out it keeps this one.
         if self.phase == Phase::Round
@@ -561,10 +597,10 @@ impl<'s> SourceSession<'s> {
     /// dirty pages known so far plus the device state).
     pub fn stop_copy_estimate(&self, vgpu: &Vgpu<'_>) -> u64 {
         if self.cfg.memory == MemoryMode::Report {
-            return Self::device_state_estimate(vgpu);
+            return self.device_state_estimate(vgpu);
         }
         (self.send.count() + vgpu.gpu_dirty_count()) as u64 * 4096
-            + Self::device_state_estimate(vgpu)
+            + self.device_state_estimate(vgpu)
     }
 
     /// Pages dirty and not yet sent (VFIO's `dirty_bytes` / 4096 during pre-copy).
@@ -632,6 +668,7 @@ impl<'s> SourceSession<'s> {
         let channels = self.chans.len();
         let phase = self.phase;
         let round = self.round;
+        let pre_ggtt = self.pre_ggtt.is_some();
         let ch = self.chan_mut(c)?;
         if ch.ended {
             return Ok(());
@@ -663,6 +700,36 @@ impl<'s> SourceSession<'s> {
             _ => {}
         }
         match phase {
+            Phase::Round if c == 0 && pre_ggtt => {
+                // GGTT pre-copy first, chunk by chunk, remembering what each chunk carried.
+                let ch = self.chans.get(c).ok_or(VgpuError::WrongPhase)?;
+                let scratch = self
+                    .scratch
+                    .get_mut(ch.scratch.clone())
+                    .ok_or(VgpuError::StorageSize)?;
+                let from = self.pre_ggtt.unwrap_or(SaveCursor::START);
+                let p = vgpu.ggtt().save_runs(from, scratch)?;
+                let entries = vgpu.ggtt().entries();
+                let end = p.next.map_or(entries.len(), SaveCursor::slot);
+                if let Some(sent) = self.ggtt_sent.as_deref_mut() {
+                    let (dst, src) = (
+                        sent.get_mut(from.slot()..end),
+                        entries.get(from.slot()..end),
+                    );
+                    if let (Some(d), Some(s)) = (dst, src) {
+                        d.copy_from_slice(s);
+                    }
+                }
+                self.pre_ggtt = p.next;
+                if p.written > 0 {
+                    let ch = self.chan_mut(c)?;
+                    ch.current = Current::Scratch {
+                        kind: RecordKind::GGTT_RUNS,
+                        len: p.written,
+                    };
+                }
+                return Ok(());
+            }
             Phase::Round | Phase::FinalRound => {
                 if ch.round_done {
                     // Waiting for the other channels to finish the round.
@@ -706,6 +773,23 @@ impl<'s> SourceSession<'s> {
                     (RecordKind::CONFIG_SPACE, CONFIG_SPACE_SIZE)
                 }
                 Phase::Registers => (RecordKind::REGISTERS, vgpu.regs().save_sparse(scratch)?),
+                Phase::Ggtt(_) if self.ggtt_sent.is_some() => {
+                    self.phase = Phase::GgttChanges(0);
+                    continue;
+                }
+                Phase::GgttChanges(from) => {
+                    // After a GGTT pre-copy: only what changed since.
+                    let sent = self.ggtt_sent.as_deref().unwrap_or(&[]);
+                    let (written, next) = save_ggtt_changes(vgpu.ggtt(), sent, from, scratch)?;
+                    self.phase = match next {
+                        Some(slot) => Phase::GgttChanges(slot),
+                        None => Phase::GgttPending,
+                    };
+                    if written == 0 {
+                        continue;
+                    }
+                    (RecordKind::GGTT_RUNS, written)
+                }
                 Phase::Ggtt(cursor) => {
                     let p = vgpu.ggtt().save_runs(cursor, scratch)?;
                     self.phase = match p.next {
@@ -962,8 +1046,18 @@ impl<'s> SourceSession<'s> {
     }
 
     /// Upper bound of the device state sent in stop-and-copy, for the policy's downtime prediction.
-    fn device_state_estimate(vgpu: &Vgpu<'_>) -> u64 {
-        let ggtt = vgpu.ggtt().iter_present().count() as u64 * 8;
+    /// After a GGTT pre-copy only the changed entries count.
+    fn device_state_estimate(&self, vgpu: &Vgpu<'_>) -> u64 {
+        let entries = vgpu.ggtt().entries();
+        let ggtt = match (&self.ggtt_sent, self.pre_ggtt) {
+            (Some(sent), None) => entries
+                .iter()
+                .zip(sent.iter())
+                .filter(|(a, b)| a != b)
+                .count(),
+            _ => vgpu.ggtt().iter_present().count(),
+        } as u64
+            * 8;
         (CONFIG_SPACE_SIZE + vgpu.regs().sparse_len() + vgpu.engines().save_len()) as u64
             + ggtt
             + 256
@@ -1055,7 +1149,7 @@ impl<'s> SourceSession<'s> {
             bytes_sent: bytes,
             // A round too short to time still took some time.
             elapsed_us: now_us.saturating_sub(started).max(1),
-            device_state_bytes: Self::device_state_estimate(vgpu),
+            device_state_bytes: self.device_state_estimate(vgpu),
         };
         match self.policy.on_round(stats) {
             Decision::Continue => {
@@ -1097,4 +1191,61 @@ fn take_for(send: &mut DirtyBitmap<'_>, from: usize, c: usize, channels: usize) 
         let _ = send.set(bit);
         from = next_in_channel(bit, c, channels);
     }
+}
+
+/// After a GGTT pre-copy: RAW runs (GGTT_RUNS payload) of every entry from storage slot `from` on
+/// that differs from what the destination holds (`sent`), cleared entries included, as many as
+/// fit in `out`. Returns the bytes written and the slot to continue from (`None`: done). A run
+/// never crosses from the aperture slice into the hidden one.
+fn save_ggtt_changes(
+    ggtt: &gtt::GgttSlices<'_>,
+    sent: &[u64],
+    from: usize,
+    out: &mut [u8],
+) -> Result<(usize, Option<usize>), VgpuError> {
+    const RUN_HEADER: usize = 16;
+    let entries = ggtt.entries();
+    let partition = ggtt.partition();
+    let ap = usize::try_from(partition.aperture.pages()).map_err(|_| VgpuError::StorageSize)?;
+    let differs = |i: usize| entries.get(i) != sent.get(i);
+    let mut slot = from;
+    let mut pos = 0;
+    while slot < entries.len() {
+        if !differs(slot) {
+            slot += 1;
+            continue;
+        }
+        let slice_end = if slot < ap { ap } else { entries.len() };
+        let room = out.len().saturating_sub(pos);
+        if room < RUN_HEADER + 8 {
+            return Ok((pos, Some(slot)));
+        }
+        let mut n = 1;
+        while slot + n < slice_end && differs(slot + n) && RUN_HEADER + (n + 1) * 8 <= room {
+            n += 1;
+        }
+        let start = partition.index_at(slot).ok_or(VgpuError::StorageSize)?;
+        let dst = out
+            .get_mut(pos..pos + RUN_HEADER + n * 8)
+            .ok_or(VgpuError::StorageSize)?;
+        let (h, body) = dst.split_at_mut(RUN_HEADER);
+        h.fill(0);
+        h.get_mut(0..4)
+            .ok_or(VgpuError::StorageSize)?
+            .copy_from_slice(&start.get().to_le_bytes());
+        h.get_mut(4..8)
+            .ok_or(VgpuError::StorageSize)?
+            .copy_from_slice(
+                &u32::try_from(n)
+                    .map_err(|_| VgpuError::StorageSize)?
+                    .to_le_bytes(),
+            );
+        let src = entries.get(slot..slot + n).ok_or(VgpuError::StorageSize)?;
+        for (d, e) in body.chunks_exact_mut(8).zip(src) {
+            d.copy_from_slice(&e.to_le_bytes());
+        }
+        pos += RUN_HEADER + n * 8;
+        slot += n;
+    }
+    Ok((pos, None))
 }

@@ -273,6 +273,47 @@ fn real_channel_streams_swapped_or_missing_are_refused() {
         report.channel_wires[0].clone(),
         report.channel_wires[1].clone(),
     );
+    // The page channels' records end while the main channel is in the middle of staging a
+    // device-state record (its GGTT pre-copy, right after header and CHANNEL): accepted.
+    {
+        let mut d = Dest::new(&sc);
+        let mut b = sc.machine(&mut d.st, true).unwrap();
+        let mut staging = vec![0u8; 1 << 20];
+        let mut s =
+            DestSession::open_channels(&mut b.vgpu, &mut staging, Limits::DEFAULT, 3).unwrap();
+        let mid = 80 + 24 + 16 + 8;
+        assert_eq!(
+            u16::from_le_bytes([w0[104], w0[105]]),
+            RecordKind::GGTT_RUNS.0,
+            "the main channel starts with the GGTT pre-copy"
+        );
+        s.feed_channel(0, &b.vgpu, &mut b.mem, &w0[..mid]).unwrap();
+        s.feed_channel(1, &b.vgpu, &mut b.mem, &w1).unwrap();
+        s.feed_channel(2, &b.vgpu, &mut b.mem, &w2).unwrap();
+        s.feed_channel(0, &b.vgpu, &mut b.mem, &w0[mid..]).unwrap();
+        assert!(s.is_finished());
+        s.validate(&b.vgpu, &b.mem).unwrap();
+    }
+    // All three interleaved in proportional pieces: accepted and complete.
+    {
+        let mut d = Dest::new(&sc);
+        let mut b = sc.machine(&mut d.st, true).unwrap();
+        let mut staging = vec![0u8; 1 << 20];
+        let mut s =
+            DestSession::open_channels(&mut b.vgpu, &mut staging, Limits::DEFAULT, 3).unwrap();
+        // Every channel finishes at about the same time, in pieces proportional to its length.
+        let wires = [&w0, &w1, &w2];
+        let steps = 4096;
+        for i in 0..steps {
+            for (c, w) in wires.iter().enumerate() {
+                let (from, to) = (w.len() * i / steps, w.len() * (i + 1) / steps);
+                s.feed_channel(c, &b.vgpu, &mut b.mem, &w[from..to])
+                    .unwrap();
+            }
+        }
+        assert!(s.is_finished());
+        s.validate(&b.vgpu, &b.mem).unwrap();
+    }
     // Channel 2's stream fed as channel 1: its CHANNEL record names channel 2.
     let e = feed_hostile(&sc, 3, &[(0, w0.clone()), (1, w2.clone())]);
     assert_eq!(e, VgpuError::BadChannel { channel: 1 });

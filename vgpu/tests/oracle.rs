@@ -468,3 +468,70 @@ fn precopy_info_counts_down_then_reports_dirt() {
         "the running GPU dirtied pages"
     );
 }
+
+/// GGTT_RUNS records after the stream's last ROUND record (the stop-and-copy's device state).
+fn ggtt_records_after_stop(wire: &[u8]) -> (usize, usize) {
+    let mut dec = migstream::Decoder::new(migstream::Limits::DEFAULT);
+    let mut kinds = Vec::new();
+    dec.feed_all(wire, |ev| {
+        match ev {
+            migstream::Event::RecordBegin { kind, .. } => kinds.push(kind),
+            migstream::Event::Round(_) => kinds.push(migstream::RecordKind::ROUND),
+            _ => {}
+        }
+        Ok::<(), vgpu::error::VgpuError>(())
+    })
+    .unwrap();
+    let last_round = kinds
+        .iter()
+        .rposition(|k| *k == migstream::RecordKind::ROUND)
+        .unwrap();
+    let count = |ks: &[migstream::RecordKind]| {
+        ks.iter()
+            .filter(|k| **k == migstream::RecordKind::GGTT_RUNS)
+            .count()
+    };
+    (count(&kinds[..last_round]), count(&kinds[last_round..]))
+}
+
+/// With the GGTT pre-copied, a GGTT the guest does not touch after the pre-copy costs nothing
+/// after the stop, one it remaps travels as changed entries only, and both equal the unmigrated
+/// run; without pre-copy the whole GGTT travels after the stop.
+#[test]
+fn ggtt_precopy_sends_only_changed_entries_after_the_stop() {
+    for (profile, remaps) in [(Profile::IDLE, false), (Profile::THREE_D, true)] {
+        let sc = Scenario::small(profile, 40, 3).unwrap();
+        assert_eq!(profile.remap_every != 0, remaps);
+        let on = oracle(&sc, &Plan::default());
+        let (before, after) = ggtt_records_after_stop(&on.wire);
+        assert!(
+            before >= 1,
+            "{}: the GGTT went before the stop",
+            profile.name
+        );
+        if !remaps {
+            assert_eq!(
+                after, 0,
+                "{}: nothing changed after the pre-copy",
+                profile.name
+            );
+        }
+        let off = oracle(
+            &sc,
+            &Plan {
+                ggtt_precopy: false,
+                ..Plan::default()
+            },
+        );
+        let (before_off, after_off) = ggtt_records_after_stop(&off.wire);
+        assert_eq!(before_off, 0);
+        assert!(after_off >= 1);
+        assert!(
+            on.stop_copy_bytes < off.stop_copy_bytes,
+            "{}: {} vs {}",
+            profile.name,
+            on.stop_copy_bytes,
+            off.stop_copy_bytes
+        );
+    }
+}

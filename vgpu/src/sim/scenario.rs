@@ -263,6 +263,8 @@ pub struct Plan {
     /// Content tracking on the source (unchanged pages skipped, DUP and DELTA pages), with a delta
     /// cache of this many pages (0: off).
     pub content_cache_pages: usize,
+    /// Pre-copy the GGTT (sent before round 0's pages; only changed entries after the stop).
+    pub ggtt_precopy: bool,
     /// With several channels (`source.channels`): the stride that rotates which channel is polled
     /// and fed first on each turn (any value; the destination must accept every interleaving).
     pub interleave: u64,
@@ -282,6 +284,7 @@ impl Default for Plan {
             cut_at: None,
             freeze_guest: false,
             content_cache_pages: 1024,
+            ggtt_precopy: true,
             interleave: 1,
         }
     }
@@ -364,6 +367,10 @@ pub fn migrate(
             delta_tags: &mut delta_tags,
         };
         s = s.with_content(&src.vgpu, storage)?;
+    }
+    let mut ggtt_sent = vec![0u64; src.vgpu.config().ggtt_storage_len()];
+    if plan.ggtt_precopy {
+        s = s.with_ggtt_precopy(&src.vgpu, &mut ggtt_sent)?;
     }
     let channels = s.channels();
     let mut d = DestSession::open_channels(
