@@ -1,78 +1,13 @@
-//! `cargo xtask migrate`: run a workload on the reference device, live-migrate the vGPU to a
-//! second, differently placed vGPU over a modeled link, let the destination finish the workload,
-//! and verify that its final state equals a never-migrated run of the same seed, byte for byte.
-//!
-//! This first version runs both endpoints in one process and models the link's rate; the two-process
-//! TCP demo is tracked separately (see the README's status table).
+//! `cargo xtask migrate --modeled`: both endpoints in one process over a modeled link
+//! ([`vgpu::sim::scenario::migrate`]): the guest advances by the link's modeled time, so the figures
+//! (rounds, modeled downtime) are deterministic for a seed, unlike the two-process run's.
 
 use std::time::Instant;
 
+use super::{Args, START_FRAME};
+
 use serde::Serialize;
-use vgpu::sim::Profile;
 use vgpu::sim::scenario::{MigrationReport, Plan, Scenario, Snapshot, host_consistent, migrate};
-
-/// Options of `cargo xtask migrate`.
-#[derive(clap::Args)]
-pub(crate) struct Args {
-    /// Workload running in the guest.
-    #[arg(long, default_value = "3d", value_parser = ["idle", "2d", "media", "3d"])]
-    pub(crate) workload: String,
-    /// Graphics memory of the vGPU in MiB: 64 MiB of aperture, the rest hidden.
-    #[arg(long, default_value_t = 448)]
-    pub(crate) gm: u64,
-    /// Modeled link rate, e.g. `10gbit`, `25gbit`, `100gbit`, `800mbit`.
-    #[arg(long, default_value = "10gbit")]
-    pub(crate) link: String,
-    /// Downtime limit the pre-copy policy aims for, ms.
-    #[arg(long, default_value_t = 300)]
-    pub(crate) downtime_ms: u32,
-    /// Frames the workload renders; by default enough for the migration to happen while it runs
-    /// (30 frames first, then about twice the time the whole graphics memory takes on the link).
-    #[arg(long)]
-    pub(crate) frames: Option<u64>,
-    /// How precisely GPU writes are tracked: `exact` (the write set the device reports), `active`
-    /// (every mapped page when the vGPU ran work), `mapped` (every mapped page, always: the
-    /// original prototype's behaviour).
-    #[arg(long, default_value = "exact", value_parser = ["exact", "active", "mapped"])]
-    pub(crate) precision: String,
-    /// Content tracking on the source (skip unchanged pages, send duplicates and deltas): `on`
-    /// with a 64 MiB delta cache, or `off`.
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
-    pub(crate) content: String,
-    /// Seed of the guest workload.
-    #[arg(long, default_value_t = 1)]
-    pub(crate) seed: u64,
-    /// A small vGPU (512 KiB + 2 MiB) and a short run: the CI smoke test.
-    #[arg(long)]
-    pub(crate) quick: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub(crate) json: bool,
-}
-
-/// Frames rendered before the migration starts.
-const START_FRAME: u64 = 30;
-
-fn parse_link(s: &str) -> crate::Result<u64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mult) = if let Some(n) = s.strip_suffix("gbit") {
-        (n, 1_000_000_000u64)
-    } else if let Some(n) = s.strip_suffix("mbit") {
-        (n, 1_000_000)
-    } else {
-        return Err(format!(
-            "--link {s}: expected a rate like 10gbit or 800mbit"
-        ));
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("--link {s}: not a number"))?;
-    if v.is_nan() || v <= 0.0 {
-        return Err(format!("--link {s}: must be positive"));
-    }
-    // TCP goodput is about 94% of the line rate at MTU 1500.
-    Ok((v * mult as f64 / 8.0 * 0.94) as u64)
-}
 
 #[derive(Serialize)]
 struct Json<'a> {
@@ -96,14 +31,9 @@ struct Json<'a> {
 }
 
 /// Run the demo.
-pub(crate) fn run(args: &Args) -> crate::Result {
-    let profile = match args.workload.as_str() {
-        "idle" => Profile::IDLE,
-        "2d" => Profile::TWO_D,
-        "media" => Profile::MEDIA,
-        _ => Profile::THREE_D,
-    };
-    let link = parse_link(&args.link)?;
+pub(super) fn run(args: &Args) -> crate::Result {
+    let profile = super::profile(&args.workload);
+    let link = super::parse_link(args.link.as_deref().unwrap_or("10gbit"))?;
     let gm_bytes = if args.quick { 5 << 19 } else { args.gm << 20 };
     let frames = args.frames.unwrap_or_else(|| {
         let fps = 1_000_000_000u64.checked_div(profile.frame_ns).unwrap_or(60);

@@ -1,0 +1,183 @@
+//! `cargo xtask migrate`: run a workload on the reference device, live-migrate the vGPU to a
+//! second, differently placed vGPU in another operating-system process over TCP, let the
+//! destination finish the workload, and verify that its final state equals a never-migrated run of
+//! the same seed, byte for byte.
+//!
+//! # Processes
+//!
+//! - Default: this process is the *source*. It starts the destination as a child
+//!   (`migrate --listen 127.0.0.1:0` plus a hidden flag that makes the child print its bound port
+//!   on stdout), connects over loopback and migrates.
+//! - `--listen ADDR`: run only a destination (on another machine, say), for one migration.
+//! - `--connect ADDR`: run only a source, against a destination listening at `ADDR`.
+//! - `--modeled`: the earlier in-process run over a modeled link ([`modeled`]), whose figures are
+//!   deterministic for a seed.
+//!
+//! Both processes embed the library with the reference device (`vgpu::sim`).
+//!
+//! # Framing
+//!
+//! Every message is a 5-byte header — kind (`u8`), payload length (`u32`, little-endian, at most
+//! 16 MiB) — and the payload ([`wire`]). In order:
+//!
+//! 1. source → destination `HELLO`: magic `VGPUDEMO`, framing version 1, workload code, quick
+//!    flag, graphics memory in MiB, frames, seed: what the destination needs to build the same
+//!    scenario (its own, differently placed vGPU).
+//! 2. destination → source `READY` once its vGPU and session exist, or `ERROR` (bad hello).
+//! 3. source → destination `DATA`, many: the library's migration stream as
+//!    [`SourceSession::poll_output`](vgpu::source::SourceSession::poll_output) produces it, one
+//!    poll per message; the destination feeds each payload to
+//!    [`DestSession::feed`](vgpu::dest::DestSession::feed) as it arrives.
+//! 4. source → destination `VCPU`: [`GuestDriver::save`](vgpu::sim::GuestDriver::save) followed by
+//!    the guest clock (`u64` ns), as a VMM sends CPU state after device state.
+//! 5. destination → source `RESUMED` after the validated commit and `vgpu.start()`; or `ERROR`
+//!    (stream rejected, commit refused), at any point, after which the connection closes.
+//! 6. destination → source `VERDICT` once it has finished the workload and compared its state
+//!    with a never-migrated run: a pass flag (`u8`), frames the destination rendered (`u64`), the
+//!    destination's wall time for finishing plus verifying (`u64` ms) and a text.
+//!
+//! All page traffic goes through one sender ([`source::Sender`]): a non-blocking socket behind a
+//! token bucket that applies `--link`.
+
+mod dest;
+mod modeled;
+mod plot;
+mod report;
+mod source;
+mod wire;
+
+use vgpu::sim::Profile;
+use vgpu::sim::scenario::Scenario;
+
+/// Options of `cargo xtask migrate`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Workload running in the guest.
+    #[arg(long, default_value = "3d", value_parser = ["idle", "2d", "media", "3d"])]
+    pub(crate) workload: String,
+    /// Graphics memory of the vGPU in MiB: 64 MiB of aperture, the rest hidden.
+    #[arg(long, default_value_t = 448)]
+    pub(crate) gm: u64,
+    /// Link rate, e.g. `10gbit`, `25gbit`, `1gbit`, `800mbit`: a rate limit the sender applies to
+    /// its socket writes (default: unlimited). With `--modeled`, the modeled link (default 10gbit).
+    #[arg(long)]
+    pub(crate) link: Option<String>,
+    /// Downtime limit the pre-copy policy aims for, ms.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) downtime_ms: u32,
+    /// Frames the workload renders; by default enough for the migration to happen while it runs
+    /// (30 frames first, then about twice the time the whole graphics memory takes on the link,
+    /// counting an unlimited link as 1 GB/s, plus a second).
+    #[arg(long)]
+    pub(crate) frames: Option<u64>,
+    /// How precisely GPU writes are tracked: `exact` (the write set the device reports), `active`
+    /// (every mapped page when the vGPU ran work), `mapped` (every mapped page, always: the
+    /// original prototype's behaviour).
+    #[arg(long, default_value = "exact", value_parser = ["exact", "active", "mapped"])]
+    pub(crate) precision: String,
+    /// Content tracking on the source (skip unchanged pages, send duplicates and deltas): `on`
+    /// with a 64 MiB delta cache, or `off`.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub(crate) content: String,
+    /// Seed of the guest workload.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// A small vGPU (512 KiB + 2 MiB) and a short run: the CI smoke test.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Run only a destination, listening at this address (e.g. `0.0.0.0:4444`), for one migration.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["connect", "modeled"])]
+    pub(crate) listen: Option<String>,
+    /// Run only a source, migrating to a destination listening at this address.
+    #[arg(long, value_name = "ADDR", conflicts_with = "modeled")]
+    pub(crate) connect: Option<String>,
+    /// Both endpoints in this process over a modeled link (deterministic figures).
+    #[arg(long)]
+    pub(crate) modeled: bool,
+    /// Where the timeline plot goes (`.svg`; a `.png` beside it).
+    #[arg(long, default_value = "target/migrate-timeline.svg")]
+    pub(crate) plot: String,
+    /// Fault injection: flip one bit of the migration stream at this byte offset (the destination
+    /// must reject the stream, and the source cancel and keep its guest running).
+    #[arg(long, hide = true, value_name = "OFFSET")]
+    pub(crate) fault_flip_byte: Option<u64>,
+    /// Child mode of `--listen`: print the bound port on stdout, nothing else.
+    #[arg(long, hide = true)]
+    pub(crate) child: bool,
+}
+
+/// Frames rendered before the migration starts.
+const START_FRAME: u64 = 30;
+
+/// Run the demo.
+pub(crate) fn run(args: &Args) -> crate::Result {
+    if args.modeled {
+        modeled::run(args)
+    } else if let Some(addr) = &args.listen {
+        dest::run(addr, args.child)
+    } else {
+        source::run(args)
+    }
+}
+
+/// The workload named on the command line.
+fn profile(name: &str) -> Profile {
+    match name {
+        "idle" => Profile::IDLE,
+        "2d" => Profile::TWO_D,
+        "media" => Profile::MEDIA,
+        _ => Profile::THREE_D,
+    }
+}
+
+/// A link rate in payload bytes per second.
+fn parse_link(s: &str) -> crate::Result<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = s.strip_suffix("gbit") {
+        (n, 1_000_000_000u64)
+    } else if let Some(n) = s.strip_suffix("mbit") {
+        (n, 1_000_000)
+    } else {
+        return Err(format!(
+            "--link {s}: expected a rate like 10gbit or 800mbit"
+        ));
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("--link {s}: not a number"))?;
+    if v.is_nan() || v <= 0.0 {
+        return Err(format!("--link {s}: must be positive"));
+    }
+    // TCP goodput is about 94% of the line rate at MTU 1500.
+    Ok((v * mult as f64 / 8.0 * 0.94) as u64)
+}
+
+/// The scenario a hello describes (both processes build it the same way).
+fn scenario(h: &wire::Hello) -> crate::Result<Scenario> {
+    let profile = [
+        Profile::IDLE,
+        Profile::TWO_D,
+        Profile::MEDIA,
+        Profile::THREE_D,
+    ]
+    .get(usize::from(h.workload))
+    .copied()
+    .ok_or("unknown workload")?;
+    if h.quick {
+        Scenario::small(profile, h.frames, h.seed)
+    } else {
+        if h.gm_mib < 128 {
+            return Err("--gm must be at least 128 (64 MiB of aperture plus hidden memory)".into());
+        }
+        Scenario::new(64 << 20, (h.gm_mib - 64) << 20, profile, h.frames, h.seed)
+    }
+    .map_err(|e| format!("building the scenario: {e}"))
+}
+
+/// Human-readable bytes.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
