@@ -59,11 +59,15 @@ fn receive(sock: TcpStream, child: bool, peer: &str) -> crate::Result {
     let mut d = DestSession::open(&mut dst.vgpu, &mut staging, migstream::Limits::DEFAULT)
         .map_err(|e| format!("opening the destination session: {e}"))?;
     wire::send(&mut w, Kind::Ready, &[]).map_err(|e| e.to_string())?;
+    let mut fed = 0u64;
     let vcpu = loop {
         match wire::recv(&mut r, &mut buf)? {
             Kind::Data => {
                 d.feed(&dst.vgpu, &mut dst.mem, &buf)
                     .map_err(|e| format!("stream rejected: {e}"))?;
+                // Tell the source how far the stream is applied (it stops only once it is).
+                fed += buf.len() as u64;
+                wire::send(&mut w, Kind::Ack, &fed.to_le_bytes()).map_err(|e| e.to_string())?;
             }
             Kind::Vcpu => break buf.clone(),
             k => return Err(format!("unexpected {k:?} during the stream")),

@@ -41,8 +41,11 @@ pub(super) struct Outcome {
     pub(super) stopped_at_frame: u64,
     /// How far the guest's modeled clock was behind the wall clock at the stop, ms.
     pub(super) guest_lag_ms: f64,
-    /// Wall time of pre-copy (migration start to the stop), ms.
+    /// Wall time of pre-copy (migration start to the policy's switch), ms.
     pub(super) precopy_ms: f64,
+    /// Wall time between the policy's switch and the stop, waiting for the destination to apply
+    /// what it had been sent (the guest runs meanwhile), ms.
+    pub(super) catch_up_ms: f64,
     /// Modeled time the quiesce took to drain in-flight work, µs.
     pub(super) drain_modeled_us: u64,
     /// Migration stream bytes.
@@ -89,6 +92,7 @@ impl Outcome {
             stopped_at_frame: 0,
             guest_lag_ms: 0.0,
             precopy_ms: 0.0,
+            catch_up_ms: 0.0,
             drain_modeled_us: 0,
             stream_bytes: 0,
             stop_stream_offset: 0,
@@ -149,12 +153,14 @@ pub(super) fn print(o: &Outcome, json: bool, plot: &Result<String, String>) -> c
     }
     println!();
     println!(
-        "switched to stop-and-copy: {} (predicted downtime {}) after {:.0} ms of pre-copy, at frame {} \
-         (guest {:.0} ms behind the wall clock then)",
+        "switched to stop-and-copy: {} (predicted downtime {}) after {:.0} ms of pre-copy; stopped \
+         {:.0} ms later, waiting for the destination to apply what it was sent (at most 2 s), at frame {} (the guest's \
+         modeled clock {:.0} ms behind the wall clock then)",
         o.switch_reason,
         o.predicted_downtime_us
             .map_or("-".to_string(), |u| format!("{:.1} ms", u as f64 / 1000.0)),
         o.precopy_ms,
+        o.catch_up_ms,
         o.stopped_at_frame,
         o.guest_lag_ms
     );

@@ -190,6 +190,8 @@ enum Fail {
     Io(io::Error),
     /// The library refused (a local error).
     Lib(VgpuError),
+    /// The destination sent an error or something unexpected.
+    Peer(String),
 }
 
 impl From<io::Error> for Fail {
@@ -309,12 +311,12 @@ pub(super) fn run(args: &Args) -> crate::Result {
     };
     let sock = TcpStream::connect(&addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = sock.set_nodelay(true);
-    let mut sock_r = sock.try_clone().map_err(|e| e.to_string())?;
+    let mut inbox = wire::Inbox::new(sock.try_clone().map_err(|e| e.to_string())?);
     let mut sock_w = sock.try_clone().map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     wire::send(&mut sock_w, Kind::Hello, &hello.encode())
         .map_err(|e| format!("sending the hello: {e}"))?;
-    match wire::recv(&mut sock_r, &mut buf)? {
+    match inbox.recv(&mut buf)? {
         Kind::Ready => {}
         Kind::Error => {
             return Err(format!(
@@ -404,25 +406,24 @@ pub(super) fn run(args: &Args) -> crate::Result {
             .map_err(|e| format!("content tracking: {e}"))?;
     }
 
-    let mut progress = Progress::new(args.json);
-    let mut sender = Sender::new(sock_w, rate.unwrap_or(0)).map_err(|e| e.to_string())?;
+    let progress = Progress::new(args.json);
+    let sender = Sender::new(sock_w, rate.unwrap_or(0)).map_err(|e| e.to_string())?;
     let mut o = Outcome::new(&sc, rate, args);
     o.start_frame = start_frame;
     o.fault_flip_byte = args.fault_flip_byte;
-    let t0 = Instant::now();
-    let clock0 = src.clock_ns;
-    let mut stop_at = None;
-    let streamed = stream_out(
-        &mut s,
-        &mut src,
-        &mut sender,
-        &mut o,
-        &mut progress,
-        t0,
-        clock0,
-        &mut stop_at,
-    );
-    let streamed = streamed.and_then(|()| {
+    let mut live = Live {
+        sender,
+        inbox,
+        o,
+        progress,
+        t0: Instant::now(),
+        clock0: src.clock_ns,
+        stop_at: None,
+        switch_at: None,
+        acked: 0,
+        round: 0,
+    };
+    let streamed = live.stream_out(&mut s, &mut src).and_then(|()| {
         // The vCPU state after the device state, as a VMM sends it.
         let mut v = [0u8; GuestDriver::SAVED_LEN + 8];
         let n = src
@@ -430,19 +431,29 @@ pub(super) fn run(args: &Args) -> crate::Result {
             .save(&mut v)
             .map_err(|e| Fail::Io(io::Error::other(e.to_string())))?;
         v[n..n + 8].copy_from_slice(&src.clock_ns.to_le_bytes());
-        sender.queue(Kind::Vcpu, &v[..n + 8])?;
-        sender.flush()?;
+        live.sender.queue(Kind::Vcpu, &v[..n + 8])?;
+        live.sender.flush()?;
         Ok(())
     });
+    let Live {
+        sender,
+        mut inbox,
+        mut o,
+        progress,
+        t0,
+        stop_at,
+        ..
+    } = live;
     progress.finish();
     o.socket_bytes = sender.sent;
     o.set_content(s.content_stats());
     if let Err(f) = streamed {
         let why = match f {
             Fail::Io(e) => {
-                let peer = peer_error(&mut sock_r);
+                let peer = peer_error(&mut inbox);
                 format!("connection to the destination lost ({e}){peer}")
             }
+            Fail::Peer(e) => format!("the destination stopped the migration: {e}"),
             Fail::Lib(e) => format!("the source session failed: {e}"),
         };
         let before = src.driver.frames_submitted();
@@ -467,7 +478,14 @@ pub(super) fn run(args: &Args) -> crate::Result {
     }
     let sock = sender.into_inner().map_err(|e| e.to_string())?;
     drop(sock);
-    match wire::recv(&mut sock_r, &mut buf) {
+    // Acknowledgements of the last DATA messages may come first.
+    let mut next = |buf: &mut Vec<u8>| loop {
+        match inbox.recv(buf) {
+            Ok(Kind::Ack) => {}
+            other => return other,
+        }
+    };
+    match next(&mut buf) {
         Ok(Kind::Resumed) => {
             if let Some(t) = stop_at {
                 o.downtime_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -495,7 +513,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
             "destination resumed; it finishes the workload and compares with a never-migrated run ..."
         );
     }
-    let verdict = match wire::recv(&mut sock_r, &mut buf)? {
+    let verdict = match next(&mut buf)? {
         Kind::Verdict if buf.len() >= 17 => buf.clone(),
         Kind::Error => {
             return Err(format!(
@@ -526,13 +544,13 @@ pub(super) fn run(args: &Args) -> crate::Result {
 }
 
 /// After a failed write: the destination's `ERROR` message, if it sent one.
-fn peer_error(sock: &mut TcpStream) -> String {
-    let _ = sock.set_nonblocking(false);
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(1)));
+fn peer_error(inbox: &mut wire::Inbox) -> String {
+    let _ = inbox.sock().set_nonblocking(false);
+    let _ = inbox.sock().set_read_timeout(Some(Duration::from_secs(1)));
     let mut buf = Vec::new();
-    // Data the destination never read may come first; look at a few messages.
-    for _ in 0..4 {
-        match wire::recv(sock, &mut buf) {
+    // Acknowledgements may come first.
+    for _ in 0..100_000 {
+        match inbox.recv(&mut buf) {
             Ok(Kind::Error) => {
                 return format!(": the destination said: {}", String::from_utf8_lossy(&buf));
             }
@@ -543,92 +561,116 @@ fn peer_error(sock: &mut TcpStream) -> String {
     String::new()
 }
 
-/// Pump the session into the sender while the guest follows the wall clock, until the stream's
-/// END record is on the socket.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one loop's state, kept together at the call"
-)]
-fn stream_out(
-    s: &mut SourceSession<'_>,
-    src: &mut Machine<'_>,
-    sender: &mut Sender,
-    o: &mut Outcome,
-    progress: &mut Progress,
+/// The state of a migration in progress on the source.
+struct Live {
+    sender: Sender,
+    inbox: wire::Inbox,
+    o: Outcome,
+    progress: Progress,
+    /// When the migration started.
     t0: Instant,
+    /// The guest's modeled clock then.
     clock0: u64,
-    stop_at: &mut Option<Instant>,
-) -> Result<(), Fail> {
-    let mut out = vec![0u8; CHUNK];
-    let mut round = 0u32;
-    loop {
-        let mut behind = false;
-        if stop_at.is_none() {
-            // The guest keeps running: its modeled clock follows the wall clock.
-            let target = clock0 + u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            let (mut k, began) = (0, Instant::now());
-            while src.clock_ns < target
-                && k < MAX_STEPS_PER_LOOP
-                && began.elapsed() < MAX_STEP_TIME_PER_LOOP
-            {
-                src.step()?;
-                k += 1;
-            }
-            behind = src.clock_ns < target;
-        }
-        // Then send for about as long (or until the socket or the bucket says wait).
-        let began = Instant::now();
-        let mut wait = None;
-        while began.elapsed() < MAX_STEP_TIME_PER_LOOP {
-            match sender.pump()? {
-                Pump::Wrote => continue,
-                Pump::Wait(d) => {
-                    wait = Some(d);
-                    break;
-                }
-                Pump::Idle => {}
-            }
-            if s.is_finished() {
-                return Ok(());
-            }
-            round = produce(
-                s, src, sender, o, progress, t0, clock0, stop_at, &mut out, round,
-            )?;
-        }
-        progress.update(
-            round,
-            sender.sent,
-            s.pending_pages() + src.vgpu.gpu_dirty_count() as u64,
-            s.stop_copy_estimate(&src.vgpu),
-        );
-        if let Some(d) = wait.filter(|_| !behind) {
-            // Nothing to send now and the guest is on time: wait a little.
-            std::thread::sleep(d.min(Duration::from_micros(500)));
-        }
-    }
+    /// When the source stopped (quiesce began).
+    stop_at: Option<Instant>,
+    /// When the policy asked for the stop (the stop waits for the destination to catch up).
+    switch_at: Option<Instant>,
+    /// Stream bytes the destination has fed to its session.
+    acked: u64,
+    /// Round in progress.
+    round: u32,
 }
 
-/// One poll of the session into the sender, and its events (the stop among them). Returns the
-/// round in progress.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one loop's state, kept together at the call"
-)]
-fn produce(
-    s: &mut SourceSession<'_>,
-    src: &mut Machine<'_>,
-    sender: &mut Sender,
-    o: &mut Outcome,
-    progress: &mut Progress,
-    t0: Instant,
-    clock0: u64,
-    stop_at: &mut Option<Instant>,
-    out: &mut [u8],
-    mut round: u32,
-) -> Result<u32, Fail> {
-    {
-        let now_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+/// Longest the stop waits for the destination to apply what it was sent.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+impl Live {
+    /// Pump the session into the sender while the guest follows the wall clock, until the
+    /// stream's END record is on the socket.
+    fn stream_out(&mut self, s: &mut SourceSession<'_>, src: &mut Machine<'_>) -> Result<(), Fail> {
+        let mut out = vec![0u8; CHUNK];
+        let mut msg = Vec::new();
+        loop {
+            while let Some(k) = self.inbox.poll(&mut msg).map_err(Fail::Peer)? {
+                match k {
+                    Kind::Ack => {
+                        self.acked = msg
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(self.acked, u64::from_le_bytes);
+                    }
+                    Kind::Error => return Err(Fail::Peer(String::from_utf8_lossy(&msg).into())),
+                    k => return Err(Fail::Peer(format!("unexpected {k:?} during the stream"))),
+                }
+            }
+            if let Some(t) = self.switch_at.filter(|_| self.stop_at.is_none()) {
+                // Stop once the destination has applied everything sent so far (or after a
+                // bounded wait): its backlog would otherwise count as downtime.
+                if self.acked >= self.o.stream_bytes || t.elapsed() > CATCH_UP {
+                    self.o.catch_up_ms = t.elapsed().as_secs_f64() * 1000.0;
+                    self.stop(s, src)?;
+                }
+            }
+            let mut behind = false;
+            if self.stop_at.is_none() {
+                // The guest keeps running: its modeled clock follows the wall clock.
+                let target =
+                    self.clock0 + u64::try_from(self.t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let (mut k, began) = (0, Instant::now());
+                while src.clock_ns < target
+                    && k < MAX_STEPS_PER_LOOP
+                    && began.elapsed() < MAX_STEP_TIME_PER_LOOP
+                {
+                    src.step()?;
+                    k += 1;
+                }
+                behind = src.clock_ns < target;
+            }
+            // Then send for about as long (or until the socket or the bucket says wait).
+            let began = Instant::now();
+            let mut wait = None;
+            while began.elapsed() < MAX_STEP_TIME_PER_LOOP {
+                match self.sender.pump()? {
+                    Pump::Wrote => continue,
+                    Pump::Wait(d) => {
+                        wait = Some(d);
+                        break;
+                    }
+                    Pump::Idle => {}
+                }
+                if s.is_finished() {
+                    return Ok(());
+                }
+                if !self.produce(s, src, &mut out)? {
+                    // Waiting for the stop: nothing to produce.
+                    wait = Some(Duration::from_micros(200));
+                    break;
+                }
+            }
+            self.progress.update(
+                self.round,
+                self.sender.sent,
+                s.pending_pages() + src.vgpu.gpu_dirty_count() as u64,
+                s.stop_copy_estimate(&src.vgpu),
+            );
+            if let Some(d) = wait.filter(|_| !behind) {
+                // Nothing to send now and the guest is on time: wait a little.
+                std::thread::sleep(d.min(Duration::from_micros(500)));
+            }
+        }
+    }
+
+    /// One poll of the session into the sender, and its events. `false` when the session had
+    /// nothing to give (it waits for the stop).
+    fn produce(
+        &mut self,
+        s: &mut SourceSession<'_>,
+        src: &mut Machine<'_>,
+        out: &mut [u8],
+    ) -> Result<bool, Fail> {
+        let now_us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
         let n = s.poll_output(&mut src.vgpu, &src.mem, &mut src.cpu_log, now_us, out)?;
+        let o = &mut self.o;
         if let Some(at) = o.fault_flip_byte {
             // Fault injection (hidden option): one bit of the stream flipped on the way.
             if let Some(i) = at
@@ -640,10 +682,12 @@ fn produce(
             }
         }
         if n > 0 {
-            sender.queue(Kind::Data, &out[..n])?;
+            self.sender.queue(Kind::Data, &out[..n])?;
             o.stream_bytes += n as u64;
         }
+        let mut any = n > 0;
         while let Some(ev) = s.poll_event() {
+            any = true;
             match ev {
                 SourceEvent::RoundEnd {
                     round: r,
@@ -652,25 +696,24 @@ fn produce(
                     bytes,
                     dirty_left,
                 } => {
-                    round = r + 1;
-                    let row = Round {
-                        round: r,
-                        pages,
-                        zero_pages,
-                        bytes,
-                        dirty_left,
-                        end_ms: t0.elapsed().as_secs_f64() * 1000.0,
-                    };
-                    progress.line(&format!(
+                    self.round = r + 1;
+                    self.progress.line(&format!(
                         "{} {r}: {pages} pages ({zero_pages} zero), {}, {dirty_left} dirty after",
-                        if stop_at.is_some() {
+                        if self.stop_at.is_some() {
                             "final round"
                         } else {
                             "round"
                         },
                         mib(bytes)
                     ));
-                    o.rounds.push(row);
+                    o.rounds.push(Round {
+                        round: r,
+                        pages,
+                        zero_pages,
+                        bytes,
+                        dirty_left,
+                        end_ms: self.t0.elapsed().as_secs_f64() * 1000.0,
+                    });
                 }
                 SourceEvent::Switch {
                     reason,
@@ -678,30 +721,38 @@ fn produce(
                 } => {
                     o.switch_reason = format!("{reason:?}");
                     o.predicted_downtime_us = predicted_downtime_us;
-                    o.stopped_at_frame = src.driver.frames_submitted();
-                    let lag =
-                        (t0.elapsed().as_nanos() as u64).saturating_sub(src.clock_ns - clock0);
-                    o.guest_lag_ms = lag as f64 / 1e6;
-                    o.precopy_ms = t0.elapsed().as_secs_f64() * 1000.0;
-                    progress.line(&format!(
-                        "switching to stop-and-copy: {reason:?}; stopping the guest at frame {}",
-                        o.stopped_at_frame
+                    o.precopy_ms = self.t0.elapsed().as_secs_f64() * 1000.0;
+                    self.switch_at = Some(Instant::now());
+                    self.progress.line(&format!(
+                        "policy: switch to stop-and-copy ({reason:?}); waiting for the destination to apply what it was sent"
                     ));
-                    // The stop: quiesce (in-flight work drains), then stop-and-copy.
-                    *stop_at = Some(Instant::now());
-                    let before = src.clock_ns;
-                    if !src.quiesce() {
-                        return Err(Fail::Lib(VgpuError::NotQuiesced));
-                    }
-                    o.drain_modeled_us = (src.clock_ns - before) / 1000;
-                    o.stop_stream_offset = s.bytes_written();
-                    s.stop_and_copy(&mut src.vgpu, &mut src.cpu_log)?;
                 }
                 _ => {}
             }
         }
+        Ok(any)
     }
-    Ok(round)
+
+    /// The stop: quiesce (in-flight work drains), then stop-and-copy.
+    fn stop(&mut self, s: &mut SourceSession<'_>, src: &mut Machine<'_>) -> Result<(), Fail> {
+        let o = &mut self.o;
+        o.stopped_at_frame = src.driver.frames_submitted();
+        let wall = u64::try_from(self.t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        o.guest_lag_ms = wall.saturating_sub(src.clock_ns - self.clock0) as f64 / 1e6;
+        self.progress.line(&format!(
+            "stopping the guest at frame {} (destination caught up after {:.0} ms)",
+            o.stopped_at_frame, o.catch_up_ms
+        ));
+        self.stop_at = Some(Instant::now());
+        let before = src.clock_ns;
+        if !src.quiesce() {
+            return Err(Fail::Lib(VgpuError::NotQuiesced));
+        }
+        o.drain_modeled_us = (src.clock_ns - before) / 1000;
+        o.stop_stream_offset = s.bytes_written();
+        s.stop_and_copy(&mut src.vgpu, &mut src.cpu_log)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! sequence): a 5-byte header (kind, little-endian payload length) before every message.
 
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
 
 /// Magic at the start of a hello.
 const HELLO_MAGIC: [u8; 8] = *b"VGPUDEMO";
@@ -27,6 +28,8 @@ pub(crate) enum Kind {
     Verdict = 6,
     /// Either way: a reason, then the connection closes.
     Error = 7,
+    /// Destination → source: stream bytes fed to the session so far (`u64`), after each `DATA`.
+    Ack = 8,
 }
 
 impl Kind {
@@ -39,6 +42,7 @@ impl Kind {
             5 => Self::Resumed,
             6 => Self::Verdict,
             7 => Self::Error,
+            8 => Self::Ack,
             _ => return None,
         })
     }
@@ -84,6 +88,108 @@ pub(crate) fn recv(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Kind, String>
         _ => format!("reading from the peer: {e}"),
     })?;
     Ok(kind)
+}
+
+/// The receiving side of a connection: messages parsed from whatever has arrived, so the source
+/// can read acknowledgements without blocking while it streams, then wait for replies.
+pub(crate) struct Inbox {
+    sock: TcpStream,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl Inbox {
+    /// Over `sock` (a clone of the connection).
+    pub(crate) fn new(sock: TcpStream) -> Self {
+        Self {
+            sock,
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// The socket, e.g. to set a read timeout.
+    pub(crate) fn sock(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    /// A complete buffered message, if any.
+    fn take(&mut self, out: &mut Vec<u8>) -> Result<Option<Kind>, String> {
+        let Some(h) = self.buf.get(..5) else {
+            return Ok(None);
+        };
+        let kind = Kind::from_u8(h[0]).ok_or_else(|| format!("unknown message kind {}", h[0]))?;
+        let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(format!(
+                "message of {len} bytes announced (limit {MAX_PAYLOAD})"
+            ));
+        }
+        let Some(p) = self.buf.get(5..5 + len) else {
+            return Ok(None);
+        };
+        out.clear();
+        out.extend_from_slice(p);
+        self.buf.drain(..5 + len);
+        Ok(Some(kind))
+    }
+
+    /// Read once into the buffer; `false` when the read would block or timed out.
+    fn fill(&mut self) -> Result<bool, String> {
+        let mut tmp = [0u8; 64 * 1024];
+        match self.sock.read(&mut tmp) {
+            Ok(0) => {
+                self.eof = true;
+                Ok(false)
+            }
+            Ok(n) => {
+                self.buf.extend_from_slice(&tmp[..n]);
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(format!("reading from the peer: {e}")),
+        }
+    }
+
+    /// Without waiting (the socket is non-blocking): the next message, if one has arrived.
+    pub(crate) fn poll(&mut self, out: &mut Vec<u8>) -> Result<Option<Kind>, String> {
+        if let Some(k) = self.take(out)? {
+            return Ok(Some(k));
+        }
+        while !self.eof && self.fill()? {
+            if let Some(k) = self.take(out)? {
+                return Ok(Some(k));
+            }
+        }
+        if self.eof {
+            return Err("peer closed the connection".into());
+        }
+        Ok(None)
+    }
+
+    /// Wait for the next message (the socket is blocking; a read timeout ends the wait with an
+    /// error).
+    pub(crate) fn recv(&mut self, out: &mut Vec<u8>) -> Result<Kind, String> {
+        loop {
+            if let Some(k) = self.take(out)? {
+                return Ok(k);
+            }
+            if self.eof {
+                return Err("peer closed the connection".into());
+            }
+            if !self.fill()? && !self.eof {
+                return Err("timed out waiting for the peer".into());
+            }
+        }
+    }
 }
 
 /// What the destination needs to build the same machine as the source.
