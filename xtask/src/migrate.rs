@@ -27,7 +27,10 @@
 //! 3. source → destination `DATA`, many: the library's migration stream as
 //!    [`SourceSession::poll_output`](vgpu::source::SourceSession::poll_output) produces it, one
 //!    poll per message; the destination feeds each payload to
-//!    [`DestSession::feed`](vgpu::dest::DestSession::feed) as it arrives.
+//!    [`DestSession::feed`](vgpu::dest::DestSession::feed) as it arrives and answers each with
+//!    destination → source `ACK`: the stream bytes fed so far (`u64`). When the policy switches,
+//!    the source keeps the guest running until everything sent is acknowledged (at most 2 s), so
+//!    the destination's backlog does not count as downtime, and only then stops the guest.
 //! 4. source → destination `VCPU`: [`GuestDriver::save`](vgpu::sim::GuestDriver::save) followed by
 //!    the guest clock (`u64` ns), as a VMM sends CPU state after device state.
 //! 5. destination → source `RESUMED` after the validated commit and `vgpu.start()`; or `ERROR`
