@@ -222,7 +222,7 @@ impl Progress {
         let bar = (!json && tty).then(|| {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
             b.set_style(
-                ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                ProgressStyle::with_template("{spinner} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             b.enable_steady_tick(Duration::from_millis(100));
@@ -267,7 +267,7 @@ impl Progress {
         };
         if let Some(b) = &self.bar {
             b.set_message(format!(
-                "round {round} | sent {} | dirty {dirty} pages | {:.2} GB/s | expected downtime {expected}",
+                "round {round} | {} sent | {dirty} pages to send | {:.2} GB/s | downtime if stopped now {expected}",
                 mib(sent),
                 self.rate / 1e9
             ));
