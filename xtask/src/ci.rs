@@ -181,7 +181,26 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         "migrate",
         "--quick",
     ]);
-    r.run("migrate smoke run (verified end to end)", c)?;
+    r.run(
+        "migrate smoke run: two processes over loopback TCP (verified end to end)",
+        c,
+    )?;
+
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--package",
+        "xtask",
+        "--",
+        "migrate",
+        "--quick",
+        "--modeled",
+    ]);
+    r.run(
+        "migrate smoke run: in-process, modeled link (verified end to end)",
+        c,
+    )?;
 
     let mut c = cargo();
     c.args([

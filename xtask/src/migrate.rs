@@ -1,15 +1,56 @@
 //! `cargo xtask migrate`: run a workload on the reference device, live-migrate the vGPU to a
-//! second, differently placed vGPU over a modeled link, let the destination finish the workload,
-//! and verify that its final state equals a never-migrated run of the same seed, byte for byte.
+//! second, differently placed vGPU in another operating-system process over TCP, let the
+//! destination finish the workload, and verify that its final state equals a never-migrated run of
+//! the same seed, byte for byte.
 //!
-//! This first version runs both endpoints in one process and models the link's rate; the two-process
-//! TCP demo is tracked separately (see the README's status table).
+//! # Processes
+//!
+//! - Default: this process is the *source*. It starts the destination as a child
+//!   (`migrate --listen 127.0.0.1:0` plus a hidden flag that makes the child print its bound port
+//!   on stdout), connects over loopback and migrates.
+//! - `--listen ADDR`: run only a destination (on another machine, say), for one migration.
+//! - `--connect ADDR`: run only a source, against a destination listening at `ADDR`.
+//! - `--modeled`: the earlier in-process run over a modeled link ([`modeled`]), whose figures are
+//!   deterministic for a seed.
+//!
+//! Both processes embed the library with the reference device (`vgpu::sim`).
+//!
+//! # Framing
+//!
+//! Every message is a 5-byte header — kind (`u8`), payload length (`u32`, little-endian, at most
+//! 16 MiB) — and the payload ([`wire`]). In order:
+//!
+//! 1. source → destination `HELLO`: magic `VGPUDEMO`, framing version 1, workload code, quick
+//!    flag, graphics memory in MiB, frames, seed: what the destination needs to build the same
+//!    scenario (its own, differently placed vGPU).
+//! 2. destination → source `READY` once its vGPU and session exist, or `ERROR` (bad hello).
+//! 3. source → destination `DATA`, many: the library's migration stream as
+//!    [`SourceSession::poll_output`](vgpu::source::SourceSession::poll_output) produces it, one
+//!    poll per message; the destination feeds each payload to
+//!    [`DestSession::feed`](vgpu::dest::DestSession::feed) as it arrives and answers each with
+//!    destination → source `ACK`: the stream bytes fed so far (`u64`). When the policy switches,
+//!    the source keeps the guest running until everything sent is acknowledged (at most 2 s), so
+//!    the destination's backlog does not count as downtime, and only then stops the guest.
+//! 4. source → destination `VCPU`: [`GuestDriver::save`](vgpu::sim::GuestDriver::save) followed by
+//!    the guest clock (`u64` ns), as a VMM sends CPU state after device state.
+//! 5. destination → source `RESUMED` after the validated commit and `vgpu.start()`; or `ERROR`
+//!    (stream rejected, commit refused), at any point, after which the connection closes.
+//! 6. destination → source `VERDICT` once it has finished the workload and compared its state
+//!    with a never-migrated run: a pass flag (`u8`), frames the destination rendered (`u64`), the
+//!    destination's wall time for finishing plus verifying (`u64` ms) and a text.
+//!
+//! All page traffic goes through one sender ([`source::Sender`]): a non-blocking socket behind a
+//! token bucket that applies `--link`.
 
-use std::time::Instant;
+mod dest;
+mod modeled;
+mod plot;
+mod report;
+mod source;
+mod wire;
 
-use serde::Serialize;
 use vgpu::sim::Profile;
-use vgpu::sim::scenario::{MigrationReport, Plan, Scenario, Snapshot, host_consistent, migrate};
+use vgpu::sim::scenario::Scenario;
 
 /// Options of `cargo xtask migrate`.
 #[derive(clap::Args)]
@@ -20,14 +61,16 @@ pub(crate) struct Args {
     /// Graphics memory of the vGPU in MiB: 64 MiB of aperture, the rest hidden.
     #[arg(long, default_value_t = 448)]
     pub(crate) gm: u64,
-    /// Modeled link rate, e.g. `10gbit`, `25gbit`, `100gbit`, `800mbit`.
-    #[arg(long, default_value = "10gbit")]
-    pub(crate) link: String,
+    /// Link rate, e.g. `10gbit`, `25gbit`, `1gbit`, `800mbit`: a rate limit the sender applies to
+    /// its socket writes (default: unlimited). With `--modeled`, the modeled link (default 10gbit).
+    #[arg(long)]
+    pub(crate) link: Option<String>,
     /// Downtime limit the pre-copy policy aims for, ms.
     #[arg(long, default_value_t = 300)]
     pub(crate) downtime_ms: u32,
     /// Frames the workload renders; by default enough for the migration to happen while it runs
-    /// (30 frames first, then about twice the time the whole graphics memory takes on the link).
+    /// (30 frames first, then about twice the time the whole graphics memory takes on the link,
+    /// counting an unlimited link as 1 GB/s, plus a second).
     #[arg(long)]
     pub(crate) frames: Option<u64>,
     /// How precisely GPU writes are tracked: `exact` (the write set the device reports), `active`
@@ -48,11 +91,52 @@ pub(crate) struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Run only a destination, listening at this address (e.g. `0.0.0.0:4444`), for one migration.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["connect", "modeled"])]
+    pub(crate) listen: Option<String>,
+    /// Run only a source, migrating to a destination listening at this address.
+    #[arg(long, value_name = "ADDR", conflicts_with = "modeled")]
+    pub(crate) connect: Option<String>,
+    /// Both endpoints in this process over a modeled link (deterministic figures).
+    #[arg(long)]
+    pub(crate) modeled: bool,
+    /// Where the timeline plot goes (`.svg`; a `.png` beside it).
+    #[arg(long, default_value = "target/migrate-timeline.svg")]
+    pub(crate) plot: String,
+    /// Fault injection: flip one bit of the migration stream at this byte offset (the destination
+    /// must reject the stream, and the source cancel and keep its guest running).
+    #[arg(long, hide = true, value_name = "OFFSET")]
+    pub(crate) fault_flip_byte: Option<u64>,
+    /// Child mode of `--listen`: print the bound port on stdout, nothing else.
+    #[arg(long, hide = true)]
+    pub(crate) child: bool,
 }
 
 /// Frames rendered before the migration starts.
 const START_FRAME: u64 = 30;
 
+/// Run the demo.
+pub(crate) fn run(args: &Args) -> crate::Result {
+    if args.modeled {
+        modeled::run(args)
+    } else if let Some(addr) = &args.listen {
+        dest::run(addr, args.child)
+    } else {
+        source::run(args)
+    }
+}
+
+/// The workload named on the command line.
+fn profile(name: &str) -> Profile {
+    match name {
+        "idle" => Profile::IDLE,
+        "2d" => Profile::TWO_D,
+        "media" => Profile::MEDIA,
+        _ => Profile::THREE_D,
+    }
+}
+
+/// A link rate in payload bytes per second.
 fn parse_link(s: &str) -> crate::Result<u64> {
     let s = s.trim().to_ascii_lowercase();
     let (num, mult) = if let Some(n) = s.strip_suffix("gbit") {
@@ -74,226 +158,29 @@ fn parse_link(s: &str) -> crate::Result<u64> {
     Ok((v * mult as f64 / 8.0 * 0.94) as u64)
 }
 
-#[derive(Serialize)]
-struct Json<'a> {
-    workload: &'a str,
-    gm_mib: u64,
-    link_bytes_per_s: u64,
-    rounds: Vec<[u64; 5]>,
-    switch_reason: String,
-    wire_bytes: u64,
-    stop_copy_bytes: u64,
-    modeled_downtime_us: u64,
-    modeled_total_us: u64,
-    zero_pages: u64,
-    full_pages: u64,
-    dup_pages: u64,
-    delta_pages: u64,
-    delta_bytes: u64,
-    unchanged_pages_skipped: u64,
-    verified: bool,
-    wall_ms: u128,
-}
-
-/// Run the demo.
-pub(crate) fn run(args: &Args) -> crate::Result {
-    let profile = match args.workload.as_str() {
-        "idle" => Profile::IDLE,
-        "2d" => Profile::TWO_D,
-        "media" => Profile::MEDIA,
-        _ => Profile::THREE_D,
-    };
-    let link = parse_link(&args.link)?;
-    let gm_bytes = if args.quick { 5 << 19 } else { args.gm << 20 };
-    let frames = args.frames.unwrap_or_else(|| {
-        let fps = 1_000_000_000u64.checked_div(profile.frame_ns).unwrap_or(60);
-        let migrate_s = 2.0 * gm_bytes as f64 / link as f64 + 0.5;
-        START_FRAME + (migrate_s * fps as f64).ceil() as u64
-    });
-    let sc = if args.quick {
-        Scenario::small(profile, frames.min(60), args.seed)
+/// The scenario a hello describes (both processes build it the same way).
+fn scenario(h: &wire::Hello) -> crate::Result<Scenario> {
+    let profile = [
+        Profile::IDLE,
+        Profile::TWO_D,
+        Profile::MEDIA,
+        Profile::THREE_D,
+    ]
+    .get(usize::from(h.workload))
+    .copied()
+    .ok_or("unknown workload")?;
+    if h.quick {
+        Scenario::small(profile, h.frames, h.seed)
     } else {
-        if args.gm < 128 {
+        if h.gm_mib < 128 {
             return Err("--gm must be at least 128 (64 MiB of aperture plus hidden memory)".into());
         }
-        Scenario::new(64 << 20, (args.gm - 64) << 20, profile, frames, args.seed)
+        Scenario::new(64 << 20, (h.gm_mib - 64) << 20, profile, h.frames, h.seed)
     }
-    .map_err(|e| format!("building the scenario: {e}"))?;
-    let t0 = Instant::now();
-    let (aperture, hidden) = (
-        sc.config.partition.aperture.size(),
-        sc.config.partition.hidden.size(),
-    );
-    if !args.json {
-        println!(
-            "vGPU: {} KiB aperture + {} KiB hidden, guest memory {} KiB in 2 regions (one above 4 GiB)",
-            aperture >> 10,
-            hidden >> 10,
-            (sc.map.frames() * 4096) >> 10
-        );
-        println!(
-            "workload {} ({} frames, seed {}), link {:.2} GB/s modeled, downtime limit {} ms, \
-             GPU dirty tracking {}, content tracking {}",
-            profile.name,
-            sc.frames,
-            sc.seed,
-            link as f64 / 1e9,
-            args.downtime_ms,
-            args.precision,
-            args.content
-        );
-        println!("running the reference (never migrated) ...");
-    }
-    let expected = sc
-        .run_unmigrated()
-        .map_err(|e| format!("reference run: {e}"))?;
-
-    let mut st_a = sc.storage();
-    let mut st_b = sc.storage();
-    let mut a = sc.machine(&mut st_a, false).map_err(|e| e.to_string())?;
-    let mut b = sc.machine(&mut st_b, true).map_err(|e| e.to_string())?;
-    a.boot().map_err(|e| e.to_string())?;
-    let mut plan = Plan {
-        link_bytes_per_s: link,
-        start_step: 0,
-        ..Plan::default()
-    };
-    plan.source.policy.downtime_limit_ms = args.downtime_ms;
-    plan.source.policy.max_rounds = 30;
-    plan.chunk = 256 * 1024;
-    // A 64 MiB cache of last-sent pages for deltas (QEMU's XBZRLE cache default).
-    plan.content_cache_pages = if args.content == "on" { 16384 } else { 0 };
-    plan.source.precision = match args.precision.as_str() {
-        "mapped" => vgpu::source::GpuDirtyPrecision::AllMapped,
-        "active" => vgpu::source::GpuDirtyPrecision::MappedIfActive,
-        _ => vgpu::source::GpuDirtyPrecision::Exact,
-    };
-    plan.feed = 256 * 1024;
-    // Start once the workload is well under way.
-    while a.driver.frames_submitted() < START_FRAME.min(sc.frames / 4) {
-        a.step().map_err(|e| e.to_string())?;
-    }
-    if !args.json {
-        println!("migrating at frame {} ...", a.driver.frames_submitted());
-    }
-    let report = migrate(&mut a, &mut b, &plan).map_err(|e| format!("migration failed: {e}"))?;
-    host_consistent(&b)
-        .map_err(|i| format!("destination GGTT shadow wrong at guest index {i:#x}"))?;
-    if !b.run_to_end(u64::MAX >> 1).map_err(|e| e.to_string())? {
-        return Err("destination did not finish the workload".into());
-    }
-    let got = Snapshot::of(&b);
-    let verdict = expected.diff(&got);
-    let wall = t0.elapsed();
-    print_report(
-        args,
-        &sc,
-        link,
-        &report,
-        verdict.as_deref(),
-        wall.as_millis(),
-    )?;
-    match verdict {
-        None => Ok(()),
-        Some(d) => Err(format!("verification FAILED: {d}")),
-    }
+    .map_err(|e| format!("building the scenario: {e}"))
 }
 
-fn print_report(
-    args: &Args,
-    sc: &Scenario,
-    link: u64,
-    r: &MigrationReport,
-    verdict: Option<&str>,
-    wall_ms: u128,
-) -> crate::Result {
-    let zero: u64 = r.rounds.iter().map(|x| x.zero_pages).sum();
-    let pages: u64 = r.rounds.iter().map(|x| x.pages).sum();
-    let reason = r.switch.map_or("none".to_string(), |s| format!("{s:?}"));
-    if args.json {
-        let j = Json {
-            workload: sc.profile.name,
-            gm_mib: (sc.config.partition.aperture.size() + sc.config.partition.hidden.size()) >> 20,
-            link_bytes_per_s: link,
-            rounds: r
-                .rounds
-                .iter()
-                .map(|x| {
-                    [
-                        u64::from(x.round),
-                        x.pages,
-                        x.zero_pages,
-                        x.bytes,
-                        x.dirty_left,
-                    ]
-                })
-                .collect(),
-            switch_reason: reason,
-            wire_bytes: r.wire_bytes,
-            stop_copy_bytes: r.stop_copy_bytes,
-            modeled_downtime_us: r.downtime_us,
-            modeled_total_us: r.total_us,
-            zero_pages: zero,
-            full_pages: pages - zero - r.content.dup - r.content.delta,
-            dup_pages: r.content.dup,
-            delta_pages: r.content.delta,
-            delta_bytes: r.content.delta_bytes,
-            unchanged_pages_skipped: r.content.unchanged,
-            verified: verdict.is_none(),
-            wall_ms,
-        };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&j).map_err(|e| e.to_string())?
-        );
-        return Ok(());
-    }
-    println!();
-    println!("round      pages   zero pages        bytes   dirty after");
-    let last = r.rounds.len().saturating_sub(1);
-    for (i, x) in r.rounds.iter().enumerate() {
-        let label = if i == last {
-            "stop".to_string()
-        } else {
-            x.round.to_string()
-        };
-        println!(
-            "{label:>5} {:>10} {:>12} {:>12} {:>13}",
-            x.pages, x.zero_pages, x.bytes, x.dirty_left
-        );
-    }
-    println!();
-    println!("switched to stop-and-copy: {reason}");
-    let c = r.content;
-    let full = pages - zero - c.dup - c.delta;
-    println!(
-        "stream: {} bytes ({:.1} MiB), {} of them after the stop",
-        r.wire_bytes,
-        r.wire_bytes as f64 / (1 << 20) as f64,
-        r.stop_copy_bytes,
-    );
-    println!(
-        "pages: {full} full, {zero} zero (markers), {} duplicates (16 B each), {} deltas ({} B in all), {} dirty but unchanged (not sent)",
-        c.dup, c.delta, c.delta_bytes, c.unchanged
-    );
-    let saved =
-        (zero + c.dup + c.unchanged) * 4096 + (c.delta * 4096).saturating_sub(c.delta_bytes);
-    println!(
-        "saved by zero markers, duplicates, deltas and unchanged-page detection: {:.1} MiB",
-        saved as f64 / (1 << 20) as f64
-    );
-    println!(
-        "modeled downtime: {:.3} ms (drain + stop-and-copy over the link); modeled total: {:.1} ms",
-        r.downtime_us as f64 / 1000.0,
-        r.total_us as f64 / 1000.0
-    );
-    println!("wall time of this run (reference + migration + destination): {wall_ms} ms");
-    match verdict {
-        None => println!(
-            "verification: PASSED: destination state equals the never-migrated run byte for byte \
-             (guest memory, 2 MiB of registers, GGTT, engines, config space)"
-        ),
-        Some(d) => println!("verification: FAILED: {d}"),
-    }
-    Ok(())
+/// Human-readable bytes.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }

@@ -694,3 +694,423 @@ impl GuestDriver {
         Ok(())
     }
 }
+
+/// Why a guest driver state could not be saved or restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverStateError {
+    /// The output buffer is shorter than [`GuestDriver::SAVED_LEN`].
+    BufferTooSmall,
+    /// The input is shorter than [`GuestDriver::SAVED_LEN`].
+    Truncated,
+    /// The input does not start with the state's magic and version.
+    BadMagic,
+    /// The profile's name is not one of the four built-in workloads (saving), or its code is
+    /// unknown (restoring).
+    UnknownProfile,
+    /// A field is out of the range the driver model can run with (named in the payload).
+    OutOfRange(&'static str),
+}
+
+impl core::fmt::Display for DriverStateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::BufferTooSmall => write!(f, "buffer too small for the guest driver state"),
+            Self::Truncated => write!(f, "guest driver state truncated"),
+            Self::BadMagic => write!(f, "not a guest driver state (bad magic or version)"),
+            Self::UnknownProfile => write!(f, "unknown workload profile"),
+            Self::OutOfRange(field) => write!(f, "guest driver state field {field} out of range"),
+        }
+    }
+}
+
+impl core::error::Error for DriverStateError {}
+
+/// Magic and version of a saved guest driver state: `GDRV`, version 1.
+const STATE_MAGIC: [u8; 4] = *b"GDRV";
+const STATE_VERSION: u32 = 1;
+/// Bound on every count and address in a restored state: far beyond any real run, low enough that
+/// no arithmetic of the driver model can overflow.
+const STATE_BOUND: u64 = 1 << 48;
+/// Bound on page counts of a restored profile.
+const PAGES_BOUND: u64 = 1 << 32;
+/// The built-in workloads, by wire code.
+const PROFILES: [Profile; 4] = [
+    Profile::IDLE,
+    Profile::TWO_D,
+    Profile::MEDIA,
+    Profile::THREE_D,
+];
+
+/// Little-endian writer over a fixed buffer (the caller checked the length).
+struct Put<'b> {
+    out: &'b mut [u8],
+    at: usize,
+}
+
+impl Put<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        if let Some(dst) = self.out.get_mut(self.at..self.at + b.len()) {
+            dst.copy_from_slice(b);
+        }
+        self.at += b.len();
+    }
+    fn u8(&mut self, v: u8) {
+        self.bytes(&[v]);
+    }
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+}
+
+/// Little-endian reader over a buffer of at least the saved length.
+struct Get<'b> {
+    inp: &'b [u8],
+    at: usize,
+}
+
+impl Get<'_> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DriverStateError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(
+            self.inp
+                .get(self.at..self.at + N)
+                .ok_or(DriverStateError::Truncated)?,
+        );
+        self.at += N;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DriverStateError> {
+        let [b] = self.array::<1>()?;
+        Ok(b)
+    }
+    fn u32(&mut self) -> Result<u32, DriverStateError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DriverStateError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    /// A u64 below `bound`, else `OutOfRange(field)`.
+    fn bounded(&mut self, bound: u64, field: &'static str) -> Result<u64, DriverStateError> {
+        let v = self.u64()?;
+        if v < bound {
+            Ok(v)
+        } else {
+            Err(DriverStateError::OutOfRange(field))
+        }
+    }
+    fn flag(&mut self, field: &'static str) -> Result<bool, DriverStateError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DriverStateError::OutOfRange(field)),
+        }
+    }
+}
+
+impl GuestDriver {
+    /// Length of a saved driver state, bytes ([`save`](Self::save) always writes exactly this).
+    pub const SAVED_LEN: usize = 4 + 4 // magic, version
+        + 4 + 8 * 6 + 4 * 2 // profile: code, flags, six u64, two u32
+        + 8 * 3 // rng, frames, frame
+        + 1 + 8 * 2 // stage: tag, two operands
+        + 1 + 8 * 4 + 4 + 8 * 4; // csb_seen, cursors, ring tail, bases, actions, clock
+
+    /// Save the driver's whole state (the vCPU-side state a VMM migrates with the VM) into `out`,
+    /// fixed-size little-endian: magic `GDRV`, version 1, the profile (by built-in name, with every
+    /// tunable), the PRNG, frame counters, the submission stage, cursors and the guest clock.
+    /// Returns the bytes written ([`SAVED_LEN`](Self::SAVED_LEN)).
+    ///
+    /// Fails when `out` is too short or the profile's name is not one of the four built-in
+    /// workloads (a custom name could not be restored as the `&'static str` it is).
+    pub fn save(&self, out: &mut [u8]) -> Result<usize, DriverStateError> {
+        if out.len() < Self::SAVED_LEN {
+            return Err(DriverStateError::BufferTooSmall);
+        }
+        let p = &self.profile;
+        let code = PROFILES
+            .iter()
+            .position(|k| k.name == p.name)
+            .and_then(|i| u8::try_from(i).ok())
+            .ok_or(DriverStateError::UnknownProfile)?;
+        let mut w = Put { out, at: 0 };
+        w.bytes(&STATE_MAGIC);
+        w.u32(STATE_VERSION);
+        w.u8(code);
+        w.u8(u8::from(p.mirror));
+        w.u8(u8::from(p.blits));
+        w.u8(0);
+        for v in [
+            p.rt_pages,
+            p.fill_pages,
+            p.hot_pages,
+            p.remap_every,
+            p.repeat_every,
+            p.frame_ns,
+        ] {
+            w.u64(v);
+        }
+        w.u32(p.stores);
+        w.u32(p.cpu_writes);
+        w.u64(self.rng.0);
+        w.u64(self.frames);
+        w.u64(self.frame);
+        let (tag, a, b) = match self.stage {
+            Stage::Build => (0, 0, 0),
+            Stage::Elsp(k) => (1, u64::from(k), 0),
+            Stage::RemapLo { slot, entry } => (2, slot, entry),
+            Stage::RemapHi { slot, entry } => (3, slot, entry),
+            Stage::Flip => (4, 0, 0),
+            Stage::Cpu(n) => (5, u64::from(n), 0),
+            Stage::Finished => (6, 0, 0),
+        };
+        w.u8(tag);
+        w.u64(a);
+        w.u64(b);
+        w.u8(self.csb_seen);
+        for v in [
+            self.rt_cursor,
+            self.tail_pages,
+            self.tail_next,
+            self.spare_next,
+        ] {
+            w.u64(v);
+        }
+        w.u32(self.ring_tail);
+        for v in [self.aperture, self.hidden, self.actions, self.now_ns] {
+            w.u64(v);
+        }
+        Ok(w.at)
+    }
+
+    /// Restore a driver saved by [`save`](Self::save). Every field is checked against what the
+    /// driver model can run with (page counts non-zero and bounded, stage operands in range, ring
+    /// tail inside the ring, counters far from overflow); bytes after
+    /// [`SAVED_LEN`](Self::SAVED_LEN) are ignored. Never panics.
+    pub fn restore(bytes: &[u8]) -> Result<Self, DriverStateError> {
+        if bytes.len() < Self::SAVED_LEN {
+            return Err(DriverStateError::Truncated);
+        }
+        let mut r = Get { inp: bytes, at: 0 };
+        if r.array::<4>()? != STATE_MAGIC || r.u32()? != STATE_VERSION {
+            return Err(DriverStateError::BadMagic);
+        }
+        let base = *PROFILES
+            .get(usize::from(r.u8()?))
+            .ok_or(DriverStateError::UnknownProfile)?;
+        let mirror = r.flag("profile.mirror")?;
+        let blits = r.flag("profile.blits")?;
+        if r.u8()? != 0 {
+            return Err(DriverStateError::OutOfRange("reserved"));
+        }
+        let nonzero = |v: u64, field| {
+            if v == 0 {
+                Err(DriverStateError::OutOfRange(field))
+            } else {
+                Ok(v)
+            }
+        };
+        let rt_pages = nonzero(
+            r.bounded(PAGES_BOUND, "profile.rt_pages")?,
+            "profile.rt_pages",
+        )?;
+        let fill_pages = nonzero(
+            r.bounded(PAGES_BOUND, "profile.fill_pages")?,
+            "profile.fill_pages",
+        )?;
+        let hot_pages = nonzero(
+            r.bounded(PAGES_BOUND, "profile.hot_pages")?,
+            "profile.hot_pages",
+        )?;
+        let remap_every = r.bounded(STATE_BOUND, "profile.remap_every")?;
+        let repeat_every = r.bounded(STATE_BOUND, "profile.repeat_every")?;
+        let frame_ns = r.bounded(STATE_BOUND, "profile.frame_ns")?;
+        let stores = r.u32()?;
+        let cpu_writes = r.u32()?;
+        let profile = Profile {
+            name: base.name,
+            rt_pages,
+            fill_pages,
+            stores,
+            hot_pages,
+            remap_every,
+            cpu_writes,
+            repeat_every,
+            mirror,
+            blits,
+            frame_ns,
+        };
+        let rng = Rng(r.u64()?);
+        let frames = r.bounded(STATE_BOUND, "frames")?;
+        let frame = r.bounded(frames.saturating_add(1), "frame")?;
+        let tag = r.u8()?;
+        let a = r.u64()?;
+        let b = r.u64()?;
+        let stage = match tag {
+            0 => Stage::Build,
+            1 => Stage::Elsp(
+                u8::try_from(a)
+                    .ok()
+                    .filter(|k| *k < 4)
+                    .ok_or(DriverStateError::OutOfRange("stage"))?,
+            ),
+            2 | 3 if a < STATE_BOUND => {
+                if tag == 2 {
+                    Stage::RemapLo { slot: a, entry: b }
+                } else {
+                    Stage::RemapHi { slot: a, entry: b }
+                }
+            }
+            4 => Stage::Flip,
+            5 => Stage::Cpu(u32::try_from(a).map_err(|_| DriverStateError::OutOfRange("stage"))?),
+            6 => Stage::Finished,
+            _ => return Err(DriverStateError::OutOfRange("stage")),
+        };
+        let csb_seen = r.u8()?;
+        if csb_seen >= 6 && csb_seen != 7 {
+            return Err(DriverStateError::OutOfRange("csb_seen"));
+        }
+        let rt_cursor = r.bounded(rt_pages, "rt_cursor")?;
+        let tail_pages = nonzero(r.bounded(PAGES_BOUND, "tail_pages")?, "tail_pages")?;
+        let tail_next = r.bounded(STATE_BOUND, "tail_next")?;
+        let spare_next = r.bounded(STATE_BOUND, "spare_next")?;
+        let ring_tail = r.u32()?;
+        if ring_tail >= layout::RING_PAGES * 4096 || ring_tail % 4 != 0 {
+            return Err(DriverStateError::OutOfRange("ring_tail"));
+        }
+        let aperture = r.bounded(STATE_BOUND, "aperture")?;
+        let hidden = r.bounded(STATE_BOUND, "hidden")?;
+        let actions = r.bounded(STATE_BOUND, "actions")?;
+        let now_ns = r.bounded(STATE_BOUND, "now_ns")?;
+        Ok(Self {
+            profile,
+            rng,
+            frames,
+            frame,
+            stage,
+            csb_seen,
+            rt_cursor,
+            tail_pages,
+            tail_next,
+            spare_next,
+            ring_tail,
+            aperture,
+            hidden,
+            actions,
+            now_ns,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::scenario::Scenario;
+
+    fn round_trip(d: &GuestDriver) {
+        let mut buf = [0u8; GuestDriver::SAVED_LEN + 8];
+        let n = d.save(&mut buf).unwrap();
+        assert_eq!(n, GuestDriver::SAVED_LEN);
+        assert_eq!(GuestDriver::restore(&buf[..n]).unwrap(), *d);
+    }
+
+    #[test]
+    fn save_restore_round_trips_at_every_stage_of_a_run() {
+        // A running driver passes through every stage; each saved state restores equal.
+        let sc = Scenario::small(Profile::THREE_D, 6, 3).unwrap();
+        let mut st = sc.storage();
+        let mut m = sc.machine(&mut st, false).unwrap();
+        round_trip(&m.driver);
+        m.boot().unwrap();
+        // One guest action per step, so no stage is passed through unseen.
+        m.actions_per_step = 1;
+        let mut stages = alloc::vec::Vec::new();
+        for _ in 0..20_000 {
+            round_trip(&m.driver);
+            let tag = core::mem::discriminant(&m.driver.stage);
+            if !stages.contains(&tag) {
+                stages.push(tag);
+            }
+            if m.idle() {
+                break;
+            }
+            m.step().unwrap();
+        }
+        round_trip(&m.driver);
+        assert_eq!(stages.len(), 7, "every stage seen");
+        for p in PROFILES {
+            round_trip(&GuestDriver::new(p.scaled_down(7).unpaced(), 9, 11));
+        }
+    }
+
+    #[test]
+    fn a_restored_driver_continues_the_same_run() {
+        // Run half, save, restore into the clone's place: the end state equals the unmigrated one.
+        let sc = Scenario::small(Profile::TWO_D, 8, 5).unwrap();
+        let expected = sc.run_unmigrated().unwrap();
+        let mut st = sc.storage();
+        let mut m = sc.machine(&mut st, false).unwrap();
+        m.boot().unwrap();
+        for _ in 0..300 {
+            m.step().unwrap();
+        }
+        let mut buf = [0u8; GuestDriver::SAVED_LEN];
+        m.driver.save(&mut buf).unwrap();
+        m.driver = GuestDriver::restore(&buf).unwrap();
+        assert!(m.run_to_end(1 << 30).unwrap());
+        assert_eq!(crate::sim::scenario::Snapshot::of(&m), expected);
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error() {
+        let d = GuestDriver::new(Profile::MEDIA, 4, 1);
+        let mut buf = [0u8; GuestDriver::SAVED_LEN];
+        assert_eq!(
+            d.save(&mut buf[..GuestDriver::SAVED_LEN - 1]),
+            Err(DriverStateError::BufferTooSmall)
+        );
+        let custom = GuestDriver::new(
+            Profile {
+                name: "custom",
+                ..Profile::IDLE
+            },
+            1,
+            1,
+        );
+        assert_eq!(custom.save(&mut buf), Err(DriverStateError::UnknownProfile));
+        d.save(&mut buf).unwrap();
+        for len in 0..GuestDriver::SAVED_LEN {
+            assert_eq!(
+                GuestDriver::restore(&buf[..len]),
+                Err(DriverStateError::Truncated)
+            );
+        }
+        // Flip every bit of every byte: each result is Ok or a typed error, never a panic, and the
+        // magic, the profile code and the stage tag are checked.
+        for i in 0..GuestDriver::SAVED_LEN {
+            for bit in 0..8 {
+                let mut bad = buf;
+                bad[i] ^= 1 << bit;
+                let r = GuestDriver::restore(&bad);
+                if i < 8 {
+                    assert_eq!(r, Err(DriverStateError::BadMagic));
+                }
+            }
+        }
+        let mut bad = buf;
+        bad[8] = 9;
+        assert_eq!(
+            GuestDriver::restore(&bad),
+            Err(DriverStateError::UnknownProfile)
+        );
+        // Zero render-target pages would divide by zero in the model: refused.
+        let mut bad = buf;
+        bad[12..20].fill(0);
+        assert_eq!(
+            GuestDriver::restore(&bad),
+            Err(DriverStateError::OutOfRange("profile.rt_pages"))
+        );
+    }
+}

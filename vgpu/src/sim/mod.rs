@@ -20,7 +20,7 @@ mod machine;
 mod memory;
 pub mod scenario;
 
-pub use driver::{Guest, GuestDriver, Profile, layout};
+pub use driver::{DriverStateError, Guest, GuestDriver, Profile, layout};
 pub use gpu::{GpuStats, RefGpu};
 pub use machine::{Machine, MachineStorage};
 pub use memory::{SimCpuLog, SimHost, SimMemory};

@@ -1,0 +1,211 @@
+//! What a two-process migration did, printed for people or as JSON.
+
+use serde::Serialize;
+use vgpu::sim::scenario::Scenario;
+
+use super::{Args, mib};
+
+/// One round as the source saw it.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Round {
+    /// Round number (the last one is the stop-and-copy's).
+    pub(super) round: u32,
+    /// Pages sent.
+    pub(super) pages: u64,
+    /// Zero pages among them.
+    pub(super) zero_pages: u64,
+    /// Stream bytes.
+    pub(super) bytes: u64,
+    /// Pages dirty when the round ended.
+    pub(super) dirty_left: u64,
+    /// Wall time since the migration started when the round's last byte was produced, ms.
+    pub(super) end_ms: f64,
+}
+
+/// Everything the report shows.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Outcome {
+    pub(super) workload: String,
+    pub(super) gm_mib: u64,
+    /// Sender rate limit, bytes/s (`None`: unlimited).
+    pub(super) link_bytes_per_s: Option<u64>,
+    pub(super) frames: u64,
+    pub(super) seed: u64,
+    pub(super) start_frame: u64,
+    /// Fault injection: the stream offset whose bit was flipped.
+    pub(super) fault_flip_byte: Option<u64>,
+    pub(super) rounds: Vec<Round>,
+    pub(super) switch_reason: String,
+    pub(super) predicted_downtime_us: Option<u64>,
+    /// Frames the guest had submitted when the source stopped.
+    pub(super) stopped_at_frame: u64,
+    /// How far the guest's modeled clock was behind the wall clock at the stop, ms.
+    pub(super) guest_lag_ms: f64,
+    /// Wall time of pre-copy (migration start to the policy's switch), ms.
+    pub(super) precopy_ms: f64,
+    /// Wall time between the policy's switch and the stop, waiting for the destination to apply
+    /// what it had been sent (the guest runs meanwhile), ms.
+    pub(super) catch_up_ms: f64,
+    /// Modeled time the quiesce took to drain in-flight work, µs.
+    pub(super) drain_modeled_us: u64,
+    /// Migration stream bytes.
+    pub(super) stream_bytes: u64,
+    /// Stream offset at the stop.
+    pub(super) stop_stream_offset: u64,
+    /// Bytes on the socket (stream plus the demo's framing, hello excluded).
+    pub(super) socket_bytes: u64,
+    pub(super) full_pages: u64,
+    pub(super) zero_pages: u64,
+    pub(super) dup_pages: u64,
+    pub(super) delta_pages: u64,
+    pub(super) delta_bytes: u64,
+    pub(super) unchanged_pages_skipped: u64,
+    /// Bytes saved by zero markers, duplicates, deltas and unchanged-page detection.
+    pub(super) saved_bytes: u64,
+    /// Measured wall downtime: source stop → the destination's RESUMED received, ms.
+    pub(super) downtime_ms: f64,
+    /// Wall time from the migration's start to RESUMED received, ms.
+    pub(super) total_ms: f64,
+    pub(super) verified: bool,
+    pub(super) verdict: String,
+    /// Frames the destination rendered after resuming.
+    pub(super) dest_frames: u64,
+    /// Destination wall time to finish the workload and verify, ms.
+    pub(super) dest_verify_ms: u64,
+    /// Wall time of the whole command, ms.
+    pub(super) wall_ms: f64,
+}
+
+impl Outcome {
+    pub(super) fn new(sc: &Scenario, link: Option<u64>, _args: &Args) -> Self {
+        Self {
+            workload: sc.profile.name.to_string(),
+            gm_mib: (sc.config.partition.aperture.size() + sc.config.partition.hidden.size()) >> 20,
+            link_bytes_per_s: link,
+            frames: sc.frames,
+            seed: sc.seed,
+            start_frame: 0,
+            fault_flip_byte: None,
+            rounds: Vec::new(),
+            switch_reason: "none".into(),
+            predicted_downtime_us: None,
+            stopped_at_frame: 0,
+            guest_lag_ms: 0.0,
+            precopy_ms: 0.0,
+            catch_up_ms: 0.0,
+            drain_modeled_us: 0,
+            stream_bytes: 0,
+            stop_stream_offset: 0,
+            socket_bytes: 0,
+            full_pages: 0,
+            zero_pages: 0,
+            dup_pages: 0,
+            delta_pages: 0,
+            delta_bytes: 0,
+            unchanged_pages_skipped: 0,
+            saved_bytes: 0,
+            downtime_ms: 0.0,
+            total_ms: 0.0,
+            verified: false,
+            verdict: String::new(),
+            dest_frames: 0,
+            dest_verify_ms: 0,
+            wall_ms: 0.0,
+        }
+    }
+
+    /// Fill the page counts from the rounds and the session's content statistics.
+    pub(super) fn set_content(&mut self, c: vgpu::content::ContentStats) {
+        let pages: u64 = self.rounds.iter().map(|x| x.pages).sum();
+        self.zero_pages = self.rounds.iter().map(|x| x.zero_pages).sum();
+        self.dup_pages = c.dup;
+        self.delta_pages = c.delta;
+        self.delta_bytes = c.delta_bytes;
+        self.unchanged_pages_skipped = c.unchanged;
+        self.full_pages = pages.saturating_sub(self.zero_pages + c.dup + c.delta);
+        self.saved_bytes = (self.zero_pages + c.dup + c.unchanged) * 4096
+            + (c.delta * 4096).saturating_sub(c.delta_bytes);
+    }
+}
+
+/// Print the report (JSON with `--json`).
+pub(super) fn print(o: &Outcome, json: bool, plot: &Result<String, String>) -> crate::Result {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(o).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    println!();
+    println!("round      pages   zero pages        bytes   dirty after   at (ms)");
+    let last = o.rounds.len().saturating_sub(1);
+    for (i, x) in o.rounds.iter().enumerate() {
+        let label = if i == last {
+            "stop".to_string()
+        } else {
+            x.round.to_string()
+        };
+        println!(
+            "{label:>5} {:>10} {:>12} {:>12} {:>13} {:>9.0}",
+            x.pages, x.zero_pages, x.bytes, x.dirty_left, x.end_ms
+        );
+    }
+    println!();
+    println!(
+        "switched to stop-and-copy: {} (predicted downtime {}) after {:.0} ms of pre-copy; stopped \
+         {:.0} ms later, waiting for the destination to apply what it was sent (at most 2 s), at frame {} (the guest's \
+         modeled clock {:.0} ms behind the wall clock then)",
+        o.switch_reason,
+        o.predicted_downtime_us
+            .map_or("-".to_string(), |u| format!("{:.1} ms", u as f64 / 1000.0)),
+        o.precopy_ms,
+        o.catch_up_ms,
+        o.stopped_at_frame,
+        o.guest_lag_ms
+    );
+    println!(
+        "stream: {} bytes ({}), {} of them after the stop; {} bytes on the socket with framing",
+        o.stream_bytes,
+        mib(o.stream_bytes),
+        o.stream_bytes - o.stop_stream_offset.min(o.stream_bytes),
+        o.socket_bytes
+    );
+    println!(
+        "pages: {} full, {} zero (markers), {} duplicates (16 B each), {} deltas ({} B in all), {} dirty but unchanged (not sent)",
+        o.full_pages,
+        o.zero_pages,
+        o.dup_pages,
+        o.delta_pages,
+        o.delta_bytes,
+        o.unchanged_pages_skipped
+    );
+    println!(
+        "saved by zero markers, duplicates, deltas and unchanged-page detection: {}",
+        mib(o.saved_bytes)
+    );
+    println!(
+        "downtime (wall, measured): {:.1} ms from the source's stop to the destination's \"resumed\" \
+         received (an upper bound: it includes the reply's trip; draining in-flight work took {:.1} ms of modeled time)",
+        o.downtime_ms,
+        o.drain_modeled_us as f64 / 1000.0
+    );
+    println!(
+        "total migration time (wall): {:.0} ms; whole run (both processes, verification included): {:.0} ms",
+        o.total_ms, o.wall_ms
+    );
+    match plot {
+        Ok(p) => println!("timeline plot: {p}"),
+        Err(e) => println!("timeline plot: not written ({e})"),
+    }
+    if o.verified {
+        println!(
+            "verification: PASSED: the destination rendered the remaining {} frames and its state equals \
+             the never-migrated run byte for byte ({})",
+            o.dest_frames, o.verdict
+        );
+    } else {
+        println!("verification: FAILED: {}", o.verdict);
+    }
+    Ok(())
+}

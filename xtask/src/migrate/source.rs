@@ -1,0 +1,796 @@
+//! The source process: runs the guest, streams the migration over TCP through one rate-limited
+//! [`Sender`], and prints the report.
+
+use std::io::{self, BufRead, BufReader, IsTerminal};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use vgpu::content::ContentStorage;
+use vgpu::error::VgpuError;
+use vgpu::sim::{GuestDriver, Machine};
+use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
+
+use super::report::{Outcome, Round};
+use super::wire::{self, Hello, Kind};
+use super::{Args, START_FRAME, mib, parse_link, profile, scenario};
+
+/// Output buffer per poll of the source session (one `DATA` message each).
+const CHUNK: usize = 256 * 1024;
+/// At most this many guest steps (100 µs of modeled time each) between two sends, so sending is
+/// never starved when the guest falls behind the wall clock.
+const MAX_STEPS_PER_LOOP: u32 = 16;
+/// And at most this much wall time of guest steps between two sends.
+const MAX_STEP_TIME_PER_LOOP: Duration = Duration::from_millis(2);
+/// The migration fails when the destination accepts no byte for this long.
+const STALL: Duration = Duration::from_secs(30);
+
+/// The one place page traffic leaves the source: a non-blocking socket behind a token bucket that
+/// applies `--link` (unlimited when the rate is 0). Messages are queued whole and written as the
+/// socket and the bucket allow, so the caller keeps the guest running meanwhile.
+pub(super) struct Sender {
+    sock: TcpStream,
+    pending: Vec<u8>,
+    off: usize,
+    rate: u64,
+    tokens: f64,
+    cap: f64,
+    last: Instant,
+    last_progress: Instant,
+    /// Bytes written to the socket, framing included.
+    pub(super) sent: u64,
+}
+
+/// What one [`Sender::pump`] did.
+enum Pump {
+    /// Nothing queued.
+    Idle,
+    /// Some bytes went out.
+    Wrote,
+    /// The socket or the bucket is full: try again after about this long.
+    Wait(Duration),
+}
+
+impl Sender {
+    fn new(sock: TcpStream, rate: u64) -> io::Result<Self> {
+        sock.set_nonblocking(true)?;
+        // Bursts of 5 ms of the rate, at least 64 KiB.
+        let cap = (rate as f64 / 200.0).max(65536.0);
+        Ok(Self {
+            sock,
+            pending: Vec::with_capacity(CHUNK + 16),
+            off: 0,
+            rate,
+            tokens: cap,
+            cap,
+            last: Instant::now(),
+            last_progress: Instant::now(),
+            sent: 0,
+        })
+    }
+
+    /// Whether everything queued has been written.
+    fn idle(&self) -> bool {
+        self.off >= self.pending.len()
+    }
+
+    /// Queue one message.
+    fn queue(&mut self, kind: Kind, payload: &[u8]) -> io::Result<()> {
+        if self.idle() {
+            self.pending.clear();
+            self.off = 0;
+        }
+        self.pending
+            .extend_from_slice(&wire::header(kind, payload.len())?);
+        self.pending.extend_from_slice(payload);
+        Ok(())
+    }
+
+    /// Write what the socket and the bucket allow.
+    fn pump(&mut self) -> io::Result<Pump> {
+        if self.idle() {
+            return Ok(Pump::Idle);
+        }
+        let mut want = self.pending.len() - self.off;
+        if self.rate > 0 {
+            let now = Instant::now();
+            self.tokens = (self.tokens
+                + now.duration_since(self.last).as_secs_f64() * self.rate as f64)
+                .min(self.cap);
+            self.last = now;
+            let need = want.min(16 * 1024) as f64;
+            if self.tokens < need {
+                let s = (need - self.tokens) / self.rate as f64;
+                return Ok(Pump::Wait(Duration::from_secs_f64(s)));
+            }
+            want = want.min(self.tokens as usize);
+        }
+        match io::Write::write(&mut self.sock, &self.pending[self.off..self.off + want]) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                self.off += n;
+                self.sent += n as u64;
+                self.tokens -= n as f64;
+                self.last_progress = Instant::now();
+                Ok(Pump::Wrote)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if self.last_progress.elapsed() > STALL {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the destination accepted nothing for 30 s",
+                    ));
+                }
+                Ok(Pump::Wait(Duration::from_micros(200)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Pump::Wrote),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write everything queued, waiting as needed.
+    fn flush(&mut self) -> io::Result<()> {
+        loop {
+            match self.pump()? {
+                Pump::Idle => return Ok(()),
+                Pump::Wrote => {}
+                Pump::Wait(d) => std::thread::sleep(d.min(Duration::from_millis(2))),
+            }
+        }
+    }
+
+    /// The socket back, blocking.
+    fn into_inner(self) -> io::Result<TcpStream> {
+        self.sock.set_nonblocking(false)?;
+        Ok(self.sock)
+    }
+}
+
+/// The destination child process, killed if the source gives up before it exits.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Start `migrate --listen 127.0.0.1:0` as a child and read the port it bound.
+fn spawn_destination() -> crate::Result<(ChildGuard, String)> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+    let mut child = Command::new(exe)
+        .args(["migrate", "--listen", "127.0.0.1:0", "--child"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("starting the destination process: {e}"))?;
+    let out = child.stdout.take();
+    let mut guard = ChildGuard(Some(child));
+    let mut line = String::new();
+    if let Some(out) = out {
+        BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the destination's port: {e}"))?;
+    }
+    let port: u16 = line.trim().parse().map_err(|_| {
+        let status = guard.0.as_mut().and_then(|c| c.wait().ok());
+        format!("the destination process did not report a port (exit: {status:?})")
+    })?;
+    Ok((guard, format!("127.0.0.1:{port}")))
+}
+
+/// Why streaming stopped early.
+enum Fail {
+    /// The connection failed.
+    Io(io::Error),
+    /// The library refused (a local error).
+    Lib(VgpuError),
+    /// The destination sent an error or something unexpected.
+    Peer(String),
+}
+
+impl From<io::Error> for Fail {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<VgpuError> for Fail {
+    fn from(e: VgpuError) -> Self {
+        Self::Lib(e)
+    }
+}
+
+/// The live display: an `indicatif` spinner line on a terminal, plain lines otherwise, nothing
+/// with `--json`.
+struct Progress {
+    bar: Option<ProgressBar>,
+    plain: bool,
+    last: Instant,
+    last_sent: u64,
+    rate: f64,
+}
+
+impl Progress {
+    fn new(json: bool) -> Self {
+        let tty = std::io::stdout().is_terminal();
+        let bar = (!json && tty).then(|| {
+            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(Duration::from_millis(100));
+            b
+        });
+        Self {
+            bar,
+            plain: !json && !tty,
+            last: Instant::now(),
+            last_sent: 0,
+            rate: 0.0,
+        }
+    }
+
+    /// A line above the display (or a plain line).
+    fn line(&self, s: &str) {
+        if let Some(b) = &self.bar {
+            b.println(s);
+        } else if self.plain {
+            println!("{s}");
+        }
+    }
+
+    /// Refresh the display (at most ten times a second).
+    fn update(&mut self, round: u32, sent: u64, dirty: u64, estimate: u64) {
+        let dt = self.last.elapsed().as_secs_f64();
+        if dt < 0.1 || self.bar.is_none() {
+            return;
+        }
+        let r = (sent - self.last_sent) as f64 / dt;
+        self.rate = if self.rate == 0.0 {
+            r
+        } else {
+            0.5 * self.rate + 0.5 * r
+        };
+        self.last = Instant::now();
+        self.last_sent = sent;
+        let expected = if self.rate > 0.0 {
+            format!("{:.0} ms", estimate as f64 / self.rate * 1000.0)
+        } else {
+            "-".into()
+        };
+        if let Some(b) = &self.bar {
+            b.set_message(format!(
+                "round {round} | {} sent | {dirty} pages to send | {:.2} GB/s | downtime if stopped now {expected}",
+                mib(sent),
+                self.rate / 1e9
+            ));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Run the source (and, unless `--connect`, the destination as a child).
+pub(super) fn run(args: &Args) -> crate::Result {
+    let rate = args.link.as_deref().map(parse_link).transpose()?;
+    let prof = profile(&args.workload);
+    let workload = [vgpu::sim::Profile::IDLE, vgpu::sim::Profile::TWO_D]
+        .iter()
+        .chain(&[vgpu::sim::Profile::MEDIA, vgpu::sim::Profile::THREE_D])
+        .position(|p| p.name == prof.name)
+        .unwrap_or(3) as u8;
+    let gm_bytes = if args.quick { 5 << 19 } else { args.gm << 20 };
+    let frames = args.frames.unwrap_or_else(|| {
+        let fps = 1_000_000_000u64.checked_div(prof.frame_ns).unwrap_or(60);
+        let migrate_s = 2.0 * gm_bytes as f64 / rate.unwrap_or(1_000_000_000) as f64 + 1.0;
+        START_FRAME + (migrate_s * fps as f64).ceil() as u64
+    });
+    let hello = Hello {
+        workload,
+        quick: args.quick,
+        gm_mib: args.gm,
+        frames: if args.quick { frames.min(60) } else { frames },
+        seed: args.seed,
+    };
+    let sc = scenario(&hello)?;
+    let t_all = Instant::now();
+    let (mut child, addr) = match &args.connect {
+        Some(a) => (ChildGuard(None), a.clone()),
+        None => spawn_destination()?,
+    };
+    let sock = TcpStream::connect(&addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let _ = sock.set_nodelay(true);
+    let mut inbox = wire::Inbox::new(sock.try_clone().map_err(|e| e.to_string())?);
+    let mut sock_w = sock.try_clone().map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    wire::send(&mut sock_w, Kind::Hello, &hello.encode())
+        .map_err(|e| format!("sending the hello: {e}"))?;
+    match inbox.recv(&mut buf)? {
+        Kind::Ready => {}
+        Kind::Error => {
+            return Err(format!(
+                "the destination refused: {}",
+                String::from_utf8_lossy(&buf)
+            ));
+        }
+        k => return Err(format!("unexpected {k:?} from the destination")),
+    }
+    let (aperture, hidden) = (
+        sc.config.partition.aperture.size(),
+        sc.config.partition.hidden.size(),
+    );
+    if !args.json {
+        println!(
+            "vGPU: {} KiB aperture + {} KiB hidden, guest memory {} KiB; destination at {addr} ({})",
+            aperture >> 10,
+            hidden >> 10,
+            (sc.map.frames() * 4096) >> 10,
+            if args.connect.is_some() {
+                "remote"
+            } else {
+                "child process"
+            }
+        );
+        println!(
+            "workload {} ({} frames, seed {}), link {}, downtime limit {} ms, GPU dirty tracking {}, content tracking {}",
+            sc.profile.name,
+            sc.frames,
+            sc.seed,
+            rate.map_or("unlimited (loopback TCP)".to_string(), |r| format!(
+                "{:.3} GB/s (rate limit on the sender)",
+                r as f64 / 1e9
+            )),
+            args.downtime_ms,
+            args.precision,
+            args.content
+        );
+    }
+
+    let mut st = sc.storage();
+    let mut src = sc.machine(&mut st, false).map_err(|e| e.to_string())?;
+    src.boot().map_err(|e| e.to_string())?;
+    // Warm-up, not paced: the workload is well under way before the migration starts.
+    while src.driver.frames_submitted() < START_FRAME.min(sc.frames / 4) {
+        src.step().map_err(|e| e.to_string())?;
+    }
+    let start_frame = src.driver.frames_submitted();
+    if !args.json {
+        println!("migrating at frame {start_frame} ...");
+    }
+
+    let mut cfg = SourceConfig::default();
+    cfg.policy.downtime_limit_ms = args.downtime_ms;
+    cfg.policy.max_rounds = 30;
+    cfg.precision = match args.precision.as_str() {
+        "mapped" => GpuDirtyPrecision::AllMapped,
+        "active" => GpuDirtyPrecision::MappedIfActive,
+        _ => GpuDirtyPrecision::Exact,
+    };
+    let frames_n = usize::try_from(src.vgpu.memory_map().frames()).map_err(|e| e.to_string())?;
+    let mut send_bits = vec![0u64; gmem::words_for(frames_n)];
+    let mut scratch = vec![0u8; 256 * 1024];
+    let mut s = SourceSession::open(
+        &mut src.vgpu,
+        &mut src.cpu_log,
+        cfg,
+        &mut send_bits,
+        &mut scratch,
+    )
+    .map_err(|e| format!("opening the source session: {e}"))?;
+    // A 64 MiB cache of last-sent pages for deltas (QEMU's XBZRLE cache default).
+    let cache_pages = if args.content == "on" { 16384 } else { 0 };
+    let mut hashes = vec![0u64; frames_n];
+    let mut dup_slots = vec![0u64; frames_n];
+    let mut delta_pages = vec![0u8; cache_pages * 4096];
+    let mut delta_tags = vec![0u64; cache_pages];
+    if cache_pages > 0 {
+        let storage = ContentStorage {
+            hashes: &mut hashes,
+            dup_slots: &mut dup_slots,
+            delta_pages: &mut delta_pages,
+            delta_tags: &mut delta_tags,
+        };
+        s = s
+            .with_content(&src.vgpu, storage)
+            .map_err(|e| format!("content tracking: {e}"))?;
+    }
+
+    let progress = Progress::new(args.json);
+    let sender = Sender::new(sock_w, rate.unwrap_or(0)).map_err(|e| e.to_string())?;
+    let mut o = Outcome::new(&sc, rate, args);
+    o.start_frame = start_frame;
+    o.fault_flip_byte = args.fault_flip_byte;
+    let mut live = Live {
+        sender,
+        inbox,
+        o,
+        progress,
+        t0: Instant::now(),
+        clock0: src.clock_ns,
+        stop_at: None,
+        switch_at: None,
+        acked: 0,
+        round: 0,
+    };
+    let streamed = live.stream_out(&mut s, &mut src).and_then(|()| {
+        // The vCPU state after the device state, as a VMM sends it.
+        let mut v = [0u8; GuestDriver::SAVED_LEN + 8];
+        let n = src
+            .driver
+            .save(&mut v)
+            .map_err(|e| Fail::Io(io::Error::other(e.to_string())))?;
+        v[n..n + 8].copy_from_slice(&src.clock_ns.to_le_bytes());
+        live.sender.queue(Kind::Vcpu, &v[..n + 8])?;
+        live.sender.flush()?;
+        Ok(())
+    });
+    let Live {
+        sender,
+        mut inbox,
+        mut o,
+        progress,
+        t0,
+        stop_at,
+        ..
+    } = live;
+    progress.finish();
+    o.socket_bytes = sender.sent;
+    o.set_content(s.content_stats());
+    if let Err(f) = streamed {
+        let why = match f {
+            Fail::Io(e) => {
+                let peer = peer_error(&mut inbox);
+                format!("connection to the destination lost ({e}){peer}")
+            }
+            Fail::Peer(e) => format!("the destination stopped the migration: {e}"),
+            Fail::Lib(e) => format!("the source session failed: {e}"),
+        };
+        let before = src.driver.frames_submitted();
+        s.cancel(&mut src.vgpu);
+        // Show that the guest goes on: one more second of modeled time.
+        let mut ran = true;
+        for _ in 0..10_000 {
+            if src.step().is_err() {
+                ran = false;
+                break;
+            }
+        }
+        return Err(format!(
+            "{why}; migration cancelled: the guest keeps running on the source ({}: frame {before} → {})",
+            if ran {
+                "resumed"
+            } else {
+                "resumed, then failed"
+            },
+            src.driver.frames_submitted()
+        ));
+    }
+    let sock = sender.into_inner().map_err(|e| e.to_string())?;
+    drop(sock);
+    // Acknowledgements of the last DATA messages may come first.
+    let mut next = |buf: &mut Vec<u8>| loop {
+        match inbox.recv(buf) {
+            Ok(Kind::Ack) => {}
+            other => return other,
+        }
+    };
+    match next(&mut buf) {
+        Ok(Kind::Resumed) => {
+            if let Some(t) = stop_at {
+                o.downtime_ms = t.elapsed().as_secs_f64() * 1000.0;
+            }
+            o.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            s.complete(&mut src.vgpu).map_err(|e| e.to_string())?;
+        }
+        other => {
+            let why = match other {
+                Ok(Kind::Error) => format!(
+                    "the destination rejected the migration: {}",
+                    String::from_utf8_lossy(&buf)
+                ),
+                Ok(k) => format!("unexpected {k:?} from the destination"),
+                Err(e) => e,
+            };
+            s.cancel(&mut src.vgpu);
+            return Err(format!(
+                "{why}; migration cancelled: the guest keeps running on the source"
+            ));
+        }
+    }
+    if !args.json {
+        println!(
+            "destination resumed; it finishes the workload and compares with a never-migrated run ..."
+        );
+    }
+    let verdict = match next(&mut buf)? {
+        Kind::Verdict if buf.len() >= 17 => buf.clone(),
+        Kind::Error => {
+            return Err(format!(
+                "the destination failed after resuming: {}",
+                String::from_utf8_lossy(&buf)
+            ));
+        }
+        k => return Err(format!("unexpected {k:?} from the destination")),
+    };
+    o.verified = verdict[0] == 1;
+    o.dest_frames = u64::from_le_bytes(verdict[1..9].try_into().unwrap_or([0; 8]));
+    o.dest_verify_ms = u64::from_le_bytes(verdict[9..17].try_into().unwrap_or([0; 8]));
+    o.verdict = String::from_utf8_lossy(&verdict[17..]).into_owned();
+    if let Some(mut c) = child.0.take() {
+        let status = c.wait().map_err(|e| e.to_string())?;
+        if !status.success() && o.verified {
+            return Err(format!("the destination process exited with {status}"));
+        }
+    }
+    o.wall_ms = t_all.elapsed().as_secs_f64() * 1000.0;
+    let plot = super::plot::write(&args.plot, &o);
+    super::report::print(&o, args.json, &plot)?;
+    if o.verified {
+        Ok(())
+    } else {
+        Err(format!("verification FAILED: {}", o.verdict))
+    }
+}
+
+/// After a failed write: the destination's `ERROR` message, if it sent one.
+fn peer_error(inbox: &mut wire::Inbox) -> String {
+    let _ = inbox.sock().set_nonblocking(false);
+    let _ = inbox.sock().set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = Vec::new();
+    // Acknowledgements may come first.
+    for _ in 0..100_000 {
+        match inbox.recv(&mut buf) {
+            Ok(Kind::Error) => {
+                return format!(": the destination said: {}", String::from_utf8_lossy(&buf));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    String::new()
+}
+
+/// The state of a migration in progress on the source.
+struct Live {
+    sender: Sender,
+    inbox: wire::Inbox,
+    o: Outcome,
+    progress: Progress,
+    /// When the migration started.
+    t0: Instant,
+    /// The guest's modeled clock then.
+    clock0: u64,
+    /// When the source stopped (quiesce began).
+    stop_at: Option<Instant>,
+    /// When the policy asked for the stop (the stop waits for the destination to catch up).
+    switch_at: Option<Instant>,
+    /// Stream bytes the destination has fed to its session.
+    acked: u64,
+    /// Round in progress.
+    round: u32,
+}
+
+/// Longest the stop waits for the destination to apply what it was sent.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+impl Live {
+    /// Pump the session into the sender while the guest follows the wall clock, until the
+    /// stream's END record is on the socket.
+    fn stream_out(&mut self, s: &mut SourceSession<'_>, src: &mut Machine<'_>) -> Result<(), Fail> {
+        let mut out = vec![0u8; CHUNK];
+        let mut msg = Vec::new();
+        loop {
+            while let Some(k) = self.inbox.poll(&mut msg).map_err(Fail::Peer)? {
+                match k {
+                    Kind::Ack => {
+                        self.acked = msg
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(self.acked, u64::from_le_bytes);
+                    }
+                    Kind::Error => return Err(Fail::Peer(String::from_utf8_lossy(&msg).into())),
+                    k => return Err(Fail::Peer(format!("unexpected {k:?} during the stream"))),
+                }
+            }
+            if let Some(t) = self.switch_at.filter(|_| self.stop_at.is_none()) {
+                // Stop once the destination has applied everything sent so far (or after a
+                // bounded wait): its backlog would otherwise count as downtime.
+                if self.acked >= self.o.stream_bytes || t.elapsed() > CATCH_UP {
+                    self.o.catch_up_ms = t.elapsed().as_secs_f64() * 1000.0;
+                    self.stop(s, src)?;
+                }
+            }
+            let mut behind = false;
+            if self.stop_at.is_none() {
+                // The guest keeps running: its modeled clock follows the wall clock.
+                let target =
+                    self.clock0 + u64::try_from(self.t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let (mut k, began) = (0, Instant::now());
+                while src.clock_ns < target
+                    && k < MAX_STEPS_PER_LOOP
+                    && began.elapsed() < MAX_STEP_TIME_PER_LOOP
+                {
+                    src.step()?;
+                    k += 1;
+                }
+                behind = src.clock_ns < target;
+            }
+            // Then send for about as long (or until the socket or the bucket says wait).
+            let began = Instant::now();
+            let mut wait = None;
+            while began.elapsed() < MAX_STEP_TIME_PER_LOOP {
+                match self.sender.pump()? {
+                    Pump::Wrote => continue,
+                    Pump::Wait(d) => {
+                        wait = Some(d);
+                        break;
+                    }
+                    Pump::Idle => {}
+                }
+                if s.is_finished() {
+                    return Ok(());
+                }
+                if !self.produce(s, src, &mut out)? {
+                    // Waiting for the stop: nothing to produce.
+                    wait = Some(Duration::from_micros(200));
+                    break;
+                }
+            }
+            self.progress.update(
+                self.round,
+                self.sender.sent,
+                s.pending_pages() + src.vgpu.gpu_dirty_count() as u64,
+                s.stop_copy_estimate(&src.vgpu),
+            );
+            if let Some(d) = wait.filter(|_| !behind) {
+                // Nothing to send now and the guest is on time: wait a little.
+                std::thread::sleep(d.min(Duration::from_micros(500)));
+            }
+        }
+    }
+
+    /// One poll of the session into the sender, and its events. `false` when the session had
+    /// nothing to give (it waits for the stop).
+    fn produce(
+        &mut self,
+        s: &mut SourceSession<'_>,
+        src: &mut Machine<'_>,
+        out: &mut [u8],
+    ) -> Result<bool, Fail> {
+        let now_us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let n = s.poll_output(&mut src.vgpu, &src.mem, &mut src.cpu_log, now_us, out)?;
+        let o = &mut self.o;
+        if let Some(at) = o.fault_flip_byte {
+            // Fault injection (hidden option): one bit of the stream flipped on the way.
+            if let Some(i) = at
+                .checked_sub(o.stream_bytes)
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|i| *i < n)
+            {
+                out[i] ^= 0x10;
+            }
+        }
+        if n > 0 {
+            self.sender.queue(Kind::Data, &out[..n])?;
+            o.stream_bytes += n as u64;
+        }
+        let mut any = n > 0;
+        while let Some(ev) = s.poll_event() {
+            any = true;
+            match ev {
+                SourceEvent::RoundEnd {
+                    round: r,
+                    pages,
+                    zero_pages,
+                    bytes,
+                    dirty_left,
+                } => {
+                    self.round = r + 1;
+                    self.progress.line(&format!(
+                        "{} {r}: {pages} pages ({zero_pages} zero), {}, {dirty_left} dirty after",
+                        if self.stop_at.is_some() {
+                            "final round"
+                        } else {
+                            "round"
+                        },
+                        mib(bytes)
+                    ));
+                    o.rounds.push(Round {
+                        round: r,
+                        pages,
+                        zero_pages,
+                        bytes,
+                        dirty_left,
+                        end_ms: self.t0.elapsed().as_secs_f64() * 1000.0,
+                    });
+                }
+                SourceEvent::Switch {
+                    reason,
+                    predicted_downtime_us,
+                } => {
+                    o.switch_reason = format!("{reason:?}");
+                    o.predicted_downtime_us = predicted_downtime_us;
+                    o.precopy_ms = self.t0.elapsed().as_secs_f64() * 1000.0;
+                    self.switch_at = Some(Instant::now());
+                    self.progress.line(&format!(
+                        "policy: switch to stop-and-copy ({reason:?}); waiting for the destination to apply what it was sent"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(any)
+    }
+
+    /// The stop: quiesce (in-flight work drains), then stop-and-copy.
+    fn stop(&mut self, s: &mut SourceSession<'_>, src: &mut Machine<'_>) -> Result<(), Fail> {
+        let o = &mut self.o;
+        o.stopped_at_frame = src.driver.frames_submitted();
+        let wall = u64::try_from(self.t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        o.guest_lag_ms = wall.saturating_sub(src.clock_ns - self.clock0) as f64 / 1e6;
+        self.progress.line(&format!(
+            "stopping the guest at frame {} (destination caught up after {:.0} ms)",
+            o.stopped_at_frame, o.catch_up_ms
+        ));
+        self.stop_at = Some(Instant::now());
+        let before = src.clock_ns;
+        if !src.quiesce() {
+            return Err(Fail::Lib(VgpuError::NotQuiesced));
+        }
+        o.drain_modeled_us = (src.clock_ns - before) / 1000;
+        o.stop_stream_offset = s.bytes_written();
+        s.stop_and_copy(&mut src.vgpu, &mut src.cpu_log)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    #[test]
+    fn the_sender_delivers_every_message_in_order_under_a_rate_limit() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut all = Vec::new();
+            c.read_to_end(&mut all).unwrap();
+            all
+        });
+        let msgs: Vec<Vec<u8>> = (0..5u8)
+            .map(|k| (0..100_000u32).map(|i| (i as u8) ^ k).collect())
+            .collect();
+        let mut s = Sender::new(TcpStream::connect(addr).unwrap(), 20_000_000).unwrap();
+        for m in &msgs {
+            s.queue(Kind::Data, m).unwrap();
+            // Interleave pumping with queueing, as the migration loop does.
+            let _ = s.pump().unwrap();
+        }
+        s.flush().unwrap();
+        assert_eq!(s.sent, 5 * (100_000 + 5));
+        drop(s);
+        let all = reader.join().unwrap();
+        let mut r = &all[..];
+        let mut buf = Vec::new();
+        for m in &msgs {
+            assert_eq!(wire::recv(&mut r, &mut buf), Ok(Kind::Data));
+            assert_eq!(&buf, m);
+        }
+        assert!(r.is_empty());
+    }
+}
