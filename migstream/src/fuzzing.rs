@@ -262,6 +262,11 @@ impl Checker<'_> {
                 assert!(self.cur.is_none(), "END before the last record");
                 assert_eq!(end.record_count, self.index);
             }
+            Event::Authenticated { index } => {
+                assert!(self.cur.is_none(), "MAC before the last record");
+                assert_eq!(index, self.index);
+                self.index += 1;
+            }
         }
     }
 }
@@ -293,6 +298,22 @@ fn drain(dec: &mut Decoder, checker: &mut Checker<'_>, bytes: &[u8]) {
 /// buffers of that size, decode each slice as it is produced, and assert the decoded events
 /// equal the records (payload bytes, page frames and contents, zero runs, indices, END totals).
 pub fn roundtrip(data: &[u8]) {
+    roundtrip_with(data, None);
+}
+
+/// [`roundtrip`] of an authenticated stream (feature `auth`): the encoder and decoder share a
+/// fixed key, and the decoder must report the verified MAC record right before END.
+#[cfg(feature = "auth")]
+pub fn roundtrip_authenticated(data: &[u8]) {
+    roundtrip_with(data, Some(&crate::auth::AuthKey::new([0x5A; 32])));
+}
+
+#[cfg(not(feature = "auth"))]
+type Key = ();
+#[cfg(feature = "auth")]
+type Key = crate::auth::AuthKey;
+
+fn roundtrip_with(data: &[u8], key: Option<&Key>) {
     let Some((&step, rest)) = data.split_first() else {
         return;
     };
@@ -326,8 +347,11 @@ pub fn roundtrip(data: &[u8]) {
         events: 0,
     };
     checker.cur = checker.script.next();
-    let mut enc = Encoder::new();
-    let mut dec = Decoder::new(Limits::DEFAULT);
+    let (mut enc, mut dec) = match key {
+        #[cfg(feature = "auth")]
+        Some(k) => (Encoder::with_key(k), Decoder::with_key(Limits::DEFAULT, k)),
+        _ => (Encoder::new(), Decoder::new(Limits::DEFAULT)),
+    };
     let mut buf = [0u8; 256];
     let out = buf.get_mut(..step).unwrap_or_default();
 
@@ -378,6 +402,7 @@ pub fn roundtrip(data: &[u8]) {
     pump(&mut enc, &mut checker, &mut |e, o| e.write_end(o));
     assert!(enc.is_finished());
     assert!(checker.cur.is_none());
+    assert_eq!(enc.is_authenticated(), key.is_some());
     assert_eq!(dec.finish(), Ok(()));
     assert_eq!(dec.position(), enc.bytes_written());
 }
