@@ -12,6 +12,57 @@
 //! [`Decoder::with_key`](crate::Decoder::with_key); [`StreamMac`] is public so that other code
 //! (a second implementation, a test, a benchmark) can compute the same tag.
 //!
+//! # Example
+//!
+//! ```
+//! use migstream::*;
+//!
+//! let key = AuthKey::new([7; 32]); // the embedder's secret, shared with the destination
+//! let header = StreamHeaderRepr {
+//!     minor: FORMAT_MINOR,
+//!     flags: 0,
+//!     identity: DeviceIdentity {
+//!         pci_vendor: 0x8086, pci_device: 0x1912, generation: 9, fence_count: 4,
+//!         aperture_base: 0, aperture_size: 1 << 27, hidden_base: 1 << 32,
+//!         hidden_size: 1 << 28, page_shift: PAGE_SHIFT,
+//!     },
+//!     stream_id: 0x5EED, // fresh for every migration, and checked by the destination
+//! };
+//! let mut buf = [0u8; 512];
+//! let mut enc = Encoder::with_key(&key);
+//! let mut at = enc.write_header(&header, &mut buf)?.written();
+//! at += enc.write_record(RecordKind::REGISTERS, RecordFlags::MANDATORY, 1, &b"regs"[..], &mut buf[at..])?.written();
+//! at += enc.write_end(&mut buf[at..])?.written(); // the MAC record, then END
+//!
+//! let mut dec = Decoder::with_key(Limits::DEFAULT, &key);
+//! let mut rest = &buf[..at];
+//! let mut authenticated = false;
+//! loop {
+//!     let (used, event) = dec.feed(rest)?;
+//!     rest = &rest[used..];
+//!     match event {
+//!         Some(Event::Header(h)) => assert_eq!(h.flags & AUTHENTICATED, AUTHENTICATED),
+//!         Some(Event::Authenticated { .. }) => authenticated = true,
+//!         Some(_) => {}
+//!         None => break,
+//!     }
+//! }
+//! dec.finish()?;
+//! assert!(authenticated);
+//!
+//! // Another key, or any changed byte, is refused.
+//! let mut other = Decoder::with_key(Limits::DEFAULT, &AuthKey::new([8; 32]));
+//! let mut rest = &buf[..at];
+//! let err = loop {
+//!     match other.feed(rest) {
+//!         Ok((used, _)) => rest = &rest[used..],
+//!         Err(e) => break e,
+//!     }
+//! };
+//! assert_eq!(err.kind(), ErrorKind::Auth(AuthError::BadTag));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Key hygiene: [`AuthKey`] never prints its bytes (`Debug` shows `AuthKey(..)`), but it is a
 //! plain array: it is not zeroized when dropped and copies of it (and of the derived per-stream
 //! key inside the hasher) may stay in memory. An embedder that needs zeroization keeps the key

@@ -222,7 +222,7 @@ enum Phase {
 /// can live in a `static`. With the `auth` feature it also holds the stream MAC state (≈ 2 KiB,
 /// the BLAKE3 hasher).
 ///
-/// A decoder made by [`with_key`](Self::with_key) (feature `auth`) accepts only authenticated
+/// A decoder made by `with_key` (feature `auth`) accepts only authenticated
 /// streams whose MAC verifies under its key; one made by [`new`](Self::new) refuses
 /// authenticated streams ([`AuthError::KeyRequired`](crate::AuthError::KeyRequired)) when
 /// built with the feature, and as an unsupported capability without it.

@@ -122,7 +122,7 @@ const CRC_CHUNK: usize = 512;
 /// [`write_end`](Self::write_end) until `Done`. Every call writes as much as fits into `out`
 /// (even 1 byte) and never panics.
 ///
-/// An encoder made by [`with_key`](Self::with_key) (feature `auth`) writes an authenticated
+/// An encoder made by `with_key` (feature `auth`) writes an authenticated
 /// stream (SPEC.md §10) with no other change for the caller: it sets the AUTHENTICATED flag
 /// and minor version 1 in the header it writes, absorbs every byte it emits into the MAC, and
 /// `write_end` writes the MAC record and then END.

@@ -20,11 +20,23 @@ use crate::record::{Limits, RecordFlags, RecordKind};
 /// contract: no panic, progress on every call, consumed ≤ offered, page chunks inside their
 /// page, a bounded number of calls, and `finish()` agreeing with `is_finished()`.
 pub fn decode_arbitrary(data: &[u8]) {
+    decode_arbitrary_with(Decoder::new(Limits::DEFAULT), data);
+}
+
+/// [`decode_arbitrary`] with a decoder that requires authentication (feature `auth`): the same
+/// contract through the MAC rules. Under `cfg(fuzzing)` the tag compare is bypassed like the
+/// CRCs, so the fuzzer reaches the states after the MAC record.
+#[cfg(feature = "auth")]
+pub fn decode_arbitrary_authenticated(data: &[u8]) {
+    let key = crate::auth::AuthKey::new([0x5A; 32]);
+    decode_arbitrary_with(Decoder::with_key(Limits::DEFAULT, &key), data);
+}
+
+fn decode_arbitrary_with(mut dec: Decoder, data: &[u8]) {
     let Some((&step, stream)) = data.split_first() else {
         return;
     };
     let step = usize::from(step) + 1;
-    let mut dec = Decoder::new(Limits::DEFAULT);
     let mut off = 0usize;
     // Each call consumes a byte or emits an event; events need ≥ 1 byte each except one
     // closing event per 16-byte record header, so 4 calls per byte is a generous bound.

@@ -150,7 +150,10 @@ fn auth_err(e: &DecodeError) -> Option<AuthError> {
 fn spec_tag(key: &[u8; 32], stream_id: u64, covered: &[u8]) -> [u8; 32] {
     let mut material = key.to_vec();
     material.extend_from_slice(&stream_id.to_le_bytes());
-    let k = blake3::derive_key(MAC_CONTEXT, &material);
+    // The context string as SPEC.md §10.3 spells it (not the crate constant).
+    let context = "vGPUmig 1 migstream stream MAC key 2026-11 (SPEC.md section 10)";
+    assert_eq!(context, MAC_CONTEXT);
+    let k = blake3::derive_key(context, &material);
     *blake3::keyed_hash(&k, covered).as_bytes()
 }
 
@@ -695,6 +698,10 @@ fn feed_all_sink_error_keeps_the_mac_in_step() {
 
 #[test]
 fn fuzz_body_roundtrip_authenticated() {
+    crate::fuzzing::decode_arbitrary_authenticated(&[0]);
+    let mut whole = vec![0u8];
+    whole.extend_from_slice(&golden_stream());
+    crate::fuzzing::decode_arbitrary_authenticated(&whole);
     crate::fuzzing::roundtrip_authenticated(&[]);
     crate::fuzzing::roundtrip_authenticated(&[0]);
     let g = golden_stream();
@@ -716,5 +723,16 @@ proptest::proptest! {
     #[test]
     fn fuzz_roundtrip_authenticated_any(data in proptest::collection::vec(0u8.., 0..400)) {
         crate::fuzzing::roundtrip_authenticated(&data);
+    }
+
+    #[test]
+    fn fuzz_decode_authenticated_mutated_golden(pos in 0usize..212, val: u8, step: u8, cut in 0usize..230) {
+        let mut d = vec![step];
+        d.extend_from_slice(&golden_stream());
+        if let Some(b) = d.get_mut(pos + 1) {
+            *b = val;
+        }
+        d.truncate(cut.max(1));
+        crate::fuzzing::decode_arbitrary_authenticated(&d);
     }
 }
