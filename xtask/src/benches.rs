@@ -128,6 +128,17 @@ pub(crate) fn all(h: &mut Harness) -> crate::Result {
     {
         checksum(h, src, dst)?;
     }
+    if h.wants("B13") {
+        // The same random pages as B1-B11 (made here when only B13 runs).
+        match &mut data {
+            Some((src, dst)) => stream_mac(h, src, dst)?,
+            None => {
+                let src = random_pages(pages, SEED);
+                let mut dst = vec![0xA5u8; src.len()];
+                stream_mac(h, &src, &mut dst)?;
+            }
+        }
+    }
     crate::bench_mmio::mmio_sparse(h)?;
     crate::bench_sim::simulate_all(h)?;
     Ok(())
@@ -1059,6 +1070,52 @@ fn checksum(h: &mut Harness, src: &[u8], dst: &mut [u8]) -> crate::Result {
         reference,
         None,
         "target >= 12 GiB/s from DRAM".to_owned(),
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// B13: the stream MAC of authenticated streams
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes per MAC update in B13: the batch `Decoder::feed_all` gathers (64 KiB).
+const MAC_UPDATE: usize = 64 << 10;
+
+/// B13 `stream_mac`: the keyed BLAKE3 MAC of authenticated streams (migstream feature `auth`,
+/// SPEC.md §10) over the buffer in 64 KiB updates, which is the rate an authenticated stream
+/// pays on top of B1/B3.
+fn stream_mac(h: &mut Harness, src: &[u8], dst: &mut [u8]) -> crate::Result {
+    let key = migstream::AuthKey::new([0x13; 32]);
+    let mac_of = |data: &[u8], piece: usize| {
+        let mut mac = migstream::StreamMac::new(&key, 0xBE4C);
+        for p in data.chunks(piece) {
+            mac.update(p);
+        }
+        mac.tag()
+    };
+    let whole = mac_of(src, src.len());
+    check(
+        mac_of(src, MAC_UPDATE) == whole && mac_of(src, 4096) == whole,
+        "B13 MAC depends on the update size",
+    )?;
+    let mut work = src.to_vec();
+    work[src.len() / 2] ^= 1;
+    check(
+        mac_of(&work, MAC_UPDATE) != whole,
+        "B13 MAC missed a flipped bit",
+    )?;
+    drop(work);
+    let reference = h.reference(src, dst);
+    let (d, tag) = time_fallible(h, || Ok(mac_of(src, MAC_UPDATE)))?;
+    check(tag == whole, "B13 timed MAC differs")?;
+    h.record(figure(
+        "B13",
+        "stream_mac: keyed BLAKE3, 64 KiB updates",
+        src.len() as u64,
+        d,
+        reference,
+        None,
+        "authenticated streams only (SPEC §10)".to_owned(),
     ));
     Ok(())
 }
