@@ -18,6 +18,10 @@
 //!   ([`DecodeError`], [`Fault`]).
 //! - `parse` functions never panic; `emit` functions never panic on their fixed-size buffers.
 //! - MSRV: the workspace `rust-version` (1.88).
+//! - Optional authenticated streams (cargo feature `auth`, SPEC.md §10): an encoder and a
+//!   decoder made with `with_key` and the embedder's 32-byte key add and check a keyed BLAKE3
+//!   MAC record before END (integrity and origin, not encryption; see the `auth` module).
+//!   Without the feature nothing changes in size or speed.
 //!
 //! # Example
 //!

@@ -587,15 +587,15 @@ fn secrets_stay_out_of_debug_output() {
     assert!(!dbg.contains(&std::format!("{}, {}, {}", tag[0], tag[1], tag[2])));
 }
 
-/// A larger stream: FULL pages across several records (longer than the MAC batch of
-/// `feed_all`), an unknown optional record (skipped), a DELTA run and opaque payloads.
+/// A larger stream: FULL pages across several records (each longer than the 256 KiB MAC
+/// batch of `feed_all`), an unknown optional record (skipped), a DELTA run and opaque payloads.
 fn big_stream(key: &AuthKey) -> Vec<u8> {
     let mut enc = Encoder::with_key(key);
-    let mut out = vec![0u8; 1 << 20];
+    let mut out = vec![0u8; 2 << 20];
     let mut at = enc.write_header(&HEADER, &mut out).unwrap().written();
     let full = [PageRunRepr {
         first_frame: 100,
-        count: 20,
+        count: 70,
         encoding: PageEncoding::FULL,
     }];
     let pages = PagesPayload::new(&full, super::page_fill).unwrap();
@@ -652,20 +652,23 @@ fn feed_all_batches_the_mac_and_agrees_with_feed() {
     let s = big_stream(&key);
     let want = decode_keyed(&s, &key, &[usize::MAX]).unwrap();
     assert!(matches!(want[want.len() - 2], Ev::Authenticated(_)));
-    for seg in [1, 100, 4095, 4112, 70_000, usize::MAX] {
+    for seg in [1, 100, 4095, 4112, 70_000, 300_000, usize::MAX] {
         assert_eq!(
             feed_all_with(&mut keyed(&key), &s, seg).unwrap(),
             want,
             "{seg}"
         );
     }
-    // One forged page byte (CRCs repaired) in the middle of a batch is caught at the MAC.
-    let mut b = s.clone();
-    b[80 + 16 + 16 + 50_000] ^= 0x20;
-    let forged = reseal(&b).unwrap();
-    for seg in [usize::MAX, 1000] {
-        let e = feed_all_with(&mut keyed(&key), &forged, seg).unwrap_err();
-        assert_eq!(auth_err(&e), Some(AuthError::BadTag), "{seg}");
+    // One forged page byte (CRCs repaired) in the first or the second batch of a record is
+    // caught at the MAC.
+    for at in [50_000, 270_000] {
+        let mut b = s.clone();
+        b[80 + 16 + 16 + at] ^= 0x20;
+        let forged = reseal(&b).unwrap();
+        for seg in [usize::MAX, 1000] {
+            let e = feed_all_with(&mut keyed(&key), &forged, seg).unwrap_err();
+            assert_eq!(auth_err(&e), Some(AuthError::BadTag), "{at} {seg}");
+        }
     }
 }
 
