@@ -6,6 +6,11 @@ use crate::crc::Crc32;
 use crate::error::EncodeError;
 use crate::header::{STREAM_HEADER_LEN, StreamHeaderRepr};
 use crate::record::{MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeaderRepr, RecordKind};
+#[cfg(feature = "auth")]
+use crate::{
+    auth::{AuthKey, MacState},
+    header::{AUTH_MINOR, AUTHENTICATED},
+};
 
 /// A record payload that can be produced piecewise, so the encoder can copy it straight into
 /// its output without an intermediate buffer.
@@ -109,13 +114,20 @@ const FUSED_CHUNK: usize = 4096;
 const CRC_CHUNK: usize = 512;
 
 /// Sans-IO stream encoder. Holds only counters, the running stream CRC and the header of a
-/// record in progress (≈ 64 bytes), so it can live in a `static`.
+/// record in progress (≈ 64 bytes), so it can live in a `static`. With the `auth` feature it
+/// also holds the stream MAC state (≈ 2 KiB, the BLAKE3 hasher) and is `Clone` but not `Copy`.
 ///
 /// Use: [`write_header`](Self::write_header) until `Done`, then any number of
 /// [`write_record`](Self::write_record) (each until `Done`), then
 /// [`write_end`](Self::write_end) until `Done`. Every call writes as much as fits into `out`
 /// (even 1 byte) and never panics.
-#[derive(Clone, Copy, Debug)]
+///
+/// An encoder made by `with_key` (feature `auth`) writes an authenticated
+/// stream (SPEC.md §10) with no other change for the caller: it sets the AUTHENTICATED flag
+/// and minor version 1 in the header it writes, absorbs every byte it emits into the MAC, and
+/// `write_end` writes the MAC record and then END.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "auth"), derive(Copy))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Encoder {
     state: State,
@@ -127,6 +139,9 @@ pub struct Encoder {
     records: u32,
     /// CRC over the stream header and complete non-END record headers.
     stream_crc: Crc32,
+    /// The stream MAC, when authenticating.
+    #[cfg(feature = "auth")]
+    mac: MacState,
 }
 
 impl Default for Encoder {
@@ -145,6 +160,33 @@ impl Encoder {
             committed: 0,
             records: 0,
             stream_crc: Crc32::new(),
+            #[cfg(feature = "auth")]
+            mac: MacState::Off,
+        }
+    }
+
+    /// An encoder at the start of an authenticated stream (SPEC.md §10) keyed with the
+    /// embedder's `key`: the stream it writes verifies only at a destination holding the same
+    /// key. The key is not printed by `Debug`; it is not zeroized either (see [`crate::auth`]).
+    #[cfg(feature = "auth")]
+    #[must_use]
+    pub fn with_key(key: &AuthKey) -> Self {
+        Self {
+            mac: MacState::Keyed(key.clone()),
+            ..Self::new()
+        }
+    }
+
+    /// Does this encoder write an authenticated stream?
+    #[must_use]
+    pub const fn is_authenticated(&self) -> bool {
+        #[cfg(feature = "auth")]
+        {
+            self.mac.is_keyed()
+        }
+        #[cfg(not(feature = "auth"))]
+        {
+            false
         }
     }
 
@@ -167,7 +209,9 @@ impl Encoder {
     }
 
     /// Write (part of) the 80-byte stream header. Call with the same `h` until it returns
-    /// [`Progress::Done`].
+    /// [`Progress::Done`]. An authenticating encoder writes `h` with the AUTHENTICATED flag set
+    /// and `minor` at least [`AUTH_MINOR`](crate::AUTH_MINOR); a plain encoder writes `h` as
+    /// given (setting AUTHENTICATED there produces a stream readers refuse).
     ///
     /// # Errors
     /// [`EncodeError::HeaderAlreadyWritten`] once the header is complete.
@@ -180,6 +224,18 @@ impl Encoder {
             return Err(EncodeError::HeaderAlreadyWritten);
         };
         let mut bytes = [0; STREAM_HEADER_LEN];
+        #[cfg(feature = "auth")]
+        if self.mac.is_keyed() {
+            let authenticated = StreamHeaderRepr {
+                minor: h.minor.max(AUTH_MINOR),
+                flags: h.flags | AUTHENTICATED,
+                ..*h
+            };
+            authenticated.emit(&mut bytes);
+        } else {
+            h.emit(&mut bytes);
+        }
+        #[cfg(not(feature = "auth"))]
         h.emit(&mut bytes);
         let rest = bytes.get(usize::from(done)..).unwrap_or_default();
         let n = rest.len().min(out.len());
@@ -190,6 +246,8 @@ impl Encoder {
         let done = usize::from(done) + n;
         if done == STREAM_HEADER_LEN {
             self.stream_crc.update(&bytes);
+            #[cfg(feature = "auth")]
+            self.mac.start(h.stream_id, &bytes);
             self.committed = STREAM_HEADER_LEN as u64;
             self.state = State::Ready;
             Ok(Progress::Done(n))
@@ -210,9 +268,46 @@ impl Encoder {
     /// # Errors
     /// [`EncodeError::HeaderNotWritten`], [`EncodeError::Finished`], [`EncodeError::BadFlags`],
     /// [`EncodeError::PayloadTooLarge`], [`EncodeError::TooManyRecords`], and
-    /// [`EncodeError::RecordMismatch`] if the call does not continue the record in progress.
-    /// The encoder is unchanged on error.
+    /// [`EncodeError::RecordMismatch`] if the call does not continue the record in progress;
+    /// for an authenticating encoder, [`EncodeError::AuthRecord`] for a MAC or END record or
+    /// any record once the MAC record is written. The encoder is unchanged on error.
     pub fn write_record<P: PayloadSource + ?Sized>(
+        &mut self,
+        kind: RecordKind,
+        flags: RecordFlags,
+        version: u8,
+        payload: &P,
+        out: &mut [u8],
+    ) -> Result<Progress, EncodeError> {
+        #[cfg(feature = "auth")]
+        if self.mac.is_keyed()
+            && (kind == RecordKind::MAC
+                || kind == RecordKind::END
+                || matches!(self.mac, MacState::Sealed(_) | MacState::Closed))
+        {
+            return Err(EncodeError::AuthRecord);
+        }
+        self.write_record_inner(kind, flags, version, payload, out)
+    }
+
+    /// [`write_record`](Self::write_record) without the authentication rules; every byte it
+    /// writes goes into the MAC (a no-op once the MAC is sealed).
+    fn write_record_inner<P: PayloadSource + ?Sized>(
+        &mut self,
+        kind: RecordKind,
+        flags: RecordFlags,
+        version: u8,
+        payload: &P,
+        out: &mut [u8],
+    ) -> Result<Progress, EncodeError> {
+        let p = self.write_record_raw(kind, flags, version, payload, out)?;
+        #[cfg(feature = "auth")]
+        self.mac.update(out.get(..p.written()).unwrap_or_default());
+        Ok(p)
+    }
+
+    /// Emit record bytes (both paths write a prefix of `out`).
+    fn write_record_raw<P: PayloadSource + ?Sized>(
         &mut self,
         kind: RecordKind,
         flags: RecordFlags,
@@ -360,18 +455,63 @@ impl Encoder {
     /// Write (part of) the END record with the totals the encoder kept. Call until
     /// [`Progress::Done`]; afterwards the encoder accepts nothing more.
     ///
+    /// An authenticating encoder first writes the MAC record (SPEC.md §10: the tag over every
+    /// byte emitted so far), then END; both count as this one item, so the caller's loop is the
+    /// same as for a plain stream.
+    ///
     /// # Errors
     /// As [`write_record`](Self::write_record).
     pub fn write_end(&mut self, out: &mut [u8]) -> Result<Progress, EncodeError> {
+        #[cfg(feature = "auth")]
+        let (lead, out) = {
+            let lead = match self.write_mac(out)? {
+                Progress::Partial(n) => return Ok(Progress::Partial(n)),
+                Progress::Done(n) => n,
+            };
+            (lead, out.get_mut(lead..).unwrap_or_default())
+        };
+        #[cfg(not(feature = "auth"))]
+        let lead = 0;
         let mut payload = [0; END_LEN];
         self.end_repr().emit(&mut payload);
-        self.write_record(
-            RecordKind::END,
+        Ok(
+            match self.write_record_inner(
+                RecordKind::END,
+                RecordFlags::MANDATORY,
+                CONTROL_VERSION,
+                &payload,
+                out,
+            )? {
+                Progress::Done(n) => Progress::Done(lead + n),
+                Progress::Partial(n) => Progress::Partial(lead + n),
+            },
+        )
+    }
+
+    /// The MAC record part of [`write_end`](Self::write_end): `Done(0)` when there is none to
+    /// write (not authenticating, or already written).
+    #[cfg(feature = "auth")]
+    fn write_mac(&mut self, out: &mut [u8]) -> Result<Progress, EncodeError> {
+        match (&self.mac, self.state) {
+            (MacState::Active(_), State::Ready) | (MacState::Sealed(_), _) => {}
+            (MacState::Active(_), State::Header(_)) => return Err(EncodeError::HeaderNotWritten),
+            (MacState::Active(_), _) => return Err(EncodeError::RecordMismatch),
+            _ => return Ok(Progress::Done(0)),
+        }
+        let Some(tag) = self.mac.seal() else {
+            return Ok(Progress::Done(0));
+        };
+        let p = self.write_record_inner(
+            RecordKind::MAC,
             RecordFlags::MANDATORY,
             CONTROL_VERSION,
-            &payload,
+            &tag,
             out,
-        )
+        )?;
+        if p.is_done() {
+            self.mac = MacState::Closed;
+        }
+        Ok(p)
     }
 
     /// Write (part of) a ROUND record. Call with the same `round` until [`Progress::Done`].

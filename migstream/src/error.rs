@@ -98,6 +98,55 @@ pub enum EndMismatch {
     },
 }
 
+/// Why an authenticated (or supposedly authenticated) stream is refused (SPEC.md §10.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The stream is authenticated but this decoder has no key (a local configuration error:
+    /// [`Fault::Local`]).
+    KeyRequired,
+    /// This decoder has a key, so it requires an authenticated stream, and the stream header
+    /// does not set the AUTHENTICATED flag.
+    NotAuthenticated,
+    /// END arrived in an authenticated stream without a MAC record right before it (the MAC
+    /// record was stripped or never written).
+    MissingMac,
+    /// A record other than END follows the MAC record (a moved or duplicated MAC record).
+    RecordAfterMac,
+    /// A MAC record in a stream whose header does not say it is authenticated.
+    UnexpectedMac,
+    /// The MAC record's tag does not match the stream bytes before it under this decoder's key:
+    /// the stream was changed, or produced with another key or for another stream id.
+    BadTag,
+}
+
+impl AuthError {
+    /// Whose fault: [`Fault::Local`] for [`AuthError::KeyRequired`], else [`Fault::Peer`].
+    #[must_use]
+    pub const fn fault(&self) -> Fault {
+        match self {
+            AuthError::KeyRequired => Fault::Local,
+            _ => Fault::Peer,
+        }
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthError::KeyRequired => "authenticated stream, but no key is configured",
+            AuthError::NotAuthenticated => {
+                "a key is configured, but the stream is not authenticated"
+            }
+            AuthError::MissingMac => "END without a MAC record before it",
+            AuthError::RecordAfterMac => "a record other than END after the MAC record",
+            AuthError::UnexpectedMac => "MAC record in a stream that is not authenticated",
+            AuthError::BadTag => "MAC tag mismatch (stream altered, wrong key or stream id)",
+        })
+    }
+}
+
 /// What went wrong while decoding (the "what" of a [`DecodeError`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -192,6 +241,8 @@ pub enum ErrorKind {
     Truncated,
     /// More than `u32::MAX` records: the record index would overflow.
     TooManyRecords,
+    /// Authentication refused the stream (SPEC.md §10).
+    Auth(AuthError),
 }
 
 impl ErrorKind {
@@ -207,6 +258,7 @@ impl ErrorKind {
             ErrorKind::LengthTooLarge { len, .. } if *len <= crate::record::MAX_PAYLOAD => {
                 Fault::Local
             }
+            ErrorKind::Auth(e) => e.fault(),
             _ => Fault::Peer,
         }
     }
@@ -268,6 +320,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::TrailingData => f.write_str("data after the END record"),
             ErrorKind::Truncated => f.write_str("stream truncated"),
             ErrorKind::TooManyRecords => f.write_str("record index overflow"),
+            ErrorKind::Auth(e) => write!(f, "authentication: {e}"),
         }
     }
 }
@@ -365,6 +418,10 @@ pub enum EncodeError {
     /// A page run given to [`crate::PagesPayload`] is invalid (count 0, frame overflow or
     /// unknown encoding).
     BadPageRun,
+    /// An authenticating encoder was asked to write a MAC or END record with `write_record`,
+    /// or a record after its MAC record: in an authenticated stream both are written by
+    /// [`crate::Encoder::write_end`], which puts the MAC record right before END.
+    AuthRecord,
 }
 
 impl EncodeError {
@@ -392,6 +449,9 @@ impl fmt::Display for EncodeError {
             }
             EncodeError::TooManyRecords => f.write_str("record index overflow"),
             EncodeError::BadPageRun => f.write_str("invalid page run"),
+            EncodeError::AuthRecord => {
+                f.write_str("MAC and END of an authenticated stream are written by write_end")
+            }
         }
     }
 }

@@ -20,11 +20,23 @@ use crate::record::{Limits, RecordFlags, RecordKind};
 /// contract: no panic, progress on every call, consumed ≤ offered, page chunks inside their
 /// page, a bounded number of calls, and `finish()` agreeing with `is_finished()`.
 pub fn decode_arbitrary(data: &[u8]) {
+    decode_arbitrary_with(Decoder::new(Limits::DEFAULT), data);
+}
+
+/// [`decode_arbitrary`] with a decoder that requires authentication (feature `auth`): the same
+/// contract through the MAC rules. Under `cfg(fuzzing)` the tag compare is bypassed like the
+/// CRCs, so the fuzzer reaches the states after the MAC record.
+#[cfg(feature = "auth")]
+pub fn decode_arbitrary_authenticated(data: &[u8]) {
+    let key = crate::auth::AuthKey::new([0x5A; 32]);
+    decode_arbitrary_with(Decoder::with_key(Limits::DEFAULT, &key), data);
+}
+
+fn decode_arbitrary_with(mut dec: Decoder, data: &[u8]) {
     let Some((&step, stream)) = data.split_first() else {
         return;
     };
     let step = usize::from(step) + 1;
-    let mut dec = Decoder::new(Limits::DEFAULT);
     let mut off = 0usize;
     // Each call consumes a byte or emits an event; events need ≥ 1 byte each except one
     // closing event per 16-byte record header, so 4 calls per byte is a generous bound.
@@ -262,6 +274,11 @@ impl Checker<'_> {
                 assert!(self.cur.is_none(), "END before the last record");
                 assert_eq!(end.record_count, self.index);
             }
+            Event::Authenticated { index } => {
+                assert!(self.cur.is_none(), "MAC before the last record");
+                assert_eq!(index, self.index);
+                self.index += 1;
+            }
         }
     }
 }
@@ -293,6 +310,22 @@ fn drain(dec: &mut Decoder, checker: &mut Checker<'_>, bytes: &[u8]) {
 /// buffers of that size, decode each slice as it is produced, and assert the decoded events
 /// equal the records (payload bytes, page frames and contents, zero runs, indices, END totals).
 pub fn roundtrip(data: &[u8]) {
+    roundtrip_with(data, None);
+}
+
+/// [`roundtrip`] of an authenticated stream (feature `auth`): the encoder and decoder share a
+/// fixed key, and the decoder must report the verified MAC record right before END.
+#[cfg(feature = "auth")]
+pub fn roundtrip_authenticated(data: &[u8]) {
+    roundtrip_with(data, Some(&crate::auth::AuthKey::new([0x5A; 32])));
+}
+
+#[cfg(not(feature = "auth"))]
+type Key = ();
+#[cfg(feature = "auth")]
+type Key = crate::auth::AuthKey;
+
+fn roundtrip_with(data: &[u8], key: Option<&Key>) {
     let Some((&step, rest)) = data.split_first() else {
         return;
     };
@@ -326,8 +359,11 @@ pub fn roundtrip(data: &[u8]) {
         events: 0,
     };
     checker.cur = checker.script.next();
-    let mut enc = Encoder::new();
-    let mut dec = Decoder::new(Limits::DEFAULT);
+    let (mut enc, mut dec) = match key {
+        #[cfg(feature = "auth")]
+        Some(k) => (Encoder::with_key(k), Decoder::with_key(Limits::DEFAULT, k)),
+        _ => (Encoder::new(), Decoder::new(Limits::DEFAULT)),
+    };
     let mut buf = [0u8; 256];
     let out = buf.get_mut(..step).unwrap_or_default();
 
@@ -378,6 +414,7 @@ pub fn roundtrip(data: &[u8]) {
     pump(&mut enc, &mut checker, &mut |e, o| e.write_end(o));
     assert!(enc.is_finished());
     assert!(checker.cur.is_none());
+    assert_eq!(enc.is_authenticated(), key.is_some());
     assert_eq!(dec.finish(), Ok(()));
     assert_eq!(dec.position(), enc.bytes_written());
 }

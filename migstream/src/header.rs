@@ -12,15 +12,33 @@ use crate::error::{DecodeError, ErrorKind, Fault};
 pub const MAGIC: [u8; 8] = *b"vGPUmig\n";
 /// Format major version written and accepted.
 pub const FORMAT_MAJOR: u16 = 1;
-/// Format minor version written. Readers of 1.0 accept any 1.x (see SPEC.md §7).
+/// Format minor version written for a stream that uses no 1.1 feature. Readers of 1.0 accept
+/// any 1.x (see SPEC.md §7).
 pub const FORMAT_MINOR: u16 = 0;
+/// Format minor version 1.1, written by a stream that uses one of its additions: the
+/// [`RecordKind::CHANNEL`](crate::RecordKind::CHANNEL) record of a multi-channel migration
+/// (SPEC.md Appendix A.6), the [`AUTHENTICATED`] flag and the
+/// [`RecordKind::MAC`](crate::RecordKind::MAC) record (SPEC.md §10).
+pub const MINOR_1_1: u16 = 1;
+/// Format minor version of an authenticated stream (= [`MINOR_1_1`]).
+pub const AUTH_MINOR: u16 = MINOR_1_1;
 /// Length of the stream header in bytes.
 pub const STREAM_HEADER_LEN: usize = 80;
 /// The only page shift of format 1 (4 KiB pages).
 pub const PAGE_SHIFT: u8 = 12;
 /// Stream-header capability flags a reader must understand (bits 8..15); unknown ones are an
-/// error. Bits 0..7 are optional capabilities a reader may ignore. None are defined in 1.0.
+/// error. Bits 0..7 are optional capabilities a reader may ignore. 1.1 defines [`AUTHENTICATED`].
 pub const REQUIRED_CAPABILITY_MASK: u16 = 0xFF00;
+/// Required capability (bit 8, format 1.1): the stream is authenticated; a MAC record precedes
+/// END (SPEC.md §10). Readers built without the `auth` feature reject it as
+/// [`ErrorKind::UnsupportedCapability`].
+pub const AUTHENTICATED: u16 = 0x0100;
+/// The required capabilities this build implements: [`AUTHENTICATED`] with the `auth` feature.
+pub const IMPLEMENTED_CAPABILITIES: u16 = if cfg!(feature = "auth") {
+    AUTHENTICATED
+} else {
+    0
+};
 
 /// Byte view of the stream header (little-endian, 80 bytes, no padding).
 ///
@@ -255,7 +273,7 @@ impl DeviceIdentity {
 pub struct StreamHeaderRepr {
     /// Format minor version ([`FORMAT_MINOR`] when writing; any value is accepted on read).
     pub minor: u16,
-    /// Capability flags (none defined in 1.0; see [`REQUIRED_CAPABILITY_MASK`]).
+    /// Capability flags (see [`REQUIRED_CAPABILITY_MASK`] and [`AUTHENTICATED`]).
     pub flags: u16,
     /// Source device and guest view.
     pub identity: DeviceIdentity,
@@ -270,7 +288,9 @@ impl StreamHeaderRepr {
     /// Parse and validate the first 80 bytes of `bytes` (extra bytes are ignored).
     ///
     /// Checks, in order: length (≥ 80), magic, major version, `header_len`, CRC, reserved
-    /// fields, required capability flags, page shift. Never panics.
+    /// fields, required capability flags (unknown to this build: see
+    /// [`IMPLEMENTED_CAPABILITIES`]), page shift. Never panics. Whether an authenticated stream
+    /// may be read (a key is needed) is the decoder's check, not this one's.
     ///
     /// # Errors
     /// A [`DecodeError`] at offset 0 naming the first failed check.
@@ -302,7 +322,7 @@ impl StreamHeaderRepr {
         if h.reserved0 != 0 || h.reserved1 != 0 || h.reserved2 != [0; 4] || h.reserved3 != [0; 4] {
             return Err(err(ErrorKind::ReservedNotZero));
         }
-        let required = h.flags.get() & REQUIRED_CAPABILITY_MASK;
+        let required = h.flags.get() & REQUIRED_CAPABILITY_MASK & !IMPLEMENTED_CAPABILITIES;
         if required != 0 {
             return Err(err(ErrorKind::UnsupportedCapability { flags: required }));
         }
@@ -500,10 +520,25 @@ pub(crate) mod tests {
         assert_eq!(kind_of(&with_crc(b)), ErrorKind::ReservedNotZero);
         let mut b = BYTES;
         b[15] = 0x81;
+        // Only the required bits this build does not implement are reported.
         assert_eq!(
             kind_of(&with_crc(b)),
-            ErrorKind::UnsupportedCapability { flags: 0x8100 }
+            ErrorKind::UnsupportedCapability {
+                flags: 0x8100 & !IMPLEMENTED_CAPABILITIES
+            }
         );
+        // AUTHENTICATED (bit 8) is a capability of `auth` builds only.
+        let mut b = BYTES;
+        b[15] = 0x01;
+        let parsed = StreamHeaderRepr::parse(&with_crc(b));
+        if cfg!(feature = "auth") {
+            assert_eq!(parsed.map(|h| h.flags), Ok(AUTHENTICATED));
+        } else {
+            assert_eq!(
+                parsed.unwrap_err().kind(),
+                ErrorKind::UnsupportedCapability { flags: 0x0100 }
+            );
+        }
         let mut b = BYTES;
         b[22] = 16;
         assert_eq!(

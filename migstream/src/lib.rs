@@ -18,6 +18,10 @@
 //!   ([`DecodeError`], [`Fault`]).
 //! - `parse` functions never panic; `emit` functions never panic on their fixed-size buffers.
 //! - MSRV: the workspace `rust-version` (1.88).
+//! - Optional authenticated streams (cargo feature `auth`, SPEC.md §10): an encoder and a
+//!   decoder made with `with_key` and the embedder's 32-byte key add and check a keyed BLAKE3
+//!   MAC record before END (integrity and origin, not encryption; see the `auth` module).
+//!   Without the feature nothing changes in size or speed.
 //!
 //! # Example
 //!
@@ -73,6 +77,8 @@
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+#[cfg(feature = "auth")]
+pub mod auth;
 mod control;
 mod crc;
 mod decoder;
@@ -86,23 +92,27 @@ mod record;
 #[cfg(test)]
 mod stream_tests;
 
+#[cfg(feature = "auth")]
+pub use auth::{AuthKey, StreamMac};
 pub use control::{
     CONTROL_VERSION, END_LEN, EndPayload, EndRepr, ROUND_LEN, RoundPayload, RoundRepr,
 };
 pub use crc::{Crc32, crc32};
 pub use decoder::{Decoder, Event, FeedError};
 pub use encoder::{Encoder, PayloadSource, Progress};
-pub use error::{DecodeError, EncodeError, EndMismatch, ErrorKind, Fault, PageRunError};
+pub use error::{AuthError, DecodeError, EncodeError, EndMismatch, ErrorKind, Fault, PageRunError};
 pub use header::{
-    DeviceIdentity, FORMAT_MAJOR, FORMAT_MINOR, Incompatible, MAGIC, PAGE_SHIFT,
-    REQUIRED_CAPABILITY_MASK, STREAM_HEADER_LEN, StreamHeader, StreamHeaderRepr,
+    AUTH_MINOR, AUTHENTICATED, DeviceIdentity, FORMAT_MAJOR, FORMAT_MINOR, MINOR_1_1,
+    IMPLEMENTED_CAPABILITIES, Incompatible, MAGIC, PAGE_SHIFT, REQUIRED_CAPABILITY_MASK,
+    STREAM_HEADER_LEN, StreamHeader, StreamHeaderRepr,
 };
 pub use pages::{
     DELTA_LEN_FIELD, DUP_ENTRY_LEN, PAGE_RUN_HEADER_LEN, PAGE_SIZE, PageEncoding, PageRunHeader,
     PageRunRepr, PageSource, PagesPayload,
 };
 pub use record::{
-    Limits, MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeader, RecordHeaderRepr, RecordKind,
+    Limits, MAC_LEN, MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeader, RecordHeaderRepr,
+    RecordKind,
 };
 
 /// Does a stored CRC match the computed one? Always compares, except under `cfg(fuzzing)`

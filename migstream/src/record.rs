@@ -10,6 +10,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const RECORD_HEADER_LEN: usize = 16;
 /// Format maximum of a record payload: 16 MiB.
 pub const MAX_PAYLOAD: u32 = 16 << 20;
+/// Payload length of a MAC record (SPEC.md §10): the 32-byte tag.
+pub const MAC_LEN: usize = 32;
 
 /// Byte view of a record header (little-endian, 16 bytes, no padding).
 ///
@@ -68,14 +70,19 @@ impl RecordKind {
     pub const PAGES: Self = Self(0x0011);
     /// End of stream with totals; payload parsed by migstream ([`crate::EndRepr`]).
     pub const END: Self = Self(0x00FF);
+    /// Format 1.1: the MAC of an authenticated stream, the last record before END; payload the
+    /// 32-byte tag (SPEC.md §10). Known to readers built with the `auth` feature only.
+    pub const MAC: Self = Self(0x00FE);
 
-    /// Is this a kind format 1.x (up to this crate's minor version) defines?
+    /// Is this a kind this build knows? The 1.0 kinds, [`RecordKind::CHANNEL`] (1.1), and [`RecordKind::MAC`] with the `auth`
+    /// feature (without it, a MAC record is an unknown mandatory kind).
     #[must_use]
     pub const fn is_known(self) -> bool {
         matches!(self.0, 0x0001..=0x000A | 0x0010 | 0x0011 | 0x00FF)
+            || (cfg!(feature = "auth") && self.0 == Self::MAC.0)
     }
 
-    /// The name of a known kind.
+    /// The name of a kind the format defines (MAC included, whatever the build's features).
     #[must_use]
     pub const fn name(self) -> Option<&'static str> {
         Some(match self.0 {
@@ -92,6 +99,7 @@ impl RecordKind {
             0x0010 => "ROUND",
             0x0011 => "PAGES",
             0x00FF => "END",
+            0x00FE => "MAC",
             _ => return None,
         })
     }

@@ -15,6 +15,9 @@ use std::vec::Vec;
 use crate::header::tests::REPR as HEADER;
 use crate::*;
 
+#[cfg(feature = "auth")]
+mod auth;
+
 const UNKNOWN: RecordKind = RecordKind(0x0123);
 const RUNS: [PageRunRepr; 2] = [
     PageRunRepr {
@@ -94,6 +97,7 @@ enum Ev {
     Skipped(RecordKind, u32),
     Round(RoundRepr),
     StreamEnd(EndRepr),
+    Authenticated(u32),
 }
 
 fn push(events: &mut Vec<Ev>, ev: Event<'_>) {
@@ -152,6 +156,7 @@ fn push(events: &mut Vec<Ev>, ev: Event<'_>) {
             Event::Skipped { kind, len } => Ev::Skipped(kind, len),
             Event::Round(r) => Ev::Round(r),
             Event::End(e) => Ev::StreamEnd(e),
+            Event::Authenticated { index } => Ev::Authenticated(index),
         }),
     }
 }
@@ -296,9 +301,14 @@ fn encoder_chunk_sizes_identical() {
 
 #[test]
 fn state_sizes() {
-    assert!(core::mem::size_of::<Decoder>() < 1024);
-    assert!(core::mem::size_of::<Decoder>() <= 256);
-    assert!(core::mem::size_of::<Encoder>() <= 64);
+    // With the `auth` feature both also hold the MAC state (the BLAKE3 hasher, ~2 KiB).
+    #[cfg(not(feature = "auth"))]
+    let mac = 0;
+    #[cfg(feature = "auth")]
+    let mac = core::mem::size_of::<crate::auth::MacState>();
+    assert!(mac <= 2048);
+    assert!(core::mem::size_of::<Decoder>() <= 256 + mac);
+    assert!(core::mem::size_of::<Encoder>() <= 64 + mac);
     assert!(core::mem::size_of::<DecodeError>() <= 48);
 }
 
@@ -966,4 +976,26 @@ fn feed_all_passes_sink_errors_through_and_stays_usable() {
     });
     assert_eq!(r, Err(FeedError::Sink("full")));
     assert_eq!(seen, 2);
+}
+
+#[test]
+fn authenticated_vector_refused_without_a_key() {
+    // auth.bin (SPEC.md §10) to a keyless decoder: a build without the `auth` feature does not
+    // implement the AUTHENTICATED capability; a build with it requires a key.
+    let golden = std::fs::read(format!("{VECTORS}/auth.bin")).unwrap();
+    let e = err(&golden);
+    let want = if cfg!(feature = "auth") {
+        ErrorKind::Auth(AuthError::KeyRequired)
+    } else {
+        ErrorKind::UnsupportedCapability {
+            flags: AUTHENTICATED,
+        }
+    };
+    assert_eq!((e.kind(), e.offset()), (want, 0));
+    // Its MAC record (kind 0x00FE, MANDATORY) is an unknown mandatory kind without the feature.
+    let mac_at = golden.len() - 32 - 48;
+    let mac = RecordHeaderRepr::parse(&golden[mac_at..]).unwrap();
+    assert_eq!(mac.kind, RecordKind::MAC);
+    assert_eq!(RecordKind::MAC.is_known(), cfg!(feature = "auth"));
+    assert_eq!(RecordKind::MAC.name(), Some("MAC"));
 }

@@ -269,7 +269,12 @@ impl<'s> SourceSession<'s> {
             });
         }
         let header = StreamHeaderRepr {
-            minor: migstream::FORMAT_MINOR,
+            // The CHANNEL record is a 1.1 addition; a single-channel stream is plain 1.0.
+            minor: if n > 1 {
+                migstream::MINOR_1_1
+            } else {
+                migstream::FORMAT_MINOR
+            },
             flags: 0,
             identity: vgpu.config().identity(),
             stream_id: cfg.stream_id,

@@ -128,6 +128,17 @@ pub(crate) fn all(h: &mut Harness) -> crate::Result {
     {
         checksum(h, src, dst)?;
     }
+    if h.wants("B13") {
+        // The same random pages as B1-B11 (made here when only B13 runs).
+        match &mut data {
+            Some((src, dst)) => stream_mac(h, src, dst)?,
+            None => {
+                let src = random_pages(pages, SEED);
+                let mut dst = vec![0xA5u8; src.len()];
+                stream_mac(h, &src, &mut dst)?;
+            }
+        }
+    }
     crate::bench_mmio::mmio_sparse(h)?;
     crate::bench_sim::simulate_all(h)?;
     Ok(())
@@ -1059,6 +1070,154 @@ fn checksum(h: &mut Harness, src: &[u8], dst: &mut [u8]) -> crate::Result {
         reference,
         None,
         "target >= 12 GiB/s from DRAM".to_owned(),
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// B13: the stream MAC of authenticated streams
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes per MAC update in B13: the batch `Decoder::feed_all` gathers at most (256 KiB).
+const MAC_UPDATE: usize = 256 << 10;
+
+/// B13 `stream_mac`: the keyed BLAKE3 MAC of authenticated streams (migstream feature `auth`,
+/// SPEC.md §10) over the buffer in 256 KiB updates, which is the rate an authenticated stream
+/// pays on top of B1/B3.
+fn stream_mac(h: &mut Harness, src: &[u8], dst: &mut [u8]) -> crate::Result {
+    let key = migstream::AuthKey::new([0x13; 32]);
+    let mac_of = |data: &[u8], piece: usize| {
+        let mut mac = migstream::StreamMac::new(&key, 0xBE4C);
+        for p in data.chunks(piece) {
+            mac.update(p);
+        }
+        mac.tag()
+    };
+    let whole = mac_of(src, src.len());
+    check(
+        mac_of(src, MAC_UPDATE) == whole && mac_of(src, 4096) == whole,
+        "B13 MAC depends on the update size",
+    )?;
+    let mut work = src.to_vec();
+    work[src.len() / 2] ^= 1;
+    check(
+        mac_of(&work, MAC_UPDATE) != whole,
+        "B13 MAC missed a flipped bit",
+    )?;
+    drop(work);
+    let reference = h.reference(src, dst);
+    let (d, tag) = time_fallible(h, || Ok(mac_of(src, MAC_UPDATE)))?;
+    check(tag == whole, "B13 timed MAC differs")?;
+    h.record(figure(
+        "B13",
+        "stream_mac: keyed BLAKE3, 256 KiB updates",
+        src.len() as u64,
+        d,
+        reference,
+        None,
+        "authenticated streams only (SPEC §10)".to_owned(),
+    ));
+    decode_authenticated(h, &key, src, dst)
+}
+
+/// Encode `src` as an authenticated stream: contiguous FULL runs of [`RECORD_PAGES`] pages, one
+/// per PAGES record (as B1), then the MAC record and END.
+fn encode_authenticated(
+    key: &migstream::AuthKey,
+    src: &[u8],
+    out: &mut [u8],
+) -> crate::Result<usize> {
+    let source = |frame: u64, off: usize, dst: &mut [u8]| {
+        let at = frame as usize * PAGE + off;
+        dst.copy_from_slice(&src[at..at + dst.len()]);
+    };
+    let mut enc = Encoder::with_key(key);
+    let mut at = done(enc.write_header(&stream_header(), out))?;
+    let pages = src.len() / PAGE;
+    for first in (0..pages).step_by(RECORD_PAGES) {
+        let run = [PageRunRepr {
+            first_frame: first as u64,
+            count: RECORD_PAGES.min(pages - first) as u32,
+            encoding: PageEncoding::FULL,
+        }];
+        let payload = PagesPayload::new(&run, source).map_err(|e| format!("pages payload: {e}"))?;
+        at += done(enc.write_record(
+            RecordKind::PAGES,
+            RecordFlags::MANDATORY,
+            CONTROL_VERSION,
+            &payload,
+            &mut out[at..],
+        ))?;
+    }
+    at += done(enc.write_end(&mut out[at..]))?;
+    Ok(at)
+}
+
+/// Decode an authenticated stream with `feed_all` (every CRC, the MAC and END verified), copying
+/// page data to `dst`; returns the page bytes copied.
+fn apply_authenticated(
+    key: &migstream::AuthKey,
+    stream: &[u8],
+    dst: &mut [u8],
+) -> crate::Result<u64> {
+    let mut dec = migstream::Decoder::with_key(Limits::DEFAULT, key);
+    let mut bytes = 0u64;
+    let mut authenticated = false;
+    dec.feed_all(stream, |event| {
+        match event {
+            Event::PageData {
+                frame,
+                offset,
+                data,
+            } => {
+                let at = frame as usize * PAGE + usize::from(offset);
+                dst.get_mut(at..at + data.len())
+                    .ok_or("decoded page outside the destination buffer")?
+                    .copy_from_slice(data);
+                bytes += data.len() as u64;
+            }
+            Event::Authenticated { .. } => authenticated = true,
+            _ => {}
+        }
+        Ok::<(), &str>(())
+    })
+    .map_err(|e| format!("decode: {e}"))?;
+    dec.finish().map_err(|e| format!("decode: {e}"))?;
+    check(authenticated, "B13b stream not authenticated")?;
+    Ok(bytes)
+}
+
+/// B13b `decode_apply_authenticated`: B3 for an authenticated stream (feed_all, page copy, CRCs
+/// and the MAC), to set beside B3.
+fn decode_authenticated(
+    h: &mut Harness,
+    key: &migstream::AuthKey,
+    src: &[u8],
+    dst: &mut [u8],
+) -> crate::Result {
+    let mut stream = vec![0u8; stream_capacity(src.len() / PAGE)];
+    let len = encode_authenticated(key, src, &mut stream)?;
+    stream.truncate(len);
+    dst.fill(0xA5);
+    check(
+        apply_authenticated(key, &stream, dst)? == src.len() as u64 && dst == src,
+        "B13b destination differs from the source pages",
+    )?;
+    let wrong = migstream::AuthKey::new([0x31; 32]);
+    check(
+        apply_authenticated(&wrong, &stream, dst).is_err(),
+        "B13b wrong key accepted",
+    )?;
+    let reference = h.reference(src, dst);
+    let (d, _) = time_fallible(h, || apply_authenticated(key, &stream, dst))?;
+    h.record(figure(
+        "B13b",
+        "decode_apply authenticated (feed_all, MAC)",
+        src.len() as u64,
+        d,
+        reference,
+        None,
+        "compare B3 (same stream without MAC)".to_owned(),
     ));
     Ok(())
 }
