@@ -102,8 +102,8 @@ pub use decoder::{Decoder, Event, FeedError};
 pub use encoder::{Encoder, PayloadSource, Progress};
 pub use error::{AuthError, DecodeError, EncodeError, EndMismatch, ErrorKind, Fault, PageRunError};
 pub use header::{
-    AUTH_MINOR, AUTHENTICATED, DeviceIdentity, FORMAT_MAJOR, FORMAT_MINOR, MINOR_1_1,
-    IMPLEMENTED_CAPABILITIES, Incompatible, MAGIC, PAGE_SHIFT, REQUIRED_CAPABILITY_MASK,
+    AUTH_MINOR, AUTHENTICATED, DeviceIdentity, FORMAT_MAJOR, FORMAT_MINOR,
+    IMPLEMENTED_CAPABILITIES, Incompatible, MAGIC, MINOR_1_1, PAGE_SHIFT, REQUIRED_CAPABILITY_MASK,
     STREAM_HEADER_LEN, StreamHeader, StreamHeaderRepr,
 };
 pub use pages::{

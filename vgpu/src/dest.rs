@@ -53,6 +53,9 @@ pub struct DestStats {
 #[derive(Debug)]
 pub struct DestSession<'s> {
     chans: heapless::Vec<ChanIn, MAX_CHANNELS>,
+    limits: Limits,
+    /// The stream id the embedder expects (a fresh one per migration defeats replay).
+    expect_id: Option<u64>,
     staging: &'s mut [u8],
     staged: usize,
     /// The record being staged: (kind, start offset of its payload in staging, length).
@@ -64,7 +67,8 @@ pub struct DestSession<'s> {
 /// One incoming channel.
 #[derive(Debug)]
 struct ChanIn {
-    dec: Decoder,
+    /// `None` only while the decoder is lent out during a feed.
+    dec: Option<Decoder>,
     header: Option<StreamHeaderRepr>,
     /// The CHANNEL record (multi-channel only): its payload as it arrives, then whether it checked.
     intro: [u8; ChannelRepr::LEN],
@@ -121,7 +125,7 @@ impl<'s> DestSession<'s> {
         let mut chans = heapless::Vec::new();
         for _ in 0..channels {
             let _ = chans.push(ChanIn {
-                dec: Decoder::new(limits),
+                dec: Some(Decoder::new(limits)),
                 header: None,
                 intro: [0; ChannelRepr::LEN],
                 intro_len: None,
@@ -131,12 +135,44 @@ impl<'s> DestSession<'s> {
         }
         Ok(Self {
             chans,
+            limits,
+            expect_id: None,
             staging,
             staged: 0,
             open: None,
             failed: None,
             stats: DestStats::default(),
         })
+    }
+
+    /// Require every channel's stream to be authenticated with `key` (feature `auth`; SPEC.md
+    /// §10): a stream without the MAC, or with a tag that does not verify, is refused before
+    /// anything is committed. Call before the first `feed`.
+    ///
+    /// # Errors
+    /// [`VgpuError::WrongPhase`] after bytes were fed.
+    #[cfg(feature = "auth")]
+    pub fn with_key(mut self, key: &migstream::AuthKey) -> Result<Self, VgpuError> {
+        if self.stats.bytes != 0 || self.failed.is_some() {
+            return Err(VgpuError::WrongPhase);
+        }
+        for c in self.chans.iter_mut() {
+            c.dec = Some(Decoder::with_key(self.limits, key));
+        }
+        Ok(self)
+    }
+
+    /// The decoder limits the session was opened with.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Refuse a stream whose header carries another stream id: an embedder that gives every
+    /// migration a fresh id (chosen by the destination, say) refuses a replayed recording.
+    #[must_use]
+    pub fn expect_stream_id(mut self, id: u64) -> Self {
+        self.expect_id = Some(id);
+        self
     }
 
     /// Feed stream bytes (any segmentation) of the main (or only) channel. Returns the bytes
@@ -186,11 +222,11 @@ impl<'s> DestSession<'s> {
         input: &[u8],
     ) -> Result<usize, VgpuError> {
         let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+        let mut dec = ch.dec.take().ok_or(VgpuError::WrongPhase)?;
         // `feed_all` checksums page bytes after they were written to guest memory (from cache).
-        let mut dec = core::mem::replace(&mut ch.dec, Decoder::new(Limits::DEFAULT));
         let r = dec.feed_all(input, |ev| self.on_event(c, vgpu, mem, ev));
         if let Some(ch) = self.chans.get_mut(c) {
-            ch.dec = dec;
+            ch.dec = Some(dec);
         }
         let n = match r {
             Ok(n) => n,
@@ -238,6 +274,9 @@ impl<'s> DestSession<'s> {
                     || h.identity.hidden_base != local.hidden_base
                 {
                     return Err(VgpuError::GuestViewMismatch);
+                }
+                if self.expect_id.is_some_and(|id| id != h.stream_id) {
+                    return Err(VgpuError::UnexpectedStreamId { id: h.stream_id });
                 }
                 // Every channel belongs to the same migration.
                 if self.chans.iter().filter_map(|o| o.header).any(|o| o != h) {
@@ -444,7 +483,7 @@ impl<'s> DestSession<'s> {
             if !ch.ended {
                 return Err(VgpuError::Truncated);
             }
-            ch.dec.finish()?;
+            ch.dec.as_ref().ok_or(VgpuError::WrongPhase)?.finish()?;
         }
         let (mut cfg, mut regs, mut eng, mut pending, mut roots) = (0u32, 0u32, 0u32, 0u32, 0u32);
         let cfg_local = vgpu.config();

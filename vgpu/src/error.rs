@@ -95,6 +95,11 @@ pub enum VgpuError {
         /// The channel the bytes were fed on.
         channel: u16,
     },
+    /// The stream's id is not the one this migration expects (a replayed or misrouted stream).
+    UnexpectedStreamId {
+        /// The id in the stream header.
+        id: u64,
+    },
     /// A page arrived on a channel that does not carry its frame (see [`crate::channel`]).
     WrongChannel {
         /// The guest frame number.
@@ -127,7 +132,9 @@ impl VgpuError {
             | VgpuError::NotQuiesced
             | VgpuError::WrongPhase
             | VgpuError::Report(_) => Fault::State,
-            VgpuError::BadChannel { .. } | VgpuError::WrongChannel { .. } => Fault::Stream,
+            VgpuError::BadChannel { .. }
+            | VgpuError::WrongChannel { .. }
+            | VgpuError::UnexpectedStreamId { .. } => Fault::Stream,
             VgpuError::FrameOutsideMemory { .. }
             | VgpuError::DuplicateMismatch { .. }
             | VgpuError::BadPpgtt
@@ -188,6 +195,9 @@ impl fmt::Display for VgpuError {
                 f,
                 "channel {channel}: CHANNEL record missing, malformed or inconsistent with the migration"
             ),
+            VgpuError::UnexpectedStreamId { id } => {
+                write!(f, "stream id {id:#x} is not the one this migration expects")
+            }
             VgpuError::WrongChannel { gfn, channel } => {
                 write!(
                     f,

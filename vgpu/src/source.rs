@@ -346,6 +346,24 @@ impl<'s> SourceSession<'s> {
         Ok(self)
     }
 
+    /// Authenticate every channel's stream with the embedder's `key` (feature `auth`; SPEC.md §10):
+    /// each stream's header says so and a MAC record over all its bytes precedes its END. Use a
+    /// fresh [`SourceConfig::stream_id`] per migration (one the destination expects), or a
+    /// recorded stream could be replayed. Call before the first `poll_output`.
+    ///
+    /// # Errors
+    /// [`VgpuError::WrongPhase`] after output started.
+    #[cfg(feature = "auth")]
+    pub fn with_key(mut self, key: &migstream::AuthKey) -> Result<Self, VgpuError> {
+        if self.bytes_written() != 0 {
+            return Err(VgpuError::WrongPhase);
+        }
+        for c in self.chans.iter_mut() {
+            c.enc = Encoder::with_key(key);
+        }
+        Ok(self)
+    }
+
     /// Pre-copy the GGTT (stream mode): the main channel sends the whole GGTT before its first pages,
     /// and the stop-and-copy sends only the entries that changed since (as RAW runs, cleared entries
     /// included), so a GGTT that does not change costs nothing after the stop. `sent` holds what

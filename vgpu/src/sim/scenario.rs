@@ -265,6 +265,9 @@ pub struct Plan {
     pub content_cache_pages: usize,
     /// Pre-copy the GGTT (sent before round 0's pages; only changed entries after the stop).
     pub ggtt_precopy: bool,
+    /// Authenticate the streams with this key on both ends (needs feature `auth`), and have the
+    /// destination expect the plan's stream id.
+    pub auth_key: Option<[u8; 32]>,
     /// With several channels (`source.channels`): the stride that rotates which channel is polled
     /// and fed first on each turn (any value; the destination must accept every interleaving).
     pub interleave: u64,
@@ -285,6 +288,7 @@ impl Default for Plan {
             freeze_guest: false,
             content_cache_pages: 1024,
             ggtt_precopy: true,
+            auth_key: None,
             interleave: 1,
         }
     }
@@ -379,6 +383,19 @@ pub fn migrate(
         migstream::Limits::DEFAULT,
         channels,
     )?;
+    if let Some(key) = plan.auth_key {
+        #[cfg(feature = "auth")]
+        {
+            let key = migstream::AuthKey::new(key);
+            s = s.with_key(&key)?;
+            d = d.with_key(&key)?.expect_stream_id(plan.source.stream_id);
+        }
+        #[cfg(not(feature = "auth"))]
+        {
+            let _ = key;
+            return Err(VgpuError::WrongPhase);
+        }
+    }
     let mut out = vec![0u8; plan.chunk.max(1)];
     let mut report = MigrationReport {
         rounds: Vec::new(),
