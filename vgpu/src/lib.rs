@@ -60,4 +60,6 @@ pub mod ppgtt;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod source;
+#[cfg(feature = "alloc")]
+pub mod testplan;
 pub mod traits;
