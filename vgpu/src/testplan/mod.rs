@@ -225,7 +225,7 @@ impl Fault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Size {
     /// CI-sized: the small test vGPU (512 KiB aperture + 2 MiB hidden), workloads scaled down 128
-    /// times, 40 frames.
+    /// times, 60 frames.
     Quick,
     /// The full plan: 2 MiB aperture + 14 MiB hidden, workloads scaled down 16 times, 100 frames.
     Full,
@@ -235,7 +235,7 @@ impl Size {
     /// Frames each scenario's workload renders.
     pub const fn frames(self) -> u64 {
         match self {
-            Size::Quick => 40,
+            Size::Quick => 60,
             Size::Full => 100,
         }
     }
@@ -243,15 +243,23 @@ impl Size {
     /// Frames of one soak segment (the workload changes between segments).
     pub const fn soak_frames(self) -> u64 {
         match self {
-            Size::Quick => 8,
-            Size::Full => 24,
+            Size::Quick => 24,
+            Size::Full => 48,
+        }
+    }
+
+    /// The range of steps a soak hop's migration start is drawn from (within a segment).
+    pub const fn soak_start_range(self) -> u64 {
+        match self {
+            Size::Quick => 40,
+            Size::Full => 80,
         }
     }
 
     /// The range of steps a seeded instant is drawn from (about the length of a run).
     pub const fn instant_range(self) -> u64 {
         match self {
-            Size::Quick => 120,
+            Size::Quick => 80,
             Size::Full => 400,
         }
     }
@@ -462,6 +470,9 @@ pub struct HopResult {
     pub first_round_bytes: u64,
     /// Modeled (or measured) downtime, µs.
     pub downtime_us: u64,
+    /// Frames the guest had submitted when the source stopped (shows the migration happened
+    /// while the workload ran).
+    pub frame_at_stop: u64,
     /// Offsets just after each record of the stream (record boundaries), ascending.
     pub record_ends: Vec<u64>,
 }
@@ -604,6 +615,8 @@ pub struct Outcome {
     pub wire_bytes: u64,
     /// Its modeled downtime, µs.
     pub downtime_us: u64,
+    /// Frames the guest had submitted when that migration's source stopped.
+    pub frame_at_stop: u64,
 }
 
 /// Runs scenarios of a plan on one backend, caching the never-migrated reference runs (one per
@@ -656,15 +669,21 @@ impl<'b, B: Backend> Runner<'b, B> {
         }
     }
 
-    /// Where a scenario's instant is, as the backend is asked to advance.
-    pub fn at(&self, spec: &Spec) -> At {
+    /// Where a scenario's instant is, as the backend is asked to advance: a number of steps, then
+    /// (for exact instants) the next exact point. The steps are drawn from the workload and the
+    /// instant, so every placement and fault of a workload and instant migrates at the same point.
+    pub fn at(&self, spec: &Spec) -> (u64, Option<At>) {
+        let k = match spec.instant {
+            Instant::Seeded(k) => u64::from(k),
+            Instant::ElspDword(k) => 16 + u64::from(k),
+            Instant::GgttHalf => 32,
+        };
+        let mut rng = Rng::new(spec.workload as u64 * 1000 + k + 0x5EED);
+        let range = self.size.instant_range();
         match spec.instant {
-            Instant::Seeded(k) => {
-                let mut rng = Rng::new(spec.workload as u64 * 1000 + u64::from(k) + 0x5EED);
-                At::Steps(rng.below(self.size.instant_range()))
-            }
-            Instant::ElspDword(k) => At::ElspDword(k),
-            Instant::GgttHalf => At::GgttHalf,
+            Instant::Seeded(_) => (rng.below(range), None),
+            Instant::ElspDword(k) => (rng.below(range / 2), Some(At::ElspDword(k))),
+            Instant::GgttHalf => (rng.below(range / 2), Some(At::GgttHalf)),
         }
     }
 
@@ -740,8 +759,15 @@ impl<'b, B: Backend> Runner<'b, B> {
             .map_err(err("destination machine"))?;
         b.boot(&mut src, &self.load(spec.workload))
             .map_err(err("boot"))?;
-        let reached = b.advance(&mut src, self.at(spec)).map_err(err("advance"))?;
-        check(reached, "the instant was never reached")?;
+        let (steps, exact) = self.at(spec);
+        let reached = b
+            .advance(&mut src, At::Steps(steps))
+            .map_err(err("advance"))?;
+        check(reached, "the guest did not run")?;
+        if let Some(at) = exact {
+            let reached = b.advance(&mut src, at).map_err(err("advance"))?;
+            check(reached, "the instant was never reached")?;
+        }
         let hop = Hop {
             freeze_guest: spec.instant.is_exact(),
             inject,
@@ -803,8 +829,8 @@ impl<'b, B: Backend> Runner<'b, B> {
     /// outcome, never a panic.
     pub fn run(&mut self, spec: &Spec) -> Outcome {
         let instant = match self.at(spec) {
-            At::Steps(n) => format!("step {n}"),
-            _ => format!("{}", spec.instant),
+            (n, None) => format!("step {n}"),
+            (n, Some(_)) => format!("{} after step {n}", spec.instant),
         };
         let mut out = Outcome {
             spec: *spec,
@@ -813,6 +839,7 @@ impl<'b, B: Backend> Runner<'b, B> {
             detail: String::new(),
             wire_bytes: 0,
             downtime_us: 0,
+            frame_at_stop: 0,
         };
         let result = if spec.fault == Fault::None {
             self.run_clean(spec)
@@ -824,6 +851,7 @@ impl<'b, B: Backend> Runner<'b, B> {
                 out.passed = true;
                 out.wire_bytes = r.wire_bytes;
                 out.downtime_us = r.downtime_us;
+                out.frame_at_stop = r.frame_at_stop;
                 out.detail = detail;
             }
             Err(e) => out.detail = e,
@@ -921,6 +949,8 @@ pub struct SoakHop {
     pub wire_bytes: u64,
     /// Modeled downtime, µs.
     pub downtime_us: u64,
+    /// Frames of the segment the guest had submitted when the source stopped.
+    pub frame_at_stop: u64,
     /// `None` if the oracle held, else what differed.
     pub failure: Option<String>,
 }
@@ -936,6 +966,8 @@ pub struct SoakReport {
     pub max_downtime_us: u64,
     /// Hops per workload, in [`Workload::ALL`] order.
     pub per_workload: [u32; 4],
+    /// Hops whose source stopped before its segment's workload had submitted every frame.
+    pub mid_workload: u32,
     /// Failures (the soak stops at the first one: states diverge after it).
     pub failures: Vec<String>,
 }
@@ -1008,7 +1040,7 @@ pub fn soak<B: Backend>(
         b.reset_destination(there)
             .map_err(err("reset destination"))?;
         let h = Hop {
-            start_steps: rng.below(size.instant_range() / 4),
+            start_steps: rng.below(size.soak_start_range()),
             stream_id: hop,
             ..Hop::now()
         };
@@ -1027,11 +1059,15 @@ pub fn soak<B: Backend>(
         if let Some(n) = report.per_workload.get_mut(workload as usize) {
             *n += 1;
         }
+        if r.frame_at_stop < load.frames {
+            report.mid_workload += 1;
+        }
         on_hop(&SoakHop {
             hop,
             workload,
             wire_bytes: r.wire_bytes,
             downtime_us: r.downtime_us,
+            frame_at_stop: r.frame_at_stop,
             failure: failure.clone(),
         });
         if let Some(f) = failure {
@@ -1142,6 +1178,7 @@ mod tests {
             stop_copy_bytes: 3_000,
             first_round_bytes: 4_000,
             downtime_us: 0,
+            frame_at_stop: 0,
             record_ends: alloc::vec![96, 500, 4_000, 7_000, 9_000, 10_000],
         };
         for spec in full_plan() {

@@ -93,7 +93,7 @@ pub fn profile(size: Size, w: Workload) -> Profile {
     };
     match size {
         Size::Quick => p.scaled_down(128).unpaced(),
-        Size::Full => p.scaled_down(16).unpaced(),
+        Size::Full => p.scaled_down(8).unpaced(),
     }
 }
 
@@ -102,7 +102,7 @@ pub fn scenario(setup: &Setup) -> Result<Scenario, ReferenceError> {
     let p = profile(setup.size, Workload::Idle);
     let mut sc = match setup.size {
         Size::Quick => Scenario::small(Profile::IDLE, 1, 0)?,
-        Size::Full => Scenario::new(2 << 20, 14 << 20, p, 1, 0)?,
+        Size::Full => Scenario::new(4 << 20, 28 << 20, p, 1, 0)?,
     };
     let part = sc.config.partition;
     sc.dst_placement = match setup.placement {
@@ -248,6 +248,7 @@ impl Backend for ReferenceBackend {
                     stop_copy_bytes: r.stop_copy_bytes,
                     first_round_bytes: first + migstream::STREAM_HEADER_LEN as u64,
                     downtime_us: r.downtime_us,
+                    frame_at_stop: r.stopped_at_frame,
                     record_ends: super::record_ends(&r.wire),
                 })
             }
@@ -445,6 +446,7 @@ mod tests {
             "the workload changes between hops: {seen:?}"
         );
         assert!(r.wire_bytes > 0);
+        assert!(r.mid_workload > 0, "{r:?}");
     }
 
     /// A workload switch (a driver reload in the guest) renders the new workload's frames on the
