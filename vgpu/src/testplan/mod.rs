@@ -11,7 +11,7 @@
 //!
 //! The platform is a [`Backend`]: what the runner needs to build machines, run a guest, migrate it
 //! with a fault injected and capture the state the oracle compares. The crate implements it for the
-//! reference device ([`reference::ReferenceBackend`], feature `sim`); a real GVT-g or SR-IOV
+//! reference device (`reference::ReferenceBackend`, feature `sim`); a real GVT-g or SR-IOV
 //! backend lives out of tree and implements the same trait (its documentation says, method by
 //! method, what such a backend does).
 //!
@@ -473,7 +473,9 @@ pub struct HopResult {
     /// Frames the guest had submitted when the source stopped (shows the migration happened
     /// while the workload ran).
     pub frame_at_stop: u64,
-    /// Offsets just after each record of the stream (record boundaries), ascending.
+    /// Offsets just after each record of the stream (record boundaries), ascending. Empty when
+    /// the backend does not see records (a VMM's own stream); a cut at a record boundary then
+    /// lands right after the stream header.
     pub record_ends: Vec<u64>,
 }
 
@@ -512,22 +514,34 @@ pub fn record_ends(wire: &[u8]) -> Vec<u64> {
 /// fault injected, lets the destination finish and compares [`Backend::State`]s. Everything is
 /// driven from one thread; a backend with real devices blocks in its methods as long as it needs.
 ///
-/// This crate implements it for the reference device ([`reference::ReferenceBackend`]). No real
-/// backend is built in: `cargo xtask hw-test --backend NAME` refuses any name but `reference`. A
-/// real backend is an out-of-tree crate implementing this trait for a host with an Intel GPU; each
-/// method's documentation says what a mediated GVT-g backend (i915 `gvt`, a vGPU type created
-/// through mdev/VFIO) or an SR-IOV one (a VF handed to a VM, migrated through the VFIO migration
-/// v2 uAPI of the PF driver) implements.
+/// This crate implements it for the reference device (`reference::ReferenceBackend`, feature
+/// `sim`). No real backend is built in: `cargo xtask hw-test --backend NAME` refuses any name but
+/// `reference`. A real backend is an out-of-tree crate implementing this trait on hosts with an
+/// Intel GPU. Each method's documentation says what two kinds of real backend would do:
+/// - *GVT-g* (mediated: i915 `gvt` with KVMGT, a vGPU created as an mdev of a GVT type and given
+///   to a VM through VFIO). Upstream GVT-g has no migration region; such a backend embeds this
+///   crate's sessions in the mediator (or runs a GVT tree carrying the migration patches) and
+///   drives the VMM's migration;
+/// - *SR-IOV* (a virtual function given to a VM; the VF's device state saved and restored by the
+///   PF driver's VFIO migration v2 support, as `xe-vfio-pci` provides for Xe VFs), driven through
+///   the VMM's VFIO migration.
+///
+/// A backend reports what it cannot do as a failed scenario (an `Err`, or `Ok(false)` from
+/// [`Backend::advance`]), never by skipping silently.
 pub trait Backend {
     /// Per-machine storage (reference device: the vGPU's register file, GGTT and bitmaps).
     type Storage;
     /// One side: a VM with a vGPU on a host.
     type Machine<'s>;
-    /// What the oracle compares. The reference device compares everything (guest memory, every
-    /// register, the GGTT, engines); a real backend compares what it can read back without
-    /// disturbing the guest: guest-visible checksums of the render targets and of guest memory
-    /// computed by an agent in the guest (or by the VMM over guest RAM), the registers readable
-    /// through the vGPU's BAR0 and the guest GGTT read through the GGTT window.
+    /// What the oracle compares. The reference device compares everything, byte for byte (guest
+    /// memory, all 2 MiB of virtual registers, the guest GGTT, engine and derived state, config
+    /// space, PPGTT roots). Real hardware is not deterministic in that sense (timestamps, GPU
+    /// scheduling, caches), so a real backend compares what a deterministic workload makes
+    /// reproducible: checksums of the workload's output (render targets, decoded frames) and of
+    /// its guest memory, computed by an agent in the guest once the workload ended; the guest
+    /// GGTT as read through the GGTT window (GVT-g; an SR-IOV VF's GGTT is the PF's), and the
+    /// registers the guest driver programs (ring, execlist, interrupt masks), read through BAR0
+    /// while the engines are idle.
     type State: PartialEq;
     /// The backend's errors.
     type Error: fmt::Display;
