@@ -340,6 +340,32 @@ mod tests {
         }
     }
 
+    /// Record boundaries of a real stream tile it exactly, and a cut at a record boundary lands on
+    /// one of them, inside the stream.
+    #[test]
+    fn record_cuts_land_on_boundaries_of_the_real_stream() {
+        let b = ReferenceBackend;
+        let mut r = Runner::new(&b, Size::Quick);
+        let spec = Spec {
+            workload: Workload::ThreeD,
+            instant: Instant::Seeded(1),
+            placement: Placement::Split,
+            fault: Fault::CutAtRecord,
+        };
+        let clean = r.stream(&spec).unwrap();
+        let ends = &clean.record_ends;
+        assert!(ends.len() > 10, "{}", ends.len());
+        assert!(ends.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(ends.last(), Some(&clean.wire_bytes));
+        assert!(clean.stop_copy_bytes > 0 && clean.first_round_bytes < clean.wire_bytes);
+        match Runner::<ReferenceBackend>::inject(&spec, &clean) {
+            super::super::Inject::CutAt(n) => {
+                assert!(ends.contains(&n) && n < clean.wire_bytes, "{n}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// The oracle is not vacuous through the runner: a reference that differs fails the scenario.
     #[test]
     fn a_wrong_reference_fails_the_scenario() {
