@@ -64,5 +64,7 @@ pub mod ppgtt;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod source;
+#[cfg(feature = "alloc")]
+pub mod testplan;
 pub mod traits;
 pub mod vfio;

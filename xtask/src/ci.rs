@@ -209,6 +209,23 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         "--package",
         "xtask",
         "--",
+        "hw-test",
+        "--quick",
+        "--soak",
+        "200",
+    ]);
+    r.run(
+        "hardware test plan, quick (reference device) and a 200-hop soak",
+        c,
+    )?;
+
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--package",
+        "xtask",
+        "--",
         "bench",
         "--quick",
     ]);

@@ -27,6 +27,7 @@ mod bench_sim;
 mod benches;
 mod ci;
 mod fuzz;
+mod hwtest;
 mod migrate;
 
 use std::process::ExitCode;
@@ -51,6 +52,8 @@ enum Cmd {
     Bench(bench::Args),
     /// List the fuzz targets, or run one with cargo-fuzz (nightly).
     Fuzz(fuzz::Args),
+    /// Run the hardware test plan (scenarios, oracle, faults; --soak for ping-pong) on a backend.
+    HwTest(hwtest::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Migrate(a) => migrate::run(&a),
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Fuzz(a) => fuzz::run(&a),
+        Cmd::HwTest(a) => hwtest::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
