@@ -33,6 +33,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::addr::{Gfn, GttIndex, PAGE_SHIFT};
 use crate::entry::{ADDR_MASK, FRAME_MAX, Generation, GgttEntry};
 use crate::error::GttError;
+use crate::frames::{GuestFrames, SpanSet, Spans};
 use crate::partition::Partition;
 use crate::slices::GgttSlices;
 
@@ -313,23 +314,24 @@ impl<'p> RunReader<'p, '_> {
         let last = start
             .checked_add(count - 1)
             .ok_or(GttError::CountOverflow)?;
-        let slot = self
-            .partition
-            .slot_of(GttIndex::new(start))
-            .ok_or(GttError::OutOfRange)?;
-        let last_slot = self
-            .partition
-            .slot_of(GttIndex::new(last))
-            .ok_or(GttError::OutOfRange)?;
         let count = usize::try_from(count).map_err(|_| GttError::CountOverflow)?;
-        // Contiguous in storage: the last entry sits `count - 1` slots on; and inside one slice
-        // (when the hidden slice's indices follow the aperture's directly, a run could otherwise
-        // straddle the two).
-        let same_slice = self.partition.aperture.contains_index(GttIndex::new(start))
-            == self.partition.aperture.contains_index(GttIndex::new(last));
-        if last_slot.checked_sub(slot) != Some(count - 1) || !same_slice {
+        // The run must lie inside one slice (then it is contiguous in storage: when the hidden
+        // slice's indices follow the aperture's directly, a run could otherwise straddle the
+        // two). Slices are page aligned, so a slice holds index `i` exactly when
+        // `i - first_index < pages`.
+        let (ap, hid) = (&self.partition.aperture, &self.partition.hidden);
+        let (s, l) = (u64::from(start), u64::from(last));
+        let (first, pages, base_slot) = if s.wrapping_sub(ap.first_index()) < ap.pages() {
+            (ap.first_index(), ap.pages(), 0)
+        } else if s.wrapping_sub(hid.first_index()) < hid.pages() {
+            (hid.first_index(), hid.pages(), ap.pages())
+        } else {
+            return Err(GttError::OutOfRange);
+        };
+        if l.wrapping_sub(first) >= pages {
             return Err(GttError::OutOfRange);
         }
+        let slot = usize::try_from(base_slot + (s - first)).map_err(|_| GttError::OutOfRange)?;
         if slot < self.next_slot {
             return Err(GttError::RunOrder);
         }
@@ -507,6 +509,282 @@ pub fn apply_runs(payload: &[u8], slices: &mut GgttSlices<'_>) -> Result<usize, 
         written = written.saturating_add(run.count);
     }
     Ok(written)
+}
+
+/// Entries per block of the fused kernels ([`restore_runs`], [`validate_runs_in`]): 2 KiB
+/// of payload and 2 KiB of table, so a checked block is still in L1 when it is copied.
+const FUSED_BLOCK: usize = 256;
+
+/// Nonzero if an entry of `entries` sets a bit outside `allowed` or is present with a frame
+/// outside `spans`. Branch-free and free of bounds checks, so it vectorizes (SSE2).
+#[inline(always)]
+fn raw_bad<const N: usize>(entries: &[[u8; 8]], spans: &Spans<N>, allowed: u64) -> u64 {
+    let mut reserved = 0u64;
+    let mut outside = 0u64;
+    for chunk in entries {
+        let e = u64::from_le_bytes(*chunk);
+        reserved |= e & !allowed;
+        // Bit 63 of `e << 63` is the present bit.
+        outside |= (e << 63) & spans.outside(e & ADDR_MASK);
+    }
+    reserved | (outside & (1 << 63))
+}
+
+/// [`raw_bad`] of `entries`, or-ed with every value in `dst` (which must be as long).
+#[inline(always)]
+fn raw_bad_or_used<const N: usize>(
+    entries: &[[u8; 8]],
+    dst: &[u64],
+    spans: &Spans<N>,
+    allowed: u64,
+) -> u64 {
+    let mut reserved = 0u64;
+    let mut outside = 0u64;
+    let mut used = 0u64;
+    for (chunk, &old) in entries.iter().zip(dst) {
+        let e = u64::from_le_bytes(*chunk);
+        reserved |= e & !allowed;
+        outside |= (e << 63) & spans.outside(e & ADDR_MASK);
+        used |= old;
+    }
+    reserved | (outside & (1 << 63)) | used
+}
+
+/// Whether a LINEAR run with template `t` and `count` entries passes the entry checks.
+fn linear_ok(t: u64, count: usize, frames: &GuestFrames, allowed: u64) -> bool {
+    if t & !allowed != 0 {
+        return false;
+    }
+    if t & 1 == 0 {
+        return true;
+    }
+    let first = (t & ADDR_MASK) >> PAGE_SHIFT;
+    // The parser checked that the last frame fits the address field.
+    let last = first.saturating_add(u64::try_from(count.saturating_sub(1)).unwrap_or(u64::MAX));
+    frames.contains_all(first, last)
+}
+
+/// Fast path of [`validate_runs_in`]: `Some(stats)` if the payload is valid, `None` if
+/// anything is wrong (the caller then finds the exact first error).
+fn validate_fast<const N: usize>(
+    payload: &[u8],
+    partition: &Partition,
+    frames: &GuestFrames,
+    spans: &Spans<N>,
+    allowed: u64,
+) -> Option<RunStats> {
+    let mut reader = RunReader {
+        rest: payload,
+        partition,
+        next_slot: 0,
+    };
+    let mut stats = RunStats::default();
+    while let Some(run) = reader.next_run() {
+        let run = run.ok()?;
+        let ok = match run.body {
+            Body::Raw(bytes) => bytes
+                .as_chunks::<8>()
+                .0
+                .chunks(FUSED_BLOCK)
+                .all(|block| raw_bad(block, spans, allowed) == 0),
+            Body::Linear(t) => linear_ok(t, run.count, frames, allowed),
+        };
+        if !ok {
+            return None;
+        }
+        stats.runs += 1;
+        stats.entries += u64::try_from(run.count).ok()?;
+    }
+    Some(stats)
+}
+
+/// [`validate_runs`] against a [`GuestFrames`] set: the same checks, results and first
+/// error as `validate_runs(payload, partition, &|g| frames.contains(g), generation)`, but
+/// the per-entry check is branch-free and vectorizes. Changes nothing.
+///
+/// # Errors
+/// As [`validate_runs`].
+pub fn validate_runs_in(
+    payload: &[u8],
+    partition: &Partition,
+    frames: &GuestFrames,
+    generation: Generation,
+) -> Result<RunStats, GttError> {
+    partition.check()?;
+    let allowed = generation.format().allowed_mask();
+    let fast = match frames.span_set() {
+        SpanSet::One(s) => validate_fast(payload, partition, frames, &s, allowed),
+        SpanSet::Two(s) => validate_fast(payload, partition, frames, &s, allowed),
+        SpanSet::Four(s) => validate_fast(payload, partition, frames, &s, allowed),
+        SpanSet::All(s) => validate_fast(payload, partition, frames, &s, allowed),
+    };
+    match fast {
+        Some(stats) => Ok(stats),
+        // Something is wrong: the exact first error, from the entry-by-entry check.
+        None => validate_runs_with(payload, partition, |g| frames.contains(g), generation),
+    }
+}
+
+/// Where the fast path of [`restore_runs`] stopped: it wrote `runs` whole runs, then
+/// `partial` entries of the next one.
+struct Stopped {
+    runs: usize,
+    partial: usize,
+}
+
+/// Fast path of [`restore_runs`]: parses, checks and copies block by block, writing a block
+/// only after it passed the entry checks and its destination slots were found zero. Stops
+/// at the first problem of any kind (including a non-zero destination slot).
+fn restore_fast<const N: usize>(
+    payload: &[u8],
+    partition: &Partition,
+    storage: &mut [u64],
+    frames: &GuestFrames,
+    spans: &Spans<N>,
+    allowed: u64,
+) -> Result<RunStats, Stopped> {
+    let mut reader = RunReader {
+        rest: payload,
+        partition,
+        next_slot: 0,
+    };
+    let mut stats = RunStats::default();
+    let mut runs = 0usize;
+    while let Some(run) = reader.next_run() {
+        let stop = Stopped { runs, partial: 0 };
+        let Ok(run) = run else { return Err(stop) };
+        let Some(dst) = run
+            .slot
+            .checked_add(run.count)
+            .and_then(|end| storage.get_mut(run.slot..end))
+        else {
+            return Err(stop);
+        };
+        match run.body {
+            Body::Raw(bytes) => {
+                let src = bytes.as_chunks::<8>().0;
+                let mut partial = 0usize;
+                for (s, d) in src.chunks(FUSED_BLOCK).zip(dst.chunks_mut(FUSED_BLOCK)) {
+                    if raw_bad_or_used(s, d, spans, allowed) != 0 {
+                        return Err(Stopped { runs, partial });
+                    }
+                    for (x, c) in d.iter_mut().zip(s) {
+                        *x = u64::from_le_bytes(*c);
+                    }
+                    partial += d.len();
+                }
+            }
+            Body::Linear(t) => {
+                let old = dst.iter().fold(0u64, |acc, &x| acc | x);
+                if old != 0 || !linear_ok(t, run.count, frames, allowed) {
+                    return Err(stop);
+                }
+                let mut v = t;
+                for d in dst.iter_mut() {
+                    *d = v;
+                    v = v.wrapping_add(1 << PAGE_SHIFT);
+                }
+            }
+        }
+        runs += 1;
+        stats.runs += 1;
+        stats.entries = stats.entries.saturating_add(run.count as u64);
+    }
+    Ok(stats)
+}
+
+/// Resets to zero what [`restore_fast`] wrote before it stopped (those slots were zero).
+fn roll_back(payload: &[u8], partition: &Partition, storage: &mut [u64], stopped: &Stopped) {
+    let mut reader = RunReader {
+        rest: payload,
+        partition,
+        next_slot: 0,
+    };
+    let mut done = 0usize;
+    while let Some(Ok(run)) = reader.next_run() {
+        let n = if done < stopped.runs {
+            run.count
+        } else {
+            stopped.partial
+        };
+        if let Some(d) = storage.get_mut(run.slot..run.slot.saturating_add(n)) {
+            d.fill(0);
+        }
+        done += 1;
+        if done > stopped.runs {
+            break;
+        }
+    }
+}
+
+/// Validates a payload against the vGPU's guest view and guest memory `frames` and writes
+/// its runs into `slices`, in one pass over the payload: the same result as
+/// [`validate_runs_in`] followed (if it accepted) by [`apply_runs`], at close to the cost of
+/// the copy alone.
+///
+/// All or nothing: on error `slices` is exactly as before the call. The single pass writes a
+/// block of entries only after the block passed every check and its destination slots were
+/// zero, and on a later error resets the written slots to zero. If a destination slot is not
+/// zero (the table was not cleared, or runs of an earlier payload overlap), the payload is
+/// validated completely before anything is written, so the result is the same, only slower.
+///
+/// ```
+/// use gtt::{frames::GuestFrames, restore_runs, Generation, Gfn, GgttEntry, GgttSlices,
+///           GmAddr, GmRange, GttIndex, Partition, SaveCursor};
+///
+/// let partition = Partition::new(GmRange::new(GmAddr::new(0), 0x4000)?, GmRange::EMPTY)?;
+/// let mut a = [0u64; 4];
+/// let mut src = GgttSlices::new(partition, &mut a)?;
+/// src.write(GttIndex::new(1), GgttEntry::present_frame(Gfn::new(0x42))?)?;
+/// let mut buf = [0u8; 64];
+/// let n = src.save_runs(SaveCursor::START, &mut buf)?.written;
+///
+/// let ram = GuestFrames::from_ranges([(Gfn::new(0), 0x100)])?;
+/// let mut b = [0u64; 4];
+/// let mut dst = GgttSlices::new(partition, &mut b)?;
+/// let stats = restore_runs(&buf[..n], &mut dst, &ram, Generation::Gen9)?;
+/// assert_eq!((stats.runs, stats.entries), (1, 1));
+/// assert_eq!(dst.entries(), src.entries());
+///
+/// // Guest memory without frame 0x42: rejected, nothing written.
+/// let small = GuestFrames::from_ranges([(Gfn::new(0), 0x40)])?;
+/// let mut c = [0u64; 4];
+/// let mut dst = GgttSlices::new(partition, &mut c)?;
+/// assert_eq!(
+///     restore_runs(&buf[..n], &mut dst, &small, Generation::Gen9),
+///     Err(gtt::GttError::FrameOutsideGuest)
+/// );
+/// assert_eq!(dst.entries(), &[0; 4]);
+/// # Ok::<(), gtt::GttError>(())
+/// ```
+///
+/// # Errors
+/// As [`validate_runs`]: the first violation in payload order.
+pub fn restore_runs(
+    payload: &[u8],
+    slices: &mut GgttSlices<'_>,
+    frames: &GuestFrames,
+    generation: Generation,
+) -> Result<RunStats, GttError> {
+    let partition = *slices.partition();
+    partition.check()?;
+    let allowed = generation.format().allowed_mask();
+    let storage = slices.storage_mut();
+    let fast = match frames.span_set() {
+        SpanSet::One(s) => restore_fast(payload, &partition, storage, frames, &s, allowed),
+        SpanSet::Two(s) => restore_fast(payload, &partition, storage, frames, &s, allowed),
+        SpanSet::Four(s) => restore_fast(payload, &partition, storage, frames, &s, allowed),
+        SpanSet::All(s) => restore_fast(payload, &partition, storage, frames, &s, allowed),
+    };
+    match fast {
+        Ok(stats) => Ok(stats),
+        Err(stopped) => {
+            roll_back(payload, &partition, storage, &stopped);
+            let stats = validate_runs_in(payload, &partition, frames, generation)?;
+            apply_runs(payload, slices)?;
+            Ok(stats)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -897,5 +1175,124 @@ mod tests {
             let mut dst = GgttSlices::new(part(), &mut d).unwrap();
             let _ = apply_runs(&bytes, &mut dst);
         }
+
+        #[test]
+        fn restore_and_validate_in_match_reference(
+            t in big_table(),
+            flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 0..3),
+            cover in any::<bool>(),
+            extra in proptest::collection::vec((0u64..0x1_2000, 0u64..0x9000), 0..5),
+            used in proptest::collection::vec((0usize..256, any::<u64>()), 0..3),
+            gen_pick in 0usize..4,
+            bad_entry in proptest::option::of((any::<usize>(), 0u8..3)),
+        ) {
+            // A saved table, then damage: byte flips anywhere (headers and bodies), and one
+            // 8-byte word (an entry, or half a header) given a reserved bit, a frame outside
+            // guest memory, or a cleared present bit.
+            let generation = [Generation::Gen8, Generation::Gen9, Generation::Gen12, Generation::Mtl][gen_pick];
+            let mut s = t.clone();
+            let g = GgttSlices::new(big_part(), &mut s).unwrap();
+            let mut payload = vec![0u8; 256 * 8 + 256 * RUN_HEADER_LEN];
+            let p = g.save_runs(SaveCursor::START, &mut payload).unwrap();
+            payload.truncate(p.written);
+            if let Some((at, what)) = bad_entry {
+                let words = payload.len() / 8;
+                if words != 0 {
+                    let i = (at % words) * 8;
+                    let mut e = u64::from_le_bytes(payload[i..i + 8].try_into().unwrap());
+                    e = match what {
+                        0 => e | (1 << 50),
+                        1 => (e & !ADDR_MASK) | (0x1_1800 << PAGE_SHIFT) | 1,
+                        _ => e & !1,
+                    };
+                    payload[i..i + 8].copy_from_slice(&e.to_le_bytes());
+                }
+            }
+            for (at, x) in &flips {
+                if !payload.is_empty() {
+                    let n = payload.len();
+                    payload[at % n] ^= x;
+                }
+            }
+            // Guest memory: random ranges, half the time plus one holding every saved frame
+            // (the table's frames are below 0x1_0000), split in two at a random frame.
+            let mut ranges = extra.clone();
+            if cover {
+                let cut = extra.first().map_or(0x8000, |r| r.0 % 0x1_0000);
+                ranges.push((cut, 0x1_0000 - cut));
+                ranges.push((0, cut));
+            }
+            let frames = GuestFrames::from_ranges(ranges.iter().map(|&(a, n)| (Gfn::new(a), n))).unwrap();
+            let ok = |f: Gfn| ranges.iter().any(|&(a, n)| f.get() >= a && f.get() < a + n);
+
+            let reference = validate_runs(&payload, &big_part(), &ok, generation);
+            prop_assert_eq!(validate_runs_in(&payload, &big_part(), &frames, generation), reference);
+
+            // Destination: cleared, or with a few slots in use (the slow path).
+            let mut before = vec![0u64; 256];
+            for &(slot, v) in &used {
+                before[slot] = v;
+            }
+            let mut expect = before.clone();
+            if reference.is_ok() {
+                let mut e = GgttSlices::new(big_part(), &mut expect).unwrap();
+                apply_runs(&payload, &mut e).unwrap();
+            }
+            let mut got = before.clone();
+            let mut dst = GgttSlices::new(big_part(), &mut got).unwrap();
+            prop_assert_eq!(restore_runs(&payload, &mut dst, &frames, generation), reference);
+            drop(dst);
+            prop_assert_eq!(got, expect);
+        }
+    }
+
+    #[test]
+    fn restore_linear_runs_across_merged_ranges() {
+        // Guest memory given as two adjacent ranges: a LINEAR run crossing the seam is inside.
+        let mut payload = header(0x100, 8, KIND_LINEAR);
+        payload.extend_from_slice(&((0xC_u64 << PAGE_SHIFT) | 1).to_le_bytes());
+        let p = part();
+        let frames =
+            GuestFrames::from_ranges([(Gfn::new(0x10), 0x10), (Gfn::new(0), 0x10)]).unwrap();
+        assert_eq!(frames.spans(), &[(0, 0x20)]);
+        let mut d = [0u64; 16];
+        let mut dst = GgttSlices::new(p, &mut d).unwrap();
+        let stats = restore_runs(&payload, &mut dst, &frames, Generation::Gen9).unwrap();
+        assert_eq!((stats.runs, stats.entries), (1, 8));
+        assert_eq!(d[7], (0x13 << PAGE_SHIFT) | 1);
+        // One frame short: rejected, nothing written.
+        let short = GuestFrames::from_ranges([(Gfn::new(0), 0x13)]).unwrap();
+        let mut d = [0u64; 16];
+        let mut dst = GgttSlices::new(p, &mut d).unwrap();
+        assert_eq!(
+            restore_runs(&payload, &mut dst, &short, Generation::Gen9),
+            Err(GttError::FrameOutsideGuest)
+        );
+        assert_eq!(d, [0; 16]);
+    }
+
+    #[test]
+    fn restore_rolls_back_earlier_runs() {
+        // Two good runs, then a third with a reserved bit: the first two are undone.
+        let raw = |start, entries: &[u64]| {
+            let mut b = header(start, u32::try_from(entries.len()).unwrap(), KIND_RAW);
+            for e in entries {
+                b.extend_from_slice(&e.to_le_bytes());
+            }
+            b
+        };
+        let mut payload = raw(0x100, &[0x5001, 0x6001]);
+        payload.extend_from_slice(&raw(0x104, &[0x7001]));
+        payload.extend_from_slice(&raw(0x40, &[0x8001, 0x9001 | (1 << 60)]));
+        let frames = GuestFrames::from_ranges([(Gfn::new(0), 0x100)]).unwrap();
+        let mut d = [0u64; 16];
+        d[6] = 0x1234;
+        let before = d;
+        let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+        assert_eq!(
+            restore_runs(&payload, &mut dst, &frames, Generation::Gen9),
+            Err(GttError::ReservedBits)
+        );
+        assert_eq!(d, before);
     }
 }
