@@ -24,8 +24,11 @@ const SPAN_LIMIT: u64 = 1 << 63;
 /// Frame spans padded to `N` with empty spans, in the form the kernels use: bounds clamped
 /// to `0..=2^34` (no entry frame lies beyond) and shifted to the address field's position,
 /// so an entry masked with [`ADDR_MASK`](crate::entry::ADDR_MASK) is compared directly.
+///
+/// With `LOW`, the first span starts at frame 0 (as the first region of a PC guest's RAM
+/// does) and its lower bound is not tested.
 #[derive(Clone, Copy)]
-pub(crate) struct Spans<const N: usize> {
+pub(crate) struct Spans<const N: usize, const LOW: bool> {
     start: [u64; N],
     end: [u64; N],
 }
@@ -33,7 +36,7 @@ pub(crate) struct Spans<const N: usize> {
 /// One past the largest frame an entry can hold.
 const ENTRY_FRAMES: u64 = FRAME_MAX + 1;
 
-impl<const N: usize> Spans<N> {
+impl<const N: usize, const LOW: bool> Spans<N, LOW> {
     /// Bit 63 is set if the address field `addr` (an entry masked with [`ADDR_MASK`](crate::entry::ADDR_MASK)) lies in
     /// no span; the other bits mean nothing. Branch-free, only SSE2 operations on 64-bit lanes.
     ///
@@ -44,8 +47,14 @@ impl<const N: usize> Spans<N> {
     #[inline(always)]
     pub(crate) fn outside(&self, addr: u64) -> u64 {
         let mut out = u64::MAX;
-        for (&s, &e) in self.start.iter().zip(&self.end) {
-            out &= addr.wrapping_sub(s) | !addr.wrapping_sub(e);
+        for (i, (&s, &e)) in self.start.iter().zip(&self.end).enumerate() {
+            // `addr - 0` never has bit 63 set.
+            let below = if LOW && i == 0 {
+                0
+            } else {
+                addr.wrapping_sub(s)
+            };
+            out &= below | !addr.wrapping_sub(e);
         }
         out
     }
@@ -69,10 +78,12 @@ impl<const N: usize> Spans<N> {
     reason = "a short-lived value on the stack, built once per call"
 )]
 pub(crate) enum SpanSet {
-    One(Spans<1>),
-    Two(Spans<2>),
-    Four(Spans<4>),
-    All(Spans<MAX_SPANS>),
+    One(Spans<1, false>),
+    OneLow(Spans<1, true>),
+    Two(Spans<2, false>),
+    TwoLow(Spans<2, true>),
+    Four(Spans<4, false>),
+    All(Spans<MAX_SPANS, false>),
 }
 
 /// A set of guest frames: up to [`MAX_SPANS`] disjoint, sorted, non-adjacent spans.
@@ -182,10 +193,13 @@ impl GuestFrames {
     /// The padded kernel form with the fewest spans that holds this set.
     pub(crate) fn span_set(&self) -> SpanSet {
         let p = self.spans();
-        match p.len() {
-            0 | 1 => SpanSet::One(Spans::from_pairs(p)),
-            2 => SpanSet::Two(Spans::from_pairs(p)),
-            3 | 4 => SpanSet::Four(Spans::from_pairs(p)),
+        let low = p.first().is_some_and(|&(s, _)| s == 0);
+        match (p.len(), low) {
+            (0 | 1, false) => SpanSet::One(Spans::from_pairs(p)),
+            (1, true) => SpanSet::OneLow(Spans::from_pairs(p)),
+            (2, false) => SpanSet::Two(Spans::from_pairs(p)),
+            (2, true) => SpanSet::TwoLow(Spans::from_pairs(p)),
+            (3 | 4, _) => SpanSet::Four(Spans::from_pairs(p)),
             _ => SpanSet::All(Spans::from_pairs(p)),
         }
     }
@@ -436,7 +450,13 @@ mod tests {
         fn spans_kernel_matches_contains(
             ranges in proptest::collection::vec((0u64..(1 << 35), 0u64..(1 << 33)), 0..18),
             frames in proptest::collection::vec(0u64..=FRAME_MAX, 1..40),
+            low in proptest::option::of(1u64..(1 << 35)),
         ) {
+            // Sometimes a range from frame 0 (the kernels' `LOW` form).
+            let mut ranges = ranges;
+            if let Some(n) = low {
+                ranges.push((0, n));
+            }
             let naive = |f: u64| ranges.iter().any(|&(a, n)| f >= a && f < a + n);
             let Ok(set) = GuestFrames::from_ranges(ranges.iter().map(|&(a, n)| (Gfn::new(a), n))) else {
                 return Ok(());
@@ -449,7 +469,9 @@ mod tests {
                 let addr = f << PAGE_SHIFT;
                 let out = match set.span_set() {
                     SpanSet::One(s) => s.outside(addr),
+                    SpanSet::OneLow(s) => s.outside(addr),
                     SpanSet::Two(s) => s.outside(addr),
+                    SpanSet::TwoLow(s) => s.outside(addr),
                     SpanSet::Four(s) => s.outside(addr),
                     SpanSet::All(s) => s.outside(addr),
                 };

@@ -33,7 +33,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::addr::{Gfn, GttIndex, PAGE_SHIFT};
 use crate::entry::{ADDR_MASK, FRAME_MAX, Generation, GgttEntry};
 use crate::error::GttError;
-use crate::frames::{GuestFrames, SpanSet, Spans};
+use crate::frames::{GuestFrames, MAX_SPANS, SpanSet, Spans};
 use crate::partition::Partition;
 use crate::slices::GgttSlices;
 
@@ -515,39 +515,76 @@ pub fn apply_runs(payload: &[u8], slices: &mut GgttSlices<'_>) -> Result<usize, 
 /// of payload and 2 KiB of table, so a checked block is still in L1 when it is copied.
 const FUSED_BLOCK: usize = 256;
 
+/// The address field of `e` for the span test. With `FULL` (the generation allows no bit
+/// above the address field), `e` itself: an entry that passes the reserved-bit check has
+/// nothing above bit 45 and only bits below 12 besides its address, which do not change how
+/// it compares with page-aligned span bounds, and an entry that fails is rejected anyway.
+#[inline(always)]
+fn addr_of<const FULL: bool>(e: u64) -> u64 {
+    if FULL { e } else { e & ADDR_MASK }
+}
+
+/// Whether `allowed` has no bit above the address field (the `FULL` kernels apply).
+const fn full_kernel(allowed: u64) -> bool {
+    allowed & !(ADDR_MASK | 0xFFF) == 0
+}
+
+/// Calls `$f::<N, LOW, FULL>(args.., &spans)` with the kernel form of `$frames` and
+/// `FULL = full_kernel($allowed)`: specialized forms for one or two spans, generic ones
+/// for more.
+macro_rules! with_kernel {
+    ($frames:expr, $allowed:expr, $f:ident($($arg:expr),*)) => {
+        match ($frames.span_set(), full_kernel($allowed)) {
+            (SpanSet::One(s), true) => $f::<1, false, true>($($arg,)* &s),
+            (SpanSet::One(s), false) => $f::<1, false, false>($($arg,)* &s),
+            (SpanSet::OneLow(s), true) => $f::<1, true, true>($($arg,)* &s),
+            (SpanSet::OneLow(s), false) => $f::<1, true, false>($($arg,)* &s),
+            (SpanSet::Two(s), true) => $f::<2, false, true>($($arg,)* &s),
+            (SpanSet::Two(s), false) => $f::<2, false, false>($($arg,)* &s),
+            (SpanSet::TwoLow(s), true) => $f::<2, true, true>($($arg,)* &s),
+            (SpanSet::TwoLow(s), false) => $f::<2, true, false>($($arg,)* &s),
+            (SpanSet::Four(s), _) => $f::<4, false, false>($($arg,)* &s),
+            (SpanSet::All(s), _) => $f::<MAX_SPANS, false, false>($($arg,)* &s),
+        }
+    };
+}
+
 /// Nonzero if an entry of `entries` sets a bit outside `allowed` or is present with a frame
 /// outside `spans`. Branch-free and free of bounds checks, so it vectorizes (SSE2).
 #[inline(always)]
-fn raw_bad<const N: usize>(entries: &[[u8; 8]], spans: &Spans<N>, allowed: u64) -> u64 {
+fn raw_bad<const N: usize, const LOW: bool, const FULL: bool>(
+    entries: &[[u8; 8]],
+    spans: &Spans<N, LOW>,
+    allowed: u64,
+) -> u64 {
     let mut reserved = 0u64;
     let mut outside = 0u64;
     for chunk in entries {
         let e = u64::from_le_bytes(*chunk);
         reserved |= e & !allowed;
         // Bit 63 of `e << 63` is the present bit.
-        outside |= (e << 63) & spans.outside(e & ADDR_MASK);
+        outside |= (e << 63) & spans.outside(addr_of::<FULL>(e));
     }
     reserved | (outside & (1 << 63))
 }
 
-/// [`raw_bad`] of `entries`, or-ed with every value in `dst` (which must be as long).
+/// Copies `entries` into `dst` (as long) and returns [`raw_bad`] of them, in one pass.
 #[inline(always)]
-fn raw_bad_or_used<const N: usize>(
+fn copy_checked<const N: usize, const LOW: bool, const FULL: bool>(
     entries: &[[u8; 8]],
-    dst: &[u64],
-    spans: &Spans<N>,
+    dst: &mut [u64],
+    spans: &Spans<N, LOW>,
     allowed: u64,
 ) -> u64 {
     let mut reserved = 0u64;
     let mut outside = 0u64;
-    let mut used = 0u64;
-    for (chunk, &old) in entries.iter().zip(dst) {
+    for (chunk, d) in entries.iter().zip(dst) {
         let e = u64::from_le_bytes(*chunk);
         reserved |= e & !allowed;
-        outside |= (e << 63) & spans.outside(e & ADDR_MASK);
-        used |= old;
+        outside |= (e << 63) & spans.outside(addr_of::<FULL>(e));
+        *d = e;
     }
-    reserved | (outside & (1 << 63)) | used
+    reserved | (outside & (1 << 63))
 }
 
 /// Whether a LINEAR run with template `t` and `count` entries passes the entry checks.
@@ -566,12 +603,12 @@ fn linear_ok(t: u64, count: usize, frames: &GuestFrames, allowed: u64) -> bool {
 
 /// Fast path of [`validate_runs_in`]: `Some(stats)` if the payload is valid, `None` if
 /// anything is wrong (the caller then finds the exact first error).
-fn validate_fast<const N: usize>(
+fn validate_fast<const N: usize, const LOW: bool, const FULL: bool>(
     payload: &[u8],
     partition: &Partition,
     frames: &GuestFrames,
-    spans: &Spans<N>,
     allowed: u64,
+    spans: &Spans<N, LOW>,
 ) -> Option<RunStats> {
     let mut reader = RunReader {
         rest: payload,
@@ -586,7 +623,7 @@ fn validate_fast<const N: usize>(
                 .as_chunks::<8>()
                 .0
                 .chunks(FUSED_BLOCK)
-                .all(|block| raw_bad(block, spans, allowed) == 0),
+                .all(|block| raw_bad::<N, LOW, FULL>(block, spans, allowed) == 0),
             Body::Linear(t) => linear_ok(t, run.count, frames, allowed),
         };
         if !ok {
@@ -612,12 +649,11 @@ pub fn validate_runs_in(
 ) -> Result<RunStats, GttError> {
     partition.check()?;
     let allowed = generation.format().allowed_mask();
-    let fast = match frames.span_set() {
-        SpanSet::One(s) => validate_fast(payload, partition, frames, &s, allowed),
-        SpanSet::Two(s) => validate_fast(payload, partition, frames, &s, allowed),
-        SpanSet::Four(s) => validate_fast(payload, partition, frames, &s, allowed),
-        SpanSet::All(s) => validate_fast(payload, partition, frames, &s, allowed),
-    };
+    let fast = with_kernel!(
+        frames,
+        allowed,
+        validate_fast(payload, partition, frames, allowed)
+    );
     match fast {
         Some(stats) => Ok(stats),
         // Something is wrong: the exact first error, from the entry-by-entry check.
@@ -635,13 +671,13 @@ struct Stopped {
 /// Fast path of [`restore_runs`]: parses, checks and copies block by block, writing a block
 /// only after it passed the entry checks and its destination slots were found zero. Stops
 /// at the first problem of any kind (including a non-zero destination slot).
-fn restore_fast<const N: usize>(
+fn restore_fast<const N: usize, const LOW: bool, const FULL: bool>(
     payload: &[u8],
     partition: &Partition,
     storage: &mut [u64],
     frames: &GuestFrames,
-    spans: &Spans<N>,
     allowed: u64,
+    spans: &Spans<N, LOW>,
 ) -> Result<RunStats, Stopped> {
     let mut reader = RunReader {
         rest: payload,
@@ -665,13 +701,15 @@ fn restore_fast<const N: usize>(
                 let src = bytes.as_chunks::<8>().0;
                 let mut partial = 0usize;
                 for (s, d) in src.chunks(FUSED_BLOCK).zip(dst.chunks_mut(FUSED_BLOCK)) {
-                    if raw_bad_or_used(s, d, spans, allowed) != 0 {
+                    if d.iter().fold(0u64, |acc, &x| acc | x) != 0 {
                         return Err(Stopped { runs, partial });
                     }
-                    for (x, c) in d.iter_mut().zip(s) {
-                        *x = u64::from_le_bytes(*c);
-                    }
+                    // The block was zero: written now, reset by the roll-back if it fails.
+                    let bad = copy_checked::<N, LOW, FULL>(s, d, spans, allowed);
                     partial += d.len();
+                    if bad != 0 {
+                        return Err(Stopped { runs, partial });
+                    }
                 }
             }
             Body::Linear(t) => {
@@ -770,12 +808,11 @@ pub fn restore_runs(
     partition.check()?;
     let allowed = generation.format().allowed_mask();
     let storage = slices.storage_mut();
-    let fast = match frames.span_set() {
-        SpanSet::One(s) => restore_fast(payload, &partition, storage, frames, &s, allowed),
-        SpanSet::Two(s) => restore_fast(payload, &partition, storage, frames, &s, allowed),
-        SpanSet::Four(s) => restore_fast(payload, &partition, storage, frames, &s, allowed),
-        SpanSet::All(s) => restore_fast(payload, &partition, storage, frames, &s, allowed),
-    };
+    let fast = with_kernel!(
+        frames,
+        allowed,
+        restore_fast(payload, &partition, storage, frames, allowed)
+    );
     match fast {
         Ok(stats) => Ok(stats),
         Err(stopped) => {
