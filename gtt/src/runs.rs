@@ -686,10 +686,11 @@ fn restore_fast<const N: usize, const LOW: bool, const FULL: bool>(
     payload: &[u8],
     partition: &Partition,
     storage: &mut [u64],
+    zero_from: usize,
     frames: &GuestFrames,
     allowed: u64,
     spans: &Spans<N, LOW>,
-) -> Result<RunStats, Stopped> {
+) -> Result<(RunStats, usize), Stopped> {
     let mut reader = RunReader {
         rest: payload,
         partition,
@@ -697,6 +698,7 @@ fn restore_fast<const N: usize, const LOW: bool, const FULL: bool>(
     };
     let mut stats = RunStats::default();
     let mut runs = 0usize;
+    let mut end = 0usize;
     while let Some(run) = reader.next_run() {
         let stop = Stopped { runs, partial: 0 };
         let Ok(run) = run else { return Err(stop) };
@@ -711,8 +713,10 @@ fn restore_fast<const N: usize, const LOW: bool, const FULL: bool>(
             Body::Raw(bytes) => {
                 let src = bytes.as_chunks::<8>().0;
                 let mut partial = 0usize;
+                // Slots from `zero_from` on are known to be zero; others are checked.
+                let known_free = run.slot >= zero_from;
                 for (s, d) in src.chunks(FUSED_BLOCK).zip(dst.chunks_mut(FUSED_BLOCK)) {
-                    if d.iter().fold(0u64, |acc, &x| acc | x) != 0 {
+                    if !known_free && d.iter().fold(0u64, |acc, &x| acc | x) != 0 {
                         return Err(Stopped { runs, partial });
                     }
                     // The block was zero: written now, reset by the roll-back if it fails.
@@ -724,8 +728,8 @@ fn restore_fast<const N: usize, const LOW: bool, const FULL: bool>(
                 }
             }
             Body::Linear(t) => {
-                let old = dst.iter().fold(0u64, |acc, &x| acc | x);
-                if old != 0 || !linear_ok(t, run.count, frames, allowed) {
+                let used = run.slot < zero_from && dst.iter().any(|&x| x != 0);
+                if used || !linear_ok(t, run.count, frames, allowed) {
                     return Err(stop);
                 }
                 let mut v = t;
@@ -735,11 +739,12 @@ fn restore_fast<const N: usize, const LOW: bool, const FULL: bool>(
                 }
             }
         }
+        end = run.slot + run.count;
         runs += 1;
         stats.runs += 1;
         stats.entries = stats.entries.saturating_add(run.count as u64);
     }
-    Ok(stats)
+    Ok((stats, end))
 }
 
 /// Resets to zero what [`restore_fast`] wrote before it stopped (those slots were zero).
@@ -773,7 +778,9 @@ fn roll_back(payload: &[u8], partition: &Partition, storage: &mut [u64], stopped
 ///
 /// All or nothing: on error `slices` is exactly as before the call. The single pass writes a
 /// block of entries only after the block passed every check and its destination slots were
-/// zero, and on a later error resets the written slots to zero. If a destination slot is not
+/// zero, and on a later error resets the written slots to zero. Slots are known to be zero,
+/// without reading them, after [`GgttSlices::clear`] up to the first slot written since (by
+/// any write, or by a run of an earlier payload); other slots are read and checked. If a destination slot is not
 /// zero (the table was not cleared, or runs of an earlier payload overlap), the payload is
 /// validated completely before anything is written, so the result is the same, only slower.
 ///
@@ -818,16 +825,23 @@ pub fn restore_runs(
     let partition = *slices.partition();
     partition.check()?;
     let allowed = generation.format().allowed_mask();
+    let zero_from = slices.zero_from();
     let storage = slices.storage_mut();
     let fast = with_kernel!(
         frames,
         allowed,
-        restore_fast(payload, &partition, storage, frames, allowed)
+        restore_fast(payload, &partition, storage, zero_from, frames, allowed)
     );
     match fast {
-        Ok(stats) => Ok(stats),
+        Ok((stats, end)) => {
+            // Runs ascend: nothing at or after the last run's end was written.
+            slices.set_zero_from(zero_from.max(end));
+            Ok(stats)
+        }
         Err(stopped) => {
             roll_back(payload, &partition, storage, &stopped);
+            // The roll-back restored every written slot to zero.
+            slices.set_zero_from(zero_from);
             let stats = validate_runs_in(payload, &partition, frames, generation)?;
             apply_runs(payload, slices)?;
             Ok(stats)
@@ -845,6 +859,7 @@ pub fn restore_runs(
 mod tests {
     use super::*;
     use crate::addr::GmAddr;
+    use crate::entry::GgttEntry;
     use crate::partition::GmRange;
     use proptest::prelude::*;
     use std::vec;
@@ -1291,6 +1306,75 @@ mod tests {
             prop_assert_eq!(restore_runs(&payload, &mut dst, &frames, generation), reference);
             drop(dst);
             prop_assert_eq!(got, expect);
+        }
+    }
+
+    /// A guest write of `v` at `i`: whole (`how` 0), as two halves (1), or one held half (2).
+    fn guest_write(x: &mut GgttSlices<'_>, i: GttIndex, v: u64, how: u8) {
+        let lo = u32::try_from(v & 0xFFFF_FFFF).unwrap();
+        let hi = u32::try_from(v >> 32).unwrap();
+        match how {
+            0 => x.write(i, GgttEntry::from_bits(v)).unwrap(),
+            1 => {
+                x.write_half(i, false, lo).unwrap();
+                x.write_half(i, true, hi).unwrap();
+            }
+            _ => {
+                x.write_half(i, false, lo).unwrap();
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn restore_after_clear_and_writes_matches_reference(
+            t in big_table(),
+            chunk in MIN_SAVE_BUFFER..600usize,
+            writes in proptest::collection::vec((0usize..256, any::<u64>(), 0u8..3), 0..4),
+            reverse in any::<bool>(),
+            flip in proptest::option::of((any::<usize>(), any::<usize>(), 1u8..=255)),
+        ) {
+            // Several payloads restored one after the other into a cleared table that has
+            // seen some guest writes (whole entries and completed halves): every payload's
+            // result and the final table equal validate_runs + apply_runs on a plain copy.
+            let mut s = t.clone();
+            let g = GgttSlices::new(big_part(), &mut s).unwrap();
+            let mut payloads = save_all(&g, chunk);
+            if let Some((which, at, x)) = flip {
+                let n = payloads.len();
+                let p = &mut payloads[which % n];
+                if !p.is_empty() {
+                    let n = p.len();
+                    p[at % n] ^= x;
+                }
+            }
+            if reverse {
+                payloads.reverse();
+            }
+            let frames = GuestFrames::from_ranges([(Gfn::new(0), 0x1_0000)]).unwrap();
+            let ok = |f: Gfn| f.get() < 0x1_0000;
+            let mut model = vec![0x55u64; 256];
+            let mut d = vec![0x55u64; 256];
+            let mut dst = GgttSlices::new(big_part(), &mut d).unwrap();
+            dst.clear();
+            model.fill(0);
+            {
+                let mut m = GgttSlices::new(big_part(), &mut model).unwrap();
+                for &(slot, v, how) in &writes {
+                    let i = big_part().index_at(slot).unwrap();
+                    guest_write(&mut dst, i, v, how);
+                    guest_write(&mut m, i, v, how);
+                }
+            }
+            for p in &payloads {
+                let reference = validate_runs(p, &big_part(), &ok, Generation::Gen9);
+                if reference.is_ok() {
+                    let mut m = GgttSlices::new(big_part(), &mut model).unwrap();
+                    apply_runs(p, &mut m).unwrap();
+                }
+                prop_assert_eq!(restore_runs(p, &mut dst, &frames, Generation::Gen9), reference);
+                prop_assert_eq!(dst.entries(), &model[..]);
+            }
         }
     }
 
