@@ -53,6 +53,8 @@ pub enum GttError {
     FrameTooLarge,
     /// A guest frame has no host mapping.
     Unmapped,
+    /// More frame spans than [`crate::frames::MAX_SPANS`] after merging.
+    TooManySpans,
 }
 
 impl GttError {
@@ -76,7 +78,8 @@ impl GttError {
             | Self::BadPlacement
             | Self::BufferTooSmall
             | Self::FrameTooLarge
-            | Self::Unmapped => Fault::Local,
+            | Self::Unmapped
+            | Self::TooManySpans => Fault::Local,
         }
     }
 }
@@ -101,6 +104,7 @@ impl fmt::Display for GttError {
             Self::BufferTooSmall => "output buffer too small for one GTT run",
             Self::FrameTooLarge => "frame number does not fit a GTT entry",
             Self::Unmapped => "guest frame has no host mapping",
+            Self::TooManySpans => "too many frame spans",
         };
         f.write_str(s)
     }

@@ -121,6 +121,9 @@ pub struct GgttSlices<'a> {
     partition: Partition,
     storage: &'a mut [u64],
     pending: Vec<PendingHalf, MAX_PENDING_HALVES>,
+    /// Every slot at or after this one is known to be zero (`storage.len()` when nothing is
+    /// known): lets [`crate::restore_runs`] skip checking that the slots it fills are free.
+    zero_from: usize,
 }
 
 impl<'a> GgttSlices<'a> {
@@ -135,10 +138,12 @@ impl<'a> GgttSlices<'a> {
         if u64::try_from(storage.len()).ok() != Some(partition.entries()) {
             return Err(GttError::StorageSize);
         }
+        let zero_from = storage.len();
         Ok(Self {
             partition,
             storage,
             pending: Vec::new(),
+            zero_from,
         })
     }
 
@@ -158,6 +163,7 @@ impl<'a> GgttSlices<'a> {
     pub fn clear(&mut self) {
         self.storage.fill(0);
         self.pending.clear();
+        self.zero_from = 0;
     }
 
     fn slot(&self, index: GttIndex) -> Result<usize, GttError> {
@@ -184,6 +190,7 @@ impl<'a> GgttSlices<'a> {
         let slot = self.slot(index)?;
         let cell = self.storage.get_mut(slot).ok_or(GttError::OutOfRange)?;
         *cell = entry.into_bits();
+        self.zero_from = self.zero_from.max(slot + 1);
         self.pending.retain(|p| p.index != index);
         Ok(())
     }
@@ -235,6 +242,7 @@ impl<'a> GgttSlices<'a> {
             let entry = GgttEntry::from_bits(u64::from(lo) | (u64::from(hi) << 32));
             let cell = self.storage.get_mut(slot).ok_or(GttError::OutOfRange)?;
             *cell = entry.into_bits();
+            self.zero_from = self.zero_from.max(slot + 1);
             return Ok(HalfWrite::Completed(entry));
         }
         let mut evicted = None;
@@ -258,6 +266,7 @@ impl<'a> GgttSlices<'a> {
         } else {
             (*cell & 0xFFFF_FFFF_0000_0000) | v
         };
+        self.zero_from = self.zero_from.max(slot + 1);
         Ok(())
     }
 
@@ -337,8 +346,21 @@ impl<'a> GgttSlices<'a> {
             })
     }
 
+    /// The storage for writing; forgets which slots are known to be zero (a caller that knows
+    /// better restores it with [`GgttSlices::set_zero_from`]).
     pub(crate) fn storage_mut(&mut self) -> &mut [u64] {
+        self.zero_from = self.storage.len();
         self.storage
+    }
+
+    /// The first slot from which every slot is known to be zero.
+    pub(crate) const fn zero_from(&self) -> usize {
+        self.zero_from
+    }
+
+    /// Records that every slot from `slot` on is zero; the caller guarantees it.
+    pub(crate) fn set_zero_from(&mut self, slot: usize) {
+        self.zero_from = slot.min(self.storage.len());
     }
 }
 
