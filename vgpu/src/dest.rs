@@ -488,6 +488,7 @@ impl<'s> DestSession<'s> {
         let (mut cfg, mut regs, mut eng, mut pending, mut roots) = (0u32, 0u32, 0u32, 0u32, 0u32);
         let cfg_local = vgpu.config();
         let partition = cfg_local.partition;
+        let frames = guest_frames(mem)?;
         for (kind, payload) in self.staged_records() {
             match kind {
                 RecordKind::CONFIG_SPACE => {
@@ -503,13 +504,7 @@ impl<'s> DestSession<'s> {
                     mmio::validate_sparse(vgpu.regs().platform(), payload)?;
                 }
                 RecordKind::GGTT_RUNS => {
-                    let map = mem.map();
-                    gtt::validate_runs(
-                        payload,
-                        &partition,
-                        &|g| map.contains(g),
-                        cfg_local.generation,
-                    )?;
+                    gtt::validate_runs_in(payload, &partition, &frames, cfg_local.generation)?;
                 }
                 RecordKind::PPGTT_ROOTS => {
                     roots += 1;
@@ -594,9 +589,16 @@ impl<'s> DestSession<'s> {
             }
         }
         vgpu.ggtt_mut().clear();
+        let frames = guest_frames(mem)?;
+        let generation = vgpu.config().generation;
         for (kind, payload) in self.staged_records() {
             if kind == RecordKind::GGTT_RUNS {
-                stats.ggtt_entries += gtt::apply_runs(payload, vgpu.ggtt_mut())?;
+                // Validated above; `restore_runs` checks again as it copies (all or nothing per
+                // record), at no extra cost.
+                let r = gtt::restore_runs(payload, vgpu.ggtt_mut(), &frames, generation)?;
+                stats.ggtt_entries = stats
+                    .ggtt_entries
+                    .saturating_add(usize::try_from(r.entries).unwrap_or(usize::MAX));
             }
         }
         vgpu.reshadow_all(host)?;
@@ -623,6 +625,13 @@ impl<'s> DestSession<'s> {
         vgpu.set_state(MigState::Stop);
         Ok(stats)
     }
+}
+
+/// Guest RAM as the span list the GGTT kernels check frames against.
+fn guest_frames(mem: &dyn GuestMemory) -> Result<gtt::GuestFrames, VgpuError> {
+    Ok(gtt::GuestFrames::from_ranges(
+        mem.map().regions().iter().map(|r| (r.start(), r.count())),
+    )?)
 }
 
 struct StagedIter<'b> {
