@@ -114,6 +114,12 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         c,
     )?;
 
+    // The workspace run unifies features (xtask enables `auth`); the format crate must also pass
+    // as most embedders build it, without the feature.
+    let mut c = cargo();
+    c.args(["test", "-p", "migstream", "--locked"]);
+    r.run("migstream tests without the auth feature", c)?;
+
     let mut c = cargo();
     c.env("RUSTDOCFLAGS", "-D warnings");
     c.args(["doc", "--workspace", "--no-deps", "--locked"]);
@@ -150,6 +156,21 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
                 ]);
                 r.run(&format!("bare metal: {krate} for {target}"), c)?;
             }
+            let mut c = cargo();
+            c.args([
+                "build",
+                "-p",
+                "vgpu",
+                "--no-default-features",
+                "--features",
+                "auth",
+                "--target",
+                target,
+            ]);
+            r.run(
+                &format!("bare metal: vgpu + migstream with auth for {target}"),
+                c,
+            )?;
         }
         None => println!(
             "\n=== notice: no bare-metal target installed ({}); bare-metal builds skipped. \
