@@ -18,6 +18,11 @@ use crate::traits::{GuestMemory, HostGtt};
 /// Bytes of bookkeeping per staged record (kind, reserved, length).
 pub const STAGED_HEADER: usize = 8;
 
+/// The record-format version of every device-state payload this destination restores
+/// (SPEC.md Appendix A); a device-state record of another version is
+/// [`VgpuError::UnsupportedRecord`].
+pub const DEVICE_STATE_VERSION: u8 = 1;
+
 /// What a completed restore carried.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -148,11 +153,15 @@ impl<'s> DestSession<'s> {
                 }
                 self.header = Some(h);
             }
-            Event::RecordBegin { kind, len, .. } => {
+            Event::RecordBegin {
+                kind, version, len, ..
+            } => {
                 if kind == RecordKind::PAGES {
                     return Ok(());
                 }
-                if !is_device_state(kind) {
+                // SPEC.md §7 and Appendix A: device-state payloads are version 1; a reader
+                // rejects versions it does not know rather than misread a newer layout.
+                if !is_device_state(kind) || version != DEVICE_STATE_VERSION {
                     return Err(VgpuError::UnsupportedRecord { kind: kind.0 });
                 }
                 let len = usize::try_from(len)

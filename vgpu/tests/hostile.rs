@@ -512,6 +512,25 @@ fn a_future_minor_version_with_an_unknown_optional_record_is_skipped() {
     assert!(state2 == state, "{}", state.diff(&state2));
 }
 
+#[test]
+fn device_state_records_of_an_unknown_version_are_refused() {
+    let b = bed();
+    for kind in [
+        RecordKind::CONFIG_SPACE,
+        RecordKind::REGISTERS,
+        RecordKind::GGTT_RUNS,
+        RecordKind::GGTT_PENDING,
+        RecordKind::PPGTT_ROOTS,
+        RecordKind::ENGINE_STATE,
+    ] {
+        let mut p = b.parts.clone();
+        let i = p.find(kind).unwrap();
+        p.records[i].version = 2;
+        let e = b.refuse(&p);
+        assert_eq!(e, VgpuError::UnsupportedRecord { kind: kind.0 }, "{kind:?}");
+    }
+}
+
 // ---- counts and sizes -----------------------------------------------------------------------
 
 #[test]

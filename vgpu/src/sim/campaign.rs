@@ -792,6 +792,16 @@ fn resealed(wire: &[u8], push: &mut impl FnMut(Class, String, Vec<u8>)) {
             });
         }
     }
+    // Device-state records of a record-format version this reader does not know.
+    for kind in EXACTLY_ONE.into_iter().chain([RecordKind::GGTT_RUNS]) {
+        each(
+            format!("{} version 2", kind_name(kind)),
+            &mut |p| match p.find(kind) {
+                Some(i) => p.records.get_mut(i).map(|r| r.version = 2).is_some(),
+                None => false,
+            },
+        );
+    }
     // Exactly-one device-state records dropped or repeated.
     for kind in EXACTLY_ONE {
         let kn = kind_name(kind);
