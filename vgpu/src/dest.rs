@@ -73,6 +73,32 @@ fn is_device_state(kind: RecordKind) -> bool {
     )
 }
 
+/// The longest payload a valid device-state record of `kind` can have on `vgpu` (SPEC.md Appendix
+/// A), and the error a longer one is refused with: a length beyond what the format allows is damage
+/// or hostility, to be blamed on the stream, not a reason to ask the caller for more staging.
+/// `None` for GGTT_RUNS, whose records a writer may size freely.
+fn payload_bound(vgpu: &Vgpu<'_>, kind: RecordKind) -> Option<(usize, VgpuError)> {
+    // A.4: count, reserved, then 12 bytes per half. A.4b: count, reserved, 40 bytes per PPGTT.
+    const PENDING_MAX: usize = 8 + 12 * gtt::MAX_PENDING_HALVES;
+    const ROOTS_MAX: usize = 8 + 40 * crate::ppgtt::MAX_PPGTTS;
+    match kind {
+        RecordKind::CONFIG_SPACE => Some((CONFIG_SPACE_SIZE, VgpuError::BadConfigSpace)),
+        RecordKind::REGISTERS => {
+            let max = vgpu.regs().platform().max_sparse_len();
+            Some((max, VgpuError::Mmio(mmio::MmioError::Malformed { at: max })))
+        }
+        RecordKind::GGTT_PENDING => Some((PENDING_MAX, VgpuError::Gtt(gtt::GttError::Truncated))),
+        RecordKind::PPGTT_ROOTS => Some((ROOTS_MAX, VgpuError::BadPpgtt)),
+        RecordKind::ENGINE_STATE => Some((
+            engines::MAX_SAVE_LEN,
+            VgpuError::Engine(engines::EngineError::TrailingBytes {
+                at: engines::MAX_SAVE_LEN,
+            }),
+        )),
+        _ => None,
+    }
+}
+
 impl<'s> DestSession<'s> {
     /// Open a session on a stopped vGPU (the STOP → RESUMING arc).
     pub fn open(
@@ -166,6 +192,11 @@ impl<'s> DestSession<'s> {
                 }
                 let len = usize::try_from(len)
                     .map_err(|_| VgpuError::StagingFull { needed: usize::MAX })?;
+                if let Some((max, refusal)) = payload_bound(vgpu, kind)
+                    && len > max
+                {
+                    return Err(refusal);
+                }
                 let start = self.staged + STAGED_HEADER;
                 let end = start
                     .checked_add(len)
