@@ -76,7 +76,6 @@ fn is_device_state(kind: RecordKind) -> bool {
 /// The longest payload a valid device-state record of `kind` can have on `vgpu` (SPEC.md Appendix
 /// A), and the error a longer one is refused with: a length beyond what the format allows is damage
 /// or hostility, to be blamed on the stream, not a reason to ask the caller for more staging.
-/// `None` for GGTT_RUNS, whose records a writer may size freely.
 fn payload_bound(vgpu: &Vgpu<'_>, kind: RecordKind) -> Option<(usize, VgpuError)> {
     // A.4: count, reserved, then 12 bytes per half. A.4b: count, reserved, 40 bytes per PPGTT.
     const PENDING_MAX: usize = 8 + 12 * gtt::MAX_PENDING_HALVES;
@@ -88,6 +87,14 @@ fn payload_bound(vgpu: &Vgpu<'_>, kind: RecordKind) -> Option<(usize, VgpuError)
             Some((max, VgpuError::Mmio(mmio::MmioError::Malformed { at: max })))
         }
         RecordKind::GGTT_PENDING => Some((PENDING_MAX, VgpuError::Gtt(gtt::GttError::Truncated))),
+        // A.3: runs lie inside the guest view and do not overlap, and a run takes at most 24
+        // bytes per entry it covers (16-byte header, then 8 bytes per RAW entry or one 8-byte
+        // LINEAR template), so a longer payload must reach outside the view.
+        RecordKind::GGTT_RUNS => {
+            let entries = usize::try_from(vgpu.config().partition.entries()).ok()?;
+            let max = entries.checked_mul(gtt::runs::RUN_HEADER_LEN + 8)?;
+            Some((max, VgpuError::Gtt(gtt::GttError::OutOfRange)))
+        }
         RecordKind::PPGTT_ROOTS => Some((ROOTS_MAX, VgpuError::BadPpgtt)),
         RecordKind::ENGINE_STATE => Some((
             engines::MAX_SAVE_LEN,

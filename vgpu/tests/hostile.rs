@@ -541,6 +541,7 @@ fn device_state_lengths_beyond_the_format_are_blamed_on_the_stream_not_on_stagin
         (RecordKind::CONFIG_SPACE, "BadConfigSpace"),
         (RecordKind::REGISTERS, "Mmio(Malformed"),
         (RecordKind::GGTT_PENDING, "Gtt(Truncated)"),
+        (RecordKind::GGTT_RUNS, "Gtt(OutOfRange)"),
         (RecordKind::PPGTT_ROOTS, "BadPpgtt"),
         (RecordKind::ENGINE_STATE, "Engine(TrailingBytes"),
     ] {
