@@ -25,6 +25,11 @@ use crate::traits::{GuestMemory, HostGtt};
 /// Bytes of bookkeeping per staged record (kind, reserved, length).
 pub const STAGED_HEADER: usize = 8;
 
+/// The record-format version of every device-state payload this destination restores
+/// (SPEC.md Appendix A); a device-state record of another version is
+/// [`VgpuError::UnsupportedRecord`].
+pub const DEVICE_STATE_VERSION: u8 = 1;
+
 /// What a completed restore carried.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -87,6 +92,39 @@ fn is_device_state(kind: RecordKind) -> bool {
             | RecordKind::PPGTT_ROOTS
             | RecordKind::ENGINE_STATE
     )
+}
+
+/// The longest payload a valid device-state record of `kind` can have on `vgpu` (SPEC.md Appendix
+/// A), and the error a longer one is refused with: a length beyond what the format allows is damage
+/// or hostility, to be blamed on the stream, not a reason to ask the caller for more staging.
+fn payload_bound(vgpu: &Vgpu<'_>, kind: RecordKind) -> Option<(usize, VgpuError)> {
+    // A.4: count, reserved, then 12 bytes per half. A.4b: count, reserved, 40 bytes per PPGTT.
+    const PENDING_MAX: usize = 8 + 12 * gtt::MAX_PENDING_HALVES;
+    const ROOTS_MAX: usize = 8 + 40 * crate::ppgtt::MAX_PPGTTS;
+    match kind {
+        RecordKind::CONFIG_SPACE => Some((CONFIG_SPACE_SIZE, VgpuError::BadConfigSpace)),
+        RecordKind::REGISTERS => {
+            let max = vgpu.regs().platform().max_sparse_len();
+            Some((max, VgpuError::Mmio(mmio::MmioError::Malformed { at: max })))
+        }
+        RecordKind::GGTT_PENDING => Some((PENDING_MAX, VgpuError::Gtt(gtt::GttError::Truncated))),
+        // A.3: runs lie inside the guest view and do not overlap, and a run takes at most 24
+        // bytes per entry it covers (16-byte header, then 8 bytes per RAW entry or one 8-byte
+        // LINEAR template), so a longer payload must reach outside the view.
+        RecordKind::GGTT_RUNS => {
+            let entries = usize::try_from(vgpu.config().partition.entries()).ok()?;
+            let max = entries.checked_mul(gtt::runs::RUN_HEADER_LEN + 8)?;
+            Some((max, VgpuError::Gtt(gtt::GttError::OutOfRange)))
+        }
+        RecordKind::PPGTT_ROOTS => Some((ROOTS_MAX, VgpuError::BadPpgtt)),
+        RecordKind::ENGINE_STATE => Some((
+            engines::MAX_SAVE_LEN,
+            VgpuError::Engine(engines::EngineError::TrailingBytes {
+                at: engines::MAX_SAVE_LEN,
+            }),
+        )),
+        _ => None,
+    }
 }
 
 impl<'s> DestSession<'s> {
@@ -323,15 +361,24 @@ impl<'s> DestSession<'s> {
                 // Device state travels on the main channel only.
                 return Err(bad_channel);
             }
-            Event::RecordBegin { kind, len, .. } => {
+            Event::RecordBegin {
+                kind, version, len, ..
+            } => {
                 if kind == RecordKind::PAGES {
                     return Ok(());
                 }
-                if !is_device_state(kind) {
+                // SPEC.md §7 and Appendix A: device-state payloads are version 1; a reader
+                // rejects versions it does not know rather than misread a newer layout.
+                if !is_device_state(kind) || version != DEVICE_STATE_VERSION {
                     return Err(VgpuError::UnsupportedRecord { kind: kind.0 });
                 }
                 let len = usize::try_from(len)
                     .map_err(|_| VgpuError::StagingFull { needed: usize::MAX })?;
+                if let Some((max, refusal)) = payload_bound(vgpu, kind)
+                    && len > max
+                {
+                    return Err(refusal);
+                }
                 let start = self.staged + STAGED_HEADER;
                 let end = start
                     .checked_add(len)

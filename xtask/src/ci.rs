@@ -247,6 +247,21 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         "--package",
         "xtask",
         "--",
+        "campaign",
+        "--quick",
+    ]);
+    r.run(
+        "corruption campaign, quick (every damaged stream rejected)",
+        c,
+    )?;
+
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--package",
+        "xtask",
+        "--",
         "bench",
         "--quick",
     ]);

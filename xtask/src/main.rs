@@ -4,6 +4,7 @@
 //! - `cargo xtask migrate`: live-migrate a vGPU running a workload on the reference device.
 //! - `cargo xtask bench`: micro-benchmarks, each beside a same-run memcpy reference.
 //! - `cargo xtask fuzz`: list or run the cargo-fuzz targets (nightly).
+//! - `cargo xtask campaign`: the corruption campaign over damaged streams of every workload.
 //! - `cargo xtask hw-test`: the hardware test plan against the reference device.
 #![forbid(unsafe_code)]
 #![allow(
@@ -25,6 +26,7 @@ mod bench;
 mod bench_mmio;
 mod bench_sim;
 mod benches;
+mod campaign;
 mod ci;
 mod fuzz;
 mod hwtest;
@@ -54,6 +56,8 @@ enum Cmd {
     Fuzz(fuzz::Args),
     /// Run the hardware test plan (scenarios, oracle, faults; --soak for ping-pong) on a backend.
     HwTest(hwtest::Args),
+    /// Damage valid streams of every workload in every way; each must be rejected, cleanly.
+    Campaign(campaign::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Fuzz(a) => fuzz::run(&a),
         Cmd::HwTest(a) => hwtest::run(&a),
+        Cmd::Campaign(a) => campaign::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

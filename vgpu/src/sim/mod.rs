@@ -13,6 +13,7 @@
 //!
 //! Same seed, same bytes: nothing here reads a clock or an entropy source.
 
+pub mod campaign;
 pub mod cmd;
 mod driver;
 mod gpu;
