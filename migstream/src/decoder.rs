@@ -7,7 +7,7 @@ use core::fmt;
 
 use crate::delta;
 use crate::error::{DecodeError, EndMismatch, ErrorKind, PageRunError};
-use crate::header::{STREAM_HEADER_LEN, StreamHeaderRepr};
+use crate::header::{HEADER_CRC_OFFSET, STREAM_HEADER_LEN, StreamHeaderRepr};
 use crate::pages::{
     DELTA_LEN_FIELD, DUP_ENTRY_LEN, PAGE_RUN_HEADER_LEN, PAGE_SIZE, PageEncoding, PageRunRepr,
 };
@@ -527,7 +527,9 @@ impl Decoder {
                     let h = StreamHeaderRepr::parse(&self.buf)?;
                     #[cfg(feature = "auth")]
                     self.start_mac(&h)?;
-                    self.stream_crc.update(&self.buf);
+                    // Without `header_crc` (see the encoder): binds the header's content.
+                    self.stream_crc
+                        .update(self.buf.get(..HEADER_CRC_OFFSET).unwrap_or_default());
                     self.have = 0;
                     self.phase = Phase::RecordHeader;
                     return Ok((used, Some(Event::Header(h))));

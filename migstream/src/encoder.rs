@@ -4,7 +4,7 @@
 use crate::control::{CONTROL_VERSION, END_LEN, EndRepr, ROUND_LEN, RoundRepr};
 use crate::crc::Crc32;
 use crate::error::EncodeError;
-use crate::header::{STREAM_HEADER_LEN, StreamHeaderRepr};
+use crate::header::{HEADER_CRC_OFFSET, STREAM_HEADER_LEN, StreamHeaderRepr};
 use crate::record::{MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeaderRepr, RecordKind};
 #[cfg(feature = "auth")]
 use crate::{
@@ -245,7 +245,10 @@ impl Encoder {
         self.bytes_out = self.bytes_out.saturating_add(n as u64);
         let done = usize::from(done) + n;
         if done == STREAM_HEADER_LEN {
-            self.stream_crc.update(&bytes);
+            // The chain covers the header without its own CRC: a message followed by its CRC
+            // always leaves CRC-32 in the same state, which would make the chain blind to it.
+            self.stream_crc
+                .update(bytes.get(..HEADER_CRC_OFFSET).unwrap_or_default());
             #[cfg(feature = "auth")]
             self.mac.start(h.stream_id, &bytes);
             self.committed = STREAM_HEADER_LEN as u64;

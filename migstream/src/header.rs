@@ -24,6 +24,9 @@ pub const MINOR_1_1: u16 = 1;
 pub const AUTH_MINOR: u16 = MINOR_1_1;
 /// Length of the stream header in bytes.
 pub const STREAM_HEADER_LEN: usize = 80;
+/// Offset of `header_crc` in the stream header: the CRC covers the bytes before it, and so does
+/// the END record's chained `stream_crc`.
+pub const HEADER_CRC_OFFSET: usize = 76;
 /// The only page shift of format 1 (4 KiB pages).
 pub const PAGE_SHIFT: u8 = 12;
 /// Stream-header capability flags a reader must understand (bits 8..15); unknown ones are an
@@ -92,7 +95,10 @@ static_assertions::const_assert_eq!(core::mem::size_of::<StreamHeader>(), STREAM
 static_assertions::const_assert_eq!(core::mem::offset_of!(StreamHeader, fence_count), 24);
 static_assertions::const_assert_eq!(core::mem::offset_of!(StreamHeader, aperture_base), 32);
 static_assertions::const_assert_eq!(core::mem::offset_of!(StreamHeader, stream_id), 64);
-static_assertions::const_assert_eq!(core::mem::offset_of!(StreamHeader, header_crc), 76);
+static_assertions::const_assert_eq!(
+    core::mem::offset_of!(StreamHeader, header_crc),
+    HEADER_CRC_OFFSET
+);
 
 /// What the stream says about the source device and the vGPU's guest view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -102,7 +102,7 @@ pub use decoder::{Decoder, Event, FeedError};
 pub use encoder::{Encoder, PayloadSource, Progress};
 pub use error::{AuthError, DecodeError, EncodeError, EndMismatch, ErrorKind, Fault, PageRunError};
 pub use header::{
-    AUTH_MINOR, AUTHENTICATED, DeviceIdentity, FORMAT_MAJOR, FORMAT_MINOR,
+    AUTH_MINOR, AUTHENTICATED, DeviceIdentity, FORMAT_MAJOR, FORMAT_MINOR, HEADER_CRC_OFFSET,
     IMPLEMENTED_CAPABILITIES, Incompatible, MAGIC, MINOR_1_1, PAGE_SHIFT, REQUIRED_CAPABILITY_MASK,
     STREAM_HEADER_LEN, StreamHeader, StreamHeaderRepr,
 };

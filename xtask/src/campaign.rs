@@ -126,18 +126,15 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     let bad: Vec<String> = reports
         .iter()
         .flat_map(|r| {
-            r.findings
-                .iter()
-                .filter(|f| !f.header_substitution)
-                .map(move |f| {
-                    format!(
-                        "{}: {} ({}): {}",
-                        r.workload,
-                        f.case,
-                        f.class.name(),
-                        f.problem
-                    )
-                })
+            r.findings.iter().map(move |f| {
+                format!(
+                    "{}: {} ({}): {}",
+                    r.workload,
+                    f.case,
+                    f.class.name(),
+                    f.problem
+                )
+            })
         })
         .collect();
     if bad.is_empty() {

@@ -106,7 +106,7 @@ fn golden_events(stream_crc: u32) -> Vec<Ev> {
 /// The stream CRC of END, recomputed from the stream (header and the three record headers).
 fn stream_crc_of(bytes: &[u8]) -> u32 {
     let mut c = Crc32::new();
-    c.update(&bytes[..80]);
+    c.update(&bytes[..76]);
     for at in [CONFIG_AT, PAGES_AT, MAC_AT] {
         c.update(&bytes[at..at + 16]);
     }
@@ -168,7 +168,7 @@ fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
     let c = crc32(&s[..76]);
     s[76..80].copy_from_slice(&c.to_le_bytes());
     let mut stream_crc = Crc32::new();
-    stream_crc.update(&s[..80]);
+    stream_crc.update(&s[..76]);
     let mut at = 80;
     while at < s.len() {
         let h = RecordHeaderRepr::parse(s.get(at..)?)?;
@@ -195,7 +195,7 @@ fn raw_stream(header: &StreamHeaderRepr, records: &[(RecordKind, Vec<u8>)]) -> V
     header.emit(&mut h);
     let mut s = h.to_vec();
     let mut c = Crc32::new();
-    c.update(&h);
+    c.update(&h[..76]);
     for (i, (kind, payload)) in records.iter().enumerate() {
         let r = record(*kind, 1, 1, i as u32, payload);
         c.update(&r[..16]);

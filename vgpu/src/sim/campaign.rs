@@ -32,8 +32,8 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use migstream::{
-    Crc32, EndRepr, Limits, MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeaderRepr,
-    RecordKind, STREAM_HEADER_LEN,
+    Crc32, EndRepr, HEADER_CRC_OFFSET, Limits, MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags,
+    RecordHeaderRepr, RecordKind, STREAM_HEADER_LEN,
 };
 
 use super::Rng;
@@ -141,7 +141,7 @@ impl Parts {
     pub fn seal(&self) -> Vec<u8> {
         let mut out = self.header.to_vec();
         let mut chain = Crc32::new();
-        chain.update(&self.header);
+        chain.update(self.header.get(..HEADER_CRC_OFFSET).unwrap_or_default());
         let mut index = 0u32;
         for r in &self.records {
             let mut h = RecordHeaderRepr {
@@ -397,8 +397,8 @@ pub struct Finding {
     pub case: String,
     /// What went wrong: `accepted`, or the error and the device state that changed.
     pub problem: String,
-    /// An accepted stream that is another stream's valid header followed by valid records (the
-    /// known gap: END's chained CRC cannot see the stream header, see [`header_is_unbound`]).
+    /// An accepted stream that is another stream's valid header followed by valid records (a gap
+    /// the format had before END's chain excluded `header_crc`; see [`header_is_unbound`]).
     pub header_substitution: bool,
 }
 
@@ -852,16 +852,17 @@ fn resealed(wire: &[u8], push: &mut impl FnMut(Class, String, Vec<u8>)) {
     }
 }
 
-/// Whether END's chained CRC is blind to the stream header: true when two different valid
-/// stream headers leave the CRC-32 state identical. Each header ends with the CRC of its first 76
-/// bytes, and the CRC-32 register after any message followed by its own CRC is the same constant
-/// (the CRC residue), so the chain SPEC.md §6.3 defines covers the header's *validity* but not its
-/// content: a valid header of another stream put in front of this stream's records is accepted.
-/// The campaign reports such cases as [`Finding::header_substitution`].
+/// Whether END's chained CRC is blind to the difference between two stream headers: true when
+/// two different headers leave the chain (SPEC.md §6.3: the header without `header_crc`) in the
+/// same state. A draft of the format chained all 80 bytes; since CRC-32 of any message followed by
+/// its own CRC is a constant, every valid header then left the same state and a valid header of
+/// another stream in front of this stream's records was accepted. The campaign found it, the format
+/// was fixed, and it now reports such an acceptance as a [`Finding::header_substitution`] (none is
+/// expected).
 pub fn header_is_unbound(a: &[u8; STREAM_HEADER_LEN], b: &[u8; STREAM_HEADER_LEN]) -> bool {
     let (mut ca, mut cb) = (Crc32::new(), Crc32::new());
-    ca.update(a);
-    cb.update(b);
+    ca.update(a.get(..HEADER_CRC_OFFSET).unwrap_or_default());
+    cb.update(b.get(..HEADER_CRC_OFFSET).unwrap_or_default());
     a != b && ca.value() == cb.value()
 }
 
