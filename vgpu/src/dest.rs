@@ -185,19 +185,19 @@ impl<'s> DestSession<'s> {
 
     /// Require every channel's stream to be authenticated with `key` (feature `auth`; SPEC.md
     /// §10): a stream without the MAC, or with a tag that does not verify, is refused before
-    /// anything is committed. Call before the first `feed`.
+    /// anything is committed. Call before the first `feed`; on error nothing changed.
     ///
     /// # Errors
     /// [`VgpuError::WrongPhase`] after bytes were fed.
     #[cfg(feature = "auth")]
-    pub fn with_key(mut self, key: &migstream::AuthKey) -> Result<Self, VgpuError> {
+    pub fn attach_key(&mut self, key: &migstream::AuthKey) -> Result<(), VgpuError> {
         if self.stats.bytes != 0 || self.failed.is_some() {
             return Err(VgpuError::WrongPhase);
         }
         for c in self.chans.iter_mut() {
             c.dec = Some(Decoder::with_key(self.limits, key));
         }
-        Ok(self)
+        Ok(())
     }
 
     /// The decoder limits the session was opened with.

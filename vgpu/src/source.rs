@@ -331,53 +331,53 @@ impl<'s> SourceSession<'s> {
     }
 
     /// Attach content tracking (see [`crate::content`]): unchanged pages are skipped, duplicates
-    /// and small changes travel as DUP and DELTA pages. Call before the first `poll_output`.
-    pub fn with_content(
-        mut self,
+    /// and small changes travel as DUP and DELTA pages. Call before the first `poll_output`; on error nothing changed.
+    pub fn attach_content(
+        &mut self,
         vgpu: &Vgpu<'_>,
         storage: ContentStorage<'s>,
-    ) -> Result<Self, VgpuError> {
+    ) -> Result<(), VgpuError> {
         if self.bytes_written() != 0 || self.cfg.memory == MemoryMode::Report {
             return Err(VgpuError::WrongPhase);
         }
         let frames =
             usize::try_from(vgpu.memory_map().frames()).map_err(|_| VgpuError::StorageSize)?;
         self.content = Some(Content::new(storage, frames)?);
-        Ok(self)
+        Ok(())
     }
 
     /// Authenticate every channel's stream with the embedder's `key` (feature `auth`; SPEC.md §10):
     /// each stream's header says so and a MAC record over all its bytes precedes its END. Use a
     /// fresh [`SourceConfig::stream_id`] per migration (one the destination expects), or a
-    /// recorded stream could be replayed. Call before the first `poll_output`.
+    /// recorded stream could be replayed. Call before the first `poll_output`; on error nothing changed.
     ///
     /// # Errors
     /// [`VgpuError::WrongPhase`] after output started.
     #[cfg(feature = "auth")]
-    pub fn with_key(mut self, key: &migstream::AuthKey) -> Result<Self, VgpuError> {
+    pub fn attach_key(&mut self, key: &migstream::AuthKey) -> Result<(), VgpuError> {
         if self.bytes_written() != 0 {
             return Err(VgpuError::WrongPhase);
         }
         for c in self.chans.iter_mut() {
             c.enc = Encoder::with_key(key);
         }
-        Ok(self)
+        Ok(())
     }
 
     /// Pre-copy the GGTT (stream mode): the main channel sends the whole GGTT before its first pages,
     /// and the stop-and-copy sends only the entries that changed since (as RAW runs, cleared entries
     /// included), so a GGTT that does not change costs nothing after the stop. `sent` holds what
     /// the destination has: [`crate::instance::VgpuConfig::ggtt_storage_len`] entries. Without it
-    /// the whole GGTT travels after the stop. Call before the first `poll_output`.
+    /// the whole GGTT travels after the stop. Call before the first `poll_output`; on error nothing changed.
     ///
     /// # Errors
     /// [`VgpuError::WrongPhase`] after output started or in report mode;
     /// [`VgpuError::StorageSize`] for `sent` of the wrong length.
-    pub fn with_ggtt_precopy(
-        mut self,
+    pub fn attach_ggtt_precopy(
+        &mut self,
         vgpu: &Vgpu<'_>,
         sent: &'s mut [u64],
-    ) -> Result<Self, VgpuError> {
+    ) -> Result<(), VgpuError> {
         if self.bytes_written() != 0 || self.cfg.memory == MemoryMode::Report {
             return Err(VgpuError::WrongPhase);
         }
@@ -387,7 +387,7 @@ impl<'s> SourceSession<'s> {
         sent.fill(0);
         self.ggtt_sent = Some(sent);
         self.pre_ggtt = Some(SaveCursor::START);
-        Ok(self)
+        Ok(())
     }
 
     /// What content tracking saved so far (zero when it is not attached).

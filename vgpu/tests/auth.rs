@@ -48,6 +48,12 @@ fn authenticated_migrations_equal_the_unmigrated_run() {
     }
 }
 
+/// A destination that requires the test key.
+fn keyed_dest(mut d: DestSession<'_>) -> DestSession<'_> {
+    d.attach_key(&AuthKey::new(KEY)).unwrap();
+    d
+}
+
 /// Feeds `wire` to a fresh destination set up by `setup` and returns the first error, checking
 /// that its device state did not change.
 fn refused(
@@ -101,31 +107,31 @@ fn a_keyed_destination_refuses_what_the_key_holder_did_not_produce() {
         let mut staging = vec![0u8; 1 << 20];
         let mut d = DestSession::open(&mut b.vgpu, &mut staging, Limits::DEFAULT)
             .unwrap()
-            .with_key(&key)
-            .unwrap()
             .expect_stream_id(0xC0FFEE);
+        d.attach_key(&key).unwrap();
         d.feed(&b.vgpu, &mut b.mem, &keyed).unwrap();
         d.validate(&b.vgpu, &b.mem).unwrap();
     }
     // Another key.
-    let e = refused(&sc, &keyed, |d| d.with_key(&AuthKey::new([1; 32])).unwrap());
+    let e = refused(&sc, &keyed, |mut d| {
+        d.attach_key(&AuthKey::new([1; 32])).unwrap();
+        d
+    });
     assert!(matches!(e, VgpuError::Stream(_)), "{e:?}");
     // An unauthenticated stream at a destination that requires authentication.
-    let e = refused(&sc, &plain, |d| d.with_key(&key).unwrap());
+    let e = refused(&sc, &plain, keyed_dest);
     assert!(matches!(e, VgpuError::Stream(_)), "{e:?}");
     // An authenticated stream at a destination without the key: refused (key required).
     let e = refused(&sc, &keyed, |d| d);
     assert!(matches!(e, VgpuError::Stream(_)), "{e:?}");
     // A recorded stream replayed into another migration (another expected id).
-    let e = refused(&sc, &keyed, |d| {
-        d.with_key(&key).unwrap().expect_stream_id(0xC0FFEF)
-    });
+    let e = refused(&sc, &keyed, |d| keyed_dest(d).expect_stream_id(0xC0FFEF));
     assert_eq!(e, VgpuError::UnexpectedStreamId { id: 0xC0FFEE });
     // A forger without the key changes a page byte and repairs every CRC: only the tag can
     // tell, and it does. (Flip a byte late in the stream, inside a record payload.)
     let mut forged = keyed.clone();
     let at = forged.len() / 2;
     forged[at] ^= 0x10;
-    let e = refused(&sc, &forged, |d| d.with_key(&key).unwrap());
+    let e = refused(&sc, &forged, keyed_dest);
     assert!(matches!(e, VgpuError::Stream(_)), "{e:?}");
 }

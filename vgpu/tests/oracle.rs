@@ -535,3 +535,46 @@ fn ggtt_precopy_sends_only_changed_entries_after_the_stop() {
         );
     }
 }
+
+/// A refused attachment (content storage of the wrong size) leaves the session usable: it can
+/// still be cancelled, and the vGPU runs on.
+#[test]
+fn a_refused_attachment_leaves_the_session_usable() {
+    let sc = Scenario::small(Profile::TWO_D, 10, 3).unwrap();
+    let mut st = sc.storage();
+    let mut a = sc.machine(&mut st, false).unwrap();
+    a.boot().unwrap();
+    let frames = usize::try_from(a.vgpu.memory_map().frames()).unwrap();
+    let mut send = vec![0u64; gmem::words_for(frames)];
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut s = vgpu::source::SourceSession::open(
+        &mut a.vgpu,
+        &mut a.cpu_log,
+        vgpu::source::SourceConfig::default(),
+        &mut send,
+        &mut scratch,
+    )
+    .unwrap();
+    let (mut hashes, mut dup, mut pages, mut tags) =
+        (vec![0u64; 3], vec![0u64; 3], vec![0u8; 4096], vec![0u64; 1]);
+    let storage = vgpu::content::ContentStorage {
+        hashes: &mut hashes,
+        dup_slots: &mut dup,
+        delta_pages: &mut pages,
+        delta_tags: &mut tags,
+    };
+    assert_eq!(
+        s.attach_content(&a.vgpu, storage),
+        Err(vgpu::error::VgpuError::StorageSize)
+    );
+    let mut small = vec![0u64; 5];
+    assert_eq!(
+        s.attach_ggtt_precopy(&a.vgpu, &mut small),
+        Err(vgpu::error::VgpuError::StorageSize)
+    );
+    assert_eq!(a.vgpu.state(), vgpu::fsm::MigState::PreCopy);
+    s.cancel(&mut a.vgpu);
+    assert_eq!(a.vgpu.state(), vgpu::fsm::MigState::Running);
+    assert!(a.run_to_end(1 << 40).unwrap());
+    assert_eq!(Snapshot::of(&a), sc.run_unmigrated().unwrap());
+}

@@ -370,11 +370,11 @@ pub fn migrate(
             delta_pages: &mut delta_pages,
             delta_tags: &mut delta_tags,
         };
-        s = s.with_content(&src.vgpu, storage)?;
+        s.attach_content(&src.vgpu, storage)?;
     }
     let mut ggtt_sent = vec![0u64; src.vgpu.config().ggtt_storage_len()];
     if plan.ggtt_precopy {
-        s = s.with_ggtt_precopy(&src.vgpu, &mut ggtt_sent)?;
+        s.attach_ggtt_precopy(&src.vgpu, &mut ggtt_sent)?;
     }
     let channels = s.channels();
     let mut d = DestSession::open_channels(
@@ -387,8 +387,9 @@ pub fn migrate(
         #[cfg(feature = "auth")]
         {
             let key = migstream::AuthKey::new(key);
-            s = s.with_key(&key)?;
-            d = d.with_key(&key)?.expect_stream_id(plan.source.stream_id);
+            s.attach_key(&key)?;
+            d.attach_key(&key)?;
+            d = d.expect_stream_id(plan.source.stream_id);
         }
         #[cfg(not(feature = "auth"))]
         {

@@ -401,10 +401,13 @@ pub(super) fn run(args: &Args) -> crate::Result {
             delta_pages: &mut delta_pages,
             delta_tags: &mut delta_tags,
         };
-        s = s
-            .with_content(&src.vgpu, storage)
+        s.attach_content(&src.vgpu, storage)
             .map_err(|e| format!("content tracking: {e}"))?;
     }
+    // The GGTT goes first; after the stop only the entries that changed.
+    let mut ggtt_sent = vec![0u64; src.vgpu.config().ggtt_storage_len()];
+    s.attach_ggtt_precopy(&src.vgpu, &mut ggtt_sent)
+        .map_err(|e| format!("GGTT pre-copy: {e}"))?;
 
     let progress = Progress::new(args.json);
     let sender = Sender::new(sock_w, rate.unwrap_or(0)).map_err(|e| e.to_string())?;
