@@ -14,6 +14,7 @@
 //! an applier that disagree. The panic message says which invariant failed.
 //!
 //! Targets: [`migstream_decode`], [`migstream_roundtrip`], [`migstream_segmented`],
+//! [`migstream_auth`],
 //! [`gtt_runs`], [`gtt_walk`], [`mmio_access`], [`mmio_restore`], [`engines_restore`],
 //! [`vgpu_restore`], [`gmem_ops`]; [`TARGETS`] lists
 //! them by name. [`seeds`] builds the meaningful part of the corpus.
@@ -49,7 +50,8 @@ pub use gmem_ops::gmem_ops;
 pub use gtt_target::gtt_runs;
 pub use gtt_walk::gtt_walk;
 pub use migstream_targets::{
-    ENCODINGS_STREAM, GOLDEN_STREAM, migstream_decode, migstream_roundtrip, migstream_segmented,
+    ENCODINGS_STREAM, GOLDEN_STREAM, build_keyed_stream, migstream_auth, migstream_decode,
+    migstream_roundtrip, migstream_segmented,
 };
 pub use mmio_targets::{mmio_access, mmio_restore};
 pub use vgpu_target::{valid_stream as vgpu_valid_stream, vgpu_restore};
@@ -65,7 +67,7 @@ pub struct Target {
 }
 
 /// Every fuzz target of this crate.
-pub const TARGETS: [Target; 10] = [
+pub const TARGETS: [Target; 11] = [
     Target {
         name: "migstream_decode",
         body: migstream_decode,
@@ -77,6 +79,10 @@ pub const TARGETS: [Target; 10] = [
     Target {
         name: "migstream_segmented",
         body: migstream_segmented,
+    },
+    Target {
+        name: "migstream_auth",
+        body: migstream_auth,
     },
     Target {
         name: "gtt_runs",

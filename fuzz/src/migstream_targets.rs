@@ -33,6 +33,65 @@ pub fn migstream_roundtrip(data: &[u8]) {
     migstream::fuzzing::roundtrip(data);
 }
 
+/// Authenticated streams (migstream feature `auth`): `data[0]` even runs the decoder contract
+/// with a key-requiring decoder on `data[1..]`
+/// ([`migstream::fuzzing::decode_arbitrary_authenticated`]); odd runs the keyed encoder → decoder
+/// round trip of the record script in `data[1..]`
+/// ([`migstream::fuzzing::roundtrip_authenticated`]).
+pub fn migstream_auth(data: &[u8]) {
+    match data.split_first() {
+        Some((mode, rest)) if mode & 1 == 0 => {
+            migstream::fuzzing::decode_arbitrary_authenticated(rest);
+        }
+        Some((_, rest)) => migstream::fuzzing::roundtrip_authenticated(rest),
+        None => {}
+    }
+}
+
+/// A keyed stream (the fuzzing key) built from a record script, for seeds.
+pub fn build_keyed_stream(n: u8) -> Vec<u8> {
+    use migstream::{AuthKey, DeviceIdentity, Encoder, RecordFlags, RecordKind, StreamHeaderRepr};
+    let header = StreamHeaderRepr {
+        minor: migstream::MINOR_1_1,
+        flags: 0,
+        identity: DeviceIdentity {
+            pci_vendor: 0x8086,
+            pci_device: 0x1912,
+            generation: 9,
+            fence_count: 4,
+            aperture_base: 0,
+            aperture_size: 1 << 27,
+            hidden_base: 1 << 32,
+            hidden_size: 1 << 28,
+            page_shift: migstream::PAGE_SHIFT,
+        },
+        stream_id: u64::from(n),
+    };
+    let mut out = vec![0u8; 4096];
+    let mut enc = Encoder::with_key(&AuthKey::new([0x5A; 32]));
+    let mut at = enc
+        .write_header(&header, &mut out)
+        .map_or(0, |p| p.written());
+    for i in 0..n {
+        let payload = [i; 8];
+        at += out.get_mut(at..).map_or(0, |o| {
+            enc.write_record(
+                RecordKind::REGISTERS,
+                RecordFlags::MANDATORY,
+                1,
+                &payload[..],
+                o,
+            )
+            .map_or(0, |p| p.written())
+        });
+    }
+    at += out
+        .get_mut(at..)
+        .map_or(0, |o| enc.write_end(o).map_or(0, |p| p.written()));
+    out.truncate(at);
+    out
+}
+
 /// A decoder event with owned data; consecutive chunks of one payload or one page are merged,
 /// so logs from different segmentations compare equal.
 #[derive(Clone, Debug, PartialEq, Eq)]

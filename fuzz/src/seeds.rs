@@ -128,6 +128,32 @@ fn migstream_seeds(mix: &mut Mix) -> Vec<Seed> {
         ),
     ]);
     out.extend(random(S, mix, 2, 64));
+
+    // authenticated: data[0] even = keyed decoder contract, odd = keyed round trip.
+    const A: &str = "migstream_auth";
+    let keyed = |n| crate::migstream_targets::build_keyed_stream(n);
+    out.extend([
+        seed(A, "decode-keyed-0", cat(&[&[0, 255], &keyed(0)])),
+        seed(A, "decode-keyed-3-step1", cat(&[&[0, 0], &keyed(3)])),
+        seed(A, "decode-keyed-5-step7", cat(&[&[2, 6], &keyed(5)])),
+        seed(A, "decode-unkeyed-golden", cat(&[&[0, 255], g])),
+        seed(
+            A,
+            "roundtrip-all-kinds",
+            cat(&[
+                &[1, 100, 0, 2, 8],
+                b"cfgspace",
+                &[1, 3, 4, 3, 9, 1, 2, 0x81, 7, 2, 0x11],
+            ]),
+        ),
+        seed(
+            A,
+            "roundtrip-pages",
+            vec![1, 255, 10, 0x80, 0x20, 1, 0x30, 0x82, 0x40],
+        ),
+        seed(A, "roundtrip-empty", vec![3, 255]),
+    ]);
+    out.extend(random(A, mix, 2, 120));
     out
 }
 

@@ -172,6 +172,7 @@ replay_tests!(
     migstream_decode,
     migstream_roundtrip,
     migstream_segmented,
+    migstream_auth,
     gtt_runs,
     mmio_access,
     mmio_restore,
