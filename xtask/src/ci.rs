@@ -230,6 +230,23 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         "--package",
         "xtask",
         "--",
+        "migrate",
+        "--quick",
+        "--channels",
+        "3",
+    ]);
+    r.run(
+        "migrate smoke run: three channels over three TCP connections (verified end to end)",
+        c,
+    )?;
+
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--package",
+        "xtask",
+        "--",
         "hw-test",
         "--quick",
         "--soak",

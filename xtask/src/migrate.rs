@@ -39,8 +39,16 @@
 //!    with a never-migrated run: a pass flag (`u8`), frames the destination rendered (`u64`), the
 //!    destination's wall time for finishing plus verifying (`u64` ms) and a text.
 //!
-//! All page traffic goes through one sender ([`source::Sender`]): a non-blocking socket behind a
-//! token bucket that applies `--link`.
+//! All page traffic goes through one sender ([`source::Sender`]) per connection: a non-blocking
+//! socket behind a token bucket that applies `--link` (shared equally by the connections).
+//!
+//! With `--channels N` (N > 1) the library splits the stream into N channels
+//! ([`vgpu::channel`]); the hello says how many, channel 0 travels on the first connection as
+//! above, and the source opens N − 1 more connections, each starting with a `JOIN` message naming
+//! its channel. The destination reads every connection in its own thread and feeds each channel's
+//! bytes to [`DestSession::feed_channel`](vgpu::dest::DestSession::feed_channel) in arrival order;
+//! `ACK` counts the bytes of all channels, and the `VCPU` message (on the first connection) is
+//! acted on once every channel's stream has ended.
 
 mod dest;
 mod modeled;
@@ -85,6 +93,10 @@ pub(crate) struct Args {
     /// Seed of the guest workload.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
+    /// Channels: the stream is split over this many TCP connections (1-8), pages striped by
+    /// frame, device state on the first (like QEMU's multifd).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub(crate) channels: u8,
     /// A small vGPU (512 KiB + 2 MiB) and a short run: the CI smoke test.
     #[arg(long)]
     pub(crate) quick: bool,

@@ -2,7 +2,8 @@
 
 use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Instant;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use vgpu::dest::DestSession;
 use vgpu::sim::GuestDriver;
@@ -27,14 +28,53 @@ pub(super) fn run(addr: &str, child: bool) -> crate::Result {
         .map_err(|e| format!("accepting a connection: {e}"))?;
     let _ = sock.set_nodelay(true);
     let mut w = sock.try_clone().map_err(|e| e.to_string())?;
-    receive(sock, child, &peer.to_string()).map_err(|e| {
+    receive(&listener, sock, child, &peer.to_string()).map_err(|e| {
         // Tell the source why, if the connection still stands; it cancels and keeps its guest.
         let _ = wire::send(&mut w, Kind::Error, e.as_bytes());
         format!("destination: {e}")
     })
 }
 
-fn receive(sock: TcpStream, child: bool, peer: &str) -> crate::Result {
+/// What a connection's reader thread hands over.
+enum Incoming {
+    /// A message on channel `.0`'s connection.
+    Msg(usize, Kind, Vec<u8>),
+    /// Channel `.0`'s connection ended or failed (normal once its stream ended).
+    Closed(usize, String),
+}
+
+/// Read messages from `r` (channel `c`'s connection) into `tx` until `VCPU` (the last message the
+/// source sends on the main connection), an error or the end of the connection.
+fn reader(c: usize, mut r: BufReader<TcpStream>, tx: &mpsc::Sender<Incoming>) {
+    let mut buf = Vec::new();
+    loop {
+        match wire::recv(&mut r, &mut buf) {
+            Ok(Kind::Data) => {
+                if tx
+                    .send(Incoming::Msg(c, Kind::Data, std::mem::take(&mut buf)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(k) => {
+                let last = k == Kind::Vcpu;
+                let _ = tx.send(Incoming::Msg(c, k, std::mem::take(&mut buf)));
+                if last || c != 0 {
+                    return;
+                }
+            }
+            Err(e) => {
+                // A page channel closing after its stream ended is normal; the main loop knows
+                // whether the stream was complete.
+                let _ = tx.send(Incoming::Closed(c, format!("channel {c}: {e}")));
+                return;
+            }
+        }
+    }
+}
+
+fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> crate::Result {
     let say = |s: &str| {
         if !child {
             println!("destination: {s}");
@@ -56,26 +96,71 @@ fn receive(sock: TcpStream, child: bool, peer: &str) -> crate::Result {
     let mut dst = sc.machine(&mut st, true).map_err(|e| e.to_string())?;
     let staging_len = 64 * 1024 + dst.vgpu.config().ggtt_storage_len() * 8 * 2;
     let mut staging = vec![0u8; staging_len];
-    let mut d = DestSession::open(&mut dst.vgpu, &mut staging, migstream::Limits::DEFAULT)
-        .map_err(|e| format!("opening the destination session: {e}"))?;
+    let channels = usize::from(hello.channels);
+    let mut d = DestSession::open_channels(
+        &mut dst.vgpu,
+        &mut staging,
+        migstream::Limits::DEFAULT,
+        channels,
+    )
+    .map_err(|e| format!("opening the destination session: {e}"))?;
     wire::send(&mut w, Kind::Ready, &[]).map_err(|e| e.to_string())?;
+    // One reader thread per connection; this thread applies what they read, in arrival order.
+    let (tx, rx) = mpsc::channel::<Incoming>();
+    let mut conns = vec![(0usize, r)];
+    for _ in 1..channels {
+        let (sock, _) = listener
+            .accept()
+            .map_err(|e| format!("accepting a channel connection: {e}"))?;
+        let _ = sock.set_nodelay(true);
+        let mut cr = BufReader::with_capacity(1 << 20, sock);
+        let c = match wire::recv(&mut cr, &mut buf)? {
+            Kind::Join if buf.len() == 1 && (1..channels).contains(&usize::from(buf[0])) => {
+                usize::from(buf[0])
+            }
+            k => return Err(format!("bad channel connection: {k:?} first")),
+        };
+        if conns.iter().any(|(k, _)| *k == c) {
+            return Err(format!("channel {c} joined twice"));
+        }
+        conns.push((c, cr));
+    }
+    if channels > 1 {
+        say(&format!("{channels} channels connected"));
+    }
+    for (c, cr) in conns {
+        let tx = tx.clone();
+        std::thread::spawn(move || reader(c, cr, &tx));
+    }
+    drop(tx);
     let mut fed = 0u64;
-    let vcpu = loop {
-        match wire::recv(&mut r, &mut buf)? {
-            Kind::Data => {
-                d.feed(&dst.vgpu, &mut dst.mem, &buf)
+    let mut vcpu = None;
+    while !(vcpu.is_some() && d.is_finished()) {
+        let msg = if vcpu.is_some() {
+            // The main connection is done; the other channels' last bytes may still be queued.
+            rx.recv_timeout(Duration::from_secs(10))
+                .map_err(|_| "stream rejected: a channel never ended".to_string())?
+        } else {
+            rx.recv()
+                .map_err(|_| "every connection closed before the vCPU state".to_string())?
+        };
+        match msg {
+            Incoming::Closed(c, _) if d.channel_finished(c) => {}
+            Incoming::Closed(_, e) => return Err(e),
+            Incoming::Msg(c, Kind::Data, bytes) => {
+                d.feed_channel(c, &dst.vgpu, &mut dst.mem, &bytes)
                     .map_err(|e| format!("stream rejected: {e}"))?;
                 // Tell the source how far the stream is applied (it stops only once it is).
-                fed += buf.len() as u64;
+                fed += bytes.len() as u64;
                 wire::send(&mut w, Kind::Ack, &fed.to_le_bytes()).map_err(|e| e.to_string())?;
             }
-            Kind::Vcpu => break buf.clone(),
-            k => return Err(format!("unexpected {k:?} during the stream")),
+            Incoming::Msg(0, Kind::Vcpu, bytes) => vcpu = Some(bytes),
+            Incoming::Msg(c, k, _) => {
+                return Err(format!("unexpected {k:?} on channel {c} during the stream"));
+            }
         }
-    };
-    if !d.is_finished() {
-        return Err("stream rejected: vCPU state before the stream's END record".into());
     }
+    let vcpu = vcpu.unwrap_or_default();
     d.commit(&mut dst.vgpu, &dst.mem, &mut dst.host)
         .map_err(|e| format!("commit refused: {e}"))?;
     let driver = GuestDriver::restore(&vcpu).map_err(|e| format!("vCPU state rejected: {e}"))?;

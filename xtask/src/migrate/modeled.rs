@@ -90,6 +90,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
     };
     plan.source.policy.downtime_limit_ms = args.downtime_ms;
     plan.source.policy.max_rounds = 30;
+    plan.source.channels = u16::from(args.channels);
     plan.chunk = 256 * 1024;
     // A 64 MiB cache of last-sent pages for deltas (QEMU's XBZRLE cache default).
     plan.content_cache_pages = if args.content == "on" { 16384 } else { 0 };

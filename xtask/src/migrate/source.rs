@@ -302,6 +302,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
         gm_mib: args.gm,
         frames: if args.quick { frames.min(60) } else { frames },
         seed: args.seed,
+        channels: args.channels,
     };
     let sc = scenario(&hello)?;
     let t_all = Instant::now();
@@ -326,6 +327,15 @@ pub(super) fn run(args: &Args) -> crate::Result {
         }
         k => return Err(format!("unexpected {k:?} from the destination")),
     }
+    // Channels 1.. each get their own connection, announced by a JOIN message.
+    let mut extra = Vec::new();
+    for c in 1..args.channels {
+        let mut sk =
+            TcpStream::connect(&addr).map_err(|e| format!("connecting channel {c}: {e}"))?;
+        let _ = sk.set_nodelay(true);
+        wire::send(&mut sk, Kind::Join, &[c]).map_err(|e| format!("joining channel {c}: {e}"))?;
+        extra.push(sk);
+    }
     let (aperture, hidden) = (
         sc.config.partition.aperture.size(),
         sc.config.partition.hidden.size(),
@@ -343,10 +353,12 @@ pub(super) fn run(args: &Args) -> crate::Result {
             }
         );
         println!(
-            "workload {} ({} frames, seed {}), link {}, downtime limit {} ms, GPU dirty tracking {}, content tracking {}",
+            "workload {} ({} frames, seed {}), {} channel{}, link {}, downtime limit {} ms, GPU dirty tracking {}, content tracking {}",
             sc.profile.name,
             sc.frames,
             sc.seed,
+            args.channels,
+            if args.channels == 1 { "" } else { "s" },
             rate.map_or("unlimited (loopback TCP)".to_string(), |r| format!(
                 "{:.3} GB/s (rate limit on the sender)",
                 r as f64 / 1e9
@@ -372,6 +384,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
     let mut cfg = SourceConfig::default();
     cfg.policy.downtime_limit_ms = args.downtime_ms;
     cfg.policy.max_rounds = 30;
+    cfg.channels = u16::from(args.channels);
     cfg.precision = match args.precision.as_str() {
         "mapped" => GpuDirtyPrecision::AllMapped,
         "active" => GpuDirtyPrecision::MappedIfActive,
@@ -379,7 +392,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
     };
     let frames_n = usize::try_from(src.vgpu.memory_map().frames()).map_err(|e| e.to_string())?;
     let mut send_bits = vec![0u64; gmem::words_for(frames_n)];
-    let mut scratch = vec![0u8; 256 * 1024];
+    let mut scratch = vec![0u8; 256 * 1024 * usize::from(args.channels)];
     let mut s = SourceSession::open(
         &mut src.vgpu,
         &mut src.cpu_log,
@@ -410,12 +423,17 @@ pub(super) fn run(args: &Args) -> crate::Result {
         .map_err(|e| format!("GGTT pre-copy: {e}"))?;
 
     let progress = Progress::new(args.json);
-    let sender = Sender::new(sock_w, rate.unwrap_or(0)).map_err(|e| e.to_string())?;
+    // The link rate is shared by the channels.
+    let per_channel = rate.unwrap_or(0) / u64::from(args.channels);
+    let mut senders = vec![Sender::new(sock_w, per_channel).map_err(|e| e.to_string())?];
+    for sk in extra {
+        senders.push(Sender::new(sk, per_channel).map_err(|e| e.to_string())?);
+    }
     let mut o = Outcome::new(&sc, rate, args);
     o.start_frame = start_frame;
     o.fault_flip_byte = args.fault_flip_byte;
     let mut live = Live {
-        sender,
+        senders,
         inbox,
         o,
         progress,
@@ -434,12 +452,16 @@ pub(super) fn run(args: &Args) -> crate::Result {
             .save(&mut v)
             .map_err(|e| Fail::Io(io::Error::other(e.to_string())))?;
         v[n..n + 8].copy_from_slice(&src.clock_ns.to_le_bytes());
-        live.sender.queue(Kind::Vcpu, &v[..n + 8])?;
-        live.sender.flush()?;
+        if let Some(main) = live.senders.first_mut() {
+            main.queue(Kind::Vcpu, &v[..n + 8])?;
+        }
+        for snd in &mut live.senders {
+            snd.flush()?;
+        }
         Ok(())
     });
     let Live {
-        sender,
+        senders,
         mut inbox,
         mut o,
         progress,
@@ -448,7 +470,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
         ..
     } = live;
     progress.finish();
-    o.socket_bytes = sender.sent;
+    o.socket_bytes = senders.iter().map(|s| s.sent).sum();
     o.set_content(s.content_stats());
     if let Err(f) = streamed {
         let why = match f {
@@ -479,8 +501,9 @@ pub(super) fn run(args: &Args) -> crate::Result {
             src.driver.frames_submitted()
         ));
     }
-    let sock = sender.into_inner().map_err(|e| e.to_string())?;
-    drop(sock);
+    for snd in senders {
+        drop(snd.into_inner().map_err(|e| e.to_string())?);
+    }
     // Acknowledgements of the last DATA messages may come first.
     let mut next = |buf: &mut Vec<u8>| loop {
         match inbox.recv(buf) {
@@ -566,7 +589,8 @@ fn peer_error(inbox: &mut wire::Inbox) -> String {
 
 /// The state of a migration in progress on the source.
 struct Live {
-    sender: Sender,
+    /// One per channel; the first is the main connection.
+    senders: Vec<Sender>,
     inbox: wire::Inbox,
     o: Outcome,
     progress: Progress,
@@ -633,26 +657,30 @@ impl Live {
             let began = Instant::now();
             let mut wait = None;
             while began.elapsed() < MAX_STEP_TIME_PER_LOOP {
-                match self.sender.pump()? {
-                    Pump::Wrote => continue,
-                    Pump::Wait(d) => {
-                        wait = Some(d);
-                        break;
+                let (mut wrote, mut waiting) = (false, None::<Duration>);
+                for snd in &mut self.senders {
+                    match snd.pump()? {
+                        Pump::Wrote => wrote = true,
+                        Pump::Wait(d) => waiting = Some(waiting.map_or(d, |w| w.min(d))),
+                        Pump::Idle => {}
                     }
-                    Pump::Idle => {}
                 }
-                if s.is_finished() {
+                if wrote {
+                    continue;
+                }
+                if s.is_finished() && waiting.is_none() {
                     return Ok(());
                 }
                 if !self.produce(s, src, &mut out)? {
-                    // Waiting for the stop: nothing to produce.
-                    wait = Some(Duration::from_micros(200));
+                    // Every channel waits for its socket or the bucket, or the session for the
+                    // stop: nothing to produce now.
+                    wait = Some(waiting.unwrap_or(Duration::from_micros(200)));
                     break;
                 }
             }
             self.progress.update(
                 self.round,
-                self.sender.sent,
+                self.senders.iter().map(|s| s.sent).sum(),
                 s.pending_pages() + src.vgpu.gpu_dirty_count() as u64,
                 s.stop_copy_estimate(&src.vgpu),
             );
@@ -672,23 +700,32 @@ impl Live {
         out: &mut [u8],
     ) -> Result<bool, Fail> {
         let now_us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let n = s.poll_output(&mut src.vgpu, &src.mem, &mut src.cpu_log, now_us, out)?;
-        let o = &mut self.o;
-        if let Some(at) = o.fault_flip_byte {
-            // Fault injection (hidden option): one bit of the stream flipped on the way.
-            if let Some(i) = at
-                .checked_sub(o.stream_bytes)
-                .and_then(|i| usize::try_from(i).ok())
-                .filter(|i| *i < n)
-            {
-                out[i] ^= 0x10;
+        let mut any = false;
+        // Each channel whose connection has taken everything queued gets one poll.
+        for (c, snd) in self.senders.iter_mut().enumerate() {
+            if !snd.idle() {
+                continue;
+            }
+            let n =
+                s.poll_output_channel(c, &mut src.vgpu, &src.mem, &mut src.cpu_log, now_us, out)?;
+            let o = &mut self.o;
+            if let Some(at) = o.fault_flip_byte {
+                // Fault injection (hidden option): one bit of the stream flipped on the way.
+                if let Some(i) = at
+                    .checked_sub(o.stream_bytes)
+                    .and_then(|i| usize::try_from(i).ok())
+                    .filter(|i| *i < n)
+                {
+                    out[i] ^= 0x10;
+                }
+            }
+            if n > 0 {
+                snd.queue(Kind::Data, &out[..n])?;
+                o.stream_bytes += n as u64;
+                any = true;
             }
         }
-        if n > 0 {
-            self.sender.queue(Kind::Data, &out[..n])?;
-            o.stream_bytes += n as u64;
-        }
-        let mut any = n > 0;
+        let o = &mut self.o;
         while let Some(ev) = s.poll_event() {
             any = true;
             match ev {

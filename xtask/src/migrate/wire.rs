@@ -7,7 +7,7 @@ use std::net::TcpStream;
 /// Magic at the start of a hello.
 const HELLO_MAGIC: [u8; 8] = *b"VGPUDEMO";
 /// Version of this framing.
-const HELLO_VERSION: u32 = 1;
+const HELLO_VERSION: u32 = 2;
 /// Largest payload a peer may announce (a DATA message carries at most one poll's output).
 pub(crate) const MAX_PAYLOAD: usize = 16 << 20;
 
@@ -30,6 +30,9 @@ pub(crate) enum Kind {
     Error = 7,
     /// Destination → source: stream bytes fed to the session so far (`u64`), after each `DATA`.
     Ack = 8,
+    /// Source → destination, first message on each extra connection of a multi-channel
+    /// migration: the channel it carries (`u8`, 1..channels).
+    Join = 9,
 }
 
 impl Kind {
@@ -43,6 +46,7 @@ impl Kind {
             6 => Self::Verdict,
             7 => Self::Error,
             8 => Self::Ack,
+            9 => Self::Join,
             _ => return None,
         })
     }
@@ -205,11 +209,13 @@ pub(crate) struct Hello {
     pub(crate) frames: u64,
     /// Seed.
     pub(crate) seed: u64,
+    /// Channels (TCP connections) the stream is split over, 1..=8.
+    pub(crate) channels: u8,
 }
 
 impl Hello {
     /// Encoded length.
-    pub(crate) const LEN: usize = 8 + 4 + 1 + 1 + 8 * 3;
+    pub(crate) const LEN: usize = 8 + 4 + 1 + 1 + 8 * 3 + 1;
 
     /// Encode.
     pub(crate) fn encode(&self) -> [u8; Self::LEN] {
@@ -221,6 +227,7 @@ impl Hello {
         b[14..22].copy_from_slice(&self.gm_mib.to_le_bytes());
         b[22..30].copy_from_slice(&self.frames.to_le_bytes());
         b[30..38].copy_from_slice(&self.seed.to_le_bytes());
+        b[38] = self.channels;
         b
     }
 
@@ -250,7 +257,11 @@ impl Hello {
             gm_mib: u64_at(14),
             frames: u64_at(22),
             seed: u64_at(30),
+            channels: b[38],
         };
+        if !(1..=vgpu::channel::MAX_CHANNELS).contains(&usize::from(h.channels)) {
+            return Err(format!("bad hello: {} channels", h.channels));
+        }
         if h.workload > 3 {
             return Err(format!("bad hello: workload code {}", h.workload));
         }
@@ -277,8 +288,14 @@ mod tests {
             gm_mib: 448,
             frames: 147,
             seed: 9,
+            channels: 4,
         };
         assert_eq!(Hello::decode(&h.encode()), Ok(h));
+        for channels in [0, 9] {
+            let mut bad = h.encode();
+            bad[38] = channels;
+            assert!(Hello::decode(&bad).is_err(), "{channels} channels");
+        }
         let mut bad = h.encode();
         bad[0] ^= 1;
         assert!(Hello::decode(&bad).is_err());
