@@ -192,97 +192,39 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         r.run(&format!("defmt: {krate}"), c)?;
     }
 
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "--package",
-        "xtask",
-        "--",
-        "migrate",
-        "--quick",
-    ]);
-    r.run(
-        "migrate smoke run: two processes over loopback TCP (verified end to end)",
-        c,
-    )?;
-
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "--package",
-        "xtask",
-        "--",
-        "migrate",
-        "--quick",
-        "--modeled",
-    ]);
-    r.run(
-        "migrate smoke run: in-process, modeled link (verified end to end)",
-        c,
-    )?;
-
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "--package",
-        "xtask",
-        "--",
-        "migrate",
-        "--quick",
-        "--channels",
-        "3",
-    ]);
-    r.run(
-        "migrate smoke run: three channels over three TCP connections (verified end to end)",
-        c,
-    )?;
-
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "--package",
-        "xtask",
-        "--",
-        "hw-test",
-        "--quick",
-        "--soak",
-        "200",
-    ]);
-    r.run(
-        "hardware test plan, quick (reference device) and a 200-hop soak",
-        c,
-    )?;
-
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "--package",
-        "xtask",
-        "--",
-        "campaign",
-        "--quick",
-    ]);
-    r.run(
-        "corruption campaign, quick (every damaged stream rejected)",
-        c,
-    )?;
-
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "--package",
-        "xtask",
-        "--",
-        "bench",
-        "--quick",
-    ]);
-    r.run("bench smoke run (figures not asserted)", c)?;
+    // The tools themselves, in release as `cargo xtask` runs them; each verifies what it does.
+    let smoke_runs: [(&str, &[&str]); 6] = [
+        (
+            "migrate smoke run: two processes over loopback TCP (verified end to end)",
+            &["migrate", "--quick"],
+        ),
+        (
+            "migrate smoke run: in-process, modeled link (verified end to end)",
+            &["migrate", "--quick", "--modeled"],
+        ),
+        (
+            "migrate smoke run: three channels over three TCP connections (verified end to end)",
+            &["migrate", "--quick", "--channels", "3"],
+        ),
+        (
+            "hardware test plan, quick (reference device) and a 200-hop soak",
+            &["hw-test", "--quick", "--soak", "200"],
+        ),
+        (
+            "corruption campaign, quick (every damaged stream rejected)",
+            &["campaign", "--quick"],
+        ),
+        (
+            "bench smoke run (figures not asserted)",
+            &["bench", "--quick"],
+        ),
+    ];
+    for (name, args) in smoke_runs {
+        let mut c = cargo();
+        c.args(["run", "--release", "--package", "xtask", "--"]);
+        c.args(args);
+        r.run(name, c)?;
+    }
 
     println!(
         "\nci: all {} steps passed in {:.0} s",
