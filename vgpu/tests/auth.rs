@@ -12,6 +12,7 @@ use migstream::{AuthKey, Limits};
 use vgpu::dest::DestSession;
 use vgpu::error::VgpuError;
 use vgpu::sim::Profile;
+use vgpu::sim::campaign::DeviceState;
 use vgpu::sim::scenario::{Plan, Scenario, Snapshot, migrate};
 
 const KEY: [u8; 32] = [0x42; 32];
@@ -66,21 +67,13 @@ fn refused(
     let mut staging = vec![0u8; 1 << 20];
     let d = DestSession::open(&mut b.vgpu, &mut staging, Limits::DEFAULT).unwrap();
     let mut d = setup(d);
-    let before = Snapshot::of(&b);
+    let before = DeviceState::of(&b);
     let e = match d.feed(&b.vgpu, &mut b.mem, wire) {
         Err(e) => e,
         Ok(_) => d.validate(&b.vgpu, &b.mem).unwrap_err(),
     };
-    let after = Snapshot::of(&b);
-    assert_eq!(
-        (
-            before.vregs,
-            before.ggtt,
-            before.config_space,
-            before.engines
-        ),
-        (after.vregs, after.ggtt, after.config_space, after.engines)
-    );
+    let after = DeviceState::of(&b);
+    assert_eq!(before, after);
     e
 }
 

@@ -16,6 +16,7 @@ use migstream::{
 use vgpu::channel::{ChannelRepr, STRIPE_FRAMES, channel_of};
 use vgpu::dest::DestSession;
 use vgpu::error::VgpuError;
+use vgpu::sim::campaign::DeviceState;
 use vgpu::sim::scenario::{Plan, Scenario, Snapshot, migrate};
 use vgpu::sim::{Machine, Profile, Rng};
 use vgpu::source::{MemoryMode, SourceConfig, SourceSession};
@@ -145,10 +146,6 @@ impl Dest {
     }
 }
 
-fn device_state(m: &Machine<'_>) -> Snapshot {
-    Snapshot::of(m)
-}
-
 /// Feeds `streams` (channel, bytes) to a fresh destination with `channels` channels and returns the
 /// first error, checking the destination's device state did not change.
 fn feed_hostile(sc: &Scenario, channels: usize, streams: &[(usize, Vec<u8>)]) -> VgpuError {
@@ -157,7 +154,7 @@ fn feed_hostile(sc: &Scenario, channels: usize, streams: &[(usize, Vec<u8>)]) ->
     let mut staging = vec![0u8; 1 << 20];
     let mut s =
         DestSession::open_channels(&mut b.vgpu, &mut staging, Limits::DEFAULT, channels).unwrap();
-    let before = device_state(&b);
+    let before = DeviceState::of(&b);
     let mut err = None;
     for (c, bytes) in streams {
         if let Err(e) = s.feed_channel(*c, &b.vgpu, &mut b.mem, bytes) {
@@ -166,12 +163,9 @@ fn feed_hostile(sc: &Scenario, channels: usize, streams: &[(usize, Vec<u8>)]) ->
         }
     }
     let err = err.unwrap_or_else(|| s.validate(&b.vgpu, &b.mem).unwrap_err());
-    let after = device_state(&b);
+    let after = DeviceState::of(&b);
     // Pages may have landed in guest memory; device state must not have changed.
-    assert_eq!(before.vregs, after.vregs);
-    assert_eq!(before.ggtt, after.ggtt);
-    assert_eq!(before.config_space, after.config_space);
-    assert_eq!(before.engines, after.engines);
+    assert_eq!(before, after);
     err
 }
 

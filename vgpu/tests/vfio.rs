@@ -10,6 +10,7 @@
 use migstream::Limits;
 use vgpu::error::VgpuError;
 use vgpu::fsm::{Caps, FsmError, MigState};
+use vgpu::sim::campaign::DeviceState;
 use vgpu::sim::scenario::{Scenario, Snapshot};
 use vgpu::sim::{Machine, MachineStorage, Profile};
 use vgpu::source::{SourceConfig, SourceEvent};
@@ -289,11 +290,12 @@ fn invalid_data_fails_resuming_to_stop_and_only_reset_leaves_error() {
     let mut m = sc.machine(&mut st, true).unwrap();
     let mut bufs = Bufs::new(&sc, 1);
     let mut d = VfioMigration::new(Caps::ALL, bufs.storage(), config(1), Limits::DEFAULT).unwrap();
-    let before = Snapshot::of(&m);
     assert_eq!(
         set(&mut d, &mut m, MigState::Resuming),
         Ok(MigState::Resuming)
     );
+    // Taken once RESUMING has stopped dispatch (the arc quiesces the engines).
+    let before = DeviceState::of(&m);
     let mut p = Platform {
         mem: &mut m.mem,
         cpu: &mut m.cpu_log,
@@ -312,9 +314,7 @@ fn invalid_data_fails_resuming_to_stop_and_only_reset_leaves_error() {
         Err(VgpuError::Stream(_))
     ));
     assert_eq!(m.vgpu.state(), MigState::Error);
-    let after = Snapshot::of(&m);
-    assert_eq!(before.vregs, after.vregs);
-    assert_eq!(before.ggtt, after.ggtt);
+    assert_eq!(before, DeviceState::of(&m));
     for s in MigState::ALL {
         assert!(set(&mut d, &mut m, s).is_err(), "{s:?} from ERROR");
     }
