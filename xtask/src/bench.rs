@@ -67,6 +67,14 @@ impl Harness {
         self.filter.as_deref().is_none_or(|f| id.contains(f))
     }
 
+    /// Whether any benchmark of the group whose ids start with `prefix` is wanted (`--filter
+    /// B7e` wants group `B7`).
+    pub(crate) fn wants_group(&self, prefix: &str) -> bool {
+        self.filter
+            .as_deref()
+            .is_none_or(|f| prefix.contains(f) || f.starts_with(prefix))
+    }
+
     /// Best time of one call of `f`, over batches filling the budget.
     pub(crate) fn time(&self, mut f: impl FnMut()) -> Duration {
         f(); // warm up: page faults, caches, branch predictors
