@@ -77,7 +77,7 @@ pub use ppgtt::{
 };
 pub use rebase::{rebase_linear, translate_frames, translate_frames_map, translate_frames_table};
 pub use runs::{
-    RunStats, SaveCursor, SaveProgress, apply_runs, restore_runs, validate_runs, validate_runs_in,
-    validate_runs_with,
+    RunStats, SaveCursor, SaveProgress, apply_runs, replace_runs, restore_runs, validate_runs,
+    validate_runs_in, validate_runs_with,
 };
 pub use slices::{GgttSlices, HalfWrite, MAX_PENDING_HALVES, PendingHalf, validate_pending};

@@ -568,15 +568,14 @@ fn raw_bad<const N: usize, const LOW: bool, const FULL: bool>(
     spans: &Spans<N, LOW>,
     allowed: u64,
 ) -> u64 {
-    let mut reserved = 0u64;
-    let mut outside = 0u64;
+    let mut bad = 0u64;
     for chunk in entries {
         let e = u64::from_le_bytes(*chunk);
-        reserved |= e & !allowed;
-        // Bit 63 of `e << 63` is the present bit.
-        outside |= (e << 63) & spans.outside(addr_of::<FULL>(e));
+        // `e << 63` is the present bit alone, at bit 63: the second term is at most bit 63,
+        // set for a present entry outside the spans.
+        bad |= (e & !allowed) | ((e << 63) & spans.outside(addr_of::<FULL>(e)));
     }
-    reserved | (outside & (1 << 63))
+    bad
 }
 
 /// Copies `entries` into `dst` (as long) and returns [`raw_bad`] of them, in one pass.
@@ -587,15 +586,16 @@ fn copy_checked<const N: usize, const LOW: bool, const FULL: bool>(
     spans: &Spans<N, LOW>,
     allowed: u64,
 ) -> u64 {
-    let mut reserved = 0u64;
-    let mut outside = 0u64;
+    let mut bad = 0u64;
     for (chunk, d) in entries.iter().zip(dst) {
         let e = u64::from_le_bytes(*chunk);
-        reserved |= e & !allowed;
-        outside |= (e << 63) & spans.outside(addr_of::<FULL>(e));
-        *d = e;
+        bad |= (e & !allowed) | ((e << 63) & spans.outside(addr_of::<FULL>(e)));
+        // `e & allowed` is `e` for every entry that passes (a block with any other bit set
+        // fails and is reset); storing it, not `e`, keeps the compiler from splitting the
+        // loop into a memcpy call and a second pass over the entries.
+        *d = e & allowed;
     }
-    reserved | (outside & (1 << 63))
+    bad
 }
 
 /// Whether a LINEAR run with template `t` and `count` entries passes the entry checks.
@@ -682,11 +682,20 @@ struct Stopped {
 /// Fast path of [`restore_runs`]: parses, checks and copies block by block, writing a block
 /// only after it passed the entry checks and its destination slots were found zero. Stops
 /// at the first problem of any kind (including a non-zero destination slot).
+///
+/// With `clear_below` non-zero (for [`replace_runs`]), the table counts as cleared: the
+/// slots below `clear_below` that no run covers are set to zero on the way, and every slot
+/// counts as free.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one private kernel behind restore_runs and replace_runs"
+)]
 fn restore_fast<const N: usize, const LOW: bool, const FULL: bool>(
     payload: &[u8],
     partition: &Partition,
     storage: &mut [u64],
     zero_from: usize,
+    clear_below: usize,
     frames: &GuestFrames,
     allowed: u64,
     spans: &Spans<N, LOW>,
@@ -702,6 +711,9 @@ fn restore_fast<const N: usize, const LOW: bool, const FULL: bool>(
     while let Some(run) = reader.next_run() {
         let stop = Stopped { runs, partial: 0 };
         let Ok(run) = run else { return Err(stop) };
+        if end < clear_below {
+            zero_gap(storage, end, run.slot.min(clear_below));
+        }
         let Some(dst) = run
             .slot
             .checked_add(run.count)
@@ -744,7 +756,23 @@ fn restore_fast<const N: usize, const LOW: bool, const FULL: bool>(
         stats.runs += 1;
         stats.entries = stats.entries.saturating_add(run.count as u64);
     }
+    if let Some(tail) = storage.get_mut(end..clear_below) {
+        tail.fill(0);
+    }
     Ok((stats, end))
+}
+
+/// Sets `storage[from..to]` to zero (a gap between runs in [`replace_runs`]).
+fn zero_gap(storage: &mut [u64], from: usize, to: usize) {
+    if let Some(gap) = storage.get_mut(from..to) {
+        // Most gaps are a slot or two: stores, not a memset call.
+        match gap {
+            [] => {}
+            [a] => *a = 0,
+            [a, b] => (*a, *b) = (0, 0),
+            _ => gap.fill(0),
+        }
+    }
 }
 
 /// Resets to zero what [`restore_fast`] wrote before it stopped (those slots were zero).
@@ -830,7 +858,7 @@ pub fn restore_runs(
     let fast = with_kernel!(
         frames,
         allowed,
-        restore_fast(payload, &partition, storage, zero_from, frames, allowed)
+        restore_fast(payload, &partition, storage, zero_from, 0, frames, allowed)
     );
     match fast {
         Ok((stats, end)) => {
@@ -845,6 +873,66 @@ pub fn restore_runs(
             let stats = validate_runs_in(payload, &partition, frames, generation)?;
             apply_runs(payload, slices)?;
             Ok(stats)
+        }
+    }
+}
+
+/// Clears the table and restores `payload` into it, in one pass: the same result as
+/// [`GgttSlices::clear`] followed by [`restore_runs`], on success and on error (then the
+/// table is left cleared), without writing the table twice. Slots no run covers are zeroed
+/// as the pass reaches them; slots nothing was written to since the last clear are not
+/// touched at all.
+///
+/// ```
+/// use gtt::{frames::GuestFrames, replace_runs, Generation, Gfn, GgttEntry, GgttSlices,
+///           GmAddr, GmRange, GttIndex, Partition, SaveCursor};
+///
+/// let partition = Partition::new(GmRange::new(GmAddr::new(0), 0x4000)?, GmRange::EMPTY)?;
+/// let mut a = [0u64; 4];
+/// let mut src = GgttSlices::new(partition, &mut a)?;
+/// src.write(GttIndex::new(2), GgttEntry::present_frame(Gfn::new(0x42))?)?;
+/// let mut buf = [0u8; 64];
+/// let n = src.save_runs(SaveCursor::START, &mut buf)?.written;
+///
+/// // A destination table that still holds an older mapping at index 0.
+/// let ram = GuestFrames::from_ranges([(Gfn::new(0), 0x100)])?;
+/// let mut b = [0u64; 4];
+/// let mut dst = GgttSlices::new(partition, &mut b)?;
+/// dst.write(GttIndex::new(0), GgttEntry::present_frame(Gfn::new(0x7))?)?;
+/// replace_runs(&buf[..n], &mut dst, &ram, Generation::Gen9)?;
+/// assert_eq!(dst.entries(), src.entries());
+/// # Ok::<(), gtt::GttError>(())
+/// ```
+///
+/// # Errors
+/// As [`restore_runs`].
+pub fn replace_runs(
+    payload: &[u8],
+    slices: &mut GgttSlices<'_>,
+    frames: &GuestFrames,
+    generation: Generation,
+) -> Result<RunStats, GttError> {
+    let partition = *slices.partition();
+    partition.check()?;
+    let allowed = generation.format().allowed_mask();
+    // Slots from here on are zero already; below it, what no run covers is zeroed.
+    let dirty_end = slices.zero_from();
+    slices.clear_pending();
+    let storage = slices.storage_mut();
+    let fast = with_kernel!(
+        frames,
+        allowed,
+        restore_fast(payload, &partition, storage, 0, dirty_end, frames, allowed)
+    );
+    match fast {
+        Ok((stats, end)) => {
+            slices.set_zero_from(end);
+            Ok(stats)
+        }
+        Err(_) => {
+            // Leave the table cleared, then let `restore_runs` find the exact first error.
+            slices.clear();
+            restore_runs(payload, slices, frames, generation)
         }
     }
 }
@@ -1375,6 +1463,62 @@ mod tests {
                 }
                 prop_assert_eq!(restore_runs(p, &mut dst, &frames, Generation::Gen9), reference);
                 prop_assert_eq!(dst.entries(), &model[..]);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn replace_equals_clear_then_restore(
+            old in big_table(),
+            t in big_table(),
+            chunk in MIN_SAVE_BUFFER..600usize,
+            cleared_first in any::<bool>(),
+            writes in proptest::collection::vec((0usize..256, any::<u64>(), 0u8..3), 0..4),
+            flip in proptest::option::of((any::<usize>(), 1u8..=255)),
+        ) {
+            // A destination that holds an older table (as it is, or cleared and then written
+            // by the guest, with held halves), replaced by the first payload of `t` and
+            // completed by the rest: the same results, entries and held halves as clear()
+            // followed by restore_runs, whether the first payload is valid or damaged.
+            let mut s = t.clone();
+            let g = GgttSlices::new(big_part(), &mut s).unwrap();
+            let mut payloads = save_all(&g, chunk);
+            if let Some((at, x)) = flip
+                && let Some(p) = payloads.first_mut()
+                && !p.is_empty()
+            {
+                let n = p.len();
+                p[at % n] ^= x;
+            }
+            let frames = GuestFrames::from_ranges([(Gfn::new(0), 0x1_0000)]).unwrap();
+            let (mut a, mut b) = (old.clone(), old);
+            let mut fused = GgttSlices::new(big_part(), &mut a).unwrap();
+            let mut reference = GgttSlices::new(big_part(), &mut b).unwrap();
+            if cleared_first {
+                fused.clear();
+                reference.clear();
+            }
+            for &(slot, v, how) in &writes {
+                let i = big_part().index_at(slot).unwrap();
+                guest_write(&mut fused, i, v, how);
+                guest_write(&mut reference, i, v, how);
+            }
+            reference.clear();
+            for (k, p) in payloads.iter().enumerate() {
+                let got = if k == 0 {
+                    replace_runs(p, &mut fused, &frames, Generation::Gen9)
+                } else {
+                    restore_runs(p, &mut fused, &frames, Generation::Gen9)
+                };
+                let want = restore_runs(p, &mut reference, &frames, Generation::Gen9);
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(fused.entries(), reference.entries());
+                prop_assert_eq!(fused.pending_halves(), reference.pending_halves());
+            }
+            if payloads.is_empty() {
+                replace_runs(&[], &mut fused, &frames, Generation::Gen9).unwrap();
+                prop_assert!(fused.entries().iter().all(|&e| e == 0));
             }
         }
     }

@@ -159,9 +159,14 @@ impl<'a> GgttSlices<'a> {
         self.storage
     }
 
-    /// Sets every entry to zero and forgets pending halves.
+    /// Sets every entry to zero and forgets pending halves. Only slots that may be non-zero
+    /// are written: clearing a table nothing was written to since its last clear costs
+    /// nothing.
     pub fn clear(&mut self) {
-        self.storage.fill(0);
+        let end = self.zero_from.min(self.storage.len());
+        if let Some(written) = self.storage.get_mut(..end) {
+            written.fill(0);
+        }
         self.pending.clear();
         self.zero_from = 0;
     }
@@ -356,6 +361,11 @@ impl<'a> GgttSlices<'a> {
     /// The first slot from which every slot is known to be zero.
     pub(crate) const fn zero_from(&self) -> usize {
         self.zero_from
+    }
+
+    /// Forgets held halves (as [`GgttSlices::clear`] does, without touching the entries).
+    pub(crate) fn clear_pending(&mut self) {
+        self.pending.clear();
     }
 
     /// Records that every slot from `slot` on is zero; the caller guarantees it.

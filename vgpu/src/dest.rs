@@ -635,18 +635,28 @@ impl<'s> DestSession<'s> {
                 vgpu.apply_registers(payload, host)?;
             }
         }
-        vgpu.ggtt_mut().clear();
         let frames = guest_frames(mem)?;
         let generation = vgpu.config().generation;
+        // The first record replaces the table (clearing it in the same pass); the others
+        // restore on top, in stream order.
+        let mut cleared = false;
         for (kind, payload) in self.staged_records() {
             if kind == RecordKind::GGTT_RUNS {
-                // Validated above; `restore_runs` checks again as it copies (all or nothing per
+                // Validated above; the kernels check again as they copy (all or nothing per
                 // record), at no extra cost.
-                let r = gtt::restore_runs(payload, vgpu.ggtt_mut(), &frames, generation)?;
+                let r = if cleared {
+                    gtt::restore_runs(payload, vgpu.ggtt_mut(), &frames, generation)?
+                } else {
+                    cleared = true;
+                    gtt::replace_runs(payload, vgpu.ggtt_mut(), &frames, generation)?
+                };
                 stats.ggtt_entries = stats
                     .ggtt_entries
                     .saturating_add(usize::try_from(r.entries).unwrap_or(usize::MAX));
             }
+        }
+        if !cleared {
+            vgpu.ggtt_mut().clear();
         }
         vgpu.reshadow_all(host)?;
         // PPGTTs: the roots are recorded; their tables came with guest memory and were walked.
