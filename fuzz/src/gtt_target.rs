@@ -4,9 +4,10 @@ use std::vec;
 use std::vec::Vec;
 
 use gtt::runs::MIN_SAVE_BUFFER;
+use gtt::frames::GuestFrames;
 use gtt::{
     Generation, Gfn, GgttEntry, GgttSlices, GmAddr, GmRange, Partition, SaveCursor, apply_runs,
-    validate_runs,
+    replace_runs, restore_runs, validate_runs,
 };
 
 use crate::input::Bytes;
@@ -174,6 +175,7 @@ pub fn gtt_runs(data: &[u8]) {
     };
     let verdict = validate_runs(payload, &part, &frame_ok, generation);
     let applied = apply_runs(payload, &mut slices);
+    fused_kernels_agree(payload, &part, limit, generation, sel, verdict, slices.entries());
     let Ok(stats) = verdict else {
         if applied.is_err() {
             assert!(
@@ -245,6 +247,55 @@ pub fn gtt_runs(data: &[u8]) {
         slices.entries(),
         "save/apply did not rebuild the table"
     );
+}
+
+/// The fused kernels against the reference (`validate_runs`, then `apply_runs` on a cleared
+/// table, whose result is `expected` when `verdict` accepts): `restore_runs` into a cleared
+/// table and `replace_runs` over a table holding other entries give the same verdict (the
+/// same first error), and the same table, or a cleared one on error.
+fn fused_kernels_agree(
+    payload: &[u8],
+    part: &Partition,
+    limit: u64,
+    generation: Generation,
+    sel: u8,
+    verdict: Result<gtt::RunStats, gtt::GttError>,
+    expected: &[u64],
+) {
+    // "Every frame" (`u64::MAX`) as a set: no entry's frame reaches 2^40.
+    let frames = match GuestFrames::from_ranges([(Gfn::new(0), limit.min(1 << 40))]) {
+        Ok(f) => f,
+        Err(e) => panic!("guest frames rejected: {e}"),
+    };
+    let old: Vec<u64> = (0..part.storage_len() as u64)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9) << 12) | u64::from(sel) | 1)
+        .collect();
+    for replace in [false, true] {
+        let mut storage = if replace {
+            old.clone()
+        } else {
+            vec![0u64; part.storage_len()]
+        };
+        let mut table = match GgttSlices::new(*part, &mut storage) {
+            Ok(s) => s,
+            Err(e) => panic!("storage of storage_len rejected: {e}"),
+        };
+        let got = if replace {
+            replace_runs(payload, &mut table, &frames, generation)
+        } else {
+            table.clear();
+            restore_runs(payload, &mut table, &frames, generation)
+        };
+        assert_eq!(got, verdict, "fused kernel (replace: {replace}) verdict");
+        if verdict.is_ok() {
+            assert_eq!(table.entries(), expected, "fused kernel (replace: {replace}) table");
+        } else {
+            assert!(
+                table.entries().iter().all(|&e| e == 0),
+                "rejected payload left entries (replace: {replace})"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
