@@ -3,8 +3,8 @@
 use std::vec;
 use std::vec::Vec;
 
-use gtt::runs::MIN_SAVE_BUFFER;
 use gtt::frames::GuestFrames;
+use gtt::runs::MIN_SAVE_BUFFER;
 use gtt::{
     Generation, Gfn, GgttEntry, GgttSlices, GmAddr, GmRange, Partition, SaveCursor, apply_runs,
     replace_runs, restore_runs, validate_runs,
@@ -175,7 +175,15 @@ pub fn gtt_runs(data: &[u8]) {
     };
     let verdict = validate_runs(payload, &part, &frame_ok, generation);
     let applied = apply_runs(payload, &mut slices);
-    fused_kernels_agree(payload, &part, limit, generation, sel, verdict, slices.entries());
+    fused_kernels_agree(
+        payload,
+        &part,
+        limit,
+        generation,
+        sel,
+        verdict,
+        slices.entries(),
+    );
     let Ok(stats) = verdict else {
         if applied.is_err() {
             assert!(
@@ -288,7 +296,11 @@ fn fused_kernels_agree(
         };
         assert_eq!(got, verdict, "fused kernel (replace: {replace}) verdict");
         if verdict.is_ok() {
-            assert_eq!(table.entries(), expected, "fused kernel (replace: {replace}) table");
+            assert_eq!(
+                table.entries(),
+                expected,
+                "fused kernel (replace: {replace}) table"
+            );
         } else {
             assert!(
                 table.entries().iter().all(|&e| e == 0),

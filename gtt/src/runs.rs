@@ -23,7 +23,7 @@
 //! "inside guest memory" predicate; a LINEAR run's last frame fits the address field.
 //!
 //! Entries not covered by any run are zero: the destination starts from an all-zero table
-//! ([`GgttSlices::clear`]). The encoder omits zero entries and nothing else, so non-present
+//! ([`GgttSlices::clear`], or [`replace_runs`], which clears in the same pass as it restores). The encoder omits zero entries and nothing else, so non-present
 //! entries with other bits set survive the round trip exactly. One GGTT may be split over
 //! several payloads with [`SaveCursor`]; each payload is validated and applied on its own.
 
@@ -850,24 +850,16 @@ pub fn restore_runs(
     frames: &GuestFrames,
     generation: Generation,
 ) -> Result<RunStats, GttError> {
-    let partition = *slices.partition();
-    partition.check()?;
-    let allowed = generation.format().allowed_mask();
     let zero_from = slices.zero_from();
-    let storage = slices.storage_mut();
-    let fast = with_kernel!(
-        frames,
-        allowed,
-        restore_fast(payload, &partition, storage, zero_from, 0, frames, allowed)
-    );
-    match fast {
+    match fast_pass(payload, slices, frames, generation, zero_from, 0)? {
         Ok((stats, end)) => {
             // Runs ascend: nothing at or after the last run's end was written.
             slices.set_zero_from(zero_from.max(end));
             Ok(stats)
         }
         Err(stopped) => {
-            roll_back(payload, &partition, storage, &stopped);
+            let partition = *slices.partition();
+            roll_back(payload, &partition, slices.storage_mut(), &stopped);
             // The roll-back restored every written slot to zero.
             slices.set_zero_from(zero_from);
             let stats = validate_runs_in(payload, &partition, frames, generation)?;
@@ -875,6 +867,36 @@ pub fn restore_runs(
             Ok(stats)
         }
     }
+}
+
+/// [`restore_fast`] over the storage of `slices`, with the kernel for `frames` and
+/// `generation`. The outer error is a bad partition; the inner one says where the pass
+/// stopped. Leaves the slices' zero mark unknown (the caller sets it).
+fn fast_pass(
+    payload: &[u8],
+    slices: &mut GgttSlices<'_>,
+    frames: &GuestFrames,
+    generation: Generation,
+    zero_from: usize,
+    clear_below: usize,
+) -> Result<Result<(RunStats, usize), Stopped>, GttError> {
+    let partition = *slices.partition();
+    partition.check()?;
+    let allowed = generation.format().allowed_mask();
+    let storage = slices.storage_mut();
+    Ok(with_kernel!(
+        frames,
+        allowed,
+        restore_fast(
+            payload,
+            &partition,
+            storage,
+            zero_from,
+            clear_below,
+            frames,
+            allowed
+        )
+    ))
 }
 
 /// Clears the table and restores `payload` into it, in one pass: the same result as
@@ -912,19 +934,10 @@ pub fn replace_runs(
     frames: &GuestFrames,
     generation: Generation,
 ) -> Result<RunStats, GttError> {
-    let partition = *slices.partition();
-    partition.check()?;
-    let allowed = generation.format().allowed_mask();
     // Slots from here on are zero already; below it, what no run covers is zeroed.
     let dirty_end = slices.zero_from();
     slices.clear_pending();
-    let storage = slices.storage_mut();
-    let fast = with_kernel!(
-        frames,
-        allowed,
-        restore_fast(payload, &partition, storage, 0, dirty_end, frames, allowed)
-    );
-    match fast {
+    match fast_pass(payload, slices, frames, generation, 0, dirty_end)? {
         Ok((stats, end)) => {
             slices.set_zero_from(end);
             Ok(stats)
