@@ -256,8 +256,9 @@ pub struct Decoder {
     crc: Crc32,
     /// Stream offset of the current page-run header.
     run_start: u64,
-    /// In [`Decoder::feed_all`]: the CRC of data handed out in an event is folded in after the
-    /// sink has seen it; this holds how many bytes of the step's input end are still owed.
+    /// In [`Decoder::feed_all`] with a key: data handed out in an event is absorbed into the
+    /// MAC after the sink has seen it; this holds how many bytes of the step's input end are
+    /// still owed.
     defer: Option<u32>,
     /// The stream MAC, when a key is set.
     #[cfg(feature = "auth")]
@@ -375,10 +376,12 @@ impl Decoder {
     /// Decode all of `input`, handing every event to `sink` in stream order; returns the bytes
     /// consumed (all of them, unless an error stops it).
     ///
-    /// Same events and checks as [`feed`](Self::feed), with one difference in cost: the CRC over
-    /// page and payload bytes is computed *after* `sink` has seen them. A sink that copies page
-    /// data to its place reads each byte from memory once; the CRC then reads it from cache. The
-    /// data is still provisional until its record's [`Event::RecordEnd`], exactly as with `feed`.
+    /// Same events and checks as [`feed`](Self::feed), in one call. The CRC over page and
+    /// payload bytes is computed as each chunk is handed out, before `sink` sees it: the CRC's
+    /// reads bring the chunk into cache for a sink that copies it (measured faster than
+    /// checksumming after the copy). With an authentication key, consecutive chunks are
+    /// absorbed into the stream MAC in batches after the sink. The data is still provisional
+    /// until its record's [`Event::RecordEnd`], exactly as with `feed`.
     ///
     /// # Errors
     /// [`FeedError::Decode`] as `feed` (the decoder then stays failed), or the sink's error as
@@ -404,8 +407,13 @@ impl Decoder {
                     .update(input.get(mac_from..mac_to).unwrap_or_default());
                 mac_from = mac_to;
             }
-            self.defer = Some(0);
+            // Only a MAC has anything to batch after the sink.
+            #[cfg(feature = "auth")]
+            if self.mac.is_keyed() {
+                self.defer = Some(0);
+            }
             let r = self.feed(rest);
+            #[cfg(feature = "auth")]
             let owed = self.defer.take().unwrap_or(0) as usize;
             let (n, ev) = r.map_err(FeedError::Decode)?;
             pos += n;
@@ -419,10 +427,9 @@ impl Decoder {
                 }
                 None => Ok(()),
             };
+            #[cfg(feature = "auth")]
             if owed > 0 {
                 let start = pos.saturating_sub(owed);
-                self.crc.update(input.get(start..pos).unwrap_or_default());
-                #[cfg(feature = "auth")]
                 if mac_to == start && pos - mac_from <= MAC_BATCH {
                     mac_to = pos;
                 } else {
@@ -501,9 +508,11 @@ impl Decoder {
     /// Consume `n` payload bytes into the record CRC.
     fn eat_payload<'a>(&mut self, chunk: &'a [u8], hand_out: bool) -> &'a [u8] {
         match self.defer {
-            // The bytes go out in an event; `feed_all` folds them into the CRC after the sink.
+            // The bytes go out in an event: into the CRC now, and `feed_all` batches them into
+            // the MAC after the sink.
             Some(_) if hand_out => {
-                self.defer = Some(u32::try_from(chunk.len()).unwrap_or(u32::MAX))
+                self.crc.update(chunk);
+                self.defer = Some(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
             }
             _ => self.absorb(chunk),
         }

@@ -261,7 +261,8 @@ impl<'s> DestSession<'s> {
     ) -> Result<usize, VgpuError> {
         let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
         let mut dec = ch.dec.take().ok_or(VgpuError::WrongPhase)?;
-        // `feed_all` checksums page bytes after they were written to guest memory (from cache).
+        // `feed_all` checksums each chunk of page bytes as it hands it out (then in cache for the
+        // write to guest memory).
         let r = dec.feed_all(input, |ev| self.on_event(c, vgpu, mem, ev));
         if let Some(ch) = self.chans.get_mut(c) {
             ch.dec = Some(dec);

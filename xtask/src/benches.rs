@@ -316,7 +316,7 @@ fn decode_into(stream: &[u8], dst: &mut [u8]) -> crate::Result<Applied> {
     let mut dec = migstream::Decoder::new(Limits::DEFAULT);
     let mut applied = Applied::default();
     let outside = || "decoded page outside the destination buffer".to_owned();
-    // `feed_all` folds each page into the record CRC after the copy, while it is in cache.
+    // `feed_all` folds each page into the record CRC as it hands it out (then in cache for the copy).
     dec.feed_all(stream, |event| {
         match event {
             Event::PageData {
