@@ -937,15 +937,20 @@ pub fn replace_runs(
     // Slots from here on are zero already; below it, what no run covers is zeroed.
     let dirty_end = slices.zero_from();
     slices.clear_pending();
-    match fast_pass(payload, slices, frames, generation, 0, dirty_end)? {
-        Ok((stats, end)) => {
+    match fast_pass(payload, slices, frames, generation, 0, dirty_end) {
+        Ok(Ok((stats, end))) => {
             slices.set_zero_from(end);
             Ok(stats)
         }
-        Err(_) => {
+        Ok(Err(_)) => {
             // Leave the table cleared, then let `restore_runs` find the exact first error.
             slices.clear();
             restore_runs(payload, slices, frames, generation)
+        }
+        Err(e) => {
+            // A bad partition, found before anything was written: cleared all the same.
+            slices.clear();
+            Err(e)
         }
     }
 }
