@@ -10,6 +10,8 @@ pub(crate) const LIB_CRATES: [&str; 6] = ["migstream", "gtt", "mmio", "gmem", "e
 
 /// Bare-metal targets tried in order; the first installed one is used.
 const BARE_METAL: [&str; 2] = ["x86_64-unknown-none", "thumbv7em-none-eabihf"];
+/// The seed of the property tests in CI (decimal, as proptest reads it).
+const CI_PROPTEST_SEED: &str = "20261126";
 
 /// Options of `cargo xtask ci`.
 #[derive(clap::Args)]
@@ -109,6 +111,11 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
 
     let mut c = cargo();
     c.args(["test", "--workspace", "--locked"]);
+    // Property tests draw their cases from a fixed seed here, so a CI run can be repeated case
+    // for case (set PROPTEST_RNG_SEED to draw others; local `cargo test` runs draw new ones).
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        c.env("PROPTEST_RNG_SEED", CI_PROPTEST_SEED);
+    }
     r.run(
         "tests (unit, property, integration, doc, fuzz corpus replay)",
         c,
