@@ -7,7 +7,7 @@ use std::vec::Vec;
 
 use migstream::{
     CONTROL_VERSION, DecodeError, Decoder, DeviceIdentity, EncodeError, Encoder, EndRepr, Event,
-    FORMAT_MINOR, Limits, PAGE_SHIFT, PageEncoding, PageRunRepr, PagesPayload, Progress,
+    FORMAT_MINOR, FeedError, Limits, PAGE_SHIFT, PageEncoding, PageRunRepr, PagesPayload, Progress,
     RecordFlags, RecordKind, RoundRepr, StreamHeaderRepr,
 };
 
@@ -309,6 +309,51 @@ fn decode_segmented(stream: &[u8], seg: &mut dyn FnMut() -> usize) -> Outcome {
     Outcome { log, result }
 }
 
+/// Slice lengths read from fuzz bytes (a byte below 0x80 is a length, others 64 times their
+/// low bits), then the rest of the stream in one slice.
+fn slice_lengths(mut segs: Bytes<'_>) -> impl FnMut() -> usize + '_ {
+    move || {
+        if segs.is_empty() {
+            return usize::MAX;
+        }
+        let b = segs.u8();
+        if b < 0x80 {
+            usize::from(b)
+        } else {
+            usize::from(b & 0x7F) * 64
+        }
+    }
+}
+
+/// [`decode_segmented`] through [`Decoder::feed_all`], one call per slice: the same events
+/// and the same result are expected.
+fn decode_feed_all(stream: &[u8], seg: &mut dyn FnMut() -> usize) -> Outcome {
+    let mut dec = Decoder::new(Limits::DEFAULT);
+    let mut log = Log::default();
+    let mut off = 0usize;
+    while off < stream.len() {
+        let len = seg().min(stream.len() - off);
+        let chunk = stream.get(off..off + len).unwrap_or_default();
+        let r = dec.feed_all(chunk, |ev| {
+            log.push(ev);
+            Ok::<(), ()>(())
+        });
+        match r {
+            Ok(n) => assert_eq!(n, chunk.len(), "feed_all stopped early without an error"),
+            Err(FeedError::Decode(e)) => {
+                return Outcome {
+                    log,
+                    result: Err(e),
+                };
+            }
+            Err(FeedError::Sink(())) => panic!("the sink never fails"),
+        }
+        off += len;
+    }
+    let result = dec.finish();
+    Outcome { log, result }
+}
+
 /// Deterministic page contents for built streams.
 fn page_fill(frame: u64, offset: usize, out: &mut [u8]) {
     for (i, b) in out.iter_mut().enumerate() {
@@ -468,18 +513,7 @@ pub fn migstream_segmented(data: &[u8]) {
     if !corrupt {
         assert_eq!(whole.result, Ok(()), "a valid stream was rejected");
     }
-    let mut segs = input;
-    let pieces = decode_segmented(&stream, &mut || {
-        if segs.is_empty() {
-            return usize::MAX;
-        }
-        let b = segs.u8();
-        if b < 0x80 {
-            usize::from(b)
-        } else {
-            usize::from(b & 0x7F) * 64
-        }
-    });
+    let pieces = decode_segmented(&stream, &mut slice_lengths(input));
     assert_eq!(
         pieces.result, whole.result,
         "segmentation changed the result"
@@ -487,6 +521,13 @@ pub fn migstream_segmented(data: &[u8]) {
     assert_eq!(
         pieces.log.events, whole.log.events,
         "segmentation changed the events"
+    );
+    // feed_all over the same slices (it checksums and hands out in its own order).
+    let all = decode_feed_all(&stream, &mut slice_lengths(input));
+    assert_eq!(all.result, whole.result, "feed_all changed the result");
+    assert_eq!(
+        all.log.events, whole.log.events,
+        "feed_all changed the events"
     );
 }
 
