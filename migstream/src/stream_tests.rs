@@ -917,7 +917,11 @@ fn malformed_dup_and_delta_runs() {
 }
 
 fn decode_all(bytes: &[u8], seg: usize) -> Result<Vec<Ev>, DecodeError> {
-    let mut dec = Decoder::new(Limits::DEFAULT);
+    feed_all_with(&mut Decoder::new(Limits::DEFAULT), bytes, seg)
+}
+
+/// Decode through `feed_all` in slices of `seg` bytes.
+fn feed_all_with(dec: &mut Decoder, bytes: &[u8], seg: usize) -> Result<Vec<Ev>, DecodeError> {
     let mut events = Vec::new();
     for chunk in bytes.chunks(seg.max(1)) {
         let r = dec.feed_all(chunk, |ev| {

@@ -4,7 +4,9 @@
 use std::vec;
 use std::vec::Vec;
 
-use super::{Ev, HEADER, VECTORS, decode, decode_with, hexdump, push, record, skeleton};
+use super::{
+    Ev, HEADER, VECTORS, decode, decode_with, feed_all_with, hexdump, push, record, skeleton,
+};
 use crate::auth::{MAC_CONTEXT, StreamMac};
 use crate::*;
 
@@ -119,24 +121,6 @@ fn keyed(key: &AuthKey) -> Decoder {
 
 fn decode_keyed(bytes: &[u8], key: &AuthKey, segs: &[usize]) -> Result<Vec<Ev>, DecodeError> {
     decode_with(&mut keyed(key), bytes, segs)
-}
-
-/// Decode through `feed_all` in slices of `seg` bytes.
-fn feed_all_with(dec: &mut Decoder, bytes: &[u8], seg: usize) -> Result<Vec<Ev>, DecodeError> {
-    let mut events = Vec::new();
-    for chunk in bytes.chunks(seg.max(1)) {
-        let r = dec.feed_all(chunk, |ev| {
-            push(&mut events, ev);
-            Ok::<(), ()>(())
-        });
-        match r {
-            Ok(n) => assert_eq!(n, chunk.len()),
-            Err(FeedError::Decode(e)) => return Err(e),
-            Err(FeedError::Sink(())) => unreachable!(),
-        }
-    }
-    dec.finish()?;
-    Ok(events)
 }
 
 fn auth_err(e: &DecodeError) -> Option<AuthError> {
