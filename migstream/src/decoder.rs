@@ -259,6 +259,7 @@ pub struct Decoder {
     /// In [`Decoder::feed_all`] with a key: data handed out in an event is absorbed into the
     /// MAC after the sink has seen it; this holds how many bytes of the step's input end are
     /// still owed.
+    #[cfg(feature = "auth")]
     defer: Option<u32>,
     /// The stream MAC, when a key is set.
     #[cfg(feature = "auth")]
@@ -289,6 +290,7 @@ impl Decoder {
             done: 0,
             crc: Crc32::new(),
             run_start: 0,
+            #[cfg(feature = "auth")]
             defer: None,
             #[cfg(feature = "auth")]
             mac: MacState::Off,
@@ -505,17 +507,19 @@ impl Decoder {
         self.rec.payload_len.saturating_sub(self.done)
     }
 
-    /// Consume `n` payload bytes into the record CRC.
+    /// Consume `n` payload bytes into the record CRC and, when authenticating, the MAC.
     fn eat_payload<'a>(&mut self, chunk: &'a [u8], hand_out: bool) -> &'a [u8] {
+        self.crc.update(chunk);
+        #[cfg(feature = "auth")]
         match self.defer {
-            // The bytes go out in an event: into the CRC now, and `feed_all` batches them into
-            // the MAC after the sink.
+            // The bytes go out in an event: `feed_all` batches them into the MAC after the sink.
             Some(_) if hand_out => {
-                self.crc.update(chunk);
                 self.defer = Some(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
             }
-            _ => self.absorb(chunk),
+            _ => self.mac.update(chunk),
         }
+        #[cfg(not(feature = "auth"))]
+        let _ = hand_out;
         self.pos = self.pos.saturating_add(chunk.len() as u64);
         self.done = self
             .done
