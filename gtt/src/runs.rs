@@ -300,7 +300,16 @@ struct RunReader<'p, 'q> {
     next_slot: usize,
 }
 
-impl<'p> RunReader<'p, '_> {
+impl<'p, 'q> RunReader<'p, 'q> {
+    /// A reader at the start of `payload`.
+    const fn new(payload: &'p [u8], partition: &'q Partition) -> Self {
+        Self {
+            rest: payload,
+            partition,
+            next_slot: 0,
+        }
+    }
+
     fn next_run(&mut self) -> Option<Result<Run<'p>, GttError>> {
         if self.rest.is_empty() {
             return None;
@@ -421,11 +430,7 @@ pub fn validate_runs_with<F: Fn(Gfn) -> bool>(
 ) -> Result<RunStats, GttError> {
     partition.check()?;
     let allowed = generation.format().allowed_mask();
-    let mut reader = RunReader {
-        rest: payload,
-        partition,
-        next_slot: 0,
-    };
+    let mut reader = RunReader::new(payload, partition);
     let mut stats = RunStats::default();
     while let Some(run) = reader.next_run() {
         let run = run?;
@@ -481,20 +486,12 @@ pub fn validate_runs_with<F: Fn(Gfn) -> bool>(
 /// Structural errors as in [`validate_runs`].
 pub fn apply_runs(payload: &[u8], slices: &mut GgttSlices<'_>) -> Result<usize, GttError> {
     let partition = *slices.partition();
-    let mut check = RunReader {
-        rest: payload,
-        partition: &partition,
-        next_slot: 0,
-    };
+    let mut check = RunReader::new(payload, &partition);
     while let Some(run) = check.next_run() {
         run?;
     }
     let storage = slices.storage_mut();
-    let mut reader = RunReader {
-        rest: payload,
-        partition: &partition,
-        next_slot: 0,
-    };
+    let mut reader = RunReader::new(payload, &partition);
     let mut written: usize = 0;
     while let Some(run) = reader.next_run() {
         let run = run?;
@@ -621,11 +618,7 @@ fn validate_fast<const N: usize, const LOW: bool, const FULL: bool>(
     allowed: u64,
     spans: &Spans<N, LOW>,
 ) -> Option<RunStats> {
-    let mut reader = RunReader {
-        rest: payload,
-        partition,
-        next_slot: 0,
-    };
+    let mut reader = RunReader::new(payload, partition);
     let mut stats = RunStats::default();
     while let Some(run) = reader.next_run() {
         let run = run.ok()?;
@@ -700,11 +693,7 @@ fn restore_fast<const N: usize, const LOW: bool, const FULL: bool>(
     allowed: u64,
     spans: &Spans<N, LOW>,
 ) -> Result<(RunStats, usize), Stopped> {
-    let mut reader = RunReader {
-        rest: payload,
-        partition,
-        next_slot: 0,
-    };
+    let mut reader = RunReader::new(payload, partition);
     let mut stats = RunStats::default();
     let mut runs = 0usize;
     let mut end = 0usize;
@@ -777,11 +766,7 @@ fn zero_gap(storage: &mut [u64], from: usize, to: usize) {
 
 /// Resets to zero what [`restore_fast`] wrote before it stopped (those slots were zero).
 fn roll_back(payload: &[u8], partition: &Partition, storage: &mut [u64], stopped: &Stopped) {
-    let mut reader = RunReader {
-        rest: payload,
-        partition,
-        next_slot: 0,
-    };
+    let mut reader = RunReader::new(payload, partition);
     let mut done = 0usize;
     while let Some(Ok(run)) = reader.next_run() {
         let n = if done < stopped.runs {
