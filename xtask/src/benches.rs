@@ -991,7 +991,6 @@ fn involution_table(seed: u64) -> Vec<u64> {
 fn gtt_rebase(h: &mut Harness) -> crate::Result {
     const DELTA: i64 = 0x1_2345;
     let original = random_ggtt(SEED ^ 0xB8);
-    let entry_bytes = (GGTT_ENTRIES * 8) as u64;
     let table_bytes: Vec<u8> = original.iter().flat_map(|e| e.to_le_bytes()).collect();
     let mut copy = vec![0u8; table_bytes.len()];
     let frame = |e: u64| (e >> 12) & ((1 << 34) - 1);
@@ -1011,28 +1010,18 @@ fn gtt_rebase(h: &mut Harness) -> crate::Result {
         rebase_linear(&mut e, -DELTA).map_err(|e| format!("rebase_linear: {e}"))?;
         check(e == original, "B8 linear rebase does not invert")?;
 
-        let reference = h.reference(&table_bytes, &mut copy);
-        let mut up = true;
-        let (d, ()) = time_fallible(h, || {
-            let delta = if up { DELTA } else { -DELTA };
-            up = !up;
-            rebase_linear(&mut e, delta).map_err(|e| format!("rebase_linear: {e}"))
-        })?;
-        if up {
-            check(e == original, "B8 linear rebase drifted")?;
-        }
-        h.record(figure(
-            "B8l",
-            "gtt_rebase rebase_linear",
-            entry_bytes,
-            d,
-            reference,
-            None,
-            format!(
-                "{:.2} G PTE/s (target >= 3)",
-                giga_per_s(GGTT_ENTRIES as u64, d)
-            ),
-        ));
+        let bytes = (&table_bytes[..], &mut copy[..]);
+        time_round_trips(
+            h,
+            ("B8l", "gtt_rebase rebase_linear", 3.0),
+            bytes,
+            &original,
+            &mut e,
+            |e, call| {
+                let delta = if call % 2 == 0 { DELTA } else { -DELTA };
+                rebase_linear(e, delta).map_err(|e| format!("rebase_linear: {e}"))
+            },
+        )?;
     }
 
     if h.wants("B8t") {
@@ -1064,28 +1053,12 @@ fn gtt_rebase(h: &mut Harness) -> crate::Result {
         check(fast == e, "B8 table and closure translations differ")?;
         translate_frames(&mut e, &map).map_err(|e| format!("translate_frames: {e}"))?;
 
-        let reference = h.reference(&table_bytes, &mut copy);
-        let mut calls = 0u64;
-        let (d, ()) = time_fallible(h, || {
-            calls += 1;
-            translate_frames_table(&mut e, Gfn::new(0), &table)
+        let bytes = (&table_bytes[..], &mut copy[..]);
+        let id = ("B8t", "gtt_rebase translate_frames_table (gfn->hfn)", 0.8);
+        time_round_trips(h, id, bytes, &original, &mut e, |e, _| {
+            translate_frames_table(e, Gfn::new(0), &table)
                 .map_err(|e| format!("translate_frames_table: {e}"))
         })?;
-        if calls.is_multiple_of(2) {
-            check(e == original, "B8 table translation drifted")?;
-        }
-        h.record(figure(
-            "B8t",
-            "gtt_rebase translate_frames_table (gfn->hfn)",
-            entry_bytes,
-            d,
-            reference,
-            None,
-            format!(
-                "{:.2} G PTE/s (target >= 0.8)",
-                giga_per_s(GGTT_ENTRIES as u64, d)
-            ),
-        ));
     }
 
     if h.wants("B8r") {
@@ -1108,28 +1081,49 @@ fn gtt_rebase(h: &mut Harness) -> crate::Result {
         translate_frames_map(&mut e, &map).map_err(|e| format!("translate_frames_map: {e}"))?;
         check(e == original, "B8 swapped map does not invert")?;
 
-        let reference = h.reference(&table_bytes, &mut copy);
-        let mut calls = 0u64;
-        let (d, ()) = time_fallible(h, || {
-            calls += 1;
-            translate_frames_map(&mut e, &map).map_err(|e| format!("translate_frames_map: {e}"))
+        let bytes = (&table_bytes[..], &mut copy[..]);
+        let id = ("B8r", "gtt_rebase translate_frames_map (2 regions)", 0.8);
+        time_round_trips(h, id, bytes, &original, &mut e, |e, _| {
+            translate_frames_map(e, &map).map_err(|e| format!("translate_frames_map: {e}"))
         })?;
-        if calls.is_multiple_of(2) {
-            check(e == original, "B8 map translation drifted")?;
-        }
-        h.record(figure(
-            "B8r",
-            "gtt_rebase translate_frames_map (2 regions)",
-            entry_bytes,
-            d,
-            reference,
-            None,
-            format!(
-                "{:.2} G PTE/s (target >= 0.8)",
-                giga_per_s(GGTT_ENTRIES as u64, d)
-            ),
-        ));
     }
+    Ok(())
+}
+
+/// Times `step(entries, call)` on `entries` in place (`call` counts every call from 0), where
+/// every two calls in a row restore the entries: afterwards they must equal `original` when
+/// the count is even. Records figure `id` = (id, name, target G entries/s) beside a memcpy of
+/// `bytes.0` into `bytes.1`.
+fn time_round_trips(
+    h: &mut Harness,
+    (id, name, target): (&str, &str, f64),
+    bytes: (&[u8], &mut [u8]),
+    original: &[u64],
+    entries: &mut [u64],
+    mut step: impl FnMut(&mut [u64], u64) -> crate::Result,
+) -> crate::Result {
+    let reference = h.reference(bytes.0, bytes.1);
+    let mut calls = 0u64;
+    let (d, ()) = time_fallible(h, || {
+        let r = step(entries, calls);
+        calls += 1;
+        r
+    })?;
+    if calls.is_multiple_of(2) {
+        check(entries == original, &format!("{id}: the entries drifted"))?;
+    }
+    h.record(figure(
+        id,
+        name,
+        (entries.len() * 8) as u64,
+        d,
+        reference,
+        None,
+        format!(
+            "{:.2} G PTE/s (target >= {target})",
+            giga_per_s(entries.len() as u64, d)
+        ),
+    ));
     Ok(())
 }
 
