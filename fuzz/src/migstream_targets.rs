@@ -48,23 +48,26 @@ pub fn migstream_auth(data: &[u8]) {
     }
 }
 
+/// The device identity of the streams the targets build.
+const IDENTITY: DeviceIdentity = DeviceIdentity {
+    pci_vendor: 0x8086,
+    pci_device: 0x1912,
+    generation: 9,
+    fence_count: 4,
+    aperture_base: 0,
+    aperture_size: 1 << 27,
+    hidden_base: 1 << 32,
+    hidden_size: 1 << 28,
+    page_shift: PAGE_SHIFT,
+};
+
 /// A keyed stream (the fuzzing key) built from a record script, for seeds.
 pub fn build_keyed_stream(n: u8) -> Vec<u8> {
-    use migstream::{AuthKey, DeviceIdentity, Encoder, RecordFlags, RecordKind, StreamHeaderRepr};
+    use migstream::{AuthKey, Encoder, RecordFlags, RecordKind, StreamHeaderRepr};
     let header = StreamHeaderRepr {
         minor: migstream::MINOR_1_1,
         flags: 0,
-        identity: DeviceIdentity {
-            pci_vendor: 0x8086,
-            pci_device: 0x1912,
-            generation: 9,
-            fence_count: 4,
-            aperture_base: 0,
-            aperture_size: 1 << 27,
-            hidden_base: 1 << 32,
-            hidden_size: 1 << 28,
-            page_shift: migstream::PAGE_SHIFT,
-        },
+        identity: IDENTITY,
         stream_id: u64::from(n),
     };
     let mut out = vec![0u8; 4096];
@@ -388,17 +391,7 @@ pub(crate) fn build_stream(seed: u64) -> Vec<u8> {
     let header = StreamHeaderRepr {
         minor: FORMAT_MINOR,
         flags: 0,
-        identity: DeviceIdentity {
-            pci_vendor: 0x8086,
-            pci_device: 0x1912,
-            generation: 9,
-            fence_count: 4,
-            aperture_base: 0,
-            aperture_size: 1 << 27,
-            hidden_base: 1 << 32,
-            hidden_size: 1 << 28,
-            page_shift: PAGE_SHIFT,
-        },
+        identity: IDENTITY,
         stream_id: seed,
     };
     let mut enc = Encoder::new();
