@@ -39,6 +39,7 @@ use migstream::{
 use super::Rng;
 use super::driver::Profile;
 use super::machine::Machine;
+pub use super::scenario::DeviceState;
 use super::scenario::{Plan, Scenario, migrate};
 use crate::dest::DestSession;
 use crate::error::{Fault, VgpuError};
@@ -192,56 +193,6 @@ pub fn push_record(out: &mut Vec<u8>, kind: RecordKind, index: u32, payload: &[u
     h.emit(&mut raw);
     out.extend_from_slice(&raw);
     out.extend_from_slice(payload);
-}
-
-/// Device state of a vGPU, without guest memory: what a rejected stream must leave unchanged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceState {
-    /// All 2 MiB of virtual registers.
-    pub vregs: Vec<u32>,
-    /// Guest GGTT entries.
-    pub ggtt: Vec<u64>,
-    /// Engines.
-    pub engines: engines::Engines,
-    /// State derived from side-effect registers.
-    pub derived: crate::instance::Derived,
-    /// Config space.
-    pub config_space: Vec<u8>,
-    /// PPGTT roots.
-    pub ppgtts: crate::ppgtt::PpgttList,
-}
-
-impl DeviceState {
-    /// Capture a machine's vGPU.
-    pub fn of(m: &Machine<'_>) -> Self {
-        let dwords = u32::try_from(mmio::MMIO_DWORDS).unwrap_or(0);
-        Self {
-            vregs: (0..dwords).map(|i| m.vgpu.regs().peek(i * 4)).collect(),
-            ggtt: m.vgpu.ggtt().entries().to_vec(),
-            engines: m.vgpu.engines().clone(),
-            derived: *m.vgpu.derived(),
-            config_space: m.vgpu.config_space().to_vec(),
-            ppgtts: m.vgpu.ppgtts().clone(),
-        }
-    }
-
-    /// Which parts differ from `other` (empty when equal).
-    pub fn diff(&self, other: &Self) -> String {
-        let mut s = String::new();
-        for (differs, what) in [
-            (self.vregs != other.vregs, "registers "),
-            (self.ggtt != other.ggtt, "GGTT "),
-            (self.engines != other.engines, "engines "),
-            (self.derived != other.derived, "derived "),
-            (self.config_space != other.config_space, "config-space "),
-            (self.ppgtts != other.ppgtts, "PPGTT-roots "),
-        ] {
-            if differs {
-                s.push_str(what);
-            }
-        }
-        s
-    }
 }
 
 /// Staging storage a destination of `sc` needs (device state; generous for the GGTT).

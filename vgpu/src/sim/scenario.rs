@@ -138,6 +138,57 @@ impl Scenario {
     }
 }
 
+/// Device state of a vGPU, without guest memory: what a rejected stream must leave unchanged
+/// (and, with guest memory, what a [`Snapshot`] holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    /// All 2 MiB of virtual registers.
+    pub vregs: Vec<u32>,
+    /// Guest GGTT entries.
+    pub ggtt: Vec<u64>,
+    /// Engines.
+    pub engines: engines::Engines,
+    /// State derived from side-effect registers.
+    pub derived: Derived,
+    /// Config space.
+    pub config_space: Vec<u8>,
+    /// PPGTT roots.
+    pub ppgtts: crate::ppgtt::PpgttList,
+}
+
+impl DeviceState {
+    /// Capture a machine's vGPU.
+    pub fn of(m: &Machine<'_>) -> Self {
+        let dwords = u32::try_from(mmio::MMIO_DWORDS).unwrap_or(0);
+        Self {
+            vregs: (0..dwords).map(|i| m.vgpu.regs().peek(i * 4)).collect(),
+            ggtt: m.vgpu.ggtt().entries().to_vec(),
+            engines: m.vgpu.engines().clone(),
+            derived: *m.vgpu.derived(),
+            config_space: m.vgpu.config_space().to_vec(),
+            ppgtts: m.vgpu.ppgtts().clone(),
+        }
+    }
+
+    /// Which parts differ from `other` (empty when equal).
+    pub fn diff(&self, other: &Self) -> alloc::string::String {
+        let mut s = alloc::string::String::new();
+        for (differs, what) in [
+            (self.vregs != other.vregs, "registers "),
+            (self.ggtt != other.ggtt, "GGTT "),
+            (self.engines != other.engines, "engines "),
+            (self.derived != other.derived, "derived "),
+            (self.config_space != other.config_space, "config-space "),
+            (self.ppgtts != other.ppgtts, "PPGTT-roots "),
+        ] {
+            if differs {
+                s.push_str(what);
+            }
+        }
+        s
+    }
+}
+
 /// Everything the oracle compares: guest memory, every register, the guest GGTT, engine state,
 /// state derived from side-effect registers, config space.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,15 +212,22 @@ pub struct Snapshot {
 impl Snapshot {
     /// Capture a machine.
     pub fn of(m: &Machine<'_>) -> Self {
-        let dwords = u32::try_from(mmio::MMIO_DWORDS).unwrap_or(0);
+        let DeviceState {
+            vregs,
+            ggtt,
+            engines,
+            derived,
+            config_space,
+            ppgtts,
+        } = DeviceState::of(m);
         Self {
             mem: m.mem.bytes().to_vec(),
-            vregs: (0..dwords).map(|i| m.vgpu.regs().peek(i * 4)).collect(),
-            ggtt: m.vgpu.ggtt().entries().to_vec(),
-            engines: m.vgpu.engines().clone(),
-            derived: *m.vgpu.derived(),
-            config_space: m.vgpu.config_space().to_vec(),
-            ppgtts: m.vgpu.ppgtts().clone(),
+            vregs,
+            ggtt,
+            engines,
+            derived,
+            config_space,
+            ppgtts,
         }
     }
 
