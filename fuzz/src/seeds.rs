@@ -75,6 +75,17 @@ fn migstream_seeds(mix: &mut Mix) -> Vec<Seed> {
             "encodings-step97",
             cat(&[&[96], crate::migstream_targets::ENCODINGS_STREAM]),
         ),
+        // Issue 17: a DELTA length that leaves no room for the run's next length field.
+        seed(
+            D,
+            "delta-len-overrun",
+            cat(&[&[255], &migstream::fuzzing::delta_len_overrun_stream()]),
+        ),
+        seed(
+            D,
+            "delta-len-overrun-step1",
+            cat(&[&[0], &migstream::fuzzing::delta_len_overrun_stream()]),
+        ),
         seed(D, "built-1", cat(&[&[31], &build_stream(1)])),
         seed(D, "built-2", cat(&[&[2], &build_stream(2)])),
         seed(D, "built-3", cat(&[&[200], &build_stream(3)])),

@@ -595,7 +595,7 @@ impl Decoder {
                         self.run_start = self.pos;
                         if (left as usize) < PAGE_RUN_HEADER_LEN {
                             let k = ErrorKind::MalformedPageRun(PageRunError::ShortHeader);
-                            return Err(self.err_here(k, self.pos));
+                            return Err(self.err_here(k, self.run_start));
                         }
                     }
                     let chunk = self.take(rest, PAGE_RUN_HEADER_LEN);
@@ -722,9 +722,14 @@ impl Decoder {
                     }
                     self.have = 0;
                     let len = u16::from_le_bytes([self.buf[0], self.buf[1]]);
-                    if usize::from(len) > delta::MAX_DELTA_LEN || u32::from(len) > self.left() {
+                    // The run's later pages still need their length fields (SPEC.md §6.1):
+                    // without this reserve a long `len` would read the next page's length
+                    // field from past the payload's end.
+                    let reserve = u64::from(pages.saturating_sub(1)) * DELTA_LEN_FIELD as u64;
+                    let room = u64::from(self.left()).saturating_sub(reserve);
+                    if usize::from(len) > delta::MAX_DELTA_LEN || u64::from(len) > room {
                         let k = ErrorKind::MalformedPageRun(PageRunError::BadDelta);
-                        return Err(self.err_here(k, self.pos));
+                        return Err(self.err_here(k, self.run_start));
                     }
                     self.phase = Phase::DeltaSeg {
                         frame,
@@ -751,7 +756,7 @@ impl Decoder {
                     }
                     if self.have == 0 && usize::from(page_left) < delta::SEGMENT_HEADER {
                         let k = ErrorKind::MalformedPageRun(PageRunError::BadDelta);
-                        return Err(self.err_here(k, self.pos));
+                        return Err(self.err_here(k, self.run_start));
                     }
                     used += self.take_payload(rest, delta::SEGMENT_HEADER);
                     if usize::from(self.have) < delta::SEGMENT_HEADER {
@@ -763,13 +768,13 @@ impl Decoder {
                     let after_header = page_left - 4;
                     let bad = ErrorKind::MalformedPageRun(PageRunError::BadDelta);
                     if n > after_header {
-                        return Err(self.err_here(bad, self.pos));
+                        return Err(self.err_here(bad, self.run_start));
                     }
                     let start = usize::from(off) + usize::from(skip);
                     if delta::segment_end(usize::from(off), usize::from(skip), usize::from(n))
                         .is_err()
                     {
-                        return Err(self.err_here(bad, self.pos));
+                        return Err(self.err_here(bad, self.run_start));
                     }
                     self.phase = Phase::DeltaBytes {
                         frame,
@@ -890,11 +895,13 @@ impl Decoder {
             };
             return Err(self.err_here(k, at));
         }
+        // SPEC.md §5 step 5a before step 6: a record after the MAC record is a malformed
+        // stream (peer fault) whatever its kind, not a kind this reader lacks.
+        #[cfg(feature = "auth")]
+        self.mac_record_header(&raw)?;
         if !rec.kind.is_known() && rec.flags.is_mandatory() {
             return Err(self.err_here(ErrorKind::UnknownMandatory { kind: rec.kind }, at));
         }
-        #[cfg(feature = "auth")]
-        self.mac_record_header(&raw)?;
         self.crc = Crc32::new();
         self.crc.update(raw.get(..12).unwrap_or_default());
         if rec.kind != RecordKind::END {

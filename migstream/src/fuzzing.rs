@@ -41,6 +41,9 @@ fn decode_arbitrary_with(mut dec: Decoder, data: &[u8]) {
     // Each call consumes a byte or emits an event; events need ≥ 1 byte each except one
     // closing event per 16-byte record header, so 4 calls per byte is a generous bound.
     let mut budget = stream.len().saturating_mul(4).saturating_add(8);
+    // (payload start, payload_len) of the record whose RecordBegin was seen: its RecordEnd
+    // must come exactly `payload_len` bytes later (the decoder never reads past a payload).
+    let mut open: Option<(u64, u64)> = None;
     loop {
         assert!(budget > 0, "decoder made no progress");
         budget -= 1;
@@ -55,9 +58,21 @@ fn decode_arbitrary_with(mut dec: Decoder, data: &[u8]) {
             }
             Ok((used, event)) => {
                 assert!(used <= chunk.len());
-                if let Some(Event::PageData { offset, data, .. }) = event {
-                    assert!(!data.is_empty());
-                    assert!(usize::from(offset) + data.len() <= PAGE_SIZE);
+                match event {
+                    Some(Event::PageData { offset, data, .. }) => {
+                        assert!(!data.is_empty());
+                        assert!(usize::from(offset) + data.len() <= PAGE_SIZE);
+                    }
+                    Some(Event::RecordBegin { len, .. }) => {
+                        open = Some((dec.position(), u64::from(len)));
+                    }
+                    Some(Event::RecordEnd { .. }) => {
+                        let Some((start, len)) = open.take() else {
+                            panic!("RecordEnd without RecordBegin");
+                        };
+                        assert_eq!(dec.position() - start, len, "record read past its payload");
+                    }
+                    _ => {}
                 }
                 if used == 0 && event.is_none() {
                     assert!(chunk.is_empty(), "no progress on non-empty input");
@@ -417,4 +432,96 @@ fn roundtrip_with(data: &[u8], key: Option<&Key>) {
     assert_eq!(enc.is_authenticated(), key.is_some());
     assert_eq!(dec.finish(), Ok(()));
     assert_eq!(dec.position(), enc.bytes_written());
+}
+
+/// Length of [`delta_len_overrun_stream`].
+pub const DELTA_LEN_OVERRUN_LEN: usize = 80 + 16 + 25 + 2 + 32;
+
+/// A crafted stream (issue 17, SPEC.md §6.1): one PAGES record of 25 payload bytes holding a
+/// DELTA run of two pages (frame 9) whose first `len` (7) takes every payload byte after it, so
+/// the second page's 2-byte length field lies just past `payload_len`. The record CRC covers
+/// those 2 extra bytes and END counts them, as a decoder that read them would see the stream; a
+/// decoder that follows the length rule (`len` ≤ bytes left − 2 × pages after this one) refuses
+/// it with `BadDelta` at the run header (offset 96).
+#[must_use]
+pub fn delta_len_overrun_stream() -> [u8; DELTA_LEN_OVERRUN_LEN] {
+    use crate::control::{END_LEN, EndRepr};
+    use crate::crc::Crc32;
+    use crate::header::STREAM_HEADER_LEN;
+    use crate::record::{RECORD_HEADER_LEN, RecordHeaderRepr};
+
+    let header = StreamHeaderRepr {
+        minor: 0,
+        flags: 0,
+        identity: DeviceIdentity {
+            pci_vendor: 0x8086,
+            pci_device: 0x1912,
+            generation: 9,
+            fence_count: 4,
+            aperture_base: 0,
+            aperture_size: 1 << 27,
+            hidden_base: 1 << 32,
+            hidden_size: 1 << 28,
+            page_shift: PAGE_SHIFT,
+        },
+        stream_id: 17,
+    };
+    let mut out = [0u8; DELTA_LEN_OVERRUN_LEN];
+    let (hdr, rest) = out.split_at_mut(STREAM_HEADER_LEN);
+    let (pages_hdr, rest) = rest.split_at_mut(RECORD_HEADER_LEN);
+    // 25 payload bytes, then the 2 bytes of the second length field (`len` 0) beyond them.
+    let (body, end) = rest.split_at_mut(25 + 2);
+    let mut h = [0u8; STREAM_HEADER_LEN];
+    header.emit(&mut h);
+    hdr.copy_from_slice(&h);
+    let mut run = [0u8; 16];
+    PageRunRepr {
+        first_frame: 9,
+        count: 2,
+        encoding: PageEncoding::DELTA,
+    }
+    .emit(&mut run);
+    if let Some(d) = body.get_mut(..16) {
+        d.copy_from_slice(&run);
+    }
+    // Page 9: `len` 7 = one segment (skip 0, n 3) and its 3 bytes.
+    if let Some(d) = body.get_mut(16..25) {
+        d.copy_from_slice(&[7, 0, 0, 0, 3, 0, 0xAA, 0xBB, 0xCC]);
+    }
+    let mut rec = RecordHeaderRepr {
+        kind: RecordKind::PAGES,
+        flags: RecordFlags::MANDATORY,
+        version: CONTROL_VERSION,
+        payload_len: 25,
+        index: 0,
+        crc: 0,
+    };
+    rec.crc = rec.compute_crc(body);
+    let mut rh = [0u8; RECORD_HEADER_LEN];
+    rec.emit(&mut rh);
+    pages_hdr.copy_from_slice(&rh);
+    let mut chain = Crc32::new();
+    chain.update(h.get(..76).unwrap_or_default());
+    chain.update(&rh);
+    let mut end_payload = [0u8; END_LEN];
+    EndRepr {
+        record_count: 1,
+        stream_crc: chain.value(),
+        byte_count: (STREAM_HEADER_LEN + RECORD_HEADER_LEN + 25 + 2) as u64,
+    }
+    .emit(&mut end_payload);
+    let mut end_rec = RecordHeaderRepr {
+        kind: RecordKind::END,
+        flags: RecordFlags::MANDATORY,
+        version: CONTROL_VERSION,
+        payload_len: u32::try_from(END_LEN).unwrap_or(0),
+        index: 1,
+        crc: 0,
+    };
+    end_rec.crc = end_rec.compute_crc(&end_payload);
+    end_rec.emit(&mut rh);
+    let (eh, ep) = end.split_at_mut(RECORD_HEADER_LEN);
+    eh.copy_from_slice(&rh);
+    ep.copy_from_slice(&end_payload);
+    out
 }

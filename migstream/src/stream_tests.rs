@@ -916,6 +916,44 @@ fn malformed_dup_and_delta_runs() {
     }
 }
 
+#[test]
+fn delta_len_reserves_the_later_length_fields() {
+    // Issue 17: the old rule (`len` ≤ bytes left) accepted this stream to its END.
+    let s = fuzzing::delta_len_overrun_stream();
+    let want = DecodeError::new(
+        ErrorKind::MalformedPageRun(PageRunError::BadDelta),
+        96,
+        Some((0, RecordKind::PAGES)),
+    );
+    for segs in [&[usize::MAX][..], &[1][..], &[99, 2][..]] {
+        assert_eq!(decode(&s, segs), Err(want), "segments {segs:?}");
+    }
+    assert_eq!(decode_all(&s, 1), Err(want));
+    for step in [0u8, 4, 255] {
+        fuzzing::decode_arbitrary(&[&[step][..], &s].concat());
+    }
+    // The same run with the first page one byte shorter (the later length field fits) decodes.
+    let ok = [
+        run(9, 2, 3),
+        5u16.to_le_bytes().to_vec(),
+        vec![0, 0, 1, 0, 0xAA],
+        0u16.to_le_bytes().to_vec(),
+    ]
+    .concat();
+    let rec = record(RecordKind::PAGES, 1, 1, 0, &ok);
+    let mut c = Crc32::new();
+    c.update(&header_bytes()[..76]);
+    c.update(&rec[..16]);
+    let bytes = 80 + rec.len() as u64;
+    let good = stream_of(&[
+        rec,
+        record(RecordKind::END, 1, 1, 1, &end_payload(1, c.value(), bytes)),
+    ]);
+    let ev = decode(&good, &[1]).unwrap();
+    assert!(ev.contains(&Ev::Xor(9, 0, vec![0xAA])));
+    assert!(matches!(ev.last(), Some(Ev::StreamEnd(_))));
+}
+
 fn decode_all(bytes: &[u8], seg: usize) -> Result<Vec<Ev>, DecodeError> {
     feed_all_with(&mut Decoder::new(Limits::DEFAULT), bytes, seg)
 }
