@@ -47,9 +47,11 @@ static_assertions::const_assert_eq!(core::mem::size_of::<EndPayload>(), END_LEN)
 pub struct RoundRepr {
     /// Round number (the sender counts from 0).
     pub round: u32,
-    /// Pages (FULL and ZERO) sent in this round.
+    /// Pages sent in this round on this stream, of every encoding (FULL, ZERO, DUP, DELTA).
     pub pages: u64,
-    /// Stream bytes sent in this round.
+    /// Stream bytes written in this round on this stream: from the round's start (offset 0 for
+    /// the first round, else after the previous ROUND record or where the source stopped) up to
+    /// this ROUND record's header (SPEC.md §6.2).
     pub bytes: u64,
 }
 

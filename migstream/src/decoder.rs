@@ -77,7 +77,8 @@ pub enum Event<'a> {
     },
     /// The page at `frame` equals the page the receiver holds at `from_frame` (sent earlier in this
     /// stream), whose xxh3-64 hash is `hash` (inside a PAGES record, not yet CRC-verified). The
-    /// receiver copies it and should check the hash.
+    /// receiver copies it and must check the hash (SPEC.md §6.1: reject the stream on a mismatch).
+    /// A frame the stream never wrote reads as a zero page.
     PageCopy {
         /// Guest frame to write.
         frame: u64,

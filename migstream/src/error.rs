@@ -49,8 +49,9 @@ pub enum PageRunError {
     },
     /// A reserved byte of the run header is not zero.
     ReservedNotZero,
-    /// A DELTA page is malformed: its length exceeds 4096 or the remaining payload, a segment
-    /// has no bytes, leaves the page, or runs past the page's length.
+    /// A DELTA page is malformed: its length exceeds 4096 or leaves no room in the payload for
+    /// the length fields of the run's later pages, or a segment has no bytes, leaves the page,
+    /// or runs past the page's length.
     BadDelta,
 }
 

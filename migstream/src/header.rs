@@ -112,11 +112,12 @@ pub struct DeviceIdentity {
     pub generation: u8,
     /// Fence registers.
     pub fence_count: u32,
-    /// Guest-view aperture base, bytes (may differ on the destination: entries are rebased).
+    /// Guest-view aperture base, bytes. Not compared by [`DeviceIdentity::check_compatible`]; the
+    /// destination requires it equal to its own (SPEC.md §3.2: the guest view is not rebased).
     pub aperture_base: u64,
     /// Aperture size, bytes.
     pub aperture_size: u64,
-    /// Guest-view hidden base, bytes (may differ on the destination).
+    /// Guest-view hidden base, bytes (like `aperture_base`: the destination requires it equal).
     pub hidden_base: u64,
     /// Hidden size, bytes.
     pub hidden_size: u64,
@@ -222,7 +223,9 @@ impl core::error::Error for Incompatible {}
 impl DeviceIdentity {
     /// Can a destination with identity `local` restore a vGPU described by `self` (from the
     /// stream)? Vendor, device, generation, aperture and hidden sizes, fence count and page
-    /// size must be equal, checked in that order; the guest-view bases may differ.
+    /// size must be equal, checked in that order. The guest-view bases are not compared here:
+    /// SPEC.md §3.2 requires them equal too, which the consumer checks after this (the `vgpu`
+    /// destination reports `GuestViewMismatch`).
     ///
     /// # Errors
     /// The first differing field, with both values.

@@ -5,8 +5,8 @@
 //! - [`PageEncoding::FULL`]: `count * 4096` page bytes;
 //! - [`PageEncoding::ZERO`]: nothing, the pages are all zero;
 //! - [`PageEncoding::DUP`]: `count` 16-byte entries `{from_frame: u64, hash: u64}`: the page equals
-//!   the page the receiver already holds at `from_frame` (sent earlier in this stream), whose xxh3-64
-//!   content hash is `hash`;
+//!   the receiver's current contents of `from_frame` (the last version this stream wrote there, or
+//!   a zero page if none), whose xxh3-64 content hash is `hash` (the receiver must check it);
 //! - [`PageEncoding::DELTA`]: per page, `len: u16` (≤ 4096) then `len` bytes of XOR segments against
 //!   the receiver's current content of the same frame (see [`crate::delta`]).
 //!
