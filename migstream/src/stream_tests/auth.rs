@@ -723,3 +723,68 @@ proptest::proptest! {
         crate::fuzzing::decode_arbitrary_authenticated(&d);
     }
 }
+
+/// SPEC.md §3.2: the key rules (§10.4 rule 1) are step 9, after the header's own checks, so an
+/// unsupported page size is reported as such whatever key the reader holds.
+#[test]
+fn header_checks_come_before_the_key_rules() {
+    for (header, keyed_reader) in [(AUTH_HEADER, false), (HEADER, true)] {
+        let mut h = header;
+        h.identity.page_shift = 13;
+        let mut b = [0u8; 80];
+        h.emit(&mut b);
+        let mut dec = if keyed_reader {
+            keyed(&golden_key())
+        } else {
+            Decoder::new(Limits::DEFAULT)
+        };
+        let e = dec.feed(&b).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.offset()),
+            (ErrorKind::UnsupportedPageSize { page_shift: 13 }, 0),
+            "keyed reader: {keyed_reader}"
+        );
+        // With page_shift 12 the same header meets the key rule.
+        let mut b = [0u8; 80];
+        header.emit(&mut b);
+        let want = if keyed_reader {
+            AuthError::NotAuthenticated
+        } else {
+            AuthError::KeyRequired
+        };
+        let mut dec = if keyed_reader {
+            keyed(&golden_key())
+        } else {
+            Decoder::new(Limits::DEFAULT)
+        };
+        assert_eq!(auth_err(&dec.feed(&b).unwrap_err()), Some(want));
+    }
+}
+
+/// SPEC.md §5: step 5a (the MAC-record rules) before step 6 (`UnknownMandatory`): an unknown
+/// mandatory record after the MAC record is `RecordAfterMac`, a malformed stream (peer fault),
+/// not a kind the reader lacks.
+#[test]
+fn mac_rules_come_before_unknown_mandatory() {
+    let g = golden_stream();
+    let mut records = golden_records(&g);
+    let mut h = [0u8; 80];
+    AUTH_HEADER.emit(&mut h);
+    let mut mac = StreamMac::after_header(&golden_key(), &h).unwrap();
+    for (i, (kind, payload)) in records.iter().enumerate() {
+        mac.update(&record(*kind, 1, 1, i as u32, payload));
+    }
+    records.push((RecordKind::MAC, mac.tag().to_vec()));
+    let unknown = RecordKind(0x0777);
+    records.push((unknown, b"later".to_vec()));
+    let s = raw_stream(&AUTH_HEADER, &records);
+    let e = decode_keyed(&s, &golden_key(), &[usize::MAX]).unwrap_err();
+    assert_eq!(auth_err(&e), Some(AuthError::RecordAfterMac));
+    assert_eq!((e.offset(), e.fault()), (END_AT as u64, Fault::Peer));
+    // Before the MAC record the same record is an unknown mandatory kind.
+    let mut records = golden_records(&g);
+    records.insert(1, (unknown, b"later".to_vec()));
+    let s = raw_stream(&AUTH_HEADER, &records);
+    let e = decode_keyed(&s, &golden_key(), &[usize::MAX]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnknownMandatory { kind: unknown });
+}
