@@ -17,6 +17,7 @@ use crate::*;
 
 #[cfg(feature = "auth")]
 mod auth;
+mod vectors;
 
 const UNKNOWN: RecordKind = RecordKind(0x0123);
 const RUNS: [PageRunRepr; 2] = [
@@ -789,15 +790,17 @@ proptest::proptest! {
     }
 }
 
-/// A PAGES payload with all four encodings: FULL frame 5, ZERO frames 6-7, DUP frame 8 from 5,
-/// DELTA frames 9 (two segments) and 10 (empty).
+/// A PAGES payload with all four encodings: FULL frame 5, ZERO frames 6-7, DUP frame 8 from 5
+/// (with the real xxh3-64 of page 5), DELTA frames 9 (two segments) and 10 (empty), both never
+/// sent before, so their base is a zero page (SPEC.md §6.1).
 fn encodings_payload() -> Vec<u8> {
+    let page5 = vectors::encodings_page5();
     let mut p = run(5, 1, 0);
-    p.extend((0..4096).map(|i| (i % 251) as u8));
+    p.extend_from_slice(&page5);
     p.extend(run(6, 2, 1));
     p.extend(run(8, 1, 2));
     p.extend(5u64.to_le_bytes());
-    p.extend(0x1122_3344_5566_7788u64.to_le_bytes());
+    p.extend(xxhash_rust::xxh3::xxh3_64(&page5).to_le_bytes());
     p.extend(run(9, 2, 3));
     // Frame 9: skip 16, XOR 2 bytes; skip 4000, XOR 1 byte (ends at 4019).
     p.extend(11u16.to_le_bytes());
@@ -832,7 +835,7 @@ fn encodings_stream() -> Vec<u8> {
 fn dup_and_delta_runs_decode_to_exact_events() {
     let s = encodings_stream();
     let want_tail = [
-        Ev::Copy(8, 5, 0x1122_3344_5566_7788),
+        Ev::Copy(8, 5, vectors::ENCODINGS_DUP_HASH),
         Ev::Xor(9, 16, vec![0xAB, 0xCD]),
         Ev::Xor(9, 4018, vec![0xEF]),
     ];
