@@ -124,7 +124,7 @@ pub(super) fn encodings_page5() -> Page {
 }
 
 #[test]
-fn encodings_vector_applies_as_the_spec_says() {
+fn golden_encodings_apply_as_the_spec_says() {
     let golden = std::fs::read(format!("{VECTORS}/encodings.bin")).unwrap();
     assert!(golden == encodings_stream(), "encodings.bin is stale");
     let map = [(0, 16)];
@@ -372,7 +372,7 @@ fn channel_events(channel: u16, bytes: &[u8]) -> Vec<Ev> {
 }
 
 #[test]
-fn channel_vectors_decode_stripe_and_apply_as_the_spec_says() {
+fn golden_channels_decode_stripe_and_apply_as_the_spec_says() {
     let files: Vec<Vec<u8>> = (0..CHANNELS as u16)
         .map(|c| golden_file(&format!("channels-{c}"), &channel_stream(c)))
         .collect();
