@@ -424,7 +424,7 @@ fn vgpu_type_and_device_identity_mismatches_are_refused_at_the_header() {
         fn(&mut StreamHeaderRepr),
         fn(&VgpuError) -> bool,
     );
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         (
             "vendor",
             |h| h.identity.pci_vendor ^= 1,
@@ -458,6 +458,11 @@ fn vgpu_type_and_device_identity_mismatches_are_refused_at_the_header() {
         (
             "guest view",
             |h| h.identity.hidden_base += 1 << 20,
+            |e| *e == VgpuError::GuestViewMismatch,
+        ),
+        (
+            "guest view: aperture base",
+            |h| h.identity.aperture_base += 1 << 20,
             |e| *e == VgpuError::GuestViewMismatch,
         ),
     ];
@@ -853,4 +858,212 @@ fn a_full_event_queue_keeps_the_switch_and_the_migration_completes() {
         .unwrap()
         .0
         .unwrap();
+}
+
+// ---- pages (SPEC.md §6.1 consumer rules) ----------------------------------------------------
+
+/// A page run header (SPEC.md §6.1).
+fn page_run(first_frame: u64, count: u32, encoding: u8) -> Vec<u8> {
+    let mut h = [0u8; 16];
+    migstream::PageRunRepr {
+        first_frame,
+        count,
+        encoding: migstream::PageEncoding(encoding),
+    }
+    .emit(&mut h);
+    h.to_vec()
+}
+
+impl Bed {
+    /// A guest frame the stream sends in full (so it is in guest memory), and its page as sent.
+    fn sent_frame(&self) -> (u64, Vec<u8>) {
+        let r = self
+            .parts
+            .records
+            .iter()
+            .find(|r| {
+                r.kind == RecordKind::PAGES && r.payload.len() >= 16 + 4096 && r.payload[12] == 0
+            })
+            .unwrap();
+        let frame = u64::from_le_bytes(r.payload[..8].try_into().unwrap());
+        (frame, r.payload[16..16 + 4096].to_vec())
+    }
+
+    /// The parts with one more PAGES record, carrying `payload`, before the device state.
+    fn with_pages(&self, payload: Vec<u8>) -> Parts {
+        let mut p = self.parts.clone();
+        let at = p.find(RecordKind::CONFIG_SPACE).unwrap();
+        p.records.insert(
+            at,
+            Part {
+                kind: RecordKind::PAGES,
+                flags: RecordFlags::MANDATORY,
+                version: 1,
+                payload,
+            },
+        );
+        p
+    }
+}
+
+#[test]
+fn dup_pages_whose_hash_does_not_match_the_copied_page_are_refused() {
+    let b = bed();
+    let (frame, page) = b.sent_frame();
+    let page: [u8; 4096] = page.try_into().unwrap();
+    let hash = gmem::page_hash(&page);
+    let dup = |h: u64| {
+        [
+            page_run(frame + 1, 1, 2),
+            frame.to_le_bytes().to_vec(),
+            h.to_le_bytes().to_vec(),
+        ]
+        .concat()
+    };
+    // The real hash of the copied page: accepted, and the copy is what the stream said.
+    let (r, _) = b.restore(&b.with_pages(dup(hash)).seal());
+    r.unwrap();
+    // Any other hash: the stream is refused before anything is committed (SPEC.md §6.1 MUST).
+    assert_eq!(
+        b.refuse(&b.with_pages(dup(hash ^ 1))),
+        VgpuError::DuplicateMismatch {
+            gfn: frame + 1,
+            from: frame
+        }
+    );
+}
+
+#[test]
+fn pages_naming_frames_outside_guest_memory_are_refused() {
+    let b = bed();
+    let (inside, page) = b.sent_frame();
+    let outside = 1u64 << 40;
+    let hash = gmem::page_hash(&page.clone().try_into().unwrap());
+    let cases: [(&str, Vec<u8>, u64); 5] = [
+        (
+            "FULL",
+            [page_run(outside, 1, 0), vec![0x5A; 4096]].concat(),
+            outside,
+        ),
+        ("ZERO", page_run(outside - 1, 3, 1), outside - 1),
+        (
+            "DUP target",
+            [
+                page_run(outside, 1, 2),
+                inside.to_le_bytes().to_vec(),
+                hash.to_le_bytes().to_vec(),
+            ]
+            .concat(),
+            outside,
+        ),
+        (
+            "DUP source",
+            [
+                page_run(inside, 1, 2),
+                outside.to_le_bytes().to_vec(),
+                0u64.to_le_bytes().to_vec(),
+            ]
+            .concat(),
+            outside,
+        ),
+        (
+            "DELTA",
+            [page_run(outside, 1, 3), vec![5, 0, 0, 0, 1, 0, 0xFF]].concat(),
+            outside,
+        ),
+    ];
+    for (what, payload, gfn) in cases {
+        assert_eq!(
+            b.refuse(&b.with_pages(payload)),
+            VgpuError::FrameOutsideMemory { gfn },
+            "{what}"
+        );
+    }
+}
+
+// ---- reserved kinds and record counts (SPEC.md §6, Appendix A) --------------------------------
+
+#[test]
+fn records_of_the_reserved_kinds_are_refused_with_or_without_mandatory() {
+    let b = bed();
+    for kind in [
+        RecordKind::QUEUED_WORK,
+        RecordKind::GUEST_VIEW,
+        RecordKind::OPREGION,
+    ] {
+        for flags in [RecordFlags::MANDATORY, RecordFlags::NONE] {
+            let mut p = b.parts.clone();
+            let at = p.find(RecordKind::CONFIG_SPACE).unwrap();
+            p.records.insert(
+                at,
+                Part {
+                    kind,
+                    flags,
+                    version: 1,
+                    payload: vec![0; 16],
+                },
+            );
+            assert_eq!(
+                b.refuse(&p),
+                VgpuError::UnsupportedRecord { kind: kind.0 },
+                "{kind:?} {flags:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_stream_without_exactly_one_of_each_single_device_state_record_is_refused() {
+    let b = bed();
+    for kind in [
+        RecordKind::CONFIG_SPACE,
+        RecordKind::REGISTERS,
+        RecordKind::GGTT_PENDING,
+        RecordKind::PPGTT_ROOTS,
+        RecordKind::ENGINE_STATE,
+    ] {
+        // Missing.
+        let mut p = b.parts.clone();
+        let i = p.find(kind).unwrap();
+        let rec = p.records.remove(i);
+        assert_eq!(
+            b.refuse(&p),
+            VgpuError::RecordCount {
+                kind: kind.0,
+                seen: 0
+            },
+            "{kind:?} missing"
+        );
+        // Twice.
+        let mut p = b.parts.clone();
+        p.records.insert(i, rec);
+        assert_eq!(
+            b.refuse(&p),
+            VgpuError::RecordCount {
+                kind: kind.0,
+                seen: 2
+            },
+            "{kind:?} twice"
+        );
+    }
+}
+
+#[test]
+fn device_state_in_another_order_is_accepted_and_restores_the_same_state() {
+    // SPEC.md Appendix A: the reader does not depend on the order of the device-state records.
+    let b = bed();
+    let (r, want) = b.restore(&b.wire);
+    r.unwrap();
+    let mut p = b.parts.clone();
+    let first = p.find(RecordKind::CONFIG_SPACE).unwrap();
+    let tail = p.records.split_off(first);
+    let (ggtt, mut rest): (Vec<Part>, Vec<Part>) = tail
+        .into_iter()
+        .partition(|r| r.kind == RecordKind::GGTT_RUNS);
+    rest.reverse();
+    p.records.extend(rest);
+    p.records.extend(ggtt);
+    let (r, got) = b.restore(&p.seal());
+    r.unwrap();
+    assert!(got == want, "{}", want.diff(&got));
 }

@@ -113,7 +113,10 @@ fn golden_file(name: &str, bytes: &[u8]) -> Vec<u8> {
         std::fs::write(&hex, hexdump(bytes)).unwrap();
     }
     let golden = std::fs::read(&bin).unwrap();
-    assert!(bytes == golden, "the generator no longer reproduces {name}.bin");
+    assert!(
+        bytes == golden,
+        "the generator no longer reproduces {name}.bin"
+    );
     assert_eq!(std::fs::read_to_string(&hex).unwrap(), hexdump(&golden));
     golden
 }
@@ -233,7 +236,13 @@ fn channel_rounds(channel: u16) -> [Vec<u8>; 2] {
                 dup(0x10, &a),
             ]
             .concat(),
-            [run(0x10, 1, 3), delta(&DELTA_A), run(0x10BF, 1, 0), b.to_vec()].concat(),
+            [
+                run(0x10, 1, 3),
+                delta(&DELTA_A),
+                run(0x10BF, 1, 0),
+                b.to_vec(),
+            ]
+            .concat(),
         ]
     } else {
         [
@@ -257,7 +266,10 @@ const CHANNEL_ROUND_PAGES: [[u64; 2]; 2] = [[4, 2], [65, 2]];
 fn channel_stream(channel: u16) -> Vec<u8> {
     let mut out = vec![0u8; 1 << 16];
     let mut enc = Encoder::new();
-    let mut n = enc.write_header(&CHANNEL_HEADER, &mut out).unwrap().written();
+    let mut n = enc
+        .write_header(&CHANNEL_HEADER, &mut out)
+        .unwrap()
+        .written();
     let mut intro = [0u8; 8];
     intro[..2].copy_from_slice(&channel.to_le_bytes());
     intro[2..4].copy_from_slice(&(CHANNELS as u16).to_le_bytes());
@@ -378,7 +390,10 @@ fn golden_channels_decode_stripe_and_apply_as_the_spec_says() {
         .collect();
     // Deterministic: generating again gives the same bytes.
     for (c, f) in files.iter().enumerate() {
-        assert!(&channel_stream(c as u16) == f, "channel {c} not deterministic");
+        assert!(
+            &channel_stream(c as u16) == f,
+            "channel {c} not deterministic"
+        );
     }
     // A.6: byte-identical headers (same device, guest view and stream id), format 1.1.
     assert_eq!(files[0][..80], files[1][..80]);
@@ -386,7 +401,11 @@ fn golden_channels_decode_stripe_and_apply_as_the_spec_says() {
     let mut per_channel = Vec::new();
     for (c, f) in files.iter().enumerate() {
         let events = decode(f, &[usize::MAX]).unwrap();
-        assert_eq!(decode(f, &[1]).unwrap(), events, "channel {c}, byte by byte");
+        assert_eq!(
+            decode(f, &[1]).unwrap(),
+            events,
+            "channel {c}, byte by byte"
+        );
         assert_eq!(decode(f, &[5, 4100, 3]).unwrap(), events);
         assert_eq!(events, channel_events(c as u16, f), "channel {c}");
         // The CHANNEL record is the first record and names this channel of 2.
@@ -403,7 +422,11 @@ fn golden_channels_decode_stripe_and_apply_as_the_spec_says() {
                 _ => vec![],
             };
             for f in frames {
-                assert_eq!(channel_of(&CHANNEL_MAP, f, CHANNELS), Some(c as u64), "{f:#x}");
+                assert_eq!(
+                    channel_of(&CHANNEL_MAP, f, CHANNELS),
+                    Some(c as u64),
+                    "{f:#x}"
+                );
             }
         }
         per_channel.push(events);
@@ -415,7 +438,10 @@ fn golden_channels_decode_stripe_and_apply_as_the_spec_says() {
     // Applied in any interleaving of the channels, the pages give the same memory.
     let mut want = Memory::default();
     let mut a = page_a();
-    a[100..104].iter_mut().zip([1, 2, 3, 4]).for_each(|(p, d)| *p ^= d);
+    a[100..104]
+        .iter_mut()
+        .zip([1, 2, 3, 4])
+        .for_each(|(p, d)| *p ^= d);
     a[3104] ^= 0xF0;
     a[3105] ^= 0x0F;
     want.pages.insert(0x10, a);
@@ -453,7 +479,12 @@ fn golden_channels_decode_stripe_and_apply_as_the_spec_says() {
     // The same pages on the other channel break the striping rule.
     let ev = &per_channel[1][5];
     assert_eq!(
-        apply(&mut Memory::default(), &CHANNEL_MAP, Some((0, CHANNELS)), ev),
+        apply(
+            &mut Memory::default(),
+            &CHANNEL_MAP,
+            Some((0, CHANNELS)),
+            ev
+        ),
         Err(String::from("WrongChannel 0x1000"))
     );
 }
