@@ -1071,3 +1071,33 @@ impl Decoder {
         Ok(ev)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::RecordFlags;
+
+    /// SPEC.md §5 step 1: after 2^32 records the next record header is `TooManyRecords` (a
+    /// stream that long cannot be fed in a test, so the count is set directly).
+    #[test]
+    fn the_record_after_two_to_the_32_records_is_refused() {
+        let mut dec = Decoder::new(Limits::DEFAULT);
+        dec.phase = Phase::RecordHeader;
+        dec.records = 1 << 32;
+        dec.pos = 1000;
+        let mut h = RecordHeaderRepr {
+            kind: RecordKind::REGISTERS,
+            flags: RecordFlags::MANDATORY,
+            version: 1,
+            payload_len: 0,
+            index: 0,
+            crc: 0,
+        };
+        h.crc = h.compute_crc(&[]);
+        let mut raw = [0u8; RECORD_HEADER_LEN];
+        h.emit(&mut raw);
+        let e = dec.feed(&raw).unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::TooManyRecords, 1000));
+    }
+}

@@ -1045,3 +1045,481 @@ fn authenticated_vector_refused_without_a_key() {
     assert_eq!(RecordKind::MAC.is_known(), cfg!(feature = "auth"));
     assert_eq!(RecordKind::MAC.name(), Some("MAC"));
 }
+
+/// The header bytes with `f` applied and the header CRC recomputed.
+fn header_with(f: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    let mut h = header_bytes();
+    f(&mut h);
+    let c = crc32(&h[..76]);
+    h[76..80].copy_from_slice(&c.to_le_bytes());
+    h
+}
+
+/// A stream of the (valid) header and `records`, then a correct END (indices as given).
+fn sealed(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut s = stream_of(records);
+    let mut c = Crc32::new();
+    c.update(&s[..76]);
+    for r in records {
+        c.update(&r[..16]);
+    }
+    let n = records.len() as u32;
+    let bytes = s.len() as u64;
+    s.extend(record(
+        RecordKind::END,
+        1,
+        1,
+        n,
+        &end_payload(n, c.value(), bytes),
+    ));
+    s
+}
+
+/// One stream per MUST of SPEC.md §3 to §6 that the stream decoder enforces, with the error and
+/// offset the rule names; rows marked "order" break two rules at once and expect the one the
+/// spec checks first. Appendix B of SPEC.md points here for these rules.
+fn spec_rule_cases() -> Vec<(&'static str, Vec<u8>, ErrorKind, u64)> {
+    use ErrorKind as K;
+    use PageRunError as P;
+    let pages = |payload: &[u8]| sealed(&[record(RecordKind::PAGES, 1, 1, 0, payload)]);
+    let run_at = 96;
+    let mut bad_crc_run = stream_of(&[record(RecordKind::PAGES, 1, 1, 0, &run(5, 0, 1))]);
+    bad_crc_run[92] ^= 0xFF; // the record CRC
+    let mut bad_crc = stream_of(&[record(RecordKind::REGISTERS, 1, 1, 0, b"regs")]);
+    bad_crc[92] ^= 0xFF;
+    let stored = u32::from_le_bytes(bad_crc[92..96].try_into().unwrap());
+    let computed = stored ^ 0xFF;
+    let valid = sealed(&[record(RecordKind::REGISTERS, 1, 1, 0, b"regs")]);
+    let end_at = valid.len() as u64 - 32;
+    let with_end = |p: Vec<u8>| {
+        [
+            stream_of(&[record(RecordKind::REGISTERS, 1, 1, 0, b"regs")]),
+            record(RecordKind::END, 1, 1, 1, &p),
+        ]
+        .concat()
+    };
+    let real_crc = u32::from_le_bytes(valid[valid.len() - 12..valid.len() - 8].try_into().unwrap());
+    let mut reserved_round = [0u8; 24];
+    reserved_round[5] = 1;
+    vec![
+        // §3.2, in order.
+        (
+            "§3.2.1 truncated header",
+            header_bytes()[..40].to_vec(),
+            K::Truncated,
+            40,
+        ),
+        ("§3.2.2 magic", header_with(|h| h[0] = b'V'), K::BadMagic, 0),
+        (
+            "§3.2.3 major",
+            header_with(|h| h[8] = 2),
+            K::UnsupportedVersion { major: 2, minor: 0 },
+            0,
+        ),
+        (
+            "§3.2.4 header_len",
+            header_with(|h| h[12] = 81),
+            K::BadHeaderLen { len: 81 },
+            0,
+        ),
+        (
+            "§3.2.5 header CRC",
+            {
+                let mut h = header_bytes();
+                h[76] ^= 1;
+                h
+            },
+            K::BadHeaderCrc {
+                stored: crc32(&header_bytes()[..76]) ^ 1,
+                computed: crc32(&header_bytes()[..76]),
+            },
+            0,
+        ),
+        (
+            "§3.2.6 reserved",
+            header_with(|h| h[21] = 1),
+            K::ReservedNotZero,
+            0,
+        ),
+        (
+            "§3.2.7 required capability",
+            header_with(|h| h[15] = 0x02),
+            K::UnsupportedCapability { flags: 0x0200 },
+            0,
+        ),
+        (
+            "§3.2.8 page size",
+            header_with(|h| h[22] = 13),
+            K::UnsupportedPageSize { page_shift: 13 },
+            0,
+        ),
+        (
+            "§3.2 order: reserved (6) before page size (8)",
+            header_with(|h| {
+                h[23] = 1;
+                h[22] = 13;
+            }),
+            K::ReservedNotZero,
+            0,
+        ),
+        (
+            "§3.2 order: capability (7) before page size (8)",
+            header_with(|h| {
+                h[15] = 0x80;
+                h[22] = 13;
+            }),
+            K::UnsupportedCapability { flags: 0x8000 },
+            0,
+        ),
+        (
+            "§3.2 order: header CRC (5) before reserved (6)",
+            {
+                let mut h = header_bytes();
+                h[21] = 1;
+                h
+            },
+            K::BadHeaderCrc {
+                stored: crc32(&header_bytes()[..76]),
+                computed: crc32(&header_with(|h| h[21] = 1)[..76]),
+            },
+            0,
+        ),
+        // §4, §5 record headers, in order.
+        (
+            "§5.1 index",
+            stream_of(&[record(RecordKind::REGISTERS, 1, 1, 1, b"")]),
+            K::BadIndex {
+                expected: 0,
+                got: 1,
+            },
+            80,
+        ),
+        (
+            "§4, §5.2 flags bits 1..7",
+            stream_of(&[record(RecordKind::REGISTERS, 0x81, 1, 0, b"")]),
+            K::BadFlags { flags: 0x81 },
+            80,
+        ),
+        (
+            "§5.3 payload length over 16 MiB",
+            {
+                let mut s = header_bytes();
+                let h = RecordHeaderRepr {
+                    kind: RecordKind::REGISTERS,
+                    flags: RecordFlags::MANDATORY,
+                    version: 1,
+                    payload_len: MAX_PAYLOAD + 1,
+                    index: 0,
+                    crc: 0,
+                };
+                let mut b = [0; 16];
+                h.emit(&mut b);
+                s.extend_from_slice(&b);
+                s
+            },
+            K::LengthTooLarge {
+                len: MAX_PAYLOAD + 1,
+                max: MAX_PAYLOAD,
+            },
+            80,
+        ),
+        (
+            "§5.4 PAGES version",
+            stream_of(&[record(RecordKind::PAGES, 1, 2, 0, b"")]),
+            K::UnsupportedRecordVersion {
+                kind: RecordKind::PAGES,
+                version: 2,
+            },
+            80,
+        ),
+        (
+            "§5.4 ROUND version",
+            stream_of(&[record(RecordKind::ROUND, 1, 0, 0, &[0; 24])]),
+            K::UnsupportedRecordVersion {
+                kind: RecordKind::ROUND,
+                version: 0,
+            },
+            80,
+        ),
+        (
+            "§5.4 END version",
+            stream_of(&[record(RecordKind::END, 1, 2, 0, &end_payload(0, 0, 80))]),
+            K::UnsupportedRecordVersion {
+                kind: RecordKind::END,
+                version: 2,
+            },
+            80,
+        ),
+        (
+            "§5.5 ROUND length",
+            stream_of(&[record(RecordKind::ROUND, 1, 1, 0, &[0; 25])]),
+            K::BadRoundOrEnd {
+                expected: 24,
+                len: 25,
+            },
+            80,
+        ),
+        (
+            "§5.5 END length",
+            stream_of(&[record(RecordKind::END, 1, 1, 0, &[0; 15])]),
+            K::BadRoundOrEnd {
+                expected: 16,
+                len: 15,
+            },
+            80,
+        ),
+        (
+            "§5.6 unknown mandatory kind",
+            stream_of(&[record(RecordKind(0x0300), 1, 1, 0, b"x")]),
+            K::UnknownMandatory {
+                kind: RecordKind(0x0300),
+            },
+            80,
+        ),
+        (
+            "§5 order: index (1) before flags (2)",
+            stream_of(&[record(RecordKind::REGISTERS, 0x02, 1, 5, b"")]),
+            K::BadIndex {
+                expected: 0,
+                got: 5,
+            },
+            80,
+        ),
+        (
+            "§5 order: flags (2) before version (4)",
+            stream_of(&[record(RecordKind::PAGES, 0x02, 9, 0, b"")]),
+            K::BadFlags { flags: 0x02 },
+            80,
+        ),
+        (
+            "§5 order: version (4) before length (5)",
+            stream_of(&[record(RecordKind::ROUND, 1, 9, 0, &[0; 3])]),
+            K::UnsupportedRecordVersion {
+                kind: RecordKind::ROUND,
+                version: 9,
+            },
+            80,
+        ),
+        (
+            "§5 order: unknown-kind (6) after flags (2)",
+            stream_of(&[record(RecordKind(0x0300), 0x03, 1, 0, b"")]),
+            K::BadFlags { flags: 0x03 },
+            80,
+        ),
+        (
+            "§5 record CRC",
+            bad_crc,
+            K::BadRecordCrc { stored, computed },
+            80,
+        ),
+        (
+            "§5 PAGES run errors before BadRecordCrc",
+            bad_crc_run,
+            K::MalformedPageRun(P::ZeroCount),
+            run_at,
+        ),
+        (
+            "§5 data after END",
+            [valid.clone(), vec![0]].concat(),
+            K::TrailingData,
+            valid.len() as u64,
+        ),
+        (
+            "§5 input ends before END",
+            valid[..valid.len() - 1].to_vec(),
+            K::Truncated,
+            valid.len() as u64 - 1,
+        ),
+        // §6.1, every check at the run header's offset.
+        (
+            "§6.1.1 short run header",
+            pages(&[0; 15]),
+            K::MalformedPageRun(P::ShortHeader),
+            run_at,
+        ),
+        (
+            "§6.1.2 run reserved",
+            pages(&{
+                let mut r = run(5, 1, 1);
+                r[14] = 1;
+                r
+            }),
+            K::MalformedPageRun(P::ReservedNotZero),
+            run_at,
+        ),
+        (
+            "§6.1.3 encoding",
+            pages(&run(5, 1, 4)),
+            K::MalformedPageRun(P::UnknownEncoding { encoding: 4 }),
+            run_at,
+        ),
+        (
+            "§6.1.4 count 0",
+            pages(&run(5, 0, 1)),
+            K::MalformedPageRun(P::ZeroCount),
+            run_at,
+        ),
+        (
+            "§6.1.5 frame overflow",
+            pages(&run(u64::MAX - 1, 2, 1)),
+            K::MalformedPageRun(P::FrameOverflow),
+            run_at,
+        ),
+        (
+            "§6.1.6 FULL overrun",
+            pages(&[run(5, 1, 0), vec![0; 4095]].concat()),
+            K::MalformedPageRun(P::Overrun),
+            run_at,
+        ),
+        (
+            "§6.1.6 DUP overrun",
+            pages(&[run(5, 2, 2), vec![0; 31]].concat()),
+            K::MalformedPageRun(P::Overrun),
+            run_at,
+        ),
+        (
+            "§6.1.6 DELTA length fields overrun",
+            pages(&[run(5, 3, 3), vec![0; 5]].concat()),
+            K::MalformedPageRun(P::Overrun),
+            run_at,
+        ),
+        (
+            "§6.1.7 DELTA len over 4096",
+            pages(&[run(5, 1, 3), 4097u16.to_le_bytes().to_vec(), vec![0; 4097]].concat()),
+            K::MalformedPageRun(P::BadDelta),
+            run_at,
+        ),
+        (
+            "§6.1.7 DELTA len over the payload left",
+            pages(
+                &[
+                    run(5, 1, 3),
+                    9u16.to_le_bytes().to_vec(),
+                    vec![0, 0, 4, 0, 1, 2, 3, 4],
+                ]
+                .concat(),
+            ),
+            K::MalformedPageRun(P::BadDelta),
+            run_at,
+        ),
+        (
+            "§6.1.7 DELTA len leaves no room for the next length field (issue 17)",
+            fuzzing::delta_len_overrun_stream().to_vec(),
+            K::MalformedPageRun(P::BadDelta),
+            run_at,
+        ),
+        (
+            "§6.1.7 segment header past len",
+            pages(&[run(5, 1, 3), 3u16.to_le_bytes().to_vec(), vec![0, 0, 1]].concat()),
+            K::MalformedPageRun(P::BadDelta),
+            run_at,
+        ),
+        (
+            "§6.1.7 segment bytes past len",
+            pages(
+                &[
+                    run(5, 1, 3),
+                    6u16.to_le_bytes().to_vec(),
+                    vec![0, 0, 3, 0, 1, 2],
+                ]
+                .concat(),
+            ),
+            K::MalformedPageRun(P::BadDelta),
+            run_at,
+        ),
+        (
+            "§6.1.7 segment n = 0",
+            pages(&[run(5, 1, 3), 4u16.to_le_bytes().to_vec(), vec![1, 0, 0, 0]].concat()),
+            K::MalformedPageRun(P::BadDelta),
+            run_at,
+        ),
+        (
+            "§6.1.7 segment past offset 4096",
+            pages(
+                &[
+                    run(5, 1, 3),
+                    6u16.to_le_bytes().to_vec(),
+                    vec![0xFF, 0x0F, 2, 0, 1, 2],
+                ]
+                .concat(),
+            ),
+            K::MalformedPageRun(P::BadDelta),
+            run_at,
+        ),
+        (
+            "§6.1 order: reserved (2) before encoding (3)",
+            pages(&{
+                let mut r = run(5, 0, 9);
+                r[13] = 1;
+                r
+            }),
+            K::MalformedPageRun(P::ReservedNotZero),
+            run_at,
+        ),
+        (
+            "§6.1 order: encoding (3) before count (4)",
+            pages(&run(5, 0, 9)),
+            K::MalformedPageRun(P::UnknownEncoding { encoding: 9 }),
+            run_at,
+        ),
+        (
+            "§6.1 error offset: the second run's header",
+            pages(&[run(5, 1, 1), run(6, 0, 1)].concat()),
+            K::MalformedPageRun(P::ZeroCount),
+            run_at + 16,
+        ),
+        // §6.2, §6.3.
+        (
+            "§6.2 ROUND reserved",
+            stream_of(&[record(RecordKind::ROUND, 1, 1, 0, &reserved_round)]),
+            K::ReservedNotZero,
+            80,
+        ),
+        (
+            "§6.3 END record_count (checked first)",
+            with_end(end_payload(2, real_crc, 0)),
+            K::EndMismatch(EndMismatch::RecordCount { stream: 2, seen: 1 }),
+            end_at,
+        ),
+        (
+            "§6.3 END byte_count (before stream_crc)",
+            with_end(end_payload(1, real_crc ^ 1, 7)),
+            K::EndMismatch(EndMismatch::ByteCount {
+                stream: 7,
+                seen: end_at,
+            }),
+            end_at,
+        ),
+        (
+            "§6.3 END stream_crc",
+            with_end(end_payload(1, real_crc ^ 1, end_at)),
+            K::EndMismatch(EndMismatch::StreamCrc {
+                stream: real_crc ^ 1,
+                computed: real_crc,
+            }),
+            end_at,
+        ),
+    ]
+}
+
+#[test]
+fn every_decoder_must_of_the_spec_refuses_its_violation() {
+    let cases = spec_rule_cases();
+    assert!(cases.len() >= 45);
+    for (rule, bytes, kind, offset) in cases {
+        for segs in [&[usize::MAX][..], &[1][..]] {
+            let e = decode(&bytes, segs).unwrap_err();
+            assert_eq!((e.kind(), e.offset()), (kind, offset), "{rule} ({segs:?})");
+        }
+        let e = decode_all(&bytes, 3).unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (kind, offset), "{rule} (feed_all)");
+    }
+    // §7: a reader does not reject a stream for its minor version alone.
+    let mut enc = Encoder::new();
+    let mut out = [0u8; 256];
+    let future = StreamHeaderRepr { minor: 7, ..HEADER };
+    let mut n = enc.write_header(&future, &mut out).unwrap().written();
+    n += enc.write_end(&mut out[n..]).unwrap().written();
+    let ev = decode(&out[..n], &[1]).unwrap();
+    assert_eq!(ev[0], Ev::Header(future));
+}
