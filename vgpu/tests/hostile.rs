@@ -1067,3 +1067,51 @@ fn device_state_in_another_order_is_accepted_and_restores_the_same_state() {
     r.unwrap();
     assert!(got == want, "{}", want.diff(&got));
 }
+
+// ---- engine state ranges (SPEC.md Appendix A.5) ------------------------------------------------
+
+#[test]
+fn engine_state_out_of_its_ranges_is_refused() {
+    let b = bed();
+    let eng = b.payload(RecordKind::ENGINE_STATE).to_vec();
+    // Both CSB pointers of engine 0 (bytes 2 and 3 of its record): 0..5 or 7, each.
+    for (at, value) in [(4 + 2, 6u8), (4 + 3, 6), (4 + 2, 8), (4 + 3, 0xFF)] {
+        let mut e = eng.clone();
+        e[at] = value;
+        assert_eq!(
+            b.refuse(&b.with(RecordKind::ENGINE_STATE, e)),
+            VgpuError::Engine(engines::EngineError::BadCsbPointer { value }),
+            "byte {at} = {value}"
+        );
+    }
+    // The reset value 7 is accepted for both.
+    let mut e = eng.clone();
+    e[4 + 2] = 7;
+    e[4 + 3] = 7;
+    b.restore(&b.with(RecordKind::ENGINE_STATE, e).seal())
+        .0
+        .unwrap();
+    // A queued workload on engine 0 whose flags set a bit other than bit 0 (schedule-in).
+    let had = usize::from(eng[4 + 68]);
+    assert!(had < engines::QUEUE_CAPACITY);
+    let at = 4 + 72 + 20 * had;
+    for flags in [0x01u8, 0x02, 0x80] {
+        let mut e = eng[..at].to_vec();
+        e[4 + 68] += 1;
+        e.extend_from_slice(&[0, flags, 0, 0]);
+        e.extend_from_slice(&[0; 16]);
+        e.extend_from_slice(&eng[at..]);
+        let r = b.restore(&b.with(RecordKind::ENGINE_STATE, e).seal()).0;
+        if flags == 0x01 {
+            r.unwrap();
+        } else {
+            assert!(
+                matches!(
+                    r,
+                    Err(VgpuError::Engine(engines::EngineError::Malformed { .. }))
+                ),
+                "flags {flags:#04x}: {r:?}"
+            );
+        }
+    }
+}

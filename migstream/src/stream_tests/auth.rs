@@ -788,3 +788,21 @@ fn mac_rules_come_before_unknown_mandatory() {
     let e = decode_keyed(&s, &golden_key(), &[usize::MAX]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::UnknownMandatory { kind: unknown });
 }
+
+/// SPEC.md §10.2 and §10.4 rule 2.4: in an authenticated stream the MAC record and END carry
+/// exactly `MANDATORY` (they are outside the MAC, so no other value may pass).
+#[test]
+fn mac_and_end_flags_other_than_mandatory_are_refused() {
+    let g = golden_stream();
+    for (at, flags) in [(MAC_AT, 0x00u8), (END_AT, 0x00)] {
+        let mut s = g.clone();
+        s[at + 2] = flags;
+        let s = reseal(&s).unwrap();
+        let e = decode_keyed(&s, &golden_key(), &[usize::MAX]).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.offset()),
+            (ErrorKind::BadFlags { flags }, at as u64),
+            "record at {at}"
+        );
+    }
+}
