@@ -7,7 +7,7 @@ use std::vec::Vec;
 
 use migstream::{
     CONTROL_VERSION, DecodeError, Decoder, DeviceIdentity, EncodeError, Encoder, EndRepr, Event,
-    FORMAT_MINOR, FeedError, Limits, PAGE_SHIFT, PageEncoding, PageRunRepr, PagesPayload, Progress,
+    FORMAT_MINOR, FeedError, Limits, PageEncoding, PageRunRepr, PagesPayload, Progress,
     RecordFlags, RecordKind, RoundRepr, StreamHeaderRepr,
 };
 
@@ -49,17 +49,7 @@ pub fn migstream_auth(data: &[u8]) {
 }
 
 /// The device identity of the streams the targets build.
-const IDENTITY: DeviceIdentity = DeviceIdentity {
-    pci_vendor: 0x8086,
-    pci_device: 0x1912,
-    generation: 9,
-    fence_count: 4,
-    aperture_base: 0,
-    aperture_size: 1 << 27,
-    hidden_base: 1 << 32,
-    hidden_size: 1 << 28,
-    page_shift: PAGE_SHIFT,
-};
+const IDENTITY: DeviceIdentity = migstream::fuzzing::STREAM_IDENTITY;
 
 /// A keyed stream (the fuzzing key) built from a record script, for seeds.
 pub fn build_keyed_stream(n: u8) -> Vec<u8> {

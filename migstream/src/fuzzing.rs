@@ -16,6 +16,19 @@ use crate::header::{DeviceIdentity, PAGE_SHIFT, StreamHeaderRepr};
 use crate::pages::{PAGE_SIZE, PageEncoding, PageRunRepr, PagesPayload};
 use crate::record::{Limits, RecordFlags, RecordKind};
 
+/// The device identity in the headers of the streams the fuzz bodies and seeds build.
+pub const STREAM_IDENTITY: DeviceIdentity = DeviceIdentity {
+    pci_vendor: 0x8086,
+    pci_device: 0x1912,
+    generation: 9,
+    fence_count: 4,
+    aperture_base: 0,
+    aperture_size: 1 << 27,
+    hidden_base: 1 << 32,
+    hidden_size: 1 << 28,
+    page_shift: PAGE_SHIFT,
+};
+
 /// Feed `data[1..]` to a [`Decoder`] in slices of `data[0] + 1` bytes and check the decoder's
 /// contract: no panic, progress on every call, consumed ≤ offered, page chunks inside their
 /// page, a bounded number of calls, and `finish()` agreeing with `is_finished()`.
@@ -348,17 +361,7 @@ fn roundtrip_with(data: &[u8], key: Option<&Key>) {
     let header = StreamHeaderRepr {
         minor: 0,
         flags: 0,
-        identity: DeviceIdentity {
-            pci_vendor: 0x8086,
-            pci_device: 0x1912,
-            generation: 9,
-            fence_count: 4,
-            aperture_base: 0,
-            aperture_size: 1 << 27,
-            hidden_base: 1 << 32,
-            hidden_size: 1 << 28,
-            page_shift: PAGE_SHIFT,
-        },
+        identity: STREAM_IDENTITY,
         stream_id: step as u64,
     };
     let script = Script {
@@ -453,17 +456,7 @@ pub fn delta_len_overrun_stream() -> [u8; DELTA_LEN_OVERRUN_LEN] {
     let header = StreamHeaderRepr {
         minor: 0,
         flags: 0,
-        identity: DeviceIdentity {
-            pci_vendor: 0x8086,
-            pci_device: 0x1912,
-            generation: 9,
-            fence_count: 4,
-            aperture_base: 0,
-            aperture_size: 1 << 27,
-            hidden_base: 1 << 32,
-            hidden_size: 1 << 28,
-            page_shift: PAGE_SHIFT,
-        },
+        identity: STREAM_IDENTITY,
         stream_id: 17,
     };
     let mut out = [0u8; DELTA_LEN_OVERRUN_LEN];

@@ -889,20 +889,25 @@ impl Bed {
         (frame, r.payload[16..16 + 4096].to_vec())
     }
 
-    /// The parts with one more PAGES record, carrying `payload`, before the device state.
-    fn with_pages(&self, payload: Vec<u8>) -> Parts {
+    /// The parts with one more record before the device state.
+    fn with_record(&self, kind: RecordKind, flags: RecordFlags, payload: Vec<u8>) -> Parts {
         let mut p = self.parts.clone();
         let at = p.find(RecordKind::CONFIG_SPACE).unwrap();
         p.records.insert(
             at,
             Part {
-                kind: RecordKind::PAGES,
-                flags: RecordFlags::MANDATORY,
+                kind,
+                flags,
                 version: 1,
                 payload,
             },
         );
         p
+    }
+
+    /// The parts with one more PAGES record, carrying `payload`, before the device state.
+    fn with_pages(&self, payload: Vec<u8>) -> Parts {
+        self.with_record(RecordKind::PAGES, RecordFlags::MANDATORY, payload)
     }
 }
 
@@ -992,19 +997,8 @@ fn records_of_the_reserved_kinds_are_refused_with_or_without_mandatory() {
         RecordKind::OPREGION,
     ] {
         for flags in [RecordFlags::MANDATORY, RecordFlags::NONE] {
-            let mut p = b.parts.clone();
-            let at = p.find(RecordKind::CONFIG_SPACE).unwrap();
-            p.records.insert(
-                at,
-                Part {
-                    kind,
-                    flags,
-                    version: 1,
-                    payload: vec![0; 16],
-                },
-            );
             assert_eq!(
-                b.refuse(&p),
+                b.refuse(&b.with_record(kind, flags, vec![0; 16])),
                 VgpuError::UnsupportedRecord { kind: kind.0 },
                 "{kind:?} {flags:?}"
             );
