@@ -312,9 +312,9 @@ impl<'b> PagesBuilder<'b> {
     /// [`EncodeError::BadPageRun`] unless the last call lent the slot of `frame`.
     pub fn push_slot(&mut self, frame: u64) -> Result<(), EncodeError> {
         match self.slot {
-            Some((f, at)) if f == frame && at == self.data_at(frame, PageEncoding::FULL) => {
-                self.append(frame, PageEncoding::FULL, PAGE_SIZE).map(|_| ())
-            }
+            Some((f, at)) if f == frame && at == self.data_at(frame, PageEncoding::FULL) => self
+                .append(frame, PageEncoding::FULL, PAGE_SIZE)
+                .map(|_| ()),
             _ => {
                 self.slot = None;
                 Err(EncodeError::BadPageRun)

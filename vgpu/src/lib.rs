@@ -66,5 +66,6 @@ pub mod sim;
 pub mod source;
 #[cfg(feature = "alloc")]
 pub mod testplan;
+pub mod tracking;
 pub mod traits;
 pub mod vfio;

@@ -1,0 +1,400 @@
+//! Guest memory that changes under every read: the source's page path must still leave the
+//! destination with exactly the source's final memory.
+//!
+//! [`Adversary`] is a `GuestMemory` whose reads, seeded and deterministic, write guest pages as a
+//! busy guest CPU or GPU would while the migration thread copies them: the page being read (a torn
+//! read: part of it before the write, part after) or another page, with a small change (a DELTA
+//! candidate), another page's content (a DUP candidate), zeros, the same bytes again (an unchanged
+//! page) or new bytes. Each write is logged after it lands, like KVM's dirty log or the GPU dirty
+//! bitmap: pages the vGPU's GGTT maps are GPU pages (marked at the configured precision), the
+//! others CPU pages. The writes stop when the source stops (vCPUs paused, vGPU quiesced).
+//! Every GPU dirty precision runs with content tracking off and on.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    reason = "tests"
+)]
+
+use core::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use gmem::{GuestMemoryMap, words_for};
+use gtt::Gfn;
+use vgpu::content::ContentStorage;
+use vgpu::dest::DestSession;
+use vgpu::sim::scenario::Scenario;
+use vgpu::sim::{Profile, Rng};
+use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
+use vgpu::traits::{CpuDirtyLog, GuestMemory, MemoryError};
+
+/// The CPU dirty log the adversary writes into and the session harvests.
+#[derive(Clone, Default)]
+struct SharedLog(Rc<RefCell<BTreeSet<u64>>>);
+
+impl CpuDirtyLog for SharedLog {
+    fn harvest(&mut self, sink: &mut dyn FnMut(Gfn)) {
+        for f in core::mem::take(&mut *self.0.borrow_mut()) {
+            sink(Gfn::new(f));
+        }
+    }
+}
+
+/// Counters of what the adversary did, to check the test exercised what it claims.
+#[derive(Debug, Default, Clone, Copy)]
+struct Mischief {
+    writes: u64,
+    torn: u64,
+    gpu: u64,
+}
+
+struct Adversary {
+    map: GuestMemoryMap,
+    bytes: RefCell<Vec<u8>>,
+    rng: RefCell<Rng>,
+    /// Frames the vGPU's GGTT maps: the GPU writes these, guest CPUs the others.
+    gpu_frames: Vec<u64>,
+    cpu_frames: Vec<u64>,
+    cpu_log: SharedLog,
+    /// GPU writes not yet marked in the vGPU (the old API marks through `&mut Vgpu` only).
+    gpu_pending: RefCell<Vec<u64>>,
+    precision: GpuDirtyPrecision,
+    running: Cell<bool>,
+    stats: Cell<Mischief>,
+}
+
+impl Adversary {
+    fn index(&self, gfn: u64) -> usize {
+        self.map.index_of(Gfn::new(gfn)).unwrap()
+    }
+
+    fn page(&self, gfn: u64) -> Vec<u8> {
+        let i = self.index(gfn);
+        self.bytes.borrow()[i * 4096..(i + 1) * 4096].to_vec()
+    }
+
+    /// One write to frame `gfn`, logged after it lands.
+    fn write_page(&self, gfn: u64) {
+        let mut rng = self.rng.borrow_mut();
+        let i = self.index(gfn);
+        let kind = rng.below(10);
+        let new: Vec<u8> = match kind {
+            // A few bytes change: a DELTA candidate.
+            0..=3 => {
+                let mut p = self.page(gfn);
+                for _ in 0..1 + rng.below(6) {
+                    let at = rng.below(4096) as usize;
+                    p[at] = p[at].wrapping_add(1 + rng.below(255) as u8);
+                }
+                p
+            }
+            // Another page's content: a DUP candidate.
+            4 | 5 => {
+                let all = self.map.frames();
+                let other = self.map.frame_at(rng.below(all) as usize).unwrap().get();
+                self.page(other)
+            }
+            6 => vec![0; 4096],
+            // The same bytes written again: dirty but unchanged.
+            7 => self.page(gfn),
+            _ => (0..4096).map(|_| rng.next_u64() as u8).collect(),
+        };
+        drop(rng);
+        self.bytes.borrow_mut()[i * 4096..(i + 1) * 4096].copy_from_slice(&new);
+        let mut st = self.stats.get();
+        st.writes += 1;
+        if self.gpu_frames.binary_search(&gfn).is_ok() {
+            st.gpu += 1;
+            self.gpu_pending.borrow_mut().push(gfn);
+        } else {
+            self.cpu_log.0.borrow_mut().insert(gfn);
+        }
+        self.stats.set(st);
+    }
+
+    /// Mark the GPU's writes in the vGPU at the configured precision.
+    fn flush_gpu(&self, vgpu: &mut vgpu::instance::Vgpu<'_>) {
+        for gfn in self.gpu_pending.borrow_mut().drain(..) {
+            match self.precision {
+                GpuDirtyPrecision::Exact => vgpu.mark_gpu_dirty(Gfn::new(gfn)),
+                GpuDirtyPrecision::MappedIfActive => vgpu.mark_gpu_active(),
+                GpuDirtyPrecision::AllMapped => {}
+            }
+        }
+    }
+
+    fn writable(&self, gfn: u64) -> bool {
+        self.gpu_frames.binary_search(&gfn).is_ok() || self.cpu_frames.binary_search(&gfn).is_ok()
+    }
+
+    fn pick(&self, from_gpu: bool) -> u64 {
+        let set = if from_gpu && !self.gpu_frames.is_empty() {
+            &self.gpu_frames
+        } else {
+            &self.cpu_frames
+        };
+        let k = self.rng.borrow_mut().below(set.len() as u64) as usize;
+        set[k]
+    }
+}
+
+impl GuestMemory for Adversary {
+    fn map(&self) -> &GuestMemoryMap {
+        &self.map
+    }
+
+    fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+        let i = self.map.index_of(gfn).ok_or(MemoryError)?;
+        let base = i * 4096 + offset;
+        let end = base + out.len();
+        if !self.running.get() {
+            out.copy_from_slice(&self.bytes.borrow()[base..end]);
+            return Ok(());
+        }
+        let (what, cut) = {
+            let mut rng = self.rng.borrow_mut();
+            (rng.below(8), rng.below(out.len() as u64 + 1) as usize)
+        };
+        match what {
+            // The page being read changes mid-read: a torn copy.
+            0..=2 if self.writable(gfn.get()) => {
+                out[..cut].copy_from_slice(&self.bytes.borrow()[base..base + cut]);
+                self.write_page(gfn.get());
+                out[cut..].copy_from_slice(&self.bytes.borrow()[base + cut..end]);
+                let mut st = self.stats.get();
+                st.torn += 1;
+                self.stats.set(st);
+            }
+            // Another page changes while this one is read.
+            3..=5 => {
+                let victim = self.pick(what == 3);
+                self.write_page(victim);
+                out.copy_from_slice(&self.bytes.borrow()[base..end]);
+            }
+            _ => out.copy_from_slice(&self.bytes.borrow()[base..base + out.len()]),
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, _gfn: Gfn, _offset: usize, _data: &[u8]) -> Result<(), MemoryError> {
+        Err(MemoryError)
+    }
+}
+
+/// Content tracking of the source session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tracking {
+    Off,
+    /// Duplicates, deltas and unchanged pages.
+    On,
+    /// Deltas and unchanged pages, no duplicate table: a wrong base is not caught by the
+    /// destination's DUP hash check, only by comparing memory.
+    DeltaOnly,
+}
+
+/// Records the frames a page-table walk reads.
+struct TableFrames<'m> {
+    mem: &'m vgpu::sim::SimMemory,
+    seen: RefCell<BTreeSet<u64>>,
+}
+
+impl gtt::ReadGuest for TableFrames<'_> {
+    fn read_u64(&self, gpa: gtt::Gpa) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.mem
+            .read(gpa.gfn(), usize::try_from(gpa.page_offset()).ok()?, &mut b)
+            .ok()?;
+        self.seen.borrow_mut().insert(gpa.gfn().get());
+        Some(u64::from_le_bytes(b))
+    }
+
+    fn contains(&self, gfn: Gfn) -> bool {
+        self.mem.map_ref().contains(gfn)
+    }
+}
+
+/// Migrate a booted reference vGPU whose memory is an [`Adversary`]; returns what went wrong, if
+/// anything, and what the adversary did.
+fn migrate_under_fire(
+    precision: GpuDirtyPrecision,
+    content: Tracking,
+    seed: u64,
+) -> (Result<(), String>, Mischief, vgpu::content::ContentStats) {
+    let sc = Scenario::small(Profile::THREE_D, 40, seed).unwrap();
+    let mut st_a = sc.storage();
+    let mut st_b = sc.storage();
+    let mut a = sc.machine(&mut st_a, false).unwrap();
+    let mut b = sc.machine(&mut st_b, true).unwrap();
+    a.boot().unwrap();
+    for _ in 0..30 {
+        a.step().unwrap();
+    }
+    // The device is quiesced from here on: the adversary is the only writer, and the stop needs
+    // nothing drained.
+    assert!(a.quiesce());
+    let map = a.vgpu.memory_map().clone();
+    let gpu_frames: BTreeSet<u64> = a
+        .vgpu
+        .ggtt()
+        .iter_present()
+        .filter(|(_, e)| map.contains(e.frame()))
+        .map(|(_, e)| e.frame().get())
+        .collect();
+    let frames = usize::try_from(map.frames()).unwrap();
+    let all: Vec<u64> = (0..frames)
+        .map(|i| map.frame_at(i).unwrap().get())
+        .collect();
+    // The guest's PPGTT tables stay intact (the destination checks them before it accepts the
+    // roots; a guest that scribbles over its own page tables has no valid device state).
+    let tables = TableFrames {
+        mem: &a.mem,
+        seen: RefCell::new(BTreeSet::new()),
+    };
+    for root in a.vgpu.ppgtts() {
+        let _ = gtt::visit_leaves(root, &tables, gtt::VisitLimits::DEFAULT, |_| {
+            core::ops::ControlFlow::Continue(())
+        });
+    }
+    let tables = tables.seen.into_inner();
+    let gpu_frames: BTreeSet<u64> = gpu_frames.difference(&tables).copied().collect();
+    let cpu_log = SharedLog::default();
+    let adv = Adversary {
+        map: map.clone(),
+        bytes: RefCell::new(a.mem.bytes().to_vec()),
+        rng: RefCell::new(Rng::new(seed ^ 0xAD5E)),
+        gpu_frames: gpu_frames.iter().copied().collect(),
+        cpu_frames: all
+            .iter()
+            .copied()
+            .filter(|f| !gpu_frames.contains(f) && !tables.contains(f))
+            .collect(),
+        cpu_log: cpu_log.clone(),
+        gpu_pending: RefCell::new(Vec::new()),
+        precision,
+        running: Cell::new(true),
+        stats: Cell::new(Mischief::default()),
+    };
+    assert!(!adv.gpu_frames.is_empty() && !adv.cpu_frames.is_empty());
+    let mut cpu = cpu_log;
+
+    let mut cfg = SourceConfig::default();
+    cfg.precision = precision;
+    cfg.pages_per_record = 16;
+    cfg.policy.max_rounds = 6;
+    let mut send = vec![0u64; words_for(frames)];
+    let mut scratch = vec![0u8; 128 * 1024];
+    let mut staging = vec![0u8; 1 << 20];
+    let (mut hashes, mut dups, mut cache, mut tags) = (
+        vec![0u64; frames],
+        vec![
+            0u64;
+            if content == Tracking::DeltaOnly {
+                0
+            } else {
+                1024
+            }
+        ],
+        vec![0u8; 128 * 4096],
+        vec![0u64; 128],
+    );
+    let mut s = SourceSession::open(&mut a.vgpu, &mut cpu, cfg, &mut send, &mut scratch).unwrap();
+    if content != Tracking::Off {
+        let storage = ContentStorage {
+            hashes: &mut hashes,
+            dup_slots: &mut dups,
+            delta_pages: &mut cache,
+            delta_tags: &mut tags,
+        };
+        s.attach_content(&a.vgpu, storage).unwrap();
+    }
+    let mut d = DestSession::open(&mut b.vgpu, &mut staging, migstream::Limits::DEFAULT).unwrap();
+    let mut out = vec![0u8; 8192];
+    let mut polls = 0u64;
+    let result = loop {
+        polls += 1;
+        if polls > 1_000_000 {
+            break Err("the migration did not finish".to_owned());
+        }
+        // Output buffers of varying size: records are cut anywhere.
+        let len = 1 + (polls * 7919 % 8192) as usize;
+        let n = match s.poll_output(&a.vgpu, &adv, &mut cpu, polls, &mut out[..len]) {
+            Ok(n) => n,
+            Err(e) => break Err(format!("source: {e:?}")),
+        };
+        adv.flush_gpu(&mut a.vgpu);
+        if let Err(e) = d.feed(&b.vgpu, &mut b.mem, &out[..n]) {
+            break Err(format!("destination rejected the stream: {e:?}"));
+        }
+        let mut stop = false;
+        while let Some(ev) = s.poll_event() {
+            stop |= matches!(ev, SourceEvent::Switch { .. });
+        }
+        if stop {
+            // Pause the vCPUs and the GPU: nothing writes guest memory any more.
+            adv.running.set(false);
+            adv.flush_gpu(&mut a.vgpu);
+            s.stop_and_copy(&mut a.vgpu, &mut cpu).unwrap();
+        }
+        if s.is_finished() {
+            break d
+                .commit(&mut b.vgpu, &b.mem, &mut b.host)
+                .map(|_| ())
+                .map_err(|e| format!("commit: {e:?}"));
+        }
+    };
+    let stats = s.content_stats();
+    let result = result.and_then(|()| {
+        let want = adv.bytes.borrow();
+        let got = b.mem.bytes();
+        let wrong: Vec<u64> = (0..frames)
+            .filter(|i| want[i * 4096..(i + 1) * 4096] != got[i * 4096..(i + 1) * 4096])
+            .map(|i| all[i])
+            .collect();
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} frames differ from the source's final memory, first {:#x}",
+                wrong.len(),
+                wrong[0]
+            ))
+        }
+    });
+    (result, adv.stats.get(), stats)
+}
+
+#[test]
+fn memory_changing_under_every_read_migrates_exactly() {
+    let mut failures = Vec::new();
+    let mut dup_and_delta = (0u64, 0u64, 0u64);
+    for precision in [
+        GpuDirtyPrecision::Exact,
+        GpuDirtyPrecision::MappedIfActive,
+        GpuDirtyPrecision::AllMapped,
+    ] {
+        for content in [Tracking::Off, Tracking::On, Tracking::DeltaOnly] {
+            for seed in [1u64, 2, 3] {
+                let (r, mischief, stats) = migrate_under_fire(precision, content, seed);
+                assert!(
+                    mischief.writes > 100 && mischief.torn > 20 && mischief.gpu > 10,
+                    "{precision:?} {content:?} seed {seed}: the adversary barely acted: \
+                     {mischief:?}"
+                );
+                dup_and_delta.0 += stats.dup;
+                dup_and_delta.1 += stats.delta;
+                dup_and_delta.2 += stats.unchanged;
+                if let Err(e) = r {
+                    failures.push(format!("{precision:?} {content:?} seed {seed}: {e}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let (dup, delta, unchanged) = dup_and_delta;
+    assert!(
+        dup > 0 && delta > 0 && unchanged > 0,
+        "the DUP, DELTA and unchanged paths ran: {dup_and_delta:?}"
+    );
+}
