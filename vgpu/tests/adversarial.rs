@@ -8,7 +8,13 @@
 //! page) or new bytes. Each write is logged after it lands, like KVM's dirty log or the GPU dirty
 //! bitmap: pages the vGPU's GGTT maps are GPU pages (marked at the configured precision), the
 //! others CPU pages. The writes stop when the source stops (vCPUs paused, vGPU quiesced).
-//! Every GPU dirty precision runs with content tracking off and on.
+//! Every GPU dirty precision runs with content tracking off, on, and deltas only, on one, two and
+//! three channels.
+//!
+//! Before the source read each page once, this failed in every content-tracking case (the page
+//! was classified from one read and sent from another): with duplicates on, the destination
+//! rejected the stream (`DuplicateMismatch`); with deltas only, it committed memory that differed
+//! from the source's in 2 to 21 frames, silently. Without content tracking it passed.
 #![allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,
@@ -28,6 +34,7 @@ use vgpu::dest::DestSession;
 use vgpu::sim::scenario::Scenario;
 use vgpu::sim::{Profile, Rng};
 use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
+use vgpu::tracking::GpuDirtyLog;
 use vgpu::traits::{CpuDirtyLog, GuestMemory, MemoryError};
 
 /// The CPU dirty log the adversary writes into and the session harvests.
@@ -50,7 +57,7 @@ struct Mischief {
     gpu: u64,
 }
 
-struct Adversary {
+struct Adversary<'g> {
     map: GuestMemoryMap,
     bytes: RefCell<Vec<u8>>,
     rng: RefCell<Rng>,
@@ -58,14 +65,14 @@ struct Adversary {
     gpu_frames: Vec<u64>,
     cpu_frames: Vec<u64>,
     cpu_log: SharedLog,
-    /// GPU writes not yet marked in the vGPU (the old API marks through `&mut Vgpu` only).
-    gpu_pending: RefCell<Vec<u64>>,
+    /// The vGPU's GPU dirty log, marked during the session's reads (no `&mut Vgpu` needed).
+    gpu_log: GpuDirtyLog<'g>,
     precision: GpuDirtyPrecision,
     running: Cell<bool>,
     stats: Cell<Mischief>,
 }
 
-impl Adversary {
+impl Adversary<'_> {
     fn index(&self, gfn: u64) -> usize {
         self.map.index_of(Gfn::new(gfn)).unwrap()
     }
@@ -107,22 +114,16 @@ impl Adversary {
         st.writes += 1;
         if self.gpu_frames.binary_search(&gfn).is_ok() {
             st.gpu += 1;
-            self.gpu_pending.borrow_mut().push(gfn);
+            // The GPU marks at the precision it knows, after the write.
+            match self.precision {
+                GpuDirtyPrecision::Exact => self.gpu_log.mark(Gfn::new(gfn)),
+                GpuDirtyPrecision::MappedIfActive => self.gpu_log.mark_active(),
+                GpuDirtyPrecision::AllMapped => {}
+            }
         } else {
             self.cpu_log.0.borrow_mut().insert(gfn);
         }
         self.stats.set(st);
-    }
-
-    /// Mark the GPU's writes in the vGPU at the configured precision.
-    fn flush_gpu(&self, vgpu: &mut vgpu::instance::Vgpu<'_>) {
-        for gfn in self.gpu_pending.borrow_mut().drain(..) {
-            match self.precision {
-                GpuDirtyPrecision::Exact => vgpu.mark_gpu_dirty(Gfn::new(gfn)),
-                GpuDirtyPrecision::MappedIfActive => vgpu.mark_gpu_active(),
-                GpuDirtyPrecision::AllMapped => {}
-            }
-        }
     }
 
     fn writable(&self, gfn: u64) -> bool {
@@ -140,7 +141,7 @@ impl Adversary {
     }
 }
 
-impl GuestMemory for Adversary {
+impl GuestMemory for Adversary<'_> {
     fn map(&self) -> &GuestMemoryMap {
         &self.map
     }
@@ -220,6 +221,7 @@ impl gtt::ReadGuest for TableFrames<'_> {
 fn migrate_under_fire(
     precision: GpuDirtyPrecision,
     content: Tracking,
+    channels: u16,
     seed: u64,
 ) -> (Result<(), String>, Mischief, vgpu::content::ContentStats) {
     let sc = Scenario::small(Profile::THREE_D, 40, seed).unwrap();
@@ -271,7 +273,7 @@ fn migrate_under_fire(
             .filter(|f| !gpu_frames.contains(f) && !tables.contains(f))
             .collect(),
         cpu_log: cpu_log.clone(),
-        gpu_pending: RefCell::new(Vec::new()),
+        gpu_log: a.vgpu.gpu_dirty().clone(),
         precision,
         running: Cell::new(true),
         stats: Cell::new(Mischief::default()),
@@ -283,8 +285,9 @@ fn migrate_under_fire(
     cfg.precision = precision;
     cfg.pages_per_record = 16;
     cfg.policy.max_rounds = 6;
+    cfg.channels = channels;
     let mut send = vec![0u64; words_for(frames)];
-    let mut scratch = vec![0u8; 128 * 1024];
+    let mut scratch = vec![0u8; 128 * 1024 * usize::from(channels)];
     let mut staging = vec![0u8; 1 << 20];
     let (mut hashes, mut dups, mut cache, mut tags) = (
         vec![0u64; frames],
@@ -309,7 +312,13 @@ fn migrate_under_fire(
         };
         s.attach_content(&a.vgpu, storage).unwrap();
     }
-    let mut d = DestSession::open(&mut b.vgpu, &mut staging, migstream::Limits::DEFAULT).unwrap();
+    let mut d = DestSession::open_channels(
+        &mut b.vgpu,
+        &mut staging,
+        migstream::Limits::DEFAULT,
+        usize::from(channels),
+    )
+    .unwrap();
     let mut out = vec![0u8; 8192];
     let mut polls = 0u64;
     let result = loop {
@@ -319,12 +328,12 @@ fn migrate_under_fire(
         }
         // Output buffers of varying size: records are cut anywhere.
         let len = 1 + (polls * 7919 % 8192) as usize;
-        let n = match s.poll_output(&a.vgpu, &adv, &mut cpu, polls, &mut out[..len]) {
+        let c = (polls % u64::from(channels)) as usize;
+        let n = match s.poll_output_channel(c, &a.vgpu, &adv, &mut cpu, polls, &mut out[..len]) {
             Ok(n) => n,
             Err(e) => break Err(format!("source: {e:?}")),
         };
-        adv.flush_gpu(&mut a.vgpu);
-        if let Err(e) = d.feed(&b.vgpu, &mut b.mem, &out[..n]) {
+        if let Err(e) = d.feed_channel(c, &b.vgpu, &mut b.mem, &out[..n]) {
             break Err(format!("destination rejected the stream: {e:?}"));
         }
         let mut stop = false;
@@ -334,7 +343,6 @@ fn migrate_under_fire(
         if stop {
             // Pause the vCPUs and the GPU: nothing writes guest memory any more.
             adv.running.set(false);
-            adv.flush_gpu(&mut a.vgpu);
             s.stop_and_copy(&mut a.vgpu, &mut cpu).unwrap();
         }
         if s.is_finished() {
@@ -375,18 +383,21 @@ fn memory_changing_under_every_read_migrates_exactly() {
         GpuDirtyPrecision::AllMapped,
     ] {
         for content in [Tracking::Off, Tracking::On, Tracking::DeltaOnly] {
-            for seed in [1u64, 2, 3] {
-                let (r, mischief, stats) = migrate_under_fire(precision, content, seed);
+            for (seed, channels) in [(1u64, 1), (2, 1), (3, 1), (4, 2), (5, 3)] {
+                let (r, mischief, stats) = migrate_under_fire(precision, content, channels, seed);
                 assert!(
                     mischief.writes > 100 && mischief.torn > 20 && mischief.gpu > 10,
-                    "{precision:?} {content:?} seed {seed}: the adversary barely acted: \
+                    "{precision:?} {content:?} {channels} channel(s) seed {seed}: the adversary \
+                     barely acted: \
                      {mischief:?}"
                 );
                 dup_and_delta.0 += stats.dup;
                 dup_and_delta.1 += stats.delta;
                 dup_and_delta.2 += stats.unchanged;
                 if let Err(e) = r {
-                    failures.push(format!("{precision:?} {content:?} seed {seed}: {e}"));
+                    failures.push(format!(
+                        "{precision:?} {content:?} {channels} channel(s) seed {seed}: {e}"
+                    ));
                 }
             }
         }
