@@ -12,6 +12,12 @@
 //! [`SourceEvent::Finished`]. Cancelling is dropping the session and calling [`Vgpu::resume`]: saving
 //! only copies, so nothing the guest submitted is lost.
 //!
+//! **Threads.** Polling needs guest memory, the CPU dirty log and a [`VgpuAccess`]: the GPU dirty
+//! log without a lock and the vGPU only briefly, so vCPUs keep taking MMIO exits and the GPU keeps
+//! writing while pages stream (the crate docs give the locking rules). Each page is read once, into
+//! the PAGES record being built in the scratch buffer, after its dirty bits were harvested; the
+//! bytes classified are the bytes sent.
+//!
 //! **Channels.** With [`SourceConfig::channels`] `= n > 1` the session writes `n` streams (see
 //! [`crate::channel`]): poll each with [`SourceSession::poll_output_channel`]. Channel 0 carries the
 //! device state; pages are striped over all channels by frame. A round ends when every channel has
@@ -86,10 +92,11 @@ pub enum GpuDirtyPrecision {
     /// pages by hashing.
     AllMapped,
     /// Mapped frames count as dirty when the vGPU ran work since the last harvest
-    /// ([`Vgpu::mark_gpu_active`]); an idle vGPU adds nothing.
+    /// ([`GpuDirtyLog::mark_active`](crate::tracking::GpuDirtyLog::mark_active)); an idle vGPU
+    /// adds nothing.
     MappedIfActive,
     /// The exact write set the device model or a command scanner reports
-    /// ([`Vgpu::mark_gpu_dirty`]).
+    /// ([`GpuDirtyLog::mark`](crate::tracking::GpuDirtyLog::mark)).
     Exact,
 }
 

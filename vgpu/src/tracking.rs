@@ -101,3 +101,83 @@ impl<'a> GpuDirtyLog<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::vec;
+    use std::vec::Vec;
+
+    use gmem::FrameRange;
+
+    use super::*;
+
+    fn map() -> GuestMemoryMap {
+        GuestMemoryMap::new(&[
+            FrameRange::new(Gfn::new(0x10), 100).unwrap(),
+            FrameRange::new(Gfn::new(0x1000), 100).unwrap(),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn marks_by_frame_and_harvests_into_a_send_set() {
+        let map = map();
+        let storage: Vec<AtomicU64> = (0..GpuDirtyLog::storage_words(200))
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect();
+        assert_eq!(
+            GpuDirtyLog::new(&map, &storage[1..]).unwrap_err(),
+            VgpuError::StorageSize
+        );
+        let log = GpuDirtyLog::new(&map, &storage).unwrap();
+        assert_eq!((log.count(), log.take_active()), (0, false));
+        let gpu = log.clone();
+        gpu.mark(Gfn::new(0x1001));
+        gpu.mark(Gfn::new(0x5)); // outside guest memory: ignored
+        assert_eq!(log.count(), 1);
+        assert!(log.take_active() && !log.take_active());
+        let mut words = vec![0u64; words_for(200)];
+        let mut send = DirtyBitmap::new(&mut words, 200).unwrap();
+        send.set(3).unwrap();
+        log.absorb_into(&mut send).unwrap();
+        assert_eq!(send.iter_ones().collect::<Vec<_>>(), [3, 101]);
+        assert_eq!(gpu.count(), 0);
+        gpu.mark_active();
+        gpu.mark(Gfn::new(0x10));
+        log.clear();
+        assert_eq!((log.count(), log.take_active()), (0, false));
+    }
+
+    /// A GPU thread marks while the migration thread harvests: every mark ends up harvested.
+    #[test]
+    fn concurrent_marks_are_never_lost() {
+        let map = map();
+        let storage: Vec<AtomicU64> = (0..GpuDirtyLog::storage_words(200))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        let log = GpuDirtyLog::new(&map, &storage).unwrap();
+        let mut words = vec![0u64; words_for(200)];
+        let mut seen = BTreeSet::new();
+        std::thread::scope(|s| {
+            let gpu = log.clone();
+            let t = s.spawn(move || {
+                for k in 0..20_000u64 {
+                    let i = usize::try_from(k % 200).unwrap_or(0);
+                    if let Some(gfn) = gpu.map().frame_at(i) {
+                        gpu.mark(gfn);
+                    }
+                }
+            });
+            while !t.is_finished() {
+                let mut send = DirtyBitmap::new(&mut words, 200).unwrap();
+                log.absorb_into(&mut send).unwrap();
+                seen.extend(send.iter_ones());
+            }
+        });
+        let mut send = DirtyBitmap::new(&mut words, 200).unwrap();
+        log.absorb_into(&mut send).unwrap();
+        seen.extend(send.iter_ones());
+        assert_eq!(seen.len(), 200);
+    }
+}
