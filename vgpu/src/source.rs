@@ -60,8 +60,9 @@ pub struct SourceConfig {
     pub policy: PolicyConfig,
     /// Stream id written into the header (lets a destination tell retries apart).
     pub stream_id: u64,
-    /// Pages per PAGES record (1..=1024); larger records amortise headers, smaller ones interleave
-    /// better with other channels.
+    /// Pages per PAGES record (1..=1024; fewer when the channel's share of the scratch buffer is
+    /// full first, as records are built there); larger records amortise headers, smaller ones
+    /// interleave better with other channels.
     pub pages_per_record: u32,
     /// How precisely the GPU's writes are known.
     pub precision: GpuDirtyPrecision,
