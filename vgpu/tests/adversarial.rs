@@ -24,8 +24,10 @@
 )]
 
 use core::cell::{Cell, RefCell};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::collections::BTreeSet;
 use std::rc::Rc;
+use std::sync::Mutex;
 
 use gmem::{GuestMemoryMap, words_for};
 use gtt::Gfn;
@@ -35,7 +37,7 @@ use vgpu::sim::scenario::Scenario;
 use vgpu::sim::{Profile, Rng};
 use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
 use vgpu::tracking::GpuDirtyLog;
-use vgpu::traits::{CpuDirtyLog, GuestMemory, MemoryError};
+use vgpu::traits::{CpuDirtyLog, GuestMemory, MemoryError, VgpuAccess};
 
 /// The CPU dirty log the adversary writes into and the session harvests.
 #[derive(Clone, Default)]
@@ -216,6 +218,38 @@ impl gtt::ReadGuest for TableFrames<'_> {
     }
 }
 
+/// The frames a writer may change on a booted reference machine: those the GGTT maps (the GPU's)
+/// and the others (the CPUs'), both sorted, without the guest's PPGTT tables (the destination
+/// checks them before it accepts the roots; a guest that scribbles over its own page tables has no
+/// valid device state).
+fn writable_frames(a: &vgpu::sim::Machine<'_>) -> (Vec<u64>, Vec<u64>) {
+    let map = a.vgpu.memory_map();
+    let tables = TableFrames {
+        mem: &a.mem,
+        seen: RefCell::new(BTreeSet::new()),
+    };
+    for root in a.vgpu.ppgtts() {
+        let _ = gtt::visit_leaves(root, &tables, gtt::VisitLimits::DEFAULT, |_| {
+            core::ops::ControlFlow::Continue(())
+        });
+    }
+    let tables = tables.seen.into_inner();
+    let gpu: BTreeSet<u64> = a
+        .vgpu
+        .ggtt()
+        .iter_present()
+        .filter(|(_, e)| map.contains(e.frame()))
+        .map(|(_, e)| e.frame().get())
+        .filter(|f| !tables.contains(f))
+        .collect();
+    let frames = usize::try_from(map.frames()).unwrap();
+    let cpu = (0..frames)
+        .map(|i| map.frame_at(i).unwrap().get())
+        .filter(|f| !gpu.contains(f) && !tables.contains(f))
+        .collect();
+    (gpu.into_iter().collect(), cpu)
+}
+
 /// Migrate a booted reference vGPU whose memory is an [`Adversary`]; returns what went wrong, if
 /// anything, and what the adversary did.
 fn migrate_under_fire(
@@ -237,41 +271,18 @@ fn migrate_under_fire(
     // nothing drained.
     assert!(a.quiesce());
     let map = a.vgpu.memory_map().clone();
-    let gpu_frames: BTreeSet<u64> = a
-        .vgpu
-        .ggtt()
-        .iter_present()
-        .filter(|(_, e)| map.contains(e.frame()))
-        .map(|(_, e)| e.frame().get())
-        .collect();
     let frames = usize::try_from(map.frames()).unwrap();
     let all: Vec<u64> = (0..frames)
         .map(|i| map.frame_at(i).unwrap().get())
         .collect();
-    // The guest's PPGTT tables stay intact (the destination checks them before it accepts the
-    // roots; a guest that scribbles over its own page tables has no valid device state).
-    let tables = TableFrames {
-        mem: &a.mem,
-        seen: RefCell::new(BTreeSet::new()),
-    };
-    for root in a.vgpu.ppgtts() {
-        let _ = gtt::visit_leaves(root, &tables, gtt::VisitLimits::DEFAULT, |_| {
-            core::ops::ControlFlow::Continue(())
-        });
-    }
-    let tables = tables.seen.into_inner();
-    let gpu_frames: BTreeSet<u64> = gpu_frames.difference(&tables).copied().collect();
+    let (gpu_frames, cpu_frames) = writable_frames(&a);
     let cpu_log = SharedLog::default();
     let adv = Adversary {
         map: map.clone(),
         bytes: RefCell::new(a.mem.bytes().to_vec()),
         rng: RefCell::new(Rng::new(seed ^ 0xAD5E)),
-        gpu_frames: gpu_frames.iter().copied().collect(),
-        cpu_frames: all
-            .iter()
-            .copied()
-            .filter(|f| !gpu_frames.contains(f) && !tables.contains(f))
-            .collect(),
+        gpu_frames,
+        cpu_frames,
         cpu_log: cpu_log.clone(),
         gpu_log: a.vgpu.gpu_dirty().clone(),
         precision,
@@ -408,4 +419,228 @@ fn memory_changing_under_every_read_migrates_exactly() {
         dup > 0 && delta > 0 && unchanged > 0,
         "the DUP, DELTA and unchanged paths ran: {dup_and_delta:?}"
     );
+}
+
+/// Guest RAM in atomic words: threads write it while the migration thread reads it, so a page
+/// read can be torn at any word.
+struct AtomicRam {
+    map: GuestMemoryMap,
+    words: Vec<AtomicU64>,
+}
+
+impl AtomicRam {
+    fn word_range(&self, gfn: Gfn, offset: usize, len: usize) -> Result<usize, MemoryError> {
+        let i = self.map.index_of(gfn).ok_or(MemoryError)?;
+        if !offset.is_multiple_of(8) || !len.is_multiple_of(8) || offset + len > 4096 {
+            return Err(MemoryError);
+        }
+        Ok((i * 4096 + offset) / 8)
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.words
+            .iter()
+            .flat_map(|w| w.load(Ordering::Acquire).to_le_bytes())
+            .collect()
+    }
+
+    /// A write of `value` to word `word` of frame `gfn`, as a vCPU or the GPU does.
+    fn store(&self, gfn: u64, word: usize, value: u64) {
+        let i = self.map.index_of(Gfn::new(gfn)).unwrap();
+        self.words[i * 512 + word % 512].store(value, Ordering::Release);
+    }
+}
+
+impl GuestMemory for AtomicRam {
+    fn map(&self) -> &GuestMemoryMap {
+        &self.map
+    }
+
+    fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+        let at = self.word_range(gfn, offset, out.len())?;
+        for (k, chunk) in out.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&self.words[at + k].load(Ordering::Acquire).to_le_bytes());
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, _gfn: Gfn, _offset: usize, _data: &[u8]) -> Result<(), MemoryError> {
+        Err(MemoryError)
+    }
+}
+
+/// The CPU dirty log as KVM keeps it: set by the vCPU threads, harvested by the migration thread.
+#[derive(Default)]
+struct ThreadLog(Mutex<BTreeSet<u64>>);
+
+impl CpuDirtyLog for &ThreadLog {
+    fn harvest(&mut self, sink: &mut dyn FnMut(Gfn)) {
+        let taken = core::mem::take(&mut *self.0.lock().unwrap());
+        for f in taken {
+            sink(Gfn::new(f));
+        }
+    }
+}
+
+/// The migration thread's view of the device: the lock the vCPUs take for MMIO exits, and the GPU
+/// dirty log beside it.
+struct Locked<'v, 'a> {
+    vgpu: &'v Mutex<vgpu::instance::Vgpu<'a>>,
+    gpu_log: GpuDirtyLog<'a>,
+    /// How often the session took the device lock.
+    visits: AtomicU64,
+}
+
+impl VgpuAccess for Locked<'_, '_> {
+    fn gpu_dirty(&self) -> &GpuDirtyLog<'_> {
+        &self.gpu_log
+    }
+
+    fn with_vgpu(&self, f: &mut dyn FnMut(&vgpu::instance::Vgpu<'_>)) {
+        self.visits.fetch_add(1, Ordering::Relaxed);
+        f(&self.vgpu.lock().unwrap());
+    }
+}
+
+/// The same property with real threads: a vCPU thread takes MMIO exits under the device lock and
+/// writes guest RAM (logged in a KVM-style CPU log), a GPU thread writes the pages the GGTT maps
+/// and marks them in the shared GPU dirty log, both without pause while the migration thread
+/// streams pages holding no lock. Whatever the interleaving, the destination ends equal to the
+/// source's final memory.
+#[test]
+fn threads_writing_during_precopy_migrate_exactly() {
+    for (precision, content, seed) in [
+        (GpuDirtyPrecision::Exact, Tracking::Off, 11u64),
+        (GpuDirtyPrecision::Exact, Tracking::On, 12),
+        (GpuDirtyPrecision::MappedIfActive, Tracking::On, 13),
+        (GpuDirtyPrecision::AllMapped, Tracking::DeltaOnly, 14),
+    ] {
+        let sc = Scenario::small(Profile::THREE_D, 40, seed).unwrap();
+        let mut st_a = sc.storage();
+        let mut st_b = sc.storage();
+        let mut a = sc.machine(&mut st_a, false).unwrap();
+        let mut b = sc.machine(&mut st_b, true).unwrap();
+        a.boot().unwrap();
+        for _ in 0..30 {
+            a.step().unwrap();
+        }
+        assert!(a.quiesce());
+        let map = a.vgpu.memory_map().clone();
+        let frames = usize::try_from(map.frames()).unwrap();
+        let (gpu_frames, cpu_frames) = writable_frames(&a);
+        let ram = AtomicRam {
+            map: map.clone(),
+            words: a
+                .mem
+                .bytes()
+                .chunks_exact(8)
+                .map(|c| AtomicU64::new(u64::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
+        };
+        let log = ThreadLog::default();
+        let mut cfg = SourceConfig::default();
+        cfg.precision = precision;
+        cfg.pages_per_record = 16;
+        cfg.policy.max_rounds = 5;
+        let mut send = vec![0u64; words_for(frames)];
+        let mut scratch = vec![0u8; 128 * 1024];
+        let (mut hashes, mut dups, mut cache, mut tags) = (
+            vec![0u64; frames],
+            vec![0u64; if content == Tracking::On { 1024 } else { 0 }],
+            vec![0u8; 64 * 4096],
+            vec![0u64; 64],
+        );
+        let mut s =
+            SourceSession::open(&mut a.vgpu, &mut &log, cfg, &mut send, &mut scratch).unwrap();
+        if content != Tracking::Off {
+            let storage = ContentStorage {
+                hashes: &mut hashes,
+                dup_slots: &mut dups,
+                delta_pages: &mut cache,
+                delta_tags: &mut tags,
+            };
+            s.attach_content(&a.vgpu, storage).unwrap();
+        }
+        let gpu_log = a.vgpu.gpu_dirty().clone();
+        let pvinfo = a.vgpu.mmio_read(0x78000, 4).unwrap();
+        let device = Locked {
+            vgpu: &Mutex::new(a.vgpu),
+            gpu_log: gpu_log.clone(),
+            visits: AtomicU64::new(0),
+        };
+        let paused = AtomicBool::new(false);
+        let (mut stream, mut exits, mut writes) = (Vec::new(), 0u64, [0u64; 2]);
+        std::thread::scope(|t| {
+            let vcpu = t.spawn(|| {
+                let mut rng = Rng::new(seed);
+                let mut n = 0u64;
+                while !paused.load(Ordering::Acquire) {
+                    // An MMIO exit: the PVINFO magic, under the device lock.
+                    let magic = device.vgpu.lock().unwrap().mmio_read(0x78000, 4).unwrap();
+                    assert_eq!(magic, pvinfo);
+                    // A store to RAM, logged after it lands.
+                    let f = cpu_frames[rng.below(cpu_frames.len() as u64) as usize];
+                    ram.store(f, rng.below(512) as usize, rng.next_u64());
+                    log.0.lock().unwrap().insert(f);
+                    n += 1;
+                }
+                n
+            });
+            let gpu = t.spawn(|| {
+                let mut rng = Rng::new(!seed);
+                let mut n = 0u64;
+                while !paused.load(Ordering::Acquire) {
+                    let f = gpu_frames[rng.below(gpu_frames.len() as u64) as usize];
+                    // A burst of DMA into one page, then its mark at the precision the GPU knows.
+                    for _ in 0..1 + rng.below(4) {
+                        ram.store(f, rng.below(512) as usize, rng.next_u64());
+                    }
+                    match precision {
+                        GpuDirtyPrecision::Exact => gpu_log.mark(Gfn::new(f)),
+                        GpuDirtyPrecision::MappedIfActive => gpu_log.mark_active(),
+                        GpuDirtyPrecision::AllMapped => {}
+                    }
+                    n += 1;
+                }
+                n
+            });
+            let mut cpu = &log;
+            let mut out = vec![0u8; 16 * 1024];
+            let mut threads = Some((vcpu, gpu));
+            while !s.is_finished() {
+                let n = s.poll_output(&device, &ram, &mut cpu, 0, &mut out).unwrap();
+                stream.extend_from_slice(&out[..n]);
+                let mut stop = false;
+                while let Some(ev) = s.poll_event() {
+                    stop |= matches!(ev, SourceEvent::Switch { .. });
+                }
+                if stop && let Some((vcpu, gpu)) = threads.take() {
+                    // Pause the vCPUs and the GPU, then stop-and-copy under the device lock.
+                    paused.store(true, Ordering::Release);
+                    exits = vcpu.join().unwrap();
+                    writes = [exits, gpu.join().unwrap()];
+                    s.stop_and_copy(&mut device.vgpu.lock().unwrap(), &mut cpu)
+                        .unwrap();
+                }
+            }
+        });
+        assert!(
+            writes[0] > 0 && writes[1] > 0,
+            "{precision:?}: both writers ran ({writes:?})"
+        );
+        assert!(device.visits.load(Ordering::Relaxed) > 0 && exits > 0);
+        let mut staging = vec![0u8; 1 << 20];
+        let mut d =
+            DestSession::open(&mut b.vgpu, &mut staging, migstream::Limits::DEFAULT).unwrap();
+        d.feed(&b.vgpu, &mut b.mem, &stream).unwrap();
+        d.commit(&mut b.vgpu, &b.mem, &mut b.host).unwrap();
+        let (want, got) = (ram.bytes(), b.mem.bytes().to_vec());
+        let wrong = (0..frames)
+            .filter(|i| want[i * 4096..(i + 1) * 4096] != got[i * 4096..(i + 1) * 4096])
+            .count();
+        assert_eq!(
+            wrong, 0,
+            "{precision:?} {content:?}: frames differ from the source's final memory"
+        );
+    }
 }
