@@ -34,7 +34,7 @@ use gtt::Gfn;
 use vgpu::content::ContentStorage;
 use vgpu::dest::DestSession;
 use vgpu::sim::scenario::Scenario;
-use vgpu::sim::{Profile, Rng};
+use vgpu::sim::{Machine, MachineStorage, Profile, Rng};
 use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
 use vgpu::tracking::GpuDirtyLog;
 use vgpu::traits::{CpuDirtyLog, GuestMemory, MemoryError, VgpuAccess};
@@ -250,6 +250,57 @@ fn writable_frames(a: &vgpu::sim::Machine<'_>) -> (Vec<u64>, Vec<u64>) {
     (gpu.into_iter().collect(), cpu)
 }
 
+/// A reference source machine that ran a 3D workload for a while and is quiesced (the test's
+/// writers are the only ones from here on, and the stop needs nothing drained), and a destination.
+fn machines<'a>(
+    sc: &Scenario,
+    st_a: &'a mut MachineStorage,
+    st_b: &'a mut MachineStorage,
+) -> (Machine<'a>, Machine<'a>) {
+    let mut a = sc.machine(st_a, false).unwrap();
+    let b = sc.machine(st_b, true).unwrap();
+    a.boot().unwrap();
+    for _ in 0..30 {
+        a.step().unwrap();
+    }
+    assert!(a.quiesce());
+    (a, b)
+}
+
+/// Content-tracking storage for `frames` frames in mode `tracking`.
+struct ContentBufs {
+    hashes: Vec<u64>,
+    dups: Vec<u64>,
+    cache: Vec<u8>,
+    tags: Vec<u64>,
+    tracking: Tracking,
+}
+
+impl ContentBufs {
+    fn new(frames: usize, tracking: Tracking, cache_pages: usize) -> Self {
+        let dups = if tracking == Tracking::On { 1024 } else { 0 };
+        Self {
+            hashes: vec![0; frames],
+            dups: vec![0; dups],
+            cache: vec![0; cache_pages * 4096],
+            tags: vec![0; cache_pages],
+            tracking,
+        }
+    }
+
+    fn attach<'s>(&'s mut self, s: &mut SourceSession<'s>, vgpu: &vgpu::instance::Vgpu<'_>) {
+        if self.tracking != Tracking::Off {
+            let storage = ContentStorage {
+                hashes: &mut self.hashes,
+                dup_slots: &mut self.dups,
+                delta_pages: &mut self.cache,
+                delta_tags: &mut self.tags,
+            };
+            s.attach_content(vgpu, storage).unwrap();
+        }
+    }
+}
+
 /// Migrate a booted reference vGPU whose memory is an [`Adversary`]; returns what went wrong, if
 /// anything, and what the adversary did.
 fn migrate_under_fire(
@@ -259,17 +310,8 @@ fn migrate_under_fire(
     seed: u64,
 ) -> (Result<(), String>, Mischief, vgpu::content::ContentStats) {
     let sc = Scenario::small(Profile::THREE_D, 40, seed).unwrap();
-    let mut st_a = sc.storage();
-    let mut st_b = sc.storage();
-    let mut a = sc.machine(&mut st_a, false).unwrap();
-    let mut b = sc.machine(&mut st_b, true).unwrap();
-    a.boot().unwrap();
-    for _ in 0..30 {
-        a.step().unwrap();
-    }
-    // The device is quiesced from here on: the adversary is the only writer, and the stop needs
-    // nothing drained.
-    assert!(a.quiesce());
+    let (mut st_a, mut st_b) = (sc.storage(), sc.storage());
+    let (mut a, mut b) = machines(&sc, &mut st_a, &mut st_b);
     let map = a.vgpu.memory_map().clone();
     let frames = usize::try_from(map.frames()).unwrap();
     let all: Vec<u64> = (0..frames)
@@ -300,29 +342,9 @@ fn migrate_under_fire(
     let mut send = vec![0u64; words_for(frames)];
     let mut scratch = vec![0u8; 128 * 1024 * usize::from(channels)];
     let mut staging = vec![0u8; 1 << 20];
-    let (mut hashes, mut dups, mut cache, mut tags) = (
-        vec![0u64; frames],
-        vec![
-            0u64;
-            if content == Tracking::DeltaOnly {
-                0
-            } else {
-                1024
-            }
-        ],
-        vec![0u8; 128 * 4096],
-        vec![0u64; 128],
-    );
+    let mut bufs = ContentBufs::new(frames, content, 128);
     let mut s = SourceSession::open(&mut a.vgpu, &mut cpu, cfg, &mut send, &mut scratch).unwrap();
-    if content != Tracking::Off {
-        let storage = ContentStorage {
-            hashes: &mut hashes,
-            dup_slots: &mut dups,
-            delta_pages: &mut cache,
-            delta_tags: &mut tags,
-        };
-        s.attach_content(&a.vgpu, storage).unwrap();
-    }
+    bufs.attach(&mut s, &a.vgpu);
     let mut d = DestSession::open_channels(
         &mut b.vgpu,
         &mut staging,
@@ -516,15 +538,8 @@ fn threads_writing_during_precopy_migrate_exactly() {
         (GpuDirtyPrecision::AllMapped, Tracking::DeltaOnly, 14),
     ] {
         let sc = Scenario::small(Profile::THREE_D, 40, seed).unwrap();
-        let mut st_a = sc.storage();
-        let mut st_b = sc.storage();
-        let mut a = sc.machine(&mut st_a, false).unwrap();
-        let mut b = sc.machine(&mut st_b, true).unwrap();
-        a.boot().unwrap();
-        for _ in 0..30 {
-            a.step().unwrap();
-        }
-        assert!(a.quiesce());
+        let (mut st_a, mut st_b) = (sc.storage(), sc.storage());
+        let (mut a, mut b) = machines(&sc, &mut st_a, &mut st_b);
         let map = a.vgpu.memory_map().clone();
         let frames = usize::try_from(map.frames()).unwrap();
         let (gpu_frames, cpu_frames) = writable_frames(&a);
@@ -544,23 +559,10 @@ fn threads_writing_during_precopy_migrate_exactly() {
         cfg.policy.max_rounds = 5;
         let mut send = vec![0u64; words_for(frames)];
         let mut scratch = vec![0u8; 128 * 1024];
-        let (mut hashes, mut dups, mut cache, mut tags) = (
-            vec![0u64; frames],
-            vec![0u64; if content == Tracking::On { 1024 } else { 0 }],
-            vec![0u8; 64 * 4096],
-            vec![0u64; 64],
-        );
+        let mut bufs = ContentBufs::new(frames, content, 64);
         let mut s =
             SourceSession::open(&mut a.vgpu, &mut &log, cfg, &mut send, &mut scratch).unwrap();
-        if content != Tracking::Off {
-            let storage = ContentStorage {
-                hashes: &mut hashes,
-                dup_slots: &mut dups,
-                delta_pages: &mut cache,
-                delta_tags: &mut tags,
-            };
-            s.attach_content(&a.vgpu, storage).unwrap();
-        }
+        bufs.attach(&mut s, &a.vgpu);
         let gpu_log = a.vgpu.gpu_dirty().clone();
         let pvinfo = a.vgpu.mmio_read(0x78000, 4).unwrap();
         let device = Locked {
