@@ -149,6 +149,18 @@ mod tests {
         assert_eq!((log.count(), log.take_active()), (0, false));
     }
 
+    /// What a threaded VMM moves between threads can move: the vGPU (behind its lock), the
+    /// session (on the migration thread) and the log (shared by all).
+    #[test]
+    fn the_threaded_pieces_are_send_and_sync() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<crate::instance::Vgpu<'static>>();
+        send::<crate::source::SourceSession<'static>>();
+        send::<GpuDirtyLog<'static>>();
+        sync::<GpuDirtyLog<'static>>();
+    }
+
     /// A GPU thread marks while the migration thread harvests: every mark ends up harvested.
     #[test]
     fn concurrent_marks_are_never_lost() {
