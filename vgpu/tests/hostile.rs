@@ -200,15 +200,24 @@ fn registers_outside_the_save_list_are_refused() {
         b.payload(RecordKind::REGISTERS),
         "codec"
     );
-    // An offset the register table does not have.
-    let unknown = (0x10_0000u32..)
+    // An offset past the register window.
+    let mut r = regs.clone();
+    r.insert(mmio::MMIO_SIZE, 1);
+    match b.refuse(&b.with(RecordKind::REGISTERS, encode_regs(&r))) {
+        VgpuError::Mmio(mmio::MmioError::UnknownRegister { offset }) => {
+            assert_eq!(offset, mmio::MMIO_SIZE);
+        }
+        e => panic!("{e:?}"),
+    }
+    // An offset of the PVINFO page the table does not have (read-only zeros).
+    let pv = (mmio::PVINFO_BASE..)
         .step_by(4)
         .find(|&o| mmio::SKL.find(o).is_none())
         .unwrap();
     let mut r = regs.clone();
-    r.insert(unknown, 1);
+    r.insert(pv, 1);
     match b.refuse(&b.with(RecordKind::REGISTERS, encode_regs(&r))) {
-        VgpuError::Mmio(mmio::MmioError::UnknownRegister { offset }) => assert_eq!(offset, unknown),
+        VgpuError::Mmio(mmio::MmioError::NotMigratable { offset }) => assert_eq!(offset, pv),
         e => panic!("{e:?}"),
     }
     // A register of the table that does not migrate.
