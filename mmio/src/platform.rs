@@ -228,7 +228,7 @@ const fn engine_mmio_context(mut b: Builder) -> Builder {
         (0xE194, "HALF_SLICE_CHICKEN7"),
         (0xE4F0, "ROW_CHICKEN"),
     ];
-    let masked_not_ctx: [(u32, &str); 15] = [
+    let masked_not_ctx: [(u32, &str); 12] = [
         (0x2088, "CS_MASKED_2088"),
         (0x2090, "3D_CHICKEN3"),
         (0x20DC, "CS_MASKED_20DC"),
@@ -241,9 +241,6 @@ const fn engine_mmio_context(mut b: Builder) -> Builder {
         (0x4030, "ARB_MODE"),
         (0x7018, "CHICKEN_7018"),
         (0xE4F4, "ROW_CHICKEN2"),
-        (0xA188, "FORCEWAKE_GT"),
-        (0xA270, "FORCEWAKE_MEDIA"),
-        (0xA278, "FORCEWAKE_RENDER"),
     ];
     let plain: [(u32, &str); 46] = [
         (0x2248, "CTX_PREEMPT"),
@@ -345,8 +342,12 @@ const fn engine_mmio_context(mut b: Builder) -> Builder {
         b = b.push(RegDesc::new(o, "CS_SCRATCH"));
         k += 1;
     }
-    // Forcewake acknowledgements mirror the request registers (device model).
+    // Forcewake: masked requests, replayed on restore so that the acknowledgements, which
+    // mirror them (device model), are rebuilt.
     b = b
+        .push(masked(0xA188, "FORCEWAKE_GT", false).with_replay())
+        .push(masked(0xA270, "FORCEWAKE_MEDIA", false).with_replay())
+        .push(masked(0xA278, "FORCEWAKE_RENDER", false).with_replay())
         .push(derived_ro(0x0D84, "FORCEWAKE_ACK_RENDER"))
         .push(derived_ro(0x0D88, "FORCEWAKE_ACK_MEDIA"))
         .push(derived_ro(0x13_0044, "FORCEWAKE_ACK_GT"))
@@ -856,7 +857,7 @@ mod tests {
         assert_eq!(count("FENCE_LO") + count("FENCE_HI"), 64);
         assert_eq!(
             SKL_REGS.iter().filter(|r| r.replay).count(),
-            5 * 2 + 2 + 23 + 3 + 64 + 1
+            5 * 2 + 2 + 23 + 3 + 64 + 1 + 3
         );
         for r in SKL_REGS {
             match r.event {

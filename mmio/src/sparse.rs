@@ -115,6 +115,20 @@ pub fn validate_sparse(platform: &Platform, payload: &[u8]) -> Result<(), MmioEr
     walk(platform, payload, |_, _, _| {})
 }
 
+/// The value a payload gives the register at `offset`, if any: `None` when the payload
+/// does not name it (the register restores to its reset value) or is malformed.
+#[must_use]
+pub fn sparse_value(platform: &Platform, payload: &[u8], offset: u32) -> Option<u32> {
+    let mut found = None;
+    walk(platform, payload, |_, o, v| {
+        if o == offset {
+            found = Some(v);
+        }
+    })
+    .ok()?;
+    found
+}
+
 /// The longest payload a run can take over a stretch of `len` consecutive sendable dwords:
 /// `r` runs separated by at least one unsent dword carry at most `len - r + 1` values, so
 /// `8r + 4(len - r + 1)` bytes, largest with `r = ceil(len / 2)`.

@@ -535,6 +535,18 @@ impl<'s> DestSession<'s> {
         }
     }
 
+    /// Whether the staged registers enable 64 KiB PPGTT pages (`GAMW_ECO_DEV_RW_IA` bits 3:0
+    /// all set; reset value 0): the migrated PPGTT trees are checked as the guest's device
+    /// will walk them.
+    fn ips_64k(&self, vgpu: &Vgpu<'_>) -> bool {
+        self.staged_records()
+            .filter(|(kind, _)| *kind == RecordKind::REGISTERS)
+            .find_map(|(_, p)| {
+                mmio::sparse_value(vgpu.regs().platform(), p, gtt::ppgtt::GAMW_ECO_DEV_RW_IA)
+            })
+            .is_some_and(gtt::ppgtt::ips_enabled)
+    }
+
     fn staged_records(&self) -> StagedIter<'_> {
         StagedIter {
             buf: self.staging.get(..self.staged).unwrap_or(&[]),
@@ -575,7 +587,7 @@ impl<'s> DestSession<'s> {
                 }
                 RecordKind::PPGTT_ROOTS => {
                     roots += 1;
-                    crate::ppgtt::validate(payload, cfg_local.generation, mem)?;
+                    crate::ppgtt::validate(payload, cfg_local.generation, self.ips_64k(vgpu), mem)?;
                 }
                 RecordKind::GGTT_PENDING => {
                     pending += 1;
@@ -682,7 +694,12 @@ impl<'s> DestSession<'s> {
         // PPGTTs: the roots are recorded; their tables came with guest memory and were walked.
         for (kind, payload) in self.staged_records() {
             if kind == RecordKind::PPGTT_ROOTS {
-                let list = crate::ppgtt::validate(payload, vgpu.config().generation, mem)?;
+                let list = crate::ppgtt::validate(
+                    payload,
+                    vgpu.config().generation,
+                    vgpu.derived().ips_64k,
+                    mem,
+                )?;
                 vgpu.set_ppgtts(list);
             }
         }

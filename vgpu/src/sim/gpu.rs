@@ -413,7 +413,8 @@ impl RefGpu {
                 ))
             }
             _ => None,
-        };
+        }
+        .map(|r| r.with_ips(vgpu.derived().ips_64k));
         Some(Exec {
             desc,
             state_page: ctx.state_page,
@@ -504,6 +505,8 @@ impl RefGpu {
         let Some(root) = ppgtt else {
             return vgpu.translate(GmAddr::new(addr));
         };
+        // The 64 KiB enable as the guest has it now (it may change while a context runs).
+        let root = root.with_ips(vgpu.derived().ips_64k);
         let t = gtt::ppgtt::walk(&root, Gva::new(addr), &Walker(mem)).ok()?;
         if write && !t.writable {
             return None;
