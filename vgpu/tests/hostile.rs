@@ -536,7 +536,7 @@ fn device_state_records_of_an_unknown_version_are_refused() {
     ] {
         let mut p = b.parts.clone();
         let i = p.find(kind).unwrap();
-        p.records[i].version = 2;
+        p.records[i].version = vgpu::dest::record_version(kind) + 1;
         let e = b.refuse(&p);
         assert_eq!(e, VgpuError::UnsupportedRecord { kind: kind.0 }, "{kind:?}");
     }
@@ -544,8 +544,9 @@ fn device_state_records_of_an_unknown_version_are_refused() {
 
 #[test]
 fn device_state_lengths_beyond_the_format_are_blamed_on_the_stream_not_on_staging() {
-    // A damaged length field (1 MiB: within the format's 16 MiB, beyond the staging storage) on
-    // each bounded device-state record: refused at the record header, as the stream's fault.
+    // A damaged length field (8 MiB: within the format's 16 MiB, beyond the staging storage and
+    // beyond each kind's bound, the registers' 3 MiB included) on each bounded device-state
+    // record: refused at the record header, as the stream's fault.
     let b = bed();
     let spans = vgpu::sim::campaign::records(&b.wire);
     for (kind, want) in [
@@ -558,7 +559,7 @@ fn device_state_lengths_beyond_the_format_are_blamed_on_the_stream_not_on_stagin
     ] {
         let s = spans.iter().find(|s| s.header.kind == kind).unwrap();
         let mut w = b.wire.clone();
-        w[s.offset + 4..s.offset + 8].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        w[s.offset + 4..s.offset + 8].copy_from_slice(&(1u32 << 23).to_le_bytes());
         let e = b.restore(&w).0.unwrap_err();
         assert_eq!(e.fault(), vgpu::error::Fault::Stream, "{kind:?}: {e:?}");
         assert!(format!("{e:?}").starts_with(want), "{kind:?}: {e:?}");

@@ -745,10 +745,11 @@ fn resealed(wire: &[u8], push: &mut impl FnMut(Class, String, Vec<u8>)) {
     }
     // Device-state records of a record-format version this reader does not know.
     for kind in EXACTLY_ONE.into_iter().chain([RecordKind::GGTT_RUNS]) {
+        let next = crate::dest::record_version(kind) + 1;
         each(
-            format!("{} version 2", kind_name(kind)),
+            format!("{} version {next}", kind_name(kind)),
             &mut |p| match p.find(kind) {
-                Some(i) => p.records.get_mut(i).map(|r| r.version = 2).is_some(),
+                Some(i) => p.records.get_mut(i).map(|r| r.version = next).is_some(),
                 None => false,
             },
         );
