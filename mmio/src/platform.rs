@@ -157,8 +157,13 @@ const fn engine_block(mut b: Builder, base: u32) -> Builder {
         } else {
             masked(base + 0xC0, "INSTPM", false)
         })
-        // RESET_CTL: only the request bit (0) is the guest's; the rest is status.
-        .push(masked(base + 0xD0, "RESET_CTL", false).with_ro(0x0000_FFFE))
+        // RESET_CTL: the guest requests a reset with bit 0; the device model answers with
+        // READY_TO_RESET (bit 1) and keeps it equal to the request (replayed on restore).
+        .push(
+            masked(base + 0xD0, "RESET_CTL", false)
+                .with_ro(0x0000_FFFC)
+                .with_replay(),
+        )
         .push(masked(base + 0xD4, "CSFE_CHICKEN1", false))
         .push(RegDesc::new(base + 0x140, "BB_ADDR").with_gmadr(GM_PAGE))
         .push(RegDesc::new(base + 0xA8, "RING_IMR").with_reset(RO_ALL))
@@ -831,7 +836,7 @@ mod tests {
             }
             // A migrated register with read-only bits would be rejected by validation if
             // the device model changed them: only masked registers whose read-only bits
-            // nothing sets (RESET_CTL's status) have them.
+            // the device model keeps consistent (RESET_CTL: ready follows request) have them.
             if r.is_migrated() && r.ro_mask != 0 {
                 assert!(r.flags.contains(RegFlags::MODE_MASK), "{}", r.name);
                 assert_eq!(r.name, "RESET_CTL");
@@ -857,7 +862,7 @@ mod tests {
         assert_eq!(count("FENCE_LO") + count("FENCE_HI"), 64);
         assert_eq!(
             SKL_REGS.iter().filter(|r| r.replay).count(),
-            5 * 2 + 2 + 23 + 3 + 64 + 1 + 3
+            5 * 2 + 2 + 23 + 3 + 64 + 1 + 3 + 5
         );
         for r in SKL_REGS {
             match r.event {
@@ -1023,7 +1028,7 @@ mod tests {
             let csfe = SKL.find(base + 0xD4).unwrap();
             assert_eq!(csfe.apply_write(0x0003, 0x0004_0004), 0x0007);
             assert_eq!(csfe.apply_write(0x0007, 0x0001_0000), 0x0006);
-            assert_eq!(SKL.find(base + 0xD0).unwrap().ro_mask, 0xFFFE);
+            assert_eq!(SKL.find(base + 0xD0).unwrap().ro_mask, 0xFFFC);
             for d in [0x40, 0x44] {
                 assert_eq!(SKL.find(base + d).unwrap().flags, RegFlags::NONE);
             }

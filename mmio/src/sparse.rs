@@ -499,6 +499,8 @@ mod tests {
     fn size_bounds() {
         let max = SKL.max_sparse_len();
         let all = SKL.all_written_len();
+        // The figures SPEC.md Appendix A.2 states.
+        assert_eq!((max, all), (3_139_156, 2_093_104));
         assert!(all < max && max < migstream::MAX_PAYLOAD as usize);
         // Roughly 4 bytes per dword of the window when everything is written, 6 at worst.
         assert!(

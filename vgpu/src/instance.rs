@@ -189,8 +189,19 @@ struct Effects {
     g2v: heapless::Vec<u32, 2>,
     /// Forcewake requests written: (acknowledgement register, new request value).
     forcewake: heapless::Vec<(u32, u32), 3>,
+    /// RESET_CTL registers written: (offset, new value).
+    reset_ctl: heapless::Vec<(u32, u32), 5>,
     irq: bool,
     derived: Derived,
+}
+
+/// Per-engine RESET_CTL (masked): bit 0 requests a reset, bit 1 (READY_TO_RESET) answers it.
+const RESET_CTL: u32 = 0xD0;
+
+/// The RESET_CTL value the device model keeps: READY_TO_RESET follows the request (there is
+/// nothing in flight to wait for once the guest asks).
+const fn reset_ctl_answer(v: u32) -> u32 {
+    (v & !2) | ((v & 1) << 1)
 }
 
 /// Gen9 forcewake request registers (masked) and the acknowledgement registers that mirror
@@ -210,6 +221,8 @@ impl RegHooks for Effects {
                 if let Some(slot) = self.derived.hws_pga.get_mut(i) {
                     *slot = new;
                 }
+            } else if offset == base + RESET_CTL {
+                let _ = self.reset_ctl.push((offset, new));
             } else if offset == base + reg::RING_MODE {
                 // GFX_MODE bit 15: execlist enable (stored after the masked-write merge).
                 if let Some(slot) = self.derived.execlists.get_mut(i) {
@@ -515,6 +528,9 @@ impl<'a> Vgpu<'a> {
         self.derived = fx.derived;
         for (ack, v) in fx.forcewake {
             self.regs.poke(ack, v);
+        }
+        for (off, v) in fx.reset_ctl {
+            self.regs.poke(off, reset_ctl_answer(v));
         }
         if ips_changed {
             self.revalidate_ppgtts(mem);
@@ -907,6 +923,9 @@ impl<'a> Vgpu<'a> {
         self.derived = fx.derived;
         for (ack, v) in fx.forcewake {
             self.regs.poke(ack, v);
+        }
+        for (off, v) in fx.reset_ctl {
+            self.regs.poke(off, reset_ctl_answer(v));
         }
         // Fences are reprogrammed for this host's placement (every fence the vGPU has: the
         // replay raises all 32, those beyond `fence_count` are not the guest's and stay

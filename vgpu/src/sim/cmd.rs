@@ -278,3 +278,64 @@ pub const fn src_copy_blt(
         ((src >> 32) as u32) & 0xFFFF,
     ]
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_are_decoded_with_the_hardware_field_widths() {
+        // MI_LOAD_REGISTER_IMM: 8-bit length; 33 and 128 pairs are one command each.
+        assert_eq!(command_dwords(load_registers_header(1)), Some(3));
+        assert_eq!(command_dwords(load_registers_header(33)), Some(67));
+        assert_eq!(command_dwords(load_registers_header(128)), Some(257));
+        assert_eq!(
+            command_dwords(load_registers_header(33) | LRI_FORCE_POSTED),
+            Some(67)
+        );
+        // An even length is not 2k - 1; byte-write disables and reserved bits are refused.
+        assert_eq!(command_dwords(MI_LOAD_REGISTER_IMM | 2), None);
+        assert_eq!(command_dwords(MI_LOAD_REGISTER_IMM | 1 << 8 | 1), None);
+        assert_eq!(command_dwords(MI_LOAD_REGISTER_IMM | 1 << 20 | 1), None);
+        // MI_STORE_DATA_IMM: 10-bit length; 5 dwords only with the qword bit, 4 only without.
+        assert_eq!(command_dwords(store_dword_ggtt(0x1000, 1)[0]), Some(4));
+        assert_eq!(
+            command_dwords(MI_STORE_DATA_IMM | SDI_STORE_QWORD | 3),
+            Some(5)
+        );
+        assert_eq!(command_dwords(MI_STORE_DATA_IMM | 3), None);
+        assert_eq!(
+            command_dwords(MI_STORE_DATA_IMM | SDI_STORE_QWORD | 2),
+            None
+        );
+        assert_eq!(
+            command_dwords(MI_STORE_DATA_IMM | 0x102),
+            None,
+            "bit 8 is length, not 2"
+        );
+        assert_eq!(command_dwords(MI_STORE_DATA_IMM | 1 << 12 | 2), None);
+        // MI_BATCH_BUFFER_START: 8-bit length, always 1; only the PPGTT bit is modelled.
+        assert_eq!(command_dwords(batch_start_ggtt(0x1000)[0]), Some(3));
+        assert_eq!(
+            command_dwords(MI_BATCH_BUFFER_START | BBS_PPGTT | 1),
+            Some(3)
+        );
+        assert_eq!(command_dwords(MI_BATCH_BUFFER_START | 0x41), None);
+        assert_eq!(command_dwords(MI_BATCH_BUFFER_START | 1 << 22 | 1), None);
+        // The rest of the table.
+        assert_eq!(command_dwords(MI_NOOP), Some(1));
+        assert_eq!(command_dwords(MI_BATCH_BUFFER_END), Some(1));
+        assert_eq!(command_dwords(MI_BATCH_BUFFER_END | 1), None);
+        assert_eq!(command_dwords(flush_dw_store(0x1000, 1)[0]), Some(4));
+        assert_eq!(command_dwords(PIPE_CONTROL), Some(6));
+        assert_eq!(command_dwords(sim_fill(0x1000, 1, 0)[0]), Some(4));
+        assert_eq!(sim_fill(0x1000, 1, 0)[0], 0x1B80_0002);
+        assert_eq!(
+            command_dwords(color_blt(0, 4096, 0, 0, 1, 1, 0)[0]),
+            Some(7)
+        );
+        assert_eq!(client(color_blt(0, 4096, 0, 0, 1, 1, 0)[0]), 2);
+        assert_eq!(command_dwords(0xE000_0000), None);
+    }
+}

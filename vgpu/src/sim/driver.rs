@@ -54,10 +54,10 @@ const GAMW_ECO_DEV_RW_IA: u32 = 0x4080;
 /// Registers i915 programs at initialisation that the register table does not track (GT power
 /// management and frame-buffer compression): their values must survive a migration all the same.
 const UNTRACKED_INIT: [(u32, u32); 5] = [
-    (0xA024, 0x0000_0592), // GEN6_RP_CONTROL
-    (0xA168, 0x7FFF_FFFF), // GEN6_PMINTRMSK
-    (0xA210, 0x0000_0003), // GEN9_PG_ENABLE
-    (0xA0B0, 0x0000_0000), // GEN6_RC_SLEEP (written 0: stays at reset)
+    (0xA024, 0x0000_0592),  // GEN6_RP_CONTROL
+    (0xA168, 0x7FFF_FFFF),  // GEN6_PMINTRMSK
+    (0xA210, 0x0000_0003),  // GEN9_PG_ENABLE
+    (0xA0B0, 0x0000_0000),  // GEN6_RC_SLEEP (written 0: stays at reset)
     (0x43208, 0x8000_4000), // ILK_DPFC_CONTROL
 ];
 /// GEN6_RPNSWREQ: the frequency request the driver updates every frame (not tracked either).
