@@ -323,7 +323,7 @@ impl<'a> RegFile<'a> {
 
     /// Raw write without the untracked bookkeeping: for table registers, and for untracked
     /// dwords whose caller marks them itself.
-    fn store(&mut self, offset: u32, value: u32) {
+    pub(crate) fn store(&mut self, offset: u32, value: u32) {
         if let Some(slot) = usize::try_from(offset / 4)
             .ok()
             .and_then(|i| self.storage.get_mut(i))

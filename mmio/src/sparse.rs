@@ -345,12 +345,13 @@ impl RegFile<'_> {
 
     fn copy_migrated(&mut self, payload: &[u8]) -> Result<(), MmioError> {
         let platform = self.platform();
+        // Table registers only: no untracked bookkeeping needed.
         for r in platform.regs.iter().filter(|r| r.is_migrated()) {
-            self.poke(r.offset, r.reset);
+            self.store(r.offset, r.reset);
         }
         walk(platform, payload, |r, off, v| {
             if r.is_some() {
-                self.poke(off, v);
+                self.store(off, v);
             }
         })
     }

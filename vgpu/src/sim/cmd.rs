@@ -88,7 +88,7 @@ pub const fn command_dwords(dw0: u32) -> Option<u32> {
             // MI_LOAD_REGISTER_IMM: 8-bit length 2k - 1; bit 12 posted; bits 11:8 byte-write
             // disables (not modelled); bits 22:13 reserved.
             let len = dw0 & 0xFF;
-            if dw0 & 0x007F_EF00 != 0 || len % 2 == 0 {
+            if dw0 & 0x007F_EF00 != 0 || len.is_multiple_of(2) {
                 None
             } else {
                 Some(len + 2)
