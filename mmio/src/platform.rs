@@ -675,6 +675,10 @@ const fn display_desktop(mut b: Builder) -> Builder {
         b = b.push(RegDesc::new(0xC5100 + 4 * g, "GMBUS"));
         g += 1;
     }
+    // Panel self refresh interrupts: mask, and identity bits the guest clears by writing 1s.
+    b = b
+        .push(RegDesc::new(0x64834, "EDP_PSR_IMR"))
+        .push(RegDesc::new(0x64838, "EDP_PSR_IIR").with_flags(RegFlags::W1C));
     // Display-engine registers beside the interrupt blocks.
     b.push(RegDesc::new(0x44030, "DIGITAL_PORT_HOTPLUG_CNTRL"))
         .push(RegDesc::new(0x44040, "ERR_INT"))
@@ -846,7 +850,7 @@ mod tests {
 
     #[test]
     fn table_counts_and_event_consistency() {
-        assert_eq!(SKL_REGS.len(), 1333);
+        assert_eq!(SKL_REGS.len(), 1335);
         let count = |name: &str| SKL_REGS.iter().filter(|r| r.name == name).count();
         // Four PPGTT root pointers per engine, low and high dwords, at base + 0x270.
         assert_eq!(count("PDP0_LDW") + count("PDP3_UDW"), 10);
@@ -1093,6 +1097,9 @@ mod tests {
                 "DP_AUX_CH_CTL"
             );
         }
+        let psr_iir = SKL.find(0x64838).unwrap();
+        assert!(psr_iir.flags.contains(RegFlags::W1C));
+        assert_eq!(psr_iir.apply_write(0b111, 0b101), 0b010);
         let display = SKL_REGS
             .iter()
             .filter(|r| {
@@ -1100,7 +1107,7 @@ mod tests {
             })
             .filter(|r| !(0x4_4000..0x4_4500).contains(&r.offset) && !crate::in_pvinfo(r.offset))
             .count();
-        assert_eq!(display, 463);
+        assert_eq!(display, 465);
     }
 
     #[test]
