@@ -525,6 +525,16 @@ impl<'a> Vgpu<'a> {
         self.regs
             .write(offset, AccessSize::from_bytes(size)?, value, &mut fx)?;
         let ips_changed = fx.derived.ips_64k != self.derived.ips_64k;
+        if offset == gtt::ppgtt::GAMW_ECO_DEV_RW_IA
+            && !matches!(
+                self.regs.peek(offset) & gtt::ppgtt::GAMW_IPS_FIELD,
+                0 | gtt::ppgtt::GAMW_IPS_FIELD
+            )
+        {
+            // 64 KiB pages for some engines only: GVT-g refuses the setting (a PPGTT may run on
+            // any engine); it is stored, 64 KiB pages stay off, and the guest error is counted.
+            self.guest_errors = self.guest_errors.saturating_add(1);
+        }
         self.derived = fx.derived;
         for (ack, v) in fx.forcewake {
             self.regs.poke(ack, v);

@@ -247,4 +247,10 @@ fn a_change_of_gamw_eco_dev_rw_ia_re_walks_every_announced_ppgtt() {
         .mmio_write(0x4080, 4, 0x1F, &m.mem, &mut m.host)
         .unwrap();
     assert_eq!(m.vgpu.guest_errors(), errors + 1);
+    // Some engines only: refused as GVT-g does (64 KiB pages off, a guest error).
+    m.vgpu
+        .mmio_write(0x4080, 4, 0x3, &m.mem, &mut m.host)
+        .unwrap();
+    assert!(!m.vgpu.derived().ips_64k);
+    assert_eq!(m.vgpu.guest_errors(), errors + 2);
 }
