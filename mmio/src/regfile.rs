@@ -303,11 +303,18 @@ impl<'a> RegFile<'a> {
     pub(crate) fn untracked_blocks(&self) -> impl Iterator<Item = core::ops::Range<usize>> + '_ {
         let per = self.block_dwords();
         let len = self.storage.len();
-        (0..SUMMARY_BLOCKS)
-            .filter(|b| {
-                self.untracked
-                    .get(b / 64)
-                    .is_some_and(|w| w & (1 << (b % 64)) != 0)
+        // Set bits only, word by word (most words are 0).
+        (0..SUMMARY_WORDS)
+            .flat_map(move |i| {
+                let mut w = self.untracked.get(i).copied().unwrap_or(0);
+                core::iter::from_fn(move || {
+                    if w == 0 {
+                        return None;
+                    }
+                    let bit = w.trailing_zeros() as usize;
+                    w &= w - 1;
+                    Some(i * 64 + bit)
+                })
             })
             .map(move |b| {
                 (b.saturating_mul(per)).min(len)..(b.saturating_add(1).saturating_mul(per)).min(len)

@@ -217,23 +217,6 @@ impl RegFile<'_> {
         let regs = self.platform().regs;
         let words = self.words();
         let mut ti = 0usize;
-        // Table registers with offsets below `limit` not yet visited.
-        let table_below =
-            |limit: u64, ti: &mut usize, f: &mut dyn FnMut(u32, u32) -> Result<(), MmioError>| {
-                while let Some(r) = regs.get(*ti) {
-                    if u64::from(r.offset) >= limit {
-                        break;
-                    }
-                    *ti += 1;
-                    if r.is_migrated() {
-                        let v = self.peek(r.offset);
-                        if v != r.reset {
-                            f(r.offset, v)?;
-                        }
-                    }
-                }
-                Ok::<(), MmioError>(())
-            };
         for range in self.untracked_blocks() {
             let first = range.start;
             for (d, &v) in (first..).zip(words.get(range).unwrap_or_default()) {
@@ -243,14 +226,43 @@ impl RegFile<'_> {
                 let Ok(off) = u32::try_from(d * 4) else {
                     continue;
                 };
-                table_below(u64::from(off), &mut ti, &mut f)?;
+                self.table_below(u64::from(off), &mut ti, &mut f)?;
                 if regs.get(ti).is_some_and(|r| r.offset == off) || in_pvinfo(off) {
                     continue; // a table register (visited in order) or read-only PVINFO
                 }
                 f(off, v)?;
             }
         }
-        table_below(u64::MAX, &mut ti, &mut f)
+        self.table_below(u64::MAX, &mut ti, &mut f)
+    }
+
+    /// Visits the table registers from index `*ti` with offsets below `limit`: `f` gets each
+    /// migrated one that differs from its reset value.
+    fn table_below(
+        &self,
+        limit: u64,
+        ti: &mut usize,
+        f: &mut impl FnMut(u32, u32) -> Result<(), MmioError>,
+    ) -> Result<(), MmioError> {
+        let regs = self.platform().regs;
+        let words = self.words();
+        for r in regs.get(*ti..).unwrap_or_default() {
+            if u64::from(r.offset) >= limit {
+                break;
+            }
+            *ti += 1;
+            if r.is_migrated() {
+                let v = usize::try_from(r.offset / 4)
+                    .ok()
+                    .and_then(|i| words.get(i))
+                    .copied()
+                    .unwrap_or(0);
+                if v != r.reset {
+                    f(r.offset, v)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Bytes [`save_sparse`](Self::save_sparse) will write now.
@@ -337,30 +349,40 @@ impl RegFile<'_> {
                 hooks.on_event(ev);
             }
         }
-        self.copy_migrated(payload)?;
-        self.copy_untracked(payload)?;
+        self.reset_migrated();
+        self.zero_untracked();
+        // One pass: the table values again (the restored values win over what side effects
+        // wrote), and the untracked values verbatim.
+        walk(platform, payload, |r, off, v| match r {
+            Some(_) => self.store(off, v),
+            None => self.restore_untracked(usize::try_from(off / 4).unwrap_or(usize::MAX), v),
+        })?;
         self.set_guest_aware(true);
         Ok(())
     }
 
     fn copy_migrated(&mut self, payload: &[u8]) -> Result<(), MmioError> {
-        let platform = self.platform();
-        // Table registers only: no untracked bookkeeping needed.
-        for r in platform.regs.iter().filter(|r| r.is_migrated()) {
-            self.store(r.offset, r.reset);
-        }
-        walk(platform, payload, |r, off, v| {
+        self.reset_migrated();
+        walk(self.platform(), payload, |r, off, v| {
             if r.is_some() {
                 self.store(off, v);
             }
         })
     }
 
-    fn copy_untracked(&mut self, payload: &[u8]) -> Result<(), MmioError> {
-        let platform = self.platform();
-        let regs = platform.regs;
+    /// Every migrated table register to its reset value (table registers only: no untracked
+    /// bookkeeping needed).
+    fn reset_migrated(&mut self) {
+        for r in self.platform().regs.iter().filter(|r| r.is_migrated()) {
+            self.store(r.offset, r.reset);
+        }
+    }
+
+    /// Every untracked dword to 0 (only the marked blocks can hold anything else), and the
+    /// marks cleared.
+    fn zero_untracked(&mut self) {
+        let regs = self.platform().regs;
         let dword = |o: u32| usize::try_from(o / 4).unwrap_or(usize::MAX);
-        // Every untracked dword not in a marked block is already zero.
         let blocks: heapless::Vec<core::ops::Range<usize>, { crate::regfile::SUMMARY_BLOCKS }> =
             self.untracked_blocks().collect();
         for range in blocks {
@@ -374,11 +396,6 @@ impl RegFile<'_> {
             }
         }
         self.clear_untracked_marks();
-        walk(platform, payload, |r, off, v| {
-            if r.is_none() {
-                self.restore_untracked(dword(off), v);
-            }
-        })
     }
 }
 
