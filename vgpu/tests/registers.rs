@@ -20,47 +20,9 @@
 use std::collections::BTreeMap;
 
 use migstream::RecordKind;
-use vgpu::sim::campaign::{Parts, restore, staging_len};
+use vgpu::sim::campaign::{Parts, encode_registers, parse_registers, restore, staging_len};
 use vgpu::sim::scenario::{Plan, Scenario, Snapshot, migrate};
 use vgpu::sim::{Machine, Profile};
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-/// REGISTERS payload → offset → value.
-fn parse_regs(p: &[u8]) -> BTreeMap<u32, u32> {
-    let mut out = BTreeMap::new();
-    let mut at = 0;
-    while at < p.len() {
-        let (start, count) = (u32_at(p, at), u32_at(p, at + 4));
-        for i in 0..count {
-            out.insert(start + 4 * i, u32_at(p, at + 8 + 4 * i as usize));
-        }
-        at += 8 + 4 * count as usize;
-    }
-    out
-}
-
-/// Offset → value → REGISTERS payload (consecutive offsets in one run).
-fn encode_regs(regs: &BTreeMap<u32, u32>) -> Vec<u8> {
-    let mut runs: Vec<(u32, Vec<u32>)> = Vec::new();
-    for (&o, &v) in regs {
-        match runs.last_mut() {
-            Some((start, vals)) if *start + 4 * vals.len() as u32 == o => vals.push(v),
-            _ => runs.push((o, vec![v])),
-        }
-    }
-    let mut out = Vec::new();
-    for (start, vals) in runs {
-        out.extend_from_slice(&start.to_le_bytes());
-        out.extend_from_slice(&(vals.len() as u32).to_le_bytes());
-        for v in vals {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
-}
 
 /// Restore `wire` into a fresh destination, hand it the guest as the migration did (`driver_from`,
 /// at `clock_ns`), run the workload to its end (at most `max_steps`) and return whether it
@@ -107,7 +69,7 @@ fn untracked_registers_migrate_and_dropping_them_is_seen_by_the_oracle() {
     let parts = Parts::split(&wire).unwrap();
     let i = parts.find(RecordKind::REGISTERS).unwrap();
     assert_eq!(parts.records[i].version, mmio::SPARSE_VERSION);
-    let regs = parse_regs(&parts.records[i].payload);
+    let regs = parse_registers(&parts.records[i].payload);
     let untracked: Vec<u32> = regs
         .keys()
         .copied()
@@ -151,7 +113,7 @@ fn untracked_registers_migrate_and_dropping_them_is_seen_by_the_oracle() {
         .filter(|(o, _)| mmio::SKL.find(**o).is_some())
         .map(|(o, v)| (*o, *v))
         .collect();
-    dropped.records[i].payload = encode_regs(&kept);
+    dropped.records[i].payload = encode_registers(&kept);
     let (done, lost) = continue_from(&sc, &dropped.seal(), &a, STEPS);
     assert!(done, "nothing else changes: the workload still finishes");
     let d = expected
@@ -164,7 +126,7 @@ fn untracked_registers_migrate_and_dropping_them_is_seen_by_the_oracle() {
     let mut no_ips = parts.clone();
     let mut r = regs.clone();
     r.remove(&0x4080);
-    no_ips.records[i].payload = encode_regs(&r);
+    no_ips.records[i].payload = encode_registers(&r);
     // The faulting batches never signal completion, so the run does not finish either.
     let (done, lost) = continue_from(&sc, &no_ips.seal(), &a, STEPS);
     assert!(!done || expected.diff(&lost).is_some());
