@@ -30,6 +30,25 @@ pub const STAGED_HEADER: usize = 8;
 /// [`VgpuError::UnsupportedRecord`].
 pub const DEVICE_STATE_VERSION: u8 = 1;
 
+/// The record-format version a writer puts on a device-state record of `kind` (SPEC.md
+/// Appendix A): [`mmio::SPARSE_VERSION`] (2: registers outside the table travel too) for
+/// `REGISTERS`, [`DEVICE_STATE_VERSION`] for the others.
+#[must_use]
+pub const fn record_version(kind: RecordKind) -> u8 {
+    if kind.0 == RecordKind::REGISTERS.0 {
+        mmio::SPARSE_VERSION
+    } else {
+        DEVICE_STATE_VERSION
+    }
+}
+
+/// Whether this destination restores a device-state record of `kind` in format `version`:
+/// the current version, and for `REGISTERS` also version 1 (table registers only: a subset of
+/// version 2 with the same meaning).
+const fn accepts_version(kind: RecordKind, version: u8) -> bool {
+    version == record_version(kind) || (kind.0 == RecordKind::REGISTERS.0 && version == 1)
+}
+
 /// What a completed restore carried.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -368,9 +387,9 @@ impl<'s> DestSession<'s> {
                 if kind == RecordKind::PAGES {
                     return Ok(());
                 }
-                // SPEC.md §7 and Appendix A: device-state payloads are version 1; a reader
-                // rejects versions it does not know rather than misread a newer layout.
-                if !is_device_state(kind) || version != DEVICE_STATE_VERSION {
+                // SPEC.md §7 and Appendix A: a reader rejects versions it does not know
+                // rather than misread a newer layout.
+                if !is_device_state(kind) || !accepts_version(kind, version) {
                     return Err(VgpuError::UnsupportedRecord { kind: kind.0 });
                 }
                 let len = usize::try_from(len)
@@ -516,6 +535,18 @@ impl<'s> DestSession<'s> {
         }
     }
 
+    /// Whether the staged registers enable 64 KiB PPGTT pages (`GAMW_ECO_DEV_RW_IA` bits 3:0
+    /// all set; reset value 0): the migrated PPGTT trees are checked as the guest's device
+    /// will walk them.
+    fn ips_64k(&self, vgpu: &Vgpu<'_>) -> bool {
+        self.staged_records()
+            .filter(|(kind, _)| *kind == RecordKind::REGISTERS)
+            .find_map(|(_, p)| {
+                mmio::sparse_value(vgpu.regs().platform(), p, gtt::ppgtt::GAMW_ECO_DEV_RW_IA)
+            })
+            .is_some_and(gtt::ppgtt::ips_enabled)
+    }
+
     fn staged_records(&self) -> StagedIter<'_> {
         StagedIter {
             buf: self.staging.get(..self.staged).unwrap_or(&[]),
@@ -556,7 +587,7 @@ impl<'s> DestSession<'s> {
                 }
                 RecordKind::PPGTT_ROOTS => {
                     roots += 1;
-                    crate::ppgtt::validate(payload, cfg_local.generation, mem)?;
+                    crate::ppgtt::validate(payload, cfg_local.generation, self.ips_64k(vgpu), mem)?;
                 }
                 RecordKind::GGTT_PENDING => {
                     pending += 1;
@@ -663,7 +694,12 @@ impl<'s> DestSession<'s> {
         // PPGTTs: the roots are recorded; their tables came with guest memory and were walked.
         for (kind, payload) in self.staged_records() {
             if kind == RecordKind::PPGTT_ROOTS {
-                let list = crate::ppgtt::validate(payload, vgpu.config().generation, mem)?;
+                let list = crate::ppgtt::validate(
+                    payload,
+                    vgpu.config().generation,
+                    vgpu.derived().ips_64k,
+                    mem,
+                )?;
                 vgpu.set_ppgtts(list);
             }
         }

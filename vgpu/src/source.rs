@@ -908,8 +908,9 @@ impl<'s> SourceSession<'s> {
                     .scratch
                     .get(at..at + len)
                     .ok_or(VgpuError::StorageSize)?;
+                let version = crate::dest::record_version(kind);
                 ch.enc
-                    .write_record(kind, RecordFlags::MANDATORY, 1, payload, out)?
+                    .write_record(kind, RecordFlags::MANDATORY, version, payload, out)?
             }
             Current::Round(r) => ch.enc.write_round(&r, out)?,
             Current::End => ch.enc.write_end(out)?,
