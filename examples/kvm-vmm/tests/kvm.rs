@@ -1,0 +1,79 @@
+//! The KVM reference embedding, end to end. Every test needs `/dev/kvm` and the
+//! `x86_64-unknown-none` target; where either is missing it prints one line and passes.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr,
+    clippy::indexing_slicing,
+    clippy::std_instead_of_core,
+    reason = "tests"
+)]
+
+use std::time::Duration;
+
+use kvm_guest::abi;
+use kvm_vmm::image::guest_image;
+use kvm_vmm::vm::{VcpuEnd, Vm, VmConfig, kvm_usable};
+use vgpu::sim::Profile;
+
+/// The guest image, or `None` (after printing why) where KVM or the target is missing.
+fn setup(test: &str) -> Option<Vec<u8>> {
+    if let Err(why) = kvm_usable() {
+        eprintln!("{test}: skipped, KVM is not usable here ({why})");
+        return None;
+    }
+    match guest_image() {
+        Ok(img) => Some(img),
+        Err(e) => {
+            eprintln!("{test}: skipped, no guest image ({e})");
+            None
+        }
+    }
+}
+
+fn run_to_end(cfg: VmConfig, image: &[u8]) -> Vm {
+    let mut vm = Vm::new(cfg, Some(image), 0x55_0000).unwrap();
+    vm.start().unwrap();
+    let end = vm.wait_end(Duration::from_secs(120)).unwrap();
+    assert_eq!(end, VcpuEnd::Finished, "console: {}", vm.console());
+    vm.wait_gpu_idle().unwrap();
+    vm
+}
+
+#[test]
+fn guest_renders_and_checks_every_frame() {
+    let Some(img) = setup("guest_renders_and_checks_every_frame") else {
+        return;
+    };
+    for profile in [
+        Profile::IDLE,
+        Profile::TWO_D,
+        Profile::MEDIA,
+        Profile::THREE_D,
+    ] {
+        let frames = 12;
+        let vm = run_to_end(VmConfig::small(profile, frames, 7), &img);
+        let r = vm.reports();
+        assert_eq!(
+            r.first().map(|r| r.kind),
+            Some(abi::REPORT_BOOT),
+            "{}: {r:?}",
+            profile.name
+        );
+        let ok = r.iter().filter(|r| r.kind == abi::REPORT_FRAME).count();
+        assert_eq!(ok as u64, frames, "{}: {r:?}", profile.name);
+        assert!(
+            r.iter()
+                .all(|r| r.kind != abi::REPORT_BAD && r.kind != abi::REPORT_FAIL)
+        );
+        assert_eq!(r.last().map(|r| r.kind), Some(abi::REPORT_DONE));
+        assert_eq!(lock_errors(&vm), 0, "{}", profile.name);
+    }
+}
+
+fn lock_errors(vm: &Vm) -> u64 {
+    let d = kvm_vmm::device::lock(&vm.device);
+    d.bad_accesses + u64::from(d.vgpu.guest_errors()) + d.gpu.stats.faults
+}
