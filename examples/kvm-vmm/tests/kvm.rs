@@ -77,3 +77,30 @@ fn lock_errors(vm: &Vm) -> u64 {
     let d = kvm_vmm::device::lock(&vm.device);
     d.bad_accesses + u64::from(d.vgpu.guest_errors()) + d.gpu.stats.faults
 }
+
+/// Guest RAM, the vGPU's device state and the guest's reports at the end of a run.
+type EndState = (Vec<u8>, vgpu::sim::scenario::DeviceState, Vec<kvm_vmm::vm::Report>);
+
+fn end_state(vm: &Vm) -> EndState {
+    let (ram, dev) = vm.snapshot().unwrap();
+    (ram, dev, vm.reports())
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+#[test]
+fn two_runs_of_the_same_guest_end_in_the_same_state() {
+    let Some(img) = setup("two_runs_of_the_same_guest_end_in_the_same_state") else {
+        return;
+    };
+    for profile in [Profile::TWO_D, Profile::THREE_D] {
+        let cfg = VmConfig::small(profile, 10, 3);
+        let a = end_state(&run_to_end(cfg, &img));
+        let b = end_state(&run_to_end(cfg, &img));
+        assert_eq!(first_difference(&a.0, &b.0), None, "{}: RAM", profile.name);
+        assert_eq!(a.1.diff(&b.1), "", "{}: device", profile.name);
+        assert_eq!(a.2, b.2, "{}: reports", profile.name);
+    }
+}
