@@ -25,4 +25,5 @@ pub mod cpu;
 pub mod device;
 pub mod image;
 pub mod memory;
+pub mod migration;
 pub mod vm;

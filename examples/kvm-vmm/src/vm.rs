@@ -371,6 +371,16 @@ impl Vm {
         Ok(())
     }
 
+    /// Whether the vCPU thread exists (started and not yet paused).
+    pub fn running(&self) -> bool {
+        self.runner.is_some()
+    }
+
+    /// Whether the guest has written its exit port.
+    pub fn finished(&self) -> bool {
+        self.end == Some(VcpuEnd::Finished)
+    }
+
     /// The instant and wall-clock time of the first guest entry since the last start.
     pub fn first_entry(&self) -> Option<(Instant, u64)> {
         *self

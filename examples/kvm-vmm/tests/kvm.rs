@@ -79,7 +79,11 @@ fn lock_errors(vm: &Vm) -> u64 {
 }
 
 /// Guest RAM, the vGPU's device state and the guest's reports at the end of a run.
-type EndState = (Vec<u8>, vgpu::sim::scenario::DeviceState, Vec<kvm_vmm::vm::Report>);
+type EndState = (
+    Vec<u8>,
+    vgpu::sim::scenario::DeviceState,
+    Vec<kvm_vmm::vm::Report>,
+);
 
 fn end_state(vm: &Vm) -> EndState {
     let (ram, dev) = vm.snapshot().unwrap();
@@ -102,5 +106,70 @@ fn two_runs_of_the_same_guest_end_in_the_same_state() {
         assert_eq!(first_difference(&a.0, &b.0), None, "{}: RAM", profile.name);
         assert_eq!(a.1.diff(&b.1), "", "{}: device", profile.name);
         assert_eq!(a.2, b.2, "{}: reports", profile.name);
+    }
+}
+
+/// Migrate `src` (running) to a destination in this process over TCP loopback.
+fn migrate(
+    src: &mut Vm,
+    opts: kvm_vmm::migration::SourceOptions,
+) -> (
+    Result<kvm_vmm::migration::SourceReport, kvm_vmm::migration::MigError>,
+    Result<(Vm, kvm_vmm::migration::DestReport), kvm_vmm::migration::MigError>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dst = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        let mut r = std::io::BufReader::new(sock.try_clone().unwrap());
+        let mut w = std::io::BufWriter::new(sock);
+        kvm_vmm::migration::migrate_dest(&mut r, &mut w, 0x77_0000)
+    });
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_nodelay(true).unwrap();
+    let mut r = std::io::BufReader::new(sock.try_clone().unwrap());
+    let w = std::io::BufWriter::with_capacity(1 << 20, sock);
+    let s = kvm_vmm::migration::migrate_source(src, &mut r, w, opts);
+    (s, dst.join().unwrap())
+}
+
+fn finish(vm: &mut Vm) {
+    let end = vm.wait_end(Duration::from_secs(120)).unwrap();
+    assert_eq!(end, VcpuEnd::Finished, "console: {}", vm.console());
+    vm.wait_gpu_idle().unwrap();
+}
+
+#[test]
+fn a_migrated_vm_ends_equal_to_a_never_migrated_one() {
+    let Some(img) = setup("a_migrated_vm_ends_equal_to_a_never_migrated_one") else {
+        return;
+    };
+    for profile in [Profile::MEDIA, Profile::THREE_D] {
+        let cfg = VmConfig::small(profile, 400, 9);
+        let expected = end_state(&run_to_end(cfg, &img));
+        let mut src = Vm::new(cfg, Some(&img), 0x55_0000).unwrap();
+        src.start().unwrap();
+        // Let the guest get going, then migrate while it renders.
+        while src.reports().len() < 20 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (s, d) = migrate(&mut src, kvm_vmm::migration::SourceOptions::default());
+        let s = s.unwrap();
+        let (mut dst, drep) = d.unwrap();
+        eprintln!("{}: {s:?}\n{drep:?}", profile.name);
+        assert!(
+            s.frames_at_pause < cfg.frames,
+            "migrated before the guest ended"
+        );
+        finish(&mut dst);
+        let got = end_state(&dst);
+        assert_eq!(
+            first_difference(&got.0, &expected.0),
+            None,
+            "{}: RAM",
+            profile.name
+        );
+        assert_eq!(got.1.diff(&expected.1), "", "{}: device", profile.name);
+        assert_eq!(got.2, expected.2, "{}: reports", profile.name);
     }
 }
