@@ -130,6 +130,8 @@ fn migrate(
     let mut r = std::io::BufReader::new(sock.try_clone().unwrap());
     let w = std::io::BufWriter::with_capacity(1 << 20, sock);
     let s = kvm_vmm::migration::migrate_source(src, &mut r, w, opts);
+    // Closing our end lets a destination still reading see the connection end.
+    drop(r);
     (s, dst.join().unwrap())
 }
 
@@ -171,5 +173,52 @@ fn a_migrated_vm_ends_equal_to_a_never_migrated_one() {
         );
         assert_eq!(got.1.diff(&expected.1), "", "{}: device", profile.name);
         assert_eq!(got.2, expected.2, "{}: reports", profile.name);
+    }
+}
+
+#[test]
+fn a_cut_connection_or_a_rejected_stream_leaves_the_source_running_unchanged() {
+    let Some(img) =
+        setup("a_cut_connection_or_a_rejected_stream_leaves_the_source_running_unchanged")
+    else {
+        return;
+    };
+    let cfg = VmConfig::small(Profile::THREE_D, 300, 4);
+    let expected = end_state(&run_to_end(cfg, &img));
+    let faults = [
+        // The connection drops in the middle of the RAM pre-copy.
+        kvm_vmm::migration::SourceOptions {
+            cut_after: Some(300_000),
+            ..Default::default()
+        },
+        // A flipped bit in the vGPU's device state: the destination rejects the stream.
+        kvm_vmm::migration::SourceOptions {
+            corrupt_vgpu_at: Some(200),
+            ..Default::default()
+        },
+    ];
+    for (i, opts) in faults.into_iter().enumerate() {
+        let mut src = Vm::new(cfg, Some(&img), 0x55_0000).unwrap();
+        src.start().unwrap();
+        while src.reports().len() < 10 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (s, d) = migrate(&mut src, opts);
+        let e = s.unwrap_err();
+        eprintln!(
+            "fault {i}: source: {e}; destination: {:?}",
+            d.as_ref().err()
+        );
+        assert!(d.is_err(), "fault {i}: the destination must not run");
+        assert!(src.running(), "fault {i}: the source runs again");
+        finish(&mut src);
+        let got = end_state(&src);
+        assert_eq!(
+            first_difference(&got.0, &expected.0),
+            None,
+            "fault {i}: RAM"
+        );
+        assert_eq!(got.1.diff(&expected.1), "", "fault {i}: device");
+        assert_eq!(got.2, expected.2, "fault {i}: reports");
     }
 }
