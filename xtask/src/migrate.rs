@@ -51,6 +51,8 @@
 //! acted on once every channel's stream has ended.
 
 mod dest;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod kvm;
 mod modeled;
 mod plot;
 mod report;
@@ -63,6 +65,14 @@ use vgpu::sim::scenario::Scenario;
 /// Options of `cargo xtask migrate`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
+    /// The guest: `kvm` (a KVM virtual machine whose bare-metal guest drives the vGPU; the
+    /// default, where `/dev/kvm` and the `x86_64-unknown-none` target are usable) or `model`
+    /// (the reference platform's guest driver model).
+    #[arg(long, default_value = "kvm", value_parser = ["kvm", "model"])]
+    pub(crate) guest: String,
+    /// Guest RAM of the KVM VM in MiB (`--guest kvm`).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) ram: u64,
     /// Workload running in the guest.
     #[arg(long, default_value = "3d", value_parser = ["idle", "2d", "media", "3d"])]
     pub(crate) workload: String,
@@ -129,6 +139,16 @@ const START_FRAME: u64 = 30;
 
 /// Run the demo.
 pub(crate) fn run(args: &Args) -> crate::Result {
+    if args.guest == "kvm" && !args.modeled {
+        match kvm_image() {
+            Ok(image) => return run_kvm(args, &image),
+            Err(why) => {
+                if !args.child {
+                    println!("KVM guest not available ({why}): running the model guest");
+                }
+            }
+        }
+    }
     if args.modeled {
         modeled::run(args)
     } else if let Some(addr) = &args.listen {
@@ -136,6 +156,30 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     } else {
         source::run(args)
     }
+}
+
+/// The KVM guest image, where KVM is usable.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn kvm_image() -> crate::Result<Vec<u8>> {
+    kvm::usable()
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn kvm_image() -> crate::Result<Vec<u8>> {
+    Err("KVM needs Linux on x86-64".into())
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn run_kvm(args: &Args, image: &[u8]) -> crate::Result {
+    match &args.listen {
+        Some(addr) => kvm::run_dest(addr, args.child, image),
+        None => kvm::run_source(args, image),
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn run_kvm(_args: &Args, _image: &[u8]) -> crate::Result {
+    Err("KVM needs Linux on x86-64".into())
 }
 
 /// The workload named on the command line.

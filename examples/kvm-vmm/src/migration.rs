@@ -320,6 +320,8 @@ pub struct SourceReport {
     pub rounds: Vec<RoundInfo>,
     /// Why pre-copy ended.
     pub switch: Option<String>,
+    /// The policy's downtime prediction when it switched, µs.
+    pub predicted_downtime_us: Option<u64>,
     /// Bytes of the vGPU's device-state stream.
     pub vgpu_bytes: u64,
     /// Bytes of the vCPU state.
@@ -468,6 +470,17 @@ pub fn migrate_source<R: Read, W: Write>(
     w: W,
     opts: SourceOptions,
 ) -> Result<SourceReport, MigError> {
+    migrate_source_with(vm, r, w, opts, &mut |_| {})
+}
+
+/// [`migrate_source`], calling `on_round` after each RAM pass (progress display).
+pub fn migrate_source_with<R: Read, W: Write>(
+    vm: &mut Vm,
+    r: &mut R,
+    w: W,
+    opts: SourceOptions,
+    on_round: &mut dyn FnMut(&RoundInfo),
+) -> Result<SourceReport, MigError> {
     let frames = usize::try_from(vm.ram.frames()).map_err(|_| MigError("RAM size".into()))?;
     let mut send_bits = vec![0u64; words_for(frames)];
     let mut scratch = vec![0u8; 256 * 1024];
@@ -484,7 +497,7 @@ pub fn migrate_source<R: Read, W: Write>(
         left: opts.cut_after,
     };
     let mut session = Some(session);
-    let out = run_source(vm, r, &mut w, &mut session, opts);
+    let out = run_source(vm, r, &mut w, &mut session, opts, on_round);
     match out {
         Ok(rep) => {
             if let Some(s) = session.take() {
@@ -545,6 +558,7 @@ fn run_source<R: Read, W: Write>(
     w: &mut Cut<Link<W>>,
     session: &mut Option<SourceSession<'_>>,
     opts: SourceOptions,
+    on_round: &mut dyn FnMut(&RoundInfo),
 ) -> Result<SourceReport, MigError> {
     let t0 = Instant::now();
     let s = session
@@ -585,6 +599,7 @@ fn run_source<R: Read, W: Write>(
             at_us: t0.elapsed().as_micros() as u64,
         };
         rep.rounds.push(info);
+        on_round(&info);
         // Harvest before the next read; the policy sees what this round left dirty.
         let (next, c, g, held) = harvest(vm, s, &mut gpu_bits)?;
         rep.max_lock_hold_us = rep.max_lock_hold_us.max(held.as_micros() as u64);
@@ -602,6 +617,7 @@ fn run_source<R: Read, W: Write>(
         cpu = c;
         gpu = g;
         if let Decision::StopAndCopy(reason) = decision {
+            rep.predicted_downtime_us = policy.expected_downtime_us();
             rep.switch = Some(match reason {
                 SwitchReason::DowntimeMet { predicted_us } => {
                     format!("downtime met (predicted {predicted_us} µs)")

@@ -65,6 +65,60 @@ pub struct Report {
     pub value: u64,
 }
 
+/// The state a migrated run must end in: equal to a never-migrated run's.
+///
+/// Nothing is excluded: the guest zeroes the stack it used before it ends (the only place
+/// clock values it compared could remain), the guest clock is not in RAM, and the vGPU's state
+/// depends only on the guest's accesses, which depend only on its progress. vCPU registers are
+/// not compared (they hold clock reads and loop counts by nature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndState {
+    /// All of guest RAM.
+    pub ram: Vec<u8>,
+    /// The vGPU's device state.
+    pub device: vgpu::sim::scenario::DeviceState,
+    /// The guest's reports (per-frame checksums and the total).
+    pub reports: Vec<Report>,
+}
+
+impl EndState {
+    /// What differs from `other`, or `None` when equal.
+    pub fn diff(&self, other: &EndState) -> Option<String> {
+        let mut d = Vec::new();
+        if let Some(at) = self.ram.iter().zip(&other.ram).position(|(a, b)| a != b) {
+            d.push(format!("RAM (first at {at:#x})"));
+        } else if self.ram.len() != other.ram.len() {
+            d.push("RAM size".into());
+        }
+        let dev = self.device.diff(&other.device);
+        if !dev.is_empty() {
+            d.push(format!("vGPU {}", dev.trim()));
+        }
+        if self.reports != other.reports {
+            d.push("guest reports".into());
+        }
+        (!d.is_empty()).then(|| d.join(", "))
+    }
+
+    /// Whether the guest checked every frame and finished: a BOOT report, `frames` FRAME reports,
+    /// no BAD or FAIL report, DONE last.
+    pub fn guest_checks_passed(&self, frames: u64) -> bool {
+        use kvm_guest::abi;
+        let ok = self
+            .reports
+            .iter()
+            .filter(|r| r.kind == abi::REPORT_FRAME)
+            .count() as u64;
+        self.reports.first().map(|r| r.kind) == Some(abi::REPORT_BOOT)
+            && ok == frames
+            && self
+                .reports
+                .iter()
+                .all(|r| r.kind != abi::REPORT_BAD && r.kind != abi::REPORT_FAIL)
+            && self.reports.last().map(|r| r.kind) == Some(abi::REPORT_DONE)
+    }
+}
+
 /// Why the vCPU thread returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VcpuEnd {
@@ -519,14 +573,18 @@ impl Vm {
             .unwrap_or_else(PoisonError::into_inner) = r;
     }
 
-    /// The vGPU's device state and all of guest RAM (the oracle's view).
-    pub fn snapshot(&self) -> Result<(Vec<u8>, vgpu::sim::scenario::DeviceState), VmError> {
+    /// What the oracle compares: all of guest RAM, the vGPU's device state, the guest's reports.
+    pub fn end_state(&self) -> Result<EndState, VmError> {
         let ram = self
             .ram
             .snapshot()
             .map_err(|_| VmError("reading RAM".into()))?;
-        let dev = vgpu::sim::scenario::DeviceState::capture(&lock(&self.device).vgpu);
-        Ok((ram, dev))
+        let device = vgpu::sim::scenario::DeviceState::capture(&lock(&self.device).vgpu);
+        Ok(EndState {
+            ram,
+            device,
+            reports: self.reports(),
+        })
     }
 }
 

@@ -78,22 +78,6 @@ fn lock_errors(vm: &Vm) -> u64 {
     d.bad_accesses + u64::from(d.vgpu.guest_errors()) + d.gpu.stats.faults
 }
 
-/// Guest RAM, the vGPU's device state and the guest's reports at the end of a run.
-type EndState = (
-    Vec<u8>,
-    vgpu::sim::scenario::DeviceState,
-    Vec<kvm_vmm::vm::Report>,
-);
-
-fn end_state(vm: &Vm) -> EndState {
-    let (ram, dev) = vm.snapshot().unwrap();
-    (ram, dev, vm.reports())
-}
-
-fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
-    a.iter().zip(b).position(|(x, y)| x != y)
-}
-
 #[test]
 fn two_runs_of_the_same_guest_end_in_the_same_state() {
     let Some(img) = setup("two_runs_of_the_same_guest_end_in_the_same_state") else {
@@ -101,11 +85,10 @@ fn two_runs_of_the_same_guest_end_in_the_same_state() {
     };
     for profile in [Profile::TWO_D, Profile::THREE_D] {
         let cfg = VmConfig::small(profile, 10, 3);
-        let a = end_state(&run_to_end(cfg, &img));
-        let b = end_state(&run_to_end(cfg, &img));
-        assert_eq!(first_difference(&a.0, &b.0), None, "{}: RAM", profile.name);
-        assert_eq!(a.1.diff(&b.1), "", "{}: device", profile.name);
-        assert_eq!(a.2, b.2, "{}: reports", profile.name);
+        let a = run_to_end(cfg, &img).end_state().unwrap();
+        let b = run_to_end(cfg, &img).end_state().unwrap();
+        assert_eq!(a.diff(&b), None, "{}", profile.name);
+        assert!(a.guest_checks_passed(cfg.frames), "{}", profile.name);
     }
 }
 
@@ -148,7 +131,7 @@ fn a_migrated_vm_ends_equal_to_a_never_migrated_one() {
     };
     for profile in [Profile::MEDIA, Profile::THREE_D] {
         let cfg = VmConfig::small(profile, 400, 9);
-        let expected = end_state(&run_to_end(cfg, &img));
+        let expected = run_to_end(cfg, &img).end_state().unwrap();
         let mut src = Vm::new(cfg, Some(&img), 0x55_0000).unwrap();
         src.start().unwrap();
         // Let the guest get going, then migrate while it renders.
@@ -164,15 +147,9 @@ fn a_migrated_vm_ends_equal_to_a_never_migrated_one() {
             "migrated before the guest ended"
         );
         finish(&mut dst);
-        let got = end_state(&dst);
-        assert_eq!(
-            first_difference(&got.0, &expected.0),
-            None,
-            "{}: RAM",
-            profile.name
-        );
-        assert_eq!(got.1.diff(&expected.1), "", "{}: device", profile.name);
-        assert_eq!(got.2, expected.2, "{}: reports", profile.name);
+        let got = dst.end_state().unwrap();
+        assert_eq!(got.diff(&expected), None, "{}", profile.name);
+        assert!(got.guest_checks_passed(cfg.frames), "{}", profile.name);
     }
 }
 
@@ -184,7 +161,7 @@ fn a_cut_connection_or_a_rejected_stream_leaves_the_source_running_unchanged() {
         return;
     };
     let cfg = VmConfig::small(Profile::THREE_D, 300, 4);
-    let expected = end_state(&run_to_end(cfg, &img));
+    let expected = run_to_end(cfg, &img).end_state().unwrap();
     let faults = [
         // The connection drops in the middle of the RAM pre-copy.
         kvm_vmm::migration::SourceOptions {
@@ -212,13 +189,8 @@ fn a_cut_connection_or_a_rejected_stream_leaves_the_source_running_unchanged() {
         assert!(d.is_err(), "fault {i}: the destination must not run");
         assert!(src.running(), "fault {i}: the source runs again");
         finish(&mut src);
-        let got = end_state(&src);
-        assert_eq!(
-            first_difference(&got.0, &expected.0),
-            None,
-            "fault {i}: RAM"
-        );
-        assert_eq!(got.1.diff(&expected.1), "", "fault {i}: device");
-        assert_eq!(got.2, expected.2, "fault {i}: reports");
+        let got = src.end_state().unwrap();
+        assert_eq!(got.diff(&expected), None, "fault {i}");
+        assert!(got.guest_checks_passed(cfg.frames), "fault {i}");
     }
 }

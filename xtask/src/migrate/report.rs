@@ -22,9 +22,40 @@ pub(super) struct Round {
     pub(super) end_ms: f64,
 }
 
+/// Figures only a KVM VM has (`--guest kvm`).
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct KvmFigures {
+    /// Guest RAM, MiB.
+    pub(super) ram_mib: u64,
+    /// Bytes of the vGPU's device-state stream (the library's sessions, VMM-RAM mode).
+    pub(super) vgpu_state_bytes: u64,
+    /// Bytes of the vCPU state.
+    pub(super) cpu_state_bytes: u64,
+    /// Source: from the vCPU's pause to END sent, ms.
+    pub(super) source_stop_copy_ms: f64,
+    /// Destination: from END received to the vCPU started, ms.
+    pub(super) dest_resume_ms: f64,
+    /// MMIO exits the guest made while pages streamed (pre-copy).
+    pub(super) mmio_exits_during_precopy: u64,
+    /// Their mean wait for the device lock, µs.
+    pub(super) mmio_wait_mean_us: f64,
+    /// 99th percentile wait (bucket upper bound), µs.
+    pub(super) mmio_wait_p99_us: u64,
+    /// Longest wait, µs.
+    pub(super) mmio_wait_max_us: f64,
+    /// Longest the migration thread held the device lock during pre-copy, µs.
+    pub(super) lock_hold_max_us: u64,
+    /// Longest pre-copy round, ms (an MMIO exit blocked for a whole round would wait this long).
+    pub(super) longest_round_ms: f64,
+}
+
 /// Everything the report shows.
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct Outcome {
+    /// The guest: `model` (the reference platform's driver model) or `kvm` (a KVM VM).
+    pub(super) guest: String,
+    /// KVM-only figures.
+    pub(super) kvm: Option<KvmFigures>,
     pub(super) workload: String,
     pub(super) gm_mib: u64,
     /// Sender rate limit, bytes/s (`None`: unlimited).
@@ -78,12 +109,31 @@ pub(super) struct Outcome {
 
 impl Outcome {
     pub(super) fn new(sc: &Scenario, link: Option<u64>, _args: &Args) -> Self {
+        Self::blank(
+            sc.profile.name,
+            (sc.config.partition.aperture.size() + sc.config.partition.hidden.size()) >> 20,
+            link,
+            sc.frames,
+            sc.seed,
+        )
+    }
+
+    /// An outcome with nothing measured yet (model guest).
+    pub(super) fn blank(
+        workload: &str,
+        gm_mib: u64,
+        link: Option<u64>,
+        frames: u64,
+        seed: u64,
+    ) -> Self {
         Self {
-            workload: sc.profile.name.to_string(),
-            gm_mib: (sc.config.partition.aperture.size() + sc.config.partition.hidden.size()) >> 20,
+            guest: "model".into(),
+            kvm: None,
+            workload: workload.to_string(),
+            gm_mib,
             link_bytes_per_s: link,
-            frames: sc.frames,
-            seed: sc.seed,
+            frames,
+            seed,
             start_frame: 0,
             fault_flip_byte: None,
             rounds: Vec::new(),
@@ -194,6 +244,28 @@ pub(super) fn print(o: &Outcome, json: bool, plot: &Result<String, String>) -> c
         "total migration time (wall): {:.0} ms; whole run (both processes, verification included): {:.0} ms",
         o.total_ms, o.wall_ms
     );
+    if let Some(k) = &o.kvm {
+        println!(
+            "KVM VM: {} MiB of guest RAM; vGPU device state {} bytes, vCPU state {} bytes; source stop-and-copy \
+             {:.1} ms, destination resume {:.1} ms; the downtime above is guest-visible: the source's last guest \
+             exit to the destination's first guest entry",
+            k.ram_mib,
+            k.vgpu_state_bytes,
+            k.cpu_state_bytes,
+            k.source_stop_copy_ms,
+            k.dest_resume_ms
+        );
+        println!(
+            "MMIO exits while pages streamed: {}, waited for the device lock {:.1} µs on average, p99 < {} µs, \
+             longest {:.1} µs (the longest round took {:.1} ms); the migration thread held the lock at most {} µs",
+            k.mmio_exits_during_precopy,
+            k.mmio_wait_mean_us,
+            k.mmio_wait_p99_us,
+            k.mmio_wait_max_us,
+            k.longest_round_ms,
+            k.lock_hold_max_us
+        );
+    }
     match plot {
         Ok(p) => println!("timeline plot: {p}"),
         Err(e) => println!("timeline plot: not written ({e})"),
