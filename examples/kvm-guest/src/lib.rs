@@ -64,6 +64,14 @@ pub mod abi {
     pub const PORT_CLOCK_HI: u16 = 0x514;
     /// Port the guest writes when it has finished (the vCPU stops there).
     pub const PORT_EXIT: u16 = 0x520;
+    /// Paravirtual sleep: the guest writes the guest-clock time (µs) it waits for, low half to
+    /// this port, then the high half to `PORT_SLEEP + 4`; the VMM lets the vCPU sleep up to then
+    /// (at most a millisecond at a time). Only timing depends on it, never state.
+    pub const PORT_SLEEP: u16 = 0x530;
+    /// The vector the VMM's MSIs from the vGPU carry (delivered through the local APIC).
+    pub const GPU_VECTOR: u8 = 0x40;
+    /// The local APIC's MMIO base (in-kernel APIC).
+    pub const LAPIC: u64 = 0xFEE0_0000;
     /// Debug console: one byte per write (panic messages).
     pub const PORT_CONSOLE: u16 = 0xE9;
 
@@ -152,8 +160,10 @@ pub trait Platform {
     fn report(&mut self, kind: u32, frame: u32, value: u64);
     /// Microseconds since boot (the guest clock; continues across a migration).
     fn clock_us(&mut self) -> u64;
-    /// Spin-wait hint.
-    fn relax(&mut self);
+    /// Sleep until the guest clock reaches `us` or a little while has passed.
+    fn sleep_until(&mut self, us: u64);
+    /// Wait for an interrupt (or return at once if one is pending).
+    fn wait_interrupt(&mut self);
 }
 
 /// The workload as the boot-information page gives it.
@@ -208,7 +218,11 @@ const CONTEXT_ID: u32 = 1;
 const PIPECONF_A: u32 = 0x70008;
 const DSPSURF_A: u32 = 0x7019C;
 const GT0_IMR: u32 = 0x44304;
+const GT0_IIR: u32 = 0x44308;
 const GT0_IER: u32 = 0x4430C;
+const MASTER_IRQ: u32 = 0x44200;
+/// The render engine's context-switch interrupt (GT0 bit 8).
+const RCS_IRQ: u32 = 1 << 8;
 /// The register MI_LOAD_REGISTER_IMM loads each frame (RCS + 0x98).
 const LRI_REG: u32 = 0x2098;
 /// HWSP dword of the CSB write pointer (gen9).
@@ -379,8 +393,9 @@ impl Driver {
         let rcs = EngineId::Rcs;
         d.reg_write(p, rcs.reg(reg::HWS_PGA), d.gm(layout::HWSP) as u32);
         d.reg_write(p, rcs.reg(reg::RING_MODE), 0x8000_8000);
-        d.reg_write(p, GT0_IMR, !(1u32 << 8));
-        d.reg_write(p, GT0_IER, 1 << 8);
+        d.reg_write(p, GT0_IMR, !RCS_IRQ);
+        d.reg_write(p, GT0_IER, RCS_IRQ);
+        d.reg_write(p, MASTER_IRQ, 1 << 31);
         d.reg_write(p, PIPECONF_A, 1 << 31);
         d.reg_write(p, DSPSURF_A, hidden as u32);
         let pml4 = d.create_ppgtt(p);
@@ -430,7 +445,7 @@ impl Driver {
             if self.w.frame_ns != 0 {
                 let due_us = frame.saturating_mul(self.w.frame_ns) / 1000;
                 while p.clock_us() < due_us {
-                    p.relax();
+                    p.sleep_until(due_us);
                 }
             }
             let log = self.frame(p, frame);
@@ -447,17 +462,26 @@ impl Driver {
     }
 
     /// Wait for frame `frame`: its sequence number in the status page, then the CSB's completion
-    /// entry (two entries per submission: idle-to-active, then complete); acknowledge it.
+    /// entry (two entries per submission: idle-to-active, then complete); acknowledge it. The
+    /// vCPU sleeps until the vGPU's interrupt: each wake-up clears the interrupt (IIR is
+    /// write-1-to-clear) before it looks again, so a completion after the look raises a new one;
+    /// one last clear after the frame leaves the interrupt state independent of how often it
+    /// woke.
     fn wait(&mut self, p: &mut dyn Platform, frame: u64) {
         let hwsp = self.ap_gpa(layout::HWSP);
         let want = (frame + 1) as u32;
-        while p.ram_read32(hwsp + layout::SEQNO) != want {
-            p.relax();
-        }
         let wp = ((2 * (frame + 1) - 1) % 6) as u32;
-        while p.ram_read32(hwsp + HWSP_CSB_WP) != wp {
-            p.relax();
+        let done = |p: &mut dyn Platform| {
+            p.ram_read32(hwsp + layout::SEQNO) == want && p.ram_read32(hwsp + HWSP_CSB_WP) == wp
+        };
+        while !done(p) {
+            self.reg_write(p, GT0_IIR, RCS_IRQ);
+            if done(p) {
+                break;
+            }
+            p.wait_interrupt();
         }
+        self.reg_write(p, GT0_IIR, RCS_IRQ);
         self.csb_seen = wp as u8;
         let v = (0x0700 << 16) | (wp << 8);
         self.reg_write(p, EngineId::Rcs.reg(reg::CSB_PTR), v);

@@ -14,12 +14,26 @@ mod bare {
     use kvm_guest::{Platform, abi};
 
     // Entry: a fresh stack, the driver, then zero the stack the driver used and report the end.
+    // The interrupt handlers: the vGPU's MSI (end of interrupt to the local APIC) and the APIC's
+    // spurious vector (no EOI); both only wake the vCPU from `hlt`.
     global_asm!(
         ".section .text._start, \"ax\"",
         ".global _start",
         "_start:",
         "mov rsp, {top}",
         "call {main}",
+        "jmp 3f",
+        ".global kvm_guest_irq",
+        "kvm_guest_irq:",
+        "push rax",
+        "mov rax, {eoi}",
+        "mov dword ptr [rax], 0",
+        "pop rax",
+        "iretq",
+        ".global kvm_guest_spurious",
+        "kvm_guest_spurious:",
+        "iretq",
+        "3:",
         "mov rdi, {bottom}",
         "mov rcx, rsp",
         "sub rcx, rdi",
@@ -32,12 +46,54 @@ mod bare {
         "hlt",
         "jmp 2b",
         top = const abi::STACK_TOP,
+        eoi = const abi::LAPIC + 0xB0,
         bottom = const abi::STACK_BOTTOM,
         exit = const abi::PORT_EXIT,
         main = sym rust_main,
     );
 
     struct Metal;
+
+    unsafe extern "C" {
+        fn kvm_guest_irq();
+        fn kvm_guest_spurious();
+    }
+
+    /// The interrupt descriptor table: 256 gates, two of them present.
+    #[repr(C, align(16))]
+    struct Idt([u64; 512]);
+
+    static mut IDT: Idt = Idt([0; 512]);
+
+    /// A 64-bit interrupt gate to `handler` (code selector 8, present, DPL 0).
+    fn gate(handler: u64) -> [u64; 2] {
+        let lo =
+            (handler & 0xFFFF) | (0x8 << 16) | (0x8E00 << 32) | ((handler >> 16) & 0xFFFF) << 48;
+        [lo, handler >> 32]
+    }
+
+    /// Load the IDT and enable the local APIC (spurious vector 0xFF); interrupts stay masked
+    /// (IF = 0) except inside `wait_interrupt`.
+    fn init_interrupts() {
+        let irq = gate(kvm_guest_irq as *const () as u64);
+        let spurious = gate(kvm_guest_spurious as *const () as u64);
+        let idt = &raw mut IDT;
+        for (vector, g) in [(usize::from(abi::GPU_VECTOR), irq), (0xFF, spurious)] {
+            // SAFETY: single-threaded setup of the guest's own IDT before interrupts are enabled.
+            unsafe {
+                (*idt).0[2 * vector] = g[0];
+                (*idt).0[2 * vector + 1] = g[1];
+            }
+        }
+        let mut ptr = [0u8; 10];
+        ptr[..2].copy_from_slice(&(512u16 * 8 - 1).to_le_bytes());
+        ptr[2..].copy_from_slice(&(idt as u64).to_le_bytes());
+        // SAFETY: `ptr` describes the static IDT above; the APIC register is identity-mapped.
+        unsafe {
+            asm!("lidt [{}]", in(reg) ptr.as_ptr(), options(nostack));
+            core::ptr::write_volatile((abi::LAPIC + 0xF0) as *mut u32, 0x1FF);
+        }
+    }
 
     fn outl(port: u16, v: u32) {
         // SAFETY: port I/O to the VMM's ports; no memory is touched.
@@ -90,12 +146,20 @@ mod bare {
             let hi = u64::from(inl(abi::PORT_CLOCK_HI));
             hi << 32 | lo
         }
-        fn relax(&mut self) {
-            core::hint::spin_loop();
+        fn sleep_until(&mut self, us: u64) {
+            outl(abi::PORT_SLEEP, (us & 0xFFFF_FFFF) as u32);
+            outl(abi::PORT_SLEEP + 4, (us >> 32) as u32);
+        }
+        fn wait_interrupt(&mut self) {
+            // `sti` takes effect after the next instruction: an interrupt already pending wakes
+            // the `hlt` at once, none is lost between the caller's last look and the sleep.
+            // SAFETY: the IDT and the handlers are set up; they preserve every register.
+            unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
         }
     }
 
     extern "C" fn rust_main() {
+        init_interrupts();
         kvm_guest::guest_main(&mut Metal);
     }
 

@@ -227,6 +227,8 @@ impl WaitStats {
 /// Wakes the GPU thread when work may have been submitted, and stops it.
 #[derive(Debug, Default)]
 pub struct GpuControl {
+    /// How long each GPU step held the device lock.
+    pub hold: WaitStats,
     stop: AtomicBool,
     kick: Mutex<bool>,
     wake: Condvar,
@@ -255,16 +257,45 @@ impl GpuControl {
     }
 }
 
+/// The vGPU's interrupt: an MSI to vCPU 0's local APIC with [`abi::GPU_VECTOR`].
+#[derive(Debug, Clone)]
+pub struct Msi(pub Arc<kvm_ioctls::VmFd>);
+
+impl Msi {
+    /// Deliver one MSI if the vGPU raised any (`count` from [`Vgpu::take_msi`]; MSI is
+    /// edge-triggered, so several collapse into one).
+    pub fn deliver(&self, count: u32) {
+        if count == 0 {
+            return;
+        }
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: 0xFEE0_0000,
+            address_hi: 0,
+            data: u32::from(abi::GPU_VECTOR),
+            ..Default::default()
+        };
+        // A failed delivery leaves the guest to find the completion on its next wake-up.
+        let _ = self.0.signal_msi(msi);
+    }
+}
+
 /// The GPU thread: execute submitted work one bounded step at a time (the lock is released
-/// between steps, so MMIO exits interleave), writing guest RAM directly; sleep when idle.
-pub fn gpu_thread(dev: Arc<Mutex<Device>>, mut mem: VmMemory, ctl: Arc<GpuControl>) {
+/// between steps, so MMIO exits interleave), writing guest RAM directly, and raise the vGPU's
+/// interrupts; sleep when idle.
+pub fn gpu_thread(dev: Arc<Mutex<Device>>, mut mem: VmMemory, ctl: Arc<GpuControl>, msi: Msi) {
     let mut last_busy = Instant::now();
     while !ctl.stop.load(Ordering::SeqCst) {
         let busy = {
             let mut g = lock(&dev);
+            let t = Instant::now();
             let d = &mut *g;
             d.gpu.step(&mut d.vgpu, &mut mem, GPU_STEP_COMMANDS);
-            d.busy()
+            let busy = d.busy();
+            let raised = d.vgpu.take_msi();
+            drop(g);
+            ctl.hold.record(t.elapsed());
+            msi.deliver(raised);
+            busy
         };
         if busy {
             last_busy = Instant::now();

@@ -336,6 +336,8 @@ pub struct SourceReport {
     pub total_us: u64,
     /// MMIO exits while pages streamed: waits for the device lock.
     pub mmio_wait: WaitSummary,
+    /// The GPU thread's steps while pages streamed: how long each held the device lock.
+    pub gpu_hold: WaitSummary,
     /// Longest the migration thread held the device lock during pre-copy (the GPU dirty
     /// report), µs.
     pub max_lock_hold_us: u64,
@@ -426,9 +428,10 @@ fn harvest(
     let mut bits = vm.dirty_log().take()?;
     let cpu = bits.iter().map(|w| u64::from(w.count_ones())).sum();
     gpu_bits.fill(0);
+    let mut d = lock(&vm.device);
+    // Hold time counts from acquisition: what an MMIO exit arriving now would wait.
     let t = Instant::now();
     let gpu = {
-        let mut d = lock(&vm.device);
         session
             .dirty_report(
                 &mut d.vgpu,
@@ -442,6 +445,7 @@ fn harvest(
             .map_err(verr("GPU dirty report"))?
     };
     let held = t.elapsed();
+    drop(d);
     for (b, g) in bits.iter_mut().zip(gpu_bits.iter()) {
         *b |= *g;
     }
@@ -566,6 +570,7 @@ fn run_source<R: Read, W: Write>(
         .ok_or_else(|| MigError("no session".into()))?;
     let mut rep = SourceReport::default();
     vm.shared.mmio_wait.reset();
+    vm.gpu_hold().reset();
     send(w, Kind::Hello, &[&encode_config(&vm.cfg)])?;
     let mut gpu_bits = vec![0u64; words_for(usize::try_from(vm.ram.frames()).unwrap_or(0))];
     let mut policy = Policy::new(opts.policy);
@@ -633,6 +638,7 @@ fn run_source<R: Read, W: Write>(
     let end = vm.pause()?;
     let t_stop = Instant::now();
     rep.mmio_wait = vm.shared.mmio_wait.summary();
+    rep.gpu_hold = vm.gpu_hold().summary();
     rep.paused_wall_ns = match end {
         VcpuEnd::Paused(at) => wall_ns().saturating_sub(at.elapsed().as_nanos() as u64),
         VcpuEnd::Finished => wall_ns(),
@@ -735,6 +741,11 @@ pub struct DestReport {
     pub downtime_us: u64,
     /// From END received to the vCPU started, µs (commit, vCPU state, ACK).
     pub resume_us: u64,
+    /// From the source's last guest exit to END received here, µs (the stop-and-copy and what
+    /// was still in flight on the connection).
+    pub end_after_pause_us: u64,
+    /// Zero pages skipped because this frame was never written (fresh RAM is zero).
+    pub zero_pages_skipped: u64,
 }
 
 /// Receive a migration on `r`/`w` and return the running destination VM. On a rejected
@@ -751,12 +762,13 @@ pub fn migrate_dest<R: Read, W: Write>(
     };
     let mut vm = Vm::new(cfg, None, host_offset)?;
     match receive(&mut vm, r, &mut buf) {
-        Ok((mut rep, paused_wall_ns, t_end)) => {
+        Ok((mut rep, paused_wall_ns, t_end, end_wall)) => {
             send(w, Kind::Ack, &[])?;
             w.flush()?;
             vm.start()?;
             let (_, first_wall) = wait_first_entry(&vm);
             rep.resume_us = t_end.elapsed().as_micros() as u64;
+            rep.end_after_pause_us = end_wall.saturating_sub(paused_wall_ns) / 1000;
             rep.downtime_us = first_wall.saturating_sub(paused_wall_ns) / 1000;
             Ok((vm, rep))
         }
@@ -781,7 +793,7 @@ fn receive<R: Read>(
     vm: &mut Vm,
     r: &mut R,
     buf: &mut Vec<u8>,
-) -> Result<(DestReport, u64, Instant), MigError> {
+) -> Result<(DestReport, u64, Instant, u64), MigError> {
     let mut rep = DestReport::default();
     let staging_len = 64 * 1024 + lock(&vm.device).vgpu.config().ggtt_storage_len() * 8 * 2;
     let mut staging = vec![0u8; staging_len];
@@ -795,6 +807,9 @@ fn receive<R: Read>(
     let mut reports = Vec::new();
     let frames = vm.ram.frames();
     let zero = vec![0u8; 4096];
+    // Frames written so far: a zero page for a frame never written needs no write (fresh RAM
+    // is zero).
+    let mut written = vec![0u64; words_for(usize::try_from(frames).unwrap_or(0))];
     let paused_wall_ns = loop {
         match recv(r, buf)? {
             Kind::Pages => {
@@ -808,6 +823,19 @@ fn receive<R: Read>(
                     return Err(MigError("PAGES message out of range".into()));
                 }
                 for i in 0..count {
+                    let f = first + i;
+                    let (w, bit) = (
+                        usize::try_from(f / 64).unwrap_or(usize::MAX),
+                        1u64 << (f % 64),
+                    );
+                    let seen = written.get(w).is_some_and(|x| x & bit != 0);
+                    if is_zero && !seen {
+                        rep.zero_pages_skipped += 1;
+                        continue;
+                    }
+                    if let Some(x) = written.get_mut(w) {
+                        *x |= bit;
+                    }
                     let page = if is_zero {
                         &zero[..]
                     } else {
@@ -845,6 +873,7 @@ fn receive<R: Read>(
         }
     };
     let t_end = Instant::now();
+    let end_wall = wall_ns();
     if !ds.is_finished() {
         return Err(MigError("the vGPU stream did not end".into()));
     }
@@ -858,5 +887,5 @@ fn receive<R: Read>(
     }
     vm.load_cpu(&cpu)?;
     vm.set_reports(reports);
-    Ok((rep, paused_wall_ns, t_end))
+    Ok((rep, paused_wall_ns, t_end, end_wall))
 }

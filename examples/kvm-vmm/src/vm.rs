@@ -16,7 +16,7 @@ use vgpu::sim::Profile;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::cpu::CpuState;
-use crate::device::{self, Device, GpuControl, WaitStats, lock};
+use crate::device::{self, Device, GpuControl, Msi, WaitStats, lock};
 use crate::memory::{GuestRam, KvmDirtyLog, VmMemory};
 
 /// The RAM slot.
@@ -287,6 +287,11 @@ impl Vm {
         Ok(me)
     }
 
+    /// How long the GPU thread's steps held the device lock.
+    pub fn gpu_hold(&self) -> &WaitStats {
+        &self.gpu_ctl.hold
+    }
+
     /// KVM's dirty log of the RAM slot.
     pub fn dirty_log(&self) -> KvmDirtyLog {
         KvmDirtyLog::new(self.vm.clone(), RAM_SLOT, self.cfg.ram)
@@ -391,10 +396,11 @@ impl Vm {
     pub fn start(&mut self) -> Result<(), VmError> {
         if self.gpu.is_none() {
             let (dev, mem, ctl) = (self.device.clone(), self.memory(), self.gpu_ctl.clone());
+            let msi = Msi(self.vm.clone());
             self.gpu = Some(
                 std::thread::Builder::new()
                     .name("gpu".into())
-                    .spawn(move || device::gpu_thread(dev, mem, ctl))
+                    .spawn(move || device::gpu_thread(dev, mem, ctl, msi))
                     .map_err(|e| err("GPU thread", e))?,
             );
         }
@@ -416,10 +422,11 @@ impl Vm {
             self.memory(),
             self.gpu_ctl.clone(),
         );
+        let msi = Msi(self.vm.clone());
         self.runner = Some(
             std::thread::Builder::new()
                 .name("vcpu0".into())
-                .spawn(move || vcpu_thread(vcpu, &sh, &dev, &mem, &ctl))
+                .spawn(move || vcpu_thread(vcpu, &sh, &dev, &mem, &ctl, &msi))
                 .map_err(|e| err("vCPU thread", e))?,
         );
         Ok(())
@@ -611,8 +618,10 @@ fn vcpu_thread(
     dev: &Mutex<Device>,
     mem: &VmMemory,
     gpu: &GpuControl,
+    msi: &Msi,
 ) -> (VcpuFd, VcpuEnd) {
     let mut report: Vec<u32> = Vec::with_capacity(4);
+    let mut sleep_lo = 0u64;
     let mut first = true;
     loop {
         if sh.pause.load(Ordering::SeqCst) {
@@ -647,7 +656,9 @@ fn vcpu_thread(
                 let mut d = lock(dev);
                 sh.mmio_wait.record(t.elapsed());
                 let ok = d.mmio_write(addr, data.len(), data_u64(data), mem);
+                let raised = d.vgpu.take_msi();
                 drop(d);
+                msi.deliver(raised);
                 gpu.kick();
                 (!ok).then(|| VcpuEnd::Crashed(format!("write of unmapped {addr:#x}")))
             }
@@ -677,6 +688,18 @@ fn vcpu_thread(
                     None
                 }
                 abi::PORT_EXIT => Some(VcpuEnd::Finished),
+                abi::PORT_SLEEP => {
+                    sleep_lo = data_u64(data) & 0xFFFF_FFFF;
+                    None
+                }
+                p if p == abi::PORT_SLEEP + 4 => {
+                    let due = (data_u64(data) & 0xFFFF_FFFF) << 32 | sleep_lo;
+                    let wait = due.saturating_sub(sh.clock_us()).min(1000);
+                    if wait > 0 && !sh.pause.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_micros(wait));
+                    }
+                    None
+                }
                 _ => None,
             },
             Ok(VcpuExit::IoIn(port, data)) => {

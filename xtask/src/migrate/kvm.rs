@@ -219,11 +219,14 @@ pub(super) fn run_source(args: &Args, image: &[u8]) -> crate::Result {
         cpu_state_bytes: rep.cpu_bytes,
         source_stop_copy_ms: rep.stop_copy_us as f64 / 1000.0,
         dest_resume_ms: verdict.resume_us as f64 / 1000.0,
+        end_after_pause_ms: verdict.end_after_pause_us as f64 / 1000.0,
         mmio_exits_during_precopy: rep.mmio_wait.count,
         mmio_wait_mean_us: rep.mmio_wait.mean_ns as f64 / 1000.0,
         mmio_wait_p99_us: rep.mmio_wait.p99_us,
         mmio_wait_max_us: rep.mmio_wait.max_ns as f64 / 1000.0,
         lock_hold_max_us: rep.max_lock_hold_us,
+        gpu_step_hold_max_us: rep.gpu_hold.max_ns as f64 / 1000.0,
+        gpu_step_hold_p99_us: rep.gpu_hold.p99_us,
         longest_round_ms: rep.rounds.iter().map(|x| x.elapsed_us).max().unwrap_or(0) as f64
             / 1000.0,
     });
@@ -268,6 +271,7 @@ struct Verdict {
     downtime_us: u64,
     resume_us: u64,
     verify_ms: u64,
+    end_after_pause_us: u64,
     text: String,
 }
 
@@ -279,6 +283,7 @@ impl Verdict {
             self.downtime_us,
             self.resume_us,
             self.verify_ms,
+            self.end_after_pause_us,
         ] {
             v.extend_from_slice(&x.to_le_bytes());
         }
@@ -299,7 +304,8 @@ impl Verdict {
             downtime_us: u(1)?,
             resume_us: u(2)?,
             verify_ms: u(3)?,
-            text: String::from_utf8_lossy(b.get(33..).unwrap_or(&[])).into_owned(),
+            end_after_pause_us: u(4)?,
+            text: String::from_utf8_lossy(b.get(41..).unwrap_or(&[])).into_owned(),
         })
     }
 }
@@ -339,6 +345,7 @@ pub(super) fn run_dest(addr: &str, child: bool, image: &[u8]) -> crate::Result {
                 frames: cfg.frames - resumed_at,
                 downtime_us: rep.downtime_us,
                 resume_us: rep.resume_us,
+                end_after_pause_us: rep.end_after_pause_us,
                 verify_ms: t.elapsed().as_millis() as u64,
                 text: "guest RAM, vGPU device state and the guest's per-frame checksums equal; every frame passed the guest's own check".into(),
             },
@@ -347,6 +354,7 @@ pub(super) fn run_dest(addr: &str, child: bool, image: &[u8]) -> crate::Result {
                 frames: cfg.frames - resumed_at,
                 downtime_us: rep.downtime_us,
                 resume_us: rep.resume_us,
+                end_after_pause_us: rep.end_after_pause_us,
                 verify_ms: t.elapsed().as_millis() as u64,
                 text: other.unwrap_or_else(|| "the guest's own checks failed".into()),
             },
@@ -357,6 +365,7 @@ pub(super) fn run_dest(addr: &str, child: bool, image: &[u8]) -> crate::Result {
             frames: 0,
             downtime_us: rep.downtime_us,
             resume_us: rep.resume_us,
+            end_after_pause_us: rep.end_after_pause_us,
             verify_ms: 0,
             text: format!("the migrated guest did not finish: {end:?}"),
         }
