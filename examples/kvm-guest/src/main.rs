@@ -80,9 +80,8 @@ mod bare {
         let idt = &raw mut IDT;
         for (vector, g) in [(usize::from(abi::GPU_VECTOR), irq), (0xFF, spurious)] {
             // SAFETY: single-threaded setup of the guest's own IDT before interrupts are enabled.
-            unsafe {
-                (*idt).0[2 * vector] = g[0];
-                (*idt).0[2 * vector + 1] = g[1];
+            if let Some(slot) = unsafe { (*idt).0.get_mut(2 * vector..2 * vector + 2) } {
+                slot.copy_from_slice(&g);
             }
         }
         let mut ptr = [0u8; 10];

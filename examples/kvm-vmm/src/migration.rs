@@ -153,6 +153,11 @@ impl<W: Write> Write for Link<W> {
     }
 }
 
+/// A duration in µs (saturating).
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 fn send(w: &mut impl Write, kind: Kind, parts: &[&[u8]]) -> io::Result<()> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let len = u32::try_from(len)
@@ -268,8 +273,8 @@ fn decode_config(b: &[u8]) -> Result<VmConfig, MigError> {
     Ok(cfg)
 }
 
-/// Options of a source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Options of a source (default: the library's default policy, unlimited rate, no fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SourceOptions {
     /// The pre-copy policy (downtime limit, round cap).
     pub policy: PolicyConfig,
@@ -279,17 +284,6 @@ pub struct SourceOptions {
     pub cut_after: Option<u64>,
     /// Fault injection: flip a bit of the vGPU stream at this offset (the destination rejects it).
     pub corrupt_vgpu_at: Option<u64>,
-}
-
-impl Default for SourceOptions {
-    fn default() -> Self {
-        Self {
-            policy: PolicyConfig::default(),
-            rate: 0,
-            cut_after: None,
-            corrupt_vgpu_at: None,
-        }
-    }
 }
 
 /// One RAM pass.
@@ -600,14 +594,14 @@ fn run_source<R: Read, W: Write>(
             pages,
             zero_pages: zero,
             bytes: w.inner.sent() - before,
-            elapsed_us: t.elapsed().as_micros() as u64,
-            at_us: t0.elapsed().as_micros() as u64,
+            elapsed_us: us(t.elapsed()),
+            at_us: us(t0.elapsed()),
         };
         rep.rounds.push(info);
         on_round(&info);
         // Harvest before the next read; the policy sees what this round left dirty.
         let (next, c, g, held) = harvest(vm, s, &mut gpu_bits)?;
-        rep.max_lock_hold_us = rep.max_lock_hold_us.max(held.as_micros() as u64);
+        rep.max_lock_hold_us = rep.max_lock_hold_us.max(us(held));
         let left = next.iter().map(|x| u64::from(x.count_ones())).sum();
         let device_state = s.stop_copy_estimate(&lock(&vm.device).vgpu);
         let decision = policy.on_round(RoundStats {
@@ -640,7 +634,9 @@ fn run_source<R: Read, W: Write>(
     rep.mmio_wait = vm.shared.mmio_wait.summary();
     rep.gpu_hold = vm.gpu_hold().summary();
     rep.paused_wall_ns = match end {
-        VcpuEnd::Paused(at) => wall_ns().saturating_sub(at.elapsed().as_nanos() as u64),
+        VcpuEnd::Paused(at) => {
+            wall_ns().saturating_sub(u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        }
         VcpuEnd::Finished => wall_ns(),
         VcpuEnd::Crashed(why) => return Err(MigError(format!("guest failed: {why}"))),
     };
@@ -667,7 +663,7 @@ fn run_source<R: Read, W: Write>(
         let mut d = lock(&vm.device);
         let mem = vm.memory();
         loop {
-            let now = t0.elapsed().as_micros() as u64;
+            let now = us(t0.elapsed());
             let n = s
                 .poll_output(&mut d.vgpu, &mem, &mut (), now, &mut buf)
                 .map_err(verr("device state"))?;
@@ -700,7 +696,7 @@ fn run_source<R: Read, W: Write>(
     send(w, Kind::Reports, &[&reps])?;
     send(w, Kind::End, &[&rep.paused_wall_ns.to_le_bytes()])?;
     w.flush()?;
-    rep.stop_copy_us = t_stop.elapsed().as_micros() as u64;
+    rep.stop_copy_us = us(t_stop.elapsed());
     rep.rounds.push(RoundInfo {
         round,
         cpu_dirty: c,
@@ -708,8 +704,8 @@ fn run_source<R: Read, W: Write>(
         pages,
         zero_pages: zero,
         bytes: w.inner.sent() - before,
-        elapsed_us: t.elapsed().as_micros() as u64,
-        at_us: t0.elapsed().as_micros() as u64,
+        elapsed_us: us(t.elapsed()),
+        at_us: us(t0.elapsed()),
     });
     rep.vgpu_bytes = vgpu_bytes;
     rep.cpu_bytes = cpu_state.len() as u64;
@@ -725,7 +721,7 @@ fn run_source<R: Read, W: Write>(
         k => return Err(MigError(format!("unexpected {k:?} from the destination"))),
     }
     rep.total_bytes = w.inner.sent();
-    rep.total_us = t0.elapsed().as_micros() as u64;
+    rep.total_us = us(t0.elapsed());
     Ok(rep)
 }
 
@@ -767,7 +763,7 @@ pub fn migrate_dest<R: Read, W: Write>(
             w.flush()?;
             vm.start()?;
             let (_, first_wall) = wait_first_entry(&vm);
-            rep.resume_us = t_end.elapsed().as_micros() as u64;
+            rep.resume_us = us(t_end.elapsed());
             rep.end_after_pause_us = end_wall.saturating_sub(paused_wall_ns) / 1000;
             rep.downtime_us = first_wall.saturating_sub(paused_wall_ns) / 1000;
             Ok((vm, rep))
@@ -857,7 +853,7 @@ fn receive<R: Read>(
             }
             Kind::Cpu => cpu = Some(CpuState::decode(buf).map_err(|e| MigError(e.to_string()))?),
             Kind::Reports => {
-                if buf.len() % 16 != 0 {
+                if !buf.len().is_multiple_of(16) {
                     return Err(MigError("REPORTS message of odd length".into()));
                 }
                 for c in buf.chunks_exact(16) {

@@ -106,8 +106,10 @@ pub(super) fn run_source(args: &Args, image: &[u8]) -> crate::Result {
     let _ = sock.set_nodelay(true);
     let mut r = BufReader::new(sock.try_clone().map_err(|e| e.to_string())?);
     let w = BufWriter::with_capacity(1 << 20, sock.try_clone().map_err(|e| e.to_string())?);
-    let mut policy = gmem::PolicyConfig::default();
-    policy.downtime_limit_ms = args.downtime_ms;
+    let policy = gmem::PolicyConfig {
+        downtime_limit_ms: args.downtime_ms,
+        ..gmem::PolicyConfig::default()
+    };
     let opts = SourceOptions {
         policy,
         rate: rate.unwrap_or(0),
