@@ -1,16 +1,19 @@
 //! One vGPU instance: config space, register file, GGTT slices, engines, GPU dirty log.
 
+use core::sync::atomic::AtomicU64;
 use engines::{
     ContextDescriptor, EngineId, EngineMask, Engines, QuiesceStatus, Workload, check_submission,
     reg,
 };
-use gmem::{DirtyBitmap, GuestMemoryMap, words_for};
+
+use gmem::GuestMemoryMap;
 use gtt::{Generation, Gfn, GgttEntry, GmAddr, GttIndex, HalfWrite, HostPlacement, Partition};
 use migstream::DeviceIdentity;
 use mmio::{AccessSize, PvInfo, RegEvent, RegFile, RegHooks};
 
 use crate::error::VgpuError;
 use crate::fsm::MigState;
+use crate::tracking::GpuDirtyLog;
 use crate::traits::{GuestMemory, HostGtt};
 
 /// Size of the virtual PCI configuration space (PCIe extended).
@@ -124,8 +127,9 @@ fn low32(v: u64) -> u32 {
 /// Storage for one vGPU, provided by the caller (it can live in `static`s).
 ///
 /// Sizes: `config_space` 4 KiB; `vregs` [`mmio::MMIO_DWORDS`] dwords (2 MiB);
-/// `ggtt` [`VgpuConfig::ggtt_storage_len`] entries; `gpu_dirty` [`gmem::words_for`]`(frames)` words
-/// where `frames` is the number of guest frames in the memory map.
+/// `ggtt` [`VgpuConfig::ggtt_storage_len`] entries; `gpu_dirty`
+/// [`GpuDirtyLog::storage_words`]`(frames)` words where `frames` is the number of guest frames in
+/// the memory map.
 #[derive(Debug)]
 pub struct VgpuStorage<'a> {
     /// Virtual PCI config space.
@@ -134,8 +138,9 @@ pub struct VgpuStorage<'a> {
     pub vregs: &'a mut [u32],
     /// Guest GGTT entries of the vGPU's two slices.
     pub ggtt: &'a mut [u64],
-    /// GPU-side dirty log: one bit per guest frame.
-    pub gpu_dirty: &'a mut [u64],
+    /// GPU-side dirty log ([`GpuDirtyLog`]): one bit per guest frame and an activity flag,
+    /// shared (a GPU thread marks it while others hold the vGPU).
+    pub gpu_dirty: &'a [AtomicU64],
 }
 
 /// Derived state, rebuilt on restore by replaying side-effect registers; never migrated.
@@ -164,11 +169,10 @@ pub struct Vgpu<'a> {
     regs: RegFile<'a>,
     ggtt: gtt::GgttSlices<'a>,
     engines: Engines,
-    gpu_dirty: DirtyBitmap<'a>,
+    gpu_dirty: GpuDirtyLog<'a>,
     derived: Derived,
     state: MigState,
     guest_errors: u32,
-    gpu_active: bool,
     msi: u32,
     ppgtts: crate::ppgtt::PpgttList,
 }
@@ -262,15 +266,11 @@ impl<'a> Vgpu<'a> {
         mem_map: GuestMemoryMap,
         storage: VgpuStorage<'a>,
     ) -> Result<Self, VgpuError> {
-        let frames = usize::try_from(mem_map.frames()).map_err(|_| VgpuError::StorageSize)?;
-        if storage.gpu_dirty.len() != words_for(frames) {
-            return Err(VgpuError::StorageSize);
-        }
+        let gpu_dirty = GpuDirtyLog::new(&mem_map, storage.gpu_dirty)?;
         let mut regs = RegFile::new(&mmio::SKL, storage.vregs)?;
         regs.reset_with(&config.pvinfo());
         let mut ggtt = gtt::GgttSlices::new(config.partition, storage.ggtt)?;
         ggtt.clear();
-        let gpu_dirty = DirtyBitmap::new(storage.gpu_dirty, frames)?;
         let mut v = Self {
             engines: Engines::new(config.engines),
             config,
@@ -283,7 +283,6 @@ impl<'a> Vgpu<'a> {
             derived: Derived::default(),
             state: MigState::Running,
             guest_errors: 0,
-            gpu_active: false,
             msi: 0,
             ppgtts: crate::ppgtt::PpgttList::new(),
         };
@@ -386,9 +385,10 @@ impl<'a> Vgpu<'a> {
         self.guest_errors
     }
 
-    /// The GPU-side dirty log (one bit per guest frame, dense index of the memory map).
-    pub fn gpu_dirty_mut(&mut self) -> &mut DirtyBitmap<'a> {
-        &mut self.gpu_dirty
+    /// The GPU-side dirty log. Clone it for a thread that marks GPU writes without holding the
+    /// vGPU (see the crate docs' locking rules).
+    pub fn gpu_dirty(&self) -> &GpuDirtyLog<'a> {
+        &self.gpu_dirty
     }
 
     /// Guest frames in the GPU dirty log (written since the last harvest).
@@ -398,21 +398,19 @@ impl<'a> Vgpu<'a> {
 
     /// Record that the vGPU ran work (the device model or backend calls this when it schedules the
     /// vGPU); used by [`GpuDirtyPrecision::MappedIfActive`](crate::source::GpuDirtyPrecision).
-    pub fn mark_gpu_active(&mut self) {
-        self.gpu_active = true;
+    pub fn mark_gpu_active(&self) {
+        self.gpu_dirty.mark_active();
     }
 
     /// Whether the vGPU ran work since the last call (and forget it).
-    pub fn take_gpu_active(&mut self) -> bool {
-        core::mem::take(&mut self.gpu_active)
+    pub fn take_gpu_active(&self) -> bool {
+        self.gpu_dirty.take_active()
     }
 
-    /// Record that the GPU wrote guest frame `gfn` (the device model or a command scanner calls this).
-    pub fn mark_gpu_dirty(&mut self, gfn: Gfn) {
-        self.gpu_active = true;
-        if let Some(i) = self.mem_map.index_of(gfn) {
-            let _ = self.gpu_dirty.set(i);
-        }
+    /// Record that the GPU wrote guest frame `gfn` (the device model or a command scanner calls
+    /// this after the write): [`GpuDirtyLog::mark`].
+    pub fn mark_gpu_dirty(&self, gfn: Gfn) {
+        self.gpu_dirty.mark(gfn);
     }
 
     /// Translate a guest graphics memory address through the guest GGTT to (frame, offset in page).

@@ -719,7 +719,7 @@ fn source_storage_too_small_is_refused_and_changes_nothing_then_the_retry_works(
     let mut wire = Vec::new();
     while !s.is_finished() {
         let n = s
-            .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+            .poll_output(&a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
             .unwrap();
         wire.extend_from_slice(&out[..n]);
         while let Some(ev) = s.poll_event() {
@@ -810,7 +810,7 @@ fn a_full_event_queue_keeps_the_switch_and_the_migration_completes() {
     // queue holds pile up.
     loop {
         let n = s
-            .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+            .poll_output(&a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
             .unwrap();
         wire.extend_from_slice(&out[..n]);
         if n == 0 {
@@ -842,7 +842,7 @@ fn a_full_event_queue_keeps_the_switch_and_the_migration_completes() {
     s.stop_and_copy(&mut a.vgpu, &mut a.cpu_log).unwrap();
     while !s.is_finished() {
         let n = s
-            .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+            .poll_output(&a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
             .unwrap();
         wire.extend_from_slice(&out[..n]);
     }
