@@ -2,10 +2,12 @@
 //! [`Vgpu`]'s trap-and-emulate, and the GPU thread that runs the reference device's executor.
 //!
 //! Locking: one mutex guards the [`Device`] (the vGPU, the host GGTT, the executor). A vCPU holds
-//! it for one trapped access; the GPU thread for one executor step (a bounded amount of work);
-//! the migration thread only for the GPU dirty report (a bitmap swap) and, with the vCPUs paused
-//! and the vGPU quiesced, for the device state. Guest RAM is never behind it: the migration thread
-//! copies pages without it.
+//! it for one trapped access; the GPU thread for one executor step (a bounded amount of work: the
+//! reference executor needs the engines and the GGTT); the migration thread, through
+//! [`DeviceAccess`], once per pre-copy round for the device-state size and, with the vCPU paused
+//! and the vGPU quiesced, for the device state. The GPU dirty log is atomic and needs no lock
+//! (marks land after the write they log). Guest RAM is never behind the lock: the migration
+//! thread copies pages without it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -15,6 +17,8 @@ use gtt::{GmAddr, GmRange, HostPlacement, Partition};
 use kvm_guest::abi;
 use vgpu::instance::{Vgpu, VgpuConfig};
 use vgpu::sim::{MachineStorage, RefGpu, SimHost};
+use vgpu::tracking::GpuDirtyLog;
+use vgpu::traits::VgpuAccess;
 
 use crate::memory::{GuestRam, VmMemory};
 
@@ -139,6 +143,42 @@ impl Device {
             self.bad_accesses += 1;
         }
         true
+    }
+}
+
+/// The migration thread's way to the vGPU ([`VgpuAccess`]): the GPU dirty log without the
+/// lock (it is atomic and shared with the vGPU), the vGPU itself under the device lock, briefly.
+#[derive(Debug, Clone)]
+pub struct DeviceAccess {
+    dev: Arc<Mutex<Device>>,
+    log: GpuDirtyLog<'static>,
+    /// How long each `with_vgpu` held the lock.
+    pub hold: Arc<WaitStats>,
+}
+
+impl DeviceAccess {
+    /// Access to `dev`'s vGPU.
+    pub fn new(dev: Arc<Mutex<Device>>) -> Self {
+        let log = lock(&dev).vgpu.gpu_dirty().clone();
+        Self {
+            dev,
+            log,
+            hold: Arc::new(WaitStats::default()),
+        }
+    }
+}
+
+impl VgpuAccess for DeviceAccess {
+    fn gpu_dirty(&self) -> &GpuDirtyLog<'_> {
+        &self.log
+    }
+
+    fn with_vgpu(&self, f: &mut dyn FnMut(&Vgpu<'_>)) {
+        let d = lock(&self.dev);
+        let t = Instant::now();
+        f(&d.vgpu);
+        drop(d);
+        self.hold.record(t.elapsed());
     }
 }
 

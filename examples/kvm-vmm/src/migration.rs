@@ -14,8 +14,9 @@
 //! any read). The library's pre-copy policy ([`gmem::Policy`]) decides when to stop. Stop: pause
 //! the vCPU (kicked out of `KVM_RUN`), quiesce the vGPU (no new dispatch, in-flight work drained),
 //! `stop_and_copy`, the last RAM pass, the vGPU's device state, the vCPU state, END. The device
-//! lock is held during pre-copy only for the GPU dirty report (a bitmap swap), never while pages
-//! are read or sent: MMIO exits keep being served.
+//! lock is taken during pre-copy only for one look at the vGPU per round (the device-state size
+//! the policy needs), never while pages are read or sent: the GPU dirty report reads the vGPU's
+//! atomic GPU dirty log ([`DeviceAccess`]), and MMIO exits keep being served.
 //!
 //! Destination: build the VM from the HELLO, write pages as they come (no lock: nothing runs),
 //! feed the vGPU stream to a [`DestSession`], commit (validated, atomic), load the vCPU state,
@@ -37,9 +38,10 @@ use gmem::{Decision, DmaRange, Policy, PolicyConfig, RoundStats, SwitchReason, w
 use vgpu::dest::DestSession;
 use vgpu::sim::Profile;
 use vgpu::source::{MemoryMode, SourceConfig, SourceSession};
+use vgpu::traits::VgpuAccess as _;
 
 use crate::cpu::CpuState;
-use crate::device::{WaitSummary, lock};
+use crate::device::{DeviceAccess, WaitSummary, lock};
 use crate::memory::for_each_bit;
 use crate::vm::{Report, VcpuEnd, Vm, VmConfig, VmError, wall_ns};
 
@@ -332,8 +334,8 @@ pub struct SourceReport {
     pub mmio_wait: WaitSummary,
     /// The GPU thread's steps while pages streamed: how long each held the device lock.
     pub gpu_hold: WaitSummary,
-    /// Longest the migration thread held the device lock during pre-copy (the GPU dirty
-    /// report), µs.
+    /// Longest the migration thread held the device lock during pre-copy (one look at the vGPU
+    /// per round for the device-state size; the GPU dirty report needs no lock), µs.
     pub max_lock_hold_us: u64,
     /// Frames the guest had completed when it was paused.
     pub frames_at_pause: u64,
@@ -411,39 +413,33 @@ impl<'a, W: Write> PageSender<'a, W> {
     }
 }
 
-/// Everything one pre-copy or stop round must send: KVM's log and the vGPU's report, each
-/// harvested (read and cleared) before any page is read. Returns (bitmap, cpu count, gpu count,
-/// lock hold).
+/// Everything one pre-copy or stop round must send: KVM's log and the library's report of the
+/// GPU's writes, each harvested (read and cleared) before any page is read. The report reads the
+/// vGPU's atomic GPU dirty log: no device lock. Returns (bitmap, CPU count, GPU count).
 fn harvest(
     vm: &Vm,
     session: &mut SourceSession<'_>,
+    access: &DeviceAccess,
     gpu_bits: &mut [u64],
-) -> Result<(Vec<u64>, u64, u64, Duration), MigError> {
+) -> Result<(Vec<u64>, u64, u64), MigError> {
     let mut bits = vm.dirty_log().take()?;
     let cpu = bits.iter().map(|w| u64::from(w.count_ones())).sum();
     gpu_bits.fill(0);
-    let mut d = lock(&vm.device);
-    // Hold time counts from acquisition: what an MMIO exit arriving now would wait.
-    let t = Instant::now();
-    let gpu = {
-        session
-            .dirty_report(
-                &mut d.vgpu,
-                DmaRange {
-                    iova: 0,
-                    length: vm.cfg.ram,
-                },
-                4096,
-                gpu_bits,
-            )
-            .map_err(verr("GPU dirty report"))?
-    };
-    let held = t.elapsed();
-    drop(d);
+    let gpu = session
+        .dirty_report(
+            access,
+            DmaRange {
+                iova: 0,
+                length: vm.cfg.ram,
+            },
+            4096,
+            gpu_bits,
+        )
+        .map_err(verr("GPU dirty report"))?;
     for (b, g) in bits.iter_mut().zip(gpu_bits.iter()) {
         *b |= *g;
     }
-    Ok((bits, cpu, gpu, held))
+    Ok((bits, cpu, gpu))
 }
 
 fn send_round<W: Write>(vm: &Vm, w: &mut W, bits: &[u64]) -> Result<(u64, u64), MigError> {
@@ -568,6 +564,7 @@ fn run_source<R: Read, W: Write>(
     send(w, Kind::Hello, &[&encode_config(&vm.cfg)])?;
     let mut gpu_bits = vec![0u64; words_for(usize::try_from(vm.ram.frames()).unwrap_or(0))];
     let mut policy = Policy::new(opts.policy);
+    let access = DeviceAccess::new(vm.device.clone());
     // Round 0: clear KVM's log (everything goes now), then every frame.
     let _ = vm.dirty_log().take()?;
     let mut all = vec![u64::MAX; gpu_bits.len()];
@@ -600,10 +597,12 @@ fn run_source<R: Read, W: Write>(
         rep.rounds.push(info);
         on_round(&info);
         // Harvest before the next read; the policy sees what this round left dirty.
-        let (next, c, g, held) = harvest(vm, s, &mut gpu_bits)?;
-        rep.max_lock_hold_us = rep.max_lock_hold_us.max(us(held));
+        let (next, c, g) = harvest(vm, s, &access, &mut gpu_bits)?;
         let left = next.iter().map(|x| u64::from(x.count_ones())).sum();
-        let device_state = s.stop_copy_estimate(&lock(&vm.device).vgpu);
+        // The device-state size for the policy: the one look at the vGPU a round needs.
+        let mut device_state = 0;
+        access.with_vgpu(&mut |v| device_state = s.stop_copy_estimate(v));
+        rep.max_lock_hold_us = access.hold.summary().max_ns / 1000;
         let decision = policy.on_round(RoundStats {
             round,
             dirty_pages_left: left,
@@ -647,7 +646,7 @@ fn run_source<R: Read, W: Write>(
         s.stop_and_copy(&mut d.vgpu, &mut ())
             .map_err(verr("stop-and-copy"))?;
     }
-    let (last, c, g, _) = harvest(vm, s, &mut gpu_bits)?;
+    let (last, c, g) = harvest(vm, s, &access, &mut gpu_bits)?;
     for (b, l) in bits.iter_mut().zip(&last) {
         *b |= *l;
     }
