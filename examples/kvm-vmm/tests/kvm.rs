@@ -194,3 +194,57 @@ fn a_cut_connection_or_a_rejected_stream_leaves_the_source_running_unchanged() {
         assert!(got.guest_checks_passed(cfg.frames), "fault {i}");
     }
 }
+
+#[test]
+fn the_gpu_dirty_report_covers_every_frame_the_gpu_thread_wrote() {
+    use vgpu::traits::CpuDirtyLog as _;
+    let Some(img) = setup("the_gpu_dirty_report_covers_every_frame_the_gpu_thread_wrote") else {
+        return;
+    };
+    let cfg = VmConfig::small(Profile::MEDIA, 20, 5);
+    let mut vm = Vm::new(cfg, Some(&img), 0x55_0000).unwrap();
+    // From here on, only the GPU thread writes RAM through vm-memory (the vCPU's own writes go
+    // straight to the mapping KVM uses): vm-memory's bitmap is an independent record of the
+    // GPU's DMA, to check the vGPU's exact GPU dirty log against.
+    let mut vmm_log = kvm_vmm::memory::BitmapDirtyLog(vm.ram.clone());
+    vmm_log.harvest(&mut |_| {});
+    let frames = vm.ram.frames() as usize;
+    let mut send = vec![0u64; gmem::words_for(frames)];
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut cfg_s = vgpu::source::SourceConfig::default();
+    cfg_s.memory = vgpu::source::MemoryMode::Report;
+    let mut session = {
+        let mut d = kvm_vmm::device::lock(&vm.device);
+        vgpu::source::SourceSession::open(&mut d.vgpu, &mut (), cfg_s, &mut send, &mut scratch)
+            .unwrap()
+    };
+    vm.start().unwrap();
+    finish(&mut vm);
+    let access = kvm_vmm::device::DeviceAccess::new(vm.device.clone());
+    let mut report = vec![0u64; gmem::words_for(frames)];
+    let range = gmem::DmaRange {
+        iova: 0,
+        length: cfg.ram,
+    };
+    let n = session
+        .dirty_report(&access, range, 4096, &mut report)
+        .unwrap();
+    let mut written = 0;
+    let mut missing = Vec::new();
+    vmm_log.harvest(&mut |gfn| {
+        written += 1;
+        let f = gfn.get() as usize;
+        if report[f / 64] & (1 << (f % 64)) == 0 {
+            missing.push(f);
+        }
+    });
+    assert!(
+        written > 0 && n >= written,
+        "GPU wrote {written} frames, report has {n}"
+    );
+    assert!(
+        missing.is_empty(),
+        "frames the GPU wrote but the report lacks: {missing:x?}"
+    );
+    session.cancel(&mut kvm_vmm::device::lock(&vm.device).vgpu);
+}
