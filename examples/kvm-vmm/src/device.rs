@@ -30,6 +30,9 @@ pub const HIDDEN_BASE: u64 = 0x1000_0000;
 pub const HOST_GM: u64 = 0xC000_0000;
 /// Commands per engine per GPU step (the lock is held for one step).
 pub const GPU_STEP_COMMANDS: u32 = 64;
+/// Pages a fill writes per GPU step: small steps keep the lock's hold times short (the GPU
+/// thread takes the next step at once, so throughput hardly changes).
+pub const GPU_STEP_FILL_PAGES: u32 = 16;
 
 /// The vGPU and what executes its work.
 #[derive(Debug)]
@@ -66,10 +69,12 @@ impl Device {
         .map_err(|e| format!("{e:?}"))?;
         let vgpu = Vgpu::new(config, placement, ram.map().clone(), storage.storage())
             .map_err(|e| e.to_string())?;
+        let mut gpu = RefGpu::new();
+        gpu.fill_pages_per_step = GPU_STEP_FILL_PAGES;
         Ok(Self {
             vgpu,
             host: SimHost::new(HOST_GM, host_offset),
-            gpu: RefGpu::new(),
+            gpu,
             bad_accesses: 0,
         })
     }
@@ -269,6 +274,9 @@ impl WaitStats {
 pub struct GpuControl {
     /// How long each GPU step held the device lock.
     pub hold: WaitStats,
+    /// vCPUs waiting for the device lock: the GPU thread lets them in before its next step (a
+    /// mutex is not fair, and the GPU thread would otherwise take it again at once).
+    waiting: AtomicU64,
     stop: AtomicBool,
     kick: Mutex<bool>,
     wake: Condvar,
@@ -279,6 +287,14 @@ impl GpuControl {
     pub fn kick(&self) {
         *self.kick.lock().unwrap_or_else(PoisonError::into_inner) = true;
         self.wake.notify_one();
+    }
+
+    /// Lock the device for a trapped access, ahead of the GPU thread's next step.
+    pub fn lock_for_exit<'d>(&self, dev: &'d Mutex<Device>) -> MutexGuard<'d, Device> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let g = lock(dev);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        g
     }
 
     /// Ask the GPU thread to end.
@@ -335,6 +351,9 @@ pub fn gpu_thread(dev: Arc<Mutex<Device>>, mut mem: VmMemory, ctl: Arc<GpuContro
             drop(g);
             ctl.hold.record(t.elapsed());
             msi.deliver(raised);
+            while ctl.waiting.load(Ordering::SeqCst) > 0 && !ctl.stop.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
             busy
         };
         if busy {

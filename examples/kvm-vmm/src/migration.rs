@@ -139,10 +139,15 @@ impl<W: Write> Link<W> {
 impl<W: Write> Write for Link<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.rate > 0 {
+            let burst = Duration::from_millis(5);
             let due = Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
             let now = self.start.elapsed();
-            if due > now + Duration::from_millis(5) {
+            if due > now + burst {
                 std::thread::sleep(due - now);
+            } else if now > due + burst {
+                // Idle time earns at most one burst of credit: move the schedule's origin so
+                // that the link is never faster than its rate for longer than that.
+                self.start += now - due - burst;
             }
         }
         let n = self.inner.write(buf)?;

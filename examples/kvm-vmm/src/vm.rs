@@ -637,7 +637,7 @@ fn vcpu_thread(
         let end = match exit {
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 let t = Instant::now();
-                let mut d = lock(dev);
+                let mut d = gpu.lock_for_exit(dev);
                 sh.mmio_wait.record(t.elapsed());
                 match d.mmio_read(addr, data.len()) {
                     Some(v) => {
@@ -653,7 +653,7 @@ fn vcpu_thread(
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 let t = Instant::now();
-                let mut d = lock(dev);
+                let mut d = gpu.lock_for_exit(dev);
                 sh.mmio_wait.record(t.elapsed());
                 let ok = d.mmio_write(addr, data.len(), data_u64(data), mem);
                 let raised = d.vgpu.take_msi();
