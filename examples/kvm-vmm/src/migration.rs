@@ -664,12 +664,12 @@ fn run_source<R: Read, W: Write>(
     let mut buf = vec![0u8; 64 * 1024];
     let mut vgpu_bytes = 0u64;
     {
-        let mut d = lock(&vm.device);
+        let d = lock(&vm.device);
         let mem = vm.memory();
         loop {
             let now = us(t0.elapsed());
             let n = s
-                .poll_output(&mut d.vgpu, &mem, &mut (), now, &mut buf)
+                .poll_output(&d.vgpu, &mem, &mut (), now, &mut buf)
                 .map_err(verr("device state"))?;
             while s.poll_event().is_some() {}
             if n == 0 {

@@ -8,6 +8,7 @@
     clippy::print_stderr,
     clippy::indexing_slicing,
     clippy::std_instead_of_core,
+    clippy::cast_possible_truncation,
     reason = "tests"
 )]
 
