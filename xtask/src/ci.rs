@@ -216,7 +216,7 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         ),
         (
             "migrate smoke run: three channels over three TCP connections (verified end to end)",
-            &["migrate", "--quick", "--channels", "3"],
+            &["migrate", "--quick", "--guest", "model", "--channels", "3"],
         ),
         (
             "hardware test plan, quick (reference device) and a 200-hop soak",

@@ -3,6 +3,13 @@
 //! destination finish the workload, and verify that its final state equals a never-migrated run of
 //! the same seed, byte for byte.
 //!
+//! The guest: with `--guest kvm` (the default where `/dev/kvm` and the `x86_64-unknown-none`
+//! target are usable) a whole KVM virtual machine whose bare-metal guest drives the vGPU is
+//! migrated with the reference embedding `kvm-vmm` ([`kvm`]: its own framing, documented there and
+//! in `kvm_vmm::migration`); elsewhere, or with `--guest model`, the reference platform's guest
+//! driver model, as described below. A destination started with `--listen` must be given the
+//! same `--guest` as its source.
+//!
 //! # Processes
 //!
 //! - Default: this process is the *source*. It starts the destination as a child
@@ -139,7 +146,15 @@ const START_FRAME: u64 = 30;
 
 /// Run the demo.
 pub(crate) fn run(args: &Args) -> crate::Result {
-    if args.guest == "kvm" && !args.modeled {
+    // The KVM VMM migrates guest RAM itself and the library's stream carries device state only:
+    // the stream's channels, GPU dirty precision and content tracking are the model guest's.
+    let model_only = args.channels > 1 || args.precision != "exact" || args.content != "on";
+    if args.guest == "kvm" && !args.modeled && model_only && !args.child {
+        println!(
+            "--channels, --precision and --content shape the model guest's stream: running the model guest"
+        );
+    }
+    if args.guest == "kvm" && !args.modeled && !model_only {
         match kvm_image() {
             Ok(image) => return run_kvm(args, &image),
             Err(why) => {
