@@ -155,7 +155,7 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         );
     }
     if args.guest == "kvm" && !args.modeled && !model_only {
-        match kvm_image() {
+        match kvm_image()? {
             Ok(image) => return run_kvm(args, &image),
             Err(why) => {
                 if !args.child {
@@ -173,15 +173,16 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     }
 }
 
-/// The KVM guest image, where KVM is usable.
+/// The KVM guest image where KVM is usable (`Ok(Err(why))` where it is not; `Err` when the
+/// guest does not build).
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn kvm_image() -> crate::Result<Vec<u8>> {
+fn kvm_image() -> crate::Result<Result<Vec<u8>, String>> {
     kvm::usable()
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-fn kvm_image() -> crate::Result<Vec<u8>> {
-    Err("KVM needs Linux on x86-64".into())
+fn kvm_image() -> crate::Result<Result<Vec<u8>, String>> {
+    Ok(Err("KVM needs Linux on x86-64".into()))
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

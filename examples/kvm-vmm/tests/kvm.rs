@@ -27,10 +27,12 @@ fn setup(test: &str) -> Option<Vec<u8>> {
     }
     match guest_image() {
         Ok(img) => Some(img),
-        Err(e) => {
+        Err(e @ kvm_vmm::image::ImageError::TargetMissing) => {
             eprintln!("{test}: skipped, no guest image ({e})");
             None
         }
+        // A guest that does not build is a failure, not a reason to skip.
+        Err(e) => panic!("{test}: {e}"),
     }
 }
 

@@ -25,10 +25,17 @@ use super::source::{Progress, spawn_destination};
 use super::wire::{self, Kind};
 use super::{Args, START_FRAME, mib, parse_link, profile};
 
-/// The guest image if KVM and the bare-metal target are usable here, else why not.
-pub(super) fn usable() -> Result<Vec<u8>, String> {
-    kvm_vmm::vm::kvm_usable()?;
-    kvm_vmm::image::guest_image().map_err(|e| e.to_string())
+/// The guest image if KVM and the bare-metal target are usable here: `Ok(Err(why))` where they
+/// are not (the model guest runs instead), `Err` when the guest does not build (a failure).
+pub(super) fn usable() -> crate::Result<Result<Vec<u8>, String>> {
+    if let Err(why) = kvm_vmm::vm::kvm_usable() {
+        return Ok(Err(why));
+    }
+    match kvm_vmm::image::guest_image() {
+        Ok(image) => Ok(Ok(image)),
+        Err(e @ kvm_vmm::image::ImageError::TargetMissing) => Ok(Err(e.to_string())),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Host frame offsets of the two hosts' (modeled) host GGTTs.
