@@ -55,18 +55,65 @@ pub fn vgpu_config(aperture: u64, hidden: u64) -> Result<VgpuConfig, String> {
     Ok(VgpuConfig::skylake(p))
 }
 
+/// Which (modeled) host a VM runs on: where the host places the vGPU's graphics memory and how
+/// it numbers host frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// The source host: graphics memory contiguous (aperture at 32 MiB, hidden at 1 GiB).
+    Source,
+    /// The destination host: the aperture elsewhere and the hidden range split in three pieces,
+    /// out of address order, so a migration rebases every GGTT entry.
+    Destination,
+}
+
+impl Host {
+    /// The host placement of a vGPU with `partition`.
+    pub fn placement(self, partition: &Partition) -> Result<HostPlacement, String> {
+        let e = |e: gtt::GttError| format!("{e:?}");
+        match self {
+            Host::Source => HostPlacement::contiguous(
+                partition,
+                GmAddr::new(0x0200_0000),
+                GmAddr::new(0x4000_0000),
+            )
+            .map_err(e),
+            Host::Destination => {
+                let hidden = partition.hidden.size();
+                let third = (hidden / 3) & !0xFFF;
+                HostPlacement::split(
+                    partition,
+                    &[
+                        GmRange::new(GmAddr::new(0x0600_0000), partition.aperture.size())
+                            .map_err(e)?,
+                    ],
+                    &[
+                        GmRange::new(GmAddr::new(0x8000_0000), third).map_err(e)?,
+                        GmRange::new(GmAddr::new(0x6000_0000), third).map_err(e)?,
+                        GmRange::new(GmAddr::new(0xA000_0000), hidden - 2 * third).map_err(e)?,
+                    ],
+                )
+                .map_err(e)
+            }
+        }
+    }
+
+    /// Offset from guest frames to this host's frames in its host GGTT model.
+    pub fn frame_offset(self) -> u64 {
+        match self {
+            Host::Source => 0x55_0000,
+            Host::Destination => 0x77_0000,
+        }
+    }
+}
+
 impl Device {
-    /// A vGPU at reset over `ram`, its graphics memory placed contiguously on the host. The
-    /// vGPU's storage lives as long as the process (one vGPU per VM, as in a VMM).
-    pub fn new(config: VgpuConfig, ram: &GuestRam, host_offset: u64) -> Result<Self, String> {
+    /// A vGPU at reset over `ram`, its graphics memory placed as `host` places it. The vGPU's
+    /// storage lives as long as the process (one vGPU per VM, as in a VMM).
+    pub fn new(config: VgpuConfig, ram: &GuestRam, host: Host) -> Result<Self, String> {
         let storage: &'static mut MachineStorage =
             Box::leak(Box::new(MachineStorage::new(&config, ram.map())));
-        let placement = HostPlacement::contiguous(
-            &config.partition,
-            GmAddr::new(0x0200_0000),
-            GmAddr::new(0x4000_0000),
-        )
-        .map_err(|e| format!("{e:?}"))?;
+        let placement = host.placement(&config.partition)?;
+        let host_offset = host.frame_offset();
         let vgpu = Vgpu::new(config, placement, ram.map().clone(), storage.storage())
             .map_err(|e| e.to_string())?;
         let mut gpu = RefGpu::new();

@@ -18,7 +18,8 @@
 //! the policy needs), never while pages are read or sent: the GPU dirty report reads the vGPU's
 //! atomic GPU dirty log ([`DeviceAccess`]), and MMIO exits keep being served.
 //!
-//! Destination: build the VM from the HELLO, write pages as they come (no lock: nothing runs),
+//! Destination: build the VM from the HELLO (its vGPU's graphics memory placed elsewhere on the
+//! host and split, [`Host::Destination`]: the commit rebases every GGTT entry), write pages as they come (no lock: nothing runs),
 //! feed the vGPU stream to a [`DestSession`], commit (validated, atomic), load the vCPU state,
 //! answer ACK, then start the vCPU exactly where it stopped. A rejected stream answers NACK; the
 //! source then cancels (the vGPU resumes, the vCPU restarts) and nothing is lost.
@@ -41,7 +42,7 @@ use vgpu::source::{MemoryMode, SourceConfig, SourceSession};
 use vgpu::traits::VgpuAccess as _;
 
 use crate::cpu::CpuState;
-use crate::device::{DeviceAccess, WaitSummary, lock};
+use crate::device::{DeviceAccess, Host, WaitSummary, lock};
 use crate::memory::for_each_bit;
 use crate::vm::{Report, VcpuEnd, Vm, VmConfig, VmError, wall_ns};
 
@@ -750,17 +751,13 @@ pub struct DestReport {
 
 /// Receive a migration on `r`/`w` and return the running destination VM. On a rejected
 /// stream it answers NACK and returns the error (no VM runs).
-pub fn migrate_dest<R: Read, W: Write>(
-    r: &mut R,
-    w: &mut W,
-    host_offset: u64,
-) -> Result<(Vm, DestReport), MigError> {
+pub fn migrate_dest<R: Read, W: Write>(r: &mut R, w: &mut W) -> Result<(Vm, DestReport), MigError> {
     let mut buf = Vec::new();
     let cfg = match recv(r, &mut buf)? {
         Kind::Hello => decode_config(&buf)?,
         k => return Err(MigError(format!("expected HELLO, got {k:?}"))),
     };
-    let mut vm = Vm::new(cfg, None, host_offset)?;
+    let mut vm = Vm::new(cfg, None, Host::Destination)?;
     match receive(&mut vm, r, &mut buf) {
         Ok((mut rep, paused_wall_ns, t_end, end_wall)) => {
             send(w, Kind::Ack, &[])?;

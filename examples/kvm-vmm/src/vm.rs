@@ -16,7 +16,7 @@ use vgpu::sim::Profile;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::cpu::CpuState;
-use crate::device::{self, Device, GpuControl, Msi, WaitStats, lock};
+use crate::device::{self, Device, GpuControl, Host, Msi, WaitStats, lock};
 use crate::memory::{GuestRam, KvmDirtyLog, VmMemory};
 
 /// The RAM slot.
@@ -233,10 +233,9 @@ fn install_kick_handler() -> Result<(), VmError> {
 
 impl Vm {
     /// Create the VM: RAM slot with dirty logging, in-kernel interrupt controller, one vCPU, the
-    /// vGPU at reset. `host_offset` distinguishes the hosts' frame numbers in the host GGTT.
-    /// With `boot`, the guest image is loaded and the vCPU set up to enter it; otherwise the
-    /// VM waits for a migrated state.
-    pub fn new(cfg: VmConfig, image: Option<&[u8]>, host_offset: u64) -> Result<Self, VmError> {
+    /// vGPU at reset, placed as `host` places it. With an `image`, the guest is loaded and the
+    /// vCPU set up to enter it; without, the VM waits for a migrated state.
+    pub fn new(cfg: VmConfig, image: Option<&[u8]>, host: Host) -> Result<Self, VmError> {
         install_kick_handler()?;
         let kvm = Kvm::new().map_err(|e| err("/dev/kvm", e))?;
         let vm = kvm.create_vm().map_err(|e| err("KVM_CREATE_VM", e))?;
@@ -263,7 +262,7 @@ impl Vm {
         vcpu.set_cpuid2(&cpuid)
             .map_err(|e| err("KVM_SET_CPUID2", e))?;
         let config = device::vgpu_config(cfg.aperture, cfg.hidden).map_err(|e| err("vGPU", e))?;
-        let dev = Device::new(config, &ram, host_offset).map_err(|e| err("vGPU", e))?;
+        let dev = Device::new(config, &ram, host).map_err(|e| err("vGPU", e))?;
         let vm = Arc::new(vm);
         let mut me = Self {
             cfg,

@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use kvm_guest::abi;
+use kvm_vmm::device::Host;
 use kvm_vmm::image::guest_image;
 use kvm_vmm::vm::{VcpuEnd, Vm, VmConfig, kvm_usable};
 use vgpu::sim::Profile;
@@ -37,7 +38,7 @@ fn setup(test: &str) -> Option<Vec<u8>> {
 }
 
 fn run_to_end(cfg: VmConfig, image: &[u8]) -> Vm {
-    let mut vm = Vm::new(cfg, Some(image), 0x55_0000).unwrap();
+    let mut vm = Vm::new(cfg, Some(image), Host::Source).unwrap();
     vm.start().unwrap();
     let end = vm.wait_end(Duration::from_secs(120)).unwrap();
     assert_eq!(end, VcpuEnd::Finished, "console: {}", vm.console());
@@ -109,7 +110,7 @@ fn migrate(
         let (sock, _) = listener.accept().unwrap();
         let mut r = std::io::BufReader::new(sock.try_clone().unwrap());
         let mut w = std::io::BufWriter::new(sock);
-        kvm_vmm::migration::migrate_dest(&mut r, &mut w, 0x77_0000)
+        kvm_vmm::migration::migrate_dest(&mut r, &mut w)
     });
     let sock = std::net::TcpStream::connect(addr).unwrap();
     sock.set_nodelay(true).unwrap();
@@ -135,7 +136,7 @@ fn a_migrated_vm_ends_equal_to_a_never_migrated_one() {
     for profile in [Profile::MEDIA, Profile::THREE_D] {
         let cfg = VmConfig::small(profile, 400, 9);
         let expected = run_to_end(cfg, &img).end_state().unwrap();
-        let mut src = Vm::new(cfg, Some(&img), 0x55_0000).unwrap();
+        let mut src = Vm::new(cfg, Some(&img), Host::Source).unwrap();
         src.start().unwrap();
         // Let the guest get going, then migrate while it renders.
         while src.reports().len() < 20 {
@@ -178,7 +179,7 @@ fn a_cut_connection_or_a_rejected_stream_leaves_the_source_running_unchanged() {
         },
     ];
     for (i, opts) in faults.into_iter().enumerate() {
-        let mut src = Vm::new(cfg, Some(&img), 0x55_0000).unwrap();
+        let mut src = Vm::new(cfg, Some(&img), Host::Source).unwrap();
         src.start().unwrap();
         while src.reports().len() < 10 {
             std::thread::sleep(Duration::from_millis(1));
@@ -205,7 +206,7 @@ fn the_gpu_dirty_report_covers_every_frame_the_gpu_thread_wrote() {
         return;
     };
     let cfg = VmConfig::small(Profile::MEDIA, 20, 5);
-    let mut vm = Vm::new(cfg, Some(&img), 0x55_0000).unwrap();
+    let mut vm = Vm::new(cfg, Some(&img), Host::Source).unwrap();
     // From here on, only the GPU thread writes RAM through vm-memory (the vCPU's own writes go
     // straight to the mapping KVM uses): vm-memory's bitmap is an independent record of the
     // GPU's DMA, to check the vGPU's exact GPU dirty log against.

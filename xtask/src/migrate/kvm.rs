@@ -17,6 +17,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use kvm_vmm::device::Host;
 use kvm_vmm::migration::{SourceOptions, migrate_dest, migrate_source_with};
 use kvm_vmm::vm::{VcpuEnd, Vm, VmConfig};
 
@@ -37,10 +38,6 @@ pub(super) fn usable() -> crate::Result<Result<Vec<u8>, String>> {
         Err(e) => Err(e.to_string()),
     }
 }
-
-/// Host frame offsets of the two hosts' (modeled) host GGTTs.
-const SRC_HOST: u64 = 0x55_0000;
-const DST_HOST: u64 = 0x77_0000;
 
 /// The VM the options describe: `--gm` MiB of vGPU (64 MiB aperture, the rest hidden), `--ram`
 /// MiB of guest RAM, the workload paced as the model guest's is; `--quick`: the small test VM.
@@ -80,7 +77,7 @@ pub(super) fn run_source(args: &Args, image: &[u8]) -> crate::Result {
             (Some(c), a)
         }
     };
-    let mut vm = Vm::new(cfg, Some(image), SRC_HOST).map_err(|e| e.to_string())?;
+    let mut vm = Vm::new(cfg, Some(image), Host::Source).map_err(|e| e.to_string())?;
     if !args.json {
         println!(
             "KVM VM: {} of RAM, vGPU {} + {} ({}), workload {} ({} frames, seed {}); destination at {addr}",
@@ -258,7 +255,7 @@ fn frames_done(vm: &Vm) -> u64 {
 
 /// The never-migrated run of the same VM.
 fn reference(cfg: VmConfig, image: &[u8]) -> crate::Result<kvm_vmm::vm::EndState> {
-    let mut vm = Vm::new(cfg, Some(image), SRC_HOST).map_err(|e| e.to_string())?;
+    let mut vm = Vm::new(cfg, Some(image), Host::Source).map_err(|e| e.to_string())?;
     vm.start().map_err(|e| e.to_string())?;
     let end = vm
         .wait_end(Duration::from_secs(600))
@@ -335,8 +332,7 @@ pub(super) fn run_dest(addr: &str, child: bool, image: &[u8]) -> crate::Result {
     let _ = sock.set_nodelay(true);
     let mut r = BufReader::with_capacity(1 << 20, sock.try_clone().map_err(|e| e.to_string())?);
     let mut w = BufWriter::new(sock.try_clone().map_err(|e| e.to_string())?);
-    let (mut vm, rep) =
-        migrate_dest(&mut r, &mut w, DST_HOST).map_err(|e| format!("destination: {e}"))?;
+    let (mut vm, rep) = migrate_dest(&mut r, &mut w).map_err(|e| format!("destination: {e}"))?;
     let resumed_at = frames_done(&vm);
     let t = Instant::now();
     let cfg = vm.cfg;
