@@ -245,6 +245,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod channel;
+pub mod cmd;
 pub mod content;
 pub mod dest;
 pub mod error;
