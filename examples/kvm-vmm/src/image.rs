@@ -42,7 +42,9 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn target_installed() -> bool {
+/// Whether the `x86_64-unknown-none` standard library is installed in the toolchain that builds
+/// the guest.
+pub fn target_installed() -> bool {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     Command::new(rustc)
         .args(["--print", "sysroot"])

@@ -32,6 +32,14 @@ pub(super) fn usable() -> crate::Result<Result<Vec<u8>, String>> {
     if let Err(why) = kvm_vmm::vm::kvm_usable() {
         return Ok(Err(why));
     }
+    if !kvm_vmm::image::target_installed() {
+        // The set-up a fresh machine needs: the guest's bare-metal target (a rustup component).
+        // Where rustup cannot install it, the model guest runs and says why.
+        println!("installing the guest's target: rustup target add x86_64-unknown-none");
+        let _ = std::process::Command::new("rustup")
+            .args(["target", "add", "x86_64-unknown-none"])
+            .status();
+    }
     match kvm_vmm::image::guest_image() {
         Ok(image) => Ok(Ok(image)),
         Err(e @ kvm_vmm::image::ImageError::TargetMissing) => Ok(Err(e.to_string())),
