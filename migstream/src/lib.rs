@@ -97,7 +97,7 @@ pub use auth::{AuthKey, StreamMac};
 pub use control::{
     CONTROL_VERSION, END_LEN, EndPayload, EndRepr, ROUND_LEN, RoundPayload, RoundRepr,
 };
-pub use crc::{Crc32, crc32};
+pub use crc::{Crc32, crc32, crc32_kernel};
 pub use decoder::{Decoder, Event, FeedError};
 pub use encoder::{Encoder, PayloadSource, Progress};
 pub use error::{AuthError, DecodeError, EncodeError, EndMismatch, ErrorKind, Fault, PageRunError};
