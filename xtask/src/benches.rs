@@ -11,7 +11,7 @@
 //! run, not a measurement). The dirty bitmap (B5) and the GGTT (B7, B8) have fixed sizes.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gmem::{DirtyBitmap, is_zero_page, page_hash, words_for};
 use gtt::{
@@ -169,35 +169,14 @@ fn time_fallible<T>(
     Ok((d, v))
 }
 
-/// Like [`Harness::time`], but `setup` runs untimed before every timed `kernel` call (for
-/// kernels that consume their input, such as a harvest that clears the bitmap).
+/// [`Harness::time_with_setup`]: `setup` runs untimed before every timed `kernel` call.
 fn time_with_setup<S>(
     h: &Harness,
     state: &mut S,
-    mut setup: impl FnMut(&mut S),
-    mut kernel: impl FnMut(&mut S),
+    setup: impl FnMut(&mut S),
+    kernel: impl FnMut(&mut S),
 ) -> Duration {
-    let budget = if h.quick {
-        Duration::from_millis(40)
-    } else {
-        Duration::from_millis(600)
-    };
-    setup(state);
-    kernel(state); // warm up
-    let start = Instant::now();
-    let mut best = Duration::MAX;
-    let mut runs = 0u32;
-    while runs < 3 || start.elapsed() < budget {
-        setup(state);
-        let t = Instant::now();
-        kernel(state);
-        best = best.min(t.elapsed());
-        runs += 1;
-        if runs > 10_000 {
-            break;
-        }
-    }
-    best
+    h.time_with_setup(state, setup, kernel)
 }
 
 /// A figure from a measured kernel time; `record` fills in the ratio.
