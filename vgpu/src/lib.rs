@@ -258,3 +258,27 @@ pub mod testplan;
 pub mod tracking;
 pub mod traits;
 pub mod vfio;
+
+/// Largest size, in bytes, of the per-vGPU control state the library keeps by value
+/// ([`SourceSession`](source::SourceSession), [`DestSession`](dest::DestSession),
+/// [`VfioMigration`](vfio::VfioMigration)) without the `auth` feature, so that creating and
+/// returning them is safe on small firmware stacks. Checked at compile time; bulk storage
+/// (bitmaps, scratch, staging) is always the caller's.
+///
+/// With `auth` every channel's encoder or decoder carries its keyed BLAKE3 state (about
+/// 1.9 KiB each, [`MAX_CHANNELS`](channel::MAX_CHANNELS) channels), and the sessions are about
+/// 18 KiB.
+pub const CONTROL_STATE_MAX: usize = 4096;
+
+#[cfg(not(feature = "auth"))]
+static_assertions::const_assert!(
+    core::mem::size_of::<source::SourceSession<'static>>() <= CONTROL_STATE_MAX
+);
+#[cfg(not(feature = "auth"))]
+static_assertions::const_assert!(
+    core::mem::size_of::<dest::DestSession<'static>>() <= CONTROL_STATE_MAX
+);
+#[cfg(not(feature = "auth"))]
+static_assertions::const_assert!(
+    core::mem::size_of::<vfio::VfioMigration<'static>>() <= CONTROL_STATE_MAX
+);
