@@ -23,7 +23,7 @@ pub mod scenario;
 
 pub use driver::{DriverStateError, Guest, GuestDriver, Profile, layout};
 pub use gpu::{GpuStats, RefGpu};
-pub use machine::{Machine, MachineStorage};
+pub use machine::{EngineTime, Machine, MachineStorage};
 pub use memory::{SimCpuLog, SimHost, SimMemory};
 
 /// A small deterministic PRNG (splitmix64): reproducible workloads without a dependency.
