@@ -188,34 +188,23 @@ impl<'a> Machine<'a> {
             return Ok(());
         }
         let (v, h) = throttle_weights(percent);
+        // A fresh scheduler per setting: its balancing gives the new weights' budgets from the
+        // first tick (a weight change on a running one waits for its next budget reset). Both
+        // slots were added one priority time ago on the scheduler's clock.
         let now = self.clock_ns + PRIORITY_NS;
-        let t = match self.throttle.take() {
-            Some(mut t) => {
-                t.sched
-                    .set_weight(0, v)
-                    .map_err(|_| VgpuError::WrongPhase)?;
-                t.sched
-                    .set_weight(1, h)
-                    .map_err(|_| VgpuError::WrongPhase)?;
-                t
-            }
-            None => {
-                let mut sched = Scheduler::new(engines::DEFAULT_SLICE_NS);
-                sched.add(0, v, 0).map_err(|_| VgpuError::WrongPhase)?;
-                sched.add(1, h, 0).map_err(|_| VgpuError::WrongPhase)?;
-                EngineThrottle {
-                    sched,
-                    percent,
-                    share_permille: 0,
-                    next_tick: now,
-                    vgpu_runs: true,
-                }
-            }
-        };
+        let mut sched = Scheduler::new(engines::DEFAULT_SLICE_NS);
+        sched
+            .add(0, v, self.clock_ns)
+            .map_err(|_| VgpuError::WrongPhase)?;
+        sched
+            .add(1, h, self.clock_ns)
+            .map_err(|_| VgpuError::WrongPhase)?;
         self.throttle = Some(EngineThrottle {
+            sched,
             percent,
             share_permille: u32::from(v) * 1000 / (u32::from(v) + u32::from(h)),
-            ..t
+            next_tick: now,
+            vgpu_runs: true,
         });
         Ok(())
     }
