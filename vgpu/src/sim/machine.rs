@@ -94,6 +94,9 @@ struct EngineThrottle {
     percent: u8,
     /// The vGPU's share the weights give, in per mille.
     share_permille: u32,
+    /// The machine's clock when this setting began (the scheduler's clock is `PRIORITY_NS`
+    /// then).
+    origin: u64,
     next_tick: u64,
     vgpu_runs: bool,
 }
@@ -171,9 +174,8 @@ impl<'a> Machine<'a> {
     /// Throttle the vGPU's share of the engines to `100 - percent` % (GPU auto-converge; 0
     /// lifts it), through the time-sliced scheduler of `engines`: slot 0 is this vGPU, slot 1
     /// the host's reserve, weighted so the vGPU gets the share (the nearest weights allow: at
-    /// most 16:1, so at least about 6 %). The scheduler's clock counts from before this
-    /// machine's start, as if the vGPU had run for its priority time already (a vGPU
-    /// throttled during migration is not a new one).
+    /// most 16:1, so at least about 6 %). The scheduler starts past the slots' priority time:
+    /// a vGPU throttled during migration is not a new one.
     ///
     /// # Errors
     /// Never in practice: the scheduler refuses only slot or weight values this code does not
@@ -188,22 +190,19 @@ impl<'a> Machine<'a> {
             return Ok(());
         }
         let (v, h) = throttle_weights(percent);
-        // A fresh scheduler per setting: its balancing gives the new weights' budgets from the
-        // first tick (a weight change on a running one waits for its next budget reset). Both
-        // slots were added one priority time ago on the scheduler's clock.
-        let now = self.clock_ns + PRIORITY_NS;
+        // A fresh scheduler per setting, on its own clock: both slots added at 0 and the first
+        // tick at PRIORITY_NS, when their priority has just ended and the catch-up balancing
+        // ends on a stage 0, which leaves each slot exactly one period's budget (a weight
+        // change on a running scheduler would wait for its next budget reset instead).
         let mut sched = Scheduler::new(engines::DEFAULT_SLICE_NS);
-        sched
-            .add(0, v, self.clock_ns)
-            .map_err(|_| VgpuError::WrongPhase)?;
-        sched
-            .add(1, h, self.clock_ns)
-            .map_err(|_| VgpuError::WrongPhase)?;
+        sched.add(0, v, 0).map_err(|_| VgpuError::WrongPhase)?;
+        sched.add(1, h, 0).map_err(|_| VgpuError::WrongPhase)?;
         self.throttle = Some(EngineThrottle {
             sched,
             percent,
             share_permille: u32::from(v) * 1000 / (u32::from(v) + u32::from(h)),
-            next_tick: now,
+            origin: self.clock_ns,
+            next_tick: PRIORITY_NS,
             vgpu_runs: true,
         });
         Ok(())
@@ -238,7 +237,7 @@ impl<'a> Machine<'a> {
         let runs = match self.throttle.as_mut() {
             None => true,
             Some(t) => {
-                let now = self.clock_ns + PRIORITY_NS;
+                let now = self.clock_ns.saturating_sub(t.origin) + PRIORITY_NS;
                 if now >= t.next_tick {
                     let busy = [EngineMask::ALL, EngineMask::ALL];
                     let pick = t.sched.tick(now, &busy);
