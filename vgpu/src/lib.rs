@@ -261,24 +261,35 @@ pub mod vfio;
 
 /// Largest size, in bytes, of the per-vGPU control state the library keeps by value
 /// ([`SourceSession`](source::SourceSession), [`DestSession`](dest::DestSession),
-/// [`VfioMigration`](vfio::VfioMigration)) without the `auth` feature, so that creating and
+/// [`VfioMigration`](vfio::VfioMigration)) without authenticated streams, so that creating and
 /// returning them is safe on small firmware stacks. Checked at compile time; bulk storage
 /// (bitmaps, scratch, staging) is always the caller's.
 ///
-/// With `auth` every channel's encoder or decoder carries its keyed BLAKE3 state (about
-/// 1.9 KiB each, [`MAX_CHANNELS`](channel::MAX_CHANNELS) channels), and the sessions are about
-/// 18 KiB.
+/// With migstream's `auth` feature each channel's encoder or decoder also carries its keyed
+/// BLAKE3 state ([`migstream::MAC_STATE_LEN`] bytes, plus at most [`MAC_BOOKKEEPING`]), for
+/// [`MAX_CHANNELS`](channel::MAX_CHANNELS) channels: [`CONTROL_STATE_LIMIT`] is the bound
+/// checked in every configuration (about 18 KiB with `auth`).
 pub const CONTROL_STATE_MAX: usize = 4096;
 
-#[cfg(not(feature = "auth"))]
+/// Bytes of per-channel bookkeeping an authenticated decoder adds beside its MAC state.
+pub const MAC_BOOKKEEPING: usize = 16;
+
+/// The control-state bound checked at compile time in this build: [`CONTROL_STATE_MAX`],
+/// plus the MAC state of every channel when migstream has `auth` (feature unification may
+/// turn it on from another crate).
+pub const CONTROL_STATE_LIMIT: usize = CONTROL_STATE_MAX
+    + if migstream::MAC_STATE_LEN == 0 {
+        0
+    } else {
+        channel::MAX_CHANNELS * (migstream::MAC_STATE_LEN + MAC_BOOKKEEPING)
+    };
+
 static_assertions::const_assert!(
-    core::mem::size_of::<source::SourceSession<'static>>() <= CONTROL_STATE_MAX
+    core::mem::size_of::<source::SourceSession<'static>>() <= CONTROL_STATE_LIMIT
 );
-#[cfg(not(feature = "auth"))]
 static_assertions::const_assert!(
-    core::mem::size_of::<dest::DestSession<'static>>() <= CONTROL_STATE_MAX
+    core::mem::size_of::<dest::DestSession<'static>>() <= CONTROL_STATE_LIMIT
 );
-#[cfg(not(feature = "auth"))]
 static_assertions::const_assert!(
-    core::mem::size_of::<vfio::VfioMigration<'static>>() <= CONTROL_STATE_MAX
+    core::mem::size_of::<vfio::VfioMigration<'static>>() <= CONTROL_STATE_LIMIT
 );
