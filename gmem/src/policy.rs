@@ -449,7 +449,9 @@ impl Policy {
 
 impl PrecopyPolicy for Policy {
     fn name(&self) -> &'static str {
-        if self.config.minimize_downtime {
+        if self.config.throttle.is_some() {
+            "gmem (auto-converge)"
+        } else if self.config.minimize_downtime {
             "gmem (minimize)"
         } else {
             "gmem (limit)"
