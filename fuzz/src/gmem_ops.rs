@@ -675,6 +675,7 @@ fn policy_op(input: &mut Bytes<'_>, var: u8) {
                 max_rounds: u32::from(rounds_cfg),
                 min_shrink_percent: u32::from(knob),
                 minimize_downtime: k == 1,
+                throttle: None,
             };
             (
                 AnyPolicy::Ours(Policy::new(config)),

@@ -84,6 +84,6 @@ pub use hash::{PAGE_BYTES, is_zero_page, page_hash};
 pub use map::{FrameRange, GFN_LIMIT, GuestMemoryMap, MAX_REGIONS};
 pub use policy::{
     Decision, MigrationStatus, Policy, PolicyConfig, PrecopyPolicy, RoundStats, STALL_ROUNDS,
-    SwitchReason,
+    SwitchReason, ThrottleConfig,
 };
 pub use report::{DirtyReport, DmaRange, MAX_DMA_RANGES, ReportError, check_ranges};

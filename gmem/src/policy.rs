@@ -19,6 +19,17 @@
 //! 3. the dirty set failed to shrink by `min_shrink_percent` for [`STALL_ROUNDS`]
 //!    consecutive rounds ([`SwitchReason::NotShrinking`]).
 //!
+//! **Auto-converge** ([`PolicyConfig::throttle`], off by default): when the GPU dirties graphics
+//! memory faster than the link carries it, no choice of when to stop beats the hot set over
+//! the link. With a [`ThrottleConfig`], a round that does not shrink the dirty set while the
+//! predicted downtime is above [`ThrottleConfig::target_downtime_ms`] raises the throttle the
+//! embedder applies to the vGPU's share of the engines ([`Policy::throttle_percent`]: start
+//! share, step and limit as QEMU's `cpu-throttle-initial` / `-increment` / `max-cpu-throttle`
+//! for vCPUs) and continues instead of switching, until the throttle is at its limit. The
+//! embedder reads the percentage after every round and gives the vGPU `100 - percent` % of
+//! its time slices (in the reference device, `engines::sched`), and lifts it after the
+//! migration.
+//!
 //! A round "shrinks" only if the dirty set strictly fell by the required percentage, so a
 //! dirty set stuck at zero pages also stops. It counts rounds itself (it does not trust
 //! `RoundStats::round`), so it always switches within `max_rounds` calls, whatever the
@@ -44,17 +55,62 @@ pub struct PolicyConfig {
     /// Once the limit is met, keep copying while rounds shrink (see the module docs); when
     /// `false`, switch as soon as the predicted downtime meets the limit.
     pub minimize_downtime: bool,
+    /// GPU auto-converge; `None` (the default) never throttles.
+    pub throttle: Option<ThrottleConfig>,
 }
 
 impl Default for PolicyConfig {
-    /// 300 ms downtime, 30 rounds, 10 % minimum shrink, minimize downtime.
+    /// 300 ms downtime, 30 rounds, 10 % minimum shrink, minimize downtime, no throttling.
     fn default() -> Self {
         Self {
             downtime_limit_ms: 300,
             max_rounds: 30,
             min_shrink_percent: 10,
             minimize_downtime: true,
+            throttle: None,
         }
+    }
+}
+
+/// GPU auto-converge settings (see the module docs): how much of the vGPU's engine time to
+/// take away while pre-copy does not converge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ThrottleConfig {
+    /// Throttle percentage of the first step (QEMU's `cpu-throttle-initial`, 20).
+    pub initial_percent: u8,
+    /// Added at every further step (QEMU's `cpu-throttle-increment`, 10).
+    pub increment_percent: u8,
+    /// The most it takes away (QEMU's `max-cpu-throttle`, 99); values above 99 count as 99,
+    /// so the guest always keeps some engine time.
+    pub max_percent: u8,
+    /// Throttling steps up only while the predicted downtime is above this.
+    pub target_downtime_ms: u32,
+}
+
+impl Default for ThrottleConfig {
+    /// QEMU's 20 % start, 10 % step and 99 % limit; a 50 ms downtime target.
+    fn default() -> Self {
+        Self {
+            initial_percent: 20,
+            increment_percent: 10,
+            max_percent: 99,
+            target_downtime_ms: 50,
+        }
+    }
+}
+
+impl ThrottleConfig {
+    /// The percentage after `current`: the start share first, then one step, at most the limit.
+    #[must_use]
+    pub fn next(&self, current: u8) -> u8 {
+        let max = self.max_percent.min(99);
+        let next = if current == 0 {
+            self.initial_percent.max(1)
+        } else {
+            current.saturating_add(self.increment_percent.max(1))
+        };
+        next.min(max)
     }
 }
 
@@ -267,6 +323,12 @@ pub trait PrecopyPolicy {
         None
     }
 
+    /// Percentage of the vGPU's engine time the embedder should take away now (GPU
+    /// auto-converge), 0..=99. Default 0: never throttles.
+    fn throttle_percent(&self) -> u8 {
+        0
+    }
+
     /// Progress as VFIO and QEMU expose it.
     fn status(&self) -> MigrationStatus;
 }
@@ -278,6 +340,7 @@ pub struct Policy {
     config: PolicyConfig,
     prev_dirty: Option<u64>,
     stalls: u32,
+    throttle: u8,
     track: Tracker,
 }
 
@@ -289,6 +352,7 @@ impl Policy {
             config,
             prev_dirty: None,
             stalls: 0,
+            throttle: 0,
             track: Tracker::new(),
         }
     }
@@ -297,6 +361,12 @@ impl Policy {
     #[must_use]
     pub const fn config(&self) -> &PolicyConfig {
         &self.config
+    }
+
+    /// Percentage of the vGPU's engine time to take away now (0 without auto-converge).
+    #[must_use]
+    pub const fn throttle_percent(&self) -> u8 {
+        self.throttle
     }
 
     /// Rounds seen so far.
@@ -349,6 +419,21 @@ impl Policy {
 
         let limit_us = u64::from(self.config.downtime_limit_ms) * 1000;
         let capped = rounds >= self.config.max_rounds.max(1);
+        // Auto-converge: a round that did not shrink the set while the prediction is above the
+        // throttle target steps the throttle up (and gives the new share rounds to act) instead
+        // of counting toward a switch, until the throttle is at its limit.
+        if let Some(t) = self.config.throttle
+            && !shrink_ok
+            && !capped
+            && predicted.is_none_or(|p| p > u64::from(t.target_downtime_ms) * 1000)
+        {
+            let next = t.next(self.throttle);
+            if next > self.throttle {
+                self.throttle = next;
+                self.stalls = 0;
+                return self.track.decide(None);
+            }
+        }
         let reason = match predicted {
             Some(p) if p <= limit_us => {
                 let more = self.config.minimize_downtime && shrink_ok && dirty != 0 && !capped;
@@ -364,7 +449,9 @@ impl Policy {
 
 impl PrecopyPolicy for Policy {
     fn name(&self) -> &'static str {
-        if self.config.minimize_downtime {
+        if self.config.throttle.is_some() {
+            "gmem (auto-converge)"
+        } else if self.config.minimize_downtime {
             "gmem (minimize)"
         } else {
             "gmem (limit)"
@@ -373,6 +460,10 @@ impl PrecopyPolicy for Policy {
 
     fn on_round(&mut self, stats: RoundStats) -> Decision {
         Self::on_round(self, stats)
+    }
+
+    fn throttle_percent(&self) -> u8 {
+        self.throttle
     }
 
     fn status(&self) -> MigrationStatus {
@@ -413,6 +504,56 @@ mod tests {
             ),
             (300, 30, 10, true)
         );
+    }
+
+    /// A dirty set stuck above the target steps the throttle 20, 30, ... up to the limit,
+    /// continuing meanwhile; at the limit the usual stall rule switches. Off by default.
+    #[test]
+    fn throttle_steps_while_not_converging() {
+        // 1000 bytes/µs; 50_000 pages = 204.8 ms predicted, above the 50 ms target.
+        let t = ThrottleConfig {
+            max_percent: 50,
+            ..ThrottleConfig::default()
+        };
+        let mut p = Policy::new(PolicyConfig {
+            throttle: Some(t),
+            ..PolicyConfig::default()
+        });
+        assert_eq!(
+            p.on_round(round(0, 50_000, 1_000_000_000, 1_000_000)),
+            Decision::Continue
+        );
+        assert_eq!(p.throttle_percent(), 0);
+        for want in [20, 30, 40, 50] {
+            assert_eq!(
+                p.on_round(round(1, 50_000, 200_000_000, 200_000)),
+                Decision::Continue
+            );
+            assert_eq!(p.throttle_percent(), want);
+        }
+        // At the limit: minimize stops on the first non-shrinking round under the 300 ms limit.
+        assert!(matches!(
+            p.on_round(round(1, 50_000, 200_000_000, 200_000)),
+            Decision::StopAndCopy(SwitchReason::DowntimeMet { .. })
+        ));
+        assert_eq!(PrecopyPolicy::throttle_percent(&p), 50);
+        // Without a throttle config the same trace switches at once and never throttles.
+        let mut q = Policy::new(PolicyConfig::default());
+        q.on_round(round(0, 50_000, 1_000_000_000, 1_000_000));
+        assert!(matches!(
+            q.on_round(round(1, 50_000, 200_000_000, 200_000)),
+            Decision::StopAndCopy(_)
+        ));
+        assert_eq!(q.throttle_percent(), 0);
+        // Under the target it does not throttle either.
+        let mut r = Policy::new(PolicyConfig {
+            throttle: Some(t),
+            ..PolicyConfig::default()
+        });
+        r.on_round(round(0, 5_000, 1_000_000_000, 1_000_000));
+        r.on_round(round(1, 5_000, 200_000_000, 200_000));
+        assert_eq!(r.throttle_percent(), 0);
+        assert_eq!(ThrottleConfig::default().next(95), 99);
     }
 
     #[test]
@@ -607,15 +748,25 @@ mod tests {
         #[test]
         fn always_terminates(max_rounds in 0u32..40, limit in any::<u32>(), shrink in any::<u32>(),
                              minimize in any::<bool>(),
+                             throttle in proptest::option::of(any::<(u8, u8, u8, u32)>()),
                              trace in proptest::collection::vec(stats(), 40)) {
+            // Auto-converge never delays the round cap.
+            let throttle = throttle.map(|(a, b, c, d)| ThrottleConfig {
+                initial_percent: a,
+                increment_percent: b,
+                max_percent: c,
+                target_downtime_ms: d,
+            });
             let mut p = Policy::new(PolicyConfig {
                 downtime_limit_ms: limit,
                 max_rounds,
                 min_shrink_percent: shrink,
                 minimize_downtime: minimize,
+                throttle,
             });
             let mut stopped_at = None;
             for (i, s) in trace.iter().enumerate() {
+                prop_assert!(p.throttle_percent() <= 99);
                 if let Decision::StopAndCopy(_) = p.on_round(*s) {
                     stopped_at.get_or_insert(i + 1);
                 }

@@ -2,8 +2,14 @@
 //!
 //! Parameters: width 32, polynomial `0x04C11DB7` (reflected `0xEDB88320`), init `0xFFFFFFFF`,
 //! reflected input and output, final XOR `0xFFFFFFFF`; check value of `b"123456789"` is
-//! `0xCBF43926`. Backed by `crc32fast` (table fallback, PCLMULQDQ when the `std` feature can
-//! detect it). Other crates use these two items so the workspace has a single CRC.
+//! `0xCBF43926`. Backed by `crc32fast`, which folds the input with carry-less multiplies:
+//! 16 streams of `VPCLMULQDQ` over AVX-512 registers, 8 over AVX2, 4 over SSE `PCLMULQDQ`, or
+//! a slice-by-16 table when the CPU has none of these. With the `std` feature the kernel is
+//! chosen at run time (the CPU's features, detected once and cached); without it, at compile
+//! time from the target features (build with `-C target-feature=+avx512f,+vpclmulqdq` or a
+//! `target-cpu` that has them, such as `x86-64-v4` on these CPUs, to get the wide kernel in a
+//! `no_std` embedding). [`crc32_kernel`] names the kernel. The wire value is the same whichever
+//! runs. Other crates use these items so the workspace has a single CRC.
 
 /// CRC-32/ISO-HDLC of `bytes`.
 ///
@@ -13,6 +19,72 @@
 #[must_use]
 pub fn crc32(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
+}
+
+/// The CRC-32 kernel [`crc32`] and [`Crc32`] use on this CPU, as `crc32fast` chooses it
+/// (the same feature checks, in the same order), for benchmark and log output.
+///
+/// The wide kernels need `crc32fast` built by rustc 1.89 or later (it stabilised the
+/// `VPCLMULQDQ` intrinsics); an older compiler gets the SSE kernel where this says AVX.
+///
+/// ```
+/// let k = migstream::crc32_kernel();
+/// assert!(!k.is_empty());
+/// ```
+#[must_use]
+#[cfg_attr(
+    not(feature = "std"),
+    allow(
+        clippy::nonminimal_bool,
+        clippy::eq_op,
+        reason = "without std the feature checks are compile-time constants"
+    )
+)]
+pub fn crc32_kernel() -> &'static str {
+    #[cfg(all(
+        any(target_arch = "x86", target_arch = "x86_64"),
+        target_feature = "sse2"
+    ))]
+    {
+        #[cfg(feature = "std")]
+        macro_rules! has {
+            ($f:tt) => {
+                std::is_x86_feature_detected!($f)
+            };
+        }
+        #[cfg(not(feature = "std"))]
+        macro_rules! has {
+            ($f:tt) => {
+                cfg!(target_feature = $f)
+            };
+        }
+        if has!("pclmulqdq") && has!("sse2") && has!("sse4.1") && has!("ssse3") {
+            if has!("avx512f") && has!("vpclmulqdq") {
+                return "x86 VPCLMULQDQ AVX-512 (16-stream fold)";
+            }
+            if has!("avx2") && has!("vpclmulqdq") {
+                return "x86 VPCLMULQDQ AVX2 (8-stream fold)";
+            }
+            return "x86 PCLMULQDQ SSE (4-stream fold)";
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        #[cfg(feature = "std")]
+        let (crc, pmull) = (
+            std::arch::is_aarch64_feature_detected!("crc"),
+            std::arch::is_aarch64_feature_detected!("aes"),
+        );
+        #[cfg(not(feature = "std"))]
+        let (crc, pmull) = (cfg!(target_feature = "crc"), cfg!(target_feature = "aes"));
+        if crc && pmull && cfg!(target_feature = "neon") {
+            return "aarch64 PMULL fold + CRC32 instructions";
+        }
+        if crc {
+            return "aarch64 CRC32 instructions";
+        }
+    }
+    "portable slice-by-16 table"
 }
 
 /// Incremental CRC-32/ISO-HDLC: `Crc32::new()` + `update(a)` + `update(b)` equals
@@ -73,6 +145,38 @@ mod tests {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
         assert_eq!(crc32(b""), 0);
         assert_eq!(Crc32::new().value(), 0);
+    }
+
+    /// Every kernel crc32fast may pick agrees with a bitwise reference on lengths around each
+    /// kernel's crossover (16, 128, 256, 2048 bytes) and at odd alignments.
+    #[test]
+    fn kernel_matches_bitwise_reference() {
+        fn bitwise(bytes: &[u8]) -> u32 {
+            let mut c = !0u32;
+            for &b in bytes {
+                c ^= u32::from(b);
+                for _ in 0..8 {
+                    c = if c & 1 == 1 {
+                        (c >> 1) ^ 0xEDB8_8320
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+            !c
+        }
+        let data: std::vec::Vec<u8> = (0u32..9000)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in [
+            0, 1, 15, 16, 17, 127, 128, 255, 256, 257, 2047, 2048, 2049, 4096, 4112, 8191,
+        ] {
+            for skew in [0, 1, 7] {
+                let bytes = &data[skew..skew + len];
+                assert_eq!(crc32(bytes), bitwise(bytes), "len {len} skew {skew}");
+            }
+        }
+        assert!(!crc32_kernel().is_empty());
     }
 
     proptest::proptest! {

@@ -94,10 +94,21 @@ mod stream_tests;
 
 #[cfg(feature = "auth")]
 pub use auth::{AuthKey, StreamMac};
+
+/// Bytes of keyed-MAC state (feature `auth`) every [`Encoder`] and [`Decoder`] carries inline,
+/// 0 without the feature: embedders sizing control state (one encoder or decoder per channel)
+/// add this per channel.
+#[cfg(feature = "auth")]
+pub const MAC_STATE_LEN: usize = core::mem::size_of::<auth::MacState>();
+/// Bytes of keyed-MAC state (feature `auth`) every [`Encoder`] and [`Decoder`] carries inline,
+/// 0 without the feature: embedders sizing control state (one encoder or decoder per channel)
+/// add this per channel.
+#[cfg(not(feature = "auth"))]
+pub const MAC_STATE_LEN: usize = 0;
 pub use control::{
     CONTROL_VERSION, END_LEN, EndPayload, EndRepr, ROUND_LEN, RoundPayload, RoundRepr,
 };
-pub use crc::{Crc32, crc32};
+pub use crc::{Crc32, crc32, crc32_kernel};
 pub use decoder::{Decoder, Event, FeedError};
 pub use encoder::{Encoder, PayloadSource, Progress};
 pub use error::{AuthError, DecodeError, EncodeError, EndMismatch, ErrorKind, Fault, PageRunError};

@@ -519,6 +519,14 @@ impl<'s> SourceSession<'s> {
         self.events.pop_front()
     }
 
+    /// GPU auto-converge: the percentage of the vGPU's engine time the embedder should take
+    /// away now, as the policy decided after the last round (0 unless
+    /// [`PolicyConfig::throttle`](gmem::PolicyConfig::throttle) is set). Apply it to the
+    /// vGPU's scheduler share while pre-copy runs, and lift it when the migration ends.
+    pub fn throttle_percent(&self) -> u8 {
+        self.policy.throttle_percent()
+    }
+
     /// Whether every channel has written its END record.
     pub fn is_finished(&self) -> bool {
         self.chans.iter().all(|c| c.ended)

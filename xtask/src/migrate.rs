@@ -129,6 +129,11 @@ pub(crate) struct Args {
     /// Both endpoints in this process over a modeled link (deterministic figures).
     #[arg(long)]
     pub(crate) modeled: bool,
+    /// GPU auto-converge (with `--modeled`): while pre-copy does not converge above a 50 ms
+    /// predicted downtime, throttle the vGPU's engine share (20 %, +10 % a step, at most 99 %)
+    /// through the time-sliced scheduler, and report what it cost the guest.
+    #[arg(long, requires = "modeled")]
+    pub(crate) auto_converge: bool,
     /// Where the timeline plot goes (`.svg`; a `.png` beside it).
     #[arg(long, default_value = "target/migrate-timeline.svg")]
     pub(crate) plot: String,

@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 
 use core::sync::atomic::AtomicU64;
 
+use engines::{EngineMask, MAX_WEIGHT, PRIORITY_NS, Scheduler};
 use gmem::GuestMemoryMap;
 use gtt::HostPlacement;
 
@@ -70,6 +71,53 @@ pub struct Machine<'a> {
     pub actions_per_step: u32,
     /// GPU commands per engine per step.
     pub commands_per_step: u32,
+    /// GPU auto-converge's lever, while a throttle is set ([`Machine::set_engine_throttle`]).
+    throttle: Option<EngineThrottle>,
+    /// Modeled time the GPU ran, and time it was held back by a throttle, ns.
+    engine_time: EngineTime,
+}
+
+/// How the GPU's time was spent (see [`Machine::engine_time`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineTime {
+    /// Steps in which the engines ran, in ns of modeled time.
+    pub ran_ns: u64,
+    /// Steps in which a throttle gave the engines' slice to the host instead, ns.
+    pub throttled_ns: u64,
+}
+
+/// The time-sliced scheduler of `engines` as the throttle: slot 0 is this vGPU, slot 1 the
+/// host's reserve (always busy), with weights whose ratio is the vGPU's share.
+#[derive(Debug, Clone)]
+struct EngineThrottle {
+    sched: Scheduler<2>,
+    percent: u8,
+    /// The vGPU's share the weights give, in per mille.
+    share_permille: u32,
+    /// The machine's clock when this setting began (the scheduler's clock is `PRIORITY_NS`
+    /// then).
+    origin: u64,
+    next_tick: u64,
+    vgpu_runs: bool,
+}
+
+/// Weights `(vgpu, host)` in `1..=MAX_WEIGHT` whose share `vgpu / (vgpu + host)` is closest to
+/// `100 - percent` %.
+fn throttle_weights(percent: u8) -> (u8, u8) {
+    let want = 100 - u32::from(percent.min(99));
+    let mut best = (MAX_WEIGHT, 1u8);
+    let mut best_err = u32::MAX;
+    for v in 1..=MAX_WEIGHT {
+        for h in 1..=MAX_WEIGHT {
+            let share = u32::from(v) * 10_000 / (u32::from(v) + u32::from(h));
+            let err = share.abs_diff(want * 100);
+            if err < best_err {
+                best = (v, h);
+                best_err = err;
+            }
+        }
+    }
+    best
 }
 
 /// Modeled time one step takes.
@@ -97,6 +145,8 @@ impl<'a> Machine<'a> {
             clock_ns: 0,
             actions_per_step: 4,
             commands_per_step: 64,
+            throttle: None,
+            engine_time: EngineTime::default(),
         })
     }
 
@@ -121,7 +171,61 @@ impl<'a> Machine<'a> {
         self.driver.boot(&mut self.vgpu, &mut g)
     }
 
-    /// One modeled step: the guest acts, then the GPU runs.
+    /// Throttle the vGPU's share of the engines to `100 - percent` % (GPU auto-converge; 0
+    /// lifts it), through the time-sliced scheduler of `engines`: slot 0 is this vGPU, slot 1
+    /// the host's reserve, weighted so the vGPU gets the share (the nearest weights allow: at
+    /// most 16:1, so at least about 6 %). The scheduler starts past the slots' priority time:
+    /// a vGPU throttled during migration is not a new one.
+    ///
+    /// # Errors
+    /// Never in practice: the scheduler refuses only slot or weight values this code does not
+    /// pass ([`VgpuError::WrongPhase`] if it did).
+    pub fn set_engine_throttle(&mut self, percent: u8) -> Result<(), VgpuError> {
+        let percent = percent.min(99);
+        if percent == 0 {
+            self.throttle = None;
+            return Ok(());
+        }
+        if self.throttle.as_ref().is_some_and(|t| t.percent == percent) {
+            return Ok(());
+        }
+        let (v, h) = throttle_weights(percent);
+        // A fresh scheduler per setting, on its own clock: both slots added at 0 and the first
+        // tick at PRIORITY_NS, when their priority has just ended and the catch-up balancing
+        // ends on a stage 0, which leaves each slot exactly one period's budget (a weight
+        // change on a running scheduler would wait for its next budget reset instead).
+        let mut sched = Scheduler::new(engines::DEFAULT_SLICE_NS);
+        sched.add(0, v, 0).map_err(|_| VgpuError::WrongPhase)?;
+        sched.add(1, h, 0).map_err(|_| VgpuError::WrongPhase)?;
+        self.throttle = Some(EngineThrottle {
+            sched,
+            percent,
+            share_permille: u32::from(v) * 1000 / (u32::from(v) + u32::from(h)),
+            origin: self.clock_ns,
+            next_tick: PRIORITY_NS,
+            vgpu_runs: true,
+        });
+        Ok(())
+    }
+
+    /// The throttle set now (0: none).
+    pub fn engine_throttle(&self) -> u8 {
+        self.throttle.as_ref().map_or(0, |t| t.percent)
+    }
+
+    /// The vGPU's share of the engines the current throttle's weights give, per mille (1000
+    /// without a throttle).
+    pub fn engine_share_permille(&self) -> u32 {
+        self.throttle.as_ref().map_or(1000, |t| t.share_permille)
+    }
+
+    /// How the GPU's modeled time was spent so far.
+    pub fn engine_time(&self) -> EngineTime {
+        self.engine_time
+    }
+
+    /// One modeled step: the guest acts, then the GPU runs (unless a throttle gave this slice
+    /// to the host).
     pub fn step(&mut self) -> Result<(), VgpuError> {
         let mut g = Guest {
             mem: &mut self.mem,
@@ -130,8 +234,26 @@ impl<'a> Machine<'a> {
         };
         self.driver
             .step(&mut self.vgpu, &mut g, self.actions_per_step, self.clock_ns)?;
-        self.gpu
-            .step(&mut self.vgpu, &mut self.mem, self.commands_per_step);
+        let runs = match self.throttle.as_mut() {
+            None => true,
+            Some(t) => {
+                let now = self.clock_ns.saturating_sub(t.origin) + PRIORITY_NS;
+                if now >= t.next_tick {
+                    let busy = [EngineMask::ALL, EngineMask::ALL];
+                    let pick = t.sched.tick(now, &busy);
+                    t.next_tick = pick.next_tick;
+                    t.vgpu_runs = pick.vgpu == Some(0);
+                }
+                t.vgpu_runs
+            }
+        };
+        if runs {
+            self.gpu
+                .step(&mut self.vgpu, &mut self.mem, self.commands_per_step);
+            self.engine_time.ran_ns += STEP_NS;
+        } else {
+            self.engine_time.throttled_ns += STEP_NS;
+        }
         self.clock_ns += STEP_NS;
         Ok(())
     }

@@ -22,7 +22,7 @@ pub mod scenario;
 
 pub use driver::{DriverStateError, Guest, GuestDriver, Profile, layout};
 pub use gpu::{GpuStats, RefGpu};
-pub use machine::{Machine, MachineStorage};
+pub use machine::{EngineTime, Machine, MachineStorage};
 pub use memory::{SimCpuLog, SimHost, SimMemory};
 
 /// The command encodings the reference device executes (also available without `sim`, for guest

@@ -396,6 +396,14 @@ pub struct MigrationReport {
     pub wire: Vec<u8>,
     /// The streams of channels 1.. of a multi-channel migration (empty with one channel).
     pub channel_wires: Vec<Vec<u8>>,
+    /// Frames the guest submitted during pre-copy (from the start to the stop).
+    pub precopy_frames: u64,
+    /// Modeled pre-copy time, µs.
+    pub precopy_us: u64,
+    /// The highest GPU auto-converge throttle the policy set, percent (0: never throttled).
+    pub max_throttle: u8,
+    /// How the source GPU's time was spent during pre-copy (throttled slices given to the host).
+    pub precopy_engine: super::machine::EngineTime,
 }
 
 /// Live-migrate `src` (booted, running) to `dst` (fresh) while the guest keeps running: pre-copy
@@ -472,8 +480,14 @@ pub fn migrate(
         content: crate::content::ContentStats::default(),
         wire: Vec::new(),
         channel_wires: vec![Vec::new(); channels.saturating_sub(1)],
+        precopy_frames: 0,
+        precopy_us: 0,
+        max_throttle: 0,
+        precopy_engine: super::machine::EngineTime::default(),
     };
     let start_ns = src.clock_ns;
+    let start_frames = src.driver.frames_submitted();
+    let start_engine = src.engine_time();
     let mut link_ns = src.clock_ns;
     let mut stop_ns = None;
     let mut stop_bytes = 0;
@@ -543,6 +557,15 @@ pub fn migrate(
                     SourceEvent::Switch { reason, .. } => {
                         report.switch = Some(reason);
                         report.stopped_at_frame = src.driver.frames_submitted();
+                        report.precopy_frames = report.stopped_at_frame - start_frames;
+                        report.precopy_us = src.clock_ns.saturating_sub(start_ns) / 1000;
+                        let (now, then) = (src.engine_time(), start_engine);
+                        report.precopy_engine = super::machine::EngineTime {
+                            ran_ns: now.ran_ns - then.ran_ns,
+                            throttled_ns: now.throttled_ns - then.throttled_ns,
+                        };
+                        // The guest is stopping: lift the throttle so draining runs at full speed.
+                        src.set_engine_throttle(0)?;
                         let before = src.clock_ns;
                         if !src.quiesce() {
                             return Err(VgpuError::NotQuiesced);
@@ -567,6 +590,10 @@ pub fn migrate(
             break;
         }
         if stop_ns.is_none() && !plan.freeze_guest {
+            // GPU auto-converge: the policy's throttle, through the source's scheduler.
+            let throttle = s.throttle_percent();
+            report.max_throttle = report.max_throttle.max(throttle);
+            src.set_engine_throttle(throttle)?;
             // The guest keeps running while the link carries the bytes.
             if plan.link_bytes_per_s == 0 {
                 src.step()?;

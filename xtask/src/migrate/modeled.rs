@@ -28,6 +28,43 @@ struct Json<'a> {
     unchanged_pages_skipped: u64,
     verified: bool,
     wall_ms: u128,
+    /// GPU auto-converge: the highest throttle set, percent (0: off or never needed).
+    max_throttle_percent: u8,
+    /// Guest frames per modeled second before the migration (unthrottled) and during pre-copy.
+    fps_before: f64,
+    fps_precopy: f64,
+    /// Share of the source GPU's time the vGPU's engines ran during pre-copy, percent.
+    engine_share_precopy_percent: f64,
+}
+
+/// What auto-converge cost the guest: frame rates before and during pre-copy, engine share.
+struct Cost {
+    fps_before: f64,
+    fps_precopy: f64,
+    share_percent: f64,
+}
+
+impl Cost {
+    fn of(r: &MigrationReport, frames_before: u64, before_ns: u64) -> Self {
+        let per_s = |frames: u64, ns: f64| {
+            if ns > 0.0 {
+                frames as f64 / ns * 1e9
+            } else {
+                0.0
+            }
+        };
+        let e = r.precopy_engine;
+        let all = (e.ran_ns + e.throttled_ns) as f64;
+        Self {
+            fps_before: per_s(frames_before, before_ns as f64),
+            fps_precopy: per_s(r.precopy_frames, r.precopy_us as f64 * 1000.0),
+            share_percent: if all > 0.0 {
+                e.ran_ns as f64 / all * 100.0
+            } else {
+                100.0
+            },
+        }
+    }
 }
 
 /// Run the demo.
@@ -90,6 +127,9 @@ pub(super) fn run(args: &Args) -> crate::Result {
     };
     plan.source.policy.downtime_limit_ms = args.downtime_ms;
     plan.source.policy.max_rounds = 30;
+    if args.auto_converge {
+        plan.source.policy.throttle = Some(gmem::ThrottleConfig::default());
+    }
     plan.source.channels = u16::from(args.channels);
     plan.chunk = 256 * 1024;
     // A 64 MiB cache of last-sent pages for deltas (QEMU's XBZRLE cache default).
@@ -107,7 +147,9 @@ pub(super) fn run(args: &Args) -> crate::Result {
     if !args.json {
         println!("migrating at frame {} ...", a.driver.frames_submitted());
     }
+    let (frames_before, before_ns) = (a.driver.frames_submitted(), a.clock_ns);
     let report = migrate(&mut a, &mut b, &plan).map_err(|e| format!("migration failed: {e}"))?;
+    let cost = Cost::of(&report, frames_before, before_ns);
     host_consistent(&b)
         .map_err(|i| format!("destination GGTT shadow wrong at guest index {i:#x}"))?;
     if !b.run_to_end(u64::MAX >> 1).map_err(|e| e.to_string())? {
@@ -121,6 +163,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
         &sc,
         link,
         &report,
+        &cost,
         verdict.as_deref(),
         wall.as_millis(),
     )?;
@@ -135,6 +178,7 @@ fn print_report(
     sc: &Scenario,
     link: u64,
     r: &MigrationReport,
+    cost: &Cost,
     verdict: Option<&str>,
     wall_ms: u128,
 ) -> crate::Result {
@@ -172,6 +216,10 @@ fn print_report(
             unchanged_pages_skipped: r.content.unchanged,
             verified: verdict.is_none(),
             wall_ms,
+            max_throttle_percent: r.max_throttle,
+            fps_before: cost.fps_before,
+            fps_precopy: cost.fps_precopy,
+            engine_share_precopy_percent: cost.share_percent,
         };
         println!(
             "{}",
@@ -217,6 +265,19 @@ fn print_report(
         "modeled downtime: {:.3} ms (drain + stop-and-copy over the link); modeled total: {:.1} ms",
         r.downtime_us as f64 / 1000.0,
         r.total_us as f64 / 1000.0
+    );
+    println!(
+        "guest rendering: {:.1} frames/s before the migration, {:.1} frames/s during pre-copy \
+         ({:.1} ms, engines ran {:.0}% of it); auto-converge {}",
+        cost.fps_before,
+        cost.fps_precopy,
+        r.precopy_us as f64 / 1000.0,
+        cost.share_percent,
+        if args.auto_converge {
+            format!("on, throttle up to {}%", r.max_throttle)
+        } else {
+            "off".to_owned()
+        }
     );
     println!("wall time of this run (reference + migration + destination): {wall_ms} ms");
     match verdict {
