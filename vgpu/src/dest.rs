@@ -16,7 +16,7 @@
 use gtt::Gfn;
 use migstream::{Decoder, Event, FeedError, Limits, RecordKind, StreamHeaderRepr};
 
-use crate::channel::{ChannelRepr, MAX_CHANNELS, channel_of};
+use crate::channel::{ChannelRepr, MAX_CHANNELS, STRIPE_FRAMES, channel_of};
 use crate::error::VgpuError;
 use crate::fsm::MigState;
 use crate::instance::{CONFIG_SPACE_SIZE, Vgpu};
@@ -63,6 +63,11 @@ pub struct DestSession<'s> {
     expect_id: Option<u64>,
     staging: &'s mut [u8],
     staged: usize,
+    /// Where the page map starts in `staging`: device state is staged before it.
+    map_at: usize,
+    zmap: zeromap::ZeroMap,
+    /// xxh3-64 of the zero page (a DUP of a frame known to be zero is checked against it).
+    zero_hash: u64,
     /// The record being staged: (kind, start offset of its payload in staging, length).
     open: Option<(RecordKind, usize, usize)>,
     failed: Option<VgpuError>,
@@ -158,6 +163,16 @@ impl<'s> DestSession<'s> {
         {
             return Err(VgpuError::WrongPhase);
         }
+        let frames = vgpu.memory_map().frames();
+        let map_len = zeromap::len(frames);
+        let map_at = staging
+            .len()
+            .checked_sub(map_len)
+            .ok_or(VgpuError::StagingFull { needed: map_len })?;
+        let zmap = staging
+            .get_mut(map_at..)
+            .and_then(|buf| zeromap::ZeroMap::init(frames, buf))
+            .ok_or(VgpuError::StorageSize)?;
         let _ = vgpu.quiesce();
         vgpu.set_state(MigState::Resuming);
         let mut chans = heapless::Vec::new();
@@ -177,6 +192,9 @@ impl<'s> DestSession<'s> {
             expect_id: None,
             staging,
             staged: 0,
+            map_at,
+            zmap,
+            zero_hash: gmem::page_hash(&[0; 4096]),
             open: None,
             failed: None,
             stats: DestStats::default(),
@@ -277,11 +295,16 @@ impl<'s> DestSession<'s> {
     }
 
     /// Checks that page `gfn` may arrive on channel `c`: inside guest memory, and in one of the
-    /// channel's stripes.
-    fn check_page(&self, c: usize, mem: &dyn GuestMemory, gfn: u64) -> Result<(), VgpuError> {
+    /// channel's stripes. Returns its dense index.
+    fn check_page(&self, c: usize, mem: &dyn GuestMemory, gfn: u64) -> Result<usize, VgpuError> {
         let Some(index) = mem.map().index_of(Gfn::new(gfn)) else {
             return Err(VgpuError::FrameOutsideMemory { gfn });
         };
+        self.check_stripe(c, gfn, index)?;
+        Ok(index)
+    }
+
+    fn check_stripe(&self, c: usize, gfn: u64, index: usize) -> Result<(), VgpuError> {
         if channel_of(index, self.chans.len()) != c {
             return Err(VgpuError::WrongChannel {
                 gfn,
@@ -289,6 +312,44 @@ impl<'s> DestSession<'s> {
             });
         }
         Ok(())
+    }
+
+    /// Checks a ZERO run as [`check_page`](Self::check_page) checks each of its pages, reporting
+    /// the first page that fails, in `O(regions)` whatever its `count`. Returns the dense index of
+    /// `first`: the run's frames are consecutive dense indices.
+    fn check_zero_run(
+        &self,
+        c: usize,
+        mem: &dyn GuestMemory,
+        first: u64,
+        count: u32,
+    ) -> Result<usize, VgpuError> {
+        let map = mem.map();
+        let start = self.check_page(c, mem, first)?;
+        // The frames from `first` on that are guest memory without a hole: up to the end of
+        // `first`'s region and of every region that follows it without a gap.
+        let mut inside_end = first;
+        for r in map.regions() {
+            if r.start().get() <= inside_end && inside_end < r.end() {
+                inside_end = r.end();
+            }
+        }
+        let end = first.saturating_add(u64::from(count));
+        // Pages on another channel's stripe (the first such page comes before any page outside
+        // memory when it lies before `inside_end`).
+        let channels = self.chans.len();
+        if channels > 1 {
+            let in_stripe = (STRIPE_FRAMES - start % STRIPE_FRAMES) as u64;
+            let next = first.saturating_add(in_stripe);
+            if next < end.min(inside_end) {
+                let index = start + STRIPE_FRAMES - start % STRIPE_FRAMES;
+                self.check_stripe(c, next, index)?;
+            }
+        }
+        if inside_end < end {
+            return Err(VgpuError::FrameOutsideMemory { gfn: inside_end });
+        }
+        Ok(start)
     }
 
     fn on_event(
@@ -384,8 +445,9 @@ impl<'s> DestSession<'s> {
                 let end = start
                     .checked_add(len)
                     .ok_or(VgpuError::StagingFull { needed: usize::MAX })?;
-                if end > self.staging.len() {
-                    return Err(VgpuError::StagingFull { needed: end });
+                if end > self.map_at {
+                    let needed = end.saturating_add(self.staging.len() - self.map_at);
+                    return Err(VgpuError::StagingFull { needed });
                 }
                 self.open = Some((kind, start, len));
             }
@@ -425,9 +487,10 @@ impl<'s> DestSession<'s> {
                 data,
             } => {
                 let gfn = Gfn::new(frame);
-                self.check_page(c, mem, frame)?;
+                let index = self.check_page(c, mem, frame)?;
                 mem.write(gfn, usize::from(offset), data)
                     .map_err(|_| VgpuError::GuestMemory)?;
+                self.mark(index);
                 if usize::from(offset) + data.len() == 4096 {
                     self.stats.full_pages += 1;
                 }
@@ -438,20 +501,29 @@ impl<'s> DestSession<'s> {
                 hash,
             } => {
                 let (gfn, from) = (Gfn::new(frame), Gfn::new(from_frame));
-                for f in [frame, from_frame] {
-                    self.check_page(c, mem, f)?;
+                let to_index = self.check_page(c, mem, frame)?;
+                let from_index = self.check_page(c, mem, from_frame)?;
+                let mismatch = VgpuError::DuplicateMismatch {
+                    gfn: frame,
+                    from: from_frame,
+                };
+                if self.maybe_nonzero(from_index) {
+                    let mut page = [0u8; 4096];
+                    mem.read(from, 0, &mut page)
+                        .map_err(|_| VgpuError::GuestMemory)?;
+                    if gmem::page_hash(&page) != hash {
+                        return Err(mismatch);
+                    }
+                    mem.write(gfn, 0, &page)
+                        .map_err(|_| VgpuError::GuestMemory)?;
+                    self.mark(to_index);
+                } else {
+                    // A copy of a zero page: no read, no hash of 4 KiB.
+                    if hash != self.zero_hash {
+                        return Err(mismatch);
+                    }
+                    self.zero(mem, gfn, to_index)?;
                 }
-                let mut page = [0u8; 4096];
-                mem.read(from, 0, &mut page)
-                    .map_err(|_| VgpuError::GuestMemory)?;
-                if gmem::page_hash(&page) != hash {
-                    return Err(VgpuError::DuplicateMismatch {
-                        gfn: frame,
-                        from: from_frame,
-                    });
-                }
-                mem.write(gfn, 0, &page)
-                    .map_err(|_| VgpuError::GuestMemory)?;
                 self.stats.dup_pages += 1;
             }
             Event::PageXor {
@@ -460,7 +532,7 @@ impl<'s> DestSession<'s> {
                 data,
             } => {
                 let gfn = Gfn::new(frame);
-                self.check_page(c, mem, frame)?;
+                let index = self.check_page(c, mem, frame)?;
                 let off = usize::from(offset);
                 let mut buf = [0u8; 4096];
                 let cur = buf.get_mut(..data.len()).ok_or(VgpuError::WrongPhase)?;
@@ -471,18 +543,20 @@ impl<'s> DestSession<'s> {
                 }
                 mem.write(gfn, off, cur)
                     .map_err(|_| VgpuError::GuestMemory)?;
+                self.mark(index);
                 self.stats.delta_bytes += data.len() as u64;
             }
             Event::ZeroPages { first_frame, count } => {
-                const ZERO: [u8; 4096] = [0; 4096];
-                for i in 0..u64::from(count) {
-                    let frame = first_frame
-                        .checked_add(i)
-                        .ok_or(VgpuError::FrameOutsideMemory { gfn: u64::MAX })?;
-                    let gfn = Gfn::new(frame);
-                    self.check_page(c, mem, frame)?;
-                    mem.write(gfn, 0, &ZERO)
-                        .map_err(|_| VgpuError::GuestMemory)?;
+                // Only frames that may hold something are written: the run costs its length in
+                // map words at most, and each page written was paid for by the write that made it
+                // non-zero (or is written once, the first time the stream names it).
+                let start = self.check_zero_run(c, mem, first_frame, count)?;
+                let end = start.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
+                let mut at = start;
+                while let Some(index) = self.next_maybe_nonzero(at, end) {
+                    let gfn = Gfn::new(first_frame + (index - start) as u64);
+                    self.zero(mem, gfn, index)?;
+                    at = index + 1;
                 }
                 self.stats.zero_pages += u64::from(count);
             }
@@ -494,6 +568,40 @@ impl<'s> DestSession<'s> {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    fn map_buf(&mut self) -> &mut [u8] {
+        self.staging.get_mut(self.map_at..).unwrap_or_default()
+    }
+
+    fn mark(&mut self, index: usize) {
+        let m = self.zmap;
+        m.mark(self.map_buf(), index);
+    }
+
+    fn maybe_nonzero(&self, index: usize) -> bool {
+        self.zmap
+            .get(self.staging.get(self.map_at..).unwrap_or_default(), index)
+    }
+
+    fn next_maybe_nonzero(&self, from: usize, end: usize) -> Option<usize> {
+        self.zmap.next_set(
+            self.staging.get(self.map_at..).unwrap_or_default(),
+            from,
+            end,
+        )
+    }
+
+    /// Zero frame `gfn` (dense index `index`) unless it is known to be zero.
+    fn zero(&mut self, mem: &mut dyn GuestMemory, gfn: Gfn, index: usize) -> Result<(), VgpuError> {
+        const ZERO: [u8; 4096] = [0; 4096];
+        if self.maybe_nonzero(index) {
+            mem.write(gfn, 0, &ZERO)
+                .map_err(|_| VgpuError::GuestMemory)?;
+            let m = self.zmap;
+            m.clear(self.map_buf(), index);
         }
         Ok(())
     }
@@ -706,5 +814,220 @@ impl<'b> Iterator for StagedIter<'b> {
         let (payload, rest) = rest.split_at_checked(len)?;
         self.buf = rest;
         Some((kind, payload))
+    }
+}
+
+/// The destination's page map: one bit per guest frame (by dense index, [`gmem::GuestMemoryMap`]),
+/// set while the frame's current contents may be non-zero, with summary levels above it (a bit per
+/// word of the level below, set while that word is not zero), all in caller storage.
+///
+/// It makes the work of a ZERO run independent of its `count`: the run visits only the frames whose
+/// bit is set, and each set bit was set by a page write (FULL, DUP or DELTA) that the stream paid
+/// for in bytes, or at the start (every frame, once: the guest memory the destination starts from
+/// need not be zero). A DUP of a frame known to be zero needs no read and no hash.
+mod zeromap {
+    const WORD: usize = 8;
+
+    /// Words of each level for `frames` bits: level 0 first, up to the level of one word.
+    fn levels(frames: usize) -> impl Iterator<Item = usize> {
+        let mut words = Some(frames.div_ceil(64).max(1));
+        core::iter::from_fn(move || {
+            let w = words?;
+            words = (w > 1).then(|| w.div_ceil(64));
+            Some(w)
+        })
+    }
+
+    /// Bytes of the map for a guest of `frames` frames.
+    pub(super) fn len(frames: u64) -> usize {
+        let frames = usize::try_from(frames).unwrap_or(usize::MAX / 2);
+        levels(frames).map(|w| w * WORD).sum()
+    }
+
+    /// The map over `buf` (at least [`len`] bytes).
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct ZeroMap {
+        frames: usize,
+        /// Byte offset of each level in the buffer (at most 11 levels for 64-bit indices).
+        at: [usize; 12],
+        depth: usize,
+    }
+
+    impl ZeroMap {
+        /// Lay the map out for `frames` frames and mark every frame as possibly non-zero.
+        pub(super) fn init(frames: u64, buf: &mut [u8]) -> Option<Self> {
+            let frames = usize::try_from(frames).ok()?;
+            let mut m = Self {
+                frames,
+                at: [0; 12],
+                depth: 0,
+            };
+            let mut off = 0;
+            let mut bits = frames;
+            for words in levels(frames) {
+                *m.at.get_mut(m.depth)? = off;
+                let level = buf.get_mut(off..off + words * WORD)?;
+                level.fill(0);
+                // `bits` bits set at this level: the frames, or one per non-empty word below.
+                let (full, rest) = (bits / 64, bits % 64);
+                level.get_mut(..full * WORD)?.fill(0xFF);
+                if rest != 0 {
+                    let w = (1u64 << rest) - 1;
+                    level
+                        .get_mut(full * WORD..full * WORD + WORD)?
+                        .copy_from_slice(&w.to_le_bytes());
+                }
+                bits = words;
+                off += words * WORD;
+                m.depth += 1;
+            }
+            Some(m)
+        }
+
+        fn word(&self, buf: &[u8], level: usize, w: usize) -> u64 {
+            let at = self.at.get(level).copied().unwrap_or(0) + w * WORD;
+            buf.get(at..at + WORD)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        }
+
+        fn set_word(&self, buf: &mut [u8], level: usize, w: usize, v: u64) {
+            let at = self.at.get(level).copied().unwrap_or(0) + w * WORD;
+            if let Some(b) = buf.get_mut(at..at + WORD) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+
+        /// Whether frame `i` may be non-zero (frames beyond the map always may).
+        pub(super) fn get(&self, buf: &[u8], i: usize) -> bool {
+            i >= self.frames || self.word(buf, 0, i / 64) & (1 << (i % 64)) != 0
+        }
+
+        /// Frame `i` may now be non-zero.
+        pub(super) fn mark(&self, buf: &mut [u8], mut i: usize) {
+            if i >= self.frames {
+                return;
+            }
+            for level in 0..self.depth {
+                let w = self.word(buf, level, i / 64);
+                self.set_word(buf, level, i / 64, w | 1 << (i % 64));
+                if w != 0 {
+                    return; // the levels above already know this word is not empty
+                }
+                i /= 64;
+            }
+        }
+
+        /// Frame `i` is now zero.
+        pub(super) fn clear(&self, buf: &mut [u8], mut i: usize) {
+            if i >= self.frames {
+                return;
+            }
+            for level in 0..self.depth {
+                let w = self.word(buf, level, i / 64) & !(1 << (i % 64));
+                self.set_word(buf, level, i / 64, w);
+                if w != 0 {
+                    return;
+                }
+                i /= 64;
+            }
+        }
+
+        /// The first frame at or after `from` and before `end` whose bit is set (frames beyond the
+        /// map count as set): `O(depth)` word reads, whatever the distance.
+        pub(super) fn next_set(&self, buf: &[u8], from: usize, end: usize) -> Option<usize> {
+            let beyond = (self.frames.max(from) < end).then_some(self.frames.max(from));
+            self.next_set_in(buf, from, end.min(self.frames)).or(beyond)
+        }
+
+        fn next_set_in(&self, buf: &[u8], from: usize, end: usize) -> Option<usize> {
+            if from >= end {
+                return None;
+            }
+            // Climb while the rest of the current word is empty, then descend to the first bit.
+            let mut level = 0;
+            let mut pos = from;
+            loop {
+                let w = pos / 64;
+                let words = self.frames_at(level).div_ceil(64);
+                if w < words {
+                    let bits = self.word(buf, level, w) & (!0u64 << (pos % 64));
+                    if bits != 0 {
+                        pos = w * 64 + bits.trailing_zeros() as usize;
+                        break;
+                    }
+                }
+                if level + 1 >= self.depth || w + 1 >= words {
+                    return None;
+                }
+                level += 1;
+                pos = w + 1;
+            }
+            while level > 0 {
+                level -= 1;
+                let bits = self.word(buf, level, pos);
+                pos = pos * 64 + bits.trailing_zeros() as usize;
+            }
+            (pos < end).then_some(pos)
+        }
+
+        /// Bits at `level`: the frames at level 0, then one per word of the level below.
+        fn frames_at(&self, level: usize) -> usize {
+            let mut bits = self.frames;
+            for _ in 0..level {
+                bits = bits.div_ceil(64);
+            }
+            bits
+        }
+    }
+
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
+    mod tests {
+        extern crate std;
+        use super::*;
+        use std::vec;
+        use std::vec::Vec;
+
+        #[test]
+        fn next_set_finds_every_marked_frame_and_nothing_else() {
+            for frames in [1u64, 63, 64, 65, 4095, 4096, 4097, 300_001] {
+                let n = frames as usize;
+                let mut buf = vec![0u8; len(frames)];
+                let m = ZeroMap::init(frames, &mut buf).unwrap();
+                // All set at the start.
+                assert_eq!(m.next_set(&buf, 0, n), Some(0));
+                assert_eq!(m.next_set(&buf, n - 1, n), Some(n - 1));
+                for i in 0..n {
+                    m.clear(&mut buf, i);
+                }
+                assert_eq!(m.next_set(&buf, 0, n), None, "{frames}");
+                let marks: Vec<usize> = [0, 1, 63, 64, 4095, 4096, 70_000, 299_999, n - 1]
+                    .into_iter()
+                    .filter(|&i| i < n)
+                    .collect();
+                for &i in &marks {
+                    m.mark(&mut buf, i);
+                    assert!(m.get(&buf, i));
+                }
+                let mut found = Vec::new();
+                let mut at = 0;
+                while let Some(i) = m.next_set(&buf, at, n) {
+                    found.push(i);
+                    at = i + 1;
+                }
+                let mut want = marks.clone();
+                want.dedup();
+                assert_eq!(found, want, "{frames}");
+                // A bounded search stops at `end`.
+                if let Some(&last) = want.last() {
+                    assert_eq!(m.next_set(&buf, last, last), None);
+                }
+                for &i in &want {
+                    m.clear(&mut buf, i);
+                }
+                assert_eq!(m.next_set(&buf, 0, n), None);
+            }
+        }
     }
 }

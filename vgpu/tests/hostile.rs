@@ -748,7 +748,8 @@ fn destination_staging_too_small_is_a_local_error_and_the_retry_with_what_it_ask
     let b = bed();
     let mut st = b.sc.storage();
     let mut m = b.sc.machine(&mut st, true).unwrap();
-    let mut len = 16usize;
+    // Enough for the page map (a few hundred bytes here), not for the device state.
+    let mut len = 4096usize;
     let mut attempts = 0;
     loop {
         attempts += 1;
