@@ -982,7 +982,12 @@ mod zeromap {
     }
 
     #[cfg(test)]
-    #[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
+    #[allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::cast_possible_truncation,
+        reason = "tests"
+    )]
     mod tests {
         extern crate std;
         use super::*;
