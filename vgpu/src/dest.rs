@@ -70,6 +70,13 @@ pub struct DestSession<'s> {
     zero_hash: u64,
     /// The record being staged: (kind, start offset of its payload in staging, length).
     open: Option<(RecordKind, usize, usize)>,
+    /// Where the main channel is in the record order of SPEC.md Appendix A.
+    stage: Stage,
+    /// How many of each once-only device-state record began (see [`ONCE`]).
+    once: [u32; ONCE.len()],
+    /// Staged bytes (with their staging headers) of the GGTT pre-copy and of the GGTT after the
+    /// stop ([`GgttGroup`]).
+    ggtt_bytes: [usize; 2],
     failed: Option<VgpuError>,
     stats: DestStats,
 }
@@ -85,7 +92,39 @@ struct ChanIn {
     intro_len: Option<u32>,
     intro_ok: bool,
     ended: bool,
+    /// A PAGES record began since the last ROUND record (its round is not closed yet).
+    pages_open: bool,
+    /// ROUND records verified, and the last one's number.
+    rounds: u32,
+    last_round: Option<u32>,
+    /// The last ROUND skipped a number: it closed the final round, and no ROUND may follow.
+    round_final: bool,
 }
+
+/// The main channel's place in the record order (SPEC.md Appendix A, "Order").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Before any page, ROUND or device-state record: only the GGTT pre-copy so far.
+    Start,
+    /// In the rounds (a PAGES or ROUND record arrived).
+    Rounds,
+    /// In the device state after the last round.
+    State,
+}
+
+/// The device-state kinds a stream carries exactly once (SPEC.md Appendix A).
+const ONCE: [RecordKind; 5] = [
+    RecordKind::CONFIG_SPACE,
+    RecordKind::REGISTERS,
+    RecordKind::GGTT_PENDING,
+    RecordKind::PPGTT_ROOTS,
+    RecordKind::ENGINE_STATE,
+];
+
+/// Staged bytes per GGTT entry a group of `GGTT_RUNS` records may take: a valid source covers each
+/// entry at most once per group, with at most 24 payload bytes (a one-entry RAW run) and, in the
+/// worst case, a record of its own (8 bytes of staging header).
+pub const GGTT_STAGED_PER_ENTRY: usize = gtt::runs::RUN_HEADER_LEN + 8 + STAGED_HEADER;
 
 fn is_device_state(kind: RecordKind) -> bool {
     matches!(
@@ -130,6 +169,26 @@ fn payload_bound(vgpu: &Vgpu<'_>, kind: RecordKind) -> Option<(usize, VgpuError)
         )),
         _ => None,
     }
+}
+
+/// The most staged bytes one group of `GGTT_RUNS` records (the pre-copy, or the entries after the
+/// stop) may take on `vgpu`: [`GGTT_STAGED_PER_ENTRY`] per entry of its guest view.
+fn ggtt_group_bound(vgpu: &Vgpu<'_>) -> usize {
+    usize::try_from(vgpu.config().partition.entries())
+        .unwrap_or(usize::MAX)
+        .saturating_mul(GGTT_STAGED_PER_ENTRY)
+}
+
+/// The most device state (staged bytes, staging headers included) a valid stream for `vgpu` can
+/// carry: each once-only record at its longest, and two groups of `GGTT_RUNS` records
+/// ([`GGTT_STAGED_PER_ENTRY`] per GGTT entry each).
+pub fn device_state_bound(vgpu: &Vgpu<'_>) -> usize {
+    let once: usize = ONCE
+        .iter()
+        .filter_map(|k| payload_bound(vgpu, *k))
+        .map(|(max, _)| max + STAGED_HEADER)
+        .sum();
+    once.saturating_add(ggtt_group_bound(vgpu).saturating_mul(2))
 }
 
 impl<'s> DestSession<'s> {
@@ -184,6 +243,10 @@ impl<'s> DestSession<'s> {
                 intro_len: None,
                 intro_ok: channels == 1,
                 ended: false,
+                pages_open: false,
+                rounds: 0,
+                last_round: None,
+                round_final: false,
             });
         }
         Ok(Self {
@@ -196,6 +259,9 @@ impl<'s> DestSession<'s> {
             zmap,
             zero_hash: gmem::page_hash(&[0; 4096]),
             open: None,
+            stage: Stage::Start,
+            once: [0; ONCE.len()],
+            ggtt_bytes: [0; 2],
             failed: None,
             stats: DestStats::default(),
         })
@@ -427,6 +493,16 @@ impl<'s> DestSession<'s> {
                 kind, version, len, ..
             } => {
                 if kind == RecordKind::PAGES {
+                    // Pages belong to a round: never after the device state began.
+                    if c == 0 {
+                        if self.stage == Stage::State {
+                            return Err(VgpuError::RecordOrder { kind: kind.0 });
+                        }
+                        self.stage = Stage::Rounds;
+                    }
+                    if let Some(ch) = self.chans.get_mut(c) {
+                        ch.pages_open = true;
+                    }
                     return Ok(());
                 }
                 // SPEC.md §7 and Appendix A: device-state payloads are version 1; a reader
@@ -434,13 +510,15 @@ impl<'s> DestSession<'s> {
                 if !is_device_state(kind) || version != DEVICE_STATE_VERSION {
                     return Err(VgpuError::UnsupportedRecord { kind: kind.0 });
                 }
-                let len = usize::try_from(len)
-                    .map_err(|_| VgpuError::StagingFull { needed: usize::MAX })?;
+                // A length no valid record of the kind has is the stream's fault (it cannot be
+                // stored, so it is checked before anything else of the record).
+                let len = usize::try_from(len).unwrap_or(usize::MAX);
                 if let Some((max, refusal)) = payload_bound(vgpu, kind)
                     && len > max
                 {
                     return Err(refusal);
                 }
+                let group = self.begin_device_state(vgpu, c, kind, len)?;
                 let start = self.staged + STAGED_HEADER;
                 let end = start
                     .checked_add(len)
@@ -450,6 +528,11 @@ impl<'s> DestSession<'s> {
                     return Err(VgpuError::StagingFull { needed });
                 }
                 self.open = Some((kind, start, len));
+                if let Some(g) = group
+                    && let Some(b) = self.ggtt_bytes.get_mut(usize::from(g))
+                {
+                    *b += STAGED_HEADER + len;
+                }
             }
             Event::Payload { kind, offset, data } => {
                 let (open_kind, start, len) = self.open.ok_or(VgpuError::WrongPhase)?;
@@ -477,7 +560,10 @@ impl<'s> DestSession<'s> {
                         .ok_or(VgpuError::WrongPhase)?;
                     let [k0, k1] = kind.0.to_le_bytes();
                     let [l0, l1, l2, l3] = u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes();
-                    *hdr = [k0, k1, 0, 0, l0, l1, l2, l3];
+                    // Byte 2: the GGTT group of a GGTT_RUNS record (0 for every other kind).
+                    let group =
+                        u8::from(kind == RecordKind::GGTT_RUNS && self.stage == Stage::State);
+                    *hdr = [k0, k1, group, 0, l0, l1, l2, l3];
                     self.staged = start + len;
                 }
             }
@@ -561,15 +647,108 @@ impl<'s> DestSession<'s> {
                 self.stats.zero_pages += u64::from(count);
             }
             Event::Skipped { .. } => {}
-            Event::Round(_) if c == 0 => self.stats.rounds += 1,
-            Event::End(_) => {
-                if let Some(ch) = self.chans.get_mut(c) {
-                    ch.ended = true;
+            Event::Round(r) => {
+                if c == 0 {
+                    if self.stage == Stage::State {
+                        return Err(VgpuError::RecordOrder {
+                            kind: RecordKind::ROUND.0,
+                        });
+                    }
+                    self.stage = Stage::Rounds;
+                    self.stats.rounds += 1;
                 }
+                let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+                // Rounds count from 0, one by one; only the final round may skip a number (the
+                // round the stop abandoned has no ROUND record), and nothing follows it.
+                let (ok, skipped) = match ch.last_round {
+                    None => (r.round <= 1, r.round == 1),
+                    Some(p) => (
+                        !ch.round_final
+                            && (Some(r.round) == p.checked_add(1)
+                                || Some(r.round) == p.checked_add(2)),
+                        Some(r.round) == p.checked_add(2),
+                    ),
+                };
+                if !ok {
+                    return Err(VgpuError::BadRound {
+                        channel: u16::try_from(c).unwrap_or(u16::MAX),
+                        round: r.round,
+                    });
+                }
+                ch.round_final = skipped;
+                ch.last_round = Some(r.round);
+                ch.rounds += 1;
+                ch.pages_open = false;
+            }
+            Event::End(_) => {
+                let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+                if ch.pages_open {
+                    // Pages after the channel's last ROUND record.
+                    return Err(VgpuError::RecordOrder {
+                        kind: RecordKind::PAGES.0,
+                    });
+                }
+                ch.ended = true;
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// The order and count rules of a device-state record beginning on channel `c` (SPEC.md
+    /// Appendix A), checked before anything of it is staged. Returns the GGTT group of a
+    /// `GGTT_RUNS` record.
+    fn begin_device_state(
+        &mut self,
+        vgpu: &Vgpu<'_>,
+        c: usize,
+        kind: RecordKind,
+        len: usize,
+    ) -> Result<Option<u8>, VgpuError> {
+        let mut group = None;
+        if kind == RecordKind::GGTT_RUNS {
+            // Before every page and ROUND record: the pre-copy; after them: the device state.
+            let g = u8::from(self.stage != Stage::Start);
+            let bound = ggtt_group_bound(vgpu);
+            let used = self.ggtt_bytes.get(usize::from(g)).copied().unwrap_or(0);
+            if used.saturating_add(STAGED_HEADER).saturating_add(len) > bound {
+                return Err(VgpuError::StateOverBound {
+                    kind: kind.0,
+                    bound,
+                });
+            }
+            if self.stage == Stage::Start {
+                return Ok(Some(g));
+            }
+            group = Some(g);
+        }
+        if let Some(i) = ONCE.iter().position(|k| *k == kind)
+            && let Some(seen) = self.once.get_mut(i)
+        {
+            *seen += 1;
+            if *seen > 1 {
+                return Err(VgpuError::RecordCount {
+                    kind: kind.0,
+                    seen: *seen,
+                });
+            }
+        }
+        if self.chans.get(c).is_some_and(|ch| ch.pages_open) {
+            // The last round's pages without its ROUND record.
+            return Err(VgpuError::RecordOrder {
+                kind: RecordKind::PAGES.0,
+            });
+        }
+        self.stage = Stage::State;
+        Ok(group)
+    }
+
+    /// The staging storage a session on `vgpu` needs: the page map (one bit per guest frame and
+    /// its summary levels) plus [`device_state_bound`]. With at least this much,
+    /// [`VgpuError::StagingFull`] cannot happen: a stream that would need more breaks a rule of the
+    /// format and is refused as the stream's fault.
+    pub fn staging_len(vgpu: &Vgpu<'_>) -> usize {
+        zeromap::len(vgpu.memory_map().frames()).saturating_add(device_state_bound(vgpu))
     }
 
     fn map_buf(&mut self) -> &mut [u8] {
@@ -624,7 +803,12 @@ impl<'s> DestSession<'s> {
         }
     }
 
-    fn staged_records(&self) -> StagedIter<'_> {
+    fn staged_records(&self) -> impl Iterator<Item = (RecordKind, &[u8])> {
+        self.staged_grouped()
+            .map(|(kind, _, payload)| (kind, payload))
+    }
+
+    fn staged_grouped(&self) -> StagedIter<'_> {
         StagedIter {
             buf: self.staging.get(..self.staged).unwrap_or(&[]),
         }
@@ -641,11 +825,23 @@ impl<'s> DestSession<'s> {
             }
             ch.dec.as_ref().ok_or(VgpuError::WrongPhase)?.finish()?;
         }
+        // Every channel carried the same rounds (SPEC.md Appendix A.6).
+        let main = self.chans.first().map(|ch| (ch.rounds, ch.last_round));
+        for (c, ch) in self.chans.iter().enumerate() {
+            if Some((ch.rounds, ch.last_round)) != main {
+                return Err(VgpuError::BadRound {
+                    channel: u16::try_from(c).unwrap_or(u16::MAX),
+                    round: ch.last_round.unwrap_or(u32::MAX),
+                });
+            }
+        }
         let (mut cfg, mut regs, mut eng, mut pending, mut roots) = (0u32, 0u32, 0u32, 0u32, 0u32);
         let cfg_local = vgpu.config();
         let partition = cfg_local.partition;
         let frames = guest_frames(mem)?;
-        for (kind, payload) in self.staged_records() {
+        // Where the previous GGTT_RUNS record of each group ended (storage slot).
+        let mut ggtt_end = [0usize; 2];
+        for (kind, group, payload) in self.staged_grouped() {
             match kind {
                 RecordKind::CONFIG_SPACE => {
                     cfg += 1;
@@ -661,6 +857,17 @@ impl<'s> DestSession<'s> {
                 }
                 RecordKind::GGTT_RUNS => {
                     gtt::validate_runs_in(payload, &partition, &frames, cfg_local.generation)?;
+                    // A group's records continue each other in storage order: every entry at
+                    // most once per group, so restoring them costs at most the GGTT's size.
+                    let end = ggtt_end
+                        .get_mut(usize::from(group))
+                        .ok_or(VgpuError::WrongPhase)?;
+                    if let Some((first, last)) = ggtt_span(payload, &partition) {
+                        if first < *end {
+                            return Err(VgpuError::Gtt(gtt::GttError::RunOrder));
+                        }
+                        *end = last;
+                    }
                 }
                 RecordKind::PPGTT_ROOTS => {
                     roots += 1;
@@ -805,7 +1012,8 @@ struct StagedIter<'b> {
 }
 
 impl<'b> Iterator for StagedIter<'b> {
-    type Item = (RecordKind, &'b [u8]);
+    /// Kind, GGTT group (0 for every kind but a `GGTT_RUNS` record after the stop), payload.
+    type Item = (RecordKind, u8, &'b [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
         let (hdr, rest) = self.buf.split_first_chunk::<STAGED_HEADER>()?;
@@ -813,8 +1021,29 @@ impl<'b> Iterator for StagedIter<'b> {
         let len = usize::try_from(u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]])).ok()?;
         let (payload, rest) = rest.split_at_checked(len)?;
         self.buf = rest;
-        Some((kind, payload))
+        Some((kind, hdr[2], payload))
     }
+}
+
+/// The storage slots a validated `GGTT_RUNS` payload covers: from its first run's first slot to
+/// its last run's end (runs are in storage order within a record).
+fn ggtt_span(payload: &[u8], partition: &gtt::Partition) -> Option<(usize, usize)> {
+    let mut at = 0;
+    let mut span: Option<(usize, usize)> = None;
+    while let Some(h) = payload.get(at..at + gtt::runs::RUN_HEADER_LEN) {
+        let start = u32::from_le_bytes(h.get(0..4)?.try_into().ok()?);
+        let count = u32::from_le_bytes(h.get(4..8)?.try_into().ok()?);
+        let body = if h.get(8) == Some(&0) {
+            usize::try_from(count).ok()?.checked_mul(8)?
+        } else {
+            8
+        };
+        let first = partition.slot_of(gtt::GttIndex::new(start))?;
+        let end = first.checked_add(usize::try_from(count).ok()?)?;
+        span = Some((span.map_or(first, |s| s.0), end));
+        at += gtt::runs::RUN_HEADER_LEN + body;
+    }
+    span
 }
 
 /// The destination's page map: one bit per guest frame (by dense index, [`gmem::GuestMemoryMap`]),

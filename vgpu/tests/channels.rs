@@ -198,13 +198,21 @@ fn destination_refuses_channel_violations() {
         matches!(e, VgpuError::WrongChannel { channel: 1, .. }),
         "{e:?}"
     );
-    // The right frame on the right channel is accepted (the stream only lacks channel 0).
+    // The right frame on the right channel, in a round closed by its ROUND record, is accepted
+    // (the stream only lacks channel 0).
     let e = feed_hostile(
         &sc,
         2,
         &[(
             1,
-            channel_stream(&header, ch(1, 2), &[(RecordKind::PAGES, one_page(f1))]),
+            channel_stream(
+                &header,
+                ch(1, 2),
+                &[
+                    (RecordKind::PAGES, one_page(f1)),
+                    (RecordKind::ROUND, vec![0u8; 24]),
+                ],
+            ),
         )],
     );
     assert_eq!(e, VgpuError::Truncated, "channel 0 never ended");

@@ -385,7 +385,7 @@ fn ppgtt_roots_outside_memory_or_forming_cycles_are_refused() {
     pages.extend_from_slice(&[0, 0, 0, 0]);
     pages.extend_from_slice(&page);
     let mut p = b.with(RecordKind::PPGTT_ROOTS, roots_plus(&b, frame));
-    let at = p.find(RecordKind::CONFIG_SPACE).unwrap();
+    let at = last_round(&p);
     p.records.insert(
         at,
         Part {
@@ -875,6 +875,14 @@ fn page_run(first_frame: u64, count: u32, encoding: u8) -> Vec<u8> {
     h.to_vec()
 }
 
+/// Where the last ROUND record is: a record inserted there belongs to the final round.
+fn last_round(p: &Parts) -> usize {
+    p.records
+        .iter()
+        .rposition(|r| r.kind == RecordKind::ROUND)
+        .unwrap()
+}
+
 impl Bed {
     /// A guest frame the stream sends in full (so it is in guest memory), and its page as sent.
     fn sent_frame(&self) -> (u64, Vec<u8>) {
@@ -890,10 +898,15 @@ impl Bed {
         (frame, r.payload[16..16 + 4096].to_vec())
     }
 
-    /// The parts with one more record before the device state.
+    /// The parts with one more record before the device state (a PAGES record: in the final
+    /// round, before its ROUND record, where a source writes pages).
     fn with_record(&self, kind: RecordKind, flags: RecordFlags, payload: Vec<u8>) -> Parts {
         let mut p = self.parts.clone();
-        let at = p.find(RecordKind::CONFIG_SPACE).unwrap();
+        let at = if kind == RecordKind::PAGES {
+            last_round(&p)
+        } else {
+            p.find(RecordKind::CONFIG_SPACE).unwrap()
+        };
         p.records.insert(
             at,
             Part {
@@ -1109,4 +1122,284 @@ fn engine_state_out_of_its_ranges_is_refused() {
             );
         }
     }
+}
+
+// ---- issue 21: linear work, the right blame, only what a source sends -------------------------
+
+/// Guest memory that counts the page writes reaching it.
+struct Counting<'m> {
+    mem: &'m mut vgpu::sim::SimMemory,
+    writes: u64,
+}
+
+impl vgpu::traits::GuestMemory for Counting<'_> {
+    fn map(&self) -> &gmem::GuestMemoryMap {
+        self.mem.map()
+    }
+    fn read(
+        &self,
+        gfn: gtt::Gfn,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), vgpu::traits::MemoryError> {
+        self.mem.read(gfn, offset, out)
+    }
+    fn write(
+        &mut self,
+        gfn: gtt::Gfn,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), vgpu::traits::MemoryError> {
+        self.writes += 1;
+        self.mem.write(gfn, offset, data)
+    }
+}
+
+/// Feed `wire` whole into a fresh destination with staging of [`DestSession::staging_len`],
+/// counting guest-memory writes; then commit. Returns the result and the writes.
+fn feed_counting(b: &Bed, wire: &[u8]) -> (Result<(), VgpuError>, u64) {
+    let mut st = b.sc.storage();
+    let mut m = b.sc.machine(&mut st, true).unwrap();
+    let mut staging = vec![0u8; DestSession::staging_len(&m.vgpu)];
+    let mut d = DestSession::open(&mut m.vgpu, &mut staging, migstream::Limits::DEFAULT).unwrap();
+    let mut mem = Counting {
+        mem: &mut m.mem,
+        writes: 0,
+    };
+    let r = d.feed(&m.vgpu, &mut mem, wire).map(|_| ());
+    let writes = mem.writes;
+    let r = r.and_then(|()| d.commit(&mut m.vgpu, &m.mem, &mut m.host).map(|_| ()));
+    (r, writes)
+}
+
+#[test]
+fn a_zero_flood_writes_each_page_at_most_once_more_than_the_stream_paid_for() {
+    // SPEC.md §6.1 (reader work): 65,536 ZERO runs, each over the whole first memory region, cost
+    // the destination the pages they really change, not 65,536 times the region.
+    let b = bed();
+    let (r, valid_writes) = feed_counting(&b, &b.wire);
+    r.unwrap();
+    let region = b.sc.map.regions()[0];
+    let mut flood = Vec::new();
+    for _ in 0..65_536 {
+        flood.extend(page_run(region.start().get(), region.count() as u32, 1));
+    }
+    let (r, writes) = feed_counting(&b, &b.with_pages(flood).seal());
+    r.unwrap();
+    assert!(
+        writes <= valid_writes + region.count(),
+        "{writes} writes for the flood, {valid_writes} for the valid stream"
+    );
+    // And the flood did what it says: the region reads as zero afterwards.
+    let wire = b.with_pages(
+        (0..4)
+            .flat_map(|_| page_run(region.start().get(), region.count() as u32, 1))
+            .collect(),
+    );
+    let mut st = b.sc.storage();
+    let mut m = b.sc.machine(&mut st, true).unwrap();
+    let mut staging = vec![0u8; staging_len(&b.sc)];
+    restore(&mut m, &mut staging, &wire.seal(), 4096)
+        .unwrap()
+        .0
+        .unwrap();
+    let mut page = [0u8; 4096];
+    for f in region.start().get()..region.end() {
+        vgpu::traits::GuestMemory::read(&m.mem, gtt::Gfn::new(f), 0, &mut page).unwrap();
+        assert!(gmem::is_zero_page(&page), "frame {f:#x}");
+    }
+}
+
+#[test]
+fn a_zero_run_over_a_hole_or_another_channel_is_refused_at_its_first_bad_page() {
+    let b = bed();
+    let [low, high] = [b.sc.map.regions()[0], b.sc.map.regions()[1]];
+    // From the last frame of the low region over the hole: the first frame past the region.
+    assert_eq!(
+        b.refuse(&b.with_pages(page_run(low.end() - 1, 2, 1))),
+        VgpuError::FrameOutsideMemory { gfn: low.end() }
+    );
+    // A count running past the end of memory.
+    assert_eq!(
+        b.refuse(&b.with_pages(page_run(high.start().get(), u32::MAX, 1))),
+        VgpuError::FrameOutsideMemory { gfn: high.end() }
+    );
+}
+
+#[test]
+fn device_state_repeated_or_over_its_bound_is_the_streams_fault_at_its_first_byte() {
+    // With the staging the configuration calls for, no stream gets StagingFull: a second copy of a
+    // once-only record is refused when it begins, and GGTT records beyond what the GGTT can hold
+    // are refused at the bound, both as the stream's fault.
+    let b = bed();
+    for (kind, copies) in [
+        (RecordKind::CONFIG_SPACE, 20),
+        (RecordKind::ENGINE_STATE, 200),
+        (RecordKind::REGISTERS, 3),
+        (RecordKind::GGTT_PENDING, 2),
+        (RecordKind::PPGTT_ROOTS, 2),
+    ] {
+        let mut p = b.parts.clone();
+        let i = p.find(kind).unwrap();
+        let rec = p.records[i].clone();
+        for _ in 1..copies {
+            p.records.insert(i, rec.clone());
+        }
+        let (r, _) = feed_counting(&b, &p.seal());
+        let e = r.unwrap_err();
+        assert_eq!(
+            e,
+            VgpuError::RecordCount {
+                kind: kind.0,
+                seen: 2
+            },
+            "{kind:?} x{copies}"
+        );
+        assert_eq!(e.fault(), vgpu::error::Fault::Stream);
+    }
+    // GGTT_RUNS records after the stop, each at its size bound (entries x 24 bytes of one-entry
+    // RAW runs), until the group's bound.
+    let cfg = &b.sc.config;
+    let entries = cfg.partition.entries() as usize;
+    let ap = cfg.partition.aperture;
+    let first = (ap.base().get() >> 12) as u32;
+    let mut run = Vec::new();
+    let mut raw = vec![0u8; 16];
+    raw[..4].copy_from_slice(&first.to_le_bytes());
+    raw[4..8].copy_from_slice(&1u32.to_le_bytes());
+    while run.len() + 24 <= entries * 24 {
+        run.extend_from_slice(&raw);
+        run.extend_from_slice(&[0u8; 8]);
+    }
+    let mut p = b.parts.clone();
+    let at = p.records.len();
+    for _ in 0..4 {
+        p.records.insert(
+            at,
+            Part {
+                kind: RecordKind::GGTT_RUNS,
+                flags: RecordFlags::MANDATORY,
+                version: 1,
+                payload: run.clone(),
+            },
+        );
+    }
+    let (r, _) = feed_counting(&b, &p.seal());
+    let e = r.unwrap_err();
+    assert!(
+        matches!(e, VgpuError::StateOverBound { kind: 3, .. }),
+        "{e:?}"
+    );
+    assert_eq!(e.fault(), vgpu::error::Fault::Stream);
+    // The bound is the configuration's: the valid stream fits in exactly that staging.
+    let (r, _) = feed_counting(&b, &b.wire);
+    r.unwrap();
+}
+
+#[test]
+fn ggtt_records_of_one_group_that_overlap_are_refused() {
+    // Every entry at most once per group: the same GGTT_RUNS record twice after the stop.
+    let b = bed();
+    let mut p = b.parts.clone();
+    let i = p.find(RecordKind::GGTT_RUNS).unwrap();
+    let rec = p.records[i].clone();
+    p.records.insert(i, rec);
+    assert_eq!(b.refuse(&p), VgpuError::Gtt(gtt::GttError::RunOrder));
+}
+
+#[test]
+fn records_out_of_the_order_a_source_writes_are_refused() {
+    let b = bed();
+    let page = |p: &Parts| {
+        p.records
+            .iter()
+            .find(|r| r.kind == RecordKind::PAGES)
+            .unwrap()
+            .clone()
+    };
+    // Pages after the device state began.
+    let mut p = b.parts.clone();
+    let pages = page(&p);
+    let at = p.find(RecordKind::REGISTERS).unwrap();
+    p.records.insert(at, pages.clone());
+    assert_eq!(
+        b.refuse(&p),
+        VgpuError::RecordOrder {
+            kind: RecordKind::PAGES.0
+        }
+    );
+    // A ROUND record after the device state began.
+    let mut p = b.parts.clone();
+    let round = p.records.remove(last_round(&p));
+    let at = p.find(RecordKind::REGISTERS).unwrap();
+    p.records.insert(at, round);
+    // The final round's pages now have no ROUND before the device state.
+    assert_eq!(
+        b.refuse(&p),
+        VgpuError::RecordOrder {
+            kind: RecordKind::PAGES.0
+        }
+    );
+    // Pages at the very end of the device state (before END).
+    let mut p = b.parts.clone();
+    p.records.push(pages.clone());
+    assert_eq!(
+        b.refuse(&p),
+        VgpuError::RecordOrder {
+            kind: RecordKind::PAGES.0
+        }
+    );
+    // A GGTT record in the middle of the rounds is device state: pages after it are refused.
+    let mut p = b.parts.clone();
+    let ggtt = p.records[p.find(RecordKind::GGTT_RUNS).unwrap()].clone();
+    let first_round = p.find(RecordKind::ROUND).unwrap();
+    p.records.insert(first_round, ggtt);
+    let e = b.refuse(&p);
+    assert!(matches!(e, VgpuError::RecordOrder { .. }), "{e:?}");
+}
+
+#[test]
+fn round_numbers_that_do_not_continue_the_rounds_are_refused() {
+    let b = bed();
+    let rounds: Vec<usize> = b
+        .parts
+        .records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.kind == RecordKind::ROUND)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(rounds.len() >= 2, "the bed has pre-copy rounds");
+    let set = |p: &mut Parts, i: usize, n: u32| {
+        p.records[i].payload[..4].copy_from_slice(&n.to_le_bytes());
+    };
+    for (what, numbers) in [
+        ("starts at 2", vec![2u32]),
+        ("repeats", vec![0, 0]),
+        ("goes back", vec![0, 1, 0]),
+        ("skips, then goes on", vec![0, 2, 3]),
+        ("skips two", vec![0, 3]),
+    ] {
+        let mut p = b.parts.clone();
+        for (k, n) in numbers.iter().enumerate() {
+            if let Some(&i) = rounds.get(k) {
+                set(&mut p, i, *n);
+            }
+        }
+        if numbers.len() > rounds.len() {
+            continue;
+        }
+        let e = b.refuse(&p);
+        assert!(
+            matches!(e, VgpuError::BadRound { channel: 0, .. }),
+            "{what}: {e:?}"
+        );
+        assert_eq!(e.fault(), vgpu::error::Fault::Stream);
+    }
+    // The one skip a source makes (the round the stop abandoned), on the last ROUND: accepted.
+    let mut p = b.parts.clone();
+    let last = *rounds.last().unwrap();
+    let n = u32::from_le_bytes(p.records[last].payload[..4].try_into().unwrap());
+    set(&mut p, last, n + 1);
+    b.restore(&p.seal()).0.unwrap();
 }
