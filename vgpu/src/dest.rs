@@ -7,6 +7,13 @@
 //! bits, engine layout) before it changes anything. A stream rejected at any point, by the decoder
 //! or by validation, leaves the vGPU's device state exactly as it was.
 //!
+//! The record order and counts are checked as each record begins (SPEC.md Appendix A, "Order"):
+//! a second copy of a once-only record, pages or a ROUND after the device state, a round left
+//! without its ROUND record, ROUND numbers that do not continue, and GGTT records beyond their
+//! group's bound are refused at once, as the stream's fault. Page work is linear in the stream's
+//! bytes: a page map in the staging storage (one bit per guest frame) lets a ZERO run skip frames
+//! already zero, whatever its count.
+//!
 //! A multi-channel migration ([`crate::channel`]) is read by one session opened with
 //! [`DestSession::open_channels`]: feed each channel's bytes with [`DestSession::feed_channel`], in
 //! any interleaving and segmentation. Each channel must start with its CHANNEL record, carry only
@@ -53,8 +60,9 @@ pub struct DestStats {
     pub ggtt_entries: usize,
 }
 
-/// Sans-IO destination session over caller staging storage (device state only: tens of KiB plus
-/// 8 bytes per mapped GGTT entry in the worst case).
+/// Sans-IO destination session over caller staging storage: the staged device state and the page
+/// map. [`DestSession::staging_len`] is what a configuration needs: with that much, a stream can
+/// only fail as the stream's fault, never with [`VgpuError::StagingFull`].
 #[derive(Debug)]
 pub struct DestSession<'s> {
     chans: heapless::Vec<ChanIn, MAX_CHANNELS>,
@@ -816,6 +824,16 @@ impl<'s> DestSession<'s> {
 
     /// Check every staged record against `vgpu` without changing anything.
     pub fn validate(&self, vgpu: &Vgpu<'_>, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
+        self.check(vgpu, mem).map(|_| ())
+    }
+
+    /// [`validate`](Self::validate), returning the PPGTT roots it walked (so a commit walks the
+    /// guest's page tables once).
+    fn check(
+        &self,
+        vgpu: &Vgpu<'_>,
+        mem: &dyn GuestMemory,
+    ) -> Result<crate::ppgtt::PpgttList, VgpuError> {
         if let Some(e) = self.failed {
             return Err(e);
         }
@@ -841,12 +859,20 @@ impl<'s> DestSession<'s> {
         let frames = guest_frames(mem)?;
         // Where the previous GGTT_RUNS record of each group ended (storage slot).
         let mut ggtt_end = [0usize; 2];
+        let mut ppgtts = crate::ppgtt::PpgttList::new();
         for (kind, group, payload) in self.staged_grouped() {
             match kind {
                 RecordKind::CONFIG_SPACE => {
                     cfg += 1;
+                    // Bytes the guest cannot write (identity) must be this vGPU's; the others
+                    // are the guest's and restored as they are.
+                    let local = vgpu.config_space();
                     if payload.len() != CONFIG_SPACE_SIZE
-                        || payload.get(0..4) != vgpu.config_space().get(0..4)
+                        || payload
+                            .iter()
+                            .zip(local.iter())
+                            .enumerate()
+                            .any(|(i, (a, b))| crate::instance::config_byte_read_only(i) && a != b)
                     {
                         return Err(VgpuError::BadConfigSpace);
                     }
@@ -871,7 +897,7 @@ impl<'s> DestSession<'s> {
                 }
                 RecordKind::PPGTT_ROOTS => {
                     roots += 1;
-                    crate::ppgtt::validate(payload, cfg_local.generation, mem)?;
+                    ppgtts = crate::ppgtt::validate(payload, cfg_local.generation, mem)?;
                 }
                 RecordKind::GGTT_PENDING => {
                     pending += 1;
@@ -879,7 +905,11 @@ impl<'s> DestSession<'s> {
                 }
                 RecordKind::ENGINE_STATE => {
                     eng += 1;
-                    vgpu.engines().validate(payload)?;
+                    // Parsed by the engines' own restore, on a copy; then every queued workload
+                    // must be one the vGPU would have queued (SPEC.md A.5).
+                    let mut probe = vgpu.engines().clone();
+                    probe.apply(payload)?;
+                    check_queued(&probe, &partition)?;
                 }
                 other => return Err(VgpuError::UnsupportedRecord { kind: other.0 }),
             }
@@ -895,7 +925,7 @@ impl<'s> DestSession<'s> {
                 return Err(VgpuError::RecordCount { kind: kind.0, seen });
             }
         }
-        Ok(())
+        Ok(ppgtts)
     }
 
     /// The RESUMING → STOP arc: validate everything, then restore in the known-good order: config
@@ -936,7 +966,7 @@ impl<'s> DestSession<'s> {
         mem: &dyn GuestMemory,
         host: &mut dyn HostGtt,
     ) -> Result<DestStats, VgpuError> {
-        self.validate(vgpu, mem)?;
+        let ppgtts = self.check(vgpu, mem)?;
         let mut stats = self.stats();
         // Every check that can fail on stream content has passed; from here on only local backend
         // failures (host GTT programming) can stop the restore.
@@ -976,12 +1006,7 @@ impl<'s> DestSession<'s> {
         }
         vgpu.reshadow_all(host)?;
         // PPGTTs: the roots are recorded; their tables came with guest memory and were walked.
-        for (kind, payload) in self.staged_records() {
-            if kind == RecordKind::PPGTT_ROOTS {
-                let list = crate::ppgtt::validate(payload, vgpu.config().generation, mem)?;
-                vgpu.set_ppgtts(list);
-            }
-        }
+        vgpu.set_ppgtts(ppgtts);
         // Halves the guest wrote before the stop wait for their partners here as they did there.
         for (kind, payload) in self.staged_records() {
             if kind == RecordKind::GGTT_PENDING {
@@ -998,6 +1023,34 @@ impl<'s> DestSession<'s> {
         vgpu.set_state(MigState::Stop);
         Ok(stats)
     }
+}
+
+/// Every queued workload of `engines` as the vGPU queues one at an ELSP submission: a descriptor
+/// that passes the submission check (valid, privileged, a PPGTT addressing mode) and whose context
+/// state page lies in the vGPU's guest view (else the submission could not have read the ring
+/// registers from it).
+fn check_queued(engines: &engines::Engines, partition: &gtt::Partition) -> Result<(), VgpuError> {
+    let invalid = VgpuError::Engine(engines::EngineError::InvalidDescriptor);
+    for id in engines::EngineId::ALL {
+        let Some(e) = engines.engine(id) else {
+            continue;
+        };
+        for w in e.queue.iter() {
+            engines::check_submission(&[w.desc, engines::ContextDescriptor::from_bits(0)])
+                .map_err(|_| invalid)?;
+            let state = gtt::GmAddr::new(u64::from(w.desc.lrca_address()))
+                .checked_add(crate::instance::LRC_STATE_PAGE)
+                .and_then(gtt::GmAddr::index)
+                .and_then(|i| partition.slot_of(i));
+            if state.is_none() {
+                return Err(invalid);
+            }
+            if !crate::instance::queueable_ring(w.ring_head, w.ring_tail, None) {
+                return Err(VgpuError::Engine(engines::EngineError::RingOffset));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Guest RAM as the span list the GGTT kernels check frames against.

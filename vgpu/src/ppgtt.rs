@@ -131,7 +131,8 @@ pub fn validate(
             (4, 1) if frames.get(1..) == Some(&[0, 0, 0][..]) => {
                 PpgttRoot::four_level(generation, Gfn::new(frames[0]))
             }
-            (3, m) if m & !0xF == 0 => {
+            // A 3-level PPGTT has at least one page directory (the guest announces none without).
+            (3, m) if m & !0xF == 0 && m != 0 => {
                 let mut pds = [None; 4];
                 for (i, (pd, f)) in pds.iter_mut().zip(frames).enumerate() {
                     if m & (1 << i) != 0 {
@@ -144,6 +145,10 @@ pub fn validate(
             }
             _ => return Err(bad),
         };
+        // The vGPU records each announced PPGTT once: a second copy is not a source's.
+        if list.contains(&root) {
+            return Err(bad);
+        }
         check_tree(&root, mem)?;
         list.push(root).map_err(|_| bad)?;
     }

@@ -1103,11 +1103,14 @@ fn engine_state_out_of_its_ranges_is_refused() {
     let had = usize::from(eng[4 + 68]);
     assert!(had < engines::QUEUE_CAPACITY);
     let at = 4 + 72 + 20 * had;
+    // A descriptor the vGPU would queue (valid, privileged, 4-level, context in the aperture).
+    let desc = b.sc.config.partition.aperture.base().get() | 0x119;
     for flags in [0x01u8, 0x02, 0x80] {
         let mut e = eng[..at].to_vec();
         e[4 + 68] += 1;
         e.extend_from_slice(&[0, flags, 0, 0]);
-        e.extend_from_slice(&[0; 16]);
+        e.extend_from_slice(&[0; 8]);
+        e.extend_from_slice(&desc.to_le_bytes());
         e.extend_from_slice(&eng[at..]);
         let r = b.restore(&b.with(RecordKind::ENGINE_STATE, e).seal()).0;
         if flags == 0x01 {
@@ -1402,4 +1405,124 @@ fn round_numbers_that_do_not_continue_the_rounds_are_refused() {
     let n = u32::from_le_bytes(p.records[last].payload[..4].try_into().unwrap());
     set(&mut p, last, n + 1);
     b.restore(&p.seal()).0.unwrap();
+}
+
+/// The engine state of the bed with one queued workload on engine 0: `(head, tail, descriptor)`.
+fn with_queued(b: &Bed, head: u32, tail: u32, desc: u64) -> Parts {
+    let mut eng = b.payload(RecordKind::ENGINE_STATE).to_vec();
+    assert_eq!(eng[4 + 68], 0, "the bed's engine 0 has no queued work");
+    eng[4 + 68] = 1;
+    let mut w = vec![0u8, 1, 0, 0];
+    w.extend_from_slice(&head.to_le_bytes());
+    w.extend_from_slice(&tail.to_le_bytes());
+    w.extend_from_slice(&desc.to_le_bytes());
+    eng.splice(4 + 72..4 + 72, w);
+    b.with(RecordKind::ENGINE_STATE, eng)
+}
+
+#[test]
+fn queued_work_no_vgpu_would_queue_is_refused() {
+    let b = bed();
+    // A descriptor as the vGPU queues one: valid, privileged, 4-level PPGTT, its context state
+    // page in the aperture; ring head and tail in their fields.
+    let lrca = b.sc.config.partition.aperture.base().get();
+    let good = lrca | 0x119;
+    let (r, _) = b.restore(&with_queued(&b, 0x40, 0x80, good).seal());
+    r.unwrap();
+    let invalid = VgpuError::Engine(engines::EngineError::InvalidDescriptor);
+    for (what, desc) in [
+        ("zero", 0),
+        ("all ones", u64::MAX),
+        ("not valid", good & !1),
+        ("not privileged", good & !0x100),
+        ("state page outside the guest view", 0x9000_0000 | 0x119),
+    ] {
+        assert_eq!(
+            b.refuse(&with_queued(&b, 0x40, 0x80, desc)),
+            invalid,
+            "{what}"
+        );
+    }
+    let ring = VgpuError::Engine(engines::EngineError::RingOffset);
+    for (what, head, tail) in [
+        ("tail all ones", 0x40, u32::MAX),
+        ("tail beyond the offset field", 0x40, 0x20_0000),
+        ("tail not 8-aligned", 0x40, 0x84),
+        ("head not 4-aligned", 0x42, 0x80),
+    ] {
+        assert_eq!(b.refuse(&with_queued(&b, head, tail, good)), ring, "{what}");
+    }
+    // A head with a wrap count (bits 31:21) is one a ring produces: accepted.
+    let (r, _) = b.restore(&with_queued(&b, 0x0020_0040, 0x80, good).seal());
+    r.unwrap();
+}
+
+#[test]
+fn config_space_with_other_read_only_bytes_is_refused_and_guest_bytes_are_restored() {
+    let b = bed();
+    let cfg = b.payload(RecordKind::CONFIG_SPACE).to_vec();
+    for (what, at) in [
+        ("revision", 0x08),
+        ("class", 0x0B),
+        ("subsystem vendor", 0x2C),
+        ("subsystem id", 0x2F),
+    ] {
+        let mut c = cfg.clone();
+        c[at] ^= 0xFF;
+        assert_eq!(
+            b.refuse(&b.with(RecordKind::CONFIG_SPACE, c)),
+            VgpuError::BadConfigSpace,
+            "{what}"
+        );
+    }
+    // A byte the guest writes (BAR0's low byte) is the guest's: restored as sent.
+    let mut c = cfg.clone();
+    c[0x10] ^= 0xF0;
+    let (r, after) = b.restore(&b.with(RecordKind::CONFIG_SPACE, c.clone()).seal());
+    r.unwrap();
+    assert_eq!(after.config_space, c);
+}
+
+#[test]
+fn ppgtt_roots_a_vgpu_never_records_are_refused() {
+    let b = bed();
+    let roots = b.payload(RecordKind::PPGTT_ROOTS).to_vec();
+    let count = u32_at(&roots, 0) as usize;
+    // A 3-level PPGTT without any page directory.
+    let mut empty3 = roots.clone();
+    empty3[..4].copy_from_slice(&(count as u32 + 1).to_le_bytes());
+    empty3.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]);
+    empty3.extend_from_slice(&[0u8; 32]);
+    assert_eq!(
+        b.refuse(&b.with(RecordKind::PPGTT_ROOTS, empty3)),
+        VgpuError::BadPpgtt
+    );
+    // The same root twice (the vGPU records an announced PPGTT once): a 3-level root over a
+    // page directory the stream zeroes (nothing mapped, a valid tree), once and twice.
+    let high = b.sc.map.regions()[1];
+    let pd = high.end() - 1;
+    let mut root = vec![3u8, 1, 0, 0, 0, 0, 0, 0];
+    root.extend_from_slice(&pd.to_le_bytes());
+    root.extend_from_slice(&[0u8; 24]);
+    let with_roots = |n: usize| {
+        let mut r = roots.clone();
+        r[..4].copy_from_slice(&((count + n) as u32).to_le_bytes());
+        for _ in 0..n {
+            r.extend_from_slice(&root);
+        }
+        let mut p = b.with(RecordKind::PPGTT_ROOTS, r);
+        let at = last_round(&p);
+        p.records.insert(
+            at,
+            Part {
+                kind: RecordKind::PAGES,
+                flags: RecordFlags::MANDATORY,
+                version: 1,
+                payload: page_run(pd, 1, 1),
+            },
+        );
+        p
+    };
+    b.restore(&with_roots(1).seal()).0.unwrap();
+    assert_eq!(b.refuse(&with_roots(2)), VgpuError::BadPpgtt);
 }
