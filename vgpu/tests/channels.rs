@@ -538,3 +538,29 @@ fn report_mode_refuses_malformed_requests_and_channels() {
         ));
     }
 }
+
+#[test]
+fn channels_that_carried_different_rounds_are_refused() {
+    // SPEC.md §6.2 and A.6: every channel carries the same ROUND numbers.
+    let sc = Scenario::small(Profile::THREE_D, 20, 5).unwrap();
+    let mut plan = Plan::default();
+    plan.source.channels = 3;
+    let (_, report) = migrated(&sc, &plan);
+    let (w0, w1, w2) = (
+        report.wire.clone(),
+        &report.channel_wires[0],
+        report.channel_wires[1].clone(),
+    );
+    let mut p = vgpu::sim::campaign::Parts::split(w1).unwrap();
+    let rounds: Vec<usize> = (0..p.records.len())
+        .filter(|&i| p.records[i].kind == RecordKind::ROUND)
+        .collect();
+    assert!(rounds.len() >= 2, "pre-copy rounds and the final one");
+    // Channel 1 without its first ROUND record: its rounds no longer match the main channel's
+    // (refused at the ROUND that cannot follow, or at the commit comparing the channels).
+    p.records.remove(rounds[0]);
+    let e = feed_hostile(&sc, 3, &[(0, w0), (1, p.seal()), (2, w2)]);
+    assert!(matches!(e, VgpuError::BadRound { channel: 1, .. }), "{e:?}");
+    assert_eq!(e.fault(), vgpu::error::Fault::Stream);
+    // (The untouched channels are accepted: `real_channel_streams_swapped_or_missing_are_refused`.)
+}
