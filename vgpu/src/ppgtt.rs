@@ -47,6 +47,36 @@ impl ReadGuest for Walker<'_> {
     }
 }
 
+/// [`Walker`] that keeps the last table page it read: a walk reads a table's entries one after
+/// another, so it reads guest memory once per table instead of once per entry (guest memory
+/// does not change while a stream's roots are checked).
+struct PageWalker<'m> {
+    mem: &'m dyn GuestMemory,
+    page: core::cell::RefCell<(Option<Gfn>, [u8; 4096])>,
+}
+
+impl ReadGuest for PageWalker<'_> {
+    fn read_u64(&self, gpa: Gpa) -> Option<u64> {
+        let gfn = gpa.gfn();
+        let at = usize::try_from(gpa.page_offset()).ok()?;
+        let mut cache = self.page.try_borrow_mut().ok()?;
+        if cache.0 != Some(gfn) {
+            if !self.mem.map().contains(gfn) {
+                return None;
+            }
+            cache.0 = None;
+            self.mem.read(gfn, 0, &mut cache.1).ok()?;
+            cache.0 = Some(gfn);
+        }
+        let b = cache.1.get(at..at + 8)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+
+    fn contains(&self, gfn: Gfn) -> bool {
+        self.mem.map().contains(gfn)
+    }
+}
+
 /// Bytes of the payload for `list`.
 pub fn payload_len(list: &PpgttList) -> usize {
     HEADER + list.len() * ENTRY
@@ -165,7 +195,11 @@ pub(crate) fn check_tree(root: &PpgttRoot, mem: &dyn GuestMemory) -> Result<(), 
     if !roots_ok {
         return Err(VgpuError::BadPpgtt);
     }
-    let summary = visit_leaves(root, &Walker(mem), VisitLimits::DEFAULT, |_| {
+    let walker = PageWalker {
+        mem,
+        page: core::cell::RefCell::new((None, [0; 4096])),
+    };
+    let summary = visit_leaves(root, &walker, VisitLimits::DEFAULT, |_| {
         ControlFlow::Continue(())
     });
     if summary.cycles != 0 || summary.faults != 0 || summary.truncated {
