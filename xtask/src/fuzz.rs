@@ -54,6 +54,8 @@ const LEDGER_HEADER: &str =
 
 /// One run for the ledger.
 struct LedgerRun<'a> {
+    /// The commit fuzzed, taken before the build.
+    commit: &'a str,
     target: &'a str,
     seconds: u64,
     jobs: u32,
@@ -120,7 +122,7 @@ fn append_ledger(run: &LedgerRun<'_>) -> crate::Result {
     line.push_str(&format!(
         "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
         utc_now(),
-        commit(),
+        run.commit,
         run.target,
         run.seconds,
         run.jobs,
@@ -208,6 +210,7 @@ pub(crate) fn run(args: &Args) -> crate::Result {
             return Err("could not install cargo-fuzz".into());
         }
     }
+    let fuzzed = commit();
     let scratch = root().join("target/fuzz-corpus").join(target);
     std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
     let seeds = root().join("fuzz/corpus").join(target);
@@ -273,6 +276,7 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         "error (run did not finish)"
     };
     append_ledger(&LedgerRun {
+        commit: &fuzzed,
         target,
         seconds: args.time,
         jobs: args.jobs,
