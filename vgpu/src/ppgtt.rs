@@ -47,28 +47,59 @@ impl ReadGuest for Walker<'_> {
     }
 }
 
-/// [`Walker`] that keeps the last table page it read: a walk reads a table's entries one after
-/// another, so it reads guest memory once per table instead of once per entry (guest memory
-/// does not change while a stream's roots are checked).
+/// [`Walker`] that keeps the four table pages it used last (the depth of a walk's path; the
+/// least recently used one is replaced): a walk reads a table's entries one after
+/// another, so it reads guest memory about once per table instead of once per entry. Guest memory
+/// does not change while a stream's roots are checked.
 struct PageWalker<'m> {
     mem: &'m dyn GuestMemory,
-    page: core::cell::RefCell<(Option<Gfn>, [u8; 4096])>,
+    pages: core::cell::RefCell<PageCache>,
+}
+
+struct PageCache {
+    frames: [Option<Gfn>; 4],
+    data: [[u8; 4096]; 4],
+    /// When each slot was last used (a counter of reads).
+    used: [u64; 4],
+    clock: u64,
+}
+
+impl PageWalker<'_> {
+    fn new(mem: &dyn GuestMemory) -> PageWalker<'_> {
+        PageWalker {
+            mem,
+            pages: core::cell::RefCell::new(PageCache {
+                frames: [None; 4],
+                data: [[0; 4096]; 4],
+                used: [0; 4],
+                clock: 0,
+            }),
+        }
+    }
 }
 
 impl ReadGuest for PageWalker<'_> {
     fn read_u64(&self, gpa: Gpa) -> Option<u64> {
         let gfn = gpa.gfn();
         let at = usize::try_from(gpa.page_offset()).ok()?;
-        let mut cache = self.page.try_borrow_mut().ok()?;
-        if cache.0 != Some(gfn) {
-            if !self.mem.map().contains(gfn) {
-                return None;
+        let mut c = self.pages.try_borrow_mut().ok()?;
+        let slot = match c.frames.iter().position(|f| *f == Some(gfn)) {
+            Some(slot) => slot,
+            None => {
+                if !self.mem.map().contains(gfn) {
+                    return None;
+                }
+                let slot = (0..4).min_by_key(|&i| c.used.get(i).copied())?;
+                *c.frames.get_mut(slot)? = None;
+                self.mem.read(gfn, 0, c.data.get_mut(slot)?).ok()?;
+                *c.frames.get_mut(slot)? = Some(gfn);
+                slot
             }
-            cache.0 = None;
-            self.mem.read(gfn, 0, &mut cache.1).ok()?;
-            cache.0 = Some(gfn);
-        }
-        let b = cache.1.get(at..at + 8)?;
+        };
+        c.clock += 1;
+        let now = c.clock;
+        *c.used.get_mut(slot)? = now;
+        let b = c.data.get(slot)?.get(at..at + 8)?;
         Some(u64::from_le_bytes(b.try_into().ok()?))
     }
 
@@ -195,10 +226,7 @@ pub(crate) fn check_tree(root: &PpgttRoot, mem: &dyn GuestMemory) -> Result<(), 
     if !roots_ok {
         return Err(VgpuError::BadPpgtt);
     }
-    let walker = PageWalker {
-        mem,
-        page: core::cell::RefCell::new((None, [0; 4096])),
-    };
+    let walker = PageWalker::new(mem);
     let summary = visit_leaves(root, &walker, VisitLimits::DEFAULT, |_| {
         ControlFlow::Continue(())
     });
