@@ -1526,3 +1526,36 @@ fn ppgtt_roots_a_vgpu_never_records_are_refused() {
     b.restore(&with_roots(1).seal()).0.unwrap();
     assert_eq!(b.refuse(&with_roots(2)), VgpuError::BadPpgtt);
 }
+
+#[test]
+fn a_destination_whose_memory_is_not_zero_ends_with_the_sources_memory() {
+    // The page map starts with every frame "may be non-zero": round 0's ZERO markers must really
+    // zero a destination guest whose memory held something (a failed earlier attempt, say).
+    use vgpu::traits::GuestMemory as _;
+    let b = bed();
+    let mut st_clean = b.sc.storage();
+    let mut clean = b.sc.machine(&mut st_clean, true).unwrap();
+    let mut staging = vec![0u8; staging_len(&b.sc)];
+    restore(&mut clean, &mut staging, &b.wire, 4096)
+        .unwrap()
+        .0
+        .unwrap();
+    let mut st = b.sc.storage();
+    let mut m = b.sc.machine(&mut st, true).unwrap();
+    m.reset_for_restore().unwrap();
+    let frames: Vec<gtt::Gfn> = (0..b.sc.map.frames() as usize)
+        .map(|i| b.sc.map.frame_at(i).unwrap())
+        .collect();
+    for &f in &frames {
+        m.mem.write(f, 0, &[0xAA; 4096]).unwrap();
+    }
+    let mut d = DestSession::open(&mut m.vgpu, &mut staging, migstream::Limits::DEFAULT).unwrap();
+    d.feed(&m.vgpu, &mut m.mem, &b.wire).unwrap();
+    d.commit(&mut m.vgpu, &m.mem, &mut m.host).unwrap();
+    let (mut x, mut y) = ([0u8; 4096], [0u8; 4096]);
+    for &f in &frames {
+        m.mem.read(f, 0, &mut x).unwrap();
+        clean.mem.read(f, 0, &mut y).unwrap();
+        assert!(x == y, "frame {:#x} differs", f.get());
+    }
+}
