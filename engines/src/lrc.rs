@@ -26,7 +26,9 @@
 //! dword 0x24..0x33  PDP3 UDW, PDP3 LDW, ..., PDP0 UDW, PDP0 LDW (base + 0x28C down to 0x270)
 //! ```
 //!
-//! The force-posted bit (12) of the LRI headers is accepted either way and emitted set.
+//! The force-posted bit (12) of the LRI headers is accepted either way. It is emitted as the
+//! hardware writes the image of this layout (i915's `gen9_rcs_offsets`, `gen8_xcs_offsets`): set
+//! in both headers of a render image, clear in both headers of the other engines' images.
 
 use crate::error::EngineError;
 use crate::id::EngineId;
@@ -57,9 +59,17 @@ const BLOCK1: [u32; 9] = [
     0x3A8, 0x28C, 0x288, 0x284, 0x280, 0x27C, 0x278, 0x274, 0x270,
 ];
 
-/// The LRI header for `n` registers: `MI_LRI | (2n - 1)`, force-posted.
+/// The LRI header for `n` registers: `MI_LRI | (2n - 1)`, without the force-posted bit.
 const fn lri_header(n: u32) -> u32 {
-    MI_LRI | LRI_FORCE_POSTED | (2 * n - 1)
+    MI_LRI | (2 * n - 1)
+}
+
+/// The LRI header `engine`'s image carries for `n` registers: force-posted on RCS only.
+const fn lri_header_for(engine: EngineId, n: u32) -> u32 {
+    match engine {
+        EngineId::Rcs => lri_header(n) | LRI_FORCE_POSTED,
+        _ => lri_header(n),
+    }
 }
 
 /// Registers in the first block of `engine`'s image (14 on RCS, 11 elsewhere).
@@ -264,7 +274,7 @@ impl LrcState {
         ];
         for (header_at, regs, values) in blocks {
             let n = u32::try_from(regs.len()).unwrap_or(0);
-            put(page, header_at, lri_header(n));
+            put(page, header_at, lri_header_for(engine, n));
             for (i, (rel, v)) in regs.iter().zip(values).enumerate() {
                 put(page, header_at + 1 + 2 * i, engine.reg(*rel));
                 put(page, header_at + 2 + 2 * i, *v);
@@ -356,11 +366,12 @@ mod tests {
     fn xcs_image_has_eleven_registers() {
         let mut page = [0u8; LRC_PAGE_SIZE];
         sample().emit(EngineId::Bcs, &mut page);
-        assert_eq!(dw(&page, 1), 0x1100_1015);
+        // Both headers without the force-posted bit, as the hardware writes them.
+        assert_eq!(dw(&page, 1), 0x1100_0015);
         assert_eq!((dw(&page, 2), dw(&page, 5)), (0x22244, 0x0020_0040));
         assert_eq!((dw(&page, 0x16), dw(&page, 0x17)), (0x22118, 3));
         assert_eq!(dw(&page, 0x18), 0);
-        assert_eq!(dw(&page, 0x21), 0x1100_1011);
+        assert_eq!(dw(&page, 0x21), 0x1100_0011);
         assert_eq!(dw(&page, 0x33), 0xA000);
         let got = LrcState::parse(&page).unwrap();
         let want = LrcState {

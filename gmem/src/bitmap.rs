@@ -326,7 +326,9 @@ mod atomic {
     /// Setting uses `fetch_or` with `Release` ordering and harvesting `swap(0)` with
     /// `AcqRel`, so page contents written before a bit was set are visible to whoever
     /// harvests that bit. Only on targets with 64-bit atomics.
-    #[derive(Debug)]
+    ///
+    /// Cloning makes another handle on the same storage (for example one per writer thread).
+    #[derive(Debug, Clone)]
     pub struct AtomicDirtyBitmap<'a> {
         words: &'a [AtomicU64],
         bits: usize,
@@ -421,6 +423,32 @@ mod atomic {
                 };
             }
             Ok(())
+        }
+
+        /// Moves all bits into `other`, or-ing them with what `other` holds, and clears `self`
+        /// word by word with `swap(0)`: merging a concurrently written dirty log into a send
+        /// set. A bit set concurrently lands either in `other` or stays in `self`, never lost;
+        /// page contents written before a moved bit was set are visible after this returns.
+        ///
+        /// # Errors
+        /// [`GmemError::SizeMismatch`] if the bitmaps differ in length; nothing changes then.
+        pub fn absorb_into(&self, other: &mut DirtyBitmap<'_>) -> Result<(), GmemError> {
+            if self.bits != other.len() {
+                return Err(GmemError::SizeMismatch);
+            }
+            for (src, dst) in self.words.iter().zip(other.words.iter_mut()) {
+                if src.load(Ordering::Relaxed) != 0 {
+                    *dst |= src.swap(0, Ordering::AcqRel);
+                }
+            }
+            Ok(())
+        }
+
+        /// Clears every bit.
+        pub fn clear(&self) {
+            for w in self.words {
+                w.store(0, Ordering::Release);
+            }
         }
 
         /// Calls `f` with every set bit in ascending order, clearing as it goes.
@@ -558,6 +586,29 @@ mod tests {
         a.harvest_each(|b| seen.push(b));
         assert_eq!(seen, [149]);
         assert_eq!(a.count(), 0);
+    }
+
+    #[test]
+    fn atomic_absorb_ors_and_clears() {
+        let storage: Vec<AtomicU64> = (0..3).map(|_| AtomicU64::new(0)).collect();
+        let a = AtomicDirtyBitmap::new(&storage, 150).unwrap();
+        let writer = a.clone();
+        writer.set(3).unwrap();
+        writer.set(140).unwrap();
+        let mut o = [0u64; 3];
+        let mut out = DirtyBitmap::new(&mut o, 150).unwrap();
+        out.set(7).unwrap();
+        out.set(3).unwrap();
+        a.absorb_into(&mut out).unwrap();
+        assert_eq!(out.iter_ones().collect::<Vec<_>>(), [3, 7, 140]);
+        assert_eq!(a.count(), 0);
+        let mut small = [0u64; 1];
+        let mut wrong = DirtyBitmap::new(&mut small, 64).unwrap();
+        writer.set(1).unwrap();
+        assert_eq!(a.absorb_into(&mut wrong), Err(GmemError::SizeMismatch));
+        assert!(a.test(1));
+        a.clear();
+        assert_eq!(writer.count(), 0);
     }
 
     #[test]

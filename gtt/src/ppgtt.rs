@@ -18,11 +18,14 @@
 //! | 3, 4   | PWT, PCD | PWT, PCD         | PWT, PCD                    | PWT, PCD                 |
 //! | 6      |          |                  | gen12: 64 KiB page table    |                          |
 //! | 7      | reserved | PS (1 GiB: fault)| PS (2 MiB page)             | PAT                      |
-//! | 11     |          |                  | gen8/9: IPS (64 KiB PT)     | gen12: LM                |
+//! | 11     |          |                  | gen9: IPS (64 KiB PT)¹      | gen12: LM                |
 //! | 12     |          |                  | PAT of a 2 MiB page         |                          |
 //! | 45:12  | table    | table            | table (2 MiB page: 45:21)   | page (64 KiB: 45:16)     |
 //! | 51:46  | reserved | reserved         | reserved                    | reserved                 |
 //! | 62     |          |                  |                             | MTL: PAT index bit 3     |
+//!
+//! ¹ Gen9 honours IPS only while register `GAMW_ECO_DEV_RW_IA` (0x4080) has bits 3:0 all
+//! set ([`PpgttRoot::ips`], [`ips_enabled`]); gen8 never does (the bit is ignored there).
 //!
 //! The PPAT index of a leaf is `PAT·4 + PCD·2 + PWT` (plus `bit62·8` on MTL). A leaf is
 //! writable when RW is set at every level (the 3-level root pointers carry no RW bit).
@@ -160,8 +163,9 @@ mod bits {
 }
 
 impl Pde {
-    /// Whether the page table below holds 64 KiB entries: IPS (bit 11) on gen8/gen9, bit 6
-    /// on gen12 and MTL.
+    /// Whether the entry asks for a page table of 64 KiB entries: IPS (bit 11) on gen8/gen9,
+    /// bit 6 on gen12 and MTL. Whether the hardware honours the request depends on the
+    /// generation and, on gen9, on `GAMW_ECO_DEV_RW_IA` ([`PpgttRoot::honours_64k`]).
     #[must_use]
     pub const fn is_64k_table(self, generation: Generation) -> bool {
         match generation {
@@ -302,6 +306,24 @@ pub struct PpgttRoot {
     pub generation: Generation,
     /// The layout and root pointers.
     pub tables: RootTables,
+    /// Gen9 only: 64 KiB pages are enabled (register `GAMW_ECO_DEV_RW_IA`, 0x4080, has its
+    /// IPS field, bits 3:0, all set; see [`ips_enabled`]). While clear, a gen9 PDE's IPS bit
+    /// is ignored and its page table holds 4 KiB entries. Gen8 never honours IPS, gen12 and
+    /// later always honour their 64 KiB bit, whatever this says.
+    pub ips: bool,
+}
+
+/// Offset of `GAMW_ECO_DEV_RW_IA`, the register whose IPS field enables 64 KiB PPGTT pages
+/// on gen9.
+pub const GAMW_ECO_DEV_RW_IA: u32 = 0x4080;
+/// The IPS field of [`GAMW_ECO_DEV_RW_IA`] (one bit per engine group; all must be set).
+pub const GAMW_IPS_FIELD: u32 = 0xF;
+
+/// Whether a `GAMW_ECO_DEV_RW_IA` value enables 64 KiB pages (bits 3:0 all set). Only gen9
+/// consults it (see [`PpgttRoot::honours_64k`]).
+#[must_use]
+pub const fn ips_enabled(gamw: u32) -> bool {
+    gamw & GAMW_IPS_FIELD == GAMW_IPS_FIELD
 }
 
 /// The root pointers of one PPGTT.
@@ -322,6 +344,26 @@ impl PpgttRoot {
         Self {
             generation,
             tables: RootTables::FourLevel(pml4),
+            ips: false,
+        }
+    }
+
+    /// The same root with gen9's 64 KiB enable set to `ips` (the value of [`ips_enabled`] for
+    /// the current `GAMW_ECO_DEV_RW_IA`).
+    #[must_use]
+    pub const fn with_ips(mut self, ips: bool) -> Self {
+        self.ips = ips;
+        self
+    }
+
+    /// Whether walks of this root treat a PDE's 64 KiB bit as the hardware does: never on
+    /// gen8, on gen9 only while [`ips`](Self::ips) is set, always on gen12 and later.
+    #[must_use]
+    pub const fn honours_64k(&self) -> bool {
+        match self.generation {
+            Generation::Gen8 => false,
+            Generation::Gen9 => self.ips,
+            Generation::Gen12 | Generation::Mtl => true,
         }
     }
 
@@ -331,6 +373,7 @@ impl PpgttRoot {
         Self {
             generation,
             tables: RootTables::ThreeLevel(pdps),
+            ips: false,
         }
     }
 
@@ -460,12 +503,8 @@ enum Step {
 
 /// Decodes one raw entry at `level`; `in_64k_table` says the parent PDE selected a 64 KiB
 /// page table. Shared by [`walk`] and [`visit_leaves`], so both agree by construction.
-fn decode(
-    raw: u64,
-    level: Level,
-    generation: Generation,
-    in_64k_table: bool,
-) -> Result<Step, WalkFault> {
+fn decode(raw: u64, level: Level, root: &PpgttRoot, in_64k_table: bool) -> Result<Step, WalkFault> {
+    let generation = root.generation;
     if raw & 1 == 0 {
         return Ok(Step::NotPresent);
     }
@@ -511,7 +550,7 @@ fn decode(
                 Ok(Step::Table {
                     frame,
                     rw,
-                    table_64k: pde.is_64k_table(generation),
+                    table_64k: root.honours_64k() && pde.is_64k_table(generation),
                 })
             }
         }
@@ -594,7 +633,7 @@ pub fn walk<M: ReadGuest + ?Sized>(
             index &= !15;
         }
         let raw = read_entry(mem, table, index, level)?;
-        match decode(raw, level, root.generation, in_64k)? {
+        match decode(raw, level, root, in_64k)? {
             Step::NotPresent => return Err(WalkFault::NotPresent(level)),
             Step::Table {
                 frame,
@@ -746,16 +785,7 @@ where
             writable: true,
             in_64k: false,
         });
-        if visit_from(
-            &mut stack,
-            root.generation,
-            mem,
-            limits,
-            &mut summary,
-            &mut f,
-        )
-        .is_break()
-        {
+        if visit_from(&mut stack, root, mem, limits, &mut summary, &mut f).is_break() {
             break;
         }
     }
@@ -765,7 +795,7 @@ where
 /// The iterative body of [`visit_leaves`] for one root table.
 fn visit_from<M, F>(
     stack: &mut Vec<Frame, MAX_DEPTH>,
-    generation: Generation,
+    root: &PpgttRoot,
     mem: &M,
     limits: VisitLimits,
     summary: &mut VisitSummary,
@@ -789,7 +819,7 @@ where
         summary.entries += 1;
         let va = frame.va_base | ((frame.next as u64) << frame.level.shift());
         let step = match read_entry(mem, frame.table, frame.next, frame.level)
-            .and_then(|raw| decode(raw, frame.level, generation, frame.in_64k))
+            .and_then(|raw| decode(raw, frame.level, root, frame.in_64k))
         {
             Ok(s) => s,
             Err(WalkFault::TableOutsideGuest(l)) => {
@@ -910,7 +940,11 @@ mod tests {
         m.set(4, 7, 0x10_0000 | P | RW | 0x18); // PCD|PWT
         m.set(4, 8, 0x10_1000 | P | 0x80); // read-only, PAT
         m.set(5, 16, 0x11_0000 | P | RW); // 64 KiB at index 16
-        (m, PpgttRoot::four_level(Generation::Gen9, Gfn::new(1)))
+        // 64 KiB pages enabled (GAMW_ECO_DEV_RW_IA bits 3:0 = 0xF).
+        (
+            m,
+            PpgttRoot::four_level(Generation::Gen9, Gfn::new(1)).with_ips(true),
+        )
     }
 
     #[test]
@@ -1071,9 +1105,71 @@ mod tests {
     }
 
     #[test]
+    fn gamw_eco_dev_rw_ia_gates_64k_pages_on_gen9_only() {
+        assert!(ips_enabled(0xF) && ips_enabled(0xFFFF_FFFF));
+        assert!(!ips_enabled(0x7) && !ips_enabled(0x0) && !ips_enabled(0xF0));
+        let (m, on) = tables();
+        let off = on.with_ips(false);
+        let va = Gva::new(3u64 << 39 | 5 << 30 | 1 << 21 | 0x1_2345);
+        // Enabled: index 16 of the 64 KiB table covers the whole 64 KiB page.
+        let t = walk(&on, va, &m).unwrap();
+        assert_eq!(
+            (t.page_size, t.gpa),
+            (PageSize::Size64K, Gpa::new(0x11_2345))
+        );
+        // Disabled: the same table is a 4 KiB table; entry 0x12 is not present.
+        assert_eq!(walk(&off, va, &m), Err(WalkFault::NotPresent(Level::Pt)));
+        let va16 = Gva::new(3u64 << 39 | 5 << 30 | 1 << 21 | 16 << 12 | 0x345);
+        let t = walk(&off, va16, &m).unwrap();
+        assert_eq!(
+            (t.page_size, t.gpa),
+            (PageSize::Size4K, Gpa::new(0x11_0345))
+        );
+        // Gen8: never; gen12: the PDE's bit 6 decides, whatever the register says.
+        let gen8 = PpgttRoot {
+            generation: Generation::Gen8,
+            ..on
+        };
+        assert_eq!(walk(&gen8, va16, &m).unwrap().page_size, PageSize::Size4K);
+        assert!(!gen8.honours_64k());
+        assert!(
+            PpgttRoot {
+                generation: Generation::Gen12,
+                ..off
+            }
+            .honours_64k()
+        );
+    }
+
+    #[test]
     fn three_level() {
         let (m, _) = tables();
-        let root = PpgttRoot::three_level(Generation::Gen8, [None, Some(Gfn::new(3)), None, None]);
+        // Gen8 never honours the IPS bit: the "64 KiB" table holds 4 KiB entries. Gen9 with
+        // 64 KiB pages enabled reads the same table as 64 KiB entries.
+        let gen8 = PpgttRoot::three_level(Generation::Gen8, [None, Some(Gfn::new(3)), None, None]);
+        let leaves_of = |root: &PpgttRoot| {
+            let mut leaves = StdVec::new();
+            let s = visit_leaves(root, &m, VisitLimits::DEFAULT, |l| {
+                leaves.push((l.va.get(), l.frame.get(), l.page_size));
+                ControlFlow::Continue(())
+            });
+            assert!(s.is_complete());
+            (leaves, s.entries)
+        };
+        assert_eq!(
+            leaves_of(&gen8.with_ips(true)),
+            (
+                std::vec![
+                    (0x4000_7000, 0x100, PageSize::Size4K),
+                    (0x4000_8000, 0x101, PageSize::Size4K),
+                    (0x4021_0000, 0x110, PageSize::Size4K),
+                    (0x4040_0000, 0x200, PageSize::Size2M),
+                ],
+                3 * 512
+            )
+        );
+        let root = PpgttRoot::three_level(Generation::Gen9, [None, Some(Gfn::new(3)), None, None])
+            .with_ips(true);
         let t = walk(&root, Gva::new(1 << 30 | 7 << 12 | 0x10), &m).unwrap();
         assert_eq!(t.gpa, Gpa::new(0x10_0010));
         assert_eq!(
@@ -1272,10 +1368,10 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn visitor_leaves_walk_identically(words in proptest::collection::vec(any::<u64>(), 0..200),
-                                           four in any::<bool>(), addrs in proptest::collection::vec(any::<u64>(), 0..16)) {
+                                           four in any::<bool>(), ips in any::<bool>(), addrs in proptest::collection::vec(any::<u64>(), 0..16)) {
             let m = arbitrary_mem(&words);
             let root = if four {
-                PpgttRoot::four_level(Generation::Gen9, Gfn::new(0))
+                PpgttRoot::four_level(Generation::Gen9, Gfn::new(0)).with_ips(ips)
             } else {
                 PpgttRoot::three_level(Generation::Gen12, [Some(Gfn::new(0)), None, Some(Gfn::new(1)), Some(Gfn::new(9))])
             };

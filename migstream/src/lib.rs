@@ -108,7 +108,7 @@ pub use header::{
 };
 pub use pages::{
     DELTA_LEN_FIELD, DUP_ENTRY_LEN, PAGE_RUN_HEADER_LEN, PAGE_SIZE, PageEncoding, PageRunHeader,
-    PageRunRepr, PageSource, PagesPayload,
+    PageRunRepr, PageSource, PagesBuilder, PagesPayload,
 };
 pub use record::{
     Limits, MAC_LEN, MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeader, RecordHeaderRepr,

@@ -10,8 +10,15 @@
 //! - [`PageEncoding::DELTA`]: per page, `len: u16` (≤ 4096) then `len` bytes of XOR segments against
 //!   the receiver's current content of the same frame (see [`crate::delta`]).
 //!
-//! [`PagesPayload`] builds FULL and ZERO runs straight from guest memory; DUP and DELTA data is
-//! computed by the writer (it needs its own record of what was sent).
+//! Two ways to produce a payload:
+//! - [`PagesBuilder`] assembles a payload of any encodings in a caller buffer from page bytes the
+//!   writer already holds: the writer decides each page's encoding (it keeps its own record of
+//!   what the receiver holds), the builder writes run headers and bodies. A writer whose memory
+//!   can change under it reads each page once, into [`PagesBuilder::slot`], and classifies and
+//!   sends that one copy.
+//! - [`PagesPayload`] streams FULL and ZERO runs from a [`PageSource`] while the encoder writes
+//!   them, with no intermediate buffer; the source must return the same bytes every time it is
+//!   asked (memory that does not change while the record is written).
 
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -145,6 +152,230 @@ impl PageRunRepr {
             reserved: [0; 3],
         };
         *out = zerocopy::transmute!(h);
+    }
+}
+
+/// A PAGES payload assembled page by page in a caller buffer. Pages whose frame follows the
+/// previous page's with the same encoding extend its run; anything else starts a new run.
+///
+/// One read per page: [`slot`](Self::slot) lends the place where the next page's bytes go if it
+/// is sent FULL. Read the page into it, classify those bytes, then either
+/// [`push_slot`](Self::push_slot) (FULL: the bytes stay where they are) or push another body
+/// ([`push_zero`](Self::push_zero), [`push_dup`](Self::push_dup), [`push_delta`](Self::push_delta);
+/// the slot's bytes are dropped), or push nothing (the page is not sent). Once a slot was lent,
+/// any one push of that frame fits.
+///
+/// ```
+/// use migstream::{PageEncoding, PageRunRepr, PagesBuilder};
+/// let mut buf = [0u8; 3 * 4096];
+/// let mut b = PagesBuilder::new(&mut buf);
+/// for frame in 10..12 {
+///     let slot = b.slot(frame).ok_or(migstream::EncodeError::BadPageRun)?;
+///     slot.fill(frame as u8); // the one read of the page
+///     b.push_slot(frame)?;
+/// }
+/// b.push_zero(12)?;
+/// b.push_dup(40, 10, 0x1234)?;
+/// let len = b.len();
+/// assert_eq!(len, 16 + 2 * 4096 + 16 + 16 + 16);
+/// let first = PageRunRepr::parse(buf[..16].try_into().unwrap_or(&[0; 16]))
+///     .map_err(|_| migstream::EncodeError::BadPageRun)?;
+/// assert_eq!(first, PageRunRepr { first_frame: 10, count: 2, encoding: PageEncoding::FULL });
+/// # Ok::<(), migstream::EncodeError>(())
+/// ```
+#[derive(Debug)]
+pub struct PagesBuilder<'b> {
+    buf: &'b mut [u8],
+    /// Usable bytes: the buffer, at most [`MAX_PAYLOAD`].
+    cap: usize,
+    len: usize,
+    /// The open run and the offset of its header.
+    run: Option<(usize, PageRunRepr)>,
+    /// The lent slot: its frame and offset.
+    slot: Option<(u64, usize)>,
+    pages: u32,
+}
+
+impl<'b> PagesBuilder<'b> {
+    /// An empty payload in `buf` (of which at most [`MAX_PAYLOAD`] bytes are used).
+    pub fn new(buf: &'b mut [u8]) -> Self {
+        let cap = buf.len().min(MAX_PAYLOAD as usize);
+        Self {
+            buf,
+            cap,
+            len: 0,
+            run: None,
+            slot: None,
+            pages: 0,
+        }
+    }
+
+    /// Payload bytes so far.
+    #[must_use]
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no page was pushed.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Pages pushed.
+    #[must_use]
+    pub const fn pages(&self) -> u32 {
+        self.pages
+    }
+
+    /// The payload so far.
+    #[must_use]
+    pub fn payload(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or(&[])
+    }
+
+    /// Whether a page of `frame` with `encoding` continues the open run.
+    fn extends(&self, frame: u64, encoding: PageEncoding) -> bool {
+        self.run.is_some_and(|(_, r)| {
+            r.encoding == encoding
+                && r.count < u32::MAX
+                && r.first_frame.checked_add(u64::from(r.count)) == Some(frame)
+        })
+    }
+
+    /// Offset where the data of a page of `frame` with `encoding` would start.
+    fn data_at(&self, frame: u64, encoding: PageEncoding) -> usize {
+        if self.extends(frame, encoding) {
+            self.len
+        } else {
+            self.len + PAGE_RUN_HEADER_LEN
+        }
+    }
+
+    /// Lend the place where page `frame`'s bytes go if it is sent FULL, or `None` when the
+    /// payload has no room for one more page (header included): the record is full.
+    pub fn slot(&mut self, frame: u64) -> Option<&mut [u8; PAGE_SIZE]> {
+        let at = self.data_at(frame, PageEncoding::FULL);
+        if at + PAGE_SIZE > self.cap {
+            self.slot = None;
+            return None;
+        }
+        self.slot = Some((frame, at));
+        self.buf.get_mut(at..at + PAGE_SIZE)?.try_into().ok()
+    }
+
+    /// Append page `frame` with `encoding` and `data` bytes of body; returns where its body goes.
+    fn append(
+        &mut self,
+        frame: u64,
+        encoding: PageEncoding,
+        data: usize,
+    ) -> Result<usize, EncodeError> {
+        self.slot = None;
+        let extends = self.extends(frame, encoding);
+        let at = self.data_at(frame, encoding);
+        let end = at + data;
+        if end > self.cap {
+            return Err(EncodeError::PayloadTooLarge { len: end });
+        }
+        let (hdr_at, run) = match self.run {
+            Some((hdr_at, mut r)) if extends => {
+                r.count += 1;
+                (hdr_at, r)
+            }
+            _ => {
+                let r = PageRunRepr {
+                    first_frame: frame,
+                    count: 1,
+                    encoding,
+                };
+                r.check().map_err(|_| EncodeError::BadPageRun)?;
+                (self.len, r)
+            }
+        };
+        let hdr: &mut [u8; PAGE_RUN_HEADER_LEN] = self
+            .buf
+            .get_mut(hdr_at..hdr_at + PAGE_RUN_HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(EncodeError::BadPageRun)?;
+        run.emit(hdr);
+        self.run = Some((hdr_at, run));
+        self.len = end;
+        self.pages = self.pages.saturating_add(1);
+        Ok(at)
+    }
+
+    /// Append page `frame` as FULL with the bytes read into its [`slot`](Self::slot), which
+    /// stay where they are.
+    ///
+    /// # Errors
+    /// [`EncodeError::BadPageRun`] unless the last call lent the slot of `frame`.
+    pub fn push_slot(&mut self, frame: u64) -> Result<(), EncodeError> {
+        match self.slot {
+            Some((f, at)) if f == frame && at == self.data_at(frame, PageEncoding::FULL) => self
+                .append(frame, PageEncoding::FULL, PAGE_SIZE)
+                .map(|_| ()),
+            _ => {
+                self.slot = None;
+                Err(EncodeError::BadPageRun)
+            }
+        }
+    }
+
+    /// Append page `frame` as FULL with the bytes `page` (a copy; see [`slot`](Self::slot) to
+    /// read straight into the payload).
+    ///
+    /// # Errors
+    /// [`EncodeError::PayloadTooLarge`] when it does not fit (nothing changes then).
+    pub fn push_full(&mut self, frame: u64, page: &[u8; PAGE_SIZE]) -> Result<(), EncodeError> {
+        let at = self.append(frame, PageEncoding::FULL, PAGE_SIZE)?;
+        self.body(at, page)
+    }
+
+    /// Append page `frame` as a ZERO page.
+    ///
+    /// # Errors
+    /// [`EncodeError::PayloadTooLarge`] when it does not fit (nothing changes then).
+    pub fn push_zero(&mut self, frame: u64) -> Result<(), EncodeError> {
+        self.append(frame, PageEncoding::ZERO, 0).map(|_| ())
+    }
+
+    /// Append page `frame` as a DUP of the receiver's frame `from_frame`, whose content (as
+    /// the writer sent it last) has xxh3-64 `hash`.
+    ///
+    /// # Errors
+    /// [`EncodeError::PayloadTooLarge`] when it does not fit (nothing changes then).
+    pub fn push_dup(&mut self, frame: u64, from_frame: u64, hash: u64) -> Result<(), EncodeError> {
+        let at = self.append(frame, PageEncoding::DUP, DUP_ENTRY_LEN)?;
+        let mut entry = [0u8; DUP_ENTRY_LEN];
+        let (a, b) = entry.split_at_mut(8);
+        a.copy_from_slice(&from_frame.to_le_bytes());
+        b.copy_from_slice(&hash.to_le_bytes());
+        self.body(at, &entry)
+    }
+
+    /// Append page `frame` as a DELTA (see [`crate::delta`]) against the receiver's current
+    /// content of the frame (what the writer sent last).
+    ///
+    /// # Errors
+    /// [`EncodeError::BadPageRun`] for a delta longer than a page;
+    /// [`EncodeError::PayloadTooLarge`] when it does not fit (nothing changes then).
+    pub fn push_delta(&mut self, frame: u64, delta: &[u8]) -> Result<(), EncodeError> {
+        let len = u16::try_from(delta.len())
+            .ok()
+            .filter(|l| usize::from(*l) <= crate::delta::MAX_DELTA_LEN)
+            .ok_or(EncodeError::BadPageRun)?;
+        let at = self.append(frame, PageEncoding::DELTA, DELTA_LEN_FIELD + delta.len())?;
+        self.body(at, &len.to_le_bytes())?;
+        self.body(at + DELTA_LEN_FIELD, delta)
+    }
+
+    fn body(&mut self, at: usize, bytes: &[u8]) -> Result<(), EncodeError> {
+        self.buf
+            .get_mut(at..at + bytes.len())
+            .ok_or(EncodeError::BadPageRun)?
+            .copy_from_slice(bytes);
+        Ok(())
     }
 }
 
@@ -432,7 +663,145 @@ mod tests {
         ));
     }
 
+    /// What a builder should produce for `pages` (frame, encoding, body), computed the slow way:
+    /// group consecutive frames of one encoding into runs.
+    fn model(pages: &[(u64, PageEncoding, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < pages.len() {
+            let (first, enc, _) = &pages[i];
+            let mut n = 1;
+            while i + n < pages.len()
+                && pages[i + n].1 == *enc
+                && pages[i + n].0 == first + n as u64
+            {
+                n += 1;
+            }
+            let mut h = [0; 16];
+            PageRunRepr {
+                first_frame: *first,
+                count: n as u32,
+                encoding: *enc,
+            }
+            .emit(&mut h);
+            out.extend_from_slice(&h);
+            for (_, _, body) in &pages[i..i + n] {
+                out.extend_from_slice(body);
+            }
+            i += n;
+        }
+        out
+    }
+
+    #[test]
+    fn builder_mixed_runs() {
+        let mut buf = vec![0xEE; 4 * 4096];
+        let mut b = PagesBuilder::new(&mut buf);
+        let mut want = Vec::new();
+        let mut page = [0u8; 4096];
+        pattern(5, 0, &mut page);
+        b.slot(5).unwrap().copy_from_slice(&page);
+        b.push_slot(5).unwrap();
+        want.push((5, PageEncoding::FULL, page.to_vec()));
+        // A slot lent and then not used: the page was unchanged; nothing is appended.
+        b.slot(6).unwrap().as_mut_slice().fill(0x77);
+        pattern(6, 0, &mut page);
+        b.push_full(6, &page).unwrap();
+        want.push((6, PageEncoding::FULL, page.to_vec()));
+        b.push_zero(7).unwrap();
+        b.push_zero(8).unwrap();
+        want.push((7, PageEncoding::ZERO, vec![]));
+        want.push((8, PageEncoding::ZERO, vec![]));
+        b.slot(9).unwrap().as_mut_slice().fill(1);
+        b.push_dup(9, 5, 0xABCD).unwrap();
+        let mut dup = 5u64.to_le_bytes().to_vec();
+        dup.extend_from_slice(&0xABCDu64.to_le_bytes());
+        want.push((9, PageEncoding::DUP, dup));
+        b.push_delta(10, &[0, 0, 1, 0, 0x5A]).unwrap();
+        want.push((10, PageEncoding::DELTA, vec![5, 0, 0, 0, 1, 0, 0x5A]));
+        b.push_delta(11, &[]).unwrap();
+        want.push((11, PageEncoding::DELTA, vec![0, 0]));
+        assert_eq!(b.pages(), 7);
+        let want = model(&want);
+        assert_eq!(b.payload(), &want[..]);
+        assert_eq!(b.len(), want.len());
+        // A slot of another frame, or none at all, can not be pushed.
+        assert_eq!(b.push_slot(12), Err(EncodeError::BadPageRun));
+        b.slot(12).unwrap();
+        assert_eq!(b.push_slot(13), Err(EncodeError::BadPageRun));
+        assert_eq!(b.push_slot(12), Err(EncodeError::BadPageRun));
+        assert_eq!(b.payload(), &want[..]);
+        assert_eq!(b.push_delta(12, &[0; 4097]), Err(EncodeError::BadPageRun));
+    }
+
+    #[test]
+    fn builder_full_when_no_page_fits() {
+        let mut buf = vec![0; 16 + 4096 + 20];
+        let mut b = PagesBuilder::new(&mut buf);
+        b.slot(1).unwrap();
+        b.push_slot(1).unwrap();
+        // Frame 2 would extend the FULL run but 4096 more bytes do not fit.
+        assert!(b.slot(2).is_none());
+        assert!(matches!(
+            b.push_full(2, &[0; 4096]),
+            Err(EncodeError::PayloadTooLarge { .. })
+        ));
+        b.push_zero(2).unwrap();
+        assert!(matches!(
+            b.push_dup(3, 1, 0),
+            Err(EncodeError::PayloadTooLarge { .. })
+        ));
+        assert_eq!(b.len(), 16 + 4096 + 16);
+        assert_eq!(b.pages(), 2);
+    }
+
     proptest::proptest! {
+        /// Any sequence of pushes gives the runs the slow model gives, and every lent slot
+        /// admits its page in any encoding.
+        #[test]
+        fn builder_matches_model(ops in proptest::collection::vec((0u64..4, 0u8..4, 0usize..40), 0..60)) {
+            let mut buf = vec![0; 24 * 4096];
+            let mut b = PagesBuilder::new(&mut buf);
+            let mut want = Vec::new();
+            let mut frame = 100u64;
+            for (step, enc, len) in ops {
+                frame += step;
+                if b.slot(frame).is_none() {
+                    break;
+                }
+                let body = match enc {
+                    0 => {
+                        let slot = b.slot(frame).unwrap();
+                        pattern(frame, 0, slot);
+                        b.push_slot(frame).unwrap();
+                        let mut p = vec![0; 4096];
+                        pattern(frame, 0, &mut p);
+                        p
+                    }
+                    1 => {
+                        b.push_zero(frame).unwrap();
+                        vec![]
+                    }
+                    2 => {
+                        b.push_dup(frame, frame / 2, frame * 3).unwrap();
+                        let mut d = (frame / 2).to_le_bytes().to_vec();
+                        d.extend_from_slice(&(frame * 3).to_le_bytes());
+                        d
+                    }
+                    _ => {
+                        let delta = vec![frame as u8; len];
+                        b.push_delta(frame, &delta).unwrap();
+                        let mut d = (len as u16).to_le_bytes().to_vec();
+                        d.extend_from_slice(&delta);
+                        d
+                    }
+                };
+                want.push((frame, PageEncoding(enc), body));
+            }
+            let want = model(&want);
+            proptest::prop_assert_eq!(b.payload(), &want[..]);
+        }
+
         #[test]
         fn payload_any_window(off in 0usize..(16 * 3 + 3 * 4096), len in 0usize..5000) {
             let p = PagesPayload::new(&RUNS, pattern).unwrap();

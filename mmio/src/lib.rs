@@ -14,8 +14,14 @@
 //!   are range/alignment checked and return [`MmioError`]; [`validate_sparse`] bounds
 //!   every length and makes progress of at least 12 bytes per run.
 //! - [`RegFile::apply_sparse`] validates the whole payload before changing anything.
-//! - Only table registers of class [`SaveClass::Migrate`] travel in a migration;
-//!   untracked offsets are plain storage that is *not* migrated.
+//! - Nothing a guest writes is lost in a migration: table registers of class
+//!   [`SaveClass::Migrate`] travel when they differ from reset, and every offset outside the
+//!   table (outside the PVINFO page) travels as a plain value when it is not 0; the restore
+//!   writes the latter verbatim after the table registers ([`RegFile::apply_sparse`]).
+//!   [`Platform::max_sparse_len`] bounds the payload.
+//! - Storage: the caller provides [`Platform::storage_dwords`] dwords ([`MMIO_DWORDS`] for
+//!   [`SKL`]); the register file adds 64 bytes of its own (a summary of the 4 KiB blocks
+//!   that hold untracked values, so a save scans only those).
 //!
 //! # Example
 //!
@@ -64,5 +70,5 @@ pub use error::{Fault, MmioError};
 pub use platform::{MMIO_DWORDS, MMIO_SIZE, Platform, SKL, SKL_REGS};
 pub use pvinfo::{PVINFO_BASE, PVINFO_MAGIC, PVINFO_SIZE, PvInfo, in_pvinfo, off as pvinfo_off};
 pub use regfile::{AccessSize, NoHooks, RegEvent, RegFile, RegHooks};
-pub use sparse::validate_sparse;
+pub use sparse::{SPARSE_VERSION, sparse_value, validate_sparse};
 pub use store::VregStore;

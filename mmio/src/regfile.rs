@@ -121,6 +121,12 @@ pub struct NoHooks;
 
 impl RegHooks for NoHooks {}
 
+/// Words of the summary of blocks that may hold untracked data: 512 blocks of the window
+/// (4 KiB each for a 2 MiB window).
+const SUMMARY_WORDS: usize = 8;
+/// Blocks the summary splits the window into.
+pub(crate) const SUMMARY_BLOCKS: usize = SUMMARY_WORDS * 64;
+
 /// The virtual register file of one vGPU over caller storage.
 #[derive(Debug)]
 pub struct RegFile<'a> {
@@ -128,6 +134,11 @@ pub struct RegFile<'a> {
     storage: &'a mut [u32],
     pvinfo: PvInfo,
     guest_aware: bool,
+    /// Bit `b` set: block `b` of the window may hold a nonzero dword at an offset the table
+    /// does not have (an untracked register the guest or the device model wrote). Clear bits
+    /// are a promise that the block's untracked dwords are all zero; it lets the sparse save
+    /// skip the untouched part of the window. Held here, not in caller storage: 64 bytes.
+    untracked: [u64; SUMMARY_WORDS],
 }
 
 /// Byte mask (in a dword) and data for one dword touched by an access.
@@ -152,6 +163,7 @@ impl<'a> RegFile<'a> {
             storage,
             pvinfo: PvInfo::default(),
             guest_aware: false,
+            untracked: [0; SUMMARY_WORDS],
         };
         rf.reset();
         Ok(rf)
@@ -187,6 +199,8 @@ impl<'a> RegFile<'a> {
                 fence_num: 0,
             },
             guest_aware: false,
+            // The storage may hold anything: every block may have untracked data.
+            untracked: [u64::MAX; SUMMARY_WORDS],
         })
     }
 
@@ -206,6 +220,7 @@ impl<'a> RegFile<'a> {
     /// PVINFO fields from the current [`PvInfo`]; clears [`guest_aware`](Self::guest_aware).
     pub fn reset(&mut self) {
         self.storage.fill(0);
+        self.untracked = [0; SUMMARY_WORDS];
         for r in self.platform.regs {
             self.store(r.offset, r.reset);
         }
@@ -259,11 +274,86 @@ impl<'a> RegFile<'a> {
             .and_then(|i| self.storage.get_mut(i))
             .ok_or(MmioError::OutOfRange { offset })?;
         *slot = value;
+        if self.platform.find(offset & !3).is_none() {
+            self.mark_untracked(offset / 4);
+        }
         Ok(())
     }
 
-    fn store(&mut self, offset: u32, value: u32) {
-        self.poke(offset, value);
+    /// Dwords per block of the untracked summary (1024 for a 2 MiB window).
+    fn block_dwords(&self) -> usize {
+        self.storage.len().div_ceil(SUMMARY_BLOCKS).max(1)
+    }
+
+    /// Notes that the dword at index `dword` (byte offset / 4), not a table register, may be
+    /// nonzero.
+    fn mark_untracked(&mut self, dword: u32) {
+        let block = usize::try_from(dword).unwrap_or(usize::MAX) / self.block_dwords();
+        if let Some(w) = self.untracked.get_mut(block / 64) {
+            *w |= 1 << (block % 64);
+        }
+    }
+
+    /// Forgets every untracked mark: the caller has just made every untracked dword zero.
+    pub(crate) fn clear_untracked_marks(&mut self) {
+        self.untracked = [0; SUMMARY_WORDS];
+    }
+
+    /// The dword index ranges of the blocks that may hold nonzero untracked dwords, ascending.
+    pub(crate) fn untracked_blocks(&self) -> impl Iterator<Item = core::ops::Range<usize>> + '_ {
+        let per = self.block_dwords();
+        let len = self.storage.len();
+        // Set bits only, word by word (most words are 0).
+        (0..SUMMARY_WORDS)
+            .flat_map(move |i| {
+                let mut w = self.untracked.get(i).copied().unwrap_or(0);
+                core::iter::from_fn(move || {
+                    if w == 0 {
+                        return None;
+                    }
+                    let bit = w.trailing_zeros() as usize;
+                    w &= w - 1;
+                    Some(i * 64 + bit)
+                })
+            })
+            .map(move |b| {
+                (b.saturating_mul(per)).min(len)..(b.saturating_add(1).saturating_mul(per)).min(len)
+            })
+            .filter(|r| !r.is_empty())
+    }
+
+    /// The whole vreg storage, read-only (dword `i` is byte offset `4 * i`).
+    #[must_use]
+    pub fn words(&self) -> &[u32] {
+        self.storage
+    }
+
+    /// Raw write without the untracked bookkeeping: for table registers, and for untracked
+    /// dwords whose caller marks them itself.
+    pub(crate) fn store(&mut self, offset: u32, value: u32) {
+        if let Some(slot) = usize::try_from(offset / 4)
+            .ok()
+            .and_then(|i| self.storage.get_mut(i))
+        {
+            *slot = value;
+        }
+    }
+
+    /// Writes untracked dword `dword` (index) as restored from a migration payload.
+    pub(crate) fn restore_untracked(&mut self, dword: usize, value: u32) {
+        if let Some(slot) = self.storage.get_mut(dword) {
+            *slot = value;
+            if let Ok(d) = u32::try_from(dword) {
+                self.mark_untracked(d);
+            }
+        }
+    }
+
+    /// Sets untracked dword `dword` (index) to zero.
+    pub(crate) fn zero_dword(&mut self, dword: usize) {
+        if let Some(slot) = self.storage.get_mut(dword) {
+            *slot = 0;
+        }
     }
 
     fn check_access(&self, offset: u32, size: AccessSize) -> Result<(), MmioError> {
@@ -379,7 +469,10 @@ impl<'a> RegFile<'a> {
         let new = match desc {
             Some(r) => r.apply_write(old, merged),
             None if in_pvinfo(dword) => old,
-            None => merged,
+            None => {
+                self.mark_untracked(dword / 4);
+                merged
+            }
         };
         self.store(dword, new);
         hooks.after_write(dword, old, new);

@@ -37,6 +37,25 @@ pub const STAGED_HEADER: usize = 8;
 /// [`VgpuError::UnsupportedRecord`].
 pub const DEVICE_STATE_VERSION: u8 = 1;
 
+/// The record-format version a writer puts on a device-state record of `kind` (SPEC.md
+/// Appendix A): [`mmio::SPARSE_VERSION`] (2: registers outside the table travel too) for
+/// `REGISTERS`, [`DEVICE_STATE_VERSION`] for the others.
+#[must_use]
+pub const fn record_version(kind: RecordKind) -> u8 {
+    if kind.0 == RecordKind::REGISTERS.0 {
+        mmio::SPARSE_VERSION
+    } else {
+        DEVICE_STATE_VERSION
+    }
+}
+
+/// Whether this destination restores a device-state record of `kind` in format `version`:
+/// the current version, and for `REGISTERS` also version 1 (table registers only: a subset of
+/// version 2 with the same meaning).
+const fn accepts_version(kind: RecordKind, version: u8) -> bool {
+    version == record_version(kind) || (kind.0 == RecordKind::REGISTERS.0 && version == 1)
+}
+
 /// What a completed restore carried.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -513,9 +532,9 @@ impl<'s> DestSession<'s> {
                     }
                     return Ok(());
                 }
-                // SPEC.md §7 and Appendix A: device-state payloads are version 1; a reader
-                // rejects versions it does not know rather than misread a newer layout.
-                if !is_device_state(kind) || version != DEVICE_STATE_VERSION {
+                // SPEC.md §7 and Appendix A: a reader rejects versions it does not know
+                // rather than misread a newer layout.
+                if !is_device_state(kind) || !accepts_version(kind, version) {
                     return Err(VgpuError::UnsupportedRecord { kind: kind.0 });
                 }
                 // A length no valid record of the kind has is the stream's fault (it cannot be
@@ -811,6 +830,18 @@ impl<'s> DestSession<'s> {
         }
     }
 
+    /// Whether the staged registers enable 64 KiB PPGTT pages (`GAMW_ECO_DEV_RW_IA` bits 3:0
+    /// all set; reset value 0): the migrated PPGTT trees are checked as the guest's device
+    /// will walk them.
+    fn ips_64k(&self, vgpu: &Vgpu<'_>) -> bool {
+        self.staged_records()
+            .filter(|(kind, _)| *kind == RecordKind::REGISTERS)
+            .find_map(|(_, p)| {
+                mmio::sparse_value(vgpu.regs().platform(), p, gtt::ppgtt::GAMW_ECO_DEV_RW_IA)
+            })
+            .is_some_and(gtt::ppgtt::ips_enabled)
+    }
+
     fn staged_records(&self) -> impl Iterator<Item = (RecordKind, &[u8])> {
         self.staged_grouped()
             .map(|(kind, _, payload)| (kind, payload))
@@ -897,7 +928,12 @@ impl<'s> DestSession<'s> {
                 }
                 RecordKind::PPGTT_ROOTS => {
                     roots += 1;
-                    ppgtts = crate::ppgtt::validate(payload, cfg_local.generation, mem)?;
+                    ppgtts = crate::ppgtt::validate(
+                        payload,
+                        cfg_local.generation,
+                        self.ips_64k(vgpu),
+                        mem,
+                    )?;
                 }
                 RecordKind::GGTT_PENDING => {
                     pending += 1;
@@ -1006,7 +1042,23 @@ impl<'s> DestSession<'s> {
         }
         vgpu.reshadow_all(host)?;
         // PPGTTs: the roots are recorded; their tables came with guest memory and were walked.
-        vgpu.set_ppgtts(ppgtts);
+        // Checked above with the staged registers' 64 KiB setting; walked again only if the
+        // registers as applied say otherwise.
+        if vgpu.derived().ips_64k == self.ips_64k(vgpu) {
+            vgpu.set_ppgtts(ppgtts);
+        } else {
+            for (kind, payload) in self.staged_records() {
+                if kind == RecordKind::PPGTT_ROOTS {
+                    let list = crate::ppgtt::validate(
+                        payload,
+                        vgpu.config().generation,
+                        vgpu.derived().ips_64k,
+                        mem,
+                    )?;
+                    vgpu.set_ppgtts(list);
+                }
+            }
+        }
         // Halves the guest wrote before the stop wait for their partners here as they did there.
         for (kind, payload) in self.staged_records() {
             if kind == RecordKind::GGTT_PENDING {

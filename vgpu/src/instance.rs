@@ -1,16 +1,19 @@
 //! One vGPU instance: config space, register file, GGTT slices, engines, GPU dirty log.
 
+use core::sync::atomic::AtomicU64;
 use engines::{
     ContextDescriptor, EngineId, EngineMask, Engines, QuiesceStatus, Workload, check_submission,
     reg,
 };
-use gmem::{DirtyBitmap, GuestMemoryMap, words_for};
+
+use gmem::GuestMemoryMap;
 use gtt::{Generation, Gfn, GgttEntry, GmAddr, GttIndex, HalfWrite, HostPlacement, Partition};
 use migstream::DeviceIdentity;
 use mmio::{AccessSize, PvInfo, RegEvent, RegFile, RegHooks};
 
 use crate::error::VgpuError;
 use crate::fsm::MigState;
+use crate::tracking::GpuDirtyLog;
 use crate::traits::{GuestMemory, HostGtt};
 
 /// Size of the virtual PCI configuration space (PCIe extended).
@@ -153,8 +156,9 @@ fn low32(v: u64) -> u32 {
 /// Storage for one vGPU, provided by the caller (it can live in `static`s).
 ///
 /// Sizes: `config_space` 4 KiB; `vregs` [`mmio::MMIO_DWORDS`] dwords (2 MiB);
-/// `ggtt` [`VgpuConfig::ggtt_storage_len`] entries; `gpu_dirty` [`gmem::words_for`]`(frames)` words
-/// where `frames` is the number of guest frames in the memory map.
+/// `ggtt` [`VgpuConfig::ggtt_storage_len`] entries; `gpu_dirty`
+/// [`GpuDirtyLog::storage_words`]`(frames)` words where `frames` is the number of guest frames in
+/// the memory map.
 #[derive(Debug)]
 pub struct VgpuStorage<'a> {
     /// Virtual PCI config space.
@@ -163,8 +167,9 @@ pub struct VgpuStorage<'a> {
     pub vregs: &'a mut [u32],
     /// Guest GGTT entries of the vGPU's two slices.
     pub ggtt: &'a mut [u64],
-    /// GPU-side dirty log: one bit per guest frame.
-    pub gpu_dirty: &'a mut [u64],
+    /// GPU-side dirty log ([`GpuDirtyLog`]): one bit per guest frame and an activity flag,
+    /// shared (a GPU thread marks it while others hold the vGPU).
+    pub gpu_dirty: &'a [AtomicU64],
 }
 
 /// Derived state, rebuilt on restore by replaying side-effect registers; never migrated.
@@ -181,6 +186,9 @@ pub struct Derived {
     pub pipes: [bool; 3],
     /// The interrupt line as the guest sees it: delivery enabled and something pending.
     pub irq_line: bool,
+    /// 64 KiB PPGTT pages enabled (gen9: `GAMW_ECO_DEV_RW_IA` bits 3:0 all set; see
+    /// [`gtt::PpgttRoot::honours_64k`] for the other generations).
+    pub ips_64k: bool,
 }
 
 /// A mediated vGPU: the state the hypervisor traps and emulates.
@@ -193,11 +201,10 @@ pub struct Vgpu<'a> {
     regs: RegFile<'a>,
     ggtt: gtt::GgttSlices<'a>,
     engines: Engines,
-    gpu_dirty: DirtyBitmap<'a>,
+    gpu_dirty: GpuDirtyLog<'a>,
     derived: Derived,
     state: MigState,
     guest_errors: u32,
-    gpu_active: bool,
     msi: u32,
     ppgtts: crate::ppgtt::PpgttList,
 }
@@ -210,11 +217,29 @@ const PIPECONF_ENABLE: u32 = 1 << 31;
 struct Effects {
     elsp: heapless::Vec<(EngineId, u32), 4>,
     csb_read: heapless::Vec<(EngineId, u32), 4>,
-    fences: heapless::Vec<(u8, u64), 4>,
+    /// Every fence register a write or a restore touched (a restore replays all 32).
+    fences: heapless::Vec<(u8, u64), 32>,
     g2v: heapless::Vec<u32, 2>,
+    /// Forcewake requests written: (acknowledgement register, new request value).
+    forcewake: heapless::Vec<(u32, u32), 3>,
+    /// RESET_CTL registers written: (offset, new value).
+    reset_ctl: heapless::Vec<(u32, u32), 5>,
     irq: bool,
     derived: Derived,
 }
+
+/// Per-engine RESET_CTL (masked): bit 0 requests a reset, bit 1 (READY_TO_RESET) answers it.
+const RESET_CTL: u32 = 0xD0;
+
+/// The RESET_CTL value the device model keeps: READY_TO_RESET follows the request (there is
+/// nothing in flight to wait for once the guest asks).
+const fn reset_ctl_answer(v: u32) -> u32 {
+    (v & !2) | ((v & 1) << 1)
+}
+
+/// Gen9 forcewake request registers (masked) and the acknowledgement registers that mirror
+/// their low 16 bits.
+const FORCEWAKE: [(u32, u32); 3] = [(0xA278, 0x0D84), (0xA270, 0x0D88), (0xA188, 0x13_0044)];
 
 impl RegHooks for Effects {
     fn after_write(&mut self, offset: u32, _old: u32, new: u32) {
@@ -229,6 +254,8 @@ impl RegHooks for Effects {
                 if let Some(slot) = self.derived.hws_pga.get_mut(i) {
                     *slot = new;
                 }
+            } else if offset == base + RESET_CTL {
+                let _ = self.reset_ctl.push((offset, new));
             } else if offset == base + reg::RING_MODE {
                 // GFX_MODE bit 15: execlist enable (stored after the masked-write merge).
                 if let Some(slot) = self.derived.execlists.get_mut(i) {
@@ -238,6 +265,12 @@ impl RegHooks for Effects {
         }
         if offset == PIPECONF_A {
             self.derived.pipe_a = new & PIPECONF_ENABLE != 0;
+        }
+        if offset == gtt::ppgtt::GAMW_ECO_DEV_RW_IA {
+            self.derived.ips_64k = gtt::ppgtt::ips_enabled(new);
+        }
+        if let Some(&(_, ack)) = FORCEWAKE.iter().find(|(req, _)| *req == offset) {
+            let _ = self.forcewake.push((ack, new & 0xFFFF));
         }
     }
 
@@ -291,15 +324,11 @@ impl<'a> Vgpu<'a> {
         mem_map: GuestMemoryMap,
         storage: VgpuStorage<'a>,
     ) -> Result<Self, VgpuError> {
-        let frames = usize::try_from(mem_map.frames()).map_err(|_| VgpuError::StorageSize)?;
-        if storage.gpu_dirty.len() != words_for(frames) {
-            return Err(VgpuError::StorageSize);
-        }
+        let gpu_dirty = GpuDirtyLog::new(&mem_map, storage.gpu_dirty)?;
         let mut regs = RegFile::new(&mmio::SKL, storage.vregs)?;
         regs.reset_with(&config.pvinfo());
         let mut ggtt = gtt::GgttSlices::new(config.partition, storage.ggtt)?;
         ggtt.clear();
-        let gpu_dirty = DirtyBitmap::new(storage.gpu_dirty, frames)?;
         let mut v = Self {
             engines: Engines::new(config.engines),
             config,
@@ -312,7 +341,6 @@ impl<'a> Vgpu<'a> {
             derived: Derived::default(),
             state: MigState::Running,
             guest_errors: 0,
-            gpu_active: false,
             msi: 0,
             ppgtts: crate::ppgtt::PpgttList::new(),
         };
@@ -415,9 +443,10 @@ impl<'a> Vgpu<'a> {
         self.guest_errors
     }
 
-    /// The GPU-side dirty log (one bit per guest frame, dense index of the memory map).
-    pub fn gpu_dirty_mut(&mut self) -> &mut DirtyBitmap<'a> {
-        &mut self.gpu_dirty
+    /// The GPU-side dirty log. Clone it for a thread that marks GPU writes without holding the
+    /// vGPU (see the crate docs' locking rules).
+    pub fn gpu_dirty(&self) -> &GpuDirtyLog<'a> {
+        &self.gpu_dirty
     }
 
     /// Guest frames in the GPU dirty log (written since the last harvest).
@@ -427,21 +456,19 @@ impl<'a> Vgpu<'a> {
 
     /// Record that the vGPU ran work (the device model or backend calls this when it schedules the
     /// vGPU); used by [`GpuDirtyPrecision::MappedIfActive`](crate::source::GpuDirtyPrecision).
-    pub fn mark_gpu_active(&mut self) {
-        self.gpu_active = true;
+    pub fn mark_gpu_active(&self) {
+        self.gpu_dirty.mark_active();
     }
 
     /// Whether the vGPU ran work since the last call (and forget it).
-    pub fn take_gpu_active(&mut self) -> bool {
-        core::mem::take(&mut self.gpu_active)
+    pub fn take_gpu_active(&self) -> bool {
+        self.gpu_dirty.take_active()
     }
 
-    /// Record that the GPU wrote guest frame `gfn` (the device model or a command scanner calls this).
-    pub fn mark_gpu_dirty(&mut self, gfn: Gfn) {
-        self.gpu_active = true;
-        if let Some(i) = self.mem_map.index_of(gfn) {
-            let _ = self.gpu_dirty.set(i);
-        }
+    /// Record that the GPU wrote guest frame `gfn` (the device model or a command scanner calls
+    /// this after the write): [`GpuDirtyLog::mark`].
+    pub fn mark_gpu_dirty(&self, gfn: Gfn) {
+        self.gpu_dirty.mark(gfn);
     }
 
     /// Translate a guest graphics memory address through the guest GGTT to (frame, offset in page).
@@ -524,7 +551,27 @@ impl<'a> Vgpu<'a> {
         };
         self.regs
             .write(offset, AccessSize::from_bytes(size)?, value, &mut fx)?;
+        let ips_changed = fx.derived.ips_64k != self.derived.ips_64k;
+        if offset == gtt::ppgtt::GAMW_ECO_DEV_RW_IA
+            && !matches!(
+                self.regs.peek(offset) & gtt::ppgtt::GAMW_IPS_FIELD,
+                0 | gtt::ppgtt::GAMW_IPS_FIELD
+            )
+        {
+            // 64 KiB pages for some engines only: GVT-g refuses the setting (a PPGTT may run on
+            // any engine); it is stored, 64 KiB pages stay off, and the guest error is counted.
+            self.guest_errors = self.guest_errors.saturating_add(1);
+        }
         self.derived = fx.derived;
+        for (ack, v) in fx.forcewake {
+            self.regs.poke(ack, v);
+        }
+        for (off, v) in fx.reset_ctl {
+            self.regs.poke(off, reset_ctl_answer(v));
+        }
+        if ips_changed {
+            self.revalidate_ppgtts(mem);
+        }
         for (index, value) in fx.fences {
             self.program_fence(index, value, host)?;
         }
@@ -790,7 +837,8 @@ impl<'a> Vgpu<'a> {
             }
             4 | 5 => gtt::PpgttRoot::four_level(generation, Gfn::new(pdp(0))),
             _ => return,
-        };
+        }
+        .with_ips(self.derived.ips_64k);
         let known = self.ppgtts.iter().position(|r| *r == root);
         match (value, known) {
             (2 | 4, None) if self.ppgtts.push(root).is_err() => {
@@ -802,6 +850,25 @@ impl<'a> Vgpu<'a> {
             _ => {}
         }
     }
+    /// The guest changed whether 64 KiB pages are enabled: every announced PPGTT now
+    /// translates differently, so each one takes the new setting and its tree is walked again
+    /// (as GVT-g re-shadows them). A tree that no longer walks cleanly under the new setting
+    /// (a 64 KiB entry not 64 KiB aligned, say) is a guest error; the root stays announced.
+    fn revalidate_ppgtts(&mut self, mem: &dyn GuestMemory) {
+        let ips = self.derived.ips_64k;
+        for root in self.ppgtts.iter_mut() {
+            *root = root.with_ips(ips);
+        }
+        let bad = self
+            .ppgtts
+            .iter()
+            .filter(|r| crate::ppgtt::check_tree(r, mem).is_err())
+            .count();
+        self.guest_errors = self
+            .guest_errors
+            .saturating_add(u32::try_from(bad).unwrap_or(u32::MAX));
+    }
+
     /// The PPGTTs the guest announced.
     pub fn ppgtts(&self) -> &crate::ppgtt::PpgttList {
         &self.ppgtts
@@ -905,9 +972,19 @@ impl<'a> Vgpu<'a> {
         };
         self.regs.apply_sparse(payload, &mut fx)?;
         self.derived = fx.derived;
-        // Fences are reprogrammed for this host's placement; the interrupt state is derived.
+        for (ack, v) in fx.forcewake {
+            self.regs.poke(ack, v);
+        }
+        for (off, v) in fx.reset_ctl {
+            self.regs.poke(off, reset_ctl_answer(v));
+        }
+        // Fences are reprogrammed for this host's placement (every fence the vGPU has: the
+        // replay raises all 32, those beyond `fence_count` are not the guest's and stay
+        // unprogrammed); the interrupt state is derived.
         for (index, value) in fx.fences {
-            self.program_fence(index, value, host)?;
+            if u32::from(index) < self.config.fence_count {
+                self.program_fence(index, value, host)?;
+            }
         }
         self.update_irq();
         // A restore is not an interrupt: the guest saw the pending state before the migration.

@@ -24,7 +24,196 @@
 //! [`traits::CpuDirtyLog`]). Feature `sim` adds the reference device (module `sim`): a software GPU and a
 //! guest driver model that run every path without hardware, deterministically.
 //!
-//! MSRV: the workspace `rust-version` (1.88).
+//! MSRV: the workspace `rust-version` (1.88). The GPU dirty log uses 64-bit atomics
+//! (`core::sync::atomic::AtomicU64`), so the crate needs a target that has them.
+//!
+//! # Locking rules for a threaded hypervisor
+//!
+//! In a real host, vCPUs and the GPU write guest memory while the migration thread copies it,
+//! and MMIO exits keep arriving while pages stream. The source is correct under that because:
+//!
+//! - **Harvest before read.** The session clears a page's bits in both dirty logs (the
+//!   [`traits::CpuDirtyLog`] and the [`tracking::GpuDirtyLog`]) before it reads the page, so a
+//!   write after the read marks it again and it goes in a later round or the stop-and-copy. The
+//!   writer's side of that contract: log a write *after* it lands (KVM does; the GPU thread calls
+//!   [`tracking::GpuDirtyLog::mark`] after its DMA write is visible).
+//! - **One read per send.** Each page is read once, into the record being built, and the bytes
+//!   classified (zero, duplicate, unchanged, delta) are the bytes sent; what content tracking
+//!   keeps for later duplicates and deltas is exactly what the destination received. A page may
+//!   change during its read; the copy sent is then torn, and the write's dirty bit sends it again.
+//! - **No device lock while pages stream.** Copying pages needs guest memory and the dirty logs,
+//!   not the [`instance::Vgpu`]. The session reaches the vGPU through [`traits::VgpuAccess`]:
+//!   the GPU dirty log without a lock, the device itself briefly (round ends, GGTT pre-copy
+//!   chunks, device-state records after the stop), never while it reads a page.
+//!
+//! Who holds what:
+//!
+//! | thread | holds the `Vgpu` lock for | without the lock |
+//! |---|---|---|
+//! | vCPU | each MMIO exit ([`instance::Vgpu::mmio_read`], `mmio_write`) | guest code; KVM logs its RAM writes |
+//! | GPU | reading or changing device state (engines, GGTT translation) | writing guest memory, then [`tracking::GpuDirtyLog::mark`] |
+//! | migration | [`source::SourceSession::open`], `stop_and_copy`, `complete`, `cancel` (short) | [`source::SourceSession::poll_output`]; the session locks briefly through `with_vgpu` |
+//!
+//! The stop: pause the vCPUs, quiesce the vGPU until nothing is in flight, then
+//! `stop_and_copy` (locked) and keep polling: the last dirty pages, then the device state, read
+//! while everything is stopped.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+//! use std::sync::Mutex;
+//!
+//! use gmem::{FrameRange, GuestMemoryMap};
+//! use gtt::{Gfn, GmAddr, GmRange, HostPlacement, Partition};
+//! use vgpu::dest::DestSession;
+//! use vgpu::instance::{CONFIG_SPACE_SIZE, Vgpu, VgpuConfig, VgpuStorage};
+//! use vgpu::source::{SourceConfig, SourceEvent, SourceSession};
+//! use vgpu::tracking::GpuDirtyLog;
+//! use vgpu::traits::{GuestMemory, MemoryError, VgpuAccess};
+//!
+//! /// Guest RAM, shared by the vCPUs, the GPU and the migration thread.
+//! struct Ram {
+//!     map: GuestMemoryMap,
+//!     bytes: Mutex<Vec<u8>>,
+//! }
+//!
+//! impl Ram {
+//!     fn at(&self, gfn: Gfn, offset: usize, len: usize) -> Result<std::ops::Range<usize>, MemoryError> {
+//!         let i = self.map.index_of(gfn).ok_or(MemoryError)?;
+//!         Ok(i * 4096 + offset..i * 4096 + offset + len)
+//!     }
+//! }
+//!
+//! impl GuestMemory for Ram {
+//!     fn map(&self) -> &GuestMemoryMap {
+//!         &self.map
+//!     }
+//!     fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+//!         let r = self.at(gfn, offset, out.len())?;
+//!         out.copy_from_slice(self.bytes.lock().map_err(|_| MemoryError)?.get(r).ok_or(MemoryError)?);
+//!         Ok(())
+//!     }
+//!     fn write(&mut self, gfn: Gfn, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+//!         let r = self.at(gfn, offset, data.len())?;
+//!         let bytes = self.bytes.get_mut().map_err(|_| MemoryError)?;
+//!         bytes.get_mut(r).ok_or(MemoryError)?.copy_from_slice(data);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! /// What the migration thread hands the session: the device lock and the GPU dirty log.
+//! struct Device<'v, 'a> {
+//!     vgpu: &'v Mutex<Vgpu<'a>>,
+//!     gpu_log: GpuDirtyLog<'a>,
+//! }
+//!
+//! impl VgpuAccess for Device<'_, '_> {
+//!     fn gpu_dirty(&self) -> &GpuDirtyLog<'_> {
+//!         &self.gpu_log
+//!     }
+//!     fn with_vgpu(&self, f: &mut dyn FnMut(&Vgpu<'_>)) {
+//!         let vgpu = self.vgpu.lock().unwrap_or_else(|e| e.into_inner());
+//!         f(&vgpu);
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! const FRAMES: usize = 64;
+//! let map = GuestMemoryMap::new(&[FrameRange::new(Gfn::new(0x100), FRAMES as u64)?])?;
+//! let partition = Partition::new(
+//!     GmRange::new(GmAddr::new(0), 1 << 20)?,
+//!     GmRange::new(GmAddr::new(0x1000_0000), 1 << 20)?,
+//! )?;
+//! let placement = HostPlacement::contiguous(&partition, GmAddr::new(0x200_0000), GmAddr::new(0x2000_0000))?;
+//! let config = VgpuConfig::skylake(partition);
+//! // One vGPU's storage (a hypervisor would use statics); the GPU dirty log is atomic.
+//! let new_vgpu = |cs: &'static mut [u8; CONFIG_SPACE_SIZE], log: &'static [AtomicU64]| {
+//!     let storage = VgpuStorage {
+//!         config_space: cs,
+//!         vregs: Vec::leak(vec![0u32; mmio::MMIO_DWORDS]),
+//!         ggtt: Vec::leak(vec![0u64; config.ggtt_storage_len()]),
+//!         gpu_dirty: log,
+//!     };
+//!     Vgpu::new(config.clone(), placement.clone(), map.clone(), storage)
+//! };
+//! let words = GpuDirtyLog::storage_words(FRAMES);
+//! let log_a: &'static [AtomicU64] = Vec::leak((0..words).map(|_| AtomicU64::new(0)).collect());
+//! let log_b: &'static [AtomicU64] = Vec::leak((0..words).map(|_| AtomicU64::new(0)).collect());
+//! let mut source = new_vgpu(Box::leak(Box::new([0; CONFIG_SPACE_SIZE])), log_a)?;
+//! let mut dest = new_vgpu(Box::leak(Box::new([0; CONFIG_SPACE_SIZE])), log_b)?;
+//! let ram = Ram { map: map.clone(), bytes: Mutex::new(vec![0; FRAMES * 4096]) };
+//!
+//! // Storage of the migration, and the session, opened under the device lock (here: before the
+//! // lock exists).
+//! let mut send = vec![0u64; gmem::words_for(FRAMES)];
+//! let mut scratch = vec![0u8; 64 * 1024];
+//! let mut session = SourceSession::open(&mut source, &mut (), SourceConfig::default(), &mut send, &mut scratch)?;
+//! let gpu_log = source.gpu_dirty().clone();
+//! let vgpu = Mutex::new(source);
+//! let paused = AtomicBool::new(false);
+//! let mut stream = Vec::new();
+//!
+//! std::thread::scope(|s| -> Result<(), vgpu::error::VgpuError> {
+//!     // A vCPU: MMIO exits take the device lock, briefly, while pages stream.
+//!     let vcpu = s.spawn(|| {
+//!         while !paused.load(Ordering::Acquire) {
+//!             let mut v = vgpu.lock().unwrap_or_else(|e| e.into_inner());
+//!             let _ = v.mmio_read(0x78000, 4); // PVINFO magic
+//!         }
+//!     });
+//!     // The GPU: writes guest memory as DMA does, then marks the frame; no device lock.
+//!     let gpu = s.spawn(|| {
+//!         let mut n = 0u8;
+//!         while !paused.load(Ordering::Acquire) {
+//!             n = n.wrapping_add(1);
+//!             let gfn = Gfn::new(0x100 + u64::from(n) % FRAMES as u64);
+//!             let i = map.index_of(gfn).unwrap_or(0);
+//!             if let Ok(mut bytes) = ram.bytes.lock() {
+//!                 if let Some(b) = bytes.get_mut(i * 4096 + usize::from(n)) {
+//!                     *b = n;
+//!                 }
+//!             }
+//!             gpu_log.mark(gfn);
+//!         }
+//!     });
+//!     // The migration thread: no lock held while polling.
+//!     let dev = Device { vgpu: &vgpu, gpu_log: gpu_log.clone() };
+//!     let mut out = [0u8; 16 * 1024];
+//!     let mut rounds = 0;
+//!     while !session.is_finished() {
+//!         let n = session.poll_output(&dev, &ram, &mut (), 0, &mut out)?;
+//!         stream.extend_from_slice(out.get(..n).unwrap_or(&[]));
+//!         while let Some(ev) = session.poll_event() {
+//!             let round_end = matches!(ev, SourceEvent::RoundEnd { .. });
+//!             rounds += usize::from(round_end);
+//!             if matches!(ev, SourceEvent::Switch { .. }) || (round_end && rounds == 2 && !session.awaiting_stop()) {
+//!                 if paused.swap(true, Ordering::AcqRel) {
+//!                     continue;
+//!                 }
+//!                 // Stop: pause the vCPUs and the GPU, quiesce, then stop-and-copy under the lock.
+//!                 while !(vcpu.is_finished() && gpu.is_finished()) {
+//!                     std::thread::yield_now();
+//!                 }
+//!                 let mut v = vgpu.lock().unwrap_or_else(|e| e.into_inner());
+//!                 while !v.quiesce().is_idle() {}
+//!                 session.stop_and_copy(&mut v, &mut ())?;
+//!             }
+//!         }
+//!     }
+//!     Ok(())
+//! })?;
+//! let mut source = vgpu.into_inner().unwrap_or_else(|e| e.into_inner());
+//! session.complete(&mut source)?;
+//!
+//! // The destination holds exactly the source's final memory.
+//! let mut ram_b = Ram { map: map.clone(), bytes: Mutex::new(vec![0; FRAMES * 4096]) };
+//! let mut staging = vec![0u8; 1 << 20];
+//! let mut d = DestSession::open(&mut dest, &mut staging, migstream::Limits::DEFAULT)?;
+//! d.feed(&dest, &mut ram_b, &stream)?;
+//! d.commit(&mut dest, &ram_b, &mut ())?;
+//! assert!(*ram_b.bytes.lock().map_err(|_| "poisoned")? == *ram.bytes.lock().map_err(|_| "poisoned")?);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Example: the next VFIO arc
 //!
@@ -66,5 +255,6 @@ pub mod sim;
 pub mod source;
 #[cfg(feature = "alloc")]
 pub mod testplan;
+pub mod tracking;
 pub mod traits;
 pub mod vfio;

@@ -154,10 +154,12 @@ pub fn save(list: &PpgttList, out: &mut [u8]) -> Result<usize, VgpuError> {
 }
 
 /// Parse and check a payload: its layout, and that every announced tree lies in guest memory,
-/// has no loop and no entry with reserved bits, within the walker's bounds.
+/// has no loop and no entry with reserved bits, within the walker's bounds, walked with 64 KiB
+/// pages enabled or not as `ips_64k` says (the migrated `GAMW_ECO_DEV_RW_IA`).
 pub fn validate(
     payload: &[u8],
     generation: Generation,
+    ips_64k: bool,
     mem: &dyn GuestMemory,
 ) -> Result<PpgttList, VgpuError> {
     let bad = VgpuError::BadPpgtt;
@@ -205,7 +207,8 @@ pub fn validate(
                 PpgttRoot::three_level(generation, pds)
             }
             _ => return Err(bad),
-        };
+        }
+        .with_ips(ips_64k);
         // The vGPU records each announced PPGTT once: a second copy is not a source's.
         if list.contains(&root) {
             return Err(bad);

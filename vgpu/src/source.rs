@@ -12,6 +12,12 @@
 //! [`SourceEvent::Finished`]. Cancelling is dropping the session and calling [`Vgpu::resume`]: saving
 //! only copies, so nothing the guest submitted is lost.
 //!
+//! **Threads.** Polling needs guest memory, the CPU dirty log and a [`VgpuAccess`]: the GPU dirty
+//! log without a lock and the vGPU only briefly, so vCPUs keep taking MMIO exits and the GPU keeps
+//! writing while pages stream (the crate docs give the locking rules). Each page is read once, into
+//! the PAGES record being built in the scratch buffer, after its dirty bits were harvested; the
+//! bytes classified are the bytes sent.
+//!
 //! **Channels.** With [`SourceConfig::channels`] `= n > 1` the session writes `n` streams (see
 //! [`crate::channel`]): poll each with [`SourceSession::poll_output_channel`]. Channel 0 carries the
 //! device state; pages are striped over all channels by frame. A round ends when every channel has
@@ -25,12 +31,12 @@
 
 use engines::MAX_SAVE_LEN;
 use gmem::{
-    Decision, DirtyBitmap, Policy, PolicyConfig, RoundStats, SwitchReason, is_zero_page, words_for,
+    Decision, DirtyBitmap, GuestMemoryMap, Policy, PolicyConfig, RoundStats, SwitchReason,
+    is_zero_page, words_for,
 };
-use gtt::{Gfn, SaveCursor};
+use gtt::SaveCursor;
 use migstream::{
-    Encoder, PageEncoding, PageRunRepr, PagesPayload, PayloadSource, Progress, RecordFlags,
-    RecordKind, RoundRepr, StreamHeaderRepr,
+    Encoder, PagesBuilder, Progress, RecordFlags, RecordKind, RoundRepr, StreamHeaderRepr,
 };
 
 use crate::channel::{ChannelRepr, MAX_CHANNELS, channel_of, next_in_channel};
@@ -38,16 +44,12 @@ use crate::content::{Class, Content, ContentStats, ContentStorage, DELTA_LIMIT};
 use crate::error::VgpuError;
 use crate::fsm::MigState;
 use crate::instance::{CONFIG_SPACE_SIZE, Vgpu};
-use crate::traits::{CpuDirtyLog, GuestMemory};
+use crate::traits::{CpuDirtyLog, GuestMemory, VgpuAccess};
 
-/// Page runs one PAGES record may hold.
-pub const MAX_RUNS_PER_RECORD: usize = 32;
 /// The smallest scratch buffer a source session accepts: room for config space, the engine state
-/// and a useful GGTT chunk.
+/// and a useful GGTT chunk. PAGES records are built in the scratch buffer too, so its share per
+/// channel bounds a record's pages (about 64 for 256 KiB).
 pub const MIN_SCRATCH: usize = 16 * 1024;
-
-const RECORD_HEADER: usize = migstream::RECORD_HEADER_LEN;
-const PAGE_RUN_HEADER: usize = migstream::PAGE_RUN_HEADER_LEN;
 
 /// Options of a source session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +60,9 @@ pub struct SourceConfig {
     pub policy: PolicyConfig,
     /// Stream id written into the header (lets a destination tell retries apart).
     pub stream_id: u64,
-    /// Pages per PAGES record (1..=1024); larger records amortise headers, smaller ones interleave
-    /// better with other channels.
+    /// Pages per PAGES record (1..=1024; fewer when the channel's share of the scratch buffer is
+    /// full first, as records are built there); larger records amortise headers, smaller ones
+    /// interleave better with other channels.
     pub pages_per_record: u32,
     /// How precisely the GPU's writes are known.
     pub precision: GpuDirtyPrecision,
@@ -90,10 +93,11 @@ pub enum GpuDirtyPrecision {
     /// pages by hashing.
     AllMapped,
     /// Mapped frames count as dirty when the vGPU ran work since the last harvest
-    /// ([`Vgpu::mark_gpu_active`]); an idle vGPU adds nothing.
+    /// ([`GpuDirtyLog::mark_active`](crate::tracking::GpuDirtyLog::mark_active)); an idle vGPU
+    /// adds nothing.
     MappedIfActive,
     /// The exact write set the device model or a command scanner reports
-    /// ([`Vgpu::mark_gpu_dirty`]).
+    /// ([`GpuDirtyLog::mark`](crate::tracking::GpuDirtyLog::mark)).
     Exact,
 }
 
@@ -175,7 +179,6 @@ enum Phase {
 enum Current {
     None,
     Header,
-    Pages,
     Scratch { kind: RecordKind, len: usize },
     Round(RoundRepr),
     End,
@@ -188,7 +191,6 @@ struct Chan {
     /// This channel's part of the session's scratch buffer.
     scratch: core::ops::Range<usize>,
     current: Current,
-    runs: heapless::Vec<PageRunRepr, MAX_RUNS_PER_RECORD>,
     cursor: usize,
     /// Written: 0 nothing, 1 the header, 2 the header and (multi-channel) the CHANNEL record.
     intro: u8,
@@ -203,6 +205,8 @@ struct Chan {
 #[derive(Debug)]
 pub struct SourceSession<'s> {
     cfg: SourceConfig,
+    /// The guest memory map (the vGPU's), for frame numbers of send-set bits.
+    map: GuestMemoryMap,
     header: StreamHeaderRepr,
     send: DirtyBitmap<'s>,
     scratch: &'s mut [u8],
@@ -245,8 +249,7 @@ impl<'s> SourceSession<'s> {
         let frames =
             usize::try_from(vgpu.memory_map().frames()).map_err(|_| VgpuError::StorageSize)?;
         let mut send = DirtyBitmap::new(send, frames)?;
-        vgpu.gpu_dirty_mut().clear();
-        let _ = vgpu.take_gpu_active();
+        vgpu.gpu_dirty().clear();
         if cfg.memory == MemoryMode::Stream {
             // Everything goes in round 0; what was dirtied before now is covered by that.
             cpu.harvest(&mut |_| {});
@@ -259,7 +262,6 @@ impl<'s> SourceSession<'s> {
                 enc: Encoder::new(),
                 scratch: i * share..(i + 1) * share,
                 current: Current::None,
-                runs: heapless::Vec::new(),
                 cursor: 0,
                 intro: 0,
                 round_done: false,
@@ -283,6 +285,7 @@ impl<'s> SourceSession<'s> {
         Ok(Self {
             policy: Policy::new(cfg.policy),
             cfg,
+            map: vgpu.memory_map().clone(),
             header,
             send,
             scratch,
@@ -399,18 +402,22 @@ impl<'s> SourceSession<'s> {
     /// Returns 0 while waiting for [`stop_and_copy`](Self::stop_and_copy), while other channels
     /// finish the round, and after the END record.
     ///
+    /// `dev` reaches the vGPU: a `&Vgpu` for a single-threaded caller, or the embedder's
+    /// [`VgpuAccess`] over its device lock, which the session takes only briefly (never while it
+    /// reads or copies a page). Guest memory may change under every read (see the crate docs).
+    ///
     /// # Errors
     /// Local failures only (guest-memory backend, undersized scratch); the session is then unusable
     /// and the migration should be cancelled.
     pub fn poll_output(
         &mut self,
-        vgpu: &mut Vgpu<'_>,
+        dev: &dyn VgpuAccess,
         mem: &dyn GuestMemory,
         cpu: &mut dyn CpuDirtyLog,
         now_us: u64,
         out: &mut [u8],
     ) -> Result<usize, VgpuError> {
-        self.poll_output_channel(0, vgpu, mem, cpu, now_us, out)
+        self.poll_output_channel(0, dev, mem, cpu, now_us, out)
     }
 
     /// [`poll_output`](Self::poll_output) for channel `channel` (`0..channels`).
@@ -420,7 +427,7 @@ impl<'s> SourceSession<'s> {
     pub fn poll_output_channel(
         &mut self,
         channel: usize,
-        vgpu: &mut Vgpu<'_>,
+        dev: &dyn VgpuAccess,
         mem: &dyn GuestMemory,
         cpu: &mut dyn CpuDirtyLog,
         now_us: u64,
@@ -435,19 +442,19 @@ impl<'s> SourceSession<'s> {
         let mut pos = 0;
         while pos < out.len() {
             if self.chan(channel)?.current == Current::None {
-                self.next_record(channel, vgpu, mem, out.len() - pos)?;
+                self.next_record(channel, dev, mem)?;
                 if self.chan(channel)?.current == Current::None {
                     break;
                 }
             }
             let buf = out.get_mut(pos..).ok_or(VgpuError::WrongPhase)?;
-            let progress = self.write_current(channel, mem, buf)?;
+            let progress = self.write_current(channel, buf)?;
             pos += progress.written();
             if !progress.is_done() {
                 break;
             }
             let round_ended = matches!(self.chan(channel)?.current, Current::Round(_));
-            self.record_done(channel, vgpu, cpu, now_us)?;
+            self.record_done(channel, dev, cpu, now_us)?;
             if round_ended {
                 // Return at each round boundary: the driver sees the round's events (and a switch
                 // decision) before more bytes go out, and the event queue never overflows.
@@ -492,7 +499,7 @@ impl<'s> SourceSession<'s> {
     /// forgotten then.
     pub fn dirty_report(
         &mut self,
-        vgpu: &mut Vgpu<'_>,
+        dev: &dyn VgpuAccess,
         range: gmem::DmaRange,
         page_size: u64,
         out: &mut [u64],
@@ -501,9 +508,8 @@ impl<'s> SourceSession<'s> {
         if self.cfg.memory != MemoryMode::Report {
             return Ok(0);
         }
-        self.harvest_gpu(vgpu)?;
-        let map = vgpu.memory_map();
-        gmem::DirtyReport::new(map, &mut self.send)
+        self.harvest_gpu(dev)?;
+        gmem::DirtyReport::new(&self.map, &mut self.send)
             .and_then(|mut r| r.report(range, page_size, out))
             .map_err(VgpuError::Report)
     }
@@ -540,12 +546,12 @@ impl<'s> SourceSession<'s> {
         if self.cfg.memory == MemoryMode::Report {
             // No pages in the stream: the device state follows at once. The GPU's last writes stay
             // in the report for the VMM's final RAM pass.
-            self.harvest_gpu(vgpu)?;
+            self.harvest_gpu(&*vgpu)?;
             self.phase = Phase::Config;
             vgpu.set_state(MigState::StopCopy);
             return Ok(());
         }
-        self.harvest(vgpu, cpu)?;
+        self.harvest(&*vgpu, cpu)?;
         // A GGTT pre-copy still going stops here: what it did not send counts as changed.
         self.pre_ggtt = None;
         // Mid-round, the round is abandoned (its unsent pages are still in `send`) and the final
@@ -593,7 +599,7 @@ impl<'s> SourceSession<'s> {
     /// VFIO's pre-copy information (`VFIO_MIG_GET_PRECOPY_INFO`): bytes of the initial copy still
     /// to send, and bytes dirtied since that the next rounds will carry. Page counts are converted
     /// at 4 KiB a page (zero pages cost much less on the wire, so these are upper bounds).
-    pub fn precopy_info(&self, vgpu: &Vgpu<'_>) -> PrecopyInfo {
+    pub fn precopy_info(&self, dev: &dyn VgpuAccess) -> PrecopyInfo {
         if self.cfg.memory == MemoryMode::Report {
             // Guest memory is the VMM's to copy; the device's own data is the stop-copy state.
             return PrecopyInfo {
@@ -602,7 +608,7 @@ impl<'s> SourceSession<'s> {
             };
         }
         let pending = self.send.count() as u64 * 4096;
-        let fresh = vgpu.gpu_dirty_count() as u64 * 4096;
+        let fresh = dev.gpu_dirty().count() as u64 * 4096;
         if self.round == 0 && self.phase == Phase::Round {
             PrecopyInfo {
                 initial_bytes: pending,
@@ -636,11 +642,16 @@ impl<'s> SourceSession<'s> {
         (self.total_pages, self.total_zero)
     }
 
-    fn harvest(&mut self, vgpu: &mut Vgpu<'_>, cpu: &mut dyn CpuDirtyLog) -> Result<(), VgpuError> {
-        self.harvest_gpu(vgpu)?;
-        let map = vgpu.memory_map().clone();
-        let send = &mut self.send;
-        cpu.harvest(&mut |gfn: Gfn| {
+    /// Both dirty logs into the send set. Every bit is cleared in its log here, before the pages
+    /// it names are read, so a write that lands after a page's read marks it again.
+    fn harvest(
+        &mut self,
+        dev: &dyn VgpuAccess,
+        cpu: &mut dyn CpuDirtyLog,
+    ) -> Result<(), VgpuError> {
+        self.harvest_gpu(dev)?;
+        let Self { map, send, .. } = self;
+        cpu.harvest(&mut |gfn| {
             if let Some(i) = map.index_of(gfn) {
                 let _ = send.set(i);
             }
@@ -648,23 +659,27 @@ impl<'s> SourceSession<'s> {
         Ok(())
     }
 
-    /// The GPU's side of the dirty log: what the device wrote, at the configured precision.
-    fn harvest_gpu(&mut self, vgpu: &mut Vgpu<'_>) -> Result<(), VgpuError> {
+    /// The GPU's side of the dirty log: what the device wrote, at the configured precision. The
+    /// exact marks need no lock; the coarse precisions read the GGTT's mapped frames briefly.
+    fn harvest_gpu(&mut self, dev: &dyn VgpuAccess) -> Result<(), VgpuError> {
         // The exact write set (and GGTT remaps) always count; coarser precisions add to it.
-        self.send.absorb(vgpu.gpu_dirty_mut())?;
-        let active = vgpu.take_gpu_active();
+        let log = dev.gpu_dirty();
+        let active = log.take_active();
+        log.absorb_into(&mut self.send)?;
         let all_mapped = match self.cfg.precision {
             GpuDirtyPrecision::AllMapped => true,
             GpuDirtyPrecision::MappedIfActive => active,
             GpuDirtyPrecision::Exact => false,
         };
         if all_mapped {
-            let map = vgpu.memory_map();
-            for (_, e) in vgpu.ggtt().iter_present() {
-                if let Some(i) = map.index_of(e.frame()) {
-                    let _ = self.send.set(i);
+            let Self { map, send, .. } = self;
+            dev.with_vgpu(&mut |vgpu| {
+                for (_, e) in vgpu.ggtt().iter_present() {
+                    if let Some(i) = map.index_of(e.frame()) {
+                        let _ = send.set(i);
+                    }
                 }
-            }
+            });
         }
         Ok(())
     }
@@ -684,9 +699,8 @@ impl<'s> SourceSession<'s> {
     fn next_record(
         &mut self,
         c: usize,
-        vgpu: &Vgpu<'_>,
+        dev: &dyn VgpuAccess,
         mem: &dyn GuestMemory,
-        room: usize,
     ) -> Result<(), VgpuError> {
         let channels = self.chans.len();
         let phase = self.phase;
@@ -731,24 +745,18 @@ impl<'s> SourceSession<'s> {
                     .get_mut(ch.scratch.clone())
                     .ok_or(VgpuError::StorageSize)?;
                 let from = self.pre_ggtt.unwrap_or(SaveCursor::START);
-                let p = vgpu.ggtt().save_runs(from, scratch)?;
-                let entries = vgpu.ggtt().entries();
-                let end = p.next.map_or(entries.len(), SaveCursor::slot);
-                if let Some(sent) = self.ggtt_sent.as_deref_mut() {
-                    let (dst, src) = (
-                        sent.get_mut(from.slot()..end),
-                        entries.get(from.slot()..end),
-                    );
-                    if let (Some(d), Some(s)) = (dst, src) {
-                        d.copy_from_slice(s);
-                    }
-                }
-                self.pre_ggtt = p.next;
-                if p.written > 0 {
+                let mut sent = self.ggtt_sent.as_deref_mut();
+                let mut chunk = Err(VgpuError::WrongPhase);
+                dev.with_vgpu(&mut |vgpu| {
+                    chunk = ggtt_precopy_chunk(vgpu, from, scratch, sent.as_deref_mut());
+                });
+                let (written, next) = chunk?;
+                self.pre_ggtt = next;
+                if written > 0 {
                     let ch = self.chan_mut(c)?;
                     ch.current = Current::Scratch {
                         kind: RecordKind::GGTT_RUNS,
-                        len: p.written,
+                        len: written,
                     };
                 }
                 return Ok(());
@@ -758,7 +766,7 @@ impl<'s> SourceSession<'s> {
                     // Waiting for the other channels to finish the round.
                     return Ok(());
                 }
-                if !self.fill_runs(c, vgpu, mem, room)? {
+                if !self.fill_runs(c, mem)? {
                     let ch = self.chan_mut(c)?;
                     let bytes = ch.enc.bytes_written() - ch.round_start_bytes;
                     ch.current = Current::Round(RoundRepr {
@@ -776,95 +784,43 @@ impl<'s> SourceSession<'s> {
                 return Ok(());
             }
             Phase::Done => return Ok(()),
+            Phase::End => {
+                ch.current = Current::End;
+                return Ok(());
+            }
             _ => {}
         }
+        // Device state (after the stop): one brief visit to the vGPU per record.
         let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
         let scratch = self
             .scratch
             .get_mut(ch.scratch.clone())
             .ok_or(VgpuError::StorageSize)?;
-        loop {
-            let (kind, len) = match self.phase {
-                Phase::Round | Phase::FinalRound | Phase::AwaitStop | Phase::Done => {
-                    return Ok(());
-                }
-                Phase::Config => {
-                    let dst = scratch
-                        .get_mut(..CONFIG_SPACE_SIZE)
-                        .ok_or(VgpuError::StorageSize)?;
-                    dst.copy_from_slice(vgpu.config_space());
-                    (RecordKind::CONFIG_SPACE, CONFIG_SPACE_SIZE)
-                }
-                Phase::Registers => (RecordKind::REGISTERS, vgpu.regs().save_sparse(scratch)?),
-                Phase::Ggtt(_) if self.ggtt_sent.is_some() => {
-                    self.phase = Phase::GgttChanges(0);
-                    continue;
-                }
-                Phase::GgttChanges(from) => {
-                    // After a GGTT pre-copy: only what changed since.
-                    let sent = self.ggtt_sent.as_deref().unwrap_or(&[]);
-                    let (written, next) = save_ggtt_changes(vgpu.ggtt(), sent, from, scratch)?;
-                    self.phase = match next {
-                        Some(slot) => Phase::GgttChanges(slot),
-                        None => Phase::GgttPending,
-                    };
-                    if written == 0 {
-                        continue;
-                    }
-                    (RecordKind::GGTT_RUNS, written)
-                }
-                Phase::Ggtt(cursor) => {
-                    let p = vgpu.ggtt().save_runs(cursor, scratch)?;
-                    self.phase = match p.next {
-                        Some(c) => Phase::Ggtt(c),
-                        None => Phase::GgttPending,
-                    };
-                    if p.written == 0 {
-                        continue;
-                    }
-                    (RecordKind::GGTT_RUNS, p.written)
-                }
-                Phase::PpgttRoots => (
-                    RecordKind::PPGTT_ROOTS,
-                    crate::ppgtt::save(vgpu.ppgtts(), scratch)?,
-                ),
-                Phase::GgttPending => {
-                    (RecordKind::GGTT_PENDING, vgpu.ggtt().save_pending(scratch)?)
-                }
-                Phase::Engines => {
-                    let buf = scratch
-                        .get_mut(..MAX_SAVE_LEN)
-                        .ok_or(VgpuError::StorageSize)?;
-                    (RecordKind::ENGINE_STATE, vgpu.engines().save(buf)?)
-                }
-                Phase::End => {
-                    ch.current = Current::End;
-                    return Ok(());
-                }
-            };
-            ch.current = Current::Scratch { kind, len };
-            return Ok(());
+        let sent = self.ggtt_sent.as_deref();
+        let phase = &mut self.phase;
+        let mut record = Err(VgpuError::WrongPhase);
+        dev.with_vgpu(&mut |vgpu| record = device_record(phase, sent, vgpu, scratch));
+        match record? {
+            Some((kind, len)) => ch.current = Current::Scratch { kind, len },
+            None if self.phase == Phase::End => ch.current = Current::End,
+            None => {}
         }
+        Ok(())
     }
 
-    /// Collect the next record's page runs from the send set; false when the round is exhausted.
+    /// Build the next PAGES record of channel `c` in its scratch share; false when the round is
+    /// exhausted.
     ///
-    /// A PAGES record of FULL and ZERO runs is only started when all of it fits in `room` (the rest
-    /// of the caller's output buffer), so its bytes and its CRC come from one read of guest memory
-    /// even though the guest keeps running between calls. When not even one page fits, the record
-    /// is snapshotted into the scratch buffer and streamed from there across calls (one extra
-    /// copy, small buffers only). Records of DUP and DELTA runs (content tracking) are built in the
-    /// scratch buffer; a record holds one kind or the other.
-    fn fill_runs(
-        &mut self,
-        c: usize,
-        vgpu: &Vgpu<'_>,
-        mem: &dyn GuestMemory,
-        room: usize,
-    ) -> Result<bool, VgpuError> {
+    /// Each page is taken from the send set (its dirty bits were harvested before), read once into
+    /// the record, classified from those bytes and encoded from them: the bytes classified are the
+    /// bytes sent, and content tracking remembers exactly them (hash, delta base), so a guest that
+    /// writes the page during the read can not make the destination hold something the source's
+    /// record of it disagrees with. The write marks the page dirty again; it goes again later.
+    fn fill_runs(&mut self, c: usize, mem: &dyn GuestMemory) -> Result<bool, VgpuError> {
         let channels = self.chans.len();
         let Self {
             chans,
+            map,
             send,
             scratch,
             content,
@@ -879,188 +835,82 @@ impl<'s> SourceSession<'s> {
         let scratch = scratch
             .get_mut(ch.scratch.clone())
             .ok_or(VgpuError::StorageSize)?;
-        ch.runs.clear();
-        let mut run_at: heapless::Vec<usize, MAX_RUNS_PER_RECORD> = heapless::Vec::new();
-        let snapshot = room < RECORD_HEADER + PAGE_RUN_HEADER + 4096;
-        let zero_copy_budget = if snapshot {
-            scratch.len()
-        } else {
-            room - RECORD_HEADER
-        };
-        let built_budget = scratch.len().min(migstream::MAX_PAYLOAD as usize);
-        let map = vgpu.memory_map();
-        let mut built: Option<bool> = None; // Some(true): DUP/DELTA record in scratch
-        let mut pages = 0u32;
-        let mut size = 0usize;
-        let mut page = [0u8; 4096];
+        let mut b = PagesBuilder::new(scratch);
         let mut delta = [0u8; DELTA_LIMIT];
-        while pages < cfg.pages_per_record {
+        while b.pages() < cfg.pages_per_record {
             let Some(bit) = take_for(send, ch.cursor, c, channels) else {
                 break;
             };
             let Some(gfn) = map.frame_at(bit) else {
                 continue;
             };
-            mem.read(gfn, 0, &mut page)
-                .map_err(|_| VgpuError::GuestMemory)?;
-            let zero = is_zero_page(&page);
-            let (class, hash) = match &content {
-                Some(t) => t.classify(bit, &page, zero, &mut delta, channels),
-                None if zero => (Class::Zero, 0),
-                None => (Class::Full, 0),
-            };
-            if class == Class::Unchanged {
-                if let Some(t) = content.as_mut() {
-                    t.count(class);
-                }
-                ch.cursor = bit + 1;
-                continue;
-            }
-            let (enc, data): (PageEncoding, usize) = match class {
-                Class::Zero => (PageEncoding::ZERO, 0),
-                Class::Full | Class::Unchanged => (PageEncoding::FULL, 4096),
-                Class::Dup { .. } => (PageEncoding::DUP, migstream::DUP_ENTRY_LEN),
-                Class::Delta { len } => (PageEncoding::DELTA, migstream::DELTA_LEN_FIELD + len),
-            };
-            let is_built = matches!(class, Class::Dup { .. } | Class::Delta { .. });
-            let extends = ch.runs.last().is_some_and(|r| {
-                r.encoding == enc
-                    && r.first_frame.checked_add(u64::from(r.count)) == Some(gfn.get())
-            });
-            let cost = data + if extends { 0 } else { PAGE_RUN_HEADER };
-            let budget = if is_built {
-                built_budget
-            } else {
-                zero_copy_budget
-            };
-            if built.is_some_and(|b| b != is_built)
-                || size + cost > budget
-                || (!extends && ch.runs.is_full())
-            {
-                // This record is full (or of the other kind): the page goes into the next one.
+            let frame = gfn.get();
+            let Some(slot) = b.slot(frame) else {
+                // This record is full: the page goes into the next one.
                 let _ = send.set(bit);
                 ch.cursor = bit;
                 break;
-            }
-            built = Some(is_built);
-            if is_built {
-                let mut at = size;
-                if !extends {
-                    let _ = run_at.push(at);
-                    at += PAGE_RUN_HEADER;
-                }
-                let dst = scratch
-                    .get_mut(at..at + data)
-                    .ok_or(VgpuError::StorageSize)?;
-                match class {
-                    Class::Dup { from } => {
-                        let from = map.frame_at(from).ok_or(VgpuError::StorageSize)?;
-                        let (a, b) = dst.split_at_mut(8);
-                        a.copy_from_slice(&from.get().to_le_bytes());
-                        b.copy_from_slice(&hash.to_le_bytes());
-                    }
-                    Class::Delta { len } => {
-                        let (a, b) = dst.split_at_mut(migstream::DELTA_LEN_FIELD);
-                        a.copy_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_le_bytes());
-                        b.copy_from_slice(delta.get(..len).ok_or(VgpuError::StorageSize)?);
-                    }
-                    _ => {}
-                }
-            }
-            if extends {
-                if let Some(r) = ch.runs.last_mut() {
-                    r.count += 1;
-                }
-            } else {
-                let _ = ch.runs.push(PageRunRepr {
-                    first_frame: gfn.get(),
-                    count: 1,
-                    encoding: enc,
-                });
-            }
+            };
+            mem.read(gfn, 0, slot).map_err(|_| VgpuError::GuestMemory)?;
+            let page: &[u8; 4096] = slot;
+            let zero = is_zero_page(page);
+            let (class, hash) = match content {
+                Some(t) => t.classify(bit, page, zero, &mut delta, channels),
+                None if zero => (Class::Zero, 0),
+                None => (Class::Full, 0),
+            };
             if let Some(t) = content.as_mut() {
-                t.commit(bit, hash, &page, zero);
                 t.count(class);
+                if class != Class::Unchanged {
+                    t.commit(bit, hash, page, zero);
+                }
             }
-            size += cost;
             ch.cursor = bit + 1;
-            pages += 1;
+            match class {
+                Class::Unchanged => continue,
+                Class::Zero => b.push_zero(frame)?,
+                Class::Full => b.push_slot(frame)?,
+                Class::Dup { from } => {
+                    let from = map.frame_at(from).ok_or(VgpuError::StorageSize)?;
+                    b.push_dup(frame, from.get(), hash)?;
+                }
+                Class::Delta { len } => {
+                    b.push_delta(frame, delta.get(..len).ok_or(VgpuError::StorageSize)?)?;
+                }
+            }
             ch.round_pages += 1;
             *round_pages += 1;
             *total_pages += 1;
-            if enc == PageEncoding::ZERO {
+            if class == Class::Zero {
                 *round_zero += 1;
                 *total_zero += 1;
             }
         }
-        if ch.runs.is_empty() {
+        if b.is_empty() {
             return Ok(false);
         }
-        if built == Some(true) {
-            // Fill in the run headers now that their counts are final.
-            for (r, at) in ch.runs.iter().zip(run_at.iter()) {
-                let mut h = [0u8; PAGE_RUN_HEADER];
-                r.emit(&mut h);
-                scratch
-                    .get_mut(*at..*at + PAGE_RUN_HEADER)
-                    .ok_or(VgpuError::StorageSize)?
-                    .copy_from_slice(&h);
-            }
-            ch.current = Current::Scratch {
-                kind: RecordKind::PAGES,
-                len: size,
-            };
-        } else if snapshot {
-            let payload =
-                PagesPayload::new(&ch.runs, |frame: u64, offset: usize, buf: &mut [u8]| {
-                    if mem.read(Gfn::new(frame), offset, buf).is_err() {
-                        buf.fill(0);
-                    }
-                })?;
-            let len = payload.payload_len();
-            let dst = scratch.get_mut(..len).ok_or(VgpuError::StorageSize)?;
-            payload.fill(0, dst);
-            ch.current = Current::Scratch {
-                kind: RecordKind::PAGES,
-                len,
-            };
-        } else {
-            ch.current = Current::Pages;
-        }
+        ch.current = Current::Scratch {
+            kind: RecordKind::PAGES,
+            len: b.len(),
+        };
         Ok(true)
     }
 
-    fn write_current(
-        &mut self,
-        c: usize,
-        mem: &dyn GuestMemory,
-        out: &mut [u8],
-    ) -> Result<Progress, VgpuError> {
+    fn write_current(&mut self, c: usize, out: &mut [u8]) -> Result<Progress, VgpuError> {
         let header = self.header;
         let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
         let p = match ch.current {
             Current::None => return Err(VgpuError::WrongPhase),
             Current::Header => ch.enc.write_header(&header, out)?,
-            Current::Pages => {
-                let source = |frame: u64, offset: usize, buf: &mut [u8]| {
-                    // Frames were checked against the map when the run was built; a backend failure
-                    // here leaves zeros, and the page stays covered by dirty tracking.
-                    if mem.read(Gfn::new(frame), offset, buf).is_err() {
-                        buf.fill(0);
-                    }
-                };
-                let payload = PagesPayload::new(&ch.runs, source)?;
-                ch.enc
-                    .write_record(RecordKind::PAGES, RecordFlags::MANDATORY, 1, &payload, out)?
-            }
             Current::Scratch { kind, len } => {
                 let at = ch.scratch.start;
                 let payload = self
                     .scratch
                     .get(at..at + len)
                     .ok_or(VgpuError::StorageSize)?;
+                let version = crate::dest::record_version(kind);
                 ch.enc
-                    .write_record(kind, RecordFlags::MANDATORY, 1, payload, out)?
+                    .write_record(kind, RecordFlags::MANDATORY, version, payload, out)?
             }
             Current::Round(r) => ch.enc.write_round(&r, out)?,
             Current::End => ch.enc.write_end(out)?,
@@ -1071,25 +921,13 @@ impl<'s> SourceSession<'s> {
     /// Upper bound of the device state sent in stop-and-copy, for the policy's downtime prediction.
     /// After a GGTT pre-copy only the changed entries count.
     fn device_state_estimate(&self, vgpu: &Vgpu<'_>) -> u64 {
-        let entries = vgpu.ggtt().entries();
-        let ggtt = match (&self.ggtt_sent, self.pre_ggtt) {
-            (Some(sent), None) => entries
-                .iter()
-                .zip(sent.iter())
-                .filter(|(a, b)| a != b)
-                .count(),
-            _ => vgpu.ggtt().iter_present().count(),
-        } as u64
-            * 8;
-        (CONFIG_SPACE_SIZE + vgpu.regs().sparse_len() + vgpu.engines().save_len()) as u64
-            + ggtt
-            + 256
+        device_state_estimate(self.ggtt_sent.as_deref(), self.pre_ggtt, vgpu)
     }
 
     fn record_done(
         &mut self,
         c: usize,
-        vgpu: &mut Vgpu<'_>,
+        dev: &dyn VgpuAccess,
         cpu: &mut dyn CpuDirtyLog,
         now_us: u64,
     ) -> Result<(), VgpuError> {
@@ -1100,7 +938,7 @@ impl<'s> SourceSession<'s> {
             Current::Round(_) => {
                 ch.round_done = true;
                 if self.chans.iter().all(|c| c.round_done) {
-                    self.round_end(vgpu, cpu, now_us)?;
+                    self.round_end(dev, cpu, now_us)?;
                 }
             }
             Current::End => {
@@ -1132,7 +970,7 @@ impl<'s> SourceSession<'s> {
                     self.phase = Phase::End;
                 }
             }
-            Current::Pages | Current::None => {}
+            Current::None => {}
         }
         Ok(())
     }
@@ -1140,7 +978,7 @@ impl<'s> SourceSession<'s> {
     /// Every channel has sent its share of the round.
     fn round_end(
         &mut self,
-        vgpu: &mut Vgpu<'_>,
+        dev: &dyn VgpuAccess,
         cpu: &mut dyn CpuDirtyLog,
         now_us: u64,
     ) -> Result<(), VgpuError> {
@@ -1156,7 +994,7 @@ impl<'s> SourceSession<'s> {
             self.phase = Phase::Config;
             return Ok(());
         }
-        self.harvest(vgpu, cpu)?;
+        self.harvest(dev, cpu)?;
         let dirty_left = self.send.count() as u64;
         self.push_event(SourceEvent::RoundEnd {
             round: self.round,
@@ -1166,13 +1004,15 @@ impl<'s> SourceSession<'s> {
             dirty_left,
         });
         let started = self.round_start_us.unwrap_or(now_us);
+        let mut device_state_bytes = 0;
+        dev.with_vgpu(&mut |vgpu| device_state_bytes = self.device_state_estimate(vgpu));
         let stats = RoundStats {
             round: self.round,
             dirty_pages_left: dirty_left,
             bytes_sent: bytes,
             // A round too short to time still took some time.
             elapsed_us: now_us.saturating_sub(started).max(1),
-            device_state_bytes: self.device_state_estimate(vgpu),
+            device_state_bytes,
         };
         match self.policy.on_round(stats) {
             Decision::Continue => {
@@ -1271,4 +1111,113 @@ fn save_ggtt_changes(
         slot += n;
     }
     Ok((pos, None))
+}
+
+/// Upper bound of the device state sent in stop-and-copy, for the policy's downtime prediction.
+/// After a GGTT pre-copy (`sent`, finished when `pre_ggtt` is `None`) only the changed entries
+/// count.
+fn device_state_estimate(
+    sent: Option<&[u64]>,
+    pre_ggtt: Option<SaveCursor>,
+    vgpu: &Vgpu<'_>,
+) -> u64 {
+    let entries = vgpu.ggtt().entries();
+    let ggtt = match (sent, pre_ggtt) {
+        (Some(sent), None) => entries
+            .iter()
+            .zip(sent.iter())
+            .filter(|(a, b)| a != b)
+            .count(),
+        _ => vgpu.ggtt().iter_present().count(),
+    } as u64
+        * 8;
+    (CONFIG_SPACE_SIZE + vgpu.regs().sparse_len() + vgpu.engines().save_len()) as u64 + ggtt + 256
+}
+
+/// One chunk of the GGTT pre-copy from `from` into `scratch`, remembering in `sent` what it
+/// carried. Returns the bytes written and where the pre-copy continues (`None`: done).
+fn ggtt_precopy_chunk(
+    vgpu: &Vgpu<'_>,
+    from: SaveCursor,
+    scratch: &mut [u8],
+    sent: Option<&mut [u64]>,
+) -> Result<(usize, Option<SaveCursor>), VgpuError> {
+    let p = vgpu.ggtt().save_runs(from, scratch)?;
+    let entries = vgpu.ggtt().entries();
+    let end = p.next.map_or(entries.len(), SaveCursor::slot);
+    if let Some(sent) = sent {
+        let (dst, src) = (
+            sent.get_mut(from.slot()..end),
+            entries.get(from.slot()..end),
+        );
+        if let (Some(d), Some(s)) = (dst, src) {
+            d.copy_from_slice(s);
+        }
+    }
+    Ok((p.written, p.next))
+}
+
+/// The next device-state record (after the stop) into `scratch`, advancing `phase` past phases
+/// with nothing to send; `None` when the phase has no record (END is next, or pages are).
+fn device_record(
+    phase: &mut Phase,
+    ggtt_sent: Option<&[u64]>,
+    vgpu: &Vgpu<'_>,
+    scratch: &mut [u8],
+) -> Result<Option<(RecordKind, usize)>, VgpuError> {
+    loop {
+        let (kind, len) = match *phase {
+            Phase::Round | Phase::FinalRound | Phase::AwaitStop | Phase::Done | Phase::End => {
+                return Ok(None);
+            }
+            Phase::Config => {
+                let dst = scratch
+                    .get_mut(..CONFIG_SPACE_SIZE)
+                    .ok_or(VgpuError::StorageSize)?;
+                dst.copy_from_slice(vgpu.config_space());
+                (RecordKind::CONFIG_SPACE, CONFIG_SPACE_SIZE)
+            }
+            Phase::Registers => (RecordKind::REGISTERS, vgpu.regs().save_sparse(scratch)?),
+            Phase::Ggtt(_) if ggtt_sent.is_some() => {
+                *phase = Phase::GgttChanges(0);
+                continue;
+            }
+            Phase::GgttChanges(from) => {
+                // After a GGTT pre-copy: only what changed since.
+                let sent = ggtt_sent.unwrap_or(&[]);
+                let (written, next) = save_ggtt_changes(vgpu.ggtt(), sent, from, scratch)?;
+                *phase = match next {
+                    Some(slot) => Phase::GgttChanges(slot),
+                    None => Phase::GgttPending,
+                };
+                if written == 0 {
+                    continue;
+                }
+                (RecordKind::GGTT_RUNS, written)
+            }
+            Phase::Ggtt(cursor) => {
+                let p = vgpu.ggtt().save_runs(cursor, scratch)?;
+                *phase = match p.next {
+                    Some(c) => Phase::Ggtt(c),
+                    None => Phase::GgttPending,
+                };
+                if p.written == 0 {
+                    continue;
+                }
+                (RecordKind::GGTT_RUNS, p.written)
+            }
+            Phase::PpgttRoots => (
+                RecordKind::PPGTT_ROOTS,
+                crate::ppgtt::save(vgpu.ppgtts(), scratch)?,
+            ),
+            Phase::GgttPending => (RecordKind::GGTT_PENDING, vgpu.ggtt().save_pending(scratch)?),
+            Phase::Engines => {
+                let buf = scratch
+                    .get_mut(..MAX_SAVE_LEN)
+                    .ok_or(VgpuError::StorageSize)?;
+                (RecordKind::ENGINE_STATE, vgpu.engines().save(buf)?)
+            }
+        };
+        return Ok(Some((kind, len)));
+    }
 }

@@ -3,11 +3,15 @@
 use gmem::GuestMemoryMap;
 use gtt::{Gfn, GgttEntry, GttIndex};
 
+use crate::instance::Vgpu;
+use crate::tracking::GpuDirtyLog;
+
 /// Access to the guest's physical memory.
 ///
-/// Calls never cross a page: `offset + len <= 4096`. The library calls `read` while building page
-/// records (the source guest keeps running, so contents may change between calls; dirty tracking
-/// catches that) and `write` on the destination as pages arrive.
+/// Calls never cross a page: `offset + len <= 4096`. The source reads each page it sends once, in
+/// whole, and sends what that read returned; the guest may keep running and change the page
+/// during the read (the dirty logs catch that: the page goes again later). The destination calls
+/// `write` as pages arrive.
 pub trait GuestMemory {
     /// The guest's memory layout: which frames exist. Frames outside it are never read or written.
     fn map(&self) -> &GuestMemoryMap;
@@ -32,6 +36,32 @@ pub trait CpuDirtyLog {
 /// No CPU dirty log: for embedders whose guest CPUs never write graphics memory during pre-copy.
 impl CpuDirtyLog for () {
     fn harvest(&mut self, _sink: &mut dyn FnMut(Gfn)) {}
+}
+
+/// How a source session reaches the vGPU while pages stream: the GPU dirty log without any lock,
+/// the device itself only briefly.
+///
+/// The session calls [`with_vgpu`](Self::with_vgpu) for short reads of device state: at the end
+/// of each pre-copy round (the GGTT's mapped frames for the coarse GPU dirty precisions, the
+/// device-state size for the policy), for each chunk of a GGTT pre-copy, and for each device-state
+/// record after the stop. It never reads guest memory or copies a page inside it. A threaded VMM
+/// implements it over its device lock (see the crate docs); [`Vgpu`] implements it for a
+/// single-threaded caller.
+pub trait VgpuAccess {
+    /// The vGPU's GPU dirty log ([`Vgpu::gpu_dirty`]), reachable without the device lock.
+    fn gpu_dirty(&self) -> &GpuDirtyLog<'_>;
+    /// Call `f` once with the vGPU (under the device lock, if there is one) and return.
+    fn with_vgpu(&self, f: &mut dyn FnMut(&Vgpu<'_>));
+}
+
+impl VgpuAccess for Vgpu<'_> {
+    fn gpu_dirty(&self) -> &GpuDirtyLog<'_> {
+        Vgpu::gpu_dirty(self)
+    }
+
+    fn with_vgpu(&self, f: &mut dyn FnMut(&Vgpu<'_>)) {
+        f(self);
+    }
 }
 
 /// Programming of the real (host) GGTT for this vGPU's slices.

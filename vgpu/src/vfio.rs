@@ -29,7 +29,7 @@ use crate::error::VgpuError;
 use crate::fsm::{Caps, FsmError, MigState, next_arc};
 use crate::instance::Vgpu;
 use crate::source::{PrecopyInfo, SourceConfig, SourceEvent, SourceSession};
-use crate::traits::{CpuDirtyLog, GuestMemory, HostGtt};
+use crate::traits::{CpuDirtyLog, GuestMemory, HostGtt, VgpuAccess};
 
 /// Storage the migration driver lends to its sessions: the source's send bitmap
 /// ([`gmem::words_for`]`(guest frames)` words) and scratch (at least
@@ -302,17 +302,19 @@ impl<'s> VfioMigration<'s> {
     /// Read migration data of the main channel (PRE_COPY, PRE_COPY_P2P, STOP_COPY): returns the
     /// bytes written into `buf`; 0 when nothing is available now (waiting for the next state or
     /// for other channels) or, once [`is_saved`](Self::is_saved), at the end of the stream.
+    /// `dev` is the vGPU (`&Vgpu`) or the embedder's [`VgpuAccess`] over its device lock: reading
+    /// pre-copy data does not hold the device (see [`SourceSession::poll_output`]).
     ///
     /// # Errors
     /// [`VgpuError::WrongPhase`] outside the saving states; local failures of the session.
     pub fn read(
         &mut self,
-        vgpu: &mut Vgpu<'_>,
+        dev: &dyn VgpuAccess,
         p: &mut Platform<'_>,
         now_us: u64,
         buf: &mut [u8],
     ) -> Result<usize, VgpuError> {
-        self.read_channel(0, vgpu, p, now_us, buf)
+        self.read_channel(0, dev, p, now_us, buf)
     }
 
     /// [`read`](Self::read) for one channel of a multi-channel migration.
@@ -322,14 +324,14 @@ impl<'s> VfioMigration<'s> {
     pub fn read_channel(
         &mut self,
         channel: usize,
-        vgpu: &mut Vgpu<'_>,
+        dev: &dyn VgpuAccess,
         p: &mut Platform<'_>,
         now_us: u64,
         buf: &mut [u8],
     ) -> Result<usize, VgpuError> {
         match &mut self.slot {
             Slot::Saving { session, .. } => {
-                session.poll_output_channel(channel, vgpu, p.mem, p.cpu, now_us, buf)
+                session.poll_output_channel(channel, dev, p.mem, p.cpu, now_us, buf)
             }
             _ => Err(VgpuError::WrongPhase),
         }

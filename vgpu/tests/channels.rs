@@ -358,8 +358,7 @@ fn report_frames(s: &mut SourceSession<'_>, m: &mut Machine<'_>, page: u64) -> V
         };
         let bits = usize::try_from(range.length / page).unwrap();
         let mut bitmap = vec![0u64; bits.div_ceil(64)];
-        s.dirty_report(&mut m.vgpu, range, page, &mut bitmap)
-            .unwrap();
+        s.dirty_report(&m.vgpu, range, page, &mut bitmap).unwrap();
         for i in 0..bits {
             if bitmap[i / 64] >> (i % 64) & 1 == 1 {
                 let first = range.iova / 4096 + (i as u64) * (page / 4096);
@@ -416,7 +415,7 @@ fn report_mode_migration(sc: &Scenario, page: u64, use_report: bool) -> Option<S
             a.step().unwrap();
             // The device stream has nothing but its header before the stop.
             let n = s
-                .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+                .poll_output(&a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
                 .unwrap();
             wire.extend_from_slice(&out[..n]);
         }
@@ -440,7 +439,7 @@ fn report_mode_migration(sc: &Scenario, page: u64, use_report: bool) -> Option<S
     vmm_copy(&a, &mut b, dirty);
     while !s.is_finished() {
         let n = s
-            .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+            .poll_output(&a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
             .unwrap();
         wire.extend_from_slice(&out[..n]);
     }
@@ -533,7 +532,7 @@ fn report_mode_refuses_malformed_requests_and_channels() {
         ), // bitmap too small
     ] {
         assert!(matches!(
-            s.dirty_report(&mut a.vgpu, range, page, &mut small),
+            s.dirty_report(&a.vgpu, range, page, &mut small),
             Err(VgpuError::Report(_))
         ));
     }

@@ -176,7 +176,7 @@ fn cancel_after(sc: &Scenario, cancel_at: u64, after_stop: bool) -> Snapshot {
     let mut polls = 0;
     let mut stopped = false;
     while !s.is_finished() && polls < cancel_at {
-        s.poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+        s.poll_output(&a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
             .unwrap();
         while let Some(ev) = s.poll_event() {
             if matches!(ev, SourceEvent::Switch { .. }) && after_stop {

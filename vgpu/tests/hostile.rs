@@ -15,14 +15,12 @@
     reason = "tests"
 )]
 
-use std::collections::BTreeMap;
-
 use migstream::{RecordFlags, RecordKind, StreamHeaderRepr};
 use vgpu::dest::DestSession;
 use vgpu::error::VgpuError;
 use vgpu::sim::campaign::{
-    CampaignConfig, DeviceState, Part, Parts, header_is_unbound, restore, run, run_workload,
-    staging_len, valid_stream,
+    CampaignConfig, DeviceState, Part, Parts, encode_registers, header_is_unbound, parse_registers,
+    restore, run, run_workload, staging_len, valid_stream,
 };
 use vgpu::sim::scenario::{Plan, Scenario, Snapshot, migrate};
 use vgpu::sim::{Machine, Profile};
@@ -157,58 +155,33 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 // ---- registers ----------------------------------------------------------------------------
 
-/// REGISTERS payload → offset → value (runs: start, count, values).
-fn parse_regs(p: &[u8]) -> BTreeMap<u32, u32> {
-    let mut out = BTreeMap::new();
-    let mut at = 0;
-    while at < p.len() {
-        let (start, count) = (u32_at(p, at), u32_at(p, at + 4));
-        for i in 0..count {
-            out.insert(start + 4 * i, u32_at(p, at + 8 + 4 * i as usize));
-        }
-        at += 8 + 4 * count as usize;
-    }
-    out
-}
-
-/// Offset → value → REGISTERS payload, consecutive registers in one run.
-fn encode_regs(regs: &BTreeMap<u32, u32>) -> Vec<u8> {
-    let mut runs: Vec<(u32, Vec<u32>)> = Vec::new();
-    for (&o, &v) in regs {
-        match runs.last_mut() {
-            Some((start, vals)) if *start + 4 * vals.len() as u32 == o => vals.push(v),
-            _ => runs.push((o, vec![v])),
-        }
-    }
-    let mut out = Vec::new();
-    for (start, vals) in runs {
-        out.extend_from_slice(&start.to_le_bytes());
-        out.extend_from_slice(&(vals.len() as u32).to_le_bytes());
-        for v in vals {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
-}
-
 #[test]
 fn registers_outside_the_save_list_are_refused() {
     let b = bed();
-    let regs = parse_regs(b.payload(RecordKind::REGISTERS));
+    let regs = parse_registers(b.payload(RecordKind::REGISTERS));
     assert_eq!(
-        encode_regs(&regs),
+        encode_registers(&regs),
         b.payload(RecordKind::REGISTERS),
         "codec"
     );
-    // An offset the register table does not have.
-    let unknown = (0x10_0000u32..)
+    // An offset past the register window.
+    let mut r = regs.clone();
+    r.insert(mmio::MMIO_SIZE, 1);
+    match b.refuse(&b.with(RecordKind::REGISTERS, encode_registers(&r))) {
+        VgpuError::Mmio(mmio::MmioError::UnknownRegister { offset }) => {
+            assert_eq!(offset, mmio::MMIO_SIZE);
+        }
+        e => panic!("{e:?}"),
+    }
+    // An offset of the PVINFO page the table does not have (read-only zeros).
+    let pv = (mmio::PVINFO_BASE..)
         .step_by(4)
         .find(|&o| mmio::SKL.find(o).is_none())
         .unwrap();
     let mut r = regs.clone();
-    r.insert(unknown, 1);
-    match b.refuse(&b.with(RecordKind::REGISTERS, encode_regs(&r))) {
-        VgpuError::Mmio(mmio::MmioError::UnknownRegister { offset }) => assert_eq!(offset, unknown),
+    r.insert(pv, 1);
+    match b.refuse(&b.with(RecordKind::REGISTERS, encode_registers(&r))) {
+        VgpuError::Mmio(mmio::MmioError::NotMigratable { offset }) => assert_eq!(offset, pv),
         e => panic!("{e:?}"),
     }
     // A register of the table that does not migrate.
@@ -218,7 +191,7 @@ fn registers_outside_the_save_list_are_refused() {
         .unwrap();
     let mut r = regs.clone();
     r.insert(local.offset, local.reset ^ 1);
-    match b.refuse(&b.with(RecordKind::REGISTERS, encode_regs(&r))) {
+    match b.refuse(&b.with(RecordKind::REGISTERS, encode_registers(&r))) {
         VgpuError::Mmio(mmio::MmioError::NotMigratable { offset }) => {
             assert_eq!(offset, local.offset);
         }
@@ -229,7 +202,7 @@ fn registers_outside_the_save_list_are_refused() {
 #[test]
 fn registers_with_read_only_bits_changed_are_refused() {
     let b = bed();
-    let regs = parse_regs(b.payload(RecordKind::REGISTERS));
+    let regs = parse_registers(b.payload(RecordKind::REGISTERS));
     let mut tried = 0;
     // A plain read-only bit, and the upper half of a masked "mode" register.
     for d in [
@@ -247,7 +220,7 @@ fn registers_with_read_only_bits_changed_are_refused() {
         let mut r = regs.clone();
         let cur = r.get(&d.offset).copied().unwrap_or(d.reset);
         r.insert(d.offset, cur ^ (1 << bit));
-        match b.refuse(&b.with(RecordKind::REGISTERS, encode_regs(&r))) {
+        match b.refuse(&b.with(RecordKind::REGISTERS, encode_registers(&r))) {
             VgpuError::Mmio(mmio::MmioError::ReadOnlyBits { offset, .. }) => {
                 assert_eq!(offset, d.offset);
             }
@@ -532,7 +505,7 @@ fn device_state_records_of_an_unknown_version_are_refused() {
     ] {
         let mut p = b.parts.clone();
         let i = p.find(kind).unwrap();
-        p.records[i].version = 2;
+        p.records[i].version = vgpu::dest::record_version(kind) + 1;
         let e = b.refuse(&p);
         assert_eq!(e, VgpuError::UnsupportedRecord { kind: kind.0 }, "{kind:?}");
     }
@@ -540,8 +513,9 @@ fn device_state_records_of_an_unknown_version_are_refused() {
 
 #[test]
 fn device_state_lengths_beyond_the_format_are_blamed_on_the_stream_not_on_staging() {
-    // A damaged length field (1 MiB: within the format's 16 MiB, beyond the staging storage) on
-    // each bounded device-state record: refused at the record header, as the stream's fault.
+    // A damaged length field (8 MiB: within the format's 16 MiB, beyond the staging storage and
+    // beyond each kind's bound, the registers' 3 MiB included) on each bounded device-state
+    // record: refused at the record header, as the stream's fault.
     let b = bed();
     let spans = vgpu::sim::campaign::records(&b.wire);
     for (kind, want) in [
@@ -554,7 +528,7 @@ fn device_state_lengths_beyond_the_format_are_blamed_on_the_stream_not_on_stagin
     ] {
         let s = spans.iter().find(|s| s.header.kind == kind).unwrap();
         let mut w = b.wire.clone();
-        w[s.offset + 4..s.offset + 8].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        w[s.offset + 4..s.offset + 8].copy_from_slice(&(1u32 << 23).to_le_bytes());
         let e = b.restore(&w).0.unwrap_err();
         assert_eq!(e.fault(), vgpu::error::Fault::Stream, "{kind:?}: {e:?}");
         assert!(format!("{e:?}").starts_with(want), "{kind:?}: {e:?}");
@@ -621,6 +595,9 @@ fn counts_and_sizes_inconsistent_with_payloads_are_refused() {
         .unwrap();
     let mut p = b.parts.clone();
     let c = u32_at(&p.records[i].payload, 8);
+    // The record cut after its first run (a record may hold several), whose count then claims
+    // one page more than follows it.
+    p.records[i].payload.truncate(16 + 4096 * c as usize);
     p.records[i].payload[8..12].copy_from_slice(&(c + 1).to_le_bytes());
     match b.refuse(&p) {
         VgpuError::Stream(d) => assert_eq!(
@@ -724,7 +701,7 @@ fn source_storage_too_small_is_refused_and_changes_nothing_then_the_retry_works(
     let mut wire = Vec::new();
     while !s.is_finished() {
         let n = s
-            .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+            .poll_output(&a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
             .unwrap();
         wire.extend_from_slice(&out[..n]);
         while let Some(ev) = s.poll_event() {
@@ -816,7 +793,7 @@ fn a_full_event_queue_keeps_the_switch_and_the_migration_completes() {
     // queue holds pile up.
     loop {
         let n = s
-            .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+            .poll_output(&a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
             .unwrap();
         wire.extend_from_slice(&out[..n]);
         if n == 0 {
@@ -848,7 +825,7 @@ fn a_full_event_queue_keeps_the_switch_and_the_migration_completes() {
     s.stop_and_copy(&mut a.vgpu, &mut a.cpu_log).unwrap();
     while !s.is_finished() {
         let n = s
-            .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+            .poll_output(&a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
             .unwrap();
         wire.extend_from_slice(&out[..n]);
     }

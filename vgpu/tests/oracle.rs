@@ -160,7 +160,7 @@ impl LossyRun<'_, '_> {
         let mut rounds = Vec::new();
         loop {
             let n = s
-                .poll_output(&mut src.vgpu, &src.mem, &mut src.cpu_log, 0, &mut out)
+                .poll_output(&src.vgpu, &src.mem, &mut src.cpu_log, 0, &mut out)
                 .unwrap();
             d.feed(&dst.vgpu, &mut dst.mem, &out[..n]).unwrap();
             while let Some(ev) = s.poll_event() {
@@ -182,7 +182,7 @@ impl LossyRun<'_, '_> {
                 }
                 if let vgpu::source::SourceEvent::Switch { .. } = ev {
                     assert!(src.quiesce());
-                    src.vgpu.gpu_dirty_mut().clear();
+                    src.vgpu.gpu_dirty().clear();
                     s.stop_and_copy(&mut src.vgpu, &mut src.cpu_log).unwrap();
                 }
             }
@@ -191,7 +191,7 @@ impl LossyRun<'_, '_> {
             }
             if !src.vgpu.engines().is_quiesced() {
                 src.step().unwrap();
-                src.vgpu.gpu_dirty_mut().clear();
+                src.vgpu.gpu_dirty().clear();
             }
         }
         d.commit(&mut dst.vgpu, &dst.mem, &mut dst.host).unwrap();
@@ -456,7 +456,7 @@ fn precopy_info_counts_down_then_reports_dirt() {
     assert!(s.stop_copy_estimate(&a.vgpu) >= first.initial_bytes);
     let mut out = vec![0u8; 16 * 1024];
     let n = s
-        .poll_output(&mut a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+        .poll_output(&a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
         .unwrap();
     assert!(n > 0);
     let later = s.precopy_info(&a.vgpu);

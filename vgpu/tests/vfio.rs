@@ -103,7 +103,7 @@ fn vfio_migration(sc: &Scenario, caps: Caps, channels: u16, cancel_first: bool) 
                         host: &mut a.host,
                     };
                     let k = src
-                        .read_channel(c, &mut a.vgpu, &mut p, a.clock_ns / 1000, &mut buf)
+                        .read_channel(c, &a.vgpu, &mut p, a.clock_ns / 1000, &mut buf)
                         .unwrap();
                     if attempts == 0 {
                         let mut p = Platform {
@@ -155,7 +155,7 @@ fn vfio_migration(sc: &Scenario, caps: Caps, channels: u16, cancel_first: bool) 
                     host: &mut a.host,
                 };
                 let k = src
-                    .read_channel(c, &mut a.vgpu, &mut p, a.clock_ns / 1000, &mut buf)
+                    .read_channel(c, &a.vgpu, &mut p, a.clock_ns / 1000, &mut buf)
                     .unwrap();
                 let mut p = Platform {
                     mem: &mut b.mem,

@@ -178,6 +178,51 @@ impl Parts {
     }
 }
 
+/// A REGISTERS payload (SPEC.md A.2: runs of `start`, `count`, values) as offset → value; a
+/// truncated run ends the map.
+pub fn parse_registers(payload: &[u8]) -> BTreeMap<u32, u32> {
+    let word = |at: usize| {
+        payload
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let mut out = BTreeMap::new();
+    let mut at = 0usize;
+    while let (Some(start), Some(count)) = (word(at), word(at + 4)) {
+        for i in 0..count {
+            let Some(v) = word(at + 8 + 4 * i as usize) else {
+                return out;
+            };
+            out.insert(start.wrapping_add(4 * i), v);
+        }
+        at += 8 + 4 * count as usize;
+    }
+    out
+}
+
+/// Offset → value as a REGISTERS payload, consecutive offsets in one run (the writer's form).
+pub fn encode_registers(regs: &BTreeMap<u32, u32>) -> Vec<u8> {
+    let mut runs: Vec<(u32, Vec<u32>)> = Vec::new();
+    for (&o, &v) in regs {
+        match runs.last_mut() {
+            Some((start, vals)) if u64::from(*start) + 4 * vals.len() as u64 == u64::from(o) => {
+                vals.push(v);
+            }
+            _ => runs.push((o, alloc::vec![v])),
+        }
+    }
+    let mut out = Vec::new();
+    for (start, vals) in runs {
+        out.extend_from_slice(&start.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(vals.len()).unwrap_or(u32::MAX).to_le_bytes());
+        for v in vals {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
 /// Append a record (MANDATORY, version 1) with its CRC.
 pub fn push_record(out: &mut Vec<u8>, kind: RecordKind, index: u32, payload: &[u8]) {
     let mut h = RecordHeaderRepr {
@@ -745,10 +790,11 @@ fn resealed(wire: &[u8], push: &mut impl FnMut(Class, String, Vec<u8>)) {
     }
     // Device-state records of a record-format version this reader does not know.
     for kind in EXACTLY_ONE.into_iter().chain([RecordKind::GGTT_RUNS]) {
+        let next = crate::dest::record_version(kind) + 1;
         each(
-            format!("{} version 2", kind_name(kind)),
+            format!("{} version {next}", kind_name(kind)),
             &mut |p| match p.find(kind) {
-                Some(i) => p.records.get_mut(i).map(|r| r.version = 2).is_some(),
+                Some(i) => p.records.get_mut(i).map(|r| r.version = next).is_some(),
                 None => false,
             },
         );

@@ -1,22 +1,27 @@
 //! The command subset the reference device executes, with their real Gen9 encodings.
 //!
-//! A command's first dword carries its client in bits 31:29 (0 = MI, 3 = render/2D) and, for MI
-//! commands, its opcode in bits 28:23 and a length field (dwords - 2) in its low bits. Graphics
-//! addresses in commands are bits 47:2 split over two dwords; each command keeps its own low flag bits,
-//! which address rebasing must preserve.
+//! A command's first dword carries its client in bits 31:29 (0 = MI, 2 = 2D blitter, 3 = render:
+//! 3D and media pipelines) and, for MI commands, its opcode in bits 28:23 and a length field
+//! (dwords - 2) in its low bits, as wide as the hardware defines it for that command: 10 bits for
+//! MI_STORE_DATA_IMM, 8 for MI_LOAD_REGISTER_IMM and MI_BATCH_BUFFER_START, 6 for MI_FLUSH_DW. The
+//! device decodes every command it executes through [`command_dwords`]: a length the command cannot
+//! have, or a reserved (must-be-zero) bit set, or a feature it does not model (LRI byte-write
+//! disables, second-level batches) is a fault, never a silently different command. Graphics
+//! addresses in commands are bits 47:2 split over two dwords; each command keeps its own low flag
+//! bits, which address rebasing must preserve.
 //!
 //! | command | dword 0 | dwords | executed as |
 //! |---|---|---|---|
 //! | MI_NOOP | `0x0000_0000` | 1 | nothing |
 //! | MI_BATCH_BUFFER_END | `0x0500_0000` | 1 | return from the batch to the ring |
-//! | MI_STORE_DATA_IMM | `0x1000_0000 \| ggtt<<22 \| (n-2)` | 4 (one dword) or 5 (qword) | write data at address bits 47:2 (GGTT when bit 22 is set, else through the context's PPGTT) |
-//! | MI_LOAD_REGISTER_IMM | `0x1100_0000 \| (2k-1)` | 1 + 2k | write k (offset, value) pairs to registers |
+//! | MI_STORE_DATA_IMM | `0x1000_0000 \| ggtt<<22 \| qword<<21 \| (n-2)` | 4 (one dword, bit 21 clear) or 5 (qword, bit 21 set) | write data at address bits 47:2 (GGTT when bit 22 is set, else through the context's PPGTT) |
+//! | MI_LOAD_REGISTER_IMM | `0x1100_0000 \| posted<<12 \| (2k-1)` | 1 + 2k, k ≤ 128 | write k (offset, value) pairs to registers, in order |
 //! | MI_FLUSH_DW | `0x1300_0000 \| post-sync<<14 \| (n-2)` | 4 or 5 | post-sync op 1: write the immediate dword (n = 4) or qword (n = 5) at address bits 47:3 (GGTT when dword 1 bit 2 is set, else PPGTT) |
 //! | MI_BATCH_BUFFER_START | `0x1880_0000 \| ppgtt<<8 \| 1` | 3 | jump to a batch at bits 47:2 (GGTT when bit 8 is 0, else fetched through the PPGTT) |
 //! | PIPE_CONTROL | `0x7A00_0004` | 6 | post-sync op (dword 1 bits 15:14) 1 = write the qword in dwords 4-5 to the address in dwords 2-3 (bits 47:3; GGTT when dword 1 bit 24 is set, else PPGTT) |
 //! | XY_COLOR_BLT | `0x5430_0005` | 7 | fill a rectangle (32 bpp) with a colour: BR13 (depth, pitch), corners, destination, colour |
 //! | XY_SRC_COPY_BLT | `0x54F0_0008` | 10 | copy a rectangle (32 bpp): BR13, destination corners and address, source corner, pitch and address |
-//! | SIM_FILL (synthetic) | `0x1BC0_0000 \| 2` | 4 | fill `count` pages from a GGTT address with a deterministic pattern of (dword 3, page index in the command) |
+//! | SIM_FILL (synthetic) | `0x1B80_0002` | 4 | fill `count` pages from a GGTT address with a deterministic pattern of (dword 3, page index in the command) |
 //!
 //! PPGTT addresses are translated through the running context's page tables: the PML4 (or the four
 //! page directories) in its register-state page, walked in guest memory with the same walker the
@@ -49,6 +54,62 @@ pub const SIM_FILL: u32 = 0x37 << 23;
 pub const SDI_USE_GGTT: u32 = 1 << 22;
 /// The "PPGTT address space" bit of MI_BATCH_BUFFER_START (clear = GGTT).
 pub const BBS_PPGTT: u32 = 1 << 8;
+
+/// MI_STORE_DATA_IMM bit 21: the immediate data is a qword (the command is 5 dwords).
+pub const SDI_STORE_QWORD: u32 = 1 << 21;
+/// MI_LOAD_REGISTER_IMM bit 12: force posted writes (no effect on the result).
+pub const LRI_FORCE_POSTED: u32 = 1 << 12;
+/// The most (offset, value) pairs one MI_LOAD_REGISTER_IMM carries (8-bit length 2k - 1).
+pub const LRI_MAX_PAIRS: u32 = 128;
+
+/// The number of dwords of the command whose first dword is `dw0`, decoded as the hardware
+/// decodes it, or `None` for a command the reference device does not execute: an opcode outside
+/// the table above, a length the command cannot have, a reserved bit set, or a feature it does not
+/// model (LRI byte-write disables, bits 11:8; second-level batches, MI_BATCH_BUFFER_START bit 22).
+pub const fn command_dwords(dw0: u32) -> Option<u32> {
+    match (client(dw0), mi_opcode(dw0)) {
+        // MI_NOOP: bits 21:0 are a free identification number; bit 22 would write it to a
+        // register, which is not modelled.
+        (0, 0x00) if dw0 & (1 << 22) == 0 => Some(1),
+        // MI_BATCH_BUFFER_END: bits 22:0 are reserved.
+        (0, 0x0A) if dw0 & 0x007F_FFFF == 0 => Some(1),
+        (0, 0x20) => {
+            // MI_STORE_DATA_IMM: 10-bit length; bits 20:10 reserved; bit 21 selects a qword.
+            if dw0 & 0x001F_FC00 != 0 {
+                return None;
+            }
+            match (dw0 & 0x3FF, dw0 & SDI_STORE_QWORD != 0) {
+                (2, false) => Some(4),
+                (3, true) => Some(5),
+                _ => None,
+            }
+        }
+        (0, 0x22) => {
+            // MI_LOAD_REGISTER_IMM: 8-bit length 2k - 1; bit 12 posted; bits 11:8 byte-write
+            // disables (not modelled); bits 22:13 reserved.
+            let len = dw0 & 0xFF;
+            if dw0 & 0x007F_EF00 != 0 || len.is_multiple_of(2) {
+                None
+            } else {
+                Some(len + 2)
+            }
+        }
+        (0, 0x26) => match dw0 & 0x3F {
+            // MI_FLUSH_DW: 6-bit length; 4 dwords, or 5 with a qword immediate.
+            2 => Some(4),
+            3 => Some(5),
+            _ => None,
+        },
+        // MI_BATCH_BUFFER_START: 8-bit length, always 1 (3 dwords) on gen8+; of the flags only
+        // the address-space indicator (bit 8) is modelled.
+        (0, 0x31) if dw0 & 0x007F_FEFF == 1 => Some(3),
+        (0, 0x37) if dw0 & 0x007F_FFFF == 2 => Some(4),
+        // 2D: 8-bit length; the opcode and exact length are checked when executed.
+        (2, _) => Some((dw0 & 0xFF) + 2),
+        (3, _) if dw0 == PIPE_CONTROL => Some(6),
+        _ => None,
+    }
+}
 
 /// Bits of a command's first dword that name the client.
 pub const fn client(dw0: u32) -> u32 {
@@ -122,6 +183,12 @@ pub const PC_GLOBAL_GTT: u32 = 1 << 24;
 /// Load `value` into the register at `offset` (MI_LOAD_REGISTER_IMM with one pair).
 pub const fn load_register(offset: u32, value: u32) -> [u32; 3] {
     [MI_LOAD_REGISTER_IMM | 1, offset & 0x7F_FFFC, value]
+}
+
+/// The first dword of an MI_LOAD_REGISTER_IMM carrying `pairs` (offset, value) pairs
+/// (1..=[`LRI_MAX_PAIRS`]); the pairs follow it.
+pub const fn load_registers_header(pairs: u32) -> u32 {
+    MI_LOAD_REGISTER_IMM | ((2 * pairs).saturating_sub(1) & 0xFF)
 }
 
 /// MI_FLUSH_DW with a post-sync write of `value` to a GGTT address (bit 2 of dword 1 selects GGTT).
@@ -210,4 +277,65 @@ pub const fn src_copy_blt(
         src as u32,
         ((src >> 32) as u32) & 0xFFFF,
     ]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_are_decoded_with_the_hardware_field_widths() {
+        // MI_LOAD_REGISTER_IMM: 8-bit length; 33 and 128 pairs are one command each.
+        assert_eq!(command_dwords(load_registers_header(1)), Some(3));
+        assert_eq!(command_dwords(load_registers_header(33)), Some(67));
+        assert_eq!(command_dwords(load_registers_header(128)), Some(257));
+        assert_eq!(
+            command_dwords(load_registers_header(33) | LRI_FORCE_POSTED),
+            Some(67)
+        );
+        // An even length is not 2k - 1; byte-write disables and reserved bits are refused.
+        assert_eq!(command_dwords(MI_LOAD_REGISTER_IMM | 2), None);
+        assert_eq!(command_dwords(MI_LOAD_REGISTER_IMM | 1 << 8 | 1), None);
+        assert_eq!(command_dwords(MI_LOAD_REGISTER_IMM | 1 << 20 | 1), None);
+        // MI_STORE_DATA_IMM: 10-bit length; 5 dwords only with the qword bit, 4 only without.
+        assert_eq!(command_dwords(store_dword_ggtt(0x1000, 1)[0]), Some(4));
+        assert_eq!(
+            command_dwords(MI_STORE_DATA_IMM | SDI_STORE_QWORD | 3),
+            Some(5)
+        );
+        assert_eq!(command_dwords(MI_STORE_DATA_IMM | 3), None);
+        assert_eq!(
+            command_dwords(MI_STORE_DATA_IMM | SDI_STORE_QWORD | 2),
+            None
+        );
+        assert_eq!(
+            command_dwords(MI_STORE_DATA_IMM | 0x102),
+            None,
+            "bit 8 is length, not 2"
+        );
+        assert_eq!(command_dwords(MI_STORE_DATA_IMM | 1 << 12 | 2), None);
+        // MI_BATCH_BUFFER_START: 8-bit length, always 1; only the PPGTT bit is modelled.
+        assert_eq!(command_dwords(batch_start_ggtt(0x1000)[0]), Some(3));
+        assert_eq!(
+            command_dwords(MI_BATCH_BUFFER_START | BBS_PPGTT | 1),
+            Some(3)
+        );
+        assert_eq!(command_dwords(MI_BATCH_BUFFER_START | 0x41), None);
+        assert_eq!(command_dwords(MI_BATCH_BUFFER_START | 1 << 22 | 1), None);
+        // The rest of the table.
+        assert_eq!(command_dwords(MI_NOOP), Some(1));
+        assert_eq!(command_dwords(MI_BATCH_BUFFER_END), Some(1));
+        assert_eq!(command_dwords(MI_BATCH_BUFFER_END | 1), None);
+        assert_eq!(command_dwords(flush_dw_store(0x1000, 1)[0]), Some(4));
+        assert_eq!(command_dwords(PIPE_CONTROL), Some(6));
+        assert_eq!(command_dwords(sim_fill(0x1000, 1, 0)[0]), Some(4));
+        assert_eq!(sim_fill(0x1000, 1, 0)[0], 0x1B80_0002);
+        assert_eq!(
+            command_dwords(color_blt(0, 4096, 0, 0, 1, 1, 0)[0]),
+            Some(7)
+        );
+        assert_eq!(client(color_blt(0, 4096, 0, 0, 1, 1, 0)[0]), 2);
+        assert_eq!(command_dwords(0xE000_0000), None);
+    }
 }

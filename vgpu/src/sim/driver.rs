@@ -44,8 +44,34 @@ pub mod layout {
 }
 
 const CONTEXT_ID: u32 = 1;
-/// Guest frames (the last of guest memory) holding the PPGTT's four levels of tables.
-const PPGTT_TABLES: u64 = 4;
+/// Guest frames (the last of guest memory) holding the PPGTT's tables: the four levels, and a
+/// page table of 64 KiB entries.
+const PPGTT_TABLES: u64 = 5;
+/// PPGTT address of the 64 KiB page (PDE 1 of the first page directory: 2 MiB).
+const LARGE_VA: u64 = 0x20_0000;
+/// `GAMW_ECO_DEV_RW_IA`: bits 3:0 all set enable 64 KiB PPGTT pages (gen9).
+const GAMW_ECO_DEV_RW_IA: u32 = 0x4080;
+/// Registers i915 programs at initialisation that the register table does not track (GT power
+/// management and frame-buffer compression): their values must survive a migration all the same.
+const UNTRACKED_INIT: [(u32, u32); 5] = [
+    (0xA024, 0x0000_0592),  // GEN6_RP_CONTROL
+    (0xA168, 0x7FFF_FFFF),  // GEN6_PMINTRMSK
+    (0xA210, 0x0000_0003),  // GEN9_PG_ENABLE
+    (0xA0B0, 0x0000_0000),  // GEN6_RC_SLEEP (written 0: stays at reset)
+    (0x43208, 0x8000_4000), // ILK_DPFC_CONTROL
+];
+/// GEN6_RPNSWREQ: the frequency request the driver updates every frame (not tracked either).
+const RPNSWREQ: u32 = 0xA008;
+/// Masked registers and the masked writes i915 makes to them (upper half: the bits changed):
+/// CACHE_MODE_1 (an enable, then bit 0 alone with junk in the unselected data bits), INSTPM,
+/// CSFE_CHICKEN1 and the render forcewake request.
+const MASKED_INIT: [(u32, u32); 5] = [
+    (0x7004, 0x0040_0040),
+    (0x7004, 0x0001_00FF),
+    (0x20C0, 0x0080_0080),
+    (0x20D4, 0x0002_0002),
+    (0xA278, 0x0001_0001),
+];
 /// Pages the PPGTT maps (the first pages of the hot set).
 const PPGTT_PAGES: u64 = 16;
 const PIPECONF_A: u32 = 0x70008;
@@ -328,6 +354,12 @@ impl GuestDriver {
         Self::mmio(vgpu, g, GT0_IER, 4, 1 << 8)?;
         Self::mmio(vgpu, g, PIPECONF_A, 4, 1 << 31)?;
         Self::mmio(vgpu, g, DSPSURF_A, 4, self.hidden)?;
+        for (off, v) in UNTRACKED_INIT.iter().chain(&MASKED_INIT) {
+            Self::mmio(vgpu, g, *off, 4, u64::from(*v))?;
+        }
+        // 64 KiB pages: read-modify-write of the IPS field, as i915 does on gen9.
+        let gamw = vgpu.mmio_read(GAMW_ECO_DEV_RW_IA, 4)?;
+        Self::mmio(vgpu, g, GAMW_ECO_DEV_RW_IA, 4, gamw | 0xF)?;
         let pml4 = self.create_ppgtt(vgpu, g)?;
         // The context's register-state page, laid out as the hardware saves it; the context runs
         // in the PPGTT just created (4-level: PDP0 holds the PML4 address).
@@ -475,6 +507,8 @@ impl GuestDriver {
             Stage::Flip => {
                 let surf = self.hidden + (self.frame % 2) * (self.profile.rt_pages / 2) * 4096;
                 Self::mmio(vgpu, g, DSPSURF_A, 4, surf & !0xFFF)?;
+                // The frequency request follows the load (a register the table does not have).
+                Self::mmio(vgpu, g, RPNSWREQ, 4, (10 + self.frame % 8) << 23)?;
                 self.stage = Stage::Cpu(self.profile.cpu_writes);
                 Ok(true)
             }
@@ -508,10 +542,23 @@ impl GuestDriver {
                 .map_ref()
                 .frame_at(usize::try_from(frames - PPGTT_TABLES + k).unwrap_or(usize::MAX))
         };
-        let (Some(pml4), Some(pdp), Some(pd), Some(pt)) = (table(0), table(1), table(2), table(3))
+        let (Some(pml4), Some(pdp), Some(pd), Some(pt), Some(pt64)) =
+            (table(0), table(1), table(2), table(3), table(4))
         else {
             return Err(VgpuError::StorageSize);
         };
+        // The 64 KiB page: 16 consecutive guest frames, 64 KiB aligned, of the render targets.
+        let rt_frame = |i: u64| {
+            vgpu.translate(GmAddr::new(self.hidden + i * 4096))
+                .map(|(gfn, _)| gfn.get())
+        };
+        let large = (0..self.profile.rt_pages.saturating_sub(15))
+            .find_map(|i| {
+                let first = rt_frame(i)?;
+                (first % 16 == 0 && (1..16).all(|k| rt_frame(i + k) == Some(first + k)))
+                    .then_some(first)
+            })
+            .ok_or(VgpuError::StorageSize)?;
         let entry = |gfn: Gfn| (gfn.get() << 12) | 0b11; // present, writable
         g.mem
             .cpu_write(g.log, pml4, 0, &entry(pdp).to_le_bytes())
@@ -521,6 +568,14 @@ impl GuestDriver {
             .map_err(|_| VgpuError::GuestMemory)?;
         g.mem
             .cpu_write(g.log, pd, 0, &entry(pt).to_le_bytes())
+            .map_err(|_| VgpuError::GuestMemory)?;
+        // PDE 1 selects a page table of 64 KiB entries (IPS, bit 11); its entry 0 maps the
+        // 64 KiB page. Without 64 KiB pages enabled the same table would map only 4 KiB.
+        g.mem
+            .cpu_write(g.log, pd, 8, &(entry(pt64) | 1 << 11).to_le_bytes())
+            .map_err(|_| VgpuError::GuestMemory)?;
+        g.mem
+            .cpu_write(g.log, pt64, 0, &((large << 12) | 0b11).to_le_bytes())
             .map_err(|_| VgpuError::GuestMemory)?;
         for i in 0..PPGTT_PAGES {
             let (gfn, _) = vgpu
@@ -629,6 +684,23 @@ impl GuestDriver {
                 cmd::store_dword_ggtt(self.hot_base() + page * 4096 + dw * 4, v)
             };
             push(&mut batch, &store)?;
+        }
+        // One store into the 64 KiB page, past its first 4 KiB (reachable only while 64 KiB
+        // pages are enabled).
+        let page = 1 + self.frame % 15;
+        push(
+            &mut batch,
+            &cmd::store_dword_ppgtt(
+                LARGE_VA + page * 4096 + (self.frame * 4) % 4096,
+                u32::try_from(self.frame & 0xFFFF_FFFF).unwrap_or(0),
+            ),
+        )?;
+        if self.frame == 0 {
+            // The render engine's MOCS table in one long LRI (64 pairs, as i915 programs it).
+            push(&mut batch, &[cmd::load_registers_header(64)])?;
+            for i in 0..64u32 {
+                push(&mut batch, &[0xC800 + 4 * i, 0x0000_0009 | (i % 4) << 4])?;
+            }
         }
         let fence = self.gm(layout::HWSP) + 0x180;
         push(&mut batch, &cmd::pipe_control_store(fence, self.frame))?;

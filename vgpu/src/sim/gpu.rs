@@ -413,7 +413,8 @@ impl RefGpu {
                 ))
             }
             _ => None,
-        };
+        }
+        .map(|r| r.with_ips(vgpu.derived().ips_64k));
         Some(Exec {
             desc,
             state_page: ctx.state_page,
@@ -504,6 +505,8 @@ impl RefGpu {
         let Some(root) = ppgtt else {
             return vgpu.translate(GmAddr::new(addr));
         };
+        // The 64 KiB enable as the guest has it now (it may change while a context runs).
+        let root = root.with_ips(vgpu.derived().ips_64k);
         let t = gtt::ppgtt::walk(&root, Gva::new(addr), &Walker(mem)).ok()?;
         if write && !t.writable {
             return None;
@@ -559,18 +562,46 @@ impl RefGpu {
         true
     }
 
+    /// MI_LOAD_REGISTER_IMM: `pairs` (offset, value) pairs, fetched and written one after the
+    /// other through the register semantics (masked registers take masked writes), so a long
+    /// LRI (up to 128 pairs) runs like a short one.
+    fn load_register_imm(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        mem: &SimMemory,
+        exec: &mut Exec,
+        pairs: u32,
+    ) -> Step {
+        for _ in 0..pairs {
+            let (Some(off), Some(val)) =
+                (Self::fetch(vgpu, mem, exec), Self::fetch(vgpu, mem, exec))
+            else {
+                return Step::Fault;
+            };
+            // Bits 22:2 name the register; bits 1:0 are reserved.
+            if off & !0x7F_FFFC != 0
+                || vgpu
+                    .regs_mut()
+                    .write(off, AccessSize::Dword, u64::from(val), &mut NoHooks)
+                    .is_err()
+            {
+                return Step::Fault;
+            }
+        }
+        Step::Continue
+    }
+
     fn execute(&mut self, vgpu: &mut Vgpu<'_>, mem: &mut SimMemory, exec: &mut Exec) -> Step {
         let Some(dw0) = Self::fetch(vgpu, mem, exec) else {
             return Step::Fault;
         };
         let mut operands = [0u32; 10];
-        let len = match (cmd::client(dw0), cmd::mi_opcode(dw0)) {
-            (0, 0x00) | (0, 0x0A) => 1,
-            (0, _) => (dw0 & 0x3F) + 2,
-            (2, _) => (dw0 & 0xFF) + 2,
-            (3, _) if dw0 == cmd::PIPE_CONTROL => 6,
-            _ => return Step::Fault,
+        let Some(len) = cmd::command_dwords(dw0) else {
+            return Step::Fault;
         };
+        if (cmd::client(dw0), cmd::mi_opcode(dw0)) == (0, 0x22) {
+            return self.load_register_imm(vgpu, mem, exec, (len - 1) / 2);
+        }
         if len as usize > operands.len() + 1 {
             return Step::Fault;
         }
@@ -590,47 +621,22 @@ impl RefGpu {
                 Step::Continue
             }
             (0, 0x20) => {
-                // MI_STORE_DATA_IMM: dword (len 4) or qword (len 5), GGTT or PPGTT.
+                // MI_STORE_DATA_IMM: dword (len 4) or qword (len 5, bit 21), GGTT or PPGTT.
                 let a = (
                     addr(o1, o2, 3),
                     Self::space(exec, dw0 & cmd::SDI_USE_GGTT == 0),
                 );
                 let ok = if len == 4 {
                     self.store(vgpu, mem, a, &o3.to_le_bytes())
-                } else if len == 5 {
+                } else {
                     self.store(
                         vgpu,
                         mem,
                         a,
                         &(u64::from(o3) | u64::from(o4) << 32).to_le_bytes(),
                     )
-                } else {
-                    false
                 };
                 if ok { Step::Continue } else { Step::Fault }
-            }
-            (0, 0x22) => {
-                // MI_LOAD_REGISTER_IMM: (offset, value) pairs through the register semantics.
-                for pair in operands
-                    .get(..len as usize - 1)
-                    .unwrap_or(&[])
-                    .chunks_exact(2)
-                {
-                    if let [off, val] = pair
-                        && vgpu
-                            .regs_mut()
-                            .write(
-                                off & 0x7F_FFFC,
-                                AccessSize::Dword,
-                                u64::from(*val),
-                                &mut NoHooks,
-                            )
-                            .is_err()
-                    {
-                        return Step::Fault;
-                    }
-                }
-                Step::Continue
             }
             (0, 0x26) => {
                 // MI_FLUSH_DW: post-sync write of an immediate (dword 1 bit 2 selects the GGTT).

@@ -4,7 +4,9 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use gmem::{GuestMemoryMap, words_for};
+use core::sync::atomic::AtomicU64;
+
+use gmem::GuestMemoryMap;
 use gtt::HostPlacement;
 
 use super::driver::{Guest, GuestDriver};
@@ -19,7 +21,7 @@ pub struct MachineStorage {
     config_space: Box<[u8; CONFIG_SPACE_SIZE]>,
     vregs: Vec<u32>,
     ggtt: Vec<u64>,
-    gpu_dirty: Vec<u64>,
+    gpu_dirty: Vec<AtomicU64>,
 }
 
 impl MachineStorage {
@@ -30,7 +32,9 @@ impl MachineStorage {
             config_space: Box::new([0; CONFIG_SPACE_SIZE]),
             vregs: vec![0; mmio::MMIO_DWORDS],
             ggtt: vec![0; config.ggtt_storage_len()],
-            gpu_dirty: vec![0; words_for(frames)],
+            gpu_dirty: (0..crate::tracking::GpuDirtyLog::storage_words(frames))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 
@@ -40,7 +44,7 @@ impl MachineStorage {
             config_space: &mut self.config_space,
             vregs: &mut self.vregs,
             ggtt: &mut self.ggtt,
-            gpu_dirty: &mut self.gpu_dirty,
+            gpu_dirty: &self.gpu_dirty,
         }
     }
 }

@@ -149,6 +149,9 @@ pub struct SimHost {
     pub scratch_frame: u64,
     /// Entries programmed so far.
     pub writes: u64,
+    /// The host fence registers reserved for the vGPU's 32 fences, as last programmed
+    /// (`None`: disabled or never programmed).
+    pub fences: [Option<u64>; 32],
 }
 
 impl SimHost {
@@ -159,6 +162,7 @@ impl SimHost {
             frame_offset,
             scratch_frame: 0xF_FFFF,
             writes: 0,
+            fences: [None; 32],
         }
     }
 }
@@ -184,6 +188,11 @@ impl HostGtt for SimHost {
                 .into_bits(),
         };
         self.writes += 1;
+        Ok(())
+    }
+
+    fn program_fence(&mut self, index: u8, value: Option<u64>) -> Result<(), HostError> {
+        *self.fences.get_mut(usize::from(index)).ok_or(HostError)? = value;
         Ok(())
     }
 }

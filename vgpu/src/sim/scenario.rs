@@ -484,7 +484,7 @@ pub fn migrate(
             let c = (first + k) % channels;
             let n = s.poll_output_channel(
                 c,
-                &mut src.vgpu,
+                &src.vgpu,
                 &src.mem,
                 &mut src.cpu_log,
                 link_ns / 1000,

@@ -5,6 +5,8 @@
 //! the API. The guest RAM here is a static array standing in for memory the hypervisor maps; the
 //! host GGTT writes go nowhere. Everything else is what a real embedding does.
 
+use core::sync::atomic::AtomicU64;
+
 use gmem::{FrameRange, GuestMemoryMap, words_for};
 use gtt::{Gfn, GgttEntry, GmAddr, GmRange, GttIndex, HostPlacement, Partition};
 use mmio::{MMIO_DWORDS, VregStore};
@@ -12,6 +14,7 @@ use static_cell::ConstStaticCell;
 use vgpu::error::VgpuError;
 use vgpu::instance::{CONFIG_SPACE_SIZE, Vgpu, VgpuConfig, VgpuStorage};
 use vgpu::source::{SourceConfig, SourceEvent, SourceSession};
+use vgpu::tracking::GpuDirtyLog;
 use vgpu::traits::{GuestMemory, HostError, HostGtt, MemoryError};
 
 /// A small vGPU: 1 MiB of aperture and 1 MiB of hidden graphics memory.
@@ -28,7 +31,9 @@ static CONFIG_SPACE: ConstStaticCell<[u8; CONFIG_SPACE_SIZE]> =
     ConstStaticCell::new([0; CONFIG_SPACE_SIZE]);
 static VREGS: ConstStaticCell<VregStore<MMIO_DWORDS>> = ConstStaticCell::new(VregStore::new());
 static GGTT: ConstStaticCell<[u64; GGTT_ENTRIES]> = ConstStaticCell::new([0; GGTT_ENTRIES]);
-static GPU_DIRTY: ConstStaticCell<[u64; DIRTY_WORDS]> = ConstStaticCell::new([0; DIRTY_WORDS]);
+/// The GPU dirty log is shared (a GPU thread marks it through `&`), so it is a plain static.
+static GPU_DIRTY: [AtomicU64; GpuDirtyLog::storage_words(RAM_FRAMES)] =
+    [const { AtomicU64::new(0) }; GpuDirtyLog::storage_words(RAM_FRAMES)];
 static RAM: ConstStaticCell<[u8; RAM_FRAMES * 4096]> = ConstStaticCell::new([0; RAM_FRAMES * 4096]);
 static SEND: ConstStaticCell<[u64; DIRTY_WORDS]> = ConstStaticCell::new([0; DIRTY_WORDS]);
 static SCRATCH: ConstStaticCell<[u8; 64 * 1024]> = ConstStaticCell::new([0; 64 * 1024]);
@@ -116,7 +121,7 @@ pub fn init() -> Result<Guest, VgpuError> {
         config_space: CONFIG_SPACE.take(),
         vregs: VREGS.take().as_mut_slice(),
         ggtt: GGTT.take(),
-        gpu_dirty: GPU_DIRTY.take(),
+        gpu_dirty: &GPU_DIRTY,
     };
     let vgpu = Vgpu::new(
         VgpuConfig::skylake(partition),
@@ -171,7 +176,7 @@ impl Guest {
         )?;
         while !s.is_finished() {
             let n = s.poll_output(
-                &mut self.vgpu,
+                &self.vgpu,
                 &self.ram,
                 &mut no_cpu_log,
                 now_us(),

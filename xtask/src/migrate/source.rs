@@ -706,8 +706,7 @@ impl Live {
             if !snd.idle() {
                 continue;
             }
-            let n =
-                s.poll_output_channel(c, &mut src.vgpu, &src.mem, &mut src.cpu_log, now_us, out)?;
+            let n = s.poll_output_channel(c, &src.vgpu, &src.mem, &mut src.cpu_log, now_us, out)?;
             let o = &mut self.o;
             if let Some(at) = o.fault_flip_byte {
                 // Fault injection (hidden option): one bit of the stream flipped on the way.
