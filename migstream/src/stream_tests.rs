@@ -1523,3 +1523,68 @@ fn every_decoder_must_of_the_spec_refuses_its_violation() {
     let ev = decode(&out[..n], &[1]).unwrap();
     assert_eq!(ev[0], Ev::Header(future));
 }
+
+// ---- tests the mutation run over the decoder showed missing (issue 21) ---------------------------
+
+#[test]
+fn a_payload_exactly_at_the_local_limit_is_accepted() {
+    // §5 step 3: `payload_len <= limit` passes, one byte more does not.
+    let at = |n: usize| {
+        let s = stream_of(&[record(RecordKind::REGISTERS, 1, 1, 0, &vec![0; n])]);
+        let mut s = s;
+        let end = end_payload_for(&s, 1);
+        s.extend_from_slice(&record(RecordKind::END, 1, 1, 1, &end));
+        decode_with(&mut Decoder::new(Limits::with_max_payload(64)), &s, &[13])
+    };
+    let events = at(64).unwrap();
+    assert!(events.contains(&Ev::Begin(RecordKind::REGISTERS, 1, 64, 0)));
+    assert_eq!(
+        at(65).unwrap_err().kind(),
+        ErrorKind::LengthTooLarge { len: 65, max: 64 }
+    );
+}
+
+#[test]
+fn opaque_records_of_any_version_reach_the_consumer() {
+    // §5 step 4 checks the version of PAGES, ROUND and END only: the version of an opaque record
+    // is its consumer's to judge (the vgpu destination accepts REGISTERS 1 and 2, for example).
+    for version in [0u8, 2, 7, 0xFF] {
+        let mut s = stream_of(&[record(RecordKind::REGISTERS, 1, version, 0, b"abcd")]);
+        let end = end_payload_for(&s, 1);
+        s.extend_from_slice(&record(RecordKind::END, 1, 1, 1, &end));
+        let events = decode(&s, &[5]).unwrap();
+        assert!(
+            events.contains(&Ev::Begin(RecordKind::REGISTERS, version, 4, 0)),
+            "version {version}"
+        );
+    }
+}
+
+#[test]
+fn round_and_end_lengths_are_refused_at_their_header() {
+    // §5 step 5 is a record-header check: the reader refuses before any payload byte arrives.
+    for (kind, len, expected) in [(RecordKind::ROUND, 25u32, 24u32), (RecordKind::END, 15, 16)] {
+        let r = record(kind, 1, 1, 0, &vec![0; len as usize]);
+        let s = stream_of(&[r[..16].to_vec()]);
+        let e = err(&s);
+        assert_eq!(
+            e.kind(),
+            ErrorKind::BadRoundOrEnd { expected, len },
+            "{kind:?}"
+        );
+        assert_eq!(e.offset(), 80);
+    }
+}
+
+/// END's payload for `stream` (header and records so far) with `records` records before END.
+fn end_payload_for(stream: &[u8], records: u32) -> Vec<u8> {
+    let mut chain = Crc32::new();
+    chain.update(&stream[..76]);
+    let mut at = 80;
+    while at < stream.len() {
+        chain.update(&stream[at..at + 16]);
+        let len = u32::from_le_bytes(stream[at + 4..at + 8].try_into().unwrap()) as usize;
+        at += 16 + len;
+    }
+    end_payload(records, chain.value(), stream.len() as u64)
+}
