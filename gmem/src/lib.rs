@@ -76,8 +76,8 @@ pub mod policy;
 pub mod report;
 
 pub use baseline::{QEMU_MAX_BANDWIDTH, QemuConfig, QemuPolicy, StopAndCopy};
-#[cfg(target_has_atomic = "64")]
-pub use bitmap::AtomicDirtyBitmap;
+#[cfg(target_has_atomic = "32")]
+pub use bitmap::{AtomicDirtyBitmap, AtomicWord, atomic_words_for};
 pub use bitmap::{DirtyBitmap, Ones, words_for};
 pub use error::GmemError;
 pub use hash::{PAGE_BYTES, is_zero_page, page_hash};
