@@ -1588,3 +1588,53 @@ fn end_payload_for(stream: &[u8], records: u32) -> Vec<u8> {
     }
     end_payload(records, chain.value(), stream.len() as u64)
 }
+
+/// A complete stream of one PAGES record with `payload`, and END.
+fn pages_stream(payload: &[u8]) -> Vec<u8> {
+    let mut s = stream_of(&[record(RecordKind::PAGES, 1, 1, 0, payload)]);
+    let end = end_payload_for(&s, 1);
+    s.extend_from_slice(&record(RecordKind::END, 1, 1, 1, &end));
+    s
+}
+
+#[test]
+fn a_dup_run_of_several_pages_copies_each_in_turn() {
+    let mut p = run(0x40, 3, 2);
+    for (from, hash) in [(7u64, 0x11u64), (8, 0x22), (9, 0x33)] {
+        p.extend_from_slice(&from.to_le_bytes());
+        p.extend_from_slice(&hash.to_le_bytes());
+    }
+    let events = decode(&pages_stream(&p), &[3]).unwrap();
+    let copies: Vec<&Ev> = events
+        .iter()
+        .filter(|e| matches!(e, Ev::Copy(..)))
+        .collect();
+    assert_eq!(
+        copies,
+        [
+            &Ev::Copy(0x40, 7, 0x11),
+            &Ev::Copy(0x41, 8, 0x22),
+            &Ev::Copy(0x42, 9, 0x33)
+        ]
+    );
+}
+
+#[test]
+fn a_delta_of_exactly_one_page_is_accepted_and_one_byte_more_is_not() {
+    // §6.1: `len` over 4096 is BadDelta; 4096 itself (one segment covering the page) is fine.
+    let delta = |len: u16, n: u16| {
+        let mut p = run(0x50, 1, 3);
+        p.extend_from_slice(&len.to_le_bytes());
+        p.extend_from_slice(&0u16.to_le_bytes());
+        p.extend_from_slice(&n.to_le_bytes());
+        p.extend(std::iter::repeat_n(0x5A, usize::from(n)));
+        p
+    };
+    let events = decode(&pages_stream(&delta(4096, 4092)), &[977]).unwrap();
+    assert!(events.contains(&Ev::Xor(0x50, 0, vec![0x5A; 4092])));
+    let e = err(&pages_stream(&delta(4097, 4093)));
+    assert_eq!(
+        e.kind(),
+        ErrorKind::MalformedPageRun(PageRunError::BadDelta)
+    );
+}
