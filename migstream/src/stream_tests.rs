@@ -1627,7 +1627,7 @@ fn a_delta_of_exactly_one_page_is_accepted_and_one_byte_more_is_not() {
         p.extend_from_slice(&len.to_le_bytes());
         p.extend_from_slice(&0u16.to_le_bytes());
         p.extend_from_slice(&n.to_le_bytes());
-        p.extend(std::iter::repeat_n(0x5A, usize::from(n)));
+        p.extend(core::iter::repeat_n(0x5A, usize::from(n)));
         p
     };
     let events = decode(&pages_stream(&delta(4096, 4092)), &[977]).unwrap();
