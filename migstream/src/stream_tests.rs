@@ -1523,3 +1523,118 @@ fn every_decoder_must_of_the_spec_refuses_its_violation() {
     let ev = decode(&out[..n], &[1]).unwrap();
     assert_eq!(ev[0], Ev::Header(future));
 }
+
+// ---- tests the mutation run over the decoder showed missing (issue 21) ---------------------------
+
+#[test]
+fn a_payload_exactly_at_the_local_limit_is_accepted() {
+    // §5 step 3: `payload_len <= limit` passes, one byte more does not.
+    let at = |n: usize| {
+        let s = stream_of(&[record(RecordKind::REGISTERS, 1, 1, 0, &vec![0; n])]);
+        let mut s = s;
+        let end = end_payload_for(&s, 1);
+        s.extend_from_slice(&record(RecordKind::END, 1, 1, 1, &end));
+        decode_with(&mut Decoder::new(Limits::with_max_payload(64)), &s, &[13])
+    };
+    let events = at(64).unwrap();
+    assert!(events.contains(&Ev::Begin(RecordKind::REGISTERS, 1, 64, 0)));
+    assert_eq!(
+        at(65).unwrap_err().kind(),
+        ErrorKind::LengthTooLarge { len: 65, max: 64 }
+    );
+}
+
+#[test]
+fn opaque_records_of_any_version_reach_the_consumer() {
+    // §5 step 4 checks the version of PAGES, ROUND and END only: the version of an opaque record
+    // is its consumer's to judge (the vgpu destination accepts REGISTERS 1 and 2, for example).
+    for version in [0u8, 2, 7, 0xFF] {
+        let mut s = stream_of(&[record(RecordKind::REGISTERS, 1, version, 0, b"abcd")]);
+        let end = end_payload_for(&s, 1);
+        s.extend_from_slice(&record(RecordKind::END, 1, 1, 1, &end));
+        let events = decode(&s, &[5]).unwrap();
+        assert!(
+            events.contains(&Ev::Begin(RecordKind::REGISTERS, version, 4, 0)),
+            "version {version}"
+        );
+    }
+}
+
+#[test]
+fn round_and_end_lengths_are_refused_at_their_header() {
+    // §5 step 5 is a record-header check: the reader refuses before any payload byte arrives.
+    for (kind, len, expected) in [(RecordKind::ROUND, 25u32, 24u32), (RecordKind::END, 15, 16)] {
+        let r = record(kind, 1, 1, 0, &vec![0; len as usize]);
+        let s = stream_of(&[r[..16].to_vec()]);
+        let e = err(&s);
+        assert_eq!(
+            e.kind(),
+            ErrorKind::BadRoundOrEnd { expected, len },
+            "{kind:?}"
+        );
+        assert_eq!(e.offset(), 80);
+    }
+}
+
+/// END's payload for `stream` (header and records so far) with `records` records before END.
+fn end_payload_for(stream: &[u8], records: u32) -> Vec<u8> {
+    let mut chain = Crc32::new();
+    chain.update(&stream[..76]);
+    let mut at = 80;
+    while at < stream.len() {
+        chain.update(&stream[at..at + 16]);
+        let len = u32::from_le_bytes(stream[at + 4..at + 8].try_into().unwrap()) as usize;
+        at += 16 + len;
+    }
+    end_payload(records, chain.value(), stream.len() as u64)
+}
+
+/// A complete stream of one PAGES record with `payload`, and END.
+fn pages_stream(payload: &[u8]) -> Vec<u8> {
+    let mut s = stream_of(&[record(RecordKind::PAGES, 1, 1, 0, payload)]);
+    let end = end_payload_for(&s, 1);
+    s.extend_from_slice(&record(RecordKind::END, 1, 1, 1, &end));
+    s
+}
+
+#[test]
+fn a_dup_run_of_several_pages_copies_each_in_turn() {
+    let mut p = run(0x40, 3, 2);
+    for (from, hash) in [(7u64, 0x11u64), (8, 0x22), (9, 0x33)] {
+        p.extend_from_slice(&from.to_le_bytes());
+        p.extend_from_slice(&hash.to_le_bytes());
+    }
+    let events = decode(&pages_stream(&p), &[3]).unwrap();
+    let copies: Vec<&Ev> = events
+        .iter()
+        .filter(|e| matches!(e, Ev::Copy(..)))
+        .collect();
+    assert_eq!(
+        copies,
+        [
+            &Ev::Copy(0x40, 7, 0x11),
+            &Ev::Copy(0x41, 8, 0x22),
+            &Ev::Copy(0x42, 9, 0x33)
+        ]
+    );
+}
+
+#[test]
+fn a_delta_of_exactly_one_page_is_accepted_and_one_byte_more_is_not() {
+    // §6.1: `len` over 4096 is BadDelta; 4096 itself (one segment covering the page) is fine.
+    let delta = |len: u16, n: u16| {
+        let mut p = run(0x50, 1, 3);
+        p.extend_from_slice(&len.to_le_bytes());
+        p.extend_from_slice(&0u16.to_le_bytes());
+        p.extend_from_slice(&n.to_le_bytes());
+        p.extend(core::iter::repeat_n(0x5A, usize::from(n)));
+        p
+    };
+    let events = decode(&pages_stream(&delta(4096, 4092)), &[977]).unwrap();
+    assert!(events.contains(&Ev::Xor(0x50, 0, vec![0x5A; 4092])));
+    let e = err(&pages_stream(&delta(4097, 4093)));
+    assert_eq!(
+        e.kind(),
+        ErrorKind::MalformedPageRun(PageRunError::BadDelta)
+    );
+}

@@ -7,6 +7,13 @@
 //! bits, engine layout) before it changes anything. A stream rejected at any point, by the decoder
 //! or by validation, leaves the vGPU's device state exactly as it was.
 //!
+//! The record order and counts are checked as each record begins (SPEC.md Appendix A, "Order"):
+//! a second copy of a once-only record, pages or a ROUND after the device state, a round left
+//! without its ROUND record, ROUND numbers that do not continue, and GGTT records beyond their
+//! group's bound are refused at once, as the stream's fault. Page work is linear in the stream's
+//! bytes: a page map in the staging storage (one bit per guest frame) lets a ZERO run skip frames
+//! already zero, whatever its count.
+//!
 //! A multi-channel migration ([`crate::channel`]) is read by one session opened with
 //! [`DestSession::open_channels`]: feed each channel's bytes with [`DestSession::feed_channel`], in
 //! any interleaving and segmentation. Each channel must start with its CHANNEL record, carry only
@@ -16,7 +23,7 @@
 use gtt::Gfn;
 use migstream::{Decoder, Event, FeedError, Limits, RecordKind, StreamHeaderRepr};
 
-use crate::channel::{ChannelRepr, MAX_CHANNELS, channel_of};
+use crate::channel::{ChannelRepr, MAX_CHANNELS, STRIPE_FRAMES, channel_of};
 use crate::error::VgpuError;
 use crate::fsm::MigState;
 use crate::instance::{CONFIG_SPACE_SIZE, Vgpu};
@@ -72,8 +79,9 @@ pub struct DestStats {
     pub ggtt_entries: usize,
 }
 
-/// Sans-IO destination session over caller staging storage (device state only: tens of KiB plus
-/// 8 bytes per mapped GGTT entry in the worst case).
+/// Sans-IO destination session over caller staging storage: the staged device state and the page
+/// map. [`DestSession::staging_len`] is what a configuration needs: with that much, a stream can
+/// only fail as the stream's fault, never with [`VgpuError::StagingFull`].
 #[derive(Debug)]
 pub struct DestSession<'s> {
     chans: heapless::Vec<ChanIn, MAX_CHANNELS>,
@@ -82,8 +90,20 @@ pub struct DestSession<'s> {
     expect_id: Option<u64>,
     staging: &'s mut [u8],
     staged: usize,
+    /// Where the page map starts in `staging`: device state is staged before it.
+    map_at: usize,
+    zmap: zeromap::ZeroMap,
+    /// xxh3-64 of the zero page (a DUP of a frame known to be zero is checked against it).
+    zero_hash: u64,
     /// The record being staged: (kind, start offset of its payload in staging, length).
     open: Option<(RecordKind, usize, usize)>,
+    /// Where the main channel is in the record order of SPEC.md Appendix A.
+    stage: Stage,
+    /// How many of each once-only device-state record began (see [`ONCE`]).
+    once: [u32; ONCE.len()],
+    /// Staged bytes (with their staging headers) of the GGTT pre-copy and of the GGTT after the
+    /// stop ([`GgttGroup`]).
+    ggtt_bytes: [usize; 2],
     failed: Option<VgpuError>,
     stats: DestStats,
 }
@@ -99,7 +119,39 @@ struct ChanIn {
     intro_len: Option<u32>,
     intro_ok: bool,
     ended: bool,
+    /// A PAGES record began since the last ROUND record (its round is not closed yet).
+    pages_open: bool,
+    /// ROUND records verified, and the last one's number.
+    rounds: u32,
+    last_round: Option<u32>,
+    /// The last ROUND skipped a number: it closed the final round, and no ROUND may follow.
+    round_final: bool,
 }
+
+/// The main channel's place in the record order (SPEC.md Appendix A, "Order").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Before any page, ROUND or device-state record: only the GGTT pre-copy so far.
+    Start,
+    /// In the rounds (a PAGES or ROUND record arrived).
+    Rounds,
+    /// In the device state after the last round.
+    State,
+}
+
+/// The device-state kinds a stream carries exactly once (SPEC.md Appendix A).
+const ONCE: [RecordKind; 5] = [
+    RecordKind::CONFIG_SPACE,
+    RecordKind::REGISTERS,
+    RecordKind::GGTT_PENDING,
+    RecordKind::PPGTT_ROOTS,
+    RecordKind::ENGINE_STATE,
+];
+
+/// Staged bytes per GGTT entry a group of `GGTT_RUNS` records may take: a valid source covers each
+/// entry at most once per group, with at most 24 payload bytes (a one-entry RAW run) and, in the
+/// worst case, a record of its own (8 bytes of staging header).
+pub const GGTT_STAGED_PER_ENTRY: usize = gtt::runs::RUN_HEADER_LEN + 8 + STAGED_HEADER;
 
 fn is_device_state(kind: RecordKind) -> bool {
     matches!(
@@ -146,6 +198,26 @@ fn payload_bound(vgpu: &Vgpu<'_>, kind: RecordKind) -> Option<(usize, VgpuError)
     }
 }
 
+/// The most staged bytes one group of `GGTT_RUNS` records (the pre-copy, or the entries after the
+/// stop) may take on `vgpu`: [`GGTT_STAGED_PER_ENTRY`] per entry of its guest view.
+fn ggtt_group_bound(vgpu: &Vgpu<'_>) -> usize {
+    usize::try_from(vgpu.config().partition.entries())
+        .unwrap_or(usize::MAX)
+        .saturating_mul(GGTT_STAGED_PER_ENTRY)
+}
+
+/// The most device state (staged bytes, staging headers included) a valid stream for `vgpu` can
+/// carry: each once-only record at its longest, and two groups of `GGTT_RUNS` records
+/// ([`GGTT_STAGED_PER_ENTRY`] per GGTT entry each).
+pub fn device_state_bound(vgpu: &Vgpu<'_>) -> usize {
+    let once: usize = ONCE
+        .iter()
+        .filter_map(|k| payload_bound(vgpu, *k))
+        .map(|(max, _)| max + STAGED_HEADER)
+        .sum();
+    once.saturating_add(ggtt_group_bound(vgpu).saturating_mul(2))
+}
+
 impl<'s> DestSession<'s> {
     /// Open a session on a stopped vGPU (the STOP → RESUMING arc) for a single-channel stream.
     ///
@@ -177,6 +249,16 @@ impl<'s> DestSession<'s> {
         {
             return Err(VgpuError::WrongPhase);
         }
+        let frames = vgpu.memory_map().frames();
+        let map_len = zeromap::len(frames);
+        let map_at = staging
+            .len()
+            .checked_sub(map_len)
+            .ok_or(VgpuError::StagingFull { needed: map_len })?;
+        let zmap = staging
+            .get_mut(map_at..)
+            .and_then(|buf| zeromap::ZeroMap::init(frames, buf))
+            .ok_or(VgpuError::StorageSize)?;
         let _ = vgpu.quiesce();
         vgpu.set_state(MigState::Resuming);
         let mut chans = heapless::Vec::new();
@@ -188,6 +270,10 @@ impl<'s> DestSession<'s> {
                 intro_len: None,
                 intro_ok: channels == 1,
                 ended: false,
+                pages_open: false,
+                rounds: 0,
+                last_round: None,
+                round_final: false,
             });
         }
         Ok(Self {
@@ -196,7 +282,13 @@ impl<'s> DestSession<'s> {
             expect_id: None,
             staging,
             staged: 0,
+            map_at,
+            zmap,
+            zero_hash: gmem::page_hash(&[0; 4096]),
             open: None,
+            stage: Stage::Start,
+            once: [0; ONCE.len()],
+            ggtt_bytes: [0; 2],
             failed: None,
             stats: DestStats::default(),
         })
@@ -296,11 +388,16 @@ impl<'s> DestSession<'s> {
     }
 
     /// Checks that page `gfn` may arrive on channel `c`: inside guest memory, and in one of the
-    /// channel's stripes.
-    fn check_page(&self, c: usize, mem: &dyn GuestMemory, gfn: u64) -> Result<(), VgpuError> {
+    /// channel's stripes. Returns its dense index.
+    fn check_page(&self, c: usize, mem: &dyn GuestMemory, gfn: u64) -> Result<usize, VgpuError> {
         let Some(index) = mem.map().index_of(Gfn::new(gfn)) else {
             return Err(VgpuError::FrameOutsideMemory { gfn });
         };
+        self.check_stripe(c, gfn, index)?;
+        Ok(index)
+    }
+
+    fn check_stripe(&self, c: usize, gfn: u64, index: usize) -> Result<(), VgpuError> {
         if channel_of(index, self.chans.len()) != c {
             return Err(VgpuError::WrongChannel {
                 gfn,
@@ -308,6 +405,44 @@ impl<'s> DestSession<'s> {
             });
         }
         Ok(())
+    }
+
+    /// Checks a ZERO run as [`check_page`](Self::check_page) checks each of its pages, reporting
+    /// the first page that fails, in `O(regions)` whatever its `count`. Returns the dense index of
+    /// `first`: the run's frames are consecutive dense indices.
+    fn check_zero_run(
+        &self,
+        c: usize,
+        mem: &dyn GuestMemory,
+        first: u64,
+        count: u32,
+    ) -> Result<usize, VgpuError> {
+        let map = mem.map();
+        let start = self.check_page(c, mem, first)?;
+        // The frames from `first` on that are guest memory without a hole: up to the end of
+        // `first`'s region and of every region that follows it without a gap.
+        let mut inside_end = first;
+        for r in map.regions() {
+            if r.start().get() <= inside_end && inside_end < r.end() {
+                inside_end = r.end();
+            }
+        }
+        let end = first.saturating_add(u64::from(count));
+        // Pages on another channel's stripe (the first such page comes before any page outside
+        // memory when it lies before `inside_end`).
+        let channels = self.chans.len();
+        if channels > 1 {
+            let in_stripe = (STRIPE_FRAMES - start % STRIPE_FRAMES) as u64;
+            let next = first.saturating_add(in_stripe);
+            if next < end.min(inside_end) {
+                let index = start + STRIPE_FRAMES - start % STRIPE_FRAMES;
+                self.check_stripe(c, next, index)?;
+            }
+        }
+        if inside_end < end {
+            return Err(VgpuError::FrameOutsideMemory { gfn: inside_end });
+        }
+        Ok(start)
     }
 
     fn on_event(
@@ -385,6 +520,16 @@ impl<'s> DestSession<'s> {
                 kind, version, len, ..
             } => {
                 if kind == RecordKind::PAGES {
+                    // Pages belong to a round: never after the device state began.
+                    if c == 0 {
+                        if self.stage == Stage::State {
+                            return Err(VgpuError::RecordOrder { kind: kind.0 });
+                        }
+                        self.stage = Stage::Rounds;
+                    }
+                    if let Some(ch) = self.chans.get_mut(c) {
+                        ch.pages_open = true;
+                    }
                     return Ok(());
                 }
                 // SPEC.md §7 and Appendix A: a reader rejects versions it does not know
@@ -392,21 +537,29 @@ impl<'s> DestSession<'s> {
                 if !is_device_state(kind) || !accepts_version(kind, version) {
                     return Err(VgpuError::UnsupportedRecord { kind: kind.0 });
                 }
-                let len = usize::try_from(len)
-                    .map_err(|_| VgpuError::StagingFull { needed: usize::MAX })?;
+                // A length no valid record of the kind has is the stream's fault (it cannot be
+                // stored, so it is checked before anything else of the record).
+                let len = usize::try_from(len).unwrap_or(usize::MAX);
                 if let Some((max, refusal)) = payload_bound(vgpu, kind)
                     && len > max
                 {
                     return Err(refusal);
                 }
+                let group = self.begin_device_state(vgpu, c, kind, len)?;
                 let start = self.staged + STAGED_HEADER;
                 let end = start
                     .checked_add(len)
                     .ok_or(VgpuError::StagingFull { needed: usize::MAX })?;
-                if end > self.staging.len() {
-                    return Err(VgpuError::StagingFull { needed: end });
+                if end > self.map_at {
+                    let needed = end.saturating_add(self.staging.len() - self.map_at);
+                    return Err(VgpuError::StagingFull { needed });
                 }
                 self.open = Some((kind, start, len));
+                if let Some(g) = group
+                    && let Some(b) = self.ggtt_bytes.get_mut(usize::from(g))
+                {
+                    *b += STAGED_HEADER + len;
+                }
             }
             Event::Payload { kind, offset, data } => {
                 let (open_kind, start, len) = self.open.ok_or(VgpuError::WrongPhase)?;
@@ -434,7 +587,10 @@ impl<'s> DestSession<'s> {
                         .ok_or(VgpuError::WrongPhase)?;
                     let [k0, k1] = kind.0.to_le_bytes();
                     let [l0, l1, l2, l3] = u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes();
-                    *hdr = [k0, k1, 0, 0, l0, l1, l2, l3];
+                    // Byte 2: the GGTT group of a GGTT_RUNS record (0 for every other kind).
+                    let group =
+                        u8::from(kind == RecordKind::GGTT_RUNS && self.stage == Stage::State);
+                    *hdr = [k0, k1, group, 0, l0, l1, l2, l3];
                     self.staged = start + len;
                 }
             }
@@ -444,9 +600,10 @@ impl<'s> DestSession<'s> {
                 data,
             } => {
                 let gfn = Gfn::new(frame);
-                self.check_page(c, mem, frame)?;
+                let index = self.check_page(c, mem, frame)?;
                 mem.write(gfn, usize::from(offset), data)
                     .map_err(|_| VgpuError::GuestMemory)?;
+                self.mark(index);
                 if usize::from(offset) + data.len() == 4096 {
                     self.stats.full_pages += 1;
                 }
@@ -457,20 +614,29 @@ impl<'s> DestSession<'s> {
                 hash,
             } => {
                 let (gfn, from) = (Gfn::new(frame), Gfn::new(from_frame));
-                for f in [frame, from_frame] {
-                    self.check_page(c, mem, f)?;
+                let to_index = self.check_page(c, mem, frame)?;
+                let from_index = self.check_page(c, mem, from_frame)?;
+                let mismatch = VgpuError::DuplicateMismatch {
+                    gfn: frame,
+                    from: from_frame,
+                };
+                if self.maybe_nonzero(from_index) {
+                    let mut page = [0u8; 4096];
+                    mem.read(from, 0, &mut page)
+                        .map_err(|_| VgpuError::GuestMemory)?;
+                    if gmem::page_hash(&page) != hash {
+                        return Err(mismatch);
+                    }
+                    mem.write(gfn, 0, &page)
+                        .map_err(|_| VgpuError::GuestMemory)?;
+                    self.mark(to_index);
+                } else {
+                    // A copy of a zero page: no read, no hash of 4 KiB.
+                    if hash != self.zero_hash {
+                        return Err(mismatch);
+                    }
+                    self.zero(mem, gfn, to_index)?;
                 }
-                let mut page = [0u8; 4096];
-                mem.read(from, 0, &mut page)
-                    .map_err(|_| VgpuError::GuestMemory)?;
-                if gmem::page_hash(&page) != hash {
-                    return Err(VgpuError::DuplicateMismatch {
-                        gfn: frame,
-                        from: from_frame,
-                    });
-                }
-                mem.write(gfn, 0, &page)
-                    .map_err(|_| VgpuError::GuestMemory)?;
                 self.stats.dup_pages += 1;
             }
             Event::PageXor {
@@ -479,7 +645,7 @@ impl<'s> DestSession<'s> {
                 data,
             } => {
                 let gfn = Gfn::new(frame);
-                self.check_page(c, mem, frame)?;
+                let index = self.check_page(c, mem, frame)?;
                 let off = usize::from(offset);
                 let mut buf = [0u8; 4096];
                 let cur = buf.get_mut(..data.len()).ok_or(VgpuError::WrongPhase)?;
@@ -490,29 +656,158 @@ impl<'s> DestSession<'s> {
                 }
                 mem.write(gfn, off, cur)
                     .map_err(|_| VgpuError::GuestMemory)?;
+                self.mark(index);
                 self.stats.delta_bytes += data.len() as u64;
             }
             Event::ZeroPages { first_frame, count } => {
-                const ZERO: [u8; 4096] = [0; 4096];
-                for i in 0..u64::from(count) {
-                    let frame = first_frame
-                        .checked_add(i)
-                        .ok_or(VgpuError::FrameOutsideMemory { gfn: u64::MAX })?;
-                    let gfn = Gfn::new(frame);
-                    self.check_page(c, mem, frame)?;
-                    mem.write(gfn, 0, &ZERO)
-                        .map_err(|_| VgpuError::GuestMemory)?;
+                // Only frames that may hold something are written: the run costs its length in
+                // map words at most, and each page written was paid for by the write that made it
+                // non-zero (or is written once, the first time the stream names it).
+                let start = self.check_zero_run(c, mem, first_frame, count)?;
+                let end = start.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
+                let mut at = start;
+                while let Some(index) = self.next_maybe_nonzero(at, end) {
+                    let gfn = Gfn::new(first_frame + (index - start) as u64);
+                    self.zero(mem, gfn, index)?;
+                    at = index + 1;
                 }
                 self.stats.zero_pages += u64::from(count);
             }
             Event::Skipped { .. } => {}
-            Event::Round(_) if c == 0 => self.stats.rounds += 1,
-            Event::End(_) => {
-                if let Some(ch) = self.chans.get_mut(c) {
-                    ch.ended = true;
+            Event::Round(r) => {
+                if c == 0 {
+                    if self.stage == Stage::State {
+                        return Err(VgpuError::RecordOrder {
+                            kind: RecordKind::ROUND.0,
+                        });
+                    }
+                    self.stage = Stage::Rounds;
+                    self.stats.rounds += 1;
                 }
+                let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+                // Rounds count from 0, one by one; only the final round may skip a number (the
+                // round the stop abandoned has no ROUND record), and nothing follows it.
+                let (ok, skipped) = match ch.last_round {
+                    None => (r.round <= 1, r.round == 1),
+                    Some(p) => (
+                        !ch.round_final
+                            && (Some(r.round) == p.checked_add(1)
+                                || Some(r.round) == p.checked_add(2)),
+                        Some(r.round) == p.checked_add(2),
+                    ),
+                };
+                if !ok {
+                    return Err(VgpuError::BadRound {
+                        channel: u16::try_from(c).unwrap_or(u16::MAX),
+                        round: r.round,
+                    });
+                }
+                ch.round_final = skipped;
+                ch.last_round = Some(r.round);
+                ch.rounds += 1;
+                ch.pages_open = false;
+            }
+            Event::End(_) => {
+                let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+                if ch.pages_open {
+                    // Pages after the channel's last ROUND record.
+                    return Err(VgpuError::RecordOrder {
+                        kind: RecordKind::PAGES.0,
+                    });
+                }
+                ch.ended = true;
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// The order and count rules of a device-state record beginning on channel `c` (SPEC.md
+    /// Appendix A), checked before anything of it is staged. Returns the GGTT group of a
+    /// `GGTT_RUNS` record.
+    fn begin_device_state(
+        &mut self,
+        vgpu: &Vgpu<'_>,
+        c: usize,
+        kind: RecordKind,
+        len: usize,
+    ) -> Result<Option<u8>, VgpuError> {
+        let mut group = None;
+        if kind == RecordKind::GGTT_RUNS {
+            // Before every page and ROUND record: the pre-copy; after them: the device state.
+            let g = u8::from(self.stage != Stage::Start);
+            let bound = ggtt_group_bound(vgpu);
+            let used = self.ggtt_bytes.get(usize::from(g)).copied().unwrap_or(0);
+            if used.saturating_add(STAGED_HEADER).saturating_add(len) > bound {
+                return Err(VgpuError::StateOverBound {
+                    kind: kind.0,
+                    bound,
+                });
+            }
+            if self.stage == Stage::Start {
+                return Ok(Some(g));
+            }
+            group = Some(g);
+        }
+        if let Some(i) = ONCE.iter().position(|k| *k == kind)
+            && let Some(seen) = self.once.get_mut(i)
+        {
+            *seen += 1;
+            if *seen > 1 {
+                return Err(VgpuError::RecordCount {
+                    kind: kind.0,
+                    seen: *seen,
+                });
+            }
+        }
+        if self.chans.get(c).is_some_and(|ch| ch.pages_open) {
+            // The last round's pages without its ROUND record.
+            return Err(VgpuError::RecordOrder {
+                kind: RecordKind::PAGES.0,
+            });
+        }
+        self.stage = Stage::State;
+        Ok(group)
+    }
+
+    /// The staging storage a session on `vgpu` needs: the page map (one bit per guest frame and
+    /// its summary levels) plus [`device_state_bound`]. With at least this much,
+    /// [`VgpuError::StagingFull`] cannot happen: a stream that would need more breaks a rule of the
+    /// format and is refused as the stream's fault.
+    pub fn staging_len(vgpu: &Vgpu<'_>) -> usize {
+        zeromap::len(vgpu.memory_map().frames()).saturating_add(device_state_bound(vgpu))
+    }
+
+    fn map_buf(&mut self) -> &mut [u8] {
+        self.staging.get_mut(self.map_at..).unwrap_or_default()
+    }
+
+    fn mark(&mut self, index: usize) {
+        let m = self.zmap;
+        m.mark(self.map_buf(), index);
+    }
+
+    fn maybe_nonzero(&self, index: usize) -> bool {
+        self.zmap
+            .get(self.staging.get(self.map_at..).unwrap_or_default(), index)
+    }
+
+    fn next_maybe_nonzero(&self, from: usize, end: usize) -> Option<usize> {
+        self.zmap.next_set(
+            self.staging.get(self.map_at..).unwrap_or_default(),
+            from,
+            end,
+        )
+    }
+
+    /// Zero frame `gfn` (dense index `index`) unless it is known to be zero.
+    fn zero(&mut self, mem: &mut dyn GuestMemory, gfn: Gfn, index: usize) -> Result<(), VgpuError> {
+        const ZERO: [u8; 4096] = [0; 4096];
+        if self.maybe_nonzero(index) {
+            mem.write(gfn, 0, &ZERO)
+                .map_err(|_| VgpuError::GuestMemory)?;
+            let m = self.zmap;
+            m.clear(self.map_buf(), index);
         }
         Ok(())
     }
@@ -547,7 +842,12 @@ impl<'s> DestSession<'s> {
             .is_some_and(gtt::ppgtt::ips_enabled)
     }
 
-    fn staged_records(&self) -> StagedIter<'_> {
+    fn staged_records(&self) -> impl Iterator<Item = (RecordKind, &[u8])> {
+        self.staged_grouped()
+            .map(|(kind, _, payload)| (kind, payload))
+    }
+
+    fn staged_grouped(&self) -> StagedIter<'_> {
         StagedIter {
             buf: self.staging.get(..self.staged).unwrap_or(&[]),
         }
@@ -555,6 +855,16 @@ impl<'s> DestSession<'s> {
 
     /// Check every staged record against `vgpu` without changing anything.
     pub fn validate(&self, vgpu: &Vgpu<'_>, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
+        self.check(vgpu, mem).map(|_| ())
+    }
+
+    /// [`validate`](Self::validate), returning the PPGTT roots it walked (so a commit walks the
+    /// guest's page tables once).
+    fn check(
+        &self,
+        vgpu: &Vgpu<'_>,
+        mem: &dyn GuestMemory,
+    ) -> Result<crate::ppgtt::PpgttList, VgpuError> {
         if let Some(e) = self.failed {
             return Err(e);
         }
@@ -564,16 +874,36 @@ impl<'s> DestSession<'s> {
             }
             ch.dec.as_ref().ok_or(VgpuError::WrongPhase)?.finish()?;
         }
+        // Every channel carried the same rounds (SPEC.md Appendix A.6).
+        let main = self.chans.first().map(|ch| (ch.rounds, ch.last_round));
+        for (c, ch) in self.chans.iter().enumerate() {
+            if Some((ch.rounds, ch.last_round)) != main {
+                return Err(VgpuError::BadRound {
+                    channel: u16::try_from(c).unwrap_or(u16::MAX),
+                    round: ch.last_round.unwrap_or(u32::MAX),
+                });
+            }
+        }
         let (mut cfg, mut regs, mut eng, mut pending, mut roots) = (0u32, 0u32, 0u32, 0u32, 0u32);
         let cfg_local = vgpu.config();
         let partition = cfg_local.partition;
         let frames = guest_frames(mem)?;
-        for (kind, payload) in self.staged_records() {
+        // Where the previous GGTT_RUNS record of each group ended (storage slot).
+        let mut ggtt_end = [0usize; 2];
+        let mut ppgtts = crate::ppgtt::PpgttList::new();
+        for (kind, group, payload) in self.staged_grouped() {
             match kind {
                 RecordKind::CONFIG_SPACE => {
                     cfg += 1;
+                    // Bytes the guest cannot write (identity) must be this vGPU's; the others
+                    // are the guest's and restored as they are.
+                    let local = vgpu.config_space();
                     if payload.len() != CONFIG_SPACE_SIZE
-                        || payload.get(0..4) != vgpu.config_space().get(0..4)
+                        || payload
+                            .iter()
+                            .zip(local.iter())
+                            .enumerate()
+                            .any(|(i, (a, b))| crate::instance::config_byte_read_only(i) && a != b)
                     {
                         return Err(VgpuError::BadConfigSpace);
                     }
@@ -584,10 +914,26 @@ impl<'s> DestSession<'s> {
                 }
                 RecordKind::GGTT_RUNS => {
                     gtt::validate_runs_in(payload, &partition, &frames, cfg_local.generation)?;
+                    // A group's records continue each other in storage order: every entry at
+                    // most once per group, so restoring them costs at most the GGTT's size.
+                    let end = ggtt_end
+                        .get_mut(usize::from(group))
+                        .ok_or(VgpuError::WrongPhase)?;
+                    if let Some((first, last)) = ggtt_span(payload, &partition) {
+                        if first < *end {
+                            return Err(VgpuError::Gtt(gtt::GttError::RunOrder));
+                        }
+                        *end = last;
+                    }
                 }
                 RecordKind::PPGTT_ROOTS => {
                     roots += 1;
-                    crate::ppgtt::validate(payload, cfg_local.generation, self.ips_64k(vgpu), mem)?;
+                    ppgtts = crate::ppgtt::validate(
+                        payload,
+                        cfg_local.generation,
+                        self.ips_64k(vgpu),
+                        mem,
+                    )?;
                 }
                 RecordKind::GGTT_PENDING => {
                     pending += 1;
@@ -595,7 +941,11 @@ impl<'s> DestSession<'s> {
                 }
                 RecordKind::ENGINE_STATE => {
                     eng += 1;
-                    vgpu.engines().validate(payload)?;
+                    // Parsed by the engines' own restore, on a copy; then every queued workload
+                    // must be one the vGPU would have queued (SPEC.md A.5).
+                    let mut probe = vgpu.engines().clone();
+                    probe.apply(payload)?;
+                    check_queued(&probe, &partition)?;
                 }
                 other => return Err(VgpuError::UnsupportedRecord { kind: other.0 }),
             }
@@ -611,7 +961,7 @@ impl<'s> DestSession<'s> {
                 return Err(VgpuError::RecordCount { kind: kind.0, seen });
             }
         }
-        Ok(())
+        Ok(ppgtts)
     }
 
     /// The RESUMING → STOP arc: validate everything, then restore in the known-good order: config
@@ -652,7 +1002,7 @@ impl<'s> DestSession<'s> {
         mem: &dyn GuestMemory,
         host: &mut dyn HostGtt,
     ) -> Result<DestStats, VgpuError> {
-        self.validate(vgpu, mem)?;
+        let ppgtts = self.check(vgpu, mem)?;
         let mut stats = self.stats();
         // Every check that can fail on stream content has passed; from here on only local backend
         // failures (host GTT programming) can stop the restore.
@@ -692,15 +1042,21 @@ impl<'s> DestSession<'s> {
         }
         vgpu.reshadow_all(host)?;
         // PPGTTs: the roots are recorded; their tables came with guest memory and were walked.
-        for (kind, payload) in self.staged_records() {
-            if kind == RecordKind::PPGTT_ROOTS {
-                let list = crate::ppgtt::validate(
-                    payload,
-                    vgpu.config().generation,
-                    vgpu.derived().ips_64k,
-                    mem,
-                )?;
-                vgpu.set_ppgtts(list);
+        // Checked above with the staged registers' 64 KiB setting; walked again only if the
+        // registers as applied say otherwise.
+        if vgpu.derived().ips_64k == self.ips_64k(vgpu) {
+            vgpu.set_ppgtts(ppgtts);
+        } else {
+            for (kind, payload) in self.staged_records() {
+                if kind == RecordKind::PPGTT_ROOTS {
+                    let list = crate::ppgtt::validate(
+                        payload,
+                        vgpu.config().generation,
+                        vgpu.derived().ips_64k,
+                        mem,
+                    )?;
+                    vgpu.set_ppgtts(list);
+                }
             }
         }
         // Halves the guest wrote before the stop wait for their partners here as they did there.
@@ -721,6 +1077,34 @@ impl<'s> DestSession<'s> {
     }
 }
 
+/// Every queued workload of `engines` as the vGPU queues one at an ELSP submission: a descriptor
+/// that passes the submission check (valid, privileged, a PPGTT addressing mode) and whose context
+/// state page lies in the vGPU's guest view (else the submission could not have read the ring
+/// registers from it).
+fn check_queued(engines: &engines::Engines, partition: &gtt::Partition) -> Result<(), VgpuError> {
+    let invalid = VgpuError::Engine(engines::EngineError::InvalidDescriptor);
+    for id in engines::EngineId::ALL {
+        let Some(e) = engines.engine(id) else {
+            continue;
+        };
+        for w in e.queue.iter() {
+            engines::check_submission(&[w.desc, engines::ContextDescriptor::from_bits(0)])
+                .map_err(|_| invalid)?;
+            let state = gtt::GmAddr::new(u64::from(w.desc.lrca_address()))
+                .checked_add(crate::instance::LRC_STATE_PAGE)
+                .and_then(gtt::GmAddr::index)
+                .and_then(|i| partition.slot_of(i));
+            if state.is_none() {
+                return Err(invalid);
+            }
+            if !crate::instance::queueable_ring(w.ring_head, w.ring_tail, None) {
+                return Err(VgpuError::Engine(engines::EngineError::RingOffset));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Guest RAM as the span list the GGTT kernels check frames against.
 fn guest_frames(mem: &dyn GuestMemory) -> Result<gtt::GuestFrames, VgpuError> {
     Ok(gtt::GuestFrames::from_ranges(
@@ -733,7 +1117,8 @@ struct StagedIter<'b> {
 }
 
 impl<'b> Iterator for StagedIter<'b> {
-    type Item = (RecordKind, &'b [u8]);
+    /// Kind, GGTT group (0 for every kind but a `GGTT_RUNS` record after the stop), payload.
+    type Item = (RecordKind, u8, &'b [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
         let (hdr, rest) = self.buf.split_first_chunk::<STAGED_HEADER>()?;
@@ -741,6 +1126,247 @@ impl<'b> Iterator for StagedIter<'b> {
         let len = usize::try_from(u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]])).ok()?;
         let (payload, rest) = rest.split_at_checked(len)?;
         self.buf = rest;
-        Some((kind, payload))
+        Some((kind, hdr[2], payload))
+    }
+}
+
+/// The storage slots a validated `GGTT_RUNS` payload covers: from its first run's first slot to
+/// its last run's end (runs are in storage order within a record).
+fn ggtt_span(payload: &[u8], partition: &gtt::Partition) -> Option<(usize, usize)> {
+    let mut at = 0;
+    let mut span: Option<(usize, usize)> = None;
+    while let Some(h) = payload.get(at..at + gtt::runs::RUN_HEADER_LEN) {
+        let start = u32::from_le_bytes(h.get(0..4)?.try_into().ok()?);
+        let count = u32::from_le_bytes(h.get(4..8)?.try_into().ok()?);
+        let body = if h.get(8) == Some(&0) {
+            usize::try_from(count).ok()?.checked_mul(8)?
+        } else {
+            8
+        };
+        let first = partition.slot_of(gtt::GttIndex::new(start))?;
+        let end = first.checked_add(usize::try_from(count).ok()?)?;
+        span = Some((span.map_or(first, |s| s.0), end));
+        at += gtt::runs::RUN_HEADER_LEN + body;
+    }
+    span
+}
+
+/// The destination's page map: one bit per guest frame (by dense index, [`gmem::GuestMemoryMap`]),
+/// set while the frame's current contents may be non-zero, with summary levels above it (a bit per
+/// word of the level below, set while that word is not zero), all in caller storage.
+///
+/// It makes the work of a ZERO run independent of its `count`: the run visits only the frames whose
+/// bit is set, and each set bit was set by a page write (FULL, DUP or DELTA) that the stream paid
+/// for in bytes, or at the start (every frame, once: the guest memory the destination starts from
+/// need not be zero). A DUP of a frame known to be zero needs no read and no hash.
+mod zeromap {
+    const WORD: usize = 8;
+
+    /// Words of each level for `frames` bits: level 0 first, up to the level of one word.
+    fn levels(frames: usize) -> impl Iterator<Item = usize> {
+        let mut words = Some(frames.div_ceil(64).max(1));
+        core::iter::from_fn(move || {
+            let w = words?;
+            words = (w > 1).then(|| w.div_ceil(64));
+            Some(w)
+        })
+    }
+
+    /// Bytes of the map for a guest of `frames` frames.
+    pub(super) fn len(frames: u64) -> usize {
+        let frames = usize::try_from(frames).unwrap_or(usize::MAX / 2);
+        levels(frames).map(|w| w * WORD).sum()
+    }
+
+    /// The map over `buf` (at least [`len`] bytes).
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct ZeroMap {
+        frames: usize,
+        /// Byte offset of each level in the buffer (at most 11 levels for 64-bit indices).
+        at: [usize; 12],
+        depth: usize,
+    }
+
+    impl ZeroMap {
+        /// Lay the map out for `frames` frames and mark every frame as possibly non-zero.
+        pub(super) fn init(frames: u64, buf: &mut [u8]) -> Option<Self> {
+            let frames = usize::try_from(frames).ok()?;
+            let mut m = Self {
+                frames,
+                at: [0; 12],
+                depth: 0,
+            };
+            let mut off = 0;
+            let mut bits = frames;
+            for words in levels(frames) {
+                *m.at.get_mut(m.depth)? = off;
+                let level = buf.get_mut(off..off + words * WORD)?;
+                level.fill(0);
+                // `bits` bits set at this level: the frames, or one per non-empty word below.
+                let (full, rest) = (bits / 64, bits % 64);
+                level.get_mut(..full * WORD)?.fill(0xFF);
+                if rest != 0 {
+                    let w = (1u64 << rest) - 1;
+                    level
+                        .get_mut(full * WORD..full * WORD + WORD)?
+                        .copy_from_slice(&w.to_le_bytes());
+                }
+                bits = words;
+                off += words * WORD;
+                m.depth += 1;
+            }
+            Some(m)
+        }
+
+        fn word(&self, buf: &[u8], level: usize, w: usize) -> u64 {
+            let at = self.at.get(level).copied().unwrap_or(0) + w * WORD;
+            buf.get(at..at + WORD)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        }
+
+        fn set_word(&self, buf: &mut [u8], level: usize, w: usize, v: u64) {
+            let at = self.at.get(level).copied().unwrap_or(0) + w * WORD;
+            if let Some(b) = buf.get_mut(at..at + WORD) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+
+        /// Whether frame `i` may be non-zero (frames beyond the map always may).
+        pub(super) fn get(&self, buf: &[u8], i: usize) -> bool {
+            i >= self.frames || self.word(buf, 0, i / 64) & (1 << (i % 64)) != 0
+        }
+
+        /// Frame `i` may now be non-zero.
+        pub(super) fn mark(&self, buf: &mut [u8], mut i: usize) {
+            if i >= self.frames {
+                return;
+            }
+            for level in 0..self.depth {
+                let w = self.word(buf, level, i / 64);
+                self.set_word(buf, level, i / 64, w | 1 << (i % 64));
+                if w != 0 {
+                    return; // the levels above already know this word is not empty
+                }
+                i /= 64;
+            }
+        }
+
+        /// Frame `i` is now zero.
+        pub(super) fn clear(&self, buf: &mut [u8], mut i: usize) {
+            if i >= self.frames {
+                return;
+            }
+            for level in 0..self.depth {
+                let w = self.word(buf, level, i / 64) & !(1 << (i % 64));
+                self.set_word(buf, level, i / 64, w);
+                if w != 0 {
+                    return;
+                }
+                i /= 64;
+            }
+        }
+
+        /// The first frame at or after `from` and before `end` whose bit is set (frames beyond the
+        /// map count as set): `O(depth)` word reads, whatever the distance.
+        pub(super) fn next_set(&self, buf: &[u8], from: usize, end: usize) -> Option<usize> {
+            let beyond = (self.frames.max(from) < end).then_some(self.frames.max(from));
+            self.next_set_in(buf, from, end.min(self.frames)).or(beyond)
+        }
+
+        fn next_set_in(&self, buf: &[u8], from: usize, end: usize) -> Option<usize> {
+            if from >= end {
+                return None;
+            }
+            // Climb while the rest of the current word is empty, then descend to the first bit.
+            let mut level = 0;
+            let mut pos = from;
+            loop {
+                let w = pos / 64;
+                let words = self.frames_at(level).div_ceil(64);
+                if w < words {
+                    let bits = self.word(buf, level, w) & (!0u64 << (pos % 64));
+                    if bits != 0 {
+                        pos = w * 64 + bits.trailing_zeros() as usize;
+                        break;
+                    }
+                }
+                if level + 1 >= self.depth || w + 1 >= words {
+                    return None;
+                }
+                level += 1;
+                pos = w + 1;
+            }
+            while level > 0 {
+                level -= 1;
+                let bits = self.word(buf, level, pos);
+                pos = pos * 64 + bits.trailing_zeros() as usize;
+            }
+            (pos < end).then_some(pos)
+        }
+
+        /// Bits at `level`: the frames at level 0, then one per word of the level below.
+        fn frames_at(&self, level: usize) -> usize {
+            let mut bits = self.frames;
+            for _ in 0..level {
+                bits = bits.div_ceil(64);
+            }
+            bits
+        }
+    }
+
+    #[cfg(test)]
+    #[allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::cast_possible_truncation,
+        reason = "tests"
+    )]
+    mod tests {
+        extern crate std;
+        use super::*;
+        use std::vec;
+        use std::vec::Vec;
+
+        #[test]
+        fn next_set_finds_every_marked_frame_and_nothing_else() {
+            for frames in [1u64, 63, 64, 65, 4095, 4096, 4097, 300_001] {
+                let n = frames as usize;
+                let mut buf = vec![0u8; len(frames)];
+                let m = ZeroMap::init(frames, &mut buf).unwrap();
+                // All set at the start.
+                assert_eq!(m.next_set(&buf, 0, n), Some(0));
+                assert_eq!(m.next_set(&buf, n - 1, n), Some(n - 1));
+                for i in 0..n {
+                    m.clear(&mut buf, i);
+                }
+                assert_eq!(m.next_set(&buf, 0, n), None, "{frames}");
+                let marks: Vec<usize> = [0, 1, 63, 64, 4095, 4096, 70_000, 299_999, n - 1]
+                    .into_iter()
+                    .filter(|&i| i < n)
+                    .collect();
+                for &i in &marks {
+                    m.mark(&mut buf, i);
+                    assert!(m.get(&buf, i));
+                }
+                let mut found = Vec::new();
+                let mut at = 0;
+                while let Some(i) = m.next_set(&buf, at, n) {
+                    found.push(i);
+                    at = i + 1;
+                }
+                let mut want = marks.clone();
+                want.dedup();
+                assert_eq!(found, want, "{frames}");
+                // A bounded search stops at `end`.
+                if let Some(&last) = want.last() {
+                    assert_eq!(m.next_set(&buf, last, last), None);
+                }
+                for &i in &want {
+                    m.clear(&mut buf, i);
+                }
+                assert_eq!(m.next_set(&buf, 0, n), None);
+            }
+        }
     }
 }

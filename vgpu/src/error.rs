@@ -72,7 +72,9 @@ pub enum VgpuError {
     BadConfigSpace,
     /// The stream ended before its END record.
     Truncated,
-    /// The caller's staging storage is too small for the device state in the stream.
+    /// The caller's staging storage is too small for the device state in the stream. Only
+    /// possible with less staging than [`crate::dest::DestSession::staging_len`]: beyond that
+    /// bound the stream breaks a rule and gets a stream error instead.
     StagingFull {
         /// Bytes needed so far.
         needed: usize,
@@ -107,6 +109,29 @@ pub enum VgpuError {
         /// The channel it arrived on.
         channel: u16,
     },
+    /// A record where a valid source never writes one (SPEC.md Appendix A, "Order"): pages or a
+    /// ROUND record after the device state began, a GGTT pre-copy record after the rounds began,
+    /// device state (or END) while the last round's pages have no ROUND record yet.
+    RecordOrder {
+        /// The kind of the record out of place (PAGES, `0x0011`, for a round left open).
+        kind: u16,
+    },
+    /// A ROUND record whose number does not continue the channel's rounds (SPEC.md §6.2), or
+    /// channels that carried different rounds.
+    BadRound {
+        /// The channel.
+        channel: u16,
+        /// The round number (for channels that differ: the last one's, `u32::MAX` for none).
+        round: u32,
+    },
+    /// Device state beyond what a valid source sends for this vGPU (see
+    /// [`crate::dest::device_state_bound`]): the stream's fault, not a reason for more storage.
+    StateOverBound {
+        /// The record kind.
+        kind: u16,
+        /// The bound, in staged bytes.
+        bound: usize,
+    },
 }
 
 impl VgpuError {
@@ -134,6 +159,9 @@ impl VgpuError {
             | VgpuError::Report(_) => Fault::State,
             VgpuError::BadChannel { .. }
             | VgpuError::WrongChannel { .. }
+            | VgpuError::RecordOrder { .. }
+            | VgpuError::BadRound { .. }
+            | VgpuError::StateOverBound { .. }
             | VgpuError::UnexpectedStreamId { .. } => Fault::Stream,
             VgpuError::FrameOutsideMemory { .. }
             | VgpuError::DuplicateMismatch { .. }
@@ -198,6 +226,18 @@ impl fmt::Display for VgpuError {
             VgpuError::UnexpectedStreamId { id } => {
                 write!(f, "stream id {id:#x} is not the one this migration expects")
             }
+            VgpuError::RecordOrder { kind } => write!(
+                f,
+                "record kind {kind:#06x} where a valid source never writes one"
+            ),
+            VgpuError::BadRound { channel, round } => write!(
+                f,
+                "channel {channel}: ROUND {round} does not continue the rounds of the migration"
+            ),
+            VgpuError::StateOverBound { kind, bound } => write!(
+                f,
+                "record kind {kind:#06x} takes the device state past {bound} bytes, more than a valid source sends"
+            ),
             VgpuError::WrongChannel { gfn, channel } => {
                 write!(
                     f,

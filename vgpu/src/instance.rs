@@ -23,6 +23,35 @@ pub const GGTT_WINDOW: u32 = 8 << 20;
 pub const GGTT_WINDOW_SIZE: u32 = 8 << 20;
 /// Offset of the register-state page in a logical ring context (LRCA + 1 page).
 pub const LRC_STATE_PAGE: u64 = 4096;
+
+/// Whether a ring head and tail can be queued: the tail in its offset field (bits 20:3), the head
+/// 4-byte aligned (its bits 31:21 are the wrap count), and, with the ring's RING_CTL, both offsets
+/// inside the ring buffer. The vGPU queues no workload that fails it (a guest error), and a
+/// destination refuses a stream that carries one (SPEC.md Appendix A.5; the destination has no
+/// RING_CTL, so it checks the fields).
+#[must_use]
+pub fn queueable_ring(head: u32, tail: u32, ctl: Option<u32>) -> bool {
+    let regs = engines::RingRegs {
+        head,
+        tail,
+        start: 0,
+        ctl: ctl.unwrap_or(0),
+    };
+    let fields = tail & !engines::TAIL_OFFSET_MASK == 0 && head & 0b11 == 0;
+    let inside = ctl.is_none_or(|_| {
+        regs.head_offset() < regs.buffer_len() && regs.tail_offset() < regs.buffer_len()
+    });
+    fields && inside
+}
+
+/// Whether configuration-space byte `offset` is read-only to the guest: the vendor and device id
+/// (0x00..0x04), revision and class code (0x08..0x0C) and subsystem ids (0x2C..0x30). A guest write
+/// leaves them as they are, so a migrated config space must carry the destination's values there
+/// (SPEC.md Appendix A.1).
+#[must_use]
+pub const fn config_byte_read_only(offset: usize) -> bool {
+    offset < 0x04 || (offset >= 0x08 && offset < 0x0C) || (offset >= 0x2C && offset < 0x30)
+}
 /// Dword indices of register values in the LRC ring context (each follows its register offset).
 pub mod lrc {
     /// CTX_CTRL value.
@@ -478,7 +507,7 @@ impl<'a> Vgpu<'a> {
         let bytes = value.to_le_bytes();
         for i in 0..size {
             let o = off + i;
-            if o < 0x04 || (0x08..0x0C).contains(&o) || (0x2C..0x30).contains(&o) {
+            if config_byte_read_only(o) {
                 continue;
             }
             if let (Some(dst), Some(src)) = (self.cfg.get_mut(o), bytes.get(i)) {
@@ -580,6 +609,11 @@ impl<'a> Vgpu<'a> {
                 self.guest_errors = self.guest_errors.saturating_add(1);
                 continue;
             };
+            if !queueable_ring(ctx.head, ctx.tail, Some(ctx.ctl)) {
+                // Head or tail outside the ring, or not aligned as the registers store them.
+                self.guest_errors = self.guest_errors.saturating_add(1);
+                continue;
+            }
             // A context resubmitted while earlier work on it is pending continues where that work ends
             // (the context image in memory still holds the old head until the GPU saves it).
             let head = self
@@ -789,7 +823,16 @@ impl<'a> Vgpu<'a> {
         let root = match value {
             2 | 3 => {
                 let pd = |i| Some(pdp(i)).filter(|f| *f != 0).map(Gfn::new);
-                gtt::PpgttRoot::three_level(generation, [pd(0), pd(1), pd(2), pd(3)])
+                let pds = [pd(0), pd(1), pd(2), pd(3)];
+                if pds.iter().all(Option::is_none) {
+                    // A 3-level PPGTT without a page directory maps nothing: creating one is a
+                    // guest error (and there is none to destroy).
+                    if value == 2 {
+                        self.guest_errors = self.guest_errors.saturating_add(1);
+                    }
+                    return;
+                }
+                gtt::PpgttRoot::three_level(generation, pds)
             }
             4 | 5 => gtt::PpgttRoot::four_level(generation, Gfn::new(pdp(0))),
             _ => return,

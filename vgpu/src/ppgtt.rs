@@ -47,6 +47,67 @@ impl ReadGuest for Walker<'_> {
     }
 }
 
+/// [`Walker`] that keeps the four table pages it used last (the depth of a walk's path; the
+/// least recently used one is replaced): a walk reads a table's entries one after
+/// another, so it reads guest memory about once per table instead of once per entry. Guest memory
+/// does not change while a stream's roots are checked.
+struct PageWalker<'m> {
+    mem: &'m dyn GuestMemory,
+    pages: core::cell::RefCell<PageCache>,
+}
+
+struct PageCache {
+    frames: [Option<Gfn>; 4],
+    data: [[u8; 4096]; 4],
+    /// When each slot was last used (a counter of reads).
+    used: [u64; 4],
+    clock: u64,
+}
+
+impl PageWalker<'_> {
+    fn new(mem: &dyn GuestMemory) -> PageWalker<'_> {
+        PageWalker {
+            mem,
+            pages: core::cell::RefCell::new(PageCache {
+                frames: [None; 4],
+                data: [[0; 4096]; 4],
+                used: [0; 4],
+                clock: 0,
+            }),
+        }
+    }
+}
+
+impl ReadGuest for PageWalker<'_> {
+    fn read_u64(&self, gpa: Gpa) -> Option<u64> {
+        let gfn = gpa.gfn();
+        let at = usize::try_from(gpa.page_offset()).ok()?;
+        let mut c = self.pages.try_borrow_mut().ok()?;
+        let slot = match c.frames.iter().position(|f| *f == Some(gfn)) {
+            Some(slot) => slot,
+            None => {
+                if !self.mem.map().contains(gfn) {
+                    return None;
+                }
+                let slot = (0..4).min_by_key(|&i| c.used.get(i).copied())?;
+                *c.frames.get_mut(slot)? = None;
+                self.mem.read(gfn, 0, c.data.get_mut(slot)?).ok()?;
+                *c.frames.get_mut(slot)? = Some(gfn);
+                slot
+            }
+        };
+        c.clock += 1;
+        let now = c.clock;
+        *c.used.get_mut(slot)? = now;
+        let b = c.data.get(slot)?.get(at..at + 8)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+
+    fn contains(&self, gfn: Gfn) -> bool {
+        self.mem.map().contains(gfn)
+    }
+}
+
 /// Bytes of the payload for `list`.
 pub fn payload_len(list: &PpgttList) -> usize {
     HEADER + list.len() * ENTRY
@@ -133,7 +194,8 @@ pub fn validate(
             (4, 1) if frames.get(1..) == Some(&[0, 0, 0][..]) => {
                 PpgttRoot::four_level(generation, Gfn::new(frames[0]))
             }
-            (3, m) if m & !0xF == 0 => {
+            // A 3-level PPGTT has at least one page directory (the guest announces none without).
+            (3, m) if m & !0xF == 0 && m != 0 => {
                 let mut pds = [None; 4];
                 for (i, (pd, f)) in pds.iter_mut().zip(frames).enumerate() {
                     if m & (1 << i) != 0 {
@@ -147,6 +209,10 @@ pub fn validate(
             _ => return Err(bad),
         }
         .with_ips(ips_64k);
+        // The vGPU records each announced PPGTT once: a second copy is not a source's.
+        if list.contains(&root) {
+            return Err(bad);
+        }
         check_tree(&root, mem)?;
         list.push(root).map_err(|_| bad)?;
     }
@@ -163,7 +229,8 @@ pub(crate) fn check_tree(root: &PpgttRoot, mem: &dyn GuestMemory) -> Result<(), 
     if !roots_ok {
         return Err(VgpuError::BadPpgtt);
     }
-    let summary = visit_leaves(root, &Walker(mem), VisitLimits::DEFAULT, |_| {
+    let walker = PageWalker::new(mem);
+    let summary = visit_leaves(root, &walker, VisitLimits::DEFAULT, |_| {
         ControlFlow::Continue(())
     });
     if summary.cycles != 0 || summary.faults != 0 || summary.truncated {

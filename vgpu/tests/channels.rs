@@ -198,13 +198,21 @@ fn destination_refuses_channel_violations() {
         matches!(e, VgpuError::WrongChannel { channel: 1, .. }),
         "{e:?}"
     );
-    // The right frame on the right channel is accepted (the stream only lacks channel 0).
+    // The right frame on the right channel, in a round closed by its ROUND record, is accepted
+    // (the stream only lacks channel 0).
     let e = feed_hostile(
         &sc,
         2,
         &[(
             1,
-            channel_stream(&header, ch(1, 2), &[(RecordKind::PAGES, one_page(f1))]),
+            channel_stream(
+                &header,
+                ch(1, 2),
+                &[
+                    (RecordKind::PAGES, one_page(f1)),
+                    (RecordKind::ROUND, vec![0u8; 24]),
+                ],
+            ),
         )],
     );
     assert_eq!(e, VgpuError::Truncated, "channel 0 never ended");
@@ -528,4 +536,30 @@ fn report_mode_refuses_malformed_requests_and_channels() {
             Err(VgpuError::Report(_))
         ));
     }
+}
+
+#[test]
+fn channels_that_carried_different_rounds_are_refused() {
+    // SPEC.md §6.2 and A.6: every channel carries the same ROUND numbers.
+    let sc = Scenario::small(Profile::THREE_D, 20, 5).unwrap();
+    let mut plan = Plan::default();
+    plan.source.channels = 3;
+    let (_, report) = migrated(&sc, &plan);
+    let (w0, w1, w2) = (
+        report.wire.clone(),
+        &report.channel_wires[0],
+        report.channel_wires[1].clone(),
+    );
+    let mut p = vgpu::sim::campaign::Parts::split(w1).unwrap();
+    let rounds: Vec<usize> = (0..p.records.len())
+        .filter(|&i| p.records[i].kind == RecordKind::ROUND)
+        .collect();
+    assert!(rounds.len() >= 2, "pre-copy rounds and the final one");
+    // Channel 1 without its first ROUND record: its rounds no longer match the main channel's
+    // (refused at the ROUND that cannot follow, or at the commit comparing the channels).
+    p.records.remove(rounds[0]);
+    let e = feed_hostile(&sc, 3, &[(0, w0), (1, p.seal()), (2, w2)]);
+    assert!(matches!(e, VgpuError::BadRound { channel: 1, .. }), "{e:?}");
+    assert_eq!(e.fault(), vgpu::error::Fault::Stream);
+    // (The untouched channels are accepted: `real_channel_streams_swapped_or_missing_are_refused`.)
 }

@@ -358,7 +358,7 @@ fn ppgtt_roots_outside_memory_or_forming_cycles_are_refused() {
     pages.extend_from_slice(&[0, 0, 0, 0]);
     pages.extend_from_slice(&page);
     let mut p = b.with(RecordKind::PPGTT_ROOTS, roots_plus(&b, frame));
-    let at = p.find(RecordKind::CONFIG_SPACE).unwrap();
+    let at = last_round(&p);
     p.records.insert(
         at,
         Part {
@@ -724,7 +724,8 @@ fn destination_staging_too_small_is_a_local_error_and_the_retry_with_what_it_ask
     let b = bed();
     let mut st = b.sc.storage();
     let mut m = b.sc.machine(&mut st, true).unwrap();
-    let mut len = 16usize;
+    // Enough for the page map (a few hundred bytes here), not for the device state.
+    let mut len = 4096usize;
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -850,6 +851,14 @@ fn page_run(first_frame: u64, count: u32, encoding: u8) -> Vec<u8> {
     h.to_vec()
 }
 
+/// Where the last ROUND record is: a record inserted there belongs to the final round.
+fn last_round(p: &Parts) -> usize {
+    p.records
+        .iter()
+        .rposition(|r| r.kind == RecordKind::ROUND)
+        .unwrap()
+}
+
 impl Bed {
     /// A guest frame the stream sends in full (so it is in guest memory), and its page as sent.
     fn sent_frame(&self) -> (u64, Vec<u8>) {
@@ -865,10 +874,15 @@ impl Bed {
         (frame, r.payload[16..16 + 4096].to_vec())
     }
 
-    /// The parts with one more record before the device state.
+    /// The parts with one more record before the device state (a PAGES record: in the final
+    /// round, before its ROUND record, where a source writes pages).
     fn with_record(&self, kind: RecordKind, flags: RecordFlags, payload: Vec<u8>) -> Parts {
         let mut p = self.parts.clone();
-        let at = p.find(RecordKind::CONFIG_SPACE).unwrap();
+        let at = if kind == RecordKind::PAGES {
+            last_round(&p)
+        } else {
+            p.find(RecordKind::CONFIG_SPACE).unwrap()
+        };
         p.records.insert(
             at,
             Part {
@@ -1065,11 +1079,14 @@ fn engine_state_out_of_its_ranges_is_refused() {
     let had = usize::from(eng[4 + 68]);
     assert!(had < engines::QUEUE_CAPACITY);
     let at = 4 + 72 + 20 * had;
+    // A descriptor the vGPU would queue (valid, privileged, 4-level, context in the aperture).
+    let desc = b.sc.config.partition.aperture.base().get() | 0x119;
     for flags in [0x01u8, 0x02, 0x80] {
         let mut e = eng[..at].to_vec();
         e[4 + 68] += 1;
         e.extend_from_slice(&[0, flags, 0, 0]);
-        e.extend_from_slice(&[0; 16]);
+        e.extend_from_slice(&[0; 8]);
+        e.extend_from_slice(&desc.to_le_bytes());
         e.extend_from_slice(&eng[at..]);
         let r = b.restore(&b.with(RecordKind::ENGINE_STATE, e).seal()).0;
         if flags == 0x01 {
@@ -1083,5 +1100,438 @@ fn engine_state_out_of_its_ranges_is_refused() {
                 "flags {flags:#04x}: {r:?}"
             );
         }
+    }
+}
+
+// ---- issue 21: linear work, the right blame, only what a source sends -------------------------
+
+/// Guest memory that counts the page writes reaching it.
+struct Counting<'m> {
+    mem: &'m mut vgpu::sim::SimMemory,
+    writes: u64,
+}
+
+impl vgpu::traits::GuestMemory for Counting<'_> {
+    fn map(&self) -> &gmem::GuestMemoryMap {
+        self.mem.map()
+    }
+    fn read(
+        &self,
+        gfn: gtt::Gfn,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), vgpu::traits::MemoryError> {
+        self.mem.read(gfn, offset, out)
+    }
+    fn write(
+        &mut self,
+        gfn: gtt::Gfn,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), vgpu::traits::MemoryError> {
+        self.writes += 1;
+        self.mem.write(gfn, offset, data)
+    }
+}
+
+/// Feed `wire` whole into a fresh destination with staging of [`DestSession::staging_len`],
+/// counting guest-memory writes; then commit. Returns the result and the writes.
+fn feed_counting(b: &Bed, wire: &[u8]) -> (Result<(), VgpuError>, u64) {
+    let mut st = b.sc.storage();
+    let mut m = b.sc.machine(&mut st, true).unwrap();
+    let mut staging = vec![0u8; DestSession::staging_len(&m.vgpu)];
+    let mut d = DestSession::open(&mut m.vgpu, &mut staging, migstream::Limits::DEFAULT).unwrap();
+    let mut mem = Counting {
+        mem: &mut m.mem,
+        writes: 0,
+    };
+    let r = d.feed(&m.vgpu, &mut mem, wire).map(|_| ());
+    let writes = mem.writes;
+    let r = r.and_then(|()| d.commit(&mut m.vgpu, &m.mem, &mut m.host).map(|_| ()));
+    (r, writes)
+}
+
+#[test]
+fn a_zero_flood_writes_each_page_at_most_once_more_than_the_stream_paid_for() {
+    // SPEC.md §6.1 (reader work): 65,536 ZERO runs, each over the whole first memory region, cost
+    // the destination the pages they really change, not 65,536 times the region.
+    let b = bed();
+    let (r, valid_writes) = feed_counting(&b, &b.wire);
+    r.unwrap();
+    let region = b.sc.map.regions()[0];
+    let mut flood = Vec::new();
+    for _ in 0..65_536 {
+        flood.extend(page_run(region.start().get(), region.count() as u32, 1));
+    }
+    let (r, writes) = feed_counting(&b, &b.with_pages(flood).seal());
+    r.unwrap();
+    assert!(
+        writes <= valid_writes + region.count(),
+        "{writes} writes for the flood, {valid_writes} for the valid stream"
+    );
+    // And the flood did what it says: the region reads as zero afterwards.
+    let wire = b.with_pages(
+        (0..4)
+            .flat_map(|_| page_run(region.start().get(), region.count() as u32, 1))
+            .collect(),
+    );
+    let mut st = b.sc.storage();
+    let mut m = b.sc.machine(&mut st, true).unwrap();
+    let mut staging = vec![0u8; staging_len(&b.sc)];
+    restore(&mut m, &mut staging, &wire.seal(), 4096)
+        .unwrap()
+        .0
+        .unwrap();
+    let mut page = [0u8; 4096];
+    for f in region.start().get()..region.end() {
+        vgpu::traits::GuestMemory::read(&m.mem, gtt::Gfn::new(f), 0, &mut page).unwrap();
+        assert!(gmem::is_zero_page(&page), "frame {f:#x}");
+    }
+}
+
+#[test]
+fn a_zero_run_over_a_hole_or_another_channel_is_refused_at_its_first_bad_page() {
+    let b = bed();
+    let [low, high] = [b.sc.map.regions()[0], b.sc.map.regions()[1]];
+    // From the last frame of the low region over the hole: the first frame past the region.
+    assert_eq!(
+        b.refuse(&b.with_pages(page_run(low.end() - 1, 2, 1))),
+        VgpuError::FrameOutsideMemory { gfn: low.end() }
+    );
+    // A count running past the end of memory.
+    assert_eq!(
+        b.refuse(&b.with_pages(page_run(high.start().get(), u32::MAX, 1))),
+        VgpuError::FrameOutsideMemory { gfn: high.end() }
+    );
+}
+
+#[test]
+fn device_state_repeated_or_over_its_bound_is_the_streams_fault_at_its_first_byte() {
+    // With the staging the configuration calls for, no stream gets StagingFull: a second copy of a
+    // once-only record is refused when it begins, and GGTT records beyond what the GGTT can hold
+    // are refused at the bound, both as the stream's fault.
+    let b = bed();
+    for (kind, copies) in [
+        (RecordKind::CONFIG_SPACE, 20),
+        (RecordKind::ENGINE_STATE, 200),
+        (RecordKind::REGISTERS, 3),
+        (RecordKind::GGTT_PENDING, 2),
+        (RecordKind::PPGTT_ROOTS, 2),
+    ] {
+        let mut p = b.parts.clone();
+        let i = p.find(kind).unwrap();
+        let rec = p.records[i].clone();
+        for _ in 1..copies {
+            p.records.insert(i, rec.clone());
+        }
+        let (r, _) = feed_counting(&b, &p.seal());
+        let e = r.unwrap_err();
+        assert_eq!(
+            e,
+            VgpuError::RecordCount {
+                kind: kind.0,
+                seen: 2
+            },
+            "{kind:?} x{copies}"
+        );
+        assert_eq!(e.fault(), vgpu::error::Fault::Stream);
+    }
+    // GGTT_RUNS records after the stop, each at its size bound (entries x 24 bytes of one-entry
+    // RAW runs), until the group's bound.
+    let cfg = &b.sc.config;
+    let entries = cfg.partition.entries() as usize;
+    let ap = cfg.partition.aperture;
+    let first = (ap.base().get() >> 12) as u32;
+    let mut run = Vec::new();
+    let mut raw = vec![0u8; 16];
+    raw[..4].copy_from_slice(&first.to_le_bytes());
+    raw[4..8].copy_from_slice(&1u32.to_le_bytes());
+    while run.len() + 24 <= entries * 24 {
+        run.extend_from_slice(&raw);
+        run.extend_from_slice(&[0u8; 8]);
+    }
+    let mut p = b.parts.clone();
+    let at = p.records.len();
+    for _ in 0..4 {
+        p.records.insert(
+            at,
+            Part {
+                kind: RecordKind::GGTT_RUNS,
+                flags: RecordFlags::MANDATORY,
+                version: 1,
+                payload: run.clone(),
+            },
+        );
+    }
+    let (r, _) = feed_counting(&b, &p.seal());
+    let e = r.unwrap_err();
+    assert!(
+        matches!(e, VgpuError::StateOverBound { kind: 3, .. }),
+        "{e:?}"
+    );
+    assert_eq!(e.fault(), vgpu::error::Fault::Stream);
+    // The bound is the configuration's: the valid stream fits in exactly that staging.
+    let (r, _) = feed_counting(&b, &b.wire);
+    r.unwrap();
+}
+
+#[test]
+fn ggtt_records_of_one_group_that_overlap_are_refused() {
+    // Every entry at most once per group: the same GGTT_RUNS record twice after the stop.
+    let b = bed();
+    let mut p = b.parts.clone();
+    let i = p.find(RecordKind::GGTT_RUNS).unwrap();
+    let rec = p.records[i].clone();
+    p.records.insert(i, rec);
+    assert_eq!(b.refuse(&p), VgpuError::Gtt(gtt::GttError::RunOrder));
+}
+
+#[test]
+fn records_out_of_the_order_a_source_writes_are_refused() {
+    let b = bed();
+    let page = |p: &Parts| {
+        p.records
+            .iter()
+            .find(|r| r.kind == RecordKind::PAGES)
+            .unwrap()
+            .clone()
+    };
+    // Pages after the device state began.
+    let mut p = b.parts.clone();
+    let pages = page(&p);
+    let at = p.find(RecordKind::REGISTERS).unwrap();
+    p.records.insert(at, pages.clone());
+    assert_eq!(
+        b.refuse(&p),
+        VgpuError::RecordOrder {
+            kind: RecordKind::PAGES.0
+        }
+    );
+    // A ROUND record after the device state began.
+    let mut p = b.parts.clone();
+    let round = p.records.remove(last_round(&p));
+    let at = p.find(RecordKind::REGISTERS).unwrap();
+    p.records.insert(at, round);
+    // The final round's pages now have no ROUND before the device state.
+    assert_eq!(
+        b.refuse(&p),
+        VgpuError::RecordOrder {
+            kind: RecordKind::PAGES.0
+        }
+    );
+    // Pages at the very end of the device state (before END).
+    let mut p = b.parts.clone();
+    p.records.push(pages.clone());
+    assert_eq!(
+        b.refuse(&p),
+        VgpuError::RecordOrder {
+            kind: RecordKind::PAGES.0
+        }
+    );
+    // A GGTT record in the middle of the rounds is device state: pages after it are refused.
+    let mut p = b.parts.clone();
+    let ggtt = p.records[p.find(RecordKind::GGTT_RUNS).unwrap()].clone();
+    let first_round = p.find(RecordKind::ROUND).unwrap();
+    p.records.insert(first_round, ggtt);
+    let e = b.refuse(&p);
+    assert!(matches!(e, VgpuError::RecordOrder { .. }), "{e:?}");
+}
+
+#[test]
+fn round_numbers_that_do_not_continue_the_rounds_are_refused() {
+    let b = bed();
+    let rounds: Vec<usize> = b
+        .parts
+        .records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.kind == RecordKind::ROUND)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(rounds.len() >= 2, "the bed has pre-copy rounds");
+    let set = |p: &mut Parts, i: usize, n: u32| {
+        p.records[i].payload[..4].copy_from_slice(&n.to_le_bytes());
+    };
+    for (what, numbers) in [
+        ("starts at 2", vec![2u32]),
+        ("repeats", vec![0, 0]),
+        ("goes back", vec![0, 1, 0]),
+        ("skips, then goes on", vec![0, 2, 3]),
+        ("skips two", vec![0, 3]),
+    ] {
+        let mut p = b.parts.clone();
+        for (k, n) in numbers.iter().enumerate() {
+            if let Some(&i) = rounds.get(k) {
+                set(&mut p, i, *n);
+            }
+        }
+        if numbers.len() > rounds.len() {
+            continue;
+        }
+        let e = b.refuse(&p);
+        assert!(
+            matches!(e, VgpuError::BadRound { channel: 0, .. }),
+            "{what}: {e:?}"
+        );
+        assert_eq!(e.fault(), vgpu::error::Fault::Stream);
+    }
+    // The one skip a source makes (the round the stop abandoned), on the last ROUND: accepted.
+    let mut p = b.parts.clone();
+    let last = *rounds.last().unwrap();
+    let n = u32::from_le_bytes(p.records[last].payload[..4].try_into().unwrap());
+    set(&mut p, last, n + 1);
+    b.restore(&p.seal()).0.unwrap();
+}
+
+/// The engine state of the bed with one queued workload on engine 0: `(head, tail, descriptor)`.
+fn with_queued(b: &Bed, head: u32, tail: u32, desc: u64) -> Parts {
+    let mut eng = b.payload(RecordKind::ENGINE_STATE).to_vec();
+    assert_eq!(eng[4 + 68], 0, "the bed's engine 0 has no queued work");
+    eng[4 + 68] = 1;
+    let mut w = vec![0u8, 1, 0, 0];
+    w.extend_from_slice(&head.to_le_bytes());
+    w.extend_from_slice(&tail.to_le_bytes());
+    w.extend_from_slice(&desc.to_le_bytes());
+    eng.splice(4 + 72..4 + 72, w);
+    b.with(RecordKind::ENGINE_STATE, eng)
+}
+
+#[test]
+fn queued_work_no_vgpu_would_queue_is_refused() {
+    let b = bed();
+    // A descriptor as the vGPU queues one: valid, privileged, 4-level PPGTT, its context state
+    // page in the aperture; ring head and tail in their fields.
+    let lrca = b.sc.config.partition.aperture.base().get();
+    let good = lrca | 0x119;
+    let (r, _) = b.restore(&with_queued(&b, 0x40, 0x80, good).seal());
+    r.unwrap();
+    let invalid = VgpuError::Engine(engines::EngineError::InvalidDescriptor);
+    for (what, desc) in [
+        ("zero", 0),
+        ("all ones", u64::MAX),
+        ("not valid", good & !1),
+        ("not privileged", good & !0x100),
+        ("state page outside the guest view", 0x9000_0000 | 0x119),
+    ] {
+        assert_eq!(
+            b.refuse(&with_queued(&b, 0x40, 0x80, desc)),
+            invalid,
+            "{what}"
+        );
+    }
+    let ring = VgpuError::Engine(engines::EngineError::RingOffset);
+    for (what, head, tail) in [
+        ("tail all ones", 0x40, u32::MAX),
+        ("tail beyond the offset field", 0x40, 0x20_0000),
+        ("tail not 8-aligned", 0x40, 0x84),
+        ("head not 4-aligned", 0x42, 0x80),
+    ] {
+        assert_eq!(b.refuse(&with_queued(&b, head, tail, good)), ring, "{what}");
+    }
+    // A head with a wrap count (bits 31:21) is one a ring produces: accepted.
+    let (r, _) = b.restore(&with_queued(&b, 0x0020_0040, 0x80, good).seal());
+    r.unwrap();
+}
+
+#[test]
+fn config_space_with_other_read_only_bytes_is_refused_and_guest_bytes_are_restored() {
+    let b = bed();
+    let cfg = b.payload(RecordKind::CONFIG_SPACE).to_vec();
+    for (what, at) in [
+        ("revision", 0x08),
+        ("class", 0x0B),
+        ("subsystem vendor", 0x2C),
+        ("subsystem id", 0x2F),
+    ] {
+        let mut c = cfg.clone();
+        c[at] ^= 0xFF;
+        assert_eq!(
+            b.refuse(&b.with(RecordKind::CONFIG_SPACE, c)),
+            VgpuError::BadConfigSpace,
+            "{what}"
+        );
+    }
+    // A byte the guest writes (BAR0's low byte) is the guest's: restored as sent.
+    let mut c = cfg.clone();
+    c[0x10] ^= 0xF0;
+    let (r, after) = b.restore(&b.with(RecordKind::CONFIG_SPACE, c.clone()).seal());
+    r.unwrap();
+    assert_eq!(after.config_space, c);
+}
+
+#[test]
+fn ppgtt_roots_a_vgpu_never_records_are_refused() {
+    let b = bed();
+    let roots = b.payload(RecordKind::PPGTT_ROOTS).to_vec();
+    let count = u32_at(&roots, 0) as usize;
+    // A 3-level PPGTT without any page directory.
+    let mut empty3 = roots.clone();
+    empty3[..4].copy_from_slice(&(count as u32 + 1).to_le_bytes());
+    empty3.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]);
+    empty3.extend_from_slice(&[0u8; 32]);
+    assert_eq!(
+        b.refuse(&b.with(RecordKind::PPGTT_ROOTS, empty3)),
+        VgpuError::BadPpgtt
+    );
+    // The same root twice (the vGPU records an announced PPGTT once): a 3-level root over a
+    // page directory the stream zeroes (nothing mapped, a valid tree), once and twice.
+    let high = b.sc.map.regions()[1];
+    let pd = high.end() - 1;
+    let mut root = vec![3u8, 1, 0, 0, 0, 0, 0, 0];
+    root.extend_from_slice(&pd.to_le_bytes());
+    root.extend_from_slice(&[0u8; 24]);
+    let with_roots = |n: usize| {
+        let mut r = roots.clone();
+        r[..4].copy_from_slice(&((count + n) as u32).to_le_bytes());
+        for _ in 0..n {
+            r.extend_from_slice(&root);
+        }
+        let mut p = b.with(RecordKind::PPGTT_ROOTS, r);
+        let at = last_round(&p);
+        p.records.insert(
+            at,
+            Part {
+                kind: RecordKind::PAGES,
+                flags: RecordFlags::MANDATORY,
+                version: 1,
+                payload: page_run(pd, 1, 1),
+            },
+        );
+        p
+    };
+    b.restore(&with_roots(1).seal()).0.unwrap();
+    assert_eq!(b.refuse(&with_roots(2)), VgpuError::BadPpgtt);
+}
+
+#[test]
+fn a_destination_whose_memory_is_not_zero_ends_with_the_sources_memory() {
+    // The page map starts with every frame "may be non-zero": round 0's ZERO markers must really
+    // zero a destination guest whose memory held something (a failed earlier attempt, say).
+    use vgpu::traits::GuestMemory as _;
+    let b = bed();
+    let mut st_clean = b.sc.storage();
+    let mut clean = b.sc.machine(&mut st_clean, true).unwrap();
+    let mut staging = vec![0u8; staging_len(&b.sc)];
+    restore(&mut clean, &mut staging, &b.wire, 4096)
+        .unwrap()
+        .0
+        .unwrap();
+    let mut st = b.sc.storage();
+    let mut m = b.sc.machine(&mut st, true).unwrap();
+    m.reset_for_restore().unwrap();
+    let frames: Vec<gtt::Gfn> = (0..b.sc.map.frames() as usize)
+        .map(|i| b.sc.map.frame_at(i).unwrap())
+        .collect();
+    for &f in &frames {
+        m.mem.write(f, 0, &[0xAA; 4096]).unwrap();
+    }
+    let mut d = DestSession::open(&mut m.vgpu, &mut staging, migstream::Limits::DEFAULT).unwrap();
+    d.feed(&m.vgpu, &mut m.mem, &b.wire).unwrap();
+    d.commit(&mut m.vgpu, &m.mem, &mut m.host).unwrap();
+    let (mut x, mut y) = ([0u8; 4096], [0u8; 4096]);
+    for &f in &frames {
+        m.mem.read(f, 0, &mut x).unwrap();
+        clean.mem.read(f, 0, &mut y).unwrap();
+        assert!(x == y, "frame {:#x} differs", f.get());
     }
 }

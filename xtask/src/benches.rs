@@ -141,6 +141,7 @@ pub(crate) fn all(h: &mut Harness) -> crate::Result {
         }
     }
     crate::bench_mmio::mmio_sparse(h)?;
+    crate::bench_hostile::hostile_streams(h)?;
     crate::bench_sim::simulate_all(h)?;
     Ok(())
 }

@@ -3,6 +3,10 @@
 //! New inputs go to `target/fuzz-corpus/<target>` (the checked-in corpus under `fuzz/corpus` is
 //! read, never written), crashes to `fuzz/artifacts/<target>`. Each target's body is a library
 //! function in `fuzz/src`, so a finding reproduces on stable with `cargo test -p vgpu-fuzz`.
+//!
+//! Every run appends one line to the ledger `fuzz/LEDGER.tsv` (date, commit, target, seconds,
+//! jobs, executions, coverage, findings), so the cumulative effort per target is auditable and
+//! committed with the code; the listing shows each target's totals from it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +43,113 @@ fn targets() -> crate::Result<Vec<String>> {
     Ok(v)
 }
 
+/// The ledger of fuzzing runs, one tab-separated line per run.
+fn ledger_path() -> PathBuf {
+    root().join("fuzz/LEDGER.tsv")
+}
+
+/// The ledger's header line.
+const LEDGER_HEADER: &str =
+    "date_utc\tcommit\ttarget\tseconds\tjobs\texecutions\tcoverage\tfindings";
+
+/// One run for the ledger.
+struct LedgerRun<'a> {
+    /// The commit fuzzed, taken before the build.
+    commit: &'a str,
+    target: &'a str,
+    seconds: u64,
+    jobs: u32,
+    executions: u64,
+    coverage: &'a str,
+    findings: &'a str,
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of now (days to civil date: H. Hinnant's algorithm).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The commit fuzzed: `git rev-parse --short HEAD`, with `-dirty` when the tree has changes.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root())
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty { format!("{head}-dirty") } else { head }
+}
+
+/// Append `run` to the ledger (creating it with its header).
+fn append_ledger(run: &LedgerRun<'_>) -> crate::Result {
+    use std::io::Write as _;
+    let path = ledger_path();
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let mut line = String::new();
+    if new {
+        line.push_str(LEDGER_HEADER);
+        line.push('\n');
+    }
+    line.push_str(&format!(
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+        utc_now(),
+        run.commit,
+        run.target,
+        run.seconds,
+        run.jobs,
+        run.executions,
+        run.coverage,
+        run.findings
+    ));
+    f.write_all(line.as_bytes())
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Per target: runs, executions and seconds summed over the ledger.
+fn ledger_totals() -> std::collections::BTreeMap<String, (u64, u64, u64)> {
+    let mut totals = std::collections::BTreeMap::new();
+    let text = std::fs::read_to_string(ledger_path()).unwrap_or_default();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if let [_, _, target, secs, _, execs, ..] = f[..] {
+            let e: &mut (u64, u64, u64) = totals.entry(target.to_owned()).or_default();
+            e.0 += 1;
+            e.1 += execs.parse::<u64>().unwrap_or(0);
+            e.2 += secs.parse::<u64>().unwrap_or(0);
+        }
+    }
+    totals
+}
+
 fn have_nightly() -> bool {
     Command::new("cargo")
         .args(["+nightly", "--version"])
@@ -58,11 +169,22 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     let all = targets()?;
     let Some(target) = &args.target else {
         println!("fuzz targets (run one with `cargo xtask fuzz <target> --time <seconds>`):");
+        println!(
+            "  {:<22} {:>6}  {:>5} {:>15} {:>9}   (totals from {})",
+            "target",
+            "corpus",
+            "runs",
+            "executions",
+            "seconds",
+            ledger_path().display()
+        );
+        let totals = ledger_totals();
         for t in &all {
             let n = std::fs::read_dir(root().join("fuzz/corpus").join(t))
                 .map(|d| d.count())
                 .unwrap_or(0);
-            println!("  {t:<22} {n:>3} corpus files");
+            let (runs, execs, secs) = totals.get(t).copied().unwrap_or_default();
+            println!("  {t:<22} {n:>6}  {runs:>5} {execs:>15} {secs:>9}");
         }
         return Ok(());
     };
@@ -88,6 +210,7 @@ pub(crate) fn run(args: &Args) -> crate::Result {
             return Err("could not install cargo-fuzz".into());
         }
     }
+    let fuzzed = commit();
     let scratch = root().join("target/fuzz-corpus").join(target);
     std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
     let seeds = root().join("fuzz/corpus").join(target);
@@ -145,6 +268,22 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         })
         .unwrap_or_else(|| "?".into());
     let crashed = text.contains("SUMMARY: libFuzzer") || text.contains("panicked at");
+    let findings = if crashed {
+        "crash (see log and fuzz/artifacts)"
+    } else if status.success() {
+        "none"
+    } else {
+        "error (run did not finish)"
+    };
+    append_ledger(&LedgerRun {
+        commit: &fuzzed,
+        target,
+        seconds: args.time,
+        jobs: args.jobs,
+        executions: execs,
+        coverage: &cov,
+        findings,
+    })?;
     println!(
         "{target}: {execs} executions, coverage {cov}, findings: {}",
         if crashed {

@@ -23,6 +23,7 @@
 )]
 
 mod bench;
+mod bench_hostile;
 mod bench_mmio;
 mod bench_sim;
 mod benches;

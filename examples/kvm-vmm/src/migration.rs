@@ -792,7 +792,8 @@ fn receive<R: Read>(
     buf: &mut Vec<u8>,
 ) -> Result<(DestReport, u64, Instant, u64), MigError> {
     let mut rep = DestReport::default();
-    let staging_len = 64 * 1024 + lock(&vm.device).vgpu.config().ggtt_storage_len() * 8 * 2;
+    // The configuration's bound: with it, only a faulty stream can fail the restore.
+    let staging_len = DestSession::staging_len(&lock(&vm.device).vgpu);
     let mut staging = vec![0u8; staging_len];
     let mut ds = {
         let mut d = lock(&vm.device);

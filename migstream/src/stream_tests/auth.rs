@@ -806,3 +806,38 @@ fn mac_and_end_flags_other_than_mandatory_are_refused() {
         );
     }
 }
+
+#[test]
+fn an_unknown_optional_record_is_authenticated_through_feed_all_too() {
+    // The skipped record's bytes are part of the MAC (SPEC.md §10.3: every byte before the MAC
+    // record) whether the stream is decoded with `feed` or with `feed_all`.
+    let key = golden_key();
+    let mut stream = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let mut enc = Encoder::with_key(&key);
+    let mut run = |f: &mut super::WriteFn<'_>| loop {
+        let p = f(&mut enc, &mut buf).unwrap();
+        stream.extend_from_slice(&buf[..p.written()]);
+        if p.is_done() {
+            break;
+        }
+    };
+    run(&mut |e, o| e.write_header(&HEADER, o));
+    run(&mut |e, o| e.write_record(super::UNKNOWN, RecordFlags(0), 1, &b"optional"[..], o));
+    run(&mut |e, o| {
+        e.write_record(
+            RecordKind::CONFIG_SPACE,
+            RecordFlags::MANDATORY,
+            1,
+            &b"cfg!"[..],
+            o,
+        )
+    });
+    run(&mut |e, o| e.write_end(o));
+    let by_feed = decode_keyed(&stream, &key, &[5]).unwrap();
+    assert!(by_feed.contains(&Ev::Skipped(super::UNKNOWN, 8)));
+    for seg in [1, 7, 16, 4096] {
+        let got = feed_all_with(&mut keyed(&key), &stream, seg).unwrap();
+        assert_eq!(got, by_feed, "feed_all {seg}");
+    }
+}

@@ -94,7 +94,8 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
     ));
     let mut st = sc.storage();
     let mut dst = sc.machine(&mut st, true).map_err(|e| e.to_string())?;
-    let staging_len = 64 * 1024 + dst.vgpu.config().ggtt_storage_len() * 8 * 2;
+    // The configuration's bound: with it, only a faulty stream can fail the restore.
+    let staging_len = DestSession::staging_len(&dst.vgpu);
     let mut staging = vec![0u8; staging_len];
     let channels = usize::from(hello.channels);
     let mut d = DestSession::open_channels(
