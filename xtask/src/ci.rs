@@ -71,6 +71,61 @@ fn render(cmd: &Command) -> String {
     s
 }
 
+/// The `rust-version` the workspace declares (`[workspace.package]` of the root manifest).
+fn declared_msrv() -> Result<String, String> {
+    let path = root().join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("rust-version"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .next()
+        .ok_or_else(|| format!("{}: no rust-version", path.display()))
+}
+
+/// Check the library crates, all features, on the declared minimum toolchain. The toolchain is
+/// installed with the minimal profile; when that fails (offline, no rustup) the step is skipped
+/// with a notice, as the bare-metal builds are.
+fn msrv(r: &mut Runner) -> crate::Result {
+    let version = declared_msrv()?;
+    let installed = Command::new("rustup")
+        .args(["toolchain", "install", &version, "--profile", "minimal"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        println!(
+            "\n=== notice: could not install Rust {version} (the declared rust-version); \
+             the MSRV check is skipped. Install it with \
+             `rustup toolchain install {version} --profile minimal`."
+        );
+        return Ok(());
+    }
+    // `rustup run` rather than `cargo +VERSION`: the `cargo` this process runs may be the
+    // toolchain's own binary, which does not read `+` arguments. A separate target directory
+    // keeps the current toolchain's build cache intact.
+    let mut c = Command::new("rustup");
+    c.current_dir(root());
+    c.env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC");
+    c.args([
+        "run",
+        &version,
+        "cargo",
+        "check",
+        "--locked",
+        "--all-features",
+    ]);
+    c.args(["--target-dir", "target/msrv"]);
+    for krate in LIB_CRATES {
+        c.args(["-p", krate]);
+    }
+    r.run(
+        &format!("MSRV: library crates, all features, on Rust {version}"),
+        c,
+    )
+}
+
 fn installed_targets() -> Vec<String> {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
@@ -139,6 +194,7 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         "xtask/nostd-check/Cargo.toml",
         "--target-dir",
         "target/nostd-check",
+        "--locked",
     ]);
     r.run(
         "no_std link check (staticlib with its own panic handler, host)",
@@ -160,6 +216,7 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
                     "--no-default-features",
                     "--target",
                     target,
+                    "--locked",
                 ]);
                 r.run(&format!("bare metal: {krate} for {target}"), c)?;
             }
@@ -173,6 +230,7 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
                 "auth",
                 "--target",
                 target,
+                "--locked",
             ]);
             r.run(
                 &format!("bare metal: vgpu + migstream with auth for {target}"),
@@ -195,9 +253,12 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
             "--no-default-features",
             "--features",
             "defmt",
+            "--locked",
         ]);
         r.run(&format!("defmt: {krate}"), c)?;
     }
+
+    msrv(&mut r)?;
 
     // The tools themselves, in release as `cargo xtask` runs them; each verifies what it does.
     let smoke_runs: [(&str, &[&str]); 6] = [
@@ -228,7 +289,7 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
     ];
     for (name, args) in smoke_runs {
         let mut c = cargo();
-        c.args(["run", "--release", "--package", "xtask", "--"]);
+        c.args(["run", "--release", "--locked", "--package", "xtask", "--"]);
         c.args(args);
         r.run(name, c)?;
     }
