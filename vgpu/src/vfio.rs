@@ -146,7 +146,13 @@ impl<'s> VfioMigration<'s> {
             if cur == requested {
                 return Ok(cur);
             }
-            self.arc(vgpu, cur, next, p)?;
+            if let Err(e) = self.arc(vgpu, cur, next, p) {
+                #[cfg(feature = "log")]
+                ::log::warn!("vgpu vfio: {cur:?} -> {next:?} failed: {e}");
+                return Err(e);
+            }
+            #[cfg(feature = "log")]
+            ::log::debug!("vgpu vfio: {cur:?} -> {next:?}");
         }
         Err(VgpuError::Fsm(FsmError::NoPath {
             from: vgpu.state(),

@@ -5,8 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// Library crates: no_std, checked on the host link check, bare metal and with defmt.
-pub(crate) const LIB_CRATES: [&str; 6] = ["migstream", "gtt", "mmio", "gmem", "engines", "vgpu"];
+/// Library crates (package names, as `-p` takes them; the workspace calls them by the short
+/// names `migstream`, `gtt`, ...): no_std, checked on the host link check, bare metal and with defmt.
+pub(crate) const LIB_CRATES: [&str; 6] = [
+    "vgpu-mig-stream",
+    "vgpu-mig-gtt",
+    "vgpu-mig-mmio",
+    "vgpu-mig-gmem",
+    "vgpu-mig-engines",
+    "vgpu-mig",
+];
 
 /// Bare-metal targets tried in order; the first installed one is used.
 const BARE_METAL: [&str; 2] = ["x86_64-unknown-none", "thumbv7em-none-eabihf"];
@@ -179,13 +187,26 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
     // The workspace run unifies features (xtask enables `auth`); the format crate must also pass
     // as most embedders build it, without the feature.
     let mut c = cargo();
-    c.args(["test", "-p", "migstream", "--locked"]);
+    c.args(["test", "-p", "vgpu-mig-stream", "--locked"]);
     r.run("migstream tests without the auth feature", c)?;
 
     let mut c = cargo();
     c.env("RUSTDOCFLAGS", "-D warnings");
     c.args(["doc", "--workspace", "--no-deps", "--locked"]);
     r.run("rustdoc (warnings denied)", c)?;
+
+    // The library crates as they would be uploaded: each `.crate` (under target/package) with its
+    // rewritten manifest (registry dependencies with versions, the readme) and its own lock file.
+    // Packaged together, cargo resolves their dependencies on each other through a local overlay
+    // of the ones packaged first, so none needs to be on the registry. Not built again here
+    // (`--no-verify`): the steps above and below build the same sources. `--allow-dirty` so a local
+    // run with uncommitted changes packages them; .ci/run checks the tree is clean at the end.
+    let mut c = cargo();
+    c.args(["package", "--locked", "--no-verify", "--allow-dirty"]);
+    for krate in LIB_CRATES {
+        c.args(["-p", krate]);
+    }
+    r.run("package the library crates (publishable, not published)", c)?;
 
     let mut c = cargo();
     c.args([
@@ -224,16 +245,16 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
             c.args([
                 "build",
                 "-p",
-                "vgpu",
+                "vgpu-mig",
                 "--no-default-features",
                 "--features",
-                "auth",
+                "auth,log",
                 "--target",
                 target,
                 "--locked",
             ]);
             r.run(
-                &format!("bare metal: vgpu + migstream with auth for {target}"),
+                &format!("bare metal: vgpu + migstream with auth, and log, for {target}"),
                 c,
             )?;
         }
