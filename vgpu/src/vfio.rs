@@ -146,13 +146,13 @@ impl<'s> VfioMigration<'s> {
             if cur == requested {
                 return Ok(cur);
             }
-            if let Err(e) = self.arc(vgpu, cur, next, p) {
-                #[cfg(feature = "log")]
-                ::log::warn!("vgpu vfio: {cur:?} -> {next:?} failed: {e}");
-                return Err(e);
-            }
+            let r = self.arc(vgpu, cur, next, p);
             #[cfg(feature = "log")]
-            ::log::debug!("vgpu vfio: {cur:?} -> {next:?}");
+            match &r {
+                Ok(()) => ::log::debug!("vgpu vfio: {cur:?} -> {next:?}"),
+                Err(e) => ::log::warn!("vgpu vfio: {cur:?} -> {next:?} failed: {e}"),
+            }
+            r?;
         }
         Err(VgpuError::Fsm(FsmError::NoPath {
             from: vgpu.state(),
