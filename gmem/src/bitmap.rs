@@ -311,37 +311,120 @@ impl Iterator for Ones<'_> {
     }
 }
 
-#[cfg(target_has_atomic = "64")]
-pub use atomic::AtomicDirtyBitmap;
+#[cfg(target_has_atomic = "32")]
+pub use atomic::{AtomicDirtyBitmap, AtomicWord, atomic_words_for};
 
-#[cfg(target_has_atomic = "64")]
+#[cfg(target_has_atomic = "32")]
 mod atomic {
-    use core::sync::atomic::{AtomicU64, Ordering};
+    use core::sync::atomic::Ordering;
 
     use super::{DirtyBitmap, for_each_span, harvest_word, words_for};
     use crate::error::GmemError;
+
+    /// The atomic word of an [`AtomicDirtyBitmap`]'s storage: `AtomicU64` where the target has
+    /// 64-bit atomics, `AtomicU32` where it has only 32-bit ones (for example Cortex-M).
+    #[cfg(target_has_atomic = "64")]
+    pub type AtomicWord = core::sync::atomic::AtomicU64;
+    /// The atomic word of an [`AtomicDirtyBitmap`]'s storage: `AtomicU64` where the target has
+    /// 64-bit atomics, `AtomicU32` where it has only 32-bit ones (for example Cortex-M).
+    #[cfg(not(target_has_atomic = "64"))]
+    pub type AtomicWord = core::sync::atomic::AtomicU32;
+
+    /// The integer an [`AtomicWord`] holds, widened to and narrowed from the bitmap's `u64`
+    /// words.
+    #[cfg(target_has_atomic = "64")]
+    mod raw {
+        pub(super) const fn widen(x: u64) -> u64 {
+            x
+        }
+        pub(super) const fn narrow(x: u64) -> u64 {
+            x
+        }
+    }
+    #[cfg(not(target_has_atomic = "64"))]
+    mod raw {
+        pub(super) fn widen(x: u32) -> u64 {
+            u64::from(x)
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "callers shift the wanted half down"
+        )]
+        pub(super) const fn narrow(x: u64) -> u32 {
+            x as u32
+        }
+    }
+    use raw::{narrow, widen};
+
+    /// Bits per [`AtomicWord`].
+    const WORD_BITS: usize = core::mem::size_of::<AtomicWord>() * 8;
+    /// [`AtomicWord`]s per 64-bit word of a [`DirtyBitmap`] (1 or 2).
+    const PER_U64: usize = 64 / WORD_BITS;
+
+    /// [`AtomicWord`]s of storage for an [`AtomicDirtyBitmap`] of `bits` bits (equal to
+    /// [`words_for`] on targets with 64-bit atomics).
+    #[must_use]
+    pub const fn atomic_words_for(bits: usize) -> usize {
+        bits.div_ceil(WORD_BITS)
+    }
+
+    /// The atomic words holding 64-bit word `i` of the bitmap, low half first (one word on
+    /// targets with 64-bit atomics; the second is absent past the end of an odd-length storage).
+    fn parts(words: &[AtomicWord], i: usize) -> impl Iterator<Item = (u32, &AtomicWord)> {
+        let first = i.saturating_mul(PER_U64);
+        (0..PER_U64).filter_map(move |k| {
+            let shift = u32::try_from(k * WORD_BITS).unwrap_or(0);
+            words.get(first.saturating_add(k)).map(|w| (shift, w))
+        })
+    }
+
+    /// Loads 64-bit word `i`.
+    fn load64(words: &[AtomicWord], i: usize, order: Ordering) -> u64 {
+        parts(words, i).fold(0, |acc, (shift, w)| acc | (widen(w.load(order)) << shift))
+    }
+
+    /// Swaps 64-bit word `i` with zero (each part that holds a bit), returning what it held.
+    fn take64(words: &[AtomicWord], i: usize) -> u64 {
+        parts(words, i).fold(0, |acc, (shift, w)| {
+            if w.load(Ordering::Relaxed) == 0 {
+                acc
+            } else {
+                acc | (widen(w.swap(0, Ordering::AcqRel)) << shift)
+            }
+        })
+    }
+
+    /// Sets the bits of `mask` in 64-bit word `i`.
+    fn or64(words: &[AtomicWord], i: usize, mask: u64) {
+        for (shift, w) in parts(words, i) {
+            let m = narrow(mask >> shift);
+            if m != 0 {
+                w.fetch_or(m, Ordering::Release);
+            }
+        }
+    }
 
     /// A dirty bitmap that many threads can set concurrently while one harvests.
     ///
     /// Setting uses `fetch_or` with `Release` ordering and harvesting `swap(0)` with
     /// `AcqRel`, so page contents written before a bit was set are visible to whoever
-    /// harvests that bit. Only on targets with 64-bit atomics.
+    /// harvests that bit. Storage is [`atomic_words_for`]`(bits)` [`AtomicWord`]s.
     ///
     /// Cloning makes another handle on the same storage (for example one per writer thread).
     #[derive(Debug, Clone)]
     pub struct AtomicDirtyBitmap<'a> {
-        words: &'a [AtomicU64],
+        words: &'a [AtomicWord],
         bits: usize,
     }
 
     impl<'a> AtomicDirtyBitmap<'a> {
-        /// A bitmap of `bits` bits over `storage` ([`words_for`]`(bits)` words); the storage
-        /// is cleared.
+        /// A bitmap of `bits` bits over `storage` ([`atomic_words_for`]`(bits)` words); the
+        /// storage is cleared.
         ///
         /// # Errors
         /// [`GmemError::StorageSize`] on a length mismatch.
-        pub fn new(storage: &'a [AtomicU64], bits: usize) -> Result<Self, GmemError> {
-            if storage.len() != words_for(bits) {
+        pub fn new(storage: &'a [AtomicWord], bits: usize) -> Result<Self, GmemError> {
+            if storage.len() != atomic_words_for(bits) {
                 return Err(GmemError::StorageSize);
             }
             for w in storage {
@@ -379,21 +462,14 @@ mod atomic {
         /// [`GmemError::OutOfRange`] if the range exceeds the bitmap; nothing is set then.
         pub fn set_range(&self, start: usize, count: usize) -> Result<(), GmemError> {
             let words = self.words;
-            for_each_span(start, count, self.bits, |w, m| {
-                if let Some(x) = words.get(w) {
-                    x.fetch_or(m, Ordering::Release);
-                }
-            })
+            for_each_span(start, count, self.bits, |w, m| or64(words, w, m))
         }
 
         /// Whether bit `bit` is set (`false` if out of range).
         #[must_use]
         pub fn test(&self, bit: usize) -> bool {
             bit < self.bits
-                && self
-                    .words
-                    .get(bit / 64)
-                    .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (bit % 64)) != 0)
+                && load64(self.words, bit / 64, Ordering::Acquire) & (1 << (bit % 64)) != 0
         }
 
         /// The number of set bits (a snapshot).
@@ -415,12 +491,8 @@ mod atomic {
             if self.bits != other.len() {
                 return Err(GmemError::SizeMismatch);
             }
-            for (src, dst) in self.words.iter().zip(other.words.iter_mut()) {
-                *dst = if src.load(Ordering::Relaxed) == 0 {
-                    0
-                } else {
-                    src.swap(0, Ordering::AcqRel)
-                };
+            for (i, dst) in other.words.iter_mut().enumerate() {
+                *dst = take64(self.words, i);
             }
             Ok(())
         }
@@ -436,10 +508,8 @@ mod atomic {
             if self.bits != other.len() {
                 return Err(GmemError::SizeMismatch);
             }
-            for (src, dst) in self.words.iter().zip(other.words.iter_mut()) {
-                if src.load(Ordering::Relaxed) != 0 {
-                    *dst |= src.swap(0, Ordering::AcqRel);
-                }
+            for (i, dst) in other.words.iter_mut().enumerate() {
+                *dst |= take64(self.words, i);
             }
             Ok(())
         }
@@ -453,9 +523,10 @@ mod atomic {
 
         /// Calls `f` with every set bit in ascending order, clearing as it goes.
         pub fn harvest_each(&self, mut f: impl FnMut(usize)) {
-            for (i, w) in self.words.iter().enumerate() {
-                if w.load(Ordering::Relaxed) != 0 {
-                    harvest_word(i.saturating_mul(64), w.swap(0, Ordering::AcqRel), &mut f);
+            for i in 0..words_for(self.bits) {
+                let w = take64(self.words, i);
+                if w != 0 {
+                    harvest_word(i.saturating_mul(64), w, &mut f);
                 }
             }
         }

@@ -81,8 +81,8 @@ pub mod policy;
 pub mod report;
 
 pub use baseline::{QEMU_MAX_BANDWIDTH, QemuConfig, QemuPolicy, StopAndCopy};
-#[cfg(target_has_atomic = "64")]
-pub use bitmap::AtomicDirtyBitmap;
+#[cfg(target_has_atomic = "32")]
+pub use bitmap::{AtomicDirtyBitmap, AtomicWord, atomic_words_for};
 pub use bitmap::{DirtyBitmap, Ones, words_for};
 pub use error::GmemError;
 /// The guest frame number the memory map is in (from the `gtt` crate, published as

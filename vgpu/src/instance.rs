@@ -1,6 +1,5 @@
 //! One vGPU instance: config space, register file, GGTT slices, engines, GPU dirty log.
 
-use core::sync::atomic::AtomicU64;
 use engines::{
     ContextDescriptor, EngineId, EngineMask, Engines, QuiesceStatus, Workload, check_submission,
     reg,
@@ -140,7 +139,7 @@ pub struct VgpuStorage<'a> {
     pub ggtt: &'a mut [u64],
     /// GPU-side dirty log ([`GpuDirtyLog`]): one bit per guest frame and an activity flag,
     /// shared (a GPU thread marks it while others hold the vGPU).
-    pub gpu_dirty: &'a [AtomicU64],
+    pub gpu_dirty: &'a [gmem::AtomicWord],
 }
 
 /// Derived state, rebuilt on restore by replaying side-effect registers; never migrated.

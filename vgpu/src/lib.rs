@@ -24,8 +24,9 @@
 //! [`traits::CpuDirtyLog`]). Feature `sim` adds the reference device (module `sim`): a software GPU and a
 //! guest driver model that run every path without hardware, deterministically.
 //!
-//! MSRV: the workspace `rust-version` (1.88). The GPU dirty log uses 64-bit atomics
-//! (`core::sync::atomic::AtomicU64`), so the crate needs a target that has them.
+//! MSRV: the workspace `rust-version` (1.88). The GPU dirty log is a bitmap of atomic words
+//! ([`gmem::AtomicWord`]: `AtomicU64`, or `AtomicU32` on targets with only 32-bit atomics such as
+//! Cortex-M), so the crate needs a target with at least 32-bit atomics.
 //!
 //! # Locking rules for a threaded hypervisor
 //!
@@ -249,6 +250,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod channel;
+pub mod cmd;
 pub mod content;
 pub mod dest;
 pub mod error;

@@ -8,9 +8,9 @@
 //!
 //! [`Vgpu`]: crate::instance::Vgpu
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
-use gmem::{AtomicDirtyBitmap, DirtyBitmap, GuestMemoryMap, words_for};
+use gmem::{AtomicDirtyBitmap, AtomicWord, DirtyBitmap, GuestMemoryMap, atomic_words_for};
 use gtt::Gfn;
 
 use crate::error::VgpuError;
@@ -26,7 +26,7 @@ use crate::error::VgpuError;
 #[derive(Debug, Clone)]
 pub struct GpuDirtyLog<'a> {
     bits: AtomicDirtyBitmap<'a>,
-    active: &'a AtomicU64,
+    active: &'a AtomicWord,
     map: GuestMemoryMap,
 }
 
@@ -34,7 +34,7 @@ impl<'a> GpuDirtyLog<'a> {
     /// Words of storage for a guest of `frames` frames: the bitmap and one word for the flag.
     #[must_use]
     pub const fn storage_words(frames: usize) -> usize {
-        words_for(frames) + 1
+        atomic_words_for(frames) + 1
     }
 
     /// A cleared log over `storage` for the guest memory `map`.
@@ -42,7 +42,7 @@ impl<'a> GpuDirtyLog<'a> {
     /// # Errors
     /// [`VgpuError::StorageSize`] unless `storage` has
     /// [`storage_words`](Self::storage_words)`(frames)` words.
-    pub fn new(map: &GuestMemoryMap, storage: &'a [AtomicU64]) -> Result<Self, VgpuError> {
+    pub fn new(map: &GuestMemoryMap, storage: &'a [AtomicWord]) -> Result<Self, VgpuError> {
         let frames = usize::try_from(map.frames()).map_err(|_| VgpuError::StorageSize)?;
         if storage.len() != Self::storage_words(frames) {
             return Err(VgpuError::StorageSize);
@@ -104,11 +104,12 @@ impl<'a> GpuDirtyLog<'a> {
 
 #[cfg(test)]
 mod tests {
+    use core::sync::atomic::AtomicU64;
     use std::collections::BTreeSet;
     use std::vec;
     use std::vec::Vec;
 
-    use gmem::FrameRange;
+    use gmem::{FrameRange, words_for};
 
     use super::*;
 

@@ -589,7 +589,8 @@ fn counts_and_sizes_inconsistent_with_payloads_are_refused() {
         VgpuError::Engine(engines::EngineError::QueueTooLong { .. }) => {}
         e => panic!("{e:?}"),
     }
-    // A FULL page run claiming one page more than the record carries.
+    // A FULL page run claiming one page more than the record carries: a record cut to its first
+    // run, a FULL one (records may mix encodings, so the run must be the record's last).
     let i = b
         .parts
         .records
@@ -598,6 +599,7 @@ fn counts_and_sizes_inconsistent_with_payloads_are_refused() {
         .unwrap();
     let mut p = b.parts.clone();
     let c = u32_at(&p.records[i].payload, 8);
+    p.records[i].payload.truncate(16 + 4096 * c as usize);
     p.records[i].payload[8..12].copy_from_slice(&(c + 1).to_le_bytes());
     match b.refuse(&p) {
         VgpuError::Stream(d) => assert_eq!(

@@ -282,10 +282,15 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
     msrv(&mut r)?;
 
     // The tools themselves, in release as `cargo xtask` runs them; each verifies what it does.
-    let smoke_runs: [(&str, &[&str]); 6] = [
+    let smoke_runs: [(&str, &[&str]); 7] = [
         (
-            "migrate smoke run: two processes over loopback TCP (verified end to end)",
-            &["migrate", "--quick"],
+            "migrate smoke run: two processes over loopback TCP, model guest (verified end to end)",
+            &["migrate", "--quick", "--guest", "model"],
+        ),
+        (
+            "migrate smoke run: a KVM VM between two processes (verified end to end; where /dev/kvm \
+             or the x86_64-unknown-none target is unusable it says so and runs the model guest)",
+            &["migrate", "--quick", "--guest", "kvm"],
         ),
         (
             "migrate smoke run: in-process, modeled link (verified end to end)",
@@ -293,7 +298,7 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         ),
         (
             "migrate smoke run: three channels over three TCP connections (verified end to end)",
-            &["migrate", "--quick", "--channels", "3"],
+            &["migrate", "--quick", "--guest", "model", "--channels", "3"],
         ),
         (
             "hardware test plan, quick (reference device) and a 200-hop soak",

@@ -3,6 +3,13 @@
 //! destination finish the workload, and verify that its final state equals a never-migrated run of
 //! the same seed, byte for byte.
 //!
+//! The guest: with `--guest kvm` (the default where `/dev/kvm` and the `x86_64-unknown-none`
+//! target are usable) a whole KVM virtual machine whose bare-metal guest drives the vGPU is
+//! migrated with the reference embedding `kvm-vmm` ([`kvm`]: its own framing, documented there and
+//! in `kvm_vmm::migration`); elsewhere, or with `--guest model`, the reference platform's guest
+//! driver model, as described below. A destination started with `--listen` must be given the
+//! same `--guest` as its source.
+//!
 //! # Processes
 //!
 //! - Default: this process is the *source*. It starts the destination as a child
@@ -51,6 +58,8 @@
 //! acted on once every channel's stream has ended.
 
 mod dest;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod kvm;
 mod modeled;
 mod plot;
 mod report;
@@ -63,6 +72,14 @@ use vgpu::sim::scenario::Scenario;
 /// Options of `cargo xtask migrate`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
+    /// The guest: `kvm` (a KVM virtual machine whose bare-metal guest drives the vGPU; the
+    /// default, where `/dev/kvm` and the `x86_64-unknown-none` target are usable) or `model`
+    /// (the reference platform's guest driver model).
+    #[arg(long, default_value = "kvm", value_parser = ["kvm", "model"])]
+    pub(crate) guest: String,
+    /// Guest RAM of the KVM VM in MiB (`--guest kvm`).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) ram: u64,
     /// Workload running in the guest.
     #[arg(long, default_value = "3d", value_parser = ["idle", "2d", "media", "3d"])]
     pub(crate) workload: String,
@@ -129,6 +146,24 @@ const START_FRAME: u64 = 30;
 
 /// Run the demo.
 pub(crate) fn run(args: &Args) -> crate::Result {
+    // The KVM VMM migrates guest RAM itself and the library's stream carries device state only:
+    // the stream's channels, GPU dirty precision and content tracking are the model guest's.
+    let model_only = args.channels > 1 || args.precision != "exact" || args.content != "on";
+    if args.guest == "kvm" && !args.modeled && model_only && !args.child {
+        println!(
+            "--channels, --precision and --content shape the model guest's stream: running the model guest"
+        );
+    }
+    if args.guest == "kvm" && !args.modeled && !model_only {
+        match kvm_image()? {
+            Ok(image) => return run_kvm(args, &image),
+            Err(why) => {
+                if !args.child {
+                    println!("KVM guest not available ({why}): running the model guest");
+                }
+            }
+        }
+    }
     if args.modeled {
         modeled::run(args)
     } else if let Some(addr) = &args.listen {
@@ -136,6 +171,31 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     } else {
         source::run(args)
     }
+}
+
+/// The KVM guest image where KVM is usable (`Ok(Err(why))` where it is not; `Err` when the
+/// guest does not build).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn kvm_image() -> crate::Result<Result<Vec<u8>, String>> {
+    kvm::usable()
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn kvm_image() -> crate::Result<Result<Vec<u8>, String>> {
+    Ok(Err("KVM needs Linux on x86-64".into()))
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn run_kvm(args: &Args, image: &[u8]) -> crate::Result {
+    match &args.listen {
+        Some(addr) => kvm::run_dest(addr, args.child, image),
+        None => kvm::run_source(args, image),
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn run_kvm(_args: &Args, _image: &[u8]) -> crate::Result {
+    Err("KVM needs Linux on x86-64".into())
 }
 
 /// The workload named on the command line.

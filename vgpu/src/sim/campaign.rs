@@ -36,11 +36,11 @@ use migstream::{
     RecordHeaderRepr, RecordKind, STREAM_HEADER_LEN,
 };
 
-use super::Rng;
 use super::driver::Profile;
 use super::machine::Machine;
 pub use super::scenario::DeviceState;
 use super::scenario::{Plan, Scenario, migrate};
+use crate::cmd::Rng;
 use crate::dest::DestSession;
 use crate::error::{Fault, VgpuError};
 

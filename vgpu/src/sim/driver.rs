@@ -11,9 +11,8 @@
 use engines::{ContextDescriptor, EngineId, reg};
 use gtt::{Gfn, GgttEntry, GmAddr};
 
-use super::Rng;
-use super::cmd;
 use super::memory::{SimCpuLog, SimHost, SimMemory};
+use crate::cmd::{self, Rng};
 use crate::error::VgpuError;
 use crate::instance::{GGTT_WINDOW, HWSP_CSB_WP_DWORD, LRC_STATE_PAGE, Vgpu};
 

@@ -4,8 +4,7 @@ use engines::{ContextDescriptor, CsbEntry, EngineId};
 use gtt::{Gfn, GmAddr, Gva, PpgttRoot};
 use mmio::{AccessSize, NoHooks};
 
-use super::cmd;
-use super::memory::SimMemory;
+use crate::cmd;
 use crate::instance::{HWSP_CSB_DWORD, HWSP_CSB_WP_DWORD, Vgpu, lrc};
 use crate::ppgtt::Walker;
 use crate::traits::GuestMemory;
@@ -132,7 +131,7 @@ impl RefGpu {
     fn write_span(
         &mut self,
         vgpu: &mut Vgpu<'_>,
-        mem: &mut SimMemory,
+        mem: &mut dyn GuestMemory,
         addr: u64,
         data: &[u8],
     ) -> bool {
@@ -154,7 +153,7 @@ impl RefGpu {
     }
 
     /// Read `out.len()` bytes at graphics address `addr`, across pages.
-    fn read_span(vgpu: &Vgpu<'_>, mem: &SimMemory, addr: u64, out: &mut [u8]) -> bool {
+    fn read_span(vgpu: &Vgpu<'_>, mem: &dyn GuestMemory, addr: u64, out: &mut [u8]) -> bool {
         let mut done = 0;
         while done < out.len() {
             let a = addr + done as u64;
@@ -176,7 +175,7 @@ impl RefGpu {
     fn color_blt(
         &mut self,
         vgpu: &mut Vgpu<'_>,
-        mem: &mut SimMemory,
+        mem: &mut dyn GuestMemory,
         r: Rect,
         base: u64,
         color: u32,
@@ -200,7 +199,7 @@ impl RefGpu {
     fn copy_blt(
         &mut self,
         vgpu: &mut Vgpu<'_>,
-        mem: &mut SimMemory,
+        mem: &mut dyn GuestMemory,
         dst: Rect,
         dst_base: u64,
         src: Rect,
@@ -231,7 +230,7 @@ impl RefGpu {
     fn continue_fill(
         &mut self,
         vgpu: &mut Vgpu<'_>,
-        mem: &mut SimMemory,
+        mem: &mut dyn GuestMemory,
         exec: &mut Exec,
         budget: &mut u32,
     ) -> Option<bool> {
@@ -278,7 +277,7 @@ impl RefGpu {
     /// Execute up to `budget` commands per engine: dispatch queued workloads, run their ring and batch
     /// commands through the GGTT, complete them (CSB entry, HWSP mirror, interrupt). Returns the
     /// commands executed.
-    pub fn step(&mut self, vgpu: &mut Vgpu<'_>, mem: &mut SimMemory, budget: u32) -> u32 {
+    pub fn step(&mut self, vgpu: &mut Vgpu<'_>, mem: &mut dyn GuestMemory, budget: u32) -> u32 {
         let mut done = 0;
         for id in EngineId::ALL {
             let i = id.index();
@@ -369,7 +368,12 @@ impl RefGpu {
 
     /// Run until nothing is in flight (queued work stays queued while the vGPU is quiesced).
     /// Bounded: gives up after `max_commands` and returns false.
-    pub fn drain(&mut self, vgpu: &mut Vgpu<'_>, mem: &mut SimMemory, max_commands: u64) -> bool {
+    pub fn drain(
+        &mut self,
+        vgpu: &mut Vgpu<'_>,
+        mem: &mut dyn GuestMemory,
+        max_commands: u64,
+    ) -> bool {
         let mut spent = 0u64;
         while vgpu.engines().in_flight() != 0 || (self.busy() && !vgpu.engines().is_quiesced()) {
             let n = self.step(vgpu, mem, 256);
@@ -383,7 +387,7 @@ impl RefGpu {
 
     fn start(
         vgpu: &mut Vgpu<'_>,
-        mem: &mut SimMemory,
+        mem: &mut dyn GuestMemory,
         id: EngineId,
         desc: ContextDescriptor,
         head: u32,
@@ -431,7 +435,7 @@ impl RefGpu {
 
     fn finish(
         vgpu: &mut Vgpu<'_>,
-        mem: &mut SimMemory,
+        mem: &mut dyn GuestMemory,
         id: EngineId,
         desc: ContextDescriptor,
         exec: Option<&Exec>,
@@ -457,7 +461,7 @@ impl RefGpu {
     }
 
     /// Write a CSB entry: registers, the guest's hardware status page, then the interrupt bit.
-    fn post_csb(vgpu: &mut Vgpu<'_>, mem: &mut SimMemory, id: EngineId, entry: CsbEntry) {
+    fn post_csb(vgpu: &mut Vgpu<'_>, mem: &mut dyn GuestMemory, id: EngineId, entry: CsbEntry) {
         let (index, wp) = match vgpu.engines_mut().engine_mut(id) {
             Some(e) => e.csb.push(entry),
             None => return,
@@ -497,7 +501,7 @@ impl RefGpu {
     /// writable).
     fn translate(
         vgpu: &Vgpu<'_>,
-        mem: &SimMemory,
+        mem: &dyn GuestMemory,
         ppgtt: Option<PpgttRoot>,
         addr: u64,
         write: bool,
@@ -512,13 +516,13 @@ impl RefGpu {
             return None;
         }
         let gfn = t.gpa.gfn();
-        if !mem.map_ref().contains(gfn) {
+        if !mem.map().contains(gfn) {
             return None;
         }
         Some((gfn, usize::try_from(t.gpa.get() & 0xFFF).ok()?))
     }
 
-    fn fetch(vgpu: &Vgpu<'_>, mem: &SimMemory, exec: &mut Exec) -> Option<u32> {
+    fn fetch(vgpu: &Vgpu<'_>, mem: &dyn GuestMemory, exec: &mut Exec) -> Option<u32> {
         let (addr, ppgtt) = match exec.batch {
             Some(a) => {
                 exec.batch = Some(a + 4);
@@ -535,13 +539,15 @@ impl RefGpu {
         };
         let space = Self::space(exec, ppgtt)?;
         let (gfn, off) = Self::translate(vgpu, mem, space, addr, false)?;
-        mem.read_u32(gfn, off).ok()
+        let mut b = [0u8; 4];
+        mem.read(gfn, off, &mut b).ok()?;
+        Some(u32::from_le_bytes(b))
     }
 
     fn store(
         &mut self,
         vgpu: &mut Vgpu<'_>,
-        mem: &mut SimMemory,
+        mem: &mut dyn GuestMemory,
         (addr, space): (u64, Option<Option<PpgttRoot>>),
         data: &[u8],
     ) -> bool {
@@ -568,7 +574,7 @@ impl RefGpu {
     fn load_register_imm(
         &mut self,
         vgpu: &mut Vgpu<'_>,
-        mem: &SimMemory,
+        mem: &dyn GuestMemory,
         exec: &mut Exec,
         pairs: u32,
     ) -> Step {
@@ -591,7 +597,7 @@ impl RefGpu {
         Step::Continue
     }
 
-    fn execute(&mut self, vgpu: &mut Vgpu<'_>, mem: &mut SimMemory, exec: &mut Exec) -> Step {
+    fn execute(&mut self, vgpu: &mut Vgpu<'_>, mem: &mut dyn GuestMemory, exec: &mut Exec) -> Step {
         let Some(dw0) = Self::fetch(vgpu, mem, exec) else {
             return Step::Fault;
         };

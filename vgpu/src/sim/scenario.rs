@@ -159,14 +159,19 @@ pub struct DeviceState {
 impl DeviceState {
     /// Capture a machine's vGPU.
     pub fn of(m: &Machine<'_>) -> Self {
+        Self::capture(&m.vgpu)
+    }
+
+    /// Capture a vGPU (for embedders whose vGPU is not part of a [`Machine`], such as a VMM).
+    pub fn capture(vgpu: &crate::instance::Vgpu<'_>) -> Self {
         let dwords = u32::try_from(mmio::MMIO_DWORDS).unwrap_or(0);
         Self {
-            vregs: (0..dwords).map(|i| m.vgpu.regs().peek(i * 4)).collect(),
-            ggtt: m.vgpu.ggtt().entries().to_vec(),
-            engines: m.vgpu.engines().clone(),
-            derived: *m.vgpu.derived(),
-            config_space: m.vgpu.config_space().to_vec(),
-            ppgtts: m.vgpu.ppgtts().clone(),
+            vregs: (0..dwords).map(|i| vgpu.regs().peek(i * 4)).collect(),
+            ggtt: vgpu.ggtt().entries().to_vec(),
+            engines: vgpu.engines().clone(),
+            derived: *vgpu.derived(),
+            config_space: vgpu.config_space().to_vec(),
+            ppgtts: vgpu.ppgtts().clone(),
         }
     }
 

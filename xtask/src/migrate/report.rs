@@ -22,9 +22,46 @@ pub(super) struct Round {
     pub(super) end_ms: f64,
 }
 
+/// Figures only a KVM VM has (`--guest kvm`).
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct KvmFigures {
+    /// Guest RAM, MiB.
+    pub(super) ram_mib: u64,
+    /// Bytes of the vGPU's device-state stream (the library's sessions, VMM-RAM mode).
+    pub(super) vgpu_state_bytes: u64,
+    /// Bytes of the vCPU state.
+    pub(super) cpu_state_bytes: u64,
+    /// Source: from the vCPU's pause to END sent, ms.
+    pub(super) source_stop_copy_ms: f64,
+    /// Destination: from END received to the vCPU started, ms.
+    pub(super) dest_resume_ms: f64,
+    /// Destination: from the source's last guest exit to END received, ms.
+    pub(super) end_after_pause_ms: f64,
+    /// MMIO exits the guest made while pages streamed (pre-copy).
+    pub(super) mmio_exits_during_precopy: u64,
+    /// Their mean wait for the device lock, µs.
+    pub(super) mmio_wait_mean_us: f64,
+    /// 99th percentile wait (bucket upper bound), µs.
+    pub(super) mmio_wait_p99_us: u64,
+    /// Longest wait, µs.
+    pub(super) mmio_wait_max_us: f64,
+    /// Longest the migration thread held the device lock during pre-copy, µs.
+    pub(super) lock_hold_max_us: u64,
+    /// Longest a GPU step (the reference executor) held the device lock during pre-copy, µs.
+    pub(super) gpu_step_hold_max_us: f64,
+    /// 99th percentile of the GPU steps' lock hold (bucket upper bound), µs.
+    pub(super) gpu_step_hold_p99_us: u64,
+    /// Longest pre-copy round, ms (an MMIO exit blocked for a whole round would wait this long).
+    pub(super) longest_round_ms: f64,
+}
+
 /// Everything the report shows.
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct Outcome {
+    /// The guest: `model` (the reference platform's driver model) or `kvm` (a KVM VM).
+    pub(super) guest: String,
+    /// KVM-only figures.
+    pub(super) kvm: Option<KvmFigures>,
     pub(super) workload: String,
     pub(super) gm_mib: u64,
     /// Sender rate limit, bytes/s (`None`: unlimited).
@@ -78,12 +115,31 @@ pub(super) struct Outcome {
 
 impl Outcome {
     pub(super) fn new(sc: &Scenario, link: Option<u64>, _args: &Args) -> Self {
+        Self::blank(
+            sc.profile.name,
+            (sc.config.partition.aperture.size() + sc.config.partition.hidden.size()) >> 20,
+            link,
+            sc.frames,
+            sc.seed,
+        )
+    }
+
+    /// An outcome with nothing measured yet (model guest).
+    pub(super) fn blank(
+        workload: &str,
+        gm_mib: u64,
+        link: Option<u64>,
+        frames: u64,
+        seed: u64,
+    ) -> Self {
         Self {
-            workload: sc.profile.name.to_string(),
-            gm_mib: (sc.config.partition.aperture.size() + sc.config.partition.hidden.size()) >> 20,
+            guest: "model".into(),
+            kvm: None,
+            workload: workload.to_string(),
+            gm_mib,
             link_bytes_per_s: link,
-            frames: sc.frames,
-            seed: sc.seed,
+            frames,
+            seed,
             start_frame: 0,
             fault_flip_byte: None,
             rounds: Vec::new(),
@@ -152,18 +208,30 @@ pub(super) fn print(o: &Outcome, json: bool, plot: &Result<String, String>) -> c
         );
     }
     println!();
-    println!(
-        "switched to stop-and-copy: {} (predicted downtime {}) after {:.0} ms of pre-copy; stopped \
-         {:.0} ms later, waiting for the destination to apply what it was sent (at most 2 s), at frame {} (the guest's \
-         modeled clock {:.0} ms behind the wall clock then)",
-        o.switch_reason,
-        o.predicted_downtime_us
-            .map_or("-".to_string(), |u| format!("{:.1} ms", u as f64 / 1000.0)),
-        o.precopy_ms,
-        o.catch_up_ms,
-        o.stopped_at_frame,
-        o.guest_lag_ms
-    );
+    if o.kvm.is_some() {
+        println!(
+            "switched to stop-and-copy: {} (predicted downtime {}) after {:.0} ms of pre-copy; the guest \
+             had completed {} frames when its vCPU was paused",
+            o.switch_reason,
+            o.predicted_downtime_us
+                .map_or("-".to_string(), |u| format!("{:.1} ms", u as f64 / 1000.0)),
+            o.precopy_ms,
+            o.stopped_at_frame
+        );
+    } else {
+        println!(
+            "switched to stop-and-copy: {} (predicted downtime {}) after {:.0} ms of pre-copy; stopped \
+             {:.0} ms later, waiting for the destination to apply what it was sent (at most 2 s), at frame {} (the guest's \
+             modeled clock {:.0} ms behind the wall clock then)",
+            o.switch_reason,
+            o.predicted_downtime_us
+                .map_or("-".to_string(), |u| format!("{:.1} ms", u as f64 / 1000.0)),
+            o.precopy_ms,
+            o.catch_up_ms,
+            o.stopped_at_frame,
+            o.guest_lag_ms
+        );
+    }
     println!(
         "stream: {} bytes ({}), {} of them after the stop; {} bytes on the socket with framing",
         o.stream_bytes,
@@ -184,16 +252,45 @@ pub(super) fn print(o: &Outcome, json: bool, plot: &Result<String, String>) -> c
         "saved by zero markers, duplicates, deltas and unchanged-page detection: {}",
         mib(o.saved_bytes)
     );
-    println!(
-        "downtime (wall, measured): {:.1} ms from the source's stop to the destination's \"resumed\" \
-         received (an upper bound: it includes the reply's trip; draining in-flight work took {:.1} ms of modeled time)",
-        o.downtime_ms,
-        o.drain_modeled_us as f64 / 1000.0
-    );
+    if let Some(k) = &o.kvm {
+        println!(
+            "downtime (guest-visible, measured): {:.1} ms from the source's last guest instruction to the \
+             destination's first (END reached the destination {:.1} ms after the pause; commit, vCPU state \
+             and resume took {:.1} ms)",
+            o.downtime_ms, k.end_after_pause_ms, k.dest_resume_ms
+        );
+    } else {
+        println!(
+            "downtime (wall, measured): {:.1} ms from the source's stop to the destination's \"resumed\" \
+             received (an upper bound: it includes the reply's trip; draining in-flight work took {:.1} ms of modeled time)",
+            o.downtime_ms,
+            o.drain_modeled_us as f64 / 1000.0
+        );
+    }
     println!(
         "total migration time (wall): {:.0} ms; whole run (both processes, verification included): {:.0} ms",
         o.total_ms, o.wall_ms
     );
+    if let Some(k) = &o.kvm {
+        println!(
+            "KVM VM: {} MiB of guest RAM; vGPU device state {} bytes, vCPU state {} bytes; source \
+             stop-and-copy (pause to END sent) {:.1} ms",
+            k.ram_mib, k.vgpu_state_bytes, k.cpu_state_bytes, k.source_stop_copy_ms
+        );
+        println!(
+            "MMIO exits while pages streamed: {}, waited for the device lock {:.1} µs on average, p99 < {} µs, \
+             longest {:.1} µs (the longest round took {:.1} ms); the migration thread held the lock at most {} µs, \
+             a GPU step at most {:.1} µs (p99 < {} µs)",
+            k.mmio_exits_during_precopy,
+            k.mmio_wait_mean_us,
+            k.mmio_wait_p99_us,
+            k.mmio_wait_max_us,
+            k.longest_round_ms,
+            k.lock_hold_max_us,
+            k.gpu_step_hold_max_us,
+            k.gpu_step_hold_p99_us
+        );
+    }
     match plot {
         Ok(p) => println!("timeline plot: {p}"),
         Err(e) => println!("timeline plot: not written ({e})"),

@@ -148,7 +148,7 @@ impl Sender {
 }
 
 /// The destination child process, killed if the source gives up before it exits.
-struct ChildGuard(Option<Child>);
+pub(super) struct ChildGuard(Option<Child>);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -159,11 +159,13 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Start `migrate --listen 127.0.0.1:0` as a child and read the port it bound.
-fn spawn_destination() -> crate::Result<(ChildGuard, String)> {
+/// Start `migrate --listen 127.0.0.1:0` (with `extra` arguments) as a child and read the port it
+/// bound.
+pub(super) fn spawn_destination(extra: &[&str]) -> crate::Result<(ChildGuard, String)> {
     let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
     let mut child = Command::new(exe)
         .args(["migrate", "--listen", "127.0.0.1:0", "--child"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -208,7 +210,7 @@ impl From<VgpuError> for Fail {
 
 /// The live display: an `indicatif` spinner line on a terminal, plain lines otherwise, nothing
 /// with `--json`.
-struct Progress {
+pub(super) struct Progress {
     bar: Option<ProgressBar>,
     plain: bool,
     last: Instant,
@@ -217,7 +219,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(json: bool) -> Self {
+    pub(super) fn new(json: bool) -> Self {
         let tty = std::io::stdout().is_terminal();
         let bar = (!json && tty).then(|| {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
@@ -238,7 +240,7 @@ impl Progress {
     }
 
     /// A line above the display (or a plain line).
-    fn line(&self, s: &str) {
+    pub(super) fn line(&self, s: &str) {
         if let Some(b) = &self.bar {
             b.println(s);
         } else if self.plain {
@@ -274,7 +276,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
@@ -308,7 +310,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
     let t_all = Instant::now();
     let (mut child, addr) = match &args.connect {
         Some(a) => (ChildGuard(None), a.clone()),
-        None => spawn_destination()?,
+        None => spawn_destination(&["--guest", "model"])?,
     };
     let sock = TcpStream::connect(&addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = sock.set_nodelay(true);

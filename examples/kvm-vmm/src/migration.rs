@@ -1,0 +1,888 @@
+//! Live migration of the whole VM over a byte stream (TCP).
+//!
+//! **Guest RAM is the VMM's; the vGPU travels as device state.** The vGPU's graphics memory is
+//! guest RAM (its GGTT and PPGTT point at guest frames), and the VMM copies all of guest RAM
+//! anyway; so the library runs in its VMM-RAM mode ([`MemoryMode::Report`]): each RAM pass takes
+//! KVM's dirty log of guest CPU writes and the library's report of the frames the GPU wrote
+//! ([`SourceSession::dirty_report`], VFIO DMA-logging style) and sends their union, and the
+//! library's stream carries only the device state. Carrying graphics memory in the library's
+//! stream as well would send the same pages twice, through two dirty logs that must then agree.
+//!
+//! Source: open the session (RUNNING → PRE_COPY); round 0 sends every RAM page (zero pages as
+//! markers); each later round harvests both logs first, then reads and sends the pages (a write
+//! after the harvest dirties the page again, so it goes in a later round: pages may change under
+//! any read). The library's pre-copy policy ([`gmem::Policy`]) decides when to stop. Stop: pause
+//! the vCPU (kicked out of `KVM_RUN`), quiesce the vGPU (no new dispatch, in-flight work drained),
+//! `stop_and_copy`, the last RAM pass, the vGPU's device state, the vCPU state, END. The device
+//! lock is taken during pre-copy only for one look at the vGPU per round (the device-state size
+//! the policy needs), never while pages are read or sent: the GPU dirty report reads the vGPU's
+//! atomic GPU dirty log ([`DeviceAccess`]), and MMIO exits keep being served.
+//!
+//! Destination: build the VM from the HELLO (its vGPU's graphics memory placed elsewhere on the
+//! host and split, [`Host::Destination`]: the commit rebases every GGTT entry), write pages as they come (no lock: nothing runs),
+//! feed the vGPU stream to a [`DestSession`], commit (validated, atomic), load the vCPU state,
+//! answer ACK, then start the vCPU exactly where it stopped. A rejected stream answers NACK; the
+//! source then cancels (the vGPU resumes, the vCPU restarts) and nothing is lost.
+//!
+//! # Framing
+//!
+//! Each message: kind (`u8`), payload length (`u32` LE, at most [`MAX_PAYLOAD`]), payload.
+//! `HELLO` (magic, the [`VmConfig`]), `PAGES` (first frame `u64`, count `u32`, zero flag `u32`,
+//! then `count` pages unless zero), `ROUND` (round `u32`), `VGPU` (library stream bytes), `CPU`
+//! ([`CpuState::encode`]), `REPORTS` (the guest's debug-port record so far, 16 bytes each),
+//! `END` (wall-clock ns of the source's last guest exit); back: `ACK`, or `NACK` with a reason.
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use gmem::{Decision, DmaRange, Policy, PolicyConfig, RoundStats, SwitchReason, words_for};
+use vgpu::dest::DestSession;
+use vgpu::sim::Profile;
+use vgpu::source::{MemoryMode, SourceConfig, SourceSession};
+use vgpu::traits::VgpuAccess as _;
+
+use crate::cpu::CpuState;
+use crate::device::{DeviceAccess, Host, WaitSummary, lock};
+use crate::memory::for_each_bit;
+use crate::vm::{Report, VcpuEnd, Vm, VmConfig, VmError, wall_ns};
+
+/// Largest message payload.
+pub const MAX_PAYLOAD: usize = 8 << 20;
+/// Pages per PAGES message.
+const PAGES_PER_MSG: usize = 256;
+const HELLO_MAGIC: [u8; 8] = *b"KVMVGPU1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    Hello = 1,
+    Pages = 2,
+    Round = 3,
+    Vgpu = 4,
+    Cpu = 5,
+    Reports = 6,
+    End = 7,
+    Ack = 8,
+    Nack = 9,
+}
+
+impl Kind {
+    fn of(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Hello,
+            2 => Self::Pages,
+            3 => Self::Round,
+            4 => Self::Vgpu,
+            5 => Self::Cpu,
+            6 => Self::Reports,
+            7 => Self::End,
+            8 => Self::Ack,
+            9 => Self::Nack,
+            _ => return None,
+        })
+    }
+}
+
+/// A migration failure (whose side, and why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigError(pub String);
+
+impl std::fmt::Display for MigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MigError {}
+
+impl From<io::Error> for MigError {
+    fn from(e: io::Error) -> Self {
+        MigError(format!("connection: {e}"))
+    }
+}
+
+impl From<VmError> for MigError {
+    fn from(e: VmError) -> Self {
+        MigError(e.0)
+    }
+}
+
+fn verr(what: &str) -> impl Fn(vgpu::error::VgpuError) -> MigError + '_ {
+    move |e| MigError(format!("{what}: {e}"))
+}
+
+/// A writer with an optional rate limit (a token bucket of 5 ms), for `--link`.
+#[derive(Debug)]
+pub struct Link<W> {
+    inner: W,
+    rate: u64,
+    start: Instant,
+    sent: u64,
+}
+
+impl<W: Write> Link<W> {
+    /// `rate` payload bytes per second; 0 = unlimited.
+    pub fn new(inner: W, rate: u64) -> Self {
+        Self {
+            inner,
+            rate,
+            start: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+}
+
+impl<W: Write> Write for Link<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.rate > 0 {
+            let burst = Duration::from_millis(5);
+            let due = Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
+            let now = self.start.elapsed();
+            if due > now + burst {
+                std::thread::sleep(due - now);
+            } else if now > due + burst {
+                // Idle time earns at most one burst of credit: move the schedule's origin so
+                // that the link is never faster than its rate for longer than that.
+                self.start += now - due - burst;
+            }
+        }
+        let n = self.inner.write(buf)?;
+        self.sent += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A duration in µs (saturating).
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn send(w: &mut impl Write, kind: Kind, parts: &[&[u8]]) -> io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let len = u32::try_from(len)
+        .ok()
+        .filter(|l| *l as usize <= MAX_PAYLOAD)
+        .ok_or_else(|| io::Error::other("message too large"))?;
+    w.write_all(&[kind as u8])?;
+    w.write_all(&len.to_le_bytes())?;
+    for p in parts {
+        w.write_all(p)?;
+    }
+    Ok(())
+}
+
+fn recv(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Kind, MigError> {
+    let mut h = [0u8; 5];
+    r.read_exact(&mut h)?;
+    let [k, l0, l1, l2, l3] = h;
+    let kind = Kind::of(k).ok_or_else(|| MigError(format!("unknown message kind {k}")))?;
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(MigError(format!("message of {len} bytes")));
+    }
+    buf.resize(len, 0);
+    r.read_exact(buf)?;
+    Ok(kind)
+}
+
+fn le_u64(b: &[u8], at: usize) -> Result<u64, MigError> {
+    let s = b
+        .get(at..at + 8)
+        .ok_or_else(|| MigError("truncated message".into()))?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(s);
+    Ok(u64::from_le_bytes(a))
+}
+
+fn le_u32(b: &[u8], at: usize) -> Result<u32, MigError> {
+    let s = b
+        .get(at..at + 4)
+        .ok_or_else(|| MigError("truncated message".into()))?;
+    let mut a = [0u8; 4];
+    a.copy_from_slice(s);
+    Ok(u32::from_le_bytes(a))
+}
+
+const PROFILES: [Profile; 4] = [
+    Profile::IDLE,
+    Profile::TWO_D,
+    Profile::MEDIA,
+    Profile::THREE_D,
+];
+
+fn encode_config(c: &VmConfig) -> Vec<u8> {
+    let p = &c.profile;
+    let code = PROFILES.iter().position(|k| k.name == p.name).unwrap_or(0) as u64;
+    let mut out = HELLO_MAGIC.to_vec();
+    for v in [
+        c.ram,
+        c.aperture,
+        c.hidden,
+        c.frames,
+        c.seed,
+        code,
+        p.rt_pages,
+        p.fill_pages,
+        p.hot_pages,
+        p.remap_every,
+        p.repeat_every,
+        p.frame_ns,
+        u64::from(p.stores),
+        u64::from(p.cpu_writes),
+        u64::from(p.mirror) | u64::from(p.blits) << 1,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn decode_config(b: &[u8]) -> Result<VmConfig, MigError> {
+    if b.get(..8) != Some(&HELLO_MAGIC[..]) || b.len() != 8 + 15 * 8 {
+        return Err(MigError("not a KVM VM hello".into()));
+    }
+    let v = |i: usize| le_u64(b, 8 + 8 * i);
+    let base = *PROFILES
+        .get(usize::try_from(v(5)?).unwrap_or(usize::MAX))
+        .ok_or_else(|| MigError("unknown profile".into()))?;
+    let small = |x: u64| u32::try_from(x).map_err(|_| MigError("profile out of range".into()));
+    let flags = v(14)?;
+    let cfg = VmConfig {
+        ram: v(0)?,
+        aperture: v(1)?,
+        hidden: v(2)?,
+        frames: v(3)?,
+        seed: v(4)?,
+        profile: Profile {
+            rt_pages: v(6)?,
+            fill_pages: v(7)?,
+            hot_pages: v(8)?,
+            remap_every: v(9)?,
+            repeat_every: v(10)?,
+            frame_ns: v(11)?,
+            stores: small(v(12)?)?,
+            cpu_writes: small(v(13)?)?,
+            mirror: flags & 1 != 0,
+            blits: flags & 2 != 0,
+            ..base
+        },
+    };
+    if cfg.ram > 64 << 30 || cfg.aperture > 4 << 30 || cfg.hidden > 4 << 30 {
+        return Err(MigError("VM configuration out of range".into()));
+    }
+    Ok(cfg)
+}
+
+/// Options of a source (default: the library's default policy, unlimited rate, no fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SourceOptions {
+    /// The pre-copy policy (downtime limit, round cap).
+    pub policy: PolicyConfig,
+    /// Link rate, payload bytes per second (0 = unlimited).
+    pub rate: u64,
+    /// Fault injection: drop the connection after this many bytes (the cancel path).
+    pub cut_after: Option<u64>,
+    /// Fault injection: flip a bit of the vGPU stream at this offset (the destination rejects it).
+    pub corrupt_vgpu_at: Option<u64>,
+}
+
+/// One RAM pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoundInfo {
+    /// Round number (0 = all of RAM).
+    pub round: u32,
+    /// Frames KVM's log reported dirty (guest CPU writes).
+    pub cpu_dirty: u64,
+    /// Frames the vGPU's report added (GPU writes).
+    pub gpu_dirty: u64,
+    /// Pages sent (union of both), zero pages included.
+    pub pages: u64,
+    /// Zero pages among them.
+    pub zero_pages: u64,
+    /// Bytes on the wire.
+    pub bytes: u64,
+    /// Wall time, µs.
+    pub elapsed_us: u64,
+    /// Time from the migration start to the end of the round, µs.
+    pub at_us: u64,
+}
+
+/// What a source saw.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourceReport {
+    /// Pre-copy rounds, then the stop round (last).
+    pub rounds: Vec<RoundInfo>,
+    /// Why pre-copy ended.
+    pub switch: Option<String>,
+    /// The policy's downtime prediction when it switched, µs.
+    pub predicted_downtime_us: Option<u64>,
+    /// Bytes of the vGPU's device-state stream.
+    pub vgpu_bytes: u64,
+    /// Bytes of the vCPU state.
+    pub cpu_bytes: u64,
+    /// Total bytes sent.
+    pub total_bytes: u64,
+    /// Wall-clock ns of the last guest exit on the source.
+    pub paused_wall_ns: u64,
+    /// From the pause to END sent, µs (the source's share of the downtime).
+    pub stop_copy_us: u64,
+    /// Whole migration, µs.
+    pub total_us: u64,
+    /// MMIO exits while pages streamed: waits for the device lock.
+    pub mmio_wait: WaitSummary,
+    /// The GPU thread's steps while pages streamed: how long each held the device lock.
+    pub gpu_hold: WaitSummary,
+    /// Longest the migration thread held the device lock during pre-copy (one look at the vGPU
+    /// per round for the device-state size; the GPU dirty report needs no lock), µs.
+    pub max_lock_hold_us: u64,
+    /// Frames the guest had completed when it was paused.
+    pub frames_at_pause: u64,
+}
+
+struct PageSender<'a, W: Write> {
+    vm: &'a Vm,
+    w: &'a mut W,
+    page: Box<[u8; 4096]>,
+    run: Vec<u8>,
+    run_start: u64,
+    run_len: u32,
+    run_zero: bool,
+    pages: u64,
+    zero: u64,
+}
+
+impl<'a, W: Write> PageSender<'a, W> {
+    fn new(vm: &'a Vm, w: &'a mut W) -> Self {
+        Self {
+            vm,
+            w,
+            page: Box::new([0u8; 4096]),
+            run: Vec::with_capacity(PAGES_PER_MSG * 4096),
+            run_start: 0,
+            run_len: 0,
+            run_zero: false,
+            pages: 0,
+            zero: 0,
+        }
+    }
+
+    /// Read frame `f` once and queue exactly those bytes (zero pages as a marker).
+    fn page(&mut self, f: u64) -> Result<(), MigError> {
+        self.vm
+            .ram
+            .read_frame(f, &mut self.page)
+            .map_err(|_| MigError(format!("reading frame {f:#x}")))?;
+        let zero = self.page.iter().all(|b| *b == 0);
+        let contiguous = self.run_len > 0
+            && f == self.run_start + u64::from(self.run_len)
+            && zero == self.run_zero
+            && (self.run_len as usize) < PAGES_PER_MSG;
+        if !contiguous {
+            self.flush()?;
+            self.run_start = f;
+            self.run_zero = zero;
+        }
+        if !zero {
+            self.run.extend_from_slice(&self.page[..]);
+        }
+        self.run_len += 1;
+        self.pages += 1;
+        self.zero += u64::from(zero);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), MigError> {
+        if self.run_len == 0 {
+            return Ok(());
+        }
+        send(
+            self.w,
+            Kind::Pages,
+            &[
+                &self.run_start.to_le_bytes(),
+                &self.run_len.to_le_bytes(),
+                &u32::from(self.run_zero).to_le_bytes(),
+                &self.run,
+            ],
+        )?;
+        self.run.clear();
+        self.run_len = 0;
+        Ok(())
+    }
+}
+
+/// Everything one pre-copy or stop round must send: KVM's log and the library's report of the
+/// GPU's writes, each harvested (read and cleared) before any page is read. The report reads the
+/// vGPU's atomic GPU dirty log: no device lock. Returns (bitmap, CPU count, GPU count).
+fn harvest(
+    vm: &Vm,
+    session: &mut SourceSession<'_>,
+    access: &DeviceAccess,
+    gpu_bits: &mut [u64],
+) -> Result<(Vec<u64>, u64, u64), MigError> {
+    let mut bits = vm.dirty_log().take()?;
+    let cpu = bits.iter().map(|w| u64::from(w.count_ones())).sum();
+    gpu_bits.fill(0);
+    let gpu = session
+        .dirty_report(
+            access,
+            DmaRange {
+                iova: 0,
+                length: vm.cfg.ram,
+            },
+            4096,
+            gpu_bits,
+        )
+        .map_err(verr("GPU dirty report"))?;
+    for (b, g) in bits.iter_mut().zip(gpu_bits.iter()) {
+        *b |= *g;
+    }
+    Ok((bits, cpu, gpu))
+}
+
+fn send_round<W: Write>(vm: &Vm, w: &mut W, bits: &[u64]) -> Result<(u64, u64), MigError> {
+    let mut s = PageSender::new(vm, w);
+    let mut res = Ok(());
+    for_each_bit(bits, |f| {
+        if res.is_ok() {
+            res = s.page(f);
+        }
+    });
+    res?;
+    s.flush()?;
+    Ok((s.pages, s.zero))
+}
+
+/// Migrate a running VM to the destination at the other end of `r`/`w`. On success the source
+/// VM is stopped for good (its vGPU in STOP); on any failure before the destination's ACK the
+/// migration is cancelled: the vGPU resumes, the vCPU runs again, and the error is returned.
+pub fn migrate_source<R: Read, W: Write>(
+    vm: &mut Vm,
+    r: &mut R,
+    w: W,
+    opts: SourceOptions,
+) -> Result<SourceReport, MigError> {
+    migrate_source_with(vm, r, w, opts, &mut |_| {})
+}
+
+/// [`migrate_source`], calling `on_round` after each RAM pass (progress display).
+pub fn migrate_source_with<R: Read, W: Write>(
+    vm: &mut Vm,
+    r: &mut R,
+    w: W,
+    opts: SourceOptions,
+    on_round: &mut dyn FnMut(&RoundInfo),
+) -> Result<SourceReport, MigError> {
+    let frames = usize::try_from(vm.ram.frames()).map_err(|_| MigError("RAM size".into()))?;
+    let mut send_bits = vec![0u64; words_for(frames)];
+    let mut scratch = vec![0u8; 256 * 1024];
+    let mut cfg = SourceConfig::default();
+    cfg.memory = MemoryMode::Report;
+    cfg.policy = opts.policy;
+    let session = {
+        let mut d = lock(&vm.device);
+        SourceSession::open(&mut d.vgpu, &mut (), cfg, &mut send_bits, &mut scratch)
+            .map_err(verr("opening the source session"))?
+    };
+    let mut w = Cut {
+        inner: Link::new(w, opts.rate),
+        left: opts.cut_after,
+    };
+    let mut session = Some(session);
+    let out = run_source(vm, r, &mut w, &mut session, opts, on_round);
+    match out {
+        Ok(rep) => {
+            if let Some(s) = session.take() {
+                let mut d = lock(&vm.device);
+                s.complete(&mut d.vgpu).map_err(verr("completing"))?;
+            }
+            vm.stop_gpu();
+            Ok(rep)
+        }
+        Err(e) => {
+            // Cancel: the vGPU resumes exactly where it was, the vCPU runs again.
+            if let Some(s) = session.take() {
+                s.cancel(&mut lock(&vm.device).vgpu);
+            }
+            if !vm.running() && !vm.finished() {
+                vm.start()?;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A writer that fails after `left` bytes (fault injection: a cut connection).
+struct Cut<W> {
+    inner: W,
+    left: Option<u64>,
+}
+
+impl<W: Write> Write for Cut<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(left) = self.left.as_mut() {
+            if *left == 0 {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection cut"));
+            }
+            let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+            let n = self.inner.write(buf.get(..n).unwrap_or(&[]))?;
+            *left -= n as u64;
+            return Ok(n);
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn frames_done(vm: &Vm) -> u64 {
+    vm.reports()
+        .iter()
+        .filter(|r| r.kind == kvm_guest::abi::REPORT_FRAME)
+        .count() as u64
+}
+
+fn run_source<R: Read, W: Write>(
+    vm: &mut Vm,
+    r: &mut R,
+    w: &mut Cut<Link<W>>,
+    session: &mut Option<SourceSession<'_>>,
+    opts: SourceOptions,
+    on_round: &mut dyn FnMut(&RoundInfo),
+) -> Result<SourceReport, MigError> {
+    let t0 = Instant::now();
+    let s = session
+        .as_mut()
+        .ok_or_else(|| MigError("no session".into()))?;
+    let mut rep = SourceReport::default();
+    vm.shared.mmio_wait.reset();
+    vm.gpu_hold().reset();
+    send(w, Kind::Hello, &[&encode_config(&vm.cfg)])?;
+    let mut gpu_bits = vec![0u64; words_for(usize::try_from(vm.ram.frames()).unwrap_or(0))];
+    let mut policy = Policy::new(opts.policy);
+    let access = DeviceAccess::new(vm.device.clone());
+    // Round 0: clear KVM's log (everything goes now), then every frame.
+    let _ = vm.dirty_log().take()?;
+    let mut all = vec![u64::MAX; gpu_bits.len()];
+    if let Some(last) = all.last_mut() {
+        let rem = vm.ram.frames() % 64;
+        if rem != 0 {
+            *last = (1u64 << rem) - 1;
+        }
+    }
+    let mut round = 0u32;
+    let mut bits = all;
+    let mut cpu = vm.ram.frames();
+    let mut gpu = 0;
+    loop {
+        let t = Instant::now();
+        let before = w.inner.sent();
+        let (pages, zero) = send_round(vm, w, &bits)?;
+        send(w, Kind::Round, &[&round.to_le_bytes()])?;
+        w.flush()?;
+        let info = RoundInfo {
+            round,
+            cpu_dirty: cpu,
+            gpu_dirty: gpu,
+            pages,
+            zero_pages: zero,
+            bytes: w.inner.sent() - before,
+            elapsed_us: us(t.elapsed()),
+            at_us: us(t0.elapsed()),
+        };
+        rep.rounds.push(info);
+        on_round(&info);
+        // Harvest before the next read; the policy sees what this round left dirty.
+        let (next, c, g) = harvest(vm, s, &access, &mut gpu_bits)?;
+        let left = next.iter().map(|x| u64::from(x.count_ones())).sum();
+        // The device-state size for the policy: the one look at the vGPU a round needs.
+        let mut device_state = 0;
+        access.with_vgpu(&mut |v| device_state = s.stop_copy_estimate(v));
+        rep.max_lock_hold_us = access.hold.summary().max_ns / 1000;
+        let decision = policy.on_round(RoundStats {
+            round,
+            dirty_pages_left: left,
+            bytes_sent: info.bytes,
+            elapsed_us: info.elapsed_us.max(1),
+            device_state_bytes: device_state,
+        });
+        round += 1;
+        bits = next;
+        cpu = c;
+        gpu = g;
+        if let Decision::StopAndCopy(reason) = decision {
+            rep.predicted_downtime_us = policy.expected_downtime_us();
+            rep.switch = Some(match reason {
+                SwitchReason::DowntimeMet { predicted_us } => {
+                    format!("downtime met (predicted {predicted_us} µs)")
+                }
+                SwitchReason::NotShrinking => "dirty set not shrinking".into(),
+                SwitchReason::RoundCap => "round cap".into(),
+                other => format!("{other:?}"),
+            });
+            break;
+        }
+    }
+    // Stop: pause the vCPU, quiesce the vGPU, last harvest of both logs, stop-and-copy.
+    let end = vm.pause()?;
+    let t_stop = Instant::now();
+    rep.mmio_wait = vm.shared.mmio_wait.summary();
+    rep.gpu_hold = vm.gpu_hold().summary();
+    rep.paused_wall_ns = match end {
+        VcpuEnd::Paused(at) => {
+            wall_ns().saturating_sub(u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        }
+        VcpuEnd::Finished => wall_ns(),
+        VcpuEnd::Crashed(why) => return Err(MigError(format!("guest failed: {why}"))),
+    };
+    rep.frames_at_pause = frames_done(vm);
+    vm.quiesce_gpu()?;
+    {
+        let mut d = lock(&vm.device);
+        s.stop_and_copy(&mut d.vgpu, &mut ())
+            .map_err(verr("stop-and-copy"))?;
+    }
+    let (last, c, g) = harvest(vm, s, &access, &mut gpu_bits)?;
+    for (b, l) in bits.iter_mut().zip(&last) {
+        *b |= *l;
+    }
+    let t = Instant::now();
+    let before = w.inner.sent();
+    let (pages, zero) = send_round(vm, w, &bits)?;
+    send(w, Kind::Round, &[&round.to_le_bytes()])?;
+    // The vGPU's device state, through the library's stream (the vCPU is paused and the vGPU
+    // quiesced: holding the lock costs nothing now).
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut vgpu_bytes = 0u64;
+    {
+        let d = lock(&vm.device);
+        let mem = vm.memory();
+        loop {
+            let now = us(t0.elapsed());
+            let n = s
+                .poll_output(&d.vgpu, &mem, &mut (), now, &mut buf)
+                .map_err(verr("device state"))?;
+            while s.poll_event().is_some() {}
+            if n == 0 {
+                if s.is_finished() {
+                    break;
+                }
+                continue;
+            }
+            let chunk = buf.get_mut(..n).unwrap_or(&mut []);
+            if let Some(at) = opts.corrupt_vgpu_at
+                && (vgpu_bytes..vgpu_bytes + n as u64).contains(&at)
+                && let Some(b) = chunk.get_mut(usize::try_from(at - vgpu_bytes).unwrap_or(0))
+            {
+                *b ^= 0x10;
+            }
+            vgpu_bytes += n as u64;
+            send(w, Kind::Vgpu, &[chunk])?;
+        }
+    }
+    let cpu_state = vm.save_cpu()?.encode();
+    send(w, Kind::Cpu, &[&cpu_state])?;
+    let mut reps = Vec::new();
+    for x in vm.reports() {
+        reps.extend_from_slice(&x.kind.to_le_bytes());
+        reps.extend_from_slice(&x.frame.to_le_bytes());
+        reps.extend_from_slice(&x.value.to_le_bytes());
+    }
+    send(w, Kind::Reports, &[&reps])?;
+    send(w, Kind::End, &[&rep.paused_wall_ns.to_le_bytes()])?;
+    w.flush()?;
+    rep.stop_copy_us = us(t_stop.elapsed());
+    rep.rounds.push(RoundInfo {
+        round,
+        cpu_dirty: c,
+        gpu_dirty: g,
+        pages,
+        zero_pages: zero,
+        bytes: w.inner.sent() - before,
+        elapsed_us: us(t.elapsed()),
+        at_us: us(t0.elapsed()),
+    });
+    rep.vgpu_bytes = vgpu_bytes;
+    rep.cpu_bytes = cpu_state.len() as u64;
+    let mut msg = Vec::new();
+    match recv(r, &mut msg)? {
+        Kind::Ack => {}
+        Kind::Nack => {
+            return Err(MigError(format!(
+                "destination refused: {}",
+                String::from_utf8_lossy(&msg)
+            )));
+        }
+        k => return Err(MigError(format!("unexpected {k:?} from the destination"))),
+    }
+    rep.total_bytes = w.inner.sent();
+    rep.total_us = us(t0.elapsed());
+    Ok(rep)
+}
+
+/// What a destination saw.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DestReport {
+    /// Pages written.
+    pub pages: u64,
+    /// vGPU stream bytes fed.
+    pub vgpu_bytes: u64,
+    /// Guest-visible downtime: the source's last guest exit to the destination's first guest
+    /// entry (wall clock, same host), µs.
+    pub downtime_us: u64,
+    /// From END received to the vCPU started, µs (commit, vCPU state, ACK).
+    pub resume_us: u64,
+    /// From the source's last guest exit to END received here, µs (the stop-and-copy and what
+    /// was still in flight on the connection).
+    pub end_after_pause_us: u64,
+    /// Zero pages skipped because this frame was never written (fresh RAM is zero).
+    pub zero_pages_skipped: u64,
+}
+
+/// Receive a migration on `r`/`w` and return the running destination VM. On a rejected
+/// stream it answers NACK and returns the error (no VM runs).
+pub fn migrate_dest<R: Read, W: Write>(r: &mut R, w: &mut W) -> Result<(Vm, DestReport), MigError> {
+    let mut buf = Vec::new();
+    let cfg = match recv(r, &mut buf)? {
+        Kind::Hello => decode_config(&buf)?,
+        k => return Err(MigError(format!("expected HELLO, got {k:?}"))),
+    };
+    let mut vm = Vm::new(cfg, None, Host::Destination)?;
+    match receive(&mut vm, r, &mut buf) {
+        Ok((mut rep, paused_wall_ns, t_end, end_wall)) => {
+            send(w, Kind::Ack, &[])?;
+            w.flush()?;
+            vm.start()?;
+            let (_, first_wall) = wait_first_entry(&vm);
+            rep.resume_us = us(t_end.elapsed());
+            rep.end_after_pause_us = end_wall.saturating_sub(paused_wall_ns) / 1000;
+            rep.downtime_us = first_wall.saturating_sub(paused_wall_ns) / 1000;
+            Ok((vm, rep))
+        }
+        Err(e) => {
+            let _ = send(w, Kind::Nack, &[e.0.as_bytes()]);
+            let _ = w.flush();
+            Err(e)
+        }
+    }
+}
+
+fn wait_first_entry(vm: &Vm) -> (Instant, u64) {
+    loop {
+        if let Some(x) = vm.first_entry() {
+            return x;
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn receive<R: Read>(
+    vm: &mut Vm,
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<(DestReport, u64, Instant, u64), MigError> {
+    let mut rep = DestReport::default();
+    let staging_len = 64 * 1024 + lock(&vm.device).vgpu.config().ggtt_storage_len() * 8 * 2;
+    let mut staging = vec![0u8; staging_len];
+    let mut ds = {
+        let mut d = lock(&vm.device);
+        DestSession::open(&mut d.vgpu, &mut staging, migstream::Limits::DEFAULT)
+            .map_err(verr("opening the destination session"))?
+    };
+    let mut mem = vm.memory();
+    let mut cpu = None;
+    let mut reports = Vec::new();
+    let frames = vm.ram.frames();
+    let zero = vec![0u8; 4096];
+    // Frames written so far: a zero page for a frame never written needs no write (fresh RAM
+    // is zero).
+    let mut written = vec![0u64; words_for(usize::try_from(frames).unwrap_or(0))];
+    let paused_wall_ns = loop {
+        match recv(r, buf)? {
+            Kind::Pages => {
+                let first = le_u64(buf, 0)?;
+                let count = u64::from(le_u32(buf, 8)?);
+                let is_zero = le_u32(buf, 12)? != 0;
+                let data = buf.get(16..).unwrap_or(&[]);
+                let want = if is_zero { 0 } else { count * 4096 };
+                if first.checked_add(count).is_none_or(|e| e > frames) || data.len() as u64 != want
+                {
+                    return Err(MigError("PAGES message out of range".into()));
+                }
+                for i in 0..count {
+                    let f = first + i;
+                    let (w, bit) = (
+                        usize::try_from(f / 64).unwrap_or(usize::MAX),
+                        1u64 << (f % 64),
+                    );
+                    let seen = written.get(w).is_some_and(|x| x & bit != 0);
+                    if is_zero && !seen {
+                        rep.zero_pages_skipped += 1;
+                        continue;
+                    }
+                    if let Some(x) = written.get_mut(w) {
+                        *x |= bit;
+                    }
+                    let page = if is_zero {
+                        &zero[..]
+                    } else {
+                        let at = usize::try_from(i * 4096).unwrap_or(usize::MAX);
+                        data.get(at..at + 4096).unwrap_or(&[])
+                    };
+                    vm.ram
+                        .write_at((first + i) * 4096, page)
+                        .map_err(|_| MigError("writing RAM".into()))?;
+                }
+                rep.pages += count;
+            }
+            Kind::Round => {}
+            Kind::Vgpu => {
+                let d = lock(&vm.device);
+                ds.feed(&d.vgpu, &mut mem, buf)
+                    .map_err(verr("vGPU stream"))?;
+                rep.vgpu_bytes += buf.len() as u64;
+            }
+            Kind::Cpu => cpu = Some(CpuState::decode(buf).map_err(|e| MigError(e.to_string()))?),
+            Kind::Reports => {
+                if !buf.len().is_multiple_of(16) {
+                    return Err(MigError("REPORTS message of odd length".into()));
+                }
+                for c in buf.chunks_exact(16) {
+                    reports.push(Report {
+                        kind: le_u32(c, 0)?,
+                        frame: le_u32(c, 4)?,
+                        value: le_u64(c, 8)?,
+                    });
+                }
+            }
+            Kind::End => break le_u64(buf, 0)?,
+            k => return Err(MigError(format!("unexpected {k:?} from the source"))),
+        }
+    };
+    let t_end = Instant::now();
+    let end_wall = wall_ns();
+    if !ds.is_finished() {
+        return Err(MigError("the vGPU stream did not end".into()));
+    }
+    let cpu = cpu.ok_or_else(|| MigError("no vCPU state".into()))?;
+    {
+        let mut guard = lock(&vm.device);
+        let d = &mut *guard;
+        ds.commit(&mut d.vgpu, &mem, &mut d.host)
+            .map_err(verr("committing the vGPU"))?;
+        d.vgpu.start().map_err(verr("starting the vGPU"))?;
+    }
+    vm.load_cpu(&cpu)?;
+    vm.set_reports(reports);
+    Ok((rep, paused_wall_ns, t_end, end_wall))
+}

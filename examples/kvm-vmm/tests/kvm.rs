@@ -1,0 +1,254 @@
+//! The KVM reference embedding, end to end. Every test needs `/dev/kvm` and the
+//! `x86_64-unknown-none` target; where either is missing it prints one line and passes.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr,
+    clippy::indexing_slicing,
+    clippy::std_instead_of_core,
+    clippy::cast_possible_truncation,
+    reason = "tests"
+)]
+
+use std::time::Duration;
+
+use kvm_guest::abi;
+use kvm_vmm::device::Host;
+use kvm_vmm::image::guest_image;
+use kvm_vmm::vm::{VcpuEnd, Vm, VmConfig, kvm_usable};
+use vgpu::sim::Profile;
+
+/// The guest image, or `None` (after printing why) where KVM or the target is missing.
+fn setup(test: &str) -> Option<Vec<u8>> {
+    if let Err(why) = kvm_usable() {
+        eprintln!("{test}: skipped, KVM is not usable here ({why})");
+        return None;
+    }
+    match guest_image() {
+        Ok(img) => Some(img),
+        Err(e @ kvm_vmm::image::ImageError::TargetMissing) => {
+            eprintln!("{test}: skipped, no guest image ({e})");
+            None
+        }
+        // A guest that does not build is a failure, not a reason to skip.
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+fn run_to_end(cfg: VmConfig, image: &[u8]) -> Vm {
+    let mut vm = Vm::new(cfg, Some(image), Host::Source).unwrap();
+    vm.start().unwrap();
+    let end = vm.wait_end(Duration::from_secs(120)).unwrap();
+    assert_eq!(end, VcpuEnd::Finished, "console: {}", vm.console());
+    vm.wait_gpu_idle().unwrap();
+    vm
+}
+
+#[test]
+fn guest_renders_and_checks_every_frame() {
+    let Some(img) = setup("guest_renders_and_checks_every_frame") else {
+        return;
+    };
+    for profile in [
+        Profile::IDLE,
+        Profile::TWO_D,
+        Profile::MEDIA,
+        Profile::THREE_D,
+    ] {
+        let frames = 12;
+        let vm = run_to_end(VmConfig::small(profile, frames, 7), &img);
+        let r = vm.reports();
+        assert_eq!(
+            r.first().map(|r| r.kind),
+            Some(abi::REPORT_BOOT),
+            "{}: {r:?}",
+            profile.name
+        );
+        let ok = r.iter().filter(|r| r.kind == abi::REPORT_FRAME).count();
+        assert_eq!(ok as u64, frames, "{}: {r:?}", profile.name);
+        assert!(
+            r.iter()
+                .all(|r| r.kind != abi::REPORT_BAD && r.kind != abi::REPORT_FAIL)
+        );
+        assert_eq!(r.last().map(|r| r.kind), Some(abi::REPORT_DONE));
+        assert_eq!(lock_errors(&vm), 0, "{}", profile.name);
+    }
+}
+
+fn lock_errors(vm: &Vm) -> u64 {
+    let d = kvm_vmm::device::lock(&vm.device);
+    d.bad_accesses + u64::from(d.vgpu.guest_errors()) + d.gpu.stats.faults
+}
+
+#[test]
+fn two_runs_of_the_same_guest_end_in_the_same_state() {
+    let Some(img) = setup("two_runs_of_the_same_guest_end_in_the_same_state") else {
+        return;
+    };
+    for profile in [Profile::TWO_D, Profile::THREE_D] {
+        let cfg = VmConfig::small(profile, 10, 3);
+        let a = run_to_end(cfg, &img).end_state().unwrap();
+        let b = run_to_end(cfg, &img).end_state().unwrap();
+        assert_eq!(a.diff(&b), None, "{}", profile.name);
+        assert!(a.guest_checks_passed(cfg.frames), "{}", profile.name);
+    }
+}
+
+/// Migrate `src` (running) to a destination in this process over TCP loopback.
+fn migrate(
+    src: &mut Vm,
+    opts: kvm_vmm::migration::SourceOptions,
+) -> (
+    Result<kvm_vmm::migration::SourceReport, kvm_vmm::migration::MigError>,
+    Result<(Vm, kvm_vmm::migration::DestReport), kvm_vmm::migration::MigError>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dst = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        let mut r = std::io::BufReader::new(sock.try_clone().unwrap());
+        let mut w = std::io::BufWriter::new(sock);
+        kvm_vmm::migration::migrate_dest(&mut r, &mut w)
+    });
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_nodelay(true).unwrap();
+    let mut r = std::io::BufReader::new(sock.try_clone().unwrap());
+    let w = std::io::BufWriter::with_capacity(1 << 20, sock);
+    let s = kvm_vmm::migration::migrate_source(src, &mut r, w, opts);
+    // Closing our end lets a destination still reading see the connection end.
+    drop(r);
+    (s, dst.join().unwrap())
+}
+
+fn finish(vm: &mut Vm) {
+    let end = vm.wait_end(Duration::from_secs(120)).unwrap();
+    assert_eq!(end, VcpuEnd::Finished, "console: {}", vm.console());
+    vm.wait_gpu_idle().unwrap();
+}
+
+#[test]
+fn a_migrated_vm_ends_equal_to_a_never_migrated_one() {
+    let Some(img) = setup("a_migrated_vm_ends_equal_to_a_never_migrated_one") else {
+        return;
+    };
+    for profile in [Profile::MEDIA, Profile::THREE_D] {
+        let cfg = VmConfig::small(profile, 400, 9);
+        let expected = run_to_end(cfg, &img).end_state().unwrap();
+        let mut src = Vm::new(cfg, Some(&img), Host::Source).unwrap();
+        src.start().unwrap();
+        // Let the guest get going, then migrate while it renders.
+        while src.reports().len() < 20 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (s, d) = migrate(&mut src, kvm_vmm::migration::SourceOptions::default());
+        let s = s.unwrap();
+        let (mut dst, drep) = d.unwrap();
+        eprintln!("{}: {s:?}\n{drep:?}", profile.name);
+        assert!(
+            s.frames_at_pause < cfg.frames,
+            "migrated before the guest ended"
+        );
+        finish(&mut dst);
+        let got = dst.end_state().unwrap();
+        assert_eq!(got.diff(&expected), None, "{}", profile.name);
+        assert!(got.guest_checks_passed(cfg.frames), "{}", profile.name);
+    }
+}
+
+#[test]
+fn a_cut_connection_or_a_rejected_stream_leaves_the_source_running_unchanged() {
+    let Some(img) =
+        setup("a_cut_connection_or_a_rejected_stream_leaves_the_source_running_unchanged")
+    else {
+        return;
+    };
+    let cfg = VmConfig::small(Profile::THREE_D, 300, 4);
+    let expected = run_to_end(cfg, &img).end_state().unwrap();
+    let faults = [
+        // The connection drops in the middle of the RAM pre-copy.
+        kvm_vmm::migration::SourceOptions {
+            cut_after: Some(300_000),
+            ..Default::default()
+        },
+        // A flipped bit in the vGPU's device state: the destination rejects the stream.
+        kvm_vmm::migration::SourceOptions {
+            corrupt_vgpu_at: Some(200),
+            ..Default::default()
+        },
+    ];
+    for (i, opts) in faults.into_iter().enumerate() {
+        let mut src = Vm::new(cfg, Some(&img), Host::Source).unwrap();
+        src.start().unwrap();
+        while src.reports().len() < 10 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (s, d) = migrate(&mut src, opts);
+        let e = s.unwrap_err();
+        eprintln!(
+            "fault {i}: source: {e}; destination: {:?}",
+            d.as_ref().err()
+        );
+        assert!(d.is_err(), "fault {i}: the destination must not run");
+        assert!(src.running(), "fault {i}: the source runs again");
+        finish(&mut src);
+        let got = src.end_state().unwrap();
+        assert_eq!(got.diff(&expected), None, "fault {i}");
+        assert!(got.guest_checks_passed(cfg.frames), "fault {i}");
+    }
+}
+
+#[test]
+fn the_gpu_dirty_report_covers_every_frame_the_gpu_thread_wrote() {
+    use vgpu::traits::CpuDirtyLog as _;
+    let Some(img) = setup("the_gpu_dirty_report_covers_every_frame_the_gpu_thread_wrote") else {
+        return;
+    };
+    let cfg = VmConfig::small(Profile::MEDIA, 20, 5);
+    let mut vm = Vm::new(cfg, Some(&img), Host::Source).unwrap();
+    // From here on, only the GPU thread writes RAM through vm-memory (the vCPU's own writes go
+    // straight to the mapping KVM uses): vm-memory's bitmap is an independent record of the
+    // GPU's DMA, to check the vGPU's exact GPU dirty log against.
+    let mut vmm_log = kvm_vmm::memory::BitmapDirtyLog(vm.ram.clone());
+    vmm_log.harvest(&mut |_| {});
+    let frames = vm.ram.frames() as usize;
+    let mut send = vec![0u64; gmem::words_for(frames)];
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut cfg_s = vgpu::source::SourceConfig::default();
+    cfg_s.memory = vgpu::source::MemoryMode::Report;
+    let mut session = {
+        let mut d = kvm_vmm::device::lock(&vm.device);
+        vgpu::source::SourceSession::open(&mut d.vgpu, &mut (), cfg_s, &mut send, &mut scratch)
+            .unwrap()
+    };
+    vm.start().unwrap();
+    finish(&mut vm);
+    let access = kvm_vmm::device::DeviceAccess::new(vm.device.clone());
+    let mut report = vec![0u64; gmem::words_for(frames)];
+    let range = gmem::DmaRange {
+        iova: 0,
+        length: cfg.ram,
+    };
+    let n = session
+        .dirty_report(&access, range, 4096, &mut report)
+        .unwrap();
+    let mut written = 0;
+    let mut missing = Vec::new();
+    vmm_log.harvest(&mut |gfn| {
+        written += 1;
+        let f = gfn.get() as usize;
+        if report[f / 64] & (1 << (f % 64)) == 0 {
+            missing.push(f);
+        }
+    });
+    assert!(
+        written > 0 && n >= written,
+        "GPU wrote {written} frames, report has {n}"
+    );
+    assert!(
+        missing.is_empty(),
+        "frames the GPU wrote but the report lacks: {missing:x?}"
+    );
+    session.cancel(&mut kvm_vmm::device::lock(&vm.device).vgpu);
+}
