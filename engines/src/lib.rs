@@ -49,7 +49,7 @@
 //! # Example
 //!
 //! ```
-//! use engines::{ContextDescriptor, EngineId, EngineMask, Engines, Workload, MAX_SAVE_LEN};
+//! use vgpu_mig_engines::{ContextDescriptor, EngineId, EngineMask, Engines, Workload, MAX_SAVE_LEN};
 //!
 //! let mut src = Engines::new(EngineMask::RCS);
 //! let desc = ContextDescriptor::from_bits(0x119);
@@ -68,10 +68,15 @@
 //! // Cancelled migration: the source resumes with its queue intact.
 //! src.resume();
 //! assert_eq!(src.next_to_dispatch(EngineId::Rcs), Some(w));
-//! # Ok::<(), engines::EngineError>(())
+//! # Ok::<(), vgpu_mig_engines::EngineError>(())
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(feature = "std")]
 extern crate std;

@@ -17,8 +17,8 @@
 //! # Example
 //!
 //! ```
-//! use gmem::{words_for, Decision, DirtyBitmap, DirtyReport, DmaRange, FrameRange, GuestMemoryMap};
-//! use gmem::{Policy, PolicyConfig, PrecopyPolicy, QemuConfig, QemuPolicy, RoundStats, SwitchReason};
+//! use vgpu_mig_gmem::{words_for, Decision, DirtyBitmap, DirtyReport, DmaRange, FrameRange, GuestMemoryMap};
+//! use vgpu_mig_gmem::{Policy, PolicyConfig, PrecopyPolicy, QemuConfig, QemuPolicy, RoundStats, SwitchReason};
 //! use gtt::Gfn;
 //!
 //! // 2 GiB of RAM below 4 GiB and 1 GiB above it, with a hole in between.
@@ -34,7 +34,7 @@
 //! let mut dirty = DirtyBitmap::new(&mut live, bits)?;
 //! let mut round = DirtyBitmap::new(&mut snap, bits)?;
 //!
-//! let page = map.index_of(Gfn::new(0x10_0002)).ok_or(gmem::GmemError::OutOfRange)?;
+//! let page = map.index_of(Gfn::new(0x10_0002)).ok_or(vgpu_mig_gmem::GmemError::OutOfRange)?;
 //! dirty.set(page)?;
 //! dirty.harvest_into(&mut round)?;
 //! assert_eq!(dirty.count(), 0);
@@ -45,8 +45,8 @@
 //! dirty.set(page)?;
 //! let mut out = [0u64; 1];
 //! let range = DmaRange { iova: 1 << 32, length: 64 << 21 };
-//! let found = DirtyReport::new(&map, &mut dirty).map_err(|_| gmem::GmemError::SizeMismatch)?
-//!     .report(range, 1 << 21, &mut out).map_err(|_| gmem::GmemError::OutOfRange)?;
+//! let found = DirtyReport::new(&map, &mut dirty).map_err(|_| vgpu_mig_gmem::GmemError::SizeMismatch)?
+//!     .report(range, 1 << 21, &mut out).map_err(|_| vgpu_mig_gmem::GmemError::OutOfRange)?;
 //! assert_eq!((found, out), (1, [1]));
 //!
 //! // Policies compare on the same statistics.
@@ -59,10 +59,15 @@
 //! assert_eq!((qemu.on_round(round0), ours.on_round(round0)), (met, met));
 //! assert_eq!(ours.status().bytes_sent, 1 << 30);
 //! # fn vec_storage<const N: usize>() -> Vec<u64> { vec![0; N] }
-//! # Ok::<(), gmem::GmemError>(())
+//! # Ok::<(), vgpu_mig_gmem::GmemError>(())
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(any(feature = "std", test))]
 extern crate std;
@@ -80,6 +85,9 @@ pub use baseline::{QEMU_MAX_BANDWIDTH, QemuConfig, QemuPolicy, StopAndCopy};
 pub use bitmap::{AtomicDirtyBitmap, AtomicWord, atomic_words_for};
 pub use bitmap::{DirtyBitmap, Ones, words_for};
 pub use error::GmemError;
+/// The guest frame number the memory map is in (from the `gtt` crate, published as
+/// `vgpu-mig-gtt`), so a user of this crate alone can name it.
+pub use gtt::Gfn;
 pub use hash::{PAGE_BYTES, is_zero_page, page_hash};
 pub use map::{FrameRange, GFN_LIMIT, GuestMemoryMap, MAX_REGIONS};
 pub use policy::{

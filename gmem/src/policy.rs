@@ -160,6 +160,23 @@ pub enum SwitchReason {
     IterationLimit,
 }
 
+/// The reason in words, for logs and operator reports (`Debug` is the variant and its fields).
+impl core::fmt::Display for SwitchReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::DowntimeMet { predicted_us } => write!(
+                f,
+                "the predicted downtime ({predicted_us} µs) is within the limit"
+            ),
+            Self::NotShrinking => f.write_str("the dirty set stopped shrinking"),
+            Self::RoundCap => f.write_str("the round limit was reached"),
+            Self::IterationLimit => f.write_str(
+                "the iteration limit was reached without convergence (the baseline would keep iterating)",
+            ),
+        }
+    }
+}
+
 /// The policy's verdict after a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -481,6 +498,26 @@ impl PrecopyPolicy for Policy {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn switch_reasons_read_as_words() {
+        use std::string::ToString;
+        let met = SwitchReason::DowntimeMet { predicted_us: 977 };
+        assert_eq!(
+            met.to_string(),
+            "the predicted downtime (977 µs) is within the limit"
+        );
+        assert_eq!(
+            SwitchReason::NotShrinking.to_string(),
+            "the dirty set stopped shrinking"
+        );
+        assert!(!SwitchReason::RoundCap.to_string().contains("RoundCap"));
+        assert!(
+            SwitchReason::IterationLimit
+                .to_string()
+                .contains("without convergence")
+        );
+    }
 
     fn round(round: u32, dirty: u64, bytes: u64, us: u64) -> RoundStats {
         RoundStats {

@@ -93,7 +93,7 @@ pub(crate) enum SpanSet {
 /// shortest description of the same set.
 ///
 /// ```
-/// use gtt::{Gfn, frames::GuestFrames};
+/// use vgpu_mig_gtt::{Gfn, frames::GuestFrames};
 ///
 /// // RAM below 3 GiB and 1 GiB above 4 GiB.
 /// let ram = GuestFrames::from_ranges([(Gfn::new(0), 0xC_0000), (Gfn::new(0x10_0000), 0x4_0000)])?;
@@ -101,7 +101,7 @@ pub(crate) enum SpanSet {
 /// assert!(!ram.contains(Gfn::new(0xC_0000)));
 /// assert!(ram.contains(Gfn::new(0x13_FFFF)));
 /// assert_eq!(ram.spans().len(), 2);
-/// # Ok::<(), gtt::GttError>(())
+/// # Ok::<(), vgpu_mig_gtt::GttError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -219,7 +219,7 @@ fn push<T>(out: &mut [T; MAX_SPANS], n: &mut usize, v: T) -> Result<(), GttError
 /// blocks; [`crate::translate_frames_table`] remains for fragmented backings.
 ///
 /// ```
-/// use gtt::{Gfn, Hfn, frames::FrameMap, translate_frames_map};
+/// use vgpu_mig_gtt::{Gfn, Hfn, frames::FrameMap, translate_frames_map};
 ///
 /// // Guest frames 0..0x100 at host 0x5000, guest 0x1000..0x1100 at host 0x100.
 /// let map = FrameMap::new(&[
@@ -229,7 +229,7 @@ fn push<T>(out: &mut [T; MAX_SPANS], n: &mut usize, v: T) -> Result<(), GttError
 /// let mut entries = [0x1_0001u64, 0x100_1003, 0x2000];
 /// translate_frames_map(&mut entries, &map)?;
 /// assert_eq!(entries, [0x501_0001, 0x10_1003, 0x2000]);
-/// # Ok::<(), gtt::GttError>(())
+/// # Ok::<(), vgpu_mig_gtt::GttError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

@@ -15,7 +15,7 @@
 //! # Example
 //!
 //! ```
-//! use gtt::{
+//! use vgpu_mig_gtt::{
 //!     apply_runs, validate_runs, Generation, GgttEntry, GgttSlices, GmAddr, GmRange, Gfn,
 //!     GttIndex, Partition, SaveCursor,
 //! };
@@ -25,7 +25,7 @@
 //!     GmRange::new(GmAddr::new(0), 0x1_0000)?,
 //!     GmRange::new(GmAddr::new(1 << 30), 0x8000)?,
 //! )?;
-//! let mut storage = [0u64; gtt::storage_len(0x1_0000, 0x8000)];
+//! let mut storage = [0u64; vgpu_mig_gtt::storage_len(0x1_0000, 0x8000)];
 //! let mut src = GgttSlices::new(partition, &mut storage)?;
 //! for i in 0..4 {
 //!     src.write(GttIndex::new(i), GgttEntry::present_frame(Gfn::new(0x100 + u64::from(i)))?)?;
@@ -42,14 +42,19 @@
 //! let stats = validate_runs(payload, &partition, &in_guest_ram, Generation::Gen9)?;
 //! assert_eq!((stats.runs, stats.entries), (1, 4));
 //!
-//! let mut storage2 = [0u64; gtt::storage_len(0x1_0000, 0x8000)];
+//! let mut storage2 = [0u64; vgpu_mig_gtt::storage_len(0x1_0000, 0x8000)];
 //! let mut dst = GgttSlices::new(partition, &mut storage2)?;
 //! assert_eq!(apply_runs(payload, &mut dst)?, 4);
 //! assert_eq!(dst.read(GttIndex::new(3))?.frame(), Gfn::new(0x103));
-//! # Ok::<(), gtt::GttError>(())
+//! # Ok::<(), vgpu_mig_gtt::GttError>(())
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(any(feature = "std", test))]
 extern crate std;

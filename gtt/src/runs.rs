@@ -798,7 +798,7 @@ fn roll_back(payload: &[u8], partition: &Partition, storage: &mut [u64], stopped
 /// validated completely before anything is written, so the result is the same, only slower.
 ///
 /// ```
-/// use gtt::{frames::GuestFrames, restore_runs, Generation, Gfn, GgttEntry, GgttSlices,
+/// use vgpu_mig_gtt::{frames::GuestFrames, restore_runs, Generation, Gfn, GgttEntry, GgttSlices,
 ///           GmAddr, GmRange, GttIndex, Partition, SaveCursor};
 ///
 /// let partition = Partition::new(GmRange::new(GmAddr::new(0), 0x4000)?, GmRange::EMPTY)?;
@@ -821,10 +821,10 @@ fn roll_back(payload: &[u8], partition: &Partition, storage: &mut [u64], stopped
 /// let mut dst = GgttSlices::new(partition, &mut c)?;
 /// assert_eq!(
 ///     restore_runs(&buf[..n], &mut dst, &small, Generation::Gen9),
-///     Err(gtt::GttError::FrameOutsideGuest)
+///     Err(vgpu_mig_gtt::GttError::FrameOutsideGuest)
 /// );
 /// assert_eq!(dst.entries(), &[0; 4]);
-/// # Ok::<(), gtt::GttError>(())
+/// # Ok::<(), vgpu_mig_gtt::GttError>(())
 /// ```
 ///
 /// # Errors
@@ -891,7 +891,7 @@ fn fast_pass(
 /// touched at all.
 ///
 /// ```
-/// use gtt::{frames::GuestFrames, replace_runs, Generation, Gfn, GgttEntry, GgttSlices,
+/// use vgpu_mig_gtt::{frames::GuestFrames, replace_runs, Generation, Gfn, GgttEntry, GgttSlices,
 ///           GmAddr, GmRange, GttIndex, Partition, SaveCursor};
 ///
 /// let partition = Partition::new(GmRange::new(GmAddr::new(0), 0x4000)?, GmRange::EMPTY)?;
@@ -908,7 +908,7 @@ fn fast_pass(
 /// dst.write(GttIndex::new(0), GgttEntry::present_frame(Gfn::new(0x7))?)?;
 /// replace_runs(&buf[..n], &mut dst, &ram, Generation::Gen9)?;
 /// assert_eq!(dst.entries(), src.entries());
-/// # Ok::<(), gtt::GttError>(())
+/// # Ok::<(), vgpu_mig_gtt::GttError>(())
 /// ```
 ///
 /// # Errors

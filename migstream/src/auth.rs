@@ -15,7 +15,7 @@
 //! # Example
 //!
 //! ```
-//! use migstream::*;
+//! use vgpu_mig_stream::*;
 //!
 //! let key = AuthKey::new([7; 32]); // the embedder's secret, shared with the destination
 //! let header = StreamHeaderRepr {

@@ -14,7 +14,7 @@
 /// CRC-32/ISO-HDLC of `bytes`.
 ///
 /// ```
-/// assert_eq!(migstream::crc32(b"123456789"), 0xCBF4_3926);
+/// assert_eq!(vgpu_mig_stream::crc32(b"123456789"), 0xCBF4_3926);
 /// ```
 #[must_use]
 pub fn crc32(bytes: &[u8]) -> u32 {
@@ -93,10 +93,10 @@ pub fn crc32_kernel() -> &'static str {
 /// It stores only the 4-byte running value, so it is `Copy` and `const`-constructible.
 ///
 /// ```
-/// let mut c = migstream::Crc32::new();
+/// let mut c = vgpu_mig_stream::Crc32::new();
 /// c.update(b"1234");
 /// c.update(b"56789");
-/// assert_eq!(c.value(), migstream::crc32(b"123456789"));
+/// assert_eq!(c.value(), vgpu_mig_stream::crc32(b"123456789"));
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

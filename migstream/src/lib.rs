@@ -18,6 +18,11 @@
 //!   ([`DecodeError`], [`Fault`]).
 //! - `parse` functions never panic; `emit` functions never panic on their fixed-size buffers.
 //! - MSRV: the workspace `rust-version` (1.88).
+//! - Crate versions follow the format: a patch release never changes the bytes written or the
+//!   streams accepted; a new [`FORMAT_MINOR`] or optional record is a minor release (before 1.0:
+//!   a new `0.x`); a new [`FORMAT_MAJOR`] is a major release (before 1.0: a new `0.x`). The
+//!   workspace README ("Versions and the wire format") and the CHANGELOG state which format each
+//!   release writes and reads.
 //! - Optional authenticated streams (cargo feature `auth`, SPEC.md §10): an encoder and a
 //!   decoder made with `with_key` and the embedder's 32-byte key add and check a keyed BLAKE3
 //!   MAC record before END (integrity and origin, not encryption; see the `auth` module).
@@ -26,7 +31,7 @@
 //! # Example
 //!
 //! ```
-//! use migstream::*;
+//! use vgpu_mig_stream::*;
 //!
 //! let header = StreamHeaderRepr {
 //!     minor: FORMAT_MINOR,
@@ -73,6 +78,11 @@
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(any(feature = "std", test))]
 extern crate std;

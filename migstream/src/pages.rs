@@ -166,11 +166,11 @@ impl PageRunRepr {
 /// any one push of that frame fits.
 ///
 /// ```
-/// use migstream::{PageEncoding, PageRunRepr, PagesBuilder};
+/// use vgpu_mig_stream::{PageEncoding, PageRunRepr, PagesBuilder};
 /// let mut buf = [0u8; 3 * 4096];
 /// let mut b = PagesBuilder::new(&mut buf);
 /// for frame in 10..12 {
-///     let slot = b.slot(frame).ok_or(migstream::EncodeError::BadPageRun)?;
+///     let slot = b.slot(frame).ok_or(vgpu_mig_stream::EncodeError::BadPageRun)?;
 ///     slot.fill(frame as u8); // the one read of the page
 ///     b.push_slot(frame)?;
 /// }
@@ -179,9 +179,9 @@ impl PageRunRepr {
 /// let len = b.len();
 /// assert_eq!(len, 16 + 2 * 4096 + 16 + 16 + 16);
 /// let first = PageRunRepr::parse(buf[..16].try_into().unwrap_or(&[0; 16]))
-///     .map_err(|_| migstream::EncodeError::BadPageRun)?;
+///     .map_err(|_| vgpu_mig_stream::EncodeError::BadPageRun)?;
 /// assert_eq!(first, PageRunRepr { first_frame: 10, count: 2, encoding: PageEncoding::FULL });
-/// # Ok::<(), migstream::EncodeError>(())
+/// # Ok::<(), vgpu_mig_stream::EncodeError>(())
 /// ```
 #[derive(Debug)]
 pub struct PagesBuilder<'b> {
@@ -398,14 +398,14 @@ impl<F: Fn(u64, usize, &mut [u8])> PageSource for F {
 /// encoder copies page bytes straight from the source into its output, no intermediate buffer.
 ///
 /// ```
-/// use migstream::{PageEncoding, PageRunRepr, PagesPayload, PayloadSource};
+/// use vgpu_mig_stream::{PageEncoding, PageRunRepr, PagesPayload, PayloadSource};
 /// let runs = [
 ///     PageRunRepr { first_frame: 10, count: 2, encoding: PageEncoding::FULL },
 ///     PageRunRepr { first_frame: 40, count: 100, encoding: PageEncoding::ZERO },
 /// ];
 /// let p = PagesPayload::new(&runs, |frame: u64, _off: usize, out: &mut [u8]| out.fill(frame as u8))?;
 /// assert_eq!(p.payload_len(), 16 + 2 * 4096 + 16);
-/// # Ok::<(), migstream::EncodeError>(())
+/// # Ok::<(), vgpu_mig_stream::EncodeError>(())
 /// ```
 #[derive(Clone, Copy)]
 pub struct PagesPayload<'a, S> {

@@ -26,7 +26,7 @@
 //! # Example
 //!
 //! ```
-//! use mmio::{AccessSize, NoHooks, RegFile, SKL, MMIO_DWORDS, validate_sparse};
+//! use vgpu_mig_mmio::{AccessSize, NoHooks, RegFile, SKL, MMIO_DWORDS, validate_sparse};
 //!
 //! let mut vregs = [0u32; MMIO_DWORDS];
 //! let mut regs = RegFile::new(&SKL, &mut vregs)?;
@@ -43,7 +43,7 @@
 //! let mut target = RegFile::new(&SKL, &mut target_vregs)?;
 //! target.apply_sparse(&buf[..n], &mut NoHooks)?;
 //! assert_eq!(target.peek(0x229C), 0x8000);
-//! # Ok::<(), mmio::MmioError>(())
+//! # Ok::<(), vgpu_mig_mmio::MmioError>(())
 //! ```
 //!
 //! # Masked registers
@@ -53,6 +53,11 @@
 //! so the upper half always reads back as 0 (see [`RegDesc::apply_write`]).
 #![no_std]
 #![forbid(unsafe_code)]
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(feature = "std")]
 extern crate std;

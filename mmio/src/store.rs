@@ -13,7 +13,7 @@ use crate::platform::MMIO_DWORDS;
 ///
 /// ```
 /// use std::sync::Mutex;
-/// use mmio::{AccessSize, NoHooks, RegFile, VregStore, SKL};
+/// use vgpu_mig_mmio::{AccessSize, NoHooks, RegFile, VregStore, SKL};
 ///
 /// // One vGPU's registers in a static: const-initialized, no allocation.
 /// static VREGS: Mutex<VregStore> = Mutex::new(VregStore::new());
@@ -25,7 +25,7 @@ use crate::platform::MMIO_DWORDS;
 /// // Re-attach later without resetting: the vregs are the register state.
 /// let regs = RegFile::new_const(&SKL, store.as_mut_slice())?;
 /// assert_eq!(regs.peek(0x2030), 0x40);
-/// # Ok::<(), mmio::MmioError>(())
+/// # Ok::<(), vgpu_mig_mmio::MmioError>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 #[repr(transparent)]

@@ -17,7 +17,7 @@
 //! ended.
 //!
 //! ```
-//! use vgpu::channel::{channel_of, ChannelRepr, STRIPE_FRAMES};
+//! use vgpu_mig::channel::{channel_of, ChannelRepr, STRIPE_FRAMES};
 //!
 //! assert_eq!(channel_of(0, 4), 0);
 //! assert_eq!(channel_of(STRIPE_FRAMES, 4), 1);

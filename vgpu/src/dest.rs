@@ -261,6 +261,8 @@ impl<'s> DestSession<'s> {
             .ok_or(VgpuError::StorageSize)?;
         let _ = vgpu.quiesce();
         vgpu.set_state(MigState::Resuming);
+        #[cfg(feature = "log")]
+        ::log::info!("vgpu destination: session open, {channels} channel(s)");
         let mut chans = heapless::Vec::new();
         for _ in 0..channels {
             let _ = chans.push(ChanIn {
@@ -358,6 +360,8 @@ impl<'s> DestSession<'s> {
         }
         let r = self.feed_inner(channel, vgpu, mem, input);
         if let Err(e) = r {
+            #[cfg(feature = "log")]
+            ::log::warn!("vgpu destination: stream rejected on channel {channel}: {e}");
             self.failed = Some(e);
         }
         r
@@ -988,6 +992,11 @@ impl<'s> DestSession<'s> {
         host: &mut dyn HostGtt,
     ) -> (Result<DestStats, VgpuError>, &'s mut [u8]) {
         let r = self.apply(vgpu, mem, host);
+        #[cfg(feature = "log")]
+        match &r {
+            Ok(s) => ::log::info!("vgpu destination: committed, {} stream bytes", s.bytes),
+            Err(e) => ::log::warn!("vgpu destination: commit refused, device state unchanged: {e}"),
+        }
         (r, self.staging)
     }
 

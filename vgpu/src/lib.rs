@@ -65,11 +65,11 @@
 //!
 //! use gmem::{FrameRange, GuestMemoryMap};
 //! use gtt::{Gfn, GmAddr, GmRange, HostPlacement, Partition};
-//! use vgpu::dest::DestSession;
-//! use vgpu::instance::{CONFIG_SPACE_SIZE, Vgpu, VgpuConfig, VgpuStorage};
-//! use vgpu::source::{SourceConfig, SourceEvent, SourceSession};
-//! use vgpu::tracking::GpuDirtyLog;
-//! use vgpu::traits::{GuestMemory, MemoryError, VgpuAccess};
+//! use vgpu_mig::dest::DestSession;
+//! use vgpu_mig::instance::{CONFIG_SPACE_SIZE, Vgpu, VgpuConfig, VgpuStorage};
+//! use vgpu_mig::source::{SourceConfig, SourceEvent, SourceSession};
+//! use vgpu_mig::tracking::GpuDirtyLog;
+//! use vgpu_mig::traits::{GuestMemory, MemoryError, VgpuAccess};
 //!
 //! /// Guest RAM, shared by the vCPUs, the GPU and the migration thread.
 //! struct Ram {
@@ -153,7 +153,7 @@
 //! let paused = AtomicBool::new(false);
 //! let mut stream = Vec::new();
 //!
-//! std::thread::scope(|s| -> Result<(), vgpu::error::VgpuError> {
+//! std::thread::scope(|s| -> Result<(), vgpu_mig::error::VgpuError> {
 //!     // A vCPU: MMIO exits take the device lock, briefly, while pages stream.
 //!     let vcpu = s.spawn(|| {
 //!         while !paused.load(Ordering::Acquire) {
@@ -219,7 +219,7 @@
 //! # Example: the next VFIO arc
 //!
 //! ```
-//! use vgpu::fsm::{Caps, MigState, next_arc};
+//! use vgpu_mig::fsm::{Caps, MigState, next_arc};
 //!
 //! // A device with PRE_COPY but no P2P, asked to go from RUNNING to STOP_COPY, steps through STOP.
 //! let caps = Caps::STOP_COPY.with(Caps::PRE_COPY);
@@ -239,6 +239,11 @@
         reason = "tests"
     )
 )]
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(feature = "alloc")]
 extern crate alloc;
 #[cfg(any(feature = "std", test))]

@@ -248,6 +248,11 @@ impl<'s> SourceSession<'s> {
         let n = usize::from(cfg.channels);
         let frames =
             usize::try_from(vgpu.memory_map().frames()).map_err(|_| VgpuError::StorageSize)?;
+        #[cfg(feature = "log")]
+        ::log::info!(
+            "vgpu source: session open, {frames} guest pages, {n} channel(s), memory {:?}",
+            cfg.memory
+        );
         let mut send = DirtyBitmap::new(send, frames)?;
         vgpu.gpu_dirty().clear();
         if cfg.memory == MemoryMode::Stream {
@@ -572,6 +577,11 @@ impl<'s> SourceSession<'s> {
         self.phase = Phase::FinalRound;
         self.begin_round();
         vgpu.set_state(MigState::StopCopy);
+        #[cfg(feature = "log")]
+        ::log::info!(
+            "vgpu source: stopped; final round {} and the device state follow",
+            self.round
+        );
         Ok(())
     }
 
@@ -584,11 +594,15 @@ impl<'s> SourceSession<'s> {
             return Err(VgpuError::WrongPhase);
         }
         vgpu.set_state(MigState::Stop);
+        #[cfg(feature = "log")]
+        ::log::info!("vgpu source: migration complete, the source vGPU stays stopped");
         Ok(())
     }
 
     /// Abandon the migration (any saving state → RUNNING): the vGPU resumes exactly where it was.
     pub fn cancel(self, vgpu: &mut Vgpu<'_>) {
+        #[cfg(feature = "log")]
+        ::log::warn!("vgpu source: migration cancelled, the vGPU resumes");
         vgpu.resume();
         vgpu.set_state(MigState::Running);
     }
@@ -1042,6 +1056,30 @@ impl<'s> SourceSession<'s> {
     }
 
     fn push_event(&mut self, e: SourceEvent) {
+        #[cfg(feature = "log")]
+        match e {
+            SourceEvent::RoundEnd {
+                round,
+                pages,
+                bytes,
+                dirty_left,
+                ..
+            } => ::log::debug!(
+                "vgpu source: round {round} sent {pages} pages in {bytes} bytes; {dirty_left} pages dirtied meanwhile"
+            ),
+            SourceEvent::Switch {
+                reason,
+                predicted_downtime_us,
+            } => match predicted_downtime_us {
+                Some(us) => ::log::info!(
+                    "vgpu source: stop-and-copy advised: {reason} (predicted downtime {us} µs)"
+                ),
+                None => ::log::info!("vgpu source: stop-and-copy advised: {reason}"),
+            },
+            SourceEvent::Finished { bytes, records } => {
+                ::log::info!("vgpu source: stream complete, {bytes} bytes in {records} records");
+            }
+        }
         if self.events.is_full() {
             // The driver did not drain events; keep the newest (the oldest are round summaries).
             let _ = self.events.pop_front();

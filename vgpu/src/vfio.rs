@@ -146,7 +146,13 @@ impl<'s> VfioMigration<'s> {
             if cur == requested {
                 return Ok(cur);
             }
-            self.arc(vgpu, cur, next, p)?;
+            let r = self.arc(vgpu, cur, next, p);
+            #[cfg(feature = "log")]
+            match &r {
+                Ok(()) => ::log::debug!("vgpu vfio: {cur:?} -> {next:?}"),
+                Err(e) => ::log::warn!("vgpu vfio: {cur:?} -> {next:?} failed: {e}"),
+            }
+            r?;
         }
         Err(VgpuError::Fsm(FsmError::NoPath {
             from: vgpu.state(),

@@ -23,6 +23,9 @@
     reason = "tests"
 )]
 
+// The package is published as `vgpu-mig`; the tests call it by its workspace name.
+extern crate vgpu_mig as vgpu;
+
 use core::cell::{Cell, RefCell};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::collections::BTreeSet;

@@ -8,6 +8,9 @@
     reason = "tests"
 )]
 
+// The package is published as `vgpu-mig`; the tests call it by its workspace name.
+extern crate vgpu_mig as vgpu;
+
 use migstream::{AuthKey, Limits};
 use vgpu::dest::DestSession;
 use vgpu::error::VgpuError;

@@ -7,6 +7,9 @@
     reason = "tests"
 )]
 
+// The package is published as `vgpu-mig`; the tests call it by its workspace name.
+extern crate vgpu_mig as vgpu;
+
 use gmem::DmaRange;
 use gtt::Gfn;
 use migstream::{

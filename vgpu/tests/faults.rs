@@ -13,6 +13,9 @@
     reason = "tests"
 )]
 
+// The package is published as `vgpu-mig`; the tests call it by its workspace name.
+extern crate vgpu_mig as vgpu;
+
 use vgpu::dest::DestSession;
 use vgpu::error::VgpuError;
 use vgpu::sim::scenario::{Plan, Scenario, Snapshot, migrate};

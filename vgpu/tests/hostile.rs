@@ -15,6 +15,9 @@
     reason = "tests"
 )]
 
+// The package is published as `vgpu-mig`; the tests call it by its workspace name.
+extern crate vgpu_mig as vgpu;
+
 use migstream::{RecordFlags, RecordKind, StreamHeaderRepr};
 use vgpu::dest::DestSession;
 use vgpu::error::VgpuError;

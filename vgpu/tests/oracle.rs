@@ -8,6 +8,9 @@
     reason = "tests"
 )]
 
+// The package is published as `vgpu-mig`; the tests call it by its workspace name.
+extern crate vgpu_mig as vgpu;
+
 use vgpu::sim::scenario::{MigrationReport, Plan, Scenario, Snapshot, host_consistent, migrate};
 use vgpu::sim::{Profile, Rng};
 

@@ -17,6 +17,9 @@
     reason = "tests"
 )]
 
+// The package is published as `vgpu-mig`; the tests call it by its workspace name.
+extern crate vgpu_mig as vgpu;
+
 use std::collections::BTreeMap;
 
 use migstream::RecordKind;

@@ -7,6 +7,9 @@
     reason = "tests"
 )]
 
+// The package is published as `vgpu-mig`; the tests call it by its workspace name.
+extern crate vgpu_mig as vgpu;
+
 use migstream::Limits;
 use vgpu::error::VgpuError;
 use vgpu::fsm::{Caps, FsmError, MigState};

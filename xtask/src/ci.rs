@@ -5,8 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// Library crates: no_std, checked on the host link check, bare metal and with defmt.
-pub(crate) const LIB_CRATES: [&str; 6] = ["migstream", "gtt", "mmio", "gmem", "engines", "vgpu"];
+/// Library crates (package names, as `-p` takes them; the workspace calls them by the short
+/// names `migstream`, `gtt`, ...): no_std, checked on the host link check, bare metal and with defmt.
+pub(crate) const LIB_CRATES: [&str; 6] = [
+    "vgpu-mig-stream",
+    "vgpu-mig-gtt",
+    "vgpu-mig-mmio",
+    "vgpu-mig-gmem",
+    "vgpu-mig-engines",
+    "vgpu-mig",
+];
 
 /// Bare-metal targets tried in order; the first installed one is used.
 const BARE_METAL: [&str; 2] = ["x86_64-unknown-none", "thumbv7em-none-eabihf"];
@@ -71,6 +79,61 @@ fn render(cmd: &Command) -> String {
     s
 }
 
+/// The `rust-version` the workspace declares (`[workspace.package]` of the root manifest).
+fn declared_msrv() -> Result<String, String> {
+    let path = root().join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("rust-version"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .next()
+        .ok_or_else(|| format!("{}: no rust-version", path.display()))
+}
+
+/// Check the library crates, all features, on the declared minimum toolchain. The toolchain is
+/// installed with the minimal profile; when that fails (offline, no rustup) the step is skipped
+/// with a notice, as the bare-metal builds are.
+fn msrv(r: &mut Runner) -> crate::Result {
+    let version = declared_msrv()?;
+    let installed = Command::new("rustup")
+        .args(["toolchain", "install", &version, "--profile", "minimal"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        println!(
+            "\n=== notice: could not install Rust {version} (the declared rust-version); \
+             the MSRV check is skipped. Install it with \
+             `rustup toolchain install {version} --profile minimal`."
+        );
+        return Ok(());
+    }
+    // `rustup run` rather than `cargo +VERSION`: the `cargo` this process runs may be the
+    // toolchain's own binary, which does not read `+` arguments. A separate target directory
+    // keeps the current toolchain's build cache intact.
+    let mut c = Command::new("rustup");
+    c.current_dir(root());
+    c.env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC");
+    c.args([
+        "run",
+        &version,
+        "cargo",
+        "check",
+        "--locked",
+        "--all-features",
+    ]);
+    c.args(["--target-dir", "target/msrv"]);
+    for krate in LIB_CRATES {
+        c.args(["-p", krate]);
+    }
+    r.run(
+        &format!("MSRV: library crates, all features, on Rust {version}"),
+        c,
+    )
+}
+
 fn installed_targets() -> Vec<String> {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
@@ -124,13 +187,26 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
     // The workspace run unifies features (xtask enables `auth`); the format crate must also pass
     // as most embedders build it, without the feature.
     let mut c = cargo();
-    c.args(["test", "-p", "migstream", "--locked"]);
+    c.args(["test", "-p", "vgpu-mig-stream", "--locked"]);
     r.run("migstream tests without the auth feature", c)?;
 
     let mut c = cargo();
     c.env("RUSTDOCFLAGS", "-D warnings");
     c.args(["doc", "--workspace", "--no-deps", "--locked"]);
     r.run("rustdoc (warnings denied)", c)?;
+
+    // The library crates as they would be uploaded: each `.crate` (under target/package) with its
+    // rewritten manifest (registry dependencies with versions, the readme) and its own lock file.
+    // Packaged together, cargo resolves their dependencies on each other through a local overlay
+    // of the ones packaged first, so none needs to be on the registry. Not built again here
+    // (`--no-verify`): the steps above and below build the same sources. `--allow-dirty` so a local
+    // run with uncommitted changes packages them; .ci/run checks the tree is clean at the end.
+    let mut c = cargo();
+    c.args(["package", "--locked", "--no-verify", "--allow-dirty"]);
+    for krate in LIB_CRATES {
+        c.args(["-p", krate]);
+    }
+    r.run("package the library crates (publishable, not published)", c)?;
 
     let mut c = cargo();
     c.args([
@@ -139,6 +215,7 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         "xtask/nostd-check/Cargo.toml",
         "--target-dir",
         "target/nostd-check",
+        "--locked",
     ]);
     r.run(
         "no_std link check (staticlib with its own panic handler, host)",
@@ -160,6 +237,7 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
                     "--no-default-features",
                     "--target",
                     target,
+                    "--locked",
                 ]);
                 r.run(&format!("bare metal: {krate} for {target}"), c)?;
             }
@@ -167,15 +245,16 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
             c.args([
                 "build",
                 "-p",
-                "vgpu",
+                "vgpu-mig",
                 "--no-default-features",
                 "--features",
-                "auth",
+                "auth,log",
                 "--target",
                 target,
+                "--locked",
             ]);
             r.run(
-                &format!("bare metal: vgpu + migstream with auth for {target}"),
+                &format!("bare metal: vgpu + migstream with auth, and log, for {target}"),
                 c,
             )?;
         }
@@ -195,9 +274,12 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
             "--no-default-features",
             "--features",
             "defmt",
+            "--locked",
         ]);
         r.run(&format!("defmt: {krate}"), c)?;
     }
+
+    msrv(&mut r)?;
 
     // The tools themselves, in release as `cargo xtask` runs them; each verifies what it does.
     let smoke_runs: [(&str, &[&str]); 7] = [
@@ -233,7 +315,7 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
     ];
     for (name, args) in smoke_runs {
         let mut c = cargo();
-        c.args(["run", "--release", "--package", "xtask", "--"]);
+        c.args(["run", "--release", "--locked", "--package", "xtask", "--"]);
         c.args(args);
         r.run(name, c)?;
     }

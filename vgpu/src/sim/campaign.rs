@@ -16,8 +16,8 @@
 //! Same seed, same cases, same results: [`run`] is deterministic.
 //!
 //! ```no_run
-//! use vgpu::sim::campaign::{CampaignConfig, run_workload};
-//! use vgpu::sim::Profile;
+//! use vgpu_mig::sim::campaign::{CampaignConfig, run_workload};
+//! use vgpu_mig::sim::Profile;
 //!
 //! let cfg = CampaignConfig { cases_per_class: 2, ..CampaignConfig::quick(3) };
 //! let report = run_workload("idle", Profile::IDLE, &cfg).unwrap();

@@ -30,7 +30,7 @@
 //! path.
 //!
 //! ```
-//! use vgpu::testplan::{Fault, Workload, full_plan, quick_plan, select};
+//! use vgpu_mig::testplan::{Fault, Workload, full_plan, quick_plan, select};
 //!
 //! let plan = full_plan();
 //! assert!(plan.iter().any(|s| s.workload == Workload::Media && s.fault == Fault::Cancel));

@@ -12,7 +12,7 @@
 //! call.
 //!
 //! ```
-//! use vgpu::testplan::{Runner, Size, quick_plan, reference::ReferenceBackend};
+//! use vgpu_mig::testplan::{Runner, Size, quick_plan, reference::ReferenceBackend};
 //!
 //! let backend = ReferenceBackend;
 //! let mut runner = Runner::new(&backend, Size::Quick);
