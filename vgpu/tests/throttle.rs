@@ -8,6 +8,9 @@
     reason = "tests"
 )]
 
+// The package is published as `vgpu-mig`; the tests call it by its workspace name.
+extern crate vgpu_mig as vgpu;
+
 use vgpu::sim::Profile;
 use vgpu::sim::scenario::Scenario;
 
