@@ -26,9 +26,12 @@ const ENTRY: usize = 40;
 /// The PPGTTs of a vGPU.
 pub type PpgttList = heapless::Vec<PpgttRoot, MAX_PPGTTS>;
 
-/// Guest memory as the page-table walker reads it.
+/// Guest memory as the page-table walker reads it, entry by entry (the reference GPU's
+/// translation; the destination's checks use the caching [`PageWalker`]).
+#[cfg(feature = "sim")]
 pub(crate) struct Walker<'m>(pub(crate) &'m dyn GuestMemory);
 
+#[cfg(feature = "sim")]
 impl ReadGuest for Walker<'_> {
     fn read_u64(&self, gpa: Gpa) -> Option<u64> {
         let gfn = gpa.gfn();
