@@ -28,7 +28,7 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 /// `VPCLMULQDQ` intrinsics); an older compiler gets the SSE kernel where this says AVX.
 ///
 /// ```
-/// let k = migstream::crc32_kernel();
+/// let k = vgpu_mig_stream::crc32_kernel();
 /// assert!(!k.is_empty());
 /// ```
 #[must_use]
