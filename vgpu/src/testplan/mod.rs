@@ -549,6 +549,15 @@ pub trait Backend {
     /// The backend's name, as given to `--backend`.
     fn name(&self) -> &'static str;
 
+    /// Whether the backend can run `spec` as the plan defines it: `Err(why)` when it cannot
+    /// produce the scenario's instant, placement or fault exactly (for example an exact instant
+    /// on a platform that does not trap the guest's writes). The runner then reports the scenario
+    /// as not supported (neither passed nor failed) and runs nothing. The default supports all.
+    fn supports(&self, spec: &Spec) -> Result<(), String> {
+        let _ = spec;
+        Ok(())
+    }
+
     /// Storage for one machine. GVT-g: nothing much (the kernel owns the vGPU); the host's mdev
     /// type and its aperture/hidden sizes are chosen from `setup.size`. SR-IOV: the VF profile.
     fn storage(&self, setup: &Setup) -> Result<Self::Storage, Self::Error>;
@@ -619,8 +628,11 @@ pub trait Backend {
 pub struct Outcome {
     /// The scenario.
     pub spec: Spec,
-    /// Whether every oracle check held.
+    /// Whether every oracle check held (false when the scenario is not supported).
     pub passed: bool,
+    /// Whether the backend supports the scenario ([`Backend::supports`]); when not, nothing ran
+    /// and `detail` says why.
+    pub supported: bool,
     /// The instant as run (for seeded instants, the step).
     pub instant: String,
     /// What happened (the first failure, or a summary of the checks).
@@ -849,12 +861,21 @@ impl<'b, B: Backend> Runner<'b, B> {
         let mut out = Outcome {
             spec: *spec,
             passed: false,
+            supported: true,
             instant,
             detail: String::new(),
             wire_bytes: 0,
             downtime_us: 0,
             frame_at_stop: 0,
         };
+        if let Err(why) = self.backend.supports(spec) {
+            out.supported = false;
+            out.detail = format!(
+                "not supported by the {} backend: {why}",
+                self.backend.name()
+            );
+            return out;
+        }
         let result = if spec.fault == Fault::None {
             self.run_clean(spec)
         } else {
