@@ -9,10 +9,12 @@
 //! - *instants*: a step is progress, not time: `At::Steps(n)` waits until the guest has
 //!   reported `n * frames / instant_range` frames (or finished), so a seeded instant is a point
 //!   of the guest's progress; where exactly between two guest instructions the vCPU stops is up
-//!   to the host's scheduling, which the oracle does not depend on. The exact instants (between
-//!   ELSP dwords, between GGTT halves) are **not supported**: they need the vCPU held at a chosen
-//!   MMIO exit, which this VMM's vCPU loop does not offer; [`KvmBackend::supports`] says so and
-//!   the runner reports them as not supported.
+//!   to the host's scheduling, which the oracle does not depend on. The exact instants (right
+//!   after ELSP dword 1, 2 or 3, between the two halves of a GGTT entry write) are exact: the VMM
+//!   sees every MMIO exit, so [`Vm::run_until`] stops the vCPU thread at the exit of that write
+//!   (the access emulated and completed in KVM, no further guest instruction run), and the guest
+//!   stays paused during pre-copy (`Hop::freeze_guest`) while the GPU thread keeps executing
+//!   what was submitted.
 //! - *placements*: the destination VM's host places graphics memory as [`Host::Source`] does
 //!   (same), contiguous elsewhere ([`Host::Elsewhere`]) or split ([`Host::Destination`]).
 //! - *faults*: this VMM's stream is its own (RAM pages, the vGPU's stream, vCPU state); the
@@ -33,14 +35,13 @@ use std::time::Duration;
 
 use vgpu::sim::Profile;
 use vgpu::testplan::{
-    At, Backend, Hop, HopResult, Inject, Instant as PlanInstant, Load, Placement, Role, Setup,
-    Size, Spec, Workload,
+    At, Backend, Hop, HopResult, Inject, Load, Placement, Role, Setup, Size, Workload,
 };
 
 use crate::device::Host;
 use crate::image::{ImageError, guest_image};
 use crate::migration::{MigError, SourceOptions, migrate_dest_on, migrate_source};
-use crate::vm::{EndState, VcpuEnd, Vm, VmConfig, kvm_usable};
+use crate::vm::{EndState, StopAt, VcpuEnd, Vm, VmConfig, kvm_usable};
 
 /// How long a guest may take to finish a run.
 const RUN_BOUND: Duration = Duration::from_secs(120);
@@ -145,16 +146,6 @@ impl Backend for KvmBackend {
         "kvm"
     }
 
-    fn supports(&self, spec: &Spec) -> Result<(), String> {
-        match spec.instant {
-            PlanInstant::Seeded(_) => Ok(()),
-            i => Err(format!(
-                "the {i} instant needs the vCPU held at a chosen MMIO exit, which this VMM's \
-                 vCPU loop does not offer"
-            )),
-        }
-    }
-
     fn storage(&self, _: &Setup) -> Result<(), KvmError> {
         Ok(())
     }
@@ -194,8 +185,13 @@ impl Backend for KvmBackend {
     }
 
     fn advance(&self, m: &mut KvmMachine, at: At) -> Result<bool, KvmError> {
-        let At::Steps(n) = at else {
-            return Ok(false);
+        let n = match at {
+            At::Steps(n) => n,
+            At::ElspDword(k @ 1..=3) => {
+                return Ok(m.vm()?.run_until(StopAt::ElspDword(k), RUN_BOUND)?);
+            }
+            At::ElspDword(_) => return Ok(false),
+            At::GgttHalf => return Ok(m.vm()?.run_until(StopAt::GgttHalf, RUN_BOUND)?),
         };
         let frames = m.load.map_or(0, |l| l.frames);
         let target = (n.saturating_mul(frames) / m.size.instant_range()).min(frames);
@@ -226,10 +222,22 @@ impl Backend for KvmBackend {
         dst: &mut KvmMachine,
         hop: &Hop,
     ) -> Result<HopResult, KvmError> {
-        if hop.freeze_guest {
-            return Err(KvmError(
-                "holding the guest still during pre-copy is not supported".into(),
-            ));
+        // An exact instant left the vCPU paused at its MMIO exit (`advance`); it stays paused
+        // through pre-copy (`hop.freeze_guest`), which the VMM's source does for a paused vCPU.
+        let frozen = src
+            .vm
+            .as_ref()
+            .is_some_and(|vm| !vm.running() && !vm.finished());
+        if hop.freeze_guest != frozen {
+            return Err(KvmError(format!(
+                "the guest is {} but the hop asks for it {}",
+                if frozen { "paused" } else { "running" },
+                if hop.freeze_guest {
+                    "held still"
+                } else {
+                    "running"
+                }
+            )));
         }
         if hop.start_steps > 0 && !self.advance(src, At::Steps(hop.start_steps))? {
             return Err(KvmError("the source did not run".into()));

@@ -1293,6 +1293,80 @@ mod tests {
         }
     }
 
+    /// A backend that supports nothing (and would fail everything it ran).
+    struct Unsupported;
+    impl Backend for Unsupported {
+        type Storage = ();
+        type Machine<'s> = ();
+        type State = ();
+        type Error = &'static str;
+        fn name(&self) -> &'static str {
+            "unsupported"
+        }
+        fn supports(&self, spec: &Spec) -> Result<(), String> {
+            Err(format!("{} cannot be produced here", spec.instant))
+        }
+        fn storage(&self, s: &Setup) -> Result<(), &'static str> {
+            reference_free::Nothing.storage(s)
+        }
+        fn machine(&self, s: &Setup, r: Role, st: &mut ()) -> Result<(), &'static str> {
+            reference_free::Nothing.machine(s, r, st)
+        }
+        fn boot(&self, m: &mut (), l: &Load) -> Result<(), &'static str> {
+            reference_free::Nothing.boot(m, l)
+        }
+        fn switch_workload(&self, m: &mut (), l: &Load) -> Result<(), &'static str> {
+            reference_free::Nothing.switch_workload(m, l)
+        }
+        fn advance(&self, m: &mut (), a: At) -> Result<bool, &'static str> {
+            reference_free::Nothing.advance(m, a)
+        }
+        fn run_to_end(&self, m: &mut ()) -> Result<bool, &'static str> {
+            reference_free::Nothing.run_to_end(m)
+        }
+        fn migrate(&self, s: &mut (), d: &mut (), h: &Hop) -> Result<HopResult, &'static str> {
+            reference_free::Nothing.migrate(s, d, h)
+        }
+        fn reset_destination(&self, m: &mut ()) -> Result<(), &'static str> {
+            reference_free::Nothing.reset_destination(m)
+        }
+        fn running(&self, _: &()) -> bool {
+            false
+        }
+        fn state(&self, _: &()) {}
+        fn diff(&self, _: &(), _: &()) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn an_unsupported_scenario_is_neither_passed_nor_run() {
+        let b = Unsupported;
+        let mut r = Runner::new(&b, Size::Quick);
+        for spec in quick_plan() {
+            let o = r.run(&spec);
+            assert!(!o.supported && !o.passed, "{spec}");
+            assert_eq!(
+                o.detail,
+                format!(
+                    "not supported by the unsupported backend: {} cannot be produced here",
+                    spec.instant
+                )
+            );
+        }
+        // The default supports everything: the same plan on a backend without the method runs
+        // (and fails, having no device).
+        let b = reference_free::Nothing;
+        let mut r = Runner::new(&b, Size::Quick);
+        for spec in quick_plan() {
+            let o = r.run(&spec);
+            assert!(
+                o.supported && !o.passed && o.detail.contains("no device"),
+                "{spec}"
+            );
+        }
+    }
+
     #[test]
     fn a_backend_error_is_a_failed_outcome_not_a_panic() {
         let b = reference_free::Nothing;
