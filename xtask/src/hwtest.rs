@@ -7,22 +7,27 @@
 //! stream bytes of the successful migration (the retry, for fault scenarios), its modeled downtime
 //! over a 10 GbE link, the frame the guest had submitted when the source stopped, and wall time.
 //!
-//! The only backend built in is the reference device (`--backend reference`, the default). A real
-//! GVT-g or SR-IOV backend implements `vgpu::testplan::Backend` out of tree; naming any other
-//! backend here is an error.
+//! Backends: the reference device (`--backend reference`, the default) and the KVM reference
+//! embedding (`--backend kvm`: real KVM VMs running the bare-metal guest driver, migrated over TCP
+//! loopback, `kvm_vmm::testplan`; Linux x86-64 with a usable `/dev/kvm` and the
+//! `x86_64-unknown-none` target, otherwise it says why in one line and fails). A scenario a backend
+//! cannot produce exactly shows `n/s` (not supported) with the reason, never `pass`. A real GVT-g or
+//! SR-IOV backend implements `vgpu::testplan::Backend` out of tree; naming any other backend here
+//! is an error.
 
 use std::time::Instant;
 
 use serde::Serialize;
 use vgpu::testplan::{
-    Runner, Size, SoakReport, Spec, Workload, full_plan, quick_plan, reference::ReferenceBackend,
-    select, soak,
+    Backend, Runner, Size, SoakReport, Spec, Workload, full_plan, quick_plan,
+    reference::ReferenceBackend, select, soak,
 };
 
 /// Options of `cargo xtask hw-test`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The platform: `reference` (the reference device, the only one built in).
+    /// The platform: `reference` (the reference device) or `kvm` (real KVM VMs running the
+    /// bare-metal guest driver; Linux x86-64 with a usable /dev/kvm).
     #[arg(long, default_value = "reference")]
     pub(crate) backend: String,
     /// Print the scenarios' names (after `--filter`) and exit.
@@ -55,6 +60,7 @@ struct Row {
     placement: &'static str,
     fault: &'static str,
     passed: bool,
+    supported: bool,
     wire_bytes: u64,
     modeled_downtime_us: u64,
     frame_at_stop: u64,
@@ -82,6 +88,7 @@ struct Report {
     scenarios: usize,
     passed: usize,
     failed: usize,
+    not_supported: usize,
     wall_ms: u128,
     results: Vec<Row>,
     soak: Option<SoakJson>,
@@ -103,17 +110,33 @@ fn header() {
     );
 }
 
-/// Run the plan (and the soak).
+/// Run the plan (and the soak) on the backend `--backend` names.
 pub(crate) fn run(args: &Args) -> crate::Result {
-    if args.backend != "reference" {
-        return Err(format!(
-            "no backend named '{}' is built in: the only one is 'reference' (the reference \
-             device). A real GVT-g or SR-IOV backend implements vgpu::testplan::Backend out of \
-             tree; see the trait's documentation.",
-            args.backend
-        ));
+    match args.backend.as_str() {
+        "reference" => run_on(&ReferenceBackend, args),
+        "kvm" => run_kvm(args),
+        other => Err(format!(
+            "no backend named '{other}' is built in: they are 'reference' (the reference \
+             device) and 'kvm' (the KVM reference embedding). A real GVT-g or SR-IOV backend \
+             implements vgpu::testplan::Backend out of tree; see the trait's documentation."
+        )),
     }
-    let backend = ReferenceBackend;
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn run_kvm(args: &Args) -> crate::Result {
+    match kvm_vmm::testplan::KvmBackend::new() {
+        Ok(b) => run_on(&b, args),
+        Err(why) => Err(format!("hw-test --backend kvm: unavailable: {why}")),
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn run_kvm(_: &Args) -> crate::Result {
+    Err("hw-test --backend kvm: unavailable: the KVM backend needs Linux on x86-64".into())
+}
+
+fn run_on<B: Backend>(backend: &B, args: &Args) -> crate::Result {
     let size = if args.quick { Size::Quick } else { Size::Full };
     let plan = if args.no_plan {
         Vec::new()
@@ -127,7 +150,10 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     };
     if args.list {
         for s in &plan {
-            println!("{s}");
+            match backend.supports(s) {
+                Ok(()) => println!("{s}"),
+                Err(why) => println!("{s}  (not supported: {why})"),
+            }
         }
         println!(
             "{} scenarios ({} plan)",
@@ -144,12 +170,13 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     }
     let started = Instant::now();
     let mut report = Report {
-        backend: "reference",
+        backend: backend.name(),
         size: if args.quick { "quick" } else { "full" },
         filter: args.filter.clone(),
         scenarios: plan.len(),
         passed: 0,
         failed: 0,
+        not_supported: 0,
         wall_ms: 0,
         results: Vec::new(),
         soak: None,
@@ -158,12 +185,12 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         println!(
             "hw-test: {} scenarios on the {} backend ({} size)",
             plan.len(),
-            backend_name(),
+            backend.name(),
             report.size
         );
         header();
     }
-    let mut runner = Runner::new(&backend, size);
+    let mut runner = Runner::new(backend, size);
     for spec in &plan {
         let t = Instant::now();
         let o = runner.run(spec);
@@ -175,7 +202,11 @@ pub(crate) fn run(args: &Args) -> crate::Result {
             row.instant,
             row.placement,
             row.fault,
-            if row.passed { "pass" } else { "FAIL" },
+            match (row.supported, row.passed) {
+                (false, _) => "n/s",
+                (true, true) => "pass",
+                (true, false) => "FAIL",
+            },
             row.wire_bytes,
             row.modeled_downtime_us,
             row.frame_at_stop,
@@ -184,18 +215,20 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         if !row.passed {
             println!("    {}", row.detail);
         }
-        if row.passed {
-            report.passed += 1;
-        } else {
-            report.failed += 1;
+        match (row.supported, row.passed) {
+            (false, _) => report.not_supported += 1,
+            (true, true) => report.passed += 1,
+            (true, false) => report.failed += 1,
         }
         report.results.push(row);
     }
     if !plan.is_empty() {
         println!(
-            "plan: {} passed, {} failed, {:.1} s",
+            "plan: {} passed, {} failed, {} not supported by the {} backend, {:.1} s",
             report.passed,
             report.failed,
+            report.not_supported,
+            backend.name(),
             started.elapsed().as_secs_f64()
         );
     }
@@ -203,7 +236,7 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     if let Some(hops) = args.soak {
         let t = Instant::now();
         println!("soak: {hops} ping-pong hops, workload changing between hops");
-        let r = soak(&backend, size, hops, args.soak_seed, &mut |h| {
+        let r = soak(backend, size, hops, args.soak_seed, &mut |h| {
             if let Some(f) = &h.failure {
                 println!("    hop {:>4} {:<6} FAIL {f}", h.hop, h.workload.name());
             } else if (h.hop + 1) % 10 == 0 {
@@ -272,11 +305,6 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     }
 }
 
-fn backend_name() -> &'static str {
-    use vgpu::testplan::Backend;
-    ReferenceBackend.name()
-}
-
 fn row(spec: &Spec, o: &vgpu::testplan::Outcome, wall_ms: u128) -> Row {
     Row {
         scenario: spec.name(),
@@ -285,6 +313,7 @@ fn row(spec: &Spec, o: &vgpu::testplan::Outcome, wall_ms: u128) -> Row {
         placement: spec.placement.name(),
         fault: spec.fault.name(),
         passed: o.passed,
+        supported: o.supported,
         wire_bytes: o.wire_bytes,
         modeled_downtime_us: o.downtime_us,
         frame_at_stop: o.frame_at_stop,

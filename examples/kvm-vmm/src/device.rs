@@ -64,6 +64,9 @@ pub enum Host {
     /// The destination host: the aperture elsewhere and the hidden range split in three pieces,
     /// out of address order, so a migration rebases every GGTT entry.
     Destination,
+    /// A destination host placing graphics memory contiguously but at other host addresses than
+    /// [`Host::Source`] (a migration rebases every GGTT entry by one offset per range).
+    Elsewhere,
 }
 
 impl Host {
@@ -75,6 +78,12 @@ impl Host {
                 partition,
                 GmAddr::new(0x0200_0000),
                 GmAddr::new(0x4000_0000),
+            )
+            .map_err(e),
+            Host::Elsewhere => HostPlacement::contiguous(
+                partition,
+                GmAddr::new(0x0A00_0000),
+                GmAddr::new(0x5000_0000),
             )
             .map_err(e),
             Host::Destination => {
@@ -102,6 +111,7 @@ impl Host {
         match self {
             Host::Source => 0x55_0000,
             Host::Destination => 0x77_0000,
+            Host::Elsewhere => 0x99_0000,
         }
     }
 }

@@ -26,4 +26,5 @@ pub mod device;
 pub mod image;
 pub mod memory;
 pub mod migration;
+pub mod testplan;
 pub mod vm;

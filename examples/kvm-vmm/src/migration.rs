@@ -752,12 +752,22 @@ pub struct DestReport {
 /// Receive a migration on `r`/`w` and return the running destination VM. On a rejected
 /// stream it answers NACK and returns the error (no VM runs).
 pub fn migrate_dest<R: Read, W: Write>(r: &mut R, w: &mut W) -> Result<(Vm, DestReport), MigError> {
+    migrate_dest_on(r, w, Host::Destination)
+}
+
+/// [`migrate_dest`] onto a destination `host` of the caller's choice (its placement of the
+/// vGPU's graphics memory).
+pub fn migrate_dest_on<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    host: Host,
+) -> Result<(Vm, DestReport), MigError> {
     let mut buf = Vec::new();
     let cfg = match recv(r, &mut buf)? {
         Kind::Hello => decode_config(&buf)?,
         k => return Err(MigError(format!("expected HELLO, got {k:?}"))),
     };
-    let mut vm = Vm::new(cfg, None, Host::Destination)?;
+    let mut vm = Vm::new(cfg, None, host)?;
     match receive(&mut vm, r, &mut buf) {
         Ok((mut rep, paused_wall_ns, t_end, end_wall)) => {
             send(w, Kind::Ack, &[])?;

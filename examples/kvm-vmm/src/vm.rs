@@ -130,6 +130,27 @@ pub enum VcpuEnd {
     Crashed(String),
 }
 
+/// A guest access right after which the vCPU thread stops on its own ([`Vm::run_until`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopAt {
+    /// The guest's write of ELSP dword 1, 2 or 3 of a submission (to any engine).
+    ElspDword(u8),
+    /// The guest's write of the first 4-byte half of a GGTT entry.
+    GgttHalf,
+}
+
+impl StopAt {
+    fn reached(self, d: &Device) -> bool {
+        match self {
+            StopAt::ElspDword(k) => engines::EngineId::ALL
+                .iter()
+                .filter_map(|id| d.vgpu.engines().engine(*id))
+                .any(|e| e.elsp.index() == k),
+            StopAt::GgttHalf => !d.vgpu.ggtt().pending_halves().is_empty(),
+        }
+    }
+}
+
 /// State shared by the vCPU thread, the GPU thread and the controller.
 #[derive(Debug)]
 pub struct Shared {
@@ -142,6 +163,8 @@ pub struct Shared {
     pub mmio_wait: WaitStats,
     /// Set when the vCPU first enters the guest after a resume: (instant, wall-clock ns).
     first_entry: Mutex<Option<(Instant, u64)>>,
+    /// Stop the vCPU thread right after this guest access (then cleared).
+    stop_at: Mutex<Option<StopAt>>,
 }
 
 impl Shared {
@@ -153,6 +176,7 @@ impl Shared {
             clock: Mutex::new((Instant::now(), 0, false)),
             mmio_wait: WaitStats::default(),
             first_entry: Mutex::new(None),
+            stop_at: Mutex::new(None),
         }
     }
 
@@ -476,6 +500,43 @@ impl Vm {
         Ok(end)
     }
 
+    /// Run the guest until right after the access `at` (the vCPU thread stops itself at that
+    /// MMIO exit, with the access emulated and complete), at most `timeout`. `Ok(true)`: the vCPU
+    /// is paused there (resume with [`Vm::start`], or migrate it as it is); `Ok(false)`: the guest
+    /// ended first.
+    pub fn run_until(&mut self, at: StopAt, timeout: Duration) -> Result<bool, VmError> {
+        if self.runner.is_none() {
+            return Err(VmError("vCPU not running".into()));
+        }
+        *self
+            .shared
+            .stop_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(at);
+        let t = Instant::now();
+        let timed_out = loop {
+            match &self.runner {
+                Some(h) if !h.is_finished() => {}
+                _ => break false,
+            }
+            if t.elapsed() > timeout {
+                break true;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        let pending = self
+            .shared
+            .stop_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let end = self.pause()?;
+        if timed_out {
+            return Err(VmError(format!("the guest did not reach {at:?} in time")));
+        }
+        Ok(pending.is_none() && matches!(end, VcpuEnd::Paused(_)))
+    }
+
     /// Wait until the guest has finished (or failed), at most `timeout`.
     pub fn wait_end(&mut self, timeout: Duration) -> Result<VcpuEnd, VmError> {
         let t = Instant::now();
@@ -624,7 +685,9 @@ fn vcpu_thread(
     let mut first = true;
     loop {
         if sh.pause.load(Ordering::SeqCst) {
-            return (vcpu, VcpuEnd::Paused(Instant::now()));
+            let at = Instant::now();
+            complete_exit(&mut vcpu);
+            return (vcpu, VcpuEnd::Paused(at));
         }
         if first {
             first = false;
@@ -656,10 +719,22 @@ fn vcpu_thread(
                 sh.mmio_wait.record(t.elapsed());
                 let ok = d.mmio_write(addr, data.len(), data_u64(data), mem);
                 let raised = d.vgpu.take_msi();
+                let mut stop = sh.stop_at.lock().unwrap_or_else(PoisonError::into_inner);
+                let hit = stop.is_some_and(|at| at.reached(&d));
+                if hit {
+                    *stop = None;
+                }
+                drop(stop);
                 drop(d);
                 msi.deliver(raised);
                 gpu.kick();
-                (!ok).then(|| VcpuEnd::Crashed(format!("write of unmapped {addr:#x}")))
+                if !ok {
+                    Some(VcpuEnd::Crashed(format!("write of unmapped {addr:#x}")))
+                } else if hit {
+                    Some(VcpuEnd::Paused(Instant::now()))
+                } else {
+                    None
+                }
             }
             Ok(VcpuExit::IoOut(port, data)) => match port {
                 abi::PORT_REPORT => {
@@ -721,7 +796,20 @@ fn vcpu_thread(
             Err(e) => Some(VcpuEnd::Crashed(format!("KVM_RUN: {e}"))),
         };
         if let Some(end) = end {
+            if matches!(end, VcpuEnd::Paused(_)) {
+                complete_exit(&mut vcpu);
+            }
             return (vcpu, end);
         }
     }
+}
+
+/// Complete the exit just served without running guest code (KVM finishes an MMIO or port
+/// access only on the next `KVM_RUN`; until then the vCPU's state is not the state after the
+/// access, so it must not be saved or migrated before this).
+fn complete_exit(vcpu: &mut VcpuFd) {
+    vcpu.set_kvm_immediate_exit(1);
+    // EINTR is the expected answer: the pending access completed and no instruction ran.
+    let _ = vcpu.run();
+    vcpu.set_kvm_immediate_exit(0);
 }

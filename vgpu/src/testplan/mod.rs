@@ -549,6 +549,15 @@ pub trait Backend {
     /// The backend's name, as given to `--backend`.
     fn name(&self) -> &'static str;
 
+    /// Whether the backend can run `spec` as the plan defines it: `Err(why)` when it cannot
+    /// produce the scenario's instant, placement or fault exactly (for example an exact instant
+    /// on a platform that does not trap the guest's writes). The runner then reports the scenario
+    /// as not supported (neither passed nor failed) and runs nothing. The default supports all.
+    fn supports(&self, spec: &Spec) -> Result<(), String> {
+        let _ = spec;
+        Ok(())
+    }
+
     /// Storage for one machine. GVT-g: nothing much (the kernel owns the vGPU); the host's mdev
     /// type and its aperture/hidden sizes are chosen from `setup.size`. SR-IOV: the VF profile.
     fn storage(&self, setup: &Setup) -> Result<Self::Storage, Self::Error>;
@@ -619,8 +628,11 @@ pub trait Backend {
 pub struct Outcome {
     /// The scenario.
     pub spec: Spec,
-    /// Whether every oracle check held.
+    /// Whether every oracle check held (false when the scenario is not supported).
     pub passed: bool,
+    /// Whether the backend supports the scenario ([`Backend::supports`]); when not, nothing ran
+    /// and `detail` says why.
+    pub supported: bool,
     /// The instant as run (for seeded instants, the step).
     pub instant: String,
     /// What happened (the first failure, or a summary of the checks).
@@ -849,12 +861,21 @@ impl<'b, B: Backend> Runner<'b, B> {
         let mut out = Outcome {
             spec: *spec,
             passed: false,
+            supported: true,
             instant,
             detail: String::new(),
             wire_bytes: 0,
             downtime_us: 0,
             frame_at_stop: 0,
         };
+        if let Err(why) = self.backend.supports(spec) {
+            out.supported = false;
+            out.detail = format!(
+                "not supported by the {} backend: {why}",
+                self.backend.name()
+            );
+            return out;
+        }
         let result = if spec.fault == Fault::None {
             self.run_clean(spec)
         } else {
@@ -1269,6 +1290,80 @@ mod tests {
             fn diff(&self, _: &(), _: &()) -> Option<super::String> {
                 None
             }
+        }
+    }
+
+    /// A backend that supports nothing (and would fail everything it ran).
+    struct Unsupported;
+    impl Backend for Unsupported {
+        type Storage = ();
+        type Machine<'s> = ();
+        type State = ();
+        type Error = &'static str;
+        fn name(&self) -> &'static str {
+            "unsupported"
+        }
+        fn supports(&self, spec: &Spec) -> Result<(), String> {
+            Err(format!("{} cannot be produced here", spec.instant))
+        }
+        fn storage(&self, s: &Setup) -> Result<(), &'static str> {
+            reference_free::Nothing.storage(s)
+        }
+        fn machine(&self, s: &Setup, r: Role, st: &mut ()) -> Result<(), &'static str> {
+            reference_free::Nothing.machine(s, r, st)
+        }
+        fn boot(&self, m: &mut (), l: &Load) -> Result<(), &'static str> {
+            reference_free::Nothing.boot(m, l)
+        }
+        fn switch_workload(&self, m: &mut (), l: &Load) -> Result<(), &'static str> {
+            reference_free::Nothing.switch_workload(m, l)
+        }
+        fn advance(&self, m: &mut (), a: At) -> Result<bool, &'static str> {
+            reference_free::Nothing.advance(m, a)
+        }
+        fn run_to_end(&self, m: &mut ()) -> Result<bool, &'static str> {
+            reference_free::Nothing.run_to_end(m)
+        }
+        fn migrate(&self, s: &mut (), d: &mut (), h: &Hop) -> Result<HopResult, &'static str> {
+            reference_free::Nothing.migrate(s, d, h)
+        }
+        fn reset_destination(&self, m: &mut ()) -> Result<(), &'static str> {
+            reference_free::Nothing.reset_destination(m)
+        }
+        fn running(&self, _: &()) -> bool {
+            false
+        }
+        fn state(&self, _: &()) {}
+        fn diff(&self, _: &(), _: &()) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn an_unsupported_scenario_is_neither_passed_nor_run() {
+        let b = Unsupported;
+        let mut r = Runner::new(&b, Size::Quick);
+        for spec in quick_plan() {
+            let o = r.run(&spec);
+            assert!(!o.supported && !o.passed, "{spec}");
+            assert_eq!(
+                o.detail,
+                format!(
+                    "not supported by the unsupported backend: {} cannot be produced here",
+                    spec.instant
+                )
+            );
+        }
+        // The default supports everything: the same plan on a backend without the method runs
+        // (and fails, having no device).
+        let b = reference_free::Nothing;
+        let mut r = Runner::new(&b, Size::Quick);
+        for spec in quick_plan() {
+            let o = r.run(&spec);
+            assert!(
+                o.supported && !o.passed && o.detail.contains("no device"),
+                "{spec}"
+            );
         }
     }
 
