@@ -150,12 +150,7 @@ impl Backend for KvmBackend {
         Ok(())
     }
 
-    fn machine<'s>(
-        &self,
-        setup: &Setup,
-        role: Role,
-        _: &'s mut (),
-    ) -> Result<KvmMachine, KvmError> {
+    fn machine(&self, setup: &Setup, role: Role, _: &mut ()) -> Result<KvmMachine, KvmError> {
         let host = match (role, setup.placement) {
             (Role::Source, _) | (Role::Destination, Placement::Same) => Host::Source,
             (Role::Destination, Placement::Contiguous) => Host::Elsewhere,
