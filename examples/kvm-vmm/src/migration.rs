@@ -292,6 +292,10 @@ pub struct SourceOptions {
     pub cut_after: Option<u64>,
     /// Fault injection: flip a bit of the vGPU stream at this offset (the destination rejects it).
     pub corrupt_vgpu_at: Option<u64>,
+    /// Fault injection: the source cancels the migration once this many bytes were sent, or,
+    /// when the stream is shorter (real runs differ in their dirty rounds), at the end of the
+    /// stop-and-copy, before END: either way the destination never commits.
+    pub cancel_at: Option<u64>,
 }
 
 /// One RAM pass.
@@ -494,7 +498,10 @@ pub fn migrate_source_with<R: Read, W: Write>(
     };
     let mut w = Cut {
         inner: Link::new(w, opts.rate),
-        left: opts.cut_after,
+        left: match (opts.cut_after, opts.cancel_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
     };
     let mut session = Some(session);
     let out = run_source(vm, r, &mut w, &mut session, opts, on_round);
@@ -699,6 +706,11 @@ fn run_source<R: Read, W: Write>(
         reps.extend_from_slice(&x.value.to_le_bytes());
     }
     send(w, Kind::Reports, &[&reps])?;
+    if let Some(at) = opts.cancel_at {
+        return Err(MigError(format!(
+            "cancelled by the source before END (the stream ended before byte {at})"
+        )));
+    }
     send(w, Kind::End, &[&rep.paused_wall_ns.to_le_bytes()])?;
     w.flush()?;
     rep.stop_copy_us = us(t_stop.elapsed());

@@ -20,12 +20,13 @@
 //! - *faults*: this VMM's stream is its own (RAM pages, the vGPU's stream, vCPU state); the
 //!   backend does not see its records, so a cut "at a record boundary" lands right after the
 //!   first bytes the plan names (see [`vgpu::testplan::HopResult::record_ends`]). Every fault is
-//!   the source's connection failing after the fault's byte: a cut connection, a cancel (the
-//!   source gives up after that byte; during the stop-and-copy when the plan puts it there) and a
-//!   destination restart (its connection ends; the runner retries into a fresh destination VM)
-//!   all leave the destination without a VM and make the source cancel and run on. A stream
-//!   that is shorter on the faulted run than on the clean one (dirty rounds vary between real
-//!   runs) may complete before the fault's byte; the runner then reports a failure, never a pass.
+//!   the source's connection failing after the fault's byte: a cut connection and a destination
+//!   restart (its connection ends; the runner retries into a fresh destination VM) leave the
+//!   destination without a VM and make the source cancel and run on. A cancel is the source giving
+//!   up after the fault's byte, or at the end of its stop-and-copy before END when the stream is
+//!   shorter (`SourceOptions::cancel_at`): the plan puts cancels in the stop-and-copy, and real
+//!   runs differ in their dirty rounds. A cut or restart byte beyond a (shorter) faulted stream
+//!   lets the migration complete; the runner then reports a failure, never a pass.
 //!
 //! The oracle compares [`EndState`]s (all guest RAM, the vGPU's device state, the guest's reports)
 //! and requires the guest's own checks to pass.
@@ -150,12 +151,7 @@ impl Backend for KvmBackend {
         Ok(())
     }
 
-    fn machine<'s>(
-        &self,
-        setup: &Setup,
-        role: Role,
-        _: &'s mut (),
-    ) -> Result<KvmMachine, KvmError> {
+    fn machine(&self, setup: &Setup, role: Role, _: &mut ()) -> Result<KvmMachine, KvmError> {
         let host = match (role, setup.placement) {
             (Role::Source, _) | (Role::Destination, Placement::Same) => Host::Source,
             (Role::Destination, Placement::Contiguous) => Host::Elsewhere,
@@ -256,9 +252,15 @@ impl Backend for KvmBackend {
         sock.set_nodelay(true)?;
         let mut r = std::io::BufReader::new(sock.try_clone()?);
         let w = std::io::BufWriter::with_capacity(1 << 20, sock);
-        let opts = SourceOptions {
-            cut_after: fault_byte(hop.inject),
-            ..SourceOptions::default()
+        let opts = match hop.inject {
+            Inject::CancelAt(n) => SourceOptions {
+                cancel_at: Some(n),
+                ..SourceOptions::default()
+            },
+            i => SourceOptions {
+                cut_after: fault_byte(i),
+                ..SourceOptions::default()
+            },
         };
         let vm = src.vm()?;
         let s = migrate_source(vm, &mut r, w, opts);
@@ -315,8 +317,17 @@ impl Backend for KvmBackend {
         let frames = m.load.map_or(0, |l| l.frames);
         let s = vm.end_state().map_err(|e| e.0)?;
         if !s.guest_checks_passed(frames) {
+            let kinds: Vec<u32> = s.reports.iter().map(|r| r.kind).collect();
+            let frames_ok = kinds
+                .iter()
+                .filter(|k| **k == kvm_guest::abi::REPORT_FRAME)
+                .count();
             return Err(format!(
-                "the guest's own checks failed (console: {})",
+                "the guest's own checks failed: {frames_ok} of {frames} frames checked, first \
+                 report kinds {:?}, last {:?}, {} reports; console: {:?}",
+                kinds.get(..4),
+                kinds.last(),
+                kinds.len(),
                 vm.console()
             ));
         }
