@@ -705,6 +705,10 @@ fn run_source<R: Read, W: Write>(
         reps.extend_from_slice(&x.frame.to_le_bytes());
         reps.extend_from_slice(&x.value.to_le_bytes());
     }
+    // Then the words of a report the guest has begun (fewer than four, four bytes each).
+    for x in vm.partial_report() {
+        reps.extend_from_slice(&x.to_le_bytes());
+    }
     send(w, Kind::Reports, &[&reps])?;
     if let Some(at) = opts.cancel_at {
         return Err(MigError(format!(
@@ -877,16 +881,23 @@ fn receive<R: Read>(
             }
             Kind::Cpu => cpu = Some(CpuState::decode(buf).map_err(|e| MigError(e.to_string()))?),
             Kind::Reports => {
-                if !buf.len().is_multiple_of(16) {
+                // Whole reports (16 bytes each), then up to three words of a begun one.
+                if !buf.len().is_multiple_of(4) {
                     return Err(MigError("REPORTS message of odd length".into()));
                 }
-                for c in buf.chunks_exact(16) {
+                let mut whole = buf.chunks_exact(16);
+                for c in whole.by_ref() {
                     reports.push(Report {
                         kind: le_u32(c, 0)?,
                         frame: le_u32(c, 4)?,
                         value: le_u64(c, 8)?,
                     });
                 }
+                let mut words = Vec::with_capacity(4);
+                for c in whole.remainder().chunks_exact(4) {
+                    words.push(le_u32(c, 0)?);
+                }
+                vm.set_partial_report(words);
             }
             Kind::End => break le_u64(buf, 0)?,
             k => return Err(MigError(format!("unexpected {k:?} from the source"))),
