@@ -20,13 +20,13 @@
 //! - *faults*: this VMM's stream is its own (RAM pages, the vGPU's stream, vCPU state); the
 //!   backend does not see its records, so a cut "at a record boundary" lands right after the
 //!   first bytes the plan names (see [`vgpu::testplan::HopResult::record_ends`]). Every fault is
-//!   the source's connection failing after the fault's byte: a cut connection and a destination
-//!   restart (its connection ends; the runner retries into a fresh destination VM) leave the
-//!   destination without a VM and make the source cancel and run on. A cancel is the source giving
-//!   up after the fault's byte, or at the end of its stop-and-copy before END when the stream is
-//!   shorter (`SourceOptions::cancel_at`): the plan puts cancels in the stop-and-copy, and real
-//!   runs differ in their dirty rounds. A cut or restart byte beyond a (shorter) faulted stream
-//!   lets the migration complete; the runner then reports a failure, never a pass.
+//!   the source's connection ending after the fault's byte (`SourceOptions::cancel_at`): a cut
+//!   connection, a cancel (the source gives up) and a destination restart (its connection ends;
+//!   the runner retries into a fresh destination VM) all leave the destination without a VM and
+//!   make the source cancel and run on. The byte comes from the fault-free run of the same
+//!   scenario; a real guest's faulted run may send a shorter stream (its dirty rounds differ),
+//!   and then the fault lands at the end of the stop-and-copy, before END, the nearest point
+//!   that still stops the migration.
 //!
 //! The oracle compares [`EndState`]s (all guest RAM, the vGPU's device state, the guest's reports)
 //! and requires the guest's own checks to pass.
@@ -252,15 +252,9 @@ impl Backend for KvmBackend {
         sock.set_nodelay(true)?;
         let mut r = std::io::BufReader::new(sock.try_clone()?);
         let w = std::io::BufWriter::with_capacity(1 << 20, sock);
-        let opts = match hop.inject {
-            Inject::CancelAt(n) => SourceOptions {
-                cancel_at: Some(n),
-                ..SourceOptions::default()
-            },
-            i => SourceOptions {
-                cut_after: fault_byte(i),
-                ..SourceOptions::default()
-            },
+        let opts = SourceOptions {
+            cancel_at: fault_byte(hop.inject),
+            ..SourceOptions::default()
         };
         let vm = src.vm()?;
         let s = migrate_source(vm, &mut r, w, opts);
