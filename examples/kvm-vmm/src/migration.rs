@@ -552,7 +552,8 @@ impl<W: Write> Write for Cut<W> {
     }
 }
 
-fn frames_done(vm: &Vm) -> u64 {
+/// Frames the guest has rendered and checked so far (its FRAME reports).
+pub fn frames_done(vm: &Vm) -> u64 {
     vm.reports()
         .iter()
         .filter(|r| r.kind == kvm_guest::abi::REPORT_FRAME)

@@ -41,7 +41,7 @@ use vgpu::testplan::{
 
 use crate::device::Host;
 use crate::image::{ImageError, guest_image};
-use crate::migration::{MigError, SourceOptions, migrate_dest_on, migrate_source};
+use crate::migration::{MigError, SourceOptions, frames_done, migrate_dest_on, migrate_source};
 use crate::vm::{EndState, StopAt, VcpuEnd, Vm, VmConfig, kvm_usable};
 
 /// How long a guest may take to finish a run.
@@ -110,13 +110,6 @@ fn profile(w: Workload) -> Profile {
         Workload::Media => Profile::MEDIA,
         Workload::ThreeD => Profile::THREE_D,
     }
-}
-
-fn frames_done(vm: &Vm) -> u64 {
-    vm.reports()
-        .iter()
-        .filter(|r| r.kind == kvm_guest::abi::REPORT_FRAME)
-        .count() as u64
 }
 
 fn no_vm() -> KvmError {
