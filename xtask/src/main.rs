@@ -5,7 +5,8 @@
 //! - `cargo xtask bench`: micro-benchmarks, each beside a same-run memcpy reference.
 //! - `cargo xtask fuzz`: list or run the cargo-fuzz targets (nightly).
 //! - `cargo xtask campaign`: the corruption campaign over damaged streams of every workload.
-//! - `cargo xtask hw-test`: the hardware test plan against the reference device.
+//! - `cargo xtask hw-test`: the hardware test plan against the reference device or real KVM VMs
+//!   (`--backend kvm`).
 #![forbid(unsafe_code)]
 #![allow(
     clippy::print_stdout,

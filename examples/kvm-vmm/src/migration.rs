@@ -292,6 +292,10 @@ pub struct SourceOptions {
     pub cut_after: Option<u64>,
     /// Fault injection: flip a bit of the vGPU stream at this offset (the destination rejects it).
     pub corrupt_vgpu_at: Option<u64>,
+    /// Fault injection: the source cancels the migration once this many bytes were sent, or,
+    /// when the stream is shorter (real runs differ in their dirty rounds), at the end of the
+    /// stop-and-copy, before END: either way the destination never commits.
+    pub cancel_at: Option<u64>,
 }
 
 /// One RAM pass.
@@ -494,7 +498,10 @@ pub fn migrate_source_with<R: Read, W: Write>(
     };
     let mut w = Cut {
         inner: Link::new(w, opts.rate),
-        left: opts.cut_after,
+        left: match (opts.cut_after, opts.cancel_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
     };
     let mut session = Some(session);
     let out = run_source(vm, r, &mut w, &mut session, opts, on_round);
@@ -545,7 +552,8 @@ impl<W: Write> Write for Cut<W> {
     }
 }
 
-fn frames_done(vm: &Vm) -> u64 {
+/// Frames the guest has rendered and checked so far (its FRAME reports).
+pub fn frames_done(vm: &Vm) -> u64 {
     vm.reports()
         .iter()
         .filter(|r| r.kind == kvm_guest::abi::REPORT_FRAME)
@@ -698,7 +706,16 @@ fn run_source<R: Read, W: Write>(
         reps.extend_from_slice(&x.frame.to_le_bytes());
         reps.extend_from_slice(&x.value.to_le_bytes());
     }
+    // Then the words of a report the guest has begun (fewer than four, four bytes each).
+    for x in vm.partial_report() {
+        reps.extend_from_slice(&x.to_le_bytes());
+    }
     send(w, Kind::Reports, &[&reps])?;
+    if let Some(at) = opts.cancel_at {
+        return Err(MigError(format!(
+            "cancelled by the source before END (the stream ended before byte {at})"
+        )));
+    }
     send(w, Kind::End, &[&rep.paused_wall_ns.to_le_bytes()])?;
     w.flush()?;
     rep.stop_copy_us = us(t_stop.elapsed());
@@ -865,16 +882,23 @@ fn receive<R: Read>(
             }
             Kind::Cpu => cpu = Some(CpuState::decode(buf).map_err(|e| MigError(e.to_string()))?),
             Kind::Reports => {
-                if !buf.len().is_multiple_of(16) {
+                // Whole reports (16 bytes each), then up to three words of a begun one.
+                if !buf.len().is_multiple_of(4) {
                     return Err(MigError("REPORTS message of odd length".into()));
                 }
-                for c in buf.chunks_exact(16) {
+                let mut whole = buf.chunks_exact(16);
+                for c in whole.by_ref() {
                     reports.push(Report {
                         kind: le_u32(c, 0)?,
                         frame: le_u32(c, 4)?,
                         value: le_u64(c, 8)?,
                     });
                 }
+                let mut words = Vec::with_capacity(4);
+                for c in whole.remainder().chunks_exact(4) {
+                    words.push(le_u32(c, 0)?);
+                }
+                vm.set_partial_report(words);
             }
             Kind::End => break le_u64(buf, 0)?,
             k => return Err(MigError(format!("unexpected {k:?} from the source"))),

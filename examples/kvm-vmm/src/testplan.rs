@@ -20,12 +20,13 @@
 //! - *faults*: this VMM's stream is its own (RAM pages, the vGPU's stream, vCPU state); the
 //!   backend does not see its records, so a cut "at a record boundary" lands right after the
 //!   first bytes the plan names (see [`vgpu::testplan::HopResult::record_ends`]). Every fault is
-//!   the source's connection failing after the fault's byte: a cut connection, a cancel (the
-//!   source gives up after that byte; during the stop-and-copy when the plan puts it there) and a
-//!   destination restart (its connection ends; the runner retries into a fresh destination VM)
-//!   all leave the destination without a VM and make the source cancel and run on. A stream
-//!   that is shorter on the faulted run than on the clean one (dirty rounds vary between real
-//!   runs) may complete before the fault's byte; the runner then reports a failure, never a pass.
+//!   the source's connection ending after the fault's byte (`SourceOptions::cancel_at`): a cut
+//!   connection, a cancel (the source gives up) and a destination restart (its connection ends;
+//!   the runner retries into a fresh destination VM) all leave the destination without a VM and
+//!   make the source cancel and run on. The byte comes from the fault-free run of the same
+//!   scenario; a real guest's faulted run may send a shorter stream (its dirty rounds differ),
+//!   and then the fault lands at the end of the stop-and-copy, before END, the nearest point
+//!   that still stops the migration.
 //!
 //! The oracle compares [`EndState`]s (all guest RAM, the vGPU's device state, the guest's reports)
 //! and requires the guest's own checks to pass.
@@ -40,7 +41,7 @@ use vgpu::testplan::{
 
 use crate::device::Host;
 use crate::image::{ImageError, guest_image};
-use crate::migration::{MigError, SourceOptions, migrate_dest_on, migrate_source};
+use crate::migration::{MigError, SourceOptions, frames_done, migrate_dest_on, migrate_source};
 use crate::vm::{EndState, StopAt, VcpuEnd, Vm, VmConfig, kvm_usable};
 
 /// How long a guest may take to finish a run.
@@ -109,13 +110,6 @@ fn profile(w: Workload) -> Profile {
         Workload::Media => Profile::MEDIA,
         Workload::ThreeD => Profile::THREE_D,
     }
-}
-
-fn frames_done(vm: &Vm) -> u64 {
-    vm.reports()
-        .iter()
-        .filter(|r| r.kind == kvm_guest::abi::REPORT_FRAME)
-        .count() as u64
 }
 
 fn no_vm() -> KvmError {
@@ -252,7 +246,7 @@ impl Backend for KvmBackend {
         let mut r = std::io::BufReader::new(sock.try_clone()?);
         let w = std::io::BufWriter::with_capacity(1 << 20, sock);
         let opts = SourceOptions {
-            cut_after: fault_byte(hop.inject),
+            cancel_at: fault_byte(hop.inject),
             ..SourceOptions::default()
         };
         let vm = src.vm()?;
@@ -310,8 +304,17 @@ impl Backend for KvmBackend {
         let frames = m.load.map_or(0, |l| l.frames);
         let s = vm.end_state().map_err(|e| e.0)?;
         if !s.guest_checks_passed(frames) {
+            let kinds: Vec<u32> = s.reports.iter().map(|r| r.kind).collect();
+            let frames_ok = kinds
+                .iter()
+                .filter(|k| **k == kvm_guest::abi::REPORT_FRAME)
+                .count();
             return Err(format!(
-                "the guest's own checks failed (console: {})",
+                "the guest's own checks failed: {frames_ok} of {frames} frames checked, first \
+                 report kinds {:?}, last {:?}, {} reports; console: {:?}",
+                kinds.get(..4),
+                kinds.last(),
+                kinds.len(),
                 vm.console()
             ));
         }

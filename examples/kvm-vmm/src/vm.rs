@@ -156,6 +156,9 @@ impl StopAt {
 pub struct Shared {
     pause: AtomicBool,
     reports: Mutex<Vec<Report>>,
+    /// The words of a report the guest has begun (it writes a report as four port writes; a
+    /// pause or a migration may fall between them).
+    partial: Mutex<Vec<u32>>,
     console: Mutex<String>,
     /// (instant the clock was last started, guest µs at that instant, running).
     clock: Mutex<(Instant, u64, bool)>,
@@ -172,6 +175,7 @@ impl Shared {
         Self {
             pause: AtomicBool::new(false),
             reports: Mutex::new(Vec::new()),
+            partial: Mutex::new(Vec::with_capacity(4)),
             console: Mutex::new(String::new()),
             clock: Mutex::new((Instant::now(), 0, false)),
             mmio_wait: WaitStats::default(),
@@ -631,6 +635,25 @@ impl Vm {
         Ok(())
     }
 
+    /// The words of the report the guest has begun and not finished (part of the VM's state:
+    /// a destination continues it).
+    pub fn partial_report(&self) -> Vec<u32> {
+        self.shared
+            .partial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Set the words of a begun report (a destination continues the source's).
+    pub fn set_partial_report(&self, words: Vec<u32>) {
+        *self
+            .shared
+            .partial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = words;
+    }
+
     /// Add reports (a destination continues the source's record).
     pub fn set_reports(&self, r: Vec<Report>) {
         *self
@@ -680,7 +703,6 @@ fn vcpu_thread(
     gpu: &GpuControl,
     msi: &Msi,
 ) -> (VcpuFd, VcpuEnd) {
-    let mut report: Vec<u32> = Vec::with_capacity(4);
     let mut sleep_lo = 0u64;
     let mut first = true;
     loop {
@@ -738,6 +760,7 @@ fn vcpu_thread(
             }
             Ok(VcpuExit::IoOut(port, data)) => match port {
                 abi::PORT_REPORT => {
+                    let mut report = sh.partial.lock().unwrap_or_else(PoisonError::into_inner);
                     report.push(u32::try_from(data_u64(data) & 0xFFFF_FFFF).unwrap_or(0));
                     if let [kind, frame, lo, hi] = report[..] {
                         sh.reports

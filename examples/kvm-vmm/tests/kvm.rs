@@ -177,6 +177,11 @@ fn a_cut_connection_or_a_rejected_stream_leaves_the_source_running_unchanged() {
             corrupt_vgpu_at: Some(200),
             ..Default::default()
         },
+        // The source cancels at the end of the stop-and-copy, before END.
+        kvm_vmm::migration::SourceOptions {
+            cancel_at: Some(u64::MAX),
+            ..Default::default()
+        },
     ];
     for (i, opts) in faults.into_iter().enumerate() {
         let mut src = Vm::new(cfg, Some(&img), Host::Source).unwrap();

@@ -515,9 +515,9 @@ pub fn record_ends(wire: &[u8]) -> Vec<u64> {
 /// driven from one thread; a backend with real devices blocks in its methods as long as it needs.
 ///
 /// This crate implements it for the reference device (`reference::ReferenceBackend`, feature
-/// `sim`). No real backend is built in: `cargo xtask hw-test --backend NAME` refuses any name but
-/// `reference`. A real backend is an out-of-tree crate implementing this trait on hosts with an
-/// Intel GPU. Each method's documentation says what two kinds of real backend would do:
+/// `sim`); the workspace's KVM reference embedding implements it with real KVM VMs
+/// (`kvm_vmm::testplan::KvmBackend`, `cargo xtask hw-test --backend kvm`). A backend on real Intel
+/// GPUs is an out-of-tree crate implementing this trait on hosts with one. Each method's documentation says what two kinds of real backend would do:
 /// - *GVT-g* (mediated: i915 `gvt` with KVMGT, a vGPU created as an mdev of a GVT type and given
 ///   to a VM through VFIO). Upstream GVT-g has no migration region; such a backend embeds this
 ///   crate's sessions in the mediator (or runs a GVT tree carrying the migration patches) and
