@@ -21,6 +21,12 @@ use kvm_vmm::vm::{VcpuEnd, Vm, VmConfig, kvm_usable};
 use vgpu::sim::Profile;
 
 /// The guest image, or `None` (after printing why) where KVM or the target is missing.
+
+/// How long a guest may take to finish before the test calls it hung: generous, because a CI
+/// machine of two cores runs these tests' VMs (vCPU and GPU threads each) side by side with
+/// the other tests; a hung guest still fails, after this bound.
+const HANG_GUARD: Duration = Duration::from_secs(600);
+
 fn setup(test: &str) -> Option<Vec<u8>> {
     if let Err(why) = kvm_usable() {
         eprintln!("{test}: skipped, KVM is not usable here ({why})");
@@ -40,7 +46,7 @@ fn setup(test: &str) -> Option<Vec<u8>> {
 fn run_to_end(cfg: VmConfig, image: &[u8]) -> Vm {
     let mut vm = Vm::new(cfg, Some(image), Host::Source).unwrap();
     vm.start().unwrap();
-    let end = vm.wait_end(Duration::from_secs(120)).unwrap();
+    let end = vm.wait_end(HANG_GUARD).unwrap();
     assert_eq!(end, VcpuEnd::Finished, "console: {}", vm.console());
     vm.wait_gpu_idle().unwrap();
     vm
@@ -123,7 +129,7 @@ fn migrate(
 }
 
 fn finish(vm: &mut Vm) {
-    let end = vm.wait_end(Duration::from_secs(120)).unwrap();
+    let end = vm.wait_end(HANG_GUARD).unwrap();
     assert_eq!(end, VcpuEnd::Finished, "console: {}", vm.console());
     vm.wait_gpu_idle().unwrap();
 }
