@@ -20,13 +20,12 @@ use kvm_vmm::image::guest_image;
 use kvm_vmm::vm::{VcpuEnd, Vm, VmConfig, kvm_usable};
 use vgpu::sim::Profile;
 
-/// The guest image, or `None` (after printing why) where KVM or the target is missing.
-
 /// How long a guest may take to finish before the test calls it hung: generous, because a CI
 /// machine of two cores runs these tests' VMs (vCPU and GPU threads each) side by side with
 /// the other tests; a hung guest still fails, after this bound.
 const HANG_GUARD: Duration = Duration::from_secs(600);
 
+/// The guest image, or `None` (after printing why) where KVM or the target is missing.
 fn setup(test: &str) -> Option<Vec<u8>> {
     if let Err(why) = kvm_usable() {
         eprintln!("{test}: skipped, KVM is not usable here ({why})");
