@@ -244,14 +244,7 @@ pub(super) fn run_source(args: &Args, image: &[u8]) -> crate::Result {
         longest_round_ms: rep.rounds.iter().map(|x| x.elapsed_us).max().unwrap_or(0) as f64
             / 1000.0,
     });
-    o.wall_ms = t_all.elapsed().as_secs_f64() * 1000.0;
-    let plot = super::plot::write(&args.plot, &o);
-    super::report::print(&o, args.json, &plot)?;
-    if o.verified {
-        Ok(())
-    } else {
-        Err(format!("verification failed: {}", o.verdict))
-    }
+    super::report::conclude(&mut o, args, t_all)
 }
 
 fn frames_done(vm: &Vm) -> u64 {

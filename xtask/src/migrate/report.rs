@@ -184,6 +184,19 @@ impl Outcome {
     }
 }
 
+/// End a finished two-process run: the whole run's wall time, the timeline plot, the report,
+/// and the verdict as the result (an error when verification failed).
+pub(super) fn conclude(o: &mut Outcome, args: &Args, started: std::time::Instant) -> crate::Result {
+    o.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let plot = super::plot::write(&args.plot, o);
+    print(o, args.json, &plot)?;
+    if o.verified {
+        Ok(())
+    } else {
+        Err(format!("verification FAILED: {}", o.verdict))
+    }
+}
+
 /// Print the report (JSON with `--json`).
 pub(super) fn print(o: &Outcome, json: bool, plot: &Result<String, String>) -> crate::Result {
     if json {

@@ -561,14 +561,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
             return Err(format!("the destination process exited with {status}"));
         }
     }
-    o.wall_ms = t_all.elapsed().as_secs_f64() * 1000.0;
-    let plot = super::plot::write(&args.plot, &o);
-    super::report::print(&o, args.json, &plot)?;
-    if o.verified {
-        Ok(())
-    } else {
-        Err(format!("verification FAILED: {}", o.verdict))
-    }
+    super::report::conclude(&mut o, args, t_all)
 }
 
 /// After a failed write: the destination's `ERROR` message, if it sent one.
