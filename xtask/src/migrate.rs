@@ -25,26 +25,29 @@
 //! # Framing
 //!
 //! Every message is a 5-byte header — kind (`u8`), payload length (`u32`, little-endian, at most
-//! 16 MiB) — and the payload ([`wire`]). In order:
+//! 16 MiB) — and the payload ([`wire`]). `DATA` carries the library's stream as it is (fixed
+//! little-endian layouts, SPEC.md); the control messages are postcard-encoded structures
+//! ([`wire::encode`]), as both ends are this program. In order:
 //!
-//! 1. source → destination `HELLO`: magic `VGPUDEMO`, framing version 1, workload code, quick
-//!    flag, graphics memory in MiB, frames, seed: what the destination needs to build the same
-//!    scenario (its own, differently placed vGPU).
+//! 1. source → destination `HELLO`: magic `VGPUDEMO` and framing version 3, then a
+//!    [`wire::Hello`] (workload, quick flag, graphics memory in MiB, frames, seed, channels): what
+//!    the destination needs to build the same scenario (its own, differently placed vGPU).
 //! 2. destination → source `READY` once its vGPU and session exist, or `ERROR` (bad hello).
 //! 3. source → destination `DATA`, many: the library's migration stream as
 //!    [`SourceSession::poll_output`](vgpu::source::SourceSession::poll_output) produces it, one
 //!    poll per message; the destination feeds each payload to
 //!    [`DestSession::feed`](vgpu::dest::DestSession::feed) as it arrives and answers each with
-//!    destination → source `ACK`: the stream bytes fed so far (`u64`). When the policy switches,
-//!    the source keeps the guest running until everything sent is acknowledged (at most 2 s), so
-//!    the destination's backlog does not count as downtime, and only then stops the guest.
-//! 4. source → destination `VCPU`: [`GuestDriver::save`](vgpu::sim::GuestDriver::save) followed by
-//!    the guest clock (`u64` ns), as a VMM sends CPU state after device state.
+//!    destination → source `ACK` ([`wire::Ack`]: the stream bytes fed so far). When the policy
+//!    switches, the source keeps the guest running until everything sent is acknowledged (at most
+//!    2 s), so the destination's backlog does not count as downtime, and only then stops the guest.
+//! 4. source → destination `VCPU` ([`wire::Vcpu`]):
+//!    [`GuestDriver::save`](vgpu::sim::GuestDriver::save)'s bytes and the guest clock, as a VMM
+//!    sends CPU state after device state.
 //! 5. destination → source `RESUMED` after the validated commit and `vgpu.start()`; or `ERROR`
-//!    (stream rejected, commit refused), at any point, after which the connection closes.
-//! 6. destination → source `VERDICT` once it has finished the workload and compared its state
-//!    with a never-migrated run: a pass flag (`u8`), frames the destination rendered (`u64`), the
-//!    destination's wall time for finishing plus verifying (`u64` ms) and a text.
+//!    (a text: stream rejected, commit refused), at any point, after which the connection closes.
+//! 6. destination → source `VERDICT` ([`wire::Verdict`]) once it has finished the workload and
+//!    compared its state with a never-migrated run: pass, frames the destination rendered, its
+//!    wall time for finishing plus verifying, and a text.
 //!
 //! All page traffic goes through one sender ([`source::Sender`]) per connection: a non-blocking
 //! socket behind a token bucket that applies `--link` (shared equally by the connections).
@@ -52,7 +55,7 @@
 //! With `--channels N` (N > 1) the library splits the stream into N channels
 //! ([`vgpu::channel`]); the hello says how many, channel 0 travels on the first connection as
 //! above, and the source opens N − 1 more connections, each starting with a `JOIN` message naming
-//! its channel. The destination reads every connection in its own thread and feeds each channel's
+//! its channel ([`wire::Join`]). The destination reads every connection in its own thread and feeds each channel's
 //! bytes to [`DestSession::feed_channel`](vgpu::dest::DestSession::feed_channel) in arrival order;
 //! `ACK` counts the bytes of all channels, and the `VCPU` message (on the first connection) is
 //! acted on once every channel's stream has ended.
