@@ -24,10 +24,6 @@
 )]
 
 mod bench;
-mod bench_hostile;
-mod bench_mmio;
-mod bench_sim;
-mod benches;
 mod campaign;
 mod ci;
 mod fuzz;
