@@ -32,11 +32,16 @@ mod migrate;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Project automation for the vGPU migration workspace.
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    version = VERSION.as_str(),
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -58,8 +63,31 @@ enum Cmd {
     Campaign(campaign::Args),
 }
 
+/// `--version`: this program's version, the library crates' (released together) and the stream
+/// format they write and read.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let (major, minor, channels) = (
+        migstream::FORMAT_MAJOR,
+        migstream::FORMAT_MINOR,
+        migstream::MINOR_1_1,
+    );
+    format!(
+        "{} (library crates {}; migration stream: writes {major}.{minor}, or {major}.{channels} with \
+         channels or a MAC; reads {major}.x)",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_VERSION"),
+    )
+});
+
+/// Exit status of a usage error (the command line did not parse), as clap and the BSD
+/// `sysexits` convention have it; other failures exit with 1.
+const USAGE: u8 = 2;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let result = match cli.cmd {
         Cmd::Ci(a) => ci::run(&a),
         Cmd::Migrate(a) => migrate::run(&a),
@@ -75,6 +103,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line that did not parse: `--help` and `--version` print and succeed; anything else
+/// prints clap's message with its one-line usage hint and exits with [`USAGE`] (`migrate --json`
+/// also prints its one JSON object, saying so).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "migrate") && args.iter().any(|a| a == "--json") {
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or_default();
+        migrate::usage_error_json(first.strip_prefix("error: ").unwrap_or(first));
+    }
+    let _ = e.print();
+    // clap names the usage only for some errors (a bad value gets just the `--help` hint).
+    if !e.render().to_string().contains("Usage:") {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let sub = args
+            .iter()
+            .skip(1)
+            .find_map(|a| cmd.find_subcommand(a).map(|c| c.get_name().to_owned()));
+        let usage = match sub.and_then(|name| cmd.find_subcommand_mut(name)) {
+            Some(sub) => sub.render_usage(),
+            None => cmd.render_usage(),
+        };
+        eprintln!("{usage}");
+    }
+    ExitCode::from(USAGE)
 }
 
 /// Errors of the xtask commands: a message for a person.

@@ -14,7 +14,7 @@ use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
 
 use super::report::{Outcome, Round};
 use super::wire::{self, Ack, Hello, Join, Kind, Vcpu, Verdict};
-use super::{Args, START_FRAME, mib, parse_link, profile, scenario};
+use super::{Args, START_FRAME, mib, profile, scenario};
 
 /// Output buffer per poll of the source session (one `DATA` message each).
 const CHUNK: usize = 256 * 1024;
@@ -285,7 +285,7 @@ impl Progress {
 
 /// Run the source (and, unless `--connect`, the destination as a child).
 pub(super) fn run(args: &Args) -> crate::Result {
-    let rate = args.link.as_deref().map(parse_link).transpose()?;
+    let rate = args.link;
     let prof = profile(&args.workload);
     let workload = [vgpu::sim::Profile::IDLE, vgpu::sim::Profile::TWO_D]
         .iter()
@@ -758,12 +758,12 @@ impl Live {
                     reason,
                     predicted_downtime_us,
                 } => {
-                    o.switch_reason = format!("{reason:?}");
+                    o.switch_reason = reason.to_string();
                     o.predicted_downtime_us = predicted_downtime_us;
                     o.precopy_ms = self.t0.elapsed().as_secs_f64() * 1000.0;
                     self.switch_at = Some(Instant::now());
                     self.progress.line(&format!(
-                        "policy: switch to stop-and-copy ({reason:?}); waiting for the destination to apply what it was sent"
+                        "policy: switch to stop-and-copy ({reason}); waiting for the destination to apply what it was sent"
                     ));
                 }
                 _ => {}
