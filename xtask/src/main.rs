@@ -140,3 +140,42 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 
 /// Errors of the xtask commands: a message for a person.
 pub(crate) type Result<T = ()> = std::result::Result<T, String>;
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_are_clap_errors_and_version_is_everywhere() {
+        let kind = |args: &[&str]| {
+            let argv = ["cargo xtask"].iter().chain(args);
+            Cli::try_parse_from(argv).err().map(|e| e.kind())
+        };
+        assert_eq!(
+            kind(&["migrate", "--link", "10gbps"]),
+            Some(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            kind(&["migrate", "--gm", "64"]),
+            Some(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            kind(&["migrate", "--frames", "0"]),
+            Some(ErrorKind::ValueValidation)
+        );
+        assert_eq!(kind(&["migrate", "--link", "25gbit", "--gm", "128"]), None);
+        assert_eq!(kind(&["--version"]), Some(ErrorKind::DisplayVersion));
+        assert_eq!(
+            kind(&["migrate", "--version"]),
+            Some(ErrorKind::DisplayVersion)
+        );
+        assert!(VERSION.contains(env!("CARGO_PKG_VERSION")));
+    }
+}

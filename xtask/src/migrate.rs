@@ -300,3 +300,29 @@ fn scenario(h: &wire::Hello) -> crate::Result<Scenario> {
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_rates_parse_to_goodput_and_bad_ones_are_refused() {
+        assert_eq!(parse_link("10gbit"), Ok(1_175_000_000));
+        assert_eq!(parse_link(" 800MBit "), Ok(94_000_000));
+        assert_eq!(parse_link("2.5gbit"), Ok(293_750_000));
+        assert_eq!(MODELED_LINK, parse_link("10gbit").unwrap());
+        for bad in [
+            "10gbps",
+            "10",
+            "gbit",
+            "0gbit",
+            "-1gbit",
+            "nangbit",
+            "infgbit",
+            "1e-12mbit",
+        ] {
+            assert!(parse_link(bad).is_err(), "{bad}");
+        }
+    }
+}

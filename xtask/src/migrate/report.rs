@@ -56,21 +56,31 @@ struct Document<'a, T: Serialize> {
 
 /// Print the one `--json` object: `report` (if there is one) and `error` (`ok` is its absence).
 pub(crate) fn emit_json<T: Serialize>(report: Option<&T>, error: Option<JsonError>) {
+    println!("{}", json_document(report, error));
+    JSON_EMITTED.store(true, Ordering::Relaxed);
+}
+
+/// The `--json` object as text.
+fn json_document<T: Serialize>(report: Option<&T>, error: Option<JsonError>) -> String {
     let doc = Document {
         schema_version: JSON_SCHEMA_VERSION,
         ok: error.is_none(),
         error,
         report,
     };
-    match serde_json::to_string_pretty(&doc) {
-        Ok(text) => println!("{text}"),
-        // Only a report serde cannot write (it has no map with non-string keys): still one object.
-        Err(e) => println!(
-            "{{\"schema_version\": {JSON_SCHEMA_VERSION}, \"ok\": false, \"error\": {{\"kind\": \"migration\", \"message\": {:?}}}}}",
-            e.to_string()
-        ),
-    }
-    JSON_EMITTED.store(true, Ordering::Relaxed);
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|e| {
+        // Only a report serde cannot write (none of ours): still one object, saying so.
+        let failed = Document::<()> {
+            schema_version: JSON_SCHEMA_VERSION,
+            ok: false,
+            error: Some(JsonError::new(
+                "migration",
+                &format!("writing the report: {e}"),
+            )),
+            report: None,
+        };
+        serde_json::to_string_pretty(&failed).unwrap_or_default()
+    })
 }
 
 /// Whether [`emit_json`] has run.
@@ -405,5 +415,48 @@ pub(super) fn print(
         );
     } else {
         println!("verification: FAILED: {}", o.verdict);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::from_str(text).unwrap() {
+            serde_json::Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn json_document_on_success_and_on_failure() {
+        let mut o = Outcome::blank("3d", 5 << 19, None, 60, 1);
+        o.verified = true;
+        let ok = parse(&json_document(Some(&o), None));
+        assert_eq!(ok["schema_version"], JSON_SCHEMA_VERSION);
+        assert_eq!(ok["ok"], true);
+        assert!(ok["error"].is_null());
+        assert_eq!(ok["gm_mib"], 2.5);
+        assert_eq!(ok["gm_bytes"], 5u64 << 19);
+        assert_eq!(ok["verified"], true);
+
+        let failed = parse(&json_document(
+            Some(&o),
+            Some(JsonError::new("verification", "GGTT differs")),
+        ));
+        assert_eq!(failed["ok"], false);
+        assert_eq!(failed["error"]["kind"], "verification");
+        assert_eq!(failed["error"]["message"], "GGTT differs");
+        assert_eq!(failed["workload"], "3d");
+
+        // No report: just the envelope.
+        let bare = parse(&json_document::<Outcome>(
+            None,
+            Some(JsonError::new("usage", "bad --link")),
+        ));
+        let keys: Vec<&str> = bare.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["error", "ok", "schema_version"]);
     }
 }
