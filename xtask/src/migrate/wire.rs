@@ -1,11 +1,13 @@
 //! The demo's framing around the library's migration stream (see the parent module's docs for the
 //! sequence): a 5-byte header (kind, little-endian payload length) before every message. `DATA`
 //! carries the library's stream as it is; every other payload is a control message encoded with
-//! postcard ([`encode`], [`decode`]).
+//! postcard ([`encode`], [`decode`]). Both come from [`demo_wire`], which the KVM VMM's protocol
+//! can share.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
+use demo_wire::{Framing, HEADER_LEN};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -57,46 +59,29 @@ impl Kind {
     }
 }
 
+/// This protocol's framing ([`demo_wire`], shared with the KVM VMM's).
+const FRAMING: Framing = Framing::new(MAX_PAYLOAD);
+
+/// The kind a header names, or an error for a person.
+fn kind_of(v: u8) -> Result<Kind, String> {
+    Kind::from_u8(v).ok_or_else(|| format!("unknown message kind {v}"))
+}
+
 /// Header bytes of a message.
-pub(crate) fn header(kind: Kind, len: usize) -> io::Result<[u8; 5]> {
-    let len = u32::try_from(len)
-        .ok()
-        .filter(|l| *l as usize <= MAX_PAYLOAD)
-        .ok_or_else(|| io::Error::other("message too large"))?;
-    let mut h = [0u8; 5];
-    h[0] = kind as u8;
-    h[1..].copy_from_slice(&len.to_le_bytes());
-    Ok(h)
+pub(crate) fn header(kind: Kind, len: usize) -> io::Result<[u8; HEADER_LEN]> {
+    FRAMING.header(kind as u8, len)
 }
 
 /// Write one message (blocking).
 pub(crate) fn send(w: &mut impl Write, kind: Kind, payload: &[u8]) -> io::Result<()> {
-    w.write_all(&header(kind, payload.len())?)?;
-    w.write_all(payload)?;
+    FRAMING.send(w, kind as u8, &[payload])?;
     w.flush()
 }
 
 /// Read one message (blocking) into `buf`; returns its kind. A closed connection, an unknown kind
 /// or an oversized length is an error with a message for a person.
 pub(crate) fn recv(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Kind, String> {
-    let mut h = [0u8; 5];
-    r.read_exact(&mut h).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => "peer closed the connection".to_string(),
-        _ => format!("reading from the peer: {e}"),
-    })?;
-    let kind = Kind::from_u8(h[0]).ok_or_else(|| format!("unknown message kind {}", h[0]))?;
-    let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
-    if len > MAX_PAYLOAD {
-        return Err(format!(
-            "message of {len} bytes announced (limit {MAX_PAYLOAD})"
-        ));
-    }
-    buf.resize(len, 0);
-    r.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => "peer closed the connection mid-message".to_string(),
-        _ => format!("reading from the peer: {e}"),
-    })?;
-    Ok(kind)
+    kind_of(FRAMING.recv(r, buf).map_err(|e| e.to_string())?)
 }
 
 /// The receiving side of a connection: messages parsed from whatever has arrived, so the source
@@ -124,22 +109,17 @@ impl Inbox {
 
     /// A complete buffered message, if any.
     fn take(&mut self, out: &mut Vec<u8>) -> Result<Option<Kind>, String> {
-        let Some(h) = self.buf.get(..5) else {
+        let Some(h) = self.buf.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
-        let kind = Kind::from_u8(h[0]).ok_or_else(|| format!("unknown message kind {}", h[0]))?;
-        let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
-        if len > MAX_PAYLOAD {
-            return Err(format!(
-                "message of {len} bytes announced (limit {MAX_PAYLOAD})"
-            ));
-        }
-        let Some(p) = self.buf.get(5..5 + len) else {
+        let (kind, len) = FRAMING.parse_header(*h).map_err(|e| e.to_string())?;
+        let kind = kind_of(kind)?;
+        let Some(p) = self.buf.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
         };
         out.clear();
         out.extend_from_slice(p);
-        self.buf.drain(..5 + len);
+        self.buf.drain(..HEADER_LEN + len);
         Ok(Some(kind))
     }
 
@@ -201,20 +181,16 @@ impl Inbox {
     }
 }
 
-/// Encode a control message (postcard: both ends are this program, and the messages are
-/// irregular: strings, optional parts, byte strings). The migration stream inside `DATA` keeps its
-/// own fixed little-endian layout (SPEC.md).
-pub(crate) fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, String> {
-    postcard::to_allocvec(msg).map_err(|e| format!("encoding a message: {e}"))
+/// Encode a control message (postcard through [`demo_wire`]: both ends are this program, and the
+/// messages are irregular: strings, optional parts, byte strings). The migration stream inside
+/// `DATA` keeps its own fixed little-endian layout (SPEC.md).
+pub(crate) fn encode<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, String> {
+    demo_wire::encode(msg).map_err(|e| format!("encoding a message: {e}"))
 }
 
 /// Decode a control message that must fill the whole payload; `what` names it in the error.
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, String> {
-    match postcard::take_from_bytes(b) {
-        Ok((v, [])) => Ok(v),
-        Ok((_, rest)) => Err(format!("bad {what}: {} bytes left over", rest.len())),
-        Err(e) => Err(format!("bad {what}: {e}")),
-    }
+    demo_wire::decode(b).map_err(|e| format!("bad {what}: {e}"))
 }
 
 /// Encode and write one control message (blocking).
@@ -267,7 +243,7 @@ impl Hello {
 
     /// Decode and check.
     pub(crate) fn decode(b: &[u8]) -> Result<Self, String> {
-        let (g, rest) = postcard::take_from_bytes::<Greeting>(b)
+        let (g, rest) = demo_wire::decode_prefix::<Greeting>(b)
             .ok()
             .filter(|(g, _)| g.magic == HELLO_MAGIC)
             .ok_or("bad hello: not a vGPU migration demo peer")?;
