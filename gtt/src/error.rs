@@ -51,8 +51,6 @@ pub enum GttError {
     BufferTooSmall,
     /// A frame number does not fit the entry's 34-bit address field.
     FrameTooLarge,
-    /// A guest frame has no host mapping.
-    Unmapped,
     /// More frame spans than [`crate::frames::MAX_SPANS`] after merging.
     TooManySpans,
 }
@@ -78,7 +76,6 @@ impl GttError {
             | Self::BadPlacement
             | Self::BufferTooSmall
             | Self::FrameTooLarge
-            | Self::Unmapped
             | Self::TooManySpans => Fault::Local,
         }
     }
@@ -103,7 +100,6 @@ impl fmt::Display for GttError {
             Self::BadPlacement => "host placement does not match the partition",
             Self::BufferTooSmall => "output buffer too small for one GTT run",
             Self::FrameTooLarge => "frame number does not fit a GTT entry",
-            Self::Unmapped => "guest frame has no host mapping",
             Self::TooManySpans => "too many frame spans",
         };
         f.write_str(s)

@@ -5,16 +5,14 @@
 //! shifts is branch-free and uses only SSE2 operations on 64-bit lanes, so loops over entries
 //! vectorize in a baseline build; a per-frame table lookup or a binary search does not.
 //!
-//! * [`GuestFrames`]: which guest frames are RAM (the "inside guest memory" check of
-//!   [`crate::restore_runs`] and [`crate::validate_runs_in`]).
-//! * [`FrameMap`]: guest frames to host frames, linear inside each span
-//!   ([`crate::translate_frames_map`]).
+//! [`GuestFrames`]: which guest frames are RAM (the "inside guest memory" check of
+//! [`crate::restore_runs`] and [`crate::validate_runs_in`]).
 
-use crate::addr::{Gfn, Hfn, PAGE_SHIFT};
+use crate::addr::{Gfn, PAGE_SHIFT};
 use crate::entry::FRAME_MAX;
 use crate::error::GttError;
 
-/// The most spans a [`GuestFrames`] or [`FrameMap`] holds (after merging).
+/// The most spans a [`GuestFrames`] holds (after merging).
 pub const MAX_SPANS: usize = 16;
 
 /// Span ends must not exceed this, so that `frame - start` and `frame - end` for any 34-bit
@@ -212,175 +210,6 @@ fn push<T>(out: &mut [T; MAX_SPANS], n: &mut usize, v: T) -> Result<(), GttError
     Ok(())
 }
 
-/// A guest frame to host frame map that is linear inside each of up to [`MAX_SPANS`]
-/// guest spans: guest frame `g` in span `i` maps to `host[i] + (g - guest_start[i])`.
-///
-/// The fast form of the translation when guest RAM is backed by a few contiguous host
-/// blocks; [`crate::translate_frames_table`] remains for fragmented backings.
-///
-/// ```
-/// use vgpu_mig_gtt::{Gfn, Hfn, frames::FrameMap, translate_frames_map};
-///
-/// // Guest frames 0..0x100 at host 0x5000, guest 0x1000..0x1100 at host 0x100.
-/// let map = FrameMap::new(&[
-///     (Gfn::new(0), 0x100, Hfn::new(0x5000)),
-///     (Gfn::new(0x1000), 0x100, Hfn::new(0x100)),
-/// ])?;
-/// let mut entries = [0x1_0001u64, 0x100_1003, 0x2000];
-/// translate_frames_map(&mut entries, &map)?;
-/// assert_eq!(entries, [0x501_0001, 0x10_1003, 0x2000]);
-/// # Ok::<(), vgpu_mig_gtt::GttError>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct FrameMap {
-    /// `(guest start, guest end, host start)`, sorted by guest start, disjoint; `len` used.
-    segs: [(u64, u64, u64); MAX_SPANS],
-    len: usize,
-}
-
-impl FrameMap {
-    /// A map of `segments`, each `(first guest frame, count, first host frame)`, in any
-    /// order. Segments with a count of zero add nothing.
-    ///
-    /// # Errors
-    /// [`GttError::RangeOverflow`] if a guest range ends beyond frame 2^63;
-    /// [`GttError::FrameTooLarge`] if a host range ends beyond [`FRAME_MAX`];
-    /// [`GttError::Overlap`] if two guest ranges overlap; [`GttError::TooManySpans`] if there
-    /// are more than [`MAX_SPANS`] non-empty segments.
-    pub fn new(segments: &[(Gfn, u64, Hfn)]) -> Result<Self, GttError> {
-        let mut map = Self {
-            segs: [(0, 0, 0); MAX_SPANS],
-            len: 0,
-        };
-        for &(g, count, h) in segments {
-            if count == 0 {
-                continue;
-            }
-            let end = g
-                .get()
-                .checked_add(count)
-                .filter(|&e| e <= SPAN_LIMIT)
-                .ok_or(GttError::RangeOverflow)?;
-            if h.get().checked_add(count - 1).is_none_or(|l| l > FRAME_MAX) {
-                return Err(GttError::FrameTooLarge);
-            }
-            let at = map.segs().partition_point(|&(s, _, _)| s < g.get());
-            let before = at.checked_sub(1).and_then(|i| map.segs().get(i));
-            let after = map.segs().get(at);
-            if before.is_some_and(|&(_, e, _)| e > g.get())
-                || after.is_some_and(|&(s, _, _)| s < end)
-            {
-                return Err(GttError::Overlap);
-            }
-            if map.len >= MAX_SPANS {
-                return Err(GttError::TooManySpans);
-            }
-            let tail = map
-                .segs
-                .get_mut(at..=map.len)
-                .ok_or(GttError::TooManySpans)?;
-            tail.rotate_right(1);
-            if let Some(first) = tail.first_mut() {
-                *first = (g.get(), end, h.get());
-            }
-            map.len += 1;
-        }
-        Ok(map)
-    }
-
-    /// The segments as `(first guest frame, one past the last guest frame, first host frame)`,
-    /// sorted by guest frame.
-    #[must_use]
-    pub fn segments(&self) -> &[(u64, u64, u64)] {
-        self.segs.get(..self.len).unwrap_or(&[])
-    }
-
-    fn segs(&self) -> &[(u64, u64, u64)] {
-        self.segments()
-    }
-
-    /// The host frame of `gfn`, or `None` if no segment holds it.
-    #[must_use]
-    pub fn get(&self, gfn: Gfn) -> Option<Hfn> {
-        let g = gfn.get();
-        self.segments()
-            .iter()
-            .find(|&&(s, e, _)| s <= g && g < e)
-            .map(|&(s, _, h)| Hfn::new(h + (g - s)))
-    }
-
-    /// The padded kernel form with the fewest segments that holds this map.
-    pub(crate) fn shift_set(&self) -> ShiftSet {
-        let p = self.segments();
-        match p.len() {
-            0 | 1 => ShiftSet::One(Shifts::from_segs(p)),
-            2 => ShiftSet::Two(Shifts::from_segs(p)),
-            3 | 4 => ShiftSet::Four(Shifts::from_segs(p)),
-            _ => ShiftSet::All(Shifts::from_segs(p)),
-        }
-    }
-}
-
-/// Frame spans with the entry-value shift of each, padded to `N` with empty spans.
-#[derive(Clone, Copy)]
-pub(crate) struct Shifts<const N: usize> {
-    start: [u64; N],
-    end: [u64; N],
-    /// `(host - guest) << PAGE_SHIFT`, wrapping.
-    shift: [u64; N],
-}
-
-impl<const N: usize> Shifts<N> {
-    fn from_segs(segs: &[(u64, u64, u64)]) -> Self {
-        let mut s = Self {
-            start: [0; N],
-            end: [0; N],
-            shift: [0; N],
-        };
-        for (i, &(g, e, h)) in segs.iter().enumerate().take(N) {
-            if let (Some(a), Some(b), Some(c)) =
-                (s.start.get_mut(i), s.end.get_mut(i), s.shift.get_mut(i))
-            {
-                // A segment clamped to entry frames maps the same entries: its host frames
-                // stay consecutive from `h`.
-                *a = g.min(ENTRY_FRAMES) << PAGE_SHIFT;
-                *b = e.min(ENTRY_FRAMES) << PAGE_SHIFT;
-                *c = h.wrapping_sub(g) << PAGE_SHIFT;
-            }
-        }
-        s
-    }
-
-    /// `(shift, outside)` for the address field `addr` (an entry masked with
-    /// [`ADDR_MASK`](crate::entry::ADDR_MASK)): the value to add to the entry, and bit 63 set if `addr` lies in no
-    /// span (then the shift is zero). Branch-free; see [`Spans::outside`] for the sign-bit
-    /// test.
-    #[inline(always)]
-    pub(crate) fn lookup(&self, addr: u64) -> (u64, u64) {
-        let mut out = u64::MAX;
-        let mut add = 0u64;
-        for ((&s, &e), &d) in self.start.iter().zip(&self.end).zip(&self.shift) {
-            let o = addr.wrapping_sub(s) | !addr.wrapping_sub(e);
-            out &= o;
-            add |= d & !((o.cast_signed() >> 63).cast_unsigned());
-        }
-        (add, out)
-    }
-}
-
-/// The segments of a [`FrameMap`] in one of the padded kernel forms.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "a short-lived value on the stack, built once per call"
-)]
-pub(crate) enum ShiftSet {
-    One(Shifts<1>),
-    Two(Shifts<2>),
-    Four(Shifts<4>),
-    All(Shifts<MAX_SPANS>),
-}
-
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,
@@ -391,7 +220,6 @@ pub(crate) enum ShiftSet {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::vec::Vec;
 
     #[test]
     fn merging_and_limits() {
@@ -418,31 +246,6 @@ mod tests {
             GuestFrames::from_ranges(touching).unwrap().spans(),
             &[(0, 17)]
         );
-    }
-
-    #[test]
-    fn frame_map_rules() {
-        let m = FrameMap::new(&[
-            (Gfn::new(0x100), 0x10, Hfn::new(0)),
-            (Gfn::new(0), 0x100, Hfn::new(0x1000)),
-            (Gfn::new(0x200), 0, Hfn::new(0)),
-        ])
-        .unwrap();
-        assert_eq!(m.segments(), &[(0, 0x100, 0x1000), (0x100, 0x110, 0)]);
-        assert_eq!(m.get(Gfn::new(0xFF)), Some(Hfn::new(0x10FF)));
-        assert_eq!(m.get(Gfn::new(0x10F)), Some(Hfn::new(0xF)));
-        assert_eq!(m.get(Gfn::new(0x110)), None);
-        assert_eq!(
-            FrameMap::new(&[(Gfn::new(0), 4, Hfn::new(0)), (Gfn::new(3), 4, Hfn::new(9))]),
-            Err(GttError::Overlap)
-        );
-        assert_eq!(
-            FrameMap::new(&[(Gfn::new(0), 2, Hfn::new(FRAME_MAX))]),
-            Err(GttError::FrameTooLarge)
-        );
-        assert!(FrameMap::new(&[(Gfn::new(0), 1, Hfn::new(FRAME_MAX))]).is_ok());
-        let many: Vec<_> = (0..17u64).map(|i| (Gfn::new(i), 1, Hfn::new(0))).collect();
-        assert_eq!(FrameMap::new(&many), Err(GttError::TooManySpans));
     }
 
     proptest! {

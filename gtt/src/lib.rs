@@ -60,27 +60,23 @@ pub struct ReadmeDoctests;
 extern crate std;
 
 pub mod addr;
-pub mod cmd;
 pub mod entry;
 mod error;
 pub mod frames;
 pub mod partition;
 pub mod ppgtt;
-pub mod rebase;
 pub mod runs;
 mod slices;
 
 pub use addr::{Gfn, GmAddr, Gpa, GttIndex, Gva, Hfn, PAGE_SHIFT, PAGE_SIZE};
-pub use cmd::AddressOperand;
 pub use entry::{EntryFormat, Generation, GgttEntry};
 pub use error::{Fault, GttError};
-pub use frames::{FrameMap, GuestFrames};
+pub use frames::GuestFrames;
 pub use partition::{GmRange, HostPlacement, Partition, Slice, storage_len};
 pub use ppgtt::{
     Leaf, Level, PageSize, PpgttRoot, ReadGuest, RootTables, Translation, VisitLimits,
     VisitSummary, WalkFault, visit_leaves, walk,
 };
-pub use rebase::{rebase_linear, translate_frames, translate_frames_map, translate_frames_table};
 pub use runs::{
     RunStats, SaveCursor, SaveProgress, apply_runs, replace_runs, restore_runs, validate_runs,
     validate_runs_in, validate_runs_with,

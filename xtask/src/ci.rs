@@ -134,6 +134,51 @@ fn msrv(r: &mut Runner) -> crate::Result {
     )
 }
 
+/// rustc's `unused_crate_dependencies`, denied, over every library and program: a dependency
+/// declared and never used fails CI.
+///
+/// Not a workspace lint, because the lint judges each compilation unit alone: an integration test
+/// (or a library's unit-test build) is its own crate that sees all of its package's dependencies
+/// and dev-dependencies and uses a few, so the lint would fire in every test target for every
+/// dependency that test does not name. Run over the `--lib` and `--bins` targets only, it sees
+/// exactly `[dependencies]`. Passed through clippy (`cargo clippy -- -D ...`), the flag reaches the
+/// workspace's own crates and not the registry crates, so nothing is rebuilt but them.
+///
+/// Twice: with the features the workspace build unifies, and for the library crates without
+/// default features as a bare-metal embedder builds them (a dependency only a feature uses must be
+/// optional and enabled by that feature). `kvm-guest`'s binary is left out: on the host it is a
+/// one-line stub, and its dependencies are its library's (a package has one dependency list).
+/// Dev-dependencies are not covered by the lint (each test target uses some of them).
+fn unused_dependencies(r: &mut Runner) -> crate::Result {
+    let lint = ["--", "-D", "unused-crate-dependencies"];
+    let mut c = cargo();
+    c.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "kvm-guest",
+        "--lib",
+        "--bins",
+        "--locked",
+    ]);
+    c.args(lint);
+    r.run("unused dependencies (libraries and programs)", c)?;
+    let mut c = cargo();
+    c.args(["clippy", "-p", "kvm-guest", "--lib", "--locked"]);
+    c.args(lint);
+    r.run("unused dependencies (the KVM guest's library)", c)?;
+    let mut c = cargo();
+    c.args(["clippy", "--lib", "--no-default-features", "--locked"]);
+    for krate in LIB_CRATES {
+        c.args(["-p", krate]);
+    }
+    c.args(lint);
+    r.run(
+        "unused dependencies (library crates, no default features)",
+        c,
+    )
+}
+
 fn installed_targets() -> Vec<String> {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
@@ -171,6 +216,8 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         "warnings",
     ]);
     r.run("clippy (all targets, warnings denied)", c)?;
+
+    unused_dependencies(&mut r)?;
 
     let mut c = cargo();
     c.args(["test", "--workspace", "--locked"]);

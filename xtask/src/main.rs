@@ -24,10 +24,6 @@
 )]
 
 mod bench;
-mod bench_hostile;
-mod bench_mmio;
-mod bench_sim;
-mod benches;
 mod campaign;
 mod ci;
 mod fuzz;
@@ -36,11 +32,16 @@ mod migrate;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Project automation for the vGPU migration workspace.
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    version = VERSION.as_str(),
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -62,8 +63,31 @@ enum Cmd {
     Campaign(campaign::Args),
 }
 
+/// `--version`: this program's version, the library crates' (released together) and the stream
+/// format they write and read.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let (major, minor, channels) = (
+        migstream::FORMAT_MAJOR,
+        migstream::FORMAT_MINOR,
+        migstream::MINOR_1_1,
+    );
+    format!(
+        "{} (library crates {}; migration stream: writes {major}.{minor}, or {major}.{channels} with \
+         channels or a MAC; reads {major}.x)",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_VERSION"),
+    )
+});
+
+/// Exit status of a usage error (the command line did not parse), as clap and the BSD
+/// `sysexits` convention have it; other failures exit with 1.
+const USAGE: u8 = 2;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let result = match cli.cmd {
         Cmd::Ci(a) => ci::run(&a),
         Cmd::Migrate(a) => migrate::run(&a),
@@ -81,5 +105,77 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command line that did not parse: `--help` and `--version` print and succeed; anything else
+/// prints clap's message with its one-line usage hint and exits with [`USAGE`] (`migrate --json`
+/// also prints its one JSON object, saying so).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "migrate") && args.iter().any(|a| a == "--json") {
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or_default();
+        migrate::usage_error_json(first.strip_prefix("error: ").unwrap_or(first));
+    }
+    let _ = e.print();
+    // clap names the usage only for some errors (a bad value gets just the `--help` hint).
+    if !e.render().to_string().contains("Usage:") {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let sub = args
+            .iter()
+            .skip(1)
+            .find_map(|a| cmd.find_subcommand(a).map(|c| c.get_name().to_owned()));
+        let usage = match sub.and_then(|name| cmd.find_subcommand_mut(name)) {
+            Some(sub) => sub.render_usage(),
+            None => cmd.render_usage(),
+        };
+        eprintln!("{usage}");
+    }
+    ExitCode::from(USAGE)
+}
+
 /// Errors of the xtask commands: a message for a person.
 pub(crate) type Result<T = ()> = std::result::Result<T, String>;
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_are_clap_errors_and_version_is_everywhere() {
+        let kind = |args: &[&str]| {
+            let argv = ["cargo xtask"].iter().chain(args);
+            Cli::try_parse_from(argv).err().map(|e| e.kind())
+        };
+        assert_eq!(
+            kind(&["migrate", "--link", "10gbps"]),
+            Some(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            kind(&["migrate", "--gm", "64"]),
+            Some(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            kind(&["migrate", "--frames", "0"]),
+            Some(ErrorKind::ValueValidation)
+        );
+        assert_eq!(kind(&["migrate", "--link", "25gbit", "--gm", "128"]), None);
+        assert_eq!(kind(&["--version"]), Some(ErrorKind::DisplayVersion));
+        assert_eq!(
+            kind(&["migrate", "--version"]),
+            Some(ErrorKind::DisplayVersion)
+        );
+        assert!(VERSION.contains(env!("CARGO_PKG_VERSION")));
+    }
+}

@@ -25,26 +25,29 @@
 //! # Framing
 //!
 //! Every message is a 5-byte header — kind (`u8`), payload length (`u32`, little-endian, at most
-//! 16 MiB) — and the payload ([`wire`]). In order:
+//! 16 MiB) — and the payload ([`wire`]). `DATA` carries the library's stream as it is (fixed
+//! little-endian layouts, SPEC.md); the control messages are postcard-encoded structures
+//! ([`wire::encode`]), as both ends are this program. In order:
 //!
-//! 1. source → destination `HELLO`: magic `VGPUDEMO`, framing version 1, workload code, quick
-//!    flag, graphics memory in MiB, frames, seed: what the destination needs to build the same
-//!    scenario (its own, differently placed vGPU).
+//! 1. source → destination `HELLO`: magic `VGPUDEMO` and framing version 3, then a
+//!    [`wire::Hello`] (workload, quick flag, graphics memory in MiB, frames, seed, channels): what
+//!    the destination needs to build the same scenario (its own, differently placed vGPU).
 //! 2. destination → source `READY` once its vGPU and session exist, or `ERROR` (bad hello).
 //! 3. source → destination `DATA`, many: the library's migration stream as
 //!    [`SourceSession::poll_output`](vgpu::source::SourceSession::poll_output) produces it, one
 //!    poll per message; the destination feeds each payload to
 //!    [`DestSession::feed`](vgpu::dest::DestSession::feed) as it arrives and answers each with
-//!    destination → source `ACK`: the stream bytes fed so far (`u64`). When the policy switches,
-//!    the source keeps the guest running until everything sent is acknowledged (at most 2 s), so
-//!    the destination's backlog does not count as downtime, and only then stops the guest.
-//! 4. source → destination `VCPU`: [`GuestDriver::save`](vgpu::sim::GuestDriver::save) followed by
-//!    the guest clock (`u64` ns), as a VMM sends CPU state after device state.
+//!    destination → source `ACK` ([`wire::Ack`]: the stream bytes fed so far). When the policy
+//!    switches, the source keeps the guest running until everything sent is acknowledged (at most
+//!    2 s), so the destination's backlog does not count as downtime, and only then stops the guest.
+//! 4. source → destination `VCPU` ([`wire::Vcpu`]):
+//!    [`GuestDriver::save`](vgpu::sim::GuestDriver::save)'s bytes and the guest clock, as a VMM
+//!    sends CPU state after device state.
 //! 5. destination → source `RESUMED` after the validated commit and `vgpu.start()`; or `ERROR`
-//!    (stream rejected, commit refused), at any point, after which the connection closes.
-//! 6. destination → source `VERDICT` once it has finished the workload and compared its state
-//!    with a never-migrated run: a pass flag (`u8`), frames the destination rendered (`u64`), the
-//!    destination's wall time for finishing plus verifying (`u64` ms) and a text.
+//!    (a text: stream rejected, commit refused), at any point, after which the connection closes.
+//! 6. destination → source `VERDICT` ([`wire::Verdict`]) once it has finished the workload and
+//!    compared its state with a never-migrated run: pass, frames the destination rendered, its
+//!    wall time for finishing plus verifying, and a text.
 //!
 //! All page traffic goes through one sender ([`source::Sender`]) per connection: a non-blocking
 //! socket behind a token bucket that applies `--link` (shared equally by the connections).
@@ -52,7 +55,7 @@
 //! With `--channels N` (N > 1) the library splits the stream into N channels
 //! ([`vgpu::channel`]); the hello says how many, channel 0 travels on the first connection as
 //! above, and the source opens N − 1 more connections, each starting with a `JOIN` message naming
-//! its channel. The destination reads every connection in its own thread and feeds each channel's
+//! its channel ([`wire::Join`]). The destination reads every connection in its own thread and feeds each channel's
 //! bytes to [`DestSession::feed_channel`](vgpu::dest::DestSession::feed_channel) in arrival order;
 //! `ACK` counts the bytes of all channels, and the `VCPU` message (on the first connection) is
 //! acted on once every channel's stream has ended.
@@ -83,20 +86,21 @@ pub(crate) struct Args {
     /// Workload running in the guest.
     #[arg(long, default_value = "3d", value_parser = ["idle", "2d", "media", "3d"])]
     pub(crate) workload: String,
-    /// Graphics memory of the vGPU in MiB: 64 MiB of aperture, the rest hidden.
-    #[arg(long, default_value_t = 448)]
+    /// Graphics memory of the vGPU in MiB (128-4096): 64 MiB of aperture, the rest hidden.
+    #[arg(long, default_value_t = 448, value_parser = clap::value_parser!(u64).range(128..=4096))]
     pub(crate) gm: u64,
     /// Link rate, e.g. `10gbit`, `25gbit`, `1gbit`, `800mbit`: a rate limit the sender applies to
     /// its socket writes (default: unlimited). With `--modeled`, the modeled link (default 10gbit).
-    #[arg(long)]
-    pub(crate) link: Option<String>,
+    /// Held as TCP goodput in bytes per second.
+    #[arg(long, value_name = "RATE", value_parser = parse_link)]
+    pub(crate) link: Option<u64>,
     /// Downtime limit the pre-copy policy aims for, ms.
     #[arg(long, default_value_t = 300)]
     pub(crate) downtime_ms: u32,
     /// Frames the workload renders; by default enough for the migration to happen while it runs
     /// (30 frames first, then about twice the time the whole graphics memory takes on the link,
     /// counting an unlimited link as 1 GB/s, plus a second).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) frames: Option<u64>,
     /// How precisely GPU writes are tracked: `exact` (the write set the device reports), `active`
     /// (every mapped page when the vGPU ran work), `mapped` (every mapped page, always: the
@@ -149,24 +153,47 @@ pub(crate) struct Args {
 /// Frames rendered before the migration starts.
 const START_FRAME: u64 = 30;
 
-/// Run the demo.
+/// Run the demo. With `--json`, a failure that left no report prints one JSON object saying so
+/// ([`report::emit_json`]), so stdout always holds exactly one object.
 pub(crate) fn run(args: &Args) -> crate::Result {
+    let result = run_guest(args);
+    if let Err(e) = &result
+        && args.json
+        && !report::json_emitted()
+    {
+        report::emit_json::<()>(None, Some(report::JsonError::new("migration", e)));
+    }
+    result
+}
+
+/// A usage error under `--json` (the command line did not parse): the one JSON object.
+pub(crate) fn usage_error_json(message: &str) {
+    report::emit_json::<()>(None, Some(report::JsonError::new("usage", message)));
+}
+
+fn run_guest(args: &Args) -> crate::Result {
     // The KVM VMM migrates guest RAM itself and the library's stream carries device state only:
     // the stream's channels, GPU dirty precision and content tracking are the model guest's.
     let model_only = args.channels > 1 || args.precision != "exact" || args.content != "on";
-    if args.guest == "kvm" && !args.modeled && model_only && !args.child {
-        println!(
-            "--channels, --precision and --content shape the model guest's stream: running the model guest"
+    // Notices go to stderr under `--json`: stdout holds only the JSON object there.
+    let notice = |text: &str| {
+        if args.json {
+            eprintln!("{text}");
+        } else if !args.child {
+            println!("{text}");
+        }
+    };
+    if args.guest == "kvm" && !args.modeled && model_only {
+        notice(
+            "--channels, --precision and --content shape the model guest's stream: running the model guest",
         );
     }
     if args.guest == "kvm" && !args.modeled && !model_only {
         match kvm_image()? {
             Ok(image) => return run_kvm(args, &image),
-            Err(why) => {
-                if !args.child {
-                    println!("KVM guest not available ({why}): running the model guest");
-                }
-            }
+            Err(why) => notice(&format!(
+                "KVM guest not available ({why}): running the model guest"
+            )),
         }
     }
     if args.modeled {
@@ -213,26 +240,36 @@ fn profile(name: &str) -> Profile {
     }
 }
 
-/// A link rate in payload bytes per second.
-fn parse_link(s: &str) -> crate::Result<u64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mult) = if let Some(n) = s.strip_suffix("gbit") {
-        (n, 1_000_000_000u64)
-    } else if let Some(n) = s.strip_suffix("mbit") {
-        (n, 1_000_000)
+/// The modeled link of `--modeled` when `--link` is not given: 10 Gbit/s.
+const MODELED_LINK: u64 = goodput(10_000_000_000.0);
+
+/// TCP goodput in bytes per second of a line rate in bits per second: about 94% of the line
+/// rate at MTU 1500.
+const fn goodput(bits_per_s: f64) -> u64 {
+    (bits_per_s / 8.0 * 0.94) as u64
+}
+
+/// A link rate (`10gbit`, `800mbit`) in payload bytes per second; clap reports an error as a
+/// usage error (exit status 2).
+fn parse_link(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = t.strip_suffix("gbit") {
+        (n, 1e9)
+    } else if let Some(n) = t.strip_suffix("mbit") {
+        (n, 1e6)
     } else {
-        return Err(format!(
-            "--link {s}: expected a rate like 10gbit or 800mbit"
-        ));
+        return Err("expected a rate like 10gbit or 800mbit".into());
     };
     let v: f64 = num
         .parse()
-        .map_err(|_| format!("--link {s}: not a number"))?;
-    if v.is_nan() || v <= 0.0 {
-        return Err(format!("--link {s}: must be positive"));
+        .map_err(|_| format!("{num:?} is not a number"))?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err("the rate must be positive".into());
     }
-    // TCP goodput is about 94% of the line rate at MTU 1500.
-    Ok((v * mult as f64 / 8.0 * 0.94) as u64)
+    match goodput(v * mult) {
+        0 => Err("the rate is below one byte per second".into()),
+        rate => Ok(rate),
+    }
 }
 
 /// The scenario a hello describes (both processes build it the same way).
@@ -249,10 +286,12 @@ fn scenario(h: &wire::Hello) -> crate::Result<Scenario> {
     if h.quick {
         Scenario::small(profile, h.frames, h.seed)
     } else {
-        if h.gm_mib < 128 {
-            return Err("--gm must be at least 128 (64 MiB of aperture plus hidden memory)".into());
-        }
-        Scenario::new(64 << 20, (h.gm_mib - 64) << 20, profile, h.frames, h.seed)
+        // At least 128 MiB: `--gm`'s range, and checked in every hello received.
+        let hidden = h
+            .gm_mib
+            .checked_sub(64)
+            .ok_or("too little graphics memory")?;
+        Scenario::new(64 << 20, hidden << 20, profile, h.frames, h.seed)
     }
     .map_err(|e| format!("building the scenario: {e}"))
 }
@@ -260,4 +299,30 @@ fn scenario(h: &wire::Hello) -> crate::Result<Scenario> {
 /// Human-readable bytes.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_rates_parse_to_goodput_and_bad_ones_are_refused() {
+        assert_eq!(parse_link("10gbit"), Ok(1_175_000_000));
+        assert_eq!(parse_link(" 800MBit "), Ok(94_000_000));
+        assert_eq!(parse_link("2.5gbit"), Ok(293_750_000));
+        assert_eq!(MODELED_LINK, parse_link("10gbit").unwrap());
+        for bad in [
+            "10gbps",
+            "10",
+            "gbit",
+            "0gbit",
+            "-1gbit",
+            "nangbit",
+            "infgbit",
+            "1e-12mbit",
+        ] {
+            assert!(parse_link(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -10,7 +10,7 @@ use vgpu::sim::GuestDriver;
 use vgpu::sim::scenario::{Snapshot, host_consistent};
 
 use super::scenario;
-use super::wire::{self, Hello, Kind};
+use super::wire::{self, Ack, Hello, Join, Kind, Vcpu, Verdict};
 
 /// Listen at `addr`, take one connection, receive one migration. In child mode only the bound
 /// port is printed (on stdout, for the parent); otherwise progress lines too.
@@ -30,7 +30,7 @@ pub(super) fn run(addr: &str, child: bool) -> crate::Result {
     let mut w = sock.try_clone().map_err(|e| e.to_string())?;
     receive(&listener, sock, child, &peer.to_string()).map_err(|e| {
         // Tell the source why, if the connection still stands; it cancels and keeps its guest.
-        let _ = wire::send(&mut w, Kind::Error, e.as_bytes());
+        let _ = wire::send_msg(&mut w, Kind::Error, &e);
         format!("destination: {e}")
     })
 }
@@ -116,11 +116,12 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
         let _ = sock.set_nodelay(true);
         let mut cr = BufReader::with_capacity(1 << 20, sock);
         let c = match wire::recv(&mut cr, &mut buf)? {
-            Kind::Join if buf.len() == 1 && (1..channels).contains(&usize::from(buf[0])) => {
-                usize::from(buf[0])
-            }
+            Kind::Join => usize::from(wire::decode::<Join>("join", &buf)?.channel),
             k => return Err(format!("bad channel connection: {k:?} first")),
         };
+        if !(1..channels).contains(&c) {
+            return Err(format!("bad channel connection: channel {c} of {channels}"));
+        }
         if conns.iter().any(|(k, _)| *k == c) {
             return Err(format!("channel {c} joined twice"));
         }
@@ -153,7 +154,7 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
                     .map_err(|e| format!("stream rejected: {e}"))?;
                 // Tell the source how far the stream is applied (it stops only once it is).
                 fed += bytes.len() as u64;
-                wire::send(&mut w, Kind::Ack, &fed.to_le_bytes()).map_err(|e| e.to_string())?;
+                wire::send_msg(&mut w, Kind::Ack, &Ack { fed })?;
             }
             Incoming::Msg(0, Kind::Vcpu, bytes) => vcpu = Some(bytes),
             Incoming::Msg(c, k, _) => {
@@ -161,15 +162,12 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
             }
         }
     }
-    let vcpu = vcpu.unwrap_or_default();
+    let vcpu: Vcpu = wire::decode("vCPU state", &vcpu.unwrap_or_default())?;
     d.commit(&mut dst.vgpu, &dst.mem, &mut dst.host)
         .map_err(|e| format!("commit refused: {e}"))?;
-    let driver = GuestDriver::restore(&vcpu).map_err(|e| format!("vCPU state rejected: {e}"))?;
-    let clock = vcpu
-        .get(GuestDriver::SAVED_LEN..GuestDriver::SAVED_LEN + 8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .ok_or("vCPU state rejected: no guest clock")?;
+    let driver =
+        GuestDriver::restore(&vcpu.driver).map_err(|e| format!("vCPU state rejected: {e}"))?;
+    let clock = vcpu.clock_ns;
     let from_frame = driver.frames_submitted();
     dst.driver = driver;
     dst.clock_ns = clock;
@@ -192,16 +190,16 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
         .map_err(|e| format!("reference run: {e}"))?;
     let verdict = expected.diff(&got);
     let ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut v = vec![u8::from(verdict.is_none())];
-    v.extend_from_slice(&frames.to_le_bytes());
-    v.extend_from_slice(&ms.to_le_bytes());
-    v.extend_from_slice(
-        verdict
-            .as_deref()
-            .unwrap_or("guest memory, 2 MiB of registers, GGTT, engines, PPGTT roots, config space")
-            .as_bytes(),
-    );
-    wire::send(&mut w, Kind::Verdict, &v).map_err(|e| e.to_string())?;
+    let v = Verdict {
+        pass: verdict.is_none(),
+        frames,
+        verify_ms: ms,
+        text: verdict.clone().unwrap_or_else(|| {
+            "guest memory, 2 MiB of registers, GGTT, engines, PPGTT roots, config space".into()
+        }),
+        kvm: None,
+    };
+    wire::send_msg(&mut w, Kind::Verdict, &v)?;
     say(&format!(
         "verification {} ({frames} frames after resuming)",
         if verdict.is_none() {

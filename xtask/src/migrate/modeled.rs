@@ -12,7 +12,9 @@ use vgpu::sim::scenario::{MigrationReport, Plan, Scenario, Snapshot, host_consis
 #[derive(Serialize)]
 struct Json<'a> {
     workload: &'a str,
-    gm_mib: u64,
+    /// The vGPU's graphics memory, bytes, and the same in MiB (exact, not rounded).
+    gm_bytes: u64,
+    gm_mib: f64,
     link_bytes_per_s: u64,
     rounds: Vec<[u64; 5]>,
     switch_reason: String,
@@ -70,7 +72,7 @@ impl Cost {
 /// Run the demo.
 pub(super) fn run(args: &Args) -> crate::Result {
     let profile = super::profile(&args.workload);
-    let link = super::parse_link(args.link.as_deref().unwrap_or("10gbit"))?;
+    let link = args.link.unwrap_or(super::MODELED_LINK);
     let gm_bytes = if args.quick { 5 << 19 } else { args.gm << 20 };
     let frames = args.frames.unwrap_or_else(|| {
         let fps = 1_000_000_000u64.checked_div(profile.frame_ns).unwrap_or(60);
@@ -80,10 +82,14 @@ pub(super) fn run(args: &Args) -> crate::Result {
     let sc = if args.quick {
         Scenario::small(profile, frames.min(60), args.seed)
     } else {
-        if args.gm < 128 {
-            return Err("--gm must be at least 128 (64 MiB of aperture plus hidden memory)".into());
-        }
-        Scenario::new(64 << 20, (args.gm - 64) << 20, profile, frames, args.seed)
+        // `--gm` is at least 128 (its range).
+        Scenario::new(
+            64 << 20,
+            args.gm.saturating_sub(64) << 20,
+            profile,
+            frames,
+            args.seed,
+        )
     }
     .map_err(|e| format!("building the scenario: {e}"))?;
     let t0 = Instant::now();
@@ -184,11 +190,12 @@ fn print_report(
 ) -> crate::Result {
     let zero: u64 = r.rounds.iter().map(|x| x.zero_pages).sum();
     let pages: u64 = r.rounds.iter().map(|x| x.pages).sum();
-    let reason = r.switch.map_or("none".to_string(), |s| format!("{s:?}"));
+    let reason = r.switch.map_or("none".to_string(), |s| s.to_string());
     if args.json {
         let j = Json {
             workload: sc.profile.name,
-            gm_mib: (sc.config.partition.aperture.size() + sc.config.partition.hidden.size()) >> 20,
+            gm_bytes: super::report::gm_bytes(sc),
+            gm_mib: super::report::exact_mib(super::report::gm_bytes(sc)),
             link_bytes_per_s: link,
             rounds: r
                 .rounds
@@ -221,10 +228,8 @@ fn print_report(
             fps_precopy: cost.fps_precopy,
             engine_share_precopy_percent: cost.share_percent,
         };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&j).map_err(|e| e.to_string())?
-        );
+        let error = verdict.map(|v| super::report::JsonError::new("verification", v));
+        super::report::emit_json(Some(&j), error);
         return Ok(());
     }
     println!();

@@ -1,9 +1,102 @@
 //! What a two-process migration did, printed for people or as JSON.
+//!
+//! # The `--json` document
+//!
+//! With `--json`, stdout holds exactly one JSON object, on success and on failure:
+//!
+//! - `schema_version` ([`JSON_SCHEMA_VERSION`]): raised whenever a field is removed or changes
+//!   meaning (new fields may appear without it);
+//! - `ok`: whether the command succeeded (its exit status is 0);
+//! - `error`: `null`, or `{ "kind", "message" }` with `kind` one of `usage` (the command line;
+//!   exit status 2), `verification` (the migrated run differs from the never-migrated one) or
+//!   `migration` (anything else: a connection, the peer, a rejected stream);
+//! - the report's fields (absent when the failure came before there was a report).
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use vgpu::sim::scenario::Scenario;
 
 use super::{Args, mib};
+
+/// Version of the `--json` document's shape.
+pub(crate) const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// Whether this process has printed its JSON object.
+static JSON_EMITTED: AtomicBool = AtomicBool::new(false);
+
+/// What went wrong, in the `--json` document.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct JsonError {
+    /// `usage`, `verification` or `migration`.
+    kind: &'static str,
+    /// For a person.
+    message: String,
+}
+
+impl JsonError {
+    /// An error of `kind` (see the module docs) saying `message`.
+    pub(crate) fn new(kind: &'static str, message: &str) -> Self {
+        Self {
+            kind,
+            message: message.to_owned(),
+        }
+    }
+}
+
+/// The `--json` document around a report.
+#[derive(Serialize)]
+struct Document<'a, T: Serialize> {
+    schema_version: u32,
+    ok: bool,
+    error: Option<JsonError>,
+    #[serde(flatten)]
+    report: Option<&'a T>,
+}
+
+/// Print the one `--json` object: `report` (if there is one) and `error` (`ok` is its absence).
+pub(crate) fn emit_json<T: Serialize>(report: Option<&T>, error: Option<JsonError>) {
+    println!("{}", json_document(report, error));
+    JSON_EMITTED.store(true, Ordering::Relaxed);
+}
+
+/// The `--json` object as text.
+fn json_document<T: Serialize>(report: Option<&T>, error: Option<JsonError>) -> String {
+    let doc = Document {
+        schema_version: JSON_SCHEMA_VERSION,
+        ok: error.is_none(),
+        error,
+        report,
+    };
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|e| {
+        // Only a report serde cannot write (none of ours): still one object, saying so.
+        let failed = Document::<()> {
+            schema_version: JSON_SCHEMA_VERSION,
+            ok: false,
+            error: Some(JsonError::new(
+                "migration",
+                &format!("writing the report: {e}"),
+            )),
+            report: None,
+        };
+        serde_json::to_string_pretty(&failed).unwrap_or_default()
+    })
+}
+
+/// Whether [`emit_json`] has run.
+pub(crate) fn json_emitted() -> bool {
+    JSON_EMITTED.load(Ordering::Relaxed)
+}
+
+/// Graphics memory of a scenario's vGPU, bytes.
+pub(super) fn gm_bytes(sc: &Scenario) -> u64 {
+    sc.config.partition.aperture.size() + sc.config.partition.hidden.size()
+}
+
+/// Bytes in MiB, exact (2.5 for 2.5 MiB; JSON numbers and labels, not rounded).
+pub(super) fn exact_mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 20)
+}
 
 /// One round as the source saw it.
 #[derive(Debug, Clone, Serialize)]
@@ -63,7 +156,10 @@ pub(super) struct Outcome {
     /// KVM-only figures.
     pub(super) kvm: Option<KvmFigures>,
     pub(super) workload: String,
-    pub(super) gm_mib: u64,
+    /// Graphics memory of the vGPU, bytes.
+    pub(super) gm_bytes: u64,
+    /// The same in MiB, exact (2.5 for the `--quick` vGPU).
+    pub(super) gm_mib: f64,
     /// Sender rate limit, bytes/s (`None`: unlimited).
     pub(super) link_bytes_per_s: Option<u64>,
     pub(super) frames: u64,
@@ -72,6 +168,7 @@ pub(super) struct Outcome {
     /// Fault injection: the stream offset whose bit was flipped.
     pub(super) fault_flip_byte: Option<u64>,
     pub(super) rounds: Vec<Round>,
+    /// Why the policy switched to stop-and-copy, in words (`none` if it never did).
     pub(super) switch_reason: String,
     pub(super) predicted_downtime_us: Option<u64>,
     /// Frames the guest had submitted when the source stopped.
@@ -115,19 +212,13 @@ pub(super) struct Outcome {
 
 impl Outcome {
     pub(super) fn new(sc: &Scenario, link: Option<u64>, _args: &Args) -> Self {
-        Self::blank(
-            sc.profile.name,
-            (sc.config.partition.aperture.size() + sc.config.partition.hidden.size()) >> 20,
-            link,
-            sc.frames,
-            sc.seed,
-        )
+        Self::blank(sc.profile.name, gm_bytes(sc), link, sc.frames, sc.seed)
     }
 
     /// An outcome with nothing measured yet (model guest).
     pub(super) fn blank(
         workload: &str,
-        gm_mib: u64,
+        gm_bytes: u64,
         link: Option<u64>,
         frames: u64,
         seed: u64,
@@ -136,7 +227,8 @@ impl Outcome {
             guest: "model".into(),
             kvm: None,
             workload: workload.to_string(),
-            gm_mib,
+            gm_bytes,
+            gm_mib: exact_mib(gm_bytes),
             link_bytes_per_s: link,
             frames,
             seed,
@@ -189,22 +281,29 @@ impl Outcome {
 pub(super) fn conclude(o: &mut Outcome, args: &Args, started: std::time::Instant) -> crate::Result {
     o.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     let plot = super::plot::write(&args.plot, o);
-    print(o, args.json, &plot)?;
-    if o.verified {
+    let result = if o.verified {
         Ok(())
     } else {
         Err(format!("verification FAILED: {}", o.verdict))
-    }
+    };
+    let error = result
+        .as_ref()
+        .err()
+        .map(|_| JsonError::new("verification", &o.verdict));
+    print(o, args.json, &plot, error);
+    result
 }
 
-/// Print the report (JSON with `--json`).
-pub(super) fn print(o: &Outcome, json: bool, plot: &Result<String, String>) -> crate::Result {
+/// Print the report (with `--json`, the one JSON object, saying `error` if the command fails).
+pub(super) fn print(
+    o: &Outcome,
+    json: bool,
+    plot: &Result<String, String>,
+    error: Option<JsonError>,
+) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(o).map_err(|e| e.to_string())?
-        );
-        return Ok(());
+        emit_json(Some(o), error);
+        return;
     }
     println!();
     println!("round      pages   zero pages        bytes   dirty after   at (ms)");
@@ -317,5 +416,47 @@ pub(super) fn print(o: &Outcome, json: bool, plot: &Result<String, String>) -> c
     } else {
         println!("verification: FAILED: {}", o.verdict);
     }
-    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::from_str(text).unwrap() {
+            serde_json::Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn json_document_on_success_and_on_failure() {
+        let mut o = Outcome::blank("3d", 5 << 19, None, 60, 1);
+        o.verified = true;
+        let ok = parse(&json_document(Some(&o), None));
+        assert_eq!(ok["schema_version"], JSON_SCHEMA_VERSION);
+        assert_eq!(ok["ok"], true);
+        assert!(ok["error"].is_null());
+        assert_eq!(ok["gm_mib"], 2.5);
+        assert_eq!(ok["gm_bytes"], 5u64 << 19);
+        assert_eq!(ok["verified"], true);
+
+        let failed = parse(&json_document(
+            Some(&o),
+            Some(JsonError::new("verification", "GGTT differs")),
+        ));
+        assert_eq!(failed["ok"], false);
+        assert_eq!(failed["error"]["kind"], "verification");
+        assert_eq!(failed["error"]["message"], "GGTT differs");
+        assert_eq!(failed["workload"], "3d");
+
+        // No report: just the envelope.
+        let bare = parse(&json_document::<Outcome>(
+            None,
+            Some(JsonError::new("usage", "bad --link")),
+        ));
+        let keys: Vec<&str> = bare.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["error", "ok", "schema_version"]);
+    }
 }

@@ -13,8 +13,8 @@ use vgpu::sim::{GuestDriver, Machine};
 use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
 
 use super::report::{Outcome, Round};
-use super::wire::{self, Hello, Kind};
-use super::{Args, START_FRAME, mib, parse_link, profile, scenario};
+use super::wire::{self, Ack, Hello, Join, Kind, Vcpu, Verdict};
+use super::{Args, START_FRAME, mib, profile, scenario};
 
 /// Output buffer per poll of the source session (one `DATA` message each).
 const CHUNK: usize = 256 * 1024;
@@ -285,7 +285,7 @@ impl Progress {
 
 /// Run the source (and, unless `--connect`, the destination as a child).
 pub(super) fn run(args: &Args) -> crate::Result {
-    let rate = args.link.as_deref().map(parse_link).transpose()?;
+    let rate = args.link;
     let prof = profile(&args.workload);
     let workload = [vgpu::sim::Profile::IDLE, vgpu::sim::Profile::TWO_D]
         .iter()
@@ -317,14 +317,14 @@ pub(super) fn run(args: &Args) -> crate::Result {
     let mut inbox = wire::Inbox::new(sock.try_clone().map_err(|e| e.to_string())?);
     let mut sock_w = sock.try_clone().map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    wire::send(&mut sock_w, Kind::Hello, &hello.encode())
+    wire::send(&mut sock_w, Kind::Hello, &hello.encode()?)
         .map_err(|e| format!("sending the hello: {e}"))?;
     match inbox.recv(&mut buf)? {
         Kind::Ready => {}
         Kind::Error => {
             return Err(format!(
                 "the destination refused: {}",
-                String::from_utf8_lossy(&buf)
+                wire::error_text(&buf)
             ));
         }
         k => return Err(format!("unexpected {k:?} from the destination")),
@@ -335,7 +335,8 @@ pub(super) fn run(args: &Args) -> crate::Result {
         let mut sk =
             TcpStream::connect(&addr).map_err(|e| format!("connecting channel {c}: {e}"))?;
         let _ = sk.set_nodelay(true);
-        wire::send(&mut sk, Kind::Join, &[c]).map_err(|e| format!("joining channel {c}: {e}"))?;
+        wire::send_msg(&mut sk, Kind::Join, &Join { channel: c })
+            .map_err(|e| format!("joining channel {c}: {e}"))?;
         extra.push(sk);
     }
     let (aperture, hidden) = (
@@ -448,14 +449,19 @@ pub(super) fn run(args: &Args) -> crate::Result {
     };
     let streamed = live.stream_out(&mut s, &mut src).and_then(|()| {
         // The vCPU state after the device state, as a VMM sends it.
-        let mut v = [0u8; GuestDriver::SAVED_LEN + 8];
+        let mut driver = vec![0u8; GuestDriver::SAVED_LEN];
         let n = src
             .driver
-            .save(&mut v)
+            .save(&mut driver)
             .map_err(|e| Fail::Io(io::Error::other(e.to_string())))?;
-        v[n..n + 8].copy_from_slice(&src.clock_ns.to_le_bytes());
+        driver.truncate(n);
+        let vcpu = wire::encode(&Vcpu {
+            driver,
+            clock_ns: src.clock_ns,
+        })
+        .map_err(|e| Fail::Io(io::Error::other(e)))?;
         if let Some(main) = live.senders.first_mut() {
-            main.queue(Kind::Vcpu, &v[..n + 8])?;
+            main.queue(Kind::Vcpu, &vcpu)?;
         }
         for snd in &mut live.senders {
             snd.flush()?;
@@ -525,7 +531,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
             let why = match other {
                 Ok(Kind::Error) => format!(
                     "the destination rejected the migration: {}",
-                    String::from_utf8_lossy(&buf)
+                    wire::error_text(&buf)
                 ),
                 Ok(k) => format!("unexpected {k:?} from the destination"),
                 Err(e) => e,
@@ -541,20 +547,20 @@ pub(super) fn run(args: &Args) -> crate::Result {
             "destination resumed; it finishes the workload and compares with a never-migrated run ..."
         );
     }
-    let verdict = match next(&mut buf)? {
-        Kind::Verdict if buf.len() >= 17 => buf.clone(),
+    let verdict: Verdict = match next(&mut buf)? {
+        Kind::Verdict => wire::decode("verdict", &buf)?,
         Kind::Error => {
             return Err(format!(
                 "the destination failed after resuming: {}",
-                String::from_utf8_lossy(&buf)
+                wire::error_text(&buf)
             ));
         }
         k => return Err(format!("unexpected {k:?} from the destination")),
     };
-    o.verified = verdict[0] == 1;
-    o.dest_frames = u64::from_le_bytes(verdict[1..9].try_into().unwrap_or([0; 8]));
-    o.dest_verify_ms = u64::from_le_bytes(verdict[9..17].try_into().unwrap_or([0; 8]));
-    o.verdict = String::from_utf8_lossy(&verdict[17..]).into_owned();
+    o.verified = verdict.pass;
+    o.dest_frames = verdict.frames;
+    o.dest_verify_ms = verdict.verify_ms;
+    o.verdict = verdict.text;
     if let Some(mut c) = child.0.take() {
         let status = c.wait().map_err(|e| e.to_string())?;
         if !status.success() && o.verified {
@@ -573,7 +579,7 @@ fn peer_error(inbox: &mut wire::Inbox) -> String {
     for _ in 0..100_000 {
         match inbox.recv(&mut buf) {
             Ok(Kind::Error) => {
-                return format!(": the destination said: {}", String::from_utf8_lossy(&buf));
+                return format!(": the destination said: {}", wire::error_text(&buf));
             }
             Ok(_) => {}
             Err(_) => break,
@@ -616,12 +622,11 @@ impl Live {
             while let Some(k) = self.inbox.poll(&mut msg).map_err(Fail::Peer)? {
                 match k {
                     Kind::Ack => {
-                        self.acked = msg
-                            .get(..8)
-                            .and_then(|b| b.try_into().ok())
-                            .map_or(self.acked, u64::from_le_bytes);
+                        self.acked = wire::decode::<Ack>("acknowledgement", &msg)
+                            .map_err(Fail::Peer)?
+                            .fed;
                     }
-                    Kind::Error => return Err(Fail::Peer(String::from_utf8_lossy(&msg).into())),
+                    Kind::Error => return Err(Fail::Peer(wire::error_text(&msg))),
                     k => return Err(Fail::Peer(format!("unexpected {k:?} during the stream"))),
                 }
             }
@@ -753,12 +758,12 @@ impl Live {
                     reason,
                     predicted_downtime_us,
                 } => {
-                    o.switch_reason = format!("{reason:?}");
+                    o.switch_reason = reason.to_string();
                     o.predicted_downtime_us = predicted_downtime_us;
                     o.precopy_ms = self.t0.elapsed().as_secs_f64() * 1000.0;
                     self.switch_at = Some(Instant::now());
                     self.progress.line(&format!(
-                        "policy: switch to stop-and-copy ({reason:?}); waiting for the destination to apply what it was sent"
+                        "policy: switch to stop-and-copy ({reason}); waiting for the destination to apply what it was sent"
                     ));
                 }
                 _ => {}

@@ -1,13 +1,20 @@
 //! The demo's framing around the library's migration stream (see the parent module's docs for the
-//! sequence): a 5-byte header (kind, little-endian payload length) before every message.
+//! sequence): a 5-byte header (kind, little-endian payload length) before every message. `DATA`
+//! carries the library's stream as it is; every other payload is a control message encoded with
+//! postcard ([`encode`], [`decode`]). Both come from [`demo_wire`], which the KVM VMM's protocol
+//! can share.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
+use demo_wire::{Framing, HEADER_LEN};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
 /// Magic at the start of a hello.
 const HELLO_MAGIC: [u8; 8] = *b"VGPUDEMO";
 /// Version of this framing.
-const HELLO_VERSION: u32 = 2;
+const HELLO_VERSION: u32 = 3;
 /// Largest payload a peer may announce (a DATA message carries at most one poll's output).
 pub(crate) const MAX_PAYLOAD: usize = 16 << 20;
 
@@ -52,46 +59,29 @@ impl Kind {
     }
 }
 
+/// This protocol's framing ([`demo_wire`], shared with the KVM VMM's).
+const FRAMING: Framing = Framing::new(MAX_PAYLOAD);
+
+/// The kind a header names, or an error for a person.
+fn kind_of(v: u8) -> Result<Kind, String> {
+    Kind::from_u8(v).ok_or_else(|| format!("unknown message kind {v}"))
+}
+
 /// Header bytes of a message.
-pub(crate) fn header(kind: Kind, len: usize) -> io::Result<[u8; 5]> {
-    let len = u32::try_from(len)
-        .ok()
-        .filter(|l| *l as usize <= MAX_PAYLOAD)
-        .ok_or_else(|| io::Error::other("message too large"))?;
-    let mut h = [0u8; 5];
-    h[0] = kind as u8;
-    h[1..].copy_from_slice(&len.to_le_bytes());
-    Ok(h)
+pub(crate) fn header(kind: Kind, len: usize) -> io::Result<[u8; HEADER_LEN]> {
+    FRAMING.header(kind as u8, len)
 }
 
 /// Write one message (blocking).
 pub(crate) fn send(w: &mut impl Write, kind: Kind, payload: &[u8]) -> io::Result<()> {
-    w.write_all(&header(kind, payload.len())?)?;
-    w.write_all(payload)?;
+    FRAMING.send(w, kind as u8, &[payload])?;
     w.flush()
 }
 
 /// Read one message (blocking) into `buf`; returns its kind. A closed connection, an unknown kind
 /// or an oversized length is an error with a message for a person.
 pub(crate) fn recv(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Kind, String> {
-    let mut h = [0u8; 5];
-    r.read_exact(&mut h).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => "peer closed the connection".to_string(),
-        _ => format!("reading from the peer: {e}"),
-    })?;
-    let kind = Kind::from_u8(h[0]).ok_or_else(|| format!("unknown message kind {}", h[0]))?;
-    let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
-    if len > MAX_PAYLOAD {
-        return Err(format!(
-            "message of {len} bytes announced (limit {MAX_PAYLOAD})"
-        ));
-    }
-    buf.resize(len, 0);
-    r.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => "peer closed the connection mid-message".to_string(),
-        _ => format!("reading from the peer: {e}"),
-    })?;
-    Ok(kind)
+    kind_of(FRAMING.recv(r, buf).map_err(|e| e.to_string())?)
 }
 
 /// The receiving side of a connection: messages parsed from whatever has arrived, so the source
@@ -119,22 +109,17 @@ impl Inbox {
 
     /// A complete buffered message, if any.
     fn take(&mut self, out: &mut Vec<u8>) -> Result<Option<Kind>, String> {
-        let Some(h) = self.buf.get(..5) else {
+        let Some(h) = self.buf.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
-        let kind = Kind::from_u8(h[0]).ok_or_else(|| format!("unknown message kind {}", h[0]))?;
-        let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
-        if len > MAX_PAYLOAD {
-            return Err(format!(
-                "message of {len} bytes announced (limit {MAX_PAYLOAD})"
-            ));
-        }
-        let Some(p) = self.buf.get(5..5 + len) else {
+        let (kind, len) = FRAMING.parse_header(*h).map_err(|e| e.to_string())?;
+        let kind = kind_of(kind)?;
+        let Some(p) = self.buf.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
         };
         out.clear();
         out.extend_from_slice(p);
-        self.buf.drain(..5 + len);
+        self.buf.drain(..HEADER_LEN + len);
         Ok(Some(kind))
     }
 
@@ -196,8 +181,41 @@ impl Inbox {
     }
 }
 
+/// Encode a control message (postcard through [`demo_wire`]: both ends are this program, and the
+/// messages are irregular: strings, optional parts, byte strings). The migration stream inside
+/// `DATA` keeps its own fixed little-endian layout (SPEC.md).
+pub(crate) fn encode<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, String> {
+    demo_wire::encode(msg).map_err(|e| format!("encoding a message: {e}"))
+}
+
+/// Decode a control message that must fill the whole payload; `what` names it in the error.
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, String> {
+    demo_wire::decode(b).map_err(|e| format!("bad {what}: {e}"))
+}
+
+/// Encode and write one control message (blocking).
+pub(crate) fn send_msg<T: Serialize>(
+    w: &mut impl Write,
+    kind: Kind,
+    msg: &T,
+) -> Result<(), String> {
+    send(w, kind, &encode(msg)?).map_err(|e| format!("sending {kind:?}: {e}"))
+}
+
+/// The text of an `ERROR` message (a peer that cannot even say why gets a placeholder).
+pub(crate) fn error_text(b: &[u8]) -> String {
+    decode::<String>("error message", b).unwrap_or_else(|e| e)
+}
+
+/// What opens a hello, before the version-dependent rest.
+#[derive(Serialize, Deserialize)]
+struct Greeting {
+    magic: [u8; 8],
+    version: u32,
+}
+
 /// What the destination needs to build the same machine as the source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Hello {
     /// Workload code: 0 idle, 1 2d, 2 media, 3 3d.
     pub(crate) workload: u8,
@@ -214,51 +232,28 @@ pub(crate) struct Hello {
 }
 
 impl Hello {
-    /// Encoded length.
-    pub(crate) const LEN: usize = 8 + 4 + 1 + 1 + 8 * 3 + 1;
-
-    /// Encode.
-    pub(crate) fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        b[..8].copy_from_slice(&HELLO_MAGIC);
-        b[8..12].copy_from_slice(&HELLO_VERSION.to_le_bytes());
-        b[12] = self.workload;
-        b[13] = u8::from(self.quick);
-        b[14..22].copy_from_slice(&self.gm_mib.to_le_bytes());
-        b[22..30].copy_from_slice(&self.frames.to_le_bytes());
-        b[30..38].copy_from_slice(&self.seed.to_le_bytes());
-        b[38] = self.channels;
-        b
+    /// Encode: the greeting (magic, framing version), then the fields.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, String> {
+        let greeting = Greeting {
+            magic: HELLO_MAGIC,
+            version: HELLO_VERSION,
+        };
+        encode(&(greeting, self))
     }
 
     /// Decode and check.
     pub(crate) fn decode(b: &[u8]) -> Result<Self, String> {
-        if b.len() != Self::LEN || b[..8] != HELLO_MAGIC {
-            return Err("bad hello: not a vGPU migration demo peer".into());
-        }
-        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if version != HELLO_VERSION {
+        let (g, rest) = demo_wire::decode_prefix::<Greeting>(b)
+            .ok()
+            .filter(|(g, _)| g.magic == HELLO_MAGIC)
+            .ok_or("bad hello: not a vGPU migration demo peer")?;
+        if g.version != HELLO_VERSION {
             return Err(format!(
-                "bad hello: framing version {version}, this side speaks {HELLO_VERSION}"
+                "bad hello: framing version {}, this side speaks {HELLO_VERSION}",
+                g.version
             ));
         }
-        let u64_at = |at: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[at..at + 8]);
-            u64::from_le_bytes(a)
-        };
-        let h = Self {
-            workload: b[12],
-            quick: match b[13] {
-                0 => false,
-                1 => true,
-                v => return Err(format!("bad hello: quick flag {v}")),
-            },
-            gm_mib: u64_at(14),
-            frames: u64_at(22),
-            seed: u64_at(30),
-            channels: b[38],
-        };
+        let h: Self = decode("hello", rest)?;
         if !(1..=vgpu::channel::MAX_CHANNELS).contains(&usize::from(h.channels)) {
             return Err(format!("bad hello: {} channels", h.channels));
         }
@@ -273,6 +268,57 @@ impl Hello {
         }
         Ok(h)
     }
+}
+
+/// `JOIN`: the channel an extra connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Join {
+    /// 1..channels.
+    pub(crate) channel: u8,
+}
+
+/// `ACK`: how far the destination has applied the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Ack {
+    /// Stream bytes fed to the session so far, all channels.
+    pub(crate) fed: u64,
+}
+
+/// `VCPU`: the guest's CPU-side state, sent after the device state as a VMM sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Vcpu {
+    /// [`GuestDriver::save`](vgpu::sim::GuestDriver::save)'s bytes (the driver model's own
+    /// layout).
+    pub(crate) driver: Vec<u8>,
+    /// The guest clock, ns.
+    pub(crate) clock_ns: u64,
+}
+
+/// `VERDICT`: the destination's comparison with a never-migrated run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Verdict {
+    /// The migrated run equals the never-migrated one.
+    pub(crate) pass: bool,
+    /// Frames the destination rendered after resuming.
+    pub(crate) frames: u64,
+    /// The destination's time for finishing and verifying, ms.
+    pub(crate) verify_ms: u64,
+    /// What was compared, or the first difference.
+    pub(crate) text: String,
+    /// The KVM guest's timings, measured by the destination (`--guest kvm`).
+    pub(crate) kvm: Option<KvmVerdict>,
+}
+
+/// The destination's timings of a KVM VM migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KvmVerdict {
+    /// Guest-visible downtime: the source's last guest exit to the destination's first guest
+    /// entry, µs.
+    pub(crate) downtime_us: u64,
+    /// END received to the vCPU started, µs.
+    pub(crate) resume_us: u64,
+    /// The source's pause to END received, µs.
+    pub(crate) end_after_pause_us: u64,
 }
 
 #[cfg(test)]
@@ -290,19 +336,70 @@ mod tests {
             seed: 9,
             channels: 4,
         };
-        assert_eq!(Hello::decode(&h.encode()), Ok(h));
+        let good = h.encode().unwrap();
+        assert_eq!(Hello::decode(&good), Ok(h));
         for channels in [0, 9] {
-            let mut bad = h.encode();
-            bad[38] = channels;
+            let bad = Hello { channels, ..h }.encode().unwrap();
             assert!(Hello::decode(&bad).is_err(), "{channels} channels");
         }
-        let mut bad = h.encode();
+        let bad = Hello { workload: 4, ..h }.encode().unwrap();
+        assert!(Hello::decode(&bad).is_err());
+        let mut bad = good.clone();
         bad[0] ^= 1;
-        assert!(Hello::decode(&bad).is_err());
-        let mut bad = h.encode();
-        bad[12] = 4;
-        assert!(Hello::decode(&bad).is_err());
-        assert!(Hello::decode(&h.encode()[..10]).is_err());
+        assert_eq!(
+            Hello::decode(&bad),
+            Err("bad hello: not a vGPU migration demo peer".into())
+        );
+        // Another framing version is named as such, before the rest is read.
+        let mut other = encode(&Greeting {
+            magic: HELLO_MAGIC,
+            version: HELLO_VERSION + 1,
+        })
+        .unwrap();
+        other.extend_from_slice(&good[9..]);
+        assert!(
+            Hello::decode(&other)
+                .unwrap_err()
+                .contains("framing version")
+        );
+        // Cut short anywhere, or with bytes left over: an error, never a panic.
+        for n in 0..good.len() {
+            assert!(Hello::decode(&good[..n]).is_err(), "{n} bytes");
+        }
+        let mut long = good;
+        long.push(0);
+        assert!(Hello::decode(&long).unwrap_err().contains("left over"));
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        let v = Verdict {
+            pass: true,
+            frames: 117,
+            verify_ms: 2_000,
+            text: "equal".into(),
+            kvm: Some(KvmVerdict {
+                downtime_us: 40_000,
+                resume_us: 3_000,
+                end_after_pause_us: 35_000,
+            }),
+        };
+        assert_eq!(decode::<Verdict>("verdict", &encode(&v).unwrap()), Ok(v));
+        let c = Vcpu {
+            driver: vec![1, 2, 3],
+            clock_ns: u64::MAX,
+        };
+        assert_eq!(decode::<Vcpu>("vcpu", &encode(&c).unwrap()), Ok(c));
+        let a = Ack { fed: 1 << 40 };
+        assert_eq!(decode::<Ack>("ack", &encode(&a).unwrap()), Ok(a));
+        assert_eq!(error_text(&encode(&"no room").unwrap()), "no room");
+        // A truncated message is an error with the message's name.
+        let e = encode(&Join { channel: 2 }).unwrap();
+        assert!(
+            decode::<Ack>("ack", &e[..0])
+                .unwrap_err()
+                .starts_with("bad ack")
+        );
     }
 
     #[test]

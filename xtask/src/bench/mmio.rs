@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mmio::{MMIO_DWORDS, MMIO_SIZE, NoHooks, RegFile, SKL, validate_sparse};
 
-use crate::bench::{Figure, Harness, gib_s};
+use super::harness::{Figure, Harness, gib_s};
 
 /// A non-reset value for the `i`-th migratable register (writable bits only).
 fn populated_value(r: &mmio::RegDesc, i: u32) -> u32 {

@@ -23,7 +23,7 @@ use vgpu::sim::scenario::{Plan, Scenario, migrate};
 use vgpu::sim::{Machine, Profile};
 use vgpu::traits::GuestMemory;
 
-use crate::bench::{Figure, Harness};
+use super::harness::{Figure, Harness, gib_s};
 
 const MIB: f64 = 1_048_576.0;
 /// Payload of the hostile PAGES record.
@@ -256,8 +256,8 @@ fn guest(h: &mut Harness, id: &str, label: &str, sc: &Scenario) -> crate::Result
         id: format!("{id}v"),
         what: format!("restore, valid 3D stream, {label}"),
         bytes: wire.len() as u64,
-        gib_s: crate::bench::gib_s(wire.len() as u64, valid_d),
-        reference_gib_s: crate::bench::gib_s(wire.len() as u64, valid_d),
+        gib_s: gib_s(wire.len() as u64, valid_d),
+        reference_gib_s: gib_s(wire.len() as u64, valid_d),
         ratio: 0.0,
         target_ratio: None,
         note: format!(
@@ -293,8 +293,8 @@ fn guest(h: &mut Harness, id: &str, label: &str, sc: &Scenario) -> crate::Result
             id: format!("{id}{suffix}"),
             what: format!("restore, {}, {label}", shape.name()),
             bytes: hostile_wire.len() as u64,
-            gib_s: crate::bench::gib_s(hostile_wire.len() as u64, d),
-            reference_gib_s: crate::bench::gib_s(wire.len() as u64, valid_d),
+            gib_s: gib_s(hostile_wire.len() as u64, d),
+            reference_gib_s: gib_s(wire.len() as u64, valid_d),
             ratio: 0.0,
             target_ratio: Some(0.1),
             note: format!(

@@ -1,7 +1,7 @@
-//! SIM: a deterministic, trace-driven pre-copy simulation (issue 7, performance.md §4.2).
+//! SIM: a deterministic, trace-driven pre-copy simulation (issue 7).
 //!
 //! Discrete-time model of a 448 MiB vGPU migrating over a 10 or 25 GbE link (goodput 94 % of
-//! line rate). The guest dirties pages following performance.md's model: within `t` seconds
+//! line rate). The guest dirties pages following a working-set model: within `t` seconds
 //! of the last dirty sync it has dirtied `min(W, F + R·t)` bytes. Time advances in windows of
 //! at most 100 ms (QEMU re-evaluates its threshold every 100 ms); each window sends at the
 //! policy's rate (link goodput, or QEMU's `max-bandwidth` cap) and feeds the policy a
@@ -14,7 +14,7 @@
 //! round 0, with all of M owed, so plain stop-and-copy can switch without pre-copy.
 //!
 //! The device state is 1 MiB: this workspace's vGPU state (registers, GTT, engines) is far
-//! smaller than the ~5 MiB of GVT-g's prototype that performance.md's analytic model assumes,
+//! smaller than the ~5 MiB of GVT-g's prototype that the analytic model was first applied to,
 //! so the downtimes here are a few ms below that model's for the same dirty set.
 //!
 //! GPU auto-converge (`gmem-ac`, the library policy with a [`ThrottleConfig`]): while the
@@ -32,7 +32,7 @@ use gmem::{
     SwitchReason, ThrottleConfig,
 };
 
-use crate::bench::{Figure, Harness};
+use super::harness::{Figure, Harness};
 
 const MIB: f64 = 1_048_576.0;
 const GIB: f64 = 1_073_741_824.0;
@@ -252,7 +252,7 @@ fn reason_text(o: &Outcome) -> String {
     }
 }
 
-/// performance.md §4.2's per-scenario downtime goal for the library policy, in ms.
+/// The per-scenario downtime goal for the library policy, in ms.
 fn downtime_goal_ms(link: &Link, load: &Load) -> Option<f64> {
     match (link.name, load.name) {
         ("10G", "idle") => Some(10.0),
