@@ -18,8 +18,8 @@ extern crate vgpu_mig as vgpu;
 
 use vgpu::dest::DestSession;
 use vgpu::error::VgpuError;
-use vgpu::sim::scenario::{Plan, Scenario, Snapshot, migrate};
-use vgpu::sim::{Machine, Profile, Rng};
+use sim::scenario::{Plan, Scenario, Snapshot, migrate};
+use sim::{Machine, Profile, Rng};
 use vgpu::source::{SourceEvent, SourceSession};
 
 /// A valid stream of a 3D run, and the scenario that made it.

@@ -5,9 +5,9 @@ use gtt::{Gfn, GmAddr, Gva, PpgttRoot};
 use mmio::{AccessSize, NoHooks};
 
 use crate::cmd;
-use crate::instance::{HWSP_CSB_DWORD, HWSP_CSB_WP_DWORD, Vgpu, lrc};
-use crate::ppgtt::Walker;
-use crate::traits::GuestMemory;
+use vgpu::instance::{HWSP_CSB_DWORD, HWSP_CSB_WP_DWORD, Vgpu, lrc};
+use vgpu::ppgtt::Walker;
+use vgpu::traits::GuestMemory;
 
 /// Counters of the reference GPU.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -511,7 +511,7 @@ impl RefGpu {
         };
         // The 64 KiB enable as the guest has it now (it may change while a context runs).
         let root = root.with_ips(vgpu.derived().ips_64k);
-        let t = gtt::ppgtt::walk(&root, Gva::new(addr), &Walker(mem)).ok()?;
+        let t = gtt::ppgtt::walk(&root, Gva::new(addr), &Walker::new(mem)).ok()?;
         if write && !t.writable {
             return None;
         }

@@ -12,9 +12,10 @@ use engines::{ContextDescriptor, EngineId, reg};
 use gtt::{Gfn, GgttEntry, GmAddr};
 
 use super::memory::{SimCpuLog, SimHost, SimMemory};
-use crate::cmd::{self, Rng};
-use crate::error::VgpuError;
-use crate::instance::{GGTT_WINDOW, HWSP_CSB_WP_DWORD, LRC_STATE_PAGE, Vgpu};
+use crate::Rng;
+use crate::cmd;
+use vgpu::error::VgpuError;
+use vgpu::instance::{GGTT_WINDOW, HWSP_CSB_WP_DWORD, LRC_STATE_PAGE, Vgpu};
 
 /// Where the driver puts things, as offsets from the guest view's aperture base.
 pub mod layout {
@@ -925,7 +926,7 @@ impl GuestDriver {
         }
         w.u32(p.stores);
         w.u32(p.cpu_writes);
-        w.u64(self.rng.0);
+        w.u64(self.rng.state());
         w.u64(self.frames);
         w.u64(self.frame);
         let (tag, a, b) = match self.stage {
@@ -1013,7 +1014,7 @@ impl GuestDriver {
             blits,
             frame_ns,
         };
-        let rng = Rng(r.u64()?);
+        let rng = Rng::new(r.u64()?);
         let frames = r.bounded(STATE_BOUND, "frames")?;
         let frame = r.bounded(frames.saturating_add(1), "frame")?;
         let tag = r.u8()?;
@@ -1078,7 +1079,7 @@ impl GuestDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::scenario::Scenario;
+    use crate::scenario::Scenario;
 
     fn round_trip(d: &GuestDriver) {
         let mut buf = [0u8; GuestDriver::SAVED_LEN + 8];
@@ -1131,7 +1132,7 @@ mod tests {
         m.driver.save(&mut buf).unwrap();
         m.driver = GuestDriver::restore(&buf).unwrap();
         assert!(m.run_to_end(1 << 30).unwrap());
-        assert_eq!(crate::sim::scenario::Snapshot::of(&m), expected);
+        assert_eq!(crate::scenario::Snapshot::of(&m), expected);
     }
 
     #[test]
