@@ -34,10 +34,10 @@ use std::sync::Mutex;
 
 use gmem::{GuestMemoryMap, words_for};
 use gtt::Gfn;
-use vgpu::content::ContentStorage;
-use vgpu::dest::DestSession;
 use sim::scenario::Scenario;
 use sim::{Machine, MachineStorage, Profile, Rng};
+use vgpu::content::ContentStorage;
+use vgpu::dest::DestSession;
 use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
 use vgpu::tracking::GpuDirtyLog;
 use vgpu::traits::{CpuDirtyLog, GuestMemory, MemoryError, VgpuAccess};

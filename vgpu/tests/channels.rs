@@ -16,12 +16,12 @@ use migstream::{
     Encoder, Limits, PageEncoding, PageRunRepr, PagesPayload, PayloadSource, RecordFlags,
     RecordKind, StreamHeaderRepr,
 };
-use vgpu::channel::{ChannelRepr, STRIPE_FRAMES, channel_of};
-use vgpu::dest::DestSession;
-use vgpu::error::VgpuError;
 use sim::campaign::DeviceState;
 use sim::scenario::{Plan, Scenario, Snapshot, migrate};
 use sim::{Machine, Profile, Rng};
+use vgpu::channel::{ChannelRepr, STRIPE_FRAMES, channel_of};
+use vgpu::dest::DestSession;
+use vgpu::error::VgpuError;
 use vgpu::source::{MemoryMode, SourceConfig, SourceSession};
 use vgpu::traits::{CpuDirtyLog, GuestMemory};
 

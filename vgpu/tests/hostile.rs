@@ -19,14 +19,14 @@
 extern crate vgpu_mig as vgpu;
 
 use migstream::{RecordFlags, RecordKind, StreamHeaderRepr};
-use vgpu::dest::DestSession;
-use vgpu::error::VgpuError;
 use sim::campaign::{
     CampaignConfig, DeviceState, Part, Parts, encode_registers, header_is_unbound, parse_registers,
     restore, run, run_workload, staging_len, valid_stream,
 };
 use sim::scenario::{Plan, Scenario, Snapshot, migrate};
 use sim::{Machine, Profile};
+use vgpu::dest::DestSession;
+use vgpu::error::VgpuError;
 use vgpu::source::{SourceConfig, SourceEvent, SourceSession};
 
 #[test]

@@ -25,7 +25,7 @@
 )]
 
 use engines::{AddressingMode, ContextDescriptor, EngineId, LrcState, RingRegs, reg};
-use vgpu::cmd::{self, Rng};
+use sim::{Rng, cmd};
 
 /// The VMM/guest contract.
 pub mod abi {

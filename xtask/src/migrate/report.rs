@@ -1,7 +1,7 @@
 //! What a two-process migration did, printed for people or as JSON.
 
 use serde::Serialize;
-use vgpu::sim::scenario::Scenario;
+use sim::scenario::Scenario;
 
 use super::{Args, mib};
 

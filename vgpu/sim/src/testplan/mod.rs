@@ -11,7 +11,7 @@
 //!
 //! The platform is a [`Backend`]: what the runner needs to build machines, run a guest, migrate it
 //! with a fault injected and capture the state the oracle compares. The crate implements it for the
-//! reference device (`reference::ReferenceBackend`, feature `sim`); a real GVT-g or SR-IOV
+//! reference device ([`reference::ReferenceBackend`]); a real GVT-g or SR-IOV
 //! backend lives out of tree and implements the same trait (its documentation says, method by
 //! method, what such a backend does).
 //!
@@ -492,8 +492,8 @@ pub fn record_ends(wire: &[u8]) -> Vec<u64> {
 /// fault injected, lets the destination finish and compares [`Backend::State`]s. Everything is
 /// driven from one thread; a backend with real devices blocks in its methods as long as it needs.
 ///
-/// This crate implements it for the reference device (`reference::ReferenceBackend`, feature
-/// `sim`); the workspace's KVM reference embedding implements it with real KVM VMs
+/// This crate implements it for the reference device ([`reference::ReferenceBackend`]); the
+/// workspace's KVM reference embedding implements it with real KVM VMs
 /// (`kvm_vmm::testplan::KvmBackend`, `cargo xtask hw-test --backend kvm`). A backend on real Intel
 /// GPUs is an out-of-tree crate implementing this trait on hosts with one. Each method's documentation says what two kinds of real backend would do:
 /// - *GVT-g* (mediated: i915 `gvt` with KVMGT, a vGPU created as an mdev of a GVT type and given

@@ -27,10 +27,10 @@ use core::fmt;
 use gtt::{GmAddr, GmRange, HostPlacement};
 
 use super::{At, Backend, Hop, HopResult, Inject, Load, Placement, Role, Setup, Size, Workload};
-use vgpu::error::VgpuError;
-use vgpu::fsm::MigState;
 use crate::scenario::{self, Plan, Scenario, Snapshot, host_consistent};
 use crate::{GuestDriver, Machine, MachineStorage, Profile};
+use vgpu::error::VgpuError;
+use vgpu::fsm::MigState;
 
 /// The reference device as a test-plan backend (`--backend reference`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -287,8 +287,8 @@ fn elsp_index(m: &Machine<'_>) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
-    use crate::testplan::{Fault, Instant, Runner, Spec, soak};
     use super::*;
+    use crate::testplan::{Fault, Instant, Runner, Spec, soak};
 
     /// A few scenarios through the whole runner: a clean one, one of each fault, exact instants.
     #[test]
