@@ -8,14 +8,14 @@
 //! commands come out later. That is what makes a migrated run end bit-for-bit equal to an
 //! unmigrated one.
 
-use engines::{ContextDescriptor, EngineId, reg};
+use engines::{ContextDescriptor, EngineId, HwspLayout, LRC_STATE_PAGE, lrc_dword, reg};
 use gtt::{Gfn, GgttEntry, GmAddr};
 
 use super::memory::{SimCpuLog, SimHost, SimMemory};
 use crate::Rng;
 use crate::cmd;
 use vgpu::error::VgpuError;
-use vgpu::instance::{GGTT_WINDOW, HWSP_CSB_WP_DWORD, LRC_STATE_PAGE, Vgpu};
+use vgpu::instance::{GGTT_WINDOW, Vgpu};
 
 /// Where the driver puts things, as offsets from the guest view's aperture base.
 pub mod layout {
@@ -394,7 +394,10 @@ impl GuestDriver {
         };
         let wp = g
             .mem
-            .read_u32(gfn, usize::try_from(HWSP_CSB_WP_DWORD * 4).unwrap_or(0))
+            .read_u32(
+                gfn,
+                usize::try_from(HwspLayout::Gen8.write_ptr_dword() * 4).unwrap_or(0),
+            )
             .ok()
             .and_then(|v| u8::try_from(v).ok())
             .unwrap_or(7);
@@ -760,7 +763,7 @@ impl GuestDriver {
         Self::cpu_write_gm(
             vgpu,
             g,
-            self.gm(layout::CONTEXT + LRC_STATE_PAGE) + 7 * 4,
+            self.gm(layout::CONTEXT + LRC_STATE_PAGE) + lrc_dword::RING_TAIL as u64 * 4,
             &self.ring_tail.to_le_bytes(),
         )?;
         Ok(())
