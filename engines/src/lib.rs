@@ -97,7 +97,7 @@ pub use elsp::{CSB_ENTRIES, CSB_PTR_RESET, Csb, ElspPort};
 pub use error::{EngineError, Fault};
 pub use hwsp::{HWSP_CSB_DWORD, HwspLayout, HwspWrite, hwsp_csb_event};
 pub use id::{EngineId, EngineMask, reg};
-pub use lrc::{LRC_PAGE_SIZE, LRC_STATE_DWORDS, LrcState};
+pub use lrc::{LRC_PAGE_SIZE, LRC_STATE_DWORDS, LRC_STATE_PAGE, LrcState, lrc_dword};
 pub use ring::{HEAD_OFFSET_MASK, HEAD_WRAP_SHIFT, RING_GUARD, RingRegs, TAIL_OFFSET_MASK};
 pub use sched::{
     BALANCE_PERIOD_NS, BALANCE_STAGES, DEFAULT_SLICE_NS, MAX_WEIGHT, PRIORITY_NS, Pick, Scheduler,

@@ -40,6 +40,26 @@ pub const LRC_PAGE_SIZE: usize = 4096;
 /// Dwords of the page covered by [`LrcState`] (0x00..=0x33).
 pub const LRC_STATE_DWORDS: usize = 0x34;
 
+/// Byte offset of the register-state page in a logical ring context: the page after the one the
+/// context descriptor's LRCA points to.
+pub const LRC_STATE_PAGE: u64 = 4096;
+
+/// Dword indices, in the register-state page, of the values of the first LRI block's ring
+/// registers (each value follows its register's address; see the table above), for a device or
+/// a driver that reads or writes one of them in place.
+pub mod lrc_dword {
+    /// CONTEXT_CONTROL value.
+    pub const CTX_CTRL: usize = 3;
+    /// RING_HEAD value.
+    pub const RING_HEAD: usize = 5;
+    /// RING_TAIL value.
+    pub const RING_TAIL: usize = 7;
+    /// RING_START value.
+    pub const RING_START: usize = 9;
+    /// RING_CTL value.
+    pub const RING_CTL: usize = 11;
+}
+
 /// Dword index of the first LRI header.
 const LRI0: usize = 0x01;
 /// Dword index of the second LRI header.
@@ -295,6 +315,20 @@ mod tests {
 
     fn dw(page: &[u8; LRC_PAGE_SIZE], d: usize) -> u32 {
         u32::from_le_bytes(page[d * 4..d * 4 + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn value_dwords_are_where_emit_puts_them() {
+        let s = sample();
+        for engine in EngineId::ALL {
+            let mut page = [0u8; LRC_PAGE_SIZE];
+            s.emit(engine, &mut page);
+            assert_eq!(dw(&page, lrc_dword::CTX_CTRL), s.ctx_ctrl);
+            assert_eq!(dw(&page, lrc_dword::RING_HEAD), s.ring.head);
+            assert_eq!(dw(&page, lrc_dword::RING_TAIL), s.ring.tail);
+            assert_eq!(dw(&page, lrc_dword::RING_START), s.ring.start);
+            assert_eq!(dw(&page, lrc_dword::RING_CTL), s.ring.ctl);
+        }
     }
 
     fn sample() -> LrcState {

@@ -55,26 +55,17 @@ impl<'a> Bytes<'a> {
     }
 }
 
-/// splitmix64: a tiny deterministic generator for building structured values from a seed.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Mix(pub(crate) u64);
+/// One random byte from the workspace's generator ([`sim::Rng`], splitmix64): the low byte of
+/// the next draw.
+pub(crate) trait DrawByte {
+    /// The low byte of the next 64 random bits.
+    fn byte(&mut self) -> u8;
+}
 
-impl Mix {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..n` (`n > 0`; 0 when `n == 0`).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next().checked_rem(n).unwrap_or(0)
-    }
-
-    pub(crate) fn byte(&mut self) -> u8 {
-        self.next().to_le_bytes()[0]
+impl DrawByte for sim::Rng {
+    fn byte(&mut self) -> u8 {
+        let [b, ..] = self.next_u64().to_le_bytes();
+        b
     }
 }
 
@@ -99,12 +90,12 @@ mod tests {
     }
 
     #[test]
-    fn mix_is_deterministic() {
-        let mut a = Mix(1);
-        let mut b = Mix(1);
-        assert_eq!(a.next(), b.next());
-        assert_eq!(Mix(0).next(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(a.below(0), 0);
-        assert!(a.below(10) < 10);
+    fn a_byte_is_the_low_byte_of_the_draw() {
+        let mut a = sim::Rng::new(0);
+        assert_eq!(
+            a.byte(),
+            0xAF,
+            "splitmix64's first draw from 0 is 0xE220_A839_7B1D_CDAF"
+        );
     }
 }

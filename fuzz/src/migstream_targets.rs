@@ -11,7 +11,8 @@ use migstream::{
     RecordFlags, RecordKind, RoundRepr, StreamHeaderRepr,
 };
 
-use crate::input::{Bytes, Mix};
+use crate::input::{Bytes, DrawByte as _};
+use sim::Rng;
 
 /// The golden stream of the `migstream` crate (`migstream/tests/vectors/skeleton.bin`):
 /// header, CONFIG_SPACE, an unknown optional record, ROUND, PAGES (one FULL and one ZERO
@@ -377,7 +378,7 @@ fn pump(enc: &mut Encoder, out: &mut Vec<u8>, write: &mut WriteFn<'_>) {
 /// A small valid stream built from `seed`: header, 1..=6 records (opaque known kinds,
 /// unknown optional kinds, ROUND, PAGES with FULL and ZERO runs), END.
 pub(crate) fn build_stream(seed: u64) -> Vec<u8> {
-    let mut rng = Mix(seed);
+    let mut rng = Rng::new(seed);
     let header = StreamHeaderRepr {
         minor: FORMAT_MINOR,
         flags: 0,

@@ -14,8 +14,9 @@ use engines::{ContextDescriptor, CsbEntry, EngineMask, Engines, MAX_SAVE_LEN, Wo
 use gtt::{Gfn, GgttEntry, GgttSlices, SaveCursor};
 use mmio::{AccessSize, NoHooks, SKL, SKL_REGS};
 
-use crate::input::Mix;
+use crate::input::DrawByte as _;
 use crate::migstream_targets::{GOLDEN_STREAM, build_stream};
+use sim::Rng;
 
 /// One corpus file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,7 +41,7 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
 
-fn random(target: &'static str, mix: &mut Mix, n: usize, max_len: u64) -> Vec<Seed> {
+fn random(target: &'static str, mix: &mut Rng, n: usize, max_len: u64) -> Vec<Seed> {
     (0..n)
         .map(|i| {
             let len = usize::try_from(1 + mix.below(max_len)).unwrap_or(1);
@@ -50,7 +51,7 @@ fn random(target: &'static str, mix: &mut Mix, n: usize, max_len: u64) -> Vec<Se
         .collect()
 }
 
-fn migstream_seeds(mix: &mut Mix) -> Vec<Seed> {
+fn migstream_seeds(mix: &mut Rng) -> Vec<Seed> {
     const D: &str = "migstream_decode";
     const R: &str = "migstream_roundtrip";
     const S: &str = "migstream_segmented";
@@ -168,7 +169,7 @@ fn migstream_seeds(mix: &mut Mix) -> Vec<Seed> {
     out
 }
 
-fn gtt_seeds(mix: &mut Mix) -> Vec<Seed> {
+fn gtt_seeds(mix: &mut Rng) -> Vec<Seed> {
     const T: &str = "gtt_runs";
     let mut out = Vec::new();
     // (selector, buffer byte, table builder): selector bits 1:0 partition, 3:2 generation,
@@ -282,7 +283,7 @@ const fn op(write: bool, size: u8, mode: u8, delta: u8) -> u8 {
     (write as u8) | (size << 1) | (mode << 3) | (delta << 5)
 }
 
-fn mmio_seeds(mix: &mut Mix) -> Vec<Seed> {
+fn mmio_seeds(mix: &mut Rng) -> Vec<Seed> {
     const A: &str = "mmio_access";
     const R: &str = "mmio_restore";
     let raw = |off: u32| {
@@ -350,7 +351,7 @@ fn mmio_seeds(mix: &mut Mix) -> Vec<Seed> {
         let mut st = crate::mmio_targets::storage();
         let mut regs = crate::mmio_targets::regfile(&mut st);
         for r in SKL_REGS.iter().filter(|r| r.is_migrated()).step_by(stride) {
-            let v = mix.next();
+            let v = mix.next_u64();
             let _ = regs.write(r.offset, AccessSize::Dword, v, &mut NoHooks);
         }
         let mut buf = vec![0u8; SKL.max_sparse_len()];
@@ -377,7 +378,7 @@ fn mmio_seeds(mix: &mut Mix) -> Vec<Seed> {
     out
 }
 
-fn engines_seeds(mix: &mut Mix) -> Vec<Seed> {
+fn engines_seeds(mix: &mut Rng) -> Vec<Seed> {
     const T: &str = "engines_restore";
     let mut out = Vec::new();
     for (name, bits) in [("rcs", 0x01u8), ("all", 0x1F), ("bcs-vecs", 0x12)] {
@@ -387,7 +388,7 @@ fn engines_seeds(mix: &mut Mix) -> Vec<Seed> {
             for q in 0..(3 * j + 1) {
                 let w = Workload {
                     engine: id,
-                    desc: ContextDescriptor::from_bits(mix.next()),
+                    desc: ContextDescriptor::from_bits(mix.next_u64()),
                     ring_head: u32::try_from(q * 0x40).unwrap_or(0),
                     ring_tail: u32::try_from(q * 0x40 + 0x20).unwrap_or(0),
                     schedule_in: q % 2 == 0,
@@ -442,7 +443,7 @@ fn engines_seeds(mix: &mut Mix) -> Vec<Seed> {
 /// Every generated seed, deterministic across runs and platforms.
 #[must_use]
 pub fn all() -> Vec<Seed> {
-    let mut mix = Mix(0x005E_ED0F_F022);
+    let mut mix = Rng::new(0x005E_ED0F_F022);
     let mut out = migstream_seeds(&mut mix);
     out.extend(gtt_seeds(&mut mix));
     out.extend(mmio_seeds(&mut mix));
@@ -491,7 +492,7 @@ fn walk_input(sel: u8, pdps: u8, writes: &[(u16, u16, u64)], addrs: &[u64]) -> V
     out
 }
 
-fn gtt_walk_seeds(mix: &mut Mix) -> Vec<Seed> {
+fn gtt_walk_seeds(mix: &mut Rng) -> Vec<Seed> {
     const T: &str = "gtt_walk";
     const P: u64 = 1;
     const RW: u64 = 2;
@@ -655,7 +656,7 @@ fn gmem_policy(
     out
 }
 
-fn gmem_seeds(mix: &mut Mix) -> Vec<Seed> {
+fn gmem_seeds(mix: &mut Rng) -> Vec<Seed> {
     const T: &str = "gmem_ops";
     // Raw start selectors: bits 63:62 = 0 low RAM, 1 above 4 GiB, 2 below the frame limit.
     const LOW: u64 = 0;

@@ -2,9 +2,9 @@
 //! random) must reject it with an error and keep its device state, or accept it and end up with a
 //! consistent vGPU (every present GGTT entry shadowed at its rebased host index).
 
+use sim::Profile;
+use sim::scenario::{Plan, Scenario, Snapshot, host_consistent, migrate};
 use vgpu::dest::DestSession;
-use vgpu::sim::Profile;
-use vgpu::sim::scenario::{Plan, Scenario, Snapshot, host_consistent, migrate};
 
 /// The small scenario every input is restored into.
 fn scenario() -> Scenario {

@@ -72,7 +72,10 @@ mod store;
 
 pub use desc::{EventKind, RegDesc, RegFlags, SaveClass};
 pub use error::{Fault, MmioError};
-pub use platform::{MMIO_DWORDS, MMIO_SIZE, Platform, SKL, SKL_REGS};
+pub use platform::{
+    GEN9_IRQ_BLOCKS, IrqBlock, MASTER_IRQ, MASTER_IRQ_ENABLE, MMIO_DWORDS, MMIO_SIZE, Platform,
+    SKL, SKL_REGS,
+};
 pub use pvinfo::{PVINFO_BASE, PVINFO_MAGIC, PVINFO_SIZE, PvInfo, in_pvinfo, off as pvinfo_off};
 pub use regfile::{AccessSize, NoHooks, RegEvent, RegFile, RegHooks};
 pub use sparse::{SPARSE_VERSION, sparse_value, validate_sparse};

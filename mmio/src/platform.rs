@@ -8,6 +8,46 @@ pub const MMIO_SIZE: u32 = 0x20_0000;
 /// Number of dwords of vreg storage a [`RegFile`](crate::RegFile) needs for a 2 MiB platform.
 pub const MMIO_DWORDS: usize = 0x20_0000 / 4;
 
+/// Master interrupt control of gen9 (`GEN8_MASTER_IRQ`): bit 31 enables delivery, the other bits
+/// report which interrupt blocks have something pending ([`GEN9_IRQ_BLOCKS`]).
+pub const MASTER_IRQ: u32 = 0x44200;
+/// The delivery-enable bit of [`MASTER_IRQ`].
+pub const MASTER_IRQ_ENABLE: u32 = 1 << 31;
+
+/// One interrupt block: ISR, IMR, IIR and IER at `base` + 0, 4, 8 and 0xC, and the bit of
+/// [`MASTER_IRQ`] that reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct IrqBlock {
+    /// Offset of the block's ISR.
+    pub base: u32,
+    /// The bit of [`MASTER_IRQ`] this block reports in.
+    pub master_bit: u32,
+}
+
+impl IrqBlock {
+    /// The block at `base` that reports in `master_bit`.
+    #[must_use]
+    pub const fn new(base: u32, master_bit: u32) -> Self {
+        Self { base, master_bit }
+    }
+}
+
+/// The interrupt blocks of gen9 that report in [`MASTER_IRQ`]; a device model sets a master bit
+/// when the block has an identity bit (IIR) that is enabled (IER).
+pub const GEN9_IRQ_BLOCKS: [IrqBlock; 10] = [
+    IrqBlock::new(0x44300, 1 << 0),  // GT0: render, blitter
+    IrqBlock::new(0x44310, 1 << 1),  // GT1: video
+    IrqBlock::new(0x44320, 1 << 2),  // GT2: power management
+    IrqBlock::new(0x44330, 1 << 3),  // GT3: video enhancement
+    IrqBlock::new(0x44400, 1 << 16), // display pipe A
+    IrqBlock::new(0x44410, 1 << 17), // display pipe B
+    IrqBlock::new(0x44420, 1 << 18), // display pipe C
+    IrqBlock::new(0x44440, 1 << 20), // display port
+    IrqBlock::new(0x44460, 1 << 22), // display misc
+    IrqBlock::new(0x444E0, 1 << 30), // PCU
+];
+
 /// A GPU model: its register table and MMIO window size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -425,7 +465,7 @@ const fn irq_block(b: Builder, base: u32, names: [&'static str; 4]) -> Builder {
 
 const fn interrupts(mut b: Builder) -> Builder {
     b = b.push(
-        RegDesc::new(0x44200, "MASTER_IRQ")
+        RegDesc::new(MASTER_IRQ, "MASTER_IRQ")
             .with_replay()
             .with_event(EventKind::Interrupt),
     );
@@ -810,6 +850,25 @@ pub static SKL: Platform = Platform {
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reporting_irq_block_is_in_the_register_table() {
+        assert!(SKL.find(MASTER_IRQ).is_some());
+        let mut bits = 0;
+        for b in GEN9_IRQ_BLOCKS {
+            for r in 0..4 {
+                assert!(
+                    SKL.find(b.base + 4 * r).is_some(),
+                    "{:#x} + {}",
+                    b.base,
+                    4 * r
+                );
+            }
+            assert_eq!(bits & b.master_bit, 0, "one master bit per block");
+            assert_eq!(b.master_bit & MASTER_IRQ_ENABLE, 0);
+            bits |= b.master_bit;
+        }
+    }
 
     #[test]
     fn table_is_sorted_aligned_and_sane() {

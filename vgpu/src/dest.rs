@@ -1100,7 +1100,7 @@ fn check_queued(engines: &engines::Engines, partition: &gtt::Partition) -> Resul
             engines::check_submission(&[w.desc, engines::ContextDescriptor::from_bits(0)])
                 .map_err(|_| invalid)?;
             let state = gtt::GmAddr::new(u64::from(w.desc.lrca_address()))
-                .checked_add(crate::instance::LRC_STATE_PAGE)
+                .checked_add(engines::LRC_STATE_PAGE)
                 .and_then(gtt::GmAddr::index)
                 .and_then(|i| partition.slot_of(i));
             if state.is_none() {

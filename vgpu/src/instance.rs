@@ -21,8 +21,6 @@ pub const CONFIG_SPACE_SIZE: usize = 4096;
 pub const GGTT_WINDOW: u32 = 8 << 20;
 /// Size of the GGTT window in BAR0: 1 Mi entries of 8 bytes, covering 4 GiB of graphics memory.
 pub const GGTT_WINDOW_SIZE: u32 = 8 << 20;
-/// Offset of the register-state page in a logical ring context (LRCA + 1 page).
-pub const LRC_STATE_PAGE: u64 = 4096;
 
 /// Whether a ring head and tail can be queued: the tail in its offset field (bits 20:3), the head
 /// 4-byte aligned (its bits 31:21 are the wrap count), and, with the ring's RING_CTL, both offsets
@@ -52,23 +50,6 @@ pub fn queueable_ring(head: u32, tail: u32, ctl: Option<u32>) -> bool {
 pub const fn config_byte_read_only(offset: usize) -> bool {
     offset < 0x04 || (offset >= 0x08 && offset < 0x0C) || (offset >= 0x2C && offset < 0x30)
 }
-/// Dword indices of register values in the LRC ring context (each follows its register offset).
-pub mod lrc {
-    /// CTX_CTRL value.
-    pub const CTX_CTRL: usize = 3;
-    /// RING_HEAD value.
-    pub const RING_HEAD: usize = 5;
-    /// RING_TAIL value.
-    pub const RING_TAIL: usize = 7;
-    /// RING_START value.
-    pub const RING_START: usize = 9;
-    /// RING_CTL value.
-    pub const RING_CTL: usize = 11;
-}
-/// HWSP dword where CSB entries are mirrored (gen8-10).
-pub const HWSP_CSB_DWORD: u64 = 0x10;
-/// HWSP dword where the CSB write pointer is mirrored (gen8-10).
-pub const HWSP_CSB_WP_DWORD: u64 = 0x1F;
 
 /// What a vGPU is: device identity and the guest's view of its graphics memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,24 +277,6 @@ impl RegHooks for Effects {
         }
     }
 }
-
-/// The interrupt blocks of gen9 (ISR/IMR/IIR/IER at +0/+4/+8/+0xC) and the master-IRQ bit each
-/// one reports in.
-const IRQ_BLOCKS: [(u32, u32); 10] = [
-    (0x44300, 1 << 0),  // GT0: render, blitter
-    (0x44310, 1 << 1),  // GT1: video
-    (0x44320, 1 << 2),  // GT2: power management
-    (0x44330, 1 << 3),  // GT3: video enhancement
-    (0x44400, 1 << 16), // display pipe A
-    (0x44410, 1 << 17), // display pipe B
-    (0x44420, 1 << 18), // display pipe C
-    (0x44440, 1 << 20), // display port
-    (0x44460, 1 << 22), // display misc
-    (0x444E0, 1 << 30), // PCU
-];
-/// Master interrupt control: bit 31 enables delivery, the others report pending blocks.
-const MASTER_IRQ: u32 = 0x44200;
-const MASTER_ENABLE: u32 = 1 << 31;
 
 impl<'a> Vgpu<'a> {
     /// A vGPU at reset, with its graphics memory placed at `placement` on this host.
@@ -649,7 +612,7 @@ impl<'a> Vgpu<'a> {
         d: &ContextDescriptor,
         mem: &dyn GuestMemory,
     ) -> Option<RingContext> {
-        let page = GmAddr::new(u64::from(d.lrca_address())).checked_add(LRC_STATE_PAGE)?;
+        let page = GmAddr::new(u64::from(d.lrca_address())).checked_add(engines::LRC_STATE_PAGE)?;
         let (gfn, _) = self.translate(page)?;
         let mut image = [0u8; 4096];
         mem.read(gfn, 0, &mut image).ok()?;
@@ -882,15 +845,18 @@ impl<'a> Vgpu<'a> {
     /// something pending) is one MSI for the embedder to inject ([`take_msi`](Self::take_msi)).
     pub fn update_irq(&mut self) {
         let mut pending = 0u32;
-        for (block, bit) in IRQ_BLOCKS {
-            if self.regs.peek(block + 8) & self.regs.peek(block + 0xC) != 0 {
-                pending |= bit;
+        for b in mmio::GEN9_IRQ_BLOCKS {
+            if self.regs.peek(b.base + 8) & self.regs.peek(b.base + 0xC) != 0 {
+                pending |= b.master_bit;
             }
         }
-        let master = self.regs.peek(MASTER_IRQ);
-        let reported = IRQ_BLOCKS.iter().fold(0, |m, (_, bit)| m | bit);
-        self.regs.poke(MASTER_IRQ, (master & !reported) | pending);
-        let line = master & MASTER_ENABLE != 0 && pending != 0;
+        let master = self.regs.peek(mmio::MASTER_IRQ);
+        let reported = mmio::GEN9_IRQ_BLOCKS
+            .iter()
+            .fold(0, |m, b| m | b.master_bit);
+        self.regs
+            .poke(mmio::MASTER_IRQ, (master & !reported) | pending);
+        let line = master & mmio::MASTER_IRQ_ENABLE != 0 && pending != 0;
         if line && !self.derived.irq_line {
             self.msi = self.msi.saturating_add(1);
         }

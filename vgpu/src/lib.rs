@@ -21,8 +21,8 @@
 //! - The source never loses guest work: saving copies, and cancelling resumes exactly.
 //!
 //! The embedder implements three traits ([`traits::GuestMemory`], [`traits::HostGtt`],
-//! [`traits::CpuDirtyLog`]). Feature `sim` adds the reference device (module `sim`): a software GPU and a
-//! guest driver model that run every path without hardware, deterministically.
+//! [`traits::CpuDirtyLog`]). The reference device (a software GPU and a guest driver model that run
+//! every path without hardware, deterministically) is the crate `vgpu-mig-sim`.
 //!
 //! MSRV: the workspace `rust-version` (1.88). The GPU dirty log is a bitmap of atomic words
 //! ([`gmem::AtomicWord`]: `AtomicU64`, or `AtomicU32` on targets with only 32-bit atomics such as
@@ -250,18 +250,13 @@ extern crate alloc;
 extern crate std;
 
 pub mod channel;
-pub mod cmd;
 pub mod content;
 pub mod dest;
 pub mod error;
 pub mod fsm;
 pub mod instance;
 pub mod ppgtt;
-#[cfg(feature = "sim")]
-pub mod sim;
 pub mod source;
-#[cfg(feature = "alloc")]
-pub mod testplan;
 pub mod tracking;
 pub mod traits;
 pub mod vfio;

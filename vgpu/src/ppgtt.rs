@@ -26,12 +26,30 @@ const ENTRY: usize = 40;
 /// The PPGTTs of a vGPU.
 pub type PpgttList = heapless::Vec<PpgttRoot, MAX_PPGTTS>;
 
-/// Guest memory as the page-table walker reads it, entry by entry (the reference GPU's
-/// translation; the destination's checks use the caching [`PageWalker`]).
-#[cfg(feature = "sim")]
-pub(crate) struct Walker<'m>(pub(crate) &'m dyn GuestMemory);
+/// Guest memory as gtt's page-table walks read it ([`ReadGuest`]): each 8-byte entry read
+/// straight from [`GuestMemory`], no cache. A device model that translates PPGTT addresses at
+/// run time walks with it, for example the reference device (crate `vgpu-mig-sim`):
+/// `gtt::ppgtt::walk(&root, gva, &Walker::new(&memory))`. A frame outside the guest's memory map
+/// is absent, so a walk that reaches one fails instead of reading anything else. (The
+/// destination's checks of migrated roots use a caching walker of their own: a stream's roots
+/// are checked while guest memory does not change.)
+#[derive(Clone, Copy)]
+pub struct Walker<'m>(&'m dyn GuestMemory);
 
-#[cfg(feature = "sim")]
+impl<'m> Walker<'m> {
+    /// A walker over `mem`.
+    #[must_use]
+    pub const fn new(mem: &'m dyn GuestMemory) -> Self {
+        Self(mem)
+    }
+}
+
+impl core::fmt::Debug for Walker<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Walker").finish_non_exhaustive()
+    }
+}
+
 impl ReadGuest for Walker<'_> {
     fn read_u64(&self, gpa: Gpa) -> Option<u64> {
         let gfn = gpa.gfn();

@@ -34,10 +34,10 @@ use std::sync::Mutex;
 
 use gmem::{GuestMemoryMap, words_for};
 use gtt::Gfn;
+use sim::scenario::Scenario;
+use sim::{Machine, MachineStorage, Profile, Rng};
 use vgpu::content::ContentStorage;
 use vgpu::dest::DestSession;
-use vgpu::sim::scenario::Scenario;
-use vgpu::sim::{Machine, MachineStorage, Profile, Rng};
 use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
 use vgpu::tracking::GpuDirtyLog;
 use vgpu::traits::{CpuDirtyLog, GuestMemory, MemoryError, VgpuAccess};
@@ -202,7 +202,7 @@ enum Tracking {
 
 /// Records the frames a page-table walk reads.
 struct TableFrames<'m> {
-    mem: &'m vgpu::sim::SimMemory,
+    mem: &'m sim::SimMemory,
     seen: RefCell<BTreeSet<u64>>,
 }
 
@@ -225,7 +225,7 @@ impl gtt::ReadGuest for TableFrames<'_> {
 /// and the others (the CPUs'), both sorted, without the guest's PPGTT tables (the destination
 /// checks them before it accepts the roots; a guest that scribbles over its own page tables has no
 /// valid device state).
-fn writable_frames(a: &vgpu::sim::Machine<'_>) -> (Vec<u64>, Vec<u64>) {
+fn writable_frames(a: &sim::Machine<'_>) -> (Vec<u64>, Vec<u64>) {
     let map = a.vgpu.memory_map();
     let tables = TableFrames {
         mem: &a.mem,

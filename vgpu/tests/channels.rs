@@ -16,16 +16,16 @@ use migstream::{
     Encoder, Limits, PageEncoding, PageRunRepr, PagesPayload, PayloadSource, RecordFlags,
     RecordKind, StreamHeaderRepr,
 };
+use sim::campaign::DeviceState;
+use sim::scenario::{Plan, Scenario, Snapshot, migrate};
+use sim::{Machine, Profile, Rng};
 use vgpu::channel::{ChannelRepr, STRIPE_FRAMES, channel_of};
 use vgpu::dest::DestSession;
 use vgpu::error::VgpuError;
-use vgpu::sim::campaign::DeviceState;
-use vgpu::sim::scenario::{Plan, Scenario, Snapshot, migrate};
-use vgpu::sim::{Machine, Profile, Rng};
 use vgpu::source::{MemoryMode, SourceConfig, SourceSession};
 use vgpu::traits::{CpuDirtyLog, GuestMemory};
 
-fn migrated(sc: &Scenario, plan: &Plan) -> (Snapshot, vgpu::sim::scenario::MigrationReport) {
+fn migrated(sc: &Scenario, plan: &Plan) -> (Snapshot, sim::scenario::MigrationReport) {
     let mut st_a = sc.storage();
     let mut st_b = sc.storage();
     let mut a = sc.machine(&mut st_a, false).unwrap();
@@ -140,7 +140,7 @@ fn one_page(gfn: u64) -> Vec<u8> {
 }
 
 struct Dest {
-    st: vgpu::sim::MachineStorage,
+    st: sim::MachineStorage,
 }
 
 impl Dest {
@@ -553,7 +553,7 @@ fn channels_that_carried_different_rounds_are_refused() {
         &report.channel_wires[0],
         report.channel_wires[1].clone(),
     );
-    let mut p = vgpu::sim::campaign::Parts::split(w1).unwrap();
+    let mut p = sim::campaign::Parts::split(w1).unwrap();
     let rounds: Vec<usize> = (0..p.records.len())
         .filter(|&i| p.records[i].kind == RecordKind::ROUND)
         .collect();

@@ -19,14 +19,14 @@
 extern crate vgpu_mig as vgpu;
 
 use migstream::{RecordFlags, RecordKind, StreamHeaderRepr};
-use vgpu::dest::DestSession;
-use vgpu::error::VgpuError;
-use vgpu::sim::campaign::{
+use sim::campaign::{
     CampaignConfig, DeviceState, Part, Parts, encode_registers, header_is_unbound, parse_registers,
     restore, run, run_workload, staging_len, valid_stream,
 };
-use vgpu::sim::scenario::{Plan, Scenario, Snapshot, migrate};
-use vgpu::sim::{Machine, Profile};
+use sim::scenario::{Plan, Scenario, Snapshot, migrate};
+use sim::{Machine, Profile};
+use vgpu::dest::DestSession;
+use vgpu::error::VgpuError;
 use vgpu::source::{SourceConfig, SourceEvent, SourceSession};
 
 #[test]
@@ -520,7 +520,7 @@ fn device_state_lengths_beyond_the_format_are_blamed_on_the_stream_not_on_stagin
     // beyond each kind's bound, the registers' 3 MiB included) on each bounded device-state
     // record: refused at the record header, as the stream's fault.
     let b = bed();
-    let spans = vgpu::sim::campaign::records(&b.wire);
+    let spans = sim::campaign::records(&b.wire);
     for (kind, want) in [
         (RecordKind::CONFIG_SPACE, "BadConfigSpace"),
         (RecordKind::REGISTERS, "Mmio(Malformed"),
@@ -1110,7 +1110,7 @@ fn engine_state_out_of_its_ranges_is_refused() {
 
 /// Guest memory that counts the page writes reaching it.
 struct Counting<'m> {
-    mem: &'m mut vgpu::sim::SimMemory,
+    mem: &'m mut sim::SimMemory,
     writes: u64,
 }
 

@@ -11,8 +11,8 @@
 // The package is published as `vgpu-mig`; the tests call it by its workspace name.
 extern crate vgpu_mig as vgpu;
 
-use vgpu::sim::scenario::{MigrationReport, Plan, Scenario, Snapshot, host_consistent, migrate};
-use vgpu::sim::{Profile, Rng};
+use sim::scenario::{MigrationReport, Plan, Scenario, Snapshot, host_consistent, migrate};
+use sim::{Profile, Rng};
 
 fn run(sc: &Scenario, plan: &Plan) -> (Snapshot, MigrationReport) {
     let mut st_a = sc.storage();
@@ -132,15 +132,15 @@ fn the_oracle_detects_lost_gpu_writes() {
 }
 
 struct LossyRun<'x, 'm> {
-    inner: &'x mut vgpu::sim::Machine<'m>,
+    inner: &'x mut sim::Machine<'m>,
 }
 
 impl LossyRun<'_, '_> {
     fn migrate(
         &mut self,
-        dst: &mut vgpu::sim::Machine<'_>,
+        dst: &mut sim::Machine<'_>,
         plan: &Plan,
-    ) -> Vec<vgpu::sim::scenario::RoundReport> {
+    ) -> Vec<sim::scenario::RoundReport> {
         // Run the GPU ahead with its dirty log cleared after every step, then migrate with nothing
         // left to report: the pages it wrote since round 0 started are never re-sent.
         let src = &mut *self.inner;
@@ -175,7 +175,7 @@ impl LossyRun<'_, '_> {
                     dirty_left,
                 } = ev
                 {
-                    rounds.push(vgpu::sim::scenario::RoundReport {
+                    rounds.push(sim::scenario::RoundReport {
                         round,
                         pages,
                         zero_pages,
@@ -249,7 +249,7 @@ fn ping_pong_twenty_hops_under_load() {
 #[test]
 fn migration_between_elsp_dwords_and_between_ggtt_halves() {
     use engines::EngineId;
-    type Probe = fn(&vgpu::sim::Machine<'_>) -> bool;
+    type Probe = fn(&sim::Machine<'_>) -> bool;
     let elsp_at = |k: u8| -> Probe {
         match k {
             1 => |m| m.vgpu.engines().engine(EngineId::Rcs).unwrap().elsp.index() == 1,

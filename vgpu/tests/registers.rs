@@ -23,9 +23,9 @@ extern crate vgpu_mig as vgpu;
 use std::collections::BTreeMap;
 
 use migstream::RecordKind;
-use vgpu::sim::campaign::{Parts, encode_registers, parse_registers, restore, staging_len};
-use vgpu::sim::scenario::{Plan, Scenario, Snapshot, migrate};
-use vgpu::sim::{Machine, Profile};
+use sim::campaign::{Parts, encode_registers, parse_registers, restore, staging_len};
+use sim::scenario::{Plan, Scenario, Snapshot, migrate};
+use sim::{Machine, Profile};
 
 /// Restore `wire` into a fresh destination, hand it the guest as the migration did (`driver_from`,
 /// at `clock_ns`), run the workload to its end (at most `max_steps`) and return whether it

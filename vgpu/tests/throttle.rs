@@ -11,11 +11,11 @@
 // The package is published as `vgpu-mig`; the tests call it by its workspace name.
 extern crate vgpu_mig as vgpu;
 
-use vgpu::sim::Profile;
-use vgpu::sim::scenario::Scenario;
+use sim::Profile;
+use sim::scenario::Scenario;
 
 /// Frames the guest submits in `steps` modeled steps with the engine throttle at `percent`.
-fn frames_with(percent: u8, steps: u64) -> (u64, vgpu::sim::EngineTime) {
+fn frames_with(percent: u8, steps: u64) -> (u64, sim::EngineTime) {
     let sc = Scenario::small(Profile::THREE_D, 10_000, 3).unwrap();
     let mut st = sc.storage();
     let mut m = sc.machine(&mut st, false).unwrap();
@@ -32,7 +32,7 @@ fn frames_with(percent: u8, steps: u64) -> (u64, vgpu::sim::EngineTime) {
     let t = m.engine_time();
     (
         m.driver.frames_submitted() - f0,
-        vgpu::sim::EngineTime {
+        sim::EngineTime {
             ran_ns: t.ran_ns - t0.ran_ns,
             throttled_ns: t.throttled_ns - t0.throttled_ns,
         },
@@ -46,7 +46,7 @@ fn throttle_slows_rendering_by_its_share() {
     let (most, t_most) = frames_with(90, 5_000);
     assert_eq!(t_free.throttled_ns, 0);
     // The engines ran about the share the weights give (50 %: 8:8; 90 %: 1:9 or nearest).
-    let share = |t: vgpu::sim::EngineTime| t.ran_ns as f64 / (t.ran_ns + t.throttled_ns) as f64;
+    let share = |t: sim::EngineTime| t.ran_ns as f64 / (t.ran_ns + t.throttled_ns) as f64;
     assert!((share(t_half) - 0.5).abs() < 0.05, "{}", share(t_half));
     assert!((share(t_most) - 0.1).abs() < 0.05, "{}", share(t_most));
     assert!(

@@ -11,11 +11,11 @@
 extern crate vgpu_mig as vgpu;
 
 use migstream::Limits;
+use sim::campaign::DeviceState;
+use sim::scenario::{Scenario, Snapshot};
+use sim::{Machine, MachineStorage, Profile};
 use vgpu::error::VgpuError;
 use vgpu::fsm::{Caps, FsmError, MigState};
-use vgpu::sim::campaign::DeviceState;
-use vgpu::sim::scenario::{Scenario, Snapshot};
-use vgpu::sim::{Machine, MachineStorage, Profile};
 use vgpu::source::{SourceConfig, SourceEvent};
 use vgpu::vfio::{MigrationStorage, Platform, VfioMigration};
 

@@ -1,4 +1,4 @@
-//! `cargo xtask campaign`: the corruption campaign of `vgpu::sim::campaign` over valid streams of
+//! `cargo xtask campaign`: the corruption campaign of `sim::campaign` over valid streams of
 //! every workload; prints cases tried and detected per workload with a breakdown by damage class
 //! and error kind, writes `target/campaign.json`, and fails if any damaged stream was accepted
 //! (other than the known header-substitution gap, which is reported) or a rejected one changed
@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
-use vgpu::sim::campaign::{CampaignConfig, Class, WORKLOADS, WorkloadReport, run_workload};
+use sim::campaign::{CampaignConfig, Class, WORKLOADS, WorkloadReport, run_workload};
 
 /// Options of `cargo xtask campaign`.
 #[derive(clap::Args)]

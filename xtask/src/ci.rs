@@ -16,6 +16,11 @@ pub(crate) const LIB_CRATES: [&str; 6] = [
     "vgpu-mig",
 ];
 
+/// The reference device (package name): published with the library crates, but a host tool that
+/// allocates; without its `alloc` feature it is `no_std` (the command encodings and the generator a
+/// bare-metal guest uses), and that part is built for bare metal too.
+pub(crate) const SIM_CRATE: &str = "vgpu-mig-sim";
+
 /// Bare-metal targets tried in order; the first installed one is used.
 const BARE_METAL: [&str; 2] = ["x86_64-unknown-none", "thumbv7em-none-eabihf"];
 /// The seed of the property tests in CI (decimal, as proptest reads it).
@@ -125,11 +130,11 @@ fn msrv(r: &mut Runner) -> crate::Result {
         "--all-features",
     ]);
     c.args(["--target-dir", "target/msrv"]);
-    for krate in LIB_CRATES {
+    for krate in LIB_CRATES.iter().chain([&SIM_CRATE]) {
         c.args(["-p", krate]);
     }
     r.run(
-        &format!("MSRV: library crates, all features, on Rust {version}"),
+        &format!("MSRV: library crates and the simulator, all features, on Rust {version}"),
         c,
     )
 }
@@ -250,7 +255,7 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
     // run with uncommitted changes packages them; .ci/run checks the tree is clean at the end.
     let mut c = cargo();
     c.args(["package", "--locked", "--no-verify", "--allow-dirty"]);
-    for krate in LIB_CRATES {
+    for krate in LIB_CRATES.iter().chain([&SIM_CRATE]) {
         c.args(["-p", krate]);
     }
     r.run("package the library crates (publishable, not published)", c)?;
@@ -302,6 +307,20 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
             ]);
             r.run(
                 &format!("bare metal: vgpu + migstream with auth, and log, for {target}"),
+                c,
+            )?;
+            let mut c = cargo();
+            c.args([
+                "build",
+                "-p",
+                SIM_CRATE,
+                "--no-default-features",
+                "--target",
+                target,
+                "--locked",
+            ]);
+            r.run(
+                &format!("bare metal: {SIM_CRATE} without alloc (cmd, Rng) for {target}"),
                 c,
             )?;
         }

@@ -1,4 +1,4 @@
-//! `cargo xtask hw-test`: the hardware test plan (`vgpu::testplan`) against a backend, with a
+//! `cargo xtask hw-test`: the hardware test plan (`sim::testplan`) against a backend, with a
 //! pass/fail table on the terminal and a JSON report in `target/hw-test.json`; `--soak N` adds N
 //! ping-pong migrations under changing workloads.
 //!
@@ -12,13 +12,13 @@
 //! loopback, `kvm_vmm::testplan`; Linux x86-64 with a usable `/dev/kvm` and the
 //! `x86_64-unknown-none` target, otherwise it says why in one line and fails). A scenario a backend
 //! cannot produce exactly shows `n/s` (not supported) with the reason, never `pass`. A real GVT-g or
-//! SR-IOV backend implements `vgpu::testplan::Backend` out of tree; naming any other backend here
+//! SR-IOV backend implements `sim::testplan::Backend` out of tree; naming any other backend here
 //! is an error.
 
 use std::time::Instant;
 
 use serde::Serialize;
-use vgpu::testplan::{
+use sim::testplan::{
     Backend, Runner, Size, SoakReport, Spec, Workload, full_plan, quick_plan,
     reference::ReferenceBackend, select, soak,
 };
@@ -118,7 +118,7 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         other => Err(format!(
             "no backend named '{other}' is built in: they are 'reference' (the reference \
              device) and 'kvm' (the KVM reference embedding). A real GVT-g or SR-IOV backend \
-             implements vgpu::testplan::Backend out of tree; see the trait's documentation."
+             implements sim::testplan::Backend out of tree; see the trait's documentation."
         )),
     }
 }
@@ -305,7 +305,7 @@ fn run_on<B: Backend>(backend: &B, args: &Args) -> crate::Result {
     }
 }
 
-fn row(spec: &Spec, o: &vgpu::testplan::Outcome, wall_ms: u128) -> Row {
+fn row(spec: &Spec, o: &sim::testplan::Outcome, wall_ms: u128) -> Row {
     Row {
         scenario: spec.name(),
         workload: spec.workload.name(),

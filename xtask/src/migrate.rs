@@ -20,7 +20,7 @@
 //! - `--modeled`: the earlier in-process run over a modeled link ([`modeled`]), whose figures are
 //!   deterministic for a seed.
 //!
-//! Both processes embed the library with the reference device (`vgpu::sim`).
+//! Both processes embed the library with the reference device (crate `vgpu-mig-sim`).
 //!
 //! # Framing
 //!
@@ -41,7 +41,7 @@
 //!    switches, the source keeps the guest running until everything sent is acknowledged (at most
 //!    2 s), so the destination's backlog does not count as downtime, and only then stops the guest.
 //! 4. source → destination `VCPU` ([`wire::Vcpu`]):
-//!    [`GuestDriver::save`](vgpu::sim::GuestDriver::save)'s bytes and the guest clock, as a VMM
+//!    [`GuestDriver::save`](sim::GuestDriver::save)'s bytes and the guest clock, as a VMM
 //!    sends CPU state after device state.
 //! 5. destination → source `RESUMED` after the validated commit and `vgpu.start()`; or `ERROR`
 //!    (a text: stream rejected, commit refused), at any point, after which the connection closes.
@@ -69,8 +69,8 @@ mod report;
 mod source;
 mod wire;
 
-use vgpu::sim::Profile;
-use vgpu::sim::scenario::Scenario;
+use sim::Profile;
+use sim::scenario::Scenario;
 
 /// Options of `cargo xtask migrate`.
 #[derive(clap::Args)]

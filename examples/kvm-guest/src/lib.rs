@@ -25,7 +25,7 @@
 )]
 
 use engines::{AddressingMode, ContextDescriptor, EngineId, LrcState, RingRegs, reg};
-use vgpu::cmd::{self, Rng};
+use sim::{Rng, cmd};
 
 /// The VMM/guest contract.
 pub mod abi {
@@ -412,10 +412,7 @@ impl Driver {
         };
         let mut image = [0u8; engines::LRC_PAGE_SIZE];
         state.emit(rcs, &mut image);
-        p.ram_write(
-            d.ap_gpa(layout::CONTEXT + vgpu::instance::LRC_STATE_PAGE),
-            &image,
-        );
+        p.ram_write(d.ap_gpa(layout::CONTEXT + engines::LRC_STATE_PAGE), &image);
         p.report(abi::REPORT_BOOT, 0, u64::from(vgt_id));
         Ok(d)
     }
@@ -602,9 +599,9 @@ impl Driver {
             p.ram_write(at, &v.to_le_bytes());
             self.ring_tail = (self.ring_tail + 4) % size;
         }
-        let ctx = self.ap_gpa(layout::CONTEXT + vgpu::instance::LRC_STATE_PAGE);
+        let ctx = self.ap_gpa(layout::CONTEXT + engines::LRC_STATE_PAGE);
         p.ram_write(
-            ctx + (vgpu::instance::lrc::RING_TAIL * 4) as u64,
+            ctx + (engines::lrc_dword::RING_TAIL * 4) as u64,
             &self.ring_tail.to_le_bytes(),
         );
         // Submit: element 1 (unused) high, low; element 0 high, low.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use gtt::{GmAddr, GmRange, HostPlacement, Partition};
 use kvm_guest::abi;
+use sim::{MachineStorage, RefGpu, SimHost};
 use vgpu::instance::{Vgpu, VgpuConfig};
-use vgpu::sim::{MachineStorage, RefGpu, SimHost};
 use vgpu::tracking::GpuDirtyLog;
 use vgpu::traits::VgpuAccess;
 

@@ -36,8 +36,8 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use gmem::{Decision, DmaRange, Policy, PolicyConfig, RoundStats, SwitchReason, words_for};
+use sim::Profile;
 use vgpu::dest::DestSession;
-use vgpu::sim::Profile;
 use vgpu::source::{MemoryMode, SourceConfig, SourceSession};
 use vgpu::traits::VgpuAccess as _;
 

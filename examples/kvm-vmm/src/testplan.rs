@@ -1,4 +1,4 @@
-//! The hardware test plan ([`vgpu::testplan`]) on this VMM: [`KvmBackend`] implements
+//! The hardware test plan ([`sim::testplan`]) on this VMM: [`KvmBackend`] implements
 //! [`Backend`] with real KVM VMs running the bare-metal guest driver, so the plan's scenarios
 //! migrate a real guest over TCP loopback and compare it with a never-migrated KVM run.
 //!
@@ -19,7 +19,7 @@
 //!   (same), contiguous elsewhere ([`Host::Elsewhere`]) or split ([`Host::Destination`]).
 //! - *faults*: this VMM's stream is its own (RAM pages, the vGPU's stream, vCPU state); the
 //!   backend does not see its records, so a cut "at a record boundary" lands right after the
-//!   first bytes the plan names (see [`vgpu::testplan::HopResult::record_ends`]). Every fault is
+//!   first bytes the plan names (see [`sim::testplan::HopResult::record_ends`]). Every fault is
 //!   the source's connection ending after the fault's byte (`SourceOptions::cancel_at`): a cut
 //!   connection, a cancel (the source gives up) and a destination restart (its connection ends;
 //!   the runner retries into a fresh destination VM) all leave the destination without a VM and
@@ -34,8 +34,8 @@
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use vgpu::sim::Profile;
-use vgpu::testplan::{
+use sim::Profile;
+use sim::testplan::{
     At, Backend, Hop, HopResult, Inject, Load, Placement, Role, Setup, Size, Workload,
 };
 

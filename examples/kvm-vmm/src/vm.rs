@@ -12,7 +12,7 @@ use kvm_bindings::{
 };
 use kvm_guest::abi;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use vgpu::sim::Profile;
+use sim::Profile;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::cpu::CpuState;
@@ -76,7 +76,7 @@ pub struct EndState {
     /// All of guest RAM.
     pub ram: Vec<u8>,
     /// The vGPU's device state.
-    pub device: vgpu::sim::scenario::DeviceState,
+    pub device: sim::scenario::DeviceState,
     /// The guest's reports (per-frame checksums and the total).
     pub reports: Vec<Report>,
 }
@@ -669,7 +669,7 @@ impl Vm {
             .ram
             .snapshot()
             .map_err(|_| VmError("reading RAM".into()))?;
-        let device = vgpu::sim::scenario::DeviceState::capture(&lock(&self.device).vgpu);
+        let device = sim::scenario::DeviceState::capture(&lock(&self.device).vgpu);
         Ok(EndState {
             ram,
             device,

@@ -18,7 +18,7 @@ use kvm_guest::abi;
 use kvm_vmm::device::Host;
 use kvm_vmm::image::guest_image;
 use kvm_vmm::vm::{VcpuEnd, Vm, VmConfig, kvm_usable};
-use vgpu::sim::Profile;
+use sim::Profile;
 
 /// How long a guest may take to finish before the test calls it hung: generous, because a CI
 /// machine of two cores runs these tests' VMs (vCPU and GPU threads each) side by side with

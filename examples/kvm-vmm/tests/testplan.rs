@@ -1,4 +1,4 @@
-//! The hardware test plan on real KVM VMs, through `vgpu::testplan::Backend`. Needs `/dev/kvm`
+//! The hardware test plan on real KVM VMs, through `sim::testplan::Backend`. Needs `/dev/kvm`
 //! and the `x86_64-unknown-none` target; where either is missing it prints one line and passes.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #![allow(
@@ -9,7 +9,7 @@
 )]
 
 use kvm_vmm::testplan::KvmBackend;
-use vgpu::testplan::{Runner, Size, full_plan, select};
+use sim::testplan::{Runner, Size, full_plan, select};
 
 fn backend(test: &str) -> Option<KvmBackend> {
     match KvmBackend::new() {

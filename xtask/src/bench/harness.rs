@@ -270,16 +270,13 @@ pub(crate) fn gib_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64().max(1e-12) / (1u64 << 30) as f64
 }
 
-/// Deterministic incompressible bytes (splitmix64), so every run measures the same data.
+/// Deterministic incompressible bytes (the workspace's generator, [`sim::Rng`]), so every run
+/// measures the same data.
 pub(crate) fn random_pages(pages: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; pages * 4096];
-    let mut s = seed;
+    let mut rng = sim::Rng::new(seed);
     for chunk in v.chunks_exact_mut(8) {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
     }
     v
 }

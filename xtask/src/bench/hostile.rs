@@ -17,10 +17,10 @@
 use std::time::{Duration, Instant};
 
 use migstream::{Limits, RecordFlags, RecordKind};
+use sim::campaign::{Part, Parts};
+use sim::scenario::{Plan, Scenario, migrate};
+use sim::{Machine, Profile};
 use vgpu::dest::DestSession;
-use vgpu::sim::campaign::{Part, Parts};
-use vgpu::sim::scenario::{Plan, Scenario, migrate};
-use vgpu::sim::{Machine, Profile};
 use vgpu::traits::GuestMemory;
 
 use super::harness::{Figure, Harness, gib_s};

@@ -24,6 +24,8 @@ use migstream::{
     StreamHeaderRepr,
 };
 
+use sim::Rng;
+
 use super::harness::{Figure, Harness, gib_s, random_pages};
 
 /// Bytes in a page.
@@ -53,22 +55,10 @@ const GGTT_APERTURE_ENTRIES: usize = 1 << 16;
 /// Guest RAM frames the GGTT entries point into (4 GiB).
 const GUEST_FRAMES: u64 = 1 << 20;
 
-/// Deterministic pseudo-random numbers (splitmix64): every run measures the same data.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// `true` with probability `per_million / 1e6`.
-    fn chance(&mut self, per_million: u64) -> bool {
-        self.next() % 1_000_000 < per_million
-    }
+/// `true` with probability `per_million / 1e6`, from the workspace's generator (every run
+/// measures the same data).
+fn chance(rng: &mut Rng, per_million: u64) -> bool {
+    rng.next_u64() % 1_000_000 < per_million
 }
 
 /// Run every kernel benchmark the filter selects, in catalogue order.
@@ -463,8 +453,8 @@ struct Scattered<'b> {
 /// caches flushed before every iteration.
 fn encode_scattered(h: &mut Harness, src: &[u8], dst: &mut [u8]) -> crate::Result {
     let pages = src.len() / PAGE;
-    let mut rng = SplitMix(SEED ^ 0xB2);
-    let dirty: Vec<usize> = (0..pages).filter(|_| rng.chance(100_000)).collect();
+    let mut rng = Rng::new(SEED ^ 0xB2);
+    let dirty: Vec<usize> = (0..pages).filter(|_| chance(&mut rng, 100_000)).collect();
     let dirty_bytes = dirty.len() * PAGE;
     let stream = &mut vec![0u8; stream_capacity(dirty.len())][..];
     let reference = h.reference(&src[..dirty_bytes], &mut dst[..dirty_bytes]);
@@ -656,10 +646,10 @@ fn dirty_harvest(h: &mut Harness) -> crate::Result {
         if !h.wants(id) {
             continue;
         }
-        let mut rng = SplitMix(SEED ^ per_million);
+        let mut rng = Rng::new(SEED ^ per_million);
         let all = per_million >= 1_000_000;
         let dirty: Vec<usize> = (0..HARVEST_BITS)
-            .filter(|_| all || rng.chance(per_million))
+            .filter(|_| all || chance(&mut rng, per_million))
             .collect();
         let want_sum: u64 = dirty.iter().map(|&b| b as u64).sum();
 
@@ -791,10 +781,10 @@ fn hash_detect(h: &mut Harness, src: &[u8], dst: &mut [u8]) -> crate::Result {
 /// Random GGTT entries: ~98.4% present, mapping random guest frames (so no LINEAR runs),
 /// the rest zero (holes that split runs).
 fn random_ggtt(seed: u64) -> Vec<u64> {
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng::new(seed);
     (0..GGTT_ENTRIES)
         .map(|_| {
-            let r = rng.next();
+            let r = rng.next_u64();
             if r.is_multiple_of(64) {
                 0
             } else {

@@ -5,9 +5,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use sim::GuestDriver;
+use sim::scenario::{Snapshot, host_consistent};
 use vgpu::dest::DestSession;
-use vgpu::sim::GuestDriver;
-use vgpu::sim::scenario::{Snapshot, host_consistent};
 
 use super::scenario;
 use super::wire::{self, Ack, Hello, Join, Kind, Vcpu, Verdict};

@@ -1,5 +1,5 @@
 //! `cargo xtask migrate --modeled`: both endpoints in one process over a modeled link
-//! ([`vgpu::sim::scenario::migrate`]): the guest advances by the link's modeled time, so the figures
+//! ([`sim::scenario::migrate`]): the guest advances by the link's modeled time, so the figures
 //! (rounds, modeled downtime) are deterministic for a seed, unlike the two-process run's.
 
 use std::time::Instant;
@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::{Args, START_FRAME};
 
 use serde::Serialize;
-use vgpu::sim::scenario::{MigrationReport, Plan, Scenario, Snapshot, host_consistent, migrate};
+use sim::scenario::{MigrationReport, Plan, Scenario, Snapshot, host_consistent, migrate};
 
 #[derive(Serialize)]
 struct Json<'a> {

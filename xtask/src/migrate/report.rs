@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
-use vgpu::sim::scenario::Scenario;
+use sim::scenario::Scenario;
 
 use super::{Args, mib};
 

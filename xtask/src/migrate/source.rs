@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sim::{GuestDriver, Machine};
 use vgpu::content::ContentStorage;
 use vgpu::error::VgpuError;
-use vgpu::sim::{GuestDriver, Machine};
 use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
 
 use super::report::{Outcome, Round};
@@ -287,9 +287,9 @@ impl Progress {
 pub(super) fn run(args: &Args) -> crate::Result {
     let rate = args.link;
     let prof = profile(&args.workload);
-    let workload = [vgpu::sim::Profile::IDLE, vgpu::sim::Profile::TWO_D]
+    let workload = [sim::Profile::IDLE, sim::Profile::TWO_D]
         .iter()
-        .chain(&[vgpu::sim::Profile::MEDIA, vgpu::sim::Profile::THREE_D])
+        .chain(&[sim::Profile::MEDIA, sim::Profile::THREE_D])
         .position(|p| p.name == prof.name)
         .unwrap_or(3) as u8;
     let gm_bytes = if args.quick { 5 << 19 } else { args.gm << 20 };

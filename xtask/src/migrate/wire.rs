@@ -287,7 +287,7 @@ pub(crate) struct Ack {
 /// `VCPU`: the guest's CPU-side state, sent after the device state as a VMM sends it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Vcpu {
-    /// [`GuestDriver::save`](vgpu::sim::GuestDriver::save)'s bytes (the driver model's own
+    /// [`GuestDriver::save`](sim::GuestDriver::save)'s bytes (the driver model's own
     /// layout).
     pub(crate) driver: Vec<u8>,
     /// The guest clock, ns.

@@ -1,13 +1,13 @@
 //! The software GPU: executes workloads the vGPU's execlist emulation queued.
 
-use engines::{ContextDescriptor, CsbEntry, EngineId};
+use engines::{ContextDescriptor, CsbEntry, EngineId, HWSP_CSB_DWORD, HwspLayout, lrc_dword};
 use gtt::{Gfn, GmAddr, Gva, PpgttRoot};
 use mmio::{AccessSize, NoHooks};
 
 use crate::cmd;
-use crate::instance::{HWSP_CSB_DWORD, HWSP_CSB_WP_DWORD, Vgpu, lrc};
-use crate::ppgtt::Walker;
-use crate::traits::GuestMemory;
+use vgpu::instance::Vgpu;
+use vgpu::ppgtt::Walker;
+use vgpu::traits::GuestMemory;
 
 /// Counters of the reference GPU.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -446,7 +446,7 @@ impl RefGpu {
             // on whether the next submission arrived before this one completed.
             let head = x.head;
             if mem
-                .write(x.state_page, lrc::RING_HEAD * 4, &head.to_le_bytes())
+                .write(x.state_page, lrc_dword::RING_HEAD * 4, &head.to_le_bytes())
                 .is_ok()
             {
                 vgpu.mark_gpu_dirty(x.state_page);
@@ -472,8 +472,8 @@ impl RefGpu {
             && let Some((gfn, _)) = vgpu.translate(GmAddr::new(u64::from(hws & !0xFFF)))
         {
             {
-                let off = usize::try_from((HWSP_CSB_DWORD + 2 * u64::from(index)) * 4).unwrap_or(0);
-                let wp_off = usize::try_from(HWSP_CSB_WP_DWORD * 4).unwrap_or(0);
+                let off = usize::try_from((HWSP_CSB_DWORD + 2 * u32::from(index)) * 4).unwrap_or(0);
+                let wp_off = usize::try_from(HwspLayout::Gen8.write_ptr_dword() * 4).unwrap_or(0);
                 let ok = mem
                     .write(gfn, off, &entry.into_bits().to_le_bytes())
                     .is_ok()
@@ -511,7 +511,7 @@ impl RefGpu {
         };
         // The 64 KiB enable as the guest has it now (it may change while a context runs).
         let root = root.with_ips(vgpu.derived().ips_64k);
-        let t = gtt::ppgtt::walk(&root, Gva::new(addr), &Walker(mem)).ok()?;
+        let t = gtt::ppgtt::walk(&root, Gva::new(addr), &Walker::new(mem)).ok()?;
         if write && !t.writable {
             return None;
         }

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use gmem::{GuestMemoryMap, words_for};
 use gtt::{Gfn, GgttEntry, GttIndex};
 
-use crate::traits::{CpuDirtyLog, GuestMemory, HostError, HostGtt, MemoryError};
+use vgpu::traits::{CpuDirtyLog, GuestMemory, HostError, HostGtt, MemoryError};
 
 /// Guest physical memory: the frames of a [`GuestMemoryMap`], stored densely.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use gtt::HostPlacement;
 use super::driver::{Guest, GuestDriver};
 use super::gpu::RefGpu;
 use super::memory::{SimCpuLog, SimHost, SimMemory};
-use crate::error::VgpuError;
-use crate::instance::{CONFIG_SPACE_SIZE, Vgpu, VgpuConfig, VgpuStorage};
+use vgpu::error::VgpuError;
+use vgpu::instance::{CONFIG_SPACE_SIZE, Vgpu, VgpuConfig, VgpuStorage};
 
 /// Heap storage for one vGPU of the reference platform (embedders without an allocator use statics).
 #[derive(Debug)]
@@ -33,7 +33,7 @@ impl MachineStorage {
             config_space: Box::new([0; CONFIG_SPACE_SIZE]),
             vregs: vec![0; mmio::MMIO_DWORDS],
             ggtt: vec![0; config.ggtt_storage_len()],
-            gpu_dirty: (0..crate::tracking::GpuDirtyLog::storage_words(frames))
+            gpu_dirty: (0..vgpu::tracking::GpuDirtyLog::storage_words(frames))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
         }

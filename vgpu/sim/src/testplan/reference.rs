@@ -1,10 +1,10 @@
-//! The test plan's [`Backend`] for the reference device ([`crate::sim`]): machines are
+//! The test plan's [`Backend`] for the reference device (this crate): machines are
 //! [`Machine`]s built from a [`Scenario`], migrations are [`scenario::migrate`], the oracle state is
 //! a full [`Snapshot`].
 //!
 //! How the faults map onto the reference device: a cut, a cancel and a destination restart all
 //! stop the stream after a given byte count through [`Plan::cut_at`], whose source side is
-//! [`crate::source::SourceSession::cancel`] (the device goes back to running, unquiesced if it was
+//! [`vgpu::source::SourceSession::cancel`] (the device goes back to running, unquiesced if it was
 //! stopped). They differ in where the runner places them (a record boundary, any byte, the
 //! stop-and-copy, after round 0) and in what happens to the destination before the retry (reset, or
 //! rebuilt from new storage). A cancel that the source initiates while the destination is still
@@ -12,7 +12,7 @@
 //! call.
 //!
 //! ```
-//! use vgpu_mig::testplan::{Runner, Size, quick_plan, reference::ReferenceBackend};
+//! use vgpu_mig_sim::testplan::{Runner, Size, quick_plan, reference::ReferenceBackend};
 //!
 //! let backend = ReferenceBackend;
 //! let mut runner = Runner::new(&backend, Size::Quick);
@@ -27,10 +27,10 @@ use core::fmt;
 use gtt::{GmAddr, GmRange, HostPlacement};
 
 use super::{At, Backend, Hop, HopResult, Inject, Load, Placement, Role, Setup, Size, Workload};
-use crate::error::VgpuError;
-use crate::fsm::MigState;
-use crate::sim::scenario::{self, Plan, Scenario, Snapshot, host_consistent};
-use crate::sim::{GuestDriver, Machine, MachineStorage, Profile};
+use crate::scenario::{self, Plan, Scenario, Snapshot, host_consistent};
+use crate::{GuestDriver, Machine, MachineStorage, Profile};
+use vgpu::error::VgpuError;
+use vgpu::fsm::MigState;
 
 /// The reference device as a test-plan backend (`--backend reference`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -287,8 +287,8 @@ fn elsp_index(m: &Machine<'_>) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Fault, Instant, Runner, Spec, soak};
     use super::*;
+    use crate::testplan::{Fault, Instant, Runner, Spec, soak};
 
     /// A few scenarios through the whole runner: a clean one, one of each fault, exact instants.
     #[test]

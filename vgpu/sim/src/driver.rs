@@ -8,13 +8,14 @@
 //! commands come out later. That is what makes a migrated run end bit-for-bit equal to an
 //! unmigrated one.
 
-use engines::{ContextDescriptor, EngineId, reg};
+use engines::{ContextDescriptor, EngineId, HwspLayout, LRC_STATE_PAGE, lrc_dword, reg};
 use gtt::{Gfn, GgttEntry, GmAddr};
 
 use super::memory::{SimCpuLog, SimHost, SimMemory};
-use crate::cmd::{self, Rng};
-use crate::error::VgpuError;
-use crate::instance::{GGTT_WINDOW, HWSP_CSB_WP_DWORD, LRC_STATE_PAGE, Vgpu};
+use crate::Rng;
+use crate::cmd;
+use vgpu::error::VgpuError;
+use vgpu::instance::{GGTT_WINDOW, Vgpu};
 
 /// Where the driver puts things, as offsets from the guest view's aperture base.
 pub mod layout {
@@ -393,7 +394,10 @@ impl GuestDriver {
         };
         let wp = g
             .mem
-            .read_u32(gfn, usize::try_from(HWSP_CSB_WP_DWORD * 4).unwrap_or(0))
+            .read_u32(
+                gfn,
+                usize::try_from(HwspLayout::Gen8.write_ptr_dword() * 4).unwrap_or(0),
+            )
             .ok()
             .and_then(|v| u8::try_from(v).ok())
             .unwrap_or(7);
@@ -759,7 +763,7 @@ impl GuestDriver {
         Self::cpu_write_gm(
             vgpu,
             g,
-            self.gm(layout::CONTEXT + LRC_STATE_PAGE) + 7 * 4,
+            self.gm(layout::CONTEXT + LRC_STATE_PAGE) + lrc_dword::RING_TAIL as u64 * 4,
             &self.ring_tail.to_le_bytes(),
         )?;
         Ok(())
@@ -925,7 +929,7 @@ impl GuestDriver {
         }
         w.u32(p.stores);
         w.u32(p.cpu_writes);
-        w.u64(self.rng.0);
+        w.u64(self.rng.state());
         w.u64(self.frames);
         w.u64(self.frame);
         let (tag, a, b) = match self.stage {
@@ -1013,7 +1017,7 @@ impl GuestDriver {
             blits,
             frame_ns,
         };
-        let rng = Rng(r.u64()?);
+        let rng = Rng::new(r.u64()?);
         let frames = r.bounded(STATE_BOUND, "frames")?;
         let frame = r.bounded(frames.saturating_add(1), "frame")?;
         let tag = r.u8()?;
@@ -1078,7 +1082,7 @@ impl GuestDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::scenario::Scenario;
+    use crate::scenario::Scenario;
 
     fn round_trip(d: &GuestDriver) {
         let mut buf = [0u8; GuestDriver::SAVED_LEN + 8];
@@ -1131,7 +1135,7 @@ mod tests {
         m.driver.save(&mut buf).unwrap();
         m.driver = GuestDriver::restore(&buf).unwrap();
         assert!(m.run_to_end(1 << 30).unwrap());
-        assert_eq!(crate::sim::scenario::Snapshot::of(&m), expected);
+        assert_eq!(crate::scenario::Snapshot::of(&m), expected);
     }
 
     #[test]

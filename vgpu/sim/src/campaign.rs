@@ -16,8 +16,8 @@
 //! Same seed, same cases, same results: [`run`] is deterministic.
 //!
 //! ```no_run
-//! use vgpu_mig::sim::campaign::{CampaignConfig, run_workload};
-//! use vgpu_mig::sim::Profile;
+//! use vgpu_mig_sim::campaign::{CampaignConfig, run_workload};
+//! use vgpu_mig_sim::Profile;
 //!
 //! let cfg = CampaignConfig { cases_per_class: 2, ..CampaignConfig::quick(3) };
 //! let report = run_workload("idle", Profile::IDLE, &cfg).unwrap();
@@ -40,9 +40,9 @@ use super::driver::Profile;
 use super::machine::Machine;
 pub use super::scenario::DeviceState;
 use super::scenario::{Plan, Scenario, migrate};
-use crate::cmd::Rng;
-use crate::dest::DestSession;
-use crate::error::{Fault, VgpuError};
+use crate::Rng;
+use vgpu::dest::DestSession;
+use vgpu::error::{Fault, VgpuError};
 
 /// The four workloads of the reference device, by name.
 pub const WORKLOADS: [(&str, Profile); 4] = [
@@ -790,7 +790,7 @@ fn resealed(wire: &[u8], push: &mut impl FnMut(Class, String, Vec<u8>)) {
     }
     // Device-state records of a record-format version this reader does not know.
     for kind in EXACTLY_ONE.into_iter().chain([RecordKind::GGTT_RUNS]) {
-        let next = crate::dest::record_version(kind) + 1;
+        let next = vgpu::dest::record_version(kind) + 1;
         each(
             format!("{} version {next}", kind_name(kind)),
             &mut |p| match p.find(kind) {

@@ -1,4 +1,4 @@
-//! Authenticated migrations (feature `auth`): the oracle holds with a key on both ends, and a
+//! Authenticated migrations through the reference device (feature `auth`): the oracle holds with a key on both ends, and a
 //! destination holding the key refuses streams that a holder of the key did not produce.
 #![cfg(feature = "auth")]
 #![allow(
@@ -8,15 +8,12 @@
     reason = "tests"
 )]
 
-// The package is published as `vgpu-mig`; the tests call it by its workspace name.
-extern crate vgpu_mig as vgpu;
-
 use migstream::{AuthKey, Limits};
 use vgpu::dest::DestSession;
 use vgpu::error::VgpuError;
-use vgpu::sim::Profile;
-use vgpu::sim::campaign::DeviceState;
-use vgpu::sim::scenario::{Plan, Scenario, Snapshot, migrate};
+use vgpu_mig_sim::Profile;
+use vgpu_mig_sim::campaign::DeviceState;
+use vgpu_mig_sim::scenario::{Plan, Scenario, Snapshot, migrate};
 
 const KEY: [u8; 32] = [0x42; 32];
 

@@ -10,10 +10,10 @@ use gtt::{Gfn, GgttEntry, GmAddr, GmRange, HostPlacement, Partition};
 
 use super::driver::{GuestDriver, Profile};
 use super::machine::{Machine, MachineStorage};
-use crate::dest::DestSession;
-use crate::error::VgpuError;
-use crate::instance::{Derived, VgpuConfig};
-use crate::source::{SourceConfig, SourceEvent, SourceSession};
+use vgpu::dest::DestSession;
+use vgpu::error::VgpuError;
+use vgpu::instance::{Derived, VgpuConfig};
+use vgpu::source::{SourceConfig, SourceEvent, SourceSession};
 
 /// Everything that defines a run: the vGPU, guest memory, both hosts' placements, the workload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +153,7 @@ pub struct DeviceState {
     /// Config space.
     pub config_space: Vec<u8>,
     /// PPGTT roots.
-    pub ppgtts: crate::ppgtt::PpgttList,
+    pub ppgtts: vgpu::ppgtt::PpgttList,
 }
 
 impl DeviceState {
@@ -163,7 +163,7 @@ impl DeviceState {
     }
 
     /// Capture a vGPU (for embedders whose vGPU is not part of a [`Machine`], such as a VMM).
-    pub fn capture(vgpu: &crate::instance::Vgpu<'_>) -> Self {
+    pub fn capture(vgpu: &vgpu::instance::Vgpu<'_>) -> Self {
         let dwords = u32::try_from(mmio::MMIO_DWORDS).unwrap_or(0);
         Self {
             vregs: (0..dwords).map(|i| vgpu.regs().peek(i * 4)).collect(),
@@ -211,7 +211,7 @@ pub struct Snapshot {
     /// Config space.
     pub config_space: Vec<u8>,
     /// The PPGTTs the guest announced.
-    pub ppgtts: crate::ppgtt::PpgttList,
+    pub ppgtts: vgpu::ppgtt::PpgttList,
 }
 
 impl Snapshot {
@@ -391,7 +391,7 @@ pub struct MigrationReport {
     /// Frames the guest had submitted when the source stopped.
     pub stopped_at_frame: u64,
     /// What content tracking saved (all zero when it was off).
-    pub content: crate::content::ContentStats,
+    pub content: vgpu::content::ContentStats,
     /// The stream (the main channel's, when there are several).
     pub wire: Vec<u8>,
     /// The streams of channels 1.. of a multi-channel migration (empty with one channel).
@@ -435,7 +435,7 @@ pub fn migrate(
     let mut delta_pages = vec![0u8; plan.content_cache_pages * 4096];
     let mut delta_tags = vec![0u64; plan.content_cache_pages];
     if plan.content_cache_pages > 0 {
-        let storage = crate::content::ContentStorage {
+        let storage = vgpu::content::ContentStorage {
             hashes: &mut hashes,
             dup_slots: &mut dup_slots,
             delta_pages: &mut delta_pages,
@@ -477,7 +477,7 @@ pub fn migrate(
         downtime_us: 0,
         total_us: 0,
         stopped_at_frame: 0,
-        content: crate::content::ContentStats::default(),
+        content: vgpu::content::ContentStats::default(),
         wire: Vec::new(),
         channel_wires: vec![Vec::new(); channels.saturating_sub(1)],
         precopy_frames: 0,

@@ -11,7 +11,7 @@
 //!
 //! The platform is a [`Backend`]: what the runner needs to build machines, run a guest, migrate it
 //! with a fault injected and capture the state the oracle compares. The crate implements it for the
-//! reference device (`reference::ReferenceBackend`, feature `sim`); a real GVT-g or SR-IOV
+//! reference device ([`reference::ReferenceBackend`]); a real GVT-g or SR-IOV
 //! backend lives out of tree and implements the same trait (its documentation says, method by
 //! method, what such a backend does).
 //!
@@ -30,7 +30,7 @@
 //! path.
 //!
 //! ```
-//! use vgpu_mig::testplan::{Fault, Workload, full_plan, quick_plan, select};
+//! use vgpu_mig_sim::testplan::{Fault, Workload, full_plan, quick_plan, select};
 //!
 //! let plan = full_plan();
 //! assert!(plan.iter().any(|s| s.workload == Workload::Media && s.fault == Fault::Cancel));
@@ -40,7 +40,6 @@
 //! assert!(quick_plan().len() < plan.len());
 //! ```
 
-#[cfg(feature = "sim")]
 pub mod reference;
 
 use alloc::format;
@@ -48,28 +47,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-/// A small deterministic PRNG (splitmix64) for the plan's seeded choices; the same sequence as the
-/// reference device's, kept here so the plan needs no `sim` feature.
-#[derive(Debug, Clone, Copy)]
-struct Rng(u64);
-
-impl Rng {
-    const fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
-    }
-}
+use crate::Rng;
 
 /// The guest workload of a scenario (the four dirty-behaviour profiles of the performance notes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -514,8 +492,8 @@ pub fn record_ends(wire: &[u8]) -> Vec<u64> {
 /// fault injected, lets the destination finish and compares [`Backend::State`]s. Everything is
 /// driven from one thread; a backend with real devices blocks in its methods as long as it needs.
 ///
-/// This crate implements it for the reference device (`reference::ReferenceBackend`, feature
-/// `sim`); the workspace's KVM reference embedding implements it with real KVM VMs
+/// This crate implements it for the reference device ([`reference::ReferenceBackend`]); the
+/// workspace's KVM reference embedding implements it with real KVM VMs
 /// (`kvm_vmm::testplan::KvmBackend`, `cargo xtask hw-test --backend kvm`). A backend on real Intel
 /// GPUs is an out-of-tree crate implementing this trait on hosts with one. Each method's documentation says what two kinds of real backend would do:
 /// - *GVT-g* (mediated: i915 `gvt` with KVMGT, a vGPU created as an mdev of a GVT type and given
