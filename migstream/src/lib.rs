@@ -99,6 +99,7 @@ pub mod fuzzing;
 mod header;
 mod pages;
 mod record;
+mod section;
 #[cfg(test)]
 mod stream_tests;
 
@@ -135,6 +136,7 @@ pub use record::{
     Limits, MAC_LEN, MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeader, RecordHeaderRepr,
     RecordKind,
 };
+pub use section::{Saved, Section};
 
 /// Does a stored CRC match the computed one? Always compares, except under `cfg(fuzzing)`
 /// where checksums are bypassed so fuzzers can reach the states behind them.

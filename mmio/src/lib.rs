@@ -67,6 +67,7 @@ mod error;
 mod platform;
 mod pvinfo;
 mod regfile;
+mod section;
 mod sparse;
 mod store;
 
@@ -75,5 +76,6 @@ pub use error::{Fault, MmioError};
 pub use platform::{MMIO_DWORDS, MMIO_SIZE, Platform, SKL, SKL_REGS};
 pub use pvinfo::{PVINFO_BASE, PVINFO_MAGIC, PVINFO_SIZE, PvInfo, in_pvinfo, off as pvinfo_off};
 pub use regfile::{AccessSize, NoHooks, RegEvent, RegFile, RegHooks};
+pub use section::RegistersSection;
 pub use sparse::{SPARSE_VERSION, sparse_value, validate_sparse};
 pub use store::VregStore;

@@ -257,6 +257,7 @@ pub mod error;
 pub mod fsm;
 pub mod instance;
 pub mod ppgtt;
+pub mod sections;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod source;

@@ -29,12 +29,10 @@
 //! does for devices with dirty tracking. The stream then carries only the device state, and the
 //! VMM decides when to stop (there are no rounds and no policy events).
 
-use engines::MAX_SAVE_LEN;
 use gmem::{
     Decision, DirtyBitmap, GuestMemoryMap, Policy, PolicyConfig, RoundStats, SwitchReason,
     is_zero_page, words_for,
 };
-use gtt::SaveCursor;
 use migstream::{
     Encoder, PagesBuilder, Progress, RecordFlags, RecordKind, RoundRepr, StreamHeaderRepr,
 };
@@ -44,6 +42,7 @@ use crate::content::{Class, Content, ContentStats, ContentStorage, DELTA_LIMIT};
 use crate::error::VgpuError;
 use crate::fsm::MigState;
 use crate::instance::{CONFIG_SPACE_SIZE, Vgpu};
+use crate::sections::{Count, DEVICE_STATE};
 use crate::traits::{CpuDirtyLog, GuestMemory, VgpuAccess};
 
 /// The smallest scratch buffer a source session accepts: room for config space, the engine state
@@ -163,23 +162,30 @@ enum Phase {
     Round,
     AwaitStop,
     FinalRound,
-    Config,
-    Registers,
-    Ggtt(SaveCursor),
-    /// After a GGTT pre-copy: the entries changed since, scanning from this storage slot.
-    GgttChanges(usize),
-    GgttPending,
-    PpgttRoots,
-    Engines,
+    /// The device state after the stop: row `row` of [`DEVICE_STATE`], from position `from` of
+    /// its section (a GGTT takes several records; after a GGTT pre-copy only what changed since).
+    State {
+        row: usize,
+        from: usize,
+    },
     End,
     Done,
+}
+
+impl Phase {
+    /// The first device-state record.
+    const STATE: Self = Self::State { row: 0, from: 0 };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Current {
     None,
     Header,
-    Scratch { kind: RecordKind, len: usize },
+    Scratch {
+        kind: RecordKind,
+        version: u8,
+        len: usize,
+    },
     Round(RoundRepr),
     End,
 }
@@ -225,7 +231,7 @@ pub struct SourceSession<'s> {
     /// GGTT pre-copy: what the destination holds of the GGTT (entry by storage slot), and where
     /// the pre-copy save continues while it is still going.
     ggtt_sent: Option<&'s mut [u64]>,
-    pre_ggtt: Option<SaveCursor>,
+    pre_ggtt: Option<usize>,
 }
 
 impl<'s> SourceSession<'s> {
@@ -394,7 +400,7 @@ impl<'s> SourceSession<'s> {
         }
         sent.fill(0);
         self.ggtt_sent = Some(sent);
-        self.pre_ggtt = Some(SaveCursor::START);
+        self.pre_ggtt = Some(0);
         Ok(())
     }
 
@@ -560,7 +566,7 @@ impl<'s> SourceSession<'s> {
             // No pages in the stream: the device state follows at once. The GPU's last writes stay
             // in the report for the VMM's final RAM pass.
             self.harvest_gpu(&*vgpu)?;
-            self.phase = Phase::Config;
+            self.phase = Phase::STATE;
             vgpu.set_state(MigState::StopCopy);
             return Ok(());
         }
@@ -752,6 +758,7 @@ impl<'s> SourceSession<'s> {
                 let ch = self.chan_mut(c)?;
                 ch.current = Current::Scratch {
                     kind: RecordKind::CHANNEL,
+                    version: crate::dest::DEVICE_STATE_VERSION,
                     len: ChannelRepr::LEN,
                 };
                 return Ok(());
@@ -766,7 +773,7 @@ impl<'s> SourceSession<'s> {
                     .scratch
                     .get_mut(ch.scratch.clone())
                     .ok_or(VgpuError::StorageSize)?;
-                let from = self.pre_ggtt.unwrap_or(SaveCursor::START);
+                let from = self.pre_ggtt.unwrap_or(0);
                 let mut sent = self.ggtt_sent.as_deref_mut();
                 let mut chunk = Err(VgpuError::WrongPhase);
                 dev.with_vgpu(&mut |vgpu| {
@@ -778,6 +785,7 @@ impl<'s> SourceSession<'s> {
                     let ch = self.chan_mut(c)?;
                     ch.current = Current::Scratch {
                         kind: RecordKind::GGTT_RUNS,
+                        version: <gtt::GgttRunsSection as migstream::Section>::VERSION,
                         len: written,
                     };
                 }
@@ -823,7 +831,7 @@ impl<'s> SourceSession<'s> {
         let mut record = Err(VgpuError::WrongPhase);
         dev.with_vgpu(&mut |vgpu| record = device_record(phase, sent, vgpu, scratch));
         match record? {
-            Some((kind, len)) => ch.current = Current::Scratch { kind, len },
+            Some((kind, version, len)) => ch.current = Current::Scratch { kind, version, len },
             None if self.phase == Phase::End => ch.current = Current::End,
             None => {}
         }
@@ -913,6 +921,7 @@ impl<'s> SourceSession<'s> {
         }
         ch.current = Current::Scratch {
             kind: RecordKind::PAGES,
+            version: crate::dest::DEVICE_STATE_VERSION,
             len: b.len(),
         };
         Ok(true)
@@ -924,13 +933,12 @@ impl<'s> SourceSession<'s> {
         let p = match ch.current {
             Current::None => return Err(VgpuError::WrongPhase),
             Current::Header => ch.enc.write_header(&header, out)?,
-            Current::Scratch { kind, len } => {
+            Current::Scratch { kind, version, len } => {
                 let at = ch.scratch.start;
                 let payload = self
                     .scratch
                     .get(at..at + len)
                     .ok_or(VgpuError::StorageSize)?;
-                let version = crate::dest::record_version(kind);
                 ch.enc
                     .write_record(kind, RecordFlags::MANDATORY, version, payload, out)?
             }
@@ -977,19 +985,9 @@ impl<'s> SourceSession<'s> {
                 }
             }
             Current::Scratch { kind, .. } => {
-                // GGTT_RUNS: `next_record` already advanced the cursor (or moved on to the engines).
+                // Device state: `next_record` already moved the phase past the record.
                 if kind == RecordKind::CHANNEL {
                     ch.intro = 2;
-                } else if kind == RecordKind::CONFIG_SPACE {
-                    self.phase = Phase::Registers;
-                } else if kind == RecordKind::REGISTERS {
-                    self.phase = Phase::Ggtt(SaveCursor::START);
-                } else if kind == RecordKind::GGTT_PENDING {
-                    self.phase = Phase::PpgttRoots;
-                } else if kind == RecordKind::PPGTT_ROOTS {
-                    self.phase = Phase::Engines;
-                } else if kind == RecordKind::ENGINE_STATE {
-                    self.phase = Phase::End;
                 }
             }
             Current::None => {}
@@ -1013,7 +1011,7 @@ impl<'s> SourceSession<'s> {
                 bytes,
                 dirty_left: 0,
             });
-            self.phase = Phase::Config;
+            self.phase = Phase::STATE;
             return Ok(());
         }
         self.harvest(dev, cpu)?;
@@ -1102,71 +1100,10 @@ fn take_for(send: &mut DirtyBitmap<'_>, from: usize, c: usize, channels: usize) 
     }
 }
 
-/// After a GGTT pre-copy: RAW runs (GGTT_RUNS payload) of every entry from storage slot `from` on
-/// that differs from what the destination holds (`sent`), cleared entries included, as many as
-/// fit in `out`. Returns the bytes written and the slot to continue from (`None`: done). A run
-/// never crosses from the aperture slice into the hidden one.
-fn save_ggtt_changes(
-    ggtt: &gtt::GgttSlices<'_>,
-    sent: &[u64],
-    from: usize,
-    out: &mut [u8],
-) -> Result<(usize, Option<usize>), VgpuError> {
-    const RUN_HEADER: usize = 16;
-    let entries = ggtt.entries();
-    let partition = ggtt.partition();
-    let ap = usize::try_from(partition.aperture.pages()).map_err(|_| VgpuError::StorageSize)?;
-    let differs = |i: usize| entries.get(i) != sent.get(i);
-    let mut slot = from;
-    let mut pos = 0;
-    while slot < entries.len() {
-        if !differs(slot) {
-            slot += 1;
-            continue;
-        }
-        let slice_end = if slot < ap { ap } else { entries.len() };
-        let room = out.len().saturating_sub(pos);
-        if room < RUN_HEADER + 8 {
-            return Ok((pos, Some(slot)));
-        }
-        let mut n = 1;
-        while slot + n < slice_end && differs(slot + n) && RUN_HEADER + (n + 1) * 8 <= room {
-            n += 1;
-        }
-        let start = partition.index_at(slot).ok_or(VgpuError::StorageSize)?;
-        let dst = out
-            .get_mut(pos..pos + RUN_HEADER + n * 8)
-            .ok_or(VgpuError::StorageSize)?;
-        let (h, body) = dst.split_at_mut(RUN_HEADER);
-        h.fill(0);
-        h.get_mut(0..4)
-            .ok_or(VgpuError::StorageSize)?
-            .copy_from_slice(&start.get().to_le_bytes());
-        h.get_mut(4..8)
-            .ok_or(VgpuError::StorageSize)?
-            .copy_from_slice(
-                &u32::try_from(n)
-                    .map_err(|_| VgpuError::StorageSize)?
-                    .to_le_bytes(),
-            );
-        let src = entries.get(slot..slot + n).ok_or(VgpuError::StorageSize)?;
-        for (d, e) in body.chunks_exact_mut(8).zip(src) {
-            d.copy_from_slice(&e.to_le_bytes());
-        }
-        pos += RUN_HEADER + n * 8;
-        slot += n;
-    }
-    Ok((pos, None))
-}
-
 /// Upper bound of the device state sent in stop-and-copy, for the policy's downtime prediction.
 /// After a GGTT pre-copy (`sent`, finished when `pre_ggtt` is `None`) only the changed entries
 /// count.
-fn device_state_estimate(
-    sent: Option<&[u64]>,
-    pre_ggtt: Option<SaveCursor>,
-    vgpu: &Vgpu<'_>,
-) -> u64 {
+fn device_state_estimate(sent: Option<&[u64]>, pre_ggtt: Option<usize>, vgpu: &Vgpu<'_>) -> u64 {
     let entries = vgpu.ggtt().entries();
     let ggtt = match (sent, pre_ggtt) {
         (Some(sent), None) => entries
@@ -1184,18 +1121,19 @@ fn device_state_estimate(
 /// carried. Returns the bytes written and where the pre-copy continues (`None`: done).
 fn ggtt_precopy_chunk(
     vgpu: &Vgpu<'_>,
-    from: SaveCursor,
+    from: usize,
     scratch: &mut [u8],
     sent: Option<&mut [u64]>,
-) -> Result<(usize, Option<SaveCursor>), VgpuError> {
-    let p = vgpu.ggtt().save_runs(from, scratch)?;
+) -> Result<(usize, Option<usize>), VgpuError> {
+    let source = gtt::runs::RunsSource {
+        slices: vgpu.ggtt(),
+        sent: None,
+    };
+    let p = <gtt::GgttRunsSection as migstream::Section>::save(&source, from, scratch)?;
     let entries = vgpu.ggtt().entries();
-    let end = p.next.map_or(entries.len(), SaveCursor::slot);
+    let end = p.next.unwrap_or(entries.len());
     if let Some(sent) = sent {
-        let (dst, src) = (
-            sent.get_mut(from.slot()..end),
-            entries.get(from.slot()..end),
-        );
+        let (dst, src) = (sent.get_mut(from..end), entries.get(from..end));
         if let (Some(d), Some(s)) = (dst, src) {
             d.copy_from_slice(s);
         }
@@ -1203,67 +1141,35 @@ fn ggtt_precopy_chunk(
     Ok((p.written, p.next))
 }
 
-/// The next device-state record (after the stop) into `scratch`, advancing `phase` past phases
-/// with nothing to send; `None` when the phase has no record (END is next, or pages are).
+/// The next device-state record (after the stop) into `scratch`, in the order of
+/// [`DEVICE_STATE`], advancing `phase` past it (and past sections with nothing to send); `None`
+/// when the phase has no record (END is next, or pages are).
 fn device_record(
     phase: &mut Phase,
     ggtt_sent: Option<&[u64]>,
     vgpu: &Vgpu<'_>,
     scratch: &mut [u8],
-) -> Result<Option<(RecordKind, usize)>, VgpuError> {
+) -> Result<Option<(RecordKind, u8, usize)>, VgpuError> {
     loop {
-        let (kind, len) = match *phase {
-            Phase::Round | Phase::FinalRound | Phase::AwaitStop | Phase::Done | Phase::End => {
-                return Ok(None);
-            }
-            Phase::Config => {
-                let dst = scratch
-                    .get_mut(..CONFIG_SPACE_SIZE)
-                    .ok_or(VgpuError::StorageSize)?;
-                dst.copy_from_slice(vgpu.config_space());
-                (RecordKind::CONFIG_SPACE, CONFIG_SPACE_SIZE)
-            }
-            Phase::Registers => (RecordKind::REGISTERS, vgpu.regs().save_sparse(scratch)?),
-            Phase::Ggtt(_) if ggtt_sent.is_some() => {
-                *phase = Phase::GgttChanges(0);
-                continue;
-            }
-            Phase::GgttChanges(from) => {
-                // After a GGTT pre-copy: only what changed since.
-                let sent = ggtt_sent.unwrap_or(&[]);
-                let (written, next) = save_ggtt_changes(vgpu.ggtt(), sent, from, scratch)?;
-                *phase = match next {
-                    Some(slot) => Phase::GgttChanges(slot),
-                    None => Phase::GgttPending,
-                };
-                if written == 0 {
-                    continue;
-                }
-                (RecordKind::GGTT_RUNS, written)
-            }
-            Phase::Ggtt(cursor) => {
-                let p = vgpu.ggtt().save_runs(cursor, scratch)?;
-                *phase = match p.next {
-                    Some(c) => Phase::Ggtt(c),
-                    None => Phase::GgttPending,
-                };
-                if p.written == 0 {
-                    continue;
-                }
-                (RecordKind::GGTT_RUNS, p.written)
-            }
-            Phase::PpgttRoots => (
-                RecordKind::PPGTT_ROOTS,
-                crate::ppgtt::save(vgpu.ppgtts(), scratch)?,
-            ),
-            Phase::GgttPending => (RecordKind::GGTT_PENDING, vgpu.ggtt().save_pending(scratch)?),
-            Phase::Engines => {
-                let buf = scratch
-                    .get_mut(..MAX_SAVE_LEN)
-                    .ok_or(VgpuError::StorageSize)?;
-                (RecordKind::ENGINE_STATE, vgpu.engines().save(buf)?)
-            }
+        let Phase::State { row, from } = *phase else {
+            return Ok(None);
         };
-        return Ok(Some((kind, len)));
+        let Some(part) = DEVICE_STATE.get(row) else {
+            *phase = Phase::End;
+            return Ok(None);
+        };
+        let saved = part.save(vgpu, ggtt_sent, from, scratch)?;
+        *phase = match saved.next {
+            Some(from) => Phase::State { row, from },
+            None => Phase::State {
+                row: row + 1,
+                from: 0,
+            },
+        };
+        // A section of several records sends no empty one.
+        if saved.written == 0 && part.count() == Count::Groups {
+            continue;
+        }
+        return Ok(Some((part.kind(), part.version(), saved.written)));
     }
 }
