@@ -28,22 +28,31 @@
 //! VFIO DMA-logging style, which frames the GPU wrote ([`SourceSession::dirty_report`]), as QEMU
 //! does for devices with dirty tracking. The stream then carries only the device state, and the
 //! VMM decides when to stop (there are no rounds and no policy events).
+//!
+//! **Where each duty lives.** This module drives the session: opening, the channels, the record
+//! being written and what comes next. `pages` is the page path (harvesting both dirty logs into
+//! the send set, and building PAGES records from one read per page); `rounds` is the round policy
+//! (a round's end, its statistics for the pre-copy policy, the events, VFIO's size estimates);
+//! `state` is the device state, read through the device-state table (`crate::sections`), and the
+//! GGTT pre-copy.
 
-use gmem::{
-    Decision, DirtyBitmap, GuestMemoryMap, Policy, PolicyConfig, RoundStats, SwitchReason,
-    is_zero_page, words_for,
-};
-use migstream::{
-    Encoder, PagesBuilder, Progress, RecordFlags, RecordKind, RoundRepr, StreamHeaderRepr,
-};
+use gmem::{DirtyBitmap, GuestMemoryMap, Policy, PolicyConfig, SwitchReason, words_for};
+use migstream::{Encoder, Progress, RecordFlags, RecordKind, RoundRepr, StreamHeaderRepr};
 
-use crate::channel::{ChannelRepr, MAX_CHANNELS, channel_of, next_in_channel};
-use crate::content::{Class, Content, ContentStats, ContentStorage, DELTA_LIMIT};
+use crate::channel::{ChannelRepr, MAX_CHANNELS};
+use crate::content::{Content, ContentStats, ContentStorage};
 use crate::error::VgpuError;
 use crate::fsm::MigState;
-use crate::instance::{CONFIG_SPACE_SIZE, Vgpu};
-use crate::sections::{Count, DEVICE_STATE};
+use crate::instance::Vgpu;
 use crate::traits::{CpuDirtyLog, GuestMemory, VgpuAccess};
+
+mod pages;
+mod rounds;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use state::{device_record, ggtt_precopy_chunk};
 
 /// The smallest scratch buffer a source session accepts: room for config space, the engine state
 /// and a useful GGTT chunk. PAGES records are built in the scratch buffer too, so its share per
@@ -624,106 +633,6 @@ impl<'s> SourceSession<'s> {
         self.chans.iter().map(|c| c.enc.bytes_written()).sum()
     }
 
-    /// VFIO's pre-copy information (`VFIO_MIG_GET_PRECOPY_INFO`): bytes of the initial copy still
-    /// to send, and bytes dirtied since that the next rounds will carry. Page counts are converted
-    /// at 4 KiB a page (zero pages cost much less on the wire, so these are upper bounds).
-    pub fn precopy_info(&self, dev: &dyn VgpuAccess) -> PrecopyInfo {
-        if self.cfg.memory == MemoryMode::Report {
-            // Guest memory is the VMM's to copy; the device's own data is the stop-copy state.
-            return PrecopyInfo {
-                initial_bytes: 0,
-                dirty_bytes: 0,
-            };
-        }
-        let pending = self.send.count() as u64 * 4096;
-        let fresh = dev.gpu_dirty().count() as u64 * 4096;
-        if self.round == 0 && self.phase == Phase::Round {
-            PrecopyInfo {
-                initial_bytes: pending,
-                dirty_bytes: fresh,
-            }
-        } else {
-            PrecopyInfo {
-                initial_bytes: 0,
-                dirty_bytes: pending + fresh,
-            }
-        }
-    }
-
-    /// VFIO's `stop_copy_length` estimate: what stop-and-copy would send if it started now (the
-    /// dirty pages known so far plus the device state).
-    pub fn stop_copy_estimate(&self, vgpu: &Vgpu<'_>) -> u64 {
-        if self.cfg.memory == MemoryMode::Report {
-            return self.device_state_estimate(vgpu);
-        }
-        (self.send.count() + vgpu.gpu_dirty_count()) as u64 * 4096
-            + self.device_state_estimate(vgpu)
-    }
-
-    /// Pages dirty and not yet sent (VFIO's `dirty_bytes` / 4096 during pre-copy).
-    pub fn pending_pages(&self) -> u64 {
-        self.send.count() as u64
-    }
-
-    /// Pages sent so far, and how many of them were zero pages.
-    pub fn pages_sent(&self) -> (u64, u64) {
-        (self.total_pages, self.total_zero)
-    }
-
-    /// Both dirty logs into the send set. Every bit is cleared in its log here, before the pages
-    /// it names are read, so a write that lands after a page's read marks it again.
-    fn harvest(
-        &mut self,
-        dev: &dyn VgpuAccess,
-        cpu: &mut dyn CpuDirtyLog,
-    ) -> Result<(), VgpuError> {
-        self.harvest_gpu(dev)?;
-        let Self { map, send, .. } = self;
-        cpu.harvest(&mut |gfn| {
-            if let Some(i) = map.index_of(gfn) {
-                let _ = send.set(i);
-            }
-        });
-        Ok(())
-    }
-
-    /// The GPU's side of the dirty log: what the device wrote, at the configured precision. The
-    /// exact marks need no lock; the coarse precisions read the GGTT's mapped frames briefly.
-    fn harvest_gpu(&mut self, dev: &dyn VgpuAccess) -> Result<(), VgpuError> {
-        // The exact write set (and GGTT remaps) always count; coarser precisions add to it.
-        let log = dev.gpu_dirty();
-        let active = log.take_active();
-        log.absorb_into(&mut self.send)?;
-        let all_mapped = match self.cfg.precision {
-            GpuDirtyPrecision::AllMapped => true,
-            GpuDirtyPrecision::MappedIfActive => active,
-            GpuDirtyPrecision::Exact => false,
-        };
-        if all_mapped {
-            let Self { map, send, .. } = self;
-            dev.with_vgpu(&mut |vgpu| {
-                for (_, e) in vgpu.ggtt().iter_present() {
-                    if let Some(i) = map.index_of(e.frame()) {
-                        let _ = send.set(i);
-                    }
-                }
-            });
-        }
-        Ok(())
-    }
-
-    fn begin_round(&mut self) {
-        self.round_pages = 0;
-        self.round_zero = 0;
-        self.round_start_bytes = self.bytes_written();
-        for c in self.chans.iter_mut() {
-            c.cursor = 0;
-            c.round_done = false;
-            c.round_pages = 0;
-            c.round_start_bytes = c.enc.bytes_written();
-        }
-    }
-
     fn next_record(
         &mut self,
         c: usize,
@@ -838,95 +747,6 @@ impl<'s> SourceSession<'s> {
         Ok(())
     }
 
-    /// Build the next PAGES record of channel `c` in its scratch share; false when the round is
-    /// exhausted.
-    ///
-    /// Each page is taken from the send set (its dirty bits were harvested before), read once into
-    /// the record, classified from those bytes and encoded from them: the bytes classified are the
-    /// bytes sent, and content tracking remembers exactly them (hash, delta base), so a guest that
-    /// writes the page during the read can not make the destination hold something the source's
-    /// record of it disagrees with. The write marks the page dirty again; it goes again later.
-    fn fill_runs(&mut self, c: usize, mem: &dyn GuestMemory) -> Result<bool, VgpuError> {
-        let channels = self.chans.len();
-        let Self {
-            chans,
-            map,
-            send,
-            scratch,
-            content,
-            cfg,
-            round_pages,
-            round_zero,
-            total_pages,
-            total_zero,
-            ..
-        } = self;
-        let ch = chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
-        let scratch = scratch
-            .get_mut(ch.scratch.clone())
-            .ok_or(VgpuError::StorageSize)?;
-        let mut b = PagesBuilder::new(scratch);
-        let mut delta = [0u8; DELTA_LIMIT];
-        while b.pages() < cfg.pages_per_record {
-            let Some(bit) = take_for(send, ch.cursor, c, channels) else {
-                break;
-            };
-            let Some(gfn) = map.frame_at(bit) else {
-                continue;
-            };
-            let frame = gfn.get();
-            let Some(slot) = b.slot(frame) else {
-                // This record is full: the page goes into the next one.
-                let _ = send.set(bit);
-                ch.cursor = bit;
-                break;
-            };
-            mem.read(gfn, 0, slot).map_err(|_| VgpuError::GuestMemory)?;
-            let page: &[u8; 4096] = slot;
-            let zero = is_zero_page(page);
-            let (class, hash) = match content {
-                Some(t) => t.classify(bit, page, zero, &mut delta, channels),
-                None if zero => (Class::Zero, 0),
-                None => (Class::Full, 0),
-            };
-            if let Some(t) = content.as_mut() {
-                t.count(class);
-                if class != Class::Unchanged {
-                    t.commit(bit, hash, page, zero);
-                }
-            }
-            ch.cursor = bit + 1;
-            match class {
-                Class::Unchanged => continue,
-                Class::Zero => b.push_zero(frame)?,
-                Class::Full => b.push_slot(frame)?,
-                Class::Dup { from } => {
-                    let from = map.frame_at(from).ok_or(VgpuError::StorageSize)?;
-                    b.push_dup(frame, from.get(), hash)?;
-                }
-                Class::Delta { len } => {
-                    b.push_delta(frame, delta.get(..len).ok_or(VgpuError::StorageSize)?)?;
-                }
-            }
-            ch.round_pages += 1;
-            *round_pages += 1;
-            *total_pages += 1;
-            if class == Class::Zero {
-                *round_zero += 1;
-                *total_zero += 1;
-            }
-        }
-        if b.is_empty() {
-            return Ok(false);
-        }
-        ch.current = Current::Scratch {
-            kind: RecordKind::PAGES,
-            version: crate::dest::DEVICE_STATE_VERSION,
-            len: b.len(),
-        };
-        Ok(true)
-    }
-
     fn write_current(&mut self, c: usize, out: &mut [u8]) -> Result<Progress, VgpuError> {
         let header = self.header;
         let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
@@ -946,12 +766,6 @@ impl<'s> SourceSession<'s> {
             Current::End => ch.enc.write_end(out)?,
         };
         Ok(p)
-    }
-
-    /// Upper bound of the device state sent in stop-and-copy, for the policy's downtime prediction.
-    /// After a GGTT pre-copy only the changed entries count.
-    fn device_state_estimate(&self, vgpu: &Vgpu<'_>) -> u64 {
-        device_state_estimate(self.ggtt_sent.as_deref(), self.pre_ggtt, vgpu)
     }
 
     fn record_done(
@@ -993,183 +807,5 @@ impl<'s> SourceSession<'s> {
             Current::None => {}
         }
         Ok(())
-    }
-
-    /// Every channel has sent its share of the round.
-    fn round_end(
-        &mut self,
-        dev: &dyn VgpuAccess,
-        cpu: &mut dyn CpuDirtyLog,
-        now_us: u64,
-    ) -> Result<(), VgpuError> {
-        let bytes = self.bytes_written() - self.round_start_bytes;
-        if self.phase == Phase::FinalRound {
-            self.push_event(SourceEvent::RoundEnd {
-                round: self.round,
-                pages: self.round_pages,
-                zero_pages: self.round_zero,
-                bytes,
-                dirty_left: 0,
-            });
-            self.phase = Phase::STATE;
-            return Ok(());
-        }
-        self.harvest(dev, cpu)?;
-        let dirty_left = self.send.count() as u64;
-        self.push_event(SourceEvent::RoundEnd {
-            round: self.round,
-            pages: self.round_pages,
-            zero_pages: self.round_zero,
-            bytes,
-            dirty_left,
-        });
-        let started = self.round_start_us.unwrap_or(now_us);
-        let mut device_state_bytes = 0;
-        dev.with_vgpu(&mut |vgpu| device_state_bytes = self.device_state_estimate(vgpu));
-        let stats = RoundStats {
-            round: self.round,
-            dirty_pages_left: dirty_left,
-            bytes_sent: bytes,
-            // A round too short to time still took some time.
-            elapsed_us: now_us.saturating_sub(started).max(1),
-            device_state_bytes,
-        };
-        match self.policy.on_round(stats) {
-            Decision::Continue => {
-                self.round = self.round.saturating_add(1);
-                self.begin_round();
-                self.round_start_us = Some(now_us);
-                self.phase = Phase::Round;
-            }
-            Decision::StopAndCopy(reason) => {
-                self.push_event(SourceEvent::Switch {
-                    reason,
-                    predicted_downtime_us: self.policy.expected_downtime_us(),
-                });
-                self.round = self.round.saturating_add(1);
-                self.phase = Phase::AwaitStop;
-            }
-        }
-        Ok(())
-    }
-
-    fn push_event(&mut self, e: SourceEvent) {
-        #[cfg(feature = "log")]
-        match e {
-            SourceEvent::RoundEnd {
-                round,
-                pages,
-                bytes,
-                dirty_left,
-                ..
-            } => ::log::debug!(
-                "vgpu source: round {round} sent {pages} pages in {bytes} bytes; {dirty_left} pages dirtied meanwhile"
-            ),
-            SourceEvent::Switch {
-                reason,
-                predicted_downtime_us,
-            } => match predicted_downtime_us {
-                Some(us) => ::log::info!(
-                    "vgpu source: stop-and-copy advised: {reason} (predicted downtime {us} µs)"
-                ),
-                None => ::log::info!("vgpu source: stop-and-copy advised: {reason}"),
-            },
-            SourceEvent::Finished { bytes, records } => {
-                ::log::info!("vgpu source: stream complete, {bytes} bytes in {records} records");
-            }
-        }
-        if self.events.is_full() {
-            // The driver did not drain events; keep the newest (the oldest are round summaries).
-            let _ = self.events.pop_front();
-        }
-        let _ = self.events.push_back(e);
-    }
-}
-
-/// Take the next page of channel `c` (of `channels`) at or after `from` from the send set.
-fn take_for(send: &mut DirtyBitmap<'_>, from: usize, c: usize, channels: usize) -> Option<usize> {
-    let mut from = next_in_channel(from, c, channels);
-    loop {
-        let bit = send.take_next(from)?;
-        if channel_of(bit, channels) == c {
-            return Some(bit);
-        }
-        // Another channel's page: leave it and jump to this channel's next stripe.
-        let _ = send.set(bit);
-        from = next_in_channel(bit, c, channels);
-    }
-}
-
-/// Upper bound of the device state sent in stop-and-copy, for the policy's downtime prediction.
-/// After a GGTT pre-copy (`sent`, finished when `pre_ggtt` is `None`) only the changed entries
-/// count.
-fn device_state_estimate(sent: Option<&[u64]>, pre_ggtt: Option<usize>, vgpu: &Vgpu<'_>) -> u64 {
-    let entries = vgpu.ggtt().entries();
-    let ggtt = match (sent, pre_ggtt) {
-        (Some(sent), None) => entries
-            .iter()
-            .zip(sent.iter())
-            .filter(|(a, b)| a != b)
-            .count(),
-        _ => vgpu.ggtt().iter_present().count(),
-    } as u64
-        * 8;
-    (CONFIG_SPACE_SIZE + vgpu.regs().sparse_len() + vgpu.engines().save_len()) as u64 + ggtt + 256
-}
-
-/// One chunk of the GGTT pre-copy from `from` into `scratch`, remembering in `sent` what it
-/// carried. Returns the bytes written and where the pre-copy continues (`None`: done).
-fn ggtt_precopy_chunk(
-    vgpu: &Vgpu<'_>,
-    from: usize,
-    scratch: &mut [u8],
-    sent: Option<&mut [u64]>,
-) -> Result<(usize, Option<usize>), VgpuError> {
-    let source = gtt::runs::RunsSource {
-        slices: vgpu.ggtt(),
-        sent: None,
-    };
-    let p = <gtt::GgttRunsSection as migstream::Section>::save(&source, from, scratch)?;
-    let entries = vgpu.ggtt().entries();
-    let end = p.next.unwrap_or(entries.len());
-    if let Some(sent) = sent {
-        let (dst, src) = (sent.get_mut(from..end), entries.get(from..end));
-        if let (Some(d), Some(s)) = (dst, src) {
-            d.copy_from_slice(s);
-        }
-    }
-    Ok((p.written, p.next))
-}
-
-/// The next device-state record (after the stop) into `scratch`, in the order of
-/// [`DEVICE_STATE`], advancing `phase` past it (and past sections with nothing to send); `None`
-/// when the phase has no record (END is next, or pages are).
-fn device_record(
-    phase: &mut Phase,
-    ggtt_sent: Option<&[u64]>,
-    vgpu: &Vgpu<'_>,
-    scratch: &mut [u8],
-) -> Result<Option<(RecordKind, u8, usize)>, VgpuError> {
-    loop {
-        let Phase::State { row, from } = *phase else {
-            return Ok(None);
-        };
-        let Some(part) = DEVICE_STATE.get(row) else {
-            *phase = Phase::End;
-            return Ok(None);
-        };
-        let saved = part.save(vgpu, ggtt_sent, from, scratch)?;
-        *phase = match saved.next {
-            Some(from) => Phase::State { row, from },
-            None => Phase::State {
-                row: row + 1,
-                from: 0,
-            },
-        };
-        // A section of several records sends no empty one.
-        if saved.written == 0 && part.count() == Count::Groups {
-            continue;
-        }
-        return Ok(Some((part.kind(), part.version(), saved.written)));
     }
 }
