@@ -163,7 +163,9 @@ impl<'s> DestSession<'s> {
         let map_at = staging
             .len()
             .checked_sub(map_len)
-            .ok_or(VgpuError::StagingFull { needed: map_len })?;
+            .ok_or(VgpuError::StagingFull {
+                needed: staging_bound(vgpu.config(), vgpu.memory_map()),
+            })?;
         let zmap = staging
             .get_mut(map_at..)
             .and_then(|buf| zeromap::ZeroMap::init(frames, buf))
@@ -689,7 +691,7 @@ impl<'s> DestSession<'s> {
     /// [`VgpuError::StagingFull`] cannot happen: a stream that would need more breaks a rule of the
     /// format and is refused as the stream's fault.
     pub fn staging_len(vgpu: &Vgpu<'_>) -> usize {
-        zeromap::len(vgpu.memory_map().frames()).saturating_add(device_state_bound(vgpu.config()))
+        staging_bound(vgpu.config(), vgpu.memory_map())
     }
 
     fn map_buf(&mut self) -> &mut [u8] {
@@ -898,6 +900,15 @@ impl<'s> DestSession<'s> {
         vgpu.set_state(MigState::Stop);
         Ok(stats)
     }
+}
+
+/// The staging storage a destination session for a vGPU of `config` over guest memory `map` needs
+/// ([`DestSession::staging_len`] before the vGPU exists; [`crate::Layout::staging`]).
+pub(crate) fn staging_bound(
+    config: &crate::instance::VgpuConfig,
+    map: &gmem::GuestMemoryMap,
+) -> usize {
+    zeromap::len(map.frames()).saturating_add(device_state_bound(config))
 }
 
 /// Guest RAM as the span list the GGTT kernels check frames against.

@@ -41,7 +41,7 @@ use migstream::{Encoder, Progress, RecordFlags, RecordKind, RoundRepr, StreamHea
 
 use crate::channel::{ChannelRepr, MAX_CHANNELS};
 use crate::content::{Content, ContentStats, ContentStorage};
-use crate::error::VgpuError;
+use crate::error::{Buffer, StorageError, VgpuError};
 use crate::fsm::MigState;
 use crate::instance::Vgpu;
 use crate::traits::{CpuDirtyLog, GuestMemory, VgpuAccess};
@@ -249,9 +249,11 @@ impl<'s> SourceSession<'s> {
     /// tracked from now on for [`dirty_report`](Self::dirty_report)).
     ///
     /// # Errors
-    /// [`VgpuError::WrongPhase`] unless the vGPU is running (or stopped); [`VgpuError::StorageSize`] for a
-    /// `send` bitmap of the wrong size, less than [`MIN_SCRATCH`] bytes of scratch per channel, or a
-    /// configuration out of range (pages per record, channels; several channels in report mode).
+    /// [`VgpuError::WrongPhase`] unless the vGPU is running (or stopped); [`VgpuError::Storage`]
+    /// (with the size needed, as [`crate::Layout`] gives it) for a `send` bitmap of the wrong
+    /// size or less than [`MIN_SCRATCH`] bytes of scratch per channel; [`VgpuError::StorageSize`]
+    /// for a configuration out of range (pages per record, channels; several channels in report
+    /// mode).
     pub fn open(
         vgpu: &mut Vgpu<'_>,
         cpu: &mut dyn CpuDirtyLog,
@@ -344,11 +346,23 @@ impl<'s> SourceSession<'s> {
             usize::try_from(vgpu.memory_map().frames()).map_err(|_| VgpuError::StorageSize)?;
         if !(1..=MAX_CHANNELS).contains(&n)
             || (n > 1 && cfg.memory == MemoryMode::Report)
-            || scratch_len / n < MIN_SCRATCH
             || !(1..=1024).contains(&cfg.pages_per_record)
-            || send_words != words_for(frames)
         {
             return Err(VgpuError::StorageSize);
+        }
+        if send_words != words_for(frames) {
+            return Err(VgpuError::Storage(StorageError {
+                buffer: Buffer::Send,
+                needed: words_for(frames),
+                got: send_words,
+            }));
+        }
+        if scratch_len / n < MIN_SCRATCH {
+            return Err(VgpuError::Storage(StorageError {
+                buffer: Buffer::Scratch,
+                needed: MIN_SCRATCH * n,
+                got: scratch_len,
+            }));
         }
         Ok(())
     }
@@ -395,7 +409,7 @@ impl<'s> SourceSession<'s> {
     ///
     /// # Errors
     /// [`VgpuError::WrongPhase`] after output started or in report mode;
-    /// [`VgpuError::StorageSize`] for `sent` of the wrong length.
+    /// [`VgpuError::Storage`] for `sent` of the wrong length.
     pub fn attach_ggtt_precopy(
         &mut self,
         vgpu: &Vgpu<'_>,
@@ -405,7 +419,11 @@ impl<'s> SourceSession<'s> {
             return Err(VgpuError::WrongPhase);
         }
         if sent.len() != vgpu.ggtt().entries().len() {
-            return Err(VgpuError::StorageSize);
+            return Err(VgpuError::Storage(StorageError {
+                buffer: Buffer::GgttSent,
+                needed: vgpu.ggtt().entries().len(),
+                got: sent.len(),
+            }));
         }
         sent.fill(0);
         self.ggtt_sent = Some(sent);

@@ -286,29 +286,39 @@ fn a_session_sends_round_zero_then_the_device_state_and_reports_it() {
 fn open_checks_its_storage_and_the_configuration() {
     let mut v = vgpu();
     let mut scratch = vec![0u8; MIN_SCRATCH];
+    let layout = crate::Layout::new(v.config(), v.memory_map());
+    let storage = |buffer, needed, got| {
+        Some(VgpuError::Storage(crate::error::StorageError {
+            buffer,
+            needed,
+            got,
+        }))
+    };
     let mut short = vec![0u64; 0];
+    let cfg = SourceConfig::default();
     assert_eq!(
-        SourceSession::open(
-            &mut v,
-            &mut (),
-            SourceConfig::default(),
-            &mut short,
-            &mut scratch
+        SourceSession::open(&mut v, &mut (), cfg, &mut short, &mut scratch).err(),
+        storage(crate::error::Buffer::Send, layout.send_words, 0)
+    );
+    let mut send = vec![0u64; layout.send_words];
+    let mut small = vec![0u8; layout.scratch_for(2) - 1];
+    let mut cfg = SourceConfig {
+        channels: 2,
+        ..SourceConfig::default()
+    };
+    assert_eq!(
+        SourceSession::open(&mut v, &mut (), cfg, &mut send, &mut small).err(),
+        storage(
+            crate::error::Buffer::Scratch,
+            layout.scratch_for(2),
+            layout.scratch_for(2) - 1
         )
-        .err(),
+    );
+    // Out of range: a configuration, not a size.
+    cfg.channels = 0;
+    assert_eq!(
+        SourceSession::open(&mut v, &mut (), cfg, &mut send, &mut scratch).err(),
         Some(VgpuError::StorageSize)
     );
-    let mut send = vec![0u64; words_for(FRAMES as usize)];
-    let mut small = vec![0u8; MIN_SCRATCH - 1];
-    assert_eq!(
-        SourceSession::open(
-            &mut v,
-            &mut (),
-            SourceConfig::default(),
-            &mut send,
-            &mut small
-        )
-        .err(),
-        Some(VgpuError::StorageSize)
-    );
+    assert_eq!(v.state(), MigState::Running);
 }
