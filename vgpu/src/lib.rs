@@ -291,8 +291,8 @@ pub use traits::{CpuDirtyLog, GuestMemory, HostError, HostGtt, MemoryError, Vgpu
 pub use vfio::{MigrationStorage, VfioMigration};
 
 /// Largest size, in bytes, of the per-vGPU control state the library keeps by value
-/// ([`SourceSession`](source::SourceSession), [`DestSession`](dest::DestSession),
-/// [`VfioMigration`](vfio::VfioMigration)) without authenticated streams, so that creating and
+/// ([`SourceSession`], [`DestSession`],
+/// [`VfioMigration`]) without authenticated streams, so that creating and
 /// returning them is safe on small firmware stacks. Checked at compile time; bulk storage
 /// (bitmaps, scratch, staging) is always the caller's.
 ///

@@ -1,4 +1,4 @@
-//! The device state of a vGPU as records: one table, [`DEVICE_STATE`], that both sessions read.
+//! The device state of a vGPU as records: one table that both sessions read.
 //!
 //! Each record kind is a [`migstream::Section`] owned by the component whose state it holds
 //! (config space and PPGTT roots here, registers in `mmio`, GGTT runs and half-written entries in
@@ -117,7 +117,7 @@ pub(crate) struct Applying<'c, 'v> {
     pub(crate) ggtt: RunStats,
 }
 
-/// One row of [`DEVICE_STATE`]: a section, and how this vGPU reaches its state.
+/// One row of `DEVICE_STATE`: a section, and how this vGPU reaches its state.
 pub(crate) trait Part: Sync {
     /// The record kind.
     fn kind(&self) -> RecordKind;
@@ -189,7 +189,7 @@ pub(crate) static DEVICE_STATE: [&dyn Part; 6] = [
     &EnginesRow,
 ];
 
-/// The row of `kind` and its place in [`DEVICE_STATE`], if it is device state.
+/// The row of `kind` and its place in `DEVICE_STATE`, if it is device state.
 pub(crate) fn row_of(kind: RecordKind) -> Option<(usize, &'static dyn Part)> {
     DEVICE_STATE
         .iter()

@@ -12,13 +12,13 @@ use crate::partition::Partition;
 use crate::slices::GgttSlices;
 
 /// Writes a payload's runs into `slices`, which should have been cleared
-/// ([`GgttSlices::clear`]) before the first payload. Call only after [`validate_runs`]
+/// ([`GgttSlices::clear`]) before the first payload. Call only after [`validate_runs`](crate::validate_runs)
 /// accepted the payload: entry contents are not checked again. The payload's structure is
 /// checked in a first pass, so on error nothing has been written. Returns the number of
 /// entries written.
 ///
 /// # Errors
-/// Structural errors as in [`validate_runs`].
+/// Structural errors as in [`validate_runs`](crate::validate_runs).
 pub fn apply_runs(payload: &[u8], slices: &mut GgttSlices<'_>) -> Result<usize, GttError> {
     let partition = *slices.partition();
     let mut check = RunReader::new(payload, &partition);
@@ -217,7 +217,7 @@ fn roll_back(payload: &[u8], partition: &Partition, storage: &mut [u64], stopped
 /// ```
 ///
 /// # Errors
-/// As [`validate_runs`]: the first violation in payload order.
+/// As [`validate_runs`](crate::validate_runs): the first violation in payload order.
 pub fn restore_runs(
     payload: &[u8],
     slices: &mut GgttSlices<'_>,

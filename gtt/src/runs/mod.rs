@@ -23,7 +23,7 @@
 //! "inside guest memory" predicate; a LINEAR run's last frame fits the address field.
 //!
 //! Entries not covered by any run are zero: the destination starts from an all-zero table
-//! ([`GgttSlices::clear`], or [`replace_runs`], which clears in the same pass as it restores). The encoder omits zero entries and nothing else, so non-present
+//! ([`GgttSlices::clear`](crate::GgttSlices::clear), or [`replace_runs`], which clears in the same pass as it restores). The encoder omits zero entries and nothing else, so non-present
 //! entries with other bits set survive the round trip exactly. One GGTT may be split over
 //! several payloads with [`SaveCursor`]; each payload is validated and applied on its own.
 //!
@@ -31,7 +31,7 @@
 //!
 //! - this module: the format (run header, kinds, the structural reader every check and apply
 //!   step shares) and the types of the public entry points;
-//! - `encode`: the encoder ([`GgttSlices::save_runs`], and [`GgttSlices::save_changed_runs`]
+//! - `encode`: the encoder ([`GgttSlices::save_runs`](crate::GgttSlices::save_runs), and [`GgttSlices::save_changed_runs`](crate::GgttSlices::save_changed_runs)
 //!   for what changed since a pre-copy);
 //! - `validate`: [`validate_runs`] (the reference, entry by entry) and [`validate_runs_in`]
 //!   (the vectorized check the destination uses);
@@ -64,7 +64,7 @@ pub use validate::{validate_runs, validate_runs_in};
 
 /// Size of a run header in bytes.
 pub const RUN_HEADER_LEN: usize = 16;
-/// Smallest output buffer [`GgttSlices::save_runs`] can always make progress with.
+/// Smallest output buffer [`GgttSlices::save_runs`](crate::GgttSlices::save_runs) can always make progress with.
 pub const MIN_SAVE_BUFFER: usize = RUN_HEADER_LEN + 8;
 
 pub(crate) const KIND_RAW: u8 = 0;
@@ -86,7 +86,7 @@ pub(crate) struct RunHeader {
 
 const _: () = assert!(core::mem::size_of::<RunHeader>() == RUN_HEADER_LEN);
 
-/// Where [`GgttSlices::save_runs`] continues: an opaque position in storage order.
+/// Where [`GgttSlices::save_runs`](crate::GgttSlices::save_runs) continues: an opaque position in storage order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct SaveCursor(pub(crate) usize);
@@ -102,7 +102,7 @@ impl SaveCursor {
     }
 }
 
-/// Result of one [`GgttSlices::save_runs`] call.
+/// Result of one [`GgttSlices::save_runs`](crate::GgttSlices::save_runs) call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct SaveProgress {
