@@ -89,6 +89,7 @@ mod id;
 mod lrc;
 mod ring;
 mod sched;
+mod section;
 mod state;
 mod workload;
 
@@ -102,5 +103,6 @@ pub use ring::{HEAD_OFFSET_MASK, HEAD_WRAP_SHIFT, RING_GUARD, RingRegs, TAIL_OFF
 pub use sched::{
     BALANCE_PERIOD_NS, BALANCE_STAGES, DEFAULT_SLICE_NS, MAX_WEIGHT, PRIORITY_NS, Pick, Scheduler,
 };
+pub use section::EngineSection;
 pub use state::{Engine, Engines, ExeclistState, MAX_SAVE_LEN, PAYLOAD_VERSION, QuiesceStatus};
 pub use workload::{QUEUE_CAPACITY, Workload, WorkloadQueue};

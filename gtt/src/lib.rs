@@ -78,7 +78,9 @@ pub use ppgtt::{
     VisitSummary, WalkFault, visit_leaves, walk,
 };
 pub use runs::{
-    RunStats, SaveCursor, SaveProgress, apply_runs, replace_runs, restore_runs, validate_runs,
-    validate_runs_in, validate_runs_with,
+    GgttPendingSection, GgttRunsSection, RunStats, SaveCursor, SaveProgress, apply_runs,
+    replace_runs, restore_runs, validate_runs, validate_runs_in,
 };
-pub use slices::{GgttSlices, HalfWrite, MAX_PENDING_HALVES, PendingHalf, validate_pending};
+pub use slices::{
+    GgttSlices, HalfWrite, MAX_PENDING_HALVES, MAX_PENDING_LEN, PendingHalf, validate_pending,
+};

@@ -80,6 +80,10 @@ pub fn validate_pending(payload: &[u8], partition: &Partition) -> Result<(), Gtt
 /// How many half-written entries a view tracks at once.
 pub const MAX_PENDING_HALVES: usize = 16;
 
+/// The longest payload [`GgttSlices::save_pending`] writes (SPEC.md Appendix A.4: count,
+/// reserved, then 12 bytes per half).
+pub const MAX_PENDING_LEN: usize = PENDING_HEADER + PENDING_ENTRY * MAX_PENDING_HALVES;
+
 /// An entry of which only one 4-byte half has been written since its last full write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

@@ -4,8 +4,9 @@
 //! followed by records, each a 16-byte [`RecordHeader`] (open [`RecordKind`], flags, record
 //! version, payload length, sequence index, CRC over header and payload) and its payload, and
 //! ends with an END record whose totals bind the whole stream. PAGES, ROUND and END payloads
-//! are defined here; other payloads are opaque and belong to the component crates. `SPEC.md`
-//! in this crate is the normative description.
+//! are defined here; other payloads are opaque and belong to the component crates, each of
+//! which owns its records through the [`Section`] trait (kind, version, a bound on the payload,
+//! save, validate, apply). `SPEC.md` in this crate is the normative description.
 //!
 //! # Guarantees
 //!
@@ -99,6 +100,7 @@ pub mod fuzzing;
 mod header;
 mod pages;
 mod record;
+mod section;
 #[cfg(test)]
 mod stream_tests;
 
@@ -135,6 +137,7 @@ pub use record::{
     Limits, MAC_LEN, MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeader, RecordHeaderRepr,
     RecordKind,
 };
+pub use section::{Saved, Section};
 
 /// Does a stored CRC match the computed one? Always compares, except under `cfg(fuzzing)`
 /// where checksums are bypassed so fuzzers can reach the states behind them.

@@ -48,7 +48,7 @@ impl RecordKind {
     pub const REGISTERS: Self = Self(0x0002);
     /// Runs of GGTT entries (payload owned by `gtt`).
     pub const GGTT_RUNS: Self = Self(0x0003);
-    /// PPGTT root pointers (payload owned by `gtt`).
+    /// PPGTT root pointers (payload owned by `vgpu`).
     pub const PPGTT_ROOTS: Self = Self(0x0004);
     /// Engine state (payload owned by `engines`).
     pub const ENGINE_STATE: Self = Self(0x0005);

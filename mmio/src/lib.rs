@@ -67,6 +67,7 @@ mod error;
 mod platform;
 mod pvinfo;
 mod regfile;
+mod section;
 mod sparse;
 mod store;
 
@@ -78,5 +79,6 @@ pub use platform::{
 };
 pub use pvinfo::{PVINFO_BASE, PVINFO_MAGIC, PVINFO_SIZE, PvInfo, in_pvinfo, off as pvinfo_off};
 pub use regfile::{AccessSize, NoHooks, RegEvent, RegFile, RegHooks};
+pub use section::RegistersSection;
 pub use sparse::{SPARSE_VERSION, sparse_value, validate_sparse};
 pub use store::VregStore;

@@ -121,6 +121,17 @@ pub struct NoHooks;
 
 impl RegHooks for NoHooks {}
 
+/// Hooks behind a reference (for example `&mut dyn RegHooks`) are hooks.
+impl<H: RegHooks + ?Sized> RegHooks for &mut H {
+    fn after_write(&mut self, offset: u32, old: u32, new: u32) {
+        (**self).after_write(offset, old, new);
+    }
+
+    fn on_event(&mut self, event: RegEvent) {
+        (**self).on_event(event);
+    }
+}
+
 /// Words of the summary of blocks that may hold untracked data: 512 blocks of the window
 /// (4 KiB each for a 2 MiB window).
 const SUMMARY_WORDS: usize = 8;

@@ -22,7 +22,7 @@
 
 use gmem::page_hash;
 
-use crate::error::VgpuError;
+use crate::error::{Buffer, StorageError, VgpuError};
 
 /// Largest delta sent instead of a full page; larger deltas go as FULL pages.
 pub const DELTA_LIMIT: usize = 2048;
@@ -78,8 +78,20 @@ pub(crate) struct Content<'s> {
 
 impl<'s> Content<'s> {
     pub(crate) fn new(s: ContentStorage<'s>, frames: usize) -> Result<Self, VgpuError> {
-        if s.hashes.len() != frames || s.delta_pages.len() != s.delta_tags.len() * 4096 {
-            return Err(VgpuError::StorageSize);
+        if s.hashes.len() != frames {
+            return Err(VgpuError::Storage(StorageError {
+                buffer: Buffer::ContentHashes,
+                needed: frames,
+                got: s.hashes.len(),
+            }));
+        }
+        let pages = s.delta_tags.len().saturating_mul(4096);
+        if s.delta_pages.len() != pages {
+            return Err(VgpuError::Storage(StorageError {
+                buffer: Buffer::DeltaPages,
+                needed: pages,
+                got: s.delta_pages.len(),
+            }));
         }
         s.hashes.fill(0);
         s.dup_slots.fill(0);

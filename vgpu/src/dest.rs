@@ -26,34 +26,22 @@ use migstream::{Decoder, Event, FeedError, Limits, RecordKind, StreamHeaderRepr}
 use crate::channel::{ChannelRepr, MAX_CHANNELS, STRIPE_FRAMES, channel_of};
 use crate::error::VgpuError;
 use crate::fsm::MigState;
-use crate::instance::{CONFIG_SPACE_SIZE, Vgpu};
+use crate::instance::Vgpu;
+use crate::sections::{Applying, Checking, Count, DEVICE_STATE, row_of};
+pub use crate::sections::{GGTT_STAGED_PER_ENTRY, STAGED_HEADER, device_state_bound};
 use crate::traits::{GuestMemory, HostGtt};
-
-/// Bytes of bookkeeping per staged record (kind, reserved, length).
-pub const STAGED_HEADER: usize = 8;
 
 /// The record-format version of every device-state payload this destination restores
 /// (SPEC.md Appendix A); a device-state record of another version is
 /// [`VgpuError::UnsupportedRecord`].
 pub const DEVICE_STATE_VERSION: u8 = 1;
 
-/// The record-format version a writer puts on a device-state record of `kind` (SPEC.md
-/// Appendix A): [`mmio::SPARSE_VERSION`] (2: registers outside the table travel too) for
-/// `REGISTERS`, [`DEVICE_STATE_VERSION`] for the others.
+/// The record-format version a writer puts on a record of `kind` (SPEC.md Appendix A): the
+/// version of its section in the device-state table ([`mmio::SPARSE_VERSION`] for `REGISTERS`),
+/// [`DEVICE_STATE_VERSION`] for the others.
 #[must_use]
-pub const fn record_version(kind: RecordKind) -> u8 {
-    if kind.0 == RecordKind::REGISTERS.0 {
-        mmio::SPARSE_VERSION
-    } else {
-        DEVICE_STATE_VERSION
-    }
-}
-
-/// Whether this destination restores a device-state record of `kind` in format `version`:
-/// the current version, and for `REGISTERS` also version 1 (table registers only: a subset of
-/// version 2 with the same meaning).
-const fn accepts_version(kind: RecordKind, version: u8) -> bool {
-    version == record_version(kind) || (kind.0 == RecordKind::REGISTERS.0 && version == 1)
+pub fn record_version(kind: RecordKind) -> u8 {
+    row_of(kind).map_or(DEVICE_STATE_VERSION, |(_, p)| p.version())
 }
 
 /// What a completed restore carried.
@@ -99,8 +87,8 @@ pub struct DestSession<'s> {
     open: Option<(RecordKind, usize, usize)>,
     /// Where the main channel is in the record order of SPEC.md Appendix A.
     stage: Stage,
-    /// How many of each once-only device-state record began (see [`ONCE`]).
-    once: [u32; ONCE.len()],
+    /// How many records of each row of the device-state table began.
+    once: [u32; DEVICE_STATE.len()],
     /// Staged bytes (with their staging headers) of the GGTT pre-copy and of the GGTT after the
     /// stop ([`GgttGroup`]).
     ggtt_bytes: [usize; 2],
@@ -139,85 +127,6 @@ enum Stage {
     State,
 }
 
-/// The device-state kinds a stream carries exactly once (SPEC.md Appendix A).
-const ONCE: [RecordKind; 5] = [
-    RecordKind::CONFIG_SPACE,
-    RecordKind::REGISTERS,
-    RecordKind::GGTT_PENDING,
-    RecordKind::PPGTT_ROOTS,
-    RecordKind::ENGINE_STATE,
-];
-
-/// Staged bytes per GGTT entry a group of `GGTT_RUNS` records may take: a valid source covers each
-/// entry at most once per group, with at most 24 payload bytes (a one-entry RAW run) and, in the
-/// worst case, a record of its own (8 bytes of staging header).
-pub const GGTT_STAGED_PER_ENTRY: usize = gtt::runs::RUN_HEADER_LEN + 8 + STAGED_HEADER;
-
-fn is_device_state(kind: RecordKind) -> bool {
-    matches!(
-        kind,
-        RecordKind::CONFIG_SPACE
-            | RecordKind::REGISTERS
-            | RecordKind::GGTT_RUNS
-            | RecordKind::GGTT_PENDING
-            | RecordKind::PPGTT_ROOTS
-            | RecordKind::ENGINE_STATE
-    )
-}
-
-/// The longest payload a valid device-state record of `kind` can have on `vgpu` (SPEC.md Appendix
-/// A), and the error a longer one is refused with: a length beyond what the format allows is damage
-/// or hostility, to be blamed on the stream, not a reason to ask the caller for more staging.
-fn payload_bound(vgpu: &Vgpu<'_>, kind: RecordKind) -> Option<(usize, VgpuError)> {
-    // A.4: count, reserved, then 12 bytes per half. A.4b: count, reserved, 40 bytes per PPGTT.
-    const PENDING_MAX: usize = 8 + 12 * gtt::MAX_PENDING_HALVES;
-    const ROOTS_MAX: usize = 8 + 40 * crate::ppgtt::MAX_PPGTTS;
-    match kind {
-        RecordKind::CONFIG_SPACE => Some((CONFIG_SPACE_SIZE, VgpuError::BadConfigSpace)),
-        RecordKind::REGISTERS => {
-            let max = vgpu.regs().platform().max_sparse_len();
-            Some((max, VgpuError::Mmio(mmio::MmioError::Malformed { at: max })))
-        }
-        RecordKind::GGTT_PENDING => Some((PENDING_MAX, VgpuError::Gtt(gtt::GttError::Truncated))),
-        // A.3: runs lie inside the guest view and do not overlap, and a run takes at most 24
-        // bytes per entry it covers (16-byte header, then 8 bytes per RAW entry or one 8-byte
-        // LINEAR template), so a longer payload must reach outside the view.
-        RecordKind::GGTT_RUNS => {
-            let entries = usize::try_from(vgpu.config().partition.entries()).ok()?;
-            let max = entries.checked_mul(gtt::runs::RUN_HEADER_LEN + 8)?;
-            Some((max, VgpuError::Gtt(gtt::GttError::OutOfRange)))
-        }
-        RecordKind::PPGTT_ROOTS => Some((ROOTS_MAX, VgpuError::BadPpgtt)),
-        RecordKind::ENGINE_STATE => Some((
-            engines::MAX_SAVE_LEN,
-            VgpuError::Engine(engines::EngineError::TrailingBytes {
-                at: engines::MAX_SAVE_LEN,
-            }),
-        )),
-        _ => None,
-    }
-}
-
-/// The most staged bytes one group of `GGTT_RUNS` records (the pre-copy, or the entries after the
-/// stop) may take on `vgpu`: [`GGTT_STAGED_PER_ENTRY`] per entry of its guest view.
-fn ggtt_group_bound(vgpu: &Vgpu<'_>) -> usize {
-    usize::try_from(vgpu.config().partition.entries())
-        .unwrap_or(usize::MAX)
-        .saturating_mul(GGTT_STAGED_PER_ENTRY)
-}
-
-/// The most device state (staged bytes, staging headers included) a valid stream for `vgpu` can
-/// carry: each once-only record at its longest, and two groups of `GGTT_RUNS` records
-/// ([`GGTT_STAGED_PER_ENTRY`] per GGTT entry each).
-pub fn device_state_bound(vgpu: &Vgpu<'_>) -> usize {
-    let once: usize = ONCE
-        .iter()
-        .filter_map(|k| payload_bound(vgpu, *k))
-        .map(|(max, _)| max + STAGED_HEADER)
-        .sum();
-    once.saturating_add(ggtt_group_bound(vgpu).saturating_mul(2))
-}
-
 impl<'s> DestSession<'s> {
     /// Open a session on a stopped vGPU (the STOP → RESUMING arc) for a single-channel stream.
     ///
@@ -254,7 +163,9 @@ impl<'s> DestSession<'s> {
         let map_at = staging
             .len()
             .checked_sub(map_len)
-            .ok_or(VgpuError::StagingFull { needed: map_len })?;
+            .ok_or(VgpuError::StagingFull {
+                needed: staging_bound(vgpu.config(), vgpu.memory_map()),
+            })?;
         let zmap = staging
             .get_mut(map_at..)
             .and_then(|buf| zeromap::ZeroMap::init(frames, buf))
@@ -289,7 +200,7 @@ impl<'s> DestSession<'s> {
             zero_hash: gmem::page_hash(&[0; 4096]),
             open: None,
             stage: Stage::Start,
-            once: [0; ONCE.len()],
+            once: [0; DEVICE_STATE.len()],
             ggtt_bytes: [0; 2],
             failed: None,
             stats: DestStats::default(),
@@ -538,18 +449,17 @@ impl<'s> DestSession<'s> {
                 }
                 // SPEC.md §7 and Appendix A: a reader rejects versions it does not know
                 // rather than misread a newer layout.
-                if !is_device_state(kind) || !accepts_version(kind, version) {
+                let Some((row, part)) = row_of(kind).filter(|(_, p)| p.reads(version)) else {
                     return Err(VgpuError::UnsupportedRecord { kind: kind.0 });
-                }
+                };
                 // A length no valid record of the kind has is the stream's fault (it cannot be
                 // stored, so it is checked before anything else of the record).
                 let len = usize::try_from(len).unwrap_or(usize::MAX);
-                if let Some((max, refusal)) = payload_bound(vgpu, kind)
-                    && len > max
-                {
-                    return Err(refusal);
+                let max = part.bound(vgpu.config());
+                if len > max {
+                    return Err(part.refusal(max));
                 }
-                let group = self.begin_device_state(vgpu, c, kind, len)?;
+                let group = self.begin_device_state(vgpu, c, row, len)?;
                 let start = self.staged + STAGED_HEADER;
                 let end = start
                     .checked_add(len)
@@ -733,14 +643,16 @@ impl<'s> DestSession<'s> {
         &mut self,
         vgpu: &Vgpu<'_>,
         c: usize,
-        kind: RecordKind,
+        row: usize,
         len: usize,
     ) -> Result<Option<u8>, VgpuError> {
+        let part = DEVICE_STATE.get(row).ok_or(VgpuError::WrongPhase)?;
+        let kind = part.kind();
         let mut group = None;
-        if kind == RecordKind::GGTT_RUNS {
+        if part.count() == Count::Groups {
             // Before every page and ROUND record: the pre-copy; after them: the device state.
             let g = u8::from(self.stage != Stage::Start);
-            let bound = ggtt_group_bound(vgpu);
+            let bound = part.group_bound(vgpu.config());
             let used = self.ggtt_bytes.get(usize::from(g)).copied().unwrap_or(0);
             if used.saturating_add(STAGED_HEADER).saturating_add(len) > bound {
                 return Err(VgpuError::StateOverBound {
@@ -753,8 +665,8 @@ impl<'s> DestSession<'s> {
             }
             group = Some(g);
         }
-        if let Some(i) = ONCE.iter().position(|k| *k == kind)
-            && let Some(seen) = self.once.get_mut(i)
+        if part.count() == Count::Once
+            && let Some(seen) = self.once.get_mut(row)
         {
             *seen += 1;
             if *seen > 1 {
@@ -779,7 +691,7 @@ impl<'s> DestSession<'s> {
     /// [`VgpuError::StagingFull`] cannot happen: a stream that would need more breaks a rule of the
     /// format and is refused as the stream's fault.
     pub fn staging_len(vgpu: &Vgpu<'_>) -> usize {
-        zeromap::len(vgpu.memory_map().frames()).saturating_add(device_state_bound(vgpu))
+        staging_bound(vgpu.config(), vgpu.memory_map())
     }
 
     fn map_buf(&mut self) -> &mut [u8] {
@@ -888,84 +800,32 @@ impl<'s> DestSession<'s> {
                 });
             }
         }
-        let (mut cfg, mut regs, mut eng, mut pending, mut roots) = (0u32, 0u32, 0u32, 0u32, 0u32);
-        let cfg_local = vgpu.config();
-        let partition = cfg_local.partition;
         let frames = guest_frames(mem)?;
-        // Where the previous GGTT_RUNS record of each group ended (storage slot).
-        let mut ggtt_end = [0usize; 2];
-        let mut ppgtts = crate::ppgtt::PpgttList::new();
+        let mut cx = Checking {
+            vgpu,
+            mem,
+            frames: &frames,
+            ips_64k: self.ips_64k(vgpu),
+            ggtt_end: [0; 2],
+            ppgtts: crate::ppgtt::PpgttList::new(),
+        };
+        let mut seen = [0u32; DEVICE_STATE.len()];
         for (kind, group, payload) in self.staged_grouped() {
-            match kind {
-                RecordKind::CONFIG_SPACE => {
-                    cfg += 1;
-                    // Bytes the guest cannot write (identity) must be this vGPU's; the others
-                    // are the guest's and restored as they are.
-                    let local = vgpu.config_space();
-                    if payload.len() != CONFIG_SPACE_SIZE
-                        || payload
-                            .iter()
-                            .zip(local.iter())
-                            .enumerate()
-                            .any(|(i, (a, b))| crate::instance::config_byte_read_only(i) && a != b)
-                    {
-                        return Err(VgpuError::BadConfigSpace);
-                    }
-                }
-                RecordKind::REGISTERS => {
-                    regs += 1;
-                    mmio::validate_sparse(vgpu.regs().platform(), payload)?;
-                }
-                RecordKind::GGTT_RUNS => {
-                    gtt::validate_runs_in(payload, &partition, &frames, cfg_local.generation)?;
-                    // A group's records continue each other in storage order: every entry at
-                    // most once per group, so restoring them costs at most the GGTT's size.
-                    let end = ggtt_end
-                        .get_mut(usize::from(group))
-                        .ok_or(VgpuError::WrongPhase)?;
-                    if let Some((first, last)) = ggtt_span(payload, &partition) {
-                        if first < *end {
-                            return Err(VgpuError::Gtt(gtt::GttError::RunOrder));
-                        }
-                        *end = last;
-                    }
-                }
-                RecordKind::PPGTT_ROOTS => {
-                    roots += 1;
-                    ppgtts = crate::ppgtt::validate(
-                        payload,
-                        cfg_local.generation,
-                        self.ips_64k(vgpu),
-                        mem,
-                    )?;
-                }
-                RecordKind::GGTT_PENDING => {
-                    pending += 1;
-                    gtt::validate_pending(payload, &partition)?;
-                }
-                RecordKind::ENGINE_STATE => {
-                    eng += 1;
-                    // Parsed by the engines' own restore, on a copy; then every queued workload
-                    // must be one the vGPU would have queued (SPEC.md A.5).
-                    let mut probe = vgpu.engines().clone();
-                    probe.apply(payload)?;
-                    check_queued(&probe, &partition)?;
-                }
-                other => return Err(VgpuError::UnsupportedRecord { kind: other.0 }),
+            let (row, part) = row_of(kind).ok_or(VgpuError::UnsupportedRecord { kind: kind.0 })?;
+            if let Some(n) = seen.get_mut(row) {
+                *n += 1;
+            }
+            part.validate(&mut cx, group, payload)?;
+        }
+        for (part, seen) in DEVICE_STATE.iter().zip(seen) {
+            if part.count() == Count::Once && seen != 1 {
+                return Err(VgpuError::RecordCount {
+                    kind: part.kind().0,
+                    seen,
+                });
             }
         }
-        for (kind, seen) in [
-            (RecordKind::CONFIG_SPACE, cfg),
-            (RecordKind::REGISTERS, regs),
-            (RecordKind::ENGINE_STATE, eng),
-            (RecordKind::GGTT_PENDING, pending),
-            (RecordKind::PPGTT_ROOTS, roots),
-        ] {
-            if seen != 1 {
-                return Err(VgpuError::RecordCount { kind: kind.0, seen });
-            }
-        }
-        Ok(ppgtts)
+        Ok(cx.ppgtts)
     }
 
     /// The RESUMING → STOP arc: validate everything, then restore in the known-good order: config
@@ -1013,105 +873,42 @@ impl<'s> DestSession<'s> {
     ) -> Result<DestStats, VgpuError> {
         let ppgtts = self.check(vgpu, mem)?;
         let mut stats = self.stats();
-        // Every check that can fail on stream content has passed; from here on only local backend
-        // failures (host GTT programming) can stop the restore.
-        for (kind, payload) in self.staged_records() {
-            if kind == RecordKind::CONFIG_SPACE {
-                vgpu.cfg_mut().copy_from_slice(payload);
-            }
-        }
-        vgpu.reset_registers();
-        for (kind, payload) in self.staged_records() {
-            if kind == RecordKind::REGISTERS {
-                vgpu.apply_registers(payload, host)?;
-            }
-        }
         let frames = guest_frames(mem)?;
-        let generation = vgpu.config().generation;
-        // The first record replaces the table (clearing it in the same pass); the others
-        // restore on top, in stream order.
-        let mut cleared = false;
-        for (kind, payload) in self.staged_records() {
-            if kind == RecordKind::GGTT_RUNS {
-                // Validated above; the kernels check again as they copy (all or nothing per
-                // record), at no extra cost.
-                let r = if cleared {
-                    gtt::restore_runs(payload, vgpu.ggtt_mut(), &frames, generation)?
-                } else {
-                    cleared = true;
-                    gtt::replace_runs(payload, vgpu.ggtt_mut(), &frames, generation)?
-                };
-                stats.ggtt_entries = stats
-                    .ggtt_entries
-                    .saturating_add(usize::try_from(r.entries).unwrap_or(usize::MAX));
-            }
+        let mut cx = Applying {
+            checked_ips_64k: self.ips_64k(vgpu),
+            vgpu,
+            mem,
+            host,
+            frames: &frames,
+            ppgtts: Some(ppgtts),
+            ggtt: gtt::RunStats::default(),
+        };
+        // Every check that can fail on stream content has passed; from here on only local backend
+        // failures (host GTT programming) can stop the restore. Section by section, in the
+        // table's order; each section's records in stream order.
+        for part in DEVICE_STATE.iter() {
+            let kind = part.kind();
+            let mut payloads = self
+                .staged_records()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, p)| p);
+            part.apply(&mut cx, &mut payloads)?;
         }
-        if !cleared {
-            vgpu.ggtt_mut().clear();
-        }
-        vgpu.reshadow_all(host)?;
-        // PPGTTs: the roots are recorded; their tables came with guest memory and were walked.
-        // Checked above with the staged registers' 64 KiB setting; walked again only if the
-        // registers as applied say otherwise.
-        if vgpu.derived().ips_64k == self.ips_64k(vgpu) {
-            vgpu.set_ppgtts(ppgtts);
-        } else {
-            for (kind, payload) in self.staged_records() {
-                if kind == RecordKind::PPGTT_ROOTS {
-                    let list = crate::ppgtt::validate(
-                        payload,
-                        vgpu.config().generation,
-                        vgpu.derived().ips_64k,
-                        mem,
-                    )?;
-                    vgpu.set_ppgtts(list);
-                }
-            }
-        }
-        // Halves the guest wrote before the stop wait for their partners here as they did there.
-        for (kind, payload) in self.staged_records() {
-            if kind == RecordKind::GGTT_PENDING {
-                vgpu.ggtt_mut().restore_pending(payload)?;
-            }
-        }
-        for (kind, payload) in self.staged_records() {
-            if kind == RecordKind::ENGINE_STATE {
-                vgpu.engines_mut().apply(payload)?;
-            }
-        }
-        vgpu.mirror_engines();
+        stats.ggtt_entries = usize::try_from(cx.ggtt.entries).unwrap_or(usize::MAX);
+        let vgpu = cx.vgpu;
         vgpu.regs_mut().set_guest_aware(true);
         vgpu.set_state(MigState::Stop);
         Ok(stats)
     }
 }
 
-/// Every queued workload of `engines` as the vGPU queues one at an ELSP submission: a descriptor
-/// that passes the submission check (valid, privileged, a PPGTT addressing mode) and whose context
-/// state page lies in the vGPU's guest view (else the submission could not have read the ring
-/// registers from it).
-fn check_queued(engines: &engines::Engines, partition: &gtt::Partition) -> Result<(), VgpuError> {
-    let invalid = VgpuError::Engine(engines::EngineError::InvalidDescriptor);
-    for id in engines::EngineId::ALL {
-        let Some(e) = engines.engine(id) else {
-            continue;
-        };
-        for w in e.queue.iter() {
-            engines::check_submission(&[w.desc, engines::ContextDescriptor::from_bits(0)])
-                .map_err(|_| invalid)?;
-            let state = gtt::GmAddr::new(u64::from(w.desc.lrca_address()))
-                .checked_add(engines::LRC_STATE_PAGE)
-                .and_then(gtt::GmAddr::index)
-                .and_then(|i| partition.slot_of(i));
-            if state.is_none() {
-                return Err(invalid);
-            }
-            if !crate::instance::queueable_ring(w.ring_head, w.ring_tail, None) {
-                return Err(VgpuError::Engine(engines::EngineError::RingOffset));
-            }
-        }
-    }
-    Ok(())
+/// The staging storage a destination session for a vGPU of `config` over guest memory `map` needs
+/// ([`DestSession::staging_len`] before the vGPU exists; [`crate::Layout::staging`]).
+pub(crate) fn staging_bound(
+    config: &crate::instance::VgpuConfig,
+    map: &gmem::GuestMemoryMap,
+) -> usize {
+    zeromap::len(map.frames()).saturating_add(device_state_bound(config))
 }
 
 /// Guest RAM as the span list the GGTT kernels check frames against.
@@ -1137,27 +934,6 @@ impl<'b> Iterator for StagedIter<'b> {
         self.buf = rest;
         Some((kind, hdr[2], payload))
     }
-}
-
-/// The storage slots a validated `GGTT_RUNS` payload covers: from its first run's first slot to
-/// its last run's end (runs are in storage order within a record).
-fn ggtt_span(payload: &[u8], partition: &gtt::Partition) -> Option<(usize, usize)> {
-    let mut at = 0;
-    let mut span: Option<(usize, usize)> = None;
-    while let Some(h) = payload.get(at..at + gtt::runs::RUN_HEADER_LEN) {
-        let start = u32::from_le_bytes(h.get(0..4)?.try_into().ok()?);
-        let count = u32::from_le_bytes(h.get(4..8)?.try_into().ok()?);
-        let body = if h.get(8) == Some(&0) {
-            usize::try_from(count).ok()?.checked_mul(8)?
-        } else {
-            8
-        };
-        let first = partition.slot_of(gtt::GttIndex::new(start))?;
-        let end = first.checked_add(usize::try_from(count).ok()?)?;
-        span = Some((span.map_or(first, |s| s.0), end));
-        at += gtt::runs::RUN_HEADER_LEN + body;
-    }
-    span
 }
 
 /// The destination's page map: one bit per guest frame (by dense index, [`gmem::GuestMemoryMap`]),

@@ -19,6 +19,50 @@ pub enum Fault {
     State,
 }
 
+/// Which caller buffer a [`StorageError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Buffer {
+    /// The source session's send bitmap ([`Layout::send_words`](crate::Layout::send_words)).
+    Send,
+    /// The source session's scratch buffer ([`Layout::scratch_for`](crate::Layout::scratch_for)).
+    Scratch,
+    /// What a GGTT pre-copy keeps of what it sent
+    /// ([`Layout::ggtt_entries`](crate::Layout::ggtt_entries)).
+    GgttSent,
+    /// Content tracking's hash table ([`Layout::content_hashes`](crate::Layout::content_hashes)).
+    ContentHashes,
+    /// Content tracking's delta cache: 4096 bytes per tag.
+    DeltaPages,
+}
+
+/// A caller buffer whose size does not fit the configuration, and the size it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct StorageError {
+    /// The buffer.
+    pub buffer: Buffer,
+    /// The length it needs (exactly, or at least: see the buffer's documentation), in its
+    /// element type (bitmap words, GGTT entries, bytes).
+    pub needed: usize,
+    /// The length given.
+    pub got: usize,
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.buffer {
+            Buffer::Send => "send bitmap (words)",
+            Buffer::Scratch => "scratch buffer (bytes)",
+            Buffer::GgttSent => "GGTT pre-copy copy (entries)",
+            Buffer::ContentHashes => "content hash table (words)",
+            Buffer::DeltaPages => "delta cache (bytes)",
+        };
+        write!(f, "{what}: {} given, {} needed", self.got, self.needed)
+    }
+}
+
 /// An error of a vGPU operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -79,8 +123,11 @@ pub enum VgpuError {
         /// Bytes needed so far.
         needed: usize,
     },
-    /// The caller's storage does not match the sizes the configuration needs.
+    /// The caller's storage does not match the sizes the configuration needs, or a session
+    /// option is out of range.
     StorageSize,
+    /// A caller buffer of the wrong size, and the size it needs (see [`crate::Layout`]).
+    Storage(StorageError),
     /// The embedder's guest-memory backend failed.
     GuestMemory,
     /// The embedder's host GTT backend failed.
@@ -147,11 +194,29 @@ impl VgpuError {
             },
             VgpuError::Incompatible(_) | VgpuError::GuestViewMismatch => Fault::Incompatible,
             VgpuError::UnsupportedRecord { .. } => Fault::Incompatible,
-            VgpuError::Encode(_) | VgpuError::StagingFull { .. } | VgpuError::StorageSize => {
-                Fault::Local
-            }
+            VgpuError::Encode(_)
+            | VgpuError::StagingFull { .. }
+            | VgpuError::StorageSize
+            | VgpuError::Storage(_) => Fault::Local,
             VgpuError::GuestMemory | VgpuError::HostGtt => Fault::Local,
-            VgpuError::Gtt(_) | VgpuError::Mmio(_) | VgpuError::Engine(_) => Fault::Stream,
+            // The component crates know whose fault each of their errors is.
+            VgpuError::Gtt(e) => match e.fault() {
+                gtt::Fault::Input => Fault::Stream,
+                gtt::Fault::Local => Fault::Local,
+            },
+            VgpuError::Mmio(e) => match e.fault() {
+                mmio::Fault::Guest => Fault::Guest,
+                mmio::Fault::Stream => Fault::Stream,
+                mmio::Fault::DeviceState => Fault::State,
+                _ => Fault::Local,
+            },
+            // A workload the engines would refuse from the guest (a bad descriptor or ring
+            // offset) reaches the vGPU as an error only from a restored stream.
+            VgpuError::Engine(e) => match e.fault() {
+                engines::Fault::Guest | engines::Fault::Stream => Fault::Stream,
+                engines::Fault::DeviceState => Fault::State,
+                _ => Fault::Local,
+            },
             VgpuError::Gmem(_) => Fault::Local,
             VgpuError::Fsm(_)
             | VgpuError::NotQuiesced
@@ -214,6 +279,7 @@ impl fmt::Display for VgpuError {
             VgpuError::StorageSize => {
                 f.write_str("caller storage does not match the vGPU configuration")
             }
+            VgpuError::Storage(e) => write!(f, "caller storage: {e}"),
             VgpuError::GuestMemory => f.write_str("guest memory backend failed"),
             VgpuError::HostGtt => f.write_str("host GTT backend failed"),
             VgpuError::NotQuiesced => f.write_str("the vGPU is not quiesced"),

@@ -73,6 +73,12 @@ pub struct VgpuConfig {
 }
 
 impl VgpuConfig {
+    /// The register platform of the vGPU's device model (its register table and save list).
+    #[must_use]
+    pub const fn platform(&self) -> &'static mmio::Platform {
+        &mmio::SKL
+    }
+
     /// A gen9 (Skylake GT2, device 0x1912) vGPU with all five engines and the given guest view.
     pub const fn skylake(partition: Partition) -> Self {
         Self {
@@ -287,7 +293,7 @@ impl<'a> Vgpu<'a> {
         storage: VgpuStorage<'a>,
     ) -> Result<Self, VgpuError> {
         let gpu_dirty = GpuDirtyLog::new(&mem_map, storage.gpu_dirty)?;
-        let mut regs = RegFile::new(&mmio::SKL, storage.vregs)?;
+        let mut regs = RegFile::new(config.platform(), storage.vregs)?;
         regs.reset_with(&config.pvinfo());
         let mut ggtt = gtt::GgttSlices::new(config.partition, storage.ggtt)?;
         ggtt.clear();
@@ -935,7 +941,7 @@ impl<'a> Vgpu<'a> {
             derived: self.derived,
             ..Effects::default()
         };
-        self.regs.apply_sparse(payload, &mut fx)?;
+        <mmio::RegistersSection as migstream::Section>::apply((&mut self.regs, &mut fx), payload)?;
         self.derived = fx.derived;
         for (ack, v) in fx.forcewake {
             self.regs.poke(ack, v);

@@ -20,9 +20,12 @@
 //!   intact. A rejected stream leaves the vGPU's device state untouched.
 //! - The source never loses guest work: saving copies, and cancelling resumes exactly.
 //!
-//! The embedder implements three traits ([`traits::GuestMemory`], [`traits::HostGtt`],
-//! [`traits::CpuDirtyLog`]). The reference device (a software GPU and a guest driver model that run
-//! every path without hardware, deterministically) is the crate `vgpu-mig-sim`.
+//! The embedder implements three traits ([`GuestMemory`], [`HostGtt`], [`CpuDirtyLog`]) and
+//! sizes every buffer with [`Layout`] before anything starts; the names it uses are re-exported
+//! at the crate root. The device state travels as records in the order of one table
+//! ([`sections`]): each record kind is a [`Section`] owned by the crate whose state it holds. The
+//! reference device (a software GPU and a guest driver model that run every path without
+//! hardware, deterministically) is the crate `vgpu-mig-sim`.
 //!
 //! MSRV: the workspace `rust-version` (1.88). The GPU dirty log is a bitmap of atomic words
 //! ([`gmem::AtomicWord`]: `AtomicU64`, or `AtomicU32` on targets with only 32-bit atomics such as
@@ -63,13 +66,11 @@
 //! use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 //! use std::sync::Mutex;
 //!
-//! use gmem::{FrameRange, GuestMemoryMap};
-//! use gtt::{Gfn, GmAddr, GmRange, HostPlacement, Partition};
-//! use vgpu_mig::dest::DestSession;
-//! use vgpu_mig::instance::{CONFIG_SPACE_SIZE, Vgpu, VgpuConfig, VgpuStorage};
-//! use vgpu_mig::source::{SourceConfig, SourceEvent, SourceSession};
-//! use vgpu_mig::tracking::GpuDirtyLog;
-//! use vgpu_mig::traits::{GuestMemory, MemoryError, VgpuAccess};
+//! use vgpu_mig::{
+//!     CONFIG_SPACE_SIZE, DestSession, FrameRange, Gfn, GmAddr, GmRange, GpuDirtyLog, GuestMemory,
+//!     GuestMemoryMap, HostPlacement, Layout, Limits, MemoryError, Partition, SourceConfig,
+//!     SourceEvent, SourceSession, Vgpu, VgpuAccess, VgpuConfig, VgpuError, VgpuStorage,
+//! };
 //!
 //! /// Guest RAM, shared by the vCPUs, the GPU and the migration thread.
 //! struct Ram {
@@ -126,17 +127,19 @@
 //! )?;
 //! let placement = HostPlacement::contiguous(&partition, GmAddr::new(0x200_0000), GmAddr::new(0x2000_0000))?;
 //! let config = VgpuConfig::skylake(partition);
+//! // Every buffer size, known before anything starts.
+//! let layout = Layout::new(&config, &map);
 //! // One vGPU's storage (a hypervisor would use statics); the GPU dirty log is atomic.
 //! let new_vgpu = |cs: &'static mut [u8; CONFIG_SPACE_SIZE], log: &'static [AtomicU64]| {
 //!     let storage = VgpuStorage {
 //!         config_space: cs,
-//!         vregs: Vec::leak(vec![0u32; mmio::MMIO_DWORDS]),
-//!         ggtt: Vec::leak(vec![0u64; config.ggtt_storage_len()]),
+//!         vregs: Vec::leak(vec![0u32; layout.vregs]),
+//!         ggtt: Vec::leak(vec![0u64; layout.ggtt_entries]),
 //!         gpu_dirty: log,
 //!     };
 //!     Vgpu::new(config.clone(), placement.clone(), map.clone(), storage)
 //! };
-//! let words = GpuDirtyLog::storage_words(FRAMES);
+//! let words = layout.gpu_dirty_words;
 //! let log_a: &'static [AtomicU64] = Vec::leak((0..words).map(|_| AtomicU64::new(0)).collect());
 //! let log_b: &'static [AtomicU64] = Vec::leak((0..words).map(|_| AtomicU64::new(0)).collect());
 //! let mut source = new_vgpu(Box::leak(Box::new([0; CONFIG_SPACE_SIZE])), log_a)?;
@@ -145,15 +148,15 @@
 //!
 //! // Storage of the migration, and the session, opened under the device lock (here: before the
 //! // lock exists).
-//! let mut send = vec![0u64; gmem::words_for(FRAMES)];
-//! let mut scratch = vec![0u8; 64 * 1024];
+//! let mut send = vec![0u64; layout.send_words];
+//! let mut scratch = vec![0u8; layout.scratch_for(1).max(64 * 1024)];
 //! let mut session = SourceSession::open(&mut source, &mut (), SourceConfig::default(), &mut send, &mut scratch)?;
 //! let gpu_log = source.gpu_dirty().clone();
 //! let vgpu = Mutex::new(source);
 //! let paused = AtomicBool::new(false);
 //! let mut stream = Vec::new();
 //!
-//! std::thread::scope(|s| -> Result<(), vgpu_mig::error::VgpuError> {
+//! std::thread::scope(|s| -> Result<(), VgpuError> {
 //!     // A vCPU: MMIO exits take the device lock, briefly, while pages stream.
 //!     let vcpu = s.spawn(|| {
 //!         while !paused.load(Ordering::Acquire) {
@@ -207,8 +210,8 @@
 //!
 //! // The destination holds exactly the source's final memory.
 //! let mut ram_b = Ram { map: map.clone(), bytes: Mutex::new(vec![0; FRAMES * 4096]) };
-//! let mut staging = vec![0u8; 1 << 20];
-//! let mut d = DestSession::open(&mut dest, &mut staging, migstream::Limits::DEFAULT)?;
+//! let mut staging = vec![0u8; layout.staging];
+//! let mut d = DestSession::open(&mut dest, &mut staging, Limits::DEFAULT)?;
 //! d.feed(&dest, &mut ram_b, &stream)?;
 //! d.commit(&mut dest, &ram_b, &mut ())?;
 //! assert!(*ram_b.bytes.lock().map_err(|_| "poisoned")? == *ram.bytes.lock().map_err(|_| "poisoned")?);
@@ -255,15 +258,37 @@ pub mod dest;
 pub mod error;
 pub mod fsm;
 pub mod instance;
+mod layout;
 pub mod ppgtt;
+pub mod sections;
 pub mod source;
 pub mod tracking;
 pub mod traits;
 pub mod vfio;
 
+// What an embedder names, at the crate root: the instance and its storage, the sessions, the
+// VFIO driver, the traits it implements, the errors, and the component types those take.
+pub use content::{ContentStats, ContentStorage};
+pub use dest::{DestSession, DestStats};
+pub use error::{Fault, StorageError, VgpuError};
+pub use fsm::{Caps, MigState};
+pub use gmem::{AtomicWord, DmaRange, FrameRange, GuestMemoryMap, PolicyConfig, SwitchReason};
+pub use gtt::{Generation, Gfn, GgttEntry, GmAddr, GmRange, GttIndex, HostPlacement, Partition};
+pub use instance::{CONFIG_SPACE_SIZE, Vgpu, VgpuConfig, VgpuStorage};
+pub use layout::Layout;
+#[cfg(feature = "auth")]
+pub use migstream::AuthKey;
+pub use migstream::{Limits, Section};
+pub use source::{
+    GpuDirtyPrecision, MemoryMode, PrecopyInfo, SourceConfig, SourceEvent, SourceSession,
+};
+pub use tracking::GpuDirtyLog;
+pub use traits::{CpuDirtyLog, GuestMemory, HostError, HostGtt, MemoryError, VgpuAccess};
+pub use vfio::{MigrationStorage, VfioMigration};
+
 /// Largest size, in bytes, of the per-vGPU control state the library keeps by value
-/// ([`SourceSession`](source::SourceSession), [`DestSession`](dest::DestSession),
-/// [`VfioMigration`](vfio::VfioMigration)) without authenticated streams, so that creating and
+/// ([`SourceSession`], [`DestSession`],
+/// [`VfioMigration`]) without authenticated streams, so that creating and
 /// returning them is safe on small firmware stacks. Checked at compile time; bulk storage
 /// (bitmaps, scratch, staging) is always the caller's.
 ///

@@ -15,7 +15,10 @@ use core::ops::ControlFlow;
 
 use gtt::{Generation, Gfn, Gpa, PpgttRoot, ReadGuest, RootTables, VisitLimits, visit_leaves};
 
+use migstream::{RecordKind, Saved, Section};
+
 use crate::error::VgpuError;
+use crate::instance::Vgpu;
 use crate::traits::GuestMemory;
 
 /// PPGTTs a vGPU tracks.
@@ -258,4 +261,65 @@ pub(crate) fn check_tree(root: &PpgttRoot, mem: &dyn GuestMemory) -> Result<(), 
         return Err(VgpuError::BadPpgtt);
     }
     Ok(())
+}
+
+/// The `PPGTT_ROOTS` record (SPEC.md Appendix A.4b): the roots of the guest's PPGTTs. Their
+/// tables travel with guest memory; a reader walks every announced tree ([`validate`]) before it
+/// takes the roots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PpgttRootsSection;
+
+/// What a `PPGTT_ROOTS` payload is checked against: the receiving generation, whether 64 KiB
+/// pages are enabled (from the migrated registers), and guest memory, where the trees are walked.
+#[derive(Clone, Copy)]
+pub struct RootsCheck<'a> {
+    /// The PPGTT format.
+    pub generation: Generation,
+    /// Whether the guest's device walks with 64 KiB pages enabled.
+    pub ips_64k: bool,
+    /// Guest memory.
+    pub mem: &'a dyn GuestMemory,
+}
+
+impl core::fmt::Debug for RootsCheck<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RootsCheck")
+            .field("generation", &self.generation)
+            .field("ips_64k", &self.ips_64k)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Section for PpgttRootsSection {
+    const KIND: RecordKind = RecordKind::PPGTT_ROOTS;
+    const VERSION: u8 = 1;
+
+    type Error = VgpuError;
+    type Config<'a> = ();
+    type Source<'a> = &'a PpgttList;
+    type Check<'a> = RootsCheck<'a>;
+    type Checked = PpgttList;
+    type Target<'a, 'b>
+        = (&'a mut Vgpu<'b>, RootsCheck<'a>)
+    where
+        'b: 'a;
+
+    fn max_len(_: &()) -> usize {
+        HEADER + ENTRY * MAX_PPGTTS
+    }
+
+    fn save(list: &&PpgttList, _from: usize, out: &mut [u8]) -> Result<Saved, VgpuError> {
+        save(list, out).map(Saved::whole)
+    }
+
+    fn validate(check: &RootsCheck<'_>, payload: &[u8]) -> Result<PpgttList, VgpuError> {
+        validate(payload, check.generation, check.ips_64k, check.mem)
+    }
+
+    fn apply((vgpu, check): Self::Target<'_, '_>, payload: &[u8]) -> Result<(), VgpuError> {
+        let list = Self::validate(&check, payload)?;
+        vgpu.set_ppgtts(list);
+        Ok(())
+    }
 }

@@ -27,6 +27,14 @@ pub trait GuestMemory {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct MemoryError;
 
+impl core::fmt::Display for MemoryError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("guest memory access refused (frame not mapped, or an I/O failure)")
+    }
+}
+
+impl core::error::Error for MemoryError {}
+
 /// The hypervisor's dirty log of guest CPU writes (for example KVM's dirty bitmap).
 pub trait CpuDirtyLog {
     /// Report every guest frame written by a CPU since the previous call, then forget them.
@@ -88,6 +96,14 @@ pub trait HostGtt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct HostError;
+
+impl core::fmt::Display for HostError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("host GTT backend failed to program an entry")
+    }
+}
+
+impl core::error::Error for HostError {}
 
 /// A host GTT that ignores every call: for tests and for dry runs.
 impl HostGtt for () {

@@ -677,9 +677,23 @@ fn source_storage_too_small_is_refused_and_changes_nothing_then_the_retry_works(
             &mut send,
             &mut scr,
         );
+        // The error names the buffer and the size it needs.
+        let want = if bits != words {
+            vgpu::error::StorageError {
+                buffer: vgpu::error::Buffer::Send,
+                needed: words,
+                got: bits,
+            }
+        } else {
+            vgpu::error::StorageError {
+                buffer: vgpu::error::Buffer::Scratch,
+                needed: vgpu::source::MIN_SCRATCH,
+                got: scratch,
+            }
+        };
         assert_eq!(
             r.err(),
-            Some(VgpuError::StorageSize),
+            Some(VgpuError::Storage(want)),
             "{bits} words, {scratch} B"
         );
         assert_eq!(a.vgpu.state(), vgpu::fsm::MigState::Running);

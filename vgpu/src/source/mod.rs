@@ -28,23 +28,31 @@
 //! VFIO DMA-logging style, which frames the GPU wrote ([`SourceSession::dirty_report`]), as QEMU
 //! does for devices with dirty tracking. The stream then carries only the device state, and the
 //! VMM decides when to stop (there are no rounds and no policy events).
+//!
+//! **Where each duty lives.** This module drives the session: opening, the channels, the record
+//! being written and what comes next. `pages` is the page path (harvesting both dirty logs into
+//! the send set, and building PAGES records from one read per page); `rounds` is the round policy
+//! (a round's end, its statistics for the pre-copy policy, the events, VFIO's size estimates);
+//! `state` is the device state, read through the device-state table (`crate::sections`), and the
+//! GGTT pre-copy.
 
-use engines::MAX_SAVE_LEN;
-use gmem::{
-    Decision, DirtyBitmap, GuestMemoryMap, Policy, PolicyConfig, RoundStats, SwitchReason,
-    is_zero_page, words_for,
-};
-use gtt::SaveCursor;
-use migstream::{
-    Encoder, PagesBuilder, Progress, RecordFlags, RecordKind, RoundRepr, StreamHeaderRepr,
-};
+use gmem::{DirtyBitmap, GuestMemoryMap, Policy, PolicyConfig, SwitchReason, words_for};
+use migstream::{Encoder, Progress, RecordFlags, RecordKind, RoundRepr, StreamHeaderRepr};
 
-use crate::channel::{ChannelRepr, MAX_CHANNELS, channel_of, next_in_channel};
-use crate::content::{Class, Content, ContentStats, ContentStorage, DELTA_LIMIT};
-use crate::error::VgpuError;
+use crate::channel::{ChannelRepr, MAX_CHANNELS};
+use crate::content::{Content, ContentStats, ContentStorage};
+use crate::error::{Buffer, StorageError, VgpuError};
 use crate::fsm::MigState;
-use crate::instance::{CONFIG_SPACE_SIZE, Vgpu};
+use crate::instance::Vgpu;
 use crate::traits::{CpuDirtyLog, GuestMemory, VgpuAccess};
+
+mod pages;
+mod rounds;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use state::{device_record, ggtt_precopy_chunk};
 
 /// The smallest scratch buffer a source session accepts: room for config space, the engine state
 /// and a useful GGTT chunk. PAGES records are built in the scratch buffer too, so its share per
@@ -163,23 +171,30 @@ enum Phase {
     Round,
     AwaitStop,
     FinalRound,
-    Config,
-    Registers,
-    Ggtt(SaveCursor),
-    /// After a GGTT pre-copy: the entries changed since, scanning from this storage slot.
-    GgttChanges(usize),
-    GgttPending,
-    PpgttRoots,
-    Engines,
+    /// The device state after the stop: row `row` of [`DEVICE_STATE`], from position `from` of
+    /// its section (a GGTT takes several records; after a GGTT pre-copy only what changed since).
+    State {
+        row: usize,
+        from: usize,
+    },
     End,
     Done,
+}
+
+impl Phase {
+    /// The first device-state record.
+    const STATE: Self = Self::State { row: 0, from: 0 };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Current {
     None,
     Header,
-    Scratch { kind: RecordKind, len: usize },
+    Scratch {
+        kind: RecordKind,
+        version: u8,
+        len: usize,
+    },
     Round(RoundRepr),
     End,
 }
@@ -225,7 +240,7 @@ pub struct SourceSession<'s> {
     /// GGTT pre-copy: what the destination holds of the GGTT (entry by storage slot), and where
     /// the pre-copy save continues while it is still going.
     ggtt_sent: Option<&'s mut [u64]>,
-    pre_ggtt: Option<SaveCursor>,
+    pre_ggtt: Option<usize>,
 }
 
 impl<'s> SourceSession<'s> {
@@ -234,9 +249,11 @@ impl<'s> SourceSession<'s> {
     /// tracked from now on for [`dirty_report`](Self::dirty_report)).
     ///
     /// # Errors
-    /// [`VgpuError::WrongPhase`] unless the vGPU is running (or stopped); [`VgpuError::StorageSize`] for a
-    /// `send` bitmap of the wrong size, less than [`MIN_SCRATCH`] bytes of scratch per channel, or a
-    /// configuration out of range (pages per record, channels; several channels in report mode).
+    /// [`VgpuError::WrongPhase`] unless the vGPU is running (or stopped); [`VgpuError::Storage`]
+    /// (with the size needed, as [`crate::Layout`] gives it) for a `send` bitmap of the wrong
+    /// size or less than [`MIN_SCRATCH`] bytes of scratch per channel; [`VgpuError::StorageSize`]
+    /// for a configuration out of range (pages per record, channels; several channels in report
+    /// mode).
     pub fn open(
         vgpu: &mut Vgpu<'_>,
         cpu: &mut dyn CpuDirtyLog,
@@ -329,11 +346,23 @@ impl<'s> SourceSession<'s> {
             usize::try_from(vgpu.memory_map().frames()).map_err(|_| VgpuError::StorageSize)?;
         if !(1..=MAX_CHANNELS).contains(&n)
             || (n > 1 && cfg.memory == MemoryMode::Report)
-            || scratch_len / n < MIN_SCRATCH
             || !(1..=1024).contains(&cfg.pages_per_record)
-            || send_words != words_for(frames)
         {
             return Err(VgpuError::StorageSize);
+        }
+        if send_words != words_for(frames) {
+            return Err(VgpuError::Storage(StorageError {
+                buffer: Buffer::Send,
+                needed: words_for(frames),
+                got: send_words,
+            }));
+        }
+        if scratch_len / n < MIN_SCRATCH {
+            return Err(VgpuError::Storage(StorageError {
+                buffer: Buffer::Scratch,
+                needed: MIN_SCRATCH * n,
+                got: scratch_len,
+            }));
         }
         Ok(())
     }
@@ -380,7 +409,7 @@ impl<'s> SourceSession<'s> {
     ///
     /// # Errors
     /// [`VgpuError::WrongPhase`] after output started or in report mode;
-    /// [`VgpuError::StorageSize`] for `sent` of the wrong length.
+    /// [`VgpuError::Storage`] for `sent` of the wrong length.
     pub fn attach_ggtt_precopy(
         &mut self,
         vgpu: &Vgpu<'_>,
@@ -390,11 +419,15 @@ impl<'s> SourceSession<'s> {
             return Err(VgpuError::WrongPhase);
         }
         if sent.len() != vgpu.ggtt().entries().len() {
-            return Err(VgpuError::StorageSize);
+            return Err(VgpuError::Storage(StorageError {
+                buffer: Buffer::GgttSent,
+                needed: vgpu.ggtt().entries().len(),
+                got: sent.len(),
+            }));
         }
         sent.fill(0);
         self.ggtt_sent = Some(sent);
-        self.pre_ggtt = Some(SaveCursor::START);
+        self.pre_ggtt = Some(0);
         Ok(())
     }
 
@@ -560,7 +593,7 @@ impl<'s> SourceSession<'s> {
             // No pages in the stream: the device state follows at once. The GPU's last writes stay
             // in the report for the VMM's final RAM pass.
             self.harvest_gpu(&*vgpu)?;
-            self.phase = Phase::Config;
+            self.phase = Phase::STATE;
             vgpu.set_state(MigState::StopCopy);
             return Ok(());
         }
@@ -618,106 +651,6 @@ impl<'s> SourceSession<'s> {
         self.chans.iter().map(|c| c.enc.bytes_written()).sum()
     }
 
-    /// VFIO's pre-copy information (`VFIO_MIG_GET_PRECOPY_INFO`): bytes of the initial copy still
-    /// to send, and bytes dirtied since that the next rounds will carry. Page counts are converted
-    /// at 4 KiB a page (zero pages cost much less on the wire, so these are upper bounds).
-    pub fn precopy_info(&self, dev: &dyn VgpuAccess) -> PrecopyInfo {
-        if self.cfg.memory == MemoryMode::Report {
-            // Guest memory is the VMM's to copy; the device's own data is the stop-copy state.
-            return PrecopyInfo {
-                initial_bytes: 0,
-                dirty_bytes: 0,
-            };
-        }
-        let pending = self.send.count() as u64 * 4096;
-        let fresh = dev.gpu_dirty().count() as u64 * 4096;
-        if self.round == 0 && self.phase == Phase::Round {
-            PrecopyInfo {
-                initial_bytes: pending,
-                dirty_bytes: fresh,
-            }
-        } else {
-            PrecopyInfo {
-                initial_bytes: 0,
-                dirty_bytes: pending + fresh,
-            }
-        }
-    }
-
-    /// VFIO's `stop_copy_length` estimate: what stop-and-copy would send if it started now (the
-    /// dirty pages known so far plus the device state).
-    pub fn stop_copy_estimate(&self, vgpu: &Vgpu<'_>) -> u64 {
-        if self.cfg.memory == MemoryMode::Report {
-            return self.device_state_estimate(vgpu);
-        }
-        (self.send.count() + vgpu.gpu_dirty_count()) as u64 * 4096
-            + self.device_state_estimate(vgpu)
-    }
-
-    /// Pages dirty and not yet sent (VFIO's `dirty_bytes` / 4096 during pre-copy).
-    pub fn pending_pages(&self) -> u64 {
-        self.send.count() as u64
-    }
-
-    /// Pages sent so far, and how many of them were zero pages.
-    pub fn pages_sent(&self) -> (u64, u64) {
-        (self.total_pages, self.total_zero)
-    }
-
-    /// Both dirty logs into the send set. Every bit is cleared in its log here, before the pages
-    /// it names are read, so a write that lands after a page's read marks it again.
-    fn harvest(
-        &mut self,
-        dev: &dyn VgpuAccess,
-        cpu: &mut dyn CpuDirtyLog,
-    ) -> Result<(), VgpuError> {
-        self.harvest_gpu(dev)?;
-        let Self { map, send, .. } = self;
-        cpu.harvest(&mut |gfn| {
-            if let Some(i) = map.index_of(gfn) {
-                let _ = send.set(i);
-            }
-        });
-        Ok(())
-    }
-
-    /// The GPU's side of the dirty log: what the device wrote, at the configured precision. The
-    /// exact marks need no lock; the coarse precisions read the GGTT's mapped frames briefly.
-    fn harvest_gpu(&mut self, dev: &dyn VgpuAccess) -> Result<(), VgpuError> {
-        // The exact write set (and GGTT remaps) always count; coarser precisions add to it.
-        let log = dev.gpu_dirty();
-        let active = log.take_active();
-        log.absorb_into(&mut self.send)?;
-        let all_mapped = match self.cfg.precision {
-            GpuDirtyPrecision::AllMapped => true,
-            GpuDirtyPrecision::MappedIfActive => active,
-            GpuDirtyPrecision::Exact => false,
-        };
-        if all_mapped {
-            let Self { map, send, .. } = self;
-            dev.with_vgpu(&mut |vgpu| {
-                for (_, e) in vgpu.ggtt().iter_present() {
-                    if let Some(i) = map.index_of(e.frame()) {
-                        let _ = send.set(i);
-                    }
-                }
-            });
-        }
-        Ok(())
-    }
-
-    fn begin_round(&mut self) {
-        self.round_pages = 0;
-        self.round_zero = 0;
-        self.round_start_bytes = self.bytes_written();
-        for c in self.chans.iter_mut() {
-            c.cursor = 0;
-            c.round_done = false;
-            c.round_pages = 0;
-            c.round_start_bytes = c.enc.bytes_written();
-        }
-    }
-
     fn next_record(
         &mut self,
         c: usize,
@@ -752,6 +685,7 @@ impl<'s> SourceSession<'s> {
                 let ch = self.chan_mut(c)?;
                 ch.current = Current::Scratch {
                     kind: RecordKind::CHANNEL,
+                    version: crate::dest::DEVICE_STATE_VERSION,
                     len: ChannelRepr::LEN,
                 };
                 return Ok(());
@@ -766,7 +700,7 @@ impl<'s> SourceSession<'s> {
                     .scratch
                     .get_mut(ch.scratch.clone())
                     .ok_or(VgpuError::StorageSize)?;
-                let from = self.pre_ggtt.unwrap_or(SaveCursor::START);
+                let from = self.pre_ggtt.unwrap_or(0);
                 let mut sent = self.ggtt_sent.as_deref_mut();
                 let mut chunk = Err(VgpuError::WrongPhase);
                 dev.with_vgpu(&mut |vgpu| {
@@ -778,6 +712,7 @@ impl<'s> SourceSession<'s> {
                     let ch = self.chan_mut(c)?;
                     ch.current = Current::Scratch {
                         kind: RecordKind::GGTT_RUNS,
+                        version: <gtt::GgttRunsSection as migstream::Section>::VERSION,
                         len: written,
                     };
                 }
@@ -823,99 +758,11 @@ impl<'s> SourceSession<'s> {
         let mut record = Err(VgpuError::WrongPhase);
         dev.with_vgpu(&mut |vgpu| record = device_record(phase, sent, vgpu, scratch));
         match record? {
-            Some((kind, len)) => ch.current = Current::Scratch { kind, len },
+            Some((kind, version, len)) => ch.current = Current::Scratch { kind, version, len },
             None if self.phase == Phase::End => ch.current = Current::End,
             None => {}
         }
         Ok(())
-    }
-
-    /// Build the next PAGES record of channel `c` in its scratch share; false when the round is
-    /// exhausted.
-    ///
-    /// Each page is taken from the send set (its dirty bits were harvested before), read once into
-    /// the record, classified from those bytes and encoded from them: the bytes classified are the
-    /// bytes sent, and content tracking remembers exactly them (hash, delta base), so a guest that
-    /// writes the page during the read can not make the destination hold something the source's
-    /// record of it disagrees with. The write marks the page dirty again; it goes again later.
-    fn fill_runs(&mut self, c: usize, mem: &dyn GuestMemory) -> Result<bool, VgpuError> {
-        let channels = self.chans.len();
-        let Self {
-            chans,
-            map,
-            send,
-            scratch,
-            content,
-            cfg,
-            round_pages,
-            round_zero,
-            total_pages,
-            total_zero,
-            ..
-        } = self;
-        let ch = chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
-        let scratch = scratch
-            .get_mut(ch.scratch.clone())
-            .ok_or(VgpuError::StorageSize)?;
-        let mut b = PagesBuilder::new(scratch);
-        let mut delta = [0u8; DELTA_LIMIT];
-        while b.pages() < cfg.pages_per_record {
-            let Some(bit) = take_for(send, ch.cursor, c, channels) else {
-                break;
-            };
-            let Some(gfn) = map.frame_at(bit) else {
-                continue;
-            };
-            let frame = gfn.get();
-            let Some(slot) = b.slot(frame) else {
-                // This record is full: the page goes into the next one.
-                let _ = send.set(bit);
-                ch.cursor = bit;
-                break;
-            };
-            mem.read(gfn, 0, slot).map_err(|_| VgpuError::GuestMemory)?;
-            let page: &[u8; 4096] = slot;
-            let zero = is_zero_page(page);
-            let (class, hash) = match content {
-                Some(t) => t.classify(bit, page, zero, &mut delta, channels),
-                None if zero => (Class::Zero, 0),
-                None => (Class::Full, 0),
-            };
-            if let Some(t) = content.as_mut() {
-                t.count(class);
-                if class != Class::Unchanged {
-                    t.commit(bit, hash, page, zero);
-                }
-            }
-            ch.cursor = bit + 1;
-            match class {
-                Class::Unchanged => continue,
-                Class::Zero => b.push_zero(frame)?,
-                Class::Full => b.push_slot(frame)?,
-                Class::Dup { from } => {
-                    let from = map.frame_at(from).ok_or(VgpuError::StorageSize)?;
-                    b.push_dup(frame, from.get(), hash)?;
-                }
-                Class::Delta { len } => {
-                    b.push_delta(frame, delta.get(..len).ok_or(VgpuError::StorageSize)?)?;
-                }
-            }
-            ch.round_pages += 1;
-            *round_pages += 1;
-            *total_pages += 1;
-            if class == Class::Zero {
-                *round_zero += 1;
-                *total_zero += 1;
-            }
-        }
-        if b.is_empty() {
-            return Ok(false);
-        }
-        ch.current = Current::Scratch {
-            kind: RecordKind::PAGES,
-            len: b.len(),
-        };
-        Ok(true)
     }
 
     fn write_current(&mut self, c: usize, out: &mut [u8]) -> Result<Progress, VgpuError> {
@@ -924,13 +771,12 @@ impl<'s> SourceSession<'s> {
         let p = match ch.current {
             Current::None => return Err(VgpuError::WrongPhase),
             Current::Header => ch.enc.write_header(&header, out)?,
-            Current::Scratch { kind, len } => {
+            Current::Scratch { kind, version, len } => {
                 let at = ch.scratch.start;
                 let payload = self
                     .scratch
                     .get(at..at + len)
                     .ok_or(VgpuError::StorageSize)?;
-                let version = crate::dest::record_version(kind);
                 ch.enc
                     .write_record(kind, RecordFlags::MANDATORY, version, payload, out)?
             }
@@ -938,12 +784,6 @@ impl<'s> SourceSession<'s> {
             Current::End => ch.enc.write_end(out)?,
         };
         Ok(p)
-    }
-
-    /// Upper bound of the device state sent in stop-and-copy, for the policy's downtime prediction.
-    /// After a GGTT pre-copy only the changed entries count.
-    fn device_state_estimate(&self, vgpu: &Vgpu<'_>) -> u64 {
-        device_state_estimate(self.ggtt_sent.as_deref(), self.pre_ggtt, vgpu)
     }
 
     fn record_done(
@@ -977,293 +817,13 @@ impl<'s> SourceSession<'s> {
                 }
             }
             Current::Scratch { kind, .. } => {
-                // GGTT_RUNS: `next_record` already advanced the cursor (or moved on to the engines).
+                // Device state: `next_record` already moved the phase past the record.
                 if kind == RecordKind::CHANNEL {
                     ch.intro = 2;
-                } else if kind == RecordKind::CONFIG_SPACE {
-                    self.phase = Phase::Registers;
-                } else if kind == RecordKind::REGISTERS {
-                    self.phase = Phase::Ggtt(SaveCursor::START);
-                } else if kind == RecordKind::GGTT_PENDING {
-                    self.phase = Phase::PpgttRoots;
-                } else if kind == RecordKind::PPGTT_ROOTS {
-                    self.phase = Phase::Engines;
-                } else if kind == RecordKind::ENGINE_STATE {
-                    self.phase = Phase::End;
                 }
             }
             Current::None => {}
         }
         Ok(())
-    }
-
-    /// Every channel has sent its share of the round.
-    fn round_end(
-        &mut self,
-        dev: &dyn VgpuAccess,
-        cpu: &mut dyn CpuDirtyLog,
-        now_us: u64,
-    ) -> Result<(), VgpuError> {
-        let bytes = self.bytes_written() - self.round_start_bytes;
-        if self.phase == Phase::FinalRound {
-            self.push_event(SourceEvent::RoundEnd {
-                round: self.round,
-                pages: self.round_pages,
-                zero_pages: self.round_zero,
-                bytes,
-                dirty_left: 0,
-            });
-            self.phase = Phase::Config;
-            return Ok(());
-        }
-        self.harvest(dev, cpu)?;
-        let dirty_left = self.send.count() as u64;
-        self.push_event(SourceEvent::RoundEnd {
-            round: self.round,
-            pages: self.round_pages,
-            zero_pages: self.round_zero,
-            bytes,
-            dirty_left,
-        });
-        let started = self.round_start_us.unwrap_or(now_us);
-        let mut device_state_bytes = 0;
-        dev.with_vgpu(&mut |vgpu| device_state_bytes = self.device_state_estimate(vgpu));
-        let stats = RoundStats {
-            round: self.round,
-            dirty_pages_left: dirty_left,
-            bytes_sent: bytes,
-            // A round too short to time still took some time.
-            elapsed_us: now_us.saturating_sub(started).max(1),
-            device_state_bytes,
-        };
-        match self.policy.on_round(stats) {
-            Decision::Continue => {
-                self.round = self.round.saturating_add(1);
-                self.begin_round();
-                self.round_start_us = Some(now_us);
-                self.phase = Phase::Round;
-            }
-            Decision::StopAndCopy(reason) => {
-                self.push_event(SourceEvent::Switch {
-                    reason,
-                    predicted_downtime_us: self.policy.expected_downtime_us(),
-                });
-                self.round = self.round.saturating_add(1);
-                self.phase = Phase::AwaitStop;
-            }
-        }
-        Ok(())
-    }
-
-    fn push_event(&mut self, e: SourceEvent) {
-        #[cfg(feature = "log")]
-        match e {
-            SourceEvent::RoundEnd {
-                round,
-                pages,
-                bytes,
-                dirty_left,
-                ..
-            } => ::log::debug!(
-                "vgpu source: round {round} sent {pages} pages in {bytes} bytes; {dirty_left} pages dirtied meanwhile"
-            ),
-            SourceEvent::Switch {
-                reason,
-                predicted_downtime_us,
-            } => match predicted_downtime_us {
-                Some(us) => ::log::info!(
-                    "vgpu source: stop-and-copy advised: {reason} (predicted downtime {us} µs)"
-                ),
-                None => ::log::info!("vgpu source: stop-and-copy advised: {reason}"),
-            },
-            SourceEvent::Finished { bytes, records } => {
-                ::log::info!("vgpu source: stream complete, {bytes} bytes in {records} records");
-            }
-        }
-        if self.events.is_full() {
-            // The driver did not drain events; keep the newest (the oldest are round summaries).
-            let _ = self.events.pop_front();
-        }
-        let _ = self.events.push_back(e);
-    }
-}
-
-/// Take the next page of channel `c` (of `channels`) at or after `from` from the send set.
-fn take_for(send: &mut DirtyBitmap<'_>, from: usize, c: usize, channels: usize) -> Option<usize> {
-    let mut from = next_in_channel(from, c, channels);
-    loop {
-        let bit = send.take_next(from)?;
-        if channel_of(bit, channels) == c {
-            return Some(bit);
-        }
-        // Another channel's page: leave it and jump to this channel's next stripe.
-        let _ = send.set(bit);
-        from = next_in_channel(bit, c, channels);
-    }
-}
-
-/// After a GGTT pre-copy: RAW runs (GGTT_RUNS payload) of every entry from storage slot `from` on
-/// that differs from what the destination holds (`sent`), cleared entries included, as many as
-/// fit in `out`. Returns the bytes written and the slot to continue from (`None`: done). A run
-/// never crosses from the aperture slice into the hidden one.
-fn save_ggtt_changes(
-    ggtt: &gtt::GgttSlices<'_>,
-    sent: &[u64],
-    from: usize,
-    out: &mut [u8],
-) -> Result<(usize, Option<usize>), VgpuError> {
-    const RUN_HEADER: usize = 16;
-    let entries = ggtt.entries();
-    let partition = ggtt.partition();
-    let ap = usize::try_from(partition.aperture.pages()).map_err(|_| VgpuError::StorageSize)?;
-    let differs = |i: usize| entries.get(i) != sent.get(i);
-    let mut slot = from;
-    let mut pos = 0;
-    while slot < entries.len() {
-        if !differs(slot) {
-            slot += 1;
-            continue;
-        }
-        let slice_end = if slot < ap { ap } else { entries.len() };
-        let room = out.len().saturating_sub(pos);
-        if room < RUN_HEADER + 8 {
-            return Ok((pos, Some(slot)));
-        }
-        let mut n = 1;
-        while slot + n < slice_end && differs(slot + n) && RUN_HEADER + (n + 1) * 8 <= room {
-            n += 1;
-        }
-        let start = partition.index_at(slot).ok_or(VgpuError::StorageSize)?;
-        let dst = out
-            .get_mut(pos..pos + RUN_HEADER + n * 8)
-            .ok_or(VgpuError::StorageSize)?;
-        let (h, body) = dst.split_at_mut(RUN_HEADER);
-        h.fill(0);
-        h.get_mut(0..4)
-            .ok_or(VgpuError::StorageSize)?
-            .copy_from_slice(&start.get().to_le_bytes());
-        h.get_mut(4..8)
-            .ok_or(VgpuError::StorageSize)?
-            .copy_from_slice(
-                &u32::try_from(n)
-                    .map_err(|_| VgpuError::StorageSize)?
-                    .to_le_bytes(),
-            );
-        let src = entries.get(slot..slot + n).ok_or(VgpuError::StorageSize)?;
-        for (d, e) in body.chunks_exact_mut(8).zip(src) {
-            d.copy_from_slice(&e.to_le_bytes());
-        }
-        pos += RUN_HEADER + n * 8;
-        slot += n;
-    }
-    Ok((pos, None))
-}
-
-/// Upper bound of the device state sent in stop-and-copy, for the policy's downtime prediction.
-/// After a GGTT pre-copy (`sent`, finished when `pre_ggtt` is `None`) only the changed entries
-/// count.
-fn device_state_estimate(
-    sent: Option<&[u64]>,
-    pre_ggtt: Option<SaveCursor>,
-    vgpu: &Vgpu<'_>,
-) -> u64 {
-    let entries = vgpu.ggtt().entries();
-    let ggtt = match (sent, pre_ggtt) {
-        (Some(sent), None) => entries
-            .iter()
-            .zip(sent.iter())
-            .filter(|(a, b)| a != b)
-            .count(),
-        _ => vgpu.ggtt().iter_present().count(),
-    } as u64
-        * 8;
-    (CONFIG_SPACE_SIZE + vgpu.regs().sparse_len() + vgpu.engines().save_len()) as u64 + ggtt + 256
-}
-
-/// One chunk of the GGTT pre-copy from `from` into `scratch`, remembering in `sent` what it
-/// carried. Returns the bytes written and where the pre-copy continues (`None`: done).
-fn ggtt_precopy_chunk(
-    vgpu: &Vgpu<'_>,
-    from: SaveCursor,
-    scratch: &mut [u8],
-    sent: Option<&mut [u64]>,
-) -> Result<(usize, Option<SaveCursor>), VgpuError> {
-    let p = vgpu.ggtt().save_runs(from, scratch)?;
-    let entries = vgpu.ggtt().entries();
-    let end = p.next.map_or(entries.len(), SaveCursor::slot);
-    if let Some(sent) = sent {
-        let (dst, src) = (
-            sent.get_mut(from.slot()..end),
-            entries.get(from.slot()..end),
-        );
-        if let (Some(d), Some(s)) = (dst, src) {
-            d.copy_from_slice(s);
-        }
-    }
-    Ok((p.written, p.next))
-}
-
-/// The next device-state record (after the stop) into `scratch`, advancing `phase` past phases
-/// with nothing to send; `None` when the phase has no record (END is next, or pages are).
-fn device_record(
-    phase: &mut Phase,
-    ggtt_sent: Option<&[u64]>,
-    vgpu: &Vgpu<'_>,
-    scratch: &mut [u8],
-) -> Result<Option<(RecordKind, usize)>, VgpuError> {
-    loop {
-        let (kind, len) = match *phase {
-            Phase::Round | Phase::FinalRound | Phase::AwaitStop | Phase::Done | Phase::End => {
-                return Ok(None);
-            }
-            Phase::Config => {
-                let dst = scratch
-                    .get_mut(..CONFIG_SPACE_SIZE)
-                    .ok_or(VgpuError::StorageSize)?;
-                dst.copy_from_slice(vgpu.config_space());
-                (RecordKind::CONFIG_SPACE, CONFIG_SPACE_SIZE)
-            }
-            Phase::Registers => (RecordKind::REGISTERS, vgpu.regs().save_sparse(scratch)?),
-            Phase::Ggtt(_) if ggtt_sent.is_some() => {
-                *phase = Phase::GgttChanges(0);
-                continue;
-            }
-            Phase::GgttChanges(from) => {
-                // After a GGTT pre-copy: only what changed since.
-                let sent = ggtt_sent.unwrap_or(&[]);
-                let (written, next) = save_ggtt_changes(vgpu.ggtt(), sent, from, scratch)?;
-                *phase = match next {
-                    Some(slot) => Phase::GgttChanges(slot),
-                    None => Phase::GgttPending,
-                };
-                if written == 0 {
-                    continue;
-                }
-                (RecordKind::GGTT_RUNS, written)
-            }
-            Phase::Ggtt(cursor) => {
-                let p = vgpu.ggtt().save_runs(cursor, scratch)?;
-                *phase = match p.next {
-                    Some(c) => Phase::Ggtt(c),
-                    None => Phase::GgttPending,
-                };
-                if p.written == 0 {
-                    continue;
-                }
-                (RecordKind::GGTT_RUNS, p.written)
-            }
-            Phase::PpgttRoots => (
-                RecordKind::PPGTT_ROOTS,
-                crate::ppgtt::save(vgpu.ppgtts(), scratch)?,
-            ),
-            Phase::GgttPending => (RecordKind::GGTT_PENDING, vgpu.ggtt().save_pending(scratch)?),
-            Phase::Engines => {
-                let buf = scratch
-                    .get_mut(..MAX_SAVE_LEN)
-                    .ok_or(VgpuError::StorageSize)?;
-                (RecordKind::ENGINE_STATE, vgpu.engines().save(buf)?)
-            }
-        };
-        return Ok(Some((kind, len)));
     }
 }
