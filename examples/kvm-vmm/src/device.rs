@@ -334,6 +334,11 @@ pub struct GpuControl {
     /// vCPUs waiting for the device lock: the GPU thread lets them in before its next step (a
     /// mutex is not fair, and the GPU thread would otherwise take it again at once).
     waiting: AtomicU64,
+    /// Fault injection: µs the GPU thread waits before delivering an interrupt raised by a step
+    /// that left the vGPU idle (a completion the guest may be sleeping on).
+    pub msi_delay_us: AtomicU64,
+    /// Set while the GPU thread waits out [`msi_delay_us`](Self::msi_delay_us).
+    pub msi_held: AtomicBool,
     stop: AtomicBool,
     kick: Mutex<bool>,
     wake: Condvar,
@@ -407,6 +412,12 @@ pub fn gpu_thread(dev: Arc<Mutex<Device>>, mut mem: VmMemory, ctl: Arc<GpuContro
             let raised = d.vgpu.take_msi();
             drop(g);
             ctl.hold.record(t.elapsed());
+            let delay = ctl.msi_delay_us.load(Ordering::SeqCst);
+            if raised > 0 && delay > 0 && !busy {
+                ctl.msi_held.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_micros(delay));
+                ctl.msi_held.store(false, Ordering::SeqCst);
+            }
             msi.deliver(raised);
             while ctl.waiting.load(Ordering::SeqCst) > 0 && !ctl.stop.load(Ordering::SeqCst) {
                 std::thread::yield_now();
