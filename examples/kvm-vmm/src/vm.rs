@@ -572,8 +572,7 @@ impl Vm {
                 let v = usize::from(abi::GPU_VECTOR);
                 let apic_bit = |base: usize| {
                     let at = base + (v / 32) * 0x10;
-                    let reg = lapic_word(&c.lapic, at)
-                        .map_or(0, |w| (w >> (v % 32)) & 1);
+                    let reg = lapic_word(&c.lapic, at).map_or(0, |w| (w >> (v % 32)) & 1);
                     reg == 1
                 };
                 format!(
@@ -616,7 +615,8 @@ impl Vm {
 
     /// Fault injection for tests: the GPU thread waits `delay` before delivering an interrupt
     /// raised by a step that left the vGPU idle, such as the completion of the guest's frame (a
-    /// GPU thread descheduled at that point on a loaded host).
+    /// GPU thread descheduled at that point on a loaded host). It waits holding the device
+    /// lock, where it delivers interrupts.
     pub fn delay_gpu_interrupts(&self, delay: Duration) {
         self.gpu_ctl.msi_delay_us.store(
             u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
@@ -630,14 +630,18 @@ impl Vm {
         self.gpu_ctl.msi_held.load(Ordering::SeqCst)
     }
 
-    /// Stop dispatching vGPU work and wait until nothing is in flight.
+    /// Stop dispatching vGPU work and wait until nothing is in flight. When it returns, every
+    /// interrupt the vGPU raised has been delivered to the local APIC (the GPU thread delivers
+    /// before it releases the device lock; one the vGPU holds still is delivered here), so a
+    /// vCPU state taken afterwards carries it.
     pub fn quiesce_gpu(&self) -> Result<(), VmError> {
         let _ = lock(&self.device).vgpu.quiesce();
         let t = Instant::now();
         loop {
             {
-                let d = lock(&self.device);
+                let mut d = lock(&self.device);
                 if d.vgpu.engines().in_flight() == 0 && !d.gpu.busy() {
+                    Msi(self.vm.clone()).deliver(d.vgpu.take_msi());
                     return Ok(());
                 }
             }
@@ -821,8 +825,9 @@ fn vcpu_thread(
                     *stop = None;
                 }
                 drop(stop);
-                drop(d);
+                // Under the lock, like the GPU thread (see `device`'s interrupt rule).
                 msi.deliver(raised);
+                drop(d);
                 gpu.kick();
                 if !ok {
                     Some(VcpuEnd::Crashed(format!("write of unmapped {addr:#x}")))
