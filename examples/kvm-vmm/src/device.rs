@@ -8,6 +8,13 @@
 //! and the vGPU quiesced, for the device state. The GPU dirty log is atomic and needs no lock
 //! (marks land after the write they log). Guest RAM is never behind the lock: the migration
 //! thread copies pages without it.
+//!
+//! Interrupts: whoever takes the vGPU's raised interrupts ([`Vgpu::take_msi`]) delivers them to
+//! KVM before releasing the lock. A migration quiesces the vGPU under the lock and then takes
+//! the vCPU state; an interrupt taken but delivered after the lock was released could reach
+//! the local APIC after its state was saved, and the destination guest, halted waiting for it,
+//! would never wake (the vGPU's interrupt line is restored high, and a restore raises no new
+//! interrupt). [`Msi::deliver`] is one `KVM_SIGNAL_MSI`, microseconds.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -334,6 +341,11 @@ pub struct GpuControl {
     /// vCPUs waiting for the device lock: the GPU thread lets them in before its next step (a
     /// mutex is not fair, and the GPU thread would otherwise take it again at once).
     waiting: AtomicU64,
+    /// Fault injection: µs the GPU thread waits before delivering an interrupt raised by a step
+    /// that left the vGPU idle (a completion the guest may be sleeping on).
+    pub msi_delay_us: AtomicU64,
+    /// Set while the GPU thread waits out [`msi_delay_us`](Self::msi_delay_us).
+    pub msi_held: AtomicBool,
     stop: AtomicBool,
     kick: Mutex<bool>,
     wake: Condvar,
@@ -405,9 +417,18 @@ pub fn gpu_thread(dev: Arc<Mutex<Device>>, mut mem: VmMemory, ctl: Arc<GpuContro
             d.gpu.step(&mut d.vgpu, &mut mem, GPU_STEP_COMMANDS);
             let busy = d.busy();
             let raised = d.vgpu.take_msi();
+            let delay = ctl.msi_delay_us.load(Ordering::SeqCst);
+            if raised > 0 && delay > 0 && !busy {
+                ctl.msi_held.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_micros(delay));
+                ctl.msi_held.store(false, Ordering::SeqCst);
+            }
+            // Delivered before the lock is released: whoever sees this step's device state
+            // next (a migration that stops now and takes the vCPU state) finds its interrupt
+            // in the local APIC already.
+            msi.deliver(raised);
             drop(g);
             ctl.hold.record(t.elapsed());
-            msi.deliver(raised);
             while ctl.waiting.load(Ordering::SeqCst) > 0 && !ctl.stop.load(Ordering::SeqCst) {
                 std::thread::yield_now();
             }

@@ -12,11 +12,12 @@
 //! markers); each later round harvests both logs first, then reads and sends the pages (a write
 //! after the harvest dirties the page again, so it goes in a later round: pages may change under
 //! any read). The library's pre-copy policy ([`gmem::Policy`]) decides when to stop. Stop: pause
-//! the vCPU (kicked out of `KVM_RUN`), quiesce the vGPU (no new dispatch, in-flight work drained),
+//! the vCPU (kicked out of `KVM_RUN`), quiesce the vGPU (no new dispatch, in-flight work drained,
+//! every interrupt it raised delivered to the local APIC, so the vCPU state taken next carries it),
 //! `stop_and_copy`, the last RAM pass, the vGPU's device state, the vCPU state, END. The device
-//! lock is taken during pre-copy only for one look at the vGPU per round (the device-state size
-//! the policy needs), never while pages are read or sent: the GPU dirty report reads the vGPU's
-//! atomic GPU dirty log ([`DeviceAccess`]), and MMIO exits keep being served.
+//! lock is taken during pre-copy only for one look at the vGPU per round (the device-state size the
+//! policy needs), never while pages are read or sent: the GPU dirty report reads the vGPU's atomic
+//! GPU dirty log ([`DeviceAccess`]), and MMIO exits keep being served.
 //!
 //! Destination: build the VM from the HELLO (its vGPU's graphics memory placed elsewhere on the
 //! host and split, [`Host::Destination`]: the commit rebases every GGTT entry), write pages as they come (no lock: nothing runs),

@@ -549,21 +549,99 @@ impl Vm {
                 break;
             }
             if t.elapsed() > timeout {
-                return Err(VmError("guest did not finish in time".into()));
+                // Stop it where it waits and say what it waits for.
+                self.pause()?;
+                return Err(VmError(format!(
+                    "guest did not finish in time; {}",
+                    self.diagnose()
+                )));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
         self.pause()
     }
 
-    /// Stop dispatching vGPU work and wait until nothing is in flight.
+    /// What a paused guest is doing and what it could be waiting for, in one line: its
+    /// instruction pointer, whether interrupts are enabled and whether it is halted, the GPU
+    /// vector in the local APIC's request and service registers, the vGPU's interrupt state
+    /// (master register, the render block's identity/mask/enable registers, the interrupt line)
+    /// and its work, and the guest's own progress (frames reported). For a hang guard's message.
+    pub fn diagnose(&self) -> String {
+        let cpu = match self.save_cpu() {
+            Ok(c) => {
+                let v = usize::from(abi::GPU_VECTOR);
+                let apic_bit = |base: usize| {
+                    let at = base + (v / 32) * 0x10;
+                    let reg = lapic_word(&c.lapic, at).map_or(0, |w| (w >> (v % 32)) & 1);
+                    reg == 1
+                };
+                format!(
+                    "vCPU rip {:#x} IF {} mp_state {} (3 = halted) pending irq {}/{} nmi {}, \
+                     LAPIC vector {:#x}: IRR {} ISR {}, ",
+                    c.regs.rip,
+                    (c.regs.rflags >> 9) & 1,
+                    c.mp_state.mp_state,
+                    c.events.interrupt.injected,
+                    c.events.interrupt.nr,
+                    c.events.nmi.pending,
+                    abi::GPU_VECTOR,
+                    apic_bit(0x200),
+                    apic_bit(0x100),
+                )
+            }
+            Err(e) => format!("vCPU state: {e}, "),
+        };
+        let d = lock(&self.device);
+        let r = d.vgpu.regs();
+        let rcs = d.vgpu.engines().engine(engines::EngineId::Rcs);
+        format!(
+            "{cpu}vGPU master {:#x} GT0 IIR {:#x} IMR {:#x} IER {:#x} line {}, in flight {}, \
+             RCS queue {}, busy {}, frames reported {} of {}",
+            r.peek(0x44200),
+            r.peek(0x44308),
+            r.peek(0x44304),
+            r.peek(0x4430C),
+            d.vgpu.derived().irq_line,
+            d.vgpu.engines().in_flight(),
+            rcs.map_or(0, |e| e.queue.len()),
+            d.busy(),
+            self.reports()
+                .iter()
+                .filter(|r| r.kind == abi::REPORT_FRAME)
+                .count(),
+            self.cfg.frames,
+        )
+    }
+
+    /// Fault injection for tests: the GPU thread waits `delay` before delivering an interrupt
+    /// raised by a step that left the vGPU idle, such as the completion of the guest's frame (a
+    /// GPU thread descheduled at that point on a loaded host). It waits holding the device
+    /// lock, where it delivers interrupts.
+    pub fn delay_gpu_interrupts(&self, delay: Duration) {
+        self.gpu_ctl.msi_delay_us.store(
+            u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Whether the GPU thread is waiting out [`delay_gpu_interrupts`](Self::delay_gpu_interrupts)
+    /// with an interrupt it raised and has not delivered.
+    pub fn gpu_interrupt_held(&self) -> bool {
+        self.gpu_ctl.msi_held.load(Ordering::SeqCst)
+    }
+
+    /// Stop dispatching vGPU work and wait until nothing is in flight. When it returns, every
+    /// interrupt the vGPU raised has been delivered to the local APIC (the GPU thread delivers
+    /// before it releases the device lock; one the vGPU holds still is delivered here), so a
+    /// vCPU state taken afterwards carries it.
     pub fn quiesce_gpu(&self) -> Result<(), VmError> {
         let _ = lock(&self.device).vgpu.quiesce();
         let t = Instant::now();
         loop {
             {
-                let d = lock(&self.device);
+                let mut d = lock(&self.device);
                 if d.vgpu.engines().in_flight() == 0 && !d.gpu.busy() {
+                    Msi(self.vm.clone()).deliver(d.vgpu.take_msi());
                     return Ok(());
                 }
             }
@@ -747,8 +825,9 @@ fn vcpu_thread(
                     *stop = None;
                 }
                 drop(stop);
-                drop(d);
+                // Under the lock, like the GPU thread (see `device`'s interrupt rule).
                 msi.deliver(raised);
+                drop(d);
                 gpu.kick();
                 if !ok {
                     Some(VcpuEnd::Crashed(format!("write of unmapped {addr:#x}")))
@@ -835,4 +914,14 @@ fn complete_exit(vcpu: &mut VcpuFd) {
     // EINTR is the expected answer: the pending access completed and no instruction ran.
     let _ = vcpu.run();
     vcpu.set_kvm_immediate_exit(0);
+}
+
+/// The 32-bit register at byte `at` of a local APIC state.
+fn lapic_word(lapic: &kvm_bindings::kvm_lapic_state, at: usize) -> Option<u32> {
+    let b = lapic.regs.get(at..at + 4)?;
+    let mut w = [0u8; 4];
+    for (d, s) in w.iter_mut().zip(b) {
+        *d = s.to_ne_bytes()[0];
+    }
+    Some(u32::from_le_bytes(w))
 }

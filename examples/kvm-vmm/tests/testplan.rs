@@ -23,7 +23,6 @@ fn backend(test: &str) -> Option<KvmBackend> {
 }
 
 #[test]
-#[ignore = "intermittent: a migrated destination guest sometimes never finishes (seen in 2 of 4 fresh-clone CI runs); open in issue 15, run with --ignored"]
 fn plan_scenarios_pass_on_real_kvm_at_seeded_and_exact_instants() {
     let Some(b) = backend("plan_scenarios_pass_on_real_kvm_at_seeded_and_exact_instants") else {
         return;
