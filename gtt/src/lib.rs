@@ -77,8 +77,8 @@ pub use error::{Fault, GttError};
 pub use frames::{FrameMap, GuestFrames};
 pub use partition::{GmRange, HostPlacement, Partition, Slice, storage_len};
 pub use ppgtt::{
-    Leaf, Level, PageSize, PpgttRoot, ReadGuest, RootTables, Translation, VisitLimits,
-    VisitSummary, WalkFault, visit_leaves, walk,
+    Entered, Leaf, Level, PageSize, PpgttRoot, ReadGuest, RootTables, TableKind, TableMemo,
+    Translation, VisitLimits, VisitSummary, WalkFault, check_tables, visit_leaves, walk,
 };
 pub use rebase::{rebase_linear, translate_frames, translate_frames_map, translate_frames_table};
 pub use runs::{

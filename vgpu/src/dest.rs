@@ -779,7 +779,52 @@ impl<'s> DestSession<'s> {
     /// [`VgpuError::StagingFull`] cannot happen: a stream that would need more breaks a rule of the
     /// format and is refused as the stream's fault.
     pub fn staging_len(vgpu: &Vgpu<'_>) -> usize {
-        zeromap::len(vgpu.memory_map().frames()).saturating_add(device_state_bound(vgpu))
+        let frames = vgpu.memory_map().frames();
+        zeromap::len(frames)
+            .saturating_add(crate::ppgtt::memo_len(frames))
+            .saturating_add(device_state_bound(vgpu))
+    }
+
+    /// The staged PPGTT roots (none staged: none), their trees checked together against `mem`
+    /// with 64 KiB pages as `ips_64k` says. The table memo of the check ([`crate::ppgtt::memo_len`])
+    /// is the staging just below the page map, which [`staging_len`](Self::staging_len) counts.
+    fn checked_roots(
+        &mut self,
+        generation: gtt::Generation,
+        ips_64k: bool,
+        mem: &dyn GuestMemory,
+    ) -> Result<crate::ppgtt::PpgttList, VgpuError> {
+        let mut roots = [0u8; crate::ppgtt::PAYLOAD_MAX];
+        let Some(payload) = self
+            .staged_records()
+            .find_map(|(kind, p)| (kind == RecordKind::PPGTT_ROOTS).then_some(p))
+        else {
+            return Ok(crate::ppgtt::PpgttList::new());
+        };
+        let len = payload.len();
+        roots
+            .get_mut(..len)
+            .ok_or(VgpuError::BadPpgtt)?
+            .copy_from_slice(payload);
+        let needed = crate::ppgtt::memo_len(mem.map().frames());
+        let at = self
+            .map_at
+            .checked_sub(needed)
+            .filter(|at| *at >= self.staged)
+            .ok_or(VgpuError::StagingFull {
+                needed: (self.staged + self.staging.len() - self.map_at).saturating_add(needed),
+            })?;
+        let memo = self
+            .staging
+            .get_mut(at..self.map_at)
+            .ok_or(VgpuError::WrongPhase)?;
+        crate::ppgtt::validate(
+            roots.get(..len).unwrap_or_default(),
+            generation,
+            ips_64k,
+            mem,
+            memo,
+        )
     }
 
     fn map_buf(&mut self) -> &mut [u8] {
@@ -857,15 +902,16 @@ impl<'s> DestSession<'s> {
         }
     }
 
-    /// Check every staged record against `vgpu` without changing anything.
-    pub fn validate(&self, vgpu: &Vgpu<'_>, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
+    /// Check every staged record against `vgpu` without changing anything (but the scratch part of
+    /// the staging storage).
+    pub fn validate(&mut self, vgpu: &Vgpu<'_>, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
         self.check(vgpu, mem).map(|_| ())
     }
 
     /// [`validate`](Self::validate), returning the PPGTT roots it walked (so a commit walks the
     /// guest's page tables once).
     fn check(
-        &self,
+        &mut self,
         vgpu: &Vgpu<'_>,
         mem: &dyn GuestMemory,
     ) -> Result<crate::ppgtt::PpgttList, VgpuError> {
@@ -894,7 +940,6 @@ impl<'s> DestSession<'s> {
         let frames = guest_frames(mem)?;
         // Where the previous GGTT_RUNS record of each group ended (storage slot).
         let mut ggtt_end = [0usize; 2];
-        let mut ppgtts = crate::ppgtt::PpgttList::new();
         for (kind, group, payload) in self.staged_grouped() {
             match kind {
                 RecordKind::CONFIG_SPACE => {
@@ -930,15 +975,7 @@ impl<'s> DestSession<'s> {
                         *end = last;
                     }
                 }
-                RecordKind::PPGTT_ROOTS => {
-                    roots += 1;
-                    ppgtts = crate::ppgtt::validate(
-                        payload,
-                        cfg_local.generation,
-                        self.ips_64k(vgpu),
-                        mem,
-                    )?;
-                }
+                RecordKind::PPGTT_ROOTS => roots += 1,
                 RecordKind::GGTT_PENDING => {
                     pending += 1;
                     gtt::validate_pending(payload, &partition)?;
@@ -954,6 +991,12 @@ impl<'s> DestSession<'s> {
                 other => return Err(VgpuError::UnsupportedRecord { kind: other.0 }),
             }
         }
+        let ppgtts = if roots == 1 {
+            let ips = self.ips_64k(vgpu);
+            self.checked_roots(cfg_local.generation, ips, mem)?
+        } else {
+            crate::ppgtt::PpgttList::new()
+        };
         for (kind, seen) in [
             (RecordKind::CONFIG_SPACE, cfg),
             (RecordKind::REGISTERS, regs),
@@ -986,7 +1029,7 @@ impl<'s> DestSession<'s> {
 
     /// [`commit`](Self::commit), handing the staging storage back whatever the outcome.
     pub fn commit_release(
-        self,
+        mut self,
         vgpu: &mut Vgpu<'_>,
         mem: &dyn GuestMemory,
         host: &mut dyn HostGtt,
@@ -1006,7 +1049,7 @@ impl<'s> DestSession<'s> {
     }
 
     fn apply(
-        &self,
+        &mut self,
         vgpu: &mut Vgpu<'_>,
         mem: &dyn GuestMemory,
         host: &mut dyn HostGtt,
@@ -1056,17 +1099,8 @@ impl<'s> DestSession<'s> {
         if vgpu.derived().ips_64k == self.ips_64k(vgpu) {
             vgpu.set_ppgtts(ppgtts);
         } else {
-            for (kind, payload) in self.staged_records() {
-                if kind == RecordKind::PPGTT_ROOTS {
-                    let list = crate::ppgtt::validate(
-                        payload,
-                        vgpu.config().generation,
-                        vgpu.derived().ips_64k,
-                        mem,
-                    )?;
-                    vgpu.set_ppgtts(list);
-                }
-            }
+            let list = self.checked_roots(vgpu.config().generation, vgpu.derived().ips_64k, mem)?;
+            vgpu.set_ppgtts(list);
         }
         // Halves the guest wrote before the stop wait for their partners here as they did there.
         for (kind, payload) in self.staged_records() {

@@ -1477,33 +1477,64 @@ fn ppgtt_roots_a_vgpu_never_records_are_refused() {
         VgpuError::BadPpgtt
     );
     // The same root twice (the vGPU records an announced PPGTT once): a 3-level root over a
-    // page directory the stream zeroes (nothing mapped, a valid tree), once and twice.
-    let high = b.sc.map.regions()[1];
-    let pd = high.end() - 1;
-    let mut root = vec![3u8, 1, 0, 0, 0, 0, 0, 0];
-    root.extend_from_slice(&pd.to_le_bytes());
-    root.extend_from_slice(&[0u8; 24]);
-    let with_roots = |n: usize| {
-        let mut r = roots.clone();
-        r[..4].copy_from_slice(&((count + n) as u32).to_le_bytes());
-        for _ in 0..n {
-            r.extend_from_slice(&root);
-        }
-        let mut p = b.with(RecordKind::PPGTT_ROOTS, r);
-        let at = last_round(&p);
-        p.records.insert(
-            at,
-            Part {
-                kind: RecordKind::PAGES,
-                flags: RecordFlags::MANDATORY,
-                version: 1,
-                payload: page_run(pd, 1, 1),
-            },
-        );
-        p
-    };
-    b.restore(&with_roots(1).seal()).0.unwrap();
-    assert_eq!(b.refuse(&with_roots(2)), VgpuError::BadPpgtt);
+    // page directory the stream zeroes (nothing mapped, a valid tree), once and twice. The last
+    // frames hold the guest's own tables (the last of all its 64 KiB page table): the directory
+    // is the frame below them.
+    let pd = b.sc.map.regions()[1].end() - 1 - GUEST_TABLES;
+    b.restore(&with_zeroed_pd_roots(&b, pd, 1).seal())
+        .0
+        .unwrap();
+    assert_eq!(
+        b.refuse(&with_zeroed_pd_roots(&b, pd, 2)),
+        VgpuError::BadPpgtt
+    );
+}
+
+/// Frames at the end of the test guest's memory holding its PPGTT's tables (PML4, PDP, PD, PT,
+/// and last a page table of 64 KiB pages).
+const GUEST_TABLES: u64 = 5;
+
+/// The bed's stream with `n` copies of a 3-level root over the page directory `pd` added to its
+/// PPGTT roots, and `pd` zeroed in the final round.
+fn with_zeroed_pd_roots(b: &Bed, pd: u64, n: usize) -> Parts {
+    let mut r = b.payload(RecordKind::PPGTT_ROOTS).to_vec();
+    let count = u32_at(&r, 0) as usize;
+    r[..4].copy_from_slice(&((count + n) as u32).to_le_bytes());
+    for _ in 0..n {
+        r.extend_from_slice(&[3u8, 1, 0, 0, 0, 0, 0, 0]);
+        r.extend_from_slice(&pd.to_le_bytes());
+        r.extend_from_slice(&[0u8; 24]);
+    }
+    let mut p = b.with(RecordKind::PPGTT_ROOTS, r);
+    let at = last_round(&p);
+    p.records.insert(
+        at,
+        Part {
+            kind: RecordKind::PAGES,
+            flags: RecordFlags::MANDATORY,
+            version: 1,
+            payload: page_run(pd, 1, 1),
+        },
+    );
+    p
+}
+
+#[test]
+fn a_page_serving_as_tables_of_two_levels_is_refused() {
+    // SPEC.md A.4b: the trees of a record are walked together and a frame is a table at one
+    // level only. The guest's last frame is a page table (of 64 KiB pages) in its own tree;
+    // zeroed and announced as the page directory of a second PPGTT, each tree alone is clean
+    // (the zeroed table maps nothing), the two together are not.
+    let b = bed();
+    let pt = b.sc.map.regions()[1].end() - 1;
+    assert_eq!(
+        b.refuse(&with_zeroed_pd_roots(&b, pt, 1)),
+        VgpuError::BadPpgtt
+    );
+    // The frame below the guest's tables is no table of its tree: the same shape is accepted.
+    b.restore(&with_zeroed_pd_roots(&b, pt - GUEST_TABLES, 1).seal())
+        .0
+        .unwrap();
 }
 
 #[test]
