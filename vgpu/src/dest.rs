@@ -93,6 +93,9 @@ pub struct DestSession<'s> {
     /// Where the page map starts in `staging`: device state is staged before it.
     map_at: usize,
     zmap: zeromap::ZeroMap,
+    /// The DUP source frame whose contents were last checked against a DUP's hash, and that
+    /// hash, while the frame has not been written since.
+    dup_verified: Option<(u64, u64)>,
     /// xxh3-64 of the zero page (a DUP of a frame known to be zero is checked against it).
     zero_hash: u64,
     /// The record being staged: (kind, start offset of its payload in staging, length).
@@ -287,6 +290,7 @@ impl<'s> DestSession<'s> {
             map_at,
             zmap,
             zero_hash: gmem::page_hash(&[0; 4096]),
+            dup_verified: None,
             open: None,
             stage: Stage::Start,
             once: [0; ONCE.len()],
@@ -605,6 +609,7 @@ impl<'s> DestSession<'s> {
             } => {
                 let gfn = Gfn::new(frame);
                 let index = self.check_page(c, mem, frame)?;
+                self.written(frame, 1);
                 mem.write(gfn, usize::from(offset), data)
                     .map_err(|_| VgpuError::GuestMemory)?;
                 self.mark(index);
@@ -624,12 +629,17 @@ impl<'s> DestSession<'s> {
                     gfn: frame,
                     from: from_frame,
                 };
+                self.written(frame, 1);
                 if self.maybe_nonzero(from_index) {
                     let mut page = [0u8; 4096];
                     mem.read(from, 0, &mut page)
                         .map_err(|_| VgpuError::GuestMemory)?;
-                    if gmem::page_hash(&page) != hash {
-                        return Err(mismatch);
+                    // A source frame unchanged since its hash was checked is not hashed again.
+                    if self.dup_verified != Some((from_frame, hash)) {
+                        if gmem::page_hash(&page) != hash {
+                            return Err(mismatch);
+                        }
+                        self.dup_verified = Some((from_frame, hash));
                     }
                     mem.write(gfn, 0, &page)
                         .map_err(|_| VgpuError::GuestMemory)?;
@@ -650,16 +660,22 @@ impl<'s> DestSession<'s> {
             } => {
                 let gfn = Gfn::new(frame);
                 let index = self.check_page(c, mem, frame)?;
-                let off = usize::from(offset);
-                let mut buf = [0u8; 4096];
-                let cur = buf.get_mut(..data.len()).ok_or(VgpuError::WrongPhase)?;
-                mem.read(gfn, off, cur)
-                    .map_err(|_| VgpuError::GuestMemory)?;
-                for (c, d) in cur.iter_mut().zip(data) {
-                    *c ^= d;
+                self.written(frame, 1);
+                // In pieces through a small buffer: a short segment (the common case, and a
+                // flood's) costs its own length, not a page.
+                let mut off = usize::from(offset);
+                for piece in data.chunks(XOR_PIECE) {
+                    let mut buf = [0u8; XOR_PIECE];
+                    let cur = buf.get_mut(..piece.len()).ok_or(VgpuError::WrongPhase)?;
+                    mem.read(gfn, off, cur)
+                        .map_err(|_| VgpuError::GuestMemory)?;
+                    for (c, d) in cur.iter_mut().zip(piece) {
+                        *c ^= d;
+                    }
+                    mem.write(gfn, off, cur)
+                        .map_err(|_| VgpuError::GuestMemory)?;
+                    off += piece.len();
                 }
-                mem.write(gfn, off, cur)
-                    .map_err(|_| VgpuError::GuestMemory)?;
                 self.mark(index);
                 self.stats.delta_bytes += data.len() as u64;
             }
@@ -668,6 +684,7 @@ impl<'s> DestSession<'s> {
                 // map words at most, and each page written was paid for by the write that made it
                 // non-zero (or is written once, the first time the stream names it).
                 let start = self.check_zero_run(c, mem, first_frame, count)?;
+                self.written(first_frame, count);
                 let end = start.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
                 let mut at = start;
                 while let Some(index) = self.next_maybe_nonzero(at, end) {
@@ -829,6 +846,16 @@ impl<'s> DestSession<'s> {
 
     fn map_buf(&mut self) -> &mut [u8] {
         self.staging.get_mut(self.map_at..).unwrap_or_default()
+    }
+
+    /// Frames `first..first + count` are being written: a DUP hash checked on one of them no
+    /// longer holds.
+    fn written(&mut self, first: u64, count: u32) {
+        if let Some((f, _)) = self.dup_verified
+            && f.wrapping_sub(first) < u64::from(count)
+        {
+            self.dup_verified = None;
+        }
     }
 
     fn mark(&mut self, index: usize) {
@@ -1172,6 +1199,9 @@ impl<'b> Iterator for StagedIter<'b> {
         Some((kind, hdr[2], payload))
     }
 }
+
+/// Bytes a DELTA segment is read, XOR-ed and written back in at a time.
+const XOR_PIECE: usize = 256;
 
 /// The storage slots a validated `GGTT_RUNS` payload covers: from its first run's first slot to
 /// its last run's end (runs are in storage order within a record).

@@ -932,6 +932,66 @@ fn dup_pages_whose_hash_does_not_match_the_copied_page_are_refused() {
 }
 
 #[test]
+fn a_dup_source_written_since_its_hash_was_checked_is_checked_again() {
+    // The destination hashes a DUP's source once while the source is unchanged; any write to it
+    // (FULL, DELTA, ZERO, a DUP onto it) makes the next DUP from it check its hash again.
+    let b = bed();
+    let (frame, page) = b.sent_frame();
+    let hash = gmem::page_hash(&page.clone().try_into().unwrap());
+    let dup = |to: u64, h: u64| {
+        [
+            page_run(to, 1, 2),
+            frame.to_le_bytes().to_vec(),
+            h.to_le_bytes().to_vec(),
+        ]
+        .concat()
+    };
+    // Two DUPs from the unchanged source with its hash: accepted, both copies are the page.
+    let (r, _) = b.restore(
+        &b.with_pages([dup(frame + 1, hash), dup(frame + 2, hash)].concat())
+            .seal(),
+    );
+    r.unwrap();
+    let writes: [(&str, Vec<u8>); 4] = [
+        ("FULL", [page_run(frame, 1, 0), vec![0x5A; 4096]].concat()),
+        (
+            "DELTA",
+            [
+                page_run(frame, 1, 3),
+                5u16.to_le_bytes().to_vec(),
+                0u16.to_le_bytes().to_vec(),
+                1u16.to_le_bytes().to_vec(),
+                vec![0x80],
+            ]
+            .concat(),
+        ),
+        ("ZERO", page_run(frame - 1, 3, 1)),
+        // A DUP onto the source, of a known-zero frame.
+        (
+            "DUP onto it",
+            [
+                page_run(frame + 3, 1, 1),
+                page_run(frame, 1, 2),
+                (frame + 3).to_le_bytes().to_vec(),
+                gmem::page_hash(&[0; 4096]).to_le_bytes().to_vec(),
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, write) in writes {
+        let stale = [dup(frame + 1, hash), write, dup(frame + 2, hash)].concat();
+        assert_eq!(
+            b.refuse(&b.with_pages(stale)),
+            VgpuError::DuplicateMismatch {
+                gfn: frame + 2,
+                from: frame
+            },
+            "{what}"
+        );
+    }
+}
+
+#[test]
 fn pages_naming_frames_outside_guest_memory_are_refused() {
     let b = bed();
     let (inside, page) = b.sent_frame();
