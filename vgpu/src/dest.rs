@@ -792,7 +792,8 @@ impl<'s> DestSession<'s> {
     }
 
     /// The staging storage a session on `vgpu` needs: the page map (one bit per guest frame and
-    /// its summary levels) plus [`device_state_bound`]. With at least this much,
+    /// its summary levels), the PPGTT check's table memo (one byte per guest frame,
+    /// [`crate::ppgtt::memo_len`]) plus [`device_state_bound`]. With at least this much,
     /// [`VgpuError::StagingFull`] cannot happen: a stream that would need more breaks a rule of the
     /// format and is refused as the stream's fault.
     pub fn staging_len(vgpu: &Vgpu<'_>) -> usize {
