@@ -875,15 +875,8 @@ where
     };
     for (slot, table) in (0u64..).zip(roots) {
         let Some(table) = table else { continue };
-        if let Some(m) = memo.as_deref_mut() {
-            match m.enter(table, TableKind::of(top, false)) {
-                Entered::New => {}
-                Entered::Again => continue,
-                Entered::OtherLevel => {
-                    summary.cycles = summary.cycles.saturating_add(1);
-                    continue;
-                }
-            }
+        if !enter(&mut memo, table, TableKind::of(top, false), &mut summary) {
+            continue;
         }
         let mut stack: Vec<Frame, MAX_DEPTH> = Vec::new();
         let _ = stack.push(Frame {
@@ -910,6 +903,24 @@ where
         }
     }
     summary
+}
+
+/// Whether to descend into `table` entered as `kind`: always without a memo; with one, only the
+/// first time (a table entered before at another level counts as a cycle).
+fn enter(
+    memo: &mut Option<&mut dyn TableMemo>,
+    table: Gfn,
+    kind: TableKind,
+    summary: &mut VisitSummary,
+) -> bool {
+    match memo.as_deref_mut().map(|m| m.enter(table, kind)) {
+        None | Some(Entered::New) => true,
+        Some(Entered::Again) => false,
+        Some(Entered::OtherLevel) => {
+            summary.cycles = summary.cycles.saturating_add(1);
+            false
+        }
+    }
 }
 
 /// The iterative body of [`visit_leaves`] for one root table.
@@ -968,15 +979,8 @@ where
                     summary.cycles = summary.cycles.saturating_add(1);
                     continue;
                 }
-                if let Some(m) = memo.as_deref_mut() {
-                    match m.enter(child, TableKind::of(level, table_64k)) {
-                        Entered::New => {}
-                        Entered::Again => continue,
-                        Entered::OtherLevel => {
-                            summary.cycles = summary.cycles.saturating_add(1);
-                            continue;
-                        }
-                    }
+                if !enter(memo, child, TableKind::of(level, table_64k), summary) {
+                    continue;
                 }
                 let pushed = stack.push(Frame {
                     table: child,
