@@ -74,8 +74,8 @@ pub use error::{Fault, GttError};
 pub use frames::GuestFrames;
 pub use partition::{GmRange, HostPlacement, Partition, Slice, storage_len};
 pub use ppgtt::{
-    Leaf, Level, PageSize, PpgttRoot, ReadGuest, RootTables, Translation, VisitLimits,
-    VisitSummary, WalkFault, visit_leaves, walk,
+    Entered, Leaf, Level, PageSize, PpgttRoot, ReadGuest, RootTables, TableKind, TableMemo,
+    Translation, VisitLimits, VisitSummary, WalkFault, check_tables, visit_leaves, walk,
 };
 pub use runs::{
     GgttPendingSection, GgttRunsSection, RunStats, SaveCursor, SaveProgress, apply_runs,

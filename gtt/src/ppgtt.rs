@@ -711,7 +711,8 @@ pub struct VisitSummary {
     pub leaves: u64,
     /// Table entries read.
     pub entries: u64,
-    /// References to a table already on the current path, not descended into.
+    /// References to a table already on the current path, not descended into (with
+    /// [`check_tables`], also references to a table entered before at another level).
     pub cycles: u64,
     /// Present entries skipped because they fault (reserved bits, 1 GiB page, table or page
     /// outside guest memory, misaligned 64 KiB entry).
@@ -759,7 +760,106 @@ struct Frame {
 /// [`MAX_DEPTH`] frames, at most `limits.max_entries` entries read. Faulting entries are
 /// skipped and counted. Every leaf reported is translated by [`walk`] to the same frame, size,
 /// writability and PPAT index.
-pub fn visit_leaves<M, F>(root: &PpgttRoot, mem: &M, limits: VisitLimits, mut f: F) -> VisitSummary
+pub fn visit_leaves<M, F>(root: &PpgttRoot, mem: &M, limits: VisitLimits, f: F) -> VisitSummary
+where
+    M: ReadGuest + ?Sized,
+    F: FnMut(Leaf) -> ControlFlow<()>,
+{
+    visit_tree(root, mem, limits, None, f)
+}
+
+/// The kind of table a frame is entered as, for a [`TableMemo`]: its level, and for a page table
+/// whether a PDE selected it as a 64 KiB page table (its entries are then read 16 apart and
+/// checked for 64 KiB alignment, so it is checked apart from the same page as a 4 KiB table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TableKind {
+    /// A PML4.
+    Pml4,
+    /// A page-directory-pointer table.
+    Pdp,
+    /// A page directory.
+    Pd,
+    /// A page table of 4 KiB pages.
+    Pt,
+    /// A page table of 64 KiB pages.
+    Pt64K,
+}
+
+impl TableKind {
+    /// The kind of a table at `level` (`in_64k`: selected as a 64 KiB page table).
+    #[must_use]
+    pub const fn of(level: Level, in_64k: bool) -> Self {
+        match level {
+            Level::Pml4 => Self::Pml4,
+            Level::Pdp => Self::Pdp,
+            Level::Pd => Self::Pd,
+            Level::Pt if in_64k => Self::Pt64K,
+            Level::Pt => Self::Pt,
+        }
+    }
+
+    /// Its level ([`TableKind::Pt`] and [`TableKind::Pt64K`] share one).
+    #[must_use]
+    pub const fn level(self) -> Level {
+        match self {
+            Self::Pml4 => Level::Pml4,
+            Self::Pdp => Level::Pdp,
+            Self::Pd => Level::Pd,
+            Self::Pt | Self::Pt64K => Level::Pt,
+        }
+    }
+}
+
+/// What a [`TableMemo`] knew of a table about to be entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Entered {
+    /// First entered as this kind: the table and everything below it are checked now.
+    New,
+    /// Entered as this kind before: it and everything below it were checked then.
+    Again,
+    /// Entered before as a table of another level: a loop, or one page serving two levels.
+    OtherLevel,
+}
+
+/// The tables a [`check_tables`] run (or several, over the roots of one set) has entered, by frame
+/// and [`TableKind`], kept by the caller (a few bits per guest frame suffice).
+pub trait TableMemo {
+    /// Note that `table` is entered as `kind`; say what was known of it before.
+    fn enter(&mut self, table: Gfn, kind: TableKind) -> Entered;
+}
+
+/// Checks the tree of `root` the way [`visit_leaves`] enumerates it, but enters each table at most
+/// once per [`TableKind`] across every call sharing `memo`: a table entered before as the same kind
+/// was checked then (with everything below it) and is not read again, and a table entered before
+/// at another level counts in [`VisitSummary::cycles`] (that covers every loop, since a table on
+/// the current path sits at a higher level). So the roots of a set that share their tables cost
+/// their distinct tables once: at most 512 entries per table page and kind, whatever the number
+/// of references. Leaves below a table entered again are not counted.
+///
+/// The tree is clean when the summary [`is_complete`](VisitSummary::is_complete) (no callback
+/// here, so never stopped); `limits` bounds the entries this call reads.
+pub fn check_tables<M>(
+    root: &PpgttRoot,
+    mem: &M,
+    limits: VisitLimits,
+    memo: &mut dyn TableMemo,
+) -> VisitSummary
+where
+    M: ReadGuest + ?Sized,
+{
+    visit_tree(root, mem, limits, Some(memo), |_| ControlFlow::Continue(()))
+}
+
+/// [`visit_leaves`], entering tables through `memo` when there is one ([`check_tables`]).
+fn visit_tree<M, F>(
+    root: &PpgttRoot,
+    mem: &M,
+    limits: VisitLimits,
+    mut memo: Option<&mut dyn TableMemo>,
+    mut f: F,
+) -> VisitSummary
 where
     M: ReadGuest + ?Sized,
     F: FnMut(Leaf) -> ControlFlow<()>,
@@ -775,6 +875,9 @@ where
     };
     for (slot, table) in (0u64..).zip(roots) {
         let Some(table) = table else { continue };
+        if !enter(&mut memo, table, TableKind::of(top, false), &mut summary) {
+            continue;
+        }
         let mut stack: Vec<Frame, MAX_DEPTH> = Vec::new();
         let _ = stack.push(Frame {
             table,
@@ -785,11 +888,39 @@ where
             writable: true,
             in_64k: false,
         });
-        if visit_from(&mut stack, root, mem, limits, &mut summary, &mut f).is_break() {
+        if visit_from(
+            &mut stack,
+            root,
+            mem,
+            limits,
+            &mut summary,
+            &mut memo,
+            &mut f,
+        )
+        .is_break()
+        {
             break;
         }
     }
     summary
+}
+
+/// Whether to descend into `table` entered as `kind`: always without a memo; with one, only the
+/// first time (a table entered before at another level counts as a cycle).
+fn enter(
+    memo: &mut Option<&mut dyn TableMemo>,
+    table: Gfn,
+    kind: TableKind,
+    summary: &mut VisitSummary,
+) -> bool {
+    match memo.as_deref_mut().map(|m| m.enter(table, kind)) {
+        None | Some(Entered::New) => true,
+        Some(Entered::Again) => false,
+        Some(Entered::OtherLevel) => {
+            summary.cycles = summary.cycles.saturating_add(1);
+            false
+        }
+    }
 }
 
 /// The iterative body of [`visit_leaves`] for one root table.
@@ -799,6 +930,7 @@ fn visit_from<M, F>(
     mem: &M,
     limits: VisitLimits,
     summary: &mut VisitSummary,
+    memo: &mut Option<&mut dyn TableMemo>,
     f: &mut F,
 ) -> ControlFlow<()>
 where
@@ -845,6 +977,9 @@ where
                 };
                 if stack.iter().any(|fr| fr.table == child) {
                     summary.cycles = summary.cycles.saturating_add(1);
+                    continue;
+                }
+                if !enter(memo, child, TableKind::of(level, table_64k), summary) {
                     continue;
                 }
                 let pushed = stack.push(Frame {
@@ -1355,6 +1490,104 @@ mod tests {
     }
 
     /// Builds guest memory of 8 pages from bytes, entries pointing inside or near it.
+    /// A [`TableMemo`] over a map, for tests.
+    #[derive(Default)]
+    struct MapMemo(std::collections::HashMap<u64, StdVec<TableKind>>);
+
+    impl TableMemo for MapMemo {
+        fn enter(&mut self, table: Gfn, kind: TableKind) -> Entered {
+            let kinds = self.0.entry(table.get()).or_default();
+            if kinds.iter().any(|k| k.level() != kind.level()) {
+                Entered::OtherLevel
+            } else if kinds.contains(&kind) {
+                Entered::Again
+            } else {
+                kinds.push(kind);
+                Entered::New
+            }
+        }
+    }
+
+    #[test]
+    fn check_tables_enters_each_table_once_per_kind() {
+        // Four PML4s (frames 1..=4) over one PDP (5), PD (6) and PT (7): every entry of the PDP,
+        // PD and PT present, so each tree alone reads 512 + 512 + 512^2 + 512^3 entries.
+        let mut m = Mem::new(16);
+        for pml4 in 1..=4 {
+            m.set(pml4, 0, 0x5000 | P | RW);
+        }
+        for i in 0..512 {
+            m.set(5, i, 0x6000 | P | RW);
+            m.set(6, i, 0x7000 | P | RW);
+            m.set(7, i, 0x8000 | P | RW);
+        }
+        let mut memo = MapMemo::default();
+        let limits = VisitLimits { max_entries: 5_000 };
+        let mut read = StdVec::new();
+        for pml4 in 1..=4 {
+            let root = PpgttRoot::four_level(Generation::Gen9, Gfn::new(pml4));
+            let s = check_tables(&root, &m, limits, &mut memo);
+            assert!(s.is_complete(), "{s:?}");
+            read.push(s.entries);
+        }
+        // The shared tables are read by the first tree only; without the memo one tree alone
+        // runs out of the budget.
+        assert_eq!(read, [4 * 512, 512, 512, 512]);
+        let alone = visit_leaves(
+            &PpgttRoot::four_level(Generation::Gen9, Gfn::new(1)),
+            &m,
+            limits,
+            |_| ControlFlow::Continue(()),
+        );
+        assert!(alone.truncated);
+
+        // A fault in a shared table is found by the tree that reads it first.
+        m.set(7, 300, 0x8000 | P | RESERVED_HIGH);
+        let mut memo = MapMemo::default();
+        let root = PpgttRoot::four_level(Generation::Gen9, Gfn::new(2));
+        let s = check_tables(&root, &m, limits, &mut memo);
+        assert_eq!(
+            (s.faults, s.first_fault),
+            (1, Some(WalkFault::ReservedBits(Level::Pt)))
+        );
+        m.set(7, 300, 0x8000 | P | RW);
+
+        // Frame 6 is a PD under PML4 1, and a PDP under PML4 9: each tree alone is clean, the two
+        // together are not (one page, two levels), whichever is checked first.
+        m.set(9, 0, 0x6000 | P | RW);
+        let (a, b) = (
+            PpgttRoot::four_level(Generation::Gen9, Gfn::new(1)),
+            PpgttRoot::four_level(Generation::Gen9, Gfn::new(9)),
+        );
+        for (first, second) in [(a, b), (b, a)] {
+            let mut memo = MapMemo::default();
+            assert!(check_tables(&first, &m, limits, &mut memo).is_complete());
+            let s = check_tables(&second, &m, limits, &mut memo);
+            assert!(s.cycles > 0, "{s:?}");
+            let mut fresh = MapMemo::default();
+            assert_eq!(check_tables(&second, &m, limits, &mut fresh).cycles, 0);
+        }
+
+        // A page table reached as a 4 KiB and as a 64 KiB table is checked as each, not refused.
+        let mut m = Mem::new(48);
+        m.set(1, 0, 0x2000 | P | RW);
+        m.set(2, 0, 0x3000 | P | RW);
+        m.set(3, 0, 0x4000 | P | RW);
+        m.set(3, 1, 0x4000 | P | RW | 1 << 11); // IPS: 64 KiB PT
+        m.set(4, 0, 0x20000 | P | RW);
+        let root = PpgttRoot::four_level(Generation::Gen9, Gfn::new(1)).with_ips(true);
+        let mut memo = MapMemo::default();
+        let s = check_tables(&root, &m, limits, &mut memo);
+        assert!(s.is_complete(), "{s:?}");
+        assert_eq!(memo.0[&4].len(), 2);
+        // The self-referencing tables of `hostile_tables_terminate` stay refused.
+        let mut m = Mem::new(8);
+        m.set(1, 0, 0x1000 | P | RW);
+        let root = PpgttRoot::four_level(Generation::Gen9, Gfn::new(1));
+        let s = check_tables(&root, &m, limits, &mut MapMemo::default());
+        assert!(s.cycles > 0);
+    }
+
     fn arbitrary_mem(words: &[u64]) -> Mem {
         let mut m = Mem::new(8);
         for (i, w) in words.iter().enumerate() {
@@ -1383,6 +1616,12 @@ mod tests {
             });
             prop_assert!(s.entries <= limits.max_entries);
             prop_assert!(s.leaves <= s.entries);
+            // Checked with a memo, the tree is refused whenever the visit finds a fault or a loop.
+            let c = check_tables(&root, &m, limits, &mut MapMemo::default());
+            prop_assert!(c.entries <= s.entries);
+            if !s.truncated && (s.faults != 0 || s.cycles != 0) {
+                prop_assert!(c.faults != 0 || c.cycles != 0, "{s:?} {c:?}");
+            }
             for a in addrs {
                 let _ = walk(&root, Gva::new(a), &m);
                 let _ = walk(&root, Gva::new(a & 0xFFFF_FFFF), &m);

@@ -24,6 +24,8 @@ use gtt::Gfn;
 use migstream::{Decoder, Event, FeedError, Limits, RecordKind, StreamHeaderRepr};
 
 use crate::channel::{ChannelRepr, MAX_CHANNELS, STRIPE_FRAMES, channel_of};
+use core::cell::Cell;
+
 use crate::error::VgpuError;
 use crate::fsm::MigState;
 use crate::instance::Vgpu;
@@ -78,9 +80,15 @@ pub struct DestSession<'s> {
     expect_id: Option<u64>,
     staging: &'s mut [u8],
     staged: usize,
-    /// Where the page map starts in `staging`: device state is staged before it.
+    /// Where the page map starts in `staging`.
     map_at: usize,
+    /// Where the PPGTT check's table memo starts (it ends at `map_at`): device state is staged
+    /// before it.
+    memo_at: usize,
     zmap: zeromap::ZeroMap,
+    /// The DUP source frame whose contents were last checked against a DUP's hash, and that
+    /// hash, while the frame has not been written since.
+    dup_verified: Option<(u64, u64)>,
     /// xxh3-64 of the zero page (a DUP of a frame known to be zero is checked against it).
     zero_hash: u64,
     /// The record being staged: (kind, start offset of its payload in staging, length).
@@ -160,12 +168,13 @@ impl<'s> DestSession<'s> {
         }
         let frames = vgpu.memory_map().frames();
         let map_len = zeromap::len(frames);
-        let map_at = staging
-            .len()
-            .checked_sub(map_len)
-            .ok_or(VgpuError::StagingFull {
-                needed: staging_bound(vgpu.config(), vgpu.memory_map()),
-            })?;
+        let too_small = VgpuError::StagingFull {
+            needed: staging_bound(vgpu.config(), vgpu.memory_map()),
+        };
+        let map_at = staging.len().checked_sub(map_len).ok_or(too_small)?;
+        let memo_at = map_at
+            .checked_sub(crate::ppgtt::memo_len(frames))
+            .ok_or(too_small)?;
         let zmap = staging
             .get_mut(map_at..)
             .and_then(|buf| zeromap::ZeroMap::init(frames, buf))
@@ -196,8 +205,10 @@ impl<'s> DestSession<'s> {
             staging,
             staged: 0,
             map_at,
+            memo_at,
             zmap,
             zero_hash: gmem::page_hash(&[0; 4096]),
+            dup_verified: None,
             open: None,
             stage: Stage::Start,
             once: [0; DEVICE_STATE.len()],
@@ -464,8 +475,8 @@ impl<'s> DestSession<'s> {
                 let end = start
                     .checked_add(len)
                     .ok_or(VgpuError::StagingFull { needed: usize::MAX })?;
-                if end > self.map_at {
-                    let needed = end.saturating_add(self.staging.len() - self.map_at);
+                if end > self.memo_at {
+                    let needed = end.saturating_add(self.staging.len() - self.memo_at);
                     return Err(VgpuError::StagingFull { needed });
                 }
                 self.open = Some((kind, start, len));
@@ -515,6 +526,7 @@ impl<'s> DestSession<'s> {
             } => {
                 let gfn = Gfn::new(frame);
                 let index = self.check_page(c, mem, frame)?;
+                self.written(frame, 1);
                 mem.write(gfn, usize::from(offset), data)
                     .map_err(|_| VgpuError::GuestMemory)?;
                 self.mark(index);
@@ -534,12 +546,17 @@ impl<'s> DestSession<'s> {
                     gfn: frame,
                     from: from_frame,
                 };
+                self.written(frame, 1);
                 if self.maybe_nonzero(from_index) {
                     let mut page = [0u8; 4096];
                     mem.read(from, 0, &mut page)
                         .map_err(|_| VgpuError::GuestMemory)?;
-                    if gmem::page_hash(&page) != hash {
-                        return Err(mismatch);
+                    // A source frame unchanged since its hash was checked is not hashed again.
+                    if self.dup_verified != Some((from_frame, hash)) {
+                        if gmem::page_hash(&page) != hash {
+                            return Err(mismatch);
+                        }
+                        self.dup_verified = Some((from_frame, hash));
                     }
                     mem.write(gfn, 0, &page)
                         .map_err(|_| VgpuError::GuestMemory)?;
@@ -560,16 +577,22 @@ impl<'s> DestSession<'s> {
             } => {
                 let gfn = Gfn::new(frame);
                 let index = self.check_page(c, mem, frame)?;
-                let off = usize::from(offset);
-                let mut buf = [0u8; 4096];
-                let cur = buf.get_mut(..data.len()).ok_or(VgpuError::WrongPhase)?;
-                mem.read(gfn, off, cur)
-                    .map_err(|_| VgpuError::GuestMemory)?;
-                for (c, d) in cur.iter_mut().zip(data) {
-                    *c ^= d;
+                self.written(frame, 1);
+                // In pieces through a small buffer: a short segment (the common case, and a
+                // flood's) costs its own length, not a page.
+                let mut off = usize::from(offset);
+                for piece in data.chunks(XOR_PIECE) {
+                    let mut buf = [0u8; XOR_PIECE];
+                    let cur = buf.get_mut(..piece.len()).ok_or(VgpuError::WrongPhase)?;
+                    mem.read(gfn, off, cur)
+                        .map_err(|_| VgpuError::GuestMemory)?;
+                    for (c, d) in cur.iter_mut().zip(piece) {
+                        *c ^= d;
+                    }
+                    mem.write(gfn, off, cur)
+                        .map_err(|_| VgpuError::GuestMemory)?;
+                    off += piece.len();
                 }
-                mem.write(gfn, off, cur)
-                    .map_err(|_| VgpuError::GuestMemory)?;
                 self.mark(index);
                 self.stats.delta_bytes += data.len() as u64;
             }
@@ -578,6 +601,7 @@ impl<'s> DestSession<'s> {
                 // map words at most, and each page written was paid for by the write that made it
                 // non-zero (or is written once, the first time the stream names it).
                 let start = self.check_zero_run(c, mem, first_frame, count)?;
+                self.written(first_frame, count);
                 let end = start.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
                 let mut at = start;
                 while let Some(index) = self.next_maybe_nonzero(at, end) {
@@ -687,15 +711,42 @@ impl<'s> DestSession<'s> {
     }
 
     /// The staging storage a session on `vgpu` needs: the page map (one bit per guest frame and
-    /// its summary levels) plus [`device_state_bound`]. With at least this much,
+    /// its summary levels), the PPGTT check's table memo (one byte per guest frame,
+    /// [`crate::ppgtt::memo_len`]) plus [`device_state_bound`]. With at least this much,
     /// [`VgpuError::StagingFull`] cannot happen: a stream that would need more breaks a rule of the
     /// format and is refused as the stream's fault.
     pub fn staging_len(vgpu: &Vgpu<'_>) -> usize {
         staging_bound(vgpu.config(), vgpu.memory_map())
     }
 
+    /// The staged records and the PPGTT check's table memo (the staging between `memo_at` and
+    /// the page map, [`crate::ppgtt::memo_len`] bytes, which [`staging_len`](Self::staging_len)
+    /// counts) as cells, split so both can be used at once.
+    fn staged_and_memo(&mut self) -> (StagedIter<'_>, &[Cell<u8>]) {
+        let (records, rest) = self.staging.split_at_mut(self.memo_at);
+        let memo = rest
+            .get_mut(..self.map_at - self.memo_at)
+            .unwrap_or_default();
+        (
+            StagedIter {
+                buf: records.get(..self.staged).unwrap_or_default(),
+            },
+            Cell::from_mut(memo).as_slice_of_cells(),
+        )
+    }
+
     fn map_buf(&mut self) -> &mut [u8] {
         self.staging.get_mut(self.map_at..).unwrap_or_default()
+    }
+
+    /// Frames `first..first + count` are being written: a DUP hash checked on one of them no
+    /// longer holds.
+    fn written(&mut self, first: u64, count: u32) {
+        if let Some((f, _)) = self.dup_verified
+            && f.wrapping_sub(first) < u64::from(count)
+        {
+            self.dup_verified = None;
+        }
     }
 
     fn mark(&mut self, index: usize) {
@@ -769,15 +820,16 @@ impl<'s> DestSession<'s> {
         }
     }
 
-    /// Check every staged record against `vgpu` without changing anything.
-    pub fn validate(&self, vgpu: &Vgpu<'_>, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
+    /// Check every staged record against `vgpu` without changing anything (but the scratch part of
+    /// the staging storage).
+    pub fn validate(&mut self, vgpu: &Vgpu<'_>, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
         self.check(vgpu, mem).map(|_| ())
     }
 
     /// [`validate`](Self::validate), returning the PPGTT roots it walked (so a commit walks the
     /// guest's page tables once).
     fn check(
-        &self,
+        &mut self,
         vgpu: &Vgpu<'_>,
         mem: &dyn GuestMemory,
     ) -> Result<crate::ppgtt::PpgttList, VgpuError> {
@@ -801,16 +853,19 @@ impl<'s> DestSession<'s> {
             }
         }
         let frames = guest_frames(mem)?;
+        let ips_64k = self.ips_64k(vgpu);
+        let (staged, memo) = self.staged_and_memo();
         let mut cx = Checking {
             vgpu,
             mem,
             frames: &frames,
-            ips_64k: self.ips_64k(vgpu),
+            ips_64k,
             ggtt_end: [0; 2],
             ppgtts: crate::ppgtt::PpgttList::new(),
+            memo,
         };
         let mut seen = [0u32; DEVICE_STATE.len()];
-        for (kind, group, payload) in self.staged_grouped() {
+        for (kind, group, payload) in staged {
             let (row, part) = row_of(kind).ok_or(VgpuError::UnsupportedRecord { kind: kind.0 })?;
             if let Some(n) = seen.get_mut(row) {
                 *n += 1;
@@ -846,7 +901,7 @@ impl<'s> DestSession<'s> {
 
     /// [`commit`](Self::commit), handing the staging storage back whatever the outcome.
     pub fn commit_release(
-        self,
+        mut self,
         vgpu: &mut Vgpu<'_>,
         mem: &dyn GuestMemory,
         host: &mut dyn HostGtt,
@@ -866,7 +921,7 @@ impl<'s> DestSession<'s> {
     }
 
     fn apply(
-        &self,
+        &mut self,
         vgpu: &mut Vgpu<'_>,
         mem: &dyn GuestMemory,
         host: &mut dyn HostGtt,
@@ -874,24 +929,27 @@ impl<'s> DestSession<'s> {
         let ppgtts = self.check(vgpu, mem)?;
         let mut stats = self.stats();
         let frames = guest_frames(mem)?;
+        let checked_ips_64k = self.ips_64k(vgpu);
+        let (staged, memo) = self.staged_and_memo();
         let mut cx = Applying {
-            checked_ips_64k: self.ips_64k(vgpu),
+            checked_ips_64k,
             vgpu,
             mem,
             host,
             frames: &frames,
             ppgtts: Some(ppgtts),
             ggtt: gtt::RunStats::default(),
+            memo,
         };
         // Every check that can fail on stream content has passed; from here on only local backend
         // failures (host GTT programming) can stop the restore. Section by section, in the
         // table's order; each section's records in stream order.
         for part in DEVICE_STATE.iter() {
             let kind = part.kind();
-            let mut payloads = self
-                .staged_records()
-                .filter(|(k, _)| *k == kind)
-                .map(|(_, p)| p);
+            let mut payloads = staged
+                .clone()
+                .filter(|(k, _, _)| *k == kind)
+                .map(|(_, _, p)| p);
             part.apply(&mut cx, &mut payloads)?;
         }
         stats.ggtt_entries = usize::try_from(cx.ggtt.entries).unwrap_or(usize::MAX);
@@ -908,7 +966,9 @@ pub(crate) fn staging_bound(
     config: &crate::instance::VgpuConfig,
     map: &gmem::GuestMemoryMap,
 ) -> usize {
-    zeromap::len(map.frames()).saturating_add(device_state_bound(config))
+    zeromap::len(map.frames())
+        .saturating_add(crate::ppgtt::memo_len(map.frames()))
+        .saturating_add(device_state_bound(config))
 }
 
 /// Guest RAM as the span list the GGTT kernels check frames against.
@@ -918,6 +978,7 @@ fn guest_frames(mem: &dyn GuestMemory) -> Result<gtt::GuestFrames, VgpuError> {
     )?)
 }
 
+#[derive(Clone)]
 struct StagedIter<'b> {
     buf: &'b [u8],
 }
@@ -935,6 +996,9 @@ impl<'b> Iterator for StagedIter<'b> {
         Some((kind, hdr[2], payload))
     }
 }
+
+/// Bytes a DELTA segment is read, XOR-ed and written back in at a time.
+const XOR_PIECE: usize = 256;
 
 /// The destination's page map: one bit per guest frame (by dense index, [`gmem::GuestMemoryMap`]),
 /// set while the frame's current contents may be non-zero, with summary levels above it (a bit per

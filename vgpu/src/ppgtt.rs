@@ -11,9 +11,13 @@
 //! of the root tables (4-level: the PML4 in the first, zeros after; 3-level: the four page
 //! directories, zero where not present).
 
+use core::cell::Cell;
 use core::ops::ControlFlow;
 
-use gtt::{Generation, Gfn, Gpa, PpgttRoot, ReadGuest, RootTables, VisitLimits, visit_leaves};
+use gtt::{
+    Entered, Generation, Gfn, Gpa, PpgttRoot, ReadGuest, RootTables, TableKind, TableMemo,
+    VisitLimits, check_tables, visit_leaves,
+};
 
 use migstream::{RecordKind, Saved, Section};
 
@@ -132,6 +136,9 @@ impl ReadGuest for PageWalker<'_> {
     }
 }
 
+/// The longest payload: [`MAX_PPGTTS`] entries.
+pub const PAYLOAD_MAX: usize = HEADER + MAX_PPGTTS * ENTRY;
+
 /// Bytes of the payload for `list`.
 pub fn payload_len(list: &PpgttList) -> usize {
     HEADER + list.len() * ENTRY
@@ -177,16 +184,77 @@ pub fn save(list: &PpgttList, out: &mut [u8]) -> Result<usize, VgpuError> {
     Ok(len)
 }
 
+/// Bytes of the table memo [`validate`] needs for a guest of `frames` frames: one per frame.
+pub fn memo_len(frames: u64) -> usize {
+    usize::try_from(frames).unwrap_or(usize::MAX)
+}
+
+/// The tables a [`validate`] has entered: one byte per guest frame (by dense index), a bit per
+/// [`TableKind`].
+struct Memo<'a> {
+    mem: &'a dyn GuestMemory,
+    buf: &'a [Cell<u8>],
+}
+
+const fn kind_bit(kind: TableKind) -> u8 {
+    match kind {
+        TableKind::Pml4 => 1,
+        TableKind::Pdp => 2,
+        TableKind::Pd => 4,
+        TableKind::Pt => 8,
+        TableKind::Pt64K => 16,
+    }
+}
+
+impl TableMemo for Memo<'_> {
+    fn enter(&mut self, table: Gfn, kind: TableKind) -> Entered {
+        // A frame outside guest memory is never marked: its table cannot be read (a fault).
+        let Some(b) = self.mem.map().index_of(table).and_then(|i| self.buf.get(i)) else {
+            return Entered::New;
+        };
+        let had = b.get();
+        let bit = kind_bit(kind);
+        let same_level = if kind.level() == gtt::Level::Pt {
+            kind_bit(TableKind::Pt) | kind_bit(TableKind::Pt64K)
+        } else {
+            bit
+        };
+        if had & !same_level != 0 {
+            Entered::OtherLevel
+        } else if had & bit != 0 {
+            Entered::Again
+        } else {
+            b.set(had | bit);
+            Entered::New
+        }
+    }
+}
+
 /// Parse and check a payload: its layout, and that every announced tree lies in guest memory,
-/// has no loop and no entry with reserved bits, within the walker's bounds, walked with 64 KiB
-/// pages enabled or not as `ips_64k` says (the migrated `GAMW_ECO_DEV_RW_IA`).
+/// has no loop and no entry with reserved bits, walked with 64 KiB pages enabled or not as
+/// `ips_64k` says (the migrated `GAMW_ECO_DEV_RW_IA`). The trees are checked together
+/// ([`gtt::check_tables`] over `memo`, at least [`memo_len`] bytes of caller storage): a table
+/// page shared by several roots or entries is read once per kind, so the whole check reads at
+/// most about two table pages' entries per guest frame, whatever the payload says; a page that
+/// serves as a table at two levels is refused (SPEC.md A.4).
+///
+/// # Errors
+/// [`VgpuError::BadPpgtt`] for a payload or tree no source sends;
+/// [`VgpuError::StagingFull`] if `memo` is shorter than [`memo_len`].
 pub fn validate(
     payload: &[u8],
     generation: Generation,
     ips_64k: bool,
     mem: &dyn GuestMemory,
+    memo: &[Cell<u8>],
 ) -> Result<PpgttList, VgpuError> {
     let bad = VgpuError::BadPpgtt;
+    let needed = memo_len(mem.map().frames());
+    let memo = memo
+        .get(..needed)
+        .ok_or(VgpuError::StagingFull { needed })?;
+    memo.iter().for_each(|b| b.set(0));
+    let mut memo = Memo { mem, buf: memo };
     let (head, body) = payload.split_at_checked(HEADER).ok_or(bad)?;
     let word = |b: &[u8], at: usize| {
         b.get(at..at + 8)
@@ -237,7 +305,7 @@ pub fn validate(
         if list.contains(&root) {
             return Err(bad);
         }
-        check_tree(&root, mem)?;
+        check_tree_in(&root, mem, Some(&mut memo))?;
         list.push(root).map_err(|_| bad)?;
     }
     Ok(list)
@@ -246,6 +314,15 @@ pub fn validate(
 /// Walk a tree: no loop, no fault (tables and pages inside guest memory, no reserved bits), within
 /// the walker's budget.
 pub(crate) fn check_tree(root: &PpgttRoot, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
+    check_tree_in(root, mem, None)
+}
+
+/// [`check_tree`], or with `memo` for one root of a set checked together ([`validate`]).
+fn check_tree_in(
+    root: &PpgttRoot,
+    mem: &dyn GuestMemory,
+    memo: Option<&mut Memo<'_>>,
+) -> Result<(), VgpuError> {
     let roots_ok = match root.tables {
         RootTables::FourLevel(pml4) => mem.map().contains(pml4),
         RootTables::ThreeLevel(pds) => pds.iter().flatten().all(|pd| mem.map().contains(*pd)),
@@ -254,9 +331,12 @@ pub(crate) fn check_tree(root: &PpgttRoot, mem: &dyn GuestMemory) -> Result<(), 
         return Err(VgpuError::BadPpgtt);
     }
     let walker = PageWalker::new(mem);
-    let summary = visit_leaves(root, &walker, VisitLimits::DEFAULT, |_| {
-        ControlFlow::Continue(())
-    });
+    let summary = match memo {
+        Some(memo) => check_tables(root, &walker, VisitLimits::DEFAULT, memo),
+        None => visit_leaves(root, &walker, VisitLimits::DEFAULT, |_| {
+            ControlFlow::Continue(())
+        }),
+    };
     if summary.cycles != 0 || summary.faults != 0 || summary.truncated {
         return Err(VgpuError::BadPpgtt);
     }
@@ -280,6 +360,9 @@ pub struct RootsCheck<'a> {
     pub ips_64k: bool,
     /// Guest memory.
     pub mem: &'a dyn GuestMemory,
+    /// The table memo the trees are checked together with: at least [`memo_len`] bytes of caller
+    /// storage, as cells (`Cell::from_mut(buf).as_slice_of_cells()`).
+    pub memo: &'a [Cell<u8>],
 }
 
 impl core::fmt::Debug for RootsCheck<'_> {
@@ -314,7 +397,13 @@ impl Section for PpgttRootsSection {
     }
 
     fn validate(check: &RootsCheck<'_>, payload: &[u8]) -> Result<PpgttList, VgpuError> {
-        validate(payload, check.generation, check.ips_64k, check.mem)
+        validate(
+            payload,
+            check.generation,
+            check.ips_64k,
+            check.mem,
+            check.memo,
+        )
     }
 
     fn apply((vgpu, check): Self::Target<'_, '_>, payload: &[u8]) -> Result<(), VgpuError> {

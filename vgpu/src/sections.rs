@@ -12,6 +12,8 @@ use migstream::{RecordKind, Saved, Section};
 
 use crate::error::VgpuError;
 use crate::instance::{CONFIG_SPACE_SIZE, Vgpu, VgpuConfig, config_byte_read_only};
+use core::cell::Cell;
+
 use crate::ppgtt::{PpgttList, PpgttRootsSection, RootsCheck};
 use crate::traits::{GuestMemory, HostGtt};
 
@@ -102,6 +104,8 @@ pub(crate) struct Checking<'c, 'v> {
     pub(crate) ggtt_end: [usize; 2],
     /// The PPGTT roots the check walked.
     pub(crate) ppgtts: PpgttList,
+    /// The table memo the PPGTT roots are checked together with ([`crate::ppgtt::memo_len`]).
+    pub(crate) memo: &'c [Cell<u8>],
 }
 
 /// What the restore steps share.
@@ -115,6 +119,8 @@ pub(crate) struct Applying<'c, 'v> {
     pub(crate) checked_ips_64k: bool,
     /// GGTT entries restored.
     pub(crate) ggtt: RunStats,
+    /// The table memo for walking the roots again ([`Checking::memo`]).
+    pub(crate) memo: &'c [Cell<u8>],
 }
 
 /// One row of `DEVICE_STATE`: a section, and how this vGPU reaches its state.
@@ -458,6 +464,7 @@ impl Part for RootsRow {
             generation: cx.vgpu.config().generation,
             ips_64k: cx.ips_64k,
             mem: cx.mem,
+            memo: cx.memo,
         };
         cx.ppgtts = PpgttRootsSection::validate(&check, payload)?;
         Ok(())
@@ -482,6 +489,7 @@ impl Part for RootsRow {
                 generation: cx.vgpu.config().generation,
                 ips_64k: cx.vgpu.derived().ips_64k,
                 mem: cx.mem,
+                memo: cx.memo,
             };
             PpgttRootsSection::apply((&mut *cx.vgpu, check), p)?;
         }

@@ -946,6 +946,66 @@ fn dup_pages_whose_hash_does_not_match_the_copied_page_are_refused() {
 }
 
 #[test]
+fn a_dup_source_written_since_its_hash_was_checked_is_checked_again() {
+    // The destination hashes a DUP's source once while the source is unchanged; any write to it
+    // (FULL, DELTA, ZERO, a DUP onto it) makes the next DUP from it check its hash again.
+    let b = bed();
+    let (frame, page) = b.sent_frame();
+    let hash = gmem::page_hash(&page.clone().try_into().unwrap());
+    let dup = |to: u64, h: u64| {
+        [
+            page_run(to, 1, 2),
+            frame.to_le_bytes().to_vec(),
+            h.to_le_bytes().to_vec(),
+        ]
+        .concat()
+    };
+    // Two DUPs from the unchanged source with its hash: accepted, both copies are the page.
+    let (r, _) = b.restore(
+        &b.with_pages([dup(frame + 1, hash), dup(frame + 2, hash)].concat())
+            .seal(),
+    );
+    r.unwrap();
+    let writes: [(&str, Vec<u8>); 4] = [
+        ("FULL", [page_run(frame, 1, 0), vec![0x5A; 4096]].concat()),
+        (
+            "DELTA",
+            [
+                page_run(frame, 1, 3),
+                5u16.to_le_bytes().to_vec(),
+                0u16.to_le_bytes().to_vec(),
+                1u16.to_le_bytes().to_vec(),
+                vec![0x80],
+            ]
+            .concat(),
+        ),
+        ("ZERO", page_run(frame - 1, 3, 1)),
+        // A DUP onto the source, of a known-zero frame.
+        (
+            "DUP onto it",
+            [
+                page_run(frame + 3, 1, 1),
+                page_run(frame, 1, 2),
+                (frame + 3).to_le_bytes().to_vec(),
+                gmem::page_hash(&[0; 4096]).to_le_bytes().to_vec(),
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, write) in writes {
+        let stale = [dup(frame + 1, hash), write, dup(frame + 2, hash)].concat();
+        assert_eq!(
+            b.refuse(&b.with_pages(stale)),
+            VgpuError::DuplicateMismatch {
+                gfn: frame + 2,
+                from: frame
+            },
+            "{what}"
+        );
+    }
+}
+
+#[test]
 fn pages_naming_frames_outside_guest_memory_are_refused() {
     let b = bed();
     let (inside, page) = b.sent_frame();
@@ -1491,33 +1551,64 @@ fn ppgtt_roots_a_vgpu_never_records_are_refused() {
         VgpuError::BadPpgtt
     );
     // The same root twice (the vGPU records an announced PPGTT once): a 3-level root over a
-    // page directory the stream zeroes (nothing mapped, a valid tree), once and twice.
-    let high = b.sc.map.regions()[1];
-    let pd = high.end() - 1;
-    let mut root = vec![3u8, 1, 0, 0, 0, 0, 0, 0];
-    root.extend_from_slice(&pd.to_le_bytes());
-    root.extend_from_slice(&[0u8; 24]);
-    let with_roots = |n: usize| {
-        let mut r = roots.clone();
-        r[..4].copy_from_slice(&((count + n) as u32).to_le_bytes());
-        for _ in 0..n {
-            r.extend_from_slice(&root);
-        }
-        let mut p = b.with(RecordKind::PPGTT_ROOTS, r);
-        let at = last_round(&p);
-        p.records.insert(
-            at,
-            Part {
-                kind: RecordKind::PAGES,
-                flags: RecordFlags::MANDATORY,
-                version: 1,
-                payload: page_run(pd, 1, 1),
-            },
-        );
-        p
-    };
-    b.restore(&with_roots(1).seal()).0.unwrap();
-    assert_eq!(b.refuse(&with_roots(2)), VgpuError::BadPpgtt);
+    // page directory the stream zeroes (nothing mapped, a valid tree), once and twice. The last
+    // frames hold the guest's own tables (the last of all its 64 KiB page table): the directory
+    // is the frame below them.
+    let pd = b.sc.map.regions()[1].end() - 1 - GUEST_TABLES;
+    b.restore(&with_zeroed_pd_roots(&b, pd, 1).seal())
+        .0
+        .unwrap();
+    assert_eq!(
+        b.refuse(&with_zeroed_pd_roots(&b, pd, 2)),
+        VgpuError::BadPpgtt
+    );
+}
+
+/// Frames at the end of the test guest's memory holding its PPGTT's tables (PML4, PDP, PD, PT,
+/// and last a page table of 64 KiB pages).
+const GUEST_TABLES: u64 = 5;
+
+/// The bed's stream with `n` copies of a 3-level root over the page directory `pd` added to its
+/// PPGTT roots, and `pd` zeroed in the final round.
+fn with_zeroed_pd_roots(b: &Bed, pd: u64, n: usize) -> Parts {
+    let mut r = b.payload(RecordKind::PPGTT_ROOTS).to_vec();
+    let count = u32_at(&r, 0) as usize;
+    r[..4].copy_from_slice(&((count + n) as u32).to_le_bytes());
+    for _ in 0..n {
+        r.extend_from_slice(&[3u8, 1, 0, 0, 0, 0, 0, 0]);
+        r.extend_from_slice(&pd.to_le_bytes());
+        r.extend_from_slice(&[0u8; 24]);
+    }
+    let mut p = b.with(RecordKind::PPGTT_ROOTS, r);
+    let at = last_round(&p);
+    p.records.insert(
+        at,
+        Part {
+            kind: RecordKind::PAGES,
+            flags: RecordFlags::MANDATORY,
+            version: 1,
+            payload: page_run(pd, 1, 1),
+        },
+    );
+    p
+}
+
+#[test]
+fn a_page_serving_as_tables_of_two_levels_is_refused() {
+    // SPEC.md A.4b: the trees of a record are walked together and a frame is a table at one
+    // level only. The guest's last frame is a page table (of 64 KiB pages) in its own tree;
+    // zeroed and announced as the page directory of a second PPGTT, each tree alone is clean
+    // (the zeroed table maps nothing), the two together are not.
+    let b = bed();
+    let pt = b.sc.map.regions()[1].end() - 1;
+    assert_eq!(
+        b.refuse(&with_zeroed_pd_roots(&b, pt, 1)),
+        VgpuError::BadPpgtt
+    );
+    // The frame below the guest's tables is no table of its tree: the same shape is accepted.
+    b.restore(&with_zeroed_pd_roots(&b, pt - GUEST_TABLES, 1).seal())
+        .0
+        .unwrap();
 }
 
 #[test]
