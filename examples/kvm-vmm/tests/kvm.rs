@@ -263,30 +263,21 @@ fn the_gpu_dirty_report_covers_every_frame_the_gpu_thread_wrote() {
     session.cancel(&mut kvm_vmm::device::lock(&vm.device).vgpu);
 }
 
-/// The stop placed where a loaded host once lost an interrupt: the guest halted waiting for
-/// its frame's completion, the GPU thread has completed the frame and raised the vGPU's
-/// interrupt but not yet delivered it (held there for a long while, as a descheduled thread
-/// would be). The migration's stop falls into that window; the interrupt must reach the vCPU
-/// state that travels, or the destination guest sleeps forever.
-#[test]
-fn an_interrupt_raised_before_the_stop_wakes_the_migrated_guest() {
-    let Some(img) = setup("an_interrupt_raised_before_the_stop_wakes_the_migrated_guest") else {
-        return;
-    };
-    let cfg = VmConfig::small(Profile::MEDIA, 60, 11);
-    let expected = run_to_end(cfg, &img).end_state().unwrap();
-    let mut src = Vm::new(cfg, Some(&img), Host::Source).unwrap();
-    src.start().unwrap();
-    while src.reports().len() < 10 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    src.delay_gpu_interrupts(Duration::from_secs(3));
-    // Pause the vCPU at a moment the GPU thread holds a completion's interrupt, the vGPU's
-    // interrupt line is up (the guest has not acknowledged it) and the guest sleeps in `hlt`
-    // waiting for it; otherwise (the guest saw the completion by polling and went on) let it run
-    // on and look again. The source migrates a paused vCPU as it is.
+/// Runs of the guest [`an_interrupt_raised_before_the_stop_wakes_the_migrated_guest`] may use to
+/// land its stop in the window.
+const STOP_ATTEMPTS: usize = 20;
+
+/// Pause `src`'s vCPU at a moment the GPU thread holds a completion's interrupt, the vGPU's
+/// interrupt line is up (the guest has not acknowledged it) and the guest sleeps in `hlt` waiting
+/// for it; otherwise (the guest saw the completion by polling and went on) let it run on and look
+/// again. `false` once the guest has reported all `frames` frames without such a moment.
+fn stop_in_the_window(src: &mut Vm, frames: u64) -> bool {
+    let ended = |src: &Vm| src.reports().len() as u64 >= frames;
     loop {
         while !src.gpu_interrupt_held() {
+            if ended(src) {
+                return false;
+            }
             std::thread::sleep(Duration::from_micros(100));
         }
         assert!(matches!(src.pause().unwrap(), VcpuEnd::Paused(_)));
@@ -299,10 +290,49 @@ fn an_interrupt_raised_before_the_stop_wakes_the_migrated_guest() {
             Err(std::sync::TryLockError::Poisoned(_)) => panic!("device lock poisoned"),
         };
         if halted && line && src.gpu_interrupt_held() {
-            break;
+            return true;
+        }
+        if ended(src) {
+            return false;
         }
         src.start().unwrap();
     }
+}
+
+/// The stop placed where a loaded host once lost an interrupt: the guest halted waiting for
+/// its frame's completion, the GPU thread has completed the frame and raised the vGPU's
+/// interrupt but not yet delivered it (held there for a long while, as a descheduled thread
+/// would be). The migration's stop falls into that window; the interrupt must reach the vCPU
+/// state that travels, or the destination guest sleeps forever.
+#[test]
+fn an_interrupt_raised_before_the_stop_wakes_the_migrated_guest() {
+    let Some(img) = setup("an_interrupt_raised_before_the_stop_wakes_the_migrated_guest") else {
+        return;
+    };
+    let cfg = VmConfig::small(Profile::MEDIA, 60, 11);
+    let expected = run_to_end(cfg, &img).end_state().unwrap();
+    // The window is a matter of scheduling: on a loaded machine a guest may finish before the
+    // stop lands in it. Then a fresh VM tries again; every attempt is bounded by the guest's end,
+    // so the test cannot spin for ever.
+    let mut placed = None;
+    for _ in 0..STOP_ATTEMPTS {
+        let mut src = Vm::new(cfg, Some(&img), Host::Source).unwrap();
+        src.start().unwrap();
+        while src.reports().len() < 10 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Every completion the guest waits for stalls the VM this long while it is held (the GPU
+        // thread keeps the device lock): ample for the vCPU to reach `hlt`, short enough that a
+        // run whose stop missed the window ends in seconds.
+        src.delay_gpu_interrupts(Duration::from_millis(500));
+        if stop_in_the_window(&mut src, cfg.frames) {
+            placed = Some(src);
+            break;
+        }
+    }
+    let mut src = placed.unwrap_or_else(|| {
+        panic!("the stop did not land in the window in {STOP_ATTEMPTS} runs of the guest")
+    });
     let (s, d) = migrate(&mut src, kvm_vmm::migration::SourceOptions::default());
     let s = s.unwrap();
     let (mut dst, drep) = d.unwrap();
