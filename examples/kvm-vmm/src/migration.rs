@@ -36,8 +36,8 @@
 //! and the protocol version as an ASCII digit, then the VM configuration), `ROUND` (the round
 //! number, consecutive from 0), `REPORTS` (the guest's debug-port record so far and the words of
 //! a report it has begun), `END` (wall-clock ns of the source's last guest exit), and back `ACK`
-//! (empty) or `NACK` (the reason), once to the HELLO (the VM is built, send the pages) and once
-//! to END (committed). A source of another protocol version is refused at the HELLO with both
+//! (empty) or `NACK` (the reason), once to the HELLO (protocol and configuration accepted; the
+//! destination builds its VM while the first pages arrive) and once to END (committed). A source of another protocol version is refused at the HELLO with both
 //! versions named (version 1's fixed-layout hello began `KVMVGPU1`, and reads as version 1); a
 //! version-1 destination closes the connection without an answer, which the source reports as
 //! no answer to its HELLO.
@@ -853,19 +853,18 @@ pub fn migrate_dest_on<R: Read, W: Write>(
     host: Host,
 ) -> Result<(Vm, DestReport), MigError> {
     let mut buf = Vec::new();
-    let vm = match recv(r, &mut buf)? {
-        Kind::Hello => decode_hello(&buf).and_then(|cfg| Ok(Vm::new(cfg, None, host)?)),
+    // The answer to the HELLO comes before the VM is built: the source waits only for the
+    // check of the protocol and configuration, and the build overlaps its first pages.
+    let cfg = match recv(r, &mut buf)? {
+        Kind::Hello => decode_hello(&buf),
         k => Err(MigError(format!("expected HELLO, got {k:?}"))),
     };
-    let mut vm = match vm {
-        Ok(vm) => vm,
-        Err(e) => {
-            refuse(w, &e);
-            return Err(e);
-        }
-    };
+    let cfg = cfg.inspect_err(|e| refuse(w, e))?;
     send_msg(w, Kind::Ack, &())?;
     w.flush()?;
+    let mut vm = Vm::new(cfg, None, host)
+        .map_err(MigError::from)
+        .inspect_err(|e| refuse(w, e))?;
     match receive(&mut vm, r, &mut buf) {
         Ok((mut rep, paused_wall_ns, t_end, end_wall)) => {
             send_msg(w, Kind::Ack, &())?;
