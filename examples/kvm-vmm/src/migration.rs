@@ -28,7 +28,7 @@
 //! # Wire
 //!
 //! Messages are framed by [`demo_wire::Framing`] (shared with `cargo xtask migrate`'s model guest):
-//! kind (`u8`, this protocol's [`Kind`] numbering), payload length (`u32` LE, at most
+//! kind (`u8`, this protocol's own numbering), payload length (`u32` LE, at most
 //! [`MAX_PAYLOAD`]), payload.
 //!
 //! The control messages are irregular and both ends are this program, so they are postcard
