@@ -24,7 +24,7 @@
               hardware: the truncation is the encoding"
 )]
 
-use engines::{AddressingMode, ContextDescriptor, EngineId, LrcState, RingRegs, reg};
+use engines::{AddressingMode, ContextDescriptor, EngineId, HwspLayout, LrcState, RingRegs, reg};
 use sim::{Rng, cmd};
 
 /// The VMM/guest contract.
@@ -220,13 +220,12 @@ const DSPSURF_A: u32 = 0x7019C;
 const GT0_IMR: u32 = 0x44304;
 const GT0_IIR: u32 = 0x44308;
 const GT0_IER: u32 = 0x4430C;
-const MASTER_IRQ: u32 = 0x44200;
 /// The render engine's context-switch interrupt (GT0 bit 8).
 const RCS_IRQ: u32 = 1 << 8;
 /// The register MI_LOAD_REGISTER_IMM loads each frame (RCS + 0x98).
 const LRI_REG: u32 = 0x2098;
-/// HWSP dword of the CSB write pointer (gen9).
-const HWSP_CSB_WP: u64 = 0x1F * 4;
+/// HWSP byte offset of the CSB write pointer (gen9 keeps it where gen8 does).
+const HWSP_CSB_WP: u64 = 4 * HwspLayout::Gen8.write_ptr_dword() as u64;
 /// Batch dwords the driver can build (4 slot pages).
 const BATCH_DWORDS: usize = 4096;
 
@@ -395,7 +394,7 @@ impl Driver {
         d.reg_write(p, rcs.reg(reg::RING_MODE), 0x8000_8000);
         d.reg_write(p, GT0_IMR, !RCS_IRQ);
         d.reg_write(p, GT0_IER, RCS_IRQ);
-        d.reg_write(p, MASTER_IRQ, 1 << 31);
+        d.reg_write(p, mmio::MASTER_IRQ, mmio::MASTER_IRQ_ENABLE);
         d.reg_write(p, PIPECONF_A, 1 << 31);
         d.reg_write(p, DSPSURF_A, hidden as u32);
         let pml4 = d.create_ppgtt(p);

@@ -25,22 +25,46 @@
 //! answer ACK, then start the vCPU exactly where it stopped. A rejected stream answers NACK; the
 //! source then cancels (the vGPU resumes, the vCPU restarts) and nothing is lost.
 //!
-//! # Framing
+//! # Wire
 //!
-//! Each message: kind (`u8`), payload length (`u32` LE, at most [`MAX_PAYLOAD`]), payload.
-//! `HELLO` (magic, the [`VmConfig`]), `PAGES` (first frame `u64`, count `u32`, zero flag `u32`,
-//! then `count` pages unless zero), `ROUND` (round `u32`), `VGPU` (library stream bytes), `CPU`
-//! ([`CpuState::encode`]), `REPORTS` (the guest's debug-port record so far, 16 bytes each),
-//! `END` (wall-clock ns of the source's last guest exit); back: `ACK`, or `NACK` with a reason.
+//! Messages are framed by [`demo_wire::Framing`] (shared with `cargo xtask migrate`'s model guest):
+//! kind (`u8`, this protocol's own numbering), payload length (`u32` LE, at most
+//! [`MAX_PAYLOAD`]), payload.
+//!
+//! The control messages are irregular and both ends are this program, so they are postcard
+//! encodings of Rust types ([`demo_wire::encode`]): `HELLO` (a greeting, the magic `KVMVGPU`
+//! and the protocol version as an ASCII digit, then the VM configuration), `ROUND` (the round
+//! number, consecutive from 0), `REPORTS` (the guest's debug-port record so far and the words of
+//! a report it has begun), `END` (wall-clock ns of the source's last guest exit), and back `ACK`
+//! (empty) or `NACK` (the reason), once to the HELLO (protocol and configuration accepted; the
+//! destination builds its VM while the first pages arrive) and once to END (committed). A source of another protocol version is refused at the HELLO with both
+//! versions named (version 1's fixed-layout hello began `KVMVGPU1`, and reads as version 1); a
+//! version-1 destination closes the connection without an answer, which the source reports as
+//! no answer to its HELLO.
+//!
+//! Three payloads keep fixed layouts:
+//! - `PAGES` (first frame `u64`, count `u32`, zero flag `u32`, then `count` pages unless zero):
+//!   bulk data: a fixed 16-byte header the destination checks against the payload's length
+//!   before it writes a page, then the pages' bytes as they are, with nothing to encode.
+//! - `VGPU`: the library's migration stream as it is; its layout is normative (SPEC.md) and the
+//!   library's destination session reads it.
+//! - `CPU` ([`CpuState::encode`]): KVM's own structures byte for byte, each with its length, so
+//!   a host whose structures differ in size is refused rather than misread; their layout is the
+//!   kernel's ABI, not ours to describe field by field.
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use gmem::{Decision, DmaRange, Policy, PolicyConfig, RoundStats, SwitchReason, words_for};
+use demo_wire::Framing;
+use gmem::{Decision, DmaRange, Policy, PolicyConfig, RoundStats, words_for};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use sim::Profile;
 use vgpu::dest::DestSession;
 use vgpu::source::{MemoryMode, SourceConfig, SourceSession};
 use vgpu::traits::VgpuAccess as _;
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::cpu::CpuState;
 use crate::device::{DeviceAccess, Host, WaitSummary, lock};
@@ -51,7 +75,11 @@ use crate::vm::{Report, VcpuEnd, Vm, VmConfig, VmError, wall_ns};
 pub const MAX_PAYLOAD: usize = 8 << 20;
 /// Pages per PAGES message.
 const PAGES_PER_MSG: usize = 256;
-const HELLO_MAGIC: [u8; 8] = *b"KVMVGPU1";
+/// What opens a HELLO (then [`PROTOCOL_VERSION`]).
+const HELLO_MAGIC: [u8; 7] = *b"KVMVGPU";
+/// This protocol's version, an ASCII digit after the magic: 2 since the control messages are
+/// postcard (1 laid them out by hand).
+const PROTOCOL_VERSION: u8 = b'2';
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -167,52 +195,44 @@ fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// This protocol's framing.
+const FRAMING: Framing = Framing::new(MAX_PAYLOAD);
+
 fn send(w: &mut impl Write, kind: Kind, parts: &[&[u8]]) -> io::Result<()> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let len = u32::try_from(len)
-        .ok()
-        .filter(|l| *l as usize <= MAX_PAYLOAD)
-        .ok_or_else(|| io::Error::other("message too large"))?;
-    w.write_all(&[kind as u8])?;
-    w.write_all(&len.to_le_bytes())?;
-    for p in parts {
-        w.write_all(p)?;
-    }
-    Ok(())
+    FRAMING.send(w, kind as u8, parts)
+}
+
+/// Encode and write one control message.
+fn send_msg<T: Serialize + ?Sized>(
+    w: &mut impl Write,
+    kind: Kind,
+    msg: &T,
+) -> Result<(), MigError> {
+    let b = demo_wire::encode(msg).map_err(|e| MigError(format!("encoding {kind:?}: {e}")))?;
+    Ok(send(w, kind, &[&b])?)
 }
 
 fn recv(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Kind, MigError> {
-    let mut h = [0u8; 5];
-    r.read_exact(&mut h)?;
-    let [k, l0, l1, l2, l3] = h;
-    let kind = Kind::of(k).ok_or_else(|| MigError(format!("unknown message kind {k}")))?;
-    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
-    if len > MAX_PAYLOAD {
-        return Err(MigError(format!("message of {len} bytes")));
-    }
-    buf.resize(len, 0);
-    r.read_exact(buf)?;
-    Ok(kind)
+    let k = FRAMING
+        .recv(r, buf)
+        .map_err(|e| MigError(format!("connection: {e}")))?;
+    Kind::of(k).ok_or_else(|| MigError(format!("unknown message kind {k}")))
 }
 
-fn le_u64(b: &[u8], at: usize) -> Result<u64, MigError> {
-    let s = b
-        .get(at..at + 8)
-        .ok_or_else(|| MigError("truncated message".into()))?;
-    let mut a = [0u8; 8];
-    a.copy_from_slice(s);
-    Ok(u64::from_le_bytes(a))
+/// Decode a control message of `kind` that must fill the whole payload.
+fn decode<T: DeserializeOwned>(kind: Kind, b: &[u8]) -> Result<T, MigError> {
+    demo_wire::decode(b).map_err(|e| MigError(format!("bad {kind:?} message: {e}")))
 }
 
-fn le_u32(b: &[u8], at: usize) -> Result<u32, MigError> {
-    let s = b
-        .get(at..at + 4)
-        .ok_or_else(|| MigError("truncated message".into()))?;
-    let mut a = [0u8; 4];
-    a.copy_from_slice(s);
-    Ok(u32::from_le_bytes(a))
+/// What opens a HELLO, whatever the protocol version: the magic, then the version as an ASCII
+/// digit (version 1's hello began `KVMVGPU1`, and so reads as version 1 here).
+#[derive(Debug, Serialize, Deserialize)]
+struct Greeting {
+    magic: [u8; 7],
+    version: u8,
 }
 
+/// The workloads a HELLO can name, by their code.
 const PROFILES: [Profile; 4] = [
     Profile::IDLE,
     Profile::TWO_D,
@@ -220,66 +240,136 @@ const PROFILES: [Profile; 4] = [
     Profile::THREE_D,
 ];
 
-fn encode_config(c: &VmConfig) -> Vec<u8> {
-    let p = &c.profile;
-    let code = PROFILES.iter().position(|k| k.name == p.name).unwrap_or(0) as u64;
-    let mut out = HELLO_MAGIC.to_vec();
-    for v in [
-        c.ram,
-        c.aperture,
-        c.hidden,
-        c.frames,
-        c.seed,
-        code,
-        p.rt_pages,
-        p.fill_pages,
-        p.hot_pages,
-        p.remap_every,
-        p.repeat_every,
-        p.frame_ns,
-        u64::from(p.stores),
-        u64::from(p.cpu_writes),
-        u64::from(p.mirror) | u64::from(p.blits) << 1,
-    ] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
+/// A [`Profile`] on the wire: the workload's code in [`PROFILES`] (for its name) and every
+/// parameter (a test VM scales and unpaces them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct WireProfile {
+    code: u8,
+    rt_pages: u64,
+    fill_pages: u64,
+    stores: u32,
+    hot_pages: u64,
+    remap_every: u64,
+    cpu_writes: u32,
+    repeat_every: u64,
+    mirror: bool,
+    blits: bool,
+    frame_ns: u64,
 }
 
-fn decode_config(b: &[u8]) -> Result<VmConfig, MigError> {
-    if b.get(..8) != Some(&HELLO_MAGIC[..]) || b.len() != 8 + 15 * 8 {
-        return Err(MigError("not a KVM VM hello".into()));
+/// The rest of a HELLO: what the destination needs to build the same VM ([`VmConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Hello {
+    ram: u64,
+    aperture: u64,
+    hidden: u64,
+    frames: u64,
+    seed: u64,
+    profile: WireProfile,
+}
+
+fn hello_of(c: &VmConfig) -> Result<(Greeting, Hello), MigError> {
+    let p = &c.profile;
+    let code = PROFILES
+        .iter()
+        .position(|k| k.name == p.name)
+        .and_then(|i| u8::try_from(i).ok())
+        .ok_or_else(|| MigError(format!("workload {} has no HELLO code", p.name)))?;
+    let greeting = Greeting {
+        magic: HELLO_MAGIC,
+        version: PROTOCOL_VERSION,
+    };
+    let hello = Hello {
+        ram: c.ram,
+        aperture: c.aperture,
+        hidden: c.hidden,
+        frames: c.frames,
+        seed: c.seed,
+        profile: WireProfile {
+            code,
+            rt_pages: p.rt_pages,
+            fill_pages: p.fill_pages,
+            stores: p.stores,
+            hot_pages: p.hot_pages,
+            remap_every: p.remap_every,
+            cpu_writes: p.cpu_writes,
+            repeat_every: p.repeat_every,
+            mirror: p.mirror,
+            blits: p.blits,
+            frame_ns: p.frame_ns,
+        },
+    };
+    Ok((greeting, hello))
+}
+
+fn decode_hello(b: &[u8]) -> Result<VmConfig, MigError> {
+    let (g, rest) = demo_wire::decode_prefix::<Greeting>(b)
+        .ok()
+        .filter(|(g, _)| g.magic == HELLO_MAGIC)
+        .ok_or_else(|| MigError("not a KVM VMM hello".into()))?;
+    if g.version != PROTOCOL_VERSION {
+        return Err(MigError(format!(
+            "the source speaks KVM VMM migration protocol version {}, this side speaks {}",
+            char::from(g.version).escape_default(),
+            char::from(PROTOCOL_VERSION)
+        )));
     }
-    let v = |i: usize| le_u64(b, 8 + 8 * i);
-    let base = *PROFILES
-        .get(usize::try_from(v(5)?).unwrap_or(usize::MAX))
-        .ok_or_else(|| MigError("unknown profile".into()))?;
-    let small = |x: u64| u32::try_from(x).map_err(|_| MigError("profile out of range".into()));
-    let flags = v(14)?;
+    let h: Hello = decode(Kind::Hello, rest)?;
+    let w = h.profile;
+    let base = PROFILES
+        .get(usize::from(w.code))
+        .ok_or_else(|| MigError(format!("unknown workload code {}", w.code)))?;
     let cfg = VmConfig {
-        ram: v(0)?,
-        aperture: v(1)?,
-        hidden: v(2)?,
-        frames: v(3)?,
-        seed: v(4)?,
+        ram: h.ram,
+        aperture: h.aperture,
+        hidden: h.hidden,
+        frames: h.frames,
+        seed: h.seed,
         profile: Profile {
-            rt_pages: v(6)?,
-            fill_pages: v(7)?,
-            hot_pages: v(8)?,
-            remap_every: v(9)?,
-            repeat_every: v(10)?,
-            frame_ns: v(11)?,
-            stores: small(v(12)?)?,
-            cpu_writes: small(v(13)?)?,
-            mirror: flags & 1 != 0,
-            blits: flags & 2 != 0,
-            ..base
+            name: base.name,
+            rt_pages: w.rt_pages,
+            fill_pages: w.fill_pages,
+            stores: w.stores,
+            hot_pages: w.hot_pages,
+            remap_every: w.remap_every,
+            cpu_writes: w.cpu_writes,
+            repeat_every: w.repeat_every,
+            mirror: w.mirror,
+            blits: w.blits,
+            frame_ns: w.frame_ns,
         },
     };
     if cfg.ram > 64 << 30 || cfg.aperture > 4 << 30 || cfg.hidden > 4 << 30 {
         return Err(MigError("VM configuration out of range".into()));
     }
     Ok(cfg)
+}
+
+/// `REPORTS`: the guest's debug-port record so far, then the words of a report it has begun.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+struct Reports {
+    whole: Vec<Report>,
+    /// Fewer than four words.
+    partial: Vec<u32>,
+}
+
+/// The fixed header of a `PAGES` message (then `count` pages, none when `zero` is 1).
+#[derive(FromBytes, IntoBytes, Immutable)]
+#[repr(C)]
+struct PagesHeader {
+    /// The first frame.
+    first: U64,
+    /// Pages (consecutive frames).
+    count: U32,
+    /// 1: all of them are zero pages (no page bytes follow); 0: their bytes follow.
+    zero: U32,
+}
+
+/// `END`: the source has sent everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct End {
+    /// Wall-clock ns of the source's last guest exit.
+    paused_wall_ns: u64,
 }
 
 /// Options of a source (default: the library's default policy, unlimited rate, no fault).
@@ -408,16 +498,12 @@ impl<'a, W: Write> PageSender<'a, W> {
         if self.run_len == 0 {
             return Ok(());
         }
-        send(
-            self.w,
-            Kind::Pages,
-            &[
-                &self.run_start.to_le_bytes(),
-                &self.run_len.to_le_bytes(),
-                &u32::from(self.run_zero).to_le_bytes(),
-                &self.run,
-            ],
-        )?;
+        let h = PagesHeader {
+            first: U64::new(self.run_start),
+            count: U32::new(self.run_len),
+            zero: U32::new(u32::from(self.run_zero)),
+        };
+        send(self.w, Kind::Pages, &[h.as_bytes(), &self.run])?;
         self.run.clear();
         self.run_len = 0;
         Ok(())
@@ -576,7 +662,10 @@ fn run_source<R: Read, W: Write>(
     let mut rep = SourceReport::default();
     vm.shared.mmio_wait.reset();
     vm.gpu_hold().reset();
-    send(w, Kind::Hello, &[&encode_config(&vm.cfg)])?;
+    send_msg(w, Kind::Hello, &hello_of(&vm.cfg)?)?;
+    w.flush()?;
+    let mut msg = Vec::new();
+    answer(r, &mut msg).map_err(|e| MigError(format!("HELLO: {e}")))?;
     let mut gpu_bits = vec![0u64; words_for(usize::try_from(vm.ram.frames()).unwrap_or(0))];
     let mut policy = Policy::new(opts.policy);
     let access = DeviceAccess::new(vm.device.clone());
@@ -597,7 +686,7 @@ fn run_source<R: Read, W: Write>(
         let t = Instant::now();
         let before = w.inner.sent();
         let (pages, zero) = send_round(vm, w, &bits)?;
-        send(w, Kind::Round, &[&round.to_le_bytes()])?;
+        send_msg(w, Kind::Round, &round)?;
         w.flush()?;
         let info = RoundInfo {
             round,
@@ -631,14 +720,7 @@ fn run_source<R: Read, W: Write>(
         gpu = g;
         if let Decision::StopAndCopy(reason) = decision {
             rep.predicted_downtime_us = policy.expected_downtime_us();
-            rep.switch = Some(match reason {
-                SwitchReason::DowntimeMet { predicted_us } => {
-                    format!("downtime met (predicted {predicted_us} µs)")
-                }
-                SwitchReason::NotShrinking => "dirty set not shrinking".into(),
-                SwitchReason::RoundCap => "round cap".into(),
-                other => format!("{other:?}"),
-            });
+            rep.switch = Some(reason.to_string());
             break;
         }
     }
@@ -668,7 +750,7 @@ fn run_source<R: Read, W: Write>(
     let t = Instant::now();
     let before = w.inner.sent();
     let (pages, zero) = send_round(vm, w, &bits)?;
-    send(w, Kind::Round, &[&round.to_le_bytes()])?;
+    send_msg(w, Kind::Round, &round)?;
     // The vGPU's device state, through the library's stream (the vCPU is paused and the vGPU
     // quiesced: holding the lock costs nothing now).
     let mut buf = vec![0u8; 64 * 1024];
@@ -701,23 +783,23 @@ fn run_source<R: Read, W: Write>(
     }
     let cpu_state = vm.save_cpu()?.encode();
     send(w, Kind::Cpu, &[&cpu_state])?;
-    let mut reps = Vec::new();
-    for x in vm.reports() {
-        reps.extend_from_slice(&x.kind.to_le_bytes());
-        reps.extend_from_slice(&x.frame.to_le_bytes());
-        reps.extend_from_slice(&x.value.to_le_bytes());
-    }
-    // Then the words of a report the guest has begun (fewer than four, four bytes each).
-    for x in vm.partial_report() {
-        reps.extend_from_slice(&x.to_le_bytes());
-    }
-    send(w, Kind::Reports, &[&reps])?;
+    let reports = Reports {
+        whole: vm.reports(),
+        partial: vm.partial_report(),
+    };
+    send_msg(w, Kind::Reports, &reports)?;
     if let Some(at) = opts.cancel_at {
         return Err(MigError(format!(
             "cancelled by the source before END (the stream ended before byte {at})"
         )));
     }
-    send(w, Kind::End, &[&rep.paused_wall_ns.to_le_bytes()])?;
+    send_msg(
+        w,
+        Kind::End,
+        &End {
+            paused_wall_ns: rep.paused_wall_ns,
+        },
+    )?;
     w.flush()?;
     rep.stop_copy_us = us(t_stop.elapsed());
     rep.rounds.push(RoundInfo {
@@ -732,17 +814,7 @@ fn run_source<R: Read, W: Write>(
     });
     rep.vgpu_bytes = vgpu_bytes;
     rep.cpu_bytes = cpu_state.len() as u64;
-    let mut msg = Vec::new();
-    match recv(r, &mut msg)? {
-        Kind::Ack => {}
-        Kind::Nack => {
-            return Err(MigError(format!(
-                "destination refused: {}",
-                String::from_utf8_lossy(&msg)
-            )));
-        }
-        k => return Err(MigError(format!("unexpected {k:?} from the destination"))),
-    }
+    answer(r, &mut msg)?;
     rep.total_bytes = w.inner.sent();
     rep.total_us = us(t0.elapsed());
     Ok(rep)
@@ -781,14 +853,21 @@ pub fn migrate_dest_on<R: Read, W: Write>(
     host: Host,
 ) -> Result<(Vm, DestReport), MigError> {
     let mut buf = Vec::new();
+    // The answer to the HELLO comes before the VM is built: the source waits only for the
+    // check of the protocol and configuration, and the build overlaps its first pages.
     let cfg = match recv(r, &mut buf)? {
-        Kind::Hello => decode_config(&buf)?,
-        k => return Err(MigError(format!("expected HELLO, got {k:?}"))),
+        Kind::Hello => decode_hello(&buf),
+        k => Err(MigError(format!("expected HELLO, got {k:?}"))),
     };
-    let mut vm = Vm::new(cfg, None, host)?;
+    let cfg = cfg.inspect_err(|e| refuse(w, e))?;
+    send_msg(w, Kind::Ack, &())?;
+    w.flush()?;
+    let mut vm = Vm::new(cfg, None, host)
+        .map_err(MigError::from)
+        .inspect_err(|e| refuse(w, e))?;
     match receive(&mut vm, r, &mut buf) {
         Ok((mut rep, paused_wall_ns, t_end, end_wall)) => {
-            send(w, Kind::Ack, &[])?;
+            send_msg(w, Kind::Ack, &())?;
             w.flush()?;
             vm.start()?;
             let (_, first_wall) = wait_first_entry(&vm);
@@ -798,10 +877,28 @@ pub fn migrate_dest_on<R: Read, W: Write>(
             Ok((vm, rep))
         }
         Err(e) => {
-            let _ = send(w, Kind::Nack, &[e.0.as_bytes()]);
-            let _ = w.flush();
+            refuse(w, &e);
             Err(e)
         }
+    }
+}
+
+/// Answer NACK with the reason (best effort: the connection may be gone already).
+fn refuse(w: &mut impl Write, e: &MigError) {
+    let _ = send_msg(w, Kind::Nack, &e.0);
+    let _ = w.flush();
+}
+
+/// Wait for the destination's answer (to the HELLO, or to END): `ACK`, or `NACK` as an error
+/// with its reason.
+fn answer(r: &mut impl Read, msg: &mut Vec<u8>) -> Result<(), MigError> {
+    match recv(r, msg)? {
+        Kind::Ack => decode::<()>(Kind::Ack, msg),
+        Kind::Nack => {
+            let why = decode::<String>(Kind::Nack, msg).unwrap_or_else(|e| e.0);
+            Err(MigError(format!("destination refused: {why}")))
+        }
+        k => Err(MigError(format!("unexpected {k:?} from the destination"))),
     }
 }
 
@@ -836,13 +933,19 @@ fn receive<R: Read>(
     // Frames written so far: a zero page for a frame never written needs no write (fresh RAM
     // is zero).
     let mut written = vec![0u64; words_for(usize::try_from(frames).unwrap_or(0))];
+    let mut next_round = 0u32;
     let paused_wall_ns = loop {
         match recv(r, buf)? {
             Kind::Pages => {
-                let first = le_u64(buf, 0)?;
-                let count = u64::from(le_u32(buf, 8)?);
-                let is_zero = le_u32(buf, 12)? != 0;
-                let data = buf.get(16..).unwrap_or(&[]);
+                let (h, data) = PagesHeader::read_from_prefix(buf)
+                    .map_err(|_| MigError("PAGES message shorter than its header".into()))?;
+                let first = h.first.get();
+                let count = u64::from(h.count.get());
+                let is_zero = match h.zero.get() {
+                    0 => false,
+                    1 => true,
+                    z => return Err(MigError(format!("PAGES message with zero flag {z}"))),
+                };
                 let want = if is_zero { 0 } else { count * 4096 };
                 if first.checked_add(count).is_none_or(|e| e > frames) || data.len() as u64 != want
                 {
@@ -874,7 +977,15 @@ fn receive<R: Read>(
                 }
                 rep.pages += count;
             }
-            Kind::Round => {}
+            Kind::Round => {
+                let round: u32 = decode(Kind::Round, buf)?;
+                if round != next_round {
+                    return Err(MigError(format!(
+                        "ROUND {round} where round {next_round} was due"
+                    )));
+                }
+                next_round = round.saturating_add(1);
+            }
             Kind::Vgpu => {
                 let d = lock(&vm.device);
                 ds.feed(&d.vgpu, &mut mem, buf)
@@ -883,25 +994,18 @@ fn receive<R: Read>(
             }
             Kind::Cpu => cpu = Some(CpuState::decode(buf).map_err(|e| MigError(e.to_string()))?),
             Kind::Reports => {
-                // Whole reports (16 bytes each), then up to three words of a begun one.
-                if !buf.len().is_multiple_of(4) {
-                    return Err(MigError("REPORTS message of odd length".into()));
+                let r: Reports = decode(Kind::Reports, buf)?;
+                // A begun report has fewer than four words (the fourth completes it).
+                if r.partial.len() >= 4 {
+                    return Err(MigError(format!(
+                        "REPORTS message with a begun report of {} words",
+                        r.partial.len()
+                    )));
                 }
-                let mut whole = buf.chunks_exact(16);
-                for c in whole.by_ref() {
-                    reports.push(Report {
-                        kind: le_u32(c, 0)?,
-                        frame: le_u32(c, 4)?,
-                        value: le_u64(c, 8)?,
-                    });
-                }
-                let mut words = Vec::with_capacity(4);
-                for c in whole.remainder().chunks_exact(4) {
-                    words.push(le_u32(c, 0)?);
-                }
-                vm.set_partial_report(words);
+                reports.extend(r.whole);
+                vm.set_partial_report(r.partial);
             }
-            Kind::End => break le_u64(buf, 0)?,
+            Kind::End => break decode::<End>(Kind::End, buf)?.paused_wall_ns,
             k => return Err(MigError(format!("unexpected {k:?} from the source"))),
         }
     };
@@ -921,4 +1025,71 @@ fn receive<R: Read>(
     vm.load_cpu(&cpu)?;
     vm.set_reports(reports);
     Ok((rep, paused_wall_ns, t_end, end_wall))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips_the_configuration() {
+        for p in PROFILES {
+            let cfg = VmConfig::small(p, 12, 5);
+            let b = demo_wire::encode(&hello_of(&cfg).unwrap()).unwrap();
+            assert_eq!(b.get(..8), Some(&b"KVMVGPU2"[..]));
+            assert_eq!(decode_hello(&b).unwrap(), cfg);
+            // Cut anywhere, or with a byte more: refused.
+            for n in 0..b.len() {
+                assert!(decode_hello(b.get(..n).unwrap()).is_err(), "{n} bytes");
+            }
+            let mut long = b.clone();
+            long.push(0);
+            assert!(decode_hello(&long).is_err());
+        }
+    }
+
+    /// A version-1 source (its fixed-layout hello) is answered NACK with both versions named,
+    /// before any VM is built.
+    #[test]
+    fn a_source_of_the_previous_protocol_is_refused_at_hello() {
+        let mut hello = b"KVMVGPU1".to_vec();
+        for v in [64u64 << 20, 1 << 20, 8 << 20, 10, 3, 1] {
+            hello.extend_from_slice(&v.to_le_bytes());
+        }
+        hello.resize(8 + 15 * 8, 0);
+        let mut wire = Vec::new();
+        send(&mut wire, Kind::Hello, &[&hello]).unwrap();
+        let mut back = Vec::new();
+        let err = migrate_dest(&mut &wire[..], &mut back).unwrap_err();
+        let want = "the source speaks KVM VMM migration protocol version 1, this side speaks 2";
+        assert_eq!(err.0, want);
+        let mut msg = Vec::new();
+        let e = answer(&mut &back[..], &mut msg).unwrap_err();
+        assert_eq!(e.0, format!("destination refused: {want}"));
+    }
+
+    #[test]
+    fn control_messages_out_of_range_are_refused() {
+        let cfg = VmConfig::small(Profile::MEDIA, 4, 1);
+        let (g, mut h) = hello_of(&cfg).unwrap();
+        h.profile.code = 4;
+        let e = decode_hello(&demo_wire::encode(&(&g, &h)).unwrap()).unwrap_err();
+        assert_eq!(e.0, "unknown workload code 4");
+        let (g, mut h) = hello_of(&cfg).unwrap();
+        h.ram = 65 << 30;
+        assert!(decode_hello(&demo_wire::encode(&(&g, &h)).unwrap()).is_err());
+        let unknown = Profile {
+            name: "custom",
+            ..Profile::IDLE
+        };
+        assert!(hello_of(&VmConfig::small(unknown, 1, 1)).is_err());
+        // An answer that is neither ACK nor NACK, or an ACK with a payload.
+        let mut wire = Vec::new();
+        send(&mut wire, Kind::Ack, &[&[0]]).unwrap();
+        send(&mut wire, Kind::End, &[]).unwrap();
+        let (mut r, mut msg) = (&wire[..], Vec::new());
+        assert!(answer(&mut r, &mut msg).is_err());
+        assert!(answer(&mut r, &mut msg).is_err());
+    }
 }

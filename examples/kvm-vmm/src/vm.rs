@@ -55,7 +55,7 @@ impl VmConfig {
 }
 
 /// One report record of the guest (debug port).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// `abi::REPORT_*`.
     pub kind: u32,
