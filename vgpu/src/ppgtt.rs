@@ -13,6 +13,7 @@
 
 use core::ops::ControlFlow;
 
+use gmem::GuestMemoryMap;
 use gtt::{Generation, Gfn, Gpa, PpgttRoot, ReadGuest, RootTables, VisitLimits, visit_leaves};
 
 use migstream::{RecordKind, Saved, Section};
@@ -32,18 +33,25 @@ pub type PpgttList = heapless::Vec<PpgttRoot, MAX_PPGTTS>;
 /// Guest memory as gtt's page-table walks read it ([`ReadGuest`]): each 8-byte entry read
 /// straight from [`GuestMemory`], no cache. A device model that translates PPGTT addresses at
 /// run time walks with it, for example the reference device (crate `vgpu-mig-sim`):
-/// `gtt::ppgtt::walk(&root, gva, &Walker::new(&memory))`. A frame outside the guest's memory map
-/// is absent, so a walk that reaches one fails instead of reading anything else. (The
+/// `gtt::ppgtt::walk(&root, gva, &Walker::new(&vgpu, &memory))`. A frame outside the vGPU's
+/// memory map ([`Vgpu::memory_map`]) is absent, so a walk that reaches one fails instead of
+/// reading anything else. (The
 /// destination's checks of migrated roots use a caching walker of their own: a stream's roots
 /// are checked while guest memory does not change.)
 #[derive(Clone, Copy)]
-pub struct Walker<'m>(&'m dyn GuestMemory);
+pub struct Walker<'m> {
+    map: &'m GuestMemoryMap,
+    mem: &'m dyn GuestMemory,
+}
 
 impl<'m> Walker<'m> {
-    /// A walker over `mem`.
+    /// A walker over `mem`, bounded by `vgpu`'s memory map.
     #[must_use]
-    pub const fn new(mem: &'m dyn GuestMemory) -> Self {
-        Self(mem)
+    pub fn new(vgpu: &'m Vgpu<'_>, mem: &'m dyn GuestMemory) -> Self {
+        Self {
+            map: vgpu.memory_map(),
+            mem,
+        }
     }
 }
 
@@ -56,18 +64,18 @@ impl core::fmt::Debug for Walker<'_> {
 impl ReadGuest for Walker<'_> {
     fn read_u64(&self, gpa: Gpa) -> Option<u64> {
         let gfn = gpa.gfn();
-        if !self.0.map().contains(gfn) {
+        if !self.map.contains(gfn) {
             return None;
         }
         let mut b = [0u8; 8];
-        self.0
+        self.mem
             .read(gfn, usize::try_from(gpa.page_offset()).ok()?, &mut b)
             .ok()?;
         Some(u64::from_le_bytes(b))
     }
 
     fn contains(&self, gfn: Gfn) -> bool {
-        self.0.map().contains(gfn)
+        self.map.contains(gfn)
     }
 }
 
@@ -76,6 +84,7 @@ impl ReadGuest for Walker<'_> {
 /// another, so it reads guest memory about once per table instead of once per entry. Guest memory
 /// does not change while a stream's roots are checked.
 struct PageWalker<'m> {
+    map: &'m GuestMemoryMap,
     mem: &'m dyn GuestMemory,
     pages: core::cell::RefCell<PageCache>,
 }
@@ -89,8 +98,9 @@ struct PageCache {
 }
 
 impl PageWalker<'_> {
-    fn new(mem: &dyn GuestMemory) -> PageWalker<'_> {
+    fn new<'m>(map: &'m GuestMemoryMap, mem: &'m dyn GuestMemory) -> PageWalker<'m> {
         PageWalker {
+            map,
             mem,
             pages: core::cell::RefCell::new(PageCache {
                 frames: [None; 4],
@@ -110,7 +120,7 @@ impl ReadGuest for PageWalker<'_> {
         let slot = match c.frames.iter().position(|f| *f == Some(gfn)) {
             Some(slot) => slot,
             None => {
-                if !self.mem.map().contains(gfn) {
+                if !self.map.contains(gfn) {
                     return None;
                 }
                 let slot = (0..4).min_by_key(|&i| c.used.get(i).copied())?;
@@ -128,7 +138,7 @@ impl ReadGuest for PageWalker<'_> {
     }
 
     fn contains(&self, gfn: Gfn) -> bool {
-        self.mem.map().contains(gfn)
+        self.map.contains(gfn)
     }
 }
 
@@ -177,13 +187,14 @@ pub fn save(list: &PpgttList, out: &mut [u8]) -> Result<usize, VgpuError> {
     Ok(len)
 }
 
-/// Parse and check a payload: its layout, and that every announced tree lies in guest memory,
-/// has no loop and no entry with reserved bits, within the walker's bounds, walked with 64 KiB
+/// Parse and check a payload: its layout, and that every announced tree lies in guest memory
+/// (`map`, read through `mem`), has no loop and no entry with reserved bits, within the walker's bounds, walked with 64 KiB
 /// pages enabled or not as `ips_64k` says (the migrated `GAMW_ECO_DEV_RW_IA`).
 pub fn validate(
     payload: &[u8],
     generation: Generation,
     ips_64k: bool,
+    map: &GuestMemoryMap,
     mem: &dyn GuestMemory,
 ) -> Result<PpgttList, VgpuError> {
     let bad = VgpuError::BadPpgtt;
@@ -237,7 +248,7 @@ pub fn validate(
         if list.contains(&root) {
             return Err(bad);
         }
-        check_tree(&root, mem)?;
+        check_tree(&root, map, mem)?;
         list.push(root).map_err(|_| bad)?;
     }
     Ok(list)
@@ -245,15 +256,19 @@ pub fn validate(
 
 /// Walk a tree: no loop, no fault (tables and pages inside guest memory, no reserved bits), within
 /// the walker's budget.
-pub(crate) fn check_tree(root: &PpgttRoot, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
+pub(crate) fn check_tree(
+    root: &PpgttRoot,
+    map: &GuestMemoryMap,
+    mem: &dyn GuestMemory,
+) -> Result<(), VgpuError> {
     let roots_ok = match root.tables {
-        RootTables::FourLevel(pml4) => mem.map().contains(pml4),
-        RootTables::ThreeLevel(pds) => pds.iter().flatten().all(|pd| mem.map().contains(*pd)),
+        RootTables::FourLevel(pml4) => map.contains(pml4),
+        RootTables::ThreeLevel(pds) => pds.iter().flatten().all(|pd| map.contains(*pd)),
     };
     if !roots_ok {
         return Err(VgpuError::BadPpgtt);
     }
-    let walker = PageWalker::new(mem);
+    let walker = PageWalker::new(map, mem);
     let summary = visit_leaves(root, &walker, VisitLimits::DEFAULT, |_| {
         ControlFlow::Continue(())
     });
@@ -271,13 +286,16 @@ pub(crate) fn check_tree(root: &PpgttRoot, mem: &dyn GuestMemory) -> Result<(), 
 pub struct PpgttRootsSection;
 
 /// What a `PPGTT_ROOTS` payload is checked against: the receiving generation, whether 64 KiB
-/// pages are enabled (from the migrated registers), and guest memory, where the trees are walked.
+/// pages are enabled (from the migrated registers), and guest memory, where the trees are walked
+/// (the vGPU's memory map and the backend that reads it).
 #[derive(Clone, Copy)]
 pub struct RootsCheck<'a> {
     /// The PPGTT format.
     pub generation: Generation,
     /// Whether the guest's device walks with 64 KiB pages enabled.
     pub ips_64k: bool,
+    /// The guest's memory map ([`Vgpu::memory_map`]).
+    pub map: &'a GuestMemoryMap,
     /// Guest memory.
     pub mem: &'a dyn GuestMemory,
 }
@@ -314,7 +332,13 @@ impl Section for PpgttRootsSection {
     }
 
     fn validate(check: &RootsCheck<'_>, payload: &[u8]) -> Result<PpgttList, VgpuError> {
-        validate(payload, check.generation, check.ips_64k, check.mem)
+        validate(
+            payload,
+            check.generation,
+            check.ips_64k,
+            check.map,
+            check.mem,
+        )
     }
 
     fn apply((vgpu, check): Self::Target<'_, '_>, payload: &[u8]) -> Result<(), VgpuError> {

@@ -1129,9 +1129,6 @@ struct Counting<'m> {
 }
 
 impl vgpu::traits::GuestMemory for Counting<'_> {
-    fn map(&self) -> &gmem::GuestMemoryMap {
-        self.mem.map()
-    }
     fn read(
         &self,
         gfn: gtt::Gfn,

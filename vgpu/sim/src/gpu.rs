@@ -511,12 +511,12 @@ impl RefGpu {
         };
         // The 64 KiB enable as the guest has it now (it may change while a context runs).
         let root = root.with_ips(vgpu.derived().ips_64k);
-        let t = gtt::ppgtt::walk(&root, Gva::new(addr), &Walker::new(mem)).ok()?;
+        let t = gtt::ppgtt::walk(&root, Gva::new(addr), &Walker::new(vgpu, mem)).ok()?;
         if write && !t.writable {
             return None;
         }
         let gfn = t.gpa.gfn();
-        if !mem.map().contains(gfn) {
+        if !vgpu.memory_map().contains(gfn) {
             return None;
         }
         Some((gfn, usize::try_from(t.gpa.get() & 0xFFF).ok()?))

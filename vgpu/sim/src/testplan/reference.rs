@@ -419,7 +419,7 @@ mod tests {
                 // A lost guest byte on the destination.
                 if r.completed {
                     let log = &mut d.machine.cpu_log;
-                    let gfn = d.machine.mem.map_ref().frame_at(3).unwrap();
+                    let gfn = d.machine.mem.map().frame_at(3).unwrap();
                     d.machine.mem.cpu_write(log, gfn, 100, &[0x5A]).unwrap();
                 }
                 Ok(r)
