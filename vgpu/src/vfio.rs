@@ -45,7 +45,16 @@ pub struct MigrationStorage<'s> {
 }
 
 /// The host side the arcs reach: the three traits an embedding hypervisor implements
-/// ([`GuestMemory`], [`CpuDirtyLog`], [`HostGtt`]), lent for one call.
+/// ([`GuestMemory`], [`CpuDirtyLog`], [`HostGtt`]), lent for one call. [`VfioMigration`] runs
+/// every arc, so it takes all three.
+///
+/// The sessions take only what each call uses, not this bundle. The source's page path
+/// ([`SourceSession::poll_output`]) reads guest memory shared (`&dyn GuestMemory`: vCPUs and the
+/// GPU keep writing it) and never the host GTT, which a threaded VMM keeps with the vGPU under
+/// its device lock (see the crate docs): a bundle of three `&mut` would make each page wait for
+/// that lock and borrow guest memory exclusively. [`SourceSession::stop_and_copy`] uses only the
+/// CPU log, [`DestSession::feed`] only guest memory, and [`DestSession::commit`] guest memory and
+/// the host GTT (a destination has no CPU log to lend).
 pub struct Host<'p> {
     /// Guest memory.
     pub mem: &'p mut dyn GuestMemory,
