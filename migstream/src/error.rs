@@ -209,8 +209,8 @@ pub enum ErrorKind {
         /// CRC computed over the record header's first 12 bytes and the payload.
         computed: u32,
     },
-    /// A record's `payload_len` exceeds the limit (format limit: peer fault; [`crate::Limits`]
-    /// below the format limit: local fault).
+    /// A record's `payload_len` exceeds the limit (format limit: the stream's fault;
+    /// [`crate::Limits`] below the format limit: local fault).
     LengthTooLarge {
         /// Length claimed.
         len: u32,

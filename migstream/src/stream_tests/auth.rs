@@ -762,7 +762,7 @@ fn header_checks_come_before_the_key_rules() {
 }
 
 /// SPEC.md §5: step 5a (the MAC-record rules) before step 6 (`UnknownMandatory`): an unknown
-/// mandatory record after the MAC record is `RecordAfterMac`, a malformed stream (peer fault),
+/// mandatory record after the MAC record is `RecordAfterMac`, a malformed stream (the stream's fault),
 /// not a kind the reader lacks.
 #[test]
 fn mac_rules_come_before_unknown_mandatory() {
