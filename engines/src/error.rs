@@ -3,7 +3,8 @@
 use core::fmt;
 
 use crate::id::EngineId;
-pub use mmio::Fault;
+/// Whose fault an error is: the workspace's one classification (`migstream::Fault`).
+pub use migstream::Fault;
 
 /// Errors of engine state handling and of the engine-state payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,7 +102,7 @@ impl EngineError {
             | Self::Capacity
             | Self::BadWeight { .. }
             | Self::UnknownVgpu { .. } => Fault::Local,
-            Self::NotQuiesced { .. } => Fault::DeviceState,
+            Self::NotQuiesced { .. } => Fault::State,
             Self::InvalidDescriptor
             | Self::RingOffset
             | Self::RingOverrun

@@ -221,8 +221,9 @@ impl<'a> GgttSlices<'a> {
         u32::try_from(half).map_err(|_| GttError::OutOfRange)
     }
 
-    /// Writes one 4-byte half of the entry at `index` (`high` selects bits 63:32). The
-    /// stored entry is updated at once; see [`HalfWrite`] for the pending state.
+    /// Writes one 4-byte half of the entry at `index` (`high` selects bits 63:32). The half is
+    /// held until its partner arrives; only then does the stored entry change (see the type's
+    /// docs and [`HalfWrite`]).
     ///
     /// # Errors
     /// [`GttError::OutOfRange`] if `index` is outside both slices.

@@ -897,7 +897,7 @@ impl Decoder {
             return Err(self.err_here(k, at));
         }
         // SPEC.md §5 step 5a before step 6: a record after the MAC record is a malformed
-        // stream (peer fault) whatever its kind, not a kind this reader lacks.
+        // stream (the stream's fault) whatever its kind, not a kind this reader lacks.
         #[cfg(feature = "auth")]
         self.mac_record_header(&raw)?;
         if !rec.kind.is_known() && rec.flags.is_mandatory() {

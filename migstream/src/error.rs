@@ -4,27 +4,43 @@ use core::fmt;
 
 use crate::record::RecordKind;
 
-/// Whose fault an error is; decides between "abort the migration" and "retry/reconfigure".
+/// Whose fault an error is: decides between "abort the migration", "inject a fault into the
+/// guest", "retry with more resources" and "fix the caller".
+///
+/// One vocabulary for the workspace: the stream's errors ([`DecodeError::fault`]), the register
+/// file's and the engines' (`vgpu-mig-mmio`, `vgpu-mig-engines`) and the vGPU's answer in it, each
+/// from what it can know. (`vgpu-mig-gtt` keeps its own two-way split: it cannot tell a stream's
+/// entry from a guest's write; the vGPU, which can, answers for it.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Fault {
-    /// The peer sent a malformed or corrupted stream (or it was damaged in transit).
-    Peer,
+    /// The migration stream (the peer) is malformed, damaged or hostile (or was damaged in
+    /// transit).
+    Stream,
     /// The stream is well formed but uses a format version or feature this reader lacks.
     Unsupported,
     /// The stream describes a device this destination cannot host (see [`crate::Incompatible`]).
     Incompatible,
-    /// A local limit or local misuse: the stream may be fine, this side cannot take it.
+    /// The guest programmed the device in a way the device model refuses (a bad offset, size or
+    /// alignment, a bad descriptor).
+    Guest,
+    /// A local limit, an undersized caller buffer, or the embedder's backend failed: the stream
+    /// may be fine, this side cannot take it.
     Local,
+    /// The operation is not allowed in the current state (for example not quiesced; a caller
+    /// bug).
+    State,
 }
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Fault::Peer => "peer fault",
+            Fault::Stream => "stream fault",
             Fault::Unsupported => "unsupported by this reader",
             Fault::Incompatible => "incompatible device",
+            Fault::Guest => "guest fault",
             Fault::Local => "local limit",
+            Fault::State => "not allowed in this state",
         })
     }
 }
@@ -123,12 +139,12 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// Whose fault: [`Fault::Local`] for [`AuthError::KeyRequired`], else [`Fault::Peer`].
+    /// Whose fault: [`Fault::Local`] for [`AuthError::KeyRequired`], else [`Fault::Stream`].
     #[must_use]
     pub const fn fault(&self) -> Fault {
         match self {
             AuthError::KeyRequired => Fault::Local,
-            _ => Fault::Peer,
+            _ => Fault::Stream,
         }
     }
 }
@@ -193,8 +209,8 @@ pub enum ErrorKind {
         /// CRC computed over the record header's first 12 bytes and the payload.
         computed: u32,
     },
-    /// A record's `payload_len` exceeds the limit (format limit: peer fault; [`crate::Limits`]
-    /// below the format limit: local fault).
+    /// A record's `payload_len` exceeds the limit (format limit: the stream's fault;
+    /// [`crate::Limits`] below the format limit: local fault).
     LengthTooLarge {
         /// Length claimed.
         len: u32,
@@ -260,7 +276,7 @@ impl ErrorKind {
                 Fault::Local
             }
             ErrorKind::Auth(e) => e.fault(),
-            _ => Fault::Peer,
+            _ => Fault::Stream,
         }
     }
 }

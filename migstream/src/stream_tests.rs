@@ -364,7 +364,7 @@ fn truncated_stream() {
         let e = err(&golden[..n]);
         assert_eq!(e.kind(), ErrorKind::Truncated, "cut at {n}");
         assert_eq!(e.offset(), n as u64);
-        assert_eq!(e.fault(), Fault::Peer);
+        assert_eq!(e.fault(), Fault::Stream);
     }
     let e = err(&golden[..90]);
     assert_eq!(e.record(), None);
@@ -404,7 +404,7 @@ fn bad_record_crc() {
             Some((0, RecordKind::CONFIG_SPACE))
         )
     );
-    assert_eq!(e.fault(), Fault::Peer);
+    assert_eq!(e.fault(), Fault::Stream);
     // The payload was reported (provisionally) before the CRC failed.
     let mut dec = Decoder::new(Limits::DEFAULT);
     let mut events = Vec::new();
@@ -470,7 +470,7 @@ fn huge_length() {
             max: MAX_PAYLOAD
         }
     );
-    assert_eq!(e.fault(), Fault::Peer);
+    assert_eq!(e.fault(), Fault::Stream);
     // Within the format limit, above a local limit: local fault.
     let s = stream_of(&[record(RecordKind::REGISTERS, 1, 1, 0, &[0; 100])]);
     let e = decode_with(&mut Decoder::new(Limits::with_max_payload(64)), &s, &[7]).unwrap_err();
@@ -725,7 +725,7 @@ fn display_reads_well() {
     );
     assert_eq!(
         format!("{e}"),
-        "migration stream: record index 6, expected 4 at byte 1234 (record #4, PAGES) [peer fault]"
+        "migration stream: record index 6, expected 4 at byte 1234 (record #4, PAGES) [stream fault]"
     );
     let e = DecodeError::new(
         ErrorKind::UnknownMandatory {

@@ -2,21 +2,8 @@
 
 use core::fmt;
 
-/// Who is responsible for a failure: lets the caller choose between "inject a fault into
-/// the guest", "abort the migration" and "retry with more resources".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
-pub enum Fault {
-    /// The guest made an access the device cannot honour (bad offset, size or alignment).
-    Guest,
-    /// The migration stream (the peer) sent bytes that are malformed or not allowed.
-    Stream,
-    /// A local resource was too small (caller storage, output buffer).
-    Local,
-    /// The device is in a state that does not permit the operation (e.g. not quiesced).
-    DeviceState,
-}
+/// Whose fault an error is: the workspace's one classification (`migstream::Fault`).
+pub use migstream::Fault;
 
 /// Errors of the virtual MMIO register file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -20,6 +20,7 @@
 //! the pages of its stripes (and, on channels other than 0, no device state), and share the main
 //! channel's stream id and device; the session is finished when every channel has ended.
 
+use gmem::GuestMemoryMap;
 use gtt::Gfn;
 use migstream::{Decoder, Event, FeedError, Limits, RecordKind, StreamHeaderRepr};
 
@@ -315,8 +316,8 @@ impl<'s> DestSession<'s> {
 
     /// Checks that page `gfn` may arrive on channel `c`: inside guest memory, and in one of the
     /// channel's stripes. Returns its dense index.
-    fn check_page(&self, c: usize, mem: &dyn GuestMemory, gfn: u64) -> Result<usize, VgpuError> {
-        let Some(index) = mem.map().index_of(Gfn::new(gfn)) else {
+    fn check_page(&self, c: usize, map: &GuestMemoryMap, gfn: u64) -> Result<usize, VgpuError> {
+        let Some(index) = map.index_of(Gfn::new(gfn)) else {
             return Err(VgpuError::FrameOutsideMemory { gfn });
         };
         self.check_stripe(c, gfn, index)?;
@@ -339,12 +340,11 @@ impl<'s> DestSession<'s> {
     fn check_zero_run(
         &self,
         c: usize,
-        mem: &dyn GuestMemory,
+        map: &GuestMemoryMap,
         first: u64,
         count: u32,
     ) -> Result<usize, VgpuError> {
-        let map = mem.map();
-        let start = self.check_page(c, mem, first)?;
+        let start = self.check_page(c, map, first)?;
         // The frames from `first` on that are guest memory without a hole: up to the end of
         // `first`'s region and of every region that follows it without a gap.
         let mut inside_end = first;
@@ -525,7 +525,7 @@ impl<'s> DestSession<'s> {
                 data,
             } => {
                 let gfn = Gfn::new(frame);
-                let index = self.check_page(c, mem, frame)?;
+                let index = self.check_page(c, vgpu.memory_map(), frame)?;
                 self.written(frame, 1);
                 mem.write(gfn, usize::from(offset), data)
                     .map_err(|_| VgpuError::GuestMemory)?;
@@ -540,8 +540,8 @@ impl<'s> DestSession<'s> {
                 hash,
             } => {
                 let (gfn, from) = (Gfn::new(frame), Gfn::new(from_frame));
-                let to_index = self.check_page(c, mem, frame)?;
-                let from_index = self.check_page(c, mem, from_frame)?;
+                let to_index = self.check_page(c, vgpu.memory_map(), frame)?;
+                let from_index = self.check_page(c, vgpu.memory_map(), from_frame)?;
                 let mismatch = VgpuError::DuplicateMismatch {
                     gfn: frame,
                     from: from_frame,
@@ -576,7 +576,7 @@ impl<'s> DestSession<'s> {
                 data,
             } => {
                 let gfn = Gfn::new(frame);
-                let index = self.check_page(c, mem, frame)?;
+                let index = self.check_page(c, vgpu.memory_map(), frame)?;
                 self.written(frame, 1);
                 // In pieces through a small buffer: a short segment (the common case, and a
                 // flood's) costs its own length, not a page.
@@ -600,7 +600,7 @@ impl<'s> DestSession<'s> {
                 // Only frames that may hold something are written: the run costs its length in
                 // map words at most, and each page written was paid for by the write that made it
                 // non-zero (or is written once, the first time the stream names it).
-                let start = self.check_zero_run(c, mem, first_frame, count)?;
+                let start = self.check_zero_run(c, vgpu.memory_map(), first_frame, count)?;
                 self.written(first_frame, count);
                 let end = start.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
                 let mut at = start;
@@ -852,7 +852,7 @@ impl<'s> DestSession<'s> {
                 });
             }
         }
-        let frames = guest_frames(mem)?;
+        let frames = guest_frames(vgpu.memory_map())?;
         let ips_64k = self.ips_64k(vgpu);
         let (staged, memo) = self.staged_and_memo();
         let mut cx = Checking {
@@ -928,7 +928,7 @@ impl<'s> DestSession<'s> {
     ) -> Result<DestStats, VgpuError> {
         let ppgtts = self.check(vgpu, mem)?;
         let mut stats = self.stats();
-        let frames = guest_frames(mem)?;
+        let frames = guest_frames(vgpu.memory_map())?;
         let checked_ips_64k = self.ips_64k(vgpu);
         let (staged, memo) = self.staged_and_memo();
         let mut cx = Applying {
@@ -972,9 +972,9 @@ pub(crate) fn staging_bound(
 }
 
 /// Guest RAM as the span list the GGTT kernels check frames against.
-fn guest_frames(mem: &dyn GuestMemory) -> Result<gtt::GuestFrames, VgpuError> {
+fn guest_frames(map: &GuestMemoryMap) -> Result<gtt::GuestFrames, VgpuError> {
     Ok(gtt::GuestFrames::from_ranges(
-        mem.map().regions().iter().map(|r| (r.start(), r.count())),
+        map.regions().iter().map(|r| (r.start(), r.count())),
     )?)
 }
 

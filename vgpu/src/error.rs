@@ -3,21 +3,9 @@
 
 use core::fmt;
 
-/// Whose fault an error is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Fault {
-    /// The migration stream (the peer) is malformed, damaged or hostile.
-    Stream,
-    /// The stream comes from an incompatible device, vGPU type or format version.
-    Incompatible,
-    /// The guest programmed the device in a way the device model refuses.
-    Guest,
-    /// A local resource is too small or the embedder's backend failed.
-    Local,
-    /// The operation is not allowed in the vGPU's current state (a caller bug).
-    State,
-}
+/// Whose fault an error is: the workspace's one classification, shared with the stream and
+/// the component crates (`migstream::Fault`).
+pub use migstream::Fault;
 
 /// Which caller buffer a [`StorageError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,15 +173,9 @@ impl VgpuError {
     /// Whose fault the error is.
     pub fn fault(&self) -> Fault {
         match self {
-            VgpuError::Stream(e) => match e.fault() {
-                migstream::Fault::Peer => Fault::Stream,
-                migstream::Fault::Unsupported | migstream::Fault::Incompatible => {
-                    Fault::Incompatible
-                }
-                migstream::Fault::Local => Fault::Local,
-            },
+            VgpuError::Stream(e) => e.fault(),
             VgpuError::Incompatible(_) | VgpuError::GuestViewMismatch => Fault::Incompatible,
-            VgpuError::UnsupportedRecord { .. } => Fault::Incompatible,
+            VgpuError::UnsupportedRecord { .. } => Fault::Unsupported,
             VgpuError::Encode(_)
             | VgpuError::StagingFull { .. }
             | VgpuError::StorageSize
@@ -204,18 +186,12 @@ impl VgpuError {
                 gtt::Fault::Input => Fault::Stream,
                 gtt::Fault::Local => Fault::Local,
             },
-            VgpuError::Mmio(e) => match e.fault() {
-                mmio::Fault::Guest => Fault::Guest,
-                mmio::Fault::Stream => Fault::Stream,
-                mmio::Fault::DeviceState => Fault::State,
-                _ => Fault::Local,
-            },
+            VgpuError::Mmio(e) => e.fault(),
             // A workload the engines would refuse from the guest (a bad descriptor or ring
             // offset) reaches the vGPU as an error only from a restored stream.
             VgpuError::Engine(e) => match e.fault() {
-                engines::Fault::Guest | engines::Fault::Stream => Fault::Stream,
-                engines::Fault::DeviceState => Fault::State,
-                _ => Fault::Local,
+                Fault::Guest => Fault::Stream,
+                f => f,
             },
             VgpuError::Gmem(_) => Fault::Local,
             VgpuError::Fsm(_)

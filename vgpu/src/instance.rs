@@ -830,7 +830,7 @@ impl<'a> Vgpu<'a> {
         let bad = self
             .ppgtts
             .iter()
-            .filter(|r| crate::ppgtt::check_tree(r, mem).is_err())
+            .filter(|r| crate::ppgtt::check_tree(r, &self.mem_map, mem).is_err())
             .count();
         self.guest_errors = self
             .guest_errors

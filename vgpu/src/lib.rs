@@ -86,9 +86,6 @@
 //! }
 //!
 //! impl GuestMemory for Ram {
-//!     fn map(&self) -> &GuestMemoryMap {
-//!         &self.map
-//!     }
 //!     fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
 //!         let r = self.at(gfn, offset, out.len())?;
 //!         out.copy_from_slice(self.bytes.lock().map_err(|_| MemoryError)?.get(r).ok_or(MemoryError)?);

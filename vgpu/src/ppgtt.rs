@@ -14,6 +14,7 @@
 use core::cell::Cell;
 use core::ops::ControlFlow;
 
+use gmem::GuestMemoryMap;
 use gtt::{
     Entered, Generation, Gfn, Gpa, PpgttRoot, ReadGuest, RootTables, TableKind, TableMemo,
     VisitLimits, check_tables, visit_leaves,
@@ -36,18 +37,25 @@ pub type PpgttList = heapless::Vec<PpgttRoot, MAX_PPGTTS>;
 /// Guest memory as gtt's page-table walks read it ([`ReadGuest`]): each 8-byte entry read
 /// straight from [`GuestMemory`], no cache. A device model that translates PPGTT addresses at
 /// run time walks with it, for example the reference device (crate `vgpu-mig-sim`):
-/// `gtt::ppgtt::walk(&root, gva, &Walker::new(&memory))`. A frame outside the guest's memory map
-/// is absent, so a walk that reaches one fails instead of reading anything else. (The
+/// `gtt::ppgtt::walk(&root, gva, &Walker::new(&vgpu, &memory))`. A frame outside the vGPU's
+/// memory map ([`Vgpu::memory_map`]) is absent, so a walk that reaches one fails instead of
+/// reading anything else. (The
 /// destination's checks of migrated roots use a caching walker of their own: a stream's roots
 /// are checked while guest memory does not change.)
 #[derive(Clone, Copy)]
-pub struct Walker<'m>(&'m dyn GuestMemory);
+pub struct Walker<'m> {
+    map: &'m GuestMemoryMap,
+    mem: &'m dyn GuestMemory,
+}
 
 impl<'m> Walker<'m> {
-    /// A walker over `mem`.
+    /// A walker over `mem`, bounded by `vgpu`'s memory map.
     #[must_use]
-    pub const fn new(mem: &'m dyn GuestMemory) -> Self {
-        Self(mem)
+    pub fn new(vgpu: &'m Vgpu<'_>, mem: &'m dyn GuestMemory) -> Self {
+        Self {
+            map: vgpu.memory_map(),
+            mem,
+        }
     }
 }
 
@@ -60,18 +68,18 @@ impl core::fmt::Debug for Walker<'_> {
 impl ReadGuest for Walker<'_> {
     fn read_u64(&self, gpa: Gpa) -> Option<u64> {
         let gfn = gpa.gfn();
-        if !self.0.map().contains(gfn) {
+        if !self.map.contains(gfn) {
             return None;
         }
         let mut b = [0u8; 8];
-        self.0
+        self.mem
             .read(gfn, usize::try_from(gpa.page_offset()).ok()?, &mut b)
             .ok()?;
         Some(u64::from_le_bytes(b))
     }
 
     fn contains(&self, gfn: Gfn) -> bool {
-        self.0.map().contains(gfn)
+        self.map.contains(gfn)
     }
 }
 
@@ -80,6 +88,7 @@ impl ReadGuest for Walker<'_> {
 /// another, so it reads guest memory about once per table instead of once per entry. Guest memory
 /// does not change while a stream's roots are checked.
 struct PageWalker<'m> {
+    map: &'m GuestMemoryMap,
     mem: &'m dyn GuestMemory,
     pages: core::cell::RefCell<PageCache>,
 }
@@ -93,8 +102,9 @@ struct PageCache {
 }
 
 impl PageWalker<'_> {
-    fn new(mem: &dyn GuestMemory) -> PageWalker<'_> {
+    fn new<'m>(map: &'m GuestMemoryMap, mem: &'m dyn GuestMemory) -> PageWalker<'m> {
         PageWalker {
+            map,
             mem,
             pages: core::cell::RefCell::new(PageCache {
                 frames: [None; 4],
@@ -114,7 +124,7 @@ impl ReadGuest for PageWalker<'_> {
         let slot = match c.frames.iter().position(|f| *f == Some(gfn)) {
             Some(slot) => slot,
             None => {
-                if !self.mem.map().contains(gfn) {
+                if !self.map.contains(gfn) {
                     return None;
                 }
                 let slot = (0..4).min_by_key(|&i| c.used.get(i).copied())?;
@@ -132,7 +142,7 @@ impl ReadGuest for PageWalker<'_> {
     }
 
     fn contains(&self, gfn: Gfn) -> bool {
-        self.mem.map().contains(gfn)
+        self.map.contains(gfn)
     }
 }
 
@@ -192,7 +202,7 @@ pub fn memo_len(frames: u64) -> usize {
 /// The tables a [`validate`] has entered: one byte per guest frame (by dense index), a bit per
 /// [`TableKind`].
 struct Memo<'a> {
-    mem: &'a dyn GuestMemory,
+    map: &'a GuestMemoryMap,
     buf: &'a [Cell<u8>],
 }
 
@@ -209,7 +219,7 @@ const fn kind_bit(kind: TableKind) -> u8 {
 impl TableMemo for Memo<'_> {
     fn enter(&mut self, table: Gfn, kind: TableKind) -> Entered {
         // A frame outside guest memory is never marked: its table cannot be read (a fault).
-        let Some(b) = self.mem.map().index_of(table).and_then(|i| self.buf.get(i)) else {
+        let Some(b) = self.map.index_of(table).and_then(|i| self.buf.get(i)) else {
             return Entered::New;
         };
         let had = b.get();
@@ -230,7 +240,8 @@ impl TableMemo for Memo<'_> {
     }
 }
 
-/// Parse and check a payload: its layout, and that every announced tree lies in guest memory,
+/// Parse and check a payload: its layout, and that every announced tree lies in guest memory
+/// (`map`, read through `mem`),
 /// has no loop and no entry with reserved bits, walked with 64 KiB pages enabled or not as
 /// `ips_64k` says (the migrated `GAMW_ECO_DEV_RW_IA`). The trees are checked together
 /// ([`gtt::check_tables`] over `memo`, at least [`memo_len`] bytes of caller storage): a table
@@ -245,16 +256,17 @@ pub fn validate(
     payload: &[u8],
     generation: Generation,
     ips_64k: bool,
+    map: &GuestMemoryMap,
     mem: &dyn GuestMemory,
     memo: &[Cell<u8>],
 ) -> Result<PpgttList, VgpuError> {
     let bad = VgpuError::BadPpgtt;
-    let needed = memo_len(mem.map().frames());
+    let needed = memo_len(map.frames());
     let memo = memo
         .get(..needed)
         .ok_or(VgpuError::StagingFull { needed })?;
     memo.iter().for_each(|b| b.set(0));
-    let mut memo = Memo { mem, buf: memo };
+    let mut memo = Memo { map, buf: memo };
     let (head, body) = payload.split_at_checked(HEADER).ok_or(bad)?;
     let word = |b: &[u8], at: usize| {
         b.get(at..at + 8)
@@ -305,7 +317,7 @@ pub fn validate(
         if list.contains(&root) {
             return Err(bad);
         }
-        check_tree_in(&root, mem, Some(&mut memo))?;
+        check_tree_in(&root, map, mem, Some(&mut memo))?;
         list.push(root).map_err(|_| bad)?;
     }
     Ok(list)
@@ -313,24 +325,29 @@ pub fn validate(
 
 /// Walk a tree: no loop, no fault (tables and pages inside guest memory, no reserved bits), within
 /// the walker's budget.
-pub(crate) fn check_tree(root: &PpgttRoot, mem: &dyn GuestMemory) -> Result<(), VgpuError> {
-    check_tree_in(root, mem, None)
+pub(crate) fn check_tree(
+    root: &PpgttRoot,
+    map: &GuestMemoryMap,
+    mem: &dyn GuestMemory,
+) -> Result<(), VgpuError> {
+    check_tree_in(root, map, mem, None)
 }
 
 /// [`check_tree`], or with `memo` for one root of a set checked together ([`validate`]).
 fn check_tree_in(
     root: &PpgttRoot,
+    map: &GuestMemoryMap,
     mem: &dyn GuestMemory,
     memo: Option<&mut Memo<'_>>,
 ) -> Result<(), VgpuError> {
     let roots_ok = match root.tables {
-        RootTables::FourLevel(pml4) => mem.map().contains(pml4),
-        RootTables::ThreeLevel(pds) => pds.iter().flatten().all(|pd| mem.map().contains(*pd)),
+        RootTables::FourLevel(pml4) => map.contains(pml4),
+        RootTables::ThreeLevel(pds) => pds.iter().flatten().all(|pd| map.contains(*pd)),
     };
     if !roots_ok {
         return Err(VgpuError::BadPpgtt);
     }
-    let walker = PageWalker::new(mem);
+    let walker = PageWalker::new(map, mem);
     let summary = match memo {
         Some(memo) => check_tables(root, &walker, VisitLimits::DEFAULT, memo),
         None => visit_leaves(root, &walker, VisitLimits::DEFAULT, |_| {
@@ -351,13 +368,16 @@ fn check_tree_in(
 pub struct PpgttRootsSection;
 
 /// What a `PPGTT_ROOTS` payload is checked against: the receiving generation, whether 64 KiB
-/// pages are enabled (from the migrated registers), and guest memory, where the trees are walked.
+/// pages are enabled (from the migrated registers), and guest memory, where the trees are walked
+/// (the vGPU's memory map and the backend that reads it).
 #[derive(Clone, Copy)]
 pub struct RootsCheck<'a> {
     /// The PPGTT format.
     pub generation: Generation,
     /// Whether the guest's device walks with 64 KiB pages enabled.
     pub ips_64k: bool,
+    /// The guest's memory map ([`Vgpu::memory_map`]).
+    pub map: &'a GuestMemoryMap,
     /// Guest memory.
     pub mem: &'a dyn GuestMemory,
     /// The table memo the trees are checked together with: at least [`memo_len`] bytes of caller
@@ -401,6 +421,7 @@ impl Section for PpgttRootsSection {
             payload,
             check.generation,
             check.ips_64k,
+            check.map,
             check.mem,
             check.memo,
         )

@@ -463,6 +463,7 @@ impl Part for RootsRow {
         let check = RootsCheck {
             generation: cx.vgpu.config().generation,
             ips_64k: cx.ips_64k,
+            map: cx.vgpu.memory_map(),
             mem: cx.mem,
             memo: cx.memo,
         };
@@ -484,10 +485,13 @@ impl Part for RootsRow {
             cx.vgpu.set_ppgtts(list);
             return Ok(());
         }
+        // The walk reads the map while `apply` holds the vGPU: a copy of it (a few regions).
+        let map = cx.vgpu.memory_map().clone();
         for p in payloads {
             let check = RootsCheck {
                 generation: cx.vgpu.config().generation,
                 ips_64k: cx.vgpu.derived().ips_64k,
+                map: &map,
                 mem: cx.mem,
                 memo: cx.memo,
             };

@@ -1,6 +1,5 @@
 //! The traits an embedding hypervisor implements. Each is small; each method says what it may do.
 
-use gmem::GuestMemoryMap;
 use gtt::{Gfn, GgttEntry, GttIndex};
 
 use crate::instance::Vgpu;
@@ -8,13 +7,13 @@ use crate::tracking::GpuDirtyLog;
 
 /// Access to the guest's physical memory.
 ///
-/// Calls never cross a page: `offset + len <= 4096`. The source reads each page it sends once, in
+/// Which frames exist is the vGPU's memory map ([`Vgpu::memory_map`], given once to
+/// [`Vgpu::new`]): the vGPU and its sessions never read or write a frame outside it. Calls never
+/// cross a page: `offset + len <= 4096`. The source reads each page it sends once, in
 /// whole, and sends what that read returned; the guest may keep running and change the page
 /// during the read (the dirty logs catch that: the page goes again later). The destination calls
 /// `write` as pages arrive.
 pub trait GuestMemory {
-    /// The guest's memory layout: which frames exist. Frames outside it are never read or written.
-    fn map(&self) -> &GuestMemoryMap;
     /// Copy `out.len()` bytes at `offset` in frame `gfn` into `out`. Must succeed for mapped frames.
     fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError>;
     /// Write `data` at `offset` in frame `gfn`. Must not mark the page dirty in the CPU dirty log

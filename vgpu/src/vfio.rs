@@ -44,14 +44,24 @@ pub struct MigrationStorage<'s> {
     pub staging: &'s mut [u8],
 }
 
-/// What the arcs need from the platform.
-pub struct Platform<'p> {
+/// The host side the arcs reach: the three traits an embedding hypervisor implements
+/// ([`GuestMemory`], [`CpuDirtyLog`], [`HostGtt`]), lent for one call. [`VfioMigration`] runs
+/// every arc, so it takes all three.
+///
+/// The sessions take only what each call uses, not this bundle. The source's page path
+/// ([`SourceSession::poll_output`]) reads guest memory shared (`&dyn GuestMemory`: vCPUs and the
+/// GPU keep writing it) and never the host GTT, which a threaded VMM keeps with the vGPU under
+/// its device lock (see the crate docs): a bundle of three `&mut` would make each page wait for
+/// that lock and borrow guest memory exclusively. [`SourceSession::stop_and_copy`] uses only the
+/// CPU log, [`DestSession::feed`] only guest memory, and [`DestSession::commit`] guest memory and
+/// the host GTT (a destination has no CPU log to lend).
+pub struct Host<'p> {
     /// Guest memory.
     pub mem: &'p mut dyn GuestMemory,
     /// The hypervisor's log of guest CPU writes.
     pub cpu: &'p mut dyn CpuDirtyLog,
     /// Host GTT programming.
-    pub host: &'p mut dyn HostGtt,
+    pub gtt: &'p mut dyn HostGtt,
 }
 
 #[derive(Debug)]
@@ -136,7 +146,7 @@ impl<'s> VfioMigration<'s> {
         &mut self,
         vgpu: &mut Vgpu<'_>,
         requested: MigState,
-        p: &mut Platform<'_>,
+        p: &mut Host<'_>,
     ) -> Result<MigState, VgpuError> {
         // At most four arcs separate any two states; the bound only guards against a bug.
         for _ in 0..8 {
@@ -165,7 +175,7 @@ impl<'s> VfioMigration<'s> {
         vgpu: &mut Vgpu<'_>,
         cur: MigState,
         next: MigState,
-        p: &mut Platform<'_>,
+        p: &mut Host<'_>,
     ) -> Result<(), VgpuError> {
         use MigState::{PreCopy, PreCopyP2p, Resuming, Running, RunningP2p, Stop, StopCopy};
         match (cur, next) {
@@ -281,7 +291,7 @@ impl<'s> VfioMigration<'s> {
                 else {
                     return Err(VgpuError::WrongPhase);
                 };
-                let (result, staging) = session.commit_release(vgpu, p.mem, p.host);
+                let (result, staging) = session.commit_release(vgpu, p.mem, p.gtt);
                 self.slot = Slot::Idle(MigrationStorage {
                     send,
                     scratch,
@@ -316,7 +326,7 @@ impl<'s> VfioMigration<'s> {
     pub fn read(
         &mut self,
         dev: &dyn VgpuAccess,
-        p: &mut Platform<'_>,
+        p: &mut Host<'_>,
         now_us: u64,
         buf: &mut [u8],
     ) -> Result<usize, VgpuError> {
@@ -331,7 +341,7 @@ impl<'s> VfioMigration<'s> {
         &mut self,
         channel: usize,
         dev: &dyn VgpuAccess,
-        p: &mut Platform<'_>,
+        p: &mut Host<'_>,
         now_us: u64,
         buf: &mut [u8],
     ) -> Result<usize, VgpuError> {
@@ -364,7 +374,7 @@ impl<'s> VfioMigration<'s> {
     pub fn write(
         &mut self,
         vgpu: &Vgpu<'_>,
-        p: &mut Platform<'_>,
+        p: &mut Host<'_>,
         data: &[u8],
     ) -> Result<usize, VgpuError> {
         self.write_channel(0, vgpu, p, data)
@@ -378,7 +388,7 @@ impl<'s> VfioMigration<'s> {
         &mut self,
         channel: usize,
         vgpu: &Vgpu<'_>,
-        p: &mut Platform<'_>,
+        p: &mut Host<'_>,
         data: &[u8],
     ) -> Result<usize, VgpuError> {
         match &mut self.slot {

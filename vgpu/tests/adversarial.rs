@@ -147,10 +147,6 @@ impl Adversary<'_> {
 }
 
 impl GuestMemory for Adversary<'_> {
-    fn map(&self) -> &GuestMemoryMap {
-        &self.map
-    }
-
     fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
         let i = self.map.index_of(gfn).ok_or(MemoryError)?;
         let base = i * 4096 + offset;
@@ -217,7 +213,7 @@ impl gtt::ReadGuest for TableFrames<'_> {
     }
 
     fn contains(&self, gfn: Gfn) -> bool {
-        self.mem.map_ref().contains(gfn)
+        self.mem.map().contains(gfn)
     }
 }
 
@@ -477,10 +473,6 @@ impl AtomicRam {
 }
 
 impl GuestMemory for AtomicRam {
-    fn map(&self) -> &GuestMemoryMap {
-        &self.map
-    }
-
     fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
         let at = self.word_range(gfn, offset, out.len())?;
         for (k, chunk) in out.chunks_exact_mut(8).enumerate() {

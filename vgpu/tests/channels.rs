@@ -409,7 +409,7 @@ fn report_mode_migration(sc: &Scenario, page: u64, use_report: bool) -> Option<S
     // The VMM's pass 0 copies all of RAM; its CPU dirty log starts now.
     let _ = cpu_frames(&mut a);
     let all: Vec<Gfn> = (0..frames)
-        .map(|i| a.mem.map_ref().frame_at(i).unwrap())
+        .map(|i| a.mem.map().frame_at(i).unwrap())
         .collect();
     vmm_copy(&a, &mut b, all);
     let mut gpu_reported = 0;

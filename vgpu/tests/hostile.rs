@@ -1189,9 +1189,6 @@ struct Counting<'m> {
 }
 
 impl vgpu::traits::GuestMemory for Counting<'_> {
-    fn map(&self) -> &gmem::GuestMemoryMap {
-        self.mem.map()
-    }
     fn read(
         &self,
         gfn: gtt::Gfn,

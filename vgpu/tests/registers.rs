@@ -187,9 +187,9 @@ fn a_change_of_gamw_eco_dev_rw_ia_re_walks_every_announced_ppgtt() {
     let errors = m.vgpu.guest_errors();
     // The driver's 64 KiB page table is the last guest frame. Point its entry 0 at a frame that
     // is not 64 KiB aligned: a valid 4 KiB entry, an invalid 64 KiB one.
-    let frames = m.mem.map_ref().frames();
-    let pt64 = m.mem.map_ref().frame_at(frames as usize - 1).unwrap();
-    let odd = m.mem.map_ref().frame_at(1).unwrap();
+    let frames = m.mem.map().frames();
+    let pt64 = m.mem.map().frame_at(frames as usize - 1).unwrap();
+    let odd = m.mem.map().frame_at(1).unwrap();
     let entry = (odd.get() << 12) | 0b11;
     m.mem
         .cpu_write(&mut m.cpu_log, pt64, 0, &entry.to_le_bytes())

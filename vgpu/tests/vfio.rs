@@ -17,7 +17,7 @@ use sim::{Machine, MachineStorage, Profile};
 use vgpu::error::VgpuError;
 use vgpu::fsm::{Caps, FsmError, MigState};
 use vgpu::source::{SourceConfig, SourceEvent};
-use vgpu::vfio::{MigrationStorage, Platform, VfioMigration};
+use vgpu::vfio::{Host, MigrationStorage, VfioMigration};
 
 struct Bufs {
     send: Vec<u64>,
@@ -45,10 +45,10 @@ impl Bufs {
 }
 
 fn set(d: &mut VfioMigration<'_>, m: &mut Machine<'_>, s: MigState) -> Result<MigState, VgpuError> {
-    let mut p = Platform {
+    let mut p = Host {
         mem: &mut m.mem,
         cpu: &mut m.cpu_log,
-        host: &mut m.host,
+        gtt: &mut m.host,
     };
     d.set_state(&mut m.vgpu, s, &mut p)
 }
@@ -100,19 +100,19 @@ fn vfio_migration(sc: &Scenario, caps: Caps, channels: u16, cancel_first: bool) 
             let mut polls = 0;
             while !switch {
                 for c in 0..n {
-                    let mut p = Platform {
+                    let mut p = Host {
                         mem: &mut a.mem,
                         cpu: &mut a.cpu_log,
-                        host: &mut a.host,
+                        gtt: &mut a.host,
                     };
                     let k = src
                         .read_channel(c, &a.vgpu, &mut p, a.clock_ns / 1000, &mut buf)
                         .unwrap();
                     if attempts == 0 {
-                        let mut p = Platform {
+                        let mut p = Host {
                             mem: &mut b.mem,
                             cpu: &mut b.cpu_log,
-                            host: &mut b.host,
+                            gtt: &mut b.host,
                         };
                         dst.write_channel(c, &b.vgpu, &mut p, &buf[..k]).unwrap();
                     }
@@ -152,18 +152,18 @@ fn vfio_migration(sc: &Scenario, caps: Caps, channels: u16, cancel_first: bool) 
         );
         while !src.is_saved() {
             for c in 0..n {
-                let mut p = Platform {
+                let mut p = Host {
                     mem: &mut a.mem,
                     cpu: &mut a.cpu_log,
-                    host: &mut a.host,
+                    gtt: &mut a.host,
                 };
                 let k = src
                     .read_channel(c, &a.vgpu, &mut p, a.clock_ns / 1000, &mut buf)
                     .unwrap();
-                let mut p = Platform {
+                let mut p = Host {
                     mem: &mut b.mem,
                     cpu: &mut b.cpu_log,
-                    host: &mut b.host,
+                    gtt: &mut b.host,
                 };
                 dst.write_channel(c, &b.vgpu, &mut p, &buf[..k]).unwrap();
             }
@@ -299,10 +299,10 @@ fn invalid_data_fails_resuming_to_stop_and_only_reset_leaves_error() {
     );
     // Taken once RESUMING has stopped dispatch (the arc quiesces the engines).
     let before = DeviceState::of(&m);
-    let mut p = Platform {
+    let mut p = Host {
         mem: &mut m.mem,
         cpu: &mut m.cpu_log,
-        host: &mut m.host,
+        gtt: &mut m.host,
     };
     assert!(
         d.write(

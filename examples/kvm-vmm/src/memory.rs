@@ -149,10 +149,6 @@ impl VmMemory {
 }
 
 impl GuestMemory for VmMemory {
-    fn map(&self) -> &GuestMemoryMap {
-        &self.0.map
-    }
-
     fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
         let at = self.gpa(gfn, offset, out.len())?;
         self.0.read_at(at, out)

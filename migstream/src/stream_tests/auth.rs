@@ -295,7 +295,7 @@ fn wrong_key_refused() {
         assert_eq!(auth_err(&e), Some(AuthError::BadTag));
         assert_eq!(e.offset(), MAC_AT as u64);
         assert_eq!(e.record(), Some((2, RecordKind::MAC)));
-        assert_eq!(e.fault(), Fault::Peer);
+        assert_eq!(e.fault(), Fault::Stream);
     }
     // A stream written with the other key verifies with it, and not with the golden one.
     let s = auth_stream(&other, &HEADER, 4096);
@@ -439,7 +439,7 @@ fn unauthenticated_stream_refused_by_keyed_decoder() {
     // Refused before the header is reported: the consumer never sees the stream.
     let e = dec.feed(&plain).unwrap_err();
     assert_eq!(auth_err(&e), Some(AuthError::NotAuthenticated));
-    assert_eq!((e.offset(), e.fault()), (0, Fault::Peer));
+    assert_eq!((e.offset(), e.fault()), (0, Fault::Stream));
     assert_eq!(dec.finish(), Err(e));
     // The plain decoder still reads it.
     assert!(decode(&plain, &[1]).is_ok());
@@ -762,7 +762,7 @@ fn header_checks_come_before_the_key_rules() {
 }
 
 /// SPEC.md §5: step 5a (the MAC-record rules) before step 6 (`UnknownMandatory`): an unknown
-/// mandatory record after the MAC record is `RecordAfterMac`, a malformed stream (peer fault),
+/// mandatory record after the MAC record is `RecordAfterMac`, a malformed stream (the stream's fault),
 /// not a kind the reader lacks.
 #[test]
 fn mac_rules_come_before_unknown_mandatory() {
@@ -780,7 +780,7 @@ fn mac_rules_come_before_unknown_mandatory() {
     let s = raw_stream(&AUTH_HEADER, &records);
     let e = decode_keyed(&s, &golden_key(), &[usize::MAX]).unwrap_err();
     assert_eq!(auth_err(&e), Some(AuthError::RecordAfterMac));
-    assert_eq!((e.offset(), e.fault()), (END_AT as u64, Fault::Peer));
+    assert_eq!((e.offset(), e.fault()), (END_AT as u64, Fault::Stream));
     // Before the MAC record the same record is an unknown mandatory kind.
     let mut records = golden_records(&g);
     records.insert(1, (unknown, b"later".to_vec()));

@@ -339,11 +339,7 @@ impl GuestDriver {
         }
         for slot in 0..usize::try_from(pages).map_err(|_| VgpuError::StorageSize)? {
             let index = part.index_at(slot).ok_or(VgpuError::StorageSize)?;
-            let gfn = g
-                .mem
-                .map_ref()
-                .frame_at(slot)
-                .ok_or(VgpuError::StorageSize)?;
+            let gfn = g.mem.map().frame_at(slot).ok_or(VgpuError::StorageSize)?;
             let e = GgttEntry::present_frame(gfn)?;
             Self::mmio(vgpu, g, GGTT_WINDOW + index.get() * 8, 8, e.into_bits())?;
         }
@@ -474,7 +470,7 @@ impl GuestDriver {
                     // The last PPGTT_TABLES spare frames hold the PPGTT's page tables.
                     let spares = g
                         .mem
-                        .map_ref()
+                        .map()
                         .frames()
                         .saturating_sub(base)
                         .saturating_sub(PPGTT_TABLES);
@@ -484,7 +480,7 @@ impl GuestDriver {
                         None
                     } else {
                         g.mem
-                            .map_ref()
+                            .map()
                             .frame_at(usize::try_from(gfn_slot).unwrap_or(usize::MAX))
                     };
                     let gfn = frame.ok_or(VgpuError::StorageSize)?;
@@ -539,10 +535,10 @@ impl GuestDriver {
     /// for a new address space on a GVT-g vGPU. Returns the PML4's guest physical address. PPGTT
     /// address `i * 4096` is hot-set page `i`.
     fn create_ppgtt(&mut self, vgpu: &mut Vgpu<'_>, g: &mut Guest<'_>) -> Result<u64, VgpuError> {
-        let frames = g.mem.map_ref().frames();
+        let frames = g.mem.map().frames();
         let table = |k: u64| {
             g.mem
-                .map_ref()
+                .map()
                 .frame_at(usize::try_from(frames - PPGTT_TABLES + k).unwrap_or(usize::MAX))
         };
         let (Some(pml4), Some(pdp), Some(pd), Some(pt), Some(pt64)) =

@@ -67,6 +67,17 @@ pub struct RefGpu {
     pub stats: GpuStats,
 }
 
+/// The address space a command's graphics address lies in.
+#[derive(Clone, Copy)]
+enum Space {
+    /// The global GTT.
+    Ggtt,
+    /// The context's PPGTT.
+    Ppgtt(PpgttRoot),
+    /// A PPGTT address in a context without a PPGTT: every access faults.
+    NoPpgtt,
+}
+
 enum Step {
     Continue,
     Done,
@@ -142,7 +153,7 @@ impl RefGpu {
             if !self.store(
                 vgpu,
                 mem,
-                (a, Some(None)),
+                (a, Space::Ggtt),
                 data.get(done..done + n).unwrap_or(&[]),
             ) {
                 return false;
@@ -247,7 +258,7 @@ impl RefGpu {
                     &cmd::fill_pattern(f.seed, p, u32::try_from(i).unwrap_or(0)).to_le_bytes(),
                 );
             }
-            if !self.store(vgpu, mem, (f.base + p * 4096, Some(None)), &page) {
+            if !self.store(vgpu, mem, (f.base + p * 4096, Space::Ggtt), &page) {
                 exec.fill = None;
                 return None;
             }
@@ -487,36 +498,36 @@ impl RefGpu {
         vgpu.raise_event(block, bit);
     }
 
-    /// The address space a command names: `Some(None)` the GGTT, `Some(Some(root))` the
-    /// context's PPGTT, `None` a PPGTT address in a context without one (a fault).
-    fn space(exec: &Exec, ppgtt: bool) -> Option<Option<PpgttRoot>> {
-        if ppgtt {
-            exec.ppgtt.map(Some)
-        } else {
-            Some(None)
+    /// The address space a command names.
+    fn space(exec: &Exec, ppgtt: bool) -> Space {
+        match (ppgtt, exec.ppgtt) {
+            (false, _) => Space::Ggtt,
+            (true, Some(root)) => Space::Ppgtt(root),
+            (true, None) => Space::NoPpgtt,
         }
     }
 
-    /// Translate `addr` through the GGTT, or through `ppgtt` (a write also needs every level
-    /// writable).
+    /// Translate `addr` in `space` (through a PPGTT, a write also needs every level writable).
     fn translate(
         vgpu: &Vgpu<'_>,
         mem: &dyn GuestMemory,
-        ppgtt: Option<PpgttRoot>,
+        space: Space,
         addr: u64,
         write: bool,
     ) -> Option<(Gfn, usize)> {
-        let Some(root) = ppgtt else {
-            return vgpu.translate(GmAddr::new(addr));
+        let root = match space {
+            Space::Ggtt => return vgpu.translate(GmAddr::new(addr)),
+            Space::Ppgtt(root) => root,
+            Space::NoPpgtt => return None,
         };
         // The 64 KiB enable as the guest has it now (it may change while a context runs).
         let root = root.with_ips(vgpu.derived().ips_64k);
-        let t = gtt::ppgtt::walk(&root, Gva::new(addr), &Walker::new(mem)).ok()?;
+        let t = gtt::ppgtt::walk(&root, Gva::new(addr), &Walker::new(vgpu, mem)).ok()?;
         if write && !t.writable {
             return None;
         }
         let gfn = t.gpa.gfn();
-        if !mem.map().contains(gfn) {
+        if !vgpu.memory_map().contains(gfn) {
             return None;
         }
         Some((gfn, usize::try_from(t.gpa.get() & 0xFFF).ok()?))
@@ -537,7 +548,7 @@ impl RefGpu {
                 (a, false)
             }
         };
-        let space = Self::space(exec, ppgtt)?;
+        let space = Self::space(exec, ppgtt);
         let (gfn, off) = Self::translate(vgpu, mem, space, addr, false)?;
         let mut b = [0u8; 4];
         mem.read(gfn, off, &mut b).ok()?;
@@ -548,16 +559,13 @@ impl RefGpu {
         &mut self,
         vgpu: &mut Vgpu<'_>,
         mem: &mut dyn GuestMemory,
-        (addr, space): (u64, Option<Option<PpgttRoot>>),
+        (addr, space): (u64, Space),
         data: &[u8],
     ) -> bool {
-        let Some(space) = space else {
-            return false;
-        };
         let Some((gfn, off)) = Self::translate(vgpu, mem, space, addr, true) else {
             return false;
         };
-        if space.is_some() {
+        if matches!(space, Space::Ppgtt(_)) {
             self.stats.ppgtt_stores += 1;
         }
         if off + data.len() > 4096 || mem.write(gfn, off, data).is_err() {

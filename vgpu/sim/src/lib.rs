@@ -27,11 +27,11 @@
 //! bare metal (the KVM example's guest). Feature `std` turns on the library's `std` as well.
 //!
 //! ```
-//! use vgpu_mig_sim::testplan::{Fault, Workload, full_plan};
+//! use vgpu_mig_sim::testplan::{InjectedFault, Workload, full_plan};
 //! use vgpu_mig_sim::Rng;
 //!
 //! let plan = full_plan();
-//! assert!(plan.iter().any(|s| s.workload == Workload::Media && s.fault == Fault::Cancel));
+//! assert!(plan.iter().any(|s| s.workload == Workload::Media && s.fault == InjectedFault::Cancel));
 //! // Same seed, same sequence.
 //! assert_eq!(Rng::new(7).next_u64(), Rng::new(7).next_u64());
 //! ```

@@ -154,8 +154,8 @@ impl<'a> Machine<'a> {
     /// nothing in flight.
     pub fn reset_for_restore(&mut self) -> Result<(), VgpuError> {
         self.vgpu.reset();
-        self.mem = SimMemory::new(self.mem.map_ref().clone());
-        self.cpu_log = SimCpuLog::new(self.mem.map_ref().clone());
+        self.mem = SimMemory::new(self.mem.map().clone());
+        self.cpu_log = SimCpuLog::new(self.mem.map().clone());
         self.host.ggtt.fill(0);
         self.gpu = RefGpu::new();
         Ok(())

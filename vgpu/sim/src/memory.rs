@@ -52,8 +52,8 @@ impl SimMemory {
         }
     }
 
-    /// The memory map (also available through [`GuestMemory::map`]).
-    pub fn map_ref(&self) -> &GuestMemoryMap {
+    /// The memory map this storage is laid out by (the one the machine gives its vGPU).
+    pub fn map(&self) -> &GuestMemoryMap {
         &self.map
     }
 
@@ -102,10 +102,6 @@ impl SimMemory {
 }
 
 impl GuestMemory for SimMemory {
-    fn map(&self) -> &GuestMemoryMap {
-        &self.map
-    }
-
     fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
         let r = self.range(gfn, offset, out.len())?;
         out.copy_from_slice(self.bytes.get(r).ok_or(MemoryError)?);

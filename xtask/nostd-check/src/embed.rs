@@ -60,10 +60,6 @@ impl Ram {
 }
 
 impl GuestMemory for Ram {
-    fn map(&self) -> &GuestMemoryMap {
-        &self.map
-    }
-
     fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
         let r = self.range(gfn, offset, out.len())?;
         out.copy_from_slice(self.bytes.get(r).ok_or(MemoryError)?);

@@ -1,7 +1,7 @@
 //! The hardware test plan, as data, and a runner generic over the platform it runs on.
 //!
 //! A *scenario* is one point of the product
-//! [`Workload`] × [`Instant`] × [`Placement`] × [`Fault`]: boot a guest running the workload on a
+//! [`Workload`] × [`Instant`] × [`Placement`] × [`InjectedFault`]: boot a guest running the workload on a
 //! source machine, bring it to the migration instant, live-migrate it to a destination whose host
 //! placement of graphics memory is the given one, with the fault injected, and check the oracle.
 //! Every scenario has a stable name (`3d.elsp-2.split.cut-record`), so a plan can be listed and
@@ -30,10 +30,10 @@
 //! path.
 //!
 //! ```
-//! use vgpu_mig_sim::testplan::{Fault, Workload, full_plan, quick_plan, select};
+//! use vgpu_mig_sim::testplan::{InjectedFault, Workload, full_plan, quick_plan, select};
 //!
 //! let plan = full_plan();
-//! assert!(plan.iter().any(|s| s.workload == Workload::Media && s.fault == Fault::Cancel));
+//! assert!(plan.iter().any(|s| s.workload == Workload::Media && s.fault == InjectedFault::Cancel));
 //! // Names are stable and filters are substrings of them (comma-separated alternatives).
 //! let cuts = select(&plan, "3d.elsp-1.split.cut");
 //! assert_eq!(cuts.len(), 2);
@@ -163,7 +163,7 @@ impl Placement {
 
 /// The fault injected into the migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Fault {
+pub enum InjectedFault {
     /// None: the migration completes.
     None,
     /// The connection is cut exactly at a record boundary; then retry.
@@ -177,24 +177,24 @@ pub enum Fault {
     DestRestart,
 }
 
-impl Fault {
+impl InjectedFault {
     /// Every fault, in plan order.
-    pub const ALL: [Fault; 5] = [
-        Fault::None,
-        Fault::CutAtRecord,
-        Fault::CutAtByte,
-        Fault::Cancel,
-        Fault::DestRestart,
+    pub const ALL: [InjectedFault; 5] = [
+        InjectedFault::None,
+        InjectedFault::CutAtRecord,
+        InjectedFault::CutAtByte,
+        InjectedFault::Cancel,
+        InjectedFault::DestRestart,
     ];
 
     /// The short name used in scenario names and reports.
     pub const fn name(self) -> &'static str {
         match self {
-            Fault::None => "none",
-            Fault::CutAtRecord => "cut-record",
-            Fault::CutAtByte => "cut-byte",
-            Fault::Cancel => "cancel",
-            Fault::DestRestart => "dest-restart",
+            InjectedFault::None => "none",
+            InjectedFault::CutAtRecord => "cut-record",
+            InjectedFault::CutAtByte => "cut-byte",
+            InjectedFault::Cancel => "cancel",
+            InjectedFault::DestRestart => "dest-restart",
         }
     }
 }
@@ -253,7 +253,7 @@ pub struct Spec {
     /// Where the destination places graphics memory.
     pub placement: Placement,
     /// The fault injected.
-    pub fault: Fault,
+    pub fault: InjectedFault,
 }
 
 impl Spec {
@@ -305,7 +305,7 @@ pub fn full_plan() -> Vec<Spec> {
                 continue;
             }
             for placement in Placement::ALL {
-                for fault in Fault::ALL {
+                for fault in InjectedFault::ALL {
                     v.push(Spec {
                         workload,
                         instant,
@@ -324,7 +324,7 @@ pub fn full_plan() -> Vec<Spec> {
 pub fn quick_plan() -> Vec<Spec> {
     let mut v = Vec::new();
     for (a, workload) in Workload::ALL.into_iter().enumerate() {
-        for (b, fault) in Fault::ALL.into_iter().enumerate() {
+        for (b, fault) in InjectedFault::ALL.into_iter().enumerate() {
             let instant = (0..Instant::ALL.len())
                 .filter_map(|k| Instant::ALL.get((a + b + k) % Instant::ALL.len()))
                 .copied()
@@ -791,7 +791,7 @@ impl<'b, B: Backend> Runner<'b, B> {
             return Ok(r.clone());
         }
         let free = Spec {
-            fault: Fault::None,
+            fault: InjectedFault::None,
             ..*spec
         };
         let r = self.migrated_run(&free, Inject::None, &mut |_, _, _, _| Ok(()))?;
@@ -806,8 +806,8 @@ impl<'b, B: Backend> Runner<'b, B> {
         let total = clean.wire_bytes;
         let pick = |rng: &mut Rng, lo: u64, hi: u64| lo + rng.below(hi.saturating_sub(lo).max(1));
         match spec.fault {
-            Fault::None => Inject::None,
-            Fault::CutAtRecord => {
+            InjectedFault::None => Inject::None,
+            InjectedFault::CutAtRecord => {
                 // Any boundary but the last (after END the stream is complete).
                 let n = clean.record_ends.len().saturating_sub(1) as u64;
                 let at = usize::try_from(rng.below(n))
@@ -817,12 +817,12 @@ impl<'b, B: Backend> Runner<'b, B> {
                     .unwrap_or(migstream::STREAM_HEADER_LEN as u64);
                 Inject::CutAt(at)
             }
-            Fault::CutAtByte => Inject::CutAt(pick(&mut rng, 1, total)),
-            Fault::Cancel => {
+            InjectedFault::CutAtByte => Inject::CutAt(pick(&mut rng, 1, total)),
+            InjectedFault::Cancel => {
                 let stop = total - clean.stop_copy_bytes.min(total);
                 Inject::CancelAt(pick(&mut rng, stop, total))
             }
-            Fault::DestRestart => {
+            InjectedFault::DestRestart => {
                 let from = clean.first_round_bytes.min(total.saturating_sub(1));
                 Inject::RestartAt(pick(&mut rng, from, total))
             }
@@ -854,7 +854,7 @@ impl<'b, B: Backend> Runner<'b, B> {
             );
             return out;
         }
-        let result = if spec.fault == Fault::None {
+        let result = if spec.fault == InjectedFault::None {
             self.run_clean(spec)
         } else {
             self.run_fault(spec)
@@ -1118,7 +1118,7 @@ mod tests {
     fn every_dimension_value_is_covered_by_both_plans() {
         for plan in [full_plan(), quick_plan()] {
             for w in Workload::ALL {
-                for f in Fault::ALL {
+                for f in InjectedFault::ALL {
                     assert!(
                         plan.iter().any(|s| s.workload == w && s.fault == f),
                         "{w:?} x {f:?}"
@@ -1142,7 +1142,7 @@ mod tests {
     fn the_quick_plan_is_a_subset_of_the_full_plan() {
         let full = full_plan();
         let quick = quick_plan();
-        assert_eq!(quick.len(), Workload::ALL.len() * Fault::ALL.len());
+        assert_eq!(quick.len(), Workload::ALL.len() * InjectedFault::ALL.len());
         let mut last = None;
         for s in &quick {
             let at = full.iter().position(|f| f == s);
@@ -1196,20 +1196,20 @@ mod tests {
         };
         for spec in full_plan() {
             match Runner::<reference_free::Nothing>::inject(&spec, &clean) {
-                Inject::None => assert_eq!(spec.fault, Fault::None),
-                Inject::CutAt(n) if spec.fault == Fault::CutAtRecord => {
+                Inject::None => assert_eq!(spec.fault, InjectedFault::None),
+                Inject::CutAt(n) if spec.fault == InjectedFault::CutAtRecord => {
                     assert!(clean.record_ends[..5].contains(&n), "{spec}: {n}");
                 }
                 Inject::CutAt(n) => {
-                    assert_eq!(spec.fault, Fault::CutAtByte);
+                    assert_eq!(spec.fault, InjectedFault::CutAtByte);
                     assert!((1..10_000).contains(&n));
                 }
                 Inject::CancelAt(n) => {
-                    assert_eq!(spec.fault, Fault::Cancel);
+                    assert_eq!(spec.fault, InjectedFault::Cancel);
                     assert!((7_000..10_000).contains(&n), "{spec}: {n}");
                 }
                 Inject::RestartAt(n) => {
-                    assert_eq!(spec.fault, Fault::DestRestart);
+                    assert_eq!(spec.fault, InjectedFault::DestRestart);
                     assert!((4_000..10_000).contains(&n), "{spec}: {n}");
                 }
             }

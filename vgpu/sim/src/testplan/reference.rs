@@ -288,7 +288,7 @@ fn elsp_index(m: &Machine<'_>) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testplan::{Fault, Instant, Runner, Spec, soak};
+    use crate::testplan::{InjectedFault, Instant, Runner, Spec, soak};
 
     /// A few scenarios through the whole runner: a clean one, one of each fault, exact instants.
     #[test]
@@ -300,31 +300,31 @@ mod tests {
                 Workload::ThreeD,
                 Instant::Seeded(0),
                 Placement::Split,
-                Fault::None,
+                InjectedFault::None,
             ),
             (
                 Workload::TwoD,
                 Instant::GgttHalf,
                 Placement::Same,
-                Fault::CutAtRecord,
+                InjectedFault::CutAtRecord,
             ),
             (
                 Workload::Media,
                 Instant::Seeded(1),
                 Placement::Contiguous,
-                Fault::CutAtByte,
+                InjectedFault::CutAtByte,
             ),
             (
                 Workload::Idle,
                 Instant::ElspDword(2),
                 Placement::Split,
-                Fault::Cancel,
+                InjectedFault::Cancel,
             ),
             (
                 Workload::ThreeD,
                 Instant::ElspDword(3),
                 Placement::Same,
-                Fault::DestRestart,
+                InjectedFault::DestRestart,
             ),
         ];
         for (workload, instant, placement, fault) in specs {
@@ -350,7 +350,7 @@ mod tests {
             workload: Workload::ThreeD,
             instant: Instant::Seeded(1),
             placement: Placement::Split,
-            fault: Fault::CutAtRecord,
+            fault: InjectedFault::CutAtRecord,
         };
         let clean = r.stream(&spec).unwrap();
         let ends = &clean.record_ends;
@@ -419,7 +419,7 @@ mod tests {
                 // A lost guest byte on the destination.
                 if r.completed {
                     let log = &mut d.machine.cpu_log;
-                    let gfn = d.machine.mem.map_ref().frame_at(3).unwrap();
+                    let gfn = d.machine.mem.map().frame_at(3).unwrap();
                     d.machine.mem.cpu_write(log, gfn, 100, &[0x5A]).unwrap();
                 }
                 Ok(r)
@@ -446,7 +446,7 @@ mod tests {
             workload: Workload::Media,
             instant: Instant::Seeded(0),
             placement: Placement::Contiguous,
-            fault: Fault::None,
+            fault: InjectedFault::None,
         };
         let o = r.run(&spec);
         assert!(!o.passed);
