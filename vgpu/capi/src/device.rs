@@ -50,7 +50,8 @@ pub const VGPU_MIG_MAX_REGIONS: usize = 16;
 pub const VGPU_MIG_PAGE_SIZE: usize = 4096;
 /// Offset of the GGTT window in BAR0: 8-byte entry `i` of the vGPU's graphics memory is at
 /// `VGPU_MIG_GGTT_WINDOW + 8 * i`.
-pub const VGPU_MIG_GGTT_WINDOW: u32 = vgpu::instance::GGTT_WINDOW;
+pub const VGPU_MIG_GGTT_WINDOW: u32 = 0x80_0000;
+const _: () = assert!(VGPU_MIG_GGTT_WINDOW == vgpu::instance::GGTT_WINDOW);
 
 /// One region of guest physical memory: `frames` 4 KiB frames from frame `first_gfn`.
 #[repr(C)]

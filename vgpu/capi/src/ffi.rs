@@ -29,25 +29,9 @@ pub struct VgpuMigDevice {
     inner: Device<'static, FlatMemory, HostGttOps, CpuLogOps>,
 }
 
-/// Ask the GGTT of the host to map (`present` = 1) or unmap host GGTT entry `host_index`:
-/// `gfn` is the guest frame, `guest_entry` the guest's entry (its attribute bits). Returns 0 on
-/// success.
-pub type VgpuMigGgttMapFn = unsafe extern "C" fn(
-    ctx: *mut c_void,
-    host_index: u64,
-    present: c_int,
-    gfn: u64,
-    guest_entry: u64,
-) -> c_int;
-/// Program (`enabled` = 1) or disable the host fence register reserved for the vGPU's fence
-/// `index` with `value`. Returns 0 on success.
-pub type VgpuMigFenceFn =
-    unsafe extern "C" fn(ctx: *mut c_void, index: u8, enabled: c_int, value: u64) -> c_int;
-/// Write up to `capacity` guest frame numbers the guest CPUs wrote since the last call into
-/// `gfns`, forget them, and return how many were written (called again while it fills the
-/// buffer).
-pub type VgpuMigHarvestFn =
-    unsafe extern "C" fn(ctx: *mut c_void, gfns: *mut u64, capacity: usize) -> usize;
+type VgpuMigGgttMapFn = unsafe extern "C" fn(*mut c_void, u64, c_int, u64, u64) -> c_int;
+type VgpuMigFenceFn = unsafe extern "C" fn(*mut c_void, u8, c_int, u64) -> c_int;
+type VgpuMigHarvestFn = unsafe extern "C" fn(*mut c_void, *mut u64, usize) -> usize;
 
 /// The host's callbacks, each optional (null: the host GTT is not programmed, no fences, no CPU
 /// dirty log). `ctx` is passed back unchanged. Copied at `vgpu_mig_create`; the callbacks and
@@ -57,12 +41,27 @@ pub type VgpuMigHarvestFn =
 pub struct VgpuMigHostOps {
     /// Passed to every callback.
     pub ctx: *mut c_void,
-    /// Host GGTT programming.
-    pub ggtt_map: Option<VgpuMigGgttMapFn>,
-    /// Host fence programming.
-    pub program_fence: Option<VgpuMigFenceFn>,
-    /// The CPU dirty log of guest RAM (for example KVM's dirty bitmap).
-    pub cpu_dirty_harvest: Option<VgpuMigHarvestFn>,
+    /// Map (`present` = 1) or unmap host GGTT entry `host_index`: `gfn` is the guest frame,
+    /// `guest_entry` the guest's entry (its attribute bits). Returns 0 on success.
+    pub ggtt_map: Option<
+        unsafe extern "C" fn(
+            ctx: *mut c_void,
+            host_index: u64,
+            present: c_int,
+            gfn: u64,
+            guest_entry: u64,
+        ) -> c_int,
+    >,
+    /// Program (`enabled` = 1) or disable the host fence register reserved for the vGPU's fence
+    /// `index` with `value`. Returns 0 on success.
+    pub program_fence: Option<
+        unsafe extern "C" fn(ctx: *mut c_void, index: u8, enabled: c_int, value: u64) -> c_int,
+    >,
+    /// The CPU dirty log of guest RAM (for example KVM's dirty bitmap): write up to `capacity`
+    /// frame numbers the guest CPUs wrote since the last call into `gfns`, forget them, and
+    /// return how many were written (called again while it fills the buffer).
+    pub cpu_dirty_harvest:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, gfns: *mut u64, capacity: usize) -> usize>,
 }
 
 /// Guest RAM: the caller's flat buffer, frames of the memory map back to back.
@@ -768,3 +767,10 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     // SAFETY: the C library's abort() takes nothing and does not return.
     unsafe { abort() }
 }
+
+/// The unwinding personality routine that the precompiled `core` of hosted targets refers to
+/// from its unwind tables. Nothing unwinds here (the staticlib is built with `panic = "abort"`
+/// and [`panic`] aborts), so it is never called; without it a C program does not link.
+#[cfg(all(feature = "panic-handler", not(test)))]
+#[unsafe(no_mangle)]
+extern "C" fn rust_eh_personality() {}
