@@ -222,6 +222,26 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         c,
     )?;
 
+    // The C interface as a C program uses it: the checked-in header must be what cbindgen makes
+    // of the crate, the no_std staticlib must link into a C program, and that program must
+    // migrate a vGPU between two instances and check the result (skipped, with a notice,
+    // without a C compiler).
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--locked",
+        "--package",
+        "xtask",
+        "--",
+        "capi",
+        "--check",
+    ]);
+    r.run(
+        "C interface: header up to date, C library links, examples/migrate.c migrates a vGPU",
+        c,
+    )?;
+
     let installed = installed_targets();
     match BARE_METAL
         .iter()

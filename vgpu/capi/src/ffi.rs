@@ -774,3 +774,6 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 #[cfg(all(feature = "panic-handler", not(test)))]
 #[unsafe(no_mangle)]
 extern "C" fn rust_eh_personality() {}
+
+#[cfg(test)]
+mod tests;
