@@ -27,7 +27,7 @@
 //! That is what a C VMM has (its mmap of guest RAM), and it keeps every guest memory access
 //! bounds-checked on the Rust side with no callback per page. The host GGTT, fence programming
 //! and the CPU dirty log are C function pointers with a context pointer
-//! ([`VgpuMigHostOps`](ffi::VgpuMigHostOps)), each optional.
+//! ([`VgpuMigHostOps`]), each optional.
 //!
 //! # Safety at the boundary
 //!
