@@ -192,14 +192,11 @@ type CDevice = Device<'static, FlatMemory, HostGttOps, CpuLogOps>;
 /// The largest object a Rust slice may span.
 const MAX_SLICE_BYTES: usize = isize::MAX as usize;
 
-/// `len` elements of `T` at `p`, checked for null (when `len > 0`), alignment and size.
-///
-/// # Safety
-/// If the checks pass, `p` must point to `len` initialised `T`s, valid and not otherwise accessed
-/// for `'a`.
-unsafe fn slice_mut<'a, T>(p: *mut T, len: usize) -> Result<&'a mut [T], i32> {
+/// Whether `len` elements of `T` at `p` can be a slice: not null (when `len > 0`), aligned, and
+/// at most `isize::MAX` bytes.
+fn check_slice<T>(p: *const T, len: usize) -> Result<(), i32> {
     if len == 0 {
-        return Ok(&mut []);
+        return Ok(());
     }
     if p.is_null() {
         return Err(VGPU_MIG_E_NULL);
@@ -211,9 +208,37 @@ unsafe fn slice_mut<'a, T>(p: *mut T, len: usize) -> Result<&'a mut [T], i32> {
     {
         return Err(VGPU_MIG_E_ARGUMENT);
     }
+    Ok(())
+}
+
+/// `len` elements of `T` at `p`, writable, after [`check_slice`].
+///
+/// # Safety
+/// If the checks pass, `p` must point to `len` initialised `T`s, valid for writes and not
+/// otherwise accessed for `'a`.
+unsafe fn slice_mut<'a, T>(p: *mut T, len: usize) -> Result<&'a mut [T], i32> {
+    check_slice(p, len)?;
+    if len == 0 {
+        return Ok(&mut []);
+    }
     // SAFETY: non-null, aligned, size within isize::MAX (checked above); validity and
     // exclusivity are the caller's contract.
     Ok(unsafe { core::slice::from_raw_parts_mut(p, len) })
+}
+
+/// `len` elements of `T` at `p`, read-only, after [`check_slice`].
+///
+/// # Safety
+/// If the checks pass, `p` must point to `len` initialised `T`s, valid for reads and not written
+/// for `'a`.
+unsafe fn slice_ref<'a, T>(p: *const T, len: usize) -> Result<&'a [T], i32> {
+    check_slice(p, len)?;
+    if len == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: non-null, aligned, size within isize::MAX (checked above); validity is the
+    // caller's contract.
+    Ok(unsafe { core::slice::from_raw_parts(p, len) })
 }
 
 /// The device behind a handle.
@@ -583,7 +608,7 @@ pub unsafe extern "C" fn vgpu_mig_write(
     // SAFETY: forwarded contract (the slice is only read); `n` is non-null and writable.
     unsafe {
         with(dev, |d| {
-            let data: &[u8] = slice_mut(buf.cast_mut(), len)?;
+            let data = slice_ref(buf, len)?;
             d.write(data).map(|k| put(n, k))
         })
     }
