@@ -451,6 +451,22 @@ unsafe fn with(dev: *mut VgpuMigDevice, f: impl FnOnce(&mut CDevice) -> Result<(
     }
 }
 
+/// Run `f` on the device behind `dev` and store its value at `out`, returning its code.
+///
+/// # Safety
+/// As [`device`]; `out` is null (a code) or valid for a write of `T`.
+unsafe fn get<T>(
+    dev: *mut VgpuMigDevice,
+    out: *mut T,
+    f: impl FnOnce(&mut CDevice) -> Result<T, i32>,
+) -> c_int {
+    if out.is_null() {
+        return VGPU_MIG_E_NULL;
+    }
+    // SAFETY: forwarded contract; `out` is non-null and writable.
+    unsafe { with(dev, |d| f(d).map(|v| put(out, v))) }
+}
+
 /// A trapped guest read of BAR0 (`size` 1, 2, 4 or 8 bytes): registers in the first 2 MiB, the
 /// GGTT window at `VGPU_MIG_GGTT_WINDOW`. The value goes to `*value`.
 ///
@@ -463,11 +479,8 @@ pub unsafe extern "C" fn vgpu_mig_mmio_read(
     size: u32,
     value: *mut u64,
 ) -> c_int {
-    if value.is_null() {
-        return VGPU_MIG_E_NULL;
-    }
-    // SAFETY: forwarded contract; `value` is non-null and writable.
-    unsafe { with(dev, |d| d.mmio_read(offset, size).map(|v| put(value, v))) }
+    // SAFETY: forwarded contract.
+    unsafe { get(dev, value, |d| d.mmio_read(offset, size)) }
 }
 
 /// A trapped guest write of BAR0; side effects (GGTT shadowing through the host callbacks,
@@ -497,11 +510,8 @@ pub unsafe extern "C" fn vgpu_mig_config_read(
     size: u32,
     value: *mut u32,
 ) -> c_int {
-    if value.is_null() {
-        return VGPU_MIG_E_NULL;
-    }
-    // SAFETY: forwarded contract; `value` is non-null and writable.
-    unsafe { with(dev, |d| d.config_read(offset, size).map(|v| put(value, v))) }
+    // SAFETY: forwarded contract.
+    unsafe { get(dev, value, |d| d.config_read(offset, size)) }
 }
 
 /// A PCI config-space write (identity bytes are read-only and keep their value).
@@ -525,16 +535,8 @@ pub unsafe extern "C" fn vgpu_mig_config_write(
 /// `dev` is a live handle (or null); `state` is valid for a write (or null).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_mig_get_state(dev: *mut VgpuMigDevice, state: *mut u32) -> c_int {
-    if state.is_null() {
-        return VGPU_MIG_E_NULL;
-    }
-    // SAFETY: forwarded contract; `state` is non-null and writable.
-    unsafe {
-        with(dev, |d| {
-            put(state, d.state());
-            Ok(())
-        })
-    }
+    // SAFETY: forwarded contract.
+    unsafe { get(dev, state, |d| Ok(d.state())) }
 }
 
 /// Write VFIO `device_state`: move to `requested`, one arc at a time (as the kernel does). The
@@ -576,16 +578,8 @@ pub unsafe extern "C" fn vgpu_mig_read(
     now_us: u64,
     n: *mut usize,
 ) -> c_int {
-    if n.is_null() {
-        return VGPU_MIG_E_NULL;
-    }
-    // SAFETY: forwarded contract; `n` is non-null and writable.
-    unsafe {
-        with(dev, |d| {
-            let buf = slice_mut(buf, len)?;
-            d.read(buf, now_us).map(|k| put(n, k))
-        })
-    }
+    // SAFETY: forwarded contract.
+    unsafe { get(dev, n, |d| d.read(slice_mut(buf, len)?, now_us)) }
 }
 
 /// Write migration data (VFIO `data_fd` `write()`, in RESUMING) from `buf` (`len` bytes); the
@@ -602,16 +596,8 @@ pub unsafe extern "C" fn vgpu_mig_write(
     len: usize,
     n: *mut usize,
 ) -> c_int {
-    if n.is_null() {
-        return VGPU_MIG_E_NULL;
-    }
-    // SAFETY: forwarded contract (the slice is only read); `n` is non-null and writable.
-    unsafe {
-        with(dev, |d| {
-            let data = slice_ref(buf, len)?;
-            d.write(data).map(|k| put(n, k))
-        })
-    }
+    // SAFETY: forwarded contract (the slice is only read).
+    unsafe { get(dev, n, |d| d.write(slice_ref(buf, len)?)) }
 }
 
 /// Whether the saving stream has been read to its end (1) or not (0); negative for a null handle.
@@ -661,16 +647,8 @@ pub unsafe extern "C" fn vgpu_mig_stop_copy_size(
     dev: *mut VgpuMigDevice,
     bytes: *mut u64,
 ) -> c_int {
-    if bytes.is_null() {
-        return VGPU_MIG_E_NULL;
-    }
-    // SAFETY: forwarded contract; `bytes` is non-null and writable.
-    unsafe {
-        with(dev, |d| {
-            put(bytes, d.stop_copy_size());
-            Ok(())
-        })
-    }
+    // SAFETY: forwarded contract.
+    unsafe { get(dev, bytes, |d| Ok(d.stop_copy_size())) }
 }
 
 /// `VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT` for `VGPU_MIG_MEMORY_REPORT` devices in a saving
