@@ -277,6 +277,19 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
                 &format!("bare metal: vgpu + migstream with auth, and log, for {target}"),
                 c,
             )?;
+            // The C interface with its panic handler, as a bare-metal hypervisor links it.
+            let mut c = cargo();
+            c.args([
+                "build",
+                "-p",
+                "vgpu-mig-capi",
+                "--features",
+                "panic-handler",
+                "--target",
+                target,
+                "--locked",
+            ]);
+            r.run(&format!("bare metal: the C interface for {target}"), c)?;
         }
         None => println!(
             "\n=== notice: no bare-metal target installed ({}); bare-metal builds skipped. \
