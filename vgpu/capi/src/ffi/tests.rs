@@ -691,3 +691,65 @@ fn the_layout_covers_every_buffer_and_strerror_is_static() {
     let v = unsafe { CStr::from_ptr(vgpu_mig_version()) };
     assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }
+
+unsafe extern "C" fn refuse_map(_: *mut c_void, _: u64, _: c_int, _: u64, _: u64) -> c_int {
+    -1
+}
+
+/// A CPU dirty log that never runs dry and reports frames inside and outside guest memory.
+unsafe extern "C" fn endless_harvest(ctx: *mut c_void, gfns: *mut u64, capacity: usize) -> usize {
+    let calls = unsafe { &mut *ctx.cast::<u64>() };
+    *calls += 1;
+    let out = unsafe { core::slice::from_raw_parts_mut(gfns, capacity) };
+    for (i, g) in out.iter_mut().enumerate() {
+        *g = FIRST_GFN + (i as u64 * 5) % (2 * FRAMES);
+    }
+    capacity
+}
+
+fn create_with(cfg: &VgpuMigConfig, ops: &VgpuMigHostOps) -> Vm {
+    let l = layout_of(cfg);
+    let mut storage = vec![0u64; l.storage_bytes.div_ceil(8)];
+    let mut ram = vec![0u8; l.guest_memory_bytes];
+    let mut dev = ptr::null_mut();
+    let rc = unsafe {
+        vgpu_mig_create(
+            cfg,
+            storage.as_mut_ptr().cast(),
+            l.storage_bytes,
+            ram.as_mut_ptr(),
+            ram.len(),
+            ops,
+            &mut dev,
+        )
+    };
+    assert_eq!(rc, VGPU_MIG_OK);
+    Vm {
+        dev,
+        _storage: storage,
+        ram,
+    }
+}
+
+#[test]
+fn misbehaving_host_callbacks_are_bounded_and_reported() {
+    let cfg = config(VGPU_MIG_MEMORY_STREAM);
+    let mut calls = 0u64;
+    let ops = VgpuMigHostOps {
+        ctx: (&raw mut calls).cast(),
+        ggtt_map: Some(refuse_map),
+        program_fence: None,
+        cpu_dirty_harvest: Some(endless_harvest),
+    };
+    let vm = create_with(&cfg, &ops);
+    // The host GTT refuses: the guest's GGTT write is a code.
+    let rc = unsafe { vgpu_mig_mmio_write(vm.dev, VGPU_MIG_GGTT_WINDOW, 8, (FIRST_GFN << 12) | 1) };
+    assert_eq!(rc, VGPU_MIG_E_HOST_GTT);
+    // A dirty log that always fills the buffer is asked a bounded number of times per harvest,
+    // and the migration still completes and restores.
+    let stream = save(&vm);
+    assert!(calls > 0);
+    let harvests_bound = (FRAMES as usize).div_ceil(HARVEST_BATCH) as u64 + 1;
+    assert!(calls <= 8 * harvests_bound, "{calls} harvest calls");
+    assert_eq!(restore(&create(&cfg), &stream, 4096), VGPU_MIG_OK);
+}
