@@ -749,7 +749,7 @@ fn misbehaving_host_callbacks_are_bounded_and_reported() {
     // and the migration still completes and restores.
     let stream = save(&vm);
     assert!(calls > 0);
-    let harvests_bound = (FRAMES as usize).div_ceil(HARVEST_BATCH) as u64 + 1;
+    let harvests_bound = FRAMES.div_ceil(HARVEST_BATCH as u64) + 1;
     assert!(calls <= 8 * harvests_bound, "{calls} harvest calls");
     assert_eq!(restore(&create(&cfg), &stream, 4096), VGPU_MIG_OK);
 }
