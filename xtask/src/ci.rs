@@ -128,8 +128,10 @@ fn msrv(r: &mut Runner) -> crate::Result {
     for krate in LIB_CRATES {
         c.args(["-p", krate]);
     }
+    // The C interface is a library crate too (its bare-metal and C builds are separate steps).
+    c.args(["-p", "vgpu-mig-capi"]);
     r.run(
-        &format!("MSRV: library crates, all features, on Rust {version}"),
+        &format!("MSRV: library crates and the C interface, all features, on Rust {version}"),
         c,
     )
 }
