@@ -361,6 +361,25 @@ impl<'s> VfioMigration<'s> {
         }
     }
 
+    /// Memory mode [`MemoryMode::Report`](crate::source::MemoryMode::Report): the saving
+    /// session's report of the frames the GPU wrote ([`SourceSession::dirty_report`], VFIO
+    /// `DMA_LOGGING_REPORT` style: read-and-clear, one bit per `page_size` page of `range`).
+    ///
+    /// # Errors
+    /// [`VgpuError::WrongPhase`] outside the saving states; as `SourceSession::dirty_report`.
+    pub fn dirty_report(
+        &mut self,
+        dev: &dyn VgpuAccess,
+        range: gmem::DmaRange,
+        page_size: u64,
+        out: &mut [u64],
+    ) -> Result<u64, VgpuError> {
+        match &mut self.slot {
+            Slot::Saving { session, .. } => session.dirty_report(dev, range, page_size, out),
+            _ => Err(VgpuError::WrongPhase),
+        }
+    }
+
     /// Whether the saving session has written everything (every channel's END record).
     pub fn is_saved(&self) -> bool {
         matches!(&self.slot, Slot::Saving { session, .. } if session.is_finished())

@@ -133,8 +133,10 @@ fn msrv(r: &mut Runner) -> crate::Result {
     for krate in LIB_CRATES.iter().chain([&SIM_CRATE]) {
         c.args(["-p", krate]);
     }
+    // The C interface is a library crate too (its bare-metal and C builds are separate steps).
+    c.args(["-p", "vgpu-mig-capi"]);
     r.run(
-        &format!("MSRV: library crates and the simulator, all features, on Rust {version}"),
+        &format!("MSRV: library crates, the simulator and the C interface, all features, on Rust {version}"),
         c,
     )
 }
@@ -274,6 +276,26 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         c,
     )?;
 
+    // The C interface as a C program uses it: the checked-in header must be what cbindgen makes
+    // of the crate, the no_std staticlib must link into a C program, and that program must
+    // migrate a vGPU between two instances and check the result (skipped, with a notice,
+    // without a C compiler).
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--locked",
+        "--package",
+        "xtask",
+        "--",
+        "capi",
+        "--check",
+    ]);
+    r.run(
+        "C interface: header up to date, C library links, examples/migrate.c migrates a vGPU",
+        c,
+    )?;
+
     let installed = installed_targets();
     match BARE_METAL
         .iter()
@@ -323,6 +345,19 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
                 &format!("bare metal: {SIM_CRATE} without alloc (cmd, Rng) for {target}"),
                 c,
             )?;
+            // The C interface with its panic handler, as a bare-metal hypervisor links it.
+            let mut c = cargo();
+            c.args([
+                "build",
+                "-p",
+                "vgpu-mig-capi",
+                "--features",
+                "panic-handler",
+                "--target",
+                target,
+                "--locked",
+            ]);
+            r.run(&format!("bare metal: the C interface for {target}"), c)?;
         }
         None => println!(
             "\n=== notice: no bare-metal target installed ({}); bare-metal builds skipped. \

@@ -5,6 +5,7 @@
 //! - `cargo xtask bench`: micro-benchmarks, each beside a same-run memcpy reference.
 //! - `cargo xtask fuzz`: list or run the cargo-fuzz targets (nightly).
 //! - `cargo xtask campaign`: the corruption campaign over damaged streams of every workload.
+//! - `cargo xtask capi`: the C interface's header, C library and C migration program.
 //! - `cargo xtask hw-test`: the hardware test plan against the reference device or real KVM VMs
 //!   (`--backend kvm`).
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@
 
 mod bench;
 mod campaign;
+mod capi;
 mod ci;
 mod fuzz;
 mod hwtest;
@@ -61,6 +63,9 @@ enum Cmd {
     HwTest(hwtest::Args),
     /// Damage valid streams of every workload in every way; each must be rejected, cleanly.
     Campaign(campaign::Args),
+    /// The C interface: regenerate (or --check) its header, build the C library, compile and run
+    /// the C migration program.
+    Capi(capi::Args),
 }
 
 /// `--version`: this program's version, the library crates' (released together) and the stream
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
         Cmd::Fuzz(a) => fuzz::run(&a),
         Cmd::HwTest(a) => hwtest::run(&a),
         Cmd::Campaign(a) => campaign::run(&a),
+        Cmd::Capi(a) => capi::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
