@@ -123,6 +123,12 @@ struct ChanIn {
     last_round: Option<u32>,
     /// The last ROUND skipped a number: it closed the final round, and no ROUND may follow.
     round_final: bool,
+    /// Pages written since the last ROUND record, and the most the round may hold: twice the
+    /// frames this channel carries (SPEC.md §6.1, "Round budget").
+    round_pages: u64,
+    round_budget: u64,
+    /// The frame of the last page counted (the pieces of one page count once).
+    last_page: Option<u64>,
 }
 
 /// The main channel's place in the record order (SPEC.md Appendix A, "Order").
@@ -185,7 +191,7 @@ impl<'s> DestSession<'s> {
         #[cfg(feature = "log")]
         ::log::info!("vgpu destination: session open, {channels} channel(s)");
         let mut chans = heapless::Vec::new();
-        for _ in 0..channels {
+        for c in 0..channels {
             let _ = chans.push(ChanIn {
                 dec: Some(Decoder::new(limits)),
                 header: None,
@@ -197,6 +203,9 @@ impl<'s> DestSession<'s> {
                 rounds: 0,
                 last_round: None,
                 round_final: false,
+                round_pages: 0,
+                round_budget: 2 * channel_frames(frames, c, channels),
+                last_page: None,
             });
         }
         Ok(Self {
@@ -526,6 +535,7 @@ impl<'s> DestSession<'s> {
             } => {
                 let gfn = Gfn::new(frame);
                 let index = self.check_page(c, vgpu.memory_map(), frame)?;
+                self.count_pages(c, Some(frame), 1)?;
                 self.written(frame, 1);
                 mem.write(gfn, usize::from(offset), data)
                     .map_err(|_| VgpuError::GuestMemory)?;
@@ -542,6 +552,8 @@ impl<'s> DestSession<'s> {
                 let (gfn, from) = (Gfn::new(frame), Gfn::new(from_frame));
                 let to_index = self.check_page(c, vgpu.memory_map(), frame)?;
                 let from_index = self.check_page(c, vgpu.memory_map(), from_frame)?;
+                // Whole pages, each paid for by 16 bytes: every one counts.
+                self.count_pages(c, None, 1)?;
                 let mismatch = VgpuError::DuplicateMismatch {
                     gfn: frame,
                     from: from_frame,
@@ -577,6 +589,7 @@ impl<'s> DestSession<'s> {
             } => {
                 let gfn = Gfn::new(frame);
                 let index = self.check_page(c, vgpu.memory_map(), frame)?;
+                self.count_pages(c, Some(frame), 1)?;
                 self.written(frame, 1);
                 // In pieces through a small buffer: a short segment (the common case, and a
                 // flood's) costs its own length, not a page.
@@ -601,6 +614,7 @@ impl<'s> DestSession<'s> {
                 // map words at most, and each page written was paid for by the write that made it
                 // non-zero (or is written once, the first time the stream names it).
                 let start = self.check_zero_run(c, vgpu.memory_map(), first_frame, count)?;
+                self.count_pages(c, None, count)?;
                 self.written(first_frame, count);
                 let end = start.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
                 let mut at = start;
@@ -644,6 +658,8 @@ impl<'s> DestSession<'s> {
                 ch.last_round = Some(r.round);
                 ch.rounds += 1;
                 ch.pages_open = false;
+                ch.round_pages = 0;
+                ch.last_page = None;
             }
             Event::End(_) => {
                 let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
@@ -737,6 +753,26 @@ impl<'s> DestSession<'s> {
 
     fn map_buf(&mut self) -> &mut [u8] {
         self.staging.get_mut(self.map_at..).unwrap_or_default()
+    }
+
+    /// Count `pages` written on channel `c` against its round's budget (SPEC.md §6.1, "Round
+    /// budget"). `frame` names a single page, whose later pieces (FULL data chunks, DELTA
+    /// segments) arriving next count no more; `None` counts `pages` whole pages (a DUP page, a ZERO
+    /// run).
+    fn count_pages(&mut self, c: usize, frame: Option<u64>, pages: u32) -> Result<(), VgpuError> {
+        let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+        if frame.is_some() && frame == ch.last_page {
+            return Ok(());
+        }
+        ch.last_page = frame;
+        ch.round_pages = ch.round_pages.saturating_add(u64::from(pages));
+        if ch.round_pages > ch.round_budget {
+            return Err(VgpuError::RoundOverBudget {
+                channel: u16::try_from(c).unwrap_or(u16::MAX),
+                round: ch.last_round.map_or(0, |r| r.saturating_add(1)),
+            });
+        }
+        Ok(())
     }
 
     /// Frames `first..first + count` are being written: a DUP hash checked on one of them no
@@ -972,6 +1008,25 @@ pub(crate) fn staging_bound(
 }
 
 /// Guest RAM as the span list the GGTT kernels check frames against.
+/// The frames of a guest of `frames` frames that channel `c` of `channels` carries (SPEC.md
+/// Appendix A.6: stripes of [`STRIPE_FRAMES`] dense indices, dealt round the channels).
+fn channel_frames(frames: u64, c: usize, channels: usize) -> u64 {
+    if channels <= 1 {
+        return frames;
+    }
+    let (stripe, n) = (STRIPE_FRAMES as u64, channels as u64);
+    let stripes = frames / stripe;
+    let (whole, extra) = (stripes / n, stripes % n);
+    let c = c as u64;
+    let mut carried = whole * stripe;
+    if c < extra {
+        carried += stripe;
+    } else if c == extra {
+        carried += frames % stripe;
+    }
+    carried
+}
+
 fn guest_frames(map: &GuestMemoryMap) -> Result<gtt::GuestFrames, VgpuError> {
     Ok(gtt::GuestFrames::from_ranges(
         map.regions().iter().map(|r| (r.start(), r.count())),

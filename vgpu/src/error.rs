@@ -159,6 +159,15 @@ pub enum VgpuError {
         /// The round number (for channels that differ: the last one's, `u32::MAX` for none).
         round: u32,
     },
+    /// More pages between two ROUND records of a channel than twice the frames the channel
+    /// carries (SPEC.md §6.1, "Round budget"): a valid source sends each frame at most once a
+    /// round, so a stream that names frames again and again within a round is refused.
+    RoundOverBudget {
+        /// The channel.
+        channel: u16,
+        /// The round the pages were counted in (the last ROUND's number plus 1, or 0).
+        round: u32,
+    },
     /// Device state beyond what a valid source sends for this vGPU (see
     /// [`crate::dest::device_state_bound`]): the stream's fault, not a reason for more storage.
     StateOverBound {
@@ -202,6 +211,7 @@ impl VgpuError {
             | VgpuError::WrongChannel { .. }
             | VgpuError::RecordOrder { .. }
             | VgpuError::BadRound { .. }
+            | VgpuError::RoundOverBudget { .. }
             | VgpuError::StateOverBound { .. }
             | VgpuError::UnexpectedStreamId { .. } => Fault::Stream,
             VgpuError::FrameOutsideMemory { .. }
@@ -275,6 +285,10 @@ impl fmt::Display for VgpuError {
             VgpuError::BadRound { channel, round } => write!(
                 f,
                 "channel {channel}: ROUND {round} does not continue the rounds of the migration"
+            ),
+            VgpuError::RoundOverBudget { channel, round } => write!(
+                f,
+                "channel {channel}: round {round} names more pages than twice the frames the channel carries"
             ),
             VgpuError::StateOverBound { kind, bound } => write!(
                 f,

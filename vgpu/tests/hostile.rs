@@ -1227,8 +1227,9 @@ fn feed_counting(b: &Bed, wire: &[u8]) -> (Result<(), VgpuError>, u64) {
 
 #[test]
 fn a_zero_flood_writes_each_page_at_most_once_more_than_the_stream_paid_for() {
-    // SPEC.md §6.1 (reader work): 65,536 ZERO runs, each over the whole first memory region, cost
-    // the destination the pages they really change, not 65,536 times the region.
+    // SPEC.md §6.1 (reader work, round budget): 65,536 ZERO runs, each over the whole first
+    // memory region, are refused once the round holds more than twice the guest's frames, having
+    // cost the destination no more than the pages they really changed.
     let b = bed();
     let (r, valid_writes) = feed_counting(&b, &b.wire);
     r.unwrap();
@@ -1238,17 +1239,18 @@ fn a_zero_flood_writes_each_page_at_most_once_more_than_the_stream_paid_for() {
         flood.extend(page_run(region.start().get(), region.count() as u32, 1));
     }
     let (r, writes) = feed_counting(&b, &b.with_pages(flood).seal());
-    r.unwrap();
+    let e = r.unwrap_err();
+    assert!(
+        matches!(e, VgpuError::RoundOverBudget { channel: 0, .. }),
+        "{e:?}"
+    );
+    assert_eq!(e.fault(), vgpu::error::Fault::Stream);
     assert!(
         writes <= valid_writes + region.count(),
         "{writes} writes for the flood, {valid_writes} for the valid stream"
     );
-    // And the flood did what it says: the region reads as zero afterwards.
-    let wire = b.with_pages(
-        (0..4)
-            .flat_map(|_| page_run(region.start().get(), region.count() as u32, 1))
-            .collect(),
-    );
+    // A run within the budget does what it says: the region reads as zero afterwards.
+    let wire = b.with_pages(page_run(region.start().get(), region.count() as u32, 1));
     let mut st = b.sc.storage();
     let mut m = b.sc.machine(&mut st, true).unwrap();
     let mut staging = vec![0u8; staging_len(&b.sc)];
@@ -1261,6 +1263,53 @@ fn a_zero_flood_writes_each_page_at_most_once_more_than_the_stream_paid_for() {
         vgpu::traits::GuestMemory::read(&m.mem, gtt::Gfn::new(f), 0, &mut page).unwrap();
         assert!(gmem::is_zero_page(&page), "frame {f:#x}");
     }
+}
+
+#[test]
+fn a_round_that_names_frames_again_and_again_is_refused() {
+    // SPEC.md §6.1 (round budget): a source sends a frame at most once a round (twice across a
+    // round the stop abandoned), so a round of more pages than twice the channel's frames is the
+    // stream's fault, whatever the encoding. Each flood names two frames in turn, one page a run.
+    let b = bed();
+    let (frame, page) = b.sent_frame();
+    let other = if frame == b.sc.map.regions()[0].start().get() {
+        frame + 1
+    } else {
+        b.sc.map.regions()[0].start().get()
+    };
+    let pages = 2 * b.sc.map.frames() + 2;
+    let hash = gmem::page_hash(&page.clone().try_into().unwrap());
+    for encoding in [0u8, 1, 2, 3] {
+        let mut flood = Vec::new();
+        for k in 0..pages {
+            let f = if k % 2 == 0 { other } else { frame };
+            flood.extend(page_run(f, 1, encoding));
+            match encoding {
+                0 => flood.extend_from_slice(&page),
+                2 => {
+                    flood.extend_from_slice(&frame.to_le_bytes());
+                    flood.extend_from_slice(&hash.to_le_bytes());
+                }
+                3 => flood.extend_from_slice(&[5, 0, 0, 0, 1, 0, 0x5a]),
+                _ => {}
+            }
+        }
+        let e = b.refuse(&b.with_pages(flood));
+        assert!(
+            matches!(e, VgpuError::RoundOverBudget { channel: 0, .. }),
+            "encoding {encoding}: {e:?}"
+        );
+        assert_eq!(e.fault(), vgpu::error::Fault::Stream);
+    }
+    // Every frame once more in the final round (as after a round the stop abandoned): within
+    // the budget, accepted.
+    let all: Vec<u8> =
+        b.sc.map
+            .regions()
+            .iter()
+            .flat_map(|r| page_run(r.start().get(), r.count() as u32, 1))
+            .collect();
+    b.restore(&b.with_pages(all).seal()).0.unwrap();
 }
 
 #[test]

@@ -203,7 +203,9 @@ pub fn of(e: &VgpuError) -> i32 {
         VgpuError::Report(_) => VGPU_MIG_E_REPORT,
         VgpuError::BadChannel { .. } | VgpuError::WrongChannel { .. } => VGPU_MIG_E_CHANNEL,
         VgpuError::UnexpectedStreamId { .. } => VGPU_MIG_E_STREAM_ID,
-        VgpuError::RecordOrder { .. } | VgpuError::BadRound { .. } => VGPU_MIG_E_RECORD_ORDER,
+        VgpuError::RecordOrder { .. }
+        | VgpuError::BadRound { .. }
+        | VgpuError::RoundOverBudget { .. } => VGPU_MIG_E_RECORD_ORDER,
         VgpuError::StateOverBound { .. } => VGPU_MIG_E_STATE_BOUND,
         _ => VGPU_MIG_E_OTHER,
     }
