@@ -319,3 +319,71 @@ fn hostile_ppgtt_roots_are_refused() {
         );
     }
 }
+
+/// A VMM may take the PRE_COPY → STOP_COPY arc at any time, also in the middle of a round: the
+/// round is abandoned and the final round sends every page dirty since, so a frame can go twice
+/// between two ROUND records. The destination's round budget (SPEC.md §6.1) must accept exactly
+/// that, and the migrated run must end as the never-migrated one does: here with every frame of
+/// guest memory written by the guest's CPU after the first half of round 0 went out, on one
+/// channel and on several.
+#[test]
+fn a_stop_in_the_middle_of_a_round_is_accepted() {
+    let sc = Scenario::small(Profile::THREE_D, 40, 6).unwrap();
+    for channels in [1usize, 3] {
+        let mut st_a = sc.storage();
+        let mut st_b = sc.storage();
+        let mut a = sc.machine(&mut st_a, false).unwrap();
+        let mut b = sc.machine(&mut st_b, true).unwrap();
+        a.boot().unwrap();
+        for _ in 0..30 {
+            a.step().unwrap();
+        }
+        let frames = a.vgpu.memory_map().frames() as usize;
+        let mut send = vec![0u64; gmem::words_for(frames)];
+        let mut scratch = vec![0u8; 64 * 1024 * channels];
+        let mut cfg = vgpu::source::SourceConfig::default();
+        cfg.channels = channels as u16;
+        let mut s =
+            SourceSession::open(&mut a.vgpu, &mut a.cpu_log, cfg, &mut send, &mut scratch).unwrap();
+        let mut staging = vec![0u8; DestSession::staging_len(&b.vgpu)];
+        let mut d = DestSession::open_channels(
+            &mut b.vgpu,
+            &mut staging,
+            migstream::Limits::DEFAULT,
+            channels,
+        )
+        .unwrap();
+        let mut out = vec![0u8; 4096];
+        let mut sent = 0usize;
+        let mut pump = |s: &mut SourceSession<'_>, a: &mut Machine<'_>, b: &mut Machine<'_>| {
+            let mut n = 0;
+            for c in 0..channels {
+                let k = s
+                    .poll_output_channel(c, &a.vgpu, &a.mem, &mut a.cpu_log, 0, &mut out)
+                    .unwrap();
+                d.feed_channel(c, &b.vgpu, &mut b.mem, &out[..k]).unwrap();
+                n += k;
+            }
+            n
+        };
+        // Half of round 0's pages, with the guest running.
+        while sent < frames * 4096 / 2 {
+            sent += pump(&mut s, &mut a, &mut b);
+            a.step().unwrap();
+        }
+        assert!(!s.awaiting_stop(), "the stop must come mid-round");
+        // The guest's CPU writes every frame again: all of them go in the final round.
+        let fill = [0x5Au8; 8];
+        for i in 0..frames {
+            let gfn = a.vgpu.memory_map().frame_at(i).unwrap();
+            a.mem.cpu_write(&mut a.cpu_log, gfn, 0, &fill).unwrap();
+        }
+        assert!(a.quiesce());
+        s.stop_and_copy(&mut a.vgpu, &mut a.cpu_log).unwrap();
+        while !s.is_finished() {
+            pump(&mut s, &mut a, &mut b);
+        }
+        d.commit(&mut b.vgpu, &b.mem, &mut b.host).unwrap();
+        assert_eq!(Snapshot::of(&b), Snapshot::of(&a), "channels {channels}");
+    }
+}
