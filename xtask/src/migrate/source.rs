@@ -35,8 +35,11 @@ const STALL: Duration = Duration::from_secs(30);
 /// keeps up with (the policy decides on what it can really get), and at the switch at most about
 /// [`WINDOW_TIME`] of the destination's work is left. The window is that much time at the
 /// destination's measured apply rate, between two output buffers and 10 ms of the link rate.
-/// The stop-and-copy phase is not windowed: everything left goes as fast as it can.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Stream bytes are not the destination's work everywhere (a zero-page marker of 16 bytes stands
+/// for 4 KiB to clear), so the window also closes while the oldest unacknowledged output is more
+/// than [`MAX_AGE`] old. The stop-and-copy phase is not windowed: everything left goes as fast
+/// as it can.
+#[derive(Debug, Clone)]
 struct Window {
     /// The ceiling, bytes (10 ms of the link rate; 8 MiB when unlimited).
     max: u64,
@@ -45,7 +48,14 @@ struct Window {
     rate: f64,
     /// The acknowledgement, time (seconds) and bytes in flight the current sample began with.
     since: (u64, f64, u64),
+    /// Output not yet acknowledged: (stream offset of its end, time it was produced), oldest
+    /// first.
+    unacked: std::collections::VecDeque<(u64, f64)>,
 }
+
+/// The longest the oldest unacknowledged output may wait before the session is polled again,
+/// seconds.
+const MAX_AGE: f64 = 0.010;
 
 /// What the window aims to leave in flight, in time of the destination's work.
 const WINDOW_TIME: f64 = 0.005;
@@ -59,6 +69,7 @@ impl Window {
             max: max.max(Self::MIN),
             rate: 0.0,
             since: (0, 0.0, 0),
+            unacked: std::collections::VecDeque::new(),
         }
     }
 
@@ -79,6 +90,9 @@ impl Window {
     /// work all along (at least the floor in flight when it began): an idle destination's rate
     /// says nothing about its speed.
     fn on_ack(&mut self, acked: u64, produced: u64, now: f64) {
+        while self.unacked.front().is_some_and(|&(end, _)| end <= acked) {
+            self.unacked.pop_front();
+        }
         let (a0, t0, backlog0) = self.since;
         let dt = now - t0;
         if dt < SAMPLE {
@@ -101,9 +115,15 @@ impl Window {
         produced.saturating_sub(acked)
     }
 
-    /// Whether the session may be polled for more output now.
-    fn open(&self, produced: u64, acked: u64) -> bool {
+    /// Output up to stream offset `end` was produced at `now`.
+    fn produced(&mut self, end: u64, now: f64) {
+        self.unacked.push_back((end, now));
+    }
+
+    /// Whether the session may be polled for more output at `now`.
+    fn open(&self, produced: u64, acked: u64, now: f64) -> bool {
         Self::in_flight(produced, acked) < self.limit()
+            && self.unacked.front().is_none_or(|&(_, t)| now - t < MAX_AGE)
     }
 }
 
@@ -791,7 +811,8 @@ impl Live {
         out: &mut [u8],
     ) -> Result<bool, Fail> {
         let now_us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-        if self.stop_at.is_none() && !self.window.open(self.o.stream_bytes, self.acked) {
+        let now = self.t0.elapsed().as_secs_f64();
+        if self.stop_at.is_none() && !self.window.open(self.o.stream_bytes, self.acked, now) {
             // Pre-copy, and the destination is a window behind: let it catch up first.
             return Ok(false);
         }
@@ -816,6 +837,7 @@ impl Live {
             if n > 0 {
                 snd.queue(Kind::Data, &out[..n])?;
                 o.stream_bytes += n as u64;
+                self.window.produced(o.stream_bytes, now);
                 any = true;
             }
         }
@@ -912,8 +934,9 @@ mod tests {
         let mut refused = 0;
         for step in 0..20_000u32 {
             let now = f64::from(step) * 1e-4;
-            if w.open(produced, acked) {
+            if w.open(produced, acked, now) {
                 produced += chunk;
+                w.produced(produced, now);
             } else {
                 refused += 1;
             }
@@ -947,7 +970,16 @@ mod tests {
         assert_eq!(slow.limit(), Window::MIN);
         // An acknowledgement beyond what was sent (a faulty peer) counts as nothing in flight.
         assert_eq!(Window::in_flight(5, 9), 0);
-        assert!(w.open(produced, produced + 1));
+        w.on_ack(produced, produced, 40.0);
+        assert!(w.open(produced, produced + 1, 40.0));
+        // A destination busy for long with little output (zero-page markers stand for much
+        // work): the window closes once the oldest unacknowledged output is MAX_AGE old, though
+        // few bytes are in flight, and opens again when it is acknowledged.
+        w.produced(produced + 100, 50.0);
+        assert!(w.open(produced + 100, produced, 50.0 + MAX_AGE / 2.0));
+        assert!(!w.open(produced + 100, produced, 50.0 + 2.0 * MAX_AGE));
+        w.on_ack(produced + 100, produced + 100, 50.1);
+        assert!(w.open(produced + 100, produced + 100, 50.1));
     }
 
     #[test]
