@@ -37,9 +37,14 @@
 //!    [`SourceSession::poll_output`](vgpu::source::SourceSession::poll_output) produces it, one
 //!    poll per message; the destination feeds each payload to
 //!    [`DestSession::feed`](vgpu::dest::DestSession::feed) as it arrives and answers each with
-//!    destination → source `ACK` ([`wire::Ack`]: the stream bytes fed so far). When the policy
-//!    switches, the source keeps the guest running until everything sent is acknowledged (at most
-//!    2 s), so the destination's backlog does not count as downtime, and only then stops the guest.
+//!    destination → source `ACK` ([`wire::Ack`]: the stream bytes fed so far). During pre-copy the
+//!    source polls the session only while less than a window of the stream is unacknowledged
+//!    (about 5 ms of the destination's measured apply rate, between two output buffers and 10 ms
+//!    of the link) and while the oldest unacknowledged output is under 10 ms old (zero-page markers
+//!    are few bytes for much work), so the destination's backlog stays short and the policy's
+//!    round rates are the rate the destination keeps up with. When the policy switches, the source keeps the guest
+//!    running until everything sent is acknowledged (at most 2 s; with the window a few ms), so
+//!    the backlog does not count as downtime, and only then stops the guest.
 //! 4. source → destination `VCPU` ([`wire::Vcpu`]):
 //!    [`GuestDriver::save`](sim::GuestDriver::save)'s bytes and the guest clock, as a VMM
 //!    sends CPU state after device state.

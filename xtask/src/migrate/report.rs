@@ -180,6 +180,9 @@ pub(super) struct Outcome {
     /// Wall time between the policy's switch and the stop, waiting for the destination to apply
     /// what it had been sent (the guest runs meanwhile), ms.
     pub(super) catch_up_ms: f64,
+    /// Most stream bytes in flight (sent, not yet applied by the destination) during pre-copy;
+    /// 0 when not bounded (the KVM guest, the modeled run).
+    pub(super) window_bytes: u64,
     /// Modeled time the quiesce took to drain in-flight work, µs.
     pub(super) drain_modeled_us: u64,
     /// Migration stream bytes.
@@ -241,6 +244,7 @@ impl Outcome {
             guest_lag_ms: 0.0,
             precopy_ms: 0.0,
             catch_up_ms: 0.0,
+            window_bytes: 0,
             drain_modeled_us: 0,
             stream_bytes: 0,
             stop_stream_offset: 0,
@@ -333,13 +337,14 @@ pub(super) fn print(
     } else {
         println!(
             "switched to stop-and-copy: {} (predicted downtime {}) after {:.0} ms of pre-copy; stopped \
-             {:.0} ms later, waiting for the destination to apply what it was sent (at most 2 s), at frame {} (the guest's \
-             modeled clock {:.0} ms behind the wall clock then)",
+             {:.0} ms later, waiting for the destination to apply what it was sent (at most {} in flight during \
+             pre-copy; the wait at most 2 s), at frame {} (the guest's modeled clock {:.0} ms behind the wall clock then)",
             o.switch_reason,
             o.predicted_downtime_us
                 .map_or("-".to_string(), |u| format!("{:.1} ms", u as f64 / 1000.0)),
             o.precopy_ms,
             o.catch_up_ms,
+            mib(o.window_bytes),
             o.stopped_at_frame,
             o.guest_lag_ms
         );

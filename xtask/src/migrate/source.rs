@@ -26,6 +26,107 @@ const MAX_STEP_TIME_PER_LOOP: Duration = Duration::from_millis(2);
 /// The migration fails when the destination accepts no byte for this long.
 const STALL: Duration = Duration::from_secs(30);
 
+/// How much of the stream may be in flight during pre-copy: produced by the session but not yet
+/// applied by the destination (its acknowledgements). The destination applies more slowly than
+/// the link carries when its machine is loaded; without a bound its backlog grows through
+/// pre-copy, the policy's switch is followed by a long wait for it in which the guest keeps
+/// dirtying, and the stop round carries what was dirtied. With the window the session is polled
+/// only while the backlog is short, so each round's measured rate is the rate the destination
+/// keeps up with (the policy decides on what it can really get), and at the switch at most about
+/// [`WINDOW_TIME`] of the destination's work is left. The window is that much time at the
+/// destination's measured apply rate, between two output buffers and 10 ms of the link rate.
+/// Stream bytes are not the destination's work everywhere (a zero-page marker of 16 bytes stands
+/// for 4 KiB to clear), so the window also closes while the oldest unacknowledged output is more
+/// than [`MAX_AGE`] old. The stop-and-copy phase is not windowed: everything left goes as fast
+/// as it can.
+#[derive(Debug, Clone)]
+struct Window {
+    /// The ceiling, bytes (10 ms of the link rate; 8 MiB when unlimited).
+    max: u64,
+    /// The destination's apply rate, bytes per second (an average over recent samples), or 0
+    /// before the first sample.
+    rate: f64,
+    /// The acknowledgement, time (seconds) and bytes in flight the current sample began with.
+    since: (u64, f64, u64),
+    /// Output not yet acknowledged: (stream offset of its end, time it was produced), oldest
+    /// first.
+    unacked: std::collections::VecDeque<(u64, f64)>,
+}
+
+/// The longest the oldest unacknowledged output may wait before the session is polled again,
+/// seconds.
+const MAX_AGE: f64 = 0.010;
+
+/// What the window aims to leave in flight, in time of the destination's work.
+const WINDOW_TIME: f64 = 0.005;
+/// The shortest span one apply-rate sample covers, seconds.
+const SAMPLE: f64 = 0.010;
+
+impl Window {
+    fn for_rate(link: u64) -> Self {
+        let max = if link == 0 { 8 << 20 } else { link / 100 };
+        Self {
+            max: max.max(Self::MIN),
+            rate: 0.0,
+            since: (0, 0.0, 0),
+            unacked: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The floor: two output buffers, so one is applied while the next is on its way.
+    const MIN: u64 = 2 * CHUNK as u64;
+
+    /// The bound now, bytes: [`WINDOW_TIME`] at the measured apply rate (the ceiling until the
+    /// first sample).
+    fn limit(&self) -> u64 {
+        if self.rate <= 0.0 {
+            return self.max;
+        }
+        ((self.rate * WINDOW_TIME) as u64).clamp(Self::MIN, self.max)
+    }
+
+    /// An acknowledgement of `acked` bytes arrived at `now` (seconds on any monotonic clock),
+    /// `produced` bytes having been produced. A sample counts only when the destination had
+    /// work all along (at least the floor in flight when it began): an idle destination's rate
+    /// says nothing about its speed.
+    fn on_ack(&mut self, acked: u64, produced: u64, now: f64) {
+        while self.unacked.front().is_some_and(|&(end, _)| end <= acked) {
+            self.unacked.pop_front();
+        }
+        let (a0, t0, backlog0) = self.since;
+        let dt = now - t0;
+        if dt < SAMPLE {
+            return;
+        }
+        if backlog0 >= Self::MIN && acked > a0 {
+            let r = (acked - a0) as f64 / dt;
+            self.rate = if self.rate <= 0.0 {
+                r
+            } else {
+                0.5 * self.rate + 0.5 * r
+            };
+        }
+        self.since = (acked, now, Self::in_flight(produced, acked));
+    }
+
+    /// Bytes produced minus bytes acknowledged (an acknowledgement beyond what was sent, from a
+    /// faulty peer, counts as nothing in flight rather than wrapping).
+    fn in_flight(produced: u64, acked: u64) -> u64 {
+        produced.saturating_sub(acked)
+    }
+
+    /// Output up to stream offset `end` was produced at `now`.
+    fn produced(&mut self, end: u64, now: f64) {
+        self.unacked.push_back((end, now));
+    }
+
+    /// Whether the session may be polled for more output at `now`.
+    fn open(&self, produced: u64, acked: u64, now: f64) -> bool {
+        Self::in_flight(produced, acked) < self.limit()
+            && self.unacked.front().is_none_or(|&(_, t)| now - t < MAX_AGE)
+    }
+}
+
 /// The one place page traffic leaves the source: a non-blocking socket behind a token bucket that
 /// applies `--link` (unlimited when the rate is 0). Messages are queued whole and written as the
 /// socket and the bucket allow, so the caller keeps the guest running meanwhile.
@@ -435,6 +536,8 @@ pub(super) fn run(args: &Args) -> crate::Result {
     let mut o = Outcome::new(&sc, rate, args);
     o.start_frame = start_frame;
     o.fault_flip_byte = args.fault_flip_byte;
+    let window = Window::for_rate(rate.unwrap_or(0));
+    o.window_bytes = window.max;
     let mut live = Live {
         senders,
         inbox,
@@ -445,6 +548,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
         stop_at: None,
         switch_at: None,
         acked: 0,
+        window,
         round: 0,
     };
     let streamed = live.stream_out(&mut s, &mut src).and_then(|()| {
@@ -605,6 +709,8 @@ struct Live {
     switch_at: Option<Instant>,
     /// Stream bytes the destination has fed to its session.
     acked: u64,
+    /// The bound on what is in flight during pre-copy.
+    window: Window,
     /// Round in progress.
     round: u32,
 }
@@ -625,6 +731,11 @@ impl Live {
                         self.acked = wire::decode::<Ack>("acknowledgement", &msg)
                             .map_err(Fail::Peer)?
                             .fed;
+                        self.window.on_ack(
+                            self.acked,
+                            self.o.stream_bytes,
+                            self.t0.elapsed().as_secs_f64(),
+                        );
                     }
                     Kind::Error => return Err(Fail::Peer(wire::error_text(&msg))),
                     k => return Err(Fail::Peer(format!("unexpected {k:?} during the stream"))),
@@ -700,6 +811,11 @@ impl Live {
         out: &mut [u8],
     ) -> Result<bool, Fail> {
         let now_us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let now = self.t0.elapsed().as_secs_f64();
+        if self.stop_at.is_none() && !self.window.open(self.o.stream_bytes, self.acked, now) {
+            // Pre-copy, and the destination is a window behind: let it catch up first.
+            return Ok(false);
+        }
         let mut any = false;
         // Each channel whose connection has taken everything queued gets one poll.
         for (c, snd) in self.senders.iter_mut().enumerate() {
@@ -721,6 +837,7 @@ impl Live {
             if n > 0 {
                 snd.queue(Kind::Data, &out[..n])?;
                 o.stream_bytes += n as u64;
+                self.window.produced(o.stream_bytes, now);
                 any = true;
             }
         }
@@ -800,6 +917,70 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::net::TcpListener;
+
+    #[test]
+    fn the_window_bounds_what_is_in_flight_by_the_destinations_apply_rate() {
+        // 10 Gbit/s of goodput: the ceiling is about 10 ms of it, the bound until a sample.
+        let mut w = Window::for_rate(1_175_000_000);
+        assert_eq!(w.max, 11_750_000);
+        assert_eq!(w.limit(), w.max);
+        assert_eq!(Window::for_rate(1_000_000).max, Window::MIN);
+        assert_eq!(Window::for_rate(0).max, 8 << 20);
+        // A source producing one output buffer a step (0.1 ms) against a destination that
+        // applies one buffer every fifth step (about 524 MB/s): the session is polled only
+        // while less than the window is unacknowledged.
+        let chunk = CHUNK as u64;
+        let (mut produced, mut acked, mut most_late) = (0u64, 0u64, 0u64);
+        let mut refused = 0;
+        for step in 0..20_000u32 {
+            let now = f64::from(step) * 1e-4;
+            if w.open(produced, acked, now) {
+                produced += chunk;
+                w.produced(produced, now);
+            } else {
+                refused += 1;
+            }
+            assert!(Window::in_flight(produced, acked) <= w.limit().max(w.max) + chunk);
+            if step > 10_000 {
+                most_late = most_late.max(Window::in_flight(produced, acked));
+            }
+            if step % 5 == 0 {
+                acked = (acked + chunk).min(produced);
+                w.on_ack(acked, produced, now);
+            }
+        }
+        assert!(refused > 0);
+        // The measured rate converged on the destination's, and the window on 5 ms of it.
+        let rate = chunk as f64 / 5e-4;
+        assert!((w.rate - rate).abs() < rate * 0.01, "rate {}", w.rate);
+        let want = (rate * WINDOW_TIME) as u64;
+        assert!(w.limit().abs_diff(want) < chunk, "limit {}", w.limit());
+        assert!(most_late <= want + 2 * chunk, "{most_late} in flight");
+        // An idle destination (nothing in flight when the sample began) teaches nothing: once
+        // the sample in progress is closed, the rate stays.
+        w.on_ack(produced, produced, 10.0);
+        let before = w.rate;
+        w.on_ack(produced, produced, 20.0);
+        w.on_ack(produced, produced, 30.0);
+        assert!((w.rate - before).abs() < f64::EPSILON);
+        // A slow destination shrinks the window to the floor, never below.
+        let mut slow = Window::for_rate(1_175_000_000);
+        slow.on_ack(0, 4 * chunk, 1.0);
+        slow.on_ack(1000, 4 * chunk, 2.0);
+        assert_eq!(slow.limit(), Window::MIN);
+        // An acknowledgement beyond what was sent (a faulty peer) counts as nothing in flight.
+        assert_eq!(Window::in_flight(5, 9), 0);
+        w.on_ack(produced, produced, 40.0);
+        assert!(w.open(produced, produced + 1, 40.0));
+        // A destination busy for long with little output (zero-page markers stand for much
+        // work): the window closes once the oldest unacknowledged output is MAX_AGE old, though
+        // few bytes are in flight, and opens again when it is acknowledged.
+        w.produced(produced + 100, 50.0);
+        assert!(w.open(produced + 100, produced, 50.0 + MAX_AGE / 2.0));
+        assert!(!w.open(produced + 100, produced, 50.0 + 2.0 * MAX_AGE));
+        w.on_ack(produced + 100, produced + 100, 50.1);
+        assert!(w.open(produced + 100, produced + 100, 50.1));
+    }
 
     #[test]
     fn the_sender_delivers_every_message_in_order_under_a_rate_limit() {
