@@ -8,7 +8,7 @@ use crate::header::{HEADER_CRC_OFFSET, STREAM_HEADER_LEN, StreamHeaderRepr};
 use crate::record::{MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeaderRepr, RecordKind};
 #[cfg(feature = "auth")]
 use crate::{
-    auth::{AuthKey, MacState},
+    auth::{AuthKey, MacState, MacStorage},
     header::{AUTH_MINOR, AUTHENTICATED},
 };
 
@@ -115,7 +115,8 @@ const CRC_CHUNK: usize = 512;
 
 /// Sans-IO stream encoder. Holds only counters, the running stream CRC and the header of a
 /// record in progress (≈ 64 bytes), so it can live in a `static`. With the `auth` feature it
-/// also holds the stream MAC state (≈ 2 KiB, the BLAKE3 hasher) and is `Clone` but not `Copy`.
+/// borrows the stream MAC state (≈ 2 KiB, the BLAKE3 hasher) from the caller's
+/// [`MacStorage`](crate::MacStorage) for `'m` and is neither `Clone` nor `Copy`.
 ///
 /// Use: [`write_header`](Self::write_header) until `Done`, then any number of
 /// [`write_record`](Self::write_record) (each until `Done`), then
@@ -126,10 +127,10 @@ const CRC_CHUNK: usize = 512;
 /// stream (SPEC.md §10) with no other change for the caller: it sets the AUTHENTICATED flag
 /// and minor version 1 in the header it writes, absorbs every byte it emits into the MAC, and
 /// `write_end` writes the MAC record and then END.
-#[derive(Clone, Debug)]
-#[cfg_attr(not(feature = "auth"), derive(Copy))]
+#[derive(Debug)]
+#[cfg_attr(not(feature = "auth"), derive(Clone, Copy))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Encoder {
+pub struct Encoder<'m> {
     state: State,
     /// Bytes emitted, including partially written items.
     bytes_out: u64,
@@ -141,16 +142,19 @@ pub struct Encoder {
     stream_crc: Crc32,
     /// The stream MAC, when authenticating.
     #[cfg(feature = "auth")]
-    mac: MacState,
+    mac: MacState<'m>,
+    /// Ties `'m` to the type without `auth` too, so callers name one type in every build.
+    #[cfg(not(feature = "auth"))]
+    mac: core::marker::PhantomData<&'m ()>,
 }
 
-impl Default for Encoder {
+impl Default for Encoder<'_> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Encoder {
+impl<'m> Encoder<'m> {
     /// An encoder at the start of a stream.
     #[must_use]
     pub const fn new() -> Self {
@@ -162,17 +166,20 @@ impl Encoder {
             stream_crc: Crc32::new(),
             #[cfg(feature = "auth")]
             mac: MacState::Off,
+            #[cfg(not(feature = "auth"))]
+            mac: core::marker::PhantomData,
         }
     }
 
     /// An encoder at the start of an authenticated stream (SPEC.md §10) keyed with the
     /// embedder's `key`: the stream it writes verifies only at a destination holding the same
     /// key. The key is not printed by `Debug`; it is not zeroized either (see [`crate::auth`]).
+    /// The MAC state lives in `storage`, borrowed for the encoder's life.
     #[cfg(feature = "auth")]
     #[must_use]
-    pub fn with_key(key: &AuthKey) -> Self {
+    pub fn with_key(key: &AuthKey, storage: &'m mut MacStorage) -> Self {
         Self {
-            mac: MacState::Keyed(key.clone()),
+            mac: MacState::Keyed(key.clone(), storage),
             ..Self::new()
         }
     }
