@@ -29,12 +29,15 @@
 //!     stream_id: 0x5EED, // fresh for every migration, and checked by the destination
 //! };
 //! let mut buf = [0u8; 512];
-//! let mut enc = Encoder::with_key(&key);
+//! // The MAC state (the BLAKE3 hasher, MAC_STORAGE_LEN bytes) is caller storage.
+//! let (mut enc_mac, mut dec_mac, mut other_mac) =
+//!     (MacStorage::new(), MacStorage::new(), MacStorage::new());
+//! let mut enc = Encoder::with_key(&key, &mut enc_mac);
 //! let mut at = enc.write_header(&header, &mut buf)?.written();
 //! at += enc.write_record(RecordKind::REGISTERS, RecordFlags::MANDATORY, 1, &b"regs"[..], &mut buf[at..])?.written();
 //! at += enc.write_end(&mut buf[at..])?.written(); // the MAC record, then END
 //!
-//! let mut dec = Decoder::with_key(Limits::DEFAULT, &key);
+//! let mut dec = Decoder::with_key(Limits::DEFAULT, &key, &mut dec_mac);
 //! let mut rest = &buf[..at];
 //! let mut authenticated = false;
 //! loop {
@@ -51,7 +54,7 @@
 //! assert!(authenticated);
 //!
 //! // Another key, or any changed byte, is refused.
-//! let mut other = Decoder::with_key(Limits::DEFAULT, &AuthKey::new([8; 32]));
+//! let mut other = Decoder::with_key(Limits::DEFAULT, &AuthKey::new([8; 32]), &mut other_mac);
 //! let mut rest = &buf[..at];
 //! let err = loop {
 //!     match other.feed(rest) {

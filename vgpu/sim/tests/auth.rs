@@ -134,3 +134,27 @@ fn a_keyed_destination_refuses_what_the_key_holder_did_not_produce() {
     let e = refused(&sc, &forged, keyed_dest);
     assert!(matches!(e, VgpuError::Stream(_)), "{e:?}");
 }
+
+/// The MAC state is caller storage: a keyed session stays within the control-state bound,
+/// and too little MAC storage for its channels is refused with nothing changed (the same
+/// session then accepts enough storage and migrates).
+#[test]
+fn mac_storage_is_the_callers_and_short_storage_is_refused() {
+    const {
+        assert!(size_of::<DestSession<'static>>() <= vgpu::CONTROL_STATE_MAX);
+        assert!(size_of::<vgpu::SourceSession<'static>>() <= vgpu::CONTROL_STATE_MAX);
+        assert!(vgpu::Layout::MAC_STORAGE_LEN > 1024);
+    }
+    let sc = Scenario::small(Profile::MEDIA, 30, 5).unwrap();
+    let mut st = sc.storage();
+    let mut b = sc.machine(&mut st, true).unwrap();
+    let mut staging = vec![0u8; 1 << 20];
+    let mut d = DestSession::open_channels(&mut b.vgpu, &mut staging, Limits::DEFAULT, 3).unwrap();
+    let mut one = [migstream::MacStorage::new()];
+    let e = d.attach_key(&AuthKey::new(KEY), &mut one).unwrap_err();
+    assert_eq!(e, VgpuError::StorageSize);
+    assert_eq!(d.stats().bytes, 0);
+    // Declared after the session: it holds no `Drop` that would outlive the storage.
+    let mut macs = [(); 3].map(|()| migstream::MacStorage::new());
+    d.attach_key(&AuthKey::new(KEY), &mut macs).unwrap();
+}
