@@ -20,6 +20,12 @@ pub trait PayloadSource {
     /// Copy payload bytes `[offset, offset + out.len())` into `out`. Never asked beyond
     /// [`payload_len`](Self::payload_len). Must return the same bytes every time it is asked.
     fn fill(&self, offset: usize, out: &mut [u8]);
+    /// Bytes of the payload before its first page (a page run's header, for example): the
+    /// encoder's fused copy-and-checksum loop cuts its pieces after them, so each piece is
+    /// one whole page instead of the end of one page and the start of the next. 0 by default.
+    fn lead_len(&self) -> usize {
+        0
+    }
 }
 
 impl PayloadSource for [u8] {
@@ -51,6 +57,10 @@ impl<T: PayloadSource + ?Sized> PayloadSource for &T {
 
     fn fill(&self, offset: usize, out: &mut [u8]) {
         (**self).fill(offset, out);
+    }
+
+    fn lead_len(&self) -> usize {
+        (**self).lead_len()
     }
 }
 
@@ -363,8 +373,14 @@ impl<'m> Encoder<'m> {
                     crc.update(header.get(..12).unwrap_or_default());
                     // Copy and checksum page-sized pieces in turn, so the CRC reads bytes the copy
                     // just left in L1 instead of making a second pass over the whole payload.
-                    for (i, chunk) in body.chunks_mut(FUSED_CHUNK).enumerate() {
-                        payload.fill(i * FUSED_CHUNK, chunk);
+                    let lead = payload.lead_len().min(body.len());
+                    let (head, rest) = body.split_at_mut(lead);
+                    if !head.is_empty() {
+                        payload.fill(0, head);
+                        crc.update(head);
+                    }
+                    for (i, chunk) in rest.chunks_mut(FUSED_CHUNK).enumerate() {
+                        payload.fill(lead + i * FUSED_CHUNK, chunk);
                         crc.update(chunk);
                     }
                     let repr = RecordHeaderRepr {
