@@ -234,7 +234,7 @@ enum Phase {
 /// `(0, None)`, then call [`finish`](Self::finish) when the transport reports end of stream.
 ///
 /// With the `auth` feature a keyed decoder borrows its MAC state from the caller's
-/// [`MacStorage`](crate::MacStorage) for `'m`, and the decoder is not `Clone`.
+/// `MacStorage` for `'m`, and the decoder is not `Clone`.
 #[derive(Debug)]
 #[cfg_attr(not(feature = "auth"), derive(Clone))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

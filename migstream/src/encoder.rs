@@ -126,7 +126,7 @@ const CRC_CHUNK: usize = 512;
 /// Sans-IO stream encoder. Holds only counters, the running stream CRC and the header of a
 /// record in progress (≈ 64 bytes), so it can live in a `static`. With the `auth` feature it
 /// borrows the stream MAC state (≈ 2 KiB, the BLAKE3 hasher) from the caller's
-/// [`MacStorage`](crate::MacStorage) for `'m` and is neither `Clone` nor `Copy`.
+/// `MacStorage` for `'m` and is neither `Clone` nor `Copy`.
 ///
 /// Use: [`write_header`](Self::write_header) until `Done`, then any number of
 /// [`write_record`](Self::write_record) (each until `Done`), then
