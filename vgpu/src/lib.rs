@@ -287,7 +287,7 @@ pub use vfio::{MigrationStorage, VfioMigration};
 /// ([`SourceSession`], [`DestSession`], [`VfioMigration`]), with or without authenticated
 /// streams, so that creating and returning them is safe on small firmware stacks. Checked at
 /// compile time; bulk storage (bitmaps, scratch, staging, and with migstream's `auth` feature
-/// each channel's MAC state, [`migstream::MacStorage`]) is always the caller's.
+/// each channel's MAC state, `migstream::MacStorage`) is always the caller's.
 pub const CONTROL_STATE_MAX: usize = 4096;
 
 /// The control-state bound checked at compile time in this build: [`CONTROL_STATE_MAX`] in
