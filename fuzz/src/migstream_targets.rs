@@ -62,7 +62,8 @@ pub fn build_keyed_stream(n: u8) -> Vec<u8> {
         stream_id: u64::from(n),
     };
     let mut out = vec![0u8; 4096];
-    let mut enc = Encoder::with_key(&AuthKey::new([0x5A; 32]));
+    let mut mac = migstream::MacStorage::new();
+    let mut enc = Encoder::with_key(&AuthKey::new([0x5A; 32]), &mut mac);
     let mut at = enc
         .write_header(&header, &mut out)
         .map_or(0, |p| p.written());

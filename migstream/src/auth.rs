@@ -29,12 +29,15 @@
 //!     stream_id: 0x5EED, // fresh for every migration, and checked by the destination
 //! };
 //! let mut buf = [0u8; 512];
-//! let mut enc = Encoder::with_key(&key);
+//! // The MAC state (the BLAKE3 hasher, MAC_STORAGE_LEN bytes) is caller storage.
+//! let (mut enc_mac, mut dec_mac, mut other_mac) =
+//!     (MacStorage::new(), MacStorage::new(), MacStorage::new());
+//! let mut enc = Encoder::with_key(&key, &mut enc_mac);
 //! let mut at = enc.write_header(&header, &mut buf)?.written();
 //! at += enc.write_record(RecordKind::REGISTERS, RecordFlags::MANDATORY, 1, &b"regs"[..], &mut buf[at..])?.written();
 //! at += enc.write_end(&mut buf[at..])?.written(); // the MAC record, then END
 //!
-//! let mut dec = Decoder::with_key(Limits::DEFAULT, &key);
+//! let mut dec = Decoder::with_key(Limits::DEFAULT, &key, &mut dec_mac);
 //! let mut rest = &buf[..at];
 //! let mut authenticated = false;
 //! loop {
@@ -51,7 +54,7 @@
 //! assert!(authenticated);
 //!
 //! // Another key, or any changed byte, is refused.
-//! let mut other = Decoder::with_key(Limits::DEFAULT, &AuthKey::new([8; 32]));
+//! let mut other = Decoder::with_key(Limits::DEFAULT, &AuthKey::new([8; 32]), &mut other_mac);
 //! let mut rest = &buf[..at];
 //! let err = loop {
 //!     match other.feed(rest) {
@@ -169,26 +172,49 @@ impl fmt::Debug for StreamMac {
     }
 }
 
-/// Where an encoder's or decoder's MAC is.
-#[derive(Clone)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "no allocator to box into; the hasher is the state for nearly the whole stream"
-)]
-pub(crate) enum MacState {
+/// Caller storage for one encoder's or decoder's stream MAC (the BLAKE3 hasher,
+/// [`MAC_STORAGE_LEN`] bytes): an authenticating [`Encoder`](crate::Encoder) or
+/// [`Decoder`](crate::Decoder) borrows one for its whole stream, so the encoder or decoder
+/// itself stays small and nothing large is returned by value. Reusable for the next stream.
+#[derive(Default)]
+pub struct MacStorage {
+    mac: Option<StreamMac>,
+}
+
+impl MacStorage {
+    /// Empty storage, ready to lend to `with_key`.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { mac: None }
+    }
+}
+
+impl fmt::Debug for MacStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MacStorage { .. }")
+    }
+}
+
+/// Bytes of one [`MacStorage`]: the caller storage an authenticating encoder or decoder
+/// borrows (one per channel).
+pub const MAC_STORAGE_LEN: usize = core::mem::size_of::<MacStorage>();
+
+/// Where an encoder's or decoder's MAC is; the hasher itself is in the caller's
+/// [`MacStorage`].
+pub(crate) enum MacState<'m> {
     /// No key: the stream is not authenticated.
     Off,
-    /// Keyed, stream header not yet complete.
-    Keyed(AuthKey),
+    /// Keyed, stream header not yet complete; the storage the hasher will live in.
+    Keyed(AuthKey, &'m mut MacStorage),
     /// Absorbing stream bytes.
-    Active(StreamMac),
+    Active(&'m mut StreamMac),
     /// The MAC record has started: the tag it carries (encoder) or must carry (decoder).
     Sealed([u8; MAC_LEN]),
     /// The MAC record is complete (written, or verified): only END may follow.
     Closed,
 }
 
-impl MacState {
+impl<'m> MacState<'m> {
     /// Is a key set (whatever the progress)?
     pub(crate) const fn is_keyed(&self) -> bool {
         !matches!(self, MacState::Off)
@@ -204,8 +230,10 @@ impl MacState {
 
     /// Keyed → Active with the complete header absorbed; other states are unchanged.
     pub(crate) fn start(&mut self, stream_id: u64, header: &[u8; STREAM_HEADER_LEN]) {
-        if let MacState::Keyed(key) = self {
-            let mut m = StreamMac::new(key, stream_id);
+        if matches!(self, MacState::Keyed(..))
+            && let MacState::Keyed(key, storage) = core::mem::replace(self, MacState::Off)
+        {
+            let m = storage.mac.insert(StreamMac::new(&key, stream_id));
             m.update(header);
             *self = MacState::Active(m);
         }
@@ -226,12 +254,12 @@ impl MacState {
     }
 }
 
-impl fmt::Debug for MacState {
+impl fmt::Debug for MacState<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Neither the key nor a tag: a logged expected tag would authenticate the logged stream.
         f.write_str(match self {
             MacState::Off => "Off",
-            MacState::Keyed(_) => "Keyed",
+            MacState::Keyed(..) => "Keyed",
             MacState::Active(_) => "Active",
             MacState::Sealed(_) => "Sealed",
             MacState::Closed => "Closed",
@@ -240,11 +268,11 @@ impl fmt::Debug for MacState {
 }
 
 #[cfg(feature = "defmt")]
-impl defmt::Format for MacState {
+impl defmt::Format for MacState<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
         let s = match self {
             MacState::Off => "Off",
-            MacState::Keyed(_) => "Keyed",
+            MacState::Keyed(..) => "Keyed",
             MacState::Active(_) => "Active",
             MacState::Sealed(_) => "Sealed",
             MacState::Closed => "Closed",

@@ -14,7 +14,7 @@ use crate::pages::{
 use crate::record::{Limits, RECORD_HEADER_LEN, RecordHeaderRepr, RecordKind};
 #[cfg(feature = "auth")]
 use crate::{
-    auth::{AuthKey, MacState},
+    auth::{AuthKey, MacState, MacStorage},
     error::AuthError,
     header::AUTHENTICATED,
     record::MAC_LEN,
@@ -232,9 +232,13 @@ enum Phase {
 ///
 /// Drive it with [`feed`](Self::feed) until the input is exhausted and `feed` returns
 /// `(0, None)`, then call [`finish`](Self::finish) when the transport reports end of stream.
-#[derive(Clone, Debug)]
+///
+/// With the `auth` feature a keyed decoder borrows its MAC state from the caller's
+/// `MacStorage` for `'m`, and the decoder is not `Clone`.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "auth"), derive(Clone))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Decoder {
+pub struct Decoder<'m> {
     limits: Limits,
     phase: Phase,
     /// Buffer for the stream header, record headers, run headers and ROUND/END payloads.
@@ -264,10 +268,13 @@ pub struct Decoder {
     defer: Option<u32>,
     /// The stream MAC, when a key is set.
     #[cfg(feature = "auth")]
-    mac: MacState,
+    mac: MacState<'m>,
+    /// Ties `'m` to the type without `auth` too, so callers name one type in every build.
+    #[cfg(not(feature = "auth"))]
+    mac: core::marker::PhantomData<&'m ()>,
 }
 
-impl Decoder {
+impl<'m> Decoder<'m> {
     /// A decoder expecting the stream header.
     #[must_use]
     pub const fn new(limits: Limits) -> Self {
@@ -295,6 +302,8 @@ impl Decoder {
             defer: None,
             #[cfg(feature = "auth")]
             mac: MacState::Off,
+            #[cfg(not(feature = "auth"))]
+            mac: core::marker::PhantomData,
         }
     }
 
@@ -302,11 +311,12 @@ impl Decoder {
     /// §10): it refuses an unauthenticated stream, a wrong tag, and a missing, moved or
     /// duplicated MAC record. [`Event::End`] (the commit point) then also means authenticated.
     /// The key is not printed by `Debug`; it is not zeroized either (see [`crate::auth`]).
+    /// The MAC state lives in `storage`, borrowed for the decoder's life.
     #[cfg(feature = "auth")]
     #[must_use]
-    pub fn with_key(limits: Limits, key: &AuthKey) -> Self {
+    pub fn with_key(limits: Limits, key: &AuthKey, storage: &'m mut MacStorage) -> Self {
         Self {
-            mac: MacState::Keyed(key.clone()),
+            mac: MacState::Keyed(key.clone(), storage),
             ..Self::new(limits)
         }
     }
@@ -946,10 +956,10 @@ impl Decoder {
         let flagged = h.flags & AUTHENTICATED != 0;
         match (&self.mac, flagged) {
             (MacState::Off, true) => Err(self.err_at(ErrorKind::Auth(AuthError::KeyRequired), 0)),
-            (MacState::Keyed(_), false) => {
+            (MacState::Keyed(..), false) => {
                 Err(self.err_at(ErrorKind::Auth(AuthError::NotAuthenticated), 0))
             }
-            (MacState::Keyed(_), true) => {
+            (MacState::Keyed(..), true) => {
                 let header = self.buf;
                 self.mac.start(h.stream_id, &header);
                 Ok(())

@@ -8,7 +8,7 @@ use crate::header::{HEADER_CRC_OFFSET, STREAM_HEADER_LEN, StreamHeaderRepr};
 use crate::record::{MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeaderRepr, RecordKind};
 #[cfg(feature = "auth")]
 use crate::{
-    auth::{AuthKey, MacState},
+    auth::{AuthKey, MacState, MacStorage},
     header::{AUTH_MINOR, AUTHENTICATED},
 };
 
@@ -20,6 +20,12 @@ pub trait PayloadSource {
     /// Copy payload bytes `[offset, offset + out.len())` into `out`. Never asked beyond
     /// [`payload_len`](Self::payload_len). Must return the same bytes every time it is asked.
     fn fill(&self, offset: usize, out: &mut [u8]);
+    /// Bytes of the payload before its first page (a page run's header, for example): the
+    /// encoder's fused copy-and-checksum loop cuts its pieces after them, so each piece is
+    /// one whole page instead of the end of one page and the start of the next. 0 by default.
+    fn lead_len(&self) -> usize {
+        0
+    }
 }
 
 impl PayloadSource for [u8] {
@@ -51,6 +57,10 @@ impl<T: PayloadSource + ?Sized> PayloadSource for &T {
 
     fn fill(&self, offset: usize, out: &mut [u8]) {
         (**self).fill(offset, out);
+    }
+
+    fn lead_len(&self) -> usize {
+        (**self).lead_len()
     }
 }
 
@@ -115,7 +125,8 @@ const CRC_CHUNK: usize = 512;
 
 /// Sans-IO stream encoder. Holds only counters, the running stream CRC and the header of a
 /// record in progress (≈ 64 bytes), so it can live in a `static`. With the `auth` feature it
-/// also holds the stream MAC state (≈ 2 KiB, the BLAKE3 hasher) and is `Clone` but not `Copy`.
+/// borrows the stream MAC state (≈ 2 KiB, the BLAKE3 hasher) from the caller's
+/// `MacStorage` for `'m` and is neither `Clone` nor `Copy`.
 ///
 /// Use: [`write_header`](Self::write_header) until `Done`, then any number of
 /// [`write_record`](Self::write_record) (each until `Done`), then
@@ -126,10 +137,10 @@ const CRC_CHUNK: usize = 512;
 /// stream (SPEC.md §10) with no other change for the caller: it sets the AUTHENTICATED flag
 /// and minor version 1 in the header it writes, absorbs every byte it emits into the MAC, and
 /// `write_end` writes the MAC record and then END.
-#[derive(Clone, Debug)]
-#[cfg_attr(not(feature = "auth"), derive(Copy))]
+#[derive(Debug)]
+#[cfg_attr(not(feature = "auth"), derive(Clone, Copy))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Encoder {
+pub struct Encoder<'m> {
     state: State,
     /// Bytes emitted, including partially written items.
     bytes_out: u64,
@@ -141,16 +152,19 @@ pub struct Encoder {
     stream_crc: Crc32,
     /// The stream MAC, when authenticating.
     #[cfg(feature = "auth")]
-    mac: MacState,
+    mac: MacState<'m>,
+    /// Ties `'m` to the type without `auth` too, so callers name one type in every build.
+    #[cfg(not(feature = "auth"))]
+    mac: core::marker::PhantomData<&'m ()>,
 }
 
-impl Default for Encoder {
+impl Default for Encoder<'_> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Encoder {
+impl<'m> Encoder<'m> {
     /// An encoder at the start of a stream.
     #[must_use]
     pub const fn new() -> Self {
@@ -162,17 +176,20 @@ impl Encoder {
             stream_crc: Crc32::new(),
             #[cfg(feature = "auth")]
             mac: MacState::Off,
+            #[cfg(not(feature = "auth"))]
+            mac: core::marker::PhantomData,
         }
     }
 
     /// An encoder at the start of an authenticated stream (SPEC.md §10) keyed with the
     /// embedder's `key`: the stream it writes verifies only at a destination holding the same
     /// key. The key is not printed by `Debug`; it is not zeroized either (see [`crate::auth`]).
+    /// The MAC state lives in `storage`, borrowed for the encoder's life.
     #[cfg(feature = "auth")]
     #[must_use]
-    pub fn with_key(key: &AuthKey) -> Self {
+    pub fn with_key(key: &AuthKey, storage: &'m mut MacStorage) -> Self {
         Self {
-            mac: MacState::Keyed(key.clone()),
+            mac: MacState::Keyed(key.clone(), storage),
             ..Self::new()
         }
     }
@@ -356,8 +373,14 @@ impl Encoder {
                     crc.update(header.get(..12).unwrap_or_default());
                     // Copy and checksum page-sized pieces in turn, so the CRC reads bytes the copy
                     // just left in L1 instead of making a second pass over the whole payload.
-                    for (i, chunk) in body.chunks_mut(FUSED_CHUNK).enumerate() {
-                        payload.fill(i * FUSED_CHUNK, chunk);
+                    let lead = payload.lead_len().min(body.len());
+                    let (head, rest) = body.split_at_mut(lead);
+                    if !head.is_empty() {
+                        payload.fill(0, head);
+                        crc.update(head);
+                    }
+                    for (i, chunk) in rest.chunks_mut(FUSED_CHUNK).enumerate() {
+                        payload.fill(lead + i * FUSED_CHUNK, chunk);
                         crc.update(chunk);
                     }
                     let repr = RecordHeaderRepr {

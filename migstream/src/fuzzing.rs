@@ -42,7 +42,8 @@ pub fn decode_arbitrary(data: &[u8]) {
 #[cfg(feature = "auth")]
 pub fn decode_arbitrary_authenticated(data: &[u8]) {
     let key = crate::auth::AuthKey::new([0x5A; 32]);
-    decode_arbitrary_with(Decoder::with_key(Limits::DEFAULT, &key), data);
+    let mut storage = crate::auth::MacStorage::new();
+    decode_arbitrary_with(Decoder::with_key(Limits::DEFAULT, &key, &mut storage), data);
 }
 
 fn decode_arbitrary_with(mut dec: Decoder, data: &[u8]) {
@@ -377,9 +378,17 @@ fn roundtrip_with(data: &[u8], key: Option<&Key>) {
         events: 0,
     };
     checker.cur = checker.script.next();
+    #[cfg(feature = "auth")]
+    let (mut enc_mac, mut dec_mac) = (
+        crate::auth::MacStorage::new(),
+        crate::auth::MacStorage::new(),
+    );
     let (mut enc, mut dec) = match key {
         #[cfg(feature = "auth")]
-        Some(k) => (Encoder::with_key(k), Decoder::with_key(Limits::DEFAULT, k)),
+        Some(k) => (
+            Encoder::with_key(k, &mut enc_mac),
+            Decoder::with_key(Limits::DEFAULT, k, &mut dec_mac),
+        ),
         _ => (Encoder::new(), Decoder::new(Limits::DEFAULT)),
     };
     let mut buf = [0u8; 256];

@@ -105,16 +105,15 @@ mod section;
 mod stream_tests;
 
 #[cfg(feature = "auth")]
-pub use auth::{AuthKey, StreamMac};
+pub use auth::{AuthKey, MAC_STORAGE_LEN, MacStorage, StreamMac};
 
-/// Bytes of keyed-MAC state (feature `auth`) every [`Encoder`] and [`Decoder`] carries inline,
-/// 0 without the feature: embedders sizing control state (one encoder or decoder per channel)
-/// add this per channel.
+/// Bytes of keyed-MAC bookkeeping (feature `auth`) every [`Encoder`] and [`Decoder`] carries
+/// inline (the key and a reference to its [`MacStorage`]; the hasher itself,
+/// [`MAC_STORAGE_LEN`] bytes, is caller storage), 0 without the feature.
 #[cfg(feature = "auth")]
-pub const MAC_STATE_LEN: usize = core::mem::size_of::<auth::MacState>();
-/// Bytes of keyed-MAC state (feature `auth`) every [`Encoder`] and [`Decoder`] carries inline,
-/// 0 without the feature: embedders sizing control state (one encoder or decoder per channel)
-/// add this per channel.
+pub const MAC_STATE_LEN: usize = core::mem::size_of::<auth::MacState<'static>>();
+/// Bytes of keyed-MAC bookkeeping (feature `auth`) every [`Encoder`] and [`Decoder`] carries
+/// inline, 0 without the feature.
 #[cfg(not(feature = "auth"))]
 pub const MAC_STATE_LEN: usize = 0;
 pub use control::{

@@ -479,6 +479,14 @@ impl<S: PageSource> PayloadSource for PagesPayload<'_, S> {
         self.len
     }
 
+    fn lead_len(&self) -> usize {
+        if self.runs.is_empty() {
+            0
+        } else {
+            PAGE_RUN_HEADER_LEN
+        }
+    }
+
     fn fill(&self, offset: usize, out: &mut [u8]) {
         let end = offset.saturating_add(out.len());
         let mut pos = 0usize;

@@ -150,3 +150,37 @@ mod tests {
         }
     }
 }
+
+/// A session's per-channel state: `len` used entries of a fixed array of [`MAX_CHANNELS`],
+/// seen as a slice. Unlike `heapless::Vec` it has no `Drop`, so a session whose channels
+/// borrow caller storage (an authenticated stream's MAC state) can be dropped after that
+/// storage's other borrowers, as with any plain struct of references.
+#[derive(Debug)]
+pub(crate) struct PerChannel<T> {
+    items: [T; MAX_CHANNELS],
+    len: usize,
+}
+
+impl<T> PerChannel<T> {
+    /// `len` channels (at most [`MAX_CHANNELS`]), entry `i` made by `make(i)`; the unused
+    /// entries are made too (by `make`) and never seen.
+    pub(crate) fn new(len: usize, make: impl FnMut(usize) -> T) -> Self {
+        Self {
+            items: core::array::from_fn(make),
+            len: len.min(MAX_CHANNELS),
+        }
+    }
+}
+
+impl<T> core::ops::Deref for PerChannel<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.items.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl<T> core::ops::DerefMut for PerChannel<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.items.get_mut(..self.len).unwrap_or_default()
+    }
+}

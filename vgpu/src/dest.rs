@@ -24,7 +24,7 @@ use gmem::GuestMemoryMap;
 use gtt::Gfn;
 use migstream::{Decoder, Event, FeedError, Limits, RecordKind, StreamHeaderRepr};
 
-use crate::channel::{ChannelRepr, MAX_CHANNELS, STRIPE_FRAMES, channel_of};
+use crate::channel::{ChannelRepr, MAX_CHANNELS, PerChannel, STRIPE_FRAMES, channel_of};
 use core::cell::Cell;
 
 use crate::error::VgpuError;
@@ -75,7 +75,7 @@ pub struct DestStats {
 /// only fail as the stream's fault, never with [`VgpuError::StagingFull`].
 #[derive(Debug)]
 pub struct DestSession<'s> {
-    chans: heapless::Vec<ChanIn, MAX_CHANNELS>,
+    chans: PerChannel<ChanIn<'s>>,
     limits: Limits,
     /// The stream id the embedder expects (a fresh one per migration defeats replay).
     expect_id: Option<u64>,
@@ -107,9 +107,9 @@ pub struct DestSession<'s> {
 
 /// One incoming channel.
 #[derive(Debug)]
-struct ChanIn {
+struct ChanIn<'s> {
     /// `None` only while the decoder is lent out during a feed.
-    dec: Option<Decoder>,
+    dec: Option<Decoder<'s>>,
     header: Option<StreamHeaderRepr>,
     /// The CHANNEL record (multi-channel only): its payload as it arrives, then whether it checked.
     intro: [u8; ChannelRepr::LEN],
@@ -190,24 +190,21 @@ impl<'s> DestSession<'s> {
         vgpu.set_state(MigState::Resuming);
         #[cfg(feature = "log")]
         ::log::info!("vgpu destination: session open, {channels} channel(s)");
-        let mut chans = heapless::Vec::new();
-        for c in 0..channels {
-            let _ = chans.push(ChanIn {
-                dec: Some(Decoder::new(limits)),
-                header: None,
-                intro: [0; ChannelRepr::LEN],
-                intro_len: None,
-                intro_ok: channels == 1,
-                ended: false,
-                pages_open: false,
-                rounds: 0,
-                last_round: None,
-                round_final: false,
-                round_pages: 0,
-                round_budget: 2 * channel_frames(frames, c, channels),
-                last_page: None,
-            });
-        }
+        let chans = PerChannel::new(channels, |c| ChanIn {
+            dec: Some(Decoder::new(limits)),
+            header: None,
+            intro: [0; ChannelRepr::LEN],
+            intro_len: None,
+            intro_ok: channels == 1,
+            ended: false,
+            pages_open: false,
+            rounds: 0,
+            last_round: None,
+            round_final: false,
+            round_pages: 0,
+            round_budget: 2 * channel_frames(frames, c, channels),
+            last_page: None,
+        });
         Ok(Self {
             chans,
             limits,
@@ -232,15 +229,26 @@ impl<'s> DestSession<'s> {
     /// §10): a stream without the MAC, or with a tag that does not verify, is refused before
     /// anything is committed. Call before the first `feed`; on error nothing changed.
     ///
+    /// Each channel's MAC state lives in the caller's `macs`, one [`migstream::MacStorage`]
+    /// per channel ([`crate::Layout::mac_storage`] of them), borrowed for the session's life.
+    ///
     /// # Errors
-    /// [`VgpuError::WrongPhase`] after bytes were fed.
+    /// [`VgpuError::WrongPhase`] after bytes were fed; [`VgpuError::StorageSize`] if `macs`
+    /// has fewer entries than the session has channels.
     #[cfg(feature = "auth")]
-    pub fn attach_key(&mut self, key: &migstream::AuthKey) -> Result<(), VgpuError> {
+    pub fn attach_key(
+        &mut self,
+        key: &migstream::AuthKey,
+        macs: &'s mut [migstream::MacStorage],
+    ) -> Result<(), VgpuError> {
         if self.stats.bytes != 0 || self.failed.is_some() {
             return Err(VgpuError::WrongPhase);
         }
-        for c in self.chans.iter_mut() {
-            c.dec = Some(Decoder::with_key(self.limits, key));
+        if macs.len() < self.chans.len() {
+            return Err(VgpuError::StorageSize);
+        }
+        for (c, mac) in self.chans.iter_mut().zip(macs.iter_mut()) {
+            c.dec = Some(Decoder::with_key(self.limits, key, mac));
         }
         Ok(())
     }

@@ -92,4 +92,18 @@ impl Layout {
         };
         MIN_SCRATCH * n
     }
+
+    /// Bytes of one [`migstream::MacStorage`], the caller storage of one channel's stream MAC
+    /// (the keyed BLAKE3 hasher) in an authenticated session (feature `auth`).
+    #[cfg(feature = "auth")]
+    pub const MAC_STORAGE_LEN: usize = migstream::MAC_STORAGE_LEN;
+
+    /// Entries of [`migstream::MacStorage`] an authenticated session with `channels` channels
+    /// borrows in `attach_key` (feature `auth`): one per channel, each
+    /// [`MAC_STORAGE_LEN`](Self::MAC_STORAGE_LEN) bytes.
+    #[cfg(feature = "auth")]
+    #[must_use]
+    pub const fn mac_storage(&self, channels: u16) -> usize {
+        channels as usize
+    }
 }

@@ -284,29 +284,15 @@ pub use traits::{CpuDirtyLog, GuestMemory, HostError, HostGtt, MemoryError, Vgpu
 pub use vfio::{MigrationStorage, VfioMigration};
 
 /// Largest size, in bytes, of the per-vGPU control state the library keeps by value
-/// ([`SourceSession`], [`DestSession`],
-/// [`VfioMigration`]) without authenticated streams, so that creating and
-/// returning them is safe on small firmware stacks. Checked at compile time; bulk storage
-/// (bitmaps, scratch, staging) is always the caller's.
-///
-/// With migstream's `auth` feature each channel's encoder or decoder also carries its keyed
-/// BLAKE3 state ([`migstream::MAC_STATE_LEN`] bytes, plus at most [`MAC_BOOKKEEPING`]), for
-/// [`MAX_CHANNELS`](channel::MAX_CHANNELS) channels: [`CONTROL_STATE_LIMIT`] is the bound
-/// checked in every configuration (about 18 KiB with `auth`).
+/// ([`SourceSession`], [`DestSession`], [`VfioMigration`]), with or without authenticated
+/// streams, so that creating and returning them is safe on small firmware stacks. Checked at
+/// compile time; bulk storage (bitmaps, scratch, staging, and with migstream's `auth` feature
+/// each channel's MAC state, `migstream::MacStorage`) is always the caller's.
 pub const CONTROL_STATE_MAX: usize = 4096;
 
-/// Bytes of per-channel bookkeeping an authenticated decoder adds beside its MAC state.
-pub const MAC_BOOKKEEPING: usize = 16;
-
-/// The control-state bound checked at compile time in this build: [`CONTROL_STATE_MAX`],
-/// plus the MAC state of every channel when migstream has `auth` (feature unification may
-/// turn it on from another crate).
-pub const CONTROL_STATE_LIMIT: usize = CONTROL_STATE_MAX
-    + if migstream::MAC_STATE_LEN == 0 {
-        0
-    } else {
-        channel::MAX_CHANNELS * (migstream::MAC_STATE_LEN + MAC_BOOKKEEPING)
-    };
+/// The control-state bound checked at compile time in this build: [`CONTROL_STATE_MAX`] in
+/// every configuration (kept as its own name for embedders that used it).
+pub const CONTROL_STATE_LIMIT: usize = CONTROL_STATE_MAX;
 
 static_assertions::const_assert!(
     core::mem::size_of::<source::SourceSession<'static>>() <= CONTROL_STATE_LIMIT

@@ -48,7 +48,7 @@ const GOLDEN_LEN: usize = END_AT + 16 + 16;
 fn auth_stream(key: &AuthKey, header: &StreamHeaderRepr, chunk: usize) -> Vec<u8> {
     let mut stream = Vec::new();
     let mut buf = vec![0u8; chunk];
-    let mut enc = Encoder::with_key(key);
+    let mut enc = Encoder::with_key(key, mac_storage());
     assert!(enc.is_authenticated());
     let mut run = |f: &mut super::WriteFn<'_>| loop {
         let p = f(&mut enc, &mut buf).unwrap();
@@ -115,8 +115,14 @@ fn stream_crc_of(bytes: &[u8]) -> u32 {
     c.value()
 }
 
-fn keyed(key: &AuthKey) -> Decoder {
-    Decoder::with_key(Limits::DEFAULT, key)
+/// MAC storage for a test's encoder or decoder: leaked, so it lives as long as the test
+/// process (a few KiB per test).
+fn mac_storage() -> &'static mut crate::MacStorage {
+    std::boxed::Box::leak(std::boxed::Box::default())
+}
+
+fn keyed(key: &AuthKey) -> Decoder<'static> {
+    Decoder::with_key(Limits::DEFAULT, key, mac_storage())
 }
 
 fn decode_keyed(bytes: &[u8], key: &AuthKey, segs: &[usize]) -> Result<Vec<Ev>, DecodeError> {
@@ -507,7 +513,7 @@ fn tag_binds_the_stream_id() {
 #[test]
 fn encoder_auth_misuse() {
     let key = golden_key();
-    let mut enc = Encoder::with_key(&key);
+    let mut enc = Encoder::with_key(&key, mac_storage());
     let mut buf = vec![0u8; 8192];
     // Before the header nothing changes, and END is refused like a plain encoder does.
     assert_eq!(enc.write_end(&mut buf), Err(EncodeError::HeaderNotWritten));
@@ -537,7 +543,7 @@ fn encoder_auth_misuse() {
     let ev = decode_keyed(&buf[..at], &key, &[1]).unwrap();
     assert_eq!(&ev[1..], &[Ev::Authenticated(0), ev[2].clone()]);
     // A record in progress is not interrupted by write_end.
-    let mut enc = Encoder::with_key(&key);
+    let mut enc = Encoder::with_key(&key, mac_storage());
     let mut at = enc.write_header(&HEADER, &mut buf).unwrap().written();
     let p = enc
         .write_record(
@@ -558,7 +564,11 @@ fn encoder_auth_misuse() {
 #[test]
 fn secrets_stay_out_of_debug_output() {
     let key = AuthKey::new([0x42; 32]);
-    let dbg = std::format!("{key:?} {:?} {:?}", Encoder::with_key(&key), keyed(&key));
+    let dbg = std::format!(
+        "{key:?} {:?} {:?}",
+        Encoder::with_key(&key, mac_storage()),
+        keyed(&key)
+    );
     assert!(dbg.contains("AuthKey(..)"));
     assert!(!dbg.contains("66, 66"), "key bytes in {dbg}");
     let g = golden_stream();
@@ -574,7 +584,7 @@ fn secrets_stay_out_of_debug_output() {
 /// A larger stream: FULL pages across several records (each longer than the 256 KiB MAC
 /// batch of `feed_all`), an unknown optional record (skipped), a DELTA run and opaque payloads.
 fn big_stream(key: &AuthKey) -> Vec<u8> {
-    let mut enc = Encoder::with_key(key);
+    let mut enc = Encoder::with_key(key, mac_storage());
     let mut out = vec![0u8; 2 << 20];
     let mut at = enc.write_header(&HEADER, &mut out).unwrap().written();
     let full = [PageRunRepr {
@@ -814,7 +824,7 @@ fn an_unknown_optional_record_is_authenticated_through_feed_all_too() {
     let key = golden_key();
     let mut stream = Vec::new();
     let mut buf = vec![0u8; 4096];
-    let mut enc = Encoder::with_key(&key);
+    let mut enc = Encoder::with_key(&key, mac_storage());
     let mut run = |f: &mut super::WriteFn<'_>| loop {
         let p = f(&mut enc, &mut buf).unwrap();
         stream.extend_from_slice(&buf[..p.written()]);

@@ -423,6 +423,16 @@ pub fn migrate(
     let mut scratch = vec![0u8; 256 * 1024 * usize::from(plan.source.channels.max(1))];
     let staging_len = 64 * 1024 + src.vgpu.config().ggtt_storage_len() * 8 * 2;
     let mut staging = vec![0u8; staging_len];
+    // Caller storage of each channel's stream MAC (one per channel at each end).
+    #[cfg(feature = "auth")]
+    let (mut src_macs, mut dst_macs): (Vec<migstream::MacStorage>, Vec<migstream::MacStorage>) = (
+        (0..vgpu::channel::MAX_CHANNELS)
+            .map(|_| migstream::MacStorage::new())
+            .collect(),
+        (0..vgpu::channel::MAX_CHANNELS)
+            .map(|_| migstream::MacStorage::new())
+            .collect(),
+    );
     let mut s = SourceSession::open(
         &mut src.vgpu,
         &mut src.cpu_log,
@@ -458,8 +468,8 @@ pub fn migrate(
         #[cfg(feature = "auth")]
         {
             let key = migstream::AuthKey::new(key);
-            s.attach_key(&key)?;
-            d.attach_key(&key)?;
+            s.attach_key(&key, &mut src_macs)?;
+            d.attach_key(&key, &mut dst_macs)?;
             d = d.expect_stream_id(plan.source.stream_id);
         }
         #[cfg(not(feature = "auth"))]

@@ -49,9 +49,14 @@ fn authenticated_migrations_equal_the_unmigrated_run() {
     }
 }
 
+/// MAC storage for one keyed destination of a test: leaked, so it outlives any session.
+fn macs() -> &'static mut [migstream::MacStorage] {
+    Box::leak(Box::new([migstream::MacStorage::new()]))
+}
+
 /// A destination that requires the test key.
 fn keyed_dest(mut d: DestSession<'_>) -> DestSession<'_> {
-    d.attach_key(&AuthKey::new(KEY)).unwrap();
+    d.attach_key(&AuthKey::new(KEY), macs()).unwrap();
     d
 }
 
@@ -95,19 +100,20 @@ fn a_keyed_destination_refuses_what_the_key_holder_did_not_produce() {
     let key = AuthKey::new(KEY);
     // Accepted as produced, with the right key and id.
     {
+        let mut macs = [migstream::MacStorage::new()];
         let mut st = sc.storage();
         let mut b = sc.machine(&mut st, true).unwrap();
         let mut staging = vec![0u8; 1 << 20];
         let mut d = DestSession::open(&mut b.vgpu, &mut staging, Limits::DEFAULT)
             .unwrap()
             .expect_stream_id(0xC0FFEE);
-        d.attach_key(&key).unwrap();
+        d.attach_key(&key, &mut macs).unwrap();
         d.feed(&b.vgpu, &mut b.mem, &keyed).unwrap();
         d.validate(&b.vgpu, &b.mem).unwrap();
     }
     // Another key.
     let e = refused(&sc, &keyed, |mut d| {
-        d.attach_key(&AuthKey::new([1; 32])).unwrap();
+        d.attach_key(&AuthKey::new([1; 32]), macs()).unwrap();
         d
     });
     assert!(matches!(e, VgpuError::Stream(_)), "{e:?}");
@@ -127,4 +133,28 @@ fn a_keyed_destination_refuses_what_the_key_holder_did_not_produce() {
     forged[at] ^= 0x10;
     let e = refused(&sc, &forged, keyed_dest);
     assert!(matches!(e, VgpuError::Stream(_)), "{e:?}");
+}
+
+/// The MAC state is caller storage: a keyed session stays within the control-state bound,
+/// and too little MAC storage for its channels is refused with nothing changed (the same
+/// session then accepts enough storage and migrates).
+#[test]
+fn mac_storage_is_the_callers_and_short_storage_is_refused() {
+    const {
+        assert!(size_of::<DestSession<'static>>() <= vgpu::CONTROL_STATE_MAX);
+        assert!(size_of::<vgpu::SourceSession<'static>>() <= vgpu::CONTROL_STATE_MAX);
+        assert!(vgpu::Layout::MAC_STORAGE_LEN > 1024);
+    }
+    let sc = Scenario::small(Profile::MEDIA, 30, 5).unwrap();
+    let mut st = sc.storage();
+    let mut b = sc.machine(&mut st, true).unwrap();
+    let mut staging = vec![0u8; 1 << 20];
+    let mut d = DestSession::open_channels(&mut b.vgpu, &mut staging, Limits::DEFAULT, 3).unwrap();
+    let mut one = [migstream::MacStorage::new()];
+    let e = d.attach_key(&AuthKey::new(KEY), &mut one).unwrap_err();
+    assert_eq!(e, VgpuError::StorageSize);
+    assert_eq!(d.stats().bytes, 0);
+    // Declared after the session: it holds no `Drop` that would outlive the storage.
+    let mut macs = [(); 3].map(|()| migstream::MacStorage::new());
+    d.attach_key(&AuthKey::new(KEY), &mut macs).unwrap();
 }

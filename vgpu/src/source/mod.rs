@@ -39,7 +39,7 @@
 use gmem::{DirtyBitmap, GuestMemoryMap, Policy, PolicyConfig, SwitchReason, words_for};
 use migstream::{Encoder, Progress, RecordFlags, RecordKind, RoundRepr, StreamHeaderRepr};
 
-use crate::channel::{ChannelRepr, MAX_CHANNELS};
+use crate::channel::{ChannelRepr, MAX_CHANNELS, PerChannel};
 use crate::content::{Content, ContentStats, ContentStorage};
 use crate::error::{Buffer, StorageError, VgpuError};
 use crate::fsm::MigState;
@@ -201,8 +201,8 @@ enum Current {
 
 /// One channel's stream: its encoder, the record it is writing, and its place in the round.
 #[derive(Debug)]
-struct Chan {
-    enc: Encoder,
+struct Chan<'s> {
+    enc: Encoder<'s>,
     /// This channel's part of the session's scratch buffer.
     scratch: core::ops::Range<usize>,
     current: Current,
@@ -225,7 +225,7 @@ pub struct SourceSession<'s> {
     header: StreamHeaderRepr,
     send: DirtyBitmap<'s>,
     scratch: &'s mut [u8],
-    chans: heapless::Vec<Chan, MAX_CHANNELS>,
+    chans: PerChannel<Chan<'s>>,
     phase: Phase,
     policy: Policy,
     round: u32,
@@ -277,21 +277,18 @@ impl<'s> SourceSession<'s> {
             cpu.harvest(&mut |_| {});
             send.set_range(0, frames)?;
         }
-        let mut chans = heapless::Vec::new();
         let share = scratch.len() / n;
-        for i in 0..n {
-            let _ = chans.push(Chan {
-                enc: Encoder::new(),
-                scratch: i * share..(i + 1) * share,
-                current: Current::None,
-                cursor: 0,
-                intro: 0,
-                round_done: false,
-                round_pages: 0,
-                round_start_bytes: 0,
-                ended: false,
-            });
-        }
+        let chans = PerChannel::new(n, |i| Chan {
+            enc: Encoder::new(),
+            scratch: i * share..(i + 1) * share,
+            current: Current::None,
+            cursor: 0,
+            intro: 0,
+            round_done: false,
+            round_pages: 0,
+            round_start_bytes: 0,
+            ended: false,
+        });
         let header = StreamHeaderRepr {
             // The CHANNEL record is a 1.1 addition; a single-channel stream is plain 1.0.
             minor: if n > 1 {
@@ -388,15 +385,27 @@ impl<'s> SourceSession<'s> {
     /// fresh [`SourceConfig::stream_id`] per migration (one the destination expects), or a
     /// recorded stream could be replayed. Call before the first `poll_output`; on error nothing changed.
     ///
+    /// Each channel's MAC state lives in the caller's `macs`, one [`migstream::MacStorage`]
+    /// per channel ([`crate::Layout::mac_storage`] of them, [`migstream::MAC_STORAGE_LEN`]
+    /// bytes each), borrowed for the session's life: the session itself stays small.
+    ///
     /// # Errors
-    /// [`VgpuError::WrongPhase`] after output started.
+    /// [`VgpuError::WrongPhase`] after output started; [`VgpuError::StorageSize`] if `macs`
+    /// has fewer entries than the session has channels.
     #[cfg(feature = "auth")]
-    pub fn attach_key(&mut self, key: &migstream::AuthKey) -> Result<(), VgpuError> {
+    pub fn attach_key(
+        &mut self,
+        key: &migstream::AuthKey,
+        macs: &'s mut [migstream::MacStorage],
+    ) -> Result<(), VgpuError> {
         if self.bytes_written() != 0 {
             return Err(VgpuError::WrongPhase);
         }
-        for c in self.chans.iter_mut() {
-            c.enc = Encoder::with_key(key);
+        if macs.len() < self.chans.len() {
+            return Err(VgpuError::StorageSize);
+        }
+        for (c, mac) in self.chans.iter_mut().zip(macs.iter_mut()) {
+            c.enc = Encoder::with_key(key, mac);
         }
         Ok(())
     }
@@ -517,11 +526,11 @@ impl<'s> SourceSession<'s> {
         self.chans.get(channel).map_or(0, |c| c.enc.bytes_written())
     }
 
-    fn chan(&self, c: usize) -> Result<&Chan, VgpuError> {
+    fn chan(&self, c: usize) -> Result<&Chan<'s>, VgpuError> {
         self.chans.get(c).ok_or(VgpuError::WrongPhase)
     }
 
-    fn chan_mut(&mut self, c: usize) -> Result<&mut Chan, VgpuError> {
+    fn chan_mut(&mut self, c: usize) -> Result<&mut Chan<'s>, VgpuError> {
         self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)
     }
 

@@ -1062,7 +1062,8 @@ fn encode_authenticated(
         let at = frame as usize * PAGE + off;
         dst.copy_from_slice(&src[at..at + dst.len()]);
     };
-    let mut enc = Encoder::with_key(key);
+    let mut mac = migstream::MacStorage::new();
+    let mut enc = Encoder::with_key(key, &mut mac);
     let mut at = done(enc.write_header(&stream_header(), out))?;
     let pages = src.len() / PAGE;
     for first in (0..pages).step_by(RECORD_PAGES) {
@@ -1091,7 +1092,8 @@ fn apply_authenticated(
     stream: &[u8],
     dst: &mut [u8],
 ) -> crate::Result<u64> {
-    let mut dec = migstream::Decoder::with_key(Limits::DEFAULT, key);
+    let mut mac = migstream::MacStorage::new();
+    let mut dec = migstream::Decoder::with_key(Limits::DEFAULT, key, &mut mac);
     let mut bytes = 0u64;
     let mut authenticated = false;
     dec.feed_all(stream, |event| {
