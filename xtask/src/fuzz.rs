@@ -395,12 +395,7 @@ fn coverage(target: &str) -> crate::Result {
         .and_then(|p| p.file_name())
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bin = build
-        .join(&triple)
-        .join("coverage")
-        .join(&triple)
-        .join("release")
-        .join(target);
+    let bin = build.join(&triple).join("release").join(target);
     let out = Command::new(tools.join("llvm-cov"))
         .arg("report")
         .arg(&bin)
