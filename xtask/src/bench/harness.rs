@@ -190,6 +190,23 @@ impl Harness {
         timing.map_or(Duration::ZERO, |t| t.median)
     }
 
+    /// [`time_with_setup`](Self::time_with_setup), whose distribution goes to the next recorded
+    /// figure as its reference when `as_reference` (a figure that compares two kernels).
+    pub(crate) fn time_with_setup_as<S>(
+        &self,
+        as_reference: bool,
+        state: &mut S,
+        setup: impl FnMut(&mut S),
+        kernel: impl FnMut(&mut S),
+    ) -> Duration {
+        let d = self.time_with_setup(state, setup, kernel);
+        if as_reference {
+            let mut pending = self.pending.borrow_mut();
+            pending.reference = pending.kernel.take();
+        }
+        d
+    }
+
     /// Page-granular memcpy of `src` into `dst`: the reference every figure is compared with
     /// (median GiB/s; its distribution goes to the next recorded figure).
     pub(crate) fn reference(&self, src: &[u8], dst: &mut [u8]) -> f64 {
