@@ -172,11 +172,14 @@ fn restore(m: &mut Machine<'_>, staging: &mut [u8], wires: &[Vec<u8>]) -> crate:
     Ok(cpu)
 }
 
-/// Median over the timed restores of the most and of the total CPU time of their threads, ns.
+/// Median over the timed restores of the most and of the total CPU time of their threads, ns,
+/// with the fastest and slowest restore's most.
 #[derive(Clone, Copy, Default)]
 struct CpuTimes {
     max: u64,
     sum: u64,
+    max_range: (u64, u64),
+    runs: usize,
 }
 
 impl CpuTimes {
@@ -186,12 +189,14 @@ impl CpuTimes {
             v.get(v.len() / 2).copied()
         };
         let full = runs.iter().filter(|r| !r.is_empty());
+        let maxes: Vec<u64> = full
+            .clone()
+            .filter_map(|r| r.iter().max().copied())
+            .collect();
         Some(Self {
-            max: median(
-                full.clone()
-                    .filter_map(|r| r.iter().max().copied())
-                    .collect(),
-            )?,
+            max_range: (*maxes.iter().min()?, *maxes.iter().max()?),
+            runs: maxes.len(),
+            max: median(maxes)?,
             sum: median(full.map(|r| r.iter().sum()).collect())?,
         })
     }
@@ -331,8 +336,15 @@ pub(crate) fn dest_channels(h: &mut Harness) -> crate::Result {
                 ratio: 0.0,
                 target_ratio: Some(1.8),
                 note: format!(
-                    "per-thread CPU time (schedstat), not wall: the projection for 2 idle cores; \
+                    "per-thread CPU time (schedstat), not wall: the projection for 2 idle cores \
+                     (medians of {}/{} runs; 2 ch [{:.2}-{:.2}], 1 ch [{:.2}-{:.2}] GiB/s); \
                      2 threads' CPU in all {:.2}x of 1",
+                    c2.runs,
+                    c1.runs,
+                    gib_s(bytes, ns(c2.max_range.1)),
+                    gib_s(bytes, ns(c2.max_range.0)),
+                    gib_s(bytes, ns(c1.max_range.1)),
+                    gib_s(bytes, ns(c1.max_range.0)),
                     c2.sum as f64 / c1.sum.max(1) as f64
                 ),
             });
