@@ -181,10 +181,7 @@ impl GuestMemory for ChannelMemory<'_> {
     fn write(&mut self, gfn: Gfn, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
         let (s, r) = self.at(gfn, offset, data.len())?;
         let stripe = self.stripes.get_mut(s).ok_or(MemoryError)?;
-        stripe
-            .get_mut(r)
-            .ok_or(MemoryError)?
-            .copy_from_slice(data);
+        stripe.get_mut(r).ok_or(MemoryError)?.copy_from_slice(data);
         Ok(())
     }
 }
