@@ -529,6 +529,11 @@ impl<'a, 's> IntoIterator for DestChannels<'a, 's> {
     }
 }
 
+// The threading contract, checked at compile time: a channel's handle moves to its own thread,
+// and every channel's thread reads the stopped vGPU.
+static_assertions::assert_impl_all!(DestChannel<'static, 'static>: Send);
+static_assertions::assert_impl_all!(Vgpu<'static>: Sync);
+
 /// Where a channel's handle keeps its stream header (as the bytes it emits to; all zero until
 /// it is read).
 #[derive(Debug)]
