@@ -458,11 +458,16 @@ impl<'s> DestSession<'s> {
     /// Handles over the channels' disjoint state: channel `only`'s (able to compare its header
     /// with every other channel's at once), or every channel's (each seeing its own header only).
     fn split(&mut self, only: Option<usize>) -> impl Iterator<Item = DestChannel<'_, 's>> {
-        let (records, rest) = self.staging.split_at_mut(self.memo_at);
+        // The staging's parts, laid out at open: `memo_at <= hdr_at <= map_at <= len`.
+        let (records, rest) = self
+            .staging
+            .split_at_mut_checked(self.memo_at)
+            .unwrap_or_default();
         let (headers, mut maps) = rest
             .get_mut(self.hdr_at - self.memo_at..)
             .unwrap_or_default()
-            .split_at_mut(self.map_at - self.hdr_at);
+            .split_at_mut_checked(self.map_at - self.hdr_at)
+            .unwrap_or_default();
         let mut main = Some((&mut self.main, records));
         let shared = &self.shared;
         let mut headers = Some(headers);
