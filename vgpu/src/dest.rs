@@ -19,10 +19,47 @@
 //! any interleaving and segmentation. Each channel must start with its CHANNEL record, carry only
 //! the pages of its stripes (and, on channels other than 0, no device state), and share the main
 //! channel's stream id and device; the session is finished when every channel has ended.
+//!
+//! # Channels on their own threads
+//!
+//! [`DestSession::channels`] splits the session into one [`DestChannel`] per channel: each is
+//! `Send` and owns (for the borrow) exactly what its channel changes, so each channel can be read
+//! and applied on its own thread with no lock. This is sound because of the format's striping
+//! (SPEC.md Appendix A.6): a frame's every copy travels on one channel, and a DUP names only frames
+//! of its own channel, so no two channels ever write or read the same guest frame. What each
+//! handle holds:
+//!
+//! | state | where | who changes it |
+//! |---|---|---|
+//! | decoder, CHANNEL record, ROUND numbers, round budget, END | per channel | the channel's handle |
+//! | page map (one bit per frame, summary levels) | a disjoint slice of the staging per channel, indexed by the frame's place in its channel's stripes | the channel's handle |
+//! | stream header | per channel; compared across channels when the channels are joined (at [`DestSession::validate`] or `commit`) | the channel's handle |
+//! | device-state staging, record order, END totals | main channel only | channel 0's handle |
+//! | first failure | one atomic word in the session | whichever handle fails first |
+//!
+//! The rules for the embedder:
+//!
+//! - Each thread gets its handle and a [`GuestMemory`] of its own that reaches at least the frames
+//!   of its channel's stripes: views of one guest memory, or handles over memory that takes
+//!   writes through a shared reference (a VMM's mapped guest RAM). No two channels touch the same
+//!   frame, so the views need no lock between them.
+//! - Every acceptance rule holds per channel as in [`DestSession::feed_channel`], with the same
+//!   error values. A handle whose channel is refused fails the whole session: the other handles
+//!   answer their next feed with [`VgpuError::ChannelFailed`] and apply nothing more, and the
+//!   session's error (returned by every later call on it) is the first failure's.
+//! - Only the comparison of the channels' stream headers waits for the join: a channel whose header
+//!   differs from the main channel's is refused by [`DestSession::validate`] and `commit` (as
+//!   [`VgpuError::BadChannel`]), before any device state changes.
+//! - Drop the handles (end the threads' borrows) before [`DestSession::commit`]; the commit runs on
+//!   one thread with the whole guest memory.
+//!
+//! The result is the same as feeding the same bytes on one thread, for any interleaving.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use gmem::GuestMemoryMap;
 use gtt::Gfn;
-use migstream::{Decoder, Event, FeedError, Limits, RecordKind, StreamHeaderRepr};
+use migstream::{Decoder, Event, FeedError, Limits, RecordKind, STREAM_HEADER_LEN};
 
 use crate::channel::{ChannelRepr, MAX_CHANNELS, PerChannel, STRIPE_FRAMES, channel_of};
 use core::cell::Cell;
@@ -70,6 +107,12 @@ pub struct DestStats {
     pub ggtt_entries: usize,
 }
 
+/// No frame (a frame number never inside guest memory, whose last frame is below it).
+const NO_FRAME: u64 = u64::MAX;
+
+/// No channel has failed (the value of [`Shared::first_failed`]).
+const NO_FAILURE: usize = usize::MAX;
+
 /// Sans-IO destination session over caller staging storage: the staged device state and the page
 /// map. [`DestSession::staging_len`] is what a configuration needs: with that much, a stream can
 /// only fail as the stream's fault, never with [`VgpuError::StagingFull`].
@@ -77,21 +120,38 @@ pub struct DestStats {
 pub struct DestSession<'s> {
     chans: PerChannel<ChanIn<'s>>,
     limits: Limits,
+    staging: &'s mut [u8],
+    /// Where the page maps start in `staging` (channel 0's first, one after another).
+    map_at: usize,
+    /// Where each channel's stream header is kept, as its bytes ([`STREAM_HEADER_LEN`] a channel,
+    /// zero until the header is read), up to `map_at`; the PPGTT check's table memo ends here.
+    hdr_at: usize,
+    /// Where the PPGTT check's table memo starts: device state is staged before it.
+    memo_at: usize,
+    main: Main,
+    shared: Shared,
+}
+
+/// What every channel reads and none changes during a feed, and the first failure.
+#[derive(Debug)]
+struct Shared {
+    channels: usize,
     /// The stream id the embedder expects (a fresh one per migration defeats replay).
     expect_id: Option<u64>,
-    staging: &'s mut [u8],
-    staged: usize,
-    /// Where the page map starts in `staging`.
-    map_at: usize,
-    /// Where the PPGTT check's table memo starts (it ends at `map_at`): device state is staged
-    /// before it.
-    memo_at: usize,
-    zmap: zeromap::ZeroMap,
-    /// The DUP source frame whose contents were last checked against a DUP's hash, and that
-    /// hash, while the frame has not been written since.
-    dup_verified: Option<(u64, u64)>,
     /// xxh3-64 of the zero page (a DUP of a frame known to be zero is checked against it).
     zero_hash: u64,
+    /// Staging bytes after the device-state area (the memo and the page maps): what a
+    /// [`VgpuError::StagingFull`] adds to the device state it needed.
+    tail: usize,
+    /// The channel whose failure failed the session ([`NO_FAILURE`] while none has).
+    first_failed: AtomicUsize,
+}
+
+/// The main channel's device-state staging and its place in the record order.
+#[derive(Debug)]
+struct Main {
+    /// Bytes of staged records (with their staging headers) at the start of the staging.
+    staged: usize,
     /// The record being staged: (kind, start offset of its payload in staging, length).
     open: Option<(RecordKind, usize, usize)>,
     /// Where the main channel is in the record order of SPEC.md Appendix A.
@@ -101,8 +161,18 @@ pub struct DestSession<'s> {
     /// Staged bytes (with their staging headers) of the GGTT pre-copy and of the GGTT after the
     /// stop ([`GgttGroup`]).
     ggtt_bytes: [usize; 2],
-    failed: Option<VgpuError>,
-    stats: DestStats,
+    /// ROUND records of the main channel.
+    rounds: u32,
+}
+
+/// What one channel's pages did (summed into [`DestStats`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct PageStats {
+    full_pages: u64,
+    zero_pages: u64,
+    dup_pages: u64,
+    delta_bytes: u64,
+    bytes: u64,
 }
 
 /// One incoming channel.
@@ -110,10 +180,9 @@ pub struct DestSession<'s> {
 struct ChanIn<'s> {
     /// `None` only while the decoder is lent out during a feed.
     dec: Option<Decoder<'s>>,
-    header: Option<StreamHeaderRepr>,
     /// The CHANNEL record (multi-channel only): its payload as it arrives, then whether it checked.
     intro: [u8; ChannelRepr::LEN],
-    intro_len: Option<u32>,
+    in_intro: bool,
     intro_ok: bool,
     ended: bool,
     /// A PAGES record began since the last ROUND record (its round is not closed yet).
@@ -127,8 +196,17 @@ struct ChanIn<'s> {
     /// frames this channel carries (SPEC.md §6.1, "Round budget").
     round_pages: u64,
     round_budget: u64,
-    /// The frame of the last page counted (the pieces of one page count once).
-    last_page: Option<u64>,
+    /// The frame of the last page counted (the pieces of one page count once), or [`NO_FRAME`].
+    last_page: u64,
+    /// The page map of this channel's frames (by [`local_index`]) and its bytes in staging.
+    zmap: zeromap::ZeroMap,
+    /// The DUP source frame whose contents were last checked against a DUP's hash, and that
+    /// hash, while the frame has not been written since (only this channel writes its frames);
+    /// [`NO_FRAME`] for none.
+    dup_verified: (u64, u64),
+    stats: PageStats,
+    /// The error that refused this channel's stream.
+    failed: Option<VgpuError>,
 }
 
 /// The main channel's place in the record order (SPEC.md Appendix A, "Order").
@@ -140,6 +218,30 @@ enum Stage {
     Rounds,
     /// In the device state after the last round.
     State,
+}
+
+/// The place of dense frame index `index` among the frames of its channel (of `channels`): the
+/// channel's stripes laid end to end, so each channel's page map covers only its own frames.
+fn local_index(index: usize, channels: usize) -> usize {
+    if channels <= 1 {
+        return index;
+    }
+    (index / STRIPE_FRAMES / channels) * STRIPE_FRAMES + index % STRIPE_FRAMES
+}
+
+/// Bytes of the page maps of a migration of `channels` channels over `frames` frames.
+fn maps_len(frames: u64, channels: usize) -> usize {
+    (0..channels)
+        .map(|c| zeromap::len(channel_frames(frames, c, channels)))
+        .fold(0, usize::saturating_add)
+}
+
+/// Bytes of the page maps for any channel count (the staging bound covers every one).
+fn maps_bound(frames: u64) -> usize {
+    (1..=MAX_CHANNELS)
+        .map(|n| maps_len(frames, n))
+        .max()
+        .unwrap_or(0)
 }
 
 impl<'s> DestSession<'s> {
@@ -174,54 +276,88 @@ impl<'s> DestSession<'s> {
             return Err(VgpuError::WrongPhase);
         }
         let frames = vgpu.memory_map().frames();
-        let map_len = zeromap::len(frames);
         let too_small = VgpuError::StagingFull {
             needed: staging_bound(vgpu.config(), vgpu.memory_map()),
         };
-        let map_at = staging.len().checked_sub(map_len).ok_or(too_small)?;
-        let memo_at = map_at
+        let map_at = staging
+            .len()
+            .checked_sub(maps_len(frames, channels))
+            .ok_or(too_small)?;
+        let hdr_at = map_at
+            .checked_sub(STREAM_HEADER_LEN * channels)
+            .ok_or(too_small)?;
+        let memo_at = hdr_at
             .checked_sub(crate::ppgtt::memo_len(frames))
             .ok_or(too_small)?;
-        let zmap = staging
-            .get_mut(map_at..)
-            .and_then(|buf| zeromap::ZeroMap::init(frames, buf))
-            .ok_or(VgpuError::StorageSize)?;
+        staging
+            .get_mut(hdr_at..map_at)
+            .ok_or(VgpuError::StorageSize)?
+            .fill(0);
+        // Each channel's page map over its own frames, one after another.
+        let mut maps = [None; MAX_CHANNELS];
+        let mut rest = staging.get_mut(map_at..).unwrap_or_default();
+        for (c, slot) in maps.iter_mut().enumerate().take(channels) {
+            let len = zeromap::len(channel_frames(frames, c, channels));
+            let (buf, after) = rest
+                .split_at_mut_checked(len)
+                .ok_or(VgpuError::StorageSize)?;
+            let m = zeromap::ZeroMap::init(channel_frames(frames, c, channels), buf)
+                .ok_or(VgpuError::StorageSize)?;
+            *slot = Some(m);
+            rest = after;
+        }
         let _ = vgpu.quiesce();
         vgpu.set_state(MigState::Resuming);
         #[cfg(feature = "log")]
         ::log::info!("vgpu destination: session open, {channels} channel(s)");
-        let chans = PerChannel::new(channels, |c| ChanIn {
-            dec: Some(Decoder::new(limits)),
-            header: None,
-            intro: [0; ChannelRepr::LEN],
-            intro_len: None,
-            intro_ok: channels == 1,
-            ended: false,
-            pages_open: false,
-            rounds: 0,
-            last_round: None,
-            round_final: false,
-            round_pages: 0,
-            round_budget: 2 * channel_frames(frames, c, channels),
-            last_page: None,
+        let chans = PerChannel::new(channels, |c| {
+            let zmap = maps
+                .get(c)
+                .copied()
+                .flatten()
+                .unwrap_or(zeromap::ZeroMap::EMPTY);
+            ChanIn {
+                dec: Some(Decoder::new(limits)),
+                intro: [0; ChannelRepr::LEN],
+                in_intro: false,
+                intro_ok: channels == 1,
+                ended: false,
+                pages_open: false,
+                rounds: 0,
+                last_round: None,
+                round_final: false,
+                round_pages: 0,
+                round_budget: 2 * channel_frames(frames, c, channels),
+                last_page: NO_FRAME,
+                zmap,
+                dup_verified: (NO_FRAME, 0),
+                stats: PageStats::default(),
+                failed: None,
+            }
         });
+        let tail = staging.len() - memo_at;
         Ok(Self {
             chans,
             limits,
-            expect_id: None,
             staging,
-            staged: 0,
             map_at,
+            hdr_at,
             memo_at,
-            zmap,
-            zero_hash: gmem::page_hash(&[0; 4096]),
-            dup_verified: None,
-            open: None,
-            stage: Stage::Start,
-            once: [0; DEVICE_STATE.len()],
-            ggtt_bytes: [0; 2],
-            failed: None,
-            stats: DestStats::default(),
+            main: Main {
+                staged: 0,
+                open: None,
+                stage: Stage::Start,
+                once: [0; DEVICE_STATE.len()],
+                ggtt_bytes: [0; 2],
+                rounds: 0,
+            },
+            shared: Shared {
+                channels,
+                expect_id: None,
+                zero_hash: gmem::page_hash(&[0; 4096]),
+                tail,
+                first_failed: AtomicUsize::new(NO_FAILURE),
+            },
         })
     }
 
@@ -241,7 +377,7 @@ impl<'s> DestSession<'s> {
         key: &migstream::AuthKey,
         macs: &'s mut [migstream::MacStorage],
     ) -> Result<(), VgpuError> {
-        if self.stats.bytes != 0 || self.failed.is_some() {
+        if self.stats().bytes != 0 || self.failure().is_some() {
             return Err(VgpuError::WrongPhase);
         }
         if macs.len() < self.chans.len() {
@@ -262,8 +398,14 @@ impl<'s> DestSession<'s> {
     /// migration a fresh id (chosen by the destination, say) refuses a replayed recording.
     #[must_use]
     pub fn expect_stream_id(mut self, id: u64) -> Self {
-        self.expect_id = Some(id);
+        self.shared.expect_id = Some(id);
         self
+    }
+
+    /// The error that failed the session: the first channel's to fail.
+    fn failure(&self) -> Option<VgpuError> {
+        let c = self.shared.first_failed.load(Ordering::Acquire);
+        self.chans.get(c).and_then(|ch| ch.failed)
     }
 
     /// Feed stream bytes (any segmentation) of the main (or only) channel. Returns the bytes
@@ -292,60 +434,224 @@ impl<'s> DestSession<'s> {
         mem: &mut dyn GuestMemory,
         input: &[u8],
     ) -> Result<usize, VgpuError> {
-        if let Some(e) = self.failed {
+        if let Some(e) = self.failure() {
             return Err(e);
         }
-        if channel >= self.chans.len() {
-            return Err(VgpuError::WrongPhase);
+        let mut ch = self
+            .split(Some(channel))
+            .next()
+            .ok_or(VgpuError::WrongPhase)?;
+        ch.feed(vgpu, mem, input)
+    }
+
+    /// One [`DestChannel`] per channel, each `Send`, to feed the channels concurrently (see the
+    /// [module docs](self#channels-on-their-own-threads)). While they live the session is
+    /// borrowed; drop them before [`commit`](Self::commit).
+    pub fn channels(&mut self) -> DestChannels<'_, 's> {
+        let mut items = [const { None }; MAX_CHANNELS];
+        for (slot, ch) in items.iter_mut().zip(self.split(None)) {
+            *slot = Some(ch);
         }
-        let r = self.feed_inner(channel, vgpu, mem, input);
+        DestChannels { items }
+    }
+
+    /// Handles over the channels' disjoint state: channel `only`'s (able to compare its header
+    /// with every other channel's at once), or every channel's (each seeing its own header only).
+    fn split(&mut self, only: Option<usize>) -> impl Iterator<Item = DestChannel<'_, 's>> {
+        // The staging's parts, laid out at open: `memo_at <= hdr_at <= map_at <= len`.
+        let (records, rest) = self
+            .staging
+            .split_at_mut_checked(self.memo_at)
+            .unwrap_or_default();
+        let (headers, mut maps) = rest
+            .get_mut(self.hdr_at - self.memo_at..)
+            .unwrap_or_default()
+            .split_at_mut_checked(self.map_at - self.hdr_at)
+            .unwrap_or_default();
+        let mut main = Some((&mut self.main, records));
+        let shared = &self.shared;
+        let mut headers = Some(headers);
+        let mut header_slots = None;
+        if only.is_none() {
+            header_slots = headers
+                .take()
+                .map(|h| h.chunks_exact_mut(STREAM_HEADER_LEN));
+        }
+        self.chans
+            .iter_mut()
+            .enumerate()
+            .filter_map(move |(c, ch)| {
+                let (map, after) =
+                    core::mem::take(&mut maps).split_at_mut_checked(ch.zmap.byte_len())?;
+                maps = after;
+                let main = if c == 0 { main.take() } else { None };
+                if only.is_some_and(|o| o != c) {
+                    return None;
+                }
+                let headers = match (headers.take(), header_slots.as_mut()) {
+                    (Some(all), _) => Headers::All(all),
+                    (None, Some(slots)) => Headers::Own(slots.nth(0)?),
+                    (None, None) => return None,
+                };
+                Some(DestChannel {
+                    c,
+                    ch,
+                    map,
+                    headers,
+                    main,
+                    shared,
+                })
+            })
+    }
+}
+
+/// The handles of [`DestSession::channels`]: one [`DestChannel`] per channel of the session.
+#[derive(Debug)]
+pub struct DestChannels<'a, 's> {
+    items: [Option<DestChannel<'a, 's>>; MAX_CHANNELS],
+}
+
+impl<'a, 's> DestChannels<'a, 's> {
+    /// Channel `channel`'s handle.
+    pub fn get_mut(&mut self, channel: usize) -> Option<&mut DestChannel<'a, 's>> {
+        self.items.get_mut(channel)?.as_mut()
+    }
+
+    /// Every handle, channel 0 first.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut DestChannel<'a, 's>> {
+        self.items.iter_mut().flatten()
+    }
+}
+
+impl<'a, 's> IntoIterator for DestChannels<'a, 's> {
+    type Item = DestChannel<'a, 's>;
+    type IntoIter =
+        core::iter::Flatten<core::array::IntoIter<Option<DestChannel<'a, 's>>, MAX_CHANNELS>>;
+
+    /// The handles by value, channel 0 first (to move each to its own thread).
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.into_iter().flatten()
+    }
+}
+
+// The threading contract, checked at compile time: a channel's handle moves to its own thread,
+// and every channel's thread reads the stopped vGPU.
+static_assertions::assert_impl_all!(DestChannel<'static, 'static>: Send);
+static_assertions::assert_impl_all!(Vgpu<'static>: Sync);
+
+/// Where a channel's handle keeps its stream header (as the bytes it emits to; all zero until
+/// it is read).
+#[derive(Debug)]
+enum Headers<'a> {
+    /// Every channel's, compared as each header arrives (one thread).
+    All(&'a mut [u8]),
+    /// Its own (the channels are compared when they are joined).
+    Own(&'a mut [u8]),
+}
+
+/// One channel of a destination session, to be fed on a thread of its own
+/// ([`DestSession::channels`]). It borrows only what its channel changes: its decoder and
+/// counters, its slice of the page map, and (channel 0) the device-state staging.
+#[derive(Debug)]
+pub struct DestChannel<'a, 's> {
+    c: usize,
+    ch: &'a mut ChanIn<'s>,
+    map: &'a mut [u8],
+    headers: Headers<'a>,
+    main: Option<(&'a mut Main, &'a mut [u8])>,
+    shared: &'a Shared,
+}
+
+impl DestChannel<'_, '_> {
+    /// The channel this handle feeds.
+    pub fn channel(&self) -> usize {
+        self.c
+    }
+
+    /// Whether this channel's END record has been verified.
+    pub fn is_finished(&self) -> bool {
+        self.ch.ended
+    }
+
+    /// Feed this channel's stream bytes (any segmentation), applying its pages to `mem`, which
+    /// must reach at least this channel's frames. Returns the bytes consumed (all of them unless
+    /// an error is returned).
+    ///
+    /// # Errors
+    /// As [`DestSession::feed_channel`]; [`VgpuError::ChannelFailed`] once another channel has
+    /// failed the session (this channel's bytes are then not read).
+    pub fn feed(
+        &mut self,
+        vgpu: &Vgpu<'_>,
+        mem: &mut dyn GuestMemory,
+        input: &[u8],
+    ) -> Result<usize, VgpuError> {
+        if let Some(e) = self.ch.failed {
+            return Err(e);
+        }
+        let first = self.shared.first_failed.load(Ordering::Acquire);
+        if first != NO_FAILURE {
+            return Err(VgpuError::ChannelFailed {
+                channel: u16::try_from(first).unwrap_or(u16::MAX),
+            });
+        }
+        let r = self.feed_inner(vgpu, mem, input);
         if let Err(e) = r {
             #[cfg(feature = "log")]
-            ::log::warn!("vgpu destination: stream rejected on channel {channel}: {e}");
-            self.failed = Some(e);
+            ::log::warn!(
+                "vgpu destination: stream rejected on channel {}: {e}",
+                self.c
+            );
+            self.ch.failed = Some(e);
+            let _ = self.shared.first_failed.compare_exchange(
+                NO_FAILURE,
+                self.c,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
         r
     }
 
     fn feed_inner(
         &mut self,
-        c: usize,
         vgpu: &Vgpu<'_>,
         mem: &mut dyn GuestMemory,
         input: &[u8],
     ) -> Result<usize, VgpuError> {
-        let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
-        let mut dec = ch.dec.take().ok_or(VgpuError::WrongPhase)?;
+        let mut dec = self.ch.dec.take().ok_or(VgpuError::WrongPhase)?;
         // `feed_all` checksums each chunk of page bytes as it hands it out (then in cache for the
         // write to guest memory).
-        let r = dec.feed_all(input, |ev| self.on_event(c, vgpu, mem, ev));
-        if let Some(ch) = self.chans.get_mut(c) {
-            ch.dec = Some(dec);
-        }
+        let r = dec.feed_all(input, |ev| self.on_event(vgpu, mem, ev));
+        self.ch.dec = Some(dec);
         let n = match r {
             Ok(n) => n,
             Err(FeedError::Decode(e)) => return Err(e.into()),
             Err(FeedError::Sink(e)) => return Err(e),
         };
-        self.stats.bytes += n as u64;
+        self.ch.stats.bytes += n as u64;
         Ok(n)
     }
 
-    /// Checks that page `gfn` may arrive on channel `c`: inside guest memory, and in one of the
+    fn channel_u16(&self) -> u16 {
+        u16::try_from(self.c).unwrap_or(u16::MAX)
+    }
+
+    /// Checks that page `gfn` may arrive on this channel: inside guest memory, and in one of the
     /// channel's stripes. Returns its dense index.
-    fn check_page(&self, c: usize, map: &GuestMemoryMap, gfn: u64) -> Result<usize, VgpuError> {
+    fn check_page(&self, map: &GuestMemoryMap, gfn: u64) -> Result<usize, VgpuError> {
         let Some(index) = map.index_of(Gfn::new(gfn)) else {
             return Err(VgpuError::FrameOutsideMemory { gfn });
         };
-        self.check_stripe(c, gfn, index)?;
+        self.check_stripe(gfn, index)?;
         Ok(index)
     }
 
-    fn check_stripe(&self, c: usize, gfn: u64, index: usize) -> Result<(), VgpuError> {
-        if channel_of(index, self.chans.len()) != c {
+    fn check_stripe(&self, gfn: u64, index: usize) -> Result<(), VgpuError> {
+        if channel_of(index, self.shared.channels) != self.c {
             return Err(VgpuError::WrongChannel {
                 gfn,
-                channel: u16::try_from(c).unwrap_or(u16::MAX),
+                channel: self.channel_u16(),
             });
         }
         Ok(())
@@ -353,15 +659,15 @@ impl<'s> DestSession<'s> {
 
     /// Checks a ZERO run as [`check_page`](Self::check_page) checks each of its pages, reporting
     /// the first page that fails, in `O(regions)` whatever its `count`. Returns the dense index of
-    /// `first`: the run's frames are consecutive dense indices.
+    /// `first`: the run's frames are consecutive dense indices (within one stripe when there are
+    /// several channels).
     fn check_zero_run(
         &self,
-        c: usize,
         map: &GuestMemoryMap,
         first: u64,
         count: u32,
     ) -> Result<usize, VgpuError> {
-        let start = self.check_page(c, map, first)?;
+        let start = self.check_page(map, first)?;
         // The frames from `first` on that are guest memory without a hole: up to the end of
         // `first`'s region and of every region that follows it without a gap.
         let mut inside_end = first;
@@ -373,13 +679,12 @@ impl<'s> DestSession<'s> {
         let end = first.saturating_add(u64::from(count));
         // Pages on another channel's stripe (the first such page comes before any page outside
         // memory when it lies before `inside_end`).
-        let channels = self.chans.len();
-        if channels > 1 {
+        if self.shared.channels > 1 {
             let in_stripe = (STRIPE_FRAMES - start % STRIPE_FRAMES) as u64;
             let next = first.saturating_add(in_stripe);
             if next < end.min(inside_end) {
                 let index = start + STRIPE_FRAMES - start % STRIPE_FRAMES;
-                self.check_stripe(c, next, index)?;
+                self.check_stripe(next, index)?;
             }
         }
         if inside_end < end {
@@ -390,18 +695,17 @@ impl<'s> DestSession<'s> {
 
     fn on_event(
         &mut self,
-        c: usize,
         vgpu: &Vgpu<'_>,
         mem: &mut dyn GuestMemory,
         ev: Event<'_>,
     ) -> Result<(), VgpuError> {
-        let channels = self.chans.len();
+        let c = self.c;
+        let channels = self.shared.channels;
         let bad_channel = VgpuError::BadChannel {
-            channel: u16::try_from(c).unwrap_or(u16::MAX),
+            channel: self.channel_u16(),
         };
-        let ch = self.chans.get(c).ok_or(VgpuError::WrongPhase)?;
-        let intro_pending = !ch.intro_ok;
-        let in_intro = ch.intro_len.is_some();
+        let intro_pending = !self.ch.intro_ok;
+        let in_intro = self.ch.in_intro;
         match ev {
             Event::Header(h) => {
                 let local = vgpu.config().identity();
@@ -411,45 +715,53 @@ impl<'s> DestSession<'s> {
                 {
                     return Err(VgpuError::GuestViewMismatch);
                 }
-                if self.expect_id.is_some_and(|id| id != h.stream_id) {
+                if self.shared.expect_id.is_some_and(|id| id != h.stream_id) {
                     return Err(VgpuError::UnexpectedStreamId { id: h.stream_id });
                 }
-                // Every channel belongs to the same migration.
-                if self.chans.iter().filter_map(|o| o.header).any(|o| o != h) {
-                    return Err(bad_channel);
-                }
-                if let Some(ch) = self.chans.get_mut(c) {
-                    ch.header = Some(h);
-                }
+                let mut bytes = [0u8; STREAM_HEADER_LEN];
+                h.emit(&mut bytes);
+                let slot = match &mut self.headers {
+                    Headers::All(all) => {
+                        // Every channel belongs to the same migration.
+                        let read = |s: &&[u8]| s.iter().any(|&b| b != 0);
+                        if all
+                            .chunks_exact(STREAM_HEADER_LEN)
+                            .filter(read)
+                            .any(|o| *o != bytes)
+                        {
+                            return Err(bad_channel);
+                        }
+                        all.chunks_exact_mut(STREAM_HEADER_LEN).nth(c)
+                    }
+                    Headers::Own(slot) => Some(&mut **slot),
+                };
+                slot.ok_or(VgpuError::WrongPhase)?.copy_from_slice(&bytes);
             }
             Event::RecordBegin { kind, len, .. } if kind == RecordKind::CHANNEL => {
                 if !intro_pending || in_intro || usize::try_from(len).ok() != Some(ChannelRepr::LEN)
                 {
                     return Err(bad_channel);
                 }
-                if let Some(ch) = self.chans.get_mut(c) {
-                    ch.intro_len = Some(0);
-                }
+                self.ch.in_intro = true;
             }
             Event::Payload { kind, offset, data } if kind == RecordKind::CHANNEL => {
-                let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
                 let off = usize::try_from(offset).map_err(|_| VgpuError::WrongPhase)?;
-                ch.intro
+                self.ch
+                    .intro
                     .get_mut(off..off + data.len())
                     .ok_or(bad_channel)?
                     .copy_from_slice(data);
             }
             Event::RecordEnd { kind, .. } if kind == RecordKind::CHANNEL => {
-                let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
                 let want = ChannelRepr {
                     channel: u16::try_from(c).map_err(|_| VgpuError::WrongPhase)?,
                     channels: u16::try_from(channels).map_err(|_| VgpuError::WrongPhase)?,
                 };
-                if ChannelRepr::parse(&ch.intro) != Some(want) {
+                if ChannelRepr::parse(&self.ch.intro) != Some(want) {
                     return Err(bad_channel);
                 }
-                ch.intro_ok = true;
-                ch.intro_len = None;
+                self.ch.intro_ok = true;
+                self.ch.in_intro = false;
             }
             // Nothing but the CHANNEL record may come first on a channel of a multi-channel stream.
             Event::RecordBegin { .. } | Event::Round(_) | Event::End(_) if intro_pending => {
@@ -459,58 +771,27 @@ impl<'s> DestSession<'s> {
                 // Device state travels on the main channel only.
                 return Err(bad_channel);
             }
+            Event::RecordBegin { kind, .. } if kind == RecordKind::PAGES => {
+                // Pages belong to a round: never after the device state began.
+                if let Some((main, _)) = self.main.as_mut() {
+                    if main.stage == Stage::State {
+                        return Err(VgpuError::RecordOrder { kind: kind.0 });
+                    }
+                    main.stage = Stage::Rounds;
+                }
+                self.ch.pages_open = true;
+            }
             Event::RecordBegin {
                 kind, version, len, ..
-            } => {
-                if kind == RecordKind::PAGES {
-                    // Pages belong to a round: never after the device state began.
-                    if c == 0 {
-                        if self.stage == Stage::State {
-                            return Err(VgpuError::RecordOrder { kind: kind.0 });
-                        }
-                        self.stage = Stage::Rounds;
-                    }
-                    if let Some(ch) = self.chans.get_mut(c) {
-                        ch.pages_open = true;
-                    }
-                    return Ok(());
-                }
-                // SPEC.md §7 and Appendix A: a reader rejects versions it does not know
-                // rather than misread a newer layout.
-                let Some((row, part)) = row_of(kind).filter(|(_, p)| p.reads(version)) else {
-                    return Err(VgpuError::UnsupportedRecord { kind: kind.0 });
-                };
-                // A length no valid record of the kind has is the stream's fault (it cannot be
-                // stored, so it is checked before anything else of the record).
-                let len = usize::try_from(len).unwrap_or(usize::MAX);
-                let max = part.bound(vgpu.config());
-                if len > max {
-                    return Err(part.refusal(max));
-                }
-                let group = self.begin_device_state(vgpu, c, row, len)?;
-                let start = self.staged + STAGED_HEADER;
-                let end = start
-                    .checked_add(len)
-                    .ok_or(VgpuError::StagingFull { needed: usize::MAX })?;
-                if end > self.memo_at {
-                    let needed = end.saturating_add(self.staging.len() - self.memo_at);
-                    return Err(VgpuError::StagingFull { needed });
-                }
-                self.open = Some((kind, start, len));
-                if let Some(g) = group
-                    && let Some(b) = self.ggtt_bytes.get_mut(usize::from(g))
-                {
-                    *b += STAGED_HEADER + len;
-                }
-            }
+            } => self.begin_record(vgpu, kind, version, len)?,
             Event::Payload { kind, offset, data } => {
-                let (open_kind, start, len) = self.open.ok_or(VgpuError::WrongPhase)?;
+                let (main, records) = self.main.as_mut().ok_or(VgpuError::WrongPhase)?;
+                let (open_kind, start, len) = main.open.ok_or(VgpuError::WrongPhase)?;
                 let off = usize::try_from(offset).map_err(|_| VgpuError::WrongPhase)?;
                 if open_kind != kind || off + data.len() > len {
                     return Err(VgpuError::WrongPhase);
                 }
-                let dst = self
-                    .staging
+                let dst = records
                     .get_mut(start + off..start + off + data.len())
                     .ok_or(VgpuError::WrongPhase)?;
                 dst.copy_from_slice(data);
@@ -518,12 +799,12 @@ impl<'s> DestSession<'s> {
             // Only the main channel stages device state: another channel's record ending must not
             // close the record the main channel is staging.
             Event::RecordEnd { kind, .. } if c == 0 => {
-                if let Some((open_kind, start, len)) = self.open.take() {
+                let (main, records) = self.main.as_mut().ok_or(VgpuError::WrongPhase)?;
+                if let Some((open_kind, start, len)) = main.open.take() {
                     if open_kind != kind {
                         return Err(VgpuError::WrongPhase);
                     }
-                    let hdr: &mut [u8; STAGED_HEADER] = self
-                        .staging
+                    let hdr: &mut [u8; STAGED_HEADER] = records
                         .get_mut(start - STAGED_HEADER..start)
                         .and_then(|h| h.try_into().ok())
                         .ok_or(VgpuError::WrongPhase)?;
@@ -531,9 +812,9 @@ impl<'s> DestSession<'s> {
                     let [l0, l1, l2, l3] = u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes();
                     // Byte 2: the GGTT group of a GGTT_RUNS record (0 for every other kind).
                     let group =
-                        u8::from(kind == RecordKind::GGTT_RUNS && self.stage == Stage::State);
+                        u8::from(kind == RecordKind::GGTT_RUNS && main.stage == Stage::State);
                     *hdr = [k0, k1, group, 0, l0, l1, l2, l3];
-                    self.staged = start + len;
+                    main.staged = start + len;
                 }
             }
             Event::PageData {
@@ -542,14 +823,14 @@ impl<'s> DestSession<'s> {
                 data,
             } => {
                 let gfn = Gfn::new(frame);
-                let index = self.check_page(c, vgpu.memory_map(), frame)?;
-                self.count_pages(c, Some(frame), 1)?;
+                let index = self.check_page(vgpu.memory_map(), frame)?;
+                self.count_pages(Some(frame), 1)?;
                 self.written(frame, 1);
                 mem.write(gfn, usize::from(offset), data)
                     .map_err(|_| VgpuError::GuestMemory)?;
                 self.mark(index);
                 if usize::from(offset) + data.len() == 4096 {
-                    self.stats.full_pages += 1;
+                    self.ch.stats.full_pages += 1;
                 }
             }
             Event::PageCopy {
@@ -558,10 +839,10 @@ impl<'s> DestSession<'s> {
                 hash,
             } => {
                 let (gfn, from) = (Gfn::new(frame), Gfn::new(from_frame));
-                let to_index = self.check_page(c, vgpu.memory_map(), frame)?;
-                let from_index = self.check_page(c, vgpu.memory_map(), from_frame)?;
+                let to_index = self.check_page(vgpu.memory_map(), frame)?;
+                let from_index = self.check_page(vgpu.memory_map(), from_frame)?;
                 // Whole pages, each paid for by 16 bytes: every one counts.
-                self.count_pages(c, None, 1)?;
+                self.count_pages(None, 1)?;
                 let mismatch = VgpuError::DuplicateMismatch {
                     gfn: frame,
                     from: from_frame,
@@ -572,23 +853,23 @@ impl<'s> DestSession<'s> {
                     mem.read(from, 0, &mut page)
                         .map_err(|_| VgpuError::GuestMemory)?;
                     // A source frame unchanged since its hash was checked is not hashed again.
-                    if self.dup_verified != Some((from_frame, hash)) {
+                    if self.ch.dup_verified != (from_frame, hash) {
                         if gmem::page_hash(&page) != hash {
                             return Err(mismatch);
                         }
-                        self.dup_verified = Some((from_frame, hash));
+                        self.ch.dup_verified = (from_frame, hash);
                     }
                     mem.write(gfn, 0, &page)
                         .map_err(|_| VgpuError::GuestMemory)?;
                     self.mark(to_index);
                 } else {
                     // A copy of a zero page: no read, no hash of 4 KiB.
-                    if hash != self.zero_hash {
+                    if hash != self.shared.zero_hash {
                         return Err(mismatch);
                     }
                     self.zero(mem, gfn, to_index)?;
                 }
-                self.stats.dup_pages += 1;
+                self.ch.stats.dup_pages += 1;
             }
             Event::PageXor {
                 frame,
@@ -596,8 +877,8 @@ impl<'s> DestSession<'s> {
                 data,
             } => {
                 let gfn = Gfn::new(frame);
-                let index = self.check_page(c, vgpu.memory_map(), frame)?;
-                self.count_pages(c, Some(frame), 1)?;
+                let index = self.check_page(vgpu.memory_map(), frame)?;
+                self.count_pages(Some(frame), 1)?;
                 self.written(frame, 1);
                 // In pieces through a small buffer: a short segment (the common case, and a
                 // flood's) costs its own length, not a page.
@@ -615,36 +896,39 @@ impl<'s> DestSession<'s> {
                     off += piece.len();
                 }
                 self.mark(index);
-                self.stats.delta_bytes += data.len() as u64;
+                self.ch.stats.delta_bytes += data.len() as u64;
             }
             Event::ZeroPages { first_frame, count } => {
                 // Only frames that may hold something are written: the run costs its length in
                 // map words at most, and each page written was paid for by the write that made it
                 // non-zero (or is written once, the first time the stream names it).
-                let start = self.check_zero_run(c, vgpu.memory_map(), first_frame, count)?;
-                self.count_pages(c, None, count)?;
+                let start = self.check_zero_run(vgpu.memory_map(), first_frame, count)?;
+                self.count_pages(None, count)?;
                 self.written(first_frame, count);
-                let end = start.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
-                let mut at = start;
-                while let Some(index) = self.next_maybe_nonzero(at, end) {
-                    let gfn = Gfn::new(first_frame + (index - start) as u64);
-                    self.zero(mem, gfn, index)?;
-                    at = index + 1;
+                // The run lies in one stripe (or there is one channel): its local indices are
+                // consecutive too.
+                let local = local_index(start, channels);
+                let end = local.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
+                let mut at = local;
+                while let Some(i) = self.ch.zmap.next_set(self.map, at, end) {
+                    let gfn = Gfn::new(first_frame + (i - local) as u64);
+                    self.zero_local(mem, gfn, i)?;
+                    at = i + 1;
                 }
-                self.stats.zero_pages += u64::from(count);
+                self.ch.stats.zero_pages += u64::from(count);
             }
             Event::Skipped { .. } => {}
             Event::Round(r) => {
-                if c == 0 {
-                    if self.stage == Stage::State {
+                if let Some((main, _)) = self.main.as_mut() {
+                    if main.stage == Stage::State {
                         return Err(VgpuError::RecordOrder {
                             kind: RecordKind::ROUND.0,
                         });
                     }
-                    self.stage = Stage::Rounds;
-                    self.stats.rounds += 1;
+                    main.stage = Stage::Rounds;
+                    main.rounds += 1;
                 }
-                let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
+                let ch = &mut *self.ch;
                 // Rounds count from 0, one by one; only the final round may skip a number (the
                 // round the stop abandoned has no ROUND record), and nothing follows it.
                 let (ok, skipped) = match ch.last_round {
@@ -667,30 +951,135 @@ impl<'s> DestSession<'s> {
                 ch.rounds += 1;
                 ch.pages_open = false;
                 ch.round_pages = 0;
-                ch.last_page = None;
+                ch.last_page = NO_FRAME;
             }
             Event::End(_) => {
-                let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
-                if ch.pages_open {
+                if self.ch.pages_open {
                     // Pages after the channel's last ROUND record.
                     return Err(VgpuError::RecordOrder {
                         kind: RecordKind::PAGES.0,
                     });
                 }
-                ch.ended = true;
+                self.ch.ended = true;
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// The order and count rules of a device-state record beginning on channel `c` (SPEC.md
-    /// Appendix A), checked before anything of it is staged. Returns the GGTT group of a
-    /// `GGTT_RUNS` record.
+    /// A device-state record begins on the main channel: its version, length, order and count are
+    /// checked, and room is made for it in the staging.
+    fn begin_record(
+        &mut self,
+        vgpu: &Vgpu<'_>,
+        kind: RecordKind,
+        version: u8,
+        len: u32,
+    ) -> Result<(), VgpuError> {
+        // SPEC.md §7 and Appendix A: a reader rejects versions it does not know rather than
+        // misread a newer layout.
+        let Some((row, part)) = row_of(kind).filter(|(_, p)| p.reads(version)) else {
+            return Err(VgpuError::UnsupportedRecord { kind: kind.0 });
+        };
+        // A length no valid record of the kind has is the stream's fault (it cannot be
+        // stored, so it is checked before anything else of the record).
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        let max = part.bound(vgpu.config());
+        if len > max {
+            return Err(part.refusal(max));
+        }
+        let pages_open = self.ch.pages_open;
+        let tail = self.shared.tail;
+        let (main, records) = self.main.as_mut().ok_or(VgpuError::WrongPhase)?;
+        let group = main.begin_device_state(vgpu, pages_open, row, len)?;
+        let start = main.staged + STAGED_HEADER;
+        let end = start
+            .checked_add(len)
+            .ok_or(VgpuError::StagingFull { needed: usize::MAX })?;
+        if end > records.len() {
+            let needed = end.saturating_add(tail);
+            return Err(VgpuError::StagingFull { needed });
+        }
+        main.open = Some((kind, start, len));
+        if let Some(g) = group
+            && let Some(b) = main.ggtt_bytes.get_mut(usize::from(g))
+        {
+            *b += STAGED_HEADER + len;
+        }
+        Ok(())
+    }
+
+    /// Count `pages` written on this channel against its round's budget (SPEC.md §6.1, "Round
+    /// budget"). `frame` names a single page, whose later pieces (FULL data chunks, DELTA
+    /// segments) arriving next count no more; `None` counts `pages` whole pages (a DUP page, a ZERO
+    /// run).
+    fn count_pages(&mut self, frame: Option<u64>, pages: u32) -> Result<(), VgpuError> {
+        let ch = &mut *self.ch;
+        if frame.is_some_and(|f| f == ch.last_page && f != NO_FRAME) {
+            return Ok(());
+        }
+        ch.last_page = frame.unwrap_or(NO_FRAME);
+        ch.round_pages = ch.round_pages.saturating_add(u64::from(pages));
+        if ch.round_pages > ch.round_budget {
+            return Err(VgpuError::RoundOverBudget {
+                channel: self.channel_u16(),
+                round: self.ch.last_round.map_or(0, |r| r.saturating_add(1)),
+            });
+        }
+        Ok(())
+    }
+
+    /// Frames `first..first + count` are being written: a DUP hash checked on one of them no
+    /// longer holds.
+    fn written(&mut self, first: u64, count: u32) {
+        let (f, _) = self.ch.dup_verified;
+        if f != NO_FRAME && f.wrapping_sub(first) < u64::from(count) {
+            self.ch.dup_verified = (NO_FRAME, 0);
+        }
+    }
+
+    /// Frame of dense index `index` (one of this channel's) may now be non-zero.
+    fn mark(&mut self, index: usize) {
+        let i = local_index(index, self.shared.channels);
+        self.ch.zmap.mark(self.map, i);
+    }
+
+    fn maybe_nonzero(&self, index: usize) -> bool {
+        let i = local_index(index, self.shared.channels);
+        self.ch.zmap.get(self.map, i)
+    }
+
+    /// Zero frame `gfn` (dense index `index`) unless it is known to be zero.
+    fn zero(&mut self, mem: &mut dyn GuestMemory, gfn: Gfn, index: usize) -> Result<(), VgpuError> {
+        let i = local_index(index, self.shared.channels);
+        self.zero_local(mem, gfn, i)
+    }
+
+    /// [`zero`](Self::zero) by the frame's index in this channel's page map.
+    fn zero_local(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        gfn: Gfn,
+        local: usize,
+    ) -> Result<(), VgpuError> {
+        const ZERO: [u8; 4096] = [0; 4096];
+        if self.ch.zmap.get(self.map, local) {
+            mem.write(gfn, 0, &ZERO)
+                .map_err(|_| VgpuError::GuestMemory)?;
+            self.ch.zmap.clear(self.map, local);
+        }
+        Ok(())
+    }
+}
+
+impl Main {
+    /// The order and count rules of a device-state record beginning on the main channel (SPEC.md
+    /// Appendix A), checked before anything of it is staged. `pages_open`: the channel's last
+    /// round has pages but no ROUND record yet. Returns the GGTT group of a `GGTT_RUNS` record.
     fn begin_device_state(
         &mut self,
         vgpu: &Vgpu<'_>,
-        c: usize,
+        pages_open: bool,
         row: usize,
         len: usize,
     ) -> Result<Option<u8>, VgpuError> {
@@ -724,7 +1113,7 @@ impl<'s> DestSession<'s> {
                 });
             }
         }
-        if self.chans.get(c).is_some_and(|ch| ch.pages_open) {
+        if pages_open {
             // The last round's pages without its ROUND record.
             return Err(VgpuError::RecordOrder {
                 kind: RecordKind::PAGES.0,
@@ -733,12 +1122,14 @@ impl<'s> DestSession<'s> {
         self.stage = Stage::State;
         Ok(group)
     }
+}
 
+impl<'s> DestSession<'s> {
     /// The staging storage a session on `vgpu` needs: the page map (one bit per guest frame and
-    /// its summary levels), the PPGTT check's table memo (one byte per guest frame,
-    /// [`crate::ppgtt::memo_len`]) plus [`device_state_bound`]. With at least this much,
-    /// [`VgpuError::StagingFull`] cannot happen: a stream that would need more breaks a rule of the
-    /// format and is refused as the stream's fault.
+    /// its summary levels, for any channel count), each channel's stream header, the PPGTT check's table memo (one byte per
+    /// guest frame, [`crate::ppgtt::memo_len`]) plus [`device_state_bound`]. With at least this
+    /// much, [`VgpuError::StagingFull`] cannot happen: a stream that would need more breaks a rule
+    /// of the format and is refused as the stream's fault.
     pub fn staging_len(vgpu: &Vgpu<'_>) -> usize {
         staging_bound(vgpu.config(), vgpu.memory_map())
     }
@@ -749,78 +1140,14 @@ impl<'s> DestSession<'s> {
     fn staged_and_memo(&mut self) -> (StagedIter<'_>, &[Cell<u8>]) {
         let (records, rest) = self.staging.split_at_mut(self.memo_at);
         let memo = rest
-            .get_mut(..self.map_at - self.memo_at)
+            .get_mut(..self.hdr_at - self.memo_at)
             .unwrap_or_default();
         (
             StagedIter {
-                buf: records.get(..self.staged).unwrap_or_default(),
+                buf: records.get(..self.main.staged).unwrap_or_default(),
             },
             Cell::from_mut(memo).as_slice_of_cells(),
         )
-    }
-
-    fn map_buf(&mut self) -> &mut [u8] {
-        self.staging.get_mut(self.map_at..).unwrap_or_default()
-    }
-
-    /// Count `pages` written on channel `c` against its round's budget (SPEC.md §6.1, "Round
-    /// budget"). `frame` names a single page, whose later pieces (FULL data chunks, DELTA
-    /// segments) arriving next count no more; `None` counts `pages` whole pages (a DUP page, a ZERO
-    /// run).
-    fn count_pages(&mut self, c: usize, frame: Option<u64>, pages: u32) -> Result<(), VgpuError> {
-        let ch = self.chans.get_mut(c).ok_or(VgpuError::WrongPhase)?;
-        if frame.is_some() && frame == ch.last_page {
-            return Ok(());
-        }
-        ch.last_page = frame;
-        ch.round_pages = ch.round_pages.saturating_add(u64::from(pages));
-        if ch.round_pages > ch.round_budget {
-            return Err(VgpuError::RoundOverBudget {
-                channel: u16::try_from(c).unwrap_or(u16::MAX),
-                round: ch.last_round.map_or(0, |r| r.saturating_add(1)),
-            });
-        }
-        Ok(())
-    }
-
-    /// Frames `first..first + count` are being written: a DUP hash checked on one of them no
-    /// longer holds.
-    fn written(&mut self, first: u64, count: u32) {
-        if let Some((f, _)) = self.dup_verified
-            && f.wrapping_sub(first) < u64::from(count)
-        {
-            self.dup_verified = None;
-        }
-    }
-
-    fn mark(&mut self, index: usize) {
-        let m = self.zmap;
-        m.mark(self.map_buf(), index);
-    }
-
-    fn maybe_nonzero(&self, index: usize) -> bool {
-        self.zmap
-            .get(self.staging.get(self.map_at..).unwrap_or_default(), index)
-    }
-
-    fn next_maybe_nonzero(&self, from: usize, end: usize) -> Option<usize> {
-        self.zmap.next_set(
-            self.staging.get(self.map_at..).unwrap_or_default(),
-            from,
-            end,
-        )
-    }
-
-    /// Zero frame `gfn` (dense index `index`) unless it is known to be zero.
-    fn zero(&mut self, mem: &mut dyn GuestMemory, gfn: Gfn, index: usize) -> Result<(), VgpuError> {
-        const ZERO: [u8; 4096] = [0; 4096];
-        if self.maybe_nonzero(index) {
-            mem.write(gfn, 0, &ZERO)
-                .map_err(|_| VgpuError::GuestMemory)?;
-            let m = self.zmap;
-            m.clear(self.map_buf(), index);
-        }
-        Ok(())
     }
 
     /// Whether the END record of every channel has been verified.
@@ -835,10 +1162,19 @@ impl<'s> DestSession<'s> {
 
     /// Statistics so far.
     pub fn stats(&self) -> DestStats {
-        DestStats {
-            staged_bytes: self.staged,
-            ..self.stats
+        let mut s = DestStats {
+            rounds: self.main.rounds,
+            staged_bytes: self.main.staged,
+            ..DestStats::default()
+        };
+        for p in self.chans.iter().map(|ch| ch.stats) {
+            s.full_pages += p.full_pages;
+            s.zero_pages += p.zero_pages;
+            s.dup_pages += p.dup_pages;
+            s.delta_bytes += p.delta_bytes;
+            s.bytes += p.bytes;
         }
+        s
     }
 
     /// Whether the staged registers enable 64 KiB PPGTT pages (`GAMW_ECO_DEV_RW_IA` bits 3:0
@@ -860,7 +1196,7 @@ impl<'s> DestSession<'s> {
 
     fn staged_grouped(&self) -> StagedIter<'_> {
         StagedIter {
-            buf: self.staging.get(..self.staged).unwrap_or(&[]),
+            buf: self.staging.get(..self.main.staged).unwrap_or(&[]),
         }
     }
 
@@ -877,7 +1213,7 @@ impl<'s> DestSession<'s> {
         vgpu: &Vgpu<'_>,
         mem: &dyn GuestMemory,
     ) -> Result<crate::ppgtt::PpgttList, VgpuError> {
-        if let Some(e) = self.failed {
+        if let Some(e) = self.failure() {
             return Err(e);
         }
         for ch in self.chans.iter() {
@@ -885,6 +1221,31 @@ impl<'s> DestSession<'s> {
                 return Err(VgpuError::Truncated);
             }
             ch.dec.as_ref().ok_or(VgpuError::WrongPhase)?.finish()?;
+        }
+        // Every channel belongs to the same migration (channels fed on their own threads are
+        // compared here; on one thread each header was compared as it came). A channel that
+        // differs fails the session.
+        let headers = self
+            .staging
+            .get(self.hdr_at..self.map_at)
+            .unwrap_or_default();
+        let mut slots = headers.chunks_exact(STREAM_HEADER_LEN);
+        let main_header = slots.next();
+        let differs = slots.position(|h| Some(h) != main_header).map(|i| i + 1);
+        if let Some(c) = differs {
+            let e = VgpuError::BadChannel {
+                channel: u16::try_from(c).unwrap_or(u16::MAX),
+            };
+            if let Some(ch) = self.chans.get_mut(c) {
+                ch.failed = Some(e);
+            }
+            let _ = self.shared.first_failed.compare_exchange(
+                NO_FAILURE,
+                c,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            return Err(e);
         }
         // Every channel ended with the same round (SPEC.md §6.2, Appendix A.6). Their counts may
         // differ by the round a stop abandoned: some channels may have closed their share of it
@@ -1012,7 +1373,8 @@ pub(crate) fn staging_bound(
     config: &crate::instance::VgpuConfig,
     map: &gmem::GuestMemoryMap,
 ) -> usize {
-    zeromap::len(map.frames())
+    maps_bound(map.frames())
+        .saturating_add(STREAM_HEADER_LEN * MAX_CHANNELS)
         .saturating_add(crate::ppgtt::memo_len(map.frames()))
         .saturating_add(device_state_bound(config))
 }
@@ -1096,24 +1458,37 @@ mod zeromap {
     #[derive(Debug, Clone, Copy)]
     pub(super) struct ZeroMap {
         frames: usize,
-        /// Byte offset of each level in the buffer (at most 11 levels for 64-bit indices).
-        at: [usize; 12],
+        /// Byte offset of each level in the buffer (at most 6 levels: a map of more than 2^32
+        /// frames, or of 4 GiB, is refused).
+        at: [u32; 6],
         depth: usize,
     }
 
     impl ZeroMap {
+        /// A map of no frames (for the channels a session does not have).
+        pub(super) const EMPTY: Self = Self {
+            frames: 0,
+            at: [0; 6],
+            depth: 0,
+        };
+
+        /// Bytes of this map ([`len`] of its frames).
+        pub(super) fn byte_len(&self) -> usize {
+            len(self.frames as u64)
+        }
+
         /// Lay the map out for `frames` frames and mark every frame as possibly non-zero.
         pub(super) fn init(frames: u64, buf: &mut [u8]) -> Option<Self> {
             let frames = usize::try_from(frames).ok()?;
             let mut m = Self {
                 frames,
-                at: [0; 12],
+                at: [0; 6],
                 depth: 0,
             };
             let mut off = 0;
             let mut bits = frames;
             for words in levels(frames) {
-                *m.at.get_mut(m.depth)? = off;
+                *m.at.get_mut(m.depth)? = u32::try_from(off).ok()?;
                 let level = buf.get_mut(off..off + words * WORD)?;
                 level.fill(0);
                 // `bits` bits set at this level: the frames, or one per non-empty word below.
@@ -1133,14 +1508,14 @@ mod zeromap {
         }
 
         fn word(&self, buf: &[u8], level: usize, w: usize) -> u64 {
-            let at = self.at.get(level).copied().unwrap_or(0) + w * WORD;
+            let at = self.at.get(level).map_or(0, |&a| a as usize) + w * WORD;
             buf.get(at..at + WORD)
                 .and_then(|b| b.try_into().ok())
                 .map_or(0, u64::from_le_bytes)
         }
 
         fn set_word(&self, buf: &mut [u8], level: usize, w: usize, v: u64) {
-            let at = self.at.get(level).copied().unwrap_or(0) + w * WORD;
+            let at = self.at.get(level).map_or(0, |&a| a as usize) + w * WORD;
             if let Some(b) = buf.get_mut(at..at + WORD) {
                 b.copy_from_slice(&v.to_le_bytes());
             }

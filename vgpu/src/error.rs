@@ -132,6 +132,13 @@ pub enum VgpuError {
         /// The channel the bytes were fed on.
         channel: u16,
     },
+    /// Another channel of this migration was refused, which failed the session (its error is
+    /// the session's, [`crate::dest::DestSession::feed_channel`] returns it); a channel fed on
+    /// its own thread ([`crate::dest::DestChannel`]) applies nothing more.
+    ChannelFailed {
+        /// The channel whose stream was refused first.
+        channel: u16,
+    },
     /// The stream's id is not the one this migration expects (a replayed or misrouted stream).
     UnexpectedStreamId {
         /// The id in the stream header.
@@ -206,6 +213,7 @@ impl VgpuError {
             VgpuError::Fsm(_)
             | VgpuError::NotQuiesced
             | VgpuError::WrongPhase
+            | VgpuError::ChannelFailed { .. }
             | VgpuError::Report(_) => Fault::State,
             VgpuError::BadChannel { .. }
             | VgpuError::WrongChannel { .. }
@@ -274,6 +282,10 @@ impl fmt::Display for VgpuError {
             VgpuError::BadChannel { channel } => write!(
                 f,
                 "channel {channel}: CHANNEL record missing, malformed or inconsistent with the migration"
+            ),
+            VgpuError::ChannelFailed { channel } => write!(
+                f,
+                "the stream of channel {channel} was refused: the migration failed"
             ),
             VgpuError::UnexpectedStreamId { id } => {
                 write!(f, "stream id {id:#x} is not the one this migration expects")

@@ -55,8 +55,9 @@ pub struct Layout {
     /// Words of content tracking's hash table
     /// ([`ContentStorage::hashes`](crate::content::ContentStorage::hashes)).
     pub content_hashes: usize,
-    /// Bytes of the destination session's staging storage: the page map and the most device
-    /// state a valid stream carries.
+    /// Bytes of the destination session's staging storage: the page map (for any channel
+    /// count), each channel's stream header, the PPGTT check's memo and the most device state a
+    /// valid stream carries.
     pub staging: usize,
 }
 

@@ -62,6 +62,20 @@
 //! `stop_and_copy` (locked) and keep polling: the last dirty pages, then the device state, read
 //! while everything is stopped.
 //!
+//! The destination needs no lock at all while the stream is read: the vGPU is stopped, the
+//! session only reads it (`&Vgpu`), and [`dest::DestSession::channels`] splits a multi-channel
+//! session into one `Send` handle per channel, each owning its channel's decoder, counters and
+//! slice of the page map (channel 0's also the device-state staging), so each channel can be
+//! received and applied on its own thread:
+//!
+//! | thread | holds | writes |
+//! |---|---|---|
+//! | channel `c` | its [`dest::DestChannel`], `&Vgpu`, a [`GuestMemory`] reaching channel `c`'s stripes | the frames of channel `c`'s stripes only (SPEC.md Appendix A.6) |
+//! | after every channel ended | the [`dest::DestSession`] and the whole guest memory | [`dest::DestSession::commit`]: device state, once validated |
+//!
+//! A refused channel fails the session for every channel (the others get
+//! [`VgpuError::ChannelFailed`] and stop); the rules are in [`dest`]'s docs.
+//!
 //! ```
 //! use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 //! use std::sync::Mutex;

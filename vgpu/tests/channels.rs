@@ -566,3 +566,195 @@ fn channels_that_carried_different_rounds_are_refused() {
     assert_eq!(e.fault(), vgpu::error::Fault::Stream);
     // (The untouched channels are accepted: `real_channel_streams_swapped_or_missing_are_refused`.)
 }
+
+/// What a destination holds after a restore: device state, guest memory, the session's figures.
+type Restored = (DeviceState, Vec<u8>, vgpu::dest::DestStats);
+
+/// Restores the channel streams `wires` into a fresh destination on one thread, the channels
+/// interleaved in pieces proportional to their lengths.
+fn restore_one_thread(sc: &Scenario, wires: &[&[u8]]) -> Restored {
+    let mut d = Dest::new(sc);
+    let mut b = sc.machine(&mut d.st, true).unwrap();
+    let mut staging = vec![0u8; DestSession::staging_len(&b.vgpu)];
+    let mut s = DestSession::open_channels(&mut b.vgpu, &mut staging, Limits::DEFAULT, wires.len())
+        .unwrap();
+    let steps = 257;
+    for i in 0..steps {
+        for (c, w) in wires.iter().enumerate() {
+            let (from, to) = (w.len() * i / steps, w.len() * (i + 1) / steps);
+            s.feed_channel(c, &b.vgpu, &mut b.mem, &w[from..to])
+                .unwrap();
+        }
+    }
+    assert!(s.is_finished());
+    let stats = s.commit(&mut b.vgpu, &b.mem, &mut b.host).unwrap();
+    (DeviceState::of(&b), b.mem.bytes().to_vec(), stats)
+}
+
+/// Feeds channel `c`'s stream through its handle in pieces of random sizes, yielding the thread
+/// at random, and returns the handle's answers.
+fn feed_on_thread(
+    h: &mut vgpu::dest::DestChannel<'_, '_>,
+    vgpu: &vgpu::Vgpu<'_>,
+    mem: &mut dyn GuestMemory,
+    wire: &[u8],
+    seed: u64,
+) -> Result<(), VgpuError> {
+    let mut rng = Rng::new(seed);
+    let mut at = 0;
+    while at < wire.len() {
+        let n = [1, 13, 4096, 70_000][usize::try_from(rng.below(4)).unwrap()];
+        let to = (at + n).min(wire.len());
+        assert_eq!(h.feed(vgpu, mem, &wire[at..to])?, to - at);
+        at = to;
+        if rng.below(4) == 0 {
+            std::thread::yield_now();
+        }
+    }
+    Ok(())
+}
+
+/// Restores `wires` into a fresh destination with each channel on its own thread, writing guest
+/// memory through per-channel views. Returns every thread's answer, the session's error (if the
+/// session failed) and, when it did not, what the destination holds; `before` is the device
+/// state right after the session opened, checked unchanged on failure.
+fn restore_threads(
+    sc: &Scenario,
+    wires: &[&[u8]],
+    seed: u64,
+) -> (Vec<Result<(), VgpuError>>, Result<Restored, VgpuError>) {
+    let mut d = Dest::new(sc);
+    let mut b = sc.machine(&mut d.st, true).unwrap();
+    let mut staging = vec![0u8; DestSession::staging_len(&b.vgpu)];
+    let mut s = DestSession::open_channels(&mut b.vgpu, &mut staging, Limits::DEFAULT, wires.len())
+        .unwrap();
+    let before = DeviceState::of(&b);
+    let answers = {
+        let vgpu = &b.vgpu;
+        let views = b.mem.channel_views(wires.len());
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = s
+                .channels()
+                .into_iter()
+                .zip(views)
+                .zip(wires)
+                .map(|((mut h, mut view), wire)| {
+                    let seed = seed ^ h.channel() as u64;
+                    scope.spawn(move || feed_on_thread(&mut h, vgpu, &mut view, wire, seed))
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let r = s.commit(&mut b.vgpu, &b.mem, &mut b.host);
+    match r {
+        Ok(stats) => (
+            answers,
+            Ok((DeviceState::of(&b), b.mem.bytes().to_vec(), stats)),
+        ),
+        Err(e) => {
+            assert_eq!(
+                before,
+                DeviceState::of(&b),
+                "a refused stream changed device state"
+            );
+            (answers, Err(e))
+        }
+    }
+}
+
+#[test]
+fn channels_fed_on_their_own_threads_equal_one_thread() {
+    let mut rng = Rng::new(1919);
+    for (i, channels) in [2u16, 3, 4, 2].into_iter().enumerate() {
+        let profile = [Profile::THREE_D, Profile::MEDIA, Profile::TWO_D][i % 3];
+        let sc = Scenario::small(profile, 25, rng.next_u64()).unwrap();
+        let mut plan = Plan::default();
+        plan.source.channels = channels;
+        plan.start_step = rng.below(60);
+        plan.source.pages_per_record = [64, 1024, 3][i % 3];
+        // Duplicates and deltas (content tracking) in half the runs.
+        plan.content_cache_pages = if i % 2 == 0 { 1024 } else { 0 };
+        let (_, report) = migrated(&sc, &plan);
+        let mut wires: Vec<&[u8]> = vec![&report.wire];
+        wires.extend(report.channel_wires.iter().map(Vec::as_slice));
+        let one = restore_one_thread(&sc, &wires);
+        assert!(one.2.full_pages > 0);
+        for run in 0..3 {
+            let (answers, threaded) = restore_threads(&sc, &wires, rng.next_u64());
+            assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+            let threaded = threaded.unwrap();
+            assert!(
+                threaded.0 == one.0,
+                "{channels} channels, run {run}: device state"
+            );
+            assert!(
+                threaded.1 == one.1,
+                "{channels} channels, run {run}: guest memory"
+            );
+            assert_eq!(threaded.2, one.2, "{channels} channels, run {run}");
+        }
+    }
+}
+
+#[test]
+fn a_refused_channel_fails_the_threaded_session_and_changes_no_device_state() {
+    let sc = Scenario::small(Profile::THREE_D, 20, 7).unwrap();
+    let mut plan = Plan::default();
+    plan.source.channels = 3;
+    let (_, report) = migrated(&sc, &plan);
+    let (w0, w2) = (report.wire.clone(), report.channel_wires[1].clone());
+    // Channel 1 with one byte changed in the middle of its pages.
+    let mut w1 = report.channel_wires[0].clone();
+    let mid = w1.len() / 2;
+    w1[mid] ^= 0x40;
+    // The error one thread finds in channel 1's stream.
+    let want = feed_hostile(&sc, 3, &[(1, w1.clone())]);
+    for seed in 0..4 {
+        let (answers, r) = restore_threads(&sc, &[&w0, &w1, &w2], seed);
+        assert_eq!(r.unwrap_err(), want, "the session's error is channel 1's");
+        assert_eq!(answers[1], Err(want));
+        for a in [&answers[0], &answers[2]] {
+            // The others either ended before the failure or stopped at it.
+            assert!(
+                matches!(a, Ok(()) | Err(VgpuError::ChannelFailed { channel: 1 })),
+                "{a:?}"
+            );
+        }
+    }
+    // Channels of two migrations (their stream ids differ), each accepted on its own thread: the
+    // join refuses them, and the session stays failed.
+    let header = StreamHeaderRepr {
+        minor: migstream::FORMAT_MINOR,
+        flags: 0,
+        identity: sc.config.identity(),
+        stream_id: 9,
+    };
+    let other = StreamHeaderRepr {
+        stream_id: 10,
+        ..header
+    };
+    let ch = |channel| {
+        Some(ChannelRepr {
+            channel,
+            channels: 2,
+        })
+    };
+    let (a, b) = (
+        channel_stream(&header, ch(0), &[]),
+        channel_stream(&other, ch(1), &[]),
+    );
+    let mut d = Dest::new(&sc);
+    let mut m = sc.machine(&mut d.st, true).unwrap();
+    let mut staging = vec![0u8; DestSession::staging_len(&m.vgpu)];
+    let mut s = DestSession::open_channels(&mut m.vgpu, &mut staging, Limits::DEFAULT, 2).unwrap();
+    for (mut h, w) in s.channels().into_iter().zip([&a, &b]) {
+        h.feed(&m.vgpu, &mut m.mem, w).unwrap();
+    }
+    let e = s.validate(&m.vgpu, &m.mem).unwrap_err();
+    assert_eq!(e, VgpuError::BadChannel { channel: 1 });
+    assert_eq!(s.feed_channel(0, &m.vgpu, &mut m.mem, &[0]), Err(e));
+}

@@ -77,5 +77,5 @@ pub use gpu::{GpuStats, RefGpu};
 #[cfg(feature = "alloc")]
 pub use machine::{EngineTime, Machine, MachineStorage};
 #[cfg(feature = "alloc")]
-pub use memory::{SimCpuLog, SimHost, SimMemory};
+pub use memory::{ChannelMemory, SimCpuLog, SimHost, SimMemory};
 pub use rng::Rng;

@@ -62,6 +62,29 @@ impl SimMemory {
         &self.bytes
     }
 
+    /// Split guest memory into one view per channel of a migration of `channels` channels
+    /// (1..=[`vgpu::channel::MAX_CHANNELS`]): view `c` reaches exactly the frames of channel
+    /// `c`'s stripes ([`vgpu::channel::channel_of`]), so each channel's destination handle
+    /// ([`vgpu::dest::DestChannel`]) can write its pages from its own thread without a lock.
+    pub fn channel_views(&mut self, channels: usize) -> Vec<ChannelMemory<'_>> {
+        let channels = channels.clamp(1, vgpu::channel::MAX_CHANNELS);
+        let mut views: Vec<ChannelMemory<'_>> = (0..channels)
+            .map(|channel| ChannelMemory {
+                map: &self.map,
+                channel,
+                channels,
+                stripes: Vec::new(),
+            })
+            .collect();
+        let stripe = vgpu::channel::STRIPE_FRAMES * 4096;
+        for (s, bytes) in self.bytes.chunks_mut(stripe).enumerate() {
+            if let Some(v) = views.get_mut(s % channels) {
+                v.stripes.push(bytes);
+            }
+        }
+        views
+    }
+
     fn range(
         &self,
         gfn: Gfn,
@@ -114,6 +137,51 @@ impl GuestMemory for SimMemory {
             .get_mut(r)
             .ok_or(MemoryError)?
             .copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// The frames of one channel's stripes of a [`SimMemory`] ([`SimMemory::channel_views`]);
+/// any other frame is refused.
+#[derive(Debug)]
+pub struct ChannelMemory<'m> {
+    map: &'m GuestMemoryMap,
+    channel: usize,
+    channels: usize,
+    /// The channel's stripes, in order: stripe `s` of guest memory is `stripes[s / channels]`.
+    stripes: Vec<&'m mut [u8]>,
+}
+
+impl ChannelMemory<'_> {
+    /// Stripe and byte range of `len` bytes at `offset` in frame `gfn`.
+    fn at(
+        &self,
+        gfn: Gfn,
+        offset: usize,
+        len: usize,
+    ) -> Result<(usize, core::ops::Range<usize>), MemoryError> {
+        let i = self.map.index_of(gfn).ok_or(MemoryError)?;
+        if offset + len > 4096 || vgpu::channel::channel_of(i, self.channels) != self.channel {
+            return Err(MemoryError);
+        }
+        let stripe = i / vgpu::channel::STRIPE_FRAMES;
+        let start = (i % vgpu::channel::STRIPE_FRAMES) * 4096 + offset;
+        Ok((stripe / self.channels, start..start + len))
+    }
+}
+
+impl GuestMemory for ChannelMemory<'_> {
+    fn read(&self, gfn: Gfn, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+        let (s, r) = self.at(gfn, offset, out.len())?;
+        let stripe = self.stripes.get(s).ok_or(MemoryError)?;
+        out.copy_from_slice(stripe.get(r).ok_or(MemoryError)?);
+        Ok(())
+    }
+
+    fn write(&mut self, gfn: Gfn, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+        let (s, r) = self.at(gfn, offset, data.len())?;
+        let stripe = self.stripes.get_mut(s).ok_or(MemoryError)?;
+        stripe.get_mut(r).ok_or(MemoryError)?.copy_from_slice(data);
         Ok(())
     }
 }

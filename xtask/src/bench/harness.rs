@@ -190,14 +190,29 @@ impl Harness {
         timing.map_or(Duration::ZERO, |t| t.median)
     }
 
+    /// [`time_with_setup`](Self::time_with_setup), whose distribution goes to the next recorded
+    /// figure as its reference when `as_reference` (a figure that compares two kernels).
+    pub(crate) fn time_with_setup_as<S>(
+        &self,
+        as_reference: bool,
+        state: &mut S,
+        setup: impl FnMut(&mut S),
+        kernel: impl FnMut(&mut S),
+    ) -> Duration {
+        let d = self.time_with_setup(state, setup, kernel);
+        if as_reference {
+            let mut pending = self.pending.borrow_mut();
+            pending.reference = pending.kernel.take();
+        }
+        d
+    }
+
     /// Page-granular memcpy of `src` into `dst`: the reference every figure is compared with
     /// (median GiB/s; its distribution goes to the next recorded figure).
     pub(crate) fn reference(&self, src: &[u8], dst: &mut [u8]) -> f64 {
         let bytes = src.len() as u64;
         let d = self.time(|| {
-            for (s, d) in src.chunks_exact(4096).zip(dst.chunks_exact_mut(4096)) {
-                d.copy_from_slice(s);
-            }
+            copy_pages(src, dst);
             black_box(&mut *dst);
         });
         let mut pending = self.pending.borrow_mut();
@@ -263,6 +278,13 @@ impl Harness {
             noisy,
             figure: fig,
         });
+    }
+}
+
+/// The reference's copy: `src` into `dst`, 4 KiB page by page.
+pub(crate) fn copy_pages(src: &[u8], dst: &mut [u8]) {
+    for (s, d) in src.chunks_exact(4096).zip(dst.chunks_exact_mut(4096)) {
+        d.copy_from_slice(s);
     }
 }
 

@@ -1,13 +1,14 @@
 //! The destination process: one migration in, then the workload's end and the verification.
 
 use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sim::GuestDriver;
 use sim::scenario::{Snapshot, host_consistent};
-use vgpu::dest::DestSession;
+use vgpu::GuestMemory;
+use vgpu::dest::{DestChannel, DestSession};
 
 use super::scenario;
 use super::wire::{self, Ack, Hello, Join, Kind, Vcpu, Verdict};
@@ -35,41 +36,73 @@ pub(super) fn run(addr: &str, child: bool) -> crate::Result {
     })
 }
 
-/// What a connection's reader thread hands over.
-enum Incoming {
-    /// A message on channel `.0`'s connection.
-    Msg(usize, Kind, Vec<u8>),
-    /// Channel `.0`'s connection ended or failed (normal once its stream ended).
-    Closed(usize, String),
+/// What the channels' threads share: the main connection's writer with the bytes applied so far
+/// (every channel's, for the source's acknowledgements), every connection (to end the others'
+/// reads when one channel fails), and the first failure.
+struct Links {
+    acks: Mutex<(TcpStream, u64)>,
+    socks: Vec<TcpStream>,
+    failure: Mutex<Option<String>>,
 }
 
-/// Read messages from `r` (channel `c`'s connection) into `tx` until `VCPU` (the last message the
-/// source sends on the main connection), an error or the end of the connection.
-fn reader(c: usize, mut r: BufReader<TcpStream>, tx: &mpsc::Sender<Incoming>) {
+impl Links {
+    /// Record `e` as the migration's failure unless one came first, and wake every channel's
+    /// thread (their reads end) so none waits for bytes that will not come.
+    fn fail(&self, e: String) -> String {
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert_with(|| e.clone());
+        }
+        for s in &self.socks {
+            let _ = s.shutdown(Shutdown::Read);
+        }
+        e
+    }
+}
+
+/// Read channel `h`'s connection and apply its stream on this thread, acknowledging each message
+/// applied. Returns the vCPU state (the main channel's last message), or `None` for a page channel.
+fn apply_channel(
+    h: &mut DestChannel<'_, '_>,
+    vgpu: &vgpu::Vgpu<'_>,
+    mem: &mut dyn GuestMemory,
+    r: &mut BufReader<TcpStream>,
+    links: &Links,
+) -> Result<Option<Vec<u8>>, String> {
+    let c = h.channel();
     let mut buf = Vec::new();
     loop {
-        match wire::recv(&mut r, &mut buf) {
+        match wire::recv(r, &mut buf) {
             Ok(Kind::Data) => {
-                if tx
-                    .send(Incoming::Msg(c, Kind::Data, std::mem::take(&mut buf)))
-                    .is_err()
-                {
-                    return;
+                h.feed(vgpu, mem, &buf)
+                    .map_err(|e| links.fail(format!("stream rejected: {e}")))?;
+                // Tell the source how far the stream is applied (it stops only once it is).
+                let mut acks = links
+                    .acks
+                    .lock()
+                    .map_err(|_| "acknowledgements poisoned".to_string())?;
+                acks.1 += buf.len() as u64;
+                let fed = acks.1;
+                wire::send_msg(&mut acks.0, Kind::Ack, &Ack { fed }).map_err(|e| links.fail(e))?;
+                if c != 0 && h.is_finished() {
+                    return Ok(None);
                 }
+            }
+            Ok(Kind::Vcpu) if c == 0 => {
+                // The last message the source sends: the page channels' last bytes are at most
+                // in flight, so their reads need not wait long now.
+                for s in links.socks.iter().skip(1) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                }
+                return Ok(Some(std::mem::take(&mut buf)));
             }
             Ok(k) => {
-                let last = k == Kind::Vcpu;
-                let _ = tx.send(Incoming::Msg(c, k, std::mem::take(&mut buf)));
-                if last || c != 0 {
-                    return;
-                }
+                return Err(
+                    links.fail(format!("unexpected {k:?} on channel {c} during the stream"))
+                );
             }
-            Err(e) => {
-                // A page channel closing after its stream ended is normal; the main loop knows
-                // whether the stream was complete.
-                let _ = tx.send(Incoming::Closed(c, format!("channel {c}: {e}")));
-                return;
-            }
+            // A page channel closing after its stream ended is normal.
+            Err(_) if c != 0 && h.is_finished() => return Ok(None),
+            Err(e) => return Err(links.fail(format!("channel {c}: {e}"))),
         }
     }
 }
@@ -106,8 +139,6 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
     )
     .map_err(|e| format!("opening the destination session: {e}"))?;
     wire::send(&mut w, Kind::Ready, &[]).map_err(|e| e.to_string())?;
-    // One reader thread per connection; this thread applies what they read, in arrival order.
-    let (tx, rx) = mpsc::channel::<Incoming>();
     let mut conns = vec![(0usize, r)];
     for _ in 1..channels {
         let (sock, _) = listener
@@ -130,37 +161,52 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
     if channels > 1 {
         say(&format!("{channels} channels connected"));
     }
-    for (c, cr) in conns {
-        let tx = tx.clone();
-        std::thread::spawn(move || reader(c, cr, &tx));
+    // Each channel on its own thread: it reads its connection and applies its pages to its own
+    // stripes of guest memory; channel 0 also stages the device state.
+    conns.sort_by_key(|(c, _)| *c);
+    let socks = conns
+        .iter()
+        .map(|(_, cr)| cr.get_ref().try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let links = Links {
+        acks: Mutex::new((w.try_clone().map_err(|e| e.to_string())?, 0)),
+        socks,
+        failure: Mutex::new(None),
+    };
+    let answers = {
+        let (vgpu, links) = (&dst.vgpu, &links);
+        let views = dst.mem.channel_views(channels);
+        std::thread::scope(|s| {
+            let threads: Vec<_> = d
+                .channels()
+                .into_iter()
+                .zip(views)
+                .zip(conns)
+                .map(|((mut h, mut view), (_, mut cr))| {
+                    s.spawn(move || apply_channel(&mut h, vgpu, &mut view, &mut cr, links))
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err(links.fail("a channel thread panicked".into())))
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    if let Some(e) = links.failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(e);
     }
-    drop(tx);
-    let mut fed = 0u64;
     let mut vcpu = None;
-    while !(vcpu.is_some() && d.is_finished()) {
-        let msg = if vcpu.is_some() {
-            // The main connection is done; the other channels' last bytes may still be queued.
-            rx.recv_timeout(Duration::from_secs(10))
-                .map_err(|_| "stream rejected: a channel never ended".to_string())?
-        } else {
-            rx.recv()
-                .map_err(|_| "every connection closed before the vCPU state".to_string())?
-        };
-        match msg {
-            Incoming::Closed(c, _) if d.channel_finished(c) => {}
-            Incoming::Closed(_, e) => return Err(e),
-            Incoming::Msg(c, Kind::Data, bytes) => {
-                d.feed_channel(c, &dst.vgpu, &mut dst.mem, &bytes)
-                    .map_err(|e| format!("stream rejected: {e}"))?;
-                // Tell the source how far the stream is applied (it stops only once it is).
-                fed += bytes.len() as u64;
-                wire::send_msg(&mut w, Kind::Ack, &Ack { fed })?;
-            }
-            Incoming::Msg(0, Kind::Vcpu, bytes) => vcpu = Some(bytes),
-            Incoming::Msg(c, k, _) => {
-                return Err(format!("unexpected {k:?} on channel {c} during the stream"));
-            }
+    for a in answers {
+        if let Some(v) = a? {
+            vcpu = Some(v);
         }
+    }
+    if !d.is_finished() {
+        return Err("stream rejected: a channel never ended".into());
     }
     let vcpu: Vcpu = wire::decode("vCPU state", &vcpu.unwrap_or_default())?;
     d.commit(&mut dst.vgpu, &dst.mem, &mut dst.host)
