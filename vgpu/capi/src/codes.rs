@@ -201,7 +201,9 @@ pub fn of(e: &VgpuError) -> i32 {
         VgpuError::NotQuiesced => VGPU_MIG_E_NOT_QUIESCED,
         VgpuError::WrongPhase => VGPU_MIG_E_WRONG_STATE,
         VgpuError::Report(_) => VGPU_MIG_E_REPORT,
-        VgpuError::BadChannel { .. } | VgpuError::WrongChannel { .. } => VGPU_MIG_E_CHANNEL,
+        VgpuError::BadChannel { .. }
+        | VgpuError::WrongChannel { .. }
+        | VgpuError::ChannelFailed { .. } => VGPU_MIG_E_CHANNEL,
         VgpuError::UnexpectedStreamId { .. } => VGPU_MIG_E_STREAM_ID,
         VgpuError::RecordOrder { .. }
         | VgpuError::BadRound { .. }
