@@ -19,11 +19,27 @@
 //! policy needs), never while pages are read or sent: the GPU dirty report reads the vGPU's atomic
 //! GPU dirty log ([`DeviceAccess`]), and MMIO exits keep being served.
 //!
+//! **Connections.** Guest RAM may travel over several connections
+//! ([`migrate_source_channels`], [`migrate_dest_channels`]; at most [`MAX_CHANNELS`]): a round's
+//! pages are split by frame in stripes of [`STRIPE_FRAMES`], stripe `s` on connection
+//! `s % connections`, so every copy of a frame takes one connection, in order, and the
+//! destination can write each connection's pages as they come, on its own thread, without
+//! ordering them against the others'. The harvest and the policy's decision stay on the
+//! migration thread at the round boundary; within a round each connection's pages are read and
+//! sent by its own thread (connection 0's by the migration thread), and the round ends when all
+//! have. Everything else (ROUND, VGPU, CPU, REPORTS, END, the answers) stays on the main
+//! connection. The link rate is shared: each connection gets an equal part.
+//!
 //! Destination: build the VM from the HELLO (its vGPU's graphics memory placed elsewhere on the
 //! host and split, [`Host::Destination`]: the commit rebases every GGTT entry), write pages as they come (no lock: nothing runs),
 //! feed the vGPU stream to a [`DestSession`], commit (validated, atomic), load the vCPU state,
 //! answer ACK, then start the vCPU exactly where it stopped. A rejected stream answers NACK; the
-//! source then cancels (the vGPU resumes, the vCPU restarts) and nothing is lost.
+//! source then cancels (the vGPU resumes, the vCPU restarts) and nothing is lost. With several
+//! connections, each extra one is received and written by its own thread (guest RAM is written
+//! through `&self`; each keeps its own record of the frames written, for zero pages); the vGPU
+//! stream is fed only once every page connection has ended with the page count that arrived
+//! (the source ends them before it sends anything after the stop round on the main one), and any
+//! connection's failure is the migration's: it shuts every connection down and answers NACK.
 //!
 //! # Wire
 //!
@@ -33,12 +49,18 @@
 //!
 //! The control messages are irregular and both ends are this program, so they are postcard
 //! encodings of Rust types ([`demo_wire::encode`]): `HELLO` (a greeting, the magic `KVMVGPU`
-//! and the protocol version as an ASCII digit, then the VM configuration), `ROUND` (the round
+//! and the protocol version as an ASCII digit, then the number of connections, a session number
+//! and the VM configuration), `JOIN` (the first message of each extra page connection: the
+//! greeting, the HELLO's session and the connection's index, 1 up, each once),
+//! `CHANNEL_END` (the last message of each extra page connection: the pages it carried, which the
+//! destination checks against what arrived), `ROUND` (the round
 //! number, consecutive from 0), `REPORTS` (the guest's debug-port record so far and the words of
 //! a report it has begun), `END` (wall-clock ns of the source's last guest exit), and back `ACK`
 //! (empty) or `NACK` (the reason), once to the HELLO (protocol and configuration accepted; the
-//! destination builds its VM while the first pages arrive) and once to END (committed). A source of another protocol version is refused at the HELLO with both
-//! versions named (version 1's fixed-layout hello began `KVMVGPU1`, and reads as version 1); a
+//! destination builds its VM while the first pages arrive) and once to END (committed). A source
+//! of another protocol version is refused at the HELLO with both versions named (version 3 has
+//! the connections; version 2 had one; version 1's fixed-layout hello began `KVMVGPU1`, and
+//! reads as version 1); a version-2 destination refuses a version-3 source the same way, and a
 //! version-1 destination closes the connection without an answer, which the source reports as
 //! no answer to its HELLO.
 //!
@@ -436,13 +458,14 @@ struct End {
 pub struct SourceOptions {
     /// The pre-copy policy (downtime limit, round cap).
     pub policy: PolicyConfig,
-    /// Link rate, payload bytes per second (0 = unlimited).
+    /// Link rate, payload bytes per second (0 = unlimited), shared equally by the connections.
     pub rate: u64,
-    /// Fault injection: drop the connection after this many bytes (the cancel path).
+    /// Fault injection: drop the main connection after this many bytes (the cancel path).
     pub cut_after: Option<u64>,
     /// Fault injection: flip a bit of the vGPU stream at this offset (the destination rejects it).
     pub corrupt_vgpu_at: Option<u64>,
-    /// Fault injection: the source cancels the migration once this many bytes were sent, or,
+    /// Fault injection: the source cancels the migration once this many bytes were sent on the
+    /// main connection, or,
     /// when the stream is shorter (real runs differ in their dirty rounds), at the end of the
     /// stop-and-copy, before END: either way the destination never commits.
     pub cancel_at: Option<u64>,
