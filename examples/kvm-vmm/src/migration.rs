@@ -1049,6 +1049,120 @@ fn run_source<R: Read, W: Write, C: Write + Send>(
     Ok(rep)
 }
 
+/// A RAM pre-copy's first round on its own: what [`ram_round_over_loopback`] measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamRound {
+    /// Pages sent (zero pages as markers).
+    pub pages: u64,
+    /// Bytes on the connections, framing included.
+    pub bytes: u64,
+    /// From the first page read to the last page written at the other end, ns.
+    pub elapsed_ns: u64,
+    /// Pages each connection carried.
+    pub channel_pages: Vec<u64>,
+}
+
+/// Send every frame of `src` into `dst` (of the same size) as a migration's round 0 does, over
+/// `channels` TCP connections on the loopback interface, unlimited: the source's page threads
+/// (the same code as [`migrate_source_channels`]'s) and the destination's (as
+/// [`migrate_dest_channels`]'s) in this process, no VM running. For measuring the transport's
+/// page throughput; the caller checks `dst` equals `src`.
+pub fn ram_round_over_loopback(
+    src: &GuestRam,
+    dst: &GuestRam,
+    channels: usize,
+) -> Result<RamRound, MigError> {
+    if !(1..=MAX_CHANNELS).contains(&channels) || src.frames() != dst.frames() {
+        return Err(MigError(format!(
+            "{channels} connections, {} and {} frames",
+            src.frames(),
+            dst.frames()
+        )));
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut out = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..channels {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        out.push(io::BufWriter::with_capacity(1 << 20, s));
+        let (a, _) = listener.accept()?;
+        conns.push(BufReader::with_capacity(1 << 20, a));
+    }
+    let frames = usize::try_from(src.frames()).map_err(|_| MigError("RAM size".into()))?;
+    let mut bits = vec![u64::MAX; words_for(frames)];
+    if let Some(last) = bits.last_mut()
+        && frames % 64 != 0
+    {
+        *last = (1u64 << (frames % 64)) - 1;
+    }
+    let mut iter = out.into_iter();
+    let mut main = Cut {
+        inner: Link::new(
+            iter.next()
+                .ok_or_else(|| MigError("no connection".into()))?,
+            0,
+        ),
+        left: None,
+    };
+    let mut extra: Vec<Channel<_>> = iter
+        .enumerate()
+        .map(|(i, c)| Channel {
+            w: Cut {
+                inner: Link::new(c, 0),
+                left: None,
+            },
+            index: i + 1,
+            pages: 0,
+        })
+        .collect();
+    let shut: Vec<TcpStream> = conns
+        .iter()
+        .map(|c| c.get_ref().try_clone())
+        .collect::<io::Result<_>>()?;
+    let t = Instant::now();
+    let (received, sent) = std::thread::scope(|sc| {
+        let handles: Vec<_> = conns
+            .iter_mut()
+            .enumerate()
+            .map(|(i, conn)| {
+                sc.spawn(move || receive_channel(&mut PageSink::new(dst, i, channels), conn))
+            })
+            .collect();
+        let sent = send_round(src, &mut main, &mut extra, &bits, true).and_then(|(p, _)| {
+            // The main connection's stripes end as the others do.
+            let mine = p - extra.iter().map(|c| c.pages).sum::<u64>();
+            send_msg(&mut main, Kind::ChannelEnd, &ChannelEnd { pages: mine })?;
+            main.flush()?;
+            Ok(p)
+        });
+        if sent.is_err() {
+            // The receivers wait for nothing more.
+            for s in &shut {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        let received: Result<Vec<PageStats>, MigError> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(MigError("a receiving thread panicked".into())))
+            })
+            .collect();
+        (received, sent)
+    });
+    let elapsed_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let pages = sent?;
+    let received = received?;
+    Ok(RamRound {
+        pages,
+        bytes: main.inner.sent() + extra.iter().map(|c| c.w.inner.sent()).sum::<u64>(),
+        elapsed_ns,
+        channel_pages: received.iter().map(|s| s.pages).collect(),
+    })
+}
+
 /// What a destination saw.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DestReport {
@@ -1576,6 +1690,38 @@ mod tests {
         answer(&mut r, &mut Vec::new()).unwrap();
         let e = answer(&mut r, &mut Vec::new()).unwrap_err();
         assert_eq!(e.0, format!("destination refused: {}", err.0));
+    }
+
+    /// A whole round over 1, 2 and 3 loopback connections: the destination's RAM equals the
+    /// source's, each connection carried its stripes' pages, and the counts add up.
+    #[test]
+    fn a_round_over_several_connections_copies_every_frame() {
+        let src = GuestRam::new(4 << 20).unwrap();
+        // Distinct pages, with zero pages among them (every fifth frame stays zero).
+        for f in 0..src.frames() {
+            if f % 5 != 0 {
+                let page: Vec<u8> = (0..4096u64)
+                    .map(|i| u8::try_from((f * 31 + i * 7) % 251).unwrap())
+                    .collect();
+                src.write_at(f * 4096, &page).unwrap();
+            }
+        }
+        let want = src.snapshot().unwrap();
+        for n in 1..=3 {
+            let dst = GuestRam::new(4 << 20).unwrap();
+            let r = ram_round_over_loopback(&src, &dst, n).unwrap();
+            assert_eq!(r.pages, src.frames());
+            assert_eq!(r.channel_pages.len(), n);
+            assert_eq!(r.channel_pages.iter().sum::<u64>(), src.frames());
+            // 1024 frames in stripes of 128: 8 stripes round the connections.
+            let stripes = 1024 / 128;
+            for (i, p) in r.channel_pages.iter().enumerate() {
+                let mine = (0..stripes).filter(|s| s % n == i).count() as u64;
+                assert_eq!(*p, mine * 128, "connection {i} of {n}");
+            }
+            assert!(dst.snapshot().unwrap() == want, "{n} connections");
+        }
+        assert!(ram_round_over_loopback(&src, &src, 9).is_err());
     }
 
     /// Stripes of 128 frames go round the connections; every frame has exactly one, and each
