@@ -1,6 +1,9 @@
 //! The RAM pre-copy's page throughput over 1..N loopback connections: round 0 of a migration
 //! (every frame read, framed, sent, received and written) on its own, no VM running, both ends
-//! in this process. Each figure is the median of the repeats with the min and max beside it.
+//! in this process. Each figure is the median of the repeats with the min and max beside it:
+//! the wall-clock rate, and the rate per CPU-second the process used meanwhile (user + system,
+//! all threads, from `/proc/self/stat`, 10 ms ticks), which says what the work costs whatever
+//! share of the machine the scheduler gave.
 //!
 //! `cargo run --release -p kvm-vmm --example ram_throughput -- [MiB] [repeats] [connections...]`
 //! (default: 256 MiB, 7 repeats, 1 and 2 connections). Every page is distinct and non-zero, so
@@ -44,29 +47,23 @@ fn main() -> Result<(), String> {
     for &n in &channels {
         let n = usize::try_from(n).map_err(|e| e.to_string())?;
         let mut rates = Vec::new();
+        let mut per_cpu = Vec::new();
         for _ in 0..repeats {
             let dst = GuestRam::new(bytes).map_err(|e| e.to_string())?;
+            let c0 = cpu_ticks()?;
             let r = ram_round_over_loopback(&src, &dst, n).map_err(|e| e.to_string())?;
+            let cpu_s = (cpu_ticks()? - c0) as f64 / 100.0;
+            per_cpu.push(r.bytes as f64 / cpu_s.max(0.01) / f64::from(1 << 20));
             if dst.snapshot().map_err(|_| "reading RAM")? != want {
                 return Err(format!("{n} connections: the destination's RAM differs"));
             }
             rates.push(r.bytes as f64 / (r.elapsed_ns.max(1) as f64 / 1e9) / f64::from(1 << 20));
         }
-        rates.sort_by(f64::total_cmp);
-        let med = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
-        let (lo, hi) = (
-            rates.first().copied().unwrap_or(0.0),
-            rates.last().copied().unwrap_or(0.0),
-        );
-        let spread = if med > 0.0 { (hi - lo) / med } else { 0.0 };
+        let (med, wall) = summary(&mut rates);
+        let (_, cpu) = summary(&mut per_cpu);
         println!(
-            "{n} connection{}: {med:.0} MiB/s [{lo:.0}, {hi:.0}]{}",
+            "{n} connection{}: {wall} wall; {cpu} per CPU-second",
             if n == 1 { "" } else { "s" },
-            if spread > 0.10 {
-                format!(" (spread {:.0}% of the median: noisy)", spread * 100.0)
-            } else {
-                String::new()
-            }
         );
         medians.push((n, med));
     }
@@ -79,6 +76,44 @@ fn main() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The median of `v` and its printout with the spread.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn summary(v: &mut [f64]) -> (f64, String) {
+    v.sort_by(f64::total_cmp);
+    let med = v.get(v.len() / 2).copied().unwrap_or(0.0);
+    let (lo, hi) = (
+        v.first().copied().unwrap_or(0.0),
+        v.last().copied().unwrap_or(0.0),
+    );
+    let spread = if med > 0.0 { (hi - lo) / med } else { 0.0 };
+    let noisy = if spread > 0.10 {
+        format!(" (spread {:.0}% of the median: noisy)", spread * 100.0)
+    } else {
+        String::new()
+    };
+    (med, format!("{med:.0} MiB/s [{lo:.0}, {hi:.0}]{noisy}"))
+}
+
+/// CPU time this process has used (user + system, every thread), in clock ticks (100 a second
+/// on Linux).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn cpu_ticks() -> Result<u64, String> {
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|e| e.to_string())?;
+    // After the command name (in parentheses, which may hold spaces): fields 3 onwards; utime
+    // and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .ok_or("unreadable /proc/self/stat")?;
+    let f: Vec<&str> = rest.split(' ').collect();
+    let tick = |i: usize| -> Result<u64, String> {
+        f.get(i)
+            .and_then(|x| x.parse::<u64>().ok())
+            .ok_or_else(|| "unreadable /proc/self/stat".to_string())
+    };
+    Ok(tick(11)? + tick(12)?)
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
