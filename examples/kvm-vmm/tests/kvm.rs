@@ -151,32 +151,54 @@ fn finish(vm: &mut Vm) {
     vm.wait_gpu_idle().unwrap();
 }
 
+/// Run `cfg` never migrated, then again migrated over `channels` connections once the guest
+/// has made 20 reports, and check that the migrated run ends in the same state. Returns what
+/// both ends saw.
+fn migrated_equals_never_migrated(
+    cfg: VmConfig,
+    img: &[u8],
+    channels: usize,
+) -> (
+    kvm_vmm::migration::SourceReport,
+    kvm_vmm::migration::DestReport,
+) {
+    let expected = run_to_end(cfg, img).end_state().unwrap();
+    let mut src = Vm::new(cfg, Some(img), Host::Source).unwrap();
+    src.start().unwrap();
+    // Let the guest get going, then migrate while it renders.
+    while src.reports().len() < 20 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (s, d) = migrate_over(
+        &mut src,
+        kvm_vmm::migration::SourceOptions::default(),
+        channels,
+    );
+    let s = s.unwrap();
+    let (mut dst, drep) = d.unwrap();
+    let name = cfg.profile.name;
+    eprintln!("{name} over {channels}: {s:?}\n{drep:?}");
+    assert!(
+        s.frames_at_pause < cfg.frames,
+        "migrated before the guest ended"
+    );
+    finish(&mut dst);
+    let got = dst.end_state().unwrap();
+    assert_eq!(got.diff(&expected), None, "{name} over {channels}");
+    assert!(
+        got.guest_checks_passed(cfg.frames),
+        "{name} over {channels}"
+    );
+    (s, drep)
+}
+
 #[test]
 fn a_migrated_vm_ends_equal_to_a_never_migrated_one() {
     let Some(img) = setup("a_migrated_vm_ends_equal_to_a_never_migrated_one") else {
         return;
     };
     for profile in [Profile::MEDIA, Profile::THREE_D] {
-        let cfg = VmConfig::small(profile, 400, 9);
-        let expected = run_to_end(cfg, &img).end_state().unwrap();
-        let mut src = Vm::new(cfg, Some(&img), Host::Source).unwrap();
-        src.start().unwrap();
-        // Let the guest get going, then migrate while it renders.
-        while src.reports().len() < 20 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let (s, d) = migrate(&mut src, kvm_vmm::migration::SourceOptions::default());
-        let s = s.unwrap();
-        let (mut dst, drep) = d.unwrap();
-        eprintln!("{}: {s:?}\n{drep:?}", profile.name);
-        assert!(
-            s.frames_at_pause < cfg.frames,
-            "migrated before the guest ended"
-        );
-        finish(&mut dst);
-        let got = dst.end_state().unwrap();
-        assert_eq!(got.diff(&expected), None, "{}", profile.name);
-        assert!(got.guest_checks_passed(cfg.frames), "{}", profile.name);
+        migrated_equals_never_migrated(VmConfig::small(profile, 400, 9), &img, 1);
     }
 }
 
@@ -191,36 +213,13 @@ fn a_vm_migrated_over_several_connections_ends_equal_to_a_never_migrated_one() {
     };
     for (profile, channels) in [(Profile::THREE_D, 2), (Profile::MEDIA, 3)] {
         let cfg = VmConfig::small(profile, 400, 13);
-        let expected = run_to_end(cfg, &img).end_state().unwrap();
-        let mut src = Vm::new(cfg, Some(&img), Host::Source).unwrap();
-        src.start().unwrap();
-        while src.reports().len() < 20 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let (s, d) = migrate_over(
-            &mut src,
-            kvm_vmm::migration::SourceOptions::default(),
-            channels,
-        );
-        let s = s.unwrap();
-        let (mut dst, drep) = d.unwrap();
-        eprintln!("{} over {channels}: {s:?}\n{drep:?}", profile.name);
+        let (s, drep) = migrated_equals_never_migrated(cfg, &img, channels);
         assert_eq!(s.channel_bytes.len(), channels);
         assert_eq!(s.channel_bytes.iter().sum::<u64>(), s.total_bytes);
         assert_eq!(drep.channel_pages.len(), channels);
         assert!(drep.channel_pages.iter().all(|p| *p > 0), "{drep:?}");
         let sent: u64 = s.rounds.iter().map(|r| r.pages).sum();
         assert_eq!(drep.pages, sent);
-        assert!(s.frames_at_pause < cfg.frames);
-        finish(&mut dst);
-        let got = dst.end_state().unwrap();
-        assert_eq!(
-            got.diff(&expected),
-            None,
-            "{} over {channels}",
-            profile.name
-        );
-        assert!(got.guest_checks_passed(cfg.frames), "{}", profile.name);
     }
 }
 
