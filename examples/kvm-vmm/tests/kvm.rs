@@ -223,9 +223,10 @@ fn a_vm_migrated_over_several_connections_ends_equal_to_a_never_migrated_one() {
     }
 }
 
-/// An extra page connection cut in the middle of the pre-copy, or one announcing an index this
-/// migration does not have: the destination runs no VM, the source cancels and its guest ends
-/// exactly as if never migrated.
+/// An extra page connection cut in the middle of the pre-copy, one announcing an index this
+/// migration does not have or another's, a corrupt device state or a cancel over two
+/// connections: the destination runs no VM, the source cancels and its guest ends exactly as if
+/// never migrated.
 #[test]
 fn a_cut_or_misannounced_page_connection_leaves_the_source_running_unchanged() {
     let Some(img) =
@@ -260,6 +261,22 @@ fn a_cut_or_misannounced_page_connection_leaves_the_source_running_unchanged() {
             },
             3,
         ),
+        // The faults of one connection, with two: a flipped bit of the vGPU's device state,
+        (
+            kvm_vmm::migration::SourceOptions {
+                corrupt_vgpu_at: Some(200),
+                ..Default::default()
+            },
+            2,
+        ),
+        // and the source cancelling before END.
+        (
+            kvm_vmm::migration::SourceOptions {
+                cancel_at: Some(u64::MAX),
+                ..Default::default()
+            },
+            2,
+        ),
     ];
     for (i, (opts, channels)) in faults.into_iter().enumerate() {
         let mut src = Vm::new(cfg, Some(&img), Host::Source).unwrap();
@@ -280,7 +297,9 @@ fn a_cut_or_misannounced_page_connection_leaves_the_source_running_unchanged() {
                 de.0,
                 "a page connection announced index 2; this migration has connections 1 to 1"
             ),
-            _ => assert_eq!(de.0, "two page connections announced index 1"),
+            2 => assert_eq!(de.0, "two page connections announced index 1"),
+            3 => assert!(de.0.starts_with("vGPU stream: "), "{de}"),
+            _ => assert!(e.0.starts_with("cancelled by the source"), "{e}"),
         }
         assert!(src.running(), "fault {i}: the source runs again");
         finish(&mut src);
