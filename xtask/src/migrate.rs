@@ -177,9 +177,10 @@ pub(crate) fn usage_error_json(message: &str) {
 }
 
 fn run_guest(args: &Args) -> crate::Result {
-    // The KVM VMM migrates guest RAM itself and the library's stream carries device state only:
-    // the stream's channels, GPU dirty precision and content tracking are the model guest's.
-    let model_only = args.channels > 1 || args.precision != "exact" || args.content != "on";
+    // The KVM VMM migrates guest RAM itself (over `--channels` connections, its own striping)
+    // and the library's stream carries device state only: GPU dirty precision and content
+    // tracking are the model guest's.
+    let model_only = args.precision != "exact" || args.content != "on";
     // Notices go to stderr under `--json`: stdout holds only the JSON object there.
     let notice = |text: &str| {
         if args.json {
@@ -189,9 +190,7 @@ fn run_guest(args: &Args) -> crate::Result {
         }
     };
     if args.guest == "kvm" && !args.modeled && model_only {
-        notice(
-            "--channels, --precision and --content shape the model guest's stream: running the model guest",
-        );
+        notice("--precision and --content shape the model guest's stream: running the model guest");
     }
     if args.guest == "kvm" && !args.modeled && !model_only {
         match kvm_image()? {

@@ -19,11 +19,27 @@
 //! policy needs), never while pages are read or sent: the GPU dirty report reads the vGPU's atomic
 //! GPU dirty log ([`DeviceAccess`]), and MMIO exits keep being served.
 //!
+//! **Connections.** Guest RAM may travel over several connections
+//! ([`migrate_source_channels`], [`migrate_dest_channels`]; at most [`MAX_CHANNELS`]): a round's
+//! pages are split by frame in stripes of [`STRIPE_FRAMES`], stripe `s` on connection
+//! `s % connections`, so every copy of a frame takes one connection, in order, and the
+//! destination can write each connection's pages as they come, on its own thread, without
+//! ordering them against the others'. The harvest and the policy's decision stay on the
+//! migration thread at the round boundary; within a round each connection's pages are read and
+//! sent by its own thread (connection 0's by the migration thread), and the round ends when all
+//! have. Everything else (ROUND, VGPU, CPU, REPORTS, END, the answers) stays on the main
+//! connection. The link rate is shared: each connection gets an equal part.
+//!
 //! Destination: build the VM from the HELLO (its vGPU's graphics memory placed elsewhere on the
 //! host and split, [`Host::Destination`]: the commit rebases every GGTT entry), write pages as they come (no lock: nothing runs),
 //! feed the vGPU stream to a [`DestSession`], commit (validated, atomic), load the vCPU state,
 //! answer ACK, then start the vCPU exactly where it stopped. A rejected stream answers NACK; the
-//! source then cancels (the vGPU resumes, the vCPU restarts) and nothing is lost.
+//! source then cancels (the vGPU resumes, the vCPU restarts) and nothing is lost. With several
+//! connections, each extra one is received and written by its own thread (guest RAM is written
+//! through `&self`; each keeps its own record of the frames written, for zero pages); the vGPU
+//! stream is fed only once every page connection has ended with the page count that arrived
+//! (the source ends them before it sends anything after the stop round on the main one), and any
+//! connection's failure is the migration's: it shuts every connection down and answers NACK.
 //!
 //! # Wire
 //!
@@ -33,12 +49,18 @@
 //!
 //! The control messages are irregular and both ends are this program, so they are postcard
 //! encodings of Rust types ([`demo_wire::encode`]): `HELLO` (a greeting, the magic `KVMVGPU`
-//! and the protocol version as an ASCII digit, then the VM configuration), `ROUND` (the round
+//! and the protocol version as an ASCII digit, then the number of connections, a session number
+//! and the VM configuration), `JOIN` (the first message of each extra page connection: the
+//! greeting, the HELLO's session and the connection's index, 1 up, each once),
+//! `CHANNEL_END` (the last message of each extra page connection: the pages it carried, which the
+//! destination checks against what arrived), `ROUND` (the round
 //! number, consecutive from 0), `REPORTS` (the guest's debug-port record so far and the words of
 //! a report it has begun), `END` (wall-clock ns of the source's last guest exit), and back `ACK`
 //! (empty) or `NACK` (the reason), once to the HELLO (protocol and configuration accepted; the
-//! destination builds its VM while the first pages arrive) and once to END (committed). A source of another protocol version is refused at the HELLO with both
-//! versions named (version 1's fixed-layout hello began `KVMVGPU1`, and reads as version 1); a
+//! destination builds its VM while the first pages arrive) and once to END (committed). A source
+//! of another protocol version is refused at the HELLO with both versions named (version 3 has
+//! the connections; version 2 had one; version 1's fixed-layout hello began `KVMVGPU1`, and
+//! reads as version 1); a version-2 destination refuses a version-3 source the same way, and a
 //! version-1 destination closes the connection without an answer, which the source reports as
 //! no answer to its HELLO.
 //!
@@ -52,7 +74,9 @@
 //!   a host whose structures differ in size is refused rather than misread; their layout is the
 //!   kernel's ABI, not ours to describe field by field.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use demo_wire::Framing;
@@ -68,7 +92,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::cpu::CpuState;
 use crate::device::{DeviceAccess, Host, WaitSummary, lock};
-use crate::memory::for_each_bit;
+use crate::memory::{GuestRam, for_each_bit};
 use crate::vm::{Report, VcpuEnd, Vm, VmConfig, VmError, wall_ns};
 
 /// Largest message payload.
@@ -77,9 +101,15 @@ pub const MAX_PAYLOAD: usize = 8 << 20;
 const PAGES_PER_MSG: usize = 256;
 /// What opens a HELLO (then [`PROTOCOL_VERSION`]).
 const HELLO_MAGIC: [u8; 7] = *b"KVMVGPU";
-/// This protocol's version, an ASCII digit after the magic: 2 since the control messages are
-/// postcard (1 laid them out by hand).
-const PROTOCOL_VERSION: u8 = b'2';
+/// This protocol's version, an ASCII digit after the magic: 3 since guest RAM may travel over
+/// several connections (2 had one; its control messages were postcard, 1 laid them out by hand).
+const PROTOCOL_VERSION: u8 = b'3';
+/// Most connections a migration may use (the main one and the extra page connections): a
+/// destination refuses a HELLO asking for more.
+pub const MAX_CHANNELS: usize = 8;
+/// Frames per stripe: frame `f` travels on connection `(f / STRIPE_FRAMES) % channels`, so every
+/// copy of a frame takes the same connection, in order (as the library's channels stripe pages).
+pub const STRIPE_FRAMES: u64 = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -93,6 +123,8 @@ enum Kind {
     End = 7,
     Ack = 8,
     Nack = 9,
+    Join = 10,
+    ChannelEnd = 11,
 }
 
 impl Kind {
@@ -107,6 +139,8 @@ impl Kind {
             7 => Self::End,
             8 => Self::Ack,
             9 => Self::Nack,
+            10 => Self::Join,
+            11 => Self::ChannelEnd,
             _ => return None,
         })
     }
@@ -257,9 +291,14 @@ struct WireProfile {
     frame_ns: u64,
 }
 
-/// The rest of a HELLO: what the destination needs to build the same VM ([`VmConfig`]).
+/// The rest of a HELLO: what the destination needs to build the same VM ([`VmConfig`]), and the
+/// connections guest RAM travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Hello {
+    /// Connections: this one and `channels - 1` page connections, each opened by a JOIN.
+    channels: u8,
+    /// Repeated by every JOIN: a connection of another migration is refused.
+    session: u64,
     ram: u64,
     aperture: u64,
     hidden: u64,
@@ -268,7 +307,7 @@ struct Hello {
     profile: WireProfile,
 }
 
-fn hello_of(c: &VmConfig) -> Result<(Greeting, Hello), MigError> {
+fn hello_of(c: &VmConfig, channels: u8, session: u64) -> Result<(Greeting, Hello), MigError> {
     let p = &c.profile;
     let code = PROFILES
         .iter()
@@ -280,6 +319,8 @@ fn hello_of(c: &VmConfig) -> Result<(Greeting, Hello), MigError> {
         version: PROTOCOL_VERSION,
     };
     let hello = Hello {
+        channels,
+        session,
         ram: c.ram,
         aperture: c.aperture,
         hidden: c.hidden,
@@ -302,7 +343,8 @@ fn hello_of(c: &VmConfig) -> Result<(Greeting, Hello), MigError> {
     Ok((greeting, hello))
 }
 
-fn decode_hello(b: &[u8]) -> Result<VmConfig, MigError> {
+/// The greeting that opens `b` (a HELLO or a JOIN), checked: the rest of the payload.
+fn check_greeting(b: &[u8]) -> Result<&[u8], MigError> {
     let (g, rest) = demo_wire::decode_prefix::<Greeting>(b)
         .ok()
         .filter(|(g, _)| g.magic == HELLO_MAGIC)
@@ -314,7 +356,26 @@ fn decode_hello(b: &[u8]) -> Result<VmConfig, MigError> {
             char::from(PROTOCOL_VERSION)
         )));
     }
-    let h: Hello = decode(Kind::Hello, rest)?;
+    Ok(rest)
+}
+
+/// What a HELLO asks of the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Incoming {
+    cfg: VmConfig,
+    /// Connections in all (1..=[`MAX_CHANNELS`]).
+    channels: usize,
+    session: u64,
+}
+
+fn decode_hello(b: &[u8]) -> Result<Incoming, MigError> {
+    let h: Hello = decode(Kind::Hello, check_greeting(b)?)?;
+    let channels = usize::from(h.channels);
+    if !(1..=MAX_CHANNELS).contains(&channels) {
+        return Err(MigError(format!(
+            "the source asks for {channels} connections; this destination takes 1 to {MAX_CHANNELS}"
+        )));
+    }
     let w = h.profile;
     let base = PROFILES
         .get(usize::from(w.code))
@@ -342,7 +403,27 @@ fn decode_hello(b: &[u8]) -> Result<VmConfig, MigError> {
     if cfg.ram > 64 << 30 || cfg.aperture > 4 << 30 || cfg.hidden > 4 << 30 {
         return Err(MigError("VM configuration out of range".into()));
     }
-    Ok(cfg)
+    Ok(Incoming {
+        cfg,
+        channels,
+        session: h.session,
+    })
+}
+
+/// `JOIN` (after the greeting): the first message of every extra page connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Join {
+    /// The HELLO's session.
+    session: u64,
+    /// This connection's index (1..channels; the main connection is 0).
+    index: u8,
+}
+
+/// `CHANNEL_END`: the last message of an extra page connection, after its stop round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct ChannelEnd {
+    /// Pages this connection carried, every round (zero-page markers included).
+    pages: u64,
 }
 
 /// `REPORTS`: the guest's debug-port record so far, then the words of a report it has begun.
@@ -377,16 +458,21 @@ struct End {
 pub struct SourceOptions {
     /// The pre-copy policy (downtime limit, round cap).
     pub policy: PolicyConfig,
-    /// Link rate, payload bytes per second (0 = unlimited).
+    /// Link rate, payload bytes per second (0 = unlimited), shared equally by the connections.
     pub rate: u64,
-    /// Fault injection: drop the connection after this many bytes (the cancel path).
+    /// Fault injection: drop the main connection after this many bytes (the cancel path).
     pub cut_after: Option<u64>,
     /// Fault injection: flip a bit of the vGPU stream at this offset (the destination rejects it).
     pub corrupt_vgpu_at: Option<u64>,
-    /// Fault injection: the source cancels the migration once this many bytes were sent, or,
+    /// Fault injection: the source cancels the migration once this many bytes were sent on the
+    /// main connection, or,
     /// when the stream is shorter (real runs differ in their dirty rounds), at the end of the
     /// stop-and-copy, before END: either way the destination never commits.
     pub cancel_at: Option<u64>,
+    /// Fault injection: extra page connection `.0` (1..) drops after `.1` bytes.
+    pub cut_channel: Option<(usize, u64)>,
+    /// Fault injection: the last extra page connection announces this index in its JOIN.
+    pub join_index: Option<u8>,
 }
 
 /// One RAM pass.
@@ -440,13 +526,21 @@ pub struct SourceReport {
     pub max_lock_hold_us: u64,
     /// Frames the guest had completed when it was paused.
     pub frames_at_pause: u64,
+    /// Bytes sent on each connection: the main one (control messages and its stripes of RAM),
+    /// then each extra page connection.
+    pub channel_bytes: Vec<u64>,
 }
 
+/// Queues pages into `PAGES` messages: runs of consecutive frames, all zero (a marker) or all
+/// with their bytes. A page is read straight into its place in the run, once: the bytes
+/// classified are the bytes sent.
 struct PageSender<'a, W: Write> {
-    vm: &'a Vm,
+    ram: &'a GuestRam,
     w: &'a mut W,
-    page: Box<[u8; 4096]>,
-    run: Vec<u8>,
+    /// Room for a whole run's bytes.
+    run: Box<[u8]>,
+    /// Bytes of the run so far (0 for a zero run).
+    run_bytes: usize,
     run_start: u64,
     run_len: u32,
     run_zero: bool,
@@ -455,12 +549,12 @@ struct PageSender<'a, W: Write> {
 }
 
 impl<'a, W: Write> PageSender<'a, W> {
-    fn new(vm: &'a Vm, w: &'a mut W) -> Self {
+    fn new(ram: &'a GuestRam, w: &'a mut W) -> Self {
         Self {
-            vm,
+            ram,
             w,
-            page: Box::new([0u8; 4096]),
-            run: Vec::with_capacity(PAGES_PER_MSG * 4096),
+            run: vec![0u8; PAGES_PER_MSG * 4096].into_boxed_slice(),
+            run_bytes: 0,
             run_start: 0,
             run_len: 0,
             run_zero: false,
@@ -471,22 +565,34 @@ impl<'a, W: Write> PageSender<'a, W> {
 
     /// Read frame `f` once and queue exactly those bytes (zero pages as a marker).
     fn page(&mut self, f: u64) -> Result<(), MigError> {
-        self.vm
-            .ram
-            .read_frame(f, &mut self.page)
-            .map_err(|_| MigError(format!("reading frame {f:#x}")))?;
-        let zero = self.page.iter().all(|b| *b == 0);
-        let contiguous = self.run_len > 0
+        let follows = self.run_len > 0
             && f == self.run_start + u64::from(self.run_len)
-            && zero == self.run_zero
             && (self.run_len as usize) < PAGES_PER_MSG;
-        if !contiguous {
+        if !follows {
             self.flush()?;
+        }
+        // The page's place: after the run's bytes (a zero run has none). A page that turns out
+        // not to fit the run (zero after bytes, or bytes after zeros) ends it where it stands:
+        // the run's bytes before it are untouched, and after a zero run the page is already
+        // where the next run begins.
+        let at = self.run_bytes;
+        let slot = self
+            .run
+            .get_mut(at..at + 4096)
+            .ok_or_else(|| MigError("a PAGES run overflowed".into()))?;
+        self.ram
+            .read_at(f * 4096, slot)
+            .map_err(|_| MigError(format!("reading frame {f:#x}")))?;
+        let zero = slot.iter().all(|b| *b == 0);
+        if self.run_len > 0 && zero != self.run_zero {
+            self.flush()?;
+        }
+        if self.run_len == 0 {
             self.run_start = f;
             self.run_zero = zero;
         }
         if !zero {
-            self.run.extend_from_slice(&self.page[..]);
+            self.run_bytes += 4096;
         }
         self.run_len += 1;
         self.pages += 1;
@@ -503,8 +609,9 @@ impl<'a, W: Write> PageSender<'a, W> {
             count: U32::new(self.run_len),
             zero: U32::new(u32::from(self.run_zero)),
         };
-        send(self.w, Kind::Pages, &[h.as_bytes(), &self.run])?;
-        self.run.clear();
+        let bytes = self.run.get(..self.run_bytes).unwrap_or(&[]);
+        send(self.w, Kind::Pages, &[h.as_bytes(), bytes])?;
+        self.run_bytes = 0;
         self.run_len = 0;
         Ok(())
     }
@@ -539,17 +646,96 @@ fn harvest(
     Ok((bits, cpu, gpu))
 }
 
-fn send_round<W: Write>(vm: &Vm, w: &mut W, bits: &[u64]) -> Result<(u64, u64), MigError> {
-    let mut s = PageSender::new(vm, w);
+/// Words of a frame bitmap per stripe.
+const STRIPE_WORDS: usize = (STRIPE_FRAMES / 64) as usize;
+
+/// The connection frame `f` travels on, of `channels`.
+fn channel_of(f: u64, channels: usize) -> usize {
+    usize::try_from((f / STRIPE_FRAMES) % channels.max(1) as u64).unwrap_or(0)
+}
+
+/// Read and send the pages of `bits` whose stripes are connection `index`'s of `channels`, in
+/// frame order. Returns (pages, zero pages).
+fn send_stripes<W: Write>(
+    ram: &GuestRam,
+    w: &mut W,
+    bits: &[u64],
+    index: usize,
+    channels: usize,
+) -> Result<(u64, u64), MigError> {
+    let mut s = PageSender::new(ram, w);
     let mut res = Ok(());
-    for_each_bit(bits, |f| {
-        if res.is_ok() {
-            res = s.page(f);
+    for (stripe, words) in bits
+        .chunks(STRIPE_WORDS)
+        .enumerate()
+        .skip(index)
+        .step_by(channels.max(1))
+    {
+        let base = (stripe as u64) * STRIPE_FRAMES;
+        for_each_bit(words, |f| {
+            if res.is_ok() {
+                res = s.page(base + f);
+            }
+        });
+        if res.is_err() {
+            break;
         }
-    });
+    }
     res?;
     s.flush()?;
     Ok((s.pages, s.zero))
+}
+
+/// An extra page connection of the source.
+struct Channel<C: Write> {
+    w: Cut<Link<C>>,
+    /// Its index (1..): the main connection is 0.
+    index: usize,
+    /// Pages sent on it so far, every round.
+    pages: u64,
+}
+
+/// One RAM pass over every connection: connection 0's stripes on `main` by this thread, each
+/// extra connection's by its own thread, reading and sending at once. After the stop round
+/// (`last`) each extra connection ends with its page count. Returns (pages, zero pages).
+fn send_round<W: Write, C: Write + Send>(
+    ram: &GuestRam,
+    main: &mut W,
+    extra: &mut [Channel<C>],
+    bits: &[u64],
+    last: bool,
+) -> Result<(u64, u64), MigError> {
+    let n = extra.len() + 1;
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = extra
+            .iter_mut()
+            .map(|ch| {
+                sc.spawn(move || {
+                    let run = |ch: &mut Channel<C>| {
+                        let (pages, zero) = send_stripes(ram, &mut ch.w, bits, ch.index, n)?;
+                        ch.pages += pages;
+                        if last {
+                            send_msg(&mut ch.w, Kind::ChannelEnd, &ChannelEnd { pages: ch.pages })?;
+                        }
+                        ch.w.flush()?;
+                        Ok::<_, MigError>((pages, zero))
+                    };
+                    run(ch).map_err(|e| MigError(format!("page connection {}: {e}", ch.index)))
+                })
+            })
+            .collect();
+        let mut total = send_stripes(ram, main, bits, 0, n);
+        for h in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(MigError("a page connection's thread panicked".into())));
+            total = match (total, r) {
+                (Ok((p, z)), Ok((q, y))) => Ok((p + q, z + y)),
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            };
+        }
+        total
+    })
 }
 
 /// Migrate a running VM to the destination at the other end of `r`/`w`. On success the source
@@ -572,6 +758,43 @@ pub fn migrate_source_with<R: Read, W: Write>(
     opts: SourceOptions,
     on_round: &mut dyn FnMut(&RoundInfo),
 ) -> Result<SourceReport, MigError> {
+    migrate_source_channels(vm, r, w, Vec::<io::Sink>::new(), opts, on_round)
+}
+
+/// [`migrate_source_with`] over `1 + extra.len()` connections (at most [`MAX_CHANNELS`]): guest
+/// RAM is striped by frame over the main connection `r`/`w` and the `extra` page connections
+/// (each opened by the caller after the main one, to the same destination), each connection's
+/// pages read and sent by its own thread; the control messages, the vGPU's device state and the
+/// vCPU state stay on the main connection. The link rate is shared: each connection gets
+/// `opts.rate / connections`. Any connection's failure cancels the migration as
+/// [`migrate_source`] does.
+pub fn migrate_source_channels<R: Read, W: Write, C: Write + Send>(
+    vm: &mut Vm,
+    r: &mut R,
+    w: W,
+    extra: Vec<C>,
+    opts: SourceOptions,
+    on_round: &mut dyn FnMut(&RoundInfo),
+) -> Result<SourceReport, MigError> {
+    let n = extra.len() + 1;
+    if n > MAX_CHANNELS {
+        return Err(MigError(format!(
+            "{n} connections asked for; at most {MAX_CHANNELS}"
+        )));
+    }
+    let rate = opts.rate / n as u64;
+    let mut extra: Vec<Channel<C>> = extra
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| Channel {
+            w: Cut {
+                inner: Link::new(c, rate),
+                left: opts.cut_channel.filter(|x| x.0 == i + 1).map(|x| x.1),
+            },
+            index: i + 1,
+            pages: 0,
+        })
+        .collect();
     let frames = usize::try_from(vm.ram.frames()).map_err(|_| MigError("RAM size".into()))?;
     let mut send_bits = vec![0u64; words_for(frames)];
     let mut scratch = vec![0u8; 256 * 1024];
@@ -584,14 +807,14 @@ pub fn migrate_source_with<R: Read, W: Write>(
             .map_err(verr("opening the source session"))?
     };
     let mut w = Cut {
-        inner: Link::new(w, opts.rate),
+        inner: Link::new(w, rate),
         left: match (opts.cut_after, opts.cancel_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         },
     };
     let mut session = Some(session);
-    let out = run_source(vm, r, &mut w, &mut session, opts, on_round);
+    let out = run_source(vm, r, &mut w, &mut extra, &mut session, opts, on_round);
     match out {
         Ok(rep) => {
             if let Some(s) = session.take() {
@@ -647,10 +870,11 @@ pub fn frames_done(vm: &Vm) -> u64 {
         .count() as u64
 }
 
-fn run_source<R: Read, W: Write>(
+fn run_source<R: Read, W: Write, C: Write + Send>(
     vm: &mut Vm,
     r: &mut R,
     w: &mut Cut<Link<W>>,
+    extra: &mut [Channel<C>],
     session: &mut Option<SourceSession<'_>>,
     opts: SourceOptions,
     on_round: &mut dyn FnMut(&RoundInfo),
@@ -662,10 +886,31 @@ fn run_source<R: Read, W: Write>(
     let mut rep = SourceReport::default();
     vm.shared.mmio_wait.reset();
     vm.gpu_hold().reset();
-    send_msg(w, Kind::Hello, &hello_of(&vm.cfg)?)?;
+    let channels = u8::try_from(extra.len() + 1).map_err(|_| MigError("connections".into()))?;
+    // Ties the page connections to this migration.
+    let session = wall_ns() ^ u64::from(std::process::id()).rotate_left(32);
+    send_msg(w, Kind::Hello, &hello_of(&vm.cfg, channels, session)?)?;
     w.flush()?;
     let mut msg = Vec::new();
     answer(r, &mut msg).map_err(|e| MigError(format!("HELLO: {e}")))?;
+    let last = extra.len();
+    for ch in extra.iter_mut() {
+        let index = match opts.join_index {
+            Some(i) if ch.index == last => i,
+            _ => u8::try_from(ch.index).map_err(|_| MigError("connections".into()))?,
+        };
+        let greeting = Greeting {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION,
+        };
+        send_msg(&mut ch.w, Kind::Join, &(greeting, Join { session, index }))
+            .and_then(|()| Ok(ch.w.flush()?))
+            .map_err(|e| MigError(format!("page connection {}: {e}", ch.index)))?;
+    }
+    let ram = vm.ram.clone();
+    let sent = |w: &Cut<Link<W>>, extra: &[Channel<C>]| {
+        w.inner.sent() + extra.iter().map(|c| c.w.inner.sent()).sum::<u64>()
+    };
     let mut gpu_bits = vec![0u64; words_for(usize::try_from(vm.ram.frames()).unwrap_or(0))];
     let mut policy = Policy::new(opts.policy);
     let access = DeviceAccess::new(vm.device.clone());
@@ -684,8 +929,8 @@ fn run_source<R: Read, W: Write>(
     let mut gpu = 0;
     loop {
         let t = Instant::now();
-        let before = w.inner.sent();
-        let (pages, zero) = send_round(vm, w, &bits)?;
+        let before = sent(w, extra);
+        let (pages, zero) = send_round(&ram, w, extra, &bits, false)?;
         send_msg(w, Kind::Round, &round)?;
         w.flush()?;
         let info = RoundInfo {
@@ -694,7 +939,7 @@ fn run_source<R: Read, W: Write>(
             gpu_dirty: gpu,
             pages,
             zero_pages: zero,
-            bytes: w.inner.sent() - before,
+            bytes: sent(w, extra) - before,
             elapsed_us: us(t.elapsed()),
             at_us: us(t0.elapsed()),
         };
@@ -748,8 +993,8 @@ fn run_source<R: Read, W: Write>(
         *b |= *l;
     }
     let t = Instant::now();
-    let before = w.inner.sent();
-    let (pages, zero) = send_round(vm, w, &bits)?;
+    let before = sent(w, extra);
+    let (pages, zero) = send_round(&ram, w, extra, &bits, true)?;
     send_msg(w, Kind::Round, &round)?;
     // The vGPU's device state, through the library's stream (the vCPU is paused and the vGPU
     // quiesced: holding the lock costs nothing now).
@@ -808,16 +1053,133 @@ fn run_source<R: Read, W: Write>(
         gpu_dirty: g,
         pages,
         zero_pages: zero,
-        bytes: w.inner.sent() - before,
+        bytes: sent(w, extra) - before,
         elapsed_us: us(t.elapsed()),
         at_us: us(t0.elapsed()),
     });
     rep.vgpu_bytes = vgpu_bytes;
     rep.cpu_bytes = cpu_state.len() as u64;
     answer(r, &mut msg)?;
-    rep.total_bytes = w.inner.sent();
+    rep.total_bytes = sent(w, extra);
+    rep.channel_bytes = std::iter::once(w.inner.sent())
+        .chain(extra.iter().map(|c| c.w.inner.sent()))
+        .collect();
     rep.total_us = us(t0.elapsed());
     Ok(rep)
+}
+
+/// A RAM pre-copy's first round on its own: what [`ram_round_over_loopback`] measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamRound {
+    /// Pages sent (zero pages as markers).
+    pub pages: u64,
+    /// Bytes on the connections, framing included.
+    pub bytes: u64,
+    /// From the first page read to the last page written at the other end, ns.
+    pub elapsed_ns: u64,
+    /// Pages each connection carried.
+    pub channel_pages: Vec<u64>,
+}
+
+/// Send every frame of `src` into `dst` (of the same size) as a migration's round 0 does, over
+/// `channels` TCP connections on the loopback interface, unlimited: the source's page threads
+/// (the same code as [`migrate_source_channels`]'s) and the destination's (as
+/// [`migrate_dest_channels`]'s) in this process, no VM running. For measuring the transport's
+/// page throughput; the caller checks `dst` equals `src`.
+pub fn ram_round_over_loopback(
+    src: &GuestRam,
+    dst: &GuestRam,
+    channels: usize,
+) -> Result<RamRound, MigError> {
+    if !(1..=MAX_CHANNELS).contains(&channels) || src.frames() != dst.frames() {
+        return Err(MigError(format!(
+            "{channels} connections, {} and {} frames",
+            src.frames(),
+            dst.frames()
+        )));
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut out = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..channels {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        out.push(io::BufWriter::with_capacity(1 << 20, s));
+        let (a, _) = listener.accept()?;
+        conns.push(BufReader::with_capacity(1 << 20, a));
+    }
+    let frames = usize::try_from(src.frames()).map_err(|_| MigError("RAM size".into()))?;
+    let mut bits = vec![u64::MAX; words_for(frames)];
+    if let Some(last) = bits.last_mut()
+        && frames % 64 != 0
+    {
+        *last = (1u64 << (frames % 64)) - 1;
+    }
+    let mut iter = out.into_iter();
+    let mut main = Cut {
+        inner: Link::new(
+            iter.next()
+                .ok_or_else(|| MigError("no connection".into()))?,
+            0,
+        ),
+        left: None,
+    };
+    let mut extra: Vec<Channel<_>> = iter
+        .enumerate()
+        .map(|(i, c)| Channel {
+            w: Cut {
+                inner: Link::new(c, 0),
+                left: None,
+            },
+            index: i + 1,
+            pages: 0,
+        })
+        .collect();
+    let shut: Vec<TcpStream> = conns
+        .iter()
+        .map(|c| c.get_ref().try_clone())
+        .collect::<io::Result<_>>()?;
+    let t = Instant::now();
+    let (received, sent) = std::thread::scope(|sc| {
+        let handles: Vec<_> = conns
+            .iter_mut()
+            .enumerate()
+            .map(|(i, conn)| {
+                sc.spawn(move || receive_channel(&mut PageSink::new(dst, i, channels), conn))
+            })
+            .collect();
+        let sent = send_round(src, &mut main, &mut extra, &bits, true).and_then(|(p, _)| {
+            // The main connection's stripes end as the others do.
+            let mine = p - extra.iter().map(|c| c.pages).sum::<u64>();
+            send_msg(&mut main, Kind::ChannelEnd, &ChannelEnd { pages: mine })?;
+            main.flush()?;
+            Ok(p)
+        });
+        if sent.is_err() {
+            // The receivers wait for nothing more.
+            for s in &shut {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        let received: Result<Vec<PageStats>, MigError> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(MigError("a receiving thread panicked".into())))
+            })
+            .collect();
+        (received, sent)
+    });
+    let elapsed_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let pages = sent?;
+    let received = received?;
+    Ok(RamRound {
+        pages,
+        bytes: main.inner.sent() + extra.iter().map(|c| c.w.inner.sent()).sum::<u64>(),
+        elapsed_ns,
+        channel_pages: received.iter().map(|s| s.pages).collect(),
+    })
 }
 
 /// What a destination saw.
@@ -837,6 +1199,8 @@ pub struct DestReport {
     pub end_after_pause_us: u64,
     /// Zero pages skipped because this frame was never written (fresh RAM is zero).
     pub zero_pages_skipped: u64,
+    /// Pages received on each connection (the main one first).
+    pub channel_pages: Vec<u64>,
 }
 
 /// Receive a migration on `r`/`w` and return the running destination VM. On a rejected
@@ -846,26 +1210,46 @@ pub fn migrate_dest<R: Read, W: Write>(r: &mut R, w: &mut W) -> Result<(Vm, Dest
 }
 
 /// [`migrate_dest`] onto a destination `host` of the caller's choice (its placement of the
-/// vGPU's graphics memory).
+/// vGPU's graphics memory). A source asking for more than one connection is refused.
 pub fn migrate_dest_on<R: Read, W: Write>(
     r: &mut R,
     w: &mut W,
     host: Host,
 ) -> Result<(Vm, DestReport), MigError> {
+    migrate_dest_channels(r, w, host, &mut || {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this destination takes one connection",
+        ))
+    })
+}
+
+/// [`migrate_dest_on`] for a source of any number of connections (the HELLO says how many, at
+/// most [`MAX_CHANNELS`]): after the HELLO, `accept` is called once for each extra page
+/// connection, whose JOIN names its index. Each connection's pages are received and written by
+/// its own thread; the vGPU is committed and the vCPU started only after every connection ended
+/// with the page count it received. Any connection's failure answers NACK and no VM runs.
+pub fn migrate_dest_channels<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    host: Host,
+    accept: &mut dyn FnMut() -> io::Result<TcpStream>,
+) -> Result<(Vm, DestReport), MigError> {
     let mut buf = Vec::new();
     // The answer to the HELLO comes before the VM is built: the source waits only for the
     // check of the protocol and configuration, and the build overlaps its first pages.
-    let cfg = match recv(r, &mut buf)? {
+    let hello = match recv(r, &mut buf)? {
         Kind::Hello => decode_hello(&buf),
         k => Err(MigError(format!("expected HELLO, got {k:?}"))),
     };
-    let cfg = cfg.inspect_err(|e| refuse(w, e))?;
+    let hello = hello.inspect_err(|e| refuse(w, e))?;
     send_msg(w, Kind::Ack, &())?;
     w.flush()?;
-    let mut vm = Vm::new(cfg, None, host)
+    let conns = join_channels(&hello, accept).inspect_err(|e| refuse(w, e))?;
+    let mut vm = Vm::new(hello.cfg, None, host)
         .map_err(MigError::from)
         .inspect_err(|e| refuse(w, e))?;
-    match receive(&mut vm, r, &mut buf) {
+    match receive(&mut vm, r, &mut buf, conns) {
         Ok((mut rep, paused_wall_ns, t_end, end_wall)) => {
             send_msg(w, Kind::Ack, &())?;
             w.flush()?;
@@ -911,10 +1295,227 @@ fn wait_first_entry(vm: &Vm) -> (Instant, u64) {
     }
 }
 
+/// An extra page connection at the destination, in the order of its index.
+type PageConn = BufReader<TcpStream>;
+
+/// How long a new page connection may take to send its JOIN.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accept the HELLO's extra page connections and read each one's JOIN: the same session, an
+/// index in 1..channels, each index once. Returns them in index order.
+fn join_channels(
+    hello: &Incoming,
+    accept: &mut dyn FnMut() -> io::Result<TcpStream>,
+) -> Result<Vec<PageConn>, MigError> {
+    let mut slots: Vec<Option<PageConn>> = (1..hello.channels).map(|_| None).collect();
+    let mut buf = Vec::new();
+    for n in 1..hello.channels {
+        let sock = accept().map_err(|e| MigError(format!("accepting page connection {n}: {e}")))?;
+        let _ = sock.set_nodelay(true);
+        sock.set_read_timeout(Some(JOIN_TIMEOUT))?;
+        let mut conn = BufReader::with_capacity(1 << 20, sock);
+        let join = match recv(&mut conn, &mut buf)? {
+            Kind::Join => check_greeting(&buf).and_then(|b| decode::<Join>(Kind::Join, b)),
+            k => Err(MigError(format!(
+                "a page connection began with {k:?}, not JOIN"
+            ))),
+        }?;
+        conn.get_ref().set_read_timeout(None)?;
+        if join.session != hello.session {
+            return Err(MigError("a page connection of another migration".into()));
+        }
+        let index = usize::from(join.index);
+        match index.checked_sub(1).and_then(|i| slots.get_mut(i)) {
+            Some(slot @ None) => *slot = Some(conn),
+            Some(Some(_)) => {
+                return Err(MigError(format!(
+                    "two page connections announced index {index}"
+                )));
+            }
+            None => {
+                return Err(MigError(format!(
+                    "a page connection announced index {index}; this migration has connections 1 to {}",
+                    hello.channels - 1
+                )));
+            }
+        }
+    }
+    // Every index was announced once: all slots are filled.
+    Ok(slots.into_iter().flatten().collect())
+}
+
+/// Pages one connection received.
+#[derive(Debug, Clone, Copy, Default)]
+struct PageStats {
+    pages: u64,
+    zero_skipped: u64,
+}
+
+/// The pages of one connection: its frames written so far (a zero page for a frame never
+/// written needs no write: fresh RAM is zero) and its counts. Frames of other connections'
+/// stripes are refused: every copy of a frame must come the same way, in order.
+struct PageSink<'a> {
+    ram: &'a GuestRam,
+    index: usize,
+    channels: usize,
+    written: Vec<u64>,
+    stats: PageStats,
+}
+
+impl<'a> PageSink<'a> {
+    fn new(ram: &'a GuestRam, index: usize, channels: usize) -> Self {
+        Self {
+            ram,
+            index,
+            channels,
+            written: vec![0u64; words_for(usize::try_from(ram.frames()).unwrap_or(0))],
+            stats: PageStats::default(),
+        }
+    }
+
+    /// Check and write one `PAGES` payload.
+    fn pages(&mut self, buf: &[u8]) -> Result<(), MigError> {
+        const ZERO: [u8; 4096] = [0; 4096];
+        let frames = self.ram.frames();
+        let (h, data) = PagesHeader::read_from_prefix(buf)
+            .map_err(|_| MigError("PAGES message shorter than its header".into()))?;
+        let first = h.first.get();
+        let count = u64::from(h.count.get());
+        let is_zero = match h.zero.get() {
+            0 => false,
+            1 => true,
+            z => return Err(MigError(format!("PAGES message with zero flag {z}"))),
+        };
+        let want = if is_zero { 0 } else { count * 4096 };
+        if first.checked_add(count).is_none_or(|e| e > frames) || data.len() as u64 != want {
+            return Err(MigError("PAGES message out of range".into()));
+        }
+        for f in first..first + count {
+            if channel_of(f, self.channels) != self.index {
+                return Err(MigError(format!(
+                    "frame {f:#x} on connection {}, not its stripe's",
+                    self.index
+                )));
+            }
+        }
+        for (i, f) in (first..first + count).enumerate() {
+            let (w, bit) = (
+                usize::try_from(f / 64).unwrap_or(usize::MAX),
+                1u64 << (f % 64),
+            );
+            let seen = self.written.get(w).is_some_and(|x| x & bit != 0);
+            if is_zero && !seen {
+                self.stats.zero_skipped += 1;
+                continue;
+            }
+            if let Some(x) = self.written.get_mut(w) {
+                *x |= bit;
+            }
+            let page = if is_zero {
+                &ZERO[..]
+            } else {
+                data.get(i * 4096..(i + 1) * 4096).unwrap_or(&[])
+            };
+            self.ram
+                .write_at(f * 4096, page)
+                .map_err(|_| MigError("writing RAM".into()))?;
+        }
+        self.stats.pages += count;
+        Ok(())
+    }
+}
+
+/// Receive one extra page connection to its end (`CHANNEL_END` with the page count it
+/// received).
+fn receive_channel(sink: &mut PageSink<'_>, conn: &mut PageConn) -> Result<PageStats, MigError> {
+    let mut buf = Vec::new();
+    loop {
+        match recv(conn, &mut buf)? {
+            Kind::Pages => sink.pages(&buf)?,
+            Kind::ChannelEnd => {
+                let end: ChannelEnd = decode(Kind::ChannelEnd, &buf)?;
+                if end.pages != sink.stats.pages {
+                    return Err(MigError(format!(
+                        "the source sent {} pages, {} arrived",
+                        end.pages, sink.stats.pages
+                    )));
+                }
+                return Ok(sink.stats);
+            }
+            k => return Err(MigError(format!("unexpected {k:?}"))),
+        }
+    }
+}
+
+/// Receive the migration: the main connection on this thread, each extra page connection on
+/// its own. A connection's failure is the migration's first error; it shuts every connection
+/// down, so no side waits for the other for ever.
 fn receive<R: Read>(
     vm: &mut Vm,
     r: &mut R,
     buf: &mut Vec<u8>,
+    mut conns: Vec<PageConn>,
+) -> Result<(DestReport, u64, Instant, u64), MigError> {
+    let channels = conns.len() + 1;
+    let ram = vm.ram.clone();
+    let first_error: OnceLock<MigError> = OnceLock::new();
+    let shut: Vec<TcpStream> = conns
+        .iter()
+        .map(|c| c.get_ref().try_clone())
+        .collect::<io::Result<_>>()?;
+    let shut_all = || {
+        for s in &shut {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    };
+    std::thread::scope(|sc| {
+        let mut handles: Vec<_> = conns
+            .iter_mut()
+            .enumerate()
+            .map(|(i, conn)| {
+                let (ram, first_error) = (&*ram, &first_error);
+                sc.spawn(move || {
+                    let mut sink = PageSink::new(ram, i + 1, channels);
+                    receive_channel(&mut sink, conn).map_err(|e| {
+                        let e = MigError(format!("page connection {}: {e}", i + 1));
+                        let _ = first_error.set(e.clone());
+                        // The source's writes on it fail now, and it cancels.
+                        let _ = conn.get_ref().shutdown(Shutdown::Both);
+                        e
+                    })
+                })
+            })
+            .collect();
+        let mut joined = Vec::new();
+        let mut join_all = || -> Result<Vec<PageStats>, MigError> {
+            for h in handles.drain(..) {
+                let s = h.join().unwrap_or_else(|_| {
+                    Err(MigError("a page connection's thread panicked".into()))
+                })?;
+                joined.push(s);
+            }
+            Ok(std::mem::take(&mut joined))
+        };
+        let out = receive_main(vm, &ram, r, buf, channels, &mut join_all);
+        match out {
+            Ok(x) => Ok(x),
+            Err(e) => {
+                let e = first_error.get_or_init(|| e).clone();
+                shut_all();
+                let _ = join_all();
+                Err(e)
+            }
+        }
+    })
+}
+
+fn receive_main<R: Read>(
+    vm: &mut Vm,
+    ram: &GuestRam,
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    channels: usize,
+    join_all: &mut dyn FnMut() -> Result<Vec<PageStats>, MigError>,
 ) -> Result<(DestReport, u64, Instant, u64), MigError> {
     let mut rep = DestReport::default();
     // The configuration's bound: with it, only a faulty stream can fail the restore.
@@ -928,55 +1529,18 @@ fn receive<R: Read>(
     let mut mem = vm.memory();
     let mut cpu = None;
     let mut reports = Vec::new();
-    let frames = vm.ram.frames();
-    let zero = vec![0u8; 4096];
-    // Frames written so far: a zero page for a frame never written needs no write (fresh RAM
-    // is zero).
-    let mut written = vec![0u64; words_for(usize::try_from(frames).unwrap_or(0))];
+    let mut sink = PageSink::new(ram, 0, channels);
     let mut next_round = 0u32;
+    // The page connections, once every one has ended (it carried the stop round's pages before
+    // the source sent anything after them on this connection).
+    let mut others: Option<Vec<PageStats>> = None;
     let paused_wall_ns = loop {
-        match recv(r, buf)? {
-            Kind::Pages => {
-                let (h, data) = PagesHeader::read_from_prefix(buf)
-                    .map_err(|_| MigError("PAGES message shorter than its header".into()))?;
-                let first = h.first.get();
-                let count = u64::from(h.count.get());
-                let is_zero = match h.zero.get() {
-                    0 => false,
-                    1 => true,
-                    z => return Err(MigError(format!("PAGES message with zero flag {z}"))),
-                };
-                let want = if is_zero { 0 } else { count * 4096 };
-                if first.checked_add(count).is_none_or(|e| e > frames) || data.len() as u64 != want
-                {
-                    return Err(MigError("PAGES message out of range".into()));
-                }
-                for i in 0..count {
-                    let f = first + i;
-                    let (w, bit) = (
-                        usize::try_from(f / 64).unwrap_or(usize::MAX),
-                        1u64 << (f % 64),
-                    );
-                    let seen = written.get(w).is_some_and(|x| x & bit != 0);
-                    if is_zero && !seen {
-                        rep.zero_pages_skipped += 1;
-                        continue;
-                    }
-                    if let Some(x) = written.get_mut(w) {
-                        *x |= bit;
-                    }
-                    let page = if is_zero {
-                        &zero[..]
-                    } else {
-                        let at = usize::try_from(i * 4096).unwrap_or(usize::MAX);
-                        data.get(at..at + 4096).unwrap_or(&[])
-                    };
-                    vm.ram
-                        .write_at((first + i) * 4096, page)
-                        .map_err(|_| MigError("writing RAM".into()))?;
-                }
-                rep.pages += count;
-            }
+        let kind = recv(r, buf)?;
+        if !matches!(kind, Kind::Pages | Kind::Round) && others.is_none() {
+            others = Some(join_all()?);
+        }
+        match kind {
+            Kind::Pages => sink.pages(buf)?,
             Kind::Round => {
                 let round: u32 = decode(Kind::Round, buf)?;
                 if round != next_round {
@@ -1011,6 +1575,18 @@ fn receive<R: Read>(
     };
     let t_end = Instant::now();
     let end_wall = wall_ns();
+    let others = match others {
+        Some(o) => o,
+        None => join_all()?,
+    };
+    rep.channel_pages = std::iter::once(sink.stats)
+        .chain(others)
+        .map(|s| {
+            rep.pages += s.pages;
+            rep.zero_pages_skipped += s.zero_skipped;
+            s.pages
+        })
+        .collect();
     if !ds.is_finished() {
         return Err(MigError("the vGPU stream did not end".into()));
     }
@@ -1028,7 +1604,7 @@ fn receive<R: Read>(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests")]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
 mod tests {
     use super::*;
 
@@ -1036,9 +1612,14 @@ mod tests {
     fn hello_round_trips_the_configuration() {
         for p in PROFILES {
             let cfg = VmConfig::small(p, 12, 5);
-            let b = demo_wire::encode(&hello_of(&cfg).unwrap()).unwrap();
-            assert_eq!(b.get(..8), Some(&b"KVMVGPU2"[..]));
-            assert_eq!(decode_hello(&b).unwrap(), cfg);
+            let b = demo_wire::encode(&hello_of(&cfg, 3, 77).unwrap()).unwrap();
+            assert_eq!(b.get(..8), Some(&b"KVMVGPU3"[..]));
+            let want = Incoming {
+                cfg,
+                channels: 3,
+                session: 77,
+            };
+            assert_eq!(decode_hello(&b).unwrap(), want);
             // Cut anywhere, or with a byte more: refused.
             for n in 0..b.len() {
                 assert!(decode_hello(b.get(..n).unwrap()).is_err(), "{n} bytes");
@@ -1062,28 +1643,164 @@ mod tests {
         send(&mut wire, Kind::Hello, &[&hello]).unwrap();
         let mut back = Vec::new();
         let err = migrate_dest(&mut &wire[..], &mut back).unwrap_err();
-        let want = "the source speaks KVM VMM migration protocol version 1, this side speaks 2";
+        let want = "the source speaks KVM VMM migration protocol version 1, this side speaks 3";
         assert_eq!(err.0, want);
         let mut msg = Vec::new();
         let e = answer(&mut &back[..], &mut msg).unwrap_err();
         assert_eq!(e.0, format!("destination refused: {want}"));
     }
 
+    /// A version-2 source (one connection; its HELLO had no connection count) is answered NACK
+    /// with both versions named, before any VM is built.
+    #[test]
+    fn a_source_of_the_single_connection_protocol_is_refused_at_hello() {
+        #[derive(Serialize)]
+        struct HelloV2 {
+            ram: u64,
+            aperture: u64,
+            hidden: u64,
+            frames: u64,
+            seed: u64,
+            profile: WireProfile,
+        }
+        let cfg = VmConfig::small(Profile::MEDIA, 4, 1);
+        let (mut g, h) = hello_of(&cfg, 1, 0).unwrap();
+        g.version = b'2';
+        let old = HelloV2 {
+            ram: h.ram,
+            aperture: h.aperture,
+            hidden: h.hidden,
+            frames: h.frames,
+            seed: h.seed,
+            profile: h.profile,
+        };
+        let mut wire = Vec::new();
+        send_msg(&mut wire, Kind::Hello, &(&g, &old)).unwrap();
+        let mut back = Vec::new();
+        let err = migrate_dest(&mut &wire[..], &mut back).unwrap_err();
+        let want = "the source speaks KVM VMM migration protocol version 2, this side speaks 3";
+        assert_eq!(err.0, want);
+        let e = answer(&mut &back[..], &mut Vec::new()).unwrap_err();
+        assert_eq!(e.0, format!("destination refused: {want}"));
+    }
+
+    /// A HELLO asking for no connection or for more than [`MAX_CHANNELS`] is refused; a
+    /// destination that takes one connection refuses a source of two before any VM is built.
+    #[test]
+    fn connection_counts_out_of_range_are_refused() {
+        let cfg = VmConfig::small(Profile::IDLE, 4, 1);
+        for n in [0u8, 9, 255] {
+            let b = demo_wire::encode(&hello_of(&cfg, n, 1).unwrap()).unwrap();
+            let e = decode_hello(&b).unwrap_err();
+            assert_eq!(
+                e.0,
+                format!("the source asks for {n} connections; this destination takes 1 to 8")
+            );
+        }
+        let mut wire = Vec::new();
+        send_msg(&mut wire, Kind::Hello, &hello_of(&cfg, 2, 1).unwrap()).unwrap();
+        let mut back = Vec::new();
+        let err = migrate_dest(&mut &wire[..], &mut back).unwrap_err();
+        assert_eq!(
+            err.0,
+            "accepting page connection 1: this destination takes one connection"
+        );
+        let mut r = &back[..];
+        answer(&mut r, &mut Vec::new()).unwrap();
+        let e = answer(&mut r, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.0, format!("destination refused: {}", err.0));
+    }
+
+    /// A whole round over 1, 2 and 3 loopback connections: the destination's RAM equals the
+    /// source's, each connection carried its stripes' pages, and the counts add up.
+    #[test]
+    fn a_round_over_several_connections_copies_every_frame() {
+        let src = GuestRam::new(4 << 20).unwrap();
+        // Distinct pages, with zero pages among them (every fifth frame, and a run of them).
+        for f in 0..src.frames() {
+            if f % 5 != 0 && !(500..540).contains(&f) {
+                let page: Vec<u8> = (0..4096u64)
+                    .map(|i| u8::try_from((f * 31 + i * 7) % 251).unwrap())
+                    .collect();
+                src.write_at(f * 4096, &page).unwrap();
+            }
+        }
+        let want = src.snapshot().unwrap();
+        for n in 1..=3 {
+            let dst = GuestRam::new(4 << 20).unwrap();
+            let r = ram_round_over_loopback(&src, &dst, n).unwrap();
+            assert_eq!(r.pages, src.frames());
+            assert_eq!(r.channel_pages.len(), n);
+            assert_eq!(r.channel_pages.iter().sum::<u64>(), src.frames());
+            // 1024 frames in stripes of 128: 8 stripes round the connections.
+            let stripes = 1024 / 128;
+            for (i, p) in r.channel_pages.iter().enumerate() {
+                let mine = (0..stripes).filter(|s| s % n == i).count() as u64;
+                assert_eq!(*p, mine * 128, "connection {i} of {n}");
+            }
+            assert!(dst.snapshot().unwrap() == want, "{n} connections");
+        }
+        assert!(ram_round_over_loopback(&src, &src, 9).is_err());
+    }
+
+    /// Stripes of 128 frames go round the connections; every frame has exactly one, and each
+    /// connection's share of a full bitmap is its stripes, nothing else.
+    #[test]
+    fn stripes_split_a_round_by_frame() {
+        assert_eq!(channel_of(0, 3), 0);
+        assert_eq!(channel_of(127, 3), 0);
+        assert_eq!(channel_of(128, 3), 1);
+        assert_eq!(channel_of(3 * 128, 3), 0);
+        assert_eq!(channel_of(1000, 1), 0);
+        let ram = GuestRam::new(2 << 20).unwrap();
+        ram.write_at(200 * 4096, &[7; 4096]).unwrap();
+        // A frame in every stripe, and frames at the stripes' edges.
+        let mut bits = vec![0u64; words_for(512)];
+        for f in [0u64, 5, 127, 128, 200, 255, 256, 300, 383, 384, 511] {
+            bits[usize::try_from(f / 64).unwrap()] |= 1 << (f % 64);
+        }
+        for n in 1..=4usize {
+            let (mut total, mut zeros) = (0, 0);
+            for i in 0..n {
+                let mut wire = Vec::new();
+                let (pages, zero) = send_stripes(&ram, &mut wire, &bits, i, n).unwrap();
+                total += pages;
+                zeros += zero;
+                let mut sink = PageSink::new(&ram, i, n);
+                let mut r = &wire[..];
+                let mut buf = Vec::new();
+                while !r.is_empty() {
+                    assert_eq!(recv(&mut r, &mut buf).unwrap(), Kind::Pages);
+                    sink.pages(&buf).unwrap();
+                }
+                assert_eq!(sink.stats.pages, pages);
+                // Another connection's sink refuses these frames.
+                if n > 1 && !wire.is_empty() {
+                    let mut other = PageSink::new(&ram, (i + 1) % n, n);
+                    let mut r = &wire[..];
+                    recv(&mut r, &mut buf).unwrap();
+                    assert!(other.pages(&buf).is_err());
+                }
+            }
+            assert_eq!((total, zeros), (11, 10), "{n} connections");
+        }
+    }
+
     #[test]
     fn control_messages_out_of_range_are_refused() {
         let cfg = VmConfig::small(Profile::MEDIA, 4, 1);
-        let (g, mut h) = hello_of(&cfg).unwrap();
+        let (g, mut h) = hello_of(&cfg, 1, 0).unwrap();
         h.profile.code = 4;
         let e = decode_hello(&demo_wire::encode(&(&g, &h)).unwrap()).unwrap_err();
         assert_eq!(e.0, "unknown workload code 4");
-        let (g, mut h) = hello_of(&cfg).unwrap();
+        let (g, mut h) = hello_of(&cfg, 1, 0).unwrap();
         h.ram = 65 << 30;
         assert!(decode_hello(&demo_wire::encode(&(&g, &h)).unwrap()).is_err());
         let unknown = Profile {
             name: "custom",
             ..Profile::IDLE
         };
-        assert!(hello_of(&VmConfig::small(unknown, 1, 1)).is_err());
+        assert!(hello_of(&VmConfig::small(unknown, 1, 1), 1, 0).is_err());
         // An answer that is neither ACK nor NACK, or an ACK with a payload.
         let mut wire = Vec::new();
         send(&mut wire, Kind::Ack, &[&[0]]).unwrap();

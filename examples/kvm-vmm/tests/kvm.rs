@@ -101,27 +101,45 @@ fn two_runs_of_the_same_guest_end_in_the_same_state() {
     }
 }
 
-/// Migrate `src` (running) to a destination in this process over TCP loopback.
-fn migrate(
-    src: &mut Vm,
-    opts: kvm_vmm::migration::SourceOptions,
-) -> (
+type Migrated = (
     Result<kvm_vmm::migration::SourceReport, kvm_vmm::migration::MigError>,
     Result<(Vm, kvm_vmm::migration::DestReport), kvm_vmm::migration::MigError>,
-) {
+);
+
+/// Migrate `src` (running) to a destination in this process over TCP loopback.
+fn migrate(src: &mut Vm, opts: kvm_vmm::migration::SourceOptions) -> Migrated {
+    migrate_over(src, opts, 1)
+}
+
+/// [`migrate`] over `channels` connections (guest RAM striped over them).
+fn migrate_over(
+    src: &mut Vm,
+    opts: kvm_vmm::migration::SourceOptions,
+    channels: usize,
+) -> Migrated {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let dst = std::thread::spawn(move || {
         let (sock, _) = listener.accept().unwrap();
         let mut r = std::io::BufReader::new(sock.try_clone().unwrap());
         let mut w = std::io::BufWriter::new(sock);
-        kvm_vmm::migration::migrate_dest(&mut r, &mut w)
+        kvm_vmm::migration::migrate_dest_channels(&mut r, &mut w, Host::Destination, &mut || {
+            listener.accept().map(|(s, _)| s)
+        })
     });
     let sock = std::net::TcpStream::connect(addr).unwrap();
     sock.set_nodelay(true).unwrap();
+    // The page connections, after the main one.
+    let extra: Vec<_> = (1..channels)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            std::io::BufWriter::with_capacity(1 << 20, s)
+        })
+        .collect();
     let mut r = std::io::BufReader::new(sock.try_clone().unwrap());
     let w = std::io::BufWriter::with_capacity(1 << 20, sock);
-    let s = kvm_vmm::migration::migrate_source(src, &mut r, w, opts);
+    let s = kvm_vmm::migration::migrate_source_channels(src, &mut r, w, extra, opts, &mut |_| {});
     // Closing our end lets a destination still reading see the connection end.
     drop(r);
     (s, dst.join().unwrap())
@@ -133,32 +151,161 @@ fn finish(vm: &mut Vm) {
     vm.wait_gpu_idle().unwrap();
 }
 
+/// Run `cfg` never migrated, then again migrated over `channels` connections once the guest
+/// has made 20 reports, and check that the migrated run ends in the same state. Returns what
+/// both ends saw.
+fn migrated_equals_never_migrated(
+    cfg: VmConfig,
+    img: &[u8],
+    channels: usize,
+) -> (
+    kvm_vmm::migration::SourceReport,
+    kvm_vmm::migration::DestReport,
+) {
+    let expected = run_to_end(cfg, img).end_state().unwrap();
+    let mut src = Vm::new(cfg, Some(img), Host::Source).unwrap();
+    src.start().unwrap();
+    // Let the guest get going, then migrate while it renders.
+    while src.reports().len() < 20 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (s, d) = migrate_over(
+        &mut src,
+        kvm_vmm::migration::SourceOptions::default(),
+        channels,
+    );
+    let s = s.unwrap();
+    let (mut dst, drep) = d.unwrap();
+    let name = cfg.profile.name;
+    eprintln!("{name} over {channels}: {s:?}\n{drep:?}");
+    assert!(
+        s.frames_at_pause < cfg.frames,
+        "migrated before the guest ended"
+    );
+    finish(&mut dst);
+    let got = dst.end_state().unwrap();
+    assert_eq!(got.diff(&expected), None, "{name} over {channels}");
+    assert!(
+        got.guest_checks_passed(cfg.frames),
+        "{name} over {channels}"
+    );
+    (s, drep)
+}
+
 #[test]
 fn a_migrated_vm_ends_equal_to_a_never_migrated_one() {
     let Some(img) = setup("a_migrated_vm_ends_equal_to_a_never_migrated_one") else {
         return;
     };
     for profile in [Profile::MEDIA, Profile::THREE_D] {
-        let cfg = VmConfig::small(profile, 400, 9);
-        let expected = run_to_end(cfg, &img).end_state().unwrap();
+        migrated_equals_never_migrated(VmConfig::small(profile, 400, 9), &img, 1);
+    }
+}
+
+/// Guest RAM striped over 2 and 3 connections, each sent and received by its own thread: the
+/// migrated VM ends equal to a never-migrated one, and every connection carried pages.
+#[test]
+fn a_vm_migrated_over_several_connections_ends_equal_to_a_never_migrated_one() {
+    let Some(img) =
+        setup("a_vm_migrated_over_several_connections_ends_equal_to_a_never_migrated_one")
+    else {
+        return;
+    };
+    for (profile, channels) in [(Profile::THREE_D, 2), (Profile::MEDIA, 3)] {
+        let cfg = VmConfig::small(profile, 400, 13);
+        let (s, drep) = migrated_equals_never_migrated(cfg, &img, channels);
+        assert_eq!(s.channel_bytes.len(), channels);
+        assert_eq!(s.channel_bytes.iter().sum::<u64>(), s.total_bytes);
+        assert_eq!(drep.channel_pages.len(), channels);
+        assert!(drep.channel_pages.iter().all(|p| *p > 0), "{drep:?}");
+        let sent: u64 = s.rounds.iter().map(|r| r.pages).sum();
+        assert_eq!(drep.pages, sent);
+    }
+}
+
+/// An extra page connection cut in the middle of the pre-copy, one announcing an index this
+/// migration does not have or another's, a corrupt device state or a cancel over two
+/// connections: the destination runs no VM, the source cancels and its guest ends exactly as if
+/// never migrated.
+#[test]
+fn a_cut_or_misannounced_page_connection_leaves_the_source_running_unchanged() {
+    let Some(img) =
+        setup("a_cut_or_misannounced_page_connection_leaves_the_source_running_unchanged")
+    else {
+        return;
+    };
+    let cfg = VmConfig::small(Profile::THREE_D, 300, 6);
+    let expected = run_to_end(cfg, &img).end_state().unwrap();
+    let faults = [
+        // The second of three connections drops in round 0.
+        (
+            kvm_vmm::migration::SourceOptions {
+                cut_channel: Some((1, 200_000)),
+                ..Default::default()
+            },
+            3,
+        ),
+        // The last page connection announces index 2 of a migration of two connections.
+        (
+            kvm_vmm::migration::SourceOptions {
+                join_index: Some(2),
+                ..Default::default()
+            },
+            2,
+        ),
+        // Two page connections announce index 1.
+        (
+            kvm_vmm::migration::SourceOptions {
+                join_index: Some(1),
+                ..Default::default()
+            },
+            3,
+        ),
+        // The faults of one connection, with two: a flipped bit of the vGPU's device state,
+        (
+            kvm_vmm::migration::SourceOptions {
+                corrupt_vgpu_at: Some(200),
+                ..Default::default()
+            },
+            2,
+        ),
+        // and the source cancelling before END.
+        (
+            kvm_vmm::migration::SourceOptions {
+                cancel_at: Some(u64::MAX),
+                ..Default::default()
+            },
+            2,
+        ),
+    ];
+    for (i, (opts, channels)) in faults.into_iter().enumerate() {
         let mut src = Vm::new(cfg, Some(&img), Host::Source).unwrap();
         src.start().unwrap();
-        // Let the guest get going, then migrate while it renders.
-        while src.reports().len() < 20 {
+        while src.reports().len() < 10 {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let (s, d) = migrate(&mut src, kvm_vmm::migration::SourceOptions::default());
-        let s = s.unwrap();
-        let (mut dst, drep) = d.unwrap();
-        eprintln!("{}: {s:?}\n{drep:?}", profile.name);
-        assert!(
-            s.frames_at_pause < cfg.frames,
-            "migrated before the guest ended"
-        );
-        finish(&mut dst);
-        let got = dst.end_state().unwrap();
-        assert_eq!(got.diff(&expected), None, "{}", profile.name);
-        assert!(got.guest_checks_passed(cfg.frames), "{}", profile.name);
+        let (s, d) = migrate_over(&mut src, opts, channels);
+        let e = s.unwrap_err();
+        let de = d.as_ref().err().cloned();
+        eprintln!("fault {i}: source: {e}; destination: {de:?}");
+        let de = de.expect("the destination must not run");
+        match i {
+            // Which side of the destination saw the end first is a matter of scheduling; the
+            // source knows which connection was cut.
+            0 => assert!(e.0.starts_with("page connection 1: "), "{e}"),
+            1 => assert_eq!(
+                de.0,
+                "a page connection announced index 2; this migration has connections 1 to 1"
+            ),
+            2 => assert_eq!(de.0, "two page connections announced index 1"),
+            3 => assert!(de.0.starts_with("vGPU stream: "), "{de}"),
+            _ => assert!(e.0.starts_with("cancelled by the source"), "{e}"),
+        }
+        assert!(src.running(), "fault {i}: the source runs again");
+        finish(&mut src);
+        let got = src.end_state().unwrap();
+        assert_eq!(got.diff(&expected), None, "fault {i}");
+        assert!(got.guest_checks_passed(cfg.frames), "fault {i}");
     }
 }
 

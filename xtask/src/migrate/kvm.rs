@@ -4,7 +4,9 @@
 //!
 //! The source process runs the VM until the guest has rendered the first frames, then migrates
 //! it ([`kvm_vmm::migration`]: guest RAM pre-copied with KVM's dirty log and the vGPU's GPU dirty
-//! report, the vGPU's device state through the library's sessions, the vCPU state). The
+//! report, the vGPU's device state through the library's sessions, the vCPU state; with
+//! `--channels N`, guest RAM striped over N connections, each sent and received by its own
+//! thread). The
 //! destination process (this program with `--listen`, started as a child unless `--connect`)
 //! resumes the VM, lets the guest finish its frames, then runs the same guest never migrated and
 //! compares guest RAM, the vGPU's device state and the guest's per-frame checksums byte for byte.
@@ -18,7 +20,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use kvm_vmm::device::Host;
-use kvm_vmm::migration::{SourceOptions, migrate_dest, migrate_source_with};
+use kvm_vmm::migration::{SourceOptions, migrate_dest_channels, migrate_source_channels};
 use kvm_vmm::vm::{VcpuEnd, Vm, VmConfig};
 
 use super::report::{KvmFigures, Outcome, Round};
@@ -85,7 +87,7 @@ pub(super) fn run_source(args: &Args, image: &[u8]) -> crate::Result {
     let mut vm = Vm::new(cfg, Some(image), Host::Source).map_err(|e| e.to_string())?;
     if !args.json {
         println!(
-            "KVM VM: {} of RAM, vGPU {} + {} ({}), workload {} ({} frames, seed {}); destination at {addr}",
+            "KVM VM: {} of RAM, vGPU {} + {} ({}), workload {} ({} frames, seed {}); destination at {addr}, {} connection{}",
             mib(cfg.ram),
             mib(cfg.aperture),
             mib(cfg.hidden),
@@ -96,7 +98,9 @@ pub(super) fn run_source(args: &Args, image: &[u8]) -> crate::Result {
             },
             cfg.profile.name,
             cfg.frames,
-            cfg.seed
+            cfg.seed,
+            args.channels,
+            if args.channels == 1 { "" } else { "s" }
         );
     }
     vm.start().map_err(|e| e.to_string())?;
@@ -113,6 +117,15 @@ pub(super) fn run_source(args: &Args, image: &[u8]) -> crate::Result {
     }
     let sock = TcpStream::connect(&addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = sock.set_nodelay(true);
+    // `--channels`: the page connections, opened after the main one.
+    let extra = (1..args.channels)
+        .map(|c| {
+            let s = TcpStream::connect(&addr)
+                .map_err(|e| format!("connecting page connection {c} to {addr}: {e}"))?;
+            let _ = s.set_nodelay(true);
+            Ok(BufWriter::with_capacity(1 << 20, s))
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
     let mut r = BufReader::new(sock.try_clone().map_err(|e| e.to_string())?);
     let w = BufWriter::with_capacity(1 << 20, sock.try_clone().map_err(|e| e.to_string())?);
     let policy = gmem::PolicyConfig {
@@ -126,7 +139,7 @@ pub(super) fn run_source(args: &Args, image: &[u8]) -> crate::Result {
         ..SourceOptions::default()
     };
     let progress = Progress::new(args.json);
-    let res = migrate_source_with(&mut vm, &mut r, w, opts, &mut |x| {
+    let res = migrate_source_channels(&mut vm, &mut r, w, extra, opts, &mut |x| {
         progress.line(&format!(
             "round {}: {} pages ({} zero; {} CPU-dirty + {} GPU-dirty frames) in {:.1} ms, {}",
             x.round,
@@ -250,6 +263,7 @@ pub(super) fn run_source(args: &Args, image: &[u8]) -> crate::Result {
         gpu_step_hold_p99_us: rep.gpu_hold.p99_us,
         longest_round_ms: rep.rounds.iter().map(|x| x.elapsed_us).max().unwrap_or(0) as f64
             / 1000.0,
+        channel_bytes: rep.channel_bytes.clone(),
     });
     super::report::conclude(&mut o, args, t_all)
 }
@@ -294,7 +308,11 @@ pub(super) fn run_dest(addr: &str, child: bool, image: &[u8]) -> crate::Result {
     let _ = sock.set_nodelay(true);
     let mut r = BufReader::with_capacity(1 << 20, sock.try_clone().map_err(|e| e.to_string())?);
     let mut w = BufWriter::new(sock.try_clone().map_err(|e| e.to_string())?);
-    let (mut vm, rep) = migrate_dest(&mut r, &mut w).map_err(|e| format!("destination: {e}"))?;
+    // The source's page connections (as many as its HELLO says) come to the same listener.
+    let (mut vm, rep) = migrate_dest_channels(&mut r, &mut w, Host::Destination, &mut || {
+        listener.accept().map(|(s, _)| s)
+    })
+    .map_err(|e| format!("destination: {e}"))?;
     let resumed_at = frames_done(&vm);
     let t = Instant::now();
     let cfg = vm.cfg;

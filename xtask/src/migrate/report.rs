@@ -146,6 +146,9 @@ pub(super) struct KvmFigures {
     pub(super) gpu_step_hold_p99_us: u64,
     /// Longest pre-copy round, ms (an MMIO exit blocked for a whole round would wait this long).
     pub(super) longest_round_ms: f64,
+    /// Bytes sent on each connection: the main one (control, device and vCPU state, its stripes
+    /// of guest RAM), then each extra page connection.
+    pub(super) channel_bytes: Vec<u64>,
 }
 
 /// Everything the report shows.
@@ -393,6 +396,12 @@ pub(super) fn print(
             "KVM VM: {} MiB of guest RAM; vGPU device state {} bytes, vCPU state {} bytes; source \
              stop-and-copy (pause to END sent) {:.1} ms",
             k.ram_mib, k.vgpu_state_bytes, k.cpu_state_bytes, k.source_stop_copy_ms
+        );
+        let per: Vec<String> = k.channel_bytes.iter().map(|b| b.to_string()).collect();
+        println!(
+            "connections: {} (guest RAM striped by 128 frames, each connection sent and received by its own thread); bytes per connection: {}",
+            k.channel_bytes.len(),
+            per.join(", ")
         );
         println!(
             "MMIO exits while pages streamed: {}, waited for the device lock {:.1} µs on average, p99 < {} µs, \
