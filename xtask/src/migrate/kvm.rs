@@ -292,6 +292,31 @@ fn reference(cfg: VmConfig, image: &[u8]) -> crate::Result<kvm_vmm::vm::EndState
     vm.end_state().map_err(|e| e.to_string())
 }
 
+/// Accept one connection on `listener`, or fail with `TimedOut` after `limit`.
+fn accept_within(listener: &TcpListener, limit: Duration) -> std::io::Result<TcpStream> {
+    let t = Instant::now();
+    listener.set_nonblocking(true)?;
+    let got = loop {
+        match listener.accept() {
+            Ok((s, _)) => break Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && t.elapsed() < limit => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                break Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the source did not open the page connection it announced",
+                ));
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    listener.set_nonblocking(false)?;
+    let s = got?;
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
+
 /// The destination process: one migrated VM in, run to its end, verified.
 pub(super) fn run_dest(addr: &str, child: bool, image: &[u8]) -> crate::Result {
     let listener = TcpListener::bind(addr).map_err(|e| format!("listening at {addr}: {e}"))?;
@@ -308,9 +333,10 @@ pub(super) fn run_dest(addr: &str, child: bool, image: &[u8]) -> crate::Result {
     let _ = sock.set_nodelay(true);
     let mut r = BufReader::with_capacity(1 << 20, sock.try_clone().map_err(|e| e.to_string())?);
     let mut w = BufWriter::new(sock.try_clone().map_err(|e| e.to_string())?);
-    // The source's page connections (as many as its HELLO says) come to the same listener.
+    // The source's page connections (as many as its HELLO says) come to the same listener; a
+    // source that announces more than it opens is refused after 30 s, not waited for for ever.
     let (mut vm, rep) = migrate_dest_channels(&mut r, &mut w, Host::Destination, &mut || {
-        listener.accept().map(|(s, _)| s)
+        accept_within(&listener, Duration::from_secs(30))
     })
     .map_err(|e| format!("destination: {e}"))?;
     let resumed_at = frames_done(&vm);
