@@ -39,6 +39,8 @@ struct Json<'a> {
     fps_precopy: f64,
     /// Share of the source GPU's time the vGPU's engines ran during pre-copy, percent.
     engine_share_precopy_percent: f64,
+    /// Engine time auto-converge took from the vGPU during pre-copy, ms.
+    engine_throttled_ms: f64,
 }
 
 /// What auto-converge cost the guest: frame rates before and during pre-copy, engine share.
@@ -46,6 +48,7 @@ struct Cost {
     fps_before: f64,
     fps_precopy: f64,
     share_percent: f64,
+    throttled_ms: f64,
 }
 
 impl Cost {
@@ -67,6 +70,7 @@ impl Cost {
             } else {
                 100.0
             },
+            throttled_ms: e.throttled_ns as f64 / 1e6,
         }
     }
 }
@@ -233,6 +237,7 @@ fn print_report(
             fps_before: cost.fps_before,
             fps_precopy: cost.fps_precopy,
             engine_share_precopy_percent: cost.share_percent,
+            engine_throttled_ms: cost.throttled_ms,
         };
         let error = verdict.map(|v| super::report::JsonError::new("verification", v));
         super::report::emit_json(Some(&j), error);
@@ -279,11 +284,13 @@ fn print_report(
     );
     println!(
         "guest rendering: {:.1} frames/s before the migration, {:.1} frames/s during pre-copy \
-         ({:.1} ms, engines ran {:.0}% of it); auto-converge {}",
+         ({:.1} ms, engines ran {:.0}% of it, {:.0} ms of engine time throttled away); \
+         auto-converge {}",
         cost.fps_before,
         cost.fps_precopy,
         r.precopy_us as f64 / 1000.0,
         cost.share_percent,
+        cost.throttled_ms,
         match args.auto_converge {
             Some(ac) => format!(
                 "on ({} ms configuration), throttle up to {}%",
