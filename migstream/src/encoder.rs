@@ -26,6 +26,26 @@ pub trait PayloadSource {
     fn lead_len(&self) -> usize {
         0
     }
+    /// Copy the whole payload into `out` (exactly [`payload_len`](Self::payload_len) bytes)
+    /// front to back, handing each piece to `piece` as soon as it is written, so the caller can
+    /// checksum bytes the copy has just left in L1. The pieces are consecutive, cover `out`
+    /// once and are at most a few KiB each; where they are cut does not change the bytes.
+    ///
+    /// The default cuts after [`lead_len`](Self::lead_len) bytes and then every 4 KiB, calling
+    /// [`fill`](Self::fill) for each piece. A source whose `fill` has to find its place for
+    /// every call (a payload of many page runs, for example) overrides this with one pass.
+    fn fill_pieces(&self, out: &mut [u8], piece: &mut dyn FnMut(&[u8])) {
+        let lead = self.lead_len().min(out.len());
+        let (head, rest) = out.split_at_mut(lead);
+        if !head.is_empty() {
+            self.fill(0, head);
+            piece(head);
+        }
+        for (i, chunk) in rest.chunks_mut(FUSED_CHUNK).enumerate() {
+            self.fill(lead + i * FUSED_CHUNK, chunk);
+            piece(chunk);
+        }
+    }
 }
 
 impl PayloadSource for [u8] {
@@ -61,6 +81,10 @@ impl<T: PayloadSource + ?Sized> PayloadSource for &T {
 
     fn lead_len(&self) -> usize {
         (**self).lead_len()
+    }
+
+    fn fill_pieces(&self, out: &mut [u8], piece: &mut dyn FnMut(&[u8])) {
+        (**self).fill_pieces(out, piece);
     }
 }
 
@@ -118,9 +142,9 @@ enum State {
     Finished,
 }
 
-/// Bytes of stack the slow path uses to CRC a payload that does not fit the output.
 /// Piece size of the fused copy-and-checksum loop of the fast path.
 const FUSED_CHUNK: usize = 4096;
+/// Bytes of stack the slow path uses to CRC a payload that does not fit the output.
 const CRC_CHUNK: usize = 512;
 
 /// Sans-IO stream encoder. Holds only counters, the running stream CRC and the header of a
@@ -373,16 +397,7 @@ impl<'m> Encoder<'m> {
                     crc.update(header.get(..12).unwrap_or_default());
                     // Copy and checksum page-sized pieces in turn, so the CRC reads bytes the copy
                     // just left in L1 instead of making a second pass over the whole payload.
-                    let lead = payload.lead_len().min(body.len());
-                    let (head, rest) = body.split_at_mut(lead);
-                    if !head.is_empty() {
-                        payload.fill(0, head);
-                        crc.update(head);
-                    }
-                    for (i, chunk) in rest.chunks_mut(FUSED_CHUNK).enumerate() {
-                        payload.fill(lead + i * FUSED_CHUNK, chunk);
-                        crc.update(chunk);
-                    }
+                    payload.fill_pieces(body, &mut |piece| crc.update(piece));
                     let repr = RecordHeaderRepr {
                         crc: crc.value(),
                         ..repr

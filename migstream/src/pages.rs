@@ -455,6 +455,13 @@ impl<S> core::fmt::Debug for PagesPayload<'_, S> {
     }
 }
 
+/// Hand `buf[..n]` (all of `buf` if shorter) to `piece`; returns the rest of `buf`.
+fn hand_out<'o>(buf: &'o mut [u8], n: usize, piece: &mut dyn FnMut(&[u8])) -> &'o mut [u8] {
+    let (done, tail) = buf.split_at_mut(n.min(buf.len()));
+    piece(done);
+    tail
+}
+
 /// Copy the part of `src` (which sits at payload offset `src_at`) that overlaps
 /// `[offset, offset + out.len())` into `out`.
 fn copy_overlap(src_at: usize, src: &[u8], offset: usize, out: &mut [u8]) {
@@ -484,6 +491,53 @@ impl<S: PageSource> PayloadSource for PagesPayload<'_, S> {
             0
         } else {
             PAGE_RUN_HEADER_LEN
+        }
+    }
+
+    /// One pass over the runs: each run's header goes out with its first page (or, for a
+    /// ZERO run, with whatever follows), each further page on its own, every page read whole.
+    /// A `fill` per piece would look its place up in the run list again for every piece.
+    fn fill_pieces(&self, out: &mut [u8], piece: &mut dyn FnMut(&[u8])) {
+        let Some(mut rest) = out.get_mut(..self.len) else {
+            // Not the whole payload: the generic way (which copes with any length).
+            self.fill(0, out);
+            piece(out);
+            return;
+        };
+        // `rest[..open]` is written and not yet handed out.
+        let mut open = 0usize;
+        for run in self.runs {
+            let at = open;
+            open += PAGE_RUN_HEADER_LEN;
+            if let Some(hdr) = rest
+                .get_mut(at..open)
+                .and_then(|h| <&mut [u8; PAGE_RUN_HEADER_LEN]>::try_from(h).ok())
+            {
+                run.emit(hdr);
+            }
+            let pages = if run.encoding == PageEncoding::FULL {
+                run.count
+            } else {
+                0
+            };
+            for frame in run.first_frame..run.first_frame.saturating_add(u64::from(pages)) {
+                if let Some(page) = rest.get_mut(open..open + PAGE_SIZE) {
+                    self.source.read(frame, 0, page);
+                }
+                open += PAGE_SIZE;
+                rest = hand_out(rest, open, piece);
+                open = 0;
+            }
+            // Headers of ZERO runs wait for the next page, but not without end.
+            if open >= PAGE_SIZE {
+                rest = hand_out(rest, open, piece);
+                open = 0;
+            }
+        }
+        if let Some(done) = rest.get(..open)
+            && !done.is_empty()
+        {
+            piece(done);
         }
     }
 
@@ -808,6 +862,43 @@ mod tests {
             }
             let want = model(&want);
             proptest::prop_assert_eq!(b.payload(), &want[..]);
+        }
+
+        /// `fill_pieces` writes the payload `fill` describes, hands it out front to back in
+        /// non-empty pieces of at most a page plus run headers, each piece once.
+        #[test]
+        fn payload_pieces_cover_once(
+            shape in proptest::collection::vec((1u64..5, 1u32..4, proptest::bool::ANY), 0..40)
+        ) {
+            let mut runs = Vec::new();
+            let mut frame = 7u64;
+            for (gap, count, full) in shape {
+                frame += gap;
+                let encoding = if full { PageEncoding::FULL } else { PageEncoding::ZERO };
+                runs.push(PageRunRepr { first_frame: frame, count, encoding });
+                frame += u64::from(count);
+            }
+            let p = PagesPayload::new(&runs, pattern).unwrap();
+            let want = expected(&runs);
+            let mut got = vec![0xAB; want.len()];
+            let mut handed = Vec::new();
+            let mut pieces = 0usize;
+            p.fill_pieces(&mut got, &mut |piece: &[u8]| {
+                assert!(!piece.is_empty());
+                assert!(piece.len() < 2 * PAGE_SIZE);
+                handed.extend_from_slice(piece);
+                pieces += 1;
+            });
+            proptest::prop_assert_eq!(&got, &want);
+            proptest::prop_assert_eq!(&handed, &want);
+            let full_pages: u32 = runs
+                .iter()
+                .filter(|r| r.encoding == PageEncoding::FULL)
+                .map(|r| r.count)
+                .sum();
+            // One piece per page, and at most one more for trailing ZERO runs' headers.
+            proptest::prop_assert!(pieces <= full_pages as usize + 1 + want.len() / PAGE_SIZE);
+            proptest::prop_assert!(pieces >= full_pages as usize);
         }
 
         #[test]

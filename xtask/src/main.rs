@@ -24,6 +24,7 @@
     reason = "host-side tooling on trusted, self-produced data"
 )]
 
+mod autoconverge;
 mod bench;
 mod campaign;
 mod capi;

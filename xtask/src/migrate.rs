@@ -138,11 +138,21 @@ pub(crate) struct Args {
     /// Both endpoints in this process over a modeled link (deterministic figures).
     #[arg(long)]
     pub(crate) modeled: bool,
-    /// GPU auto-converge (with `--modeled`): while pre-copy does not converge above a 50 ms
-    /// predicted downtime, throttle the vGPU's engine share (20 %, +10 % a step, at most 99 %)
-    /// through the time-sliced scheduler, and report what it cost the guest.
-    #[arg(long, requires = "modeled")]
-    pub(crate) auto_converge: bool,
+    /// GPU auto-converge (with `--modeled`): throttle the vGPU's engine share through the
+    /// time-sliced scheduler while pre-copy does not converge, and report what it cost the
+    /// guest. `60` (the default when no value is given): at most 60 ms, QEMU's steps (20 %,
+    /// +10 % a step, at most 99 %) above a 50 ms predicted downtime. `100`: aimed at 100 ms at
+    /// half the guest's cost (70 % at once, at most 75 %, above a 95 ms prediction; a round
+    /// must shrink the dirty set by 30 % for pre-copy to go on).
+    #[arg(
+        long,
+        requires = "modeled",
+        value_name = "MS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "60"
+    )]
+    pub(crate) auto_converge: Option<crate::autoconverge::AutoConverge>,
     /// Where the timeline plot goes (`.svg`; a `.png` beside it).
     #[arg(long, default_value = "target/migrate-timeline.svg")]
     pub(crate) plot: String,

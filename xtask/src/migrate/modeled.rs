@@ -30,6 +30,8 @@ struct Json<'a> {
     unchanged_pages_skipped: u64,
     verified: bool,
     wall_ms: u128,
+    /// GPU auto-converge: the configuration's downtime goal, ms (`null`: off).
+    auto_converge_goal_ms: Option<u32>,
     /// GPU auto-converge: the highest throttle set, percent (0: off or never needed).
     max_throttle_percent: u8,
     /// Guest frames per modeled second before the migration (unthrottled) and during pre-copy.
@@ -37,6 +39,8 @@ struct Json<'a> {
     fps_precopy: f64,
     /// Share of the source GPU's time the vGPU's engines ran during pre-copy, percent.
     engine_share_precopy_percent: f64,
+    /// Engine time auto-converge took from the vGPU during pre-copy, ms.
+    engine_throttled_ms: f64,
 }
 
 /// What auto-converge cost the guest: frame rates before and during pre-copy, engine share.
@@ -44,6 +48,7 @@ struct Cost {
     fps_before: f64,
     fps_precopy: f64,
     share_percent: f64,
+    throttled_ms: f64,
 }
 
 impl Cost {
@@ -65,6 +70,7 @@ impl Cost {
             } else {
                 100.0
             },
+            throttled_ms: e.throttled_ns as f64 / 1e6,
         }
     }
 }
@@ -97,6 +103,13 @@ pub(super) fn run(args: &Args) -> crate::Result {
         sc.config.partition.aperture.size(),
         sc.config.partition.hidden.size(),
     );
+    // The policy: the requested downtime limit, or what the auto-converge configuration sets.
+    let base = gmem::PolicyConfig {
+        downtime_limit_ms: args.downtime_ms,
+        max_rounds: 30,
+        ..Plan::default().source.policy
+    };
+    let policy = args.auto_converge.map_or(base, |ac| ac.apply(base));
     if !args.json {
         println!(
             "vGPU: {} KiB aperture + {} KiB hidden, guest memory {} KiB in 2 regions (one above 4 GiB)",
@@ -111,7 +124,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
             sc.frames,
             sc.seed,
             link as f64 / 1e9,
-            args.downtime_ms,
+            policy.downtime_limit_ms,
             args.precision,
             args.content
         );
@@ -131,11 +144,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
         start_step: 0,
         ..Plan::default()
     };
-    plan.source.policy.downtime_limit_ms = args.downtime_ms;
-    plan.source.policy.max_rounds = 30;
-    if args.auto_converge {
-        plan.source.policy.throttle = Some(gmem::ThrottleConfig::default());
-    }
+    plan.source.policy = policy;
     plan.source.channels = u16::from(args.channels);
     plan.chunk = 256 * 1024;
     // A 64 MiB cache of last-sent pages for deltas (QEMU's XBZRLE cache default).
@@ -223,10 +232,12 @@ fn print_report(
             unchanged_pages_skipped: r.content.unchanged,
             verified: verdict.is_none(),
             wall_ms,
+            auto_converge_goal_ms: args.auto_converge.map(|ac| ac.goal_ms()),
             max_throttle_percent: r.max_throttle,
             fps_before: cost.fps_before,
             fps_precopy: cost.fps_precopy,
             engine_share_precopy_percent: cost.share_percent,
+            engine_throttled_ms: cost.throttled_ms,
         };
         let error = verdict.map(|v| super::report::JsonError::new("verification", v));
         super::report::emit_json(Some(&j), error);
@@ -273,15 +284,20 @@ fn print_report(
     );
     println!(
         "guest rendering: {:.1} frames/s before the migration, {:.1} frames/s during pre-copy \
-         ({:.1} ms, engines ran {:.0}% of it); auto-converge {}",
+         ({:.1} ms, engines ran {:.0}% of it, {:.0} ms of engine time throttled away); \
+         auto-converge {}",
         cost.fps_before,
         cost.fps_precopy,
         r.precopy_us as f64 / 1000.0,
         cost.share_percent,
-        if args.auto_converge {
-            format!("on, throttle up to {}%", r.max_throttle)
-        } else {
-            "off".to_owned()
+        cost.throttled_ms,
+        match args.auto_converge {
+            Some(ac) => format!(
+                "on ({} ms configuration), throttle up to {}%",
+                ac.goal_ms(),
+                r.max_throttle
+            ),
+            None => "off".to_owned(),
         }
     );
     println!("wall time of this run (reference + migration + destination): {wall_ms} ms");
