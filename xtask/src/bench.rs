@@ -3,9 +3,10 @@
 //!
 //! The imports run one way: this module (the command) runs the suites in catalogue order and writes
 //! the file; each suite ([`kernels`]: B1-B11 and B13, [`mmio`]: B12, [`hostile`]: B14,
-//! [`precopy`]: the pre-copy simulation) measures through the [`harness`], which times, prints and
+//! [`channels`]: B16, [`precopy`]: the pre-copy simulation) measures through the [`harness`], which times, prints and
 //! keeps the figures and knows no suite.
 
+mod channels;
 mod harness;
 mod hostile;
 mod kernels;
@@ -36,6 +37,7 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     println!("CRC-32 kernel: {}", migstream::crc32_kernel());
     // The suites, in catalogue order.
     kernels::all(&mut h)?;
+    channels::source_channels(&mut h)?;
     mmio::mmio_sparse(&mut h)?;
     hostile::hostile_streams(&mut h)?;
     precopy::simulate_all(&mut h)?;

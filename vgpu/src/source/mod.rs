@@ -23,6 +23,30 @@
 //! device state; pages are striped over all channels by frame. A round ends when every channel has
 //! sent its share, so a channel that is done returns 0 until the others catch up: poll them all.
 //!
+//! **Channels on threads of their own.** A channel's pages can be read, classified and encoded on
+//! a thread of its own, concurrently with the other channels'. Pages are striped over channels
+//! by frame, and each channel owns its part of everything the page path writes: its encoder and
+//! its record, its share of the scratch buffer, its cursor in the send set, and its part of
+//! content tracking (the hashes of its frames, a part of the duplicate table and of the delta
+//! cache). So a channel's bytes never depend on another channel or on timing: for the same guest
+//! memory at the same points, the threads write exactly the bytes `poll_output_channel` writes.
+//! The embedder owns the threads and the per-round barrier:
+//!
+//! 1. On one thread, poll every channel with [`SourceSession::poll_control`] until it returns 0
+//!    (headers, GGTT pre-copy, ROUND records, device state, END: everything but pages), and
+//!    drain [`SourceSession::poll_event`] (a switch: quiesce, then `stop_and_copy`).
+//! 2. If [`SourceSession::is_finished`], done. Otherwise take [`SourceSession::page_workers`],
+//!    move each [`PageWorker`] to its channel's thread (`std::thread::scope`) and poll it until
+//!    it returns 0: that channel's share of the round is sent. Join them all, drop the
+//!    [`PageWorkers`] (the barrier), and go back to 1, which ends the round.
+//!
+//! The rules of the crate docs hold unchanged: the dirty logs are harvested only in step 1, at
+//! a round's end, before the next round's pages are read (harvest before read); each worker
+//! reads each of its pages once, into the record, and classifies and encodes those bytes (one
+//! read per send); workers need guest memory only (`GuestMemory + Sync`), never the device, so
+//! no device lock is held while pages stream. The single-thread [`SourceSession::poll_output`]
+//! and `poll_output_channel` run the same workers on the caller's thread.
+//!
 //! **Memory modes.** With [`MemoryMode::Stream`] (the default) guest memory travels in the stream.
 //! With [`MemoryMode::Report`] it does not: the VMM migrates guest RAM itself and asks the session,
 //! VFIO DMA-logging style, which frames the GPU wrote ([`SourceSession::dirty_report`]), as QEMU

@@ -337,3 +337,9 @@ pub(super) fn next_bit(
     }
     None
 }
+
+// A worker moves to a thread of its own: it must stay `Send` (with and without `auth`).
+const _: () = {
+    const fn must_be_send<T: Send>() {}
+    must_be_send::<PageWorker<'static, 'static>>();
+};
