@@ -314,16 +314,33 @@ mod tests {
     #[test]
     fn local_indices_pack_each_channels_frames() {
         for channels in 1..=MAX_CHANNELS {
-            for frames in [0, 1, 127, 128, 129, 1000, 5 * STRIPE_FRAMES, 17 * STRIPE_FRAMES + 3] {
+            for frames in [
+                0,
+                1,
+                127,
+                128,
+                129,
+                1000,
+                5 * STRIPE_FRAMES,
+                17 * STRIPE_FRAMES + 3,
+            ] {
                 let mut seen = [0usize; MAX_CHANNELS];
                 for i in 0..frames {
                     let c = channel_of(i, channels);
                     // Frames of a channel in order get the local indices 0, 1, 2, ...
-                    assert_eq!(local_index(i, channels), seen[c], "{i} of {frames}/{channels}");
+                    assert_eq!(
+                        local_index(i, channels),
+                        seen[c],
+                        "{i} of {frames}/{channels}"
+                    );
                     seen[c] += 1;
                 }
                 for (c, n) in seen.iter().enumerate().take(channels) {
-                    assert_eq!(frames_of(frames, c, channels), *n, "{c} {frames} {channels}");
+                    assert_eq!(
+                        frames_of(frames, c, channels),
+                        *n,
+                        "{c} {frames} {channels}"
+                    );
                 }
             }
         }

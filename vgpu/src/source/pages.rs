@@ -71,7 +71,14 @@ impl<'s> SourceSession<'s> {
     /// cursor; some may turn out unchanged).
     pub(super) fn has_pages(&self, c: usize) -> bool {
         let from = self.chans.get(c).map_or(usize::MAX, |ch| ch.cursor);
-        next_bit(self.send.words(), self.send.len(), from, c, self.chans.len()).is_some()
+        next_bit(
+            self.send.words(),
+            self.send.len(),
+            from,
+            c,
+            self.chans.len(),
+        )
+        .is_some()
     }
 
     /// Take out of the send set what the workers read: every channel's dirty bits below its
@@ -158,9 +165,9 @@ impl<'s> SourceSession<'s> {
 
     /// Pages sent so far, and how many of them were zero pages.
     pub fn pages_sent(&self) -> (u64, u64) {
-        self.chans.iter().fold((0, 0), |(p, z), c| {
-            (p + c.total_pages, z + c.total_zero)
-        })
+        self.chans
+            .iter()
+            .fold((0, 0), |(p, z), c| (p + c.total_pages, z + c.total_zero))
     }
 }
 

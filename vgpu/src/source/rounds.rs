@@ -29,9 +29,10 @@ impl SourceSession<'_> {
         now_us: u64,
     ) -> Result<(), VgpuError> {
         let bytes = self.bytes_written() - self.round_start_bytes;
-        let (pages, zero_pages) = self.chans.iter().fold((0, 0), |(p, z), c| {
-            (p + c.round_pages, z + c.round_zero)
-        });
+        let (pages, zero_pages) = self
+            .chans
+            .iter()
+            .fold((0, 0), |(p, z), c| (p + c.round_pages, z + c.round_zero));
         if self.phase == Phase::FinalRound {
             self.push_event(SourceEvent::RoundEnd {
                 round: self.round,

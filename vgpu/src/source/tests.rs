@@ -120,7 +120,11 @@ fn next_bit_hands_each_channel_its_stripes_and_nothing_else() {
                 }
             }
             for (i, s) in seen.iter().enumerate() {
-                assert_eq!(*s, send.test(i), "frame {i}, {channels} channels, step {step}");
+                assert_eq!(
+                    *s,
+                    send.test(i),
+                    "frame {i}, {channels} channels, step {step}"
+                );
             }
         }
     }

@@ -167,7 +167,8 @@ pub(crate) fn source_channels(h: &mut Harness) -> crate::Result {
             Profile::THREE_D.scaled_down(128).unpaced(),
             20,
             16,
-        ).map_err(err)?
+        )
+        .map_err(err)?
     };
     let mut st = sc.storage();
     let mut m = sc.machine(&mut st, false).map_err(err)?;
@@ -176,7 +177,10 @@ pub(crate) fn source_channels(h: &mut Harness) -> crate::Result {
     let mut rng = Rng::new(16);
     let mut page = [0u8; 4096];
     for i in 0..m.vgpu.memory_map().frames() {
-        let gfn = m.vgpu.memory_map().frame_at(usize::try_from(i).unwrap_or(0));
+        let gfn = m
+            .vgpu
+            .memory_map()
+            .frame_at(usize::try_from(i).unwrap_or(0));
         for chunk in page.chunks_exact_mut(8) {
             chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
         }
