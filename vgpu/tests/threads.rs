@@ -7,7 +7,8 @@
     clippy::unwrap_used,
     clippy::indexing_slicing,
     clippy::panic,
-    reason = "tests"
+    clippy::cast_possible_truncation,
+    reason = "tests: small random choices"
 )]
 
 // The package is published as `vgpu-mig`; the tests call it by its workspace name.
