@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sim::scenario::Scenario;
 use sim::{Machine, Profile, Rng};
-use vgpu::source::{SourceConfig, SourceSession};
+use vgpu::source::{PageWorker, SourceConfig, SourceSession};
 use vgpu::traits::GuestMemory;
 
 use super::harness::{Figure, Harness, gib_s};
@@ -53,52 +53,32 @@ fn produce(
     }
     let mem: &dyn GuestMemorySync = &m.mem;
     let mut workers = s.page_workers();
+    // A channel's share of the round, from its worker into its sink after `at` bytes.
+    let drain = |(mut w, (sink, &at)): (PageWorker<'_, '_>, (&mut Vec<u8>, &usize))| {
+        let out = sink.get_mut(at..).ok_or(Err::StorageSize)?;
+        let mut len = 0;
+        while let Some(rest) = out.get_mut(len..)
+            && !rest.is_empty()
+        {
+            let k = w.poll(mem, rest)?;
+            if k == 0 {
+                break;
+            }
+            len += k;
+        }
+        Ok(len)
+    };
+    let jobs = workers.split().zip(sinks.iter_mut().zip(&lens));
     let made: Vec<Result<usize, Err>> = if threads {
         std::thread::scope(|t| {
-            let handles: Vec<_> = workers
-                .split()
-                .zip(sinks.iter_mut().zip(&lens))
-                .map(|(mut w, (sink, &at))| {
-                    t.spawn(move || -> Result<usize, Err> {
-                        let out = sink.get_mut(at..).ok_or(Err::StorageSize)?;
-                        let mut len = 0;
-                        while let Some(rest) = out.get_mut(len..)
-                            && !rest.is_empty()
-                        {
-                            let k = w.poll(mem, rest)?;
-                            if k == 0 {
-                                break;
-                            }
-                            len += k;
-                        }
-                        Ok(len)
-                    })
-                })
-                .collect();
+            let handles: Vec<_> = jobs.map(|job| t.spawn(move || drain(job))).collect();
             handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or(Err(Err::WrongPhase)))
                 .collect()
         })
     } else {
-        workers
-            .split()
-            .zip(sinks.iter_mut().zip(&lens))
-            .map(|(mut w, (sink, &at))| {
-                let out = sink.get_mut(at..).ok_or(Err::StorageSize)?;
-                let mut len = 0;
-                while let Some(rest) = out.get_mut(len..)
-                    && !rest.is_empty()
-                {
-                    let k = w.poll(mem, rest)?;
-                    if k == 0 {
-                        break;
-                    }
-                    len += k;
-                }
-                Ok(len)
-            })
-            .collect()
+        jobs.map(drain).collect()
     };
     drop(workers);
     for (len, got) in lens.iter_mut().zip(made) {
