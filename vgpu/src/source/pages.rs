@@ -249,25 +249,30 @@ impl PageWorker<'_, '_> {
     /// record of it disagrees with. The write marks the page dirty again; it goes again later.
     pub(super) fn fill(&mut self, mem: &dyn GuestMemory) -> Result<bool, VgpuError> {
         let (c, n) = (self.channel, self.channels);
-        let ch = &mut *self.ch;
+        // The channel's cursor and counters are kept here while the record fills and written
+        // back once: channels' states sit side by side, and a write per page to a cache line
+        // that another channel's thread writes too would cost each page a line transfer.
+        let mut cursor = self.ch.cursor;
+        let (mut pages, mut zeros) = (0u64, 0u64);
+        let mut stats = self.ch.stats;
         let mut b = PagesBuilder::new(self.scratch);
         let mut delta = [0u8; DELTA_LIMIT];
         while b.pages() < self.pages_per_record {
-            let Some(bit) = next_bit(self.words, self.bits, ch.cursor, c, n) else {
-                ch.cursor = ch.cursor.max(self.bits);
+            let Some(bit) = next_bit(self.words, self.bits, cursor, c, n) else {
+                cursor = cursor.max(self.bits);
                 break;
             };
             let Some(gfn) = self.map.frame_at(bit) else {
-                ch.cursor = bit + 1;
+                cursor = bit + 1;
                 continue;
             };
             let frame = gfn.get();
             let Some(slot) = b.slot(frame) else {
                 // This record is full: the page goes into the next one.
-                ch.cursor = bit;
+                cursor = bit;
                 break;
             };
-            ch.cursor = bit + 1;
+            cursor = bit + 1;
             mem.read(gfn, 0, slot).map_err(|_| VgpuError::GuestMemory)?;
             let page: &[u8; 4096] = slot;
             let zero = is_zero_page(page);
@@ -277,7 +282,7 @@ impl PageWorker<'_, '_> {
                 None => (Class::Full, 0),
             };
             if let Some(t) = self.content.as_mut() {
-                ch.stats.count(class);
+                stats.count(class);
                 if class != Class::Unchanged {
                     t.commit(bit, hash, page, zero);
                 }
@@ -294,13 +299,18 @@ impl PageWorker<'_, '_> {
                     b.push_delta(frame, delta.get(..len).ok_or(VgpuError::StorageSize)?)?;
                 }
             }
-            ch.round_pages += 1;
-            ch.total_pages += 1;
+            pages += 1;
             if class == Class::Zero {
-                ch.round_zero += 1;
-                ch.total_zero += 1;
+                zeros += 1;
             }
         }
+        let ch = &mut *self.ch;
+        ch.cursor = cursor;
+        ch.stats = stats;
+        ch.round_pages += pages;
+        ch.total_pages += pages;
+        ch.round_zero += zeros;
+        ch.total_zero += zeros;
         if b.is_empty() {
             return Ok(false);
         }
