@@ -1,7 +1,7 @@
 //! B16 `source_channels`: the source end's page throughput with its channels on threads of their
 //! own. The same dirty pages (a whole round 0 of random guest pages, so every page is read,
 //! classified and encoded FULL with its CRC) go into an in-memory sink per channel: once as one
-//! channel produced by one [`PageWorker`](vgpu::source::PageWorker) on one thread, once as two
+//! channel produced by one [`PageWorker`] on one thread, once as two
 //! channels on two threads. The figure is GiB/s of guest pages beside memcpy of the same bytes;
 //! B16c is the ratio of the two, against the goal of 1.8x.
 //!
