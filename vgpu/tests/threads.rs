@@ -33,6 +33,11 @@ struct Drive {
     steps_per_round: u32,
     /// Pages produced on a thread per channel (else `poll_output_channel` on this thread).
     threaded: bool,
+    /// Threaded: each worker polls once per turn (new workers every turn, mid-round), as the
+    /// demo's source does; else until its share of the round is sent.
+    slices: bool,
+    /// Stop-and-copy at this turn, before the policy asks (mid-round, as a VMM may).
+    stop_at_turn: Option<usize>,
 }
 
 /// What a source run wrote.
@@ -78,30 +83,34 @@ fn run_source(a: &mut Machine<'_>, d: Drive) -> Run {
     let mut events = Vec::new();
     let mut out = vec![0u8; d.chunk];
     let mut clock = 0u64;
-    let mut stopped = false;
+    let stopped = std::cell::Cell::new(false);
+    let stop = |s: &mut SourceSession<'_>, a: &mut Machine<'_>| {
+        assert!(a.quiesce());
+        s.stop_and_copy(&mut a.vgpu, &mut a.cpu_log).unwrap();
+        stopped.set(true);
+    };
     // After every poll: the events; the guest runs at a round's end, stops at a switch.
     let mut react = |s: &mut SourceSession<'_>, a: &mut Machine<'_>, clock: &mut u64| {
         while let Some(ev) = s.poll_event() {
             events.push(ev);
             match ev {
-                SourceEvent::RoundEnd { .. } if !stopped => {
+                SourceEvent::RoundEnd { .. } if !stopped.get() => {
                     *clock += 1000;
                     for _ in 0..d.steps_per_round {
                         a.step().unwrap();
                     }
                 }
-                SourceEvent::Switch { .. } => {
-                    assert!(a.quiesce());
-                    s.stop_and_copy(&mut a.vgpu, &mut a.cpu_log).unwrap();
-                    stopped = true;
-                }
+                SourceEvent::Switch { .. } => stop(s, a),
                 _ => {}
             }
         }
     };
-    for _turn in 0..100_000 {
+    for turn in 0..100_000 {
         if s.is_finished() {
             break;
+        }
+        if d.stop_at_turn == Some(turn) && !stopped.get() && !s.awaiting_stop() {
+            stop(&mut s, a);
         }
         for (c, wire) in wires.iter_mut().enumerate() {
             loop {
@@ -131,10 +140,10 @@ fn run_source(a: &mut Machine<'_>, d: Drive) -> Run {
                             let mut bytes = Vec::new();
                             loop {
                                 let k = w.poll(mem, &mut out).unwrap();
-                                if k == 0 {
+                                bytes.extend_from_slice(&out[..k]);
+                                if k == 0 || d.slices {
                                     break;
                                 }
-                                bytes.extend_from_slice(&out[..k]);
                             }
                             (w.channel(), bytes)
                         })
@@ -171,6 +180,8 @@ fn drives(rng: &mut Rng) -> Vec<Drive> {
                 cache_pages,
                 steps_per_round: 3 + rng.below(20) as u32,
                 threaded: true,
+                slices: rng.below(2) == 0,
+                stop_at_turn: None,
             });
         }
     }
@@ -221,7 +232,15 @@ fn a_migration_produced_on_threads_equals_the_unmigrated_run() {
         for _ in 0..rng.below(60) {
             a.step().unwrap();
         }
-        let run = run_source(&mut a, drive);
+        // Every other migration stops early, mid-round, before the policy would.
+        let stop_at_turn = (i % 2 == 1).then(|| 2 + rng.below(6) as usize);
+        let run = run_source(
+            &mut a,
+            Drive {
+                stop_at_turn,
+                ..drive
+            },
+        );
         // The destination takes the channels in pieces, interleaved.
         let mut staging = vec![0u8; 64 * 1024 + a.vgpu.config().ggtt_storage_len() * 16];
         let mut d = DestSession::open_channels(
