@@ -83,7 +83,7 @@ fn run_source(a: &mut Machine<'_>, d: Drive) -> Run {
     let mut events = Vec::new();
     let mut out = vec![0u8; d.chunk];
     let mut clock = 0u64;
-    let stopped = std::cell::Cell::new(false);
+    let stopped = core::cell::Cell::new(false);
     let stop = |s: &mut SourceSession<'_>, a: &mut Machine<'_>| {
         assert!(a.quiesce());
         s.stop_and_copy(&mut a.vgpu, &mut a.cpu_log).unwrap();
