@@ -108,6 +108,19 @@ impl<'a> DirtyBitmap<'a> {
         })
     }
 
+    /// Clears `count` bits from `start`.
+    ///
+    /// # Errors
+    /// [`GmemError::OutOfRange`] if the range exceeds the bitmap; nothing is cleared then.
+    pub fn clear_range(&mut self, start: usize, count: usize) -> Result<(), GmemError> {
+        let words = &mut *self.words;
+        for_each_span(start, count, self.bits, |w, m| {
+            if let Some(x) = words.get_mut(w) {
+                *x &= !m;
+            }
+        })
+    }
+
     /// Whether bit `bit` is set (`false` if out of range).
     #[must_use]
     pub fn test(&self, bit: usize) -> bool {

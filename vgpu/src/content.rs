@@ -22,6 +22,8 @@
 
 use gmem::page_hash;
 
+use crate::channel::{MAX_CHANNELS, STRIPE_FRAMES, channel_of};
+
 use crate::error::{Buffer, StorageError, VgpuError};
 
 /// Largest delta sent instead of a full page; larger deltas go as FULL pages.
@@ -69,11 +71,52 @@ pub struct ContentStats {
     pub delta_bytes: u64,
 }
 
+/// The attached storage. Pages are classified per channel ([`ContentPart`]): each channel owns
+/// the hashes of its own frames, a part of the duplicate table and a part of the delta cache, so
+/// channels can classify on separate threads and what one channel sends never depends on what
+/// another sent or when.
 #[derive(Debug)]
 pub(crate) struct Content<'s> {
     s: ContentStorage<'s>,
     zero_hash: u64,
-    pub(crate) stats: ContentStats,
+}
+
+/// One channel's share of content tracking: the hashes of its frames (by channel-local index,
+/// see [`local_index`]), and its parts of the duplicate table and of the delta cache.
+#[derive(Debug)]
+pub(crate) struct ContentPart<'a> {
+    hashes: &'a mut [u64],
+    dup_slots: &'a mut [u64],
+    delta_pages: &'a mut [u8],
+    delta_tags: &'a mut [u64],
+    zero_hash: u64,
+    channel: usize,
+    channels: usize,
+}
+
+/// The index of frame `i` (dense) among the frames of its channel: the channels' stripes laid out
+/// one after the other, so each channel's frames are one contiguous range of a per-frame array.
+pub(crate) const fn local_index(i: usize, channels: usize) -> usize {
+    if channels <= 1 {
+        i
+    } else {
+        (i / STRIPE_FRAMES / channels) * STRIPE_FRAMES + i % STRIPE_FRAMES
+    }
+}
+
+/// How many of `frames` frames belong to `channel` (of `channels`).
+pub(crate) const fn frames_of(frames: usize, channel: usize, channels: usize) -> usize {
+    if channels <= 1 {
+        return frames;
+    }
+    let full = frames / STRIPE_FRAMES;
+    let rest = frames % STRIPE_FRAMES;
+    let mine = full.saturating_sub(channel).div_ceil(channels) * STRIPE_FRAMES;
+    if rest > 0 && full % channels == channel {
+        mine + rest
+    } else {
+        mine
+    }
 }
 
 impl<'s> Content<'s> {
@@ -99,57 +142,102 @@ impl<'s> Content<'s> {
         Ok(Self {
             s,
             zero_hash: page_hash(&[0u8; 4096]),
-            stats: ContentStats::default(),
         })
     }
 
+    /// Split into the parts of `channels` channels (entries `channels..` are `None`). The
+    /// duplicate table and the delta cache are divided evenly (a remainder stays unused).
+    pub(crate) fn parts(&mut self, channels: usize) -> [Option<ContentPart<'_>>; MAX_CHANNELS] {
+        let n = channels.clamp(1, MAX_CHANNELS);
+        let frames = self.s.hashes.len();
+        let dup_share = self.s.dup_slots.len() / n;
+        let delta_share = self.s.delta_tags.len() / n;
+        let mut hashes = &mut *self.s.hashes;
+        let mut dup = &mut *self.s.dup_slots;
+        let mut pages = &mut *self.s.delta_pages;
+        let mut tags = &mut *self.s.delta_tags;
+        let zero_hash = self.zero_hash;
+        core::array::from_fn(|c| {
+            if c >= n {
+                return None;
+            }
+            let (h, rest) = core::mem::take(&mut hashes).split_at_mut(frames_of(frames, c, n));
+            hashes = rest;
+            let (d, rest) = core::mem::take(&mut dup).split_at_mut(dup_share);
+            dup = rest;
+            let (p, rest) = core::mem::take(&mut pages).split_at_mut(delta_share * 4096);
+            pages = rest;
+            let (t, rest) = core::mem::take(&mut tags).split_at_mut(delta_share);
+            tags = rest;
+            Some(ContentPart {
+                hashes: h,
+                dup_slots: d,
+                delta_pages: p,
+                delta_tags: t,
+                zero_hash,
+                channel: c,
+                channels: n,
+            })
+        })
+    }
+}
+
+impl ContentPart<'_> {
     fn slot(len: usize, key: u64) -> Option<usize> {
         let n = u64::try_from(len).ok().filter(|n| *n > 0)?;
         usize::try_from(key % n).ok()
     }
 
-    /// Classify page `i` (dense frame index) with content `page`; `delta` receives the delta bytes
-    /// for [`Class::Delta`]. Returns the class and the page's hash. Changes nothing.
+    /// The hash last sent for frame `i` (dense index), if `i` is one of this channel's frames.
+    fn last_hash(&self, i: usize) -> Option<u64> {
+        if channel_of(i, self.channels) != self.channel {
+            return None;
+        }
+        self.hashes.get(local_index(i, self.channels)).copied()
+    }
+
+    /// Classify page `i` (dense frame index, one of this channel's) with content `page`; `delta`
+    /// receives the delta bytes for [`Class::Delta`]. Returns the class and the page's hash.
+    /// Changes nothing.
     pub(crate) fn classify(
         &self,
         i: usize,
         page: &[u8; 4096],
         zero: bool,
         delta: &mut [u8; DELTA_LIMIT],
-        channels: usize,
     ) -> (Class, u64) {
         let h = if zero {
             self.zero_hash
         } else {
             page_hash(page)
         };
-        let last = self.s.hashes.get(i).copied().unwrap_or(0);
+        let last = self.last_hash(i).unwrap_or(0);
         if h != 0 && last == h {
             return (Class::Unchanged, h);
         }
         if zero {
             return (Class::Zero, h);
         }
-        if let Some(from) = Self::slot(self.s.dup_slots.len(), h)
-            .and_then(|k| self.s.dup_slots.get(k))
+        // A DUP may only name a frame of its own channel (see `crate::channel`): `last_hash`
+        // knows no other.
+        if let Some(from) = Self::slot(self.dup_slots.len(), h)
+            .and_then(|k| self.dup_slots.get(k))
             .and_then(|v| v.checked_sub(1))
             .and_then(|j| usize::try_from(j).ok())
             && from != i
-            // A DUP may only name a frame of its own channel (see `crate::channel`).
-            && crate::channel::channel_of(from, channels) == crate::channel::channel_of(i, channels)
-            && self.s.hashes.get(from) == Some(&h)
+            && self.last_hash(from) == Some(h)
         {
             return (Class::Dup { from }, h);
         }
-        if let Some(k) = Self::slot(self.s.delta_tags.len(), i as u64) {
-            let tag = self.s.delta_tags.get(k).copied().unwrap_or(0);
+        let local = local_index(i, self.channels) as u64;
+        if let Some(k) = Self::slot(self.delta_tags.len(), local) {
+            let tag = self.delta_tags.get(k).copied().unwrap_or(0);
             if tag & !TAG_ZERO == i as u64 + 1 {
                 let zero_page = [0u8; 4096];
                 let old: Option<&[u8; 4096]> = if tag & TAG_ZERO != 0 {
                     Some(&zero_page)
                 } else {
-                    self.s
-                        .delta_pages
+                    self.delta_pages
                         .get(k * 4096..(k + 1) * 4096)
                         .and_then(|p| p.try_into().ok())
                 };
@@ -165,17 +253,21 @@ impl<'s> Content<'s> {
 
     /// Record that page `i` went out with content `page` (hash `h`).
     pub(crate) fn commit(&mut self, i: usize, h: u64, page: &[u8; 4096], zero: bool) {
-        if let Some(x) = self.s.hashes.get_mut(i) {
+        if channel_of(i, self.channels) != self.channel {
+            return;
+        }
+        let local = local_index(i, self.channels);
+        if let Some(x) = self.hashes.get_mut(local) {
             *x = h;
         }
         if !zero
-            && let Some(k) = Self::slot(self.s.dup_slots.len(), h)
-            && let Some(x) = self.s.dup_slots.get_mut(k)
+            && let Some(k) = Self::slot(self.dup_slots.len(), h)
+            && let Some(x) = self.dup_slots.get_mut(k)
         {
             *x = i as u64 + 1;
         }
-        if let Some(k) = Self::slot(self.s.delta_tags.len(), i as u64) {
-            if let Some(t) = self.s.delta_tags.get_mut(k) {
+        if let Some(k) = Self::slot(self.delta_tags.len(), local as u64) {
+            if let Some(t) = self.delta_tags.get_mut(k) {
                 let mine = *t & !TAG_ZERO == i as u64 + 1;
                 if zero && *t != 0 && !mine {
                     // A zero page does not evict another frame's cached page: round 0 sends
@@ -184,21 +276,73 @@ impl<'s> Content<'s> {
                 }
                 *t = (i as u64 + 1) | if zero { TAG_ZERO } else { 0 };
             }
-            if !zero && let Some(dst) = self.s.delta_pages.get_mut(k * 4096..(k + 1) * 4096) {
+            if !zero && let Some(dst) = self.delta_pages.get_mut(k * 4096..(k + 1) * 4096) {
                 dst.copy_from_slice(page);
             }
         }
     }
+}
 
+impl ContentStats {
     pub(crate) fn count(&mut self, c: Class) {
         match c {
-            Class::Unchanged => self.stats.unchanged += 1,
-            Class::Dup { .. } => self.stats.dup += 1,
+            Class::Unchanged => self.unchanged += 1,
+            Class::Dup { .. } => self.dup += 1,
             Class::Delta { len } => {
-                self.stats.delta += 1;
-                self.stats.delta_bytes += len as u64;
+                self.delta += 1;
+                self.delta_bytes += len as u64;
             }
             Class::Zero | Class::Full => {}
+        }
+    }
+
+    /// The sum of two sets of counters.
+    pub(crate) fn add(self, o: Self) -> Self {
+        Self {
+            unchanged: self.unchanged + o.unchanged,
+            dup: self.dup + o.dup,
+            delta: self.delta + o.delta,
+            delta_bytes: self.delta_bytes + o.delta_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_indices_pack_each_channels_frames() {
+        for channels in 1..=MAX_CHANNELS {
+            for frames in [
+                0,
+                1,
+                127,
+                128,
+                129,
+                1000,
+                5 * STRIPE_FRAMES,
+                17 * STRIPE_FRAMES + 3,
+            ] {
+                let mut seen = [0usize; MAX_CHANNELS];
+                for i in 0..frames {
+                    let c = channel_of(i, channels);
+                    // Frames of a channel in order get the local indices 0, 1, 2, ...
+                    assert_eq!(
+                        local_index(i, channels),
+                        seen[c],
+                        "{i} of {frames}/{channels}"
+                    );
+                    seen[c] += 1;
+                }
+                for (c, n) in seen.iter().enumerate().take(channels) {
+                    assert_eq!(
+                        frames_of(frames, c, channels),
+                        *n,
+                        "{c} {frames} {channels}"
+                    );
+                }
+            }
         }
     }
 }

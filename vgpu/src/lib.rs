@@ -57,6 +57,7 @@
 //! | vCPU | each MMIO exit ([`instance::Vgpu::mmio_read`], `mmio_write`) | guest code; KVM logs its RAM writes |
 //! | GPU | reading or changing device state (engines, GGTT translation) | writing guest memory, then [`tracking::GpuDirtyLog::mark`] |
 //! | migration | [`source::SourceSession::open`], `stop_and_copy`, `complete`, `cancel` (short) | [`source::SourceSession::poll_output`]; the session locks briefly through `with_vgpu` |
+//! | channel page threads (optional) | never | [`source::PageWorker::poll`]: reads guest memory only (see [`source`], "Channels on threads of their own") |
 //!
 //! The stop: pause the vCPUs, quiesce the vGPU until nothing is in flight, then
 //! `stop_and_copy` (locked) and keep polling: the last dirty pages, then the device state, read

@@ -2,16 +2,18 @@
 //! same bytes (4 KiB-granular memcpy), with the ratio, and written to `target/bench.json`.
 //!
 //! The imports run one way: this module (the command) runs the suites in catalogue order and writes
-//! the file; each suite ([`kernels`]: B1-B11 and B13, [`mmio`]: B12, [`hostile`]: B14, [`channels`]: B15,
-//! [`precopy`]: the pre-copy simulation) measures through the [`harness`], which times, prints and
+//! the file; each suite ([`kernels`]: B1-B11 and B13, [`mmio`]: B12, [`hostile`]: B14,
+//! [`dest_channels`]: B15, [`source_channels`]: B16, [`precopy`]: the pre-copy simulation)
+//! measures through the [`harness`], which times, prints and
 //! keeps the figures and knows no suite.
 
-mod channels;
+mod dest_channels;
 mod harness;
 mod hostile;
 mod kernels;
 mod mmio;
 mod precopy;
+mod source_channels;
 
 use harness::{Harness, MIN_RUNS, NOISY_SPREAD};
 
@@ -39,7 +41,8 @@ pub(crate) fn run(args: &Args) -> crate::Result {
     kernels::all(&mut h)?;
     mmio::mmio_sparse(&mut h)?;
     hostile::hostile_streams(&mut h)?;
-    channels::dest_channels(&mut h)?;
+    dest_channels::dest_channels(&mut h)?;
+    source_channels::source_channels(&mut h)?;
     precopy::simulate_all(&mut h)?;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench.json");
     if let Some(dir) = path.parent() {

@@ -23,6 +23,30 @@
 //! device state; pages are striped over all channels by frame. A round ends when every channel has
 //! sent its share, so a channel that is done returns 0 until the others catch up: poll them all.
 //!
+//! **Channels on threads of their own.** A channel's pages can be read, classified and encoded on
+//! a thread of its own, concurrently with the other channels'. Pages are striped over channels
+//! by frame, and each channel owns its part of everything the page path writes: its encoder and
+//! its record, its share of the scratch buffer, its cursor in the send set, and its part of
+//! content tracking (the hashes of its frames, a part of the duplicate table and of the delta
+//! cache). So a channel's bytes never depend on another channel or on timing: for the same guest
+//! memory at the same points, the threads write exactly the bytes `poll_output_channel` writes.
+//! The embedder owns the threads and the per-round barrier:
+//!
+//! 1. On one thread, poll every channel with [`SourceSession::poll_control`] until it returns 0
+//!    (headers, GGTT pre-copy, ROUND records, device state, END: everything but pages), and
+//!    drain [`SourceSession::poll_event`] (a switch: quiesce, then `stop_and_copy`).
+//! 2. If [`SourceSession::is_finished`], done. Otherwise take [`SourceSession::page_workers`],
+//!    move each [`PageWorker`] to its channel's thread (`std::thread::scope`) and poll it until
+//!    it returns 0: that channel's share of the round is sent. Join them all, drop the
+//!    [`PageWorkers`] (the barrier), and go back to 1, which ends the round.
+//!
+//! The rules of the crate docs hold unchanged: the dirty logs are harvested only in step 1, at
+//! a round's end, before the next round's pages are read (harvest before read); each worker
+//! reads each of its pages once, into the record, and classifies and encodes those bytes (one
+//! read per send); workers need guest memory only (`GuestMemory + Sync`), never the device, so
+//! no device lock is held while pages stream. The single-thread [`SourceSession::poll_output`]
+//! and `poll_output_channel` run the same workers on the caller's thread.
+//!
 //! **Memory modes.** With [`MemoryMode::Stream`] (the default) guest memory travels in the stream.
 //! With [`MemoryMode::Report`] it does not: the VMM migrates guest RAM itself and asks the session,
 //! VFIO DMA-logging style, which frames the GPU wrote ([`SourceSession::dirty_report`]), as QEMU
@@ -52,6 +76,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+pub use pages::PageWorker;
 use state::{device_record, ggtt_precopy_chunk};
 
 /// The smallest scratch buffer a source session accepts: room for config space, the engine state
@@ -209,9 +234,16 @@ struct Chan<'s> {
     cursor: usize,
     /// Written: 0 nothing, 1 the header, 2 the header and (multi-channel) the CHANNEL record.
     intro: u8,
+    /// The send set's bits of this channel below this index are taken (see `pages`).
+    settled: usize,
     round_done: bool,
     round_pages: u64,
+    round_zero: u64,
     round_start_bytes: u64,
+    total_pages: u64,
+    total_zero: u64,
+    /// What content tracking saved on this channel.
+    stats: ContentStats,
     ended: bool,
 }
 
@@ -229,13 +261,9 @@ pub struct SourceSession<'s> {
     phase: Phase,
     policy: Policy,
     round: u32,
-    round_pages: u64,
-    round_zero: u64,
     round_start_bytes: u64,
     round_start_us: Option<u64>,
     events: heapless::Deque<SourceEvent, 8>,
-    total_pages: u64,
-    total_zero: u64,
     content: Option<Content<'s>>,
     /// GGTT pre-copy: what the destination holds of the GGTT (entry by storage slot), and where
     /// the pre-copy save continues while it is still going.
@@ -284,9 +312,14 @@ impl<'s> SourceSession<'s> {
             current: Current::None,
             cursor: 0,
             intro: 0,
+            settled: 0,
             round_done: false,
             round_pages: 0,
+            round_zero: 0,
             round_start_bytes: 0,
+            total_pages: 0,
+            total_zero: 0,
+            stats: ContentStats::default(),
             ended: false,
         });
         let header = StreamHeaderRepr {
@@ -314,13 +347,9 @@ impl<'s> SourceSession<'s> {
                 MemoryMode::Report => Phase::AwaitStop,
             },
             round: 0,
-            round_pages: 0,
-            round_zero: 0,
             round_start_bytes: 0,
             round_start_us: None,
             events: heapless::Deque::new(),
-            total_pages: 0,
-            total_zero: 0,
             content: None,
             ggtt_sent: None,
             pre_ggtt: None,
@@ -442,7 +471,9 @@ impl<'s> SourceSession<'s> {
 
     /// What content tracking saved so far (zero when it is not attached).
     pub fn content_stats(&self) -> ContentStats {
-        self.content.as_ref().map(|c| c.stats).unwrap_or_default()
+        self.chans
+            .iter()
+            .fold(ContentStats::default(), |a, c| a.add(c.stats))
     }
 
     /// Write as much of the (main channel's) stream as fits into `out`; returns the bytes written.
@@ -476,6 +507,50 @@ impl<'s> SourceSession<'s> {
         channel: usize,
         dev: &dyn VgpuAccess,
         mem: &dyn GuestMemory,
+        cpu: &mut dyn CpuDirtyLog,
+        now_us: u64,
+        out: &mut [u8],
+    ) -> Result<usize, VgpuError> {
+        self.poll_inner(channel, dev, Some(mem), cpu, now_us, out)
+    }
+
+    /// Threaded page production, the coordinating part: write as much of channel `channel`'s
+    /// stream as fits into `out` without its pages (the header, the CHANNEL record, the GGTT
+    /// pre-copy, ROUND records, the device state, END): it stops where the channel's next record
+    /// would be a PAGES record, which the channel's [`PageWorker`] writes. Returns the bytes
+    /// written; 0 when the channel has nothing but pages to write now, while other channels
+    /// finish the round, while waiting for [`stop_and_copy`](Self::stop_and_copy), and after END.
+    /// It ends rounds (harvest, the policy's decision, events) as `poll_output_channel` does;
+    /// see the crate docs' threading contract for the loop.
+    ///
+    /// # Errors
+    /// As [`poll_output_channel`](Self::poll_output_channel).
+    pub fn poll_control(
+        &mut self,
+        channel: usize,
+        dev: &dyn VgpuAccess,
+        cpu: &mut dyn CpuDirtyLog,
+        now_us: u64,
+        out: &mut [u8],
+    ) -> Result<usize, VgpuError> {
+        self.poll_inner(channel, dev, None, cpu, now_us, out)
+    }
+
+    /// One [`PageWorker`] per channel for the current round's pages, each `Send`, to run on
+    /// threads of their own (or one after another on one). Every worker writes only its own
+    /// channel's PAGES records; the session takes the pages they read out of the send set when
+    /// the returned [`PageWorkers`] is dropped. Workers made while the session has no pages to
+    /// send (before a channel's header, during the GGTT pre-copy, while waiting for the stop,
+    /// after the final round) write nothing.
+    pub fn page_workers(&mut self) -> PageWorkers<'_, 's> {
+        PageWorkers { session: self }
+    }
+
+    fn poll_inner(
+        &mut self,
+        channel: usize,
+        dev: &dyn VgpuAccess,
+        mem: Option<&dyn GuestMemory>,
         cpu: &mut dyn CpuDirtyLog,
         now_us: u64,
         out: &mut [u8],
@@ -612,7 +687,7 @@ impl<'s> SourceSession<'s> {
         // Mid-round, the round is abandoned (its unsent pages are still in `send`) and the final
         // round gets the next number; before anything of the round went out it keeps this one.
         if self.phase == Phase::Round
-            && (self.round_pages > 0 || self.chans.iter().any(|c| c.round_done))
+            && self.chans.iter().any(|c| c.round_pages > 0 || c.round_done)
         {
             self.round = self.round.saturating_add(1);
         }
@@ -664,7 +739,7 @@ impl<'s> SourceSession<'s> {
         &mut self,
         c: usize,
         dev: &dyn VgpuAccess,
-        mem: &dyn GuestMemory,
+        mem: Option<&dyn GuestMemory>,
     ) -> Result<(), VgpuError> {
         let channels = self.chans.len();
         let phase = self.phase;
@@ -732,7 +807,13 @@ impl<'s> SourceSession<'s> {
                     // Waiting for the other channels to finish the round.
                     return Ok(());
                 }
-                if !self.fill_runs(c, mem)? {
+                let more = match mem {
+                    Some(mem) => self.fill_runs(c, mem)?,
+                    // Pages are the workers': stop before them.
+                    None if self.has_pages(c) => return Ok(()),
+                    None => false,
+                };
+                if !more {
                     let ch = self.chan_mut(c)?;
                     let bytes = ch.enc.bytes_written() - ch.round_start_bytes;
                     ch.current = Current::Round(RoundRepr {
@@ -786,6 +867,7 @@ impl<'s> SourceSession<'s> {
                     .scratch
                     .get(at..at + len)
                     .ok_or(VgpuError::StorageSize)?;
+                // PAGES records are written the same way by a worker (`PageWorker::poll`).
                 ch.enc
                     .write_record(kind, RecordFlags::MANDATORY, version, payload, out)?
             }
@@ -834,5 +916,27 @@ impl<'s> SourceSession<'s> {
             Current::None => {}
         }
         Ok(())
+    }
+}
+
+/// The current round's page workers of a session ([`SourceSession::page_workers`]). Dropping it
+/// takes the pages the workers read out of the send set (before any harvest can add to it).
+#[derive(Debug)]
+pub struct PageWorkers<'a, 's> {
+    session: &'a mut SourceSession<'s>,
+}
+
+impl<'s> PageWorkers<'_, 's> {
+    /// The workers, one per channel in channel order; each borrows its own part of the session
+    /// and may move to a thread of its own (`std::thread::scope`).
+    pub fn split(&mut self) -> impl Iterator<Item = PageWorker<'_, 's>> {
+        self.session.split().into_iter().flatten()
+    }
+}
+
+impl Drop for PageWorkers<'_, '_> {
+    fn drop(&mut self) {
+        // Only a range past the bitmap can fail, and the cursors never go past it.
+        let _ = self.session.settle();
     }
 }

@@ -10,13 +10,13 @@ use crate::traits::{CpuDirtyLog, VgpuAccess};
 
 impl SourceSession<'_> {
     pub(super) fn begin_round(&mut self) {
-        self.round_pages = 0;
-        self.round_zero = 0;
         self.round_start_bytes = self.bytes_written();
         for c in self.chans.iter_mut() {
             c.cursor = 0;
+            c.settled = 0;
             c.round_done = false;
             c.round_pages = 0;
+            c.round_zero = 0;
             c.round_start_bytes = c.enc.bytes_written();
         }
     }
@@ -29,11 +29,15 @@ impl SourceSession<'_> {
         now_us: u64,
     ) -> Result<(), VgpuError> {
         let bytes = self.bytes_written() - self.round_start_bytes;
+        let (pages, zero_pages) = self
+            .chans
+            .iter()
+            .fold((0, 0), |(p, z), c| (p + c.round_pages, z + c.round_zero));
         if self.phase == Phase::FinalRound {
             self.push_event(SourceEvent::RoundEnd {
                 round: self.round,
-                pages: self.round_pages,
-                zero_pages: self.round_zero,
+                pages,
+                zero_pages,
                 bytes,
                 dirty_left: 0,
             });
@@ -44,8 +48,8 @@ impl SourceSession<'_> {
         let dirty_left = self.send.count() as u64;
         self.push_event(SourceEvent::RoundEnd {
             round: self.round,
-            pages: self.round_pages,
-            zero_pages: self.round_zero,
+            pages,
+            zero_pages,
             bytes,
             dirty_left,
         });

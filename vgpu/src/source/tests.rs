@@ -95,23 +95,39 @@ fn map_some(v: &mut Vgpu<'_>, indices: core::ops::Range<u32>) {
 }
 
 #[test]
-fn take_for_hands_each_channel_its_stripes_and_leaves_the_rest() {
+fn next_bit_hands_each_channel_its_stripes_and_nothing_else() {
     let frames = 4 * crate::channel::STRIPE_FRAMES + 3;
     let mut words = vec![0u64; words_for(frames)];
     let mut send = DirtyBitmap::new(&mut words, frames).unwrap();
-    send.set_range(0, frames).unwrap();
-    let mut seen = vec![false; frames];
-    for c in 0..3 {
-        let mut from = 0;
-        while let Some(bit) = super::pages::take_for(&mut send, from, c, 3) {
-            assert_eq!(crate::channel::channel_of(bit, 3), c);
-            assert!(!seen[bit], "frame {bit} taken twice");
-            seen[bit] = true;
-            from = bit + 1;
+    // Every frame, then a sparse set: each channel finds exactly its own frames, in order.
+    for step in [1usize, 7, 61] {
+        send.clear();
+        for i in (0..frames).step_by(step) {
+            send.set(i).unwrap();
+        }
+        for channels in 1..=4 {
+            let mut seen = vec![false; frames];
+            for c in 0..channels {
+                let mut from = 0;
+                while let Some(bit) =
+                    super::pages::next_bit(send.words(), frames, from, c, channels)
+                {
+                    assert_eq!(crate::channel::channel_of(bit, channels), c);
+                    assert!(!seen[bit], "frame {bit} found twice");
+                    assert!(bit >= from);
+                    seen[bit] = true;
+                    from = bit + 1;
+                }
+            }
+            for (i, s) in seen.iter().enumerate() {
+                assert_eq!(
+                    *s,
+                    send.test(i),
+                    "frame {i}, {channels} channels, step {step}"
+                );
+            }
         }
     }
-    assert!(seen.iter().all(|s| *s), "a frame no channel took");
-    assert_eq!(send.count(), 0);
 }
 
 #[test]

@@ -722,7 +722,8 @@ impl Live {
     /// Pump the session into the sender while the guest follows the wall clock, until the
     /// stream's END record is on the socket.
     fn stream_out(&mut self, s: &mut SourceSession<'_>, src: &mut Machine<'_>) -> Result<(), Fail> {
-        let mut out = vec![0u8; CHUNK];
+        // One output buffer per channel: each channel's pages are produced on its own thread.
+        let mut outs = vec![vec![0u8; CHUNK]; self.senders.len()];
         let mut msg = Vec::new();
         loop {
             while let Some(k) = self.inbox.poll(&mut msg).map_err(Fail::Peer)? {
@@ -782,7 +783,7 @@ impl Live {
                 if s.is_finished() && waiting.is_none() {
                     return Ok(());
                 }
-                if !self.produce(s, src, &mut out)? {
+                if !self.produce(s, src, &mut outs)? {
                     // Every channel waits for its socket or the bucket, or the session for the
                     // stop: nothing to produce now.
                     wait = Some(waiting.unwrap_or(Duration::from_micros(200)));
@@ -802,13 +803,14 @@ impl Live {
         }
     }
 
-    /// One poll of the session into the sender, and its events. `false` when the session had
-    /// nothing to give (it waits for the stop).
+    /// One poll of the session into each idle sender, and its events: the channels' control
+    /// records on this thread, then their pages, each channel's on a thread of its own (see
+    /// [`Self::pages`]). `false` when the session had nothing to give (it waits for the stop).
     fn produce(
         &mut self,
         s: &mut SourceSession<'_>,
         src: &mut Machine<'_>,
-        out: &mut [u8],
+        outs: &mut [Vec<u8>],
     ) -> Result<bool, Fail> {
         let now_us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
         let now = self.t0.elapsed().as_secs_f64();
@@ -818,11 +820,16 @@ impl Live {
         }
         let mut any = false;
         // Each channel whose connection has taken everything queued gets one poll.
-        for (c, snd) in self.senders.iter_mut().enumerate() {
+        let threads = self.o.fault_flip_byte.is_none();
+        for ((c, snd), out) in self.senders.iter_mut().enumerate().zip(outs.iter_mut()) {
             if !snd.idle() {
                 continue;
             }
-            let n = s.poll_output_channel(c, &src.vgpu, &src.mem, &mut src.cpu_log, now_us, out)?;
+            let n = if threads {
+                s.poll_control(c, &src.vgpu, &mut src.cpu_log, now_us, out)?
+            } else {
+                s.poll_output_channel(c, &src.vgpu, &src.mem, &mut src.cpu_log, now_us, out)?
+            };
             let o = &mut self.o;
             if let Some(at) = o.fault_flip_byte {
                 // Fault injection (hidden option): one bit of the stream flipped on the way.
@@ -838,6 +845,14 @@ impl Live {
                 snd.queue(Kind::Data, &out[..n])?;
                 o.stream_bytes += n as u64;
                 self.window.produced(o.stream_bytes, now);
+                any = true;
+            }
+        }
+        if threads {
+            let n = self.pages(s, src, outs)?;
+            if n > 0 {
+                self.o.stream_bytes += n;
+                self.window.produced(self.o.stream_bytes, now);
                 any = true;
             }
         }
@@ -887,6 +902,63 @@ impl Live {
             }
         }
         Ok(any)
+    }
+
+    /// The pages of every channel whose connection is idle, each channel on a thread of its
+    /// own: its [`PageWorker`](vgpu::source::PageWorker) reads, classifies and encodes up to one
+    /// chunk, and the thread queues it and writes what its socket takes. The guest is held
+    /// while the threads read its memory (it runs between these slices, on this thread). Returns
+    /// the stream bytes produced.
+    fn pages(
+        &mut self,
+        s: &mut SourceSession<'_>,
+        src: &Machine<'_>,
+        outs: &mut [Vec<u8>],
+    ) -> Result<u64, Fail> {
+        let mem = &src.mem;
+        let mut workers = s.page_workers();
+        let jobs: Vec<_> = workers
+            .split()
+            .zip(self.senders.iter_mut().zip(outs.iter_mut()))
+            .filter(|(_, (snd, _))| snd.idle())
+            .collect();
+        let slice = |(mut w, (snd, out)): (
+            vgpu::source::PageWorker<'_, '_>,
+            (&mut Sender, &mut Vec<u8>),
+        )|
+         -> Result<u64, Fail> {
+            let n = w.poll(mem, out)?;
+            if n > 0 {
+                snd.queue(Kind::Data, out.get(..n).unwrap_or_default())?;
+                // Write what the socket (and the rate limit) takes now; the loop pumps the rest.
+                while let Pump::Wrote = snd.pump()? {}
+            }
+            Ok(n as u64)
+        };
+        let made: Vec<Result<u64, Fail>> = if jobs.len() <= 1 {
+            jobs.into_iter().map(slice).collect()
+        } else {
+            std::thread::scope(|t| {
+                let handles: Vec<_> = jobs
+                    .into_iter()
+                    .map(|job| t.spawn(move || slice(job)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Fail::Io(io::Error::other("a channel thread panicked")))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        drop(workers);
+        let mut total = 0;
+        for n in made {
+            total += n?;
+        }
+        Ok(total)
     }
 
     /// The stop: quiesce (in-flight work drains), then stop-and-copy.
