@@ -566,6 +566,9 @@ fn threads_writing_during_precopy_migrate_exactly() {
             visits: AtomicU64::new(0),
         };
         let paused = AtomicBool::new(false);
+        // Writers that have written once: pre-copy starts only after both did, so on a loaded
+        // machine the migration cannot end before a writer was ever scheduled.
+        let started = AtomicU64::new(0);
         let (mut stream, mut exits, mut writes) = (Vec::new(), 0u64, [0u64; 2]);
         std::thread::scope(|t| {
             let vcpu = t.spawn(|| {
@@ -580,6 +583,9 @@ fn threads_writing_during_precopy_migrate_exactly() {
                     ram.store(f, rng.below(512) as usize, rng.next_u64());
                     log.0.lock().unwrap().insert(f);
                     n += 1;
+                    if n == 1 {
+                        started.fetch_add(1, Ordering::AcqRel);
+                    }
                 }
                 n
             });
@@ -598,9 +604,15 @@ fn threads_writing_during_precopy_migrate_exactly() {
                         GpuDirtyPrecision::AllMapped => {}
                     }
                     n += 1;
+                    if n == 1 {
+                        started.fetch_add(1, Ordering::AcqRel);
+                    }
                 }
                 n
             });
+            while started.load(Ordering::Acquire) < 2 {
+                std::thread::yield_now();
+            }
             let mut cpu = &log;
             let mut out = vec![0u8; 16 * 1024];
             let mut threads = Some((vcpu, gpu));
