@@ -694,3 +694,186 @@ fn changed_runs_need_room_for_one_entry() {
         .unwrap();
     assert_eq!((p.written, p.next), (0, None));
 }
+
+fn raw_run(start: u32, entries: &[u64]) -> Vec<u8> {
+    let mut b = header(start, u32::try_from(entries.len()).unwrap(), KIND_RAW);
+    for e in entries {
+        b.extend_from_slice(&e.to_le_bytes());
+    }
+    b
+}
+
+fn linear_run(start: u32, count: u32, template: u64) -> Vec<u8> {
+    let mut b = header(start, count, KIND_LINEAR);
+    b.extend_from_slice(&template.to_le_bytes());
+    b
+}
+
+#[test]
+fn runs_at_the_seam_of_adjacent_slices() {
+    // Hidden directly after the aperture: aperture indices 0x100..0x108 (slots 0..8),
+    // hidden 0x108..0x110 (slots 8..16). Index 0x108 is the hidden slice's first entry.
+    let p = Partition::new(
+        GmRange::new(GmAddr::new(0x10_0000), 0x8000).unwrap(),
+        GmRange::new(GmAddr::new(0x10_8000), 0x8000).unwrap(),
+    )
+    .unwrap();
+    let v = |b: &[u8]| validate_runs(b, &p, &all_ok, Generation::Gen9);
+    let mut payload = raw_run(0x107, &[0x5001]);
+    payload.extend_from_slice(&raw_run(0x108, &[0x6001, 0x9001]));
+    assert_eq!(
+        v(&payload),
+        Ok(RunStats {
+            entries: 3,
+            runs: 2
+        })
+    );
+    assert_eq!(slot_span(&payload, &p), Some(7..10));
+    let frames = GuestFrames::from_ranges([(Gfn::new(0), 0x100)]).unwrap();
+    let mut d = [0u64; 16];
+    let mut dst = GgttSlices::new(p, &mut d).unwrap();
+    assert_eq!(
+        restore_runs(&payload, &mut dst, &frames, Generation::Gen9),
+        v(&payload)
+    );
+    drop(dst);
+    assert_eq!(d[7..10], [0x5001, 0x6001, 0x9001]);
+    // The hidden slice's last entry, and one run crossing the seam (refused).
+    assert!(v(&raw_run(0x10F, &[1])).is_ok());
+    assert_eq!(v(&raw_run(0x107, &[1, 1])), Err(GttError::OutOfRange));
+    assert_eq!(v(&raw_run(0x110, &[1])), Err(GttError::OutOfRange));
+    assert_eq!(v(&linear_run(0x107, 2, 0x5001)), Err(GttError::OutOfRange));
+
+    // A table with entries either side of the seam survives the round trip.
+    let mut s = [0u64; 16];
+    s[7] = 0x1_2001;
+    s[8] = 0x3_4001;
+    let src = GgttSlices::new(p, &mut s).unwrap();
+    let payloads = save_all(&src, 256);
+    let mut d = [0u64; 16];
+    let mut dst = GgttSlices::new(p, &mut d).unwrap();
+    for payload in &payloads {
+        replace_runs(payload, &mut dst, &frames, Generation::Gen9).unwrap();
+    }
+    drop(dst);
+    assert_eq!(d, s);
+}
+
+#[test]
+fn a_linear_run_may_end_at_the_last_frame_and_not_beyond() {
+    let p = part();
+    let v = |b: &[u8]| validate_runs(b, &p, &all_ok, Generation::Gen9);
+    let present = |frame: u64| (frame << PAGE_SHIFT) | 1;
+    // Two entries ending exactly at FRAME_MAX; one entry at FRAME_MAX.
+    assert_eq!(
+        v(&linear_run(0x100, 2, present(FRAME_MAX - 1))),
+        Ok(RunStats {
+            entries: 2,
+            runs: 1
+        })
+    );
+    assert_eq!(
+        v(&linear_run(0x100, 1, present(FRAME_MAX))),
+        Ok(RunStats {
+            entries: 1,
+            runs: 1
+        })
+    );
+    // Eight entries from FRAME_MAX - 7 (the whole aperture), applied as eight frames.
+    let lin = linear_run(0x100, 8, present(FRAME_MAX - 7));
+    assert!(v(&lin).is_ok());
+    let mut d = [0u64; 16];
+    let mut dst = GgttSlices::new(p, &mut d).unwrap();
+    assert_eq!(apply_runs(&lin, &mut dst), Ok(8));
+    drop(dst);
+    assert_eq!(d[7], present(FRAME_MAX));
+    // One frame further leaves the address field.
+    assert_eq!(
+        v(&linear_run(0x100, 3, present(FRAME_MAX - 1))),
+        Err(GttError::CountOverflow)
+    );
+    assert_eq!(
+        v(&linear_run(0x100, 2, present(FRAME_MAX))),
+        Err(GttError::CountOverflow)
+    );
+}
+
+#[test]
+fn slot_span_covers_first_to_last_run() {
+    let p = part();
+    assert_eq!(slot_span(&[], &p), None);
+    assert_eq!(slot_span(&raw_run(0x103, &[1, 1]), &p), Some(3..5));
+    // Aperture run at slot 1, hidden run at index 0x42 = slot 8 + 2, two entries.
+    let mut two = raw_run(0x101, &[1]);
+    two.extend_from_slice(&linear_run(0x42, 2, 0x5001));
+    assert_eq!(slot_span(&two, &p), Some(1..12));
+    // A payload that does not parse has no span, wherever the damage is.
+    let mut damaged = two.clone();
+    damaged.truncate(two.len() - 1);
+    assert_eq!(slot_span(&damaged, &p), None);
+    let mut out_of_order = raw_run(0x42, &[1]);
+    out_of_order.extend_from_slice(&raw_run(0x101, &[1]));
+    assert_eq!(slot_span(&out_of_order, &p), None);
+}
+
+#[test]
+fn restore_over_used_slots_is_all_or_nothing() {
+    // The destination was not cleared: slots 0 and 1 hold the same entry (so no cancelling
+    // fold can mistake them for free), slots 2..5 another. Runs over them followed by a bad
+    // run must leave the table exactly as it was; without the bad run they are overwritten,
+    // as validate_runs + apply_runs would.
+    let frames = GuestFrames::from_ranges([(Gfn::new(0), 0x100)]).unwrap();
+    let mut before = [0u64; 16];
+    before[..2].fill(0x1234);
+    before[2..5].fill(0x2001);
+    let bad = raw_run(0x40, &[0x8001 | (1 << 60)]);
+    for good in [
+        raw_run(0x100, &[0x5001, 0x6001]),
+        linear_run(0x102, 3, 0x7001),
+    ] {
+        let mut failing = good.clone();
+        failing.extend_from_slice(&bad);
+        let mut d = before;
+        let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+        assert_eq!(
+            restore_runs(&failing, &mut dst, &frames, Generation::Gen9),
+            Err(GttError::ReservedBits)
+        );
+        drop(dst);
+        assert_eq!(d, before);
+
+        let mut expect = before;
+        let mut e = GgttSlices::new(part(), &mut expect).unwrap();
+        apply_runs(&good, &mut e).unwrap();
+        drop(e);
+        let mut d = before;
+        let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+        restore_runs(&good, &mut dst, &frames, Generation::Gen9).unwrap();
+        drop(dst);
+        assert_eq!(d, expect);
+    }
+}
+
+#[test]
+fn a_raw_run_stops_at_a_pair_of_zeros_inside_a_scan_block() {
+    // 40 entries three pages apart (never LINEAR), with zero gaps of two entries (an even
+    // number of zeros inside one scan block) and of three: every gap ends a RAW run.
+    let mut t = vec![0u64; 256];
+    for (i, e) in t.iter_mut().enumerate().take(40) {
+        *e = (((i as u64) * 3) << 12) | 1;
+    }
+    for z in [5, 6, 20, 21, 22, 30, 31] {
+        t[z] = 0;
+    }
+    let mut s = t.clone();
+    let g = GgttSlices::new(big_part(), &mut s).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let p = g.save_runs(SaveCursor::START, &mut buf).unwrap();
+    assert_eq!(p.next, None);
+    let mut expect = Vec::new();
+    for (from, to) in [(0usize, 5usize), (7, 20), (23, 30), (32, 40)] {
+        expect.extend_from_slice(&raw_run(0x100 + from as u32, &t[from..to]));
+    }
+    assert_eq!(&buf[..p.written], &expect[..]);
+    assert_eq!(reference_save(&t, 96, &big_part(), 4096).0, expect);
+}
