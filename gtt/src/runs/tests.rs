@@ -877,3 +877,53 @@ fn a_raw_run_stops_at_a_pair_of_zeros_inside_a_scan_block() {
     assert_eq!(&buf[..p.written], &expect[..]);
     assert_eq!(reference_save(&t, 96, &big_part(), 4096).0, expect);
 }
+
+#[test]
+fn changed_runs_exact_bytes() {
+    // What the reader holds: zeros. What changed: slots 2..6 and 7..10, where slot 7 is the
+    // aperture's last and slots 8 and 9 are the hidden slice's first (indices 0x40, 0x41).
+    let sent = [0u64; 16];
+    let mut s = [0u64; 16];
+    for (slot, e) in s.iter_mut().enumerate() {
+        if matches!(slot, 2..=5 | 7..=9) {
+            *e = ((0x10 + slot as u64) << PAGE_SHIFT) | 1;
+        }
+    }
+    let t = s;
+    let g = GgttSlices::new(part(), &mut s).unwrap();
+    let mut whole = raw_run(0x102, &t[2..6]);
+    whole.extend_from_slice(&raw_run(0x107, &t[7..8]));
+    whole.extend_from_slice(&raw_run(0x40, &t[8..10]));
+    let mut buf = [0u8; 256];
+    let p = g
+        .save_changed_runs(&sent, SaveCursor::START, &mut buf)
+        .unwrap();
+    assert_eq!((&buf[..p.written], p.next), (&whole[..], None));
+    // A reader's copy longer than the table: the excess is not the table's.
+    let mut longer = [0u64; 20];
+    longer[17] = 0x5001;
+    let p = g
+        .save_changed_runs(&longer, SaveCursor::START, &mut buf)
+        .unwrap();
+    assert_eq!((&buf[..p.written], p.next), (&whole[..], None));
+
+    // Room for a header and two entries per call: the runs are cut where the room ends.
+    let mut got = Vec::new();
+    let mut cur = SaveCursor::START;
+    loop {
+        let mut small = [0u8; RUN_HEADER_LEN + 16];
+        let p = g.save_changed_runs(&sent, cur, &mut small).unwrap();
+        got.push((small[..p.written].to_vec(), p.next.map(SaveCursor::slot)));
+        match p.next {
+            Some(n) => cur = n,
+            None => break,
+        }
+    }
+    let want = vec![
+        (raw_run(0x102, &t[2..4]), Some(4)),
+        (raw_run(0x104, &t[4..6]), Some(7)),
+        (raw_run(0x107, &t[7..8]), Some(8)),
+        (raw_run(0x40, &t[8..10]), None),
+    ];
+    assert_eq!(got, want);
+}
