@@ -927,3 +927,228 @@ fn changed_runs_exact_bytes() {
     ];
     assert_eq!(got, want);
 }
+
+#[test]
+fn frames_refused_wherever_guest_memory_lies() {
+    // Frame 5 is outside each of these guests: memory only at the top of the address field
+    // (where a frame computed with the address bits flipped or all set would land), or only
+    // at 5 << 12 (where one computed with the shift reversed would). Both kernel kinds:
+    // Gen9 (no allowed bit above the address field) and Mtl (PAT bits above it).
+    let present = |frame: u64| (frame << PAGE_SHIFT) | 1;
+    let guests = [
+        GuestFrames::from_ranges([(Gfn::new(FRAME_MAX - 0x1F), 0x20)]).unwrap(),
+        GuestFrames::from_ranges([(Gfn::new(5 << PAGE_SHIFT), 0x10)]).unwrap(),
+        GuestFrames::from_ranges([(Gfn::new(0x10), 0x10), (Gfn::new(FRAME_MAX - 0x1F), 0x20)])
+            .unwrap(),
+    ];
+    let payloads = [
+        raw_run(0x100, &[present(5)]),
+        raw_run(0x100, &[present(0x10), present(5)]),
+        linear_run(0x100, 1, present(5)),
+        linear_run(0x100, 2, present(4)),
+    ];
+    for frames in &guests {
+        for generation in [Generation::Gen9, Generation::Mtl] {
+            for payload in &payloads {
+                let inside = |g: Gfn| frames.contains(g);
+                assert_eq!(
+                    validate_runs(payload, &part(), &inside, generation),
+                    Err(GttError::FrameOutsideGuest)
+                );
+                assert_eq!(
+                    validate_runs_in(payload, &part(), frames, generation),
+                    Err(GttError::FrameOutsideGuest)
+                );
+                let mut d = [0u64; 16];
+                let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+                assert_eq!(
+                    restore_runs(payload, &mut dst, frames, generation),
+                    Err(GttError::FrameOutsideGuest)
+                );
+                assert_eq!(
+                    replace_runs(payload, &mut dst, frames, generation),
+                    Err(GttError::FrameOutsideGuest)
+                );
+                drop(dst);
+                assert_eq!(d, [0; 16]);
+            }
+        }
+    }
+    // The same entries inside guest memory are accepted by every path.
+    let low = GuestFrames::from_ranges([(Gfn::new(0), 0x20)]).unwrap();
+    for generation in [Generation::Gen9, Generation::Mtl] {
+        for payload in &payloads {
+            let want = validate_runs(payload, &part(), &|g: Gfn| g.get() < 0x20, generation);
+            assert!(want.is_ok());
+            assert_eq!(validate_runs_in(payload, &part(), &low, generation), want);
+            let mut d = [0u64; 16];
+            let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+            assert_eq!(restore_runs(payload, &mut dst, &low, generation), want);
+        }
+    }
+}
+
+#[test]
+fn linear_templates_checked_like_raw_entries() {
+    // A template of reserved bits only; a present template of frame 0 outside guest memory.
+    let frames = GuestFrames::from_ranges([(Gfn::new(0x10), 0x10)]).unwrap();
+    for (template, want) in [
+        (1u64 << 50, GttError::ReservedBits),
+        (1, GttError::FrameOutsideGuest),
+    ] {
+        for count in [1, 3] {
+            let payload = linear_run(0x100, count, template);
+            assert_eq!(
+                validate_runs_in(&payload, &part(), &frames, Generation::Gen9),
+                Err(want)
+            );
+            let mut d = [0u64; 16];
+            let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+            assert_eq!(
+                restore_runs(&payload, &mut dst, &frames, Generation::Gen9),
+                Err(want)
+            );
+            drop(dst);
+            assert_eq!(d, [0; 16]);
+        }
+    }
+}
+
+#[test]
+fn runs_section_saves_checks_and_applies() {
+    use migstream::Section;
+    let p = part();
+    assert_eq!(GgttRunsSection::max_len(&&p), 16 * (RUN_HEADER_LEN + 8));
+    let frames = GuestFrames::from_ranges([(Gfn::new(0), 0x100)]).unwrap();
+    let mut a = [0u64; 16];
+    a[1] = 0x5001;
+    a[9..12].copy_from_slice(&[0x7001, 0x8001, 0x9001]);
+    let mut b = a;
+    b[1] = 0;
+    b[3] = 0x6001;
+    let (mut sa, mut sb) = (a, b);
+    let src_a = GgttSlices::new(p, &mut sa).unwrap();
+    let src_b = GgttSlices::new(p, &mut sb).unwrap();
+
+    // The whole table, as save_runs writes it.
+    let mut buf = [0u8; 256];
+    let whole = RunsSource {
+        slices: &src_a,
+        sent: None,
+    };
+    let saved = GgttRunsSection::save(&whole, 0, &mut buf).unwrap();
+    let mut direct = [0u8; 256];
+    let progress = src_a.save_runs(SaveCursor::START, &mut direct).unwrap();
+    assert_eq!((saved.written, saved.next), (progress.written, None));
+    assert_eq!(buf[..saved.written], direct[..progress.written]);
+    let full = buf[..saved.written].to_vec();
+
+    // Checked against the guest view and memory.
+    let check = RunsCheck {
+        partition: &p,
+        frames: &frames,
+        generation: Generation::Gen9,
+    };
+    assert_eq!(
+        GgttRunsSection::validate(&check, &full),
+        Ok(RunStats {
+            entries: 4,
+            runs: 2
+        })
+    );
+    let small = GuestFrames::from_ranges([(Gfn::new(0), 6)]).unwrap();
+    let strict = RunsCheck {
+        frames: &small,
+        ..check
+    };
+    assert_eq!(
+        GgttRunsSection::validate(&strict, &full),
+        Err(GttError::FrameOutsideGuest)
+    );
+
+    // Replacing a table that holds something else, then what changed on top of it.
+    let mut d = [0x3001u64; 16];
+    let mut dst = GgttSlices::new(p, &mut d).unwrap();
+    let mut stats = RunStats::default();
+    GgttRunsSection::apply(
+        RunsTarget {
+            slices: &mut dst,
+            frames: &frames,
+            generation: Generation::Gen9,
+            replace: true,
+            stats: &mut stats,
+        },
+        &full,
+    )
+    .unwrap();
+    assert_eq!(dst.entries(), &a[..]);
+    let changed = RunsSource {
+        slices: &src_b,
+        sent: Some(&a),
+    };
+    let saved = GgttRunsSection::save(&changed, 0, &mut buf).unwrap();
+    assert_eq!(saved.next, None);
+    let delta = buf[..saved.written].to_vec();
+    assert_eq!(
+        delta[..],
+        [raw_run(0x101, &[0]), raw_run(0x103, &[0x6001])].concat()
+    );
+    GgttRunsSection::apply(
+        RunsTarget {
+            slices: &mut dst,
+            frames: &frames,
+            generation: Generation::Gen9,
+            replace: false,
+            stats: &mut stats,
+        },
+        &delta,
+    )
+    .unwrap();
+    assert_eq!(dst.entries(), &b[..]);
+    assert_eq!(
+        stats,
+        RunStats {
+            entries: 6,
+            runs: 4
+        }
+    );
+}
+
+#[test]
+fn pending_section_round_trip() {
+    use migstream::Section;
+    let p = part();
+    assert_eq!(
+        GgttPendingSection::max_len(&()),
+        crate::slices::MAX_PENDING_LEN
+    );
+    let mut s = [0u64; 16];
+    let mut src = GgttSlices::new(p, &mut s).unwrap();
+    src.write_half(GttIndex::new(0x101), false, 0x5001).unwrap();
+    src.write_half(GttIndex::new(0x42), true, 0x7).unwrap();
+    let mut buf = [0u8; 256];
+    let saved = GgttPendingSection::save(&&src, 0, &mut buf).unwrap();
+    assert_eq!(saved.next, None);
+    let payload = &buf[..saved.written];
+    assert_eq!(payload.len(), src.pending_len());
+    assert_eq!(GgttPendingSection::validate(&&p, payload), Ok(()));
+    let mut d = [0u64; 16];
+    let mut dst = GgttSlices::new(p, &mut d).unwrap();
+    GgttPendingSection::apply(&mut dst, payload).unwrap();
+    assert_eq!(dst.pending_halves(), src.pending_halves());
+    assert_eq!(dst.pending_halves().len(), 2);
+    // A half outside the partition is refused, and not applied.
+    let other = Partition::new(
+        GmRange::new(GmAddr::new(0x10_0000), 0x1000).unwrap(),
+        GmRange::EMPTY,
+    )
+    .unwrap();
+    assert_eq!(
+        GgttPendingSection::validate(&&other, payload),
+        Err(GttError::OutOfRange)
+    );
+    let mut e = [0u64; 16];
+    let mut fresh = GgttSlices::new(p, &mut e).unwrap();
+    assert!(GgttPendingSection::apply(&mut fresh, &payload[..payload.len() - 1]).is_err());
+    assert!(fresh.pending_halves().is_empty());
+}
