@@ -1152,3 +1152,40 @@ fn pending_section_round_trip() {
     assert!(GgttPendingSection::apply(&mut fresh, &payload[..payload.len() - 1]).is_err());
     assert!(fresh.pending_halves().is_empty());
 }
+
+#[test]
+fn reference_check_edges() {
+    // A LINEAR run ending on guest memory's last frame is inside; one frame more is not.
+    let below = |g: Gfn| g.get() < 0x20;
+    let present = |frame: u64| (frame << PAGE_SHIFT) | 1;
+    let check = |payload: &[u8]| validate_runs(payload, &part(), &below, Generation::Gen9);
+    assert_eq!(
+        check(&linear_run(0x100, 4, present(0x1C))),
+        Ok(RunStats {
+            entries: 4,
+            runs: 1
+        })
+    );
+    assert_eq!(
+        check(&linear_run(0x100, 5, present(0x1C))),
+        Err(GttError::FrameOutsideGuest)
+    );
+    // An entry made of every reserved bit and nothing else (not present) is refused.
+    for generation in [
+        Generation::Gen8,
+        Generation::Gen9,
+        Generation::Gen12,
+        Generation::Mtl,
+    ] {
+        let all_reserved = !generation.format().allowed_mask();
+        assert_eq!(
+            validate_runs(
+                &raw_run(0x100, &[all_reserved]),
+                &part(),
+                &all_ok,
+                generation
+            ),
+            Err(GttError::ReservedBits)
+        );
+    }
+}
