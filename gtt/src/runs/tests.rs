@@ -1189,3 +1189,43 @@ fn reference_check_edges() {
         );
     }
 }
+
+#[test]
+fn fused_paths_refuse_reserved_bits_in_any_combination() {
+    // Entries whose faults could cancel in a branch-free check: reserved bits only (not
+    // present), every reserved bit, and reserved bit 63 on a present entry whose frame is
+    // also outside guest memory (the reserved bit is reported, as by the reference).
+    let frames = GuestFrames::from_ranges([(Gfn::new(0x10), 0x10)]).unwrap();
+    for generation in [Generation::Gen9, Generation::Gen12] {
+        let all_reserved = !generation.format().allowed_mask();
+        let payloads = [
+            raw_run(0x100, &[1 << 50]),
+            raw_run(0x100, &[all_reserved]),
+            raw_run(0x100, &[(1 << 63) | (5 << PAGE_SHIFT) | 1]),
+            linear_run(0x100, 2, all_reserved),
+        ];
+        for payload in &payloads {
+            let inside = |g: Gfn| frames.contains(g);
+            assert_eq!(
+                validate_runs(payload, &part(), &inside, generation),
+                Err(GttError::ReservedBits)
+            );
+            assert_eq!(
+                validate_runs_in(payload, &part(), &frames, generation),
+                Err(GttError::ReservedBits)
+            );
+            let mut d = [0u64; 16];
+            let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+            assert_eq!(
+                restore_runs(payload, &mut dst, &frames, generation),
+                Err(GttError::ReservedBits)
+            );
+            assert_eq!(
+                replace_runs(payload, &mut dst, &frames, generation),
+                Err(GttError::ReservedBits)
+            );
+            drop(dst);
+            assert_eq!(d, [0; 16]);
+        }
+    }
+}
