@@ -872,7 +872,7 @@ fn a_raw_run_stops_at_a_pair_of_zeros_inside_a_scan_block() {
     assert_eq!(p.next, None);
     let mut expect = Vec::new();
     for (from, to) in [(0usize, 5usize), (7, 20), (23, 30), (32, 40)] {
-        expect.extend_from_slice(&raw_run(0x100 + from as u32, &t[from..to]));
+        expect.extend_from_slice(&raw_run(0x100 + u32::try_from(from).unwrap(), &t[from..to]));
     }
     assert_eq!(&buf[..p.written], &expect[..]);
     assert_eq!(reference_save(&t, 96, &big_part(), 4096).0, expect);
