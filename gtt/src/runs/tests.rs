@@ -1229,3 +1229,25 @@ fn fused_paths_refuse_reserved_bits_in_any_combination() {
         }
     }
 }
+
+#[test]
+fn a_raw_run_stops_for_a_linear_stretch_inside_one_scan_block() {
+    // Entries three pages apart, with a LINEAR stretch of 7 at slots 10..17: its six
+    // one-page steps all lie in the scan block of slots 9..17, and it breaks the RAW run.
+    let mut t = vec![0u64; 256];
+    for (i, e) in t.iter_mut().enumerate().take(40) {
+        *e = (((i as u64) * 3) << 12) | 1;
+    }
+    for (i, e) in (0u64..).zip(&mut t[10..17]) {
+        *e = ((0x500 + i) << 12) | 3;
+    }
+    let mut s = t.clone();
+    let g = GgttSlices::new(big_part(), &mut s).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let p = g.save_runs(SaveCursor::START, &mut buf).unwrap();
+    let mut expect = raw_run(0x100, &t[..10]);
+    expect.extend_from_slice(&linear_run(0x10A, 7, t[10]));
+    expect.extend_from_slice(&raw_run(0x111, &t[17..40]));
+    assert_eq!((&buf[..p.written], p.next), (&expect[..], None));
+    assert_eq!(reference_save(&t, 96, &big_part(), 4096).0, expect);
+}
