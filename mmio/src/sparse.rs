@@ -814,6 +814,42 @@ mod tests {
         assert_eq!(rf.peek(0x5000), 3);
     }
 
+    #[test]
+    fn every_register_accepts_its_read_only_bits_as_at_reset_and_nothing_else() {
+        // For each migrated register: its reset value, and any value that keeps the read-only
+        // bits as they are at reset, is accepted; flipping one read-only bit is refused.
+        for r in SKL.regs.iter().filter(|r| r.is_migrated()) {
+            let ro = r.effective_ro_mask();
+            let ok = |v: u32| validate_sparse(&SKL, &payload(&[(r.offset, &[v])]));
+            assert_eq!(ok(r.reset), Ok(()), "{}", r.name);
+            assert_eq!(ok(r.reset ^ !ro), Ok(()), "{}", r.name);
+            if ro != 0 {
+                let bit = ro & ro.wrapping_neg();
+                assert_eq!(
+                    ok(r.reset ^ bit),
+                    Err(MmioError::ReadOnlyBits { offset: r.offset }),
+                    "{}",
+                    r.name
+                );
+            }
+        }
+        // SKL has no migrated register with a read-only bit set at reset; a table that has
+        // one: the value must keep that bit set, not cleared.
+        static REGS: [RegDesc; 1] = [RegDesc::new(0x100, "RO_SET_AT_RESET")
+            .with_reset(0x8000_0001)
+            .with_ro(0x8000_0000)];
+        let platform = Platform {
+            regs: &REGS,
+            mmio_size: 0x1000,
+        };
+        let check = |v: u32| validate_sparse(&platform, &payload(&[(0x100, &[v])]));
+        assert_eq!(check(0x8000_0001), Ok(()));
+        assert_eq!(check(0x8000_0000), Ok(()));
+        assert_eq!(check(0xFFFF_FFFF), Ok(()));
+        let refused = Err(MmioError::ReadOnlyBits { offset: 0x100 });
+        assert_eq!((check(0x1), check(0x7FFF_FFFF)), (refused, refused));
+    }
+
     proptest::proptest! {
         #[test]
         fn round_trip_reproduces_every_migratable_register(
