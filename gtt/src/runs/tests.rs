@@ -932,12 +932,12 @@ fn changed_runs_exact_bytes() {
 fn frames_refused_wherever_guest_memory_lies() {
     // Frame 5 is outside each of these guests: memory only at the top of the address field
     // (where a frame computed with the address bits flipped or all set would land), or only
-    // at 5 << 12 (where one computed with the shift reversed would). Both kernel kinds:
+    // at frame 5 << 24 (where one computed with the shift reversed would). Both kernel kinds:
     // Gen9 (no allowed bit above the address field) and Mtl (PAT bits above it).
     let present = |frame: u64| (frame << PAGE_SHIFT) | 1;
     let guests = [
         GuestFrames::from_ranges([(Gfn::new(FRAME_MAX - 0x1F), 0x20)]).unwrap(),
-        GuestFrames::from_ranges([(Gfn::new(5 << PAGE_SHIFT), 0x10)]).unwrap(),
+        GuestFrames::from_ranges([(Gfn::new(5 << (2 * PAGE_SHIFT)), 0x10)]).unwrap(),
         GuestFrames::from_ranges([(Gfn::new(0x10), 0x10), (Gfn::new(FRAME_MAX - 0x1F), 0x20)])
             .unwrap(),
     ];
