@@ -1251,3 +1251,23 @@ fn a_raw_run_stops_for_a_linear_stretch_inside_one_scan_block() {
     assert_eq!((&buf[..p.written], p.next), (&expect[..], None));
     assert_eq!(reference_save(&t, 96, &big_part(), 4096).0, expect);
 }
+
+#[test]
+fn a_raw_run_stops_at_a_zero_followed_by_a_one_page_step() {
+    // A zero entry followed by 0x1000 (not present, address of frame 1): the pair is both a
+    // zero and a one-page step, and the zero must still end the RAW run.
+    let mut t = vec![0u64; 256];
+    for (i, e) in t.iter_mut().enumerate().take(20) {
+        *e = (((i as u64) * 3) << 12) | 1;
+    }
+    t[5] = 0;
+    t[6] = 1 << PAGE_SHIFT;
+    let mut s = t.clone();
+    let g = GgttSlices::new(big_part(), &mut s).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let p = g.save_runs(SaveCursor::START, &mut buf).unwrap();
+    let mut expect = raw_run(0x100, &t[..5]);
+    expect.extend_from_slice(&raw_run(0x106, &t[6..20]));
+    assert_eq!((&buf[..p.written], p.next), (&expect[..], None));
+    assert_eq!(reference_save(&t, 96, &big_part(), 4096).0, expect);
+}
