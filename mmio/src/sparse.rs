@@ -746,6 +746,110 @@ mod tests {
         );
     }
 
+    #[test]
+    fn malformed_names_the_offset_of_the_broken_field() {
+        // Two runs (the second at byte 12): a cut inside a run's start field is reported at
+        // the run, inside its count at the run + 4, inside its values at the run + 8.
+        let two = payload(&[(0x2030, &[1]), (0x5000, &[1, 2])]);
+        assert_eq!(validate_sparse(&SKL, &two), Ok(()));
+        for cut in 1..two.len() {
+            let want = match cut {
+                12 => Ok(()),
+                1..=3 => Err(MmioError::Malformed { at: 0 }),
+                4..=7 => Err(MmioError::Malformed { at: 4 }),
+                8..=11 => Err(MmioError::Malformed { at: 8 }),
+                13..=15 => Err(MmioError::Malformed { at: 12 }),
+                16..=19 => Err(MmioError::Malformed { at: 16 }),
+                _ => Err(MmioError::Malformed { at: 20 }),
+            };
+            assert_eq!(validate_sparse(&SKL, &two[..cut]), want, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn adjacent_runs_are_accepted_and_each_value_found() {
+        // Runs must ascend without overlap; one may start where the previous ended.
+        let p = payload(&[(0x2030, &[0x10]), (0x2034, &[0x08]), (0x5000, &[7])]);
+        assert_eq!(validate_sparse(&SKL, &p), Ok(()));
+        assert_eq!(sparse_value(&SKL, &p, 0x2030), Some(0x10));
+        assert_eq!(sparse_value(&SKL, &p, 0x2034), Some(0x08));
+        assert_eq!(sparse_value(&SKL, &p, 0x5000), Some(7));
+        assert_eq!(sparse_value(&SKL, &p, 0x2038), None);
+        assert_eq!(sparse_value(&SKL, &p, 0x4FFC), None);
+        // A malformed payload names nothing, not even what precedes the damage.
+        let mut bad = p.clone();
+        bad.push(0);
+        assert_eq!(sparse_value(&SKL, &bad, 0x2030), None);
+        let mut s = storage();
+        let mut rf = RegFile::new(&SKL, &mut s).unwrap();
+        rf.apply_sparse(&p, &mut NoHooks).unwrap();
+        assert_eq!(
+            (rf.peek(0x2030), rf.peek(0x2034), rf.peek(0x5000)),
+            (0x10, 0x08, 7)
+        );
+        // The saver merges them into one run.
+        let mut out = [0u8; 64];
+        let n = rf.save_sparse(&mut out).unwrap();
+        assert_eq!(
+            &out[..n],
+            &payload(&[(0x2030, &[0x10, 0x08]), (0x5000, &[7])])[..]
+        );
+    }
+
+    #[test]
+    fn restore_keeps_a_derived_register_at_the_start_of_an_untracked_block() {
+        // SDEISR (0xC4000, derived) opens a 4 KiB block of the untracked summary; an
+        // untracked dword written in the same block marks it. A restore clears the untracked
+        // dword and leaves the derived register as it is.
+        assert!(SKL.find(0xC4000).is_some_and(|r| !r.is_migrated()));
+        assert!(SKL.find(0xC4F00).is_none());
+        let mut s = storage();
+        let mut rf = RegFile::new(&SKL, &mut s).unwrap();
+        rf.poke(0xC4000, 0x1234);
+        rf.write(0xC4F00, Dword, 5, &mut NoHooks).unwrap();
+        rf.apply_sparse(&payload(&[(0x5000, &[3])]), &mut NoHooks)
+            .unwrap();
+        assert_eq!(rf.peek(0xC4000), 0x1234);
+        assert_eq!(rf.peek(0xC4F00), 0);
+        assert_eq!(rf.peek(0x5000), 3);
+    }
+
+    #[test]
+    fn every_register_accepts_its_read_only_bits_as_at_reset_and_nothing_else() {
+        // For each migrated register: its reset value, and any value that keeps the read-only
+        // bits as they are at reset, is accepted; flipping one read-only bit is refused.
+        for r in SKL.regs.iter().filter(|r| r.is_migrated()) {
+            let ro = r.effective_ro_mask();
+            let ok = |v: u32| validate_sparse(&SKL, &payload(&[(r.offset, &[v])]));
+            assert_eq!(ok(r.reset), Ok(()), "{}", r.name);
+            assert_eq!(ok(r.reset ^ !ro), Ok(()), "{}", r.name);
+            if ro != 0 {
+                let bit = ro & ro.wrapping_neg();
+                assert_eq!(
+                    ok(r.reset ^ bit),
+                    Err(MmioError::ReadOnlyBits { offset: r.offset }),
+                    "{}",
+                    r.name
+                );
+            }
+        }
+        // SKL has no migrated register with a read-only bit set at reset; a table that has
+        // one: the value must keep that bit set, not cleared.
+        static REGS: [RegDesc; 1] = [RegDesc::new(0x100, "RO_SET_AT_RESET")
+            .with_reset(0x8000_0001)
+            .with_ro(0x8000_0000)];
+        let platform = Platform {
+            regs: &REGS,
+            mmio_size: 0x1000,
+        };
+        let check = |v: u32| validate_sparse(&platform, &payload(&[(0x100, &[v])]));
+        assert_eq!(check(0x8000_0001), Ok(()));
+        assert_eq!(check(0x8000_0000), Ok(()));
+        assert_eq!(check(0xFFFF_FFFF), Ok(()));
+        let refused = Err(MmioError::ReadOnlyBits { offset: 0x100 });
+        assert_eq!((check(0x1), check(0x7FFF_FFFF)), (refused, refused));
+    }
+
     proptest::proptest! {
         #[test]
         fn round_trip_reproduces_every_migratable_register(

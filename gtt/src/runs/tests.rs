@@ -694,3 +694,580 @@ fn changed_runs_need_room_for_one_entry() {
         .unwrap();
     assert_eq!((p.written, p.next), (0, None));
 }
+
+fn raw_run(start: u32, entries: &[u64]) -> Vec<u8> {
+    let mut b = header(start, u32::try_from(entries.len()).unwrap(), KIND_RAW);
+    for e in entries {
+        b.extend_from_slice(&e.to_le_bytes());
+    }
+    b
+}
+
+fn linear_run(start: u32, count: u32, template: u64) -> Vec<u8> {
+    let mut b = header(start, count, KIND_LINEAR);
+    b.extend_from_slice(&template.to_le_bytes());
+    b
+}
+
+#[test]
+fn runs_at_the_seam_of_adjacent_slices() {
+    // Hidden directly after the aperture: aperture indices 0x100..0x108 (slots 0..8),
+    // hidden 0x108..0x110 (slots 8..16). Index 0x108 is the hidden slice's first entry.
+    let p = Partition::new(
+        GmRange::new(GmAddr::new(0x10_0000), 0x8000).unwrap(),
+        GmRange::new(GmAddr::new(0x10_8000), 0x8000).unwrap(),
+    )
+    .unwrap();
+    let v = |b: &[u8]| validate_runs(b, &p, &all_ok, Generation::Gen9);
+    let mut payload = raw_run(0x107, &[0x5001]);
+    payload.extend_from_slice(&raw_run(0x108, &[0x6001, 0x9001]));
+    assert_eq!(
+        v(&payload),
+        Ok(RunStats {
+            entries: 3,
+            runs: 2
+        })
+    );
+    assert_eq!(slot_span(&payload, &p), Some(7..10));
+    let frames = GuestFrames::from_ranges([(Gfn::new(0), 0x100)]).unwrap();
+    let mut d = [0u64; 16];
+    let mut dst = GgttSlices::new(p, &mut d).unwrap();
+    assert_eq!(
+        restore_runs(&payload, &mut dst, &frames, Generation::Gen9),
+        v(&payload)
+    );
+    drop(dst);
+    assert_eq!(d[7..10], [0x5001, 0x6001, 0x9001]);
+    // The hidden slice's last entry, and one run crossing the seam (refused).
+    assert!(v(&raw_run(0x10F, &[1])).is_ok());
+    assert_eq!(v(&raw_run(0x107, &[1, 1])), Err(GttError::OutOfRange));
+    assert_eq!(v(&raw_run(0x110, &[1])), Err(GttError::OutOfRange));
+    assert_eq!(v(&linear_run(0x107, 2, 0x5001)), Err(GttError::OutOfRange));
+
+    // A table with entries either side of the seam survives the round trip.
+    let mut s = [0u64; 16];
+    s[7] = 0x1_2001;
+    s[8] = 0x3_4001;
+    let src = GgttSlices::new(p, &mut s).unwrap();
+    let payloads = save_all(&src, 256);
+    let mut d = [0u64; 16];
+    let mut dst = GgttSlices::new(p, &mut d).unwrap();
+    for payload in &payloads {
+        replace_runs(payload, &mut dst, &frames, Generation::Gen9).unwrap();
+    }
+    drop(dst);
+    assert_eq!(d, s);
+}
+
+#[test]
+fn a_linear_run_may_end_at_the_last_frame_and_not_beyond() {
+    let p = part();
+    let v = |b: &[u8]| validate_runs(b, &p, &all_ok, Generation::Gen9);
+    let present = |frame: u64| (frame << PAGE_SHIFT) | 1;
+    // Two entries ending exactly at FRAME_MAX; one entry at FRAME_MAX.
+    assert_eq!(
+        v(&linear_run(0x100, 2, present(FRAME_MAX - 1))),
+        Ok(RunStats {
+            entries: 2,
+            runs: 1
+        })
+    );
+    assert_eq!(
+        v(&linear_run(0x100, 1, present(FRAME_MAX))),
+        Ok(RunStats {
+            entries: 1,
+            runs: 1
+        })
+    );
+    // Eight entries from FRAME_MAX - 7 (the whole aperture), applied as eight frames.
+    let lin = linear_run(0x100, 8, present(FRAME_MAX - 7));
+    assert!(v(&lin).is_ok());
+    let mut d = [0u64; 16];
+    let mut dst = GgttSlices::new(p, &mut d).unwrap();
+    assert_eq!(apply_runs(&lin, &mut dst), Ok(8));
+    drop(dst);
+    assert_eq!(d[7], present(FRAME_MAX));
+    // One frame further leaves the address field.
+    assert_eq!(
+        v(&linear_run(0x100, 3, present(FRAME_MAX - 1))),
+        Err(GttError::CountOverflow)
+    );
+    assert_eq!(
+        v(&linear_run(0x100, 2, present(FRAME_MAX))),
+        Err(GttError::CountOverflow)
+    );
+}
+
+#[test]
+fn slot_span_covers_first_to_last_run() {
+    let p = part();
+    assert_eq!(slot_span(&[], &p), None);
+    assert_eq!(slot_span(&raw_run(0x103, &[1, 1]), &p), Some(3..5));
+    // Aperture run at slot 1, hidden run at index 0x42 = slot 8 + 2, two entries.
+    let mut two = raw_run(0x101, &[1]);
+    two.extend_from_slice(&linear_run(0x42, 2, 0x5001));
+    assert_eq!(slot_span(&two, &p), Some(1..12));
+    // A payload that does not parse has no span, wherever the damage is.
+    let mut damaged = two.clone();
+    damaged.truncate(two.len() - 1);
+    assert_eq!(slot_span(&damaged, &p), None);
+    let mut out_of_order = raw_run(0x42, &[1]);
+    out_of_order.extend_from_slice(&raw_run(0x101, &[1]));
+    assert_eq!(slot_span(&out_of_order, &p), None);
+}
+
+#[test]
+fn restore_over_used_slots_is_all_or_nothing() {
+    // The destination was not cleared: slots 0 and 1 hold the same entry (so no cancelling
+    // fold can mistake them for free), slots 2..5 another. Runs over them followed by a bad
+    // run must leave the table exactly as it was; without the bad run they are overwritten,
+    // as validate_runs + apply_runs would.
+    let frames = GuestFrames::from_ranges([(Gfn::new(0), 0x100)]).unwrap();
+    let mut before = [0u64; 16];
+    before[..2].fill(0x1234);
+    before[2..5].fill(0x2001);
+    let bad = raw_run(0x40, &[0x8001 | (1 << 60)]);
+    for good in [
+        raw_run(0x100, &[0x5001, 0x6001]),
+        linear_run(0x102, 3, 0x7001),
+    ] {
+        let mut failing = good.clone();
+        failing.extend_from_slice(&bad);
+        let mut d = before;
+        let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+        assert_eq!(
+            restore_runs(&failing, &mut dst, &frames, Generation::Gen9),
+            Err(GttError::ReservedBits)
+        );
+        drop(dst);
+        assert_eq!(d, before);
+
+        let mut expect = before;
+        let mut e = GgttSlices::new(part(), &mut expect).unwrap();
+        apply_runs(&good, &mut e).unwrap();
+        drop(e);
+        let mut d = before;
+        let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+        restore_runs(&good, &mut dst, &frames, Generation::Gen9).unwrap();
+        drop(dst);
+        assert_eq!(d, expect);
+    }
+}
+
+#[test]
+fn a_raw_run_stops_at_a_pair_of_zeros_inside_a_scan_block() {
+    // 40 entries three pages apart (never LINEAR), with zero gaps of two entries (an even
+    // number of zeros inside one scan block) and of three: every gap ends a RAW run.
+    let mut t = vec![0u64; 256];
+    for (i, e) in t.iter_mut().enumerate().take(40) {
+        *e = (((i as u64) * 3) << 12) | 1;
+    }
+    for z in [5, 6, 20, 21, 22, 30, 31] {
+        t[z] = 0;
+    }
+    let mut s = t.clone();
+    let g = GgttSlices::new(big_part(), &mut s).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let p = g.save_runs(SaveCursor::START, &mut buf).unwrap();
+    assert_eq!(p.next, None);
+    let mut expect = Vec::new();
+    for (from, to) in [(0usize, 5usize), (7, 20), (23, 30), (32, 40)] {
+        expect.extend_from_slice(&raw_run(0x100 + u32::try_from(from).unwrap(), &t[from..to]));
+    }
+    assert_eq!(&buf[..p.written], &expect[..]);
+    assert_eq!(reference_save(&t, 96, &big_part(), 4096).0, expect);
+}
+
+#[test]
+fn changed_runs_exact_bytes() {
+    // What the reader holds: zeros. What changed: slots 2..6 and 7..10, where slot 7 is the
+    // aperture's last and slots 8 and 9 are the hidden slice's first (indices 0x40, 0x41).
+    let sent = [0u64; 16];
+    let mut s = [0u64; 16];
+    for (slot, e) in s.iter_mut().enumerate() {
+        if matches!(slot, 2..=5 | 7..=9) {
+            *e = ((0x10 + slot as u64) << PAGE_SHIFT) | 1;
+        }
+    }
+    let t = s;
+    let g = GgttSlices::new(part(), &mut s).unwrap();
+    let mut whole = raw_run(0x102, &t[2..6]);
+    whole.extend_from_slice(&raw_run(0x107, &t[7..8]));
+    whole.extend_from_slice(&raw_run(0x40, &t[8..10]));
+    let mut buf = [0u8; 256];
+    let p = g
+        .save_changed_runs(&sent, SaveCursor::START, &mut buf)
+        .unwrap();
+    assert_eq!((&buf[..p.written], p.next), (&whole[..], None));
+    // A reader's copy longer than the table: the excess is not the table's.
+    let mut longer = [0u64; 20];
+    longer[17] = 0x5001;
+    let p = g
+        .save_changed_runs(&longer, SaveCursor::START, &mut buf)
+        .unwrap();
+    assert_eq!((&buf[..p.written], p.next), (&whole[..], None));
+
+    // Room for a header and two entries per call: the runs are cut where the room ends.
+    let mut got = Vec::new();
+    let mut cur = SaveCursor::START;
+    loop {
+        let mut small = [0u8; RUN_HEADER_LEN + 16];
+        let p = g.save_changed_runs(&sent, cur, &mut small).unwrap();
+        got.push((small[..p.written].to_vec(), p.next.map(SaveCursor::slot)));
+        match p.next {
+            Some(n) => cur = n,
+            None => break,
+        }
+    }
+    let want = vec![
+        (raw_run(0x102, &t[2..4]), Some(4)),
+        (raw_run(0x104, &t[4..6]), Some(7)),
+        (raw_run(0x107, &t[7..8]), Some(8)),
+        (raw_run(0x40, &t[8..10]), None),
+    ];
+    assert_eq!(got, want);
+}
+
+#[test]
+fn frames_refused_wherever_guest_memory_lies() {
+    // Frame 5 is outside each of these guests: memory only at the top of the address field
+    // (where a frame computed with the address bits flipped or all set would land), or only
+    // at frame 5 << 24 (where one computed with the shift reversed would). Both kernel kinds:
+    // Gen9 (no allowed bit above the address field) and Mtl (PAT bits above it).
+    let present = |frame: u64| (frame << PAGE_SHIFT) | 1;
+    let guests = [
+        GuestFrames::from_ranges([(Gfn::new(FRAME_MAX - 0x1F), 0x20)]).unwrap(),
+        GuestFrames::from_ranges([(Gfn::new(5 << (2 * PAGE_SHIFT)), 0x10)]).unwrap(),
+        GuestFrames::from_ranges([(Gfn::new(0x10), 0x10), (Gfn::new(FRAME_MAX - 0x1F), 0x20)])
+            .unwrap(),
+    ];
+    let payloads = [
+        raw_run(0x100, &[present(5)]),
+        raw_run(0x100, &[present(0x10), present(5)]),
+        linear_run(0x100, 1, present(5)),
+        linear_run(0x100, 2, present(4)),
+    ];
+    for frames in &guests {
+        for generation in [Generation::Gen9, Generation::Mtl] {
+            for payload in &payloads {
+                let inside = |g: Gfn| frames.contains(g);
+                assert_eq!(
+                    validate_runs(payload, &part(), &inside, generation),
+                    Err(GttError::FrameOutsideGuest)
+                );
+                assert_eq!(
+                    validate_runs_in(payload, &part(), frames, generation),
+                    Err(GttError::FrameOutsideGuest)
+                );
+                let mut d = [0u64; 16];
+                let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+                assert_eq!(
+                    restore_runs(payload, &mut dst, frames, generation),
+                    Err(GttError::FrameOutsideGuest)
+                );
+                assert_eq!(
+                    replace_runs(payload, &mut dst, frames, generation),
+                    Err(GttError::FrameOutsideGuest)
+                );
+                drop(dst);
+                assert_eq!(d, [0; 16]);
+            }
+        }
+    }
+    // The same entries inside guest memory are accepted by every path.
+    let low = GuestFrames::from_ranges([(Gfn::new(0), 0x20)]).unwrap();
+    for generation in [Generation::Gen9, Generation::Mtl] {
+        for payload in &payloads {
+            let want = validate_runs(payload, &part(), &|g: Gfn| g.get() < 0x20, generation);
+            assert!(want.is_ok());
+            assert_eq!(validate_runs_in(payload, &part(), &low, generation), want);
+            let mut d = [0u64; 16];
+            let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+            assert_eq!(restore_runs(payload, &mut dst, &low, generation), want);
+        }
+    }
+}
+
+#[test]
+fn linear_templates_checked_like_raw_entries() {
+    // A template of reserved bits only; a present template of frame 0 outside guest memory.
+    let frames = GuestFrames::from_ranges([(Gfn::new(0x10), 0x10)]).unwrap();
+    for (template, want) in [
+        (1u64 << 50, GttError::ReservedBits),
+        (1, GttError::FrameOutsideGuest),
+    ] {
+        for count in [1, 3] {
+            let payload = linear_run(0x100, count, template);
+            assert_eq!(
+                validate_runs_in(&payload, &part(), &frames, Generation::Gen9),
+                Err(want)
+            );
+            let mut d = [0u64; 16];
+            let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+            assert_eq!(
+                restore_runs(&payload, &mut dst, &frames, Generation::Gen9),
+                Err(want)
+            );
+            drop(dst);
+            assert_eq!(d, [0; 16]);
+        }
+    }
+}
+
+#[test]
+fn runs_section_saves_checks_and_applies() {
+    use migstream::Section;
+    let p = part();
+    assert_eq!(GgttRunsSection::max_len(&&p), 16 * (RUN_HEADER_LEN + 8));
+    let frames = GuestFrames::from_ranges([(Gfn::new(0), 0x100)]).unwrap();
+    let mut a = [0u64; 16];
+    a[1] = 0x5001;
+    a[9..12].copy_from_slice(&[0x7001, 0x8001, 0x9001]);
+    let mut b = a;
+    b[1] = 0;
+    b[3] = 0x6001;
+    let (mut sa, mut sb) = (a, b);
+    let src_a = GgttSlices::new(p, &mut sa).unwrap();
+    let src_b = GgttSlices::new(p, &mut sb).unwrap();
+
+    // The whole table, as save_runs writes it.
+    let mut buf = [0u8; 256];
+    let whole = RunsSource {
+        slices: &src_a,
+        sent: None,
+    };
+    let saved = GgttRunsSection::save(&whole, 0, &mut buf).unwrap();
+    let mut direct = [0u8; 256];
+    let progress = src_a.save_runs(SaveCursor::START, &mut direct).unwrap();
+    assert_eq!((saved.written, saved.next), (progress.written, None));
+    assert_eq!(buf[..saved.written], direct[..progress.written]);
+    let full = buf[..saved.written].to_vec();
+
+    // Checked against the guest view and memory.
+    let check = RunsCheck {
+        partition: &p,
+        frames: &frames,
+        generation: Generation::Gen9,
+    };
+    assert_eq!(
+        GgttRunsSection::validate(&check, &full),
+        Ok(RunStats {
+            entries: 4,
+            runs: 2
+        })
+    );
+    let small = GuestFrames::from_ranges([(Gfn::new(0), 6)]).unwrap();
+    let strict = RunsCheck {
+        frames: &small,
+        ..check
+    };
+    assert_eq!(
+        GgttRunsSection::validate(&strict, &full),
+        Err(GttError::FrameOutsideGuest)
+    );
+
+    // Replacing a table that holds something else, then what changed on top of it.
+    let mut d = [0x3001u64; 16];
+    let mut dst = GgttSlices::new(p, &mut d).unwrap();
+    let mut stats = RunStats::default();
+    GgttRunsSection::apply(
+        RunsTarget {
+            slices: &mut dst,
+            frames: &frames,
+            generation: Generation::Gen9,
+            replace: true,
+            stats: &mut stats,
+        },
+        &full,
+    )
+    .unwrap();
+    assert_eq!(dst.entries(), &a[..]);
+    let changed = RunsSource {
+        slices: &src_b,
+        sent: Some(&a),
+    };
+    let saved = GgttRunsSection::save(&changed, 0, &mut buf).unwrap();
+    assert_eq!(saved.next, None);
+    let delta = buf[..saved.written].to_vec();
+    assert_eq!(
+        delta[..],
+        [raw_run(0x101, &[0]), raw_run(0x103, &[0x6001])].concat()
+    );
+    GgttRunsSection::apply(
+        RunsTarget {
+            slices: &mut dst,
+            frames: &frames,
+            generation: Generation::Gen9,
+            replace: false,
+            stats: &mut stats,
+        },
+        &delta,
+    )
+    .unwrap();
+    assert_eq!(dst.entries(), &b[..]);
+    assert_eq!(
+        stats,
+        RunStats {
+            entries: 6,
+            runs: 4
+        }
+    );
+}
+
+#[test]
+fn pending_section_round_trip() {
+    use migstream::Section;
+    let p = part();
+    assert_eq!(
+        GgttPendingSection::max_len(&()),
+        crate::slices::MAX_PENDING_LEN
+    );
+    let mut s = [0u64; 16];
+    let mut src = GgttSlices::new(p, &mut s).unwrap();
+    src.write_half(GttIndex::new(0x101), false, 0x5001).unwrap();
+    src.write_half(GttIndex::new(0x42), true, 0x7).unwrap();
+    let mut buf = [0u8; 256];
+    let saved = GgttPendingSection::save(&&src, 0, &mut buf).unwrap();
+    assert_eq!(saved.next, None);
+    let payload = &buf[..saved.written];
+    assert_eq!(payload.len(), src.pending_len());
+    assert_eq!(GgttPendingSection::validate(&&p, payload), Ok(()));
+    let mut d = [0u64; 16];
+    let mut dst = GgttSlices::new(p, &mut d).unwrap();
+    GgttPendingSection::apply(&mut dst, payload).unwrap();
+    assert_eq!(dst.pending_halves(), src.pending_halves());
+    assert_eq!(dst.pending_halves().len(), 2);
+    // A half outside the partition is refused, and not applied.
+    let other = Partition::new(
+        GmRange::new(GmAddr::new(0x10_0000), 0x1000).unwrap(),
+        GmRange::EMPTY,
+    )
+    .unwrap();
+    assert_eq!(
+        GgttPendingSection::validate(&&other, payload),
+        Err(GttError::OutOfRange)
+    );
+    let mut e = [0u64; 16];
+    let mut fresh = GgttSlices::new(p, &mut e).unwrap();
+    assert!(GgttPendingSection::apply(&mut fresh, &payload[..payload.len() - 1]).is_err());
+    assert!(fresh.pending_halves().is_empty());
+}
+
+#[test]
+fn reference_check_edges() {
+    // A LINEAR run ending on guest memory's last frame is inside; one frame more is not.
+    let below = |g: Gfn| g.get() < 0x20;
+    let present = |frame: u64| (frame << PAGE_SHIFT) | 1;
+    let check = |payload: &[u8]| validate_runs(payload, &part(), &below, Generation::Gen9);
+    assert_eq!(
+        check(&linear_run(0x100, 4, present(0x1C))),
+        Ok(RunStats {
+            entries: 4,
+            runs: 1
+        })
+    );
+    assert_eq!(
+        check(&linear_run(0x100, 5, present(0x1C))),
+        Err(GttError::FrameOutsideGuest)
+    );
+    // An entry made of every reserved bit and nothing else (not present) is refused.
+    for generation in [
+        Generation::Gen8,
+        Generation::Gen9,
+        Generation::Gen12,
+        Generation::Mtl,
+    ] {
+        let all_reserved = !generation.format().allowed_mask();
+        assert_eq!(
+            validate_runs(
+                &raw_run(0x100, &[all_reserved]),
+                &part(),
+                &all_ok,
+                generation
+            ),
+            Err(GttError::ReservedBits)
+        );
+    }
+}
+
+#[test]
+fn fused_paths_refuse_reserved_bits_in_any_combination() {
+    // Entries whose faults could cancel in a branch-free check: reserved bits only (not
+    // present), every reserved bit, and reserved bit 63 on a present entry whose frame is
+    // also outside guest memory (the reserved bit is reported, as by the reference).
+    let frames = GuestFrames::from_ranges([(Gfn::new(0x10), 0x10)]).unwrap();
+    for generation in [Generation::Gen9, Generation::Gen12] {
+        let all_reserved = !generation.format().allowed_mask();
+        let payloads = [
+            raw_run(0x100, &[1 << 50]),
+            raw_run(0x100, &[all_reserved]),
+            raw_run(0x100, &[(1 << 63) | (5 << PAGE_SHIFT) | 1]),
+            linear_run(0x100, 2, all_reserved),
+        ];
+        for payload in &payloads {
+            let inside = |g: Gfn| frames.contains(g);
+            assert_eq!(
+                validate_runs(payload, &part(), &inside, generation),
+                Err(GttError::ReservedBits)
+            );
+            assert_eq!(
+                validate_runs_in(payload, &part(), &frames, generation),
+                Err(GttError::ReservedBits)
+            );
+            let mut d = [0u64; 16];
+            let mut dst = GgttSlices::new(part(), &mut d).unwrap();
+            assert_eq!(
+                restore_runs(payload, &mut dst, &frames, generation),
+                Err(GttError::ReservedBits)
+            );
+            assert_eq!(
+                replace_runs(payload, &mut dst, &frames, generation),
+                Err(GttError::ReservedBits)
+            );
+            drop(dst);
+            assert_eq!(d, [0; 16]);
+        }
+    }
+}
+
+#[test]
+fn a_raw_run_stops_for_a_linear_stretch_inside_one_scan_block() {
+    // Entries three pages apart, with a LINEAR stretch of 7 at slots 10..17: its six
+    // one-page steps all lie in the scan block of slots 9..17, and it breaks the RAW run.
+    let mut t = vec![0u64; 256];
+    for (i, e) in t.iter_mut().enumerate().take(40) {
+        *e = (((i as u64) * 3) << 12) | 1;
+    }
+    for (i, e) in (0u64..).zip(&mut t[10..17]) {
+        *e = ((0x500 + i) << 12) | 3;
+    }
+    let mut s = t.clone();
+    let g = GgttSlices::new(big_part(), &mut s).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let p = g.save_runs(SaveCursor::START, &mut buf).unwrap();
+    let mut expect = raw_run(0x100, &t[..10]);
+    expect.extend_from_slice(&linear_run(0x10A, 7, t[10]));
+    expect.extend_from_slice(&raw_run(0x111, &t[17..40]));
+    assert_eq!((&buf[..p.written], p.next), (&expect[..], None));
+    assert_eq!(reference_save(&t, 96, &big_part(), 4096).0, expect);
+}
+
+#[test]
+fn a_raw_run_stops_at_a_zero_followed_by_a_one_page_step() {
+    // A zero entry followed by 0x1000 (not present, address of frame 1): the pair is both a
+    // zero and a one-page step, and the zero must still end the RAW run.
+    let mut t = vec![0u64; 256];
+    for (i, e) in t.iter_mut().enumerate().take(20) {
+        *e = (((i as u64) * 3) << 12) | 1;
+    }
+    t[5] = 0;
+    t[6] = 1 << PAGE_SHIFT;
+    let mut s = t.clone();
+    let g = GgttSlices::new(big_part(), &mut s).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let p = g.save_runs(SaveCursor::START, &mut buf).unwrap();
+    let mut expect = raw_run(0x100, &t[..5]);
+    expect.extend_from_slice(&raw_run(0x106, &t[6..20]));
+    assert_eq!((&buf[..p.written], p.next), (&expect[..], None));
+    assert_eq!(reference_save(&t, 96, &big_part(), 4096).0, expect);
+}
