@@ -911,4 +911,54 @@ mod tests {
             proptest::prop_assert_eq!(&got[..], &want[off..off + len]);
         }
     }
+
+    /// A builder's edges: empty until a page is pushed, a page that fills the buffer exactly is
+    /// lent a slot and accepted, and the next page is refused (for mutants of `is_empty`, `slot`
+    /// and `append`'s room checks that the vgpu crate's tests catch but these did not).
+    #[test]
+    fn builder_room_is_exact() {
+        let mut buf = [0u8; PAGE_RUN_HEADER_LEN + PAGE_SIZE];
+        let mut b = PagesBuilder::new(&mut buf);
+        assert!(b.is_empty());
+        let slot = b.slot(7).expect("a header and one page fit exactly");
+        slot.iter_mut().for_each(|b| *b = 0x5A);
+        b.push_slot(7).unwrap();
+        assert!(!b.is_empty());
+        assert_eq!(b.len(), PAGE_RUN_HEADER_LEN + PAGE_SIZE);
+        assert_eq!(b.pages(), 1);
+        assert!(b.slot(8).is_none(), "no room for a second page");
+
+        // A DUP entry that ends exactly at the buffer's end is accepted; one more is not.
+        let mut buf = [0u8; PAGE_RUN_HEADER_LEN + 16];
+        let mut b = PagesBuilder::new(&mut buf);
+        b.push_dup(3, 9, 0xABC).unwrap();
+        assert_eq!(b.len(), PAGE_RUN_HEADER_LEN + 16);
+        assert_eq!(
+            b.push_dup(4, 9, 0xABC),
+            Err(EncodeError::PayloadTooLarge {
+                len: PAGE_RUN_HEADER_LEN + 32
+            })
+        );
+        let run = PageRunRepr::parse(b.payload()[..16].try_into().unwrap()).unwrap();
+        assert_eq!(
+            run,
+            PageRunRepr {
+                first_frame: 3,
+                count: 1,
+                encoding: PageEncoding::DUP
+            }
+        );
+    }
+
+    /// `lead_len` is the bytes before the first whole page (a run header), or none; `Debug`
+    /// names the runs.
+    #[test]
+    fn payload_lead_and_debug() {
+        let p = PagesPayload::new(&RUNS, pattern).unwrap();
+        assert_eq!(p.lead_len(), PAGE_RUN_HEADER_LEN);
+        let shown = std::format!("{p:?}");
+        assert!(shown.contains("PagesPayload") && shown.contains("runs"), "{shown}");
+        let none: [PageRunRepr; 0] = [];
+        assert_eq!(PagesPayload::new(&none, pattern).unwrap().lead_len(), 0);
+    }
 }
