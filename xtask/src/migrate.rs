@@ -310,6 +310,25 @@ fn scenario(h: &wire::Hello) -> crate::Result<Scenario> {
     .map_err(|e| format!("building the scenario: {e}"))
 }
 
+/// A line saying the scenario runs `requested` scaled down to fit its hidden graphics memory
+/// (`Scenario::new` fits a workload larger than the vGPU), or `None` when it runs as named.
+/// Not for `--quick`, whose small vGPU always runs a scaled-down workload.
+fn fitted_note(sc: &Scenario, requested: &Profile) -> Option<String> {
+    let p = &sc.profile;
+    (p.rt_pages != requested.rt_pages).then(|| {
+        format!(
+            "workload {} scaled down to fit {} of hidden graphics memory: {} of render targets, \
+             {} filled per frame (as named: {}, {})",
+            p.name,
+            mib(sc.config.partition.hidden.size()),
+            mib(p.rt_pages * 4096),
+            mib(p.fill_pages * 4096),
+            mib(requested.rt_pages * 4096),
+            mib(requested.fill_pages * 4096),
+        )
+    })
+}
+
 /// Human-readable bytes.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
