@@ -310,19 +310,18 @@ fn scenario(h: &wire::Hello) -> crate::Result<Scenario> {
     .map_err(|e| format!("building the scenario: {e}"))
 }
 
-/// A line saying the scenario runs `requested` scaled down to fit its hidden graphics memory
-/// (`Scenario::new` fits a workload larger than the vGPU), or `None` when it runs as named.
-/// Not for `--quick`, whose small vGPU always runs a scaled-down workload.
-fn fitted_note(sc: &Scenario, requested: &Profile) -> Option<String> {
-    let p = &sc.profile;
-    (p.rt_pages != requested.rt_pages).then(|| {
+/// A line saying the guest runs `requested` as `used`, scaled down to fit `hidden` bytes of
+/// hidden graphics memory ([`Profile::fitted`]), or `None` when it runs as named. Not for
+/// `--quick`, whose small vGPU always runs a scaled-down workload.
+fn fitted_note(requested: &Profile, used: &Profile, hidden: u64) -> Option<String> {
+    (used.rt_pages != requested.rt_pages).then(|| {
         format!(
             "workload {} scaled down to fit {} of hidden graphics memory: {} of render targets, \
              {} filled per frame (as named: {}, {})",
-            p.name,
-            mib(sc.config.partition.hidden.size()),
-            mib(p.rt_pages * 4096),
-            mib(p.fill_pages * 4096),
+            used.name,
+            mib(hidden),
+            mib(used.rt_pages * 4096),
+            mib(used.fill_pages * 4096),
             mib(requested.rt_pages * 4096),
             mib(requested.fill_pages * 4096),
         )

@@ -471,7 +471,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
             args.precision,
             args.content
         );
-        if let Some(note) = super::fitted_note(&sc, &prof).filter(|_| !args.quick) {
+        if let Some(note) = super::fitted_note(&prof, &sc.profile, hidden).filter(|_| !args.quick) {
             println!("{note}");
         }
     }
