@@ -310,6 +310,24 @@ fn scenario(h: &wire::Hello) -> crate::Result<Scenario> {
     .map_err(|e| format!("building the scenario: {e}"))
 }
 
+/// A line saying the guest runs `requested` as `used`, scaled down to fit `hidden` bytes of
+/// hidden graphics memory ([`Profile::fitted`]), or `None` when it runs as named. Not for
+/// `--quick`, whose small vGPU always runs a scaled-down workload.
+fn fitted_note(requested: &Profile, used: &Profile, hidden: u64) -> Option<String> {
+    (used.rt_pages != requested.rt_pages).then(|| {
+        format!(
+            "workload {} scaled down to fit {} of hidden graphics memory: {} of render targets, \
+             {} filled per frame (as named: {}, {})",
+            used.name,
+            mib(hidden),
+            mib(used.rt_pages * 4096),
+            mib(used.fill_pages * 4096),
+            mib(requested.rt_pages * 4096),
+            mib(requested.fill_pages * 4096),
+        )
+    })
+}
+
 /// Human-readable bytes.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)

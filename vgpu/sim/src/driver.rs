@@ -41,6 +41,9 @@ pub mod layout {
     pub const SEQNO: usize = 0x100;
     /// Bytes of aperture the layout needs.
     pub const APERTURE_NEEDED: u64 = UPLOAD + UPLOAD_PAGES * 4096;
+    /// Hidden graphics-memory pages after the render targets whose GGTT entries the driver
+    /// remaps to spare frames ("new allocations"); the hot set follows them.
+    pub const TAIL_PAGES: u64 = 64;
 }
 
 const CONTEXT_ID: u32 = 1;
@@ -193,6 +196,48 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// Hidden graphics-memory pages the driver needs for this workload: the render targets, the
+    /// allocation tail ([`layout::TAIL_PAGES`]) and the hot set. [`GuestDriver::boot`] refuses a
+    /// vGPU with fewer.
+    pub const fn hidden_pages(&self) -> u64 {
+        self.working_pages(layout::TAIL_PAGES)
+    }
+
+    const fn working_pages(&self, tail_pages: u64) -> u64 {
+        self.rt_pages
+            .saturating_add(tail_pages)
+            .saturating_add(self.hot_pages)
+    }
+
+    /// The profile fitted to a vGPU with `hidden_pages` pages of hidden graphics memory: itself
+    /// when its [`hidden_pages`](Self::hidden_pages) fit, otherwise with the render targets, the
+    /// pages filled per frame and the hot set scaled down by the same factor until they do (a
+    /// game on a smaller GPU renders at a lower resolution; the share of its working set
+    /// rewritten per frame stays). The hot set keeps at least the pages the driver's PPGTT maps.
+    /// A slice too small for even that comes back unchanged, for the boot to refuse.
+    pub fn fitted(self, hidden_pages: u64) -> Profile {
+        let need = self.rt_pages.saturating_add(self.hot_pages);
+        let avail = hidden_pages.saturating_sub(layout::TAIL_PAGES);
+        let hot_floor = self.hot_pages.min(PPGTT_PAGES);
+        if self.hidden_pages() <= hidden_pages || need == 0 || avail <= hot_floor {
+            return self;
+        }
+        // v * avail / need < v: the quotient fits a u64.
+        let scale = |v: u64| {
+            u64::try_from(u128::from(v) * u128::from(avail) / u128::from(need)).unwrap_or(v)
+        };
+        let hot_pages = scale(self.hot_pages).max(hot_floor);
+        let rt_pages = max1(scale(self.rt_pages).min(avail.saturating_sub(hot_pages)));
+        Profile {
+            rt_pages,
+            fill_pages: max1(scale(self.fill_pages)).min(rt_pages),
+            hot_pages,
+            ..self
+        }
+    }
+}
+
 const fn max1(v: u64) -> u64 {
     if v == 0 { 1 } else { v }
 }
@@ -265,7 +310,7 @@ impl GuestDriver {
             stage: Stage::Build,
             csb_seen: 7,
             rt_cursor: 0,
-            tail_pages: 64,
+            tail_pages: layout::TAIL_PAGES,
             tail_next: 0,
             spare_next: 0,
             ring_tail: 0,
@@ -322,6 +367,12 @@ impl GuestDriver {
     /// Boot: discover the vGPU through PVINFO, map every graphics-memory page of the vGPU to a guest
     /// frame (in memory-map order; frames beyond those are spares for later remaps), set up the status
     /// page, execlists, the context image, the display and interrupts.
+    ///
+    /// # Errors
+    /// [`VgpuError::StorageSize`] when the vGPU is too small for the layout: less aperture than
+    /// [`layout::APERTURE_NEEDED`], fewer hidden pages than the workload's
+    /// [`Profile::hidden_pages`] (see [`Profile::fitted`]), or too few guest frames; whatever a
+    /// register or GGTT write returns.
     pub fn boot(&mut self, vgpu: &mut Vgpu<'_>, g: &mut Guest<'_>) -> Result<(), VgpuError> {
         let magic = vgpu.mmio_read(mmio::PVINFO_BASE, 8)?;
         if magic != mmio::PVINFO_MAGIC {
@@ -332,8 +383,7 @@ impl GuestDriver {
         self.hidden = part.hidden.base().get();
         let pages = part.entries();
         if part.aperture.size() < layout::APERTURE_NEEDED
-            || part.hidden.pages()
-                < self.profile.rt_pages + self.tail_pages + self.profile.hot_pages
+            || part.hidden.pages() < self.profile.working_pages(self.tail_pages)
         {
             return Err(VgpuError::StorageSize);
         }
@@ -1183,5 +1233,33 @@ mod tests {
             GuestDriver::restore(&bad),
             Err(DriverStateError::OutOfRange("profile.rt_pages"))
         );
+    }
+
+    #[test]
+    fn a_profile_that_fits_is_left_alone_and_one_that_does_not_is_scaled_to_fit() {
+        for p in [
+            Profile::IDLE,
+            Profile::TWO_D,
+            Profile::MEDIA,
+            Profile::THREE_D,
+        ] {
+            assert_eq!(p.fitted(p.hidden_pages()), p, "{}", p.name);
+            assert_eq!(p.fitted(u64::MAX), p, "{}", p.name);
+            for hidden in [p.hidden_pages() - 1, p.hidden_pages() / 2, 512, 100] {
+                let f = p.fitted(hidden);
+                assert!(f.hidden_pages() <= hidden, "{} in {hidden}", p.name);
+                assert!(f.rt_pages < p.rt_pages, "{} in {hidden}", p.name);
+                assert!((1..=f.rt_pages).contains(&f.fill_pages), "{}", p.name);
+                assert!(f.hot_pages >= p.hot_pages.min(PPGTT_PAGES), "{}", p.name);
+                let (name, frame_ns, mirror) = (f.name, f.frame_ns, f.mirror);
+                assert_eq!((name, frame_ns, mirror), (p.name, p.frame_ns, p.mirror));
+            }
+        }
+        // 3D in a 64 MiB hidden slice (`--gm 128`): half the render targets, half the fill.
+        let f = Profile::THREE_D.fitted(16384);
+        assert_eq!(f.hidden_pages(), 16384 - 1);
+        assert_eq!((f.rt_pages, f.fill_pages, f.hot_pages), (16193, 4048, 126));
+        // No room past the tail and the PPGTT's pages: unchanged, for the boot to refuse.
+        assert_eq!(Profile::THREE_D.fitted(64 + 16), Profile::THREE_D);
     }
 }

@@ -46,7 +46,10 @@ fn partition(aperture: u64, hidden: u64) -> Result<Partition, VgpuError> {
 impl Scenario {
     /// A vGPU with `aperture` + `hidden` bytes of graphics memory. Guest memory backs it with as many
     /// frames plus 25% spares, split in two regions around a hole, the second above 4 GiB. The
-    /// destination places the hidden slice in three pieces at other host addresses.
+    /// destination places the hidden slice in three pieces at other host addresses. The workload
+    /// is [`Profile::fitted`] to the hidden slice: a profile whose working set is larger than
+    /// `hidden` runs scaled down (`profile` in the result says how), rather than a guest that
+    /// cannot boot.
     pub fn new(
         aperture: u64,
         hidden: u64,
@@ -81,7 +84,7 @@ impl Scenario {
             src_placement,
             dst_placement,
             host_gm: 0xC000_0000,
-            profile,
+            profile: profile.fitted(hidden / 4096),
             frames,
             seed,
         })

@@ -66,7 +66,8 @@ fn config(args: &Args, rate: Option<u64>) -> crate::Result<VmConfig> {
         ram: args.ram << 20,
         aperture: 64 << 20,
         hidden: (args.gm - 64) << 20,
-        profile: prof,
+        // The guest needs the same hidden pages as the model's driver: fitted the same way.
+        profile: prof.fitted(((args.gm - 64) << 20) / 4096),
         frames,
         seed: args.seed,
     })
@@ -102,6 +103,12 @@ pub(super) fn run_source(args: &Args, image: &[u8]) -> crate::Result {
             args.channels,
             if args.channels == 1 { "" } else { "s" }
         );
+        let named = profile(&args.workload);
+        if let Some(note) =
+            super::fitted_note(&named, &cfg.profile, cfg.hidden).filter(|_| !args.quick)
+        {
+            println!("{note}");
+        }
     }
     vm.start().map_err(|e| e.to_string())?;
     let start_frame = if args.quick { 20 } else { START_FRAME };

@@ -128,6 +128,11 @@ pub(super) fn run(args: &Args) -> crate::Result {
             args.precision,
             args.content
         );
+        if let Some(note) =
+            super::fitted_note(&profile, &sc.profile, hidden).filter(|_| !args.quick)
+        {
+            println!("{note}");
+        }
         println!("running the reference (never migrated) ...");
     }
     let expected = sc

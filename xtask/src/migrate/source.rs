@@ -471,6 +471,9 @@ pub(super) fn run(args: &Args) -> crate::Result {
             args.precision,
             args.content
         );
+        if let Some(note) = super::fitted_note(&prof, &sc.profile, hidden).filter(|_| !args.quick) {
+            println!("{note}");
+        }
     }
 
     let mut st = sc.storage();
