@@ -957,7 +957,10 @@ mod tests {
         let p = PagesPayload::new(&RUNS, pattern).unwrap();
         assert_eq!(p.lead_len(), PAGE_RUN_HEADER_LEN);
         let shown = std::format!("{p:?}");
-        assert!(shown.contains("PagesPayload") && shown.contains("runs"), "{shown}");
+        assert!(
+            shown.contains("PagesPayload") && shown.contains("runs"),
+            "{shown}"
+        );
         let none: [PageRunRepr; 0] = [];
         assert_eq!(PagesPayload::new(&none, pattern).unwrap().lead_len(), 0);
     }
