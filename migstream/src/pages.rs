@@ -920,7 +920,7 @@ mod tests {
         let mut buf = [0u8; PAGE_RUN_HEADER_LEN + PAGE_SIZE];
         let mut b = PagesBuilder::new(&mut buf);
         assert!(b.is_empty());
-        let slot = b.slot(7).expect("a header and one page fit exactly");
+        let slot = b.slot(7).unwrap(); // a header and one page fit exactly
         slot.iter_mut().for_each(|b| *b = 0x5A);
         b.push_slot(7).unwrap();
         assert!(!b.is_empty());
