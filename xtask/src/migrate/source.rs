@@ -12,7 +12,7 @@ use vgpu::content::ContentStorage;
 use vgpu::error::VgpuError;
 use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
 
-use super::report::{Outcome, Round};
+use super::report::{Outcome, Round, StopPhase};
 use super::wire::{self, Ack, Hello, Join, Kind, Vcpu, Verdict};
 use super::{Args, START_FRAME, mib, profile, scenario};
 
@@ -141,6 +141,12 @@ pub(super) struct Sender {
     last_progress: Instant,
     /// Bytes written to the socket, framing included.
     pub(super) sent: u64,
+    /// Since when, and why, the sender has been unable to write (`true`: the socket was full;
+    /// `false`: the rate limit).
+    blocked: Option<(Instant, bool)>,
+    /// Time blocked by the rate limit, then by a full socket (the receiver not reading), ended
+    /// by a write.
+    pub(super) waited: (Duration, Duration),
 }
 
 /// What one [`Sender::pump`] did.
@@ -168,6 +174,8 @@ impl Sender {
             last: Instant::now(),
             last_progress: Instant::now(),
             sent: 0,
+            blocked: None,
+            waited: (Duration::ZERO, Duration::ZERO),
         })
     }
 
@@ -203,6 +211,7 @@ impl Sender {
             let need = want.min(16 * 1024) as f64;
             if self.tokens < need {
                 let s = (need - self.tokens) / self.rate as f64;
+                self.blocked.get_or_insert((now, false));
                 return Ok(Pump::Wait(Duration::from_secs_f64(s)));
             }
             want = want.min(self.tokens as usize);
@@ -214,9 +223,18 @@ impl Sender {
                 self.sent += n as u64;
                 self.tokens -= n as f64;
                 self.last_progress = Instant::now();
+                if let Some((t, socket)) = self.blocked.take() {
+                    let d = self.last_progress.saturating_duration_since(t);
+                    if socket {
+                        self.waited.1 += d;
+                    } else {
+                        self.waited.0 += d;
+                    }
+                }
                 Ok(Pump::Wrote)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.blocked.get_or_insert((Instant::now(), true));
                 if self.last_progress.elapsed() > STALL {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -553,6 +571,8 @@ pub(super) fn run(args: &Args) -> crate::Result {
         acked: 0,
         window,
         round: 0,
+        phase: StopPhase::default(),
+        waited_at_stop: (Duration::ZERO, Duration::ZERO),
     };
     let streamed = live.stream_out(&mut s, &mut src).and_then(|()| {
         // The vCPU state after the device state, as a VMM sends it.
@@ -565,6 +585,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
         let vcpu = wire::encode(&Vcpu {
             driver,
             clock_ns: src.clock_ns,
+            stop_offset: live.o.stop_stream_offset,
         })
         .map_err(|e| Fail::Io(io::Error::other(e)))?;
         if let Some(main) = live.senders.first_mut() {
@@ -582,8 +603,23 @@ pub(super) fn run(args: &Args) -> crate::Result {
         progress,
         t0,
         stop_at,
+        mut phase,
+        waited_at_stop,
         ..
     } = live;
+    if let Some(t) = stop_at {
+        phase.sent_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let waited = senders
+            .iter()
+            .fold((Duration::ZERO, Duration::ZERO), |a, s| {
+                (a.0 + s.waited.0, a.1 + s.waited.1)
+            });
+        phase.link_wait_ms = (waited.0.saturating_sub(waited_at_stop.0)).as_secs_f64() * 1000.0;
+        phase.socket_wait_ms = (waited.1.saturating_sub(waited_at_stop.1)).as_secs_f64() * 1000.0;
+        phase.bytes = o.stream_bytes.saturating_sub(o.stop_stream_offset);
+        phase.pages = o.rounds.last().map_or(0, |r| r.pages);
+        phase.link_floor_ms = rate.map_or(0.0, |r| phase.bytes as f64 / r as f64 * 1000.0);
+    }
     progress.finish();
     o.socket_bytes = senders.iter().map(|s| s.sent).sum();
     o.set_content(s.content_stats());
@@ -620,9 +656,15 @@ pub(super) fn run(args: &Args) -> crate::Result {
         drop(snd.into_inner().map_err(|e| e.to_string())?);
     }
     // Acknowledgements of the last DATA messages may come first.
+    let total = o.stream_bytes;
     let mut next = |buf: &mut Vec<u8>| loop {
         match inbox.recv(buf) {
-            Ok(Kind::Ack) => {}
+            Ok(Kind::Ack) => {
+                let fed = wire::decode::<Ack>("acknowledgement", buf).map_or(0, |a| a.fed);
+                if let Some(t) = stop_at.filter(|_| fed >= total && phase.applied_ms == 0.0) {
+                    phase.applied_ms = t.elapsed().as_secs_f64() * 1000.0;
+                }
+            }
             other => return other,
         }
     };
@@ -664,6 +706,10 @@ pub(super) fn run(args: &Args) -> crate::Result {
         }
         k => return Err(format!("unexpected {k:?} from the destination")),
     };
+    if stop_at.is_some() {
+        phase.dest = verdict.stop;
+        o.stop_phase = Some(phase);
+    }
     o.verified = verdict.pass;
     o.dest_frames = verdict.frames;
     o.dest_verify_ms = verdict.verify_ms;
@@ -716,6 +762,10 @@ struct Live {
     window: Window,
     /// Round in progress.
     round: u32,
+    /// The stop phase's source figures, filled from the stop.
+    phase: StopPhase,
+    /// The senders' waits (link, socket) when the stop began.
+    waited_at_stop: (Duration, Duration),
 }
 
 /// Longest the stop waits for the destination to apply what it was sent.
@@ -828,11 +878,15 @@ impl Live {
             if !snd.idle() {
                 continue;
             }
+            let t = Instant::now();
             let n = if threads {
                 s.poll_control(c, &src.vgpu, &mut src.cpu_log, now_us, out)?
             } else {
                 s.poll_output_channel(c, &src.vgpu, &src.mem, &mut src.cpu_log, now_us, out)?
             };
+            if self.stop_at.is_some() {
+                self.phase.encode_ms += t.elapsed().as_secs_f64() * 1000.0;
+            }
             let o = &mut self.o;
             if let Some(at) = o.fault_flip_byte {
                 // Fault injection (hidden option): one bit of the stream flipped on the way.
@@ -852,7 +906,10 @@ impl Live {
             }
         }
         if threads {
-            let n = self.pages(s, src, outs)?;
+            let (n, encoding) = self.pages(s, src, outs)?;
+            if self.stop_at.is_some() {
+                self.phase.encode_ms += encoding.as_secs_f64() * 1000.0;
+            }
             if n > 0 {
                 self.o.stream_bytes += n;
                 self.window.produced(self.o.stream_bytes, now);
@@ -911,13 +968,14 @@ impl Live {
     /// own: its [`PageWorker`](vgpu::source::PageWorker) reads, classifies and encodes up to one
     /// chunk, and the thread queues it and writes what its socket takes. The guest is held
     /// while the threads read its memory (it runs between these slices, on this thread). Returns
-    /// the stream bytes produced.
+    /// the stream bytes produced and the time the workers took to produce them (summed over
+    /// channels).
     fn pages(
         &mut self,
         s: &mut SourceSession<'_>,
         src: &Machine<'_>,
         outs: &mut [Vec<u8>],
-    ) -> Result<u64, Fail> {
+    ) -> Result<(u64, Duration), Fail> {
         let mem = &src.mem;
         let mut workers = s.page_workers();
         let jobs: Vec<_> = workers
@@ -929,16 +987,18 @@ impl Live {
             vgpu::source::PageWorker<'_, '_>,
             (&mut Sender, &mut Vec<u8>),
         )|
-         -> Result<u64, Fail> {
+         -> Result<(u64, Duration), Fail> {
+            let t = Instant::now();
             let n = w.poll(mem, out)?;
+            let encoding = t.elapsed();
             if n > 0 {
                 snd.queue(Kind::Data, out.get(..n).unwrap_or_default())?;
                 // Write what the socket (and the rate limit) takes now; the loop pumps the rest.
                 while let Pump::Wrote = snd.pump()? {}
             }
-            Ok(n as u64)
+            Ok((n as u64, encoding))
         };
-        let made: Vec<Result<u64, Fail>> = if jobs.len() <= 1 {
+        let made: Vec<Result<(u64, Duration), Fail>> = if jobs.len() <= 1 {
             jobs.into_iter().map(slice).collect()
         } else {
             std::thread::scope(|t| {
@@ -957,11 +1017,13 @@ impl Live {
             })
         };
         drop(workers);
-        let mut total = 0;
-        for n in made {
-            total += n?;
+        let (mut total, mut encoding) = (0, Duration::ZERO);
+        for r in made {
+            let (n, d) = r?;
+            total += n;
+            encoding += d;
         }
-        Ok(total)
+        Ok((total, encoding))
     }
 
     /// The stop: quiesce (in-flight work drains), then stop-and-copy.
@@ -974,14 +1036,24 @@ impl Live {
             "stopping the guest at frame {} (destination caught up after {:.0} ms)",
             o.stopped_at_frame, o.catch_up_ms
         ));
-        self.stop_at = Some(Instant::now());
+        let t = Instant::now();
+        self.stop_at = Some(t);
+        self.waited_at_stop = self
+            .senders
+            .iter()
+            .fold((Duration::ZERO, Duration::ZERO), |a, s| {
+                (a.0 + s.waited.0, a.1 + s.waited.1)
+            });
         let before = src.clock_ns;
         if !src.quiesce() {
             return Err(Fail::Lib(VgpuError::NotQuiesced));
         }
+        let quiesced = Instant::now();
         o.drain_modeled_us = (src.clock_ns - before) / 1000;
         o.stop_stream_offset = s.bytes_written();
         s.stop_and_copy(&mut src.vgpu, &mut src.cpu_log)?;
+        self.phase.quiesce_ms = (quiesced - t).as_secs_f64() * 1000.0;
+        self.phase.harvest_ms = quiesced.elapsed().as_secs_f64() * 1000.0;
         Ok(())
     }
 }
