@@ -140,6 +140,9 @@ pub(super) struct StopPhase {
     /// Time the senders were held by a full socket after the stop (the destination reading more
     /// slowly than the link carries), summed over connections, ms.
     pub(super) socket_wait_ms: f64,
+    /// Time in the socket's write calls after the stop (the kernel's copy; on loopback also its
+    /// delivery to the receiver), summed over connections, ms.
+    pub(super) write_ms: f64,
     /// From the stop to the last byte (the vCPU state) on the socket, ms.
     pub(super) sent_ms: f64,
     /// From the stop to the destination's acknowledgement of the whole stream read by the
@@ -476,7 +479,7 @@ pub(super) fn print(
 fn print_stop_phase(p: &StopPhase) {
     println!(
         "stop phase (source, ms from the stop): quiesce {:.1}, harvest {:.1}; {} pages, {} in {:.1} ms of \
-         encoding; held by the link {:.1} and by a full socket {:.1} (the link alone: {:.1}); all sent at {:.1}, \
+         encoding; held by the link {:.1} and by a full socket {:.1}, {:.1} in write calls (the link alone: {:.1}); all sent at {:.1}, \
          all applied (acknowledged) at {:.1}",
         p.quiesce_ms,
         p.harvest_ms,
@@ -485,6 +488,7 @@ fn print_stop_phase(p: &StopPhase) {
         p.encode_ms,
         p.link_wait_ms,
         p.socket_wait_ms,
+        p.write_ms,
         p.link_floor_ms,
         p.sent_ms,
         p.applied_ms
