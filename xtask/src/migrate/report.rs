@@ -145,6 +145,11 @@ pub(super) struct StopPhase {
     pub(super) write_ms: f64,
     /// From the stop to the last byte (the vCPU state) on the socket, ms.
     pub(super) sent_ms: f64,
+    /// Until then: the source's migration and sender threads' time on a CPU, summed, ms (Linux
+    /// `schedstat`; 0 elsewhere).
+    pub(super) cpu_ms: f64,
+    /// And their time runnable but waiting for a CPU (the machine's other work), summed, ms.
+    pub(super) cpu_wait_ms: f64,
     /// From the stop to the destination's acknowledgement of the whole stream read by the
     /// source, ms.
     pub(super) applied_ms: f64,
@@ -480,7 +485,7 @@ fn print_stop_phase(p: &StopPhase) {
     println!(
         "stop phase (source, ms from the stop): quiesce {:.1}, harvest {:.1}; {} pages, {} in {:.1} ms of \
          encoding; held by the link {:.1} and by a full socket {:.1}, {:.1} in write calls (the link alone: {:.1}); all sent at {:.1}, \
-         all applied (acknowledged) at {:.1}",
+         all applied (acknowledged) at {:.1}; its threads {:.1} on a CPU, {:.1} waiting for one",
         p.quiesce_ms,
         p.harvest_ms,
         p.pages,
@@ -491,7 +496,9 @@ fn print_stop_phase(p: &StopPhase) {
         p.write_ms,
         p.link_floor_ms,
         p.sent_ms,
-        p.applied_ms
+        p.applied_ms,
+        p.cpu_ms,
+        p.cpu_wait_ms
     );
     if let Some(d) = &p.dest {
         let ms = |us: u64| us as f64 / 1000.0;

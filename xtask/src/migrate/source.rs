@@ -17,6 +17,7 @@ use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
 use super::report::{Outcome, Round, StopPhase};
 use super::wire::{self, Ack, Hello, Join, Kind, Vcpu, Verdict};
 use super::{Args, START_FRAME, mib, profile, scenario};
+use demo_wire::HEADER_LEN;
 
 /// Output buffer per poll of the source session (one `DATA` message each).
 const CHUNK: usize = 256 * 1024;
@@ -291,6 +292,8 @@ pub(super) struct Sender {
     free: mpsc::Receiver<Vec<u8>>,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<Link>>,
+    /// A buffer a poll left empty, for the next one.
+    spare: Option<Vec<u8>>,
 }
 
 /// What a [`Sender`] and its thread share.
@@ -306,6 +309,59 @@ struct Shared {
     stop: AtomicBool,
     /// The write that failed the connection.
     error: Mutex<Option<io::Error>>,
+    /// The thread's scheduler statistics file (Linux), for [`Sched`].
+    schedstat: Mutex<Option<std::path::PathBuf>>,
+}
+
+/// A thread's scheduler statistics (Linux `schedstat`): time on a CPU and time runnable but
+/// waiting for one. On a machine whose cores are busy with other work the second one says how
+/// much of the downtime was the scheduler's, not the migration's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Sched {
+    /// On a CPU, ns.
+    pub(super) run_ns: u64,
+    /// Runnable, waiting for a CPU, ns.
+    pub(super) wait_ns: u64,
+}
+
+impl Sched {
+    /// Read `path` (`/proc/.../schedstat`); zero where it is missing.
+    fn read(path: &std::path::Path) -> Self {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut f = text
+            .split_whitespace()
+            .map(|x| x.parse::<u64>().unwrap_or(0));
+        Self {
+            run_ns: f.next().unwrap_or(0),
+            wait_ns: f.next().unwrap_or(0),
+        }
+    }
+
+    /// The calling thread's.
+    fn this_thread() -> Self {
+        Self::read(std::path::Path::new("/proc/thread-self/schedstat"))
+    }
+
+    /// The calling thread's `schedstat` file by its process and thread ids, readable from other
+    /// threads.
+    fn this_thread_path() -> Option<std::path::PathBuf> {
+        let ids = std::fs::read_link("/proc/thread-self").ok()?;
+        Some(std::path::Path::new("/proc").join(ids).join("schedstat"))
+    }
+
+    fn add(self, o: Self) -> Self {
+        Self {
+            run_ns: self.run_ns + o.run_ns,
+            wait_ns: self.wait_ns + o.wait_ns,
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            run_ns: self.run_ns.saturating_sub(before.run_ns),
+            wait_ns: self.wait_ns.saturating_sub(before.wait_ns),
+        }
+    }
 }
 
 impl Sender {
@@ -318,6 +374,9 @@ impl Sender {
         let thread = std::thread::Builder::new()
             .name("migrate-send".into())
             .spawn(move || {
+                if let Ok(mut p) = sh.schedstat.lock() {
+                    *p = Sched::this_thread_path();
+                }
                 for msg in rx {
                     link.pending = msg;
                     link.off = 0;
@@ -343,6 +402,7 @@ impl Sender {
             free,
             shared,
             thread: Some(thread),
+            spare: None,
         })
     }
 
@@ -361,14 +421,44 @@ impl Sender {
 
     /// Queue one message (always taken: [`Self::idle`] is the caller's bound).
     fn queue(&mut self, kind: Kind, payload: &[u8]) -> io::Result<()> {
-        self.failed()?;
-        let mut buf = self
-            .free
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK + 16));
+        let mut buf = self.free.try_recv().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(&wire::header(kind, payload.len())?);
         buf.extend_from_slice(payload);
+        self.send(buf)
+    }
+
+    /// An output buffer for one poll of the session: [`HEADER_LEN`] bytes of room for the
+    /// framing, then [`CHUNK`] bytes (one written before, when there is one), so the session
+    /// encodes straight into the message the thread writes ([`Self::queue_framed`]): no copy of
+    /// the stream on the migration thread.
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self
+            .spare
+            .take()
+            .or_else(|| self.free.try_recv().ok())
+            .unwrap_or_default();
+        b.resize(HEADER_LEN + CHUNK, 0);
+        b
+    }
+
+    /// Queue the `n` bytes after the framing room of `buf` (from [`Self::buffer`]) as one
+    /// message of `kind`; with `n` 0 nothing is queued and the buffer is kept for the next poll.
+    fn queue_framed(&mut self, kind: Kind, mut buf: Vec<u8>, n: usize) -> io::Result<()> {
+        if n == 0 {
+            self.spare = Some(buf);
+            return Ok(());
+        }
+        buf.truncate(HEADER_LEN + n);
+        if let Some(h) = buf.get_mut(..HEADER_LEN) {
+            h.copy_from_slice(&wire::header(kind, n)?);
+        }
+        self.send(buf)
+    }
+
+    /// Hand one framed message to the thread.
+    fn send(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        self.failed()?;
         self.shared.queued.fetch_add(1, Ordering::AcqRel);
         let sent = self.tx.as_ref().map(|tx| tx.send(buf));
         if !matches!(sent, Some(Ok(()))) {
@@ -399,6 +489,16 @@ impl Sender {
             std::thread::sleep(d.min(WAKE_MIN));
         }
         Ok(())
+    }
+
+    /// The writer thread's scheduler statistics so far.
+    fn sched(&self) -> Sched {
+        self.shared
+            .schedstat
+            .lock()
+            .ok()
+            .and_then(|p| p.as_deref().map(Sched::read))
+            .unwrap_or_default()
     }
 
     /// Bytes written to the socket, framing included.
@@ -444,6 +544,15 @@ fn total_waited(senders: &[Sender]) -> [Duration; 3] {
         .fold([Duration::ZERO; 3], |a, w| {
             [a[0] + w[0], a[1] + w[1], a[2] + w[2]]
         })
+}
+
+/// The scheduler statistics of the calling (migration) thread and of every sender thread,
+/// summed.
+fn source_sched(senders: &[Sender]) -> Sched {
+    senders
+        .iter()
+        .map(Sender::sched)
+        .fold(Sched::this_thread(), Sched::add)
 }
 
 /// The destination child process, killed if the source gives up before it exits.
@@ -754,6 +863,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
         phase: StopPhase::default(),
         waited_at_stop: [Duration::ZERO; 3],
         acked_at: None,
+        sched_at_stop: Sched::default(),
     };
     let streamed = live.stream_out(&mut s, &mut src).and_then(|()| {
         // The vCPU state after the device state, as a VMM sends it.
@@ -788,9 +898,13 @@ pub(super) fn run(args: &Args) -> crate::Result {
         waited_at_stop,
         acked,
         acked_at,
+        sched_at_stop,
         ..
     } = live;
     if let Some(t) = stop_at {
+        let sched = source_sched(&senders).since(sched_at_stop);
+        phase.cpu_ms = sched.run_ns as f64 / 1e6;
+        phase.cpu_wait_ms = sched.wait_ns as f64 / 1e6;
         phase.sent_ms = t.elapsed().as_secs_f64() * 1000.0;
         let waited = total_waited(&senders);
         let ms = |i: usize| {
@@ -958,6 +1072,8 @@ struct Live {
     waited_at_stop: [Duration; 3],
     /// When the last acknowledgement arrived.
     acked_at: Option<Instant>,
+    /// The migration thread's and the sender threads' scheduler statistics at the stop.
+    sched_at_stop: Sched,
 }
 
 /// Longest the stop waits for the destination to apply what it was sent.
@@ -968,7 +1084,6 @@ impl Live {
     /// stream's END record is on the socket.
     fn stream_out(&mut self, s: &mut SourceSession<'_>, src: &mut Machine<'_>) -> Result<(), Fail> {
         // One output buffer per channel: each channel's pages are produced on its own thread.
-        let mut outs = vec![vec![0u8; CHUNK]; self.senders.len()];
         let mut msg = Vec::new();
         loop {
             while let Some(k) = self.inbox.poll(&mut msg).map_err(Fail::Peer)? {
@@ -1029,7 +1144,7 @@ impl Live {
                 if s.is_finished() && waiting.is_none() {
                     return Ok(());
                 }
-                if !self.produce(s, src, &mut outs)? {
+                if !self.produce(s, src)? {
                     // Every channel waits for its socket or the bucket, or the session for the
                     // stop: nothing to produce now.
                     wait = Some(waiting.unwrap_or(Duration::from_micros(200)));
@@ -1052,12 +1167,7 @@ impl Live {
     /// One poll of the session into each idle sender, and its events: the channels' control
     /// records on this thread, then their pages, each channel's on a thread of its own (see
     /// [`Self::pages`]). `false` when the session had nothing to give (it waits for the stop).
-    fn produce(
-        &mut self,
-        s: &mut SourceSession<'_>,
-        src: &mut Machine<'_>,
-        outs: &mut [Vec<u8>],
-    ) -> Result<bool, Fail> {
+    fn produce(&mut self, s: &mut SourceSession<'_>, src: &mut Machine<'_>) -> Result<bool, Fail> {
         let now_us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
         let now = self.t0.elapsed().as_secs_f64();
         if self.stop_at.is_none() && !self.window.open(self.o.stream_bytes, self.acked, now) {
@@ -1067,10 +1177,12 @@ impl Live {
         let mut any = false;
         // Each channel whose connection has taken everything queued gets one poll.
         let threads = self.o.fault_flip_byte.is_none();
-        for ((c, snd), out) in self.senders.iter_mut().enumerate().zip(outs.iter_mut()) {
+        for (c, snd) in self.senders.iter_mut().enumerate() {
             if !snd.idle() {
                 continue;
             }
+            let mut buf = snd.buffer();
+            let out = buf.get_mut(HEADER_LEN..).unwrap_or_default();
             let t = Instant::now();
             let n = if threads {
                 s.poll_control(c, &src.vgpu, &mut src.cpu_log, now_us, out)?
@@ -1087,19 +1199,20 @@ impl Live {
                     .checked_sub(o.stream_bytes)
                     .and_then(|i| usize::try_from(i).ok())
                     .filter(|i| *i < n)
+                    && let Some(b) = out.get_mut(i)
                 {
-                    out[i] ^= 0x10;
+                    *b ^= 0x10;
                 }
             }
+            snd.queue_framed(Kind::Data, buf, n)?;
             if n > 0 {
-                snd.queue(Kind::Data, &out[..n])?;
                 o.stream_bytes += n as u64;
                 self.window.produced(o.stream_bytes, now);
                 any = true;
             }
         }
         if threads {
-            let (n, encoding) = self.pages(s, src, outs)?;
+            let (n, encoding) = self.pages(s, src)?;
             if self.stop_at.is_some() {
                 self.phase.encode_ms += encoding.as_secs_f64() * 1000.0;
             }
@@ -1167,26 +1280,21 @@ impl Live {
         &mut self,
         s: &mut SourceSession<'_>,
         src: &Machine<'_>,
-        outs: &mut [Vec<u8>],
     ) -> Result<(u64, Duration), Fail> {
         let mem = &src.mem;
         let mut workers = s.page_workers();
         let jobs: Vec<_> = workers
             .split()
-            .zip(self.senders.iter_mut().zip(outs.iter_mut()))
-            .filter(|(_, (snd, _))| snd.idle())
+            .zip(self.senders.iter_mut())
+            .filter(|(_, snd)| snd.idle())
             .collect();
-        let slice = |(mut w, (snd, out)): (
-            vgpu::source::PageWorker<'_, '_>,
-            (&mut Sender, &mut Vec<u8>),
-        )|
+        let slice = |(mut w, snd): (vgpu::source::PageWorker<'_, '_>, &mut Sender)|
          -> Result<(u64, Duration), Fail> {
+            let mut buf = snd.buffer();
             let t = Instant::now();
-            let n = w.poll(mem, out)?;
+            let n = w.poll(mem, buf.get_mut(HEADER_LEN..).unwrap_or_default())?;
             let encoding = t.elapsed();
-            if n > 0 {
-                snd.queue(Kind::Data, out.get(..n).unwrap_or_default())?;
-            }
+            snd.queue_framed(Kind::Data, buf, n)?;
             Ok((n as u64, encoding))
         };
         let made: Vec<Result<(u64, Duration), Fail>> = if jobs.len() <= 1 {
@@ -1230,6 +1338,7 @@ impl Live {
         let t = Instant::now();
         self.stop_at = Some(t);
         self.waited_at_stop = total_waited(&self.senders);
+        self.sched_at_stop = source_sched(&self.senders);
         let before = src.clock_ns;
         if !src.quiesce() {
             return Err(Fail::Lib(VgpuError::NotQuiesced));
