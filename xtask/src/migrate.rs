@@ -90,6 +90,7 @@ mod kvm;
 mod modeled;
 mod plot;
 mod report;
+mod sched;
 mod source;
 mod wire;
 

@@ -11,6 +11,7 @@ use vgpu::GuestMemory;
 use vgpu::dest::{DestChannel, DestSession};
 
 use super::scenario;
+use super::sched::Sched;
 use super::wire::{self, Ack, Hello, Join, Kind, StopVerdict, Vcpu, Verdict};
 
 /// Listen at `addr`, take one connection, receive one migration. In child mode only the bound
@@ -45,11 +46,15 @@ struct Links {
     failure: Mutex<Option<String>>,
     /// Every `DATA` message applied, in the order the acknowledgements counted them.
     log: Mutex<Vec<Fed>>,
+    /// Each channel's thread's scheduler statistics when its stream ended.
+    ended: Mutex<Vec<Sched>>,
 }
 
 /// One `DATA` message as the destination handled it (for [`StopVerdict`]).
 #[derive(Debug, Clone, Copy)]
 struct Fed {
+    /// Its channel.
+    channel: usize,
     /// Stream bytes acknowledged before it (all channels).
     fed_before: u64,
     /// When its read began.
@@ -60,13 +65,26 @@ struct Fed {
     apply: Duration,
     /// When it was fed.
     done_at: Instant,
+    /// The channel's thread's scheduler statistics before its read began (the read of the
+    /// statistics costs a few µs, while the thread waits for the next bytes anyway).
+    sched: Sched,
 }
 
 /// The destination's share of the stop phase: the messages at or past stream offset `stop`,
 /// and the instant the `VCPU` message was in hand.
-fn stop_share(log: &[Fed], stop: u64, vcpu_at: Instant) -> StopVerdict {
+fn stop_share(log: &[Fed], stop: u64, vcpu_at: Instant, ended: &[Sched]) -> StopVerdict {
     let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let past: Vec<&Fed> = log.iter().filter(|f| f.fed_before >= stop).collect();
+    // Each channel thread's statistics from when it began to read its first message past the
+    // stop to the end of its stream, summed.
+    let sched = ended
+        .iter()
+        .enumerate()
+        .filter_map(|(c, end)| {
+            let first = past.iter().find(|f| f.channel == c)?;
+            Some(end.since(first.sched))
+        })
+        .fold(Sched::default(), Sched::add);
     let first = past.iter().map(|f| f.read_at).min();
     let last = past.iter().map(|f| f.done_at).max();
     StopVerdict {
@@ -79,10 +97,21 @@ fn stop_share(log: &[Fed], stop: u64, vcpu_at: Instant) -> StopVerdict {
         vcpu_after_us: last.map_or(0, |b| us(vcpu_at.saturating_duration_since(b))),
         commit_us: 0,
         start_us: 0,
+        cpu_us: sched.run_ns / 1000,
+        cpu_wait_us: sched.wait_ns / 1000,
     }
 }
 
 impl Links {
+    /// Channel `c`'s thread is done with its stream: keep its scheduler statistics.
+    fn end_sched(&self, c: usize, now: Sched) {
+        if let Ok(mut e) = self.ended.lock()
+            && let Some(slot) = e.get_mut(c)
+        {
+            *slot = now;
+        }
+    }
+
     /// Record `e` as the migration's failure unless one came first, and wake every channel's
     /// thread (their reads end) so none waits for bytes that will not come.
     fn fail(&self, e: String) -> String {
@@ -108,6 +137,7 @@ fn apply_channel(
     let c = h.channel();
     let mut buf = Vec::new();
     loop {
+        let sched = Sched::this_thread();
         let read_at = Instant::now();
         match wire::recv(r, &mut buf) {
             Ok(Kind::Data) => {
@@ -122,8 +152,10 @@ fn apply_channel(
                     .map_err(|_| "acknowledgements poisoned".to_string())?;
                 if let Ok(mut log) = links.log.lock() {
                     log.push(Fed {
+                        channel: c,
                         fed_before: acks.1,
                         read_at,
+                        sched,
                         read: fed_at - read_at,
                         apply: done_at - fed_at,
                         done_at,
@@ -133,10 +165,12 @@ fn apply_channel(
                 let fed = acks.1;
                 wire::send_msg(&mut acks.0, Kind::Ack, &Ack { fed }).map_err(|e| links.fail(e))?;
                 if c != 0 && h.is_finished() {
+                    links.end_sched(c, Sched::this_thread());
                     return Ok(None);
                 }
             }
             Ok(Kind::Vcpu) if c == 0 => {
+                links.end_sched(c, Sched::this_thread());
                 // The last message the source sends: the page channels' last bytes are at most
                 // in flight, so their reads need not wait long now.
                 for s in links.socks.iter().skip(1) {
@@ -150,7 +184,10 @@ fn apply_channel(
                 );
             }
             // A page channel closing after its stream ended is normal.
-            Err(_) if c != 0 && h.is_finished() => return Ok(None),
+            Err(_) if c != 0 && h.is_finished() => {
+                links.end_sched(c, Sched::this_thread());
+                return Ok(None);
+            }
             Err(e) => return Err(links.fail(format!("channel {c}: {e}"))),
         }
     }
@@ -223,6 +260,7 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
         socks,
         failure: Mutex::new(None),
         log: Mutex::new(Vec::with_capacity(4096)),
+        ended: Mutex::new(vec![Sched::default(); channels]),
     };
     let answers = {
         let (vgpu, links) = (&dst.vgpu, &links);
@@ -263,7 +301,10 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
     let mut stop = links
         .log
         .lock()
-        .map(|log| stop_share(&log, vcpu.stop_offset, vcpu_at))
+        .map(|log| {
+            let ended = links.ended.lock().map(|e| e.clone()).unwrap_or_default();
+            stop_share(&log, vcpu.stop_offset, vcpu_at, &ended)
+        })
         .unwrap_or_default();
     let t_commit = Instant::now();
     d.commit(&mut dst.vgpu, &dst.mem, &mut dst.host)

@@ -504,14 +504,17 @@ fn print_stop_phase(p: &StopPhase) {
         let ms = |us: u64| us as f64 / 1000.0;
         println!(
             "stop phase (destination): {} messages over {:.1} ms, {:.1} ms waiting to read them, {:.1} ms \
-             applying them; vCPU state {:.1} ms after the last; commit {:.1}, start {:.1}",
+             applying them; vCPU state {:.1} ms after the last; commit {:.1}, start {:.1}; its channel thread \
+             {:.1} on a CPU, {:.1} waiting for one",
             d.messages,
             ms(d.span_us),
             ms(d.read_wait_us),
             ms(d.apply_us),
             ms(d.vcpu_after_us),
             ms(d.commit_us),
-            ms(d.start_us)
+            ms(d.start_us),
+            ms(d.cpu_us),
+            ms(d.cpu_wait_us)
         );
     }
 }

@@ -334,6 +334,11 @@ pub(crate) struct StopVerdict {
     pub(crate) commit_us: u64,
     /// Restoring the guest driver and starting the vGPU, µs.
     pub(crate) start_us: u64,
+    /// The channels' threads' time on a CPU from the first of those messages to the end of
+    /// their streams, summed, µs (Linux `schedstat`; 0 elsewhere).
+    pub(crate) cpu_us: u64,
+    /// And their time runnable but waiting for a CPU, µs.
+    pub(crate) cpu_wait_us: u64,
 }
 
 /// The destination's timings of a KVM VM migration.
@@ -418,6 +423,8 @@ mod tests {
                 vcpu_after_us: 30,
                 commit_us: 2_000,
                 start_us: 100,
+                cpu_us: 60_000,
+                cpu_wait_us: 70_000,
             }),
         };
         assert_eq!(decode::<Verdict>("verdict", &encode(&v).unwrap()), Ok(v));
