@@ -37,11 +37,27 @@ pub fn encode(old: &[u8; PAGE_SIZE], new: &[u8; PAGE_SIZE], out: &mut [u8]) -> O
         }
         let start = i;
         let mut end = i;
+        // The most data this segment may carry and still fit `out`: a page that differs
+        // throughout is given up on after that much rather than scanned to its end (the content
+        // tracker tries deltas of pages rewritten whole, as a 3D workload's render targets are).
+        let room = out.len().saturating_sub(len + SEGMENT_HEADER);
         // Extend over differing bytes and short equal gaps.
         let mut j = i;
         while j < PAGE_SIZE {
+            if all_differ(old, new, j) {
+                // Eight differing bytes at once (the same result as one by one).
+                end = j + 8;
+                if end - start > room {
+                    return None;
+                }
+                j += 8;
+                continue;
+            }
             if old.get(j) != new.get(j) {
                 end = j + 1;
+                if end - start > room {
+                    return None;
+                }
                 j += 1;
             } else if j - end < MERGE_GAP {
                 j += 1;
@@ -73,6 +89,24 @@ pub fn encode(old: &[u8; PAGE_SIZE], new: &[u8; PAGE_SIZE], out: &mut [u8]) -> O
 
 fn word(p: &[u8; PAGE_SIZE], i: usize) -> Option<&[u8]> {
     p.get(i..i + 8)
+}
+
+/// Whether the eight bytes at `i` differ between `old` and `new`, every one of them (false past
+/// the page's end).
+fn all_differ(old: &[u8; PAGE_SIZE], new: &[u8; PAGE_SIZE], i: usize) -> bool {
+    let le = |p| {
+        word(p, i)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_le_bytes)
+    };
+    let (Some(a), Some(b)) = (le(old), le(new)) else {
+        return false;
+    };
+    let x = a ^ b;
+    // No zero byte in `x`: the classic test (a zero byte borrows into its top bit).
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    x.wrapping_sub(LOW) & !x & HIGH == 0
 }
 
 trait ConcatBytes {
@@ -232,17 +266,34 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn apply_inverts_encode(edits in proptest::collection::vec((0usize..PAGE_SIZE, proptest::num::u8::ANY), 0..300), seed in proptest::num::u8::ANY) {
+        fn apply_inverts_encode(edits in proptest::collection::vec((0usize..PAGE_SIZE, proptest::num::u8::ANY), 0..300), runs in proptest::collection::vec((0usize..PAGE_SIZE, 1usize..1500), 0..6), seed in proptest::num::u8::ANY) {
             let mut old = [0u8; PAGE_SIZE];
             for (i, b) in old.iter_mut().enumerate() { *b = u8::try_from(i % 256).unwrap().wrapping_mul(seed); }
             let mut new = old;
             for (i, v) in edits { new[i] = v; }
+            // Stretches rewritten whole (every byte differs: the encoder's word-at-a-time path).
+            for (at, n) in runs {
+                for b in new.iter_mut().skip(at).take(n) { *b = !*b; }
+            }
             let mut out = [0u8; PAGE_SIZE * 2];
             let n = encode(&old, &new, &mut out).unwrap();
             let mut page = old;
             if n <= MAX_DELTA_LEN {
                 apply(&mut page, &out[..n]).unwrap();
                 proptest::prop_assert_eq!(page, new);
+            }
+            // Into a smaller buffer: the same bytes when they fit, else None (the encoder gives
+            // up early on a segment that cannot fit; the result is as if it had not).
+            for k in [n.saturating_sub(1), n, n + 1, 16, 2048] {
+                let mut buf = [0u8; PAGE_SIZE * 2];
+                let small = &mut buf[..k];
+                match encode(&old, &new, small) {
+                    Some(m) => {
+                        proptest::prop_assert!(n <= k);
+                        proptest::prop_assert_eq!(&small[..m], &out[..n]);
+                    }
+                    None => proptest::prop_assert!(n > k, "{n} bytes do fit {k}"),
+                }
             }
         }
     }

@@ -11,7 +11,8 @@ use vgpu::GuestMemory;
 use vgpu::dest::{DestChannel, DestSession};
 
 use super::scenario;
-use super::wire::{self, Ack, Hello, Join, Kind, Vcpu, Verdict};
+use super::sched::Sched;
+use super::wire::{self, Ack, Hello, Join, Kind, StopVerdict, Vcpu, Verdict};
 
 /// Listen at `addr`, take one connection, receive one migration. In child mode only the bound
 /// port is printed (on stdout, for the parent); otherwise progress lines too.
@@ -43,9 +44,74 @@ struct Links {
     acks: Mutex<(TcpStream, u64)>,
     socks: Vec<TcpStream>,
     failure: Mutex<Option<String>>,
+    /// Every `DATA` message applied, in the order the acknowledgements counted them.
+    log: Mutex<Vec<Fed>>,
+    /// Each channel's thread's scheduler statistics when its stream ended.
+    ended: Mutex<Vec<Sched>>,
+}
+
+/// One `DATA` message as the destination handled it (for [`StopVerdict`]).
+#[derive(Debug, Clone, Copy)]
+struct Fed {
+    /// Its channel.
+    channel: usize,
+    /// Stream bytes acknowledged before it (all channels).
+    fed_before: u64,
+    /// When its read began.
+    read_at: Instant,
+    /// Time waiting for (and copying in) its bytes.
+    read: Duration,
+    /// Time feeding it to the session.
+    apply: Duration,
+    /// When it was fed.
+    done_at: Instant,
+    /// The channel's thread's scheduler statistics before its read began (the read of the
+    /// statistics costs a few µs, while the thread waits for the next bytes anyway).
+    sched: Sched,
+}
+
+/// The destination's share of the stop phase: the messages at or past stream offset `stop`,
+/// and the instant the `VCPU` message was in hand.
+fn stop_share(log: &[Fed], stop: u64, vcpu_at: Instant, ended: &[Sched]) -> StopVerdict {
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let past: Vec<&Fed> = log.iter().filter(|f| f.fed_before >= stop).collect();
+    // Each channel thread's statistics from when it began to read its first message past the
+    // stop to the end of its stream, summed.
+    let sched = ended
+        .iter()
+        .enumerate()
+        .filter_map(|(c, end)| {
+            let first = past.iter().find(|f| f.channel == c)?;
+            Some(end.since(first.sched))
+        })
+        .fold(Sched::default(), Sched::add);
+    let first = past.iter().map(|f| f.read_at).min();
+    let last = past.iter().map(|f| f.done_at).max();
+    StopVerdict {
+        messages: past.len() as u64,
+        read_wait_us: us(past.iter().map(|f| f.read).sum()),
+        apply_us: us(past.iter().map(|f| f.apply).sum()),
+        span_us: first
+            .zip(last)
+            .map_or(0, |(a, b)| us(b.saturating_duration_since(a))),
+        vcpu_after_us: last.map_or(0, |b| us(vcpu_at.saturating_duration_since(b))),
+        commit_us: 0,
+        start_us: 0,
+        cpu_us: sched.run_ns / 1000,
+        cpu_wait_us: sched.wait_ns / 1000,
+    }
 }
 
 impl Links {
+    /// Channel `c`'s thread is done with its stream: keep its scheduler statistics.
+    fn end_sched(&self, c: usize, now: Sched) {
+        if let Ok(mut e) = self.ended.lock()
+            && let Some(slot) = e.get_mut(c)
+        {
+            *slot = now;
+        }
+    }
+
     /// Record `e` as the migration's failure unless one came first, and wake every channel's
     /// thread (their reads end) so none waits for bytes that will not come.
     fn fail(&self, e: String) -> String {
@@ -71,23 +137,40 @@ fn apply_channel(
     let c = h.channel();
     let mut buf = Vec::new();
     loop {
+        let sched = Sched::this_thread();
+        let read_at = Instant::now();
         match wire::recv(r, &mut buf) {
             Ok(Kind::Data) => {
+                let fed_at = Instant::now();
                 h.feed(vgpu, mem, &buf)
                     .map_err(|e| links.fail(format!("stream rejected: {e}")))?;
+                let done_at = Instant::now();
                 // Tell the source how far the stream is applied (it stops only once it is).
                 let mut acks = links
                     .acks
                     .lock()
                     .map_err(|_| "acknowledgements poisoned".to_string())?;
+                if let Ok(mut log) = links.log.lock() {
+                    log.push(Fed {
+                        channel: c,
+                        fed_before: acks.1,
+                        read_at,
+                        sched,
+                        read: fed_at - read_at,
+                        apply: done_at - fed_at,
+                        done_at,
+                    });
+                }
                 acks.1 += buf.len() as u64;
                 let fed = acks.1;
                 wire::send_msg(&mut acks.0, Kind::Ack, &Ack { fed }).map_err(|e| links.fail(e))?;
                 if c != 0 && h.is_finished() {
+                    links.end_sched(c, Sched::this_thread());
                     return Ok(None);
                 }
             }
             Ok(Kind::Vcpu) if c == 0 => {
+                links.end_sched(c, Sched::this_thread());
                 // The last message the source sends: the page channels' last bytes are at most
                 // in flight, so their reads need not wait long now.
                 for s in links.socks.iter().skip(1) {
@@ -101,7 +184,10 @@ fn apply_channel(
                 );
             }
             // A page channel closing after its stream ended is normal.
-            Err(_) if c != 0 && h.is_finished() => return Ok(None),
+            Err(_) if c != 0 && h.is_finished() => {
+                links.end_sched(c, Sched::this_thread());
+                return Ok(None);
+            }
             Err(e) => return Err(links.fail(format!("channel {c}: {e}"))),
         }
     }
@@ -173,6 +259,8 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
         acks: Mutex::new((w.try_clone().map_err(|e| e.to_string())?, 0)),
         socks,
         failure: Mutex::new(None),
+        log: Mutex::new(Vec::with_capacity(4096)),
+        ended: Mutex::new(vec![Sched::default(); channels]),
     };
     let answers = {
         let (vgpu, links) = (&dst.vgpu, &links);
@@ -208,9 +296,20 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
     if !d.is_finished() {
         return Err("stream rejected: a channel never ended".into());
     }
+    let vcpu_at = Instant::now();
     let vcpu: Vcpu = wire::decode("vCPU state", &vcpu.unwrap_or_default())?;
+    let mut stop = links
+        .log
+        .lock()
+        .map(|log| {
+            let ended = links.ended.lock().map(|e| e.clone()).unwrap_or_default();
+            stop_share(&log, vcpu.stop_offset, vcpu_at, &ended)
+        })
+        .unwrap_or_default();
+    let t_commit = Instant::now();
     d.commit(&mut dst.vgpu, &dst.mem, &mut dst.host)
         .map_err(|e| format!("commit refused: {e}"))?;
+    let t_start = Instant::now();
     let driver =
         GuestDriver::restore(&vcpu.driver).map_err(|e| format!("vCPU state rejected: {e}"))?;
     let clock = vcpu.clock_ns;
@@ -220,6 +319,9 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
     dst.vgpu
         .start()
         .map_err(|e| format!("starting the vGPU: {e}"))?;
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    stop.commit_us = us(t_start - t_commit);
+    stop.start_us = us(t_start.elapsed());
     wire::send(&mut w, Kind::Resumed, &[]).map_err(|e| e.to_string())?;
     say(&format!("resumed at frame {from_frame}"));
     let t = Instant::now();
@@ -244,6 +346,7 @@ fn receive(listener: &TcpListener, sock: TcpStream, child: bool, peer: &str) -> 
             "guest memory, 2 MiB of registers, GGTT, engines, PPGTT roots, config space".into()
         }),
         kvm: None,
+        stop: Some(stop),
     };
     wire::send_msg(&mut w, Kind::Verdict, &v)?;
     say(&format!(

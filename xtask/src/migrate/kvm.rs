@@ -378,6 +378,7 @@ pub(super) fn run_dest(addr: &str, child: bool, image: &[u8]) -> crate::Result {
             verify_ms: t.elapsed().as_millis() as u64,
             text,
             kvm,
+            stop: None,
         }
     } else {
         Verdict {
@@ -386,6 +387,7 @@ pub(super) fn run_dest(addr: &str, child: bool, image: &[u8]) -> crate::Result {
             verify_ms: 0,
             text: format!("the migrated guest did not finish: {end:?}"),
             kvm,
+            stop: None,
         }
     };
     wire::send_msg(&mut w, Kind::Verdict, &verdict)?;

@@ -115,6 +115,48 @@ pub(super) struct Round {
     pub(super) end_ms: f64,
 }
 
+/// Where the stop phase's time went (model guest): from the source's stop to the destination's
+/// `RESUMED` received. The source's figures are wall times from its stop; the destination's
+/// come in its verdict ([`super::wire::StopVerdict`]). Read together: the stop round's bytes need
+/// `bytes / link` on the link; a source whose `encode_ms` approaches that, or a destination whose
+/// `apply_us` does (the senders then report `socket_wait_ms`), is the bound instead of the link.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(super) struct StopPhase {
+    /// Pages the stop round sent.
+    pub(super) pages: u64,
+    /// Stream bytes after the stop (pages, device state, END).
+    pub(super) bytes: u64,
+    /// Those bytes at the link rate, ms (0 when unlimited): the floor of this stop round.
+    pub(super) link_floor_ms: f64,
+    /// Quiescing the guest (its in-flight GPU work drains), ms.
+    pub(super) quiesce_ms: f64,
+    /// `SourceSession::stop_and_copy` (the last dirty harvest), ms.
+    pub(super) harvest_ms: f64,
+    /// Producing the stop phase's output (reading, classifying and encoding pages, the device
+    /// state, END), summed over channels, ms.
+    pub(super) encode_ms: f64,
+    /// Time the senders were held by the rate limit after the stop, summed over connections, ms.
+    pub(super) link_wait_ms: f64,
+    /// Time the senders were held by a full socket after the stop (the destination reading more
+    /// slowly than the link carries), summed over connections, ms.
+    pub(super) socket_wait_ms: f64,
+    /// Time in the socket's write calls after the stop (the kernel's copy; on loopback also its
+    /// delivery to the receiver), summed over connections, ms.
+    pub(super) write_ms: f64,
+    /// From the stop to the last byte (the vCPU state) on the socket, ms.
+    pub(super) sent_ms: f64,
+    /// Until then: the source's migration and sender threads' time on a CPU, summed, ms (Linux
+    /// `schedstat`; 0 elsewhere).
+    pub(super) cpu_ms: f64,
+    /// And their time runnable but waiting for a CPU (the machine's other work), summed, ms.
+    pub(super) cpu_wait_ms: f64,
+    /// From the stop to the destination's acknowledgement of the whole stream read by the
+    /// source, ms.
+    pub(super) applied_ms: f64,
+    /// The destination's share (absent if it sent none).
+    pub(super) dest: Option<super::wire::StopVerdict>,
+}
+
 /// Figures only a KVM VM has (`--guest kvm`).
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct KvmFigures {
@@ -188,6 +230,8 @@ pub(super) struct Outcome {
     pub(super) window_bytes: u64,
     /// Modeled time the quiesce took to drain in-flight work, µs.
     pub(super) drain_modeled_us: u64,
+    /// Where the stop phase's time went (model guest, two processes).
+    pub(super) stop_phase: Option<StopPhase>,
     /// Migration stream bytes.
     pub(super) stream_bytes: u64,
     /// Stream offset at the stop.
@@ -249,6 +293,7 @@ impl Outcome {
             catch_up_ms: 0.0,
             window_bytes: 0,
             drain_modeled_us: 0,
+            stop_phase: None,
             stream_bytes: 0,
             stop_stream_offset: 0,
             socket_bytes: 0,
@@ -387,6 +432,9 @@ pub(super) fn print(
             o.drain_modeled_us as f64 / 1000.0
         );
     }
+    if let Some(p) = &o.stop_phase {
+        print_stop_phase(p);
+    }
     println!(
         "total migration time (wall): {:.0} ms; whole run (both processes, verification included): {:.0} ms",
         o.total_ms, o.wall_ms
@@ -429,6 +477,45 @@ pub(super) fn print(
         );
     } else {
         println!("verification: FAILED: {}", o.verdict);
+    }
+}
+
+/// The stop phase's breakdown (see [`StopPhase`]).
+fn print_stop_phase(p: &StopPhase) {
+    println!(
+        "stop phase (source, ms from the stop): quiesce {:.1}, harvest {:.1}; {} pages, {} in {:.1} ms of \
+         encoding; held by the link {:.1} and by a full socket {:.1}, {:.1} in write calls (the link alone: {:.1}); all sent at {:.1}, \
+         all applied (acknowledged) at {:.1}; its threads {:.1} on a CPU, {:.1} waiting for one",
+        p.quiesce_ms,
+        p.harvest_ms,
+        p.pages,
+        mib(p.bytes),
+        p.encode_ms,
+        p.link_wait_ms,
+        p.socket_wait_ms,
+        p.write_ms,
+        p.link_floor_ms,
+        p.sent_ms,
+        p.applied_ms,
+        p.cpu_ms,
+        p.cpu_wait_ms
+    );
+    if let Some(d) = &p.dest {
+        let ms = |us: u64| us as f64 / 1000.0;
+        println!(
+            "stop phase (destination): {} messages over {:.1} ms, {:.1} ms waiting to read them, {:.1} ms \
+             applying them; vCPU state {:.1} ms after the last; commit {:.1}, start {:.1}; its channel thread \
+             {:.1} on a CPU, {:.1} waiting for one",
+            d.messages,
+            ms(d.span_us),
+            ms(d.read_wait_us),
+            ms(d.apply_us),
+            ms(d.vcpu_after_us),
+            ms(d.commit_us),
+            ms(d.start_us),
+            ms(d.cpu_us),
+            ms(d.cpu_wait_us)
+        );
     }
 }
 

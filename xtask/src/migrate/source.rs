@@ -4,6 +4,8 @@
 use std::io::{self, BufRead, BufReader, IsTerminal};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -12,9 +14,11 @@ use vgpu::content::ContentStorage;
 use vgpu::error::VgpuError;
 use vgpu::source::{GpuDirtyPrecision, SourceConfig, SourceEvent, SourceSession};
 
-use super::report::{Outcome, Round};
+use super::report::{Outcome, Round, StopPhase};
+use super::sched::Sched;
 use super::wire::{self, Ack, Hello, Join, Kind, Vcpu, Verdict};
 use super::{Args, START_FRAME, mib, profile, scenario};
+use demo_wire::HEADER_LEN;
 
 /// Output buffer per poll of the source session (one `DATA` message each).
 const CHUNK: usize = 256 * 1024;
@@ -127,10 +131,10 @@ impl Window {
     }
 }
 
-/// The one place page traffic leaves the source: a non-blocking socket behind a token bucket that
-/// applies `--link` (unlimited when the rate is 0). Messages are queued whole and written as the
-/// socket and the bucket allow, so the caller keeps the guest running meanwhile.
-pub(super) struct Sender {
+/// A connection as its writer thread ([`Sender`]) drives it: a non-blocking socket behind a token
+/// bucket that applies `--link` (unlimited when the rate is 0). Messages are queued whole and
+/// written as the socket and the bucket allow.
+struct Link {
     sock: TcpStream,
     pending: Vec<u8>,
     off: usize,
@@ -141,9 +145,17 @@ pub(super) struct Sender {
     last_progress: Instant,
     /// Bytes written to the socket, framing included.
     pub(super) sent: u64,
+    /// Since when, and why, the sender has been unable to write (`true`: the socket was full;
+    /// `false`: the rate limit).
+    blocked: Option<(Instant, bool)>,
+    /// Time blocked by the rate limit, then by a full socket (the receiver not reading), ended
+    /// by a write.
+    pub(super) waited: (Duration, Duration),
+    /// Time in the socket's write calls (the kernel's copy, and on loopback its delivery).
+    writing: Duration,
 }
 
-/// What one [`Sender::pump`] did.
+/// What one [`Link::pump`] did.
 enum Pump {
     /// Nothing queued.
     Idle,
@@ -153,7 +165,7 @@ enum Pump {
     Wait(Duration),
 }
 
-impl Sender {
+impl Link {
     fn new(sock: TcpStream, rate: u64) -> io::Result<Self> {
         sock.set_nonblocking(true)?;
         // Bursts of 5 ms of the rate, at least 64 KiB.
@@ -168,24 +180,15 @@ impl Sender {
             last: Instant::now(),
             last_progress: Instant::now(),
             sent: 0,
+            blocked: None,
+            waited: (Duration::ZERO, Duration::ZERO),
+            writing: Duration::ZERO,
         })
     }
 
     /// Whether everything queued has been written.
     fn idle(&self) -> bool {
         self.off >= self.pending.len()
-    }
-
-    /// Queue one message.
-    fn queue(&mut self, kind: Kind, payload: &[u8]) -> io::Result<()> {
-        if self.idle() {
-            self.pending.clear();
-            self.off = 0;
-        }
-        self.pending
-            .extend_from_slice(&wire::header(kind, payload.len())?);
-        self.pending.extend_from_slice(payload);
-        Ok(())
     }
 
     /// Write what the socket and the bucket allow.
@@ -203,20 +206,33 @@ impl Sender {
             let need = want.min(16 * 1024) as f64;
             if self.tokens < need {
                 let s = (need - self.tokens) / self.rate as f64;
+                self.blocked.get_or_insert((now, false));
                 return Ok(Pump::Wait(Duration::from_secs_f64(s)));
             }
             want = want.min(self.tokens as usize);
         }
-        match io::Write::write(&mut self.sock, &self.pending[self.off..self.off + want]) {
+        let began = Instant::now();
+        let wrote = io::Write::write(&mut self.sock, &self.pending[self.off..self.off + want]);
+        self.writing += began.elapsed();
+        match wrote {
             Ok(0) => Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 self.off += n;
                 self.sent += n as u64;
                 self.tokens -= n as f64;
                 self.last_progress = Instant::now();
+                if let Some((t, socket)) = self.blocked.take() {
+                    let d = self.last_progress.saturating_duration_since(t);
+                    if socket {
+                        self.waited.1 += d;
+                    } else {
+                        self.waited.0 += d;
+                    }
+                }
                 Ok(Pump::Wrote)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.blocked.get_or_insert((Instant::now(), true));
                 if self.last_progress.elapsed() > STALL {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -230,13 +246,18 @@ impl Sender {
         }
     }
 
-    /// Write everything queued, waiting as needed.
-    fn flush(&mut self) -> io::Result<()> {
+    /// Write everything queued, waiting as needed, until written or `stop` is set.
+    fn flush(&mut self, stop: &AtomicBool) -> io::Result<()> {
         loop {
             match self.pump()? {
                 Pump::Idle => return Ok(()),
                 Pump::Wrote => {}
-                Pump::Wait(d) => std::thread::sleep(d.min(Duration::from_millis(2))),
+                Pump::Wait(_) if stop.load(Ordering::Relaxed) => {
+                    return Err(io::Error::other("the migration ended"));
+                }
+                // The bucket's shortfall is often a few µs: sleep a little longer (the bucket
+                // holds 5 ms of the rate, so nothing is lost) rather than wake for each 16 KiB.
+                Pump::Wait(d) => std::thread::sleep(d.clamp(WAKE_MIN, WAKE_MAX)),
             }
         }
     }
@@ -246,6 +267,242 @@ impl Sender {
         self.sock.set_nonblocking(false)?;
         Ok(self.sock)
     }
+}
+
+/// Shortest and longest sleep of a writer thread waiting for its socket or the bucket.
+const WAKE_MIN: Duration = Duration::from_micros(50);
+const WAKE_MAX: Duration = Duration::from_millis(2);
+
+/// Messages a [`Sender`] takes before it says it is busy: one being written while the next ones
+/// wait, so the session encodes the next message while the thread writes this one. 32 output
+/// buffers are 8 MiB, 7 ms of 10 GbE: on a loaded machine the migration loop's thread may wait
+/// that long to run again after a sleep, and the socket should not run dry meanwhile. (During
+/// pre-copy the window, not this, bounds what is in flight.)
+const DEPTH: usize = 32;
+
+/// The one place page traffic leaves the source: one connection, written by a thread of its own
+/// through a [`Link`] (the non-blocking socket behind the `--link` token bucket). The migration
+/// loop queues whole messages and goes on (running the guest, encoding the next message on its
+/// own thread), so encoding and the socket writes (the kernel's copy) overlap instead of taking
+/// turns; before, with content tracking on, the stop round's encoding and writing added up to
+/// more than the link's time.
+pub(super) struct Sender {
+    /// Framed messages to the thread (`None` once closed).
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    /// Buffers back from the thread, for reuse.
+    free: mpsc::Receiver<Vec<u8>>,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<Link>>,
+    /// A buffer a poll left empty, for the next one.
+    spare: Option<Vec<u8>>,
+}
+
+/// What a [`Sender`] and its thread share.
+#[derive(Default)]
+struct Shared {
+    /// Messages queued and not yet written whole.
+    queued: AtomicUsize,
+    /// Bytes written to the socket, framing included.
+    sent: AtomicU64,
+    /// Time blocked by the rate limit, then by a full socket, then in write calls, ns.
+    waited: (AtomicU64, AtomicU64, AtomicU64),
+    /// The thread is to give up waiting (the migration ended).
+    stop: AtomicBool,
+    /// The write that failed the connection.
+    error: Mutex<Option<io::Error>>,
+    /// The thread's scheduler statistics file (Linux), for [`Sched`].
+    schedstat: Mutex<Option<std::path::PathBuf>>,
+}
+
+impl Sender {
+    fn new(sock: TcpStream, rate: u64) -> io::Result<Self> {
+        let mut link = Link::new(sock, rate)?;
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let (back, free) = mpsc::channel();
+        let sh = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("migrate-send".into())
+            .spawn(move || {
+                if let Ok(mut p) = sh.schedstat.lock() {
+                    *p = Sched::this_thread_path();
+                }
+                for msg in rx {
+                    link.pending = msg;
+                    link.off = 0;
+                    let r = link.flush(&sh.stop);
+                    sh.sent.store(link.sent, Ordering::Relaxed);
+                    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+                    sh.waited.0.store(ns(link.waited.0), Ordering::Relaxed);
+                    sh.waited.1.store(ns(link.waited.1), Ordering::Relaxed);
+                    sh.waited.2.store(ns(link.writing), Ordering::Relaxed);
+                    if let Err(e) = r {
+                        if let Ok(mut slot) = sh.error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        break;
+                    }
+                    let _ = back.send(std::mem::take(&mut link.pending));
+                    sh.queued.fetch_sub(1, Ordering::Release);
+                }
+                link
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            free,
+            shared,
+            thread: Some(thread),
+            spare: None,
+        })
+    }
+
+    /// The write error that ended the connection, if one did.
+    fn failed(&self) -> io::Result<()> {
+        match self.shared.error.lock() {
+            Ok(mut e) => e.take().map_or(Ok(()), Err),
+            Err(_) => Err(io::Error::other("a sender thread panicked")),
+        }
+    }
+
+    /// Whether the connection takes another message now (fewer than [`DEPTH`] wait).
+    fn idle(&self) -> bool {
+        self.shared.queued.load(Ordering::Acquire) < DEPTH
+    }
+
+    /// Queue one message (always taken: [`Self::idle`] is the caller's bound).
+    fn queue(&mut self, kind: Kind, payload: &[u8]) -> io::Result<()> {
+        let mut buf = self.free.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(&wire::header(kind, payload.len())?);
+        buf.extend_from_slice(payload);
+        self.send(buf)
+    }
+
+    /// An output buffer for one poll of the session: [`HEADER_LEN`] bytes of room for the
+    /// framing, then [`CHUNK`] bytes (one written before, when there is one), so the session
+    /// encodes straight into the message the thread writes ([`Self::queue_framed`]): no copy of
+    /// the stream on the migration thread.
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self
+            .spare
+            .take()
+            .or_else(|| self.free.try_recv().ok())
+            .unwrap_or_default();
+        b.resize(HEADER_LEN + CHUNK, 0);
+        b
+    }
+
+    /// Queue the `n` bytes after the framing room of `buf` (from [`Self::buffer`]) as one
+    /// message of `kind`; with `n` 0 nothing is queued and the buffer is kept for the next poll.
+    fn queue_framed(&mut self, kind: Kind, mut buf: Vec<u8>, n: usize) -> io::Result<()> {
+        if n == 0 {
+            self.spare = Some(buf);
+            return Ok(());
+        }
+        buf.truncate(HEADER_LEN + n);
+        if let Some(h) = buf.get_mut(..HEADER_LEN) {
+            h.copy_from_slice(&wire::header(kind, n)?);
+        }
+        self.send(buf)
+    }
+
+    /// Hand one framed message to the thread.
+    fn send(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        self.failed()?;
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = self.tx.as_ref().map(|tx| tx.send(buf));
+        if !matches!(sent, Some(Ok(()))) {
+            self.failed()?;
+            return Err(io::Error::other("the sender thread ended"));
+        }
+        Ok(())
+    }
+
+    /// Where the connection stands: [`Pump::Idle`] when everything queued is written,
+    /// [`Pump::Wait`] while the thread writes (an error when a write failed).
+    fn pump(&mut self) -> io::Result<Pump> {
+        self.failed()?;
+        Ok(if self.shared.queued.load(Ordering::Acquire) == 0 {
+            Pump::Idle
+        } else {
+            Pump::Wait(Duration::from_micros(200))
+        })
+    }
+
+    /// Wait until everything queued is written.
+    fn flush(&mut self) -> io::Result<()> {
+        while let Pump::Wait(d) = self.pump()? {
+            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                self.failed()?;
+                return Err(io::Error::other("the sender thread ended"));
+            }
+            std::thread::sleep(d.min(WAKE_MIN));
+        }
+        Ok(())
+    }
+
+    /// The writer thread's scheduler statistics so far.
+    fn sched(&self) -> Sched {
+        self.shared
+            .schedstat
+            .lock()
+            .ok()
+            .and_then(|p| p.as_deref().map(Sched::read))
+            .unwrap_or_default()
+    }
+
+    /// Bytes written to the socket, framing included.
+    pub(super) fn sent(&self) -> u64 {
+        self.shared.sent.load(Ordering::Relaxed)
+    }
+
+    /// Time the thread was held by the rate limit, then by a full socket, then in write calls.
+    pub(super) fn waited(&self) -> [Duration; 3] {
+        let (a, b, c) = &self.shared.waited;
+        [a, b, c].map(|x| Duration::from_nanos(x.load(Ordering::Relaxed)))
+    }
+
+    /// End the thread (after what is queued is written) and take the socket back, blocking.
+    fn into_inner(mut self) -> io::Result<TcpStream> {
+        self.tx = None;
+        let link = self
+            .thread
+            .take()
+            .ok_or_else(|| io::Error::other("no sender thread"))?
+            .join()
+            .map_err(|_| io::Error::other("a sender thread panicked"))?;
+        self.failed()?;
+        link.into_inner()
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The senders' waits for the link and for a full socket and their time in write calls, summed.
+fn total_waited(senders: &[Sender]) -> [Duration; 3] {
+    senders
+        .iter()
+        .map(Sender::waited)
+        .fold([Duration::ZERO; 3], |a, w| {
+            [a[0] + w[0], a[1] + w[1], a[2] + w[2]]
+        })
+}
+
+/// The scheduler statistics of the calling (migration) thread and of every sender thread,
+/// summed.
+fn source_sched(senders: &[Sender]) -> Sched {
+    senders
+        .iter()
+        .map(Sender::sched)
+        .fold(Sched::this_thread(), Sched::add)
 }
 
 /// The destination child process, killed if the source gives up before it exits.
@@ -553,6 +810,10 @@ pub(super) fn run(args: &Args) -> crate::Result {
         acked: 0,
         window,
         round: 0,
+        phase: StopPhase::default(),
+        waited_at_stop: [Duration::ZERO; 3],
+        acked_at: None,
+        sched_at_stop: Sched::default(),
     };
     let streamed = live.stream_out(&mut s, &mut src).and_then(|()| {
         // The vCPU state after the device state, as a VMM sends it.
@@ -565,6 +826,7 @@ pub(super) fn run(args: &Args) -> crate::Result {
         let vcpu = wire::encode(&Vcpu {
             driver,
             clock_ns: src.clock_ns,
+            stop_offset: live.o.stop_stream_offset,
         })
         .map_err(|e| Fail::Io(io::Error::other(e)))?;
         if let Some(main) = live.senders.first_mut() {
@@ -582,10 +844,38 @@ pub(super) fn run(args: &Args) -> crate::Result {
         progress,
         t0,
         stop_at,
+        mut phase,
+        waited_at_stop,
+        acked,
+        acked_at,
+        sched_at_stop,
         ..
     } = live;
+    if let Some(t) = stop_at {
+        let sched = source_sched(&senders).since(sched_at_stop);
+        phase.cpu_ms = sched.run_ns as f64 / 1e6;
+        phase.cpu_wait_ms = sched.wait_ns as f64 / 1e6;
+        phase.sent_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let waited = total_waited(&senders);
+        let ms = |i: usize| {
+            let at = |w: &[Duration; 3]| w.get(i).copied().unwrap_or_default();
+            at(&waited)
+                .saturating_sub(at(&waited_at_stop))
+                .as_secs_f64()
+                * 1000.0
+        };
+        phase.link_wait_ms = ms(0);
+        phase.socket_wait_ms = ms(1);
+        phase.write_ms = ms(2);
+        if let Some(a) = acked_at.filter(|_| acked >= o.stream_bytes) {
+            phase.applied_ms = a.saturating_duration_since(t).as_secs_f64() * 1000.0;
+        }
+        phase.bytes = o.stream_bytes.saturating_sub(o.stop_stream_offset);
+        phase.pages = o.rounds.last().map_or(0, |r| r.pages);
+        phase.link_floor_ms = rate.map_or(0.0, |r| phase.bytes as f64 / r as f64 * 1000.0);
+    }
     progress.finish();
-    o.socket_bytes = senders.iter().map(|s| s.sent).sum();
+    o.socket_bytes = senders.iter().map(Sender::sent).sum();
     o.set_content(s.content_stats());
     if let Err(f) = streamed {
         let why = match f {
@@ -620,9 +910,15 @@ pub(super) fn run(args: &Args) -> crate::Result {
         drop(snd.into_inner().map_err(|e| e.to_string())?);
     }
     // Acknowledgements of the last DATA messages may come first.
+    let total = o.stream_bytes;
     let mut next = |buf: &mut Vec<u8>| loop {
         match inbox.recv(buf) {
-            Ok(Kind::Ack) => {}
+            Ok(Kind::Ack) => {
+                let fed = wire::decode::<Ack>("acknowledgement", buf).map_or(0, |a| a.fed);
+                if let Some(t) = stop_at.filter(|_| fed >= total && phase.applied_ms == 0.0) {
+                    phase.applied_ms = t.elapsed().as_secs_f64() * 1000.0;
+                }
+            }
             other => return other,
         }
     };
@@ -664,6 +960,10 @@ pub(super) fn run(args: &Args) -> crate::Result {
         }
         k => return Err(format!("unexpected {k:?} from the destination")),
     };
+    if stop_at.is_some() {
+        phase.dest = verdict.stop;
+        o.stop_phase = Some(phase);
+    }
     o.verified = verdict.pass;
     o.dest_frames = verdict.frames;
     o.dest_verify_ms = verdict.verify_ms;
@@ -716,6 +1016,14 @@ struct Live {
     window: Window,
     /// Round in progress.
     round: u32,
+    /// The stop phase's source figures, filled from the stop.
+    phase: StopPhase,
+    /// The senders' waits (link, socket, write calls) when the stop began.
+    waited_at_stop: [Duration; 3],
+    /// When the last acknowledgement arrived.
+    acked_at: Option<Instant>,
+    /// The migration thread's and the sender threads' scheduler statistics at the stop.
+    sched_at_stop: Sched,
 }
 
 /// Longest the stop waits for the destination to apply what it was sent.
@@ -726,7 +1034,6 @@ impl Live {
     /// stream's END record is on the socket.
     fn stream_out(&mut self, s: &mut SourceSession<'_>, src: &mut Machine<'_>) -> Result<(), Fail> {
         // One output buffer per channel: each channel's pages are produced on its own thread.
-        let mut outs = vec![vec![0u8; CHUNK]; self.senders.len()];
         let mut msg = Vec::new();
         loop {
             while let Some(k) = self.inbox.poll(&mut msg).map_err(Fail::Peer)? {
@@ -735,6 +1042,7 @@ impl Live {
                         self.acked = wire::decode::<Ack>("acknowledgement", &msg)
                             .map_err(Fail::Peer)?
                             .fed;
+                        self.acked_at = Some(Instant::now());
                         self.window.on_ack(
                             self.acked,
                             self.o.stream_bytes,
@@ -786,7 +1094,7 @@ impl Live {
                 if s.is_finished() && waiting.is_none() {
                     return Ok(());
                 }
-                if !self.produce(s, src, &mut outs)? {
+                if !self.produce(s, src)? {
                     // Every channel waits for its socket or the bucket, or the session for the
                     // stop: nothing to produce now.
                     wait = Some(waiting.unwrap_or(Duration::from_micros(200)));
@@ -795,7 +1103,7 @@ impl Live {
             }
             self.progress.update(
                 self.round,
-                self.senders.iter().map(|s| s.sent).sum(),
+                self.senders.iter().map(Sender::sent).sum(),
                 s.pending_pages() + src.vgpu.gpu_dirty_count() as u64,
                 s.stop_copy_estimate(&src.vgpu),
             );
@@ -809,12 +1117,7 @@ impl Live {
     /// One poll of the session into each idle sender, and its events: the channels' control
     /// records on this thread, then their pages, each channel's on a thread of its own (see
     /// [`Self::pages`]). `false` when the session had nothing to give (it waits for the stop).
-    fn produce(
-        &mut self,
-        s: &mut SourceSession<'_>,
-        src: &mut Machine<'_>,
-        outs: &mut [Vec<u8>],
-    ) -> Result<bool, Fail> {
+    fn produce(&mut self, s: &mut SourceSession<'_>, src: &mut Machine<'_>) -> Result<bool, Fail> {
         let now_us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
         let now = self.t0.elapsed().as_secs_f64();
         if self.stop_at.is_none() && !self.window.open(self.o.stream_bytes, self.acked, now) {
@@ -824,15 +1127,21 @@ impl Live {
         let mut any = false;
         // Each channel whose connection has taken everything queued gets one poll.
         let threads = self.o.fault_flip_byte.is_none();
-        for ((c, snd), out) in self.senders.iter_mut().enumerate().zip(outs.iter_mut()) {
+        for (c, snd) in self.senders.iter_mut().enumerate() {
             if !snd.idle() {
                 continue;
             }
+            let mut buf = snd.buffer();
+            let out = buf.get_mut(HEADER_LEN..).unwrap_or_default();
+            let t = Instant::now();
             let n = if threads {
                 s.poll_control(c, &src.vgpu, &mut src.cpu_log, now_us, out)?
             } else {
                 s.poll_output_channel(c, &src.vgpu, &src.mem, &mut src.cpu_log, now_us, out)?
             };
+            if self.stop_at.is_some() {
+                self.phase.encode_ms += t.elapsed().as_secs_f64() * 1000.0;
+            }
             let o = &mut self.o;
             if let Some(at) = o.fault_flip_byte {
                 // Fault injection (hidden option): one bit of the stream flipped on the way.
@@ -840,19 +1149,23 @@ impl Live {
                     .checked_sub(o.stream_bytes)
                     .and_then(|i| usize::try_from(i).ok())
                     .filter(|i| *i < n)
+                    && let Some(b) = out.get_mut(i)
                 {
-                    out[i] ^= 0x10;
+                    *b ^= 0x10;
                 }
             }
+            snd.queue_framed(Kind::Data, buf, n)?;
             if n > 0 {
-                snd.queue(Kind::Data, &out[..n])?;
                 o.stream_bytes += n as u64;
                 self.window.produced(o.stream_bytes, now);
                 any = true;
             }
         }
         if threads {
-            let n = self.pages(s, src, outs)?;
+            let (n, encoding) = self.pages(s, src)?;
+            if self.stop_at.is_some() {
+                self.phase.encode_ms += encoding.as_secs_f64() * 1000.0;
+            }
             if n > 0 {
                 self.o.stream_bytes += n;
                 self.window.produced(self.o.stream_bytes, now);
@@ -911,34 +1224,30 @@ impl Live {
     /// own: its [`PageWorker`](vgpu::source::PageWorker) reads, classifies and encodes up to one
     /// chunk, and the thread queues it and writes what its socket takes. The guest is held
     /// while the threads read its memory (it runs between these slices, on this thread). Returns
-    /// the stream bytes produced.
+    /// the stream bytes produced and the time the workers took to produce them (summed over
+    /// channels).
     fn pages(
         &mut self,
         s: &mut SourceSession<'_>,
         src: &Machine<'_>,
-        outs: &mut [Vec<u8>],
-    ) -> Result<u64, Fail> {
+    ) -> Result<(u64, Duration), Fail> {
         let mem = &src.mem;
         let mut workers = s.page_workers();
         let jobs: Vec<_> = workers
             .split()
-            .zip(self.senders.iter_mut().zip(outs.iter_mut()))
-            .filter(|(_, (snd, _))| snd.idle())
+            .zip(self.senders.iter_mut())
+            .filter(|(_, snd)| snd.idle())
             .collect();
-        let slice = |(mut w, (snd, out)): (
-            vgpu::source::PageWorker<'_, '_>,
-            (&mut Sender, &mut Vec<u8>),
-        )|
-         -> Result<u64, Fail> {
-            let n = w.poll(mem, out)?;
-            if n > 0 {
-                snd.queue(Kind::Data, out.get(..n).unwrap_or_default())?;
-                // Write what the socket (and the rate limit) takes now; the loop pumps the rest.
-                while let Pump::Wrote = snd.pump()? {}
-            }
-            Ok(n as u64)
+        let slice = |(mut w, snd): (vgpu::source::PageWorker<'_, '_>, &mut Sender)|
+         -> Result<(u64, Duration), Fail> {
+            let mut buf = snd.buffer();
+            let t = Instant::now();
+            let n = w.poll(mem, buf.get_mut(HEADER_LEN..).unwrap_or_default())?;
+            let encoding = t.elapsed();
+            snd.queue_framed(Kind::Data, buf, n)?;
+            Ok((n as u64, encoding))
         };
-        let made: Vec<Result<u64, Fail>> = if jobs.len() <= 1 {
+        let made: Vec<Result<(u64, Duration), Fail>> = if jobs.len() <= 1 {
             jobs.into_iter().map(slice).collect()
         } else {
             std::thread::scope(|t| {
@@ -957,11 +1266,13 @@ impl Live {
             })
         };
         drop(workers);
-        let mut total = 0;
-        for n in made {
-            total += n?;
+        let (mut total, mut encoding) = (0, Duration::ZERO);
+        for r in made {
+            let (n, d) = r?;
+            total += n;
+            encoding += d;
         }
-        Ok(total)
+        Ok((total, encoding))
     }
 
     /// The stop: quiesce (in-flight work drains), then stop-and-copy.
@@ -974,14 +1285,20 @@ impl Live {
             "stopping the guest at frame {} (destination caught up after {:.0} ms)",
             o.stopped_at_frame, o.catch_up_ms
         ));
-        self.stop_at = Some(Instant::now());
+        let t = Instant::now();
+        self.stop_at = Some(t);
+        self.waited_at_stop = total_waited(&self.senders);
+        self.sched_at_stop = source_sched(&self.senders);
         let before = src.clock_ns;
         if !src.quiesce() {
             return Err(Fail::Lib(VgpuError::NotQuiesced));
         }
+        let quiesced = Instant::now();
         o.drain_modeled_us = (src.clock_ns - before) / 1000;
         o.stop_stream_offset = s.bytes_written();
         s.stop_and_copy(&mut src.vgpu, &mut src.cpu_log)?;
+        self.phase.quiesce_ms = (quiesced - t).as_secs_f64() * 1000.0;
+        self.phase.harvest_ms = quiesced.elapsed().as_secs_f64() * 1000.0;
         Ok(())
     }
 }
@@ -1072,13 +1389,19 @@ mod tests {
             .collect();
         let mut s = Sender::new(TcpStream::connect(addr).unwrap(), 20_000_000).unwrap();
         for m in &msgs {
+            // The thread writes while more is queued, up to the depth.
+            while !s.idle() {
+                assert!(matches!(s.pump().unwrap(), Pump::Wait(_)));
+                std::thread::sleep(Duration::from_millis(1));
+            }
             s.queue(Kind::Data, m).unwrap();
-            // Interleave pumping with queueing, as the migration loop does.
-            let _ = s.pump().unwrap();
         }
         s.flush().unwrap();
-        assert_eq!(s.sent, 5 * (100_000 + 5));
-        drop(s);
+        assert!(matches!(s.pump().unwrap(), Pump::Idle));
+        assert_eq!(s.sent(), 5 * (100_000 + 5));
+        // 500 kB at 20 MB/s (less the bucket's first burst): the rate limit held the thread.
+        assert!(s.waited()[0] > Duration::ZERO);
+        drop(s.into_inner().unwrap());
         let all = reader.join().unwrap();
         let mut r = &all[..];
         let mut buf = Vec::new();

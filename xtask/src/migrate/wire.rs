@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Magic at the start of a hello.
 const HELLO_MAGIC: [u8; 8] = *b"VGPUDEMO";
 /// Version of this framing.
-const HELLO_VERSION: u32 = 3;
+const HELLO_VERSION: u32 = 4;
 /// Largest payload a peer may announce (a DATA message carries at most one poll's output).
 pub(crate) const MAX_PAYLOAD: usize = 16 << 20;
 
@@ -292,6 +292,9 @@ pub(crate) struct Vcpu {
     pub(crate) driver: Vec<u8>,
     /// The guest clock, ns.
     pub(crate) clock_ns: u64,
+    /// The stream offset (all channels) at which the source stopped the guest: the destination
+    /// times the stop round's share of its work from there ([`StopVerdict`]).
+    pub(crate) stop_offset: u64,
 }
 
 /// `VERDICT`: the destination's comparison with a never-migrated run.
@@ -307,6 +310,35 @@ pub(crate) struct Verdict {
     pub(crate) text: String,
     /// The KVM guest's timings, measured by the destination (`--guest kvm`).
     pub(crate) kvm: Option<KvmVerdict>,
+    /// The model guest's stop phase, measured by the destination (`--guest model`).
+    pub(crate) stop: Option<StopVerdict>,
+}
+
+/// The destination's share of a model guest's stop phase: its work on the stream bytes past the
+/// source's stop (`Vcpu::stop_offset`; with several channels the bytes counted in arrival order),
+/// then the commit and the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub(crate) struct StopVerdict {
+    /// `DATA` messages past the stop offset.
+    pub(crate) messages: u64,
+    /// Time the channels' threads waited to read them (the link, or the source, was the bound),
+    /// summed over channels, µs.
+    pub(crate) read_wait_us: u64,
+    /// Time spent feeding them to the session (decode, verify, apply), summed over channels, µs.
+    pub(crate) apply_us: u64,
+    /// From the first of them read to the last fed, µs (wall).
+    pub(crate) span_us: u64,
+    /// From the last of them fed to the `VCPU` message in hand, µs.
+    pub(crate) vcpu_after_us: u64,
+    /// [`DestSession::commit`](vgpu::dest::DestSession::commit), µs.
+    pub(crate) commit_us: u64,
+    /// Restoring the guest driver and starting the vGPU, µs.
+    pub(crate) start_us: u64,
+    /// The channels' threads' time on a CPU from the first of those messages to the end of
+    /// their streams, summed, µs (Linux `schedstat`; 0 elsewhere).
+    pub(crate) cpu_us: u64,
+    /// And their time runnable but waiting for a CPU, µs.
+    pub(crate) cpu_wait_us: u64,
 }
 
 /// The destination's timings of a KVM VM migration.
@@ -383,11 +415,23 @@ mod tests {
                 resume_us: 3_000,
                 end_after_pause_us: 35_000,
             }),
+            stop: Some(StopVerdict {
+                messages: 300,
+                read_wait_us: 90_000,
+                apply_us: 40_000,
+                span_us: 110_000,
+                vcpu_after_us: 30,
+                commit_us: 2_000,
+                start_us: 100,
+                cpu_us: 60_000,
+                cpu_wait_us: 70_000,
+            }),
         };
         assert_eq!(decode::<Verdict>("verdict", &encode(&v).unwrap()), Ok(v));
         let c = Vcpu {
             driver: vec![1, 2, 3],
             clock_ns: u64::MAX,
+            stop_offset: 1 << 33,
         };
         assert_eq!(decode::<Vcpu>("vcpu", &encode(&c).unwrap()), Ok(c));
         let a = Ack { fed: 1 << 40 };
