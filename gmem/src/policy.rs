@@ -28,7 +28,11 @@
 //! for vCPUs) and continues instead of switching, until the throttle is at its limit. The
 //! embedder reads the percentage after every round and gives the vGPU `100 - percent` % of
 //! its time slices (in the reference device, `engines::sched`), and lifts it after the
-//! migration.
+//! migration. Two options bound what the guest pays: [`ThrottleConfig::trigger_rounds`] waits
+//! for that many such rounds in a row before the first step (as QEMU waits for two syncs with
+//! a high dirty rate), so one noisy round does not throttle the guest; and
+//! [`ThrottleConfig::stop_at_target`] switches as soon as a throttled round's prediction
+//! meets the target, instead of copying on under the throttle while rounds shrink.
 //!
 //! A round "shrinks" only if the dirty set strictly fell by the required percentage, so a
 //! dirty set stuck at zero pages also stops. It counts rounds itself (it does not trust
@@ -86,16 +90,27 @@ pub struct ThrottleConfig {
     pub max_percent: u8,
     /// Throttling steps up only while the predicted downtime is above this.
     pub target_downtime_ms: u32,
+    /// Non-shrinking rounds in a row, with the prediction above the target, before the first
+    /// step (QEMU throttles vCPUs after two dirty syncs in a row with a high dirty rate); until
+    /// then pre-copy goes on unthrottled. 0 and 1 both mean the first such round.
+    pub trigger_rounds: u32,
+    /// Once it has throttled, switch as soon as the predicted downtime meets
+    /// `target_downtime_ms` (and the policy's limit), instead of copying on under the throttle
+    /// while rounds shrink: the guest is throttled no longer than the target needs.
+    pub stop_at_target: bool,
 }
 
 impl Default for ThrottleConfig {
-    /// QEMU's 20 % start, 10 % step and 99 % limit; a 50 ms downtime target.
+    /// QEMU's 20 % start, 10 % step and 99 % limit; a 50 ms downtime target; the first
+    /// non-shrinking round steps; pre-copy goes on under the throttle while rounds shrink.
     fn default() -> Self {
         Self {
             initial_percent: 20,
             increment_percent: 10,
             max_percent: 99,
             target_downtime_ms: 50,
+            trigger_rounds: 1,
+            stop_at_target: false,
         }
     }
 }
@@ -439,16 +454,29 @@ impl Policy {
         // Auto-converge: a round that did not shrink the set while the prediction is above the
         // throttle target steps the throttle up (and gives the new share rounds to act) instead
         // of counting toward a switch, until the throttle is at its limit.
-        if let Some(t) = self.config.throttle
-            && !shrink_ok
-            && !capped
-            && predicted.is_none_or(|p| p > u64::from(t.target_downtime_ms) * 1000)
-        {
-            let next = t.next(self.throttle);
-            if next > self.throttle {
-                self.throttle = next;
-                self.stalls = 0;
-                return self.track.decide(None);
+        if let Some(t) = self.config.throttle {
+            let target_us = u64::from(t.target_downtime_ms) * 1000;
+            if let Some(p) = predicted
+                && t.stop_at_target
+                && self.throttle > 0
+                && p <= target_us.min(limit_us)
+            {
+                return self
+                    .track
+                    .decide(Some(SwitchReason::DowntimeMet { predicted_us: p }));
+            }
+            if !shrink_ok && !capped && predicted.is_none_or(|p| p > target_us) {
+                let next = t.next(self.throttle);
+                if next > self.throttle {
+                    // Before the first step, wait for `trigger_rounds` stalls in a row (the
+                    // stall count goes on; a shrinking round resets it).
+                    if self.throttle == 0 && self.stalls < t.trigger_rounds {
+                        return self.track.decide(None);
+                    }
+                    self.throttle = next;
+                    self.stalls = 0;
+                    return self.track.decide(None);
+                }
             }
         }
         let reason = match predicted {
@@ -591,6 +619,94 @@ mod tests {
         r.on_round(round(1, 5_000, 200_000_000, 200_000));
         assert_eq!(r.throttle_percent(), 0);
         assert_eq!(ThrottleConfig::default().next(95), 99);
+    }
+
+    /// `trigger_rounds: 2` waits for a second non-shrinking round before the first step (a
+    /// shrinking round in between starts the count again), and `stop_at_target` switches on
+    /// the first throttled round whose prediction meets the target, although it shrank.
+    #[test]
+    fn throttle_trigger_and_stop_at_target() {
+        // 1000 bytes/µs: 50_000 pages predict 204.8 ms, above the 95 ms target.
+        let t = ThrottleConfig {
+            initial_percent: 70,
+            increment_percent: 5,
+            max_percent: 80,
+            target_downtime_ms: 95,
+            trigger_rounds: 2,
+            stop_at_target: true,
+        };
+        let mut p = Policy::new(PolicyConfig {
+            throttle: Some(t),
+            ..PolicyConfig::default()
+        });
+        let full = |dirty| round(0, dirty, 200_000_000, 200_000);
+        assert_eq!(p.on_round(full(50_000)), Decision::Continue);
+        // First stall: the plain policy would switch here (204.8 ms is under the 300 ms
+        // limit); this one copies on, unthrottled.
+        assert_eq!(p.on_round(full(50_000)), Decision::Continue);
+        assert_eq!(p.throttle_percent(), 0);
+        // A shrinking round resets the count; the next stall is again only the first.
+        assert_eq!(p.on_round(full(40_000)), Decision::Continue);
+        assert_eq!(p.on_round(full(40_000)), Decision::Continue);
+        assert_eq!(p.throttle_percent(), 0);
+        // Second stall in a row: the first step.
+        assert_eq!(p.on_round(full(40_000)), Decision::Continue);
+        assert_eq!(p.throttle_percent(), 70);
+        // Throttled, the set falls to 22_000 pages (90.1 ms <= 95): switch now, although it
+        // shrank by 45 % (minimize alone would copy on under the throttle).
+        assert_eq!(
+            p.on_round(full(22_000)),
+            Decision::StopAndCopy(SwitchReason::DowntimeMet {
+                predicted_us: 90_112
+            })
+        );
+        assert_eq!(p.throttle_percent(), 70);
+
+        // Without stop_at_target the same throttled round copies on (it shrank), and the
+        // throttle stays on until a round stops shrinking.
+        let mut q = Policy::new(PolicyConfig {
+            throttle: Some(ThrottleConfig {
+                stop_at_target: false,
+                ..t
+            }),
+            ..PolicyConfig::default()
+        });
+        for dirty in [50_000, 50_000, 50_000] {
+            assert_eq!(q.on_round(full(dirty)), Decision::Continue);
+        }
+        assert_eq!(q.throttle_percent(), 70);
+        assert_eq!(q.on_round(full(22_000)), Decision::Continue);
+        assert!(matches!(
+            q.on_round(full(21_000)),
+            Decision::StopAndCopy(SwitchReason::DowntimeMet { .. })
+        ));
+
+        // stop_at_target never switches above the policy's own limit (target 95 ms, limit
+        // 50 ms: 22_000 pages, 90.1 ms, is not enough) nor before any throttling.
+        let mut r = Policy::new(PolicyConfig {
+            downtime_limit_ms: 50,
+            throttle: Some(ThrottleConfig {
+                trigger_rounds: 1,
+                ..t
+            }),
+            ..PolicyConfig::default()
+        });
+        assert_eq!(r.on_round(full(22_000)), Decision::Continue);
+        assert_eq!(r.throttle_percent(), 0);
+        assert_eq!(r.on_round(full(50_000)), Decision::Continue);
+        assert_eq!(r.throttle_percent(), 70);
+        assert_eq!(r.on_round(full(22_000)), Decision::Continue);
+        // trigger_rounds 0 counts as 1 (the default's behaviour).
+        let mut z = Policy::new(PolicyConfig {
+            throttle: Some(ThrottleConfig {
+                trigger_rounds: 0,
+                ..t
+            }),
+            ..PolicyConfig::default()
+        });
+        z.on_round(full(50_000));
+        assert_eq!(z.on_round(full(50_000)), Decision::Continue);
+        assert_eq!(z.throttle_percent(), 70);
     }
 
     #[test]
@@ -785,14 +901,17 @@ mod tests {
         #[test]
         fn always_terminates(max_rounds in 0u32..40, limit in any::<u32>(), shrink in any::<u32>(),
                              minimize in any::<bool>(),
-                             throttle in proptest::option::of(any::<(u8, u8, u8, u32)>()),
+                             throttle in proptest::option::of(
+                                 any::<(u8, u8, u8, u32, u32, bool)>()),
                              trace in proptest::collection::vec(stats(), 40)) {
             // Auto-converge never delays the round cap.
-            let throttle = throttle.map(|(a, b, c, d)| ThrottleConfig {
+            let throttle = throttle.map(|(a, b, c, d, e, f)| ThrottleConfig {
                 initial_percent: a,
                 increment_percent: b,
                 max_percent: c,
                 target_downtime_ms: d,
+                trigger_rounds: e,
+                stop_at_target: f,
             });
             let mut p = Policy::new(PolicyConfig {
                 downtime_limit_ms: limit,

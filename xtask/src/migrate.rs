@@ -166,9 +166,10 @@ pub(crate) struct Args {
     /// GPU auto-converge (with `--modeled`): throttle the vGPU's engine share through the
     /// time-sliced scheduler while pre-copy does not converge, and report what it cost the
     /// guest. `60` (the default when no value is given): at most 60 ms, QEMU's steps (20 %,
-    /// +10 % a step, at most 99 %) above a 50 ms predicted downtime. `100`: aimed at 100 ms at
-    /// half the guest's cost (70 % at once, at most 75 %, above a 95 ms prediction; a round
-    /// must shrink the dirty set by 30 % for pre-copy to go on).
+    /// +10 % a step, at most 99 %) above a 50 ms predicted downtime. `100`: at most 100 ms at
+    /// half the guest's cost (after two non-shrinking rounds in a row above a 95 ms
+    /// prediction, 74 % at once, at most 80 %; it stops on the first throttled round that
+    /// predicts 95 ms or less).
     #[arg(
         long,
         requires = "modeled",

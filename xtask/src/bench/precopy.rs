@@ -503,6 +503,19 @@ mod tests {
             let idle_ac = simulate(&mut auto_converge(cfg), link, idle);
             assert_eq!(idle_ac.final_throttle, 0);
         }
+        // The light loads keep the plain policy's downtime within 1.07x under both
+        // configurations (the 100 ms one never throttles them and runs the plain rules).
+        for load in &LOADS[..3] {
+            let plain = simulate(&mut Policy::new(PolicyConfig::default()), link, load);
+            for cfg in AutoConverge::ALL {
+                let o = simulate(&mut auto_converge(cfg), link, load);
+                let (d, p) = (o.downtime_s.unwrap(), plain.downtime_s.unwrap());
+                assert!(d <= 1.07 * p, "{} {:?}: {d} vs {p}", load.name, cfg);
+                if cfg == AutoConverge::Ms100 {
+                    assert_eq!(d.to_bits(), p.to_bits(), "{}", load.name);
+                }
+            }
+        }
         // The second configuration: <= 100 ms, still below the unthrottled floor, at no more
         // than half the first one's cost (rendering rate and rendering time lost).
         let ac100 = simulate(&mut auto_converge(AutoConverge::Ms100), link, three_d);
