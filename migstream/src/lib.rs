@@ -119,7 +119,7 @@ pub const MAC_STATE_LEN: usize = 0;
 pub use control::{
     CONTROL_VERSION, END_LEN, EndPayload, EndRepr, ROUND_LEN, RoundPayload, RoundRepr,
 };
-pub use crc::{Crc32, crc32, crc32_kernel};
+pub use crc::{Crc32, crc32, crc32_copy_kernel, crc32_kernel};
 pub use decoder::{Decoder, Event, FeedError};
 pub use encoder::{Encoder, PayloadSource, Progress};
 pub use error::{AuthError, DecodeError, EncodeError, EndMismatch, ErrorKind, Fault, PageRunError};
@@ -130,7 +130,7 @@ pub use header::{
 };
 pub use pages::{
     DELTA_LEN_FIELD, DUP_ENTRY_LEN, PAGE_RUN_HEADER_LEN, PAGE_SIZE, PageEncoding, PageRunHeader,
-    PageRunRepr, PageSource, PagesBuilder, PagesPayload,
+    PageRunRepr, PageSource, PagesBuilder, PagesPayload, SlicePages,
 };
 pub use record::{
     Limits, MAC_LEN, MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeader, RecordHeaderRepr,
