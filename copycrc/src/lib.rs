@@ -63,8 +63,9 @@ extern crate std;
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod x86;
 
-/// A copy-and-CRC kernel.
+/// A copy-and-CRC kernel. Non-exhaustive: kernels for other architectures may follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Kernel {
     /// `VPCLMULQDQ` on 512-bit registers: 4 zmm accumulators, 256 bytes a step.
     Avx512,
