@@ -10,6 +10,10 @@
 //! `target-cpu` that has them, such as `x86-64-v4` on these CPUs, to get the wide kernel in a
 //! `no_std` embedding). [`crc32_kernel`] names the kernel. The wire value is the same whichever
 //! runs. Other crates use these items so the workspace has a single CRC.
+//!
+//! The encoder copies page bytes into the stream with [`Crc32::update_copy`]: copy and CRC in
+//! one pass (`vgpu-mig-copycrc`: AVX-512 / AVX2 `VPCLMULQDQ` or SSE `PCLMULQDQ` folding, chosen
+//! the same way; [`crc32_copy_kernel`] names it), the same value as copying and then `update`.
 
 /// CRC-32/ISO-HDLC of `bytes`.
 ///

@@ -10,7 +10,9 @@
 //!
 //! # Guarantees
 //!
-//! - `no_std`, no allocation, no `unsafe` (`#![forbid(unsafe_code)]`), deterministic.
+//! - `no_std`, no allocation, no `unsafe` (`#![forbid(unsafe_code)]`), deterministic. The
+//!   vector kernels that copy a page and fold it into the CRC in one pass
+//!   ([`Crc32::update_copy`]) are the `vgpu-mig-copycrc` crate's, behind its safe API.
 //! - Sans-IO: the [`Encoder`] writes into caller buffers of any size and resumes at any byte;
 //!   the [`Decoder`] takes any segmentation of the input (one byte at a time works).
 //! - The decoder never panics on any input, always makes progress, bounds every length
