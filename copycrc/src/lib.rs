@@ -275,24 +275,9 @@ mod constants {
         (reflected(bits + 32), reflected(bits - 32))
     }
 
-    /// Fold by 128 bits (one xmm lane onto the next): `(K3, K4)`.
+    /// Fold by 128 bits (one xmm lane onto the next): `(K3, K4)`; the kernels compute the
+    /// other distances they fold by from their register width.
     pub(crate) const K128: (u64, u64) = fold(128);
-    /// Fold by 256 bits.
-    pub(crate) const K256: (u64, u64) = fold(256);
-    /// Fold by 512 bits.
-    pub(crate) const K512: (u64, u64) = fold(512);
-    /// Fold by 1024 bits.
-    #[cfg_attr(
-        not(copycrc_vpclmulqdq),
-        allow(dead_code, reason = "the wide kernels need rustc 1.89")
-    )]
-    pub(crate) const K1024: (u64, u64) = fold(1024);
-    /// Fold by 2048 bits.
-    #[cfg_attr(
-        not(copycrc_vpclmulqdq),
-        allow(dead_code, reason = "the wide kernels need rustc 1.89")
-    )]
-    pub(crate) const K2048: (u64, u64) = fold(2048);
     /// The Barrett constant of the final reduction: the quotient `floor(x^95 / P)` (64 bits),
     /// bit-reflected.
     pub(crate) const MU: u64 = {

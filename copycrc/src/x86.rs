@@ -12,9 +12,7 @@
 )]
 use core::arch::x86_64::*;
 
-use crate::constants::{G, K128, K256, K512, MU};
-#[cfg(copycrc_vpclmulqdq)]
-use crate::constants::{K1024, K2048};
+use crate::constants::{G, K128, MU, fold};
 use crate::portable;
 
 /// Whether the CPU (with `std`) or the target (without) has `$f`.
@@ -125,62 +123,104 @@ fn split<'d, 's>(
     (db, dt, sb, st)
 }
 
+/// One kernel of `$width`-byte registers (`$reg`): 4 accumulators, `4 * $width` bytes a step.
+///
+/// `$load`/`$store`/`$zero` are the register's unaligned load and store and its zero; `$fold`
+/// folds one register onto the next by the distance its constant pair (`$pair`, broadcast to
+/// every lane) encodes; `$init` XORs the complemented initial CRC into the first 32 bits;
+/// `$lanes` splits a register into its 128-bit lanes, first to last. Generates `$entry` (safe,
+/// for callers that checked the features) and `$kernel` (built for `$features`).
+macro_rules! fold_kernel {
+    (
+        $(#[$doc:meta])*
+        $entry:ident, $kernel:ident, $features:literal, $width:literal, $reg:ty,
+        $load:ident, $store:ident, $zero:ident,
+        $fold:ident, $pair:ident, $init:ident, $lanes:ident
+    ) => {
+        $(#[$doc])*
+        pub(crate) fn $entry(crc: u32, dst: &mut [u8], src: &[u8]) -> u32 {
+            // SAFETY: callers reach this only for the kernel when it is available, which checked
+            // that the CPU has (or, without `std`, the target enables) every feature `$kernel`
+            // is built for.
+            unsafe { $kernel(crc, dst, src) }
+        }
+
+        #[target_feature(enable = $features)]
+        fn $kernel(crc: u32, dst: &mut [u8], src: &[u8]) -> u32 {
+            /// The accumulators move forward by one step (4 registers) a step.
+            const STEP: (u64, u64) = fold(32 * $width);
+            /// Accumulator 0 onto 2 and 1 onto 3 at the end: two registers apart.
+            const TWO: (u64, u64) = fold(16 * $width);
+            /// Then the first result onto the second: one register apart.
+            const ONE: (u64, u64) = fold(8 * $width);
+
+            /// Copy one step through four registers; returns them.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn copy_step(d: &mut [[u8; $width]; 4], s: &[[u8; $width]; 4]) -> [$reg; 4] {
+                let mut v = [$zero(); 4];
+                for ((v, d), s) in v.iter_mut().zip(d.iter_mut()).zip(s) {
+                    // SAFETY: `s` is `$width` readable bytes and `d` as many writable ones
+                    // (their types say so); the unaligned load and store have no alignment
+                    // requirement.
+                    unsafe {
+                        *v = $load(s.as_ptr().cast());
+                        $store(d.as_mut_ptr().cast(), *v);
+                    }
+                }
+                v
+            }
+
+            let (db, dt, sb, st) = split(dst, src, 4 * $width);
+            let mut steps = db
+                .as_chunks_mut::<$width>()
+                .0
+                .as_chunks_mut::<4>()
+                .0
+                .iter_mut()
+                .zip(sb.as_chunks::<$width>().0.as_chunks::<4>().0);
+            let Some((d, s)) = steps.next() else {
+                return portable(crc, dt, st);
+            };
+            let [a0, a1, a2, a3] = copy_step(d, s);
+            let mut acc = [$init(a0, crc), a1, a2, a3];
+            let k = $pair(STEP);
+            for (d, s) in steps {
+                let b = copy_step(d, s);
+                for (a, b) in acc.iter_mut().zip(b) {
+                    *a = $fold(*a, b, k);
+                }
+            }
+            let [a0, a1, a2, a3] = acc;
+            let two = $pair(TWO);
+            let v = $fold($fold(a0, a2, two), $fold(a1, a3, two), $pair(ONE));
+            portable(reduce(&$lanes(v)), dt, st)
+        }
+    };
+}
+
 // --- SSE: 4 xmm accumulators, 64 bytes a step --------------------------------------------------
 
-/// Copy one 64-byte step through four xmm registers; returns them.
+/// The complemented initial CRC XORed into the first 32 bits of `a`.
 #[inline]
 #[target_feature(enable = "sse2")]
-fn copy_step128(d: &mut [[u8; 16]; 4], s: &[[u8; 16]; 4]) -> [__m128i; 4] {
-    let mut v = [_mm_setzero_si128(); 4];
-    for ((v, d), s) in v.iter_mut().zip(d.iter_mut()).zip(s) {
-        // SAFETY: `s` is 16 readable bytes and `d` 16 writable ones (their types say so); the
-        // unaligned load and store have no alignment requirement.
-        unsafe {
-            *v = _mm_loadu_si128(s.as_ptr().cast());
-            _mm_storeu_si128(d.as_mut_ptr().cast(), *v);
-        }
-    }
-    v
+fn init128(a: __m128i, crc: u32) -> __m128i {
+    _mm_xor_si128(a, _mm_cvtsi32_si128((!crc).cast_signed()))
 }
 
-/// [`Kernel::Sse`](crate::Kernel::Sse).
-pub(crate) fn sse(crc: u32, dst: &mut [u8], src: &[u8]) -> u32 {
-    // SAFETY: callers reach this only for `Kernel::Sse` when it is available, which checked
-    // `has_sse` (the CPU has, or the target enables, every feature the function is built for).
-    unsafe { sse_kernel(crc, dst, src) }
+/// An xmm register is one lane.
+#[inline]
+#[target_feature(enable = "sse2")]
+fn lanes128(v: __m128i) -> [__m128i; 1] {
+    [v]
 }
 
-#[target_feature(enable = "pclmulqdq,sse4.1")]
-fn sse_kernel(crc: u32, dst: &mut [u8], src: &[u8]) -> u32 {
-    let (db, dt, sb, st) = split(dst, src, 64);
-    let mut steps = db
-        .as_chunks_mut::<16>()
-        .0
-        .as_chunks_mut::<4>()
-        .0
-        .iter_mut()
-        .zip(sb.as_chunks::<16>().0.as_chunks::<4>().0);
-    let Some((d, s)) = steps.next() else {
-        return portable(crc, dt, st);
-    };
-    let [mut a0, a1, a2, a3] = copy_step128(d, s);
-    a0 = _mm_xor_si128(a0, _mm_cvtsi32_si128((!crc).cast_signed()));
-    let mut acc = [a0, a1, a2, a3];
-    let k = pair(K512);
-    for (d, s) in steps {
-        let b = copy_step128(d, s);
-        for (a, b) in acc.iter_mut().zip(b) {
-            *a = fold128(*a, b, k);
-        }
-    }
-    let [a0, a1, a2, a3] = acc;
-    let k256 = pair(K256);
-    let w0 = fold128(a0, a2, k256);
-    let w1 = fold128(a1, a3, k256);
-    portable(reduce(&[w0, w1]), dt, st)
-}
-
-// --- AVX2: 4 ymm accumulators, 128 bytes a step ------------------------------------------------
+fold_kernel!(
+    /// [`Kernel::Sse`](crate::Kernel::Sse).
+    sse, sse_kernel, "pclmulqdq,sse4.1", 16, __m128i,
+    _mm_loadu_si128, _mm_storeu_si128, _mm_setzero_si128,
+    fold128, pair, init128, lanes128
+);
 
 #[cfg(copycrc_vpclmulqdq)]
 #[allow(
@@ -189,6 +229,8 @@ fn sse_kernel(crc: u32, dst: &mut [u8], src: &[u8]) -> u32 {
 )]
 mod wide {
     use super::*;
+
+    // --- AVX2: 4 ymm accumulators, 128 bytes a step --------------------------------------------
 
     /// A fold constant pair in both lanes of a ymm register.
     #[inline]
@@ -206,61 +248,27 @@ mod wide {
         _mm256_xor_si256(_mm256_xor_si256(lo, hi), next)
     }
 
-    /// Copy one 128-byte step through four ymm registers; returns them.
+    /// [`init128`] on the first lane.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn copy_step256(d: &mut [[u8; 32]; 4], s: &[[u8; 32]; 4]) -> [__m256i; 4] {
-        let mut v = [_mm256_setzero_si256(); 4];
-        for ((v, d), s) in v.iter_mut().zip(d.iter_mut()).zip(s) {
-            // SAFETY: `s` is 32 readable bytes and `d` 32 writable ones (their types say so);
-            // the unaligned load and store have no alignment requirement.
-            unsafe {
-                *v = _mm256_loadu_si256(s.as_ptr().cast());
-                _mm256_storeu_si256(d.as_mut_ptr().cast(), *v);
-            }
-        }
-        v
-    }
-
-    /// [`Kernel::Avx2`](crate::Kernel::Avx2).
-    pub(crate) fn avx2(crc: u32, dst: &mut [u8], src: &[u8]) -> u32 {
-        // SAFETY: callers reach this only for `Kernel::Avx2` when it is available, which checked
-        // `has_avx2` (every feature the function is built for).
-        unsafe { avx2_kernel(crc, dst, src) }
-    }
-
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    fn avx2_kernel(crc: u32, dst: &mut [u8], src: &[u8]) -> u32 {
-        let (db, dt, sb, st) = split(dst, src, 128);
-        let mut steps = db
-            .as_chunks_mut::<32>()
-            .0
-            .as_chunks_mut::<4>()
-            .0
-            .iter_mut()
-            .zip(sb.as_chunks::<32>().0.as_chunks::<4>().0);
-        let Some((d, s)) = steps.next() else {
-            return portable(crc, dt, st);
-        };
-        let [mut a0, a1, a2, a3] = copy_step256(d, s);
+    fn init256(a: __m256i, crc: u32) -> __m256i {
         let init = _mm256_zextsi128_si256(_mm_cvtsi32_si128((!crc).cast_signed()));
-        a0 = _mm256_xor_si256(a0, init);
-        let mut acc = [a0, a1, a2, a3];
-        let k = pair256(K1024);
-        for (d, s) in steps {
-            let b = copy_step256(d, s);
-            for (a, b) in acc.iter_mut().zip(b) {
-                *a = fold256(*a, b, k);
-            }
-        }
-        let [a0, a1, a2, a3] = acc;
-        let k512 = pair256(K512);
-        let w0 = fold256(a0, a2, k512);
-        let w1 = fold256(a1, a3, k512);
-        let v = fold256(w0, w1, pair256(K256));
-        let lanes = [_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)];
-        portable(reduce(&lanes), dt, st)
+        _mm256_xor_si256(a, init)
     }
+
+    /// The two lanes of a ymm register.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lanes256(v: __m256i) -> [__m128i; 2] {
+        [_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)]
+    }
+
+    fold_kernel!(
+        /// [`Kernel::Avx2`](crate::Kernel::Avx2).
+        avx2, avx2_kernel, "avx2,vpclmulqdq,pclmulqdq,sse4.1", 32, __m256i,
+        _mm256_loadu_si256, _mm256_storeu_si256, _mm256_setzero_si256,
+        fold256, pair256, init256, lanes256
+    );
 
     // --- AVX-512: 4 zmm accumulators, 256 bytes a step -----------------------------------------
 
@@ -280,66 +288,32 @@ mod wide {
         _mm512_ternarylogic_epi64(lo, hi, next, 0x96)
     }
 
-    /// Copy one 256-byte step through four zmm registers; returns them.
+    /// [`init128`] on the first lane.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn copy_step512(d: &mut [[u8; 64]; 4], s: &[[u8; 64]; 4]) -> [__m512i; 4] {
-        let mut v = [_mm512_setzero_si512(); 4];
-        for ((v, d), s) in v.iter_mut().zip(d.iter_mut()).zip(s) {
-            // SAFETY: `s` is 64 readable bytes and `d` 64 writable ones (their types say so);
-            // the unaligned load and store have no alignment requirement.
-            unsafe {
-                *v = _mm512_loadu_si512(s.as_ptr().cast());
-                _mm512_storeu_si512(d.as_mut_ptr().cast(), *v);
-            }
-        }
-        v
-    }
-
-    /// [`Kernel::Avx512`](crate::Kernel::Avx512).
-    pub(crate) fn avx512(crc: u32, dst: &mut [u8], src: &[u8]) -> u32 {
-        // SAFETY: callers reach this only for `Kernel::Avx512` when it is available, which
-        // checked `has_avx512` (every feature the function is built for).
-        unsafe { avx512_kernel(crc, dst, src) }
-    }
-
-    #[target_feature(enable = "avx512f,vpclmulqdq,pclmulqdq,sse4.1")]
-    fn avx512_kernel(crc: u32, dst: &mut [u8], src: &[u8]) -> u32 {
-        let (db, dt, sb, st) = split(dst, src, 256);
-        let mut steps = db
-            .as_chunks_mut::<64>()
-            .0
-            .as_chunks_mut::<4>()
-            .0
-            .iter_mut()
-            .zip(sb.as_chunks::<64>().0.as_chunks::<4>().0);
-        let Some((d, s)) = steps.next() else {
-            return portable(crc, dt, st);
-        };
-        let [mut a0, a1, a2, a3] = copy_step512(d, s);
+    fn init512(a: __m512i, crc: u32) -> __m512i {
         let init = _mm512_zextsi128_si512(_mm_cvtsi32_si128((!crc).cast_signed()));
-        a0 = _mm512_xor_si512(a0, init);
-        let mut acc = [a0, a1, a2, a3];
-        let k = pair512(K2048);
-        for (d, s) in steps {
-            let b = copy_step512(d, s);
-            for (a, b) in acc.iter_mut().zip(b) {
-                *a = fold512(*a, b, k);
-            }
-        }
-        let [a0, a1, a2, a3] = acc;
-        let k1024 = pair512(K1024);
-        let w0 = fold512(a0, a2, k1024);
-        let w1 = fold512(a1, a3, k1024);
-        let v = fold512(w0, w1, pair512(K512));
-        let lanes = [
+        _mm512_xor_si512(a, init)
+    }
+
+    /// The four lanes of a zmm register.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn lanes512(v: __m512i) -> [__m128i; 4] {
+        [
             _mm512_castsi512_si128(v),
             _mm512_extracti32x4_epi32(v, 1),
             _mm512_extracti32x4_epi32(v, 2),
             _mm512_extracti32x4_epi32(v, 3),
-        ];
-        portable(reduce(&lanes), dt, st)
+        ]
     }
+
+    fold_kernel!(
+        /// [`Kernel::Avx512`](crate::Kernel::Avx512).
+        avx512, avx512_kernel, "avx512f,vpclmulqdq,pclmulqdq,sse4.1", 64, __m512i,
+        _mm512_loadu_si512, _mm512_storeu_si512, _mm512_setzero_si512,
+        fold512, pair512, init512, lanes512
+    );
 }
 
 #[cfg(copycrc_vpclmulqdq)]
