@@ -10,6 +10,10 @@
 //! `target-cpu` that has them, such as `x86-64-v4` on these CPUs, to get the wide kernel in a
 //! `no_std` embedding). [`crc32_kernel`] names the kernel. The wire value is the same whichever
 //! runs. Other crates use these items so the workspace has a single CRC.
+//!
+//! The encoder copies page bytes into the stream with [`Crc32::update_copy`]: copy and CRC in
+//! one pass (`vgpu-mig-copycrc`: AVX-512 / AVX2 `VPCLMULQDQ` or SSE `PCLMULQDQ` folding, chosen
+//! the same way; [`crc32_copy_kernel`] names it), the same value as copying and then `update`.
 
 /// CRC-32/ISO-HDLC of `bytes`.
 ///
@@ -87,6 +91,18 @@ pub fn crc32_kernel() -> &'static str {
     "portable slice-by-16 table"
 }
 
+/// The copy-and-checksum kernel [`Crc32::update_copy`] uses on this CPU (chosen the way
+/// [`crc32_kernel`] is: at run time with `std`, from the target features without), for
+/// benchmark and log output.
+///
+/// ```
+/// assert!(!vgpu_mig_stream::crc32_copy_kernel().is_empty());
+/// ```
+#[must_use]
+pub fn crc32_copy_kernel() -> &'static str {
+    copycrc::kernel()
+}
+
 /// Incremental CRC-32/ISO-HDLC: `Crc32::new()` + `update(a)` + `update(b)` equals
 /// [`crc32`] of `a ++ b`.
 ///
@@ -120,6 +136,26 @@ impl Crc32 {
         let mut h = crc32fast::Hasher::new_with_initial(self.state);
         h.update(bytes);
         self.state = h.finalize();
+    }
+
+    /// Copy `src` into `dst` and append the copied bytes to the checksummed sequence, in one
+    /// pass: each piece is loaded once, stored into `dst` and folded from the same register
+    /// ([`crc32_copy_kernel`] names the kernel). The CRC is of the bytes stored into `dst`, never
+    /// of a second read of `src`, so it matches `dst` even if `src` changes meanwhile (guest
+    /// memory a vCPU writes during the copy).
+    ///
+    /// Copies `min(dst.len(), src.len())` bytes; the rest of `dst` is left as it was and is not
+    /// checksummed.
+    ///
+    /// ```
+    /// let mut c = vgpu_mig_stream::Crc32::new();
+    /// let mut out = [0u8; 9];
+    /// c.update_copy(&mut out, b"123456789");
+    /// assert_eq!(&out, b"123456789");
+    /// assert_eq!(c.value(), 0xCBF4_3926);
+    /// ```
+    pub fn update_copy(&mut self, dst: &mut [u8], src: &[u8]) {
+        self.state = copycrc::copy_crc32(self.state, dst, src);
     }
 
     /// CRC of everything passed to [`update`](Self::update) so far.
@@ -180,6 +216,26 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// `update_copy` copies exactly and checksums like `update` of the copied bytes, after
+        /// any prefix, whatever the lengths.
+        #[test]
+        fn update_copy_equals_update(
+            data in proptest::collection::vec(0u8.., 0..9000),
+            prefix in proptest::collection::vec(0u8.., 0..40),
+            dst_len in 0usize..9000,
+        ) {
+            let mut fused = Crc32::new();
+            fused.update(&prefix);
+            let mut plain = fused;
+            let mut out = std::vec![0x5Au8; dst_len];
+            fused.update_copy(&mut out, &data);
+            let n = dst_len.min(data.len());
+            plain.update(&data[..n]);
+            proptest::prop_assert_eq!(fused, plain);
+            proptest::prop_assert_eq!(&out[..n], &data[..n]);
+            proptest::prop_assert!(out[n..].iter().all(|&b| b == 0x5A));
+        }
+
         #[test]
         fn incremental_equals_oneshot(data in proptest::collection::vec(0u8.., 0..600), cut in 0usize..600) {
             let cut = cut.min(data.len());

@@ -21,29 +21,32 @@ pub trait PayloadSource {
     /// [`payload_len`](Self::payload_len). Must return the same bytes every time it is asked.
     fn fill(&self, offset: usize, out: &mut [u8]);
     /// Bytes of the payload before its first page (a page run's header, for example): the
-    /// encoder's fused copy-and-checksum loop cuts its pieces after them, so each piece is
-    /// one whole page instead of the end of one page and the start of the next. 0 by default.
+    /// default [`fill_crc`](Self::fill_crc) cuts its pieces after them, so each piece is one
+    /// whole page instead of the end of one page and the start of the next. 0 by default.
     fn lead_len(&self) -> usize {
         0
     }
     /// Copy the whole payload into `out` (exactly [`payload_len`](Self::payload_len) bytes)
-    /// front to back, handing each piece to `piece` as soon as it is written, so the caller can
-    /// checksum bytes the copy has just left in L1. The pieces are consecutive, cover `out`
-    /// once and are at most a few KiB each; where they are cut does not change the bytes.
+    /// front to back and fold exactly the bytes written into `crc`: the encoder's one pass over
+    /// a record that fits its output. The CRC must be of the bytes in `out` (what the stream
+    /// carries), so a source that can change while it is read (guest memory) still yields a
+    /// record whose CRC matches its bytes.
     ///
     /// The default cuts after [`lead_len`](Self::lead_len) bytes and then every 4 KiB, calling
-    /// [`fill`](Self::fill) for each piece. A source whose `fill` has to find its place for
-    /// every call (a payload of many page runs, for example) overrides this with one pass.
-    fn fill_pieces(&self, out: &mut [u8], piece: &mut dyn FnMut(&[u8])) {
+    /// [`fill`](Self::fill) for each piece and checksumming it while it is in L1. Byte slices
+    /// copy and checksum in one pass ([`Crc32::update_copy`]); a source whose `fill` has to find
+    /// its place for every call (a payload of many page runs, for example) overrides this with
+    /// one pass of its own.
+    fn fill_crc(&self, out: &mut [u8], crc: &mut Crc32) {
         let lead = self.lead_len().min(out.len());
         let (head, rest) = out.split_at_mut(lead);
         if !head.is_empty() {
             self.fill(0, head);
-            piece(head);
+            crc.update(head);
         }
         for (i, chunk) in rest.chunks_mut(FUSED_CHUNK).enumerate() {
             self.fill(lead + i * FUSED_CHUNK, chunk);
-            piece(chunk);
+            crc.update(chunk);
         }
     }
 }
@@ -58,6 +61,10 @@ impl PayloadSource for [u8] {
             out.copy_from_slice(src);
         }
     }
+
+    fn fill_crc(&self, out: &mut [u8], crc: &mut Crc32) {
+        crc.update_copy(out, self);
+    }
 }
 
 impl<const N: usize> PayloadSource for [u8; N] {
@@ -67,6 +74,10 @@ impl<const N: usize> PayloadSource for [u8; N] {
 
     fn fill(&self, offset: usize, out: &mut [u8]) {
         self.as_slice().fill(offset, out);
+    }
+
+    fn fill_crc(&self, out: &mut [u8], crc: &mut Crc32) {
+        self.as_slice().fill_crc(out, crc);
     }
 }
 
@@ -83,8 +94,8 @@ impl<T: PayloadSource + ?Sized> PayloadSource for &T {
         (**self).lead_len()
     }
 
-    fn fill_pieces(&self, out: &mut [u8], piece: &mut dyn FnMut(&[u8])) {
-        (**self).fill_pieces(out, piece);
+    fn fill_crc(&self, out: &mut [u8], crc: &mut Crc32) {
+        (**self).fill_crc(out, crc);
     }
 }
 
@@ -395,9 +406,9 @@ impl<'m> Encoder<'m> {
                     let (hdr, body) = dst.split_at_mut(RECORD_HEADER_LEN);
                     let mut crc = Crc32::new();
                     crc.update(header.get(..12).unwrap_or_default());
-                    // Copy and checksum page-sized pieces in turn, so the CRC reads bytes the copy
-                    // just left in L1 instead of making a second pass over the whole payload.
-                    payload.fill_pieces(body, &mut |piece| crc.update(piece));
+                    // One pass: the payload is copied and checksummed together (page by page,
+                    // or fused in registers where the source can), not copied and read again.
+                    payload.fill_crc(body, &mut crc);
                     let repr = RecordHeaderRepr {
                         crc: crc.value(),
                         ..repr

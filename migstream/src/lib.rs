@@ -10,7 +10,9 @@
 //!
 //! # Guarantees
 //!
-//! - `no_std`, no allocation, no `unsafe` (`#![forbid(unsafe_code)]`), deterministic.
+//! - `no_std`, no allocation, no `unsafe` (`#![forbid(unsafe_code)]`), deterministic. The
+//!   vector kernels that copy a page and fold it into the CRC in one pass
+//!   ([`Crc32::update_copy`]) are the `vgpu-mig-copycrc` crate's, behind its safe API.
 //! - Sans-IO: the [`Encoder`] writes into caller buffers of any size and resumes at any byte;
 //!   the [`Decoder`] takes any segmentation of the input (one byte at a time works).
 //! - The decoder never panics on any input, always makes progress, bounds every length
@@ -119,7 +121,7 @@ pub const MAC_STATE_LEN: usize = 0;
 pub use control::{
     CONTROL_VERSION, END_LEN, EndPayload, EndRepr, ROUND_LEN, RoundPayload, RoundRepr,
 };
-pub use crc::{Crc32, crc32, crc32_kernel};
+pub use crc::{Crc32, crc32, crc32_copy_kernel, crc32_kernel};
 pub use decoder::{Decoder, Event, FeedError};
 pub use encoder::{Encoder, PayloadSource, Progress};
 pub use error::{AuthError, DecodeError, EncodeError, EndMismatch, ErrorKind, Fault, PageRunError};
@@ -130,7 +132,7 @@ pub use header::{
 };
 pub use pages::{
     DELTA_LEN_FIELD, DUP_ENTRY_LEN, PAGE_RUN_HEADER_LEN, PAGE_SIZE, PageEncoding, PageRunHeader,
-    PageRunRepr, PageSource, PagesBuilder, PagesPayload,
+    PageRunRepr, PageSource, PagesBuilder, PagesPayload, SlicePages,
 };
 pub use record::{
     Limits, MAC_LEN, MAX_PAYLOAD, RECORD_HEADER_LEN, RecordFlags, RecordHeader, RecordHeaderRepr,

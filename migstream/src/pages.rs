@@ -23,6 +23,7 @@
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::crc::Crc32;
 use crate::encoder::PayloadSource;
 use crate::error::{EncodeError, PageRunError};
 use crate::record::MAX_PAYLOAD;
@@ -381,16 +382,88 @@ impl<'b> PagesBuilder<'b> {
 
 /// Where a PAGES payload's page bytes come from: typically guest graphics memory.
 ///
-/// Implemented for closures `Fn(frame, offset, out)`.
+/// Implemented for closures `Fn(frame, offset, out)` and for frames in one slice
+/// ([`SlicePages`]).
 pub trait PageSource {
     /// Copy bytes `[offset, offset + out.len())` of frame `frame` into `out`.
     /// Never asked for `offset + out.len() > 4096`.
     fn read(&self, frame: u64, offset: usize, out: &mut [u8]);
+
+    /// [`read`](Self::read), and fold the bytes written into `out` into `crc`: the encoder
+    /// reads every page of a record that fits its output this way. The CRC must be of the bytes
+    /// in `out`, not of a second read of the source (which may have changed meanwhile).
+    ///
+    /// The default reads, then checksums `out` (while it is in L1). A source whose bytes are a
+    /// slice in memory overrides it with [`Crc32::update_copy`], one pass that stores each
+    /// register and folds the same register, as [`SlicePages`] does.
+    fn read_crc(&self, frame: u64, offset: usize, out: &mut [u8], crc: &mut Crc32) {
+        self.read(frame, offset, out);
+        crc.update(out);
+    }
 }
 
 impl<F: Fn(u64, usize, &mut [u8])> PageSource for F {
     fn read(&self, frame: u64, offset: usize, out: &mut [u8]) {
         self(frame, offset, out);
+    }
+}
+
+/// A [`PageSource`] over frames that lie one after another in one slice: frame
+/// `first_frame + i` is `bytes[i * 4096..(i + 1) * 4096]` (a VMM's mapping of guest memory, a
+/// snapshot buffer). Its [`read_crc`](PageSource::read_crc) copies and checksums in one pass
+/// ([`Crc32::update_copy`]).
+///
+/// A read of a frame that is not wholly inside the slice writes zeros (a source cannot fail;
+/// build the runs from frames of the slice).
+///
+/// ```
+/// use vgpu_mig_stream::{PageEncoding, PageRunRepr, PagesPayload, PayloadSource, SlicePages};
+/// let memory = [0x11u8; 3 * 4096];
+/// let runs = [PageRunRepr { first_frame: 0x100, count: 3, encoding: PageEncoding::FULL }];
+/// let p = PagesPayload::new(&runs, SlicePages::new(&memory, 0x100))?;
+/// let mut out = [0u8; 16 + 3 * 4096];
+/// p.fill(0, &mut out);
+/// assert_eq!(out[16..], memory);
+/// # Ok::<(), vgpu_mig_stream::EncodeError>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct SlicePages<'a> {
+    bytes: &'a [u8],
+    first_frame: u64,
+}
+
+impl<'a> SlicePages<'a> {
+    /// Frames `first_frame..` in `bytes`, 4 KiB each.
+    #[must_use]
+    pub const fn new(bytes: &'a [u8], first_frame: u64) -> Self {
+        Self { bytes, first_frame }
+    }
+
+    /// Bytes `[offset, offset + len)` of `frame`, if the slice holds all of the frame.
+    fn get(&self, frame: u64, offset: usize, len: usize) -> Option<&'a [u8]> {
+        let index = usize::try_from(frame.checked_sub(self.first_frame)?).ok()?;
+        let start = index.checked_mul(PAGE_SIZE)?;
+        let page = self.bytes.get(start..start.checked_add(PAGE_SIZE)?)?;
+        page.get(offset..offset.checked_add(len)?)
+    }
+}
+
+impl PageSource for SlicePages<'_> {
+    fn read(&self, frame: u64, offset: usize, out: &mut [u8]) {
+        match self.get(frame, offset, out.len()) {
+            Some(src) => out.copy_from_slice(src),
+            None => out.fill(0),
+        }
+    }
+
+    fn read_crc(&self, frame: u64, offset: usize, out: &mut [u8], crc: &mut Crc32) {
+        match self.get(frame, offset, out.len()) {
+            Some(src) => crc.update_copy(out, src),
+            None => {
+                out.fill(0);
+                crc.update(out);
+            }
+        }
     }
 }
 
@@ -455,13 +528,6 @@ impl<S> core::fmt::Debug for PagesPayload<'_, S> {
     }
 }
 
-/// Hand `buf[..n]` (all of `buf` if shorter) to `piece`; returns the rest of `buf`.
-fn hand_out<'o>(buf: &'o mut [u8], n: usize, piece: &mut dyn FnMut(&[u8])) -> &'o mut [u8] {
-    let (done, tail) = buf.split_at_mut(n.min(buf.len()));
-    piece(done);
-    tail
-}
-
 /// Copy the part of `src` (which sits at payload offset `src_at`) that overlaps
 /// `[offset, offset + out.len())` into `out`.
 fn copy_overlap(src_at: usize, src: &[u8], offset: usize, out: &mut [u8]) {
@@ -494,50 +560,35 @@ impl<S: PageSource> PayloadSource for PagesPayload<'_, S> {
         }
     }
 
-    /// One pass over the runs: each run's header goes out with its first page (or, for a
-    /// ZERO run, with whatever follows), each further page on its own, every page read whole.
-    /// A `fill` per piece would look its place up in the run list again for every piece.
-    fn fill_pieces(&self, out: &mut [u8], piece: &mut dyn FnMut(&[u8])) {
-        let Some(mut rest) = out.get_mut(..self.len) else {
+    /// One pass over the runs: each run's header is written and checksummed, then each of its
+    /// pages is read and checksummed in one go ([`PageSource::read_crc`]), every page whole.
+    /// The default would look each piece's place up in the run list again.
+    fn fill_crc(&self, out: &mut [u8], crc: &mut Crc32) {
+        let Some(out) = out.get_mut(..self.len) else {
             // Not the whole payload: the generic way (which copes with any length).
             self.fill(0, out);
-            piece(out);
+            crc.update(out);
             return;
         };
-        // `rest[..open]` is written and not yet handed out.
-        let mut open = 0usize;
+        let mut at = 0usize;
         for run in self.runs {
-            let at = open;
-            open += PAGE_RUN_HEADER_LEN;
-            if let Some(hdr) = rest
-                .get_mut(at..open)
+            if let Some(hdr) = out
+                .get_mut(at..at + PAGE_RUN_HEADER_LEN)
                 .and_then(|h| <&mut [u8; PAGE_RUN_HEADER_LEN]>::try_from(h).ok())
             {
                 run.emit(hdr);
+                crc.update(hdr);
             }
-            let pages = if run.encoding == PageEncoding::FULL {
-                run.count
-            } else {
-                0
-            };
-            for frame in run.first_frame..run.first_frame.saturating_add(u64::from(pages)) {
-                if let Some(page) = rest.get_mut(open..open + PAGE_SIZE) {
-                    self.source.read(frame, 0, page);
+            at += PAGE_RUN_HEADER_LEN;
+            if run.encoding != PageEncoding::FULL {
+                continue;
+            }
+            for frame in run.first_frame..run.first_frame.saturating_add(u64::from(run.count)) {
+                if let Some(page) = out.get_mut(at..at + PAGE_SIZE) {
+                    self.source.read_crc(frame, 0, page, crc);
                 }
-                open += PAGE_SIZE;
-                rest = hand_out(rest, open, piece);
-                open = 0;
+                at += PAGE_SIZE;
             }
-            // Headers of ZERO runs wait for the next page, but not without end.
-            if open >= PAGE_SIZE {
-                rest = hand_out(rest, open, piece);
-                open = 0;
-            }
-        }
-        if let Some(done) = rest.get(..open)
-            && !done.is_empty()
-        {
-            piece(done);
         }
     }
 
@@ -864,11 +915,15 @@ mod tests {
             proptest::prop_assert_eq!(b.payload(), &want[..]);
         }
 
-        /// `fill_pieces` writes the payload `fill` describes, hands it out front to back in
-        /// non-empty pieces of at most a page plus run headers, each piece once.
+        /// `fill_crc` writes the payload `fill` describes and folds exactly it into the CRC,
+        /// after whatever the CRC held: with a source that reads and then checksums (a closure,
+        /// the default `read_crc`) and one that copies and checksums in one pass
+        /// (`SlicePages`), and into an output shorter than the payload.
         #[test]
-        fn payload_pieces_cover_once(
-            shape in proptest::collection::vec((1u64..5, 1u32..4, proptest::bool::ANY), 0..40)
+        fn payload_fill_crc(
+            shape in proptest::collection::vec((1u64..5, 1u32..4, proptest::bool::ANY), 0..40),
+            prefix in proptest::collection::vec(0u8.., 0..20),
+            short in 0usize..5000,
         ) {
             let mut runs = Vec::new();
             let mut frame = 7u64;
@@ -878,27 +933,59 @@ mod tests {
                 runs.push(PageRunRepr { first_frame: frame, count, encoding });
                 frame += u64::from(count);
             }
-            let p = PagesPayload::new(&runs, pattern).unwrap();
             let want = expected(&runs);
-            let mut got = vec![0xAB; want.len()];
-            let mut handed = Vec::new();
-            let mut pieces = 0usize;
-            p.fill_pieces(&mut got, &mut |piece: &[u8]| {
-                assert!(!piece.is_empty());
-                assert!(piece.len() < 2 * PAGE_SIZE);
-                handed.extend_from_slice(piece);
-                pieces += 1;
-            });
+            let mut start = Crc32::new();
+            start.update(&prefix);
+            let mut joined = prefix.clone();
+            joined.extend_from_slice(&want);
+            let mut memory = vec![0u8; (frame - 7) as usize * PAGE_SIZE];
+            for (i, page) in memory.chunks_exact_mut(PAGE_SIZE).enumerate() {
+                pattern(7 + i as u64, 0, page);
+            }
+            let check = |p: &dyn PayloadSource| {
+                let mut got = vec![0xAB; want.len()];
+                let mut crc = start;
+                p.fill_crc(&mut got, &mut crc);
+                assert_eq!(got, want);
+                assert_eq!(crc.value(), crate::crc32(&joined));
+                // Shorter than the payload: what `fill` writes, and exactly it checksummed.
+                let n = short.min(want.len().saturating_sub(1));
+                let mut got = vec![0xAB; n];
+                let mut crc = start;
+                p.fill_crc(&mut got, &mut crc);
+                assert_eq!(got, want[..n]);
+                assert_eq!(crc.value(), crate::crc32(&joined[..prefix.len() + n]));
+            };
+            check(&PagesPayload::new(&runs, pattern).unwrap());
+            check(&PagesPayload::new(&runs, SlicePages::new(&memory, 7)).unwrap());
+        }
+
+        /// `SlicePages` reads what the slice holds at any offset, and zeros for frames it
+        /// does not hold wholly; `read_crc` folds what it wrote.
+        #[test]
+        fn slice_pages_reads(
+            frame in 0u64..12,
+            off in 0usize..PAGE_SIZE,
+            len in 0usize..PAGE_SIZE,
+        ) {
+            let len = len.min(PAGE_SIZE - off);
+            // Frames 4..9 and half of frame 9.
+            let memory: Vec<u8> = (0..5 * PAGE_SIZE + PAGE_SIZE / 2).map(|i| (i % 251) as u8).collect();
+            let src = SlicePages::new(&memory, 4);
+            let mut got = vec![0xAB; len];
+            src.read(frame, off, &mut got);
+            let want = if (4..9).contains(&frame) {
+                let at = (frame - 4) as usize * PAGE_SIZE + off;
+                memory[at..at + len].to_vec()
+            } else {
+                vec![0; len]
+            };
             proptest::prop_assert_eq!(&got, &want);
-            proptest::prop_assert_eq!(&handed, &want);
-            let full_pages: u32 = runs
-                .iter()
-                .filter(|r| r.encoding == PageEncoding::FULL)
-                .map(|r| r.count)
-                .sum();
-            // One piece per page, and at most one more for trailing ZERO runs' headers.
-            proptest::prop_assert!(pieces <= full_pages as usize + 1 + want.len() / PAGE_SIZE);
-            proptest::prop_assert!(pieces >= full_pages as usize);
+            let mut fused = vec![0xAB; len];
+            let mut crc = Crc32::new();
+            src.read_crc(frame, off, &mut fused, &mut crc);
+            proptest::prop_assert_eq!(&fused, &want);
+            proptest::prop_assert_eq!(crc.value(), crate::crc32(&want));
         }
 
         #[test]

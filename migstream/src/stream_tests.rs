@@ -302,8 +302,9 @@ fn encoder_chunk_sizes_identical() {
 }
 
 /// A PAGES record of many runs (FULL and ZERO, isolated and consecutive pages) is the same
-/// bytes whether the encoder writes it in one piece (the page-run walk of `fill_pieces`), in
-/// small pieces (`fill` per piece) or from the payload as a plain byte slice.
+/// bytes whether the encoder writes it in one piece (the page-run walk of `fill_crc`, with a
+/// page source that reads then checksums and with one that copies and checksums in one pass),
+/// in small pieces (`fill` per piece) or from the payload as a plain byte slice.
 #[test]
 fn many_run_payload_encodes_alike_every_way() {
     let mut runs = Vec::new();
@@ -344,10 +345,21 @@ fn many_run_payload_encodes_alike_every_way() {
     let mut from_flat = |e: &mut Encoder, o: &mut [u8]| {
         e.write_record(RecordKind::PAGES, RecordFlags::MANDATORY, 1, &flat[..], o)
     };
+    // The same frames in one slice (frame f at f * 4096).
+    let mut memory = vec![0u8; frame as usize * PAGE_SIZE];
+    for (f, page) in memory.chunks_exact_mut(PAGE_SIZE).enumerate() {
+        page_fill(f as u64, 0, page);
+    }
+    let sliced = PagesPayload::new(&runs, SlicePages::new(&memory, 0)).unwrap();
+    let mut from_slice = |e: &mut Encoder, o: &mut [u8]| {
+        e.write_record(RecordKind::PAGES, RecordFlags::MANDATORY, 1, &sliced, o)
+    };
     let whole = encode(&mut from_runs, 1 << 20);
     assert_eq!(whole.len(), 16 + flat.len());
     assert_eq!(&whole[16..], &flat[..]);
     assert_eq!(encode(&mut from_flat, 1 << 20), whole);
+    assert_eq!(encode(&mut from_slice, 1 << 20), whole);
+    assert_eq!(encode(&mut from_slice, 4097), whole);
     for chunk in [1, 97, 4096, 4112] {
         assert_eq!(encode(&mut from_runs, chunk), whole, "chunk {chunk}");
     }

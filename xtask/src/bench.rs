@@ -37,6 +37,10 @@ pub(crate) fn run(args: &Args) -> crate::Result {
         if h.quick { "quick" } else { "full" }
     );
     println!("CRC-32 kernel: {}", migstream::crc32_kernel());
+    println!(
+        "copy+CRC-32 kernel (the encoder's page copy): {}",
+        migstream::crc32_copy_kernel()
+    );
     // The suites, in catalogue order.
     kernels::all(&mut h)?;
     mmio::mmio_sparse(&mut h)?;

@@ -21,6 +21,11 @@ pub(crate) const LIB_CRATES: [&str; 6] = [
 /// bare-metal guest uses), and that part is built for bare metal too.
 pub(crate) const SIM_CRATE: &str = "vgpu-mig-sim";
 
+/// The fused copy+CRC kernels (package name): a no_std library crate like [`LIB_CRATES`], and the
+/// only one with `unsafe`; it has no `defmt` feature (no types to log), so it is checked beside
+/// them rather than among them.
+pub(crate) const COPYCRC_CRATE: &str = "vgpu-mig-copycrc";
+
 /// Bare-metal targets tried in order; the first installed one is used.
 const BARE_METAL: [&str; 2] = ["x86_64-unknown-none", "thumbv7em-none-eabihf"];
 /// The seed of the property tests in CI (decimal, as proptest reads it).
@@ -132,6 +137,7 @@ fn msrv(r: &mut Runner) -> crate::Result {
     };
     let mut crates: Vec<&str> = LIB_CRATES.to_vec();
     crates.push(SIM_CRATE);
+    crates.push(COPYCRC_CRATE);
     r.run(
         &format!("MSRV: library crates and the simulator, all features, on Rust {version}"),
         check(&["--all-features"], &crates),
@@ -179,7 +185,7 @@ fn unused_dependencies(r: &mut Runner) -> crate::Result {
     r.run("unused dependencies (the KVM guest's library)", c)?;
     let mut c = cargo();
     c.args(["clippy", "--lib", "--no-default-features", "--locked"]);
-    for krate in LIB_CRATES.iter().chain([&SIM_CRATE]) {
+    for krate in LIB_CRATES.iter().chain([&SIM_CRATE, &COPYCRC_CRATE]) {
         c.args(["-p", krate]);
     }
     c.args(lint);
@@ -260,7 +266,11 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
     // run with uncommitted changes packages them; .ci/run checks the tree is clean at the end.
     let mut c = cargo();
     c.args(["package", "--locked", "--no-verify", "--allow-dirty"]);
-    for krate in LIB_CRATES.iter().chain([&SIM_CRATE]) {
+    for krate in [&COPYCRC_CRATE]
+        .into_iter()
+        .chain(&LIB_CRATES)
+        .chain([&SIM_CRATE])
+    {
         c.args(["-p", krate]);
     }
     r.run("package the library crates (publishable, not published)", c)?;
@@ -305,7 +315,7 @@ pub(crate) fn run(_args: &Args) -> crate::Result {
         .find(|t| installed.iter().any(|i| i == *t))
     {
         Some(target) => {
-            for krate in LIB_CRATES {
+            for krate in [COPYCRC_CRATE].into_iter().chain(LIB_CRATES) {
                 let mut c = cargo();
                 c.args([
                     "build",

@@ -3,7 +3,7 @@
 
 // Reference one item from each crate so the linker really pulls them in.
 #[doc(hidden)]
-pub use {engines as _e, gmem as _gm, gtt as _g, migstream as _m, mmio as _r, vgpu as _v};
+pub use {copycrc as _c, engines as _e, gmem as _gm, gtt as _g, migstream as _m, mmio as _r, vgpu as _v};
 
 pub mod embed;
 
