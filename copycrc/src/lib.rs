@@ -24,6 +24,12 @@
 //! | [`Kernel::Sse`] | PCLMULQDQ, SSE4.1 | 64 B in 4 xmm accumulators |
 //! | [`Kernel::Portable`] | nothing | `copy_from_slice`, then `crc32fast` |
 //!
+//! When the destination starts 4, 8, ..., 60 bytes past a 64-byte boundary (a page in the
+//! migration stream starts 16, 32 or 48 past one) and the CPU also has AVX-512BW, the AVX-512
+//! kernel stores 64-byte-aligned blocks, each built from two consecutive loads with one `valignd`,
+//! and the partial first and last blocks with masked byte stores, so that no store splits a cache
+//! line; the loads and the folding are unchanged.
+//!
 //! The accumulators fold forward by the step with carry-less multiplies; at the end they are
 //! folded into one 128-bit value and reduced to 32 bits (Barrett reduction). Inputs shorter than
 //! one step, and the tail after the last whole step, are copied and then checksummed with

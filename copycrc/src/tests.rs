@@ -36,12 +36,37 @@ fn kernels() -> Vec<Kernel> {
 /// CRC against `crc32fast`, the copied bytes against the source and that the bytes of `dst`
 /// around the copy are untouched.
 fn check(kernel: Kernel, crc: u32, len: usize, src_off: usize, dst_off: usize) {
+    check_with(
+        kernel,
+        |crc, dst, src| kernel.copy_crc32(crc, dst, src).unwrap(),
+        crc,
+        len,
+        src_off,
+        dst_off,
+        false,
+    );
+}
+
+/// [`check`] with `run` doing the copy (`kernel` names it in failure messages); with `absolute`,
+/// `dst_off` is where `dst` starts relative to a 64-byte boundary rather than in its buffer.
+fn check_with(
+    kernel: impl core::fmt::Debug,
+    run: impl Fn(u32, &mut [u8], &[u8]) -> u32,
+    crc: u32,
+    len: usize,
+    src_off: usize,
+    dst_off: usize,
+    absolute: bool,
+) {
     let src_buf = pattern(src_off + len, len as u32 ^ 0x9E37_79B9);
     let src = &src_buf[src_off..];
-    let mut dst_buf = std::vec![0xC3u8; dst_off + len + 64];
-    let got = kernel
-        .copy_crc32(crc, &mut dst_buf[dst_off..dst_off + len], src)
-        .unwrap();
+    let mut dst_buf = std::vec![0xC3u8; 64 + dst_off + len + 64];
+    let dst_off = if absolute {
+        (dst_off + 64 - dst_buf.as_ptr().addr() % 64) % 64
+    } else {
+        dst_off
+    };
+    let got = run(crc, &mut dst_buf[dst_off..dst_off + len], src);
     assert_eq!(
         got,
         reference(crc, src),
@@ -103,6 +128,54 @@ fn every_misalignment() {
         }
         for off in 0..64 {
             check(k, 7, 4096 + 255, off, 63 - off);
+        }
+    }
+}
+
+/// The AVX-512 kernel's aligned-store path for every shift it has (the destination 4, 8, ..., 60
+/// bytes past a 64-byte boundary), at source misalignments, for lengths around its step and a
+/// page with a tail; and asked for a shift that does not match the destination, it still copies
+/// and checksums correctly (through the unaligned kernel).
+#[cfg(copycrc_vpclmulqdq)]
+#[test]
+fn avx512_shifted_stores() {
+    if !x86::has_avx512_shifted() {
+        return;
+    }
+    for dwords in 1..=15usize {
+        for len in [
+            0,
+            1,
+            255,
+            256,
+            257,
+            511,
+            512,
+            1024,
+            1280,
+            4096,
+            4096 + 255,
+            16384,
+        ] {
+            for src_off in [0, 1, 16, 48, 63] {
+                for wrong in [false, true] {
+                    let want = 64 - 4 * dwords;
+                    let run = |crc: u32, dst: &mut [u8], src: &[u8]| {
+                        assert_eq!(dst.as_ptr().addr() % 64, want);
+                        let path = if wrong { dwords % 15 + 1 } else { dwords };
+                        x86::avx512_shifted(crc, dst, src, path)
+                    };
+                    check_with(
+                        ("avx512_shifted", dwords, wrong),
+                        run,
+                        0x5A5A_0F0F,
+                        len,
+                        src_off,
+                        want,
+                        true,
+                    );
+                }
+            }
         }
     }
 }

@@ -309,12 +309,158 @@ mod wide {
     }
 
     fold_kernel!(
-        /// [`Kernel::Avx512`](crate::Kernel::Avx512).
-        avx512, avx512_kernel, "avx512f,vpclmulqdq,pclmulqdq,sse4.1", 64, __m512i,
+        /// [`Kernel::Avx512`](crate::Kernel::Avx512) storing each register where it was loaded
+        /// from: the stores are as (mis)aligned as `dst`.
+        avx512_unaligned, avx512_kernel, "avx512f,vpclmulqdq,pclmulqdq,sse4.1", 64, __m512i,
         _mm512_loadu_si512, _mm512_storeu_si512, _mm512_setzero_si512,
         fold512, pair512, init512, lanes512
     );
+
+    /// What [`avx512_shifted`] needs beyond [`has_avx512`]: the masked byte stores.
+    #[cfg_attr(
+        not(any(feature = "std", test)),
+        allow(
+            clippy::nonminimal_bool,
+            clippy::eq_op,
+            reason = "without std the feature checks are compile-time constants"
+        )
+    )]
+    pub(crate) fn has_avx512_shifted() -> bool {
+        has_avx512() && has!("avx512bw")
+    }
+
+    /// [`Kernel::Avx512`](crate::Kernel::Avx512): when `dst` sits 4, 8, ..., 60 bytes past a
+    /// 64-byte boundary (a page in the migration stream sits 16, 32 or 48 past one) and the CPU
+    /// has AVX-512BW, [`avx512_shifted`]; otherwise [`avx512_unaligned`].
+    pub(crate) fn avx512(crc: u32, dst: &mut [u8], src: &[u8]) -> u32 {
+        let m = dst.as_ptr().addr() % 64;
+        if m != 0 && m.is_multiple_of(4) && has_avx512_shifted() {
+            // `m` is a non-zero multiple of 4 below 64: the shift is 1..=15 dwords.
+            avx512_shifted(crc, dst, src, (64 - m) / 4)
+        } else {
+            avx512_unaligned(crc, dst, src)
+        }
+    }
+
+    /// The AVX-512 kernel with 64-byte-aligned stores into a `dst` that is `64 - 4 * dwords`
+    /// bytes past a 64-byte boundary (`dwords` in 1..=15; any other value, or any other
+    /// position of `dst`, still copies and checksums correctly, through the unaligned kernel).
+    ///
+    /// The loads and the folding are those of [`avx512_unaligned`]; each aligned 64-byte store is
+    /// built from two consecutive loads with one `valignd`, and the first and last partial
+    /// blocks go out with masked byte stores, so no store splits a cache line.
+    pub(crate) fn avx512_shifted(crc: u32, dst: &mut [u8], src: &[u8], dwords: usize) -> u32 {
+        /// `valignd`'s shift is an immediate: one instance of the kernel for each.
+        macro_rules! by_shift {
+            ($($n:literal)*) => {
+                match dwords {
+                    $(
+                        // SAFETY: [`avx512`] and the tests call this only when
+                        // [`has_avx512_shifted`] said the CPU has (or, without `std`, the target
+                        // enables) every feature the kernel is built for.
+                        $n => unsafe { avx512_shifted_kernel::<$n>(crc, dst, src) },
+                    )*
+                    _ => avx512_unaligned(crc, dst, src),
+                }
+            };
+        }
+        if !dst
+            .as_ptr()
+            .addr()
+            .wrapping_add(4 * dwords)
+            .is_multiple_of(64)
+        {
+            return avx512_unaligned(crc, dst, src);
+        }
+        by_shift!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    }
+
+    /// [`avx512_shifted`] for a shift of `D` dwords (`S = 4 * D` bytes): `dst + S` is 64-byte
+    /// aligned. With the body's registers `L0, L1, ...` (as loaded from `src`), `dst[..S]` is
+    /// the low `S` bytes of `L0`, the aligned block `j` at `dst[S + 64 j..]` is the high
+    /// `64 - S` bytes of `L[j]` followed by the low `S` bytes of `L[j + 1]`, and the last
+    /// `64 - S` bytes of the body are the high bytes of the last register.
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    fn avx512_shifted_kernel<const D: i32>(crc: u32, dst: &mut [u8], src: &[u8]) -> u32 {
+        /// The shift in bytes.
+        const fn bytes(d: i32) -> usize {
+            d.unsigned_abs() as usize * 4
+        }
+        /// The accumulators move forward by one step (4 registers) a step.
+        const STEP: (u64, u64) = fold(32 * 64);
+        /// Accumulator 0 onto 2 and 1 onto 3 at the end: two registers apart.
+        const TWO: (u64, u64) = fold(16 * 64);
+        /// Then the first result onto the second: one register apart.
+        const ONE: (u64, u64) = fold(8 * 64);
+
+        let s = bytes(D);
+        let (db, dt, sb, st) = split(dst, src, 256);
+        let mut loads = sb.as_chunks::<64>().0.as_chunks::<4>().0.iter();
+        let Some(first) = loads.next() else {
+            return portable(crc, dt, st);
+        };
+        // `db` is at least 256 bytes and `s` below 64, so both cuts are in range; the middle
+        // is 64 bytes shorter than `db`, a whole number (4 n - 1) of aligned blocks.
+        let (head, rest) = db.split_at_mut(s);
+        let (mid, tail) = rest.split_at_mut(rest.len() - (64 - s));
+        let mut stores = mid.as_chunks_mut::<64>().0.iter_mut();
+
+        /// Four registers from `s`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn load4(s: &[[u8; 64]; 4]) -> [__m512i; 4] {
+            // SAFETY: each `s[i]` is 64 readable bytes (its type says so); the load has no
+            // alignment requirement.
+            s.map(|b| unsafe { _mm512_loadu_si512(b.as_ptr().cast()) })
+        }
+        /// Store `v` to the 64 bytes `d`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn store(d: &mut [u8; 64], v: __m512i) {
+            // SAFETY: `d` is 64 writable bytes (its type says so).
+            unsafe { _mm512_storeu_si512(d.as_mut_ptr().cast(), v) }
+        }
+
+        let [l0, l1, l2, l3] = load4(first);
+        // SAFETY: the mask enables the low `s` bytes, exactly `head`'s (`s` < 64); masked-off
+        // bytes are not accessed.
+        unsafe { _mm512_mask_storeu_epi8(head.as_mut_ptr().cast(), (1u64 << s) - 1, l0) };
+        // The pairs first: `zip` asks its first iterator first, so no block is skipped.
+        for ((hi, lo), d) in [(l1, l0), (l2, l1), (l3, l2)]
+            .into_iter()
+            .zip(stores.by_ref())
+        {
+            store(d, _mm512_alignr_epi32::<D>(hi, lo));
+        }
+        let mut acc = [init512(l0, crc), l1, l2, l3];
+        let mut last = l3;
+        let k = pair512(STEP);
+        let groups = stores.into_slice().as_chunks_mut::<4>().0.iter_mut();
+        for (d, s) in groups.zip(loads) {
+            let b = load4(s);
+            let mut prev = last;
+            for (d, &v) in d.iter_mut().zip(&b) {
+                store(d, _mm512_alignr_epi32::<D>(v, prev));
+                prev = v;
+            }
+            last = prev;
+            for (a, b) in acc.iter_mut().zip(b) {
+                *a = fold512(*a, b, k);
+            }
+        }
+        // The high `64 - s` bytes of the last register, moved down to the start of `tail`.
+        let high = _mm512_alignr_epi32::<D>(_mm512_setzero_si512(), last);
+        // SAFETY: the mask enables the low `64 - s` bytes, exactly `tail`'s; masked-off bytes
+        // are not accessed.
+        unsafe { _mm512_mask_storeu_epi8(tail.as_mut_ptr().cast(), u64::MAX >> s, high) };
+        let [a0, a1, a2, a3] = acc;
+        let two = pair512(TWO);
+        let v = fold512(fold512(a0, a2, two), fold512(a1, a3, two), pair512(ONE));
+        portable(reduce(&lanes512(v)), dt, st)
+    }
 }
 
 #[cfg(copycrc_vpclmulqdq)]
 pub(crate) use wide::{avx2, avx512};
+#[cfg(all(copycrc_vpclmulqdq, test))]
+pub(crate) use wide::{avx512_shifted, has_avx512_shifted};
