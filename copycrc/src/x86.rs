@@ -29,45 +29,27 @@ macro_rules! has {
     };
 }
 
+/// Whether every check in `checks` passed. A slice rather than `&&`: without `std` the checks
+/// are compile-time constants, and a chain of constant `&&` is what clippy flags.
+fn all(checks: &[bool]) -> bool {
+    checks.iter().all(|&c| c)
+}
+
 /// What [`sse`] needs.
-#[cfg_attr(
-    not(any(feature = "std", test)),
-    allow(
-        clippy::nonminimal_bool,
-        clippy::eq_op,
-        reason = "without std the feature checks are compile-time constants"
-    )
-)]
 pub(crate) fn has_sse() -> bool {
-    has!("pclmulqdq") && has!("sse4.1")
+    all(&[has!("pclmulqdq"), has!("sse4.1")])
 }
 
 /// What [`avx2`] needs.
 #[cfg(copycrc_vpclmulqdq)]
-#[cfg_attr(
-    not(any(feature = "std", test)),
-    allow(
-        clippy::nonminimal_bool,
-        clippy::eq_op,
-        reason = "without std the feature checks are compile-time constants"
-    )
-)]
 pub(crate) fn has_avx2() -> bool {
-    has_sse() && has!("avx2") && has!("vpclmulqdq")
+    all(&[has_sse(), has!("avx2"), has!("vpclmulqdq")])
 }
 
 /// What [`avx512`] needs.
 #[cfg(copycrc_vpclmulqdq)]
-#[cfg_attr(
-    not(any(feature = "std", test)),
-    allow(
-        clippy::nonminimal_bool,
-        clippy::eq_op,
-        reason = "without std the feature checks are compile-time constants"
-    )
-)]
 pub(crate) fn has_avx512() -> bool {
-    has_sse() && has!("avx512f") && has!("vpclmulqdq")
+    all(&[has_sse(), has!("avx512f"), has!("vpclmulqdq")])
 }
 
 /// A fold constant pair in an xmm register: low qword `k.0`, high qword `k.1`.
@@ -317,16 +299,8 @@ mod wide {
     );
 
     /// What [`avx512_shifted`] needs beyond [`has_avx512`]: the masked byte stores.
-    #[cfg_attr(
-        not(any(feature = "std", test)),
-        allow(
-            clippy::nonminimal_bool,
-            clippy::eq_op,
-            reason = "without std the feature checks are compile-time constants"
-        )
-    )]
     pub(crate) fn has_avx512_shifted() -> bool {
-        has_avx512() && has!("avx512bw")
+        all(&[has_avx512(), has!("avx512bw")])
     }
 
     /// [`Kernel::Avx512`](crate::Kernel::Avx512): when `dst` sits 4, 8, ..., 60 bytes past a
